@@ -1,0 +1,186 @@
+"""Encoding frames by streaming raw RGB into the ffmpeg binary that imageio-ffmpeg ships.
+
+The output format follows the file's extension (the ``ENCODERS`` registry):
+  .webm  VP9 lossless, pixel format gbrp: decoding gives back the exact RGB frames
+  .gif   palette (256 colours, from sample frames), lossy in colour only
+  .mp4   H.264 yuv420p (lossy, plays everywhere)
+  no extension (or a trailing /)  a folder of PNG frames (lossless)
+Frames are never all held in memory; the output appears only when complete (temporary name, then
+rename), and a failure or interrupt removes the partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import EncodeError, OptionsError
+from .registry import Registry
+
+ENCODERS: Registry[Callable[..., list[str]]] = Registry("output format")
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """fps: frames per second; crf: quality for lossy .mp4 (lower is better, 0-51);
+    threads: encoder threads (0 = ffmpeg decides)."""
+
+    fps: float = 15.0
+    crf: int = 18
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.crf <= 51:
+            raise OptionsError(f"--crf {self.crf}: must be 0..51")
+
+
+def ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def output_kind(out: Path) -> str:
+    """The encoder name for an output path: its extension, or 'png' for a folder."""
+    text = str(out)
+    if text.endswith(("/", os.sep)) or out.suffix == "" or out.is_dir():
+        return "png"
+    kind = out.suffix.lower().lstrip(".")
+    if kind not in ENCODERS or kind == "png":
+        raise OptionsError(
+            f"{out}: unknown output extension {out.suffix!r}; use .webm (lossless), .gif, .mp4 or a folder for PNG frames"
+        )
+    return kind
+
+
+@ENCODERS.register("webm")
+def _webm(opts: EncodeOptions, **_) -> list[str]:
+    return ["-c:v", "libvpx-vp9", "-lossless", "1", "-pix_fmt", "gbrp", "-row-mt", "1",
+            "-deadline", "good", "-cpu-used", "8", "-threads", str(opts.threads), "-f", "webm"]
+
+
+@ENCODERS.register("mp4")
+def _mp4(opts: EncodeOptions, **_) -> list[str]:
+    return ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(opts.crf), "-preset", "medium",
+            "-threads", str(opts.threads), "-movflags", "+faststart", "-f", "mp4"]
+
+
+@ENCODERS.register("gif")
+def _gif(opts: EncodeOptions, palette: Path, **_) -> list[str]:
+    return ["-i", str(palette), "-lavfi", "[0:v][1:v]paletteuse=dither=none", "-loop", "0", "-f", "gif"]
+
+
+@ENCODERS.register("png")
+def _png(opts: EncodeOptions, **_) -> list[str]:
+    return ["-c:v", "png", "-f", "image2"]
+
+
+class FrameWriter:
+    """Feeds (H, W, 3) uint8 frames to a running ffmpeg process."""
+
+    def __init__(self, cmd: list[str], size: tuple[int, int]) -> None:
+        self.size = size
+        self.count = 0
+        self._log = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+
+    def write(self, frame: np.ndarray) -> None:
+        w, h = self.size
+        if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"frame {frame.shape} {frame.dtype}, expected ({h}, {w}, 3) uint8")
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frame).data)
+        except BrokenPipeError:
+            self._fail()
+        self.count += 1
+
+    def close(self) -> None:
+        self._proc.stdin.close()
+        if self._proc.wait() != 0:
+            self._fail()
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def _fail(self) -> None:
+        self.kill()
+        self._log.seek(0)
+        lines = [ln for ln in self._log.read().decode(errors="replace").splitlines() if ln.strip()]
+        raise EncodeError(f"ffmpeg failed: {lines[-1] if lines else 'no message'}")
+
+
+def _raw_input(size: tuple[int, int], fps: float) -> list[str]:
+    w, h = size
+    return ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-"]
+
+
+def make_palette(samples: list[np.ndarray], dest: Path) -> Path:
+    """A 256-colour palette PNG computed by ffmpeg's palettegen from a few sample frames."""
+    h, w, _ = samples[0].shape
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", *_raw_input((w, h), 1), "-vf", "palettegen=stats_mode=full", str(dest)]
+    writer = FrameWriter(cmd, (w, h))
+    for s in samples:
+        writer.write(s)
+    writer.close()
+    return dest
+
+
+def _discard(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+@contextmanager
+def open_film(
+    out: str | Path, size: tuple[int, int], opts: EncodeOptions = EncodeOptions(),
+    samples: Callable[[], list[np.ndarray]] | None = None,
+) -> Iterator[FrameWriter]:
+    """Context manager yielding a writer; on clean exit the film is renamed into place.
+
+    Args:
+        out: the output path; its extension picks the format (see module doc).
+        size: (width, height).
+        samples: for GIF, a function returning a few representative frames for the palette.
+    """
+    out = Path(out)
+    kind = output_kind(out)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OptionsError(f"{out}: folder {parent} does not exist")
+    tmp = parent / f".{out.name}.partial-{os.getpid()}"
+    extras: dict = {}
+    cleanup = [tmp]
+    if kind == "gif":
+        extras["palette"] = make_palette((samples or (lambda: []))() or [], parent / f".{out.name}.palette-{os.getpid()}.png")
+        cleanup.append(extras["palette"])
+    if kind == "png":
+        tmp.mkdir()
+        target = str(tmp / "frame_%06d.png")
+    else:
+        target = str(tmp)
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", *_raw_input(size, opts.fps), *ENCODERS.get(kind)(opts, **extras), target]
+    writer = FrameWriter(cmd, size)
+    try:
+        yield writer
+        writer.close()
+        if kind == "png" and out.exists():
+            old = parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            cleanup.append(old)
+        os.replace(tmp, out)
+    finally:
+        writer.kill()
+        for p in cleanup:
+            _discard(p)

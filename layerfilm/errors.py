@@ -1,0 +1,29 @@
+"""The one error family users can cause. Imports nothing, so every module can raise these.
+
+The CLI catches :class:`LayerfilmError` only and prints its message as one line (exit 2);
+any other exception is a bug and keeps its traceback.
+"""
+
+
+class LayerfilmError(Exception):
+    """Base of every error a user can cause (bad path, bad option, unreadable checkpoint...)."""
+
+
+class OptionsError(LayerfilmError):
+    """An option value that cannot work (bad size, unknown extension, bad range)."""
+
+
+class ScanError(LayerfilmError):
+    """A checkpoint folder that is missing, empty or holds no usable checkpoint."""
+
+
+class CheckpointError(LayerfilmError):
+    """A checkpoint file that cannot be read safely (corrupt, truncated, unsafe pickle)."""
+
+
+class LayerError(LayerfilmError):
+    """Parameter names that do not map to blocks, or a --param that matches nothing."""
+
+
+class EncodeError(LayerfilmError):
+    """The encoder (ffmpeg) failed or is missing a codec."""

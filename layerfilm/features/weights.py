@@ -1,0 +1,103 @@
+"""Weight rows as points: each block's chosen matrix, one point per output neuron."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import CheckpointError, OptionsError
+from ..formats import open_checkpoint
+from ..layers import LayerMap, is_conv1d_layout, map_layers, resolve_param
+from ..scan import Series
+from . import Features, FeatureStore
+
+LAYOUTS = ("auto", "out-in", "in-out")
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """What to film from the weights.
+
+    param:  matrix inside each block (None: the MLP's input projection).
+    points: at most this many output neurons per block, chosen once (seeded) and tracked throughout.
+    seed:   seed of that choice.
+    blocks_regex: override block detection (a regex whose first group is the block index).
+    layout: "out-in" (nn.Linear), "in-out" (GPT-2 Conv1D) or "auto" (Conv1D when c_attn is [d, 3d]).
+    """
+
+    param: str | None = None
+    points: int = 512
+    seed: int = 0
+    blocks_regex: str | None = None
+    layout: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.points < 2:
+            raise OptionsError(f"--points {self.points}: need at least 2 points per block")
+        if self.layout not in LAYOUTS:
+            raise OptionsError(f"--layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    """Decided once, from the first checkpoint: which tensor per block, its orientation, which rows."""
+
+    layer_map: LayerMap
+    component: str
+    tensor_names: tuple[str, ...]  # (L,)
+    transpose: bool  # True: stored [in, out], points are columns
+    shape: tuple[int, int]  # (out, in) after orientation
+    point_ids: np.ndarray  # (L, N)
+
+
+def plan(series: Series, spec: WeightSpec) -> WeightPlan:
+    first = series.checkpoints[0]
+    with open_checkpoint(first.path, first.format) as reader:
+        keys = reader.keys()
+        shapes = {k: reader.shape(k) for k in keys}
+    layer_map = map_layers(keys, spec.blocks_regex)
+    component = resolve_param(layer_map, spec.param, shapes)
+    names = tuple(layer_map.param_names(component))
+    transpose = spec.layout == "in-out" or (spec.layout == "auto" and is_conv1d_layout(keys, shapes))
+    oriented = {n: shapes[n][::-1] if transpose else shapes[n] for n in names}
+    if len(set(oriented.values())) != 1:
+        raise CheckpointError(f"{first.path}: {component} differs in shape across blocks ({set(oriented.values())})")
+    out_dim, in_dim = oriented[names[0]]
+    n = min(spec.points, out_dim)
+    rng = np.random.default_rng(spec.seed)
+    ids = np.stack([np.sort(rng.choice(out_dim, n, replace=False)) for _ in names])
+    return WeightPlan(layer_map, component, names, transpose, (out_dim, in_dim), ids)
+
+
+def read_points(reader, wp: WeightPlan, where: Path) -> np.ndarray:
+    """(L, N, D) float32 rows of every block's matrix in one open checkpoint."""
+    out = np.empty((len(wp.tensor_names), wp.point_ids.shape[1], wp.shape[1]), np.float32)
+    for i, name in enumerate(wp.tensor_names):
+        if name not in reader.keys():
+            raise CheckpointError(f"{where}: tensor {name} is missing")
+        w = reader.get(name)
+        if wp.transpose:
+            w = w.T
+        if w.shape != wp.shape:
+            raise CheckpointError(f"{where}: {name} has shape {w.shape}, expected {wp.shape}")
+        out[i] = w[wp.point_ids[i]]
+    return out
+
+
+def extract(series: Series, spec: WeightSpec, workdir: Path, progress: bool = True) -> Features:
+    """Read each checkpoint once and keep only the tracked rows, one key frame at a time."""
+    wp = plan(series, spec)
+    store = FeatureStore(workdir)
+    for ckpt in tqdm(series.checkpoints, desc="loading", unit="ckpt", disable=not progress):
+        with open_checkpoint(ckpt.path, ckpt.format) as reader:
+            store.append(read_points(reader, wp, ckpt.path))
+    return Features(
+        steps=np.asarray(series.steps, np.int64),
+        blocks=np.asarray(wp.layer_map.blocks, np.int64),
+        point_ids=wp.point_ids.astype(np.int64),
+        name=f"{wp.component} ({'columns' if wp.transpose else 'rows'}: output neurons)",
+        store=store,
+    )

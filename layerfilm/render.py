@@ -1,0 +1,197 @@
+"""Rasterising frames with NumPy: a grid of per-block density panels, log-scaled colours, labels.
+
+Everything that does not change between frames (layout, background, labels, colour table) is built
+once in ``Renderer.__init__``; a frame is then one ``np.bincount`` splat of all points, a log
+scale, a table look-up and an upscale. matplotlib is used only for its colormaps and fonts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .errors import OptionsError
+
+HEADER_FRACTION = 0.06  # of the frame height, for the title and the step counter
+BACKGROUND = np.array([12, 12, 14], np.uint8)
+TEXT = np.array([235, 235, 235], np.float32)
+FLOOR = 0.25  # colour-scale position of the faintest non-empty bin
+
+
+@dataclass(frozen=True)
+class Style:
+    """How frames look.
+
+    width, height: frame size in pixels (even numbers: H.264 needs them).
+    cmap: a matplotlib colormap name; perceptually uniform ones (magma, viridis, ...) read best.
+    cell: pixels per density bin; 0 picks one from the panel size (points stay visible when panels are large).
+    title: text at the top left.
+    """
+
+    width: int = 1280
+    height: int = 720
+    cmap: str = "magma"
+    cell: int = 0
+    title: str = "layerfilm"
+
+    def __post_init__(self) -> None:
+        if self.width < 64 or self.height < 64 or self.width % 2 or self.height % 2:
+            raise OptionsError(f"--size {self.width}x{self.height}: need even sizes of at least 64x64")
+        if self.cell < 0:
+            raise OptionsError(f"cell {self.cell}: must be 0 (auto) or positive")
+        colormap_lut(self.cmap)  # fails early on an unknown name
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise OptionsError(f"--size {text!r}: expected WxH, e.g. 1920x1080") from None
+    return w, h
+
+
+@lru_cache(maxsize=None)
+def colormap_lut(name: str, n: int = 256) -> np.ndarray:
+    """(n, 3) uint8 colour table of a matplotlib colormap."""
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise OptionsError(f"--cmap {name!r}: not a matplotlib colormap (try magma, viridis, inferno)") from None
+    return (cmap(np.linspace(0, 1, n))[:, :3] * 255 + 0.5).astype(np.uint8)
+
+
+@lru_cache(maxsize=4096)
+def text_mask(text: str, px: int) -> np.ndarray:
+    """Anti-aliased coverage (h, w) in [0, 1] of ``text`` at ``px`` pixels high (DejaVu Sans)."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    font = FT2Font(font_manager.findfont("DejaVu Sans"))
+    font.set_size(px, 72)
+    font.set_text(text)
+    font.draw_glyphs_to_bitmap()
+    return np.asarray(font.get_image(), np.float32) / 255.0
+
+
+def draw_text(img: np.ndarray, text: str, x: int, y: int, px: int, color: np.ndarray = TEXT) -> None:
+    """Blend ``text`` into ``img`` (H, W, 3) uint8 with its top-left corner at (x, y), clipped."""
+    m = text_mask(text, px)
+    h = min(m.shape[0], img.shape[0] - y)
+    w = min(m.shape[1], img.shape[1] - x)
+    if h <= 0 or w <= 0:
+        return
+    a = m[:h, :w, None]
+    region = img[y : y + h, x : x + w].astype(np.float32)
+    img[y : y + h, x : x + w] = (region * (1 - a) + color * a + 0.5).astype(np.uint8)
+
+
+def grid_shape(n: int, width: int, height: int) -> tuple[int, int]:
+    """(rows, cols) for n panels that keeps panels closest to square, then wastes fewest cells.
+    128 panels in 16:9 give 8 x 16."""
+    best = None
+    for rows in range(1, n + 1):
+        cols = math.ceil(n / rows)
+        aspect = (width / cols) / (height / rows)
+        score = (abs(math.log(aspect)), rows * cols - n)
+        if best is None or score < best[0]:
+            best = (score, (rows, cols))
+    return best[1]
+
+
+class Renderer:
+    """Draws frames of L panels; positions come as (L, N, 2) in projection coordinates.
+
+    Args:
+        style: sizes, colours, title.
+        labels: L panel labels ("L0", "L1", ...).
+        extent: (L, 4) fixed axes per panel [x0, x1, y0, y1].
+        vmax: the density that maps to the top of the colour scale (fixed for the film).
+    """
+
+    def __init__(self, style: Style, labels: list[str], extent: np.ndarray, vmax: float | None = None) -> None:
+        self.style = style
+        self.labels = labels
+        W, H = style.width, style.height
+        self.header = max(14, int(H * HEADER_FRACTION))
+        rows, cols = grid_shape(len(labels), W, H - self.header)
+        pw, ph = W // cols, (H - self.header) // rows
+        self.cell = style.cell or max(1, round(min(pw, ph) / 110))  # about 110 bins across a panel
+        c = self.cell
+        gap = max(1, min(pw, ph) // 40)
+        # panel rectangles in bin units (the small canvas), left/top inclusive, size bw x bh
+        self.small = ((H + c - 1) // c, (W + c - 1) // c)
+        bw, bh = (pw - gap) // c, (ph - gap) // c
+        x0 = np.array([(i % cols) * pw // c for i in range(len(labels))])
+        y0 = np.array([(self.header + (i // cols) * ph) // c for i in range(len(labels))])
+        self.origin = np.stack([x0, y0], 1)  # (L, 2)
+        self.bins = (bw, bh)
+        ext = np.asarray(extent, np.float64)
+        self.scale = np.stack([bw / (ext[:, 1] - ext[:, 0]), bh / (ext[:, 3] - ext[:, 2])], 1)  # (L, 2)
+        self.offset = np.stack([ext[:, 0], ext[:, 2]], 1)
+        self.lut = colormap_lut(style.cmap)
+        self.vmax = vmax
+        # static layer: background, empty panels in the colormap's zero colour, labels
+        base = np.empty(self.small + (3,), np.uint8)
+        base[:] = BACKGROUND
+        for ox, oy in self.origin:
+            base[oy : oy + bh, ox : ox + bw] = self.lut[0]
+        self.base_small = base
+        self.label_px = max(8, min(ph // 9, 16))
+        self.panel_px = (pw, ph)
+
+    def density(self, pts: np.ndarray) -> np.ndarray:
+        """(small_h, small_w) float splat of all points, bilinear so motion is sub-pixel smooth."""
+        L, N, _ = pts.shape
+        bw, bh = self.bins
+        u = (pts - self.offset[:, None, :]) * self.scale[:, None, :] - 0.5  # (L, N, 2) in bins
+        i0 = np.floor(u)
+        f = u - i0
+        i0 = i0.astype(np.int64)
+        sh, sw = self.small
+        flat, weight = [], []
+        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            ix, iy = i0[..., 0] + dx, i0[..., 1] + dy
+            w = (f[..., 0] if dx else 1 - f[..., 0]) * (f[..., 1] if dy else 1 - f[..., 1])
+            ok = (ix >= 0) & (ix < bw) & (iy >= 0) & (iy < bh)
+            gx = ix + self.origin[:, None, 0]
+            gy = iy + self.origin[:, None, 1]
+            flat.append((gy * sw + gx)[ok])
+            weight.append(w[ok])
+        return np.bincount(np.concatenate(flat), np.concatenate(weight), minlength=sh * sw).reshape(sh, sw)
+
+    def auto_vmax(self, keyframes: np.ndarray) -> float:
+        """The densest bin over the given (K, L, N, 2) key frames: the top of the colour scale."""
+        return max(float(self.density(k).max()) for k in keyframes) or 1.0
+
+    def frame(self, pts: np.ndarray, caption: str) -> np.ndarray:
+        """(H, W, 3) uint8 frame for point positions ``pts`` (L, N, 2)."""
+        d = self.density(pts)
+        vmax = self.vmax if self.vmax is not None else max(float(d.max()), 1.0)
+        small = self.base_small.copy()
+        nz = np.flatnonzero(d)
+        level = np.log1p(d.ravel()[nz]) / np.log1p(vmax)
+        # a lone point starts a quarter up the scale so that sparse clouds stay visible
+        n = len(self.lut) - 1
+        idx = np.clip((FLOOR + level * (1 - FLOOR)) * n, 1, n).astype(np.int64)
+        small.reshape(-1, 3)[nz] = self.lut[idx]
+        c = self.cell
+        big = small if c == 1 else small.repeat(c, 0).repeat(c, 1)
+        img = np.ascontiguousarray(big[: self.style.height, : self.style.width])
+        self.decorate(img, caption)
+        return img
+
+    def decorate(self, img: np.ndarray, caption: str) -> None:
+        """Title, caption (the step) and panel labels, blended over the frame."""
+        hp = max(8, int(self.header * 0.55))
+        pad = max(2, (self.header - hp) // 2)
+        draw_text(img, self.style.title, pad * 2, pad, hp)
+        cap = text_mask(caption, hp)
+        draw_text(img, caption, self.style.width - cap.shape[1] - pad * 2, pad, hp)
+        c = self.cell
+        for (ox, oy), label in zip(self.origin, self.labels):
+            draw_text(img, label, ox * c + 3, oy * c + 2, self.label_px)
