@@ -1,0 +1,49 @@
+"""Session fixtures: small real training runs, made once per test session (seconds each)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_example(name: str):
+    """Import a script from examples/ as a module (examples are not part of the package)."""
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def example():
+    """examples/make_checkpoints.py as a module: GPT, Config, train(), corpus()."""
+    return load_example("make_checkpoints")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(example, tmp_path_factory) -> Path:
+    """A real training run: 4 blocks, width 32, 60 steps of AdamW on stdlib source, a checkpoint
+    every 10 steps (step 0 included): step_000000.safetensors ... step_000060.safetensors."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    example.train(out, steps=60, every=10, cfg=example.Config(n_layer=4, d_model=32, n_head=2, context=32),
+                  batch=16, log=False)
+    return out
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the CLI in-process: returns (exit code, stdout, stderr)."""
+    from layerfilm.cli import main
+
+    def run(*argv: str):
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
