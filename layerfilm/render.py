@@ -91,16 +91,14 @@ def draw_text(img: np.ndarray, text: str, x: int, y: int, px: int, color: np.nda
 
 
 def grid_shape(n: int, width: int, height: int) -> tuple[int, int]:
-    """(rows, cols) for n panels that keeps panels closest to square, then wastes fewest cells.
-    128 panels in 16:9 give 8 x 16."""
-    best = None
+    """(rows, cols) for n panels: among layouts whose panels are near square (aspect 2:3 to 3:2),
+    the one with the fewest empty cells, then the squarest. 128 panels in 16:9 give 8 x 16."""
+    options = []
     for rows in range(1, n + 1):
         cols = math.ceil(n / rows)
-        aspect = (width / cols) / (height / rows)
-        score = (abs(math.log(aspect)), rows * cols - n)
-        if best is None or score < best[0]:
-            best = (score, (rows, cols))
-    return best[1]
+        off_square = abs(math.log((width / cols) / (height / rows)))
+        options.append((off_square > math.log(1.5), rows * cols - n, off_square, (rows, cols)))
+    return min(options)[3]
 
 
 class Renderer:

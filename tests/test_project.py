@@ -1,0 +1,44 @@
+import shutil
+
+import numpy as np
+
+from layerfilm.animate import Timeline, lerp
+from layerfilm.features.weights import WeightSpec, extract
+from layerfilm.project import project
+from layerfilm.scan import scan
+
+
+def test_unchanged_weights_give_identical_coordinates(tiny_run, tmp_path):
+    """A series whose weights never change must not move: same coordinates at every key frame."""
+    src = tiny_run / "step_000030.safetensors"
+    for step in (0, 100, 200, 300):
+        shutil.copy(src, tmp_path / f"step_{step:06d}.safetensors")
+    feats = extract(scan(tmp_path), WeightSpec(points=64), tmp_path / "work", progress=False)
+    traj = project(feats, progress=False)
+    assert traj.xy.shape == (4, 4, 64, 2)
+    for t in range(1, 4):
+        np.testing.assert_array_equal(traj.xy[t], traj.xy[0])
+    assert np.ptp(traj.xy[0][..., 0]) > 0  # and the points are not collapsed
+
+
+def test_pca_shares_axes_and_is_deterministic(tiny_run, tmp_path):
+    feats = extract(scan(tiny_run), WeightSpec(points=64), tmp_path / "a", progress=False)
+    a = project(feats, progress=False)
+    b = project(extract(scan(tiny_run), WeightSpec(points=64), tmp_path / "b", progress=False), progress=False)
+    assert a.xy.tobytes() == b.xy.tobytes()
+    ev = a.stats["explained_variance"]
+    assert ev.shape == (4, 2) and np.all(ev[:, 0] >= ev[:, 1]) and np.all(ev.sum(1) <= 1.0 + 1e-6)
+    # consecutive key frames of real training move less than the cloud's spread: no flips
+    spread = a.xy.std(axis=2).mean()
+    jumps = np.linalg.norm(np.diff(a.xy, axis=0), axis=-1).mean(axis=2)
+    assert jumps.max() < spread
+
+
+def test_timeline_and_interpolation():
+    tl = Timeline(keyframes=5, fps=15, seconds_per_keyframe=1.0)
+    assert tl.n_frames == 4 * 15 + 1
+    assert tl.locate(0) == (0, 0.0) and tl.locate(15) == (1, 0.0) and tl.locate(60) == (4, 0.0)
+    k, a = tl.locate(22)
+    assert k == 1 and abs(a - 7 / 15) < 1e-12
+    keys = np.arange(5, dtype=np.float32)[:, None] * np.ones((5, 3), np.float32)
+    np.testing.assert_allclose(lerp(keys, k, a), np.full(3, 1 + 7 / 15), rtol=1e-6)
