@@ -61,6 +61,14 @@ def output_kind(out: Path) -> str:
     return kind
 
 
+def check_output(out: Path) -> str:
+    """Validate an output path before any work: its kind, and that its folder exists."""
+    kind = output_kind(out)
+    if not out.parent.is_dir():
+        raise OptionsError(f"{out}: folder {out.parent} does not exist")
+    return kind
+
+
 @ENCODERS.register("webm")
 def _webm(opts: EncodeOptions, **_) -> list[str]:
     return ["-c:v", "libvpx-vp9", "-lossless", "1", "-pix_fmt", "gbrp", "-row-mt", "1",
@@ -155,10 +163,8 @@ def open_film(
         samples: for GIF, a function returning a few representative frames for the palette.
     """
     out = Path(out)
-    kind = output_kind(out)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OptionsError(f"{out}: folder {parent} does not exist")
+    kind = check_output(out)
+    parent = out.parent
     tmp = parent / f".{out.name}.partial-{os.getpid()}"
     extras: dict = {}
     cleanup = [tmp]

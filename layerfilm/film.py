@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .animate import Timeline, lerp
-from .encode import EncodeOptions, open_film, output_kind
+from .encode import EncodeOptions, check_output, open_film
 from .errors import OptionsError, ScanError
 from .features import Features
 from .features.weights import WeightSpec, extract
@@ -42,13 +42,18 @@ class FilmResult:
     trajectories: Trajectories
 
 
-def export_points(traj: Trajectories, path: str | Path) -> Path:
-    """Write key-frame coordinates: steps (T), blocks (L), point_ids (L, N), xy (T, L, N, 2) float32."""
+def check_export_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         raise OptionsError(f"--export-points {path}: must end in .npz")
     if not path.parent.is_dir():
         raise OptionsError(f"--export-points {path}: folder {path.parent} does not exist")
+    return path
+
+
+def export_points(traj: Trajectories, path: str | Path) -> Path:
+    """Write key-frame coordinates: steps (T), blocks (L), point_ids (L, N), xy (T, L, N, 2) float32."""
+    path = check_export_path(path)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}.npz")
     try:
         np.savez(tmp, steps=traj.steps, blocks=traj.blocks, point_ids=traj.point_ids,
@@ -97,7 +102,9 @@ def render(
     Example:
         >>> render("ckpts/", "film.webm")  # doctest: +SKIP
     """
-    output_kind(Path(out))  # a bad extension fails before any work
+    check_output(Path(out))  # bad output paths fail before any work
+    if export is not None:
+        check_export_path(export)
     series = scan(folder, opts.every, opts.steps)
     if len(series) < 2:
         raise ScanError(f"{folder}: found {len(series)} checkpoint; a film needs at least two key frames")

@@ -43,6 +43,8 @@ BAD = [
     (lambda tmp, run: [tmp / "empty", "--out", tmp / "f.webm"], "the folder is empty"),
     (lambda tmp, run: [tmp / "notes", "--out", tmp / "f.webm"], "no checkpoints found"),
     (lambda tmp, run: [run, "--out", tmp / "f.avi"], "unknown output extension '.avi'"),
+    (lambda tmp, run: [run, "--out", tmp / "no" / "f.webm"], "does not exist"),
+    (lambda tmp, run: [run, "--out", tmp / "f.webm", "--export-points", tmp / "p.txt"], "must end in .npz"),
     (lambda tmp, run: [run, "--out", tmp / "f.webm", "--param", "nope"], "candidates: attn.c_attn.weight"),
     (lambda tmp, run: [run, "--out", tmp / "f.webm", "--size", "100x5x"], "--size"),
     (lambda tmp, run: [run, "--out", tmp / "f.webm", "--cmap", "nocmap"], "not a matplotlib colormap"),
