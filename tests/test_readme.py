@@ -1,0 +1,32 @@
+"""The README's set-up commands are the contract with new users: check them and run their parts."""
+
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```bash\n(.+?)\n```", text, re.S)[:2]
+
+
+def test_readme_starts_with_two_setup_commands():
+    render_cmd, test_cmd = readme_commands()
+    assert "\n" not in render_cmd and "\n" not in test_cmd
+    assert render_cmd.endswith(
+        "python examples/make_checkpoints.py outputs/ckpts && layerfilm render outputs/ckpts --out outputs/film.webm")
+    assert "pip install torch==2.13.0" in render_cmd and "pip install torch==2.13.0" in test_cmd
+    assert test_cmd.endswith("python -m pytest -q")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -q -e '.[test]'" in ci and "python -m pytest -q" in ci
+
+
+def test_example_script_runs_as_the_readme_calls_it(tmp_path):
+    """`python examples/make_checkpoints.py DIR` (shrunk) writes a step-0-inclusive safetensors series."""
+    out = tmp_path / "ckpts"
+    subprocess.run([sys.executable, str(ROOT / "examples" / "make_checkpoints.py"), str(out),
+                    "--steps", "20", "--every", "10", "--layers", "2", "--width", "16"], check=True, capture_output=True)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "step_000000.safetensors", "step_000010.safetensors", "step_000020.safetensors"]
