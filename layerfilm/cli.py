@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -13,15 +14,17 @@ from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
 from .project import PROJECTIONS
 from .render import Style, parse_size
-from .scan import parse_steps
+from .scan import Checkpoint, parse_steps, scan
 
 RENDER_HELP = """\
 Render a film of how every decoder block's weights move over training.
 
-Checkpoints: *.safetensors files whose names hold the step (step_000100.safetensors,
-step-100.safetensors, 100.safetensors) or Hugging Face Trainer folders (checkpoint-N/model.safetensors),
-sorted by step numerically. Blocks are found by their names (transformer.h.N., model.layers.N.,
-gpt_neox.layers.N., blocks.N., layers.N., ...).
+Checkpoints, sorted by step numerically (see `layerfilm scan --help` for what is recognised):
+*.safetensors, *.pt/*.pth/*.bin (state dicts or training dicts such as nanoGPT's), Lightning *.ckpt,
+and folders: Hugging Face Trainer checkpoint-N/, Pythia-style step1000/, sharded safetensors with
+an index, pytorch_model.bin. A damaged, unsafe or odd checkpoint is skipped with one warning line
+(listed again at the end); --strict makes it an error. Blocks are found by their names
+(transformer.h.N., model.layers.N., gpt_neox.layers.N., encoder.layer.N., decoder.block.N., ...).
 
 Points are the output neurons of one matrix per block (--param): rows of an nn.Linear weight stored
 [out, in]; columns of a GPT-2 Conv1D weight stored [in, out] (detected when c_attn is [d, 3d];
@@ -31,6 +34,27 @@ frames, so the axes never flip or jump; points move in straight lines between ke
 Output by extension: .webm = VP9 lossless (decodes to the exact RGB frames), .gif = 256-colour
 palette, .mp4 = H.264 (lossy, --crf), a path without extension = a folder of PNG frames (lossless).
 A film of T key frames has (T-1) x round(fps x seconds-per-keyframe) + 1 frames.
+"""
+
+
+SCAN_HELP = """\
+List the checkpoints in a folder as `layerfilm render` would see them (its dry run): step, format,
+path, decoder blocks found, dtype, size on disk, and the problem of each one that cannot be used.
+Reads headers only (safetensors JSON headers, torch pickles with tensors memory-mapped), never
+tensor data.
+
+Recognised: *.safetensors; *.pt, *.pth, *.bin (state dicts, or training dicts holding one under
+state_dict/model/..., e.g. nanoGPT's {'model', 'optimizer', 'iter_num'}); Lightning *.ckpt;
+folders holding model.safetensors, a sharded model.safetensors.index.json, or pytorch_model.bin
+(Trainer checkpoint-N/, Pythia step1000/). The step comes from the name (step, checkpoint, iter
+followed by a number; epoch=0-step=150.ckpt is 150) or from inside (iter_num, step, global_step,
+trainer_state.json); when both exist they must agree. Pickles are loaded with weights_only=True:
+one that would run code is refused as unsafe, never executed. Prefixes added by wrappers
+(module., _orig_mod., a model. around everything) are ignored.
+
+Problems: unreadable, truncated or corrupt files, unsafe pickles, files without model weights
+(optimizer states), no step, duplicate steps, blocks whose number or shapes differ from most
+checkpoints'. Other files (READMEs, TensorBoard events, Trainer side files) are ignored.
 """
 
 
@@ -48,12 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = r.add_argument_group("which checkpoints")
     g.add_argument("--every", type=int, default=1, metavar="K", help="keep every K-th checkpoint (default 1: all)")
     g.add_argument("--steps", default=None, metavar="A:B", help="keep steps A..B inclusive; either side may be empty (e.g. 1000:)")
+    _checkpoint_options(g)
     g = r.add_argument_group("what to film")
     g.add_argument("--param", default=None, help="matrix inside each block, e.g. mlp.c_fc.weight or attn.c_attn "
                    "('.weight' optional); default: the MLP's input projection")
     g.add_argument("--points", type=int, default=512, metavar="N", help="at most N neurons per block, chosen once with --seed and tracked at every step (default 512)")
     g.add_argument("--seed", type=int, default=0, help="seed for choosing the points (default 0)")
-    g.add_argument("--blocks", default=None, metavar="REGEX", help="override block detection: a regex whose first group is the block index, e.g. 'net\\.stage(\\d+)\\.'")
+    _blocks_option(g)
     g.add_argument("--layout", choices=LAYOUTS, default="auto", help="storage of the matrix: out-in (nn.Linear), in-out (GPT-2 Conv1D) or auto (default)")
     g = r.add_argument_group("projection and time")
     g.add_argument("--projection", default="pca", choices=PROJECTIONS.names(), help="2-D projection aligned over time (default pca: one basis per block for all key frames)")
@@ -66,7 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--encoder-threads", type=int, default=0, metavar="N", help="ffmpeg encoder threads (default 0: ffmpeg decides)")
     g.add_argument("--export-points", default=None, metavar="FILE.npz", help="also write key-frame coordinates: steps (T), blocks (L), point_ids (L,N), xy (T,L,N,2)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    s = sub.add_parser("scan", help="list the checkpoints a render would use, and what is wrong with the others",
+                       description=SCAN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("folder", help="folder that holds the checkpoints")
+    s.add_argument("--json", action="store_true", help="print a JSON list of objects (step, path, format, blocks, "
+                   "dtype, size; problem for a checkpoint that cannot be used) instead of a table")
+    _checkpoint_options(s)
+    _blocks_option(s)
     return parser
+
+
+def _checkpoint_options(g) -> None:
+    g.add_argument("--final-step", type=int, default=None, metavar="N",
+                   help="use a final model saved at the folder's root (no step in its name) as step N")
+    g.add_argument("--strict", action="store_true", help="an unusable checkpoint is an error (exit 2) instead of a skip")
+
+
+def _blocks_option(g) -> None:
+    g.add_argument("--blocks", default=None, metavar="REGEX", help="override block detection: a regex whose first "
+                   "group is the block index, e.g. 'net\\.stage(\\d+)\\.'")
 
 
 def _film_options(args: argparse.Namespace) -> FilmOptions:
@@ -80,6 +123,8 @@ def _film_options(args: argparse.Namespace) -> FilmOptions:
         encode=EncodeOptions(fps=args.fps, crf=args.crf, threads=args.encoder_threads),
         every=args.every,
         steps=parse_steps(args.steps) if args.steps else (None, None),
+        final_step=args.final_step,
+        strict=args.strict,
     )
 
 
@@ -88,10 +133,34 @@ def cmd_render(args: argparse.Namespace) -> int:
     res = render(args.folder, args.out, _film_options(args), export=args.export_points, progress=not args.quiet)
     print(f"wrote {res.out} ({res.frames} frames from {res.keyframes} key frames) in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
+    if res.skipped:
+        print(f"skipped {len(res.skipped)} checkpoint(s):", file=sys.stderr)
+        for c in res.skipped:
+            print(f"  {c.path}: {c.problem}", file=sys.stderr)
     return 0
 
 
-COMMANDS = {"render": cmd_render}
+def scan_table(ckpts: list[Checkpoint]) -> str:
+    """Aligned text table, one checkpoint a line."""
+    rows = [("step", "format", "path", "blocks", "dtype", "size", "problem")]
+    rows += [("-" if c.step is None else str(c.step), c.format, str(c.path), str(c.blocks or "-"), c.dtype or "-",
+              f"{c.size / 2**20:.1f} MiB" if c.size else "-", c.problem or "") for c in ckpts]
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    return "\n".join(("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[6]).rstrip() for r in rows)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    series = scan(args.folder, final_step=args.final_step, strict=args.strict, blocks_regex=args.blocks, warn=False)
+    ckpts = sorted(series.checkpoints + series.skipped, key=lambda c: (c.step is None, c.step or 0, str(c.path)))
+    if args.json:
+        print(json.dumps([c.as_dict() for c in ckpts], indent=1))
+    else:
+        print(scan_table(ckpts))
+        print(f"{len(series)} usable, {len(series.skipped)} skipped", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"render": cmd_render, "scan": cmd_scan}
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:

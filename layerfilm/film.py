@@ -17,7 +17,7 @@ from .features import Features
 from .features.weights import WeightSpec, extract
 from .project import Trajectories, project
 from .render import Renderer, Style
-from .scan import Series, scan
+from .scan import Checkpoint, Series, scan
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class FilmOptions:
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     every: int = 1
     steps: tuple[int | None, int | None] = (None, None)
+    final_step: int | None = None  # step of a final model saved at the folder's root
+    strict: bool = False  # an unusable checkpoint is an error instead of a skip
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class FilmResult:
     frames: int
     keyframes: int
     trajectories: Trajectories
+    skipped: tuple[Checkpoint, ...] = ()  # unusable checkpoints, each with its problem
 
 
 def check_export_path(path: str | Path) -> Path:
@@ -64,8 +67,12 @@ def export_points(traj: Trajectories, path: str | Path) -> Path:
     return path
 
 
-def load_trajectories(series: Series, opts: FilmOptions, workdir: Path, progress: bool = True) -> Trajectories:
-    features: Features = extract(series, opts.weights, workdir, progress)
+def load_trajectories(series: Series, opts: FilmOptions, workdir: Path, progress: bool = True,
+                      skipped: list[Checkpoint] | None = None) -> Trajectories:
+    """Extract and project ``series``; checkpoints skipped while reading are appended to ``skipped``."""
+    features: Features = extract(series, opts.weights, workdir, progress, strict=opts.strict)
+    if skipped is not None:
+        skipped.extend(features.skipped)
     return project(features, opts.projection, progress=progress)
 
 
@@ -105,12 +112,14 @@ def render(
     check_output(Path(out))  # bad output paths fail before any work
     if export is not None:
         check_export_path(export)
-    series = scan(folder, opts.every, opts.steps)
+    series = scan(folder, opts.every, opts.steps, final_step=opts.final_step, strict=opts.strict,
+                  blocks_regex=opts.weights.blocks_regex, progress=progress)
     if len(series) < 2:
-        raise ScanError(f"{folder}: found {len(series)} checkpoint; a film needs at least two key frames")
+        raise ScanError(f"{folder}: found {len(series)} usable checkpoint; a film needs at least two key frames")
+    skipped = list(series.skipped)
     with tempfile.TemporaryDirectory(prefix="layerfilm-") as work:
-        traj = load_trajectories(series, opts, Path(work), progress)
+        traj = load_trajectories(series, opts, Path(work), progress, skipped)
     n = write_film(traj, out, opts, progress)
     if export is not None:
         export_points(traj, export)
-    return FilmResult(Path(out), n, len(series), traj)
+    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(skipped))

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from .errors import LayerError
 
 # prefix (anything ending in a container name) + index + the name inside the block
-_BLOCK = re.compile(r"^(?P<prefix>(?:.*\.)?(?:h|layers|layer|blocks|block))\.(?P<index>\d+)\.(?P<rest>.+)$")
+# (the outermost container: T5's "decoder.block.0.layer.2.x" is block 0 of decoder.block, not 2 of .layer)
+_BLOCK = re.compile(r"^(?P<prefix>(?:.*?\.)?(?:h|layers|layer|blocks|block))\.(?P<index>\d+)\.(?P<rest>.+)$")
+
+# Added by wrappers around the model: DDP / DataParallel, torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Added by a module holding the whole network (a LightningModule's ``self.model``): stripped only
+# when every name carries it.
+WHOLE_PREFIXES = ("model.",)
 
 # The MLP's input projection under each convention, tried in order for the default --param.
 DEFAULT_PARAMS = (
@@ -27,11 +34,33 @@ DEFAULT_PARAMS = (
     "fc1.weight",  # OPT
     "intermediate.dense.weight",  # BERT
     "layer.2.DenseReluDense.wi.weight",  # T5 decoder
+    "layer.2.DenseReluDense.wi_0.weight",  # T5 v1.1 (gated)
     "layer.1.DenseReluDense.wi.weight",  # T5 encoder
     "mixer.in_proj.weight",  # Mamba
     "feed_forward.w1.weight",  # Meta Llama
     "ff.0.weight",
 )
+
+
+def strip_prefixes(keys: list[str]) -> dict[str, str]:
+    """Clean name -> stored name: drops ``module.`` / ``_orig_mod.`` wherever a name starts with
+    them (repeatedly: ``module._orig_mod.``), then one ``model.`` if every name starts with it.
+
+    Example:
+        >>> strip_prefixes(["module._orig_mod.model.h.0.w", "module._orig_mod.model.wte"])
+        {'h.0.w': 'module._orig_mod.model.h.0.w', 'wte': 'module._orig_mod.model.wte'}
+    """
+    clean = []
+    for key in keys:
+        name = key
+        while name.startswith(WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
+        clean.append(name)
+    for prefix in WHOLE_PREFIXES:
+        if clean and all(c.startswith(prefix) for c in clean):
+            clean = [c[len(prefix):] for c in clean]
+    out = dict(zip(clean, keys))
+    return out if len(out) == len(keys) else {k: k for k in keys}  # stripping must not merge names
 
 
 @dataclass(frozen=True)

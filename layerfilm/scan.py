@@ -1,34 +1,69 @@
-"""Finding checkpoints in a folder and recovering each one's training step."""
+"""Finding checkpoints in a folder, recovering each one's training step, and vetting it.
+
+Every candidate is opened lazily (headers and pickles only, no tensor data) to learn its step, its
+blocks, dtype and size, and what is wrong with it. Unusable checkpoints are kept aside with the
+reason (``Checkpoint.problem``) so a render can skip them and say why; ``strict`` refuses them.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import warnings
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .errors import OptionsError, ScanError
-from .formats import detect_format
+from tqdm.auto import tqdm
+
+from .errors import CheckpointError, LayerfilmError, OptionsError, ScanError
+from .formats import HF_WEIGHT_FILE, detect_format, open_checkpoint
+from .layers import map_layers
 
 # A step written with a keyword wins over any other number in the name:
 # "epoch=0-step=150.ckpt" is step 150, "checkpoint-2000" is step 2000, "step_000100" is 100.
 _KEYWORD_STEP = re.compile(r"(?:global_step|step|checkpoint|ckpt|iter|iteration)[-_=]?(\d+)", re.I)
 _ANY_NUMBER = re.compile(r"\d+")
+# Files a Hugging Face Trainer writes beside the weights; never model weights.
+_SIDE_FILES = re.compile(r"^(?:training_args\.bin|optimizer\.(?:pt|bin)|scheduler\.pt|scaler\.pt|rng_state(?:_\d+)?\.pth)$")
+NO_FINAL_STEP = "final model at the folder's root has no step; pass --final-step N to use it"
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    step: int
+    """One checkpoint found by :func:`scan`.
+
+    step:    training step (None when it could not be recovered).
+    format:  registered format name (see ``layerfilm.formats.FORMATS``).
+    problem: why it cannot be used, or None.
+    blocks:  decoder blocks found; dtype: dtype of the block tensors ("BF16", "F32", ...);
+    size:    bytes on disk of its weight files.
+    """
+
+    step: int | None
     path: Path
     format: str
+    problem: str | None = None
+    blocks: int = 0
+    dtype: str = ""
+    size: int = 0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        if self.problem is None:
+            del d["problem"]
+        return d
 
 
 @dataclass(frozen=True)
 class Series:
-    """Checkpoints sorted by step (numerically), one per step."""
+    """Usable checkpoints sorted by step (numerically), one per step; ``skipped``: the unusable ones."""
 
     root: Path
     checkpoints: tuple[Checkpoint, ...]
+    skipped: tuple[Checkpoint, ...] = ()
 
     @property
     def steps(self) -> list[int]:
@@ -67,48 +102,157 @@ def parse_steps(text: str) -> tuple[int | None, int | None]:
     return lo, hi
 
 
+def _trainer_step(folder: Path) -> int | None:
+    """``global_step`` of a Trainer folder's trainer_state.json, if there is one."""
+    try:
+        step = json.loads((folder / "trainer_state.json").read_text()).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if type(step) is int else None
+
+
+def _candidates(root: Path) -> list[tuple[Path, str]]:
+    """(path, format) of everything in ``root`` that looks like a checkpoint, by name only.
+
+    A model saved at the root itself (Trainer's final ``save_model``) is one candidate, ``root``,
+    and its weight files are not candidates of their own.
+    """
+    root_format = detect_format(root)
+    found = [(root, root_format)] if root_format else []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or _SIDE_FILES.match(entry.name):
+            continue
+        if root_format and HF_WEIGHT_FILE.match(entry.name):
+            continue
+        fmt = detect_format(entry)
+        if fmt is not None:
+            found.append((entry, fmt))
+    return found
+
+
+def _inspect(path: Path, fmt: str, step: int | None, blocks_regex: str | None) -> tuple[Checkpoint, dict]:
+    """The checkpoint at ``path`` with its problem (if any), and its block tensors' shapes."""
+    try:
+        with open_checkpoint(path, fmt) as reader:
+            keys = reader.keys()
+            inner = _trainer_step(path) if path.is_dir() else reader.step
+            layer_map = map_layers(keys, blocks_regex)
+            block_keys = [n for b in layer_map.blocks for n in layer_map.names[b].values()]
+            shapes = {f"{b}.{c}": reader.shape(n) for b in layer_map.blocks for c, n in layer_map.names[b].items()}
+            dtypes = Counter(reader.dtype(n) for n in block_keys)
+            size = sum(f.stat().st_size for f in reader.files)
+    except LayerfilmError as e:
+        return Checkpoint(step, path, fmt, problem=problem_of(e, path)), {}
+    except OSError as e:
+        return Checkpoint(step, path, fmt, problem=f"cannot read ({e.strerror or e})"), {}
+    problem = None
+    if step is None:
+        step = inner
+        if step is None:
+            problem = "no training step in its name or inside it"
+    elif inner is not None and inner != step:
+        problem = f"its name says step {step} but it records step {inner}"
+    dtype = "+".join(sorted(dtypes)) if len(dtypes) > 1 else next(iter(dtypes), "")
+    return Checkpoint(step, path, fmt, problem, len(layer_map.blocks), dtype, size), shapes
+
+
+def problem_of(e: LayerfilmError, path: Path) -> str:
+    """An error's message without the leading path (the checkpoint is named beside it)."""
+    text, p = str(e), str(path)
+    if text.startswith(p + ": "):
+        return text[len(p) + 2:]
+    return text[len(p) + 1:] if text.startswith(p + os.sep) else text
+
+
+def _odd_shapes(found: list[tuple[Checkpoint, dict]]) -> list[Checkpoint]:
+    """Mark checkpoints whose blocks differ in number or shape from most others'."""
+    usable = [(c, s) for c, s in found if c.problem is None]
+    signature = Counter((c.blocks, tuple(sorted(s.items()))) for c, s in usable)
+    if len(signature) <= 1:
+        return [c for c, _ in found]
+    (blocks, common), _ = signature.most_common(1)[0]
+    common = dict(common)
+    out = []
+    for c, s in found:
+        if c.problem is None and c.blocks != blocks:
+            c = replace(c, problem=f"{c.blocks} blocks, most checkpoints have {blocks}")
+        elif c.problem is None:
+            odd = next((n for n in sorted(s) if n in common and s[n] != common[n]), None)
+            if odd is not None:
+                c = replace(c, problem=f"block tensor {odd} has shape {list(s[odd])}, "
+                               f"most checkpoints have {list(common[odd])}")
+        out.append(c)
+    return out
+
+
 def scan(
     root: str | Path,
     every: int = 1,
     steps: tuple[int | None, int | None] = (None, None),
+    *,
+    final_step: int | None = None,
+    strict: bool = False,
+    blocks_regex: str | None = None,
+    warn: bool = True,
+    progress: bool = False,
 ) -> Series:
-    """Find the checkpoints directly inside ``root`` and sort them by step.
+    """Find the checkpoints directly inside ``root``, vet them and sort them by step.
 
     Args:
-        root: a folder of ``*.safetensors`` files or ``checkpoint-N/`` folders.
-        every: keep every K-th checkpoint (after the step range is applied).
+        root: a folder of checkpoint files (``*.safetensors``, ``*.pt``/``*.pth``/``*.bin``,
+            Lightning ``*.ckpt``) or folders (``checkpoint-N/``, ``step1000/`` holding
+            ``model.safetensors``, shards with an index, or ``pytorch_model.bin``).
+        every: keep every K-th usable checkpoint (after the step range is applied).
         steps: inclusive (start, end) range of steps to keep; None = open end.
+        final_step: the step of a model saved at ``root`` itself (otherwise it is not used).
+        strict: raise on the first unusable checkpoint instead of skipping it.
+        blocks_regex: block detection override (see :func:`layerfilm.layers.map_layers`).
+        warn: one warning line per skipped checkpoint.
     Returns:
-        a :class:`Series`. Entries with no recoverable step are skipped with a warning.
+        a :class:`Series`; unusable checkpoints are in ``Series.skipped`` with their problem.
     """
     root = Path(root)
     if every < 1:
         raise OptionsError(f"--every {every}: must be 1 or more")
+    if final_step is not None and final_step < 0:
+        raise OptionsError(f"--final-step {final_step}: must be 0 or more")
     if not root.exists():
         raise ScanError(f"{root}: no such folder")
     if not root.is_dir():
         raise ScanError(f"{root}: not a folder (give the folder that holds the checkpoints)")
-    entries = sorted(root.iterdir())
-    if not entries:
-        raise ScanError(f"{root}: the folder is empty")
-    found: dict[int, Checkpoint] = {}
-    for entry in entries:
-        fmt = detect_format(entry)
-        if fmt is None:
+    try:
+        candidates = _candidates(root)
+    except OSError as e:
+        raise ScanError(f"{root}: cannot list the folder ({e.strerror or e})") from None
+    if not candidates:
+        what = "is empty" if not any(root.iterdir()) else "holds no checkpoints"
+        raise ScanError(f"{root}: the folder {what} (expected *.safetensors, *.pt, *.bin, *.ckpt files "
+                        "or checkpoint-N/ folders)")
+    found = []
+    for path, fmt in tqdm(candidates, desc="scanning", unit="ckpt", disable=not progress):
+        if path == root and final_step is None:
+            found.append((Checkpoint(None, path, fmt, NO_FINAL_STEP), {}))
             continue
-        step = step_from_name(entry.name)
-        if step is None:
-            warnings.warn(f"{entry}: no training step in its name; not used as a key frame", stacklevel=2)
-            continue
-        if step in found:
-            warnings.warn(f"{entry}: step {step} already taken by {found[step].path.name}; skipped", stacklevel=2)
-            continue
-        found[step] = Checkpoint(step, entry, fmt)
-    if not found:
-        raise ScanError(f"{root}: no checkpoints found (expected *.safetensors files or checkpoint-N/ folders)")
+        found.append(_inspect(path, fmt, final_step if path == root else step_from_name(path.name), blocks_regex))
+    checkpoints, taken = [], {}
+    # on a duplicate step the first kept wins: a checkpoint folder before the root's final model
+    for c in sorted(_odd_shapes(found), key=lambda c: (c.step is None, c.step or 0, c.path == root, str(c.path))):
+        if c.problem is None and c.step in taken:
+            c = replace(c, problem=f"step {c.step} already taken by {taken[c.step].name}")
+        if c.problem is None:
+            taken[c.step] = c.path
+        checkpoints.append(c)
     lo, hi = steps
-    kept = [found[s] for s in sorted(found) if (lo is None or s >= lo) and (hi is None or s <= hi)]
-    kept = kept[::every]
+    in_range = [c for c in checkpoints if c.step is None or ((lo is None or c.step >= lo) and (hi is None or c.step <= hi))]
+    kept = [c for c in in_range if c.problem is None][::every]
+    skipped = [c for c in in_range if c.problem is not None]
+    for c in skipped:
+        if strict and c.problem != NO_FINAL_STEP:
+            raise CheckpointError(f"{c.path}: {c.problem} (--strict: nothing is skipped)")
+        if warn:
+            warnings.warn(f"{c.path}: {c.problem}; skipped", stacklevel=2)
     if not kept:
-        raise ScanError(f"{root}: no checkpoints in the step range {lo}:{hi}")
-    return Series(root, tuple(kept))
+        why = f" ({skipped[0].path.name}: {skipped[0].problem})" if skipped else ""
+        range_note = f" in the step range {lo}:{hi}" if steps != (None, None) else ""
+        raise ScanError(f"{root}: no usable checkpoints{range_note}{why}")
+    return Series(root, tuple(kept), tuple(skipped))

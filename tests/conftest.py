@@ -47,3 +47,33 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+
+# Series written by the real tools for the format tests (builders in tests/makers.py; seconds each).
+@pytest.fixture(scope="session")
+def makers():
+    sys.path.insert(0, str(ROOT / "tests"))
+    import makers
+
+    return makers
+
+
+@pytest.fixture(scope="session")
+def hf_run(makers, example, tmp_path_factory) -> Path:
+    return makers.hf_trainer_run(example, tmp_path_factory.mktemp("hf_trainer"))
+
+
+@pytest.fixture(scope="session")
+def pythia_run(makers, example, tmp_path_factory) -> Path:
+    return makers.pythia_sharded_run(example, tmp_path_factory.mktemp("pythia"))
+
+
+@pytest.fixture(scope="session")
+def bin_run(makers, example, tmp_path_factory) -> Path:
+    return makers.bin_folders_run(example, tmp_path_factory.mktemp("bin_folders"))
+
+
+@pytest.fixture(scope="session")
+def lightning_ckpts(makers, example, tmp_path_factory) -> Path:
+    return makers.lightning_run(example, tmp_path_factory.mktemp("lightning"))

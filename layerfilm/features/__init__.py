@@ -40,3 +40,4 @@ class Features:
     point_ids: np.ndarray  # (L, N) int64: which neuron/token each point is
     name: str  # what the points are, e.g. "mlp.c_fc.weight rows"
     store: FeatureStore  # store[t] -> (L, N, D) float32
+    skipped: tuple = ()  # Checkpoints that could not be read, with their problem

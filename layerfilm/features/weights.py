@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import CheckpointError, OptionsError
+from ..errors import CheckpointError, OptionsError, ScanError
 from ..formats import open_checkpoint
 from ..layers import LayerMap, is_conv1d_layout, map_layers, resolve_param
-from ..scan import Series
+from ..scan import Series, problem_of
 from . import Features, FeatureStore
 
 LAYOUTS = ("auto", "out-in", "in-out")
@@ -75,8 +76,9 @@ def plan(series: Series, spec: WeightSpec) -> WeightPlan:
 def read_points(reader, wp: WeightPlan, where: Path) -> np.ndarray:
     """(L, N, D) float32 rows of every block's matrix in one open checkpoint."""
     out = np.empty((len(wp.tensor_names), wp.point_ids.shape[1], wp.shape[1]), np.float32)
+    keys = set(reader.keys())
     for i, name in enumerate(wp.tensor_names):
-        if name not in reader.keys():
+        if name not in keys:
             raise CheckpointError(f"{where}: tensor {name} is missing")
         w = reader.get(name)
         if wp.transpose:
@@ -87,17 +89,34 @@ def read_points(reader, wp: WeightPlan, where: Path) -> np.ndarray:
     return out
 
 
-def extract(series: Series, spec: WeightSpec, workdir: Path, progress: bool = True) -> Features:
-    """Read each checkpoint once and keep only the tracked rows, one key frame at a time."""
+def extract(series: Series, spec: WeightSpec, workdir: Path, progress: bool = True, strict: bool = False) -> Features:
+    """Read each checkpoint once and keep only the tracked rows, one key frame at a time.
+
+    A checkpoint that cannot be read (damaged, a tensor missing, another shape) is skipped with
+    one warning line and listed in ``Features.skipped``; with ``strict`` it is an error.
+    At least two key frames must remain.
+    """
     wp = plan(series, spec)
     store = FeatureStore(workdir)
+    steps, skipped = [], []
     for ckpt in tqdm(series.checkpoints, desc="loading", unit="ckpt", disable=not progress):
-        with open_checkpoint(ckpt.path, ckpt.format) as reader:
-            store.append(read_points(reader, wp, ckpt.path))
+        try:
+            with open_checkpoint(ckpt.path, ckpt.format) as reader:
+                store.append(read_points(reader, wp, ckpt.path))
+        except CheckpointError as e:
+            if strict:
+                raise CheckpointError(f"{e} (--strict: nothing is skipped)") from None
+            warnings.warn(f"{e}; skipped", stacklevel=2)
+            skipped.append(replace(ckpt, problem=problem_of(e, ckpt.path)))
+            continue
+        steps.append(ckpt.step)
+    if len(steps) < 2:
+        raise ScanError(f"{series.root}: {len(steps)} readable checkpoint(s); a film needs at least two key frames")
     return Features(
-        steps=np.asarray(series.steps, np.int64),
+        steps=np.asarray(steps, np.int64),
         blocks=np.asarray(wp.layer_map.blocks, np.int64),
         point_ids=wp.point_ids.astype(np.int64),
         name=f"{wp.component} ({'columns' if wp.transpose else 'rows'}: output neurons)",
         store=store,
+        skipped=tuple(skipped),
     )

@@ -1,24 +1,38 @@
 """On-disk checkpoint formats, one module each, registered by name.
 
 A format is a class with
-  ``detect(path) -> bool``    cheap test on a file or folder (names and headers only);
+  ``detect(path) -> bool``    cheap test on a file or folder (names only, no reading);
   ``open(path) -> Reader``    a lazy context manager over the checkpoint's tensors.
 
-A ``Reader`` exposes ``keys()``, ``shape(name)``, ``dtype(name)`` and ``get(name) -> np.ndarray``
-(float32), reading only the tensors asked for. Later stages never see torch.
+A ``Reader`` exposes ``keys()``, ``shape(name)``, ``dtype(name)``, ``get(name) -> np.ndarray``
+(float32, bf16/fp16 widened), ``files`` (the files holding the weights) and ``step`` (the training
+step recorded inside the checkpoint, or None). Opening reads headers only (safetensors JSON header,
+the pickle of a torch zip with its tensors memory-mapped); ``get`` reads one tensor. Later stages
+never see torch. :func:`open_checkpoint` wraps the reader so that names come without the prefixes
+wrappers add (``module.``, ``_orig_mod.``, a ``model.`` around the whole network).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import CheckpointError
+from ..layers import strip_prefixes
 from ..registry import Registry
+
+# Weight files of a Hugging Face model folder: model.safetensors, model-00001-of-00002.safetensors,
+# model.safetensors.index.json, pytorch_model.bin and their shards/index.
+HF_WEIGHT_FILE = re.compile(r"^(?:model|pytorch_model)(?:-\d+-of-\d+)?\.(?:safetensors|bin)(?:\.index\.json)?$")
 
 
 class Reader(Protocol):
+    files: list[Path]
+    step: int | None
+
     def keys(self) -> list[str]: ...
     def shape(self, name: str) -> tuple[int, ...]: ...
     def dtype(self, name: str) -> str: ...
@@ -45,8 +59,48 @@ def detect_format(path: Path) -> str | None:
     return None
 
 
-def open_checkpoint(path: Path, format: str) -> Reader:
-    return FORMATS.get(format).open(path)
+def to_float32(tensor: Any) -> np.ndarray:
+    """A torch tensor (any float dtype, bf16 included) as a float32 NumPy array."""
+    return tensor.detach().float().numpy()
 
 
-from . import safetensors_format  # noqa: E402,F401  (registers itself)
+class Renamed:
+    """A reader seen through prefix-stripped names (see :func:`layerfilm.layers.strip_prefixes`)."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+        self._raw: dict[str, str] = {}
+
+    def __enter__(self) -> "Renamed":
+        self.reader.__enter__()
+        self._raw = strip_prefixes(self.reader.keys())
+        self.files, self.step = self.reader.files, self.reader.step
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reader.__exit__(*exc)
+
+    def keys(self) -> list[str]:
+        return list(self._raw)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.reader.shape(self._raw[name])
+
+    def dtype(self, name: str) -> str:
+        return self.reader.dtype(self._raw[name])
+
+    def get(self, name: str) -> np.ndarray:
+        return self.reader.get(self._raw[name])
+
+
+def open_checkpoint(path: Path, format: str) -> Renamed:
+    """A lazy reader over ``path`` (use it as a context manager), names without wrapper prefixes."""
+    return Renamed(FORMATS.get(format).open(path))
+
+
+def unreadable(path: Path, e: OSError) -> CheckpointError:
+    return CheckpointError(f"{path}: cannot read ({e.strerror or e})")
+
+
+# Registration order is detection order: folder formats look inside, file formats at the suffix.
+from . import sharded_format, safetensors_format, torch_format, lightning_format  # noqa: E402,F401

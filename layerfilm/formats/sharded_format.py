@@ -1,0 +1,81 @@
+"""A Hugging Face sharded checkpoint: a folder with ``model.safetensors.index.json`` (or
+``pytorch_model.bin.index.json``) whose ``weight_map`` names the shard holding each tensor,
+``model-00001-of-00003.safetensors`` ... Each shard is opened lazily by its own format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError
+from . import FORMATS, Reader, unreadable
+
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def index_of(folder: Path) -> Path | None:
+    return next((folder / n for n in INDEX_FILES if (folder / n).is_file()), None)
+
+
+class ShardedReader:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.index = index_of(folder)
+        self.files: list[Path] = []
+        self.step: int | None = None
+        self._where: dict[str, str] = {}
+        self._shards: dict[str, Reader] = {}
+
+    def __enter__(self) -> "ShardedReader":
+        try:
+            weight_map = json.loads(self.index.read_text()).get("weight_map")
+        except OSError as e:
+            raise unreadable(self.index, e) from None
+        except (ValueError, AttributeError):
+            weight_map = None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{self.index}: corrupt index (no weight_map)")
+        self._where = {str(k): str(v) for k, v in weight_map.items()}
+        fmt = FORMATS.get("safetensors" if self.index.name.startswith("model.") else "torch")
+        for shard in sorted(set(self._where.values())):
+            path = self.folder / shard
+            if not path.is_file():
+                raise CheckpointError(f"{self.folder}: shard {shard} named in {self.index.name} is missing")
+            self._shards[shard] = fmt.open(path).__enter__()
+            self.files.append(path)
+        for name, shard in self._where.items():
+            if name not in self._shards[shard].keys():
+                raise CheckpointError(f"{self.folder / shard}: tensor {name} listed in the index is missing")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for reader in self._shards.values():
+            reader.__exit__(*exc)
+        self._shards = {}
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shards[self._where[name]].shape(name)
+
+    def dtype(self, name: str) -> str:
+        return self._shards[self._where[name]].dtype(name)
+
+    def get(self, name: str) -> np.ndarray:
+        return self._shards[self._where[name]].get(name)
+
+
+@FORMATS.register("sharded")
+class ShardedFormat:
+    name = "sharded"
+
+    @staticmethod
+    def detect(path: Path) -> bool:
+        return path.is_dir() and index_of(path) is not None
+
+    @staticmethod
+    def open(path: Path) -> ShardedReader:
+        return ShardedReader(path)

@@ -1,0 +1,124 @@
+"""PyTorch pickles: ``.pt`` / ``.pth`` / ``.bin`` state dicts and training dicts, or a folder holding
+``pytorch_model.bin`` (older Hugging Face checkpoints).
+
+Loaded with ``torch.load(weights_only=True, mmap=True)``: the pickle may only rebuild tensors and
+plain containers (anything else is refused, never executed), and tensor data stays on disk until a
+tensor is asked for. A training dict (nanoGPT's ``{'model': ..., 'optimizer': ..., 'iter_num': N}``,
+Lightning's ``{'state_dict': ..., 'global_step': N}``) is searched for its model's state dict.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError
+from . import FORMATS, to_float32, unreadable
+
+# Where training dicts keep the model's weights, tried in order.
+STATE_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
+# Where they keep the training step, tried in order (first int wins).
+STEP_KEYS = ("global_step", "iter_num", "step", "iteration")
+# torch dtype -> the short names safetensors uses, so `layerfilm scan` shows one vocabulary.
+DTYPE_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
+               "int64": "I64", "int32": "I32", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def load_pickle(path: Path) -> Any:
+    """``torch.load`` that refuses to run code and maps every failure to a :class:`CheckpointError`."""
+    import torch
+
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except OSError as e:
+        raise unreadable(path, e) from None
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            first = str(e).split("\n")[0:3]
+            why = next((line for line in first[1:] if line.strip()), "").strip()[:160]
+            raise CheckpointError(f"{path}: unsafe pickle, refused without running it ({why})") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint or corrupt ({e})") from None
+    except Exception as e:  # torch raises RuntimeError/ValueError/EOFError/... on damaged zips
+        why = str(e).splitlines()[0].split(". ")[0][:160] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: corrupt or truncated PyTorch file ({why})") from None
+
+
+def _tensors(obj: Any) -> dict[str, Any] | None:
+    import torch
+
+    if not isinstance(obj, dict):
+        return None
+    out = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return out or None
+
+
+def find_state_dict(obj: Any, path: Path) -> tuple[dict[str, Any], int | None]:
+    """The model's tensors in a loaded pickle, and the training step stored beside them."""
+    step = None
+    if isinstance(obj, dict):
+        step = next((obj[k] for k in STEP_KEYS if type(obj.get(k)) is int), None)
+    found = _tensors(obj)
+    for key in STATE_KEYS:
+        if found is None and isinstance(obj, dict):
+            found = _tensors(obj.get(key))
+    if found is None:
+        if isinstance(obj, dict) and {"state", "param_groups"} <= set(obj):
+            raise CheckpointError(f"{path}: an optimizer state, no model weights")
+        keys = ", ".join(map(str, list(obj)[:5])) if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: no model weights found (holds {keys})")
+    return found, step
+
+
+class TorchReader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files = [path]
+        self.step: int | None = None
+        self._tensors: dict[str, Any] = {}
+
+    def __enter__(self) -> "TorchReader":
+        self._tensors, self.step = find_state_dict(load_pickle(self.path), self.path)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tensors = {}
+
+    def keys(self) -> list[str]:
+        return list(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensors[name].shape)
+
+    def dtype(self, name: str) -> str:
+        t = str(self._tensors[name].dtype).removeprefix("torch.")
+        return DTYPE_NAMES.get(t, t)
+
+    def get(self, name: str) -> np.ndarray:
+        try:
+            return to_float32(self._tensors[name])
+        except (RuntimeError, OSError) as e:  # mmap'd data gone or damaged
+            raise CheckpointError(f"{self.path}: cannot read tensor {name} ({e})") from None
+
+
+@FORMATS.register("torch")
+class TorchFormat:
+    name = "torch"
+    suffixes = (".pt", ".pth", ".bin")
+
+    @staticmethod
+    def detect(path: Path) -> bool:
+        if path.is_dir():
+            return (path / "pytorch_model.bin").is_file()
+        return path.suffix in TorchFormat.suffixes
+
+    @staticmethod
+    def open(path: Path) -> TorchReader:
+        return TorchReader(path / "pytorch_model.bin" if path.is_dir() else path)
