@@ -27,7 +27,7 @@ _KEYWORD_STEP = re.compile(r"(?:global_step|step|checkpoint|ckpt|iter|iteration)
 _ANY_NUMBER = re.compile(r"\d+")
 # Files a Hugging Face Trainer writes beside the weights; never model weights.
 _SIDE_FILES = re.compile(r"^(?:training_args\.bin|optimizer\.(?:pt|bin)|scheduler\.pt|scaler\.pt|rng_state(?:_\d+)?\.pth)$")
-NO_FINAL_STEP = "final model at the folder's root has no step; pass --final-step N to use it"
+NO_FINAL_STEP = "no training step in its name; not a key frame unless --final-step N says which step it is"
 
 
 @dataclass(frozen=True)
@@ -111,14 +111,20 @@ def _trainer_step(folder: Path) -> int | None:
     return step if type(step) is int else None
 
 
-def _candidates(root: Path) -> list[tuple[Path, str]]:
-    """(path, format) of everything in ``root`` that looks like a checkpoint, by name only.
+def _candidates(root: Path) -> list[tuple[Path, str, bool]]:
+    """(path, format, is the final model) of everything in ``root`` that looks like a checkpoint,
+    by name only.
 
-    A model saved at the root itself (Trainer's final ``save_model``) is one candidate, ``root``,
-    and its weight files are not candidates of their own.
+    A model saved at the root itself (Trainer's final ``save_model``: model.safetensors, shards with
+    an index, pytorch_model.bin) is one candidate, the final model, whose step only --final-step gives.
     """
     root_format = detect_format(root)
-    found = [(root, root_format)] if root_format else []
+    found = []
+    if root_format == "sharded":
+        found.append((root, root_format, True))
+    elif root_format:  # one weight file: name it, not the folder
+        weights = next(root / n for n in ("model.safetensors", "pytorch_model.bin") if (root / n).is_file())
+        found.append((weights, detect_format(weights), True))
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or _SIDE_FILES.match(entry.name):
             continue
@@ -126,7 +132,7 @@ def _candidates(root: Path) -> list[tuple[Path, str]]:
             continue
         fmt = detect_format(entry)
         if fmt is not None:
-            found.append((entry, fmt))
+            found.append((entry, fmt, False))
     return found
 
 
@@ -225,18 +231,20 @@ def scan(
     except OSError as e:
         raise ScanError(f"{root}: cannot list the folder ({e.strerror or e})") from None
     if not candidates:
-        what = "is empty" if not any(root.iterdir()) else "holds no checkpoints"
-        raise ScanError(f"{root}: the folder {what} (expected *.safetensors, *.pt, *.bin, *.ckpt files "
+        what = "the folder is empty" if not any(root.iterdir()) else "no checkpoints found"
+        raise ScanError(f"{root}: {what} (expected *.safetensors, *.pt, *.bin, *.ckpt files "
                         "or checkpoint-N/ folders)")
-    found = []
-    for path, fmt in tqdm(candidates, desc="scanning", unit="ckpt", disable=not progress):
-        if path == root and final_step is None:
-            found.append((Checkpoint(None, path, fmt, NO_FINAL_STEP), {}))
-            continue
-        found.append(_inspect(path, fmt, final_step if path == root else step_from_name(path.name), blocks_regex))
+    found, finals = [], set()
+    for path, fmt, final in tqdm(candidates, desc="scanning", unit="ckpt", disable=not progress):
+        if final:
+            finals.add(path)
+            if final_step is None:
+                found.append((Checkpoint(None, path, fmt, NO_FINAL_STEP), {}))
+                continue
+        found.append(_inspect(path, fmt, final_step if final else step_from_name(path.name), blocks_regex))
     checkpoints, taken = [], {}
     # on a duplicate step the first kept wins: a checkpoint folder before the root's final model
-    for c in sorted(_odd_shapes(found), key=lambda c: (c.step is None, c.step or 0, c.path == root, str(c.path))):
+    for c in sorted(_odd_shapes(found), key=lambda c: (c.step is None, c.step or 0, c.path in finals, str(c.path))):
         if c.problem is None and c.step in taken:
             c = replace(c, problem=f"step {c.step} already taken by {taken[c.step].name}")
         if c.problem is None:

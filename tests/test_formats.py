@@ -29,12 +29,13 @@ def test_hf_trainer_folders_and_final_model(hf_run):
     assert series.steps == [4, 8, 12]
     assert [c.path.name for c in series.checkpoints] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
     assert {c.format for c in series.checkpoints} == {"safetensors"}
-    assert [(c.path, c.problem) for c in series.skipped] == [(hf_run, NO_FINAL_STEP)]  # training_args.bin ignored
+    # the final model at the root is not a key frame without --final-step; training_args.bin is ignored
+    assert [(c.path, c.problem) for c in series.skipped] == [(hf_run / "model.safetensors", NO_FINAL_STEP)]
 
     final = scan(hf_run, final_step=100, warn=False)
-    assert final.steps == [4, 8, 12, 100] and final.checkpoints[-1].path == hf_run
+    assert final.steps == [4, 8, 12, 100] and final.checkpoints[-1].path == hf_run / "model.safetensors"
     # the final model saved at the root is the last checkpoint's weights
-    assert all(np.array_equal(a, b) for a, b in zip(read_all(hf_run, "safetensors").values(),
+    assert all(np.array_equal(a, b) for a, b in zip(read_all(hf_run / "model.safetensors", "safetensors").values(),
                                                    read_all(hf_run / "checkpoint-12", "safetensors").values()))
 
 

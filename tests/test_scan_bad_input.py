@@ -150,7 +150,7 @@ def test_unsafe_pickle_never_runs(tiny_run, tmp_path, run_cli):
 
 @pytest.mark.parametrize("content, message", [
     ({}, "the folder is empty"),
-    ({"README.md": b"hi", "events.out.tfevents.1.h": b"\x00" * 10}, "the folder holds no checkpoints"),
+    ({"README.md": b"hi", "events.out.tfevents.1.h": b"\x00" * 10}, "no checkpoints found"),
     ({"step_1.safetensors": b"", "step_2.pt": b"PK\x03\x04junk"}, "no usable checkpoints (step_1.safetensors: "
      "not a safetensors file (too short))"),
 ])

@@ -77,9 +77,7 @@ class SafetensorsReader:
         self._base = 0
 
     def __enter__(self) -> "SafetensorsReader":
-        self._header, meta = read_header(self.path)
-        step = str(meta.get("step", ""))
-        self.step = int(step) if step.isdigit() else None
+        self._header, _ = read_header(self.path)  # the step comes from the name (or trainer_state.json)
         try:
             self._fd = os.open(self.path, os.O_RDONLY)
             self._base = 8 + struct.unpack("<Q", os.pread(self._fd, 8, 0))[0]
