@@ -49,7 +49,6 @@ def run_cli(capsys):
     return run
 
 
-
 # Series written by the real tools for the format tests (builders in tests/makers.py; seconds each).
 @pytest.fixture(scope="session")
 def makers():
@@ -59,21 +58,17 @@ def makers():
     return makers
 
 
-@pytest.fixture(scope="session")
-def hf_run(makers, example, tmp_path_factory) -> Path:
-    return makers.hf_trainer_run(example, tmp_path_factory.mktemp("hf_trainer"))
+def _series(builder: str):
+    """A session fixture: the folder that ``makers.<builder>`` writes."""
+
+    @pytest.fixture(scope="session")
+    def fixture(makers, example, tmp_path_factory) -> Path:
+        return getattr(makers, builder)(example, tmp_path_factory.mktemp(builder))
+
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def pythia_run(makers, example, tmp_path_factory) -> Path:
-    return makers.pythia_sharded_run(example, tmp_path_factory.mktemp("pythia"))
-
-
-@pytest.fixture(scope="session")
-def bin_run(makers, example, tmp_path_factory) -> Path:
-    return makers.bin_folders_run(example, tmp_path_factory.mktemp("bin_folders"))
-
-
-@pytest.fixture(scope="session")
-def lightning_ckpts(makers, example, tmp_path_factory) -> Path:
-    return makers.lightning_run(example, tmp_path_factory.mktemp("lightning"))
+hf_run = _series("hf_trainer_run")  # Trainer: checkpoint-4/ -8/ -12/ + final model at the root
+pythia_run = _series("pythia_sharded_run")  # step0/ step3/ step6/: sharded bf16 GPT-NeoX
+bin_run = _series("bin_folders_run")  # checkpoint-N/pytorch_model.bin, fp16 Llama
+lightning_ckpts = _series("lightning_run")  # epoch=E-step=N.ckpt
