@@ -86,6 +86,8 @@ def read_points(reader, wp: WeightPlan, where: Path) -> np.ndarray:
         if w.shape != wp.shape:
             raise CheckpointError(f"{where}: {name} has shape {w.shape}, expected {wp.shape}")
         out[i] = w[wp.point_ids[i]]
+        if not np.isfinite(out[i]).all():  # a diverged run or damaged data: would poison the projection
+            raise CheckpointError(f"{where}: {name} holds NaN or infinite values")
     return out
 
 

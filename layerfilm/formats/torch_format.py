@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,9 @@ def load_pickle(path: Path) -> tuple[Any, bool]:
         raise unreadable(path, e) from None
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
-            first = str(e).split("\n")[0:3]
-            why = next((line for line in first[1:] if line.strip()), "").strip()[:160]
-            raise CheckpointError(f"{path}: unsafe pickle, refused without running it ({why})") from None
+            m = re.search(r"WeightsUnpickler error: (.+?)(?: was not an allowed global| Please|\n|$)", str(e))
+            why = f" ({m.group(1).strip().rstrip('.')})" if m else ""
+            raise CheckpointError(f"{path}: unsafe pickle, refused without running it{why}") from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint or corrupt ({e})") from None
     except Exception as e:  # torch raises RuntimeError/ValueError/EOFError/... on damaged zips
         why = str(e).splitlines()[0].split(". ")[0][:160] if str(e) else type(e).__name__
