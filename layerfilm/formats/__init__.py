@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -59,16 +59,13 @@ def detect_format(path: Path) -> str | None:
     return None
 
 
-def to_float32(tensor: Any) -> np.ndarray:
-    """A torch tensor (any float dtype, bf16 included) as a float32 NumPy array."""
-    return tensor.detach().float().numpy()
-
-
 class Renamed:
     """A reader seen through prefix-stripped names (see :func:`layerfilm.layers.strip_prefixes`)."""
 
     def __init__(self, reader: Reader) -> None:
         self.reader = reader
+        self.files: list[Path] = []
+        self.step: int | None = None
         self._raw: dict[str, str] = {}
 
     def __enter__(self) -> "Renamed":

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-from . import FORMATS, to_float32, unreadable
+from . import FORMATS, unreadable
 
 # Where training dicts keep the model's weights, tried in order.
 STATE_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
@@ -31,6 +31,11 @@ DTYPE_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64"
 
 
 MADV_RANDOM = 1
+
+
+def to_float32(tensor: Any) -> np.ndarray:
+    """A torch tensor (any float dtype, bf16 included) as a float32 NumPy array."""
+    return tensor.detach().float().numpy()
 
 
 def advise_random(tensors: list[Any]) -> None:
