@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import cache
 from .animate import Timeline, lerp
 from .encode import EncodeOptions, check_output, open_film
 from .errors import OptionsError, ScanError
 from .features import Features
 from .features.weights import WeightSpec, extract
+from .pipeline import one_blas_thread, prefetch
 from .project import Trajectories, project
 from .render import Renderer, Style
 from .scan import Series, scan
@@ -32,6 +36,16 @@ class FilmOptions:
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     every: int = 1
     steps: tuple[int | None, int | None] = (None, None)
+    cache: bool = True  # keep projected key frames on disk (layerfilm.cache); a re-render skips the checkpoints
+    cache_dir: str | None = None  # None: $LAYERFILM_CACHE or ~/.cache/layerfilm
+
+    def points_options(self) -> dict:
+        """The options that change the points (the cache key): all but the look, encoding and cache."""
+        return {k: v for k, v in asdict(self).items() if k not in _NOT_POINTS}
+
+
+# FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)
+_NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "every", "steps", "cache", "cache_dir"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,22 @@ def load_trajectories(series: Series, opts: FilmOptions, workdir: Path, progress
     return project(features, opts.projection, progress=progress)
 
 
+def cached_trajectories(series: Series, opts: FilmOptions, progress: bool = True) -> Trajectories:
+    """:func:`load_trajectories` through the on-disk cache (when ``opts.cache``): checkpoints already
+    filmed with the same point options are not read again."""
+    folder = cache.cache_dir(opts.cache_dir) if opts.cache else None
+    k = cache.key(series, opts.points_options()) if folder else ""
+    traj = cache.load(folder, k) if folder else None
+    if traj is None:
+        with tempfile.TemporaryDirectory(prefix="layerfilm-") as work, one_blas_thread():
+            traj = load_trajectories(series, opts, Path(work), progress)
+        if folder:
+            cache.store(folder, k, traj)
+    elif progress:
+        print(f"key frames from the cache ({folder / k}.npz)", file=sys.stderr)
+    return traj
+
+
 def caption(steps: np.ndarray, k: int, a: float) -> str:
     step = steps[k] if a == 0 else steps[k] + a * (steps[k + 1] - steps[k])
     return f"step {int(round(step)):,}   key {k + 1}/{len(steps)}"
@@ -86,10 +116,14 @@ def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress:
         picks = sorted({0, len(traj.steps) // 2, len(traj.steps) - 1})
         return [renderer.frame(traj.xy[k], caption(traj.steps, k, 0.0)) for k in picks]
 
-    with open_film(out, size, opts.encode, samples) as writer:
-        for f in tqdm(range(tl.n_frames), desc="rendering", unit="frame", disable=not progress):
+    def frames() -> Iterator[np.ndarray]:
+        for f in range(tl.n_frames):
             k, a = tl.locate(f)
-            writer.write(renderer.frame(lerp(traj.xy, k, a), caption(traj.steps, k, a)))
+            yield renderer.frame(lerp(traj.xy, k, a), caption(traj.steps, k, a))
+
+    with open_film(out, size, opts.encode, samples) as writer:  # frames drawn in a thread, ahead of ffmpeg
+        for img in tqdm(prefetch(frames()), total=tl.n_frames, desc="rendering", unit="frame", disable=not progress):
+            writer.write(img)
     return tl.n_frames
 
 
@@ -102,14 +136,13 @@ def render(
     Example:
         >>> render("ckpts/", "film.webm")  # doctest: +SKIP
     """
-    check_output(Path(out))  # bad output paths fail before any work
+    check_output(Path(out), opts.encode)  # bad output paths or encoder options fail before any work
     if export is not None:
         check_export_path(export)
     series = scan(folder, opts.every, opts.steps)
     if len(series) < 2:
         raise ScanError(f"{folder}: found {len(series)} checkpoint; a film needs at least two key frames")
-    with tempfile.TemporaryDirectory(prefix="layerfilm-") as work:
-        traj = load_trajectories(series, opts, Path(work), progress)
+    traj = cached_trajectories(series, opts, progress)
     n = write_film(traj, out, opts, progress)
     if export is not None:
         export_points(traj, export)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
-from . import FORMATS
+from . import FORMATS, to_float32
 
 
 def _file_of(path: Path) -> Path:
@@ -67,7 +67,7 @@ class SafetensorsReader:
             t = self._handle.get_tensor(name)
         except Exception as e:  # a truncated file fails here, not at open
             raise CheckpointError(f"{self.path}: cannot read tensor {name} ({e})") from None
-        return t.float().numpy()
+        return to_float32(t)
 
 
 @FORMATS.register("safetensors")
