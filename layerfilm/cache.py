@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def cache_dir(folder: str | Path | None = None) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OptionsError(f"--cache {folder}: cannot create the cache folder ({e.strerror or e})") from None
+        raise OptionsError(f"cache folder {folder}: cannot create it ({e.strerror or e}); pass --cache DIR or --no-cache") from None
     return folder
 
 
@@ -79,16 +80,19 @@ def load(folder: Path, k: str) -> Trajectories | None:
 
 
 def store(folder: Path, k: str, traj: Trajectories, max_mb: float | None = None) -> Path:
-    """Write ``traj`` under key ``k`` (atomically), then trim the folder to ``max_mb``."""
+    """Write ``traj`` under key ``k`` (atomically), then trim the folder to ``max_mb``.
+    A cache that cannot be written (disk full, read-only) is a warning: the film does not need it."""
     path = folder / f"{k}.npz"
     tmp = folder / f".{k}.partial-{os.getpid()}.npz"
     try:
         np.savez(tmp, steps=traj.steps, blocks=traj.blocks, point_ids=traj.point_ids, xy=traj.xy,
                  method=np.str_(traj.method), **{f"stats_{n}": v for n, v in traj.stats.items()})
         os.replace(tmp, path)
+        trim(folder, max_mb)
+    except OSError as e:
+        warnings.warn(f"cache folder {folder}: key frames not cached ({e.strerror or e})", stacklevel=2)
     finally:
         tmp.unlink(missing_ok=True)
-    trim(folder, max_mb)
     return path
 
 
@@ -96,9 +100,14 @@ def trim(folder: Path, max_mb: float | None = None) -> None:
     """Remove the least recently used entries until the folder holds at most ``max_mb``."""
     if max_mb is None:
         max_mb = float(os.environ.get("LAYERFILM_CACHE_MAX_MB", DEFAULT_MAX_MB))
-    entries = sorted(folder.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    stats = {}
+    for p in folder.glob("*.npz"):
+        try:
+            stats[p] = p.stat()
+        except FileNotFoundError:  # trimmed by another process meanwhile
+            continue
     total = 0
-    for p in entries:
-        total += p.stat().st_size
+    for p in sorted(stats, key=lambda p: stats[p].st_mtime, reverse=True):
+        total += stats[p].st_size
         if total > max_mb * 2**20:
             p.unlink(missing_ok=True)

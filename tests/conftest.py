@@ -47,3 +47,11 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_tmp(tmp_path_factory):
+    """The key-frame cache (layerfilm.cache) of the whole session lives in a temporary folder, never ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LAYERFILM_CACHE", str(tmp_path_factory.mktemp("layerfilm-cache")))
+        yield
