@@ -119,6 +119,9 @@ class Renderer:
         labels: L panel labels ("L0", "L1", ...).
         extent: (L, 4) fixed axes per panel [x0, x1, y0, y1].
         vmax: the density that maps to the top of the colour scale (fixed for the film).
+
+    One renderer draws one frame at a time (it reuses a scratch canvas): a thread that draws frames
+    ahead (layerfilm.pipeline.prefetch) owns its renderer while it runs.
     """
 
     def __init__(self, style: Style, labels: list[str], extent: np.ndarray, vmax: float | None = None) -> None:
