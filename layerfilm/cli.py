@@ -88,9 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--size", type=_size, default=(1280, 720), metavar="WxH", help="frame size in pixels, even numbers (default 1280x720)")
     g.add_argument("--cmap", default="magma", help="matplotlib colormap for density, log(1+count) scaled (default magma)")
     g.add_argument("--crf", type=int, default=18, help="quality of lossy .mp4 output, 0-51, lower is better (default 18); .webm is always lossless")
-    g.add_argument("--encoder-threads", type=int, default=0, metavar="N", help="ffmpeg encoder threads (default 0: ffmpeg decides)")
+    g.add_argument("--encoder-threads", type=int, default=0, metavar="N", help="ffmpeg encoder threads (default 0: ffmpeg decides, "
+                   "one per core); fewer leaves cores to other work, the film takes longer")
+    g.add_argument("--preset", default="", metavar="NAME", help="encoder speed against file size: .webm good (default) or "
+                   "realtime (still lossless, ~5x faster to encode, ~20%% larger); .mp4 an x264 preset, ultrafast..veryslow (default medium)")
     g.add_argument("--export-points", default=None, metavar="FILE.npz", help="also write key-frame coordinates: steps (T), blocks (L), point_ids (L,N), xy (T,L,N,2)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = r.add_argument_group("cache", "Projected key frames are kept on disk, keyed by each checkpoint's path, size and\n"
+                             "modification time and by the options that change the points, so a re-render with\n"
+                             "another --cmap, --size, --fps or output does not read the checkpoints again.")
+    g.add_argument("--cache", default=None, metavar="DIR", help="cache folder (default $LAYERFILM_CACHE, else ~/.cache/layerfilm; "
+                   "trimmed to $LAYERFILM_CACHE_MAX_MB, default 4096)")
+    g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     s = sub.add_parser("scan", help="list the checkpoints a render would use, and what is wrong with the others",
                        description=SCAN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("folder", help="folder that holds the checkpoints")
@@ -120,11 +129,13 @@ def _film_options(args: argparse.Namespace) -> FilmOptions:
         fps=args.fps,
         seconds_per_keyframe=args.seconds_per_keyframe,
         style=Style(width=w, height=h, cmap=args.cmap),
-        encode=EncodeOptions(fps=args.fps, crf=args.crf, threads=args.encoder_threads),
+        encode=EncodeOptions(fps=args.fps, crf=args.crf, threads=args.encoder_threads, preset=args.preset),
         every=args.every,
         steps=parse_steps(args.steps) if args.steps else (None, None),
         final_step=args.final_step,
         strict=args.strict,
+        cache=not args.no_cache,
+        cache_dir=args.cache,
     )
 
 

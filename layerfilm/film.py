@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import cache
 from .animate import Timeline, lerp
 from .encode import EncodeOptions, check_output, open_film
 from .errors import OptionsError, ScanError
 from .features import Features
 from .features.weights import WeightSpec, extract
+from .pipeline import one_blas_thread, prefetch
 from .project import Trajectories, project
 from .render import Renderer, Style
 from .scan import Checkpoint, Series, scan
@@ -34,6 +38,16 @@ class FilmOptions:
     steps: tuple[int | None, int | None] = (None, None)
     final_step: int | None = None  # step of a final model saved at the folder's root
     strict: bool = False  # an unusable checkpoint is an error instead of a skip
+    cache: bool = True  # keep projected key frames on disk (layerfilm.cache); a re-render skips the checkpoints
+    cache_dir: str | None = None  # None: $LAYERFILM_CACHE or ~/.cache/layerfilm
+
+    def points_options(self) -> dict:
+        """The options that change the points (the cache key): all but the look, encoding and cache."""
+        return {k: v for k, v in asdict(self).items() if k not in _NOT_POINTS}
+
+
+# FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)
+_NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "every", "steps", "cache", "cache_dir"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,29 @@ def load_trajectories(series: Series, opts: FilmOptions, workdir: Path, progress
     return project(features, opts.projection, progress=progress)
 
 
+def cached_trajectories(series: Series, opts: FilmOptions, progress: bool = True,
+                        skipped: list[Checkpoint] | None = None) -> Trajectories:
+    """:func:`load_trajectories` through the on-disk cache (when ``opts.cache``): checkpoints already
+    filmed with the same point options are not read again. Checkpoints that could not be read are
+    appended to ``skipped`` (from a cache hit: those whose steps the cached key frames lack)."""
+    folder = cache.cache_dir(opts.cache_dir) if opts.cache else None
+    k = cache.key(series, opts.points_options()) if folder else ""
+    traj = cache.load(folder, k) if folder else None
+    if traj is None:
+        with tempfile.TemporaryDirectory(prefix="layerfilm-") as work, one_blas_thread():
+            traj = load_trajectories(series, opts, Path(work), progress, skipped)
+        if folder:
+            cache.store(folder, k, traj)
+        return traj
+    if progress:
+        print(f"key frames from the cache ({folder / k}.npz)", file=sys.stderr)
+    if skipped is not None:
+        kept = set(traj.steps.tolist())
+        skipped.extend(replace(c, problem="could not be read (found when first rendered; cached)")
+                       for c in series.checkpoints if c.step not in kept)
+    return traj
+
+
 def caption(steps: np.ndarray, k: int, a: float) -> str:
     step = steps[k] if a == 0 else steps[k] + a * (steps[k + 1] - steps[k])
     return f"step {int(round(step)):,}   key {k + 1}/{len(steps)}"
@@ -93,10 +130,14 @@ def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress:
         picks = sorted({0, len(traj.steps) // 2, len(traj.steps) - 1})
         return [renderer.frame(traj.xy[k], caption(traj.steps, k, 0.0)) for k in picks]
 
-    with open_film(out, size, opts.encode, samples) as writer:
-        for f in tqdm(range(tl.n_frames), desc="rendering", unit="frame", disable=not progress):
+    def frames() -> Iterator[np.ndarray]:
+        for f in range(tl.n_frames):
             k, a = tl.locate(f)
-            writer.write(renderer.frame(lerp(traj.xy, k, a), caption(traj.steps, k, a)))
+            yield renderer.frame(lerp(traj.xy, k, a), caption(traj.steps, k, a))
+
+    with open_film(out, size, opts.encode, samples) as writer:  # frames drawn in a thread, ahead of ffmpeg
+        for img in tqdm(prefetch(frames()), total=tl.n_frames, desc="rendering", unit="frame", disable=not progress):
+            writer.write(img)
     return tl.n_frames
 
 
@@ -109,7 +150,7 @@ def render(
     Example:
         >>> render("ckpts/", "film.webm")  # doctest: +SKIP
     """
-    check_output(Path(out))  # bad output paths fail before any work
+    check_output(Path(out), opts.encode)  # bad output paths or encoder options fail before any work
     if export is not None:
         check_export_path(export)
     series = scan(folder, opts.every, opts.steps, final_step=opts.final_step, strict=opts.strict,
@@ -117,8 +158,7 @@ def render(
     if len(series) < 2:
         raise ScanError(f"{folder}: found {len(series)} usable checkpoint; a film needs at least two key frames")
     skipped = list(series.skipped)
-    with tempfile.TemporaryDirectory(prefix="layerfilm-") as work:
-        traj = load_trajectories(series, opts, Path(work), progress, skipped)
+    traj = cached_trajectories(series, opts, progress, skipped)
     n = write_film(traj, out, opts, progress)
     if export is not None:
         export_points(traj, export)

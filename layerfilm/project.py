@@ -28,9 +28,10 @@ class Trajectories:
     def extent(self, lo: float = 0.5, hi: float = 99.5, margin: float = 0.08) -> np.ndarray:
         """(L, 4) fixed axes per panel [x0, x1, y0, y1]: robust percentiles over all key frames,
         equal scale on both axes (distances on screen are distances in the projection)."""
-        pts = self.xy.transpose(1, 0, 2, 3).reshape(self.xy.shape[1], -1, 2)  # (L, T*N, 2)
-        a = np.percentile(pts, lo, axis=1)
-        b = np.percentile(pts, hi, axis=1)
+        # one block at a time: a copy of all of xy would make memory grow with the key frames
+        a, b = np.empty((2, self.xy.shape[1], 2), self.xy.dtype)
+        for l in range(self.xy.shape[1]):
+            a[l], b[l] = np.percentile(self.xy[:, l].reshape(-1, 2), [lo, hi], axis=0)
         centre = (a + b) / 2
         half = np.maximum((b - a).max(axis=1), 1e-12) * (0.5 + margin)  # (L,)
         return np.stack(
@@ -68,7 +69,7 @@ def project_pca(features: Features, progress: bool = True, fit: str = "all") -> 
     sum_x = sum_xx = None
     for t in tqdm(fit_frames, desc="fitting PCA", unit="frame", disable=not progress):
         x = store[t].astype(np.float64)  # (L, N, D)
-        sx, sxx = x.sum(axis=1), np.einsum("lnd,lne->lde", x, x)
+        sx, sxx = x.sum(axis=1), x.transpose(0, 2, 1) @ x  # matmul: BLAS, ~20x faster than einsum
         sum_x, sum_xx = (sx, sxx) if sum_x is None else (sum_x + sx, sum_xx + sxx)
     n = len(fit_frames) * store[0].shape[1]
     L = sum_x.shape[0]
@@ -77,7 +78,7 @@ def project_pca(features: Features, progress: bool = True, fit: str = "all") -> 
     xy = np.empty((T, L, store[0].shape[1], 2), np.float32)
     for t in tqdm(range(T), desc="projecting", unit="frame", disable=not progress):
         x = store[t].astype(np.float64) - mean[:, None, :]
-        xy[t] = np.einsum("lnd,ldk->lnk", x, basis)
+        xy[t] = x @ basis
     return Trajectories(
         features.steps, features.blocks, features.point_ids, xy, "pca",
         {"explained_variance": np.stack(ratios).astype(np.float32)},

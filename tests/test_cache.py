@@ -1,0 +1,108 @@
+"""layerfilm.cache: a re-render with other colours does not read the checkpoints; anything that
+changes the points (a rewritten checkpoint, another --points) misses; damage is a miss, not an error."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import layerfilm.film as film
+from layerfilm import cache
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A private copy of the tiny run (tests here rewrite mtimes)."""
+    dest = tmp_path / "run"
+    shutil.copytree(tiny_run, dest)
+    return dest
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Counts the calls that read checkpoints (load_trajectories)."""
+    calls = []
+    real = film.load_trajectories
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(film, "load_trajectories", counting)
+    return calls
+
+
+def render(run_cli, run, out, *extra):
+    code, _, err = run_cli("render", run, "--out", out, "--size", "128x96", "--fps", "2", "--quiet", *extra)
+    assert code == 0, err
+    return err
+
+
+def test_rerender_with_other_colours_reads_no_checkpoint(run_cli, run_copy, tmp_path, reads):
+    c = tmp_path / "c"
+    render(run_cli, run_copy, tmp_path / "a.webm", "--cache", c, "--export-points", tmp_path / "a.npz")
+    assert len(reads) == 1 and len(list(c.glob("*.npz"))) == 1
+    render(run_cli, run_copy, tmp_path / "b.webm", "--cache", c, "--cmap", "viridis", "--size", "160x120",
+           "--export-points", tmp_path / "b.npz")
+    assert len(reads) == 1  # served from the cache
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    for name in ("steps", "blocks", "point_ids", "xy", "explained_variance"):
+        assert np.array_equal(a[name], b[name]), name
+
+
+def test_a_rewritten_checkpoint_or_other_points_miss(run_cli, run_copy, tmp_path, reads):
+    c = tmp_path / "c"
+    render(run_cli, run_copy, tmp_path / "a.webm", "--cache", c)
+    ckpt = sorted(run_copy.glob("*.safetensors"))[2]
+    st = ckpt.stat()
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    render(run_cli, run_copy, tmp_path / "a.webm", "--cache", c)
+    assert len(reads) == 2
+    render(run_cli, run_copy, tmp_path / "a.webm", "--cache", c, "--points", "17")
+    assert len(reads) == 3
+    render(run_cli, run_copy, tmp_path / "a.webm", "--cache", c, "--points", "17")
+    assert len(reads) == 3
+    assert len(list(c.glob("*.npz"))) == 3
+
+
+def test_no_cache_neither_reads_nor_writes(run_cli, run_copy, tmp_path, reads, monkeypatch):
+    c = tmp_path / "c"
+    monkeypatch.setenv("LAYERFILM_CACHE", str(c))
+    render(run_cli, run_copy, tmp_path / "a.webm", "--no-cache")
+    render(run_cli, run_copy, tmp_path / "a.webm", "--no-cache")
+    assert len(reads) == 2 and not c.exists()
+    render(run_cli, run_copy, tmp_path / "a.webm")  # $LAYERFILM_CACHE is the default folder
+    assert len(list(c.glob("*.npz"))) == 1
+
+
+def test_a_damaged_entry_is_a_miss_and_is_rewritten(run_cli, run_copy, tmp_path, reads):
+    c = tmp_path / "c"
+    render(run_cli, run_copy, tmp_path / "a.webm", "--cache", c)
+    (entry,) = c.glob("*.npz")
+    entry.write_bytes(b"not a zip")
+    render(run_cli, run_copy, tmp_path / "a.webm", "--cache", c)
+    assert len(reads) == 2
+    assert cache.load(c, entry.stem) is not None
+
+
+def test_trim_keeps_the_most_recently_used(tmp_path):
+    for i, name in enumerate("abcd"):
+        (tmp_path / f"{name}.npz").write_bytes(b"x" * 400_000)
+        os.utime(tmp_path / f"{name}.npz", (1000 + i, 1000 + i))
+    os.utime(tmp_path / "a.npz")  # used just now
+    cache.trim(tmp_path, max_mb=1.0)  # room for two of the four
+    assert sorted(p.stem for p in tmp_path.glob("*.npz")) == ["a", "d"]
+
+
+def test_an_unwritable_cache_folder_is_one_line(run_cli, run_copy, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run_cli("render", run_copy, "--out", tmp_path / "a.webm", "--quiet", "--cache", blocker / "sub")
+    assert code == 2
+    assert err.startswith(f"layerfilm: error: cache folder {blocker / 'sub'}: cannot create it (")
+    assert err.rstrip().endswith("pass --cache DIR or --no-cache")
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a.webm").exists()

@@ -1,0 +1,95 @@
+"""The vectorised renderer against constructions whose answer is known: a per-point reference splat,
+points on bin centres, only touched pixels written, the label layer equal to drawing labels one by one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from layerfilm.render import BACKGROUND, Renderer, Style, draw_text
+
+
+def reference_density(r: Renderer, pts: np.ndarray) -> np.ndarray:
+    """Bilinear splat one point at a time, in float64, dropping neighbours outside their panel."""
+    bw, bh = r.bins
+    sh, sw = r.small
+    d = np.zeros(sh * sw)
+    for l in range(pts.shape[0]):
+        for x, y in pts[l].astype(np.float64):
+            u = (x - r.offset[l, 0]) * r.scale[l, 0] - 0.5
+            v = (y - r.offset[l, 1]) * r.scale[l, 1] - 0.5
+            i, j = int(np.floor(u)), int(np.floor(v))
+            fx, fy = u - i, v - j
+            for di, dj, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+                if 0 <= i + di < bw and 0 <= j + dj < bh:
+                    d[(j + dj + r.origin[l, 1]) * sw + i + di + r.origin[l, 0]] += w
+    return d.reshape(sh, sw)
+
+
+@pytest.fixture(params=[(1920, 1080, 128, 0), (320, 240, 4, 0), (640, 360, 6, 3)], ids=["1080p-128", "small-4", "cell3-6"])
+def renderer(request):
+    w, h, L, cell = request.param
+    extent = np.tile([-1.0, 1.0, -1.0, 1.0], (L, 1)) * np.linspace(1, 2, L)[:, None]
+    return Renderer(Style(w, h, cell=cell), [f"L{i}" for i in range(L)], extent)
+
+
+def test_density_matches_the_per_point_reference(renderer):
+    rng = np.random.default_rng(0)
+    L = len(renderer.labels)
+    pts = rng.normal(0, 0.8, (L, 40, 2)).astype(np.float32)  # some fall outside their panel
+    pts[:, 0] = [5.0, -5.0]
+    got = renderer.density(pts)
+    want = reference_density(renderer, pts)
+    assert np.abs(got - want).max() < 1e-4
+    assert got.sum() < L * 40  # the points outside lost their weight
+    assert abs(got.sum() - want.sum()) < 1e-3
+
+
+def test_a_point_on_a_bin_centre_fills_exactly_that_bin_and_its_pixels(renderer):
+    L = len(renderer.labels)
+    bw, bh = renderer.bins
+    c = renderer.cell
+    # bin (bw - 4, bh - 3) of the last panel (away from its label): its centre in projection coordinates
+    i, j = bw - 4, bh - 3
+    x = renderer.offset[-1, 0] + (i + 0.5) / renderer.scale[-1, 0]
+    y = renderer.offset[-1, 1] + (j + 0.5) / renderer.scale[-1, 1]
+    pts = np.full((L, 1, 2), 1e6, np.float32)  # every other panel's point is far outside: no weight
+    pts[-1, 0] = [x, y]
+    d = renderer.density(pts)
+    oy, ox = renderer.origin[-1, 1] + j, renderer.origin[-1, 0] + i
+    assert d[oy, ox] == pytest.approx(1.0, abs=1e-4) and d.sum() == pytest.approx(1.0, abs=1e-4)
+    renderer.vmax = 1.0
+    img = renderer.frame(pts, "step 0")
+    changed = np.argwhere((img != renderer.base).any(-1))
+    # pixels outside the header and the labels that changed: exactly the bin's c x c block, in the top colour
+    labels = np.zeros(img.shape[:2], bool)
+    labels.ravel()[renderer.labels_at] = True
+    changed = [(i, j) for i, j in changed if i >= renderer.header and not labels[i, j]]
+    assert sorted(changed) == [(oy * c + a, ox * c + b) for a in range(c) for b in range(c)]
+    assert (img[oy * c, ox * c] == renderer.lut[-1]).all()
+
+
+def test_label_layer_equals_drawing_each_label_in_turn():
+    r = Renderer(Style(640, 360), [f"L{i}" for i in range(24)], np.tile([-1.0, 1.0, -1.0, 1.0], (24, 1)))
+    r.vmax = 1.0
+    img = r.frame(np.full((24, 3, 2), 1e6, np.float32), "step 7")  # no point inside any panel
+    want = r.base.copy()
+    draw_text(want, "layerfilm", r.text_pad * 2, r.text_pad, r.text_px)
+    for (ox, oy), label in zip(r.origin, r.labels):
+        draw_text(want, label, ox * r.cell + 3, oy * r.cell + 2, r.label_px)
+    cap = img[: r.header, r.style.width // 2 :]
+    assert cap.max() > BACKGROUND.max() + 100  # the caption is there
+    img[: r.header, r.style.width // 2 :] = want[: r.header, r.style.width // 2 :]
+    assert np.abs(img.astype(int) - want).max() <= 1
+    assert (img != r.base).any(-1).sum() > 24 * 10  # labels were drawn at all
+
+
+def test_frames_are_new_arrays_and_the_static_frame_is_untouched(renderer):
+    L = len(renderer.labels)
+    base = renderer.base.copy()
+    pts = np.random.default_rng(1).normal(0, 0.5, (L, 30, 2)).astype(np.float32)
+    a = renderer.frame(pts, "step 1")
+    b = renderer.frame(pts, "step 1")
+    assert a is not b and np.array_equal(a, b)
+    assert np.array_equal(renderer.base, base)
+    assert a.shape == (renderer.style.height, renderer.style.width, 3) and a.dtype == np.uint8
