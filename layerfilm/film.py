@@ -15,7 +15,8 @@ from .encode import EncodeOptions, check_output, open_film
 from .errors import OptionsError, ScanError
 from .features import Features
 from .features.weights import WeightSpec, extract
-from .project import Trajectories, project
+from .project import FITS, Trajectories, project
+from .project_umap import UmapOptions
 from .render import Renderer, Style
 from .scan import Series, scan
 
@@ -26,12 +27,24 @@ class FilmOptions:
 
     weights: WeightSpec = field(default_factory=WeightSpec)
     projection: str = "pca"
+    fit: str = "all"  # pca only: key frames the basis is fitted on (all | first | last)
+    umap: UmapOptions = field(default_factory=UmapOptions)  # umap only
     fps: float = 15.0
     seconds_per_keyframe: float = 1.0
     style: Style = field(default_factory=Style)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     every: int = 1
     steps: tuple[int | None, int | None] = (None, None)
+
+    def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise OptionsError(f"--fit {self.fit!r}: choose one of {', '.join(FITS)}")
+        if self.fit != "all" and self.projection != "pca":
+            raise OptionsError(f"--fit {self.fit} applies to --projection pca only, not {self.projection}")
+
+    def projection_kwargs(self) -> dict:
+        """Options of the chosen projection method, as ``project`` takes them."""
+        return {"pca": {"fit": self.fit}, "umap": {"options": self.umap}}.get(self.projection, {})
 
 
 @dataclass(frozen=True)
@@ -66,7 +79,7 @@ def export_points(traj: Trajectories, path: str | Path) -> Path:
 
 def load_trajectories(series: Series, opts: FilmOptions, workdir: Path, progress: bool = True) -> Trajectories:
     features: Features = extract(series, opts.weights, workdir, progress)
-    return project(features, opts.projection, progress=progress)
+    return project(features, opts.projection, progress=progress, **opts.projection_kwargs())
 
 
 def caption(steps: np.ndarray, k: int, a: float) -> str:
