@@ -205,7 +205,12 @@ def coherence(xy: np.ndarray) -> dict[str, np.ndarray]:
 def project(features: Features, method: str = "pca", progress: bool = True, **kwargs) -> Trajectories:
     """Project every block's points to 2-D with a method from ``PROJECTIONS``; adds the coherence
     measures (``coherence``) to the trajectories' stats."""
-    traj = PROJECTIONS.get(method)(features, progress=progress, **kwargs)
+    from threadpoolctl import threadpool_limits  # comes with scikit-learn
+
+    # one BLAS thread: the products here are small (N x D by D x 8) and a threaded OpenBLAS spin-waits;
+    # measured 35x slower with 2 threads on 2 busy cores (benchmarks/bench_projection.py)
+    with threadpool_limits(1, "blas"):
+        traj = PROJECTIONS.get(method)(features, progress=progress, **kwargs)
     traj.stats.update(coherence(traj.xy))
     return traj
 

@@ -151,3 +151,23 @@ def test_same_seed_same_bytes(tmp_path, method, kwargs):
     a = project(make_features(frames, tmp_path / "a"), method, progress=False, **kwargs)
     b = project(make_features(frames, tmp_path / "b"), method, progress=False, **kwargs)
     assert a.xy.tobytes() == b.xy.tobytes()
+
+
+def test_similarities_match_umap(tmp_path):
+    """Our vectorised neighbourhood similarities equal umap-learn's own on real fuzzy graphs."""
+    import numba
+    from umap.aligned_umap import build_neighborhood_similarities
+
+    import layerfilm.project_umap as U
+
+    frames = drifting(T=4, L=1, N=40, D=6, frozen=(0, 0, 0))
+    opts = UmapOptions(neighbors=6)
+    graphs = [U._graph(x[0], opts, np.random.RandomState(0)) for x in frames]
+    rel = U._relations(len(graphs), 40, opts.window)
+    ip, ix = numba.typed.List(), numba.typed.List()
+    for g in graphs:
+        ip.append(g.indptr.astype(np.int32))
+        ix.append(g.indices.astype(np.int32))
+    expected = build_neighborhood_similarities(ip, ix, rel)
+    assert expected.max() > 0
+    np.testing.assert_allclose(U.similarities(graphs, rel), expected, rtol=1e-6)
