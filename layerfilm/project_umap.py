@@ -36,7 +36,7 @@ from .errors import OptionsError
 from .features import Features
 from .project import PROJECTIONS, Trajectories
 
-MAX_ANCHORS = 16  # auto stride: fit AlignedUMAP jointly on at most this many key frames
+MAX_ANCHORS = 12  # auto stride: fit AlignedUMAP jointly on at most this many key frames
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class UmapOptions:
     window: alignment_window_size: how many frames each side a point is aligned to.
     epochs: SGD epochs of the joint fit on the anchor frames (AlignedUMAP's default 200).
     place_epochs: epochs for each frame placed between two anchors.
-    stride: fit jointly every stride-th key frame (and the last); 0 = auto (at most 16 anchors);
+    stride: fit jointly every stride-th key frame (and the last); 0 = auto (at most 12 anchors);
             1 = plain AlignedUMAP on every key frame.
     jobs: worker processes over blocks; 0 = one per CPU core.
     seed: seeds the graphs, initialisation and SGD.
@@ -60,7 +60,7 @@ class UmapOptions:
     alignment: float = 0.01
     window: int = 3
     epochs: int = 200
-    place_epochs: int = 30
+    place_epochs: int = 15
     stride: int = 0
     jobs: int = 0
     seed: int = 0
