@@ -7,7 +7,7 @@ similarities, spectral init chained by Procrustes, the aligned SGD epoch), minus
 - AlignedUMAP fits a full UMAP embedding per slice only to keep its graph; we build the graph only.
 - It recompiles its numba epoch at every call; we compile it once per process.
 - It optimises all T slices jointly (cost ~ T x epochs). We fit jointly only every ``stride``-th key
-  frame (the anchors, at most 16 by default) and place each frame between two anchors by a short
+  frame (the anchors, at most 12 by default) and place each frame between two anchors by a short
   aligned optimisation (``place_epochs``) that starts from the anchors' interpolation and is pulled
   by the alignment term to its neighbours, the anchors held fixed. Every layout is still optimised
   on its own frame's graph: motion on screen comes from that frame's data.
