@@ -70,10 +70,9 @@ def rotating(T=8, N=200, D=10, angle=0.03, seed=1) -> tuple[list[np.ndarray], np
     return [x[None].astype(np.float32) for x in xs], true
 
 
-@pytest.fixture
-def random_signs(monkeypatch):
+def flip_signs(monkeypatch, seed: int) -> None:
     """Make every eigen-solve return its axes with random signs, per key frame (naive per-frame PCA)."""
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     ritz = P._ritz
 
     def flipped(q, cq, total):
@@ -82,6 +81,11 @@ def random_signs(monkeypatch):
         return (axes * s).astype(np.float32), rot * s, ratio
 
     monkeypatch.setattr(P, "_ritz", flipped)
+
+
+@pytest.fixture
+def random_signs(monkeypatch):
+    flip_signs(monkeypatch, 7)
 
 
 @pytest.mark.parametrize("method", ["pca", "procrustes"])
@@ -103,15 +107,7 @@ def test_rotation_with_sign_flips_moves_smoothly(tmp_path, method, random_signs)
 def test_procrustes_ignores_axis_signs(tmp_path, monkeypatch):
     frames = drifting(frozen=(0, 0, 0))
     a = project(make_features(frames, tmp_path / "a"), "procrustes", progress=False)
-    rng = np.random.default_rng(11)
-    ritz = P._ritz
-
-    def flipped(q, cq, total):
-        axes, rot, ratio = ritz(q, cq, total)
-        s = rng.choice([-1.0, 1.0], size=(axes.shape[0], 1, axes.shape[2]))
-        return (axes * s).astype(np.float32), rot * s, ratio
-
-    monkeypatch.setattr(P, "_ritz", flipped)
+    flip_signs(monkeypatch, 11)
     b = project(make_features(frames, tmp_path / "b"), "procrustes", progress=False)
     # chained frames agree with the unflipped run up to one fixed rotation/reflection of the whole film
     r = P.procrustes_rotation(b.xy.transpose(1, 0, 2, 3).reshape(3, -1, 2), a.xy.transpose(1, 0, 2, 3).reshape(3, -1, 2))
