@@ -12,7 +12,8 @@ from .encode import EncodeOptions
 from .errors import LayerfilmError
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
-from .project import PROJECTIONS
+from .project import FITS, PROJECTIONS, stats_table
+from .project_umap import UmapOptions
 from .render import Style, parse_size
 from .scan import Checkpoint, parse_steps, scan
 
@@ -28,8 +29,9 @@ an index, pytorch_model.bin. A damaged, unsafe or odd checkpoint is skipped with
 
 Points are the output neurons of one matrix per block (--param): rows of an nn.Linear weight stored
 [out, in]; columns of a GPT-2 Conv1D weight stored [in, out] (detected when c_attn is [d, 3d];
-force with --layout). Each block's points are projected to 2-D with one PCA basis shared by all key
-frames, so the axes never flip or jump; points move in straight lines between key frames.
+force with --layout). Each block's points are projected to 2-D aligned over time (--projection): with
+pca one basis is shared by all key frames, so the axes never flip or jump; points move in straight
+lines between key frames, and every panel keeps fixed axes for the whole film.
 
 Output by extension: .webm = VP9 lossless (decodes to the exact RGB frames), .gif = 256-colour
 palette, .mp4 = H.264 (lossy, --crf), a path without extension = a folder of PNG frames (lossless).
@@ -77,11 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--param", default=None, help="matrix inside each block, e.g. mlp.c_fc.weight or attn.c_attn "
                    "('.weight' optional); default: the MLP's input projection")
     g.add_argument("--points", type=int, default=512, metavar="N", help="at most N neurons per block, chosen once with --seed and tracked at every step (default 512)")
-    g.add_argument("--seed", type=int, default=0, help="seed for choosing the points (default 0)")
+    g.add_argument("--seed", type=int, default=0, help="seed for choosing the points and for umap (default 0)")
     _blocks_option(g)
     g.add_argument("--layout", choices=LAYOUTS, default="auto", help="storage of the matrix: out-in (nn.Linear), in-out (GPT-2 Conv1D) or auto (default)")
     g = r.add_argument_group("projection and time")
-    g.add_argument("--projection", default="pca", choices=PROJECTIONS.names(), help="2-D projection aligned over time (default pca: one basis per block for all key frames)")
+    g.add_argument("--projection", default="pca", choices=PROJECTIONS.names(),
+                   help="2-D projection aligned over time: pca (default) = one basis per block shared by all key frames; "
+                   "procrustes = each key frame's own PCA, rotated/mirrored onto the previous frame (orthogonal Procrustes); "
+                   "umap = AlignedUMAP over the key frames (identity relation: the same neurons), seeded by --seed")
+    g.add_argument("--fit", default="all", choices=FITS, help="pca only: fit the basis on all key frames pooled (default), the first or the last")
+    g.add_argument("--umap-neighbors", type=int, default=15, metavar="K", help="umap: n_neighbors of each key frame's graph (default 15)")
+    g.add_argument("--umap-min-dist", type=float, default=0.1, metavar="D", help="umap: min_dist, how tightly points pack (default 0.1)")
+    g.add_argument("--umap-alignment", type=float, default=0.01, metavar="W", help="umap: alignment_regularisation, pull of a point to its place in nearby key frames (default 0.01)")
+    g.add_argument("--umap-stride", type=int, default=0, metavar="K", help="umap: fit AlignedUMAP jointly on every K-th key frame (and the last) and place the frames between "
+                   "by a short aligned optimisation anchored to both; 1 = every key frame jointly; default 0 = auto (at most 12 jointly fitted)")
+    g.add_argument("--jobs", type=int, default=0, metavar="N", help="umap: worker processes over blocks (default 0: one per CPU core); results do not depend on it")
+    g.add_argument("--stats", action="store_true", help="print a per-block table to stdout: mean and max displacement of points between consecutive key frames "
+                   "relative to the cloud's RMS spread, and for pca/procrustes the variance explained by the two axes (also in --export-points)")
     g.add_argument("--fps", type=float, default=15.0, help="frames per second (default 15)")
     g.add_argument("--seconds-per-keyframe", type=float, default=1.0, metavar="S", help="seconds between key frames (default 1)")
     g = r.add_argument_group("look and encoding")
@@ -126,6 +140,9 @@ def _film_options(args: argparse.Namespace) -> FilmOptions:
     return FilmOptions(
         weights=WeightSpec(param=args.param, points=args.points, seed=args.seed, blocks_regex=args.blocks, layout=args.layout),
         projection=args.projection,
+        fit=args.fit,
+        umap=UmapOptions(neighbors=args.umap_neighbors, min_dist=args.umap_min_dist, alignment=args.umap_alignment,
+                         stride=args.umap_stride, jobs=args.jobs, seed=args.seed),
         fps=args.fps,
         seconds_per_keyframe=args.seconds_per_keyframe,
         style=Style(width=w, height=h, cmap=args.cmap),
@@ -142,6 +159,8 @@ def _film_options(args: argparse.Namespace) -> FilmOptions:
 def cmd_render(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     res = render(args.folder, args.out, _film_options(args), export=args.export_points, progress=not args.quiet)
+    if args.stats:
+        print(stats_table(res.trajectories))
     print(f"wrote {res.out} ({res.frames} frames from {res.keyframes} key frames) in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
     if res.skipped:

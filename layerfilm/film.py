@@ -19,7 +19,8 @@ from .errors import OptionsError, ScanError
 from .features import Features
 from .features.weights import WeightSpec, extract
 from .pipeline import one_blas_thread, prefetch
-from .project import Trajectories, project
+from .project import FITS, Trajectories, project
+from .project_umap import UmapOptions
 from .render import Renderer, Style
 from .scan import Checkpoint, Series, scan
 
@@ -30,6 +31,8 @@ class FilmOptions:
 
     weights: WeightSpec = field(default_factory=WeightSpec)
     projection: str = "pca"
+    fit: str = "all"  # pca only: key frames the basis is fitted on (all | first | last)
+    umap: UmapOptions = field(default_factory=UmapOptions)  # umap only
     fps: float = 15.0
     seconds_per_keyframe: float = 1.0
     style: Style = field(default_factory=Style)
@@ -44,6 +47,17 @@ class FilmOptions:
     def points_options(self) -> dict:
         """The options that change the points (the cache key): all but the look, encoding and cache."""
         return {k: v for k, v in asdict(self).items() if k not in _NOT_POINTS}
+
+
+    def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise OptionsError(f"--fit {self.fit!r}: choose one of {', '.join(FITS)}")
+        if self.fit != "all" and self.projection != "pca":
+            raise OptionsError(f"--fit {self.fit} applies to --projection pca only, not {self.projection}")
+
+    def projection_kwargs(self) -> dict:
+        """Options of the chosen projection method, as ``project`` takes them."""
+        return {"pca": {"fit": self.fit}, "umap": {"options": self.umap}}.get(self.projection, {})
 
 
 # FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)
@@ -87,7 +101,7 @@ def load_trajectories(series: Series, opts: FilmOptions, workdir: Path, progress
     features: Features = extract(series, opts.weights, workdir, progress, strict=opts.strict)
     if skipped is not None:
         skipped.extend(features.skipped)
-    return project(features, opts.projection, progress=progress)
+    return project(features, opts.projection, progress=progress, **opts.projection_kwargs())
 
 
 def cached_trajectories(series: Series, opts: FilmOptions, progress: bool = True,

@@ -1,8 +1,18 @@
 """Aligned 2-D projections of every block's points over time.
 
 A projection method maps ``Features`` (a store of (L, N, D) key frames) to ``Trajectories``
-(T, L, N, 2). Methods live in the ``PROJECTIONS`` registry; ``pca`` fits one basis per block on
-all key frames pooled, so frames share axes and nothing flips or jumps unless the weights did.
+(T, L, N, 2). Methods live in the ``PROJECTIONS`` registry:
+
+- ``pca``: one basis per block fitted on the key frames pooled (or the first / last), applied to
+  every key frame, so frames share axes and nothing flips or jumps unless the weights did.
+- ``procrustes``: each key frame's own PCA, turned and mirrored onto the previous frame by
+  orthogonal Procrustes, so each frame keeps its best local view and frames chain smoothly.
+- ``umap``: ``umap.AlignedUMAP`` over the key frames (``project_umap.py``).
+
+Top-2 principal axes come from a subspace iteration over the store (block Krylov on the covariance,
+never formed: each pass costs 4·N·D·k per block and frame instead of the N·D² of a covariance),
+with ``k = 2 + OVERSAMPLE`` directions and a Rayleigh-Ritz step; ``explained_variance`` is the
+variance of the axes actually shown over the total, so it is exact for the film that is drawn.
 """
 
 from __future__ import annotations
@@ -12,8 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from .errors import OptionsError
 from .features import Features
 from .registry import Registry
+
+FITS = ("all", "first", "last")
+OVERSAMPLE = 6  # extra directions in the subspace iteration; more = closer to the exact top-2 axes
+PROCRUSTES_ITERS = (4, 2)  # subspace iterations on the first key frame, then warm-started on each next one
 
 
 @dataclass(frozen=True)
@@ -43,48 +58,177 @@ PROJECTIONS: Registry = Registry("projection")
 
 
 def _orient(vecs: np.ndarray) -> np.ndarray:
-    """Fix each eigenvector's sign: its largest-magnitude entry is positive (determinism)."""
-    idx = np.abs(vecs).argmax(axis=0)
-    signs = np.sign(vecs[idx, np.arange(vecs.shape[1])])
+    """Signs (..., 1, k) that make each column's largest-magnitude entry positive (determinism)."""
+    idx = np.abs(vecs).argmax(axis=-2)[..., None, :]
+    signs = np.sign(np.take_along_axis(vecs, idx, axis=-2))
     signs[signs == 0] = 1
-    return vecs * signs
+    return signs
 
 
-def pca_basis(sum_x: np.ndarray, sum_xx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean (D,), top-2 basis (D, 2) and explained-variance ratio (2,) from pooled moments."""
-    mean = sum_x / n
-    cov = sum_xx / n - np.outer(mean, mean)
-    vals, vecs = np.linalg.eigh(cov)
-    order = np.argsort(vals)[::-1][:2]
-    total = max(float(np.clip(vals, 0, None).sum()), 1e-300)
-    return mean, _orient(vecs[:, order]), np.clip(vals[order], 0, None) / total
+def _start(L: int, D: int, seed: int = 0) -> np.ndarray:
+    """(L, D, k) seeded orthonormal start directions for the subspace iteration."""
+    k = min(D, 2 + OVERSAMPLE)
+    g = np.random.default_rng(seed).standard_normal((L, D, k))
+    return np.linalg.qr(g)[0].astype(np.float32)
+
+
+def _ritz(q: np.ndarray, cq: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rayleigh-Ritz on the subspace q (L, D, k) with cq = C q: the subspace rotated so its columns are
+    the covariance's best axes in order (L, D, k), the small rotation (L, k, k), and the top-2
+    explained-variance ratios (L, 2) (variance along the axes / total variance)."""
+    q64 = q.astype(np.float64)
+    h = np.einsum("ldi,ldj->lij", q64, cq)
+    vals, rot = np.linalg.eigh((h + h.transpose(0, 2, 1)) / 2)
+    vals, rot = vals[:, ::-1], rot[:, :, ::-1]
+    rot = rot * _orient(q64 @ rot)
+    ratio = np.clip(vals[:, :2], 0, None) / np.maximum(total, 1e-300)[:, None]
+    return (q64 @ rot).astype(np.float32), rot, ratio
+
+
+def _check_dims(x: np.ndarray) -> None:
+    if x.shape[1] < 2 or x.shape[2] < 2:
+        raise OptionsError(f"features of shape {x.shape[1:]} per block: a 2-D projection needs at least 2 points "
+                           f"and 2 dimensions")
 
 
 @PROJECTIONS.register("pca")
 def project_pca(features: Features, progress: bool = True, fit: str = "all") -> Trajectories:
-    """One PCA basis per block, fitted on the key frames pooled, applied to every key frame."""
+    """One PCA basis per block, fitted on the key frames pooled (or the first / last), applied to all.
+
+    Two passes over the store: the first multiplies seeded start directions by the pooled covariance,
+    the second does it again for the orthonormalised result while keeping each frame's coordinates in
+    that subspace (T, L, N, k); the Ritz rotation then picks the top-2 axes, fixed for every frame.
+    """
+    if fit not in FITS:
+        raise OptionsError(f"--fit {fit!r}: choose one of {', '.join(FITS)}")
     store = features.store
     T = len(store)
-    fit_frames = {"all": range(T), "first": [0], "last": [T - 1]}[fit]
-    sum_x = sum_xx = None
-    for t in tqdm(fit_frames, desc="fitting PCA", unit="frame", disable=not progress):
-        x = store[t].astype(np.float64)  # (L, N, D)
-        sx, sxx = x.sum(axis=1), x.transpose(0, 2, 1) @ x  # matmul: BLAS, ~20x faster than einsum
-        sum_x, sum_xx = (sx, sxx) if sum_x is None else (sum_x + sx, sum_xx + sxx)
-    n = len(fit_frames) * store[0].shape[1]
-    L = sum_x.shape[0]
-    means, bases, ratios = zip(*(pca_basis(sum_x[l], sum_xx[l], n) for l in range(L)))
-    mean, basis = np.stack(means), np.stack(bases)  # (L, D), (L, D, 2)
-    xy = np.empty((T, L, store[0].shape[1], 2), np.float32)
-    for t in tqdm(range(T), desc="projecting", unit="frame", disable=not progress):
-        x = store[t].astype(np.float64) - mean[:, None, :]
-        xy[t] = x @ basis
-    return Trajectories(
-        features.steps, features.blocks, features.point_ids, xy, "pca",
-        {"explained_variance": np.stack(ratios).astype(np.float32)},
-    )
+    fit_frames = {"all": range(T), "first": range(1), "last": range(T - 1, T)}[fit]
+    x0 = store[fit_frames[0]]
+    _check_dims(x0)
+    L, N, D = x0.shape
+    shift = x0.mean(axis=1, dtype=np.float64).astype(np.float32)[:, None, :]  # (L, 1, D): keeps sums well-conditioned
+    q = _start(L, D)
+    k = q.shape[2]
+    coords = np.empty((T, L, N, k), np.float32)
+    for final in (False, True):
+        cq, sx, sxx = np.zeros((L, D, k)), np.zeros((L, D)), np.zeros(L)
+        frames = range(T) if final else fit_frames
+        for t in tqdm(frames, desc="fitting PCA" if not final else "projecting", unit="frame", disable=not progress):
+            x = store[t] - shift
+            xq = x @ q  # (L, N, k)
+            if final:
+                coords[t] = xq
+            if t in fit_frames:
+                cq += x.transpose(0, 2, 1) @ xq
+                sx += x.sum(axis=1, dtype=np.float64)
+                sxx += np.einsum("lnd,lnd->l", x, x, dtype=np.float64)
+        n = len(fit_frames) * N
+        m = sx / n  # (L, D) mean minus shift
+        cq = cq / n - m[:, :, None] * np.einsum("ld,ldk->lk", m, q)[:, None, :]  # centred covariance times q
+        if not final:
+            q = np.linalg.qr(cq)[0].astype(np.float32)
+    axes, rot, ratio = _ritz(q, cq, sxx / n - (m * m).sum(axis=1))
+    offset = np.einsum("ld,ldk->lk", m, axes[:, :, :2].astype(np.float64))  # the mean's coordinates
+    xy = (coords @ rot[:, :, :2].astype(np.float32)) - offset[None, :, None, :].astype(np.float32)
+    return Trajectories(features.steps, features.blocks, features.point_ids, xy, "pca",
+                        {"explained_variance": ratio.astype(np.float32)})
+
+
+def unchanged(x: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
+    """(L,) True where a block's points are bitwise the same as in the previous key frame."""
+    if prev is None:
+        return np.zeros(x.shape[0], bool)
+    return (x == prev).reshape(x.shape[0], -1).all(axis=1)
+
+
+def procrustes_rotation(y: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """(L, 2, 2) orthogonal R (rotation or reflection) minimising ||y R - ref|| for y, ref (L, N, 2)."""
+    u, _, vt = np.linalg.svd(np.einsum("lni,lnj->lij", y.astype(np.float64), ref.astype(np.float64)))
+    return u @ vt
+
+
+@PROJECTIONS.register("procrustes")
+def project_procrustes(features: Features, progress: bool = True) -> Trajectories:
+    """Each key frame's own top-2 PCA axes, aligned to the previous frame by orthogonal Procrustes.
+
+    Per frame and block: centre the points, refine the previous frame's subspace by a few subspace
+    iterations (warm start), pick the top-2 axes by Rayleigh-Ritz, project, then rotate/mirror the
+    2-D cloud onto the previous frame's. A block whose points did not change keeps its coordinates.
+    """
+    store = features.store
+    T = len(store)
+    prev_x = prev_xy = None
+    q = None
+    xy, ratios = None, []
+    for t in tqdm(range(T), desc="procrustes", unit="frame", disable=not progress):
+        x = store[t]
+        if q is None:
+            _check_dims(x)
+            q = _start(x.shape[0], x.shape[2])
+            xy = np.empty((T, x.shape[0], x.shape[1], 2), np.float32)
+        xc = x - x.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+        for _ in range(PROCRUSTES_ITERS[t > 0]):
+            q = np.linalg.qr(xc.transpose(0, 2, 1) @ (xc @ q))[0]
+        y = xc @ q  # (L, N, k)
+        n = x.shape[1]
+        q, rot, ratio = _ritz(q, (xc.transpose(0, 2, 1) @ y).astype(np.float64) / n,
+                              np.einsum("lnd,lnd->l", xc, xc, dtype=np.float64) / n)
+        cur = (y @ rot[:, :, :2].astype(np.float32)).astype(np.float32)
+        if prev_xy is not None:
+            cur = (cur @ procrustes_rotation(cur, prev_xy).astype(np.float32)).astype(np.float32)
+            same = unchanged(x, prev_x)
+            cur[same] = prev_xy[same]
+        xy[t] = prev_xy = cur
+        prev_x = x
+        ratios.append(ratio)
+    return Trajectories(features.steps, features.blocks, features.point_ids, xy, "procrustes",
+                        {"explained_variance": np.mean(ratios, axis=0).astype(np.float32)})
+
+
+def coherence(xy: np.ndarray) -> dict[str, np.ndarray]:
+    """Per block, how far points move between consecutive key frames relative to the cloud's spread.
+
+    motion (L, T-1): mean over points of |p_{t+1} - p_t| / spread_t, spread_t = RMS distance of the
+    points from their centroid at key frame t; motion_mean, motion_max (L,): over the steps.
+    """
+    T, L = xy.shape[:2]
+    motion = np.zeros((L, max(T - 1, 0)), np.float32)
+    for t in range(T - 1):
+        a, b = xy[t].astype(np.float64), xy[t + 1].astype(np.float64)
+        spread = np.sqrt(((a - a.mean(axis=1, keepdims=True)) ** 2).sum(-1).mean(-1))
+        motion[:, t] = np.linalg.norm(b - a, axis=-1).mean(-1) / np.maximum(spread, 1e-30)
+    empty = np.zeros(L, np.float32)
+    return {"motion": motion, "motion_mean": motion.mean(1) if T > 1 else empty,
+            "motion_max": motion.max(1) if T > 1 else empty}
 
 
 def project(features: Features, method: str = "pca", progress: bool = True, **kwargs) -> Trajectories:
-    """Project every block's points to 2-D with a method from ``PROJECTIONS``."""
-    return PROJECTIONS.get(method)(features, progress=progress, **kwargs)
+    """Project every block's points to 2-D with a method from ``PROJECTIONS``; adds the coherence
+    measures (``coherence``) to the trajectories' stats."""
+    from threadpoolctl import threadpool_limits  # comes with scikit-learn
+
+    # one BLAS thread: the products here are small (N x D by D x 8) and a threaded OpenBLAS spin-waits;
+    # measured 35x slower with 2 threads on 2 busy cores (benchmarks/bench_projection.py)
+    with threadpool_limits(1, "blas"):
+        traj = PROJECTIONS.get(method)(features, progress=progress, **kwargs)
+    traj.stats.update(coherence(traj.xy))
+    return traj
+
+
+def stats_table(traj: Trajectories) -> str:
+    """The per-block coherence table printed by ``layerfilm render --stats``."""
+    ev = traj.stats.get("explained_variance")
+    head = f"{'block':>6} {'motion mean':>12} {'motion max':>11}" + (f" {'var PC1':>8} {'var PC2':>8}" if ev is not None else "")
+    rows = [f"projection {traj.method}: motion = mean point displacement between consecutive key frames "
+            f"/ RMS spread of the cloud", head]
+    for i, b in enumerate(traj.blocks):
+        row = f"{'L' + str(b):>6} {traj.stats['motion_mean'][i]:>12.4f} {traj.stats['motion_max'][i]:>11.4f}"
+        if ev is not None:
+            row += f" {ev[i, 0]:>8.1%} {ev[i, 1]:>8.1%}"
+        rows.append(row)
+    return "\n".join(rows)
+
+
+# registered last: importing it registers "umap" (umap-learn itself is imported only when it runs)
+from . import project_umap  # noqa: E402,F401

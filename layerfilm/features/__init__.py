@@ -32,6 +32,10 @@ class FeatureStore:
     def __getitem__(self, t: int) -> np.ndarray:
         return np.load(self._paths[t])
 
+    def block(self, l: int) -> np.ndarray:
+        """(T, N, D) one block's points at every key frame, read by memory map (only that block's bytes)."""
+        return np.stack([np.load(p, mmap_mode="r")[l] for p in self._paths])
+
 
 @dataclass(frozen=True)
 class Features:

@@ -1,0 +1,239 @@
+"""``umap``: AlignedUMAP over the key frames, made usable on 128 blocks x 100+ key frames.
+
+This is ``umap.AlignedUMAP.fit`` with the identity relation between consecutive key frames (point i is
+the same neuron in every frame), built from umap-learn's own pieces (fuzzy graphs, neighbourhood
+similarities, spectral init chained by Procrustes, the aligned SGD epoch), minus what makes it slow:
+
+- AlignedUMAP fits a full UMAP embedding per slice only to keep its graph; we build the graph only.
+- It recompiles its numba epoch at every call; we compile it once per process.
+- It optimises all T slices jointly (cost ~ T x epochs). We fit jointly only every ``stride``-th key
+  frame (the anchors, at most 12 by default) and place each frame between two anchors by a short
+  aligned optimisation (``place_epochs``) that starts from the anchors' interpolation and is pulled
+  by the alignment term to its neighbours, the anchors held fixed. Every layout is still optimised
+  on its own frame's graph: motion on screen comes from that frame's data.
+- Blocks run in parallel worker processes (numba single-threaded in each, so results do not depend
+  on the number of workers). A worker holds one block's frames (T x N x D float32), read from the
+  feature store by memory map, so memory is bounded by jobs x one block.
+- A block whose points did not change between key frames keeps its layout exactly.
+
+Deterministic for a given seed. umap's ``min_dist`` is honoured (AlignedUMAP ignores it in its
+aligned optimisation: it never passes ``a, b``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+import multiprocessing
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .errors import OptionsError
+from .features import Features
+from .project import PROJECTIONS, Trajectories
+
+MAX_ANCHORS = 12  # auto stride: fit AlignedUMAP jointly on at most this many key frames
+
+
+@dataclass(frozen=True)
+class UmapOptions:
+    """AlignedUMAP settings.
+
+    neighbors: n_neighbors of each frame's fuzzy graph (local vs global structure).
+    min_dist: how tightly points may pack in the layout.
+    alignment: alignment_regularisation: how strongly a point is pulled to its place in nearby frames.
+    window: alignment_window_size: how many frames each side a point is aligned to.
+    epochs: SGD epochs of the joint fit on the anchor frames (AlignedUMAP's default 200).
+    place_epochs: epochs for each frame placed between two anchors.
+    stride: fit jointly every stride-th key frame (and the last); 0 = auto (at most 12 anchors);
+            1 = plain AlignedUMAP on every key frame.
+    jobs: worker processes over blocks; 0 = one per CPU core.
+    seed: seeds the graphs, initialisation and SGD.
+    """
+
+    neighbors: int = 15
+    min_dist: float = 0.1
+    alignment: float = 0.01
+    window: int = 3
+    epochs: int = 200
+    place_epochs: int = 15
+    stride: int = 0
+    jobs: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.neighbors < 2:
+            raise OptionsError(f"--umap-neighbors {self.neighbors}: must be at least 2")
+        if not 0 <= self.min_dist <= 1:
+            raise OptionsError(f"--umap-min-dist {self.min_dist}: must be between 0 and 1")
+        if self.alignment < 0:
+            raise OptionsError(f"--umap-alignment {self.alignment}: must be 0 or more")
+        for name in ("window", "epochs", "place_epochs"):
+            if getattr(self, name) < 1:
+                raise OptionsError(f"umap {name} {getattr(self, name)}: must be at least 1")
+        if self.stride < 0 or self.jobs < 0:
+            raise OptionsError(f"--umap-stride {self.stride} / --jobs {self.jobs}: must be 0 (auto) or positive")
+
+
+def _umap():
+    try:
+        import numba
+        import umap  # noqa: F401
+    except ImportError:
+        raise OptionsError("--projection umap needs umap-learn: pip install umap-learn") from None
+    return numba
+
+
+@lru_cache(maxsize=None)
+def _epoch_fn():
+    """umap's aligned SGD epoch, compiled once per process (AlignedUMAP recompiles it every call)."""
+    from umap.layouts import _optimize_layout_aligned_euclidean_single_epoch
+
+    return _umap().njit(_optimize_layout_aligned_euclidean_single_epoch, fastmath=True)
+
+
+@lru_cache(maxsize=8)
+def _relations(m: int, n: int, window: int) -> np.ndarray:
+    """AlignedUMAP's relation tensor for m slices of n points, identity relation between neighbours."""
+    from umap.aligned_umap import expand_relations
+
+    ident = {i: i for i in range(n)}
+    return expand_relations([ident] * (m - 1), window)
+
+
+def _graph(x: np.ndarray, opts: UmapOptions, rs: np.random.RandomState):
+    """The fuzzy neighbour graph of one frame, as UMAP.fit builds it (exact distances under 4096 points)."""
+    from sklearn.metrics import pairwise_distances
+    from umap.umap_ import fuzzy_simplicial_set
+
+    k = min(opts.neighbors, len(x) - 1)
+    if len(x) < 4096:
+        return fuzzy_simplicial_set(pairwise_distances(x), k, rs, "precomputed")[0]
+    return fuzzy_simplicial_set(x, k, rs, "euclidean")[0]
+
+
+def similarities(graphs: list, relations: np.ndarray) -> np.ndarray:
+    """umap.aligned_umap.build_neighborhood_similarities for identity relations, vectorised: the Jaccard
+    overlap of each point's neighbour sets in two slices (theirs builds a set per point: O(N^2) per pair,
+    minutes per block at 512 points)."""
+    m, width, n = relations.shape
+    centre = (width - 1) // 2
+    pattern = [(g > 0).astype(np.float32) for g in graphs]
+    degree = [np.asarray(p.sum(axis=1)).ravel() for p in pattern]
+    out = np.zeros(relations.shape, np.float32)
+    for i in range(m):
+        for j in range(width):
+            o = i + j - centre
+            if 0 <= o < m and relations[i, j, 0] >= 0:
+                inter = np.asarray(pattern[i].multiply(pattern[o]).sum(axis=1)).ravel()
+                union = degree[i] + degree[o] - inter
+                out[i, j] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return out
+
+
+def _optimize(embs: list[np.ndarray], graphs: list, frozen: set[int], epochs: int, opts: UmapOptions,
+              rs: np.random.RandomState, move_other: bool) -> list[np.ndarray]:
+    """umap.layouts.optimize_layout_aligned_euclidean with a once-compiled epoch; frozen slices never move."""
+    numba = _umap()
+    from umap.umap_ import find_ab_params, make_epochs_per_sample
+
+    L = numba.typed.List
+    lists = {name: L.empty_list(numba.types.int32[::1]) for name in ("indptr", "indices", "heads", "tails")}
+    eps = L.empty_list(numba.types.float64[::1])
+    for i, g in enumerate(graphs):
+        coo = g.tocoo()
+        for name, arr in (("indptr", g.indptr), ("indices", g.indices), ("heads", coo.row), ("tails", coo.col)):
+            lists[name].append(np.ascontiguousarray(arr, np.int32))
+        eps.append(np.full(coo.nnz, epochs + 1.0) if i in frozen else make_epochs_per_sample(coo.data, epochs))
+    relations = _relations(len(graphs), embs[0].shape[0], opts.window)
+    weights = similarities(graphs, relations)
+    heads = L.empty_list(numba.types.float32[:, ::1])
+    for e in embs:
+        heads.append(np.ascontiguousarray(e, np.float32))
+    neg = L.empty_list(numba.types.float32[::1])
+    next_neg = L.empty_list(numba.types.float32[::1])
+    next_s = L.empty_list(numba.types.float32[::1])
+    for e in eps:
+        neg.append((e / 5.0).astype(np.float32))
+        next_neg.append((e / 5.0).astype(np.float32))
+        next_s.append(e.astype(np.float32))
+    a, b = find_ab_params(1.0, opts.min_dist)
+    seed = rs.randint(np.iinfo(np.int32).min + 1, np.iinfo(np.int32).max - 1, 3).astype(np.int64)
+    fn = _epoch_fn()
+    for n in range(epochs):
+        fn(heads, heads, lists["heads"], lists["tails"], eps, a, b, weights, relations, seed, 1.0,
+           opts.alignment, 2, move_other, 1.0 - n / epochs, neg, next_neg, next_s, n)
+    return list(heads)
+
+
+def layout_block(frames: np.ndarray, opts: UmapOptions) -> np.ndarray:
+    """(T, N, 2) aligned UMAP layouts of one block's key frames (T, N, D)."""
+    from umap.aligned_umap import procrustes_align
+    from umap.spectral import spectral_layout
+
+    rs = np.random.RandomState(opts.seed)
+    T, N = frames.shape[:2]
+    keep = [0] + [t for t in range(1, T) if not np.array_equal(frames[t], frames[t - 1])]
+    which = np.cumsum([t in set(keep) for t in range(T)]) - 1  # key frame -> distinct frame
+    U = len(keep)
+    graphs = [_graph(frames[t], opts, rs) for t in keep]
+    stride = opts.stride or max(1, math.ceil((U - 1) / (MAX_ANCHORS - 1)))
+    anchors = sorted(set(range(0, U, stride)) | {U - 1})
+    out: list[np.ndarray | None] = [None] * U
+    if U == 1:
+        init = spectral_layout(frames[0], graphs[0], 2, rs)
+        out = [(init * 10 / np.abs(init).max()).astype(np.float32)]
+        return np.stack(out)[which]
+    embs = []
+    ident = np.vstack([np.arange(N), np.arange(N)]).astype(np.int32)
+    for i in anchors:  # AlignedUMAP.fit's initialisation: spectral, each Procrustes-aligned to the previous
+        init = spectral_layout(frames[keep[i]], graphs[i], 2, rs)
+        init = (init * 10.0 / np.abs(init).max()).astype(np.float32, order="C")
+        embs.append(init if not embs else procrustes_align(embs[-1], init, ident).astype(np.float32))
+    for i, e in zip(anchors, _optimize(embs, [graphs[i] for i in anchors], set(), opts.epochs, opts, rs, True)):
+        out[i] = e
+    for a, b in zip(anchors, anchors[1:]):
+        if b - a < 2:
+            continue
+        mids = [((b - i) * out[a] + (i - a) * out[b]) / (b - a) for i in range(a + 1, b)]
+        placed = _optimize([out[a], *mids, out[b]], graphs[a:b + 1], {0, b - a}, opts.place_epochs, opts, rs, False)
+        out[a + 1:b] = placed[1:-1]
+    return np.stack(out)[which]
+
+
+def _worker_init() -> None:
+    _umap().set_num_threads(1)
+
+
+def _run_block(args: tuple) -> np.ndarray:
+    store, l, opts = args
+    return layout_block(store.block(l), opts)
+
+
+@PROJECTIONS.register("umap")
+def project_umap(features: Features, progress: bool = True, options: UmapOptions = UmapOptions()) -> Trajectories:
+    """AlignedUMAP layouts of every block over the key frames, blocks in parallel processes."""
+    _umap()
+    store = features.store
+    L = len(features.blocks)
+    jobs = min(options.jobs or os.cpu_count() or 1, L)
+    tasks = [(store, l, options) for l in range(L)]
+    bar = tqdm(total=L, desc="AlignedUMAP", unit="block", disable=not progress)
+    results = []
+    if jobs == 1:
+        _worker_init()
+        for task in tasks:
+            results.append(_run_block(task))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), initializer=_worker_init) as pool:
+            for res in pool.map(_run_block, tasks):
+                results.append(res)
+                bar.update()
+    bar.close()
+    xy = np.stack(results, axis=1).astype(np.float32)  # (T, L, N, 2)
+    return Trajectories(features.steps, features.blocks, features.point_ids, xy, "umap", {})

@@ -1,0 +1,169 @@
+"""Truthfulness of the aligned projections, on series whose answer is known by construction."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from layerfilm.features import Features, FeatureStore
+from layerfilm.project import coherence, project
+from layerfilm.project_umap import UmapOptions
+
+P = importlib.import_module("layerfilm.project")  # the module (the package re-exports a function of that name)
+UMAP_SMALL = {"options": UmapOptions(jobs=1, epochs=60, place_epochs=15, neighbors=8)}
+
+
+def make_features(frames: list[np.ndarray], folder) -> Features:
+    store = FeatureStore(folder)
+    for x in frames:
+        store.append(x)
+    L, N = frames[0].shape[:2]
+    return Features(np.arange(len(frames), dtype=np.int64) * 100, np.arange(L, dtype=np.int64),
+                    np.tile(np.arange(N, dtype=np.int64), (L, 1)), "synthetic", store)
+
+
+def drifting(T=6, L=3, N=96, D=12, frozen=(1, 2, 3), seed=0) -> list[np.ndarray]:
+    """Random-walk point clouds with a decaying spectrum; block ``frozen[0]`` does not change between
+    key frames ``frozen[1]`` and ``frozen[2]`` (its weights are copied bitwise)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((L, N, D)) * np.geomspace(3, 0.2, D)).astype(np.float32)
+    out = [x]
+    for t in range(1, T):
+        x = x + 0.15 * rng.standard_normal((L, N, D)).astype(np.float32)
+        if t == frozen[2]:
+            x[frozen[0]] = out[-1][frozen[0]]
+        out.append(x.copy())
+    return out
+
+
+@pytest.mark.parametrize("method,kwargs,tol", [("pca", {}, 0.0), ("pca", {"fit": "last"}, 0.0),
+                                               ("procrustes", {}, 0.0), ("umap", UMAP_SMALL, 0.01)])
+def test_unchanged_block_does_not_move(tmp_path, method, kwargs, tol):
+    traj = project(make_features(drifting(), tmp_path), method, progress=False, **kwargs)
+    ext = traj.extent()
+    width = ext[:, 1] - ext[:, 0]  # (L,) panel extent
+    still = np.abs(traj.xy[3, 1] - traj.xy[2, 1]).max() / width[1]
+    assert still <= tol
+    if tol == 0.0:
+        np.testing.assert_array_equal(traj.xy[3, 1], traj.xy[2, 1])
+        assert traj.stats["motion"][1, 2] == 0.0
+    moving = np.abs(traj.xy[3, 0] - traj.xy[2, 0]).max() / width[0]
+    assert moving > max(10 * tol, 1e-3)  # the blocks that changed did move
+
+
+def rotating(T=8, N=200, D=10, angle=0.03, seed=1) -> tuple[list[np.ndarray], np.ndarray]:
+    """One matrix rotated a little each step in D dimensions: X_t = X_0 Q^t, Q = exp(angle * K), K skew.
+    Returns the frames (one block) and the true per-point displacement (T-1, N) in D dimensions."""
+    rng = np.random.default_rng(seed)
+    x0 = rng.standard_normal((N, D)) * np.geomspace(4, 0.3, D)
+    x0 -= x0.mean(axis=0)
+    k = rng.standard_normal((D, D))
+    k = (k - k.T) / np.linalg.norm(k - k.T, 2)
+    w, v = np.linalg.eig(angle * k)
+    q = (v @ np.diag(np.exp(w)) @ np.linalg.inv(v)).real  # the rotation exp(angle K)
+    xs = [x0]
+    for _ in range(T - 1):
+        xs.append(xs[-1] @ q)
+    true = np.stack([np.linalg.norm(b - a, axis=1) for a, b in zip(xs, xs[1:])])
+    return [x[None].astype(np.float32) for x in xs], true
+
+
+def flip_signs(monkeypatch, seed: int) -> None:
+    """Make every eigen-solve return its axes with random signs, per key frame (naive per-frame PCA)."""
+    rng = np.random.default_rng(seed)
+    ritz = P._ritz
+
+    def flipped(q, cq, total):
+        axes, rot, ratio = ritz(q, cq, total)
+        s = rng.choice([-1.0, 1.0], size=(axes.shape[0], 1, axes.shape[2]))
+        return (axes * s).astype(np.float32), rot * s, ratio
+
+    monkeypatch.setattr(P, "_ritz", flipped)
+
+
+@pytest.fixture
+def random_signs(monkeypatch):
+    flip_signs(monkeypatch, 7)
+
+
+@pytest.mark.parametrize("method", ["pca", "procrustes"])
+def test_rotation_with_sign_flips_moves_smoothly(tmp_path, method, random_signs):
+    frames, true = rotating()
+    traj = project(make_features(frames, tmp_path), method, progress=False)
+    shown = np.linalg.norm(np.diff(traj.xy[:, 0], axis=0), axis=-1)  # (T-1, N) on screen
+    assert np.all(shown <= true * (1 + 1e-3) + 1e-4)  # no jump larger than the true rotation implies
+    # and naive per-frame PCA with those sign flips would jump by far more than the rotation implies
+    rng = np.random.default_rng(3)
+    naive = []
+    for x in frames:
+        xc = x[0] - x[0].mean(axis=0)
+        vt = np.linalg.svd(xc, full_matrices=False)[2][:2]
+        naive.append(xc @ (vt.T * rng.choice([-1.0, 1.0], 2)))
+    assert np.linalg.norm(np.diff(naive, axis=0), axis=-1).max() > 10 * true.max()
+
+
+def test_procrustes_ignores_axis_signs(tmp_path, monkeypatch):
+    frames = drifting(frozen=(0, 0, 0))
+    a = project(make_features(frames, tmp_path / "a"), "procrustes", progress=False)
+    flip_signs(monkeypatch, 11)
+    b = project(make_features(frames, tmp_path / "b"), "procrustes", progress=False)
+    # chained frames agree with the unflipped run up to one fixed rotation/reflection of the whole film
+    r = P.procrustes_rotation(b.xy.transpose(1, 0, 2, 3).reshape(3, -1, 2), a.xy.transpose(1, 0, 2, 3).reshape(3, -1, 2))
+    aligned = np.einsum("tlni,lij->tlnj", b.xy, r)
+    assert np.abs(aligned - a.xy).max() < 1e-3 * np.abs(a.xy).max()
+
+
+def test_pca_explained_variance_matches_exact_pca(tmp_path):
+    frames = drifting(frozen=(0, 0, 0))
+    traj = project(make_features(frames, tmp_path), "pca", progress=False)
+    pooled = np.concatenate(frames, axis=1).astype(np.float64)  # (L, T*N, D)
+    for l in range(pooled.shape[0]):
+        xc = pooled[l] - pooled[l].mean(axis=0)
+        s = np.linalg.svd(xc, compute_uv=False) ** 2
+        ratio, exact = traj.stats["explained_variance"][l].astype(np.float64), s[:2] / s.sum()
+        # two passes of subspace iteration: the axes capture (almost) the top-2 variance, never more (Ky Fan)
+        assert 0.99 * exact.sum() <= ratio.sum() <= exact.sum() * (1 + 1e-5)
+        np.testing.assert_allclose(ratio, exact, rtol=2e-2)
+        # the reported ratio is exactly the variance of the cloud on screen (orthonormal axes)
+        shown = traj.xy[:, l].reshape(-1, 2).astype(np.float64)
+        np.testing.assert_allclose(shown.var(axis=0) * len(shown) / s.sum(), ratio, rtol=1e-4)
+
+
+def test_coherence_known_motion():
+    xy = np.zeros((3, 1, 4, 2), np.float32)
+    xy[0, 0] = [[1, 0], [-1, 0], [0, 1], [0, -1]]  # RMS spread 1
+    xy[1] = xy[0] + np.array([0.5, 0], np.float32)  # every point moves 0.5
+    xy[2] = xy[1]
+    c = coherence(xy)
+    np.testing.assert_allclose(c["motion"], [[0.5, 0.0]], rtol=1e-6)
+    assert c["motion_mean"][0] == pytest.approx(0.25) and c["motion_max"][0] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("method,kwargs", [("pca", {}), ("procrustes", {}), ("umap", UMAP_SMALL)])
+def test_same_seed_same_bytes(tmp_path, method, kwargs):
+    frames = drifting(T=4, L=2, N=64)
+    a = project(make_features(frames, tmp_path / "a"), method, progress=False, **kwargs)
+    b = project(make_features(frames, tmp_path / "b"), method, progress=False, **kwargs)
+    assert a.xy.tobytes() == b.xy.tobytes()
+
+
+def test_similarities_match_umap(tmp_path):
+    """Our vectorised neighbourhood similarities equal umap-learn's own on real fuzzy graphs."""
+    import numba
+    from umap.aligned_umap import build_neighborhood_similarities
+
+    import layerfilm.project_umap as U
+
+    frames = drifting(T=4, L=1, N=40, D=6, frozen=(0, 0, 0))
+    opts = UmapOptions(neighbors=6)
+    graphs = [U._graph(x[0], opts, np.random.RandomState(0)) for x in frames]
+    rel = U._relations(len(graphs), 40, opts.window)
+    ip, ix = numba.typed.List(), numba.typed.List()
+    for g in graphs:
+        ip.append(g.indptr.astype(np.int32))
+        ix.append(g.indices.astype(np.int32))
+    expected = build_neighborhood_similarities(ip, ix, rel)
+    assert expected.max() > 0
+    np.testing.assert_allclose(U.similarities(graphs, rel), expected, rtol=1e-6)
