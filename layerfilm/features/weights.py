@@ -94,6 +94,11 @@ def extract(series: Series, spec: WeightSpec, workdir: Path, progress: bool = Tr
     for ckpt in tqdm(series.checkpoints, desc="loading", unit="ckpt", disable=not progress):
         with open_checkpoint(ckpt.path, ckpt.format) as reader:
             store.append(read_points(reader, wp, ckpt.path))
+    return features_of(series, wp, store)
+
+
+def features_of(series: Series, wp: WeightPlan, store: FeatureStore) -> Features:
+    """The ``Features`` of a store filled with ``read_points`` for every checkpoint of ``series``."""
     return Features(
         steps=np.asarray(series.steps, np.int64),
         blocks=np.asarray(wp.layer_map.blocks, np.int64),
