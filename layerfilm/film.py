@@ -15,9 +15,11 @@ from .encode import EncodeOptions, check_output, open_film
 from .errors import OptionsError, ScanError
 from .features import Features
 from .features.weights import WeightSpec, extract
+from .overlay import Overlay
 from .project import Trajectories, project
 from .render import Renderer, Style
 from .scan import Series, scan
+from .stability import Stability, StabilityOptions, measure
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,11 @@ class FilmOptions:
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     every: int = 1
     steps: tuple[int | None, int | None] = (None, None)
+    overlay: bool = True  # per-panel "still moving" bar and "settled" mark (layerfilm.overlay)
+    settle_threshold: float = 0.1  # see layerfilm.stability
+
+    def stability_options(self) -> StabilityOptions:
+        return StabilityOptions(self.settle_threshold, self.weights, self.projection)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class FilmResult:
     frames: int
     keyframes: int
     trajectories: Trajectories
+    stability: Stability | None = None
 
 
 def check_export_path(path: str | Path) -> Path:
@@ -74,22 +82,34 @@ def caption(steps: np.ndarray, k: int, a: float) -> str:
     return f"step {int(round(step)):,}   key {k + 1}/{len(steps)}"
 
 
-def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress: bool = True) -> int:
-    """Interpolate, render and encode the film of ``traj``; returns the number of frames written."""
-    tl = Timeline(len(traj.steps), opts.fps, opts.seconds_per_keyframe)
-    labels = [f"L{b}" for b in traj.blocks]
-    renderer = Renderer(opts.style, labels, traj.extent())
+def film_renderer(traj: Trajectories, style: Style) -> Renderer:
+    """The film's renderer: one panel per block, fixed axes and colour scale over all key frames."""
+    renderer = Renderer(style, [f"L{b}" for b in traj.blocks], traj.extent())
     renderer.vmax = renderer.auto_vmax(traj.xy)
+    return renderer
+
+
+def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress: bool = True,
+               stability: Stability | None = None) -> int:
+    """Interpolate, render and encode the film of ``traj``; returns the number of frames written.
+    With ``stability``, each panel also shows how much its block still moves (layerfilm.overlay)."""
+    tl = Timeline(len(traj.steps), opts.fps, opts.seconds_per_keyframe)
+    renderer = film_renderer(traj, opts.style)
+    overlay = Overlay(renderer, stability) if stability is not None else None
     size = (opts.style.width, opts.style.height)
 
+    def frame(k: int, a: float) -> np.ndarray:
+        img = renderer.frame(lerp(traj.xy, k, a), caption(traj.steps, k, a))
+        if overlay is not None:
+            overlay(img, k, a)
+        return img
+
     def samples() -> list[np.ndarray]:
-        picks = sorted({0, len(traj.steps) // 2, len(traj.steps) - 1})
-        return [renderer.frame(traj.xy[k], caption(traj.steps, k, 0.0)) for k in picks]
+        return [frame(k, 0.0) for k in sorted({0, len(traj.steps) // 2, len(traj.steps) - 1})]
 
     with open_film(out, size, opts.encode, samples) as writer:
         for f in tqdm(range(tl.n_frames), desc="rendering", unit="frame", disable=not progress):
-            k, a = tl.locate(f)
-            writer.write(renderer.frame(lerp(traj.xy, k, a), caption(traj.steps, k, a)))
+            writer.write(frame(*tl.locate(f)))
     return tl.n_frames
 
 
@@ -108,9 +128,14 @@ def render(
     series = scan(folder, opts.every, opts.steps)
     if len(series) < 2:
         raise ScanError(f"{folder}: found {len(series)} checkpoint; a film needs at least two key frames")
+    stab = None
     with tempfile.TemporaryDirectory(prefix="layerfilm-") as work:
-        traj = load_trajectories(series, opts, Path(work), progress)
-    n = write_film(traj, out, opts, progress)
+        if opts.overlay:  # one pass over the checkpoints gives both the points and the measures
+            stab = measure(series, opts.stability_options(), Path(work), progress)
+            traj = stab.trajectories
+        else:
+            traj = load_trajectories(series, opts, Path(work), progress)
+    n = write_film(traj, out, opts, progress, stab)
     if export is not None:
         export_points(traj, export)
-    return FilmResult(Path(out), n, len(series), traj)
+    return FilmResult(Path(out), n, len(series), traj, stab)
