@@ -118,7 +118,8 @@ class Stability:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.records(), indent=1)
+        """``records()`` as a JSON list, one block per line."""
+        return "[\n" + ",\n".join(json.dumps(r) for r in self.records()) + "\n]"
 
     def table_rows(self) -> tuple[list[str], list[list[str]]]:
         """Header and rows of the settling table (ranking order), as text."""
