@@ -155,31 +155,31 @@ nothing. report.md: Markdown with the figures as report_<name>.png beside it; --
 """
 
 
+def _study_parser(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", help="folder that holds the checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
 def _add_study_commands(sub) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-    s = sub.add_parser("stability", help="table of which blocks have settled (or --json)", description=STABILITY_HELP, formatter_class=fmt)
-    s.add_argument("folder", help="folder that holds the checkpoints")
+    s = _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP)
     s.add_argument("--json", action="store_true", help="print JSON (a list of per-block objects) instead of the table")
     _add_settle(s)
     _add_selection(s.add_argument_group("which checkpoints"))
     _add_points(s.add_argument_group("points for CKA and on-screen motion (as in render)"))
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
-    t = sub.add_parser("stills", help="the first and last key frames (or --steps) side by side", description=STILLS_HELP, formatter_class=fmt)
-    t.add_argument("folder", help="folder that holds the checkpoints")
+    t = _study_parser(sub, "stills", "the first and last key frames (or --steps) side by side", STILLS_HELP)
     t.add_argument("--out", required=True, help="output figure: X.png | X.svg | X.pdf")
     t.add_argument("--steps", default=None, metavar="S1,S2,...", help="key frames to show, by step (default: first and last)")
     _add_points(t.add_argument_group("what to film (as in render)"))
     _add_look(t.add_argument_group("look"))
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-    p = sub.add_parser("report", help="HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", description=REPORT_HELP, formatter_class=fmt)
-    p.add_argument("folder", help="folder that holds the checkpoints")
+    p = _study_parser(sub, "report", "HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", REPORT_HELP)
     p.add_argument("--out", required=True, help="report.html (self-contained) | report.md (PNGs written beside it)")
     p.add_argument("--film", default=None, metavar="FILE", help="a film (.webm, .mp4, .gif) to embed (HTML) or link (Markdown)")
     _add_settle(p)
     _add_selection(p.add_argument_group("which checkpoints"))
     _add_points(p.add_argument_group("what to film (as in render)"))
     _add_look(p.add_argument_group("look of the stills"))
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _study_options(args: argparse.Namespace) -> FilmOptions:
