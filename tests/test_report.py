@@ -139,3 +139,16 @@ def test_report_errors(frozen_run, run_cli, tmp_path):
         from layerfilm.report import report
 
         report(frozen_run, tmp_path / "missing" / "r.md", progress=False)
+
+
+def test_python_api_returns_figures_and_frames(frozen_run, tmp_path):
+    from matplotlib.figure import Figure
+
+    import layerfilm
+
+    opts = FilmOptions(weights=WeightSpec(points=16), style=Style(320, 180))
+    res = layerfilm.report(frozen_run, tmp_path / "r.md", opts=opts, progress=False)
+    assert list(res.figures) == ["stills", "heatmap", "settling", "hot", "norms"]
+    assert all(isinstance(f, Figure) for f in res.figures.values())
+    assert res.files == [tmp_path / "r.md", *(tmp_path / f"r_{n}.png" for n in res.figures)]
+    assert res.stability.settle_steps == layerfilm.measure(layerfilm.scan(frozen_run), progress=False).settle_steps
