@@ -61,16 +61,22 @@ def parse_step_list(text: str) -> list[int]:
     return steps
 
 
-def keyframe_stills(traj: Trajectories, style: Style, steps: list[int] | None = None) -> Stills:
-    """The film's frames at ``steps`` (default: the first and last key frame), side by side."""
-    have = [int(s) for s in traj.steps]
+def key_indices(have: list[int], steps: list[int] | None) -> tuple[list[int], list[int]]:
+    """(steps, their key-frame indices) for the wanted ``steps`` among the key frames' steps ``have``
+    (default: the first and the last)."""
     steps = steps if steps is not None else sorted({have[0], have[-1]})
     missing = [s for s in steps if s not in have]
     if missing:
         shown = ", ".join(map(str, have if len(have) <= 12 else have[:6] + ["..."] + have[-3:]))
         raise OptionsError(f"--steps: {', '.join(map(str, missing))} not a key frame; key frames are at steps {shown}")
+    return steps, [have.index(s) for s in steps]
+
+
+def keyframe_stills(traj: Trajectories, style: Style, steps: list[int] | None = None) -> Stills:
+    """The film's frames at ``steps`` (default: the first and last key frame), side by side."""
+    steps, idx = key_indices([int(s) for s in traj.steps], steps)
     renderer = film_renderer(traj, style)
-    frames = np.stack([renderer.frame(traj.xy[k], caption(traj.steps, k, 0.0)) for k in map(have.index, steps)])
+    frames = np.stack([renderer.frame(traj.xy[k], caption(traj.steps, k, 0.0)) for k in idx])
     return Stills(steps, frames, stills_figure(frames, steps))
 
 
@@ -86,6 +92,7 @@ def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] |
     if out is not None:
         figure_format(out)  # a bad extension fails before any work
     series = scan(folder, opts.every, opts.steps)
+    key_indices(series.steps, steps)  # a step that is not a key frame fails before any work
     with tempfile.TemporaryDirectory(prefix="layerfilm-") as work:
         traj = load_trajectories(series, opts, Path(work), progress)
     result = keyframe_stills(traj, opts.style, steps)
