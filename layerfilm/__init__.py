@@ -3,13 +3,18 @@
 from .errors import LayerfilmError
 from .film import FilmOptions, FilmResult, export_points, render, write_film
 from .features.weights import WeightSpec, extract
+from .figures import heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure, stills_figure
 from .project import Trajectories, project
 from .project_umap import UmapOptions
 from .render import Renderer, Style
+from .report import Report, Stills, report, stills
 from .scan import Checkpoint, Series, scan
+from .stability import Stability, StabilityOptions, measure
 
 __all__ = [
     "Checkpoint", "FilmOptions", "FilmResult", "LayerfilmError", "Renderer", "Series", "Style",
     "Trajectories", "UmapOptions", "WeightSpec", "export_points", "extract", "project", "render", "scan", "write_film",
+    "Report", "Stability", "StabilityOptions", "Stills", "heatmap_figure", "hot_figure", "measure", "norm_figure",
+    "report", "save_figure", "settling_figure", "stills", "stills_figure",
 ]
 __version__ = "0.1.0"

@@ -15,7 +15,9 @@ from .film import FilmOptions, render
 from .project import FITS, PROJECTIONS, stats_table
 from .project_umap import UmapOptions
 from .render import Style, parse_size
+from .report import parse_step_list, report, stills
 from .scan import Checkpoint, parse_steps, scan
+from .stability import measure
 
 RENDER_HELP = """\
 Render a film of how every decoder block's weights move over training.
@@ -72,35 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("folder", help="folder that holds the checkpoints")
     r.add_argument("--out", required=True, help="output: film.webm | film.gif | film.mp4 | frames/ (PNG folder)")
     g = r.add_argument_group("which checkpoints")
-    g.add_argument("--every", type=int, default=1, metavar="K", help="keep every K-th checkpoint (default 1: all)")
-    g.add_argument("--steps", default=None, metavar="A:B", help="keep steps A..B inclusive; either side may be empty (e.g. 1000:)")
+    _add_selection(g)
     _checkpoint_options(g)
-    g = r.add_argument_group("what to film")
-    g.add_argument("--param", default=None, help="matrix inside each block, e.g. mlp.c_fc.weight or attn.c_attn "
-                   "('.weight' optional); default: the MLP's input projection")
-    g.add_argument("--points", type=int, default=512, metavar="N", help="at most N neurons per block, chosen once with --seed and tracked at every step (default 512)")
-    g.add_argument("--seed", type=int, default=0, help="seed for choosing the points and for umap (default 0)")
-    _blocks_option(g)
-    g.add_argument("--layout", choices=LAYOUTS, default="auto", help="storage of the matrix: out-in (nn.Linear), in-out (GPT-2 Conv1D) or auto (default)")
+    _add_points(r.add_argument_group("what to film"))
     g = r.add_argument_group("projection and time")
-    g.add_argument("--projection", default="pca", choices=PROJECTIONS.names(),
-                   help="2-D projection aligned over time: pca (default) = one basis per block shared by all key frames; "
-                   "procrustes = each key frame's own PCA, rotated/mirrored onto the previous frame (orthogonal Procrustes); "
-                   "umap = AlignedUMAP over the key frames (identity relation: the same neurons), seeded by --seed")
-    g.add_argument("--fit", default="all", choices=FITS, help="pca only: fit the basis on all key frames pooled (default), the first or the last")
-    g.add_argument("--umap-neighbors", type=int, default=15, metavar="K", help="umap: n_neighbors of each key frame's graph (default 15)")
-    g.add_argument("--umap-min-dist", type=float, default=0.1, metavar="D", help="umap: min_dist, how tightly points pack (default 0.1)")
-    g.add_argument("--umap-alignment", type=float, default=0.01, metavar="W", help="umap: alignment_regularisation, pull of a point to its place in nearby key frames (default 0.01)")
-    g.add_argument("--umap-stride", type=int, default=0, metavar="K", help="umap: fit AlignedUMAP jointly on every K-th key frame (and the last) and place the frames between "
-                   "by a short aligned optimisation anchored to both; 1 = every key frame jointly; default 0 = auto (at most 12 jointly fitted)")
-    g.add_argument("--jobs", type=int, default=0, metavar="N", help="umap: worker processes over blocks (default 0: one per CPU core); results do not depend on it")
-    g.add_argument("--stats", action="store_true", help="print a per-block table to stdout: mean and max displacement of points between consecutive key frames "
-                   "relative to the cloud's RMS spread, and for pca/procrustes the variance explained by the two axes (also in --export-points)")
+    _add_projection_details(g)
     g.add_argument("--fps", type=float, default=15.0, help="frames per second (default 15)")
     g.add_argument("--seconds-per-keyframe", type=float, default=1.0, metavar="S", help="seconds between key frames (default 1)")
     g = r.add_argument_group("look and encoding")
-    g.add_argument("--size", type=_size, default=(1280, 720), metavar="WxH", help="frame size in pixels, even numbers (default 1280x720)")
-    g.add_argument("--cmap", default="magma", help="matplotlib colormap for density, log(1+count) scaled (default magma)")
+    _add_look(g)
+    g.add_argument("--no-overlay", action="store_true", help="no per-panel overlay; by default a bar along the bottom "
+                   "of each panel shows how much the block still moves (relative update, log scale over 3 decades "
+                   "below the film's fastest) and the panel says 'settled' in green from its settling step on")
+    _add_settle(g)
     g.add_argument("--crf", type=int, default=18, help="quality of lossy .mp4 output, 0-51, lower is better (default 18); .webm is always lossless")
     g.add_argument("--encoder-threads", type=int, default=0, metavar="N", help="ffmpeg encoder threads (default 0: ffmpeg decides, "
                    "one per core); fewer leaves cores to other work, the film takes longer")
@@ -121,7 +107,41 @@ def build_parser() -> argparse.ArgumentParser:
                    "dtype, size; problem for a checkpoint that cannot be used) instead of a table")
     _checkpoint_options(s)
     _blocks_option(s)
+    _add_study_commands(sub)
     return parser
+
+
+def _add_selection(g) -> None:
+    g.add_argument("--every", type=int, default=1, metavar="K", help="keep every K-th checkpoint (default 1: all)")
+    g.add_argument("--steps", default=None, metavar="A:B", help="keep steps A..B inclusive; either side may be empty (e.g. 1000:)")
+
+
+def _add_points(g) -> None:
+    g.add_argument("--param", default=None, help="matrix inside each block, e.g. mlp.c_fc.weight or attn.c_attn "
+                   "('.weight' optional); default: the MLP's input projection")
+    g.add_argument("--points", type=int, default=512, metavar="N", help="at most N neurons per block, chosen once with --seed and tracked at every step (default 512)")
+    g.add_argument("--seed", type=int, default=0, help="seed for choosing the points and for umap (default 0)")
+    _blocks_option(g)
+    g.add_argument("--layout", choices=LAYOUTS, default="auto", help="storage of the matrix: out-in (nn.Linear), in-out (GPT-2 Conv1D) or auto (default)")
+    g.add_argument("--projection", default="pca", choices=PROJECTIONS.names(),
+                   help="2-D projection aligned over time: pca (default) = one basis per block shared by all key frames; "
+                   "procrustes = each key frame's own PCA, rotated/mirrored onto the previous frame (orthogonal Procrustes); "
+                   "umap = AlignedUMAP over the key frames (identity relation: the same neurons), seeded by --seed")
+
+
+def _add_look(g) -> None:
+    g.add_argument("--size", type=_size, default=(1280, 720), metavar="WxH", help="frame size in pixels, even numbers (default 1280x720)")
+    g.add_argument("--cmap", default="magma", help="matplotlib colormap for density, log(1+count) scaled (default magma)")
+
+
+def _add_settle(g) -> None:
+    g.add_argument("--settle-threshold", type=float, default=0.1, metavar="F",
+                   help="a block has settled from the first step after which its distance to the final checkpoint "
+                   "stays below F times its distance at the first key frame (default 0.1)")
+
+
+def _weight_spec(args: argparse.Namespace) -> WeightSpec:
+    return WeightSpec(param=args.param, points=args.points, seed=args.seed, blocks_regex=args.blocks, layout=args.layout)
 
 
 def _checkpoint_options(g) -> None:
@@ -135,10 +155,22 @@ def _blocks_option(g) -> None:
                    "group is the block index, e.g. 'net\\.stage(\\d+)\\.'")
 
 
+def _add_projection_details(g) -> None:
+    g.add_argument("--fit", default="all", choices=FITS, help="pca only: fit the basis on all key frames pooled (default), the first or the last")
+    g.add_argument("--umap-neighbors", type=int, default=15, metavar="K", help="umap: n_neighbors of each key frame's graph (default 15)")
+    g.add_argument("--umap-min-dist", type=float, default=0.1, metavar="D", help="umap: min_dist, how tightly points pack (default 0.1)")
+    g.add_argument("--umap-alignment", type=float, default=0.01, metavar="W", help="umap: alignment_regularisation, pull of a point to its place in nearby key frames (default 0.01)")
+    g.add_argument("--umap-stride", type=int, default=0, metavar="K", help="umap: fit AlignedUMAP jointly on every K-th key frame (and the last) and place the frames between "
+                   "by a short aligned optimisation anchored to both; 1 = every key frame jointly; default 0 = auto (at most 12 jointly fitted)")
+    g.add_argument("--jobs", type=int, default=0, metavar="N", help="umap: worker processes over blocks (default 0: one per CPU core); results do not depend on it")
+    g.add_argument("--stats", action="store_true", help="print a per-block table to stdout: mean and max displacement of points between consecutive key frames "
+                   "relative to the cloud's RMS spread, and for pca/procrustes the variance explained by the two axes (also in --export-points)")
+
+
 def _film_options(args: argparse.Namespace) -> FilmOptions:
     w, h = args.size
     return FilmOptions(
-        weights=WeightSpec(param=args.param, points=args.points, seed=args.seed, blocks_regex=args.blocks, layout=args.layout),
+        weights=_weight_spec(args),
         projection=args.projection,
         fit=args.fit,
         umap=UmapOptions(neighbors=args.umap_neighbors, min_dist=args.umap_min_dist, alignment=args.umap_alignment,
@@ -153,6 +185,8 @@ def _film_options(args: argparse.Namespace) -> FilmOptions:
         strict=args.strict,
         cache=not args.no_cache,
         cache_dir=args.cache,
+        overlay=not args.no_overlay,
+        settle_threshold=args.settle_threshold,
     )
 
 
@@ -190,7 +224,100 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"render": cmd_render, "scan": cmd_scan}
+STABILITY_HELP = """\
+Which blocks have settled and which still move, measured from the weights.
+
+Per block (every tensor inside it, as one vector W) and per key frame: the relative update
+||W_t - W_t-1|| / ||W_t|| (scaled to the median gap between key frames), the distance to the final
+checkpoint ||W_t - W_T|| / ||W_T||, the norm of each tensor, the linear CKA between the block's points
+(the film's neurons) and the same points at the final checkpoint, and their on-screen motion in the
+film's projection (fraction of the panel width per key frame).
+
+A block settles at the first step after which its distance to the final checkpoint stays below
+--settle-threshold times its distance at the first key frame; the last key frame does not count, so
+a block that only gets there at the end never settles. The table is ranked by settling step.
+--json prints a list of objects in that order: block, rank, settle_step (null: never),
+settle_threshold, steps, relative_update, distance_to_final, norm, param_norm {tensor: series},
+cka_to_final, motion (null where undefined, e.g. the first key frame's update).
+"""
+
+STILLS_HELP = """\
+Stills of the film's key frames side by side (matplotlib; .png, .svg or .pdf by extension).
+
+Default: the first and the last key frame; --steps 0,2000 picks any key frames (one step gives one
+frame). Every frame uses the film's fixed axes and colour scale, so the panels compare directly.
+"""
+
+REPORT_HELP = """\
+A report on which layers stabilize: stills of the first and last key frame, the heatmap of relative
+updates (blocks x steps, log colour scale, settling steps marked), each block's distance to the final
+checkpoint, histograms over time of each block's weights (value bins up, steps across, colour
+log(1 + count)), parameter-norm curves, and the settling table (see `layerfilm stability --help`).
+
+report.html: one self-contained file, images (and the --film) embedded as data: URIs; it fetches
+nothing. report.md: Markdown with the figures as report_<name>.png beside it; --film is linked.
+"""
+
+
+def _study_parser(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", help="folder that holds the checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _add_study_commands(sub) -> None:
+    s = _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP)
+    s.add_argument("--json", action="store_true", help="print JSON (a list of per-block objects) instead of the table")
+    _add_settle(s)
+    _add_selection(s.add_argument_group("which checkpoints"))
+    _add_points(s.add_argument_group("points for CKA and on-screen motion (as in render)"))
+    t = _study_parser(sub, "stills", "the first and last key frames (or --steps) side by side", STILLS_HELP)
+    t.add_argument("--out", required=True, help="output figure: X.png | X.svg | X.pdf")
+    t.add_argument("--steps", default=None, metavar="S1,S2,...", help="key frames to show, by step (default: first and last)")
+    _add_points(t.add_argument_group("what to film (as in render)"))
+    _add_look(t.add_argument_group("look"))
+    p = _study_parser(sub, "report", "HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", REPORT_HELP)
+    p.add_argument("--out", required=True, help="report.html (self-contained) | report.md (PNGs written beside it)")
+    p.add_argument("--film", default=None, metavar="FILE", help="a film (.webm, .mp4, .gif) to embed (HTML) or link (Markdown)")
+    _add_settle(p)
+    _add_selection(p.add_argument_group("which checkpoints"))
+    _add_points(p.add_argument_group("what to film (as in render)"))
+    _add_look(p.add_argument_group("look of the stills"))
+
+
+def _study_options(args: argparse.Namespace) -> FilmOptions:
+    a = vars(args)
+    w, h = a.get("size", (1280, 720))
+    return FilmOptions(
+        weights=_weight_spec(args), projection=args.projection, style=Style(width=w, height=h, cmap=a.get("cmap", "magma")),
+        every=a.get("every", 1), steps=parse_steps(a["steps"]) if "every" in a and a["steps"] else (None, None),
+        settle_threshold=a.get("settle_threshold", 0.1),
+    )
+
+
+def cmd_stability(args: argparse.Namespace) -> int:
+    opts = _study_options(args)
+    series = scan(args.folder, opts.every, opts.steps)
+    stab = measure(series, opts.stability_options(), progress=not args.quiet)
+    print(stab.to_json() if args.json else stab.table())
+    return 0
+
+
+def cmd_stills(args: argparse.Namespace) -> int:
+    steps = parse_step_list(args.steps) if args.steps else None
+    res = stills(args.folder, args.out, steps, _study_options(args), progress=not args.quiet)
+    print(f"wrote {args.out} (steps {', '.join(f'{s:,}' for s in res.steps)})", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    res = report(args.folder, args.out, args.film, _study_options(args), progress=not args.quiet)
+    print(f"wrote {', '.join(map(str, res.files))}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"render": cmd_render, "scan": cmd_scan, "stability": cmd_stability, "stills": cmd_stills, "report": cmd_report}
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:

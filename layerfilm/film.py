@@ -18,11 +18,13 @@ from .encode import EncodeOptions, check_output, open_film
 from .errors import OptionsError, ScanError
 from .features import Features
 from .features.weights import WeightSpec, extract
+from .overlay import Overlay
 from .pipeline import one_blas_thread, prefetch
 from .project import FITS, Trajectories, project
 from .project_umap import UmapOptions
 from .render import Renderer, Style
 from .scan import Checkpoint, Series, scan
+from .stability import Stability, StabilityOptions, measure
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class FilmOptions:
     strict: bool = False  # an unusable checkpoint is an error instead of a skip
     cache: bool = True  # keep projected key frames on disk (layerfilm.cache); a re-render skips the checkpoints
     cache_dir: str | None = None  # None: $LAYERFILM_CACHE or ~/.cache/layerfilm
+    overlay: bool = True  # per-panel "still moving" bar and "settled" mark (layerfilm.overlay)
+    settle_threshold: float = 0.1  # see layerfilm.stability
 
     def points_options(self) -> dict:
         """The options that change the points (the cache key): all but the look, encoding and cache."""
@@ -59,9 +63,13 @@ class FilmOptions:
         """Options of the chosen projection method, as ``project`` takes them."""
         return {"pca": {"fit": self.fit}, "umap": {"options": self.umap}}.get(self.projection, {})
 
+    def stability_options(self) -> StabilityOptions:
+        return StabilityOptions(self.settle_threshold, self.weights, self.projection)
+
 
 # FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)
-_NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "every", "steps", "cache", "cache_dir"}
+_NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "every", "steps", "cache", "cache_dir",
+               "overlay", "settle_threshold"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ class FilmResult:
     keyframes: int
     trajectories: Trajectories
     skipped: tuple[Checkpoint, ...] = ()  # unusable checkpoints, each with its problem
+    stability: Stability | None = None
 
 
 def check_export_path(path: str | Path) -> Path:
@@ -132,22 +141,34 @@ def caption(steps: np.ndarray, k: int, a: float) -> str:
     return f"step {int(round(step)):,}   key {k + 1}/{len(steps)}"
 
 
-def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress: bool = True) -> int:
-    """Interpolate, render and encode the film of ``traj``; returns the number of frames written."""
-    tl = Timeline(len(traj.steps), opts.fps, opts.seconds_per_keyframe)
-    labels = [f"L{b}" for b in traj.blocks]
-    renderer = Renderer(opts.style, labels, traj.extent())
+def film_renderer(traj: Trajectories, style: Style) -> Renderer:
+    """The film's renderer: one panel per block, fixed axes and colour scale over all key frames."""
+    renderer = Renderer(style, [f"L{b}" for b in traj.blocks], traj.extent())
     renderer.vmax = renderer.auto_vmax(traj.xy)
+    return renderer
+
+
+def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress: bool = True,
+               stability: Stability | None = None) -> int:
+    """Interpolate, render and encode the film of ``traj``; returns the number of frames written.
+    With ``stability``, each panel also shows how much its block still moves (layerfilm.overlay)."""
+    tl = Timeline(len(traj.steps), opts.fps, opts.seconds_per_keyframe)
+    renderer = film_renderer(traj, opts.style)
+    overlay = Overlay(renderer, stability) if stability is not None else None
     size = (opts.style.width, opts.style.height)
 
+    def frame(k: int, a: float) -> np.ndarray:
+        img = renderer.frame(lerp(traj.xy, k, a), caption(traj.steps, k, a))
+        if overlay is not None:
+            overlay(img, k, a)
+        return img
+
     def samples() -> list[np.ndarray]:
-        picks = sorted({0, len(traj.steps) // 2, len(traj.steps) - 1})
-        return [renderer.frame(traj.xy[k], caption(traj.steps, k, 0.0)) for k in picks]
+        return [frame(k, 0.0) for k in sorted({0, len(traj.steps) // 2, len(traj.steps) - 1})]
 
     def frames() -> Iterator[np.ndarray]:
         for f in range(tl.n_frames):
-            k, a = tl.locate(f)
-            yield renderer.frame(lerp(traj.xy, k, a), caption(traj.steps, k, a))
+            yield frame(*tl.locate(f))
 
     with open_film(out, size, opts.encode, samples) as writer:  # frames drawn in a thread, ahead of ffmpeg
         for img in tqdm(prefetch(frames()), total=tl.n_frames, desc="rendering", unit="frame", disable=not progress):
@@ -173,7 +194,13 @@ def render(
         raise ScanError(f"{folder}: found {len(series)} usable checkpoint; a film needs at least two key frames")
     skipped = list(series.skipped)
     traj = cached_trajectories(series, opts, progress, skipped)
-    n = write_film(traj, out, opts, progress)
+    stab = None
+    if opts.overlay:  # the measures read whole block tensors: only the checkpoints that could be read
+        kept = set(traj.steps.tolist())
+        usable = replace(series, checkpoints=tuple(c for c in series.checkpoints if c.step in kept))
+        with tempfile.TemporaryDirectory(prefix="layerfilm-") as work, one_blas_thread():
+            stab = measure(usable, opts.stability_options(), Path(work), progress)
+    n = write_film(traj, out, opts, progress, stab)
     if export is not None:
         export_points(traj, export)
-    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(skipped))
+    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(skipped), stab)

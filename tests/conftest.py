@@ -79,3 +79,35 @@ def _cache_in_tmp(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LAYERFILM_CACHE", str(tmp_path_factory.mktemp("layerfilm-cache")))
         yield
+
+
+FROZEN_STEP = 20  # in `frozen_run`, blocks FROZEN_BLOCKS stop changing from this step on
+FROZEN_BLOCKS = (0, 3)
+
+
+@pytest.fixture(scope="session")
+def frozen_run(tiny_run, tmp_path_factory) -> Path:
+    """`tiny_run`'s steps 0..40 with blocks 0 and 3 copied unchanged from step 20 on (their tensors
+    overwritten by step 20's): those blocks settle at step 20 by construction, blocks 1 and 2 keep moving."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("frozen_run")
+    base = load_file(str(tiny_run / f"step_{FROZEN_STEP:06d}.safetensors"))
+    frozen = tuple(f"transformer.h.{b}." for b in FROZEN_BLOCKS)
+    for step in range(0, 41, 10):
+        name = f"step_{step:06d}.safetensors"
+        state = load_file(str(tiny_run / name))
+        if step >= FROZEN_STEP:
+            state.update({k: base[k] for k in state if k.startswith(frozen)})
+        save_file(state, str(out / name))
+    return out
+
+
+@pytest.fixture(scope="session")
+def frozen_stability(frozen_run):
+    """`layerfilm.stability.measure` of `frozen_run` (64 points per block)."""
+    from layerfilm.features.weights import WeightSpec
+    from layerfilm.scan import scan
+    from layerfilm.stability import StabilityOptions, measure
+
+    return measure(scan(frozen_run), StabilityOptions(weights=WeightSpec(points=64)), progress=False)

@@ -114,8 +114,15 @@ def extract(series: Series, spec: WeightSpec, workdir: Path, progress: bool = Tr
         steps.append(ckpt.step)
     if len(steps) < 2:
         raise ScanError(f"{series.root}: {len(steps)} readable checkpoint(s); a film needs at least two key frames")
+    return features_of(series, wp, store, steps, skipped)
+
+
+def features_of(series: Series, wp: WeightPlan, store: FeatureStore, steps: list[int] | None = None,
+                skipped: list | tuple = ()) -> Features:
+    """The ``Features`` of a store filled with ``read_points``: for every checkpoint of ``series``, or
+    for ``steps`` when some were ``skipped``."""
     return Features(
-        steps=np.asarray(steps, np.int64),
+        steps=np.asarray(series.steps if steps is None else steps, np.int64),
         blocks=np.asarray(wp.layer_map.blocks, np.int64),
         point_ids=wp.point_ids.astype(np.int64),
         name=f"{wp.component} ({'columns' if wp.transpose else 'rows'}: output neurons)",

@@ -1,0 +1,197 @@
+"""Publication figures (matplotlib ``Figure`` objects, no pyplot state) of a ``Stability``.
+
+  heatmap_figure   blocks x steps of the relative update, log colour scale, settling steps marked
+  settling_figure  each block's distance to the final checkpoint over training, with the threshold
+  hot_figure       histograms over time per block (value bins up, steps across, colour log(1 + count))
+  norm_figure      the norm of every tensor of every block over training
+  stills_figure    rendered frames side by side
+
+``save_figure`` writes PNG, SVG or PDF by the file's extension, atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+
+from .errors import OptionsError
+from .stability import Stability
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+DPI = 200
+
+
+def figure_format(path: str | Path) -> str:
+    """'png', 'svg' or 'pdf' from the extension of ``path``; anything else is an error."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in FIGURE_FORMATS:
+        raise OptionsError(f"{path}: unknown figure extension {Path(path).suffix!r}; use .png, .svg or .pdf")
+    return fmt
+
+
+@contextmanager
+def atomic(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; renamed onto it only if the block completes."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OptionsError(f"{path}: folder {parent} does not exist")
+    tmp = parent / f".{path.name}.partial-{os.getpid()}{path.suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig: "Figure", path: str | Path) -> Path:
+    """Write ``fig`` as PNG (200 dpi), SVG or PDF, by the extension of ``path``."""
+    fmt = figure_format(path)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=DPI, facecolor="white")
+    return Path(path)
+
+
+def _new(width: float, height: float) -> "Figure":
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _labels(stab: Stability) -> list[str]:
+    return [f"L{b}" for b in stab.blocks]
+
+
+def _grid(fig: "Figure", n: int, cols: int = 4) -> list:
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    axes = fig.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return list(axes[:n])
+
+
+def _centre_edges(x: np.ndarray) -> np.ndarray:
+    """(T + 1,) cell edges around the (T,) centres ``x``: halfway between neighbours."""
+    x = np.asarray(x, np.float64)
+    mid = (x[:-1] + x[1:]) / 2
+    return np.concatenate([[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]])
+
+
+def heatmap_figure(stab: Stability, cmap: str = "magma") -> "Figure":
+    """Blocks (rows) x steps: relative update from the previous key frame, log colour scale.
+    Cell t spans the steps (s[t-1], s[t]]; a white tick marks each block's settling step;
+    grey cells did not change at all."""
+    import matplotlib
+    from matplotlib.colors import LogNorm
+
+    T, L = stab.relative_update.shape
+    rel = stab.relative_update[1:].T  # (L, T-1)
+    good = np.isfinite(rel) & (rel > 0)
+    lo, hi = (rel[good].min(), rel[good].max()) if good.any() else (1e-12, 1.0)
+    fig = _new(min(14, 5 + 0.08 * T), min(12, 1.5 + 0.32 * L))
+    ax = fig.add_subplot()
+    colours = matplotlib.colormaps[cmap].with_extremes(bad="#9a9a9a")
+    mesh = ax.pcolormesh(stab.steps, np.arange(L + 1) - 0.5, np.ma.masked_where(~good, rel),
+                         norm=LogNorm(lo, max(hi, lo * 1.0001)), cmap=colours)
+    for l, k in enumerate(stab.settle_index):
+        if k >= 0:
+            ax.vlines(stab.steps[k], l - 0.45, l + 0.45, colors="white", linewidth=2.5)
+    ax.set_yticks(range(L), _labels(stab))
+    ax.set_ylim(L - 0.5, -0.5)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("block")
+    gap = np.median(np.diff(stab.steps))
+    ax.set_title(f"Which blocks still move\n(white tick: settling step; grey: unchanged)", fontsize="medium")
+    fig.colorbar(mesh, ax=ax, label=f"‖ΔW‖/‖W‖ per {gap:g} steps (log scale)")
+    return fig
+
+
+def settling_figure(stab: Stability) -> "Figure":
+    """Each block's distance to the final checkpoint, relative to its distance at the first key frame,
+    with the settling threshold and each block's settling step marked."""
+    import matplotlib
+
+    fig = _new(8, 4.5)
+    ax = fig.add_subplot()
+    d0 = np.where(stab.distance_to_final[0] > 0, stab.distance_to_final[0], 1.0)
+    rel = stab.distance_to_final / d0
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(stab.blocks)))
+    for l, label in enumerate(_labels(stab)):
+        k = stab.settle_index[l]
+        ax.plot(stab.steps, rel[:, l], color=colours[l], label=label + ("" if k >= 0 else " (never settles)"))
+        if k >= 0:
+            ax.plot(stab.steps[k], rel[k, l], "o", color=colours[l], markersize=7, markeredgecolor="black")
+    ax.axhline(stab.settle_threshold, color="black", linestyle="--", linewidth=1,
+               label=f"settling threshold ({stab.settle_threshold:g})")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("distance to final / distance at first key frame")
+    ax.set_title("Settling: distance to the final checkpoint (dots: settling step)")
+    ax.legend(fontsize="small", ncols=max(1, len(stab.blocks) // 12), loc="upper right")
+    return fig
+
+
+def hot_figure(stab: Stability, cmap: str = "magma") -> "Figure":
+    """Histograms over time, one panel per block: value bins of the block's matrix entries up the y
+    axis, steps along x, colour log(1 + count) on one scale for all panels (fastai's HOT chart)."""
+    L = len(stab.blocks)
+    cols = min(4, L)
+    fig = _new(3.2 * cols + 1, 2.4 * math.ceil(L / cols) + 0.6)
+    level = np.log1p(stab.hist)
+    x = _centre_edges(stab.steps)
+    mesh = None
+    for l, ax in enumerate(_grid(fig, L, cols)):
+        mesh = ax.pcolormesh(x, stab.hist_edges[l], level[:, l, :].T, cmap=cmap, vmin=0, vmax=level.max(),
+                             rasterized=True)
+        ax.set_title(_labels(stab)[l], fontsize="medium")
+        ax.tick_params(labelsize="small")
+    fig.supxlabel("training step")
+    fig.supylabel("weight value")
+    fig.suptitle("Histograms over time of each block's weight matrices")
+    fig.colorbar(mesh, ax=fig.axes[:L], label="log(1 + count)", shrink=0.8)
+    return fig
+
+
+def norm_figure(stab: Stability) -> "Figure":
+    """The norm of every tensor of every block over training (log scale), one panel per block."""
+    import matplotlib
+
+    L = len(stab.blocks)
+    cols = min(4, L)
+    fig = _new(3.2 * cols + 3.2, 2.4 * math.ceil(L / cols) + 0.6)
+    colours = matplotlib.colormaps["tab20"](np.linspace(0, 1, max(len(stab.components), 2)))
+    for l, ax in enumerate(_grid(fig, L, cols)):
+        for c, name in enumerate(stab.components):
+            ax.plot(stab.steps, stab.param_norm[:, l, c], color=colours[c], label=name,
+                    linestyle="--" if name.endswith("bias") else "-")
+        ax.set_yscale("log")
+        ax.set_title(_labels(stab)[l], fontsize="medium")
+        ax.tick_params(labelsize="small")
+    handles, names = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right upper", fontsize="small")
+    fig.supxlabel("training step")
+    fig.supylabel("‖parameter‖")
+    fig.suptitle("Parameter norms per block")
+    return fig
+
+
+def stills_figure(frames: Sequence[np.ndarray], steps: Sequence[int], title: str = "") -> "Figure":
+    """Rendered frames (H, W, 3) side by side, each titled with its step."""
+    h, w, _ = frames[0].shape
+    k = len(frames)
+    fig = _new(6.5 * k, 6.5 * h / w + 0.6)
+    for ax, frame, step in zip(fig.subplots(1, k, squeeze=False)[0], frames, steps):
+        ax.imshow(frame, interpolation="nearest")
+        ax.set_title(f"step {step:,}")
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    return fig

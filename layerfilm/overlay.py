@@ -1,0 +1,59 @@
+"""Per-panel "still moving" bar and "settled" mark, drawn over frames the Renderer made.
+
+Along the bottom of each panel a thin bar shows the block's relative update (``Stability``) on a log
+scale over ``DECADES`` decades below the film's largest update: a full bar is the fastest any block
+moved, an empty one a thousand times slower or still. Between key frames the bar follows the update
+happening on screen (from key k to k+1). From its settling step on, a block's bar turns green and the
+panel says "settled".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .animate import lerp
+from .render import Renderer, draw_text, text_mask
+from .stability import Stability
+
+DECADES = 3.0
+MOVING = np.array([110, 190, 255], np.float32)
+SETTLED = np.array([110, 215, 120], np.float32)
+TRACK = np.array([45, 45, 52], np.uint8)
+
+
+def moving_level(stab: Stability) -> np.ndarray:
+    """(T, L) bar length in [0, 1] at each key frame: the update into key k (key 0: the first update)."""
+    rel = np.array(stab.relative_update, np.float64)
+    rel[0] = rel[1]
+    rel = np.nan_to_num(rel, nan=0.0)
+    top = rel.max()
+    if top <= 0:
+        return np.zeros_like(rel)
+    with np.errstate(divide="ignore"):
+        return np.clip(1 + np.log10(rel / top) / DECADES, 0.0, 1.0)
+
+
+class Overlay:
+    """Call with a frame (H, W, 3) uint8, key frame k and fraction a; draws in place."""
+
+    def __init__(self, renderer: Renderer, stab: Stability) -> None:
+        self.r = renderer
+        self.level = moving_level(stab)
+        self.settle = np.asarray(stab.settle_index)
+        c = renderer.cell
+        bw, bh = renderer.bins
+        self.size = (bw * c, bh * c)
+        self.bar = max(2, bh * c // 45)
+
+    def __call__(self, img: np.ndarray, k: int, a: float) -> None:
+        level = lerp(self.level, k, a)
+        w, h = self.size
+        c = self.r.cell
+        for l, (ox, oy) in enumerate(self.r.origin):
+            x, y = ox * c, oy * c + h - self.bar
+            settled = 0 <= self.settle[l] <= k
+            img[y : y + self.bar, x : x + w] = TRACK
+            img[y : y + self.bar, x : x + int(round(level[l] * w))] = SETTLED if settled else MOVING
+            if settled:
+                px = self.r.label_px
+                draw_text(img, "settled", x + w - text_mask("settled", px).shape[1] - 3, oy * c + 2, px, SETTLED)

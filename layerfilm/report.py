@@ -1,0 +1,227 @@
+"""Stills and reports: the answer to "which blocks have settled?" in pictures and one file.
+
+``stills`` renders chosen key frames with the film's renderer (same fixed axes and colour scale as
+the film, so two steps compare directly) and puts them side by side. ``report`` measures the
+checkpoints once (``layerfilm.stability``) and writes either one self-contained HTML file (images and
+film embedded as data: URIs, nothing fetched) or Markdown with PNGs beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import OptionsError
+from .figures import (atomic, heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure,
+                      stills_figure, figure_format)
+from .film import FilmOptions, caption, film_renderer, load_trajectories
+from .project import Trajectories
+from .render import Style
+from .scan import scan
+from .stability import Stability, measure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+REPORT_KINDS = {".html": "html", ".htm": "html", ".md": "md"}
+FILM_TYPES = {".webm": "video/webm", ".mp4": "video/mp4", ".gif": "image/gif"}
+
+
+@dataclass(frozen=True)
+class Stills:
+    steps: list[int]  # (K,)
+    frames: np.ndarray  # (K, H, W, 3) uint8, the film's frames at those steps
+    figure: "Figure"  # the frames side by side
+
+
+@dataclass(frozen=True)
+class Report:
+    out: Path
+    stability: Stability
+    figures: dict[str, "Figure"]  # stills, heatmap, settling, hot, norms
+    files: list[Path]  # everything written (the report, and for Markdown its PNGs)
+
+
+def parse_step_list(text: str) -> list[int]:
+    """``"0,2000"`` -> [0, 2000]."""
+    try:
+        steps = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise OptionsError(f"--steps {text!r}: expected steps separated by commas, e.g. 0,2000") from None
+    if not steps:
+        raise OptionsError(f"--steps {text!r}: give at least one step")
+    return steps
+
+
+def key_indices(have: list[int], steps: list[int] | None) -> tuple[list[int], list[int]]:
+    """(steps, their key-frame indices) for the wanted ``steps`` among the key frames' steps ``have``
+    (default: the first and the last)."""
+    steps = steps if steps is not None else sorted({have[0], have[-1]})
+    missing = [s for s in steps if s not in have]
+    if missing:
+        shown = ", ".join(map(str, have if len(have) <= 12 else have[:6] + ["..."] + have[-3:]))
+        raise OptionsError(f"--steps: {', '.join(map(str, missing))} not a key frame; key frames are at steps {shown}")
+    return steps, [have.index(s) for s in steps]
+
+
+def keyframe_stills(traj: Trajectories, style: Style, steps: list[int] | None = None) -> Stills:
+    """The film's frames at ``steps`` (default: the first and last key frame), side by side."""
+    steps, idx = key_indices([int(s) for s in traj.steps], steps)
+    renderer = film_renderer(traj, style)
+    frames = np.stack([renderer.frame(traj.xy[k], caption(traj.steps, k, 0.0)) for k in idx])
+    return Stills(steps, frames, stills_figure(frames, steps))
+
+
+def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] | None = None,
+           opts: FilmOptions = FilmOptions(), progress: bool = True) -> Stills:
+    """Stills of the checkpoints in ``folder`` at ``steps`` (default first and last), written to ``out``
+    (.png, .svg or .pdf) when given.
+
+    Example:
+        >>> stills("ckpts/", "before_after.png", steps=[0, 2000]).frames.shape  # doctest: +SKIP
+        (2, 720, 1280, 3)
+    """
+    if out is not None:
+        figure_format(out)  # a bad extension fails before any work
+    series = scan(folder, opts.every, opts.steps)
+    key_indices(series.steps, steps)  # a step that is not a key frame fails before any work
+    with tempfile.TemporaryDirectory(prefix="layerfilm-") as work:
+        traj = load_trajectories(series, opts, Path(work), progress)
+    result = keyframe_stills(traj, opts.style, steps)
+    if out is not None:
+        save_figure(result.figure, out)
+    return result
+
+
+SECTIONS = {  # name: (heading, what it shows)
+    "stills": ("First and last key frame", "Each block's points (the film's neurons) at the first and the last key frame, "
+               "on the same fixed axes and colour scale as the film."),
+    "heatmap": ("Which blocks still move", "Relative update of each block's weights between key frames, on a log colour "
+                "scale; the white tick is the block's settling step."),
+    "settling": ("Settling", "Distance to the final checkpoint relative to the first key frame; a block settles "
+                 "once it stays below the dashed threshold."),
+    "hot": ("Histograms over time", "Value histograms of each block's weight matrices per key frame "
+            "(colour: log(1 + count))."),
+    "norms": ("Parameter norms", "The norm of every tensor of every block over training."),
+}
+
+
+def report_figures(stab: Stability, style: Style) -> dict[str, "Figure"]:
+    return {
+        "stills": keyframe_stills(stab.trajectories, style).figure,
+        "heatmap": heatmap_figure(stab),
+        "settling": settling_figure(stab),
+        "hot": hot_figure(stab),
+        "norms": norm_figure(stab),
+    }
+
+
+def _png(fig: "Figure") -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150, facecolor="white")
+    return buf.getvalue()
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _summary(stab: Stability, folder: str | Path) -> str:
+    steps = stab.steps
+    settled = sum(k >= 0 for k in stab.settle_index)
+    return (f"{len(steps)} checkpoints in {folder} (steps {steps[0]:,} to {steps[-1]:,}), {len(stab.blocks)} blocks; "
+            f"{settled} of {len(stab.blocks)} settled (threshold {stab.settle_threshold:g}). "
+            f"Points: {stab.points}.")
+
+
+CSS = """body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222}img,video{max-width:100%;height:auto}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3f3f3}
+td:nth-child(2){text-align:left}.never{color:#b00}.settled{color:#070}p.note{color:#555}"""
+
+
+def _html(stab: Stability, folder: str | Path, images: dict[str, bytes], film: Path | None) -> str:
+    head, rows = stab.table_rows()
+    table = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>\n" + "\n".join(
+        "<tr>" + "".join(f'<td class="{("never" if c == "never" else "settled") if i == 2 else ""}">'
+                         f"{html.escape(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>layerfilm report</title>"
+             f"<style>{CSS}</style></head><body>",
+             "<h1>Which layers stabilize</h1>", f"<p>{html.escape(_summary(stab, folder))}</p>"]
+    if film is not None:
+        mime = FILM_TYPES[film.suffix.lower()]
+        uri = _data_uri(film.read_bytes(), mime)
+        tag = (f'<img alt="film" src="{uri}">' if mime.startswith("image/") else
+               f'<video controls loop muted playsinline src="{uri}"></video>')
+        parts += ["<h2>Film</h2>", tag]
+    parts += ["<h2>Settling table</h2>", f"<table>{table}</table>",
+              f'<p class="note">Ranked by settling step: the first step after which the block\'s distance to the '
+              f"final checkpoint stays below {stab.settle_threshold:g} of its distance at the first key frame.</p>"]
+    for name, png in images.items():
+        title, text = SECTIONS[name]
+        parts += [f"<h2>{title}</h2>", f"<p>{html.escape(text)}</p>",
+                  f'<img alt="{title}" src="{_data_uri(png, "image/png")}">']
+    return "\n".join(parts) + "\n</body></html>\n"
+
+
+def _markdown(stab: Stability, folder: str | Path, pngs: dict[str, str], film: str | None) -> str:
+    head, rows = stab.table_rows()
+    lines = ["# Which layers stabilize", "", _summary(stab, folder), ""]
+    if film is not None:
+        lines += [f"Film: [{Path(film).name}]({film})", ""]
+    lines += ["## Settling table", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    for name, png in pngs.items():
+        title, text = SECTIONS[name]
+        lines += ["", f"## {title}", "", text, "", f"![{title}]({png})"]
+    return "\n".join(lines) + "\n"
+
+
+def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
+           opts: FilmOptions = FilmOptions(), progress: bool = True) -> Report:
+    """Measure the checkpoints in ``folder`` and write a report: ``.html`` (one self-contained file)
+    or ``.md`` (Markdown, with ``<name>_<figure>.png`` beside it). ``film`` is embedded (HTML) or linked.
+
+    Example:
+        >>> report("ckpts/", "report.html", film="film.webm")  # doctest: +SKIP
+    """
+    out = Path(out)
+    kind = REPORT_KINDS.get(out.suffix.lower())
+    if kind is None:
+        raise OptionsError(f"{out}: unknown report extension {out.suffix!r}; use .html or .md")
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise OptionsError(f"{out}: folder {out.parent} does not exist")
+    if film is not None:
+        film = Path(film)
+        if not film.is_file():
+            raise OptionsError(f"--film {film}: no such file")
+        if film.suffix.lower() not in FILM_TYPES:
+            raise OptionsError(f"--film {film}: embed a .webm, .mp4 or .gif film")
+    series = scan(folder, opts.every, opts.steps)
+    stab = measure(series, opts.stability_options(), progress=progress)
+    figures = report_figures(stab, opts.style)
+    files: list[Path] = []
+    if kind == "html":
+        text = _html(stab, folder, {n: _png(f) for n, f in figures.items()}, film)
+    else:
+        pngs = {n: out.with_name(f"{out.stem}_{n}.png") for n in figures}
+        try:
+            for name, fig in figures.items():
+                files.append(save_figure(fig, pngs[name]))
+        except BaseException:
+            for f in files:
+                f.unlink(missing_ok=True)
+            raise
+        link = os.path.relpath(film, out.parent) if film is not None else None
+        text = _markdown(stab, folder, {n: p.name for n, p in pngs.items()}, link)
+    with atomic(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Report(out, stab, figures, [out, *files])

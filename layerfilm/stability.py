@@ -1,0 +1,295 @@
+"""Which blocks have settled and which still move: per block, per key frame, from the weights.
+
+For every block (all tensors whose names sit inside it, concatenated into one vector W):
+
+  relative_update     ||W_t - W_{t-1}|| / ||W_t||, scaled to the median step gap between key frames
+                      (so unevenly spaced checkpoints compare: a gap twice the median counts half)
+  distance_to_final   ||W_t - W_T|| / ||W_T||
+  norm, param_norm    ||W_t|| and the norm of each tensor of the block (one curve per parameter)
+  cka_to_final        linear CKA between the block's points (the film's neurons) at t and at T
+  motion              mean on-screen move of the points since the previous key frame, as a fraction
+                      of the panel width (from the aligned projection the film shows)
+  hist                histogram of the block's matrix entries per key frame (the "HOT" chart)
+
+A block *settles* at the first key frame after which its distance to the final checkpoint stays below
+``settle_threshold`` times its distance at the first key frame. The final key frame does not count
+(its distance is 0 by definition): a block that only gets there at the end never settled.
+
+Memory stays flat: checkpoints are read one tensor at a time from three open readers (this step,
+the previous one and the final one); only per-block scalars and the film's points are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .errors import CheckpointError, OptionsError
+from .features import FeatureStore
+from .features.weights import WeightPlan, WeightSpec, features_of, plan, read_points
+from .formats import Reader, open_checkpoint
+from .project import PROJECTIONS, Trajectories, project
+from .scan import Series
+
+HIST_BINS = 60  # value bins of the HOT chart, as in fastai's colorful dimension
+HIST_PERCENTILE = 99.9  # the HOT chart's value range: this percentile of |w| at the first and last key frame
+
+
+@dataclass(frozen=True)
+class StabilityOptions:
+    """settle_threshold: a block has settled once its distance to the final checkpoint stays below this
+    fraction of its distance at the first key frame (0 < f < 1).
+    weights: which points per block feed the CKA and the on-screen motion (the film's points).
+    projection: the projection the motion is measured in.
+    bins: value bins of the per-block histograms over time."""
+
+    settle_threshold: float = 0.1
+    weights: WeightSpec = field(default_factory=WeightSpec)
+    projection: str = "pca"
+    bins: int = HIST_BINS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.settle_threshold < 1:
+            raise OptionsError(f"--settle-threshold {self.settle_threshold}: must be between 0 and 1 "
+                               "(a fraction of the distance to the final checkpoint at the first key frame)")
+        if self.bins < 2:
+            raise OptionsError(f"bins {self.bins}: need at least 2 histogram bins")
+        PROJECTIONS.get(self.projection)
+
+
+@dataclass(frozen=True)
+class Stability:
+    """Per-block, per-key-frame measures. Shapes: T key frames, L blocks, C tensors per block, B bins."""
+
+    steps: np.ndarray  # (T,) int64
+    blocks: np.ndarray  # (L,) int64
+    components: tuple[str, ...]  # (C,) tensor names inside a block, e.g. "mlp.c_fc.weight"
+    relative_update: np.ndarray  # (T, L); NaN at t = 0
+    distance_to_final: np.ndarray  # (T, L); 0 at t = T-1
+    norm: np.ndarray  # (T, L)
+    param_norm: np.ndarray  # (T, L, C); NaN where a block lacks the tensor
+    cka_to_final: np.ndarray  # (T, L); 1 at t = T-1
+    motion: np.ndarray  # (T, L); NaN at t = 0
+    hist: np.ndarray  # (T, L, B) counts of matrix entries per value bin
+    hist_edges: np.ndarray  # (L, B + 1)
+    settle_threshold: float
+    settle_index: np.ndarray  # (L,) key frame where each block settles; -1: never
+    points: str = ""  # what the CKA/motion points are
+    trajectories: Trajectories | None = None  # the projection the motion was measured in
+
+    @property
+    def settle_steps(self) -> list[int | None]:
+        """The training step each block settles at, None if it never does."""
+        return [int(self.steps[k]) if k >= 0 else None for k in self.settle_index]
+
+    def ranking(self) -> list[int]:
+        """Block positions (into ``blocks``), settled first by settling step, then the others from the
+        calmest to the most moving (distance to the final checkpoint at the last-but-one key frame)."""
+        never = len(self.steps)
+        near_end = self.distance_to_final[max(len(self.steps) - 2, 0)] / np.maximum(self.distance_to_final[0], 1e-300)
+        return sorted(range(len(self.blocks)), key=lambda l: (
+            self.settle_index[l] if self.settle_index[l] >= 0 else never, float(near_end[l]), int(self.blocks[l])))
+
+    def records(self) -> list[dict]:
+        """One JSON-ready dict per block in ranking order (NaN written as null)."""
+        out = []
+        for rank, l in enumerate(self.ranking(), 1):
+            out.append({
+                "block": int(self.blocks[l]),
+                "rank": rank,
+                "settle_step": self.settle_steps[l],
+                "settle_threshold": self.settle_threshold,
+                "steps": [int(s) for s in self.steps],
+                "relative_update": _series(self.relative_update[:, l]),
+                "distance_to_final": _series(self.distance_to_final[:, l]),
+                "norm": _series(self.norm[:, l]),
+                "param_norm": {c: _series(self.param_norm[:, l, i]) for i, c in enumerate(self.components)},
+                "cka_to_final": _series(self.cka_to_final[:, l]),
+                "motion": _series(self.motion[:, l]),
+            })
+        return out
+
+    def to_json(self) -> str:
+        """``records()`` as a JSON list, one block per line."""
+        return "[\n" + ",\n".join(json.dumps(r) for r in self.records()) + "\n]"
+
+    def table_rows(self) -> tuple[list[str], list[list[str]]]:
+        """Header and rows of the settling table (ranking order), as text."""
+        head = ["rank", "block", "settles at step", "distance to final at first key",
+                "relative update at last key", "CKA first->final", "on-screen motion at last key"]
+        rows = []
+        for rank, l in enumerate(self.ranking(), 1):
+            s = self.settle_steps[l]
+            rows.append([str(rank), f"L{self.blocks[l]}", "never" if s is None else f"{s:,}",
+                         _num(self.distance_to_final[0, l]), _num(self.relative_update[-1, l]),
+                         _num(self.cka_to_final[0, l], ".3f"), _num(self.motion[-1, l])])
+        return head, rows
+
+    def table(self) -> str:
+        """The settling table as aligned plain text."""
+        head, rows = self.table_rows()
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        lines = ["  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                 for r in [head, *rows]]
+        return "\n".join(lines) + f"\n(settled: distance to the final checkpoint stays below {self.settle_threshold:g} "\
+            "of its value at the first key frame; the last key frame does not count)"
+
+
+def _series(x: np.ndarray) -> list[float | None]:
+    return [None if not math.isfinite(v) else float(v) for v in x]
+
+
+def _num(v: float, fmt: str = ".3g") -> str:
+    return "-" if not math.isfinite(v) else format(v, fmt)
+
+
+def settle_index(distance: np.ndarray, threshold: float) -> np.ndarray:
+    """(L,) first key frame k such that ``distance[t] < threshold * distance[0]`` for every t >= k, for
+    ``distance`` (T, L); -1 where only the last key frame qualifies. A block that never moved settles at 0."""
+    T, L = distance.shape
+    out = np.full(L, -1, np.int64)
+    for l in range(L):
+        d = distance[:, l]
+        if d[0] == 0:
+            out[l] = 0
+            continue
+        above = np.flatnonzero(~(d < threshold * d[0]))
+        k = int(above[-1]) + 1 if len(above) else 0
+        if k <= T - 2:
+            out[l] = k
+    return out
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA (Kornblith et al. 2019) between point sets x (N, D) and y (N, D'): 1 for the same
+    cloud up to rotation and scale, near 0 for unrelated ones."""
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    cross = np.linalg.norm(x.T @ y) ** 2
+    den = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    return float(cross / den) if den > 0 else float("nan")
+
+
+def _get(reader: Reader, name: str, where: Path) -> np.ndarray:
+    if name not in reader.keys():
+        raise CheckpointError(f"{where}: tensor {name} is missing")
+    return reader.get(name).astype(np.float64)
+
+
+def _readers(series: Series) -> Iterator[tuple[int, Reader, Reader | None]]:
+    """(t, this checkpoint's reader, the previous one's) with both open; each closed once passed."""
+    with ExitStack() as outer:
+        prev: ExitStack | None = None
+        prev_reader = None
+        for t, ckpt in enumerate(series.checkpoints):
+            stack = outer.enter_context(ExitStack())
+            reader = stack.enter_context(open_checkpoint(ckpt.path, ckpt.format))
+            yield t, reader, prev_reader
+            if prev is not None:
+                prev.close()
+            prev, prev_reader = stack, reader
+
+
+def _hist_edges(series: Series, names: list[list[str]], bins: int) -> np.ndarray:
+    """(L, bins + 1) symmetric value range per block from its matrices at the first and last key frame."""
+    top = np.zeros(len(names))
+    for ckpt in (series.checkpoints[0], series.checkpoints[-1]):
+        with open_checkpoint(ckpt.path, ckpt.format) as reader:
+            for l, block in enumerate(names):
+                for n in block:
+                    top[l] = max(top[l], float(np.percentile(np.abs(_get(reader, n, ckpt.path)), HIST_PERCENTILE)))
+    top = np.where(top > 0, top, 1.0)
+    return np.stack([np.linspace(-t, t, bins + 1) for t in top])
+
+
+def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir: Path | None = None,
+            progress: bool = True) -> Stability:
+    """Measure how much every block still moves at every key frame, and when it settles.
+
+    Args:
+        series: the checkpoints (from :func:`layerfilm.scan`), at least two.
+        opts: settling threshold, the points for CKA and motion, the projection.
+        workdir: where the points are cached while projecting (default: a temporary folder).
+    Returns:
+        a :class:`Stability`, whose ``trajectories`` are the film's projection (reusable for a film).
+    Example:
+        >>> st = measure(scan("ckpts/"))  # doctest: +SKIP
+        >>> print(st.table())  # doctest: +SKIP
+    """
+    if len(series) < 2:
+        raise OptionsError(f"{series.root}: found {len(series)} checkpoint; measuring movement needs at least two")
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="layerfilm-") as work:
+            return measure(series, opts, Path(work), progress)
+    wp: WeightPlan = plan(series, opts.weights)
+    lm = wp.layer_map
+    comps = tuple(sorted({c for b in lm.blocks for c in lm.names[b]}))
+    names = [[lm.names[b][c] for c in comps if c in lm.names[b]] for b in lm.blocks]
+    with open_checkpoint(series.checkpoints[0].path, series.checkpoints[0].format) as r0:
+        matrices = [[n for n in block if len(r0.shape(n)) >= 2] for block in names]
+    edges = _hist_edges(series, matrices, opts.bins)
+    T, L, C = len(series), len(lm.blocks), len(comps)
+    sq = {k: np.zeros((T, L)) for k in ("norm", "prev", "final")}
+    param_norm = np.full((T, L, C), np.nan)
+    hist = np.zeros((T, L, opts.bins), np.int64)
+    cka = np.empty((T, L))
+    store = FeatureStore(workdir)
+    last = series.checkpoints[-1]
+    with open_checkpoint(last.path, last.format) as final:
+        final_pts = read_points(final, wp, last.path)
+        readers = tqdm(_readers(series), total=T, desc="measuring", unit="ckpt", disable=not progress)
+        for t, cur, prev in readers:
+            where = series.checkpoints[t].path
+            for l, b in enumerate(lm.blocks):
+                for c, comp in enumerate(comps):
+                    name = lm.names[b].get(comp)
+                    if name is None:
+                        continue
+                    w = _get(cur, name, where)
+                    f = _get(final, name, last.path)
+                    if w.shape != f.shape:
+                        raise CheckpointError(f"{where}: {name} has shape {w.shape}, the last checkpoint {f.shape}")
+                    n2 = float(np.vdot(w, w))
+                    param_norm[t, l, c] = math.sqrt(n2)
+                    sq["norm"][t, l] += n2
+                    sq["final"][t, l] += float(np.sum((w - f) ** 2))
+                    if prev is not None:
+                        sq["prev"][t, l] += float(np.sum((w - _get(prev, name, series.checkpoints[t - 1].path)) ** 2))
+                    if name in matrices[l]:
+                        e = edges[l]
+                        hist[t, l] += np.histogram(np.clip(w, e[0], e[-1]), e)[0]
+            pts = read_points(cur, wp, where)
+            store.append(pts)
+            cka[t] = [linear_cka(pts[l].astype(np.float64), final_pts[l].astype(np.float64)) for l in range(L)]
+    norm = np.sqrt(sq["norm"])
+    gaps = np.diff(np.asarray(series.steps, np.float64))
+    rel = np.full((T, L), np.nan)
+    rel[1:] = np.sqrt(sq["prev"][1:]) / np.maximum(norm[1:], 1e-300) * (np.median(gaps) / gaps)[:, None]
+    dist = np.sqrt(sq["final"]) / np.maximum(norm[-1], 1e-300)
+    features = features_of(series, wp, store)
+    traj = project(features, opts.projection, progress=progress)
+    return Stability(
+        steps=features.steps, blocks=features.blocks, components=comps,
+        relative_update=rel, distance_to_final=dist, norm=norm, param_norm=param_norm,
+        cka_to_final=cka, motion=screen_motion(traj), hist=hist, hist_edges=edges,
+        settle_threshold=opts.settle_threshold, settle_index=settle_index(dist, opts.settle_threshold),
+        points=features.name, trajectories=traj,
+    )
+
+
+def screen_motion(traj: Trajectories) -> np.ndarray:
+    """(T, L) mean distance the points moved since the previous key frame, as a fraction of the
+    panel's width (the film's fixed axes); NaN at the first key frame."""
+    ext = traj.extent()
+    width = ext[:, 1] - ext[:, 0]  # panels are square in projection units
+    out = np.full(traj.xy.shape[:2], np.nan)
+    out[1:] = np.linalg.norm(np.diff(traj.xy.astype(np.float64), axis=0), axis=-1).mean(axis=-1) / width
+    return out

@@ -1,0 +1,154 @@
+"""layerfilm.figures and layerfilm.report: `layerfilm stills`, `layerfilm report`, the figures' data."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from conftest import FROZEN_BLOCKS, FROZEN_STEP
+from layerfilm.errors import OptionsError
+from layerfilm.features.weights import WeightSpec
+from layerfilm.figures import heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure
+from layerfilm.film import FilmOptions
+from layerfilm.render import Style
+from layerfilm.report import stills
+
+SMALL = ("--size", "320x180", "--points", "64", "--quiet")
+MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "svg": b"<?xml", "pdf": b"%PDF"}
+
+
+@pytest.mark.parametrize("ext", ["png", "svg", "pdf"])
+def test_stills_cli_writes_each_format(frozen_run, run_cli, tmp_path, ext):
+    out = tmp_path / f"before_after.{ext}"
+    code, _, err = run_cli("stills", frozen_run, "--out", out, *SMALL)
+    assert code == 0, err
+    assert out.read_bytes().startswith(MAGIC[ext])
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left behind
+    if ext == "svg":
+        assert b"<svg" in out.read_bytes()
+
+
+def test_stills_are_the_films_key_frames(frozen_run, run_cli, tmp_path):
+    """Same axes and colour scale as the film: the stills equal the film's (lossless) key frames."""
+    code, _, err = run_cli("render", frozen_run, "--out", tmp_path / "frames/", "--fps", "1", "--no-overlay", *SMALL)
+    assert code == 0, err
+    film = [iio.imread(p) for p in sorted((tmp_path / "frames").glob("*.png"))]
+    opts = FilmOptions(weights=WeightSpec(points=64), style=Style(320, 180))
+    res = stills(frozen_run, steps=[0, 30], opts=opts, progress=False)
+    assert res.frames.shape == (2, 180, 320, 3) and res.steps == [0, 30]
+    assert np.array_equal(res.frames[0], film[0]) and np.array_equal(res.frames[1], film[3])
+    assert len(res.figure.axes) == 2
+    one = stills(frozen_run, steps=[20], opts=opts, progress=False)
+    assert one.frames.shape == (1, 180, 320, 3) and len(one.figure.axes) == 1
+
+
+def test_stills_errors(frozen_run, run_cli, tmp_path):
+    code, _, err = run_cli("stills", frozen_run, "--out", tmp_path / "x.png", "--steps", "0,15", *SMALL)
+    assert (code, err) == (2, "layerfilm: error: --steps: 15 not a key frame; key frames are at steps 0, 10, 20, 30, 40\n")
+    code, _, err = run_cli("stills", frozen_run, "--out", tmp_path / "x.jpg")
+    assert (code, err) == (2, f"layerfilm: error: {tmp_path / 'x.jpg'}: unknown figure extension '.jpg'; use .png, .svg or .pdf\n")
+    code, _, err = run_cli("stills", frozen_run, "--out", tmp_path / "x.png", "--steps", "0,a")
+    assert (code, err) == (2, "layerfilm: error: --steps '0,a': expected steps separated by commas, e.g. 0,2000\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_heatmap_shows_relative_updates_on_a_log_scale(frozen_stability):
+    from matplotlib.colors import LogNorm
+
+    st = frozen_stability
+    fig = heatmap_figure(st)
+    mesh = fig.axes[0].collections[0]
+    assert isinstance(mesh.norm, LogNorm)
+    data = mesh.get_array().reshape(len(st.blocks), len(st.steps) - 1)
+    k = list(st.steps).index(FROZEN_STEP)
+    frozen = [list(st.blocks).index(b) for b in FROZEN_BLOCKS]
+    assert data.mask[frozen, k:].all()  # unchanged cells are masked (grey), not coloured
+    np.testing.assert_allclose(data.filled(0), np.nan_to_num(st.relative_update[1:].T))
+    # one settling tick per settled block, at its settling step
+    ticks = [c for c in fig.axes[0].collections[1:]]
+    assert sorted(float(t.get_segments()[0][0][0]) for t in ticks) == [FROZEN_STEP] * len(FROZEN_BLOCKS)
+
+
+def test_hot_and_norm_figures_hold_the_measures(frozen_stability, tmp_path):
+    st = frozen_stability
+    hot = hot_figure(st)
+    panels = [ax for ax in hot.axes if ax.collections and ax.get_title()]
+    assert [ax.get_title() for ax in panels] == [f"L{b}" for b in st.blocks]
+    for l, ax in enumerate(panels):
+        np.testing.assert_allclose(ax.collections[0].get_array().reshape(-1), np.log1p(st.hist[:, l, :]).T.reshape(-1))
+    norms = norm_figure(st)
+    lines = norms.axes[0].get_lines()
+    assert [ln.get_label() for ln in lines] == list(st.components)
+    np.testing.assert_allclose(lines[0].get_ydata(), st.param_norm[:, 0, 0])
+    for fig, name in ((hot, "hot.pdf"), (norms, "norms.svg"), (settling_figure(st), "settling.png")):
+        assert save_figure(fig, tmp_path / name).stat().st_size > 1000
+
+
+def _data_uris(text: str) -> list[tuple[str, bytes]]:
+    return [(m, base64.b64decode(d)) for m, d in re.findall(r'src="data:([\w/]+);base64,([A-Za-z0-9+/=]+)"', text)]
+
+
+def test_html_report_is_self_contained(frozen_run, run_cli, tmp_path):
+    film = tmp_path / "film.webm"
+    assert run_cli("render", frozen_run, "--out", film, "--fps", "2", *SMALL)[0] == 0
+    out = tmp_path / "report.html"
+    code, _, err = run_cli("report", frozen_run, "--out", out, "--film", film, *SMALL)
+    assert code == 0, err
+    text = out.read_text()
+    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', text)  # nothing fetched
+    assert "<script" not in text and "@import" not in text and "url(" not in text
+    uris = _data_uris(text)
+    assert [m for m, _ in uris] == ["video/webm"] + ["image/png"] * 5
+    assert uris[0][1] == film.read_bytes()
+    for _, png in uris[1:]:
+        img = iio.imread(io.BytesIO(png))
+        assert img.ndim == 3 and img.shape[0] > 100
+    for heading in ("Settling table", "Which blocks still move", "Histograms over time", "Parameter norms",
+                    "First and last key frame"):
+        assert f"<h2>{heading}</h2>" in text
+    rows = re.findall(r"<tr><td[^>]*>(\d+)</td><td[^>]*>(L\d+)</td><td[^>]*>([^<]+)</td>", text)
+    assert {b for _, b, _ in rows[:2]} == {f"L{b}" for b in FROZEN_BLOCKS}
+    assert [s for _, _, s in rows[2:]] == ["never", "never"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["film.webm", "report.html"]
+
+
+def test_markdown_report_writes_pngs_beside_it(frozen_run, run_cli, tmp_path):
+    out = tmp_path / "report.md"
+    code, _, err = run_cli("report", frozen_run, "--out", out, *SMALL)
+    assert code == 0, err
+    text = out.read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert images == [f"report_{n}.png" for n in ("stills", "heatmap", "settling", "hot", "norms")]
+    for name in images:
+        assert (tmp_path / name).read_bytes().startswith(MAGIC["png"])
+    assert "| rank | block | settles at step |" in text and text.count("| never |") == 2
+
+
+def test_report_errors(frozen_run, run_cli, tmp_path):
+    code, _, err = run_cli("report", frozen_run, "--out", tmp_path / "r.pdf")
+    assert (code, err) == (2, f"layerfilm: error: {tmp_path / 'r.pdf'}: unknown report extension '.pdf'; use .html or .md\n")
+    code, _, err = run_cli("report", frozen_run, "--out", tmp_path / "r.html", "--film", tmp_path / "none.webm")
+    assert (code, err) == (2, f"layerfilm: error: --film {tmp_path / 'none.webm'}: no such file\n")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OptionsError, match="folder .* does not exist"):
+        from layerfilm.report import report
+
+        report(frozen_run, tmp_path / "missing" / "r.md", progress=False)
+
+
+def test_python_api_returns_figures_and_frames(frozen_run, tmp_path):
+    from matplotlib.figure import Figure
+
+    import layerfilm
+
+    opts = FilmOptions(weights=WeightSpec(points=16), style=Style(320, 180))
+    res = layerfilm.report(frozen_run, tmp_path / "r.md", opts=opts, progress=False)
+    assert list(res.figures) == ["stills", "heatmap", "settling", "hot", "norms"]
+    assert all(isinstance(f, Figure) for f in res.figures.values())
+    assert res.files == [tmp_path / "r.md", *(tmp_path / f"r_{n}.png" for n in res.figures)]
+    assert res.stability.settle_steps == layerfilm.measure(layerfilm.scan(frozen_run), progress=False).settle_steps

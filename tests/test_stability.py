@@ -1,0 +1,168 @@
+"""layerfilm.stability and `layerfilm stability`: measures known by construction, settling, ranking."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import FROZEN_BLOCKS, FROZEN_STEP
+from layerfilm.errors import CheckpointError, OptionsError
+from layerfilm.scan import scan
+from layerfilm.stability import StabilityOptions, linear_cka, measure, settle_index
+
+
+def test_frozen_blocks_settle_first_and_the_others_never(frozen_stability):
+    st = frozen_stability
+    settle = dict(zip(st.blocks.tolist(), st.settle_steps))
+    for b in FROZEN_BLOCKS:
+        assert settle[b] is not None and settle[b] <= FROZEN_STEP
+    for b in set(st.blocks.tolist()) - set(FROZEN_BLOCKS):
+        assert settle[b] is None
+    ranked = [int(st.blocks[l]) for l in st.ranking()]
+    assert set(ranked[: len(FROZEN_BLOCKS)]) == set(FROZEN_BLOCKS)
+
+
+def test_frozen_blocks_stop_moving_on_every_measure(frozen_stability):
+    st = frozen_stability
+    k = list(st.steps).index(FROZEN_STEP)
+    frozen = [list(st.blocks).index(b) for b in FROZEN_BLOCKS]
+    moving = [l for l in range(len(st.blocks)) if l not in frozen]
+    assert np.all(st.relative_update[k + 1 :, frozen] == 0)
+    assert np.all(st.distance_to_final[k:, frozen] == 0)
+    assert np.all(st.motion[k + 1 :, frozen] == 0)
+    assert np.allclose(st.cka_to_final[k:, frozen], 1)
+    assert np.all(st.relative_update[1:, moving] > 0)
+    assert np.all(st.motion[1:, moving] > 0)
+    assert np.all(st.distance_to_final[:-1, moving] > 0)
+    # CKA to the final checkpoint grows towards 1 for the blocks that keep training
+    assert np.all(st.cka_to_final[0, moving] < st.cka_to_final[-2, moving])
+    # each key frame's histogram counts every entry of the block's matrices exactly once
+    entries = 32 * 96 + 32 * 32 + 32 * 128 + 128 * 32
+    assert np.all(st.hist.sum(axis=-1) == entries)
+    assert st.param_norm.shape == (5, 4, len(st.components)) and np.isfinite(st.param_norm).all()
+
+
+def test_cli_json_lists_blocks_in_settling_order(frozen_run, run_cli):
+    code, out, err = run_cli("stability", frozen_run, "--json", "--quiet", "--points", "64")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4]
+    assert {r["block"] for r in rows[:2]} == set(FROZEN_BLOCKS)
+    assert all(r["settle_step"] <= FROZEN_STEP for r in rows[:2])
+    assert [r["settle_step"] for r in rows[2:]] == [None, None]
+    for r in rows:
+        assert r["steps"] == [0, 10, 20, 30, 40]
+        assert r["relative_update"][0] is None and r["motion"][0] is None
+        assert len(r["distance_to_final"]) == len(r["cka_to_final"]) == len(r["norm"]) == 5
+        assert all(len(v) == 5 for v in r["param_norm"].values())
+        assert "mlp.c_fc.weight" in r["param_norm"]
+
+
+def test_cli_table_is_ranked_by_settling_step(frozen_run, run_cli):
+    code, out, err = run_cli("stability", frozen_run, "--quiet", "--points", "64")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["rank", "block"]
+    blocks = [line.split()[1] for line in lines[1:5]]
+    assert set(blocks[:2]) == {f"L{b}" for b in FROZEN_BLOCKS}
+    assert [line.split()[2] for line in lines[3:5]] == ["never", "never"]
+
+
+def test_settle_threshold_changes_the_answer(frozen_run, run_cli):
+    # with a threshold of 0.99 every block is already "close" right after the first key frame
+    code, out, err = run_cli("stability", frozen_run, "--json", "--quiet", "--points", "16", "--settle-threshold", "0.99")
+    assert code == 0, err
+    assert all(r["settle_step"] is not None and r["settle_step"] <= 10 for r in json.loads(out))
+
+
+def test_settle_index_exact():
+    d = np.array([
+        [1.0, 1.0, 1.0, 0.0],
+        [0.5, 0.05, 0.5, 0.0],
+        [0.05, 0.2, 0.5, 0.0],
+        [0.01, 0.01, 0.5, 0.0],
+        [0.0, 0.0, 0.0, 0.0],
+    ])
+    # settles at 2; settles at the last-but-one key frame; only the last key frame is close: never;
+    # never moved: settled from the start
+    assert settle_index(d, 0.1).tolist() == [2, 3, -1, 0]
+
+
+def test_linear_cka_invariances():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8))
+    q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    assert linear_cka(x, 3.0 * x @ q + 1.0) == pytest.approx(1.0)
+    assert linear_cka(x, rng.normal(size=(200, 8))) < 0.2
+
+
+def _synthetic(folder, steps):
+    """Two blocks whose weights follow known curves: block 0 drifts along D orthogonal to A
+    (W = A + s D), block 1 is a pure rescaling (W = (1 + s/10) A)."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(8, 4)).astype(np.float64)
+    d = rng.normal(size=(8, 4))
+    d -= (d * a).sum() / (a * a).sum() * a  # D orthogonal to A (Frobenius)
+    d *= 0.01
+    ln = np.ones(4)
+    for s in steps:
+        tensors = {
+            "transformer.h.0.mlp.c_fc.weight": a + s * d, "transformer.h.0.ln_1.weight": ln,
+            "transformer.h.1.mlp.c_fc.weight": (1 + s / 10) * a, "transformer.h.1.ln_1.weight": ln,
+        }
+        save_file({k: torch.tensor(v, dtype=torch.float64).float() for k, v in tensors.items()},
+                  str(folder / f"step_{s:06d}.safetensors"))
+    return a, d, ln
+
+
+def test_measures_match_known_curves_with_uneven_steps(tmp_path):
+    steps = np.array([0, 10, 30, 40, 100])
+    a, d, ln = _synthetic(tmp_path, steps)
+    st = measure(scan(tmp_path), progress=False)
+    gap = np.diff(steps)
+    median = np.median(gap)  # 15: updates are scaled to 15 steps
+    # block 0: W = [A + sD, ln]; ||W||^2 = |A|^2 + s^2 |D|^2 + |ln|^2 (A orthogonal to D)
+    na, nd, nl = np.linalg.norm(a), np.linalg.norm(d), np.linalg.norm(ln)
+    norm0 = np.sqrt(na**2 + steps**2 * nd**2 + nl**2)
+    np.testing.assert_allclose(st.norm[:, 0], norm0, rtol=1e-5)
+    np.testing.assert_allclose(st.relative_update[1:, 0], nd * median / norm0[1:], rtol=1e-4)
+    np.testing.assert_allclose(st.distance_to_final[:, 0], (steps[-1] - steps) * nd / norm0[-1], rtol=1e-4, atol=1e-7)
+    # block 1: W = [(1 + s/10) A, ln]: pure rescaling of the points, so CKA is 1 throughout
+    c = 1 + steps / 10
+    norm1 = np.sqrt(c**2 * na**2 + nl**2)
+    np.testing.assert_allclose(st.relative_update[1:, 1], (gap / 10) * na / norm1[1:] * median / gap, rtol=1e-4)
+    np.testing.assert_allclose(st.cka_to_final[:, 1], 1.0, rtol=1e-5)
+    # per-tensor norms, in the order of st.components
+    assert st.components == ("ln_1.weight", "mlp.c_fc.weight")
+    np.testing.assert_allclose(st.param_norm[:, 1, 1], c * na, rtol=1e-5)
+    np.testing.assert_allclose(st.param_norm[:, :, 0], nl, rtol=1e-6)
+    assert np.isnan(st.relative_update[0]).all() and np.isnan(st.motion[0]).all()
+
+
+def test_errors(tmp_path, frozen_run, run_cli):
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(frozen_run / "step_000000.safetensors", one)
+    code, out, err = run_cli("stability", one)
+    assert code == 2 and err.strip().splitlines() == [
+        f"layerfilm: error: {one}: found 1 checkpoint; measuring movement needs at least two"]
+    with pytest.raises(OptionsError, match=r"^--settle-threshold 0.0: must be between 0 and 1"):
+        StabilityOptions(settle_threshold=0.0)
+    code, _, err = run_cli("stability", frozen_run, "--settle-threshold", "1")
+    assert code == 2 and err.startswith("layerfilm: error: --settle-threshold 1.0: must be between 0 and 1")
+    # a later checkpoint that lacks one of the block's tensors names the file and the tensor
+    from safetensors.torch import load_file
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    _synthetic(broken, [0, 10, 20])
+    state = load_file(str(broken / "step_000010.safetensors"))
+    del state["transformer.h.1.ln_1.weight"]
+    save_file(state, str(broken / "step_000010.safetensors"))
+    with pytest.raises(CheckpointError, match=r"step_000010.safetensors: tensor transformer.h.1.ln_1.weight is missing"):
+        measure(scan(broken), progress=False)
