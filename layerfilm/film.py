@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -19,12 +20,16 @@ from .project import Trajectories, project
 from .render import Renderer, Style
 from .scan import Series, scan
 
+if TYPE_CHECKING:  # the activations module imports torch; only activation films need it
+    from .features.activations import ActivationSpec
+
 
 @dataclass(frozen=True)
 class FilmOptions:
     """Everything ``render`` needs besides the folder and the output path."""
 
     weights: WeightSpec = field(default_factory=WeightSpec)
+    activations: ActivationSpec | None = None  # set: film block outputs on a probe batch instead of weights
     projection: str = "pca"
     fps: float = 15.0
     seconds_per_keyframe: float = 1.0
@@ -64,9 +69,19 @@ def export_points(traj: Trajectories, path: str | Path) -> Path:
     return path
 
 
+def load_features(series: Series, opts: FilmOptions, workdir: Path, progress: bool = True) -> Features:
+    """Weight rows (default) or, with ``opts.activations``, block outputs on the probe batch."""
+    if opts.activations is not None:
+        from .features.activations import extract as extract_activations
+
+        return extract_activations(series, opts.activations, workdir, progress)
+    return extract(series, opts.weights, workdir, progress)
+
+
 def load_trajectories(series: Series, opts: FilmOptions, workdir: Path, progress: bool = True) -> Trajectories:
-    features: Features = extract(series, opts.weights, workdir, progress)
-    return project(features, opts.projection, progress=progress)
+    features = load_features(series, opts, workdir, progress)
+    traj = project(features, opts.projection, progress=progress)
+    return replace(traj, stats={**traj.stats, **features.stats}) if features.stats else traj
 
 
 def caption(steps: np.ndarray, k: int, a: float) -> str:

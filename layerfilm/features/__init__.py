@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +40,4 @@ class Features:
     point_ids: np.ndarray  # (L, N) int64: which neuron/token each point is
     name: str  # what the points are, e.g. "mlp.c_fc.weight rows"
     store: FeatureStore  # store[t] -> (L, N, D) float32
+    stats: dict[str, np.ndarray] = field(default_factory=dict)  # measured while extracting, e.g. act_norm (T, L)
