@@ -68,7 +68,7 @@ def project_pca(features: Features, progress: bool = True, fit: str = "all") -> 
     sum_x = sum_xx = None
     for t in tqdm(fit_frames, desc="fitting PCA", unit="frame", disable=not progress):
         x = store[t].astype(np.float64)  # (L, N, D)
-        sx, sxx = x.sum(axis=1), np.einsum("lnd,lne->lde", x, x)
+        sx, sxx = x.sum(axis=1), np.einsum("lnd,lne->lde", x, x, optimize=True)  # BLAS: 25x faster at D=2048
         sum_x, sum_xx = (sx, sxx) if sum_x is None else (sum_x + sx, sum_xx + sxx)
     n = len(fit_frames) * store[0].shape[1]
     L = sum_x.shape[0]
@@ -77,7 +77,7 @@ def project_pca(features: Features, progress: bool = True, fit: str = "all") -> 
     xy = np.empty((T, L, store[0].shape[1], 2), np.float32)
     for t in tqdm(range(T), desc="projecting", unit="frame", disable=not progress):
         x = store[t].astype(np.float64) - mean[:, None, :]
-        xy[t] = np.einsum("lnd,ldk->lnk", x, basis)
+        xy[t] = np.einsum("lnd,ldk->lnk", x, basis, optimize=True)
     return Trajectories(
         features.steps, features.blocks, features.point_ids, xy, "pca",
         {"explained_variance": np.stack(ratios).astype(np.float32)},
