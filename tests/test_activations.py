@@ -251,3 +251,37 @@ def test_bfloat16_is_close_to_float32(llama_run, tmp_path):
     b = features(llama_run, tmp_path / "b", points=32, dtype="bfloat16")
     rel = np.linalg.norm(b.store[2] - a.store[2]) / np.linalg.norm(a.store[2])
     assert 0 < rel < 0.05
+
+
+class NeedsShortSequences(torch.nn.Module):
+    """A model that states no context length and fails on sequences longer than 8 tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(256, 4)
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+        self.pos = torch.nn.Parameter(torch.zeros(8, 4))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.blocks[0](self.embed(ids) + self.pos)  # broadcasting fails past 8 tokens
+
+
+def make_short_model() -> NeedsShortSequences:
+    return NeedsShortSequences()
+
+
+def test_a_failing_forward_pass_is_one_clear_line(run_cli, tmp_path):
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    for step in (0, 1):
+        save_file({k: v.detach().clone() for k, v in NeedsShortSequences().state_dict().items()},
+                  str(folder / f"step_{step}.safetensors"))
+    ref = f"{__file__}:make_short_model"
+    code, _, err = run_cli("render", folder, "--features", "activations", "--model", ref, "--out", tmp_path / "a.webm",
+                           "--quiet", "--device", "cpu")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{folder / 'step_0.safetensors'}: the forward pass on the probe failed (RuntimeError: " in err
+    assert "check --model and --probe/--seq-len, or lower --batch-size 8" in err
+    code, _, err = run_cli("render", folder, "--features", "activations", "--model", ref, "--out", tmp_path / "a.webm",
+                           "--quiet", "--device", "cpu", "--seq-len", "8", "--fps", "2", "--size", "160x96")
+    assert code == 0, err

@@ -410,7 +410,12 @@ def extract(series: Series, spec: ActivationSpec, workdir: Path, progress: bool 
         for ckpt in tqdm(series.checkpoints, desc="activations", unit="ckpt", disable=not progress):
             with open_checkpoint(ckpt.path, ckpt.format) as reader:
                 loader.load(reader, ckpt.path)
-            pts, stats, in_norm = run_probe(model, modules, ids, picks, spec.batch_size, spec.near_zero)
+            try:
+                pts, stats, in_norm = run_probe(model, modules, ids, picks, spec.batch_size, spec.near_zero)
+            except (RuntimeError, IndexError) as e:  # shape errors, CUDA out of memory: the user can act on them
+                raise CheckpointError(
+                    f"{ckpt.path}: the forward pass on the probe failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                    f"check --model and --probe/--seq-len, or lower --batch-size {spec.batch_size}") from e
             store.append(pts)
             per_step.append(stats)
             in_norms.append(in_norm)
