@@ -16,7 +16,7 @@ from .render import Style, parse_size
 from .scan import parse_steps
 
 RENDER_HELP = """\
-Render a film of how every decoder block's weights move over training.
+Render a film of how every decoder block's weights (or activations) move over training.
 
 Checkpoints: *.safetensors files whose names hold the step (step_000100.safetensors,
 step-100.safetensors, 100.safetensors) or Hugging Face Trainer folders (checkpoint-N/model.safetensors),
