@@ -208,8 +208,8 @@ def match_keys(model_keys: list[str], ckpt_keys: list[str], where: Path | str = 
                 best, best_hits = mapping, hits
     found = best.keys() & wanted
     missing = [k for k in model_keys if k not in found and not optional(k, found)]
-    unexpected = [v for k, v in best.items() if k not in wanted]
-    unexpected += [k for k in ckpt_keys if k not in set(best.values())]
+    used = {best[k] for k in found}
+    unexpected = [k for k in ckpt_keys if k not in used]
     if missing or unexpected:
         def few(keys: list[str]) -> str:
             return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
