@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     state = load_file(str(ckpt_file), device=str(device))
     sync(device)
     t_ref = time.perf_counter() - t
-    model_bytes = sum(v.numel() * v.element_size() for v in state.values())
+    model_bytes = params * dtype.itemsize  # the model as it sits on the device, in --dtype
     del state
     if device.type == "cuda":
         torch.cuda.empty_cache()
