@@ -7,16 +7,21 @@ Checkpoints are ``step_000000.safetensors``, ``step_000025.safetensors``, ... in
 
     python examples/make_checkpoints.py outputs/ckpts            # 8 blocks, 400 steps, ~1 minute on 2 cores
     python examples/make_checkpoints.py /tmp/c --steps 40 --every 10 --layers 4 --width 32
+
+Each file's metadata holds its config, so ``make_model`` can rebuild the model for activation films:
+
+    layerfilm render outputs/ckpts --features activations --model examples/make_checkpoints.py:make_model --out act.webm
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import sysconfig
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -59,6 +64,7 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
+        self.config = cfg  # read by layerfilm for the context length
         self.transformer = nn.Module()
         self.transformer.wte = nn.Embedding(cfg.vocab, cfg.d_model)
         self.transformer.wpe = nn.Embedding(cfg.context, cfg.d_model)
@@ -76,6 +82,14 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x)
         return self.lm_head(self.transformer.ln_f(x))
+
+
+def make_model(path: str | Path) -> GPT:
+    """The model a checkpoint written by ``train`` belongs to (its config is in the file's metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return GPT(Config(**json.loads(f.metadata()["config"])))
 
 
 def corpus(max_bytes: int = 2_000_000) -> torch.Tensor:
@@ -107,7 +121,7 @@ def train(out: str | Path, steps: int = 400, every: int = 25, cfg: Config = Conf
         if step % every == 0:
             path = out / f"step_{step:06d}.safetensors"
             state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-            save_file(state, str(path), metadata={"step": str(step)})
+            save_file(state, str(path), metadata={"step": str(step), "config": json.dumps(asdict(cfg))})
             saved.append(path)
         if step == steps:
             break

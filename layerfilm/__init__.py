@@ -1,6 +1,7 @@
 """layerfilm: films and stills of how every layer of a neural network evolves while it learns."""
 
 from .errors import LayerfilmError
+from .features.act_stats import ActivationStats
 from .film import FilmOptions, FilmResult, export_points, render, write_film
 from .features.weights import WeightSpec, extract
 from .figures import heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure, stills_figure
@@ -12,9 +13,18 @@ from .scan import Checkpoint, Series, scan
 from .stability import Stability, StabilityOptions, measure
 
 __all__ = [
+    "ActivationSpec", "ActivationStats",
     "Checkpoint", "FilmOptions", "FilmResult", "LayerfilmError", "Renderer", "Series", "Style",
     "Trajectories", "UmapOptions", "WeightSpec", "export_points", "extract", "project", "render", "scan", "write_film",
     "Report", "Stability", "StabilityOptions", "Stills", "heatmap_figure", "hot_figure", "measure", "norm_figure",
     "report", "save_figure", "settling_figure", "stills", "stills_figure",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "ActivationSpec":  # imported on first use: the activations module needs torch
+        from .features.activations import ActivationSpec
+
+        return ActivationSpec
+    raise AttributeError(f"module 'layerfilm' has no attribute {name!r}")

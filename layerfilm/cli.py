@@ -9,7 +9,7 @@ import time
 import warnings
 
 from .encode import EncodeOptions
-from .errors import LayerfilmError
+from .errors import LayerfilmError, OptionsError
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
 from .project import FITS, PROJECTIONS, stats_table
@@ -20,7 +20,7 @@ from .scan import Checkpoint, parse_steps, scan
 from .stability import measure
 
 RENDER_HELP = """\
-Render a film of how every decoder block's weights move over training.
+Render a film of how every decoder block's weights (or activations) move over training.
 
 Checkpoints, sorted by step numerically (see `layerfilm scan --help` for what is recognised):
 *.safetensors, *.pt/*.pth/*.bin (state dicts or training dicts such as nanoGPT's), Lightning *.ckpt,
@@ -34,6 +34,14 @@ Points are the output neurons of one matrix per block (--param): rows of an nn.L
 force with --layout). Each block's points are projected to 2-D aligned over time (--projection): with
 pca one basis is shared by all key frames, so the axes never flip or jump; points move in straight
 lines between key frames, and every panel keeps fixed axes for the whole film.
+
+With --features activations, points are tokens instead: the outputs of every block (its hidden
+states) on a fixed probe batch (--probe; default a short bundled text), the same tokens at every
+checkpoint. The model is built once without network access, from the checkpoint's config.json with
+transformers (pip install 'layerfilm[hf]'), or by --model package.module:make_model for any torch
+module; each checkpoint's weights are loaded into it with strict key matching. Per block and step it
+also measures the mean token norm, mean, std, fraction near zero (--near-zero), histograms and the
+growth of the norm with depth (printed at the end; saved as act_* arrays by --export-points).
 
 Output by extension: .webm = VP9 lossless (decodes to the exact RGB frames), .gif = 256-colour
 palette, .mp4 = H.264 (lossy, --crf), a path without extension = a folder of PNG frames (lossless).
@@ -76,7 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     g = r.add_argument_group("which checkpoints")
     _add_selection(g)
     _checkpoint_options(g)
-    _add_points(r.add_argument_group("what to film"))
+    g = r.add_argument_group("what to film")
+    g.add_argument("--features", choices=("weights", "activations"), default="weights",
+                   help="points are weight rows (default) or block outputs on a probe batch (activations)")
+    _add_points(g)
+    g = r.add_argument_group("activations (with --features activations)")
+    g.add_argument("--model", default=None, metavar="MODULE:FN", help="build the model with this function: package.module:make_model or "
+                   "path/file.py:make_model, returning a torch.nn.Module (given the first checkpoint's path if it takes an "
+                   "argument); default: from config.json beside the checkpoints, with transformers")
+    g.add_argument("--probe", default=None, metavar="FILE", help="probe batch: a UTF-8 text file (tokenised with the checkpoint's "
+                   "tokenizer files when present, else as bytes), or a .pt/.npy of token ids, 1-D or (sequences, tokens); "
+                   "default: a short bundled text")
+    g.add_argument("--seq-len", type=int, default=None, metavar="T", help="tokens per probe sequence (default: 128, or the model's context if shorter)")
+    g.add_argument("--batch-size", type=int, default=8, metavar="B", help="probe sequences per forward pass (default 8); memory is one model + one batch")
+    g.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu or cuda")
+    g.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    g.add_argument("--near-zero", type=float, default=0.05, metavar="X", help="activations with |a| < X count as near zero (default 0.05)")
     g = r.add_argument_group("projection and time")
     _add_projection_details(g)
     g.add_argument("--fps", type=float, default=15.0, help="frames per second (default 15)")
@@ -165,12 +188,24 @@ def _add_projection_details(g) -> None:
     g.add_argument("--jobs", type=int, default=0, metavar="N", help="umap: worker processes over blocks (default 0: one per CPU core); results do not depend on it")
     g.add_argument("--stats", action="store_true", help="print a per-block table to stdout: mean and max displacement of points between consecutive key frames "
                    "relative to the cloud's RMS spread, and for pca/procrustes the variance explained by the two axes (also in --export-points)")
+def _activation_spec(args: argparse.Namespace):
+    """The ActivationSpec of --features activations, or None (imported only then: it needs torch)."""
+    if args.features != "activations":
+        return None
+    if args.param is not None or args.layout != "auto":
+        raise OptionsError("--param and --layout choose weights; they do nothing with --features activations")
+    from .features.activations import ActivationSpec
+
+    return ActivationSpec(model=args.model, probe=args.probe, points=args.points, seed=args.seed, seq_len=args.seq_len,
+                          batch_size=args.batch_size, device=args.device, dtype=args.dtype, near_zero=args.near_zero,
+                          blocks_regex=args.blocks)
 
 
 def _film_options(args: argparse.Namespace) -> FilmOptions:
     w, h = args.size
     return FilmOptions(
         weights=_weight_spec(args),
+        activations=_activation_spec(args),
         projection=args.projection,
         fit=args.fit,
         umap=UmapOptions(neighbors=args.umap_neighbors, min_dist=args.umap_min_dist, alignment=args.umap_alignment,
@@ -201,6 +236,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"skipped {len(res.skipped)} checkpoint(s):", file=sys.stderr)
         for c in res.skipped:
             print(f"  {c.path}: {c.problem}", file=sys.stderr)
+    if "act_norm" in res.trajectories.stats and not args.quiet:
+        from .features.act_stats import ActivationStats
+
+        traj = res.trajectories
+        print(ActivationStats.from_arrays(traj.steps, traj.blocks, traj.stats).table(), file=sys.stderr)
     return 0
 
 

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -26,12 +26,16 @@ from .render import Renderer, Style
 from .scan import Checkpoint, Series, scan
 from .stability import Stability, StabilityOptions, measure
 
+if TYPE_CHECKING:  # the activations module imports torch; only activation films need it
+    from .features.activations import ActivationSpec
+
 
 @dataclass(frozen=True)
 class FilmOptions:
     """Everything ``render`` needs besides the folder and the output path."""
 
     weights: WeightSpec = field(default_factory=WeightSpec)
+    activations: ActivationSpec | None = None  # set: film block outputs on a probe batch instead of weights
     projection: str = "pca"
     fit: str = "all"  # pca only: key frames the basis is fitted on (all | first | last)
     umap: UmapOptions = field(default_factory=UmapOptions)  # umap only
@@ -104,13 +108,23 @@ def export_points(traj: Trajectories, path: str | Path) -> Path:
     return path
 
 
+def load_features(series: Series, opts: FilmOptions, workdir: Path, progress: bool = True) -> Features:
+    """Weight rows (default) or, with ``opts.activations``, block outputs on the probe batch."""
+    if opts.activations is not None:
+        from .features.activations import extract as extract_activations
+
+        return extract_activations(series, opts.activations, workdir, progress)
+    return extract(series, opts.weights, workdir, progress, strict=opts.strict)
+
+
 def load_trajectories(series: Series, opts: FilmOptions, workdir: Path, progress: bool = True,
                       skipped: list[Checkpoint] | None = None) -> Trajectories:
     """Extract and project ``series``; checkpoints skipped while reading are appended to ``skipped``."""
-    features: Features = extract(series, opts.weights, workdir, progress, strict=opts.strict)
+    features = load_features(series, opts, workdir, progress)
     if skipped is not None:
         skipped.extend(features.skipped)
-    return project(features, opts.projection, progress=progress, **opts.projection_kwargs())
+    traj = project(features, opts.projection, progress=progress, **opts.projection_kwargs())
+    return replace(traj, stats={**traj.stats, **features.stats}) if features.stats else traj
 
 
 def cached_trajectories(series: Series, opts: FilmOptions, progress: bool = True,
@@ -118,7 +132,7 @@ def cached_trajectories(series: Series, opts: FilmOptions, progress: bool = True
     """:func:`load_trajectories` through the on-disk cache (when ``opts.cache``): checkpoints already
     filmed with the same point options are not read again. Checkpoints that could not be read are
     appended to ``skipped`` (from a cache hit: those whose steps the cached key frames lack)."""
-    folder = cache.cache_dir(opts.cache_dir) if opts.cache else None
+    folder = cache.cache_dir(opts.cache_dir) if opts.cache and opts.activations is None else None
     k = cache.key(series, opts.points_options()) if folder else ""
     traj = cache.load(folder, k) if folder else None
     if traj is None:
@@ -195,7 +209,7 @@ def render(
     skipped = list(series.skipped)
     traj = cached_trajectories(series, opts, progress, skipped)
     stab = None
-    if opts.overlay:  # the measures read whole block tensors: only the checkpoints that could be read
+    if opts.overlay and opts.activations is None:  # the measures read whole block tensors: only the checkpoints that could be read
         kept = set(traj.steps.tolist())
         usable = replace(series, checkpoints=tuple(c for c in series.checkpoints if c.step in kept))
         with tempfile.TemporaryDirectory(prefix="layerfilm-") as work, one_blas_thread():

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +45,4 @@ class Features:
     name: str  # what the points are, e.g. "mlp.c_fc.weight rows"
     store: FeatureStore  # store[t] -> (L, N, D) float32
     skipped: tuple = ()  # Checkpoints that could not be read, with their problem
+    stats: dict[str, np.ndarray] = field(default_factory=dict)  # measured while extracting, e.g. act_norm (T, L)

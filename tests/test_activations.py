@@ -1,0 +1,287 @@
+"""Activation films: models built offline from config.json or a factory, strict weight loading,
+probe batches, hooks, and the CLI. Fixtures are tiny real training runs saved as real tools save them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from layerfilm.errors import CheckpointError, LayerfilmError, OptionsError
+from layerfilm.features.act_stats import HIST_EDGES, N_BINS
+from layerfilm.features.activations import (
+    DEFAULT_PROBE, ActivationSpec, extract, match_keys, probe_ids, resolve_device,
+)
+from layerfilm.scan import scan
+
+transformers = pytest.importorskip("transformers")
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = (0, 2, 4)
+
+
+def train_hf(model, out: Path, batches: list[torch.Tensor], tokenizer=None) -> Path:
+    """A few real AdamW steps; ``save_pretrained`` into checkpoint-N/ (config.json + model.safetensors)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(max(STEPS) + 1):
+        if step in STEPS:
+            model.save_pretrained(out / f"checkpoint-{step}")
+            if tokenizer is not None:
+                tokenizer.save_pretrained(out / f"checkpoint-{step}")
+        loss = model(input_ids=batches[step], labels=batches[step]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return out
+
+
+def byte_batches(example, n: int, rows: int = 4, seq: int = 32) -> list[torch.Tensor]:
+    data = example.corpus(50_000)
+    g = torch.Generator().manual_seed(0)
+    return [torch.stack([data[i: i + seq] for i in torch.randint(len(data) - seq, (rows,), generator=g)])
+            for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def llama_run(example, tmp_path_factory) -> Path:
+    """A Llama-shaped model (2 blocks, width 32, byte vocabulary, no tokenizer files), 5 steps."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                   num_key_value_heads=1, vocab_size=256, max_position_embeddings=64)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    return train_hf(model, tmp_path_factory.mktemp("llama_run"), byte_batches(example, max(STEPS) + 1))
+
+
+@pytest.fixture(scope="session")
+def gpt2_run(example, tmp_path_factory) -> Path:
+    """A GPT-2 model (3 blocks, tied embeddings) with its own byte-level BPE tokenizer in every checkpoint."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    text = bytes(example.corpus(60_000).tolist()).decode("utf-8", "replace")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([text], trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=3, n_head=2, n_positions=64, vocab_size=len(tok),
+                                 bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    ids = torch.tensor(tok(text)["input_ids"])
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.stack([ids[i: i + 32] for i in torch.randint(len(ids) - 32, (4,), generator=g)])
+               for _ in range(max(STEPS) + 1)]
+    return train_hf(transformers.AutoModelForCausalLM.from_config(cfg), tmp_path_factory.mktemp("gpt2_run"),
+                    batches, tok)
+
+
+def features(folder: Path, tmp_path: Path, **kw):
+    kw.setdefault("device", "cpu")
+    return extract(scan(folder), ActivationSpec(**kw), tmp_path / "store", progress=False)
+
+
+def test_llama_block_outputs_are_the_models_hidden_states(llama_run, tmp_path):
+    f = features(llama_run, tmp_path, points=10_000, seq_len=32)
+    ids = probe_ids(ActivationSpec(seq_len=32), llama_run, 64, 256)  # no tokenizer files: UTF-8 bytes
+    assert np.array_equal(ids.ravel(), np.frombuffer(DEFAULT_PROBE.read_bytes()[: ids.size], np.uint8))
+    assert list(f.blocks) == [0, 1] and f.point_ids.shape == (2, ids.size)  # every token is a point
+    for t, step in enumerate(STEPS):
+        model = transformers.AutoModelForCausalLM.from_pretrained(llama_run / f"checkpoint-{step}")
+        with torch.no_grad():
+            hs = model(input_ids=torch.as_tensor(ids), output_hidden_states=True).hidden_states
+        # hidden_states[1] is block 0's output (the last entry has the final norm applied, so it is not compared)
+        np.testing.assert_allclose(f.store[t][0], hs[1].reshape(-1, 32).numpy(), rtol=1e-4, atol=1e-5)
+        norms = np.linalg.norm(hs[1].numpy(), axis=-1).mean()
+        assert f.stats["act_norm"][t, 0] == pytest.approx(norms, rel=1e-5)
+        assert f.stats["act_input_norm"][t] == pytest.approx(np.linalg.norm(hs[0].numpy(), axis=-1).mean(), rel=1e-5)
+
+
+def test_nanogpt_factory_matches_a_manual_forward(example, tiny_run, tmp_path):
+    ref = str(ROOT / "examples" / "make_checkpoints.py") + ":make_model"
+    f = features(tiny_run, tmp_path, model=ref, points=64)
+    series = scan(tiny_run)
+    assert list(f.steps) == series.steps and f.store[0].shape == (4, 64, 32)
+    ids = probe_ids(ActivationSpec(), tiny_run, 32, 256)  # context 32 from the model's config
+    assert ids.shape[1] == 32
+    picks = f.point_ids[0]
+    for t in (0, len(series) - 1):
+        model = example.make_model(series.checkpoints[t].path)
+        model.load_state_dict(load_file(series.checkpoints[t].path))
+        with torch.no_grad():
+            x = torch.as_tensor(ids)
+            h = model.transformer.wte(x) + model.transformer.wpe(torch.arange(x.shape[1]))
+            for l, block in enumerate(model.transformer.h):
+                h = block(h)
+                np.testing.assert_allclose(f.store[t][l], h.reshape(-1, 32).numpy()[picks], rtol=1e-4, atol=1e-5)
+
+
+def test_gpt2_with_its_own_tokenizer_and_tied_head(gpt2_run, tmp_path):
+    tok = transformers.AutoTokenizer.from_pretrained(gpt2_run / "checkpoint-0")
+    want = tok(DEFAULT_PROBE.read_text(), add_special_tokens=False)["input_ids"]
+    ids = probe_ids(ActivationSpec(seq_len=16), gpt2_run / "checkpoint-0", 64, len(tok))
+    assert ids.shape == (len(want) // 16, 16) and list(ids.ravel()) == want[: ids.size]
+    assert len(want) < 0.9 * len(DEFAULT_PROBE.read_bytes())  # merged pieces, not bytes
+    f = features(gpt2_run, tmp_path, points=40, seq_len=16)
+    assert list(f.blocks) == [0, 1, 2] and f.store[2].shape == (3, 40, 32)
+    # the weights changed between checkpoints, so the activations did
+    assert not np.allclose(f.store[0], f.store[2])
+
+
+def test_points_are_the_same_tokens_in_every_frame_and_run(llama_run, tmp_path):
+    a = features(llama_run, tmp_path / "a", points=50, seed=3, batch_size=8)
+    b = features(llama_run, tmp_path / "b", points=50, seed=3, batch_size=1)  # batching must not move points
+    assert a.point_ids.shape == (2, 50) and (a.point_ids == a.point_ids[0]).all()
+    assert np.array_equal(a.point_ids, b.point_ids)
+    for t in range(len(STEPS)):
+        np.testing.assert_allclose(a.store[t], b.store[t], rtol=1e-4, atol=1e-5)
+    for key in ("act_norm", "act_std", "act_near_zero"):
+        np.testing.assert_allclose(a.stats[key], b.stats[key], rtol=1e-5)
+    assert np.array_equal(a.stats["act_hist"], b.stats["act_hist"])
+
+
+def test_probe_files_of_token_ids(llama_run, tmp_path):
+    ids2d = np.arange(3 * 20).reshape(3, 20) % 256
+    np.save(tmp_path / "ids.npy", ids2d)
+    assert np.array_equal(probe_ids(ActivationSpec(probe=tmp_path / "ids.npy"), llama_run, 64, 256), ids2d)
+    torch.save(torch.arange(50), tmp_path / "ids.pt")
+    got = probe_ids(ActivationSpec(probe=tmp_path / "ids.pt", seq_len=16), llama_run, 64, 256)
+    assert np.array_equal(got, np.arange(48).reshape(3, 16))  # 1-D ids are cut into rows; the rest dropped
+    f = features(llama_run, tmp_path, probe=tmp_path / "ids.npy", points=1000)
+    assert f.point_ids.shape == (2, 60)
+    with pytest.raises(OptionsError, match=r"token ids 0\.\.299 fall outside the model's vocabulary of 256"):
+        np.save(tmp_path / "big.npy", np.arange(300))
+        probe_ids(ActivationSpec(probe=tmp_path / "big.npy", seq_len=10), llama_run, 64, 256)
+    np.save(tmp_path / "float.npy", np.ones(8))
+    with pytest.raises(OptionsError, match="expected a 1-D or 2-D array of integer token ids, got float64"):
+        probe_ids(ActivationSpec(probe=tmp_path / "float.npy"), llama_run, 64, 256)
+    with pytest.raises(OptionsError, match="exceed the model's context of 64"):
+        probe_ids(ActivationSpec(seq_len=100), llama_run, 64, 256)
+
+
+def test_strict_loading_names_missing_and_unexpected_keys():
+    model = ["embed.weight", "blocks.0.gain", "blocks.1.gain"]
+    assert match_keys(model, ["_orig_mod." + k for k in model]) == {k: "_orig_mod." + k for k in model}
+    assert match_keys(model, ["module.model." + k for k in model])["blocks.1.gain"] == "module.model.blocks.1.gain"
+    assert match_keys(["model." + k for k in model], model)["model.embed.weight"] == "embed.weight"
+    with pytest.raises(CheckpointError, match=r"^ck: weights do not match the model \(1 missing: blocks\.1\.gain; "
+                                              r"1 unexpected: blocks\.7\.gain\)"):
+        match_keys(model, ["embed.weight", "blocks.0.gain", "blocks.7.gain"], "ck")
+    tied = match_keys(["wte.weight", "lm_head.weight"], ["wte.weight"],
+                      optional=lambda k, found: k == "lm_head.weight" and "wte.weight" in found)
+    assert tied == {"wte.weight": "wte.weight"}
+
+
+def test_spec_checks_each_option():
+    for kw, msg in [({"points": 1}, "--points 1: need at least 2"), ({"batch_size": 0}, "--batch-size 0"),
+                    ({"device": "tpu"}, "--device 'tpu': choose one of auto, cpu, cuda"),
+                    ({"dtype": "int8"}, "--dtype 'int8': choose one of float32, bfloat16, float16"),
+                    ({"near_zero": 0}, "--near-zero 0: must be positive"), ({"seq_len": 0}, "--seq-len 0"),
+                    ({"model": "no_colon"}, "expected package.module:function"),
+                    ({"probe": "/no/such/probe.txt"}, "--probe /no/such/probe.txt: no such file")]:
+        with pytest.raises(OptionsError, match=msg):
+            ActivationSpec(**kw)
+
+
+def test_cuda_asked_for_but_absent(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(OptionsError, match="--device cuda: no CUDA device is available"):
+        resolve_device("cuda")
+
+
+def test_cli_renders_an_activation_film(llama_run, run_cli, tmp_path):
+    out, pts = tmp_path / "act.webm", tmp_path / "pts.npz"
+    code, _, err = run_cli("render", llama_run, "--features", "activations", "--out", out, "--size", "160x96",
+                           "--fps", "2", "--points", "64", "--device", "cpu", "--export-points", pts)
+    assert code == 0, err
+    assert out.stat().st_size > 0
+    assert "activations at step 4: norm growth" in err and "block" in err
+    z = np.load(pts)
+    assert z["xy"].shape == (3, 2, 64, 2) and z["act_norm"].shape == (3, 2) and z["act_hist"].shape == (3, 2, N_BINS)
+    assert np.array_equal(z["act_hist_edges"], HIST_EDGES)
+    assert (z["act_hist"].sum(axis=2) == z["act_hist"][0, 0].sum()).all()  # every activation counted once
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--model", "no_such_module_xyz:make"), "--model 'no_such_module_xyz:make': cannot import no_such_module_xyz"),
+    (("--model", "json:no_such_fn"), "--model 'json:no_such_fn': json has no function no_such_fn"),
+    (("--probe", "/no/such.txt"), "--probe /no/such.txt: no such file"),
+    (("--param", "mlp.c_fc"), "--param and --layout choose weights; they do nothing with --features activations"),
+    (("--dtype", "fp8"), "--dtype 'fp8': choose one of float32, bfloat16, float16"),
+    (("--seq-len", "100"), "sequences of 100 tokens exceed the model's context of 64"),
+])
+def test_cli_bad_options_fail_in_one_line(llama_run, run_cli, tmp_path, args, message):
+    out = tmp_path / "act.webm"
+    code, _, err = run_cli("render", llama_run, "--features", "activations", "--out", out, "--quiet", *args)
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert err.startswith("layerfilm: error: ") and message in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_weights_of_another_model_are_refused_with_the_keys(llama_run, tiny_run, run_cli, tmp_path):
+    ref = str(ROOT / "examples" / "make_checkpoints.py") + ":make_model"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    state = transformers.AutoModelForCausalLM.from_pretrained(llama_run / "checkpoint-0").state_dict()
+    for step in (0, 10):  # nanoGPT-config files holding a Llama's weights
+        save_file({k: v.contiguous() for k, v in state.items()}, str(bad / f"step_{step}.safetensors"),
+                  metadata={"config": json.dumps({"n_layer": 2, "d_model": 32, "n_head": 2, "context": 32, "vocab": 256})})
+    code, _, err = run_cli("render", bad, "--features", "activations", "--model", ref, "--out", tmp_path / "x.webm", "--quiet")
+    assert code == 2 and "weights do not match the model (" in err and "missing: transformer.wte.weight" in err
+    assert "unexpected: model.embed_tokens.weight" in err and not (tmp_path / "x.webm").exists()
+
+
+def test_no_config_and_no_factory(tiny_run, run_cli, tmp_path):
+    code, _, err = run_cli("render", tiny_run, "--features", "activations", "--out", tmp_path / "x.webm", "--quiet")
+    assert code == 2 and f"{tiny_run}: no config.json to build the model from; pass --model package.module:make_model" in err
+
+
+def test_missing_transformers_says_what_to_install(llama_run, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
+    with pytest.raises(LayerfilmError, match=r"needs transformers: pip install 'layerfilm\[hf\]'"):
+        features(llama_run, tmp_path)
+
+
+def test_bfloat16_is_close_to_float32(llama_run, tmp_path):
+    a = features(llama_run, tmp_path / "a", points=32)
+    b = features(llama_run, tmp_path / "b", points=32, dtype="bfloat16")
+    rel = np.linalg.norm(b.store[2] - a.store[2]) / np.linalg.norm(a.store[2])
+    assert 0 < rel < 0.05
+
+
+class NeedsShortSequences(torch.nn.Module):
+    """A model that states no context length and fails on sequences longer than 8 tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(256, 4)
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+        self.pos = torch.nn.Parameter(torch.zeros(8, 4))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.blocks[0](self.embed(ids) + self.pos)  # broadcasting fails past 8 tokens
+
+
+def make_short_model() -> NeedsShortSequences:
+    return NeedsShortSequences()
+
+
+def test_a_failing_forward_pass_is_one_clear_line(run_cli, tmp_path):
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    for step in (0, 1):
+        save_file({k: v.detach().clone() for k, v in NeedsShortSequences().state_dict().items()},
+                  str(folder / f"step_{step}.safetensors"))
+    ref = f"{__file__}:make_short_model"
+    code, _, err = run_cli("render", folder, "--features", "activations", "--model", ref, "--out", tmp_path / "a.webm",
+                           "--quiet", "--device", "cpu")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{folder / 'step_0.safetensors'}: the forward pass on the probe failed (RuntimeError: " in err
+    assert "check --model and --probe/--seq-len, or lower --batch-size 8" in err
+    code, _, err = run_cli("render", folder, "--features", "activations", "--model", ref, "--out", tmp_path / "a.webm",
+                           "--quiet", "--device", "cpu", "--seq-len", "8", "--fps", "2", "--size", "160x96")
+    assert code == 0, err
