@@ -83,6 +83,8 @@ def text_mask(text: str, px: int) -> np.ndarray:
 def _clipped(img: np.ndarray, text: str, x: int, y: int, px: int) -> tuple[np.ndarray, slice, slice] | None:
     """The coverage of ``text`` at (x, y) cut to ``img``, and the rows and columns it covers."""
     m = text_mask(text, px)
+    m = m[max(0, -y):, max(0, -x):]  # text starting left of or above the frame loses that part
+    x, y = max(0, x), max(0, y)
     h = min(m.shape[0], img.shape[0] - y)
     w = min(m.shape[1], img.shape[1] - x)
     if h <= 0 or w <= 0:

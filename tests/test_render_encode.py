@@ -87,3 +87,10 @@ def test_renderer_places_points_in_their_panels():
     assert x0 < r.origin[1, 0] <= x1
     frame = r.frame(pts, "step 1")
     assert frame.shape == (180, 320, 3) and frame.dtype == np.uint8
+
+
+def test_caption_wider_than_the_frame_is_clipped_not_a_crash():
+    r = Renderer(Style(width=64, height=64, cell=1), ["L0"], np.array([[-1, 1, -1, 1]], float), vmax=1.0)
+    frame = r.frame(np.zeros((1, 2, 2)), "step 1,000,000   key 100/100")
+    assert frame.shape == (64, 64, 3)
+    assert frame[:8].max() > 100  # some of the caption is drawn
