@@ -25,7 +25,7 @@ from .errors import OptionsError
 from .project import Trajectories
 from .scan import Series
 
-VERSION = 1  # bump when the meaning of an entry changes
+VERSION = 2  # bump when the meaning of an entry changes
 DEFAULT_MAX_MB = 4096
 
 

@@ -107,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = r.add_argument_group("look and encoding")
     _add_look(g)
     g.add_argument("--no-overlay", action="store_true", help="no per-panel overlay; by default a bar along the bottom "
-                   "of each panel shows how much the block still moves (relative update, log scale over 3 decades "
-                   "below the film's fastest) and the panel says 'settled' in green from its settling step on")
+                   "of each panel shows how much the block still moves (relative update of the filmed points, log scale "
+                   "over 3 decades below the film's fastest) and the panel says 'settled' in green from its settling "
+                   "step on; measured on the film's own points (no extra reading; `layerfilm stability` measures "
+                   "whole blocks)")
     _add_settle(g)
     g.add_argument("--crf", type=int, default=18, help="quality of lossy .mp4 output, 0-51, lower is better (default 18); .webm is always lossless")
     g.add_argument("--encoder-threads", type=int, default=0, metavar="N", help="ffmpeg encoder threads (default 0: ffmpeg decides, "

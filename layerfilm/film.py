@@ -24,7 +24,7 @@ from .project import FITS, Trajectories, project
 from .project_umap import UmapOptions
 from .render import Renderer, Style
 from .scan import Checkpoint, Series, scan
-from .stability import Stability, StabilityOptions, measure
+from .stability import StabilityOptions, point_measures
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation films need it
     from .features.activations import ActivationSpec
@@ -83,7 +83,7 @@ class FilmResult:
     keyframes: int
     trajectories: Trajectories
     skipped: tuple[Checkpoint, ...] = ()  # unusable checkpoints, each with its problem
-    stability: Stability | None = None
+    overlay: Overlay | None = None  # the per-panel bars and settled marks drawn (None: --no-overlay)
 
 
 def check_export_path(path: str | Path) -> Path:
@@ -124,7 +124,7 @@ def load_trajectories(series: Series, opts: FilmOptions, workdir: Path, progress
     if skipped is not None:
         skipped.extend(features.skipped)
     traj = project(features, opts.projection, progress=progress, **opts.projection_kwargs())
-    return replace(traj, stats={**traj.stats, **features.stats}) if features.stats else traj
+    return replace(traj, stats={**traj.stats, **features.stats, **point_measures(features.store, features.steps)})
 
 
 def cached_trajectories(series: Series, opts: FilmOptions, progress: bool = True,
@@ -163,12 +163,11 @@ def film_renderer(traj: Trajectories, style: Style) -> Renderer:
 
 
 def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress: bool = True,
-               stability: Stability | None = None) -> int:
+               overlay: Overlay | None = None, renderer: Renderer | None = None) -> int:
     """Interpolate, render and encode the film of ``traj``; returns the number of frames written.
-    With ``stability``, each panel also shows how much its block still moves (layerfilm.overlay)."""
+    With ``overlay``, each panel also shows how much its block still moves (layerfilm.overlay)."""
     tl = Timeline(len(traj.steps), opts.fps, opts.seconds_per_keyframe)
-    renderer = film_renderer(traj, opts.style)
-    overlay = Overlay(renderer, stability) if stability is not None else None
+    renderer = renderer or film_renderer(traj, opts.style)
     size = (opts.style.width, opts.style.height)
 
     def frame(k: int, a: float) -> np.ndarray:
@@ -208,13 +207,9 @@ def render(
         raise ScanError(f"{folder}: found {len(series)} usable checkpoint; a film needs at least two key frames")
     skipped = list(series.skipped)
     traj = cached_trajectories(series, opts, progress, skipped)
-    stab = None
-    if opts.overlay and opts.activations is None:  # the measures read whole block tensors: only the checkpoints that could be read
-        kept = set(traj.steps.tolist())
-        usable = replace(series, checkpoints=tuple(c for c in series.checkpoints if c.step in kept))
-        with tempfile.TemporaryDirectory(prefix="layerfilm-") as work, one_blas_thread():
-            stab = measure(usable, opts.stability_options(), Path(work), progress)
-    n = write_film(traj, out, opts, progress, stab)
+    renderer = film_renderer(traj, opts.style)
+    overlay = Overlay.of_points(renderer, traj.stats, opts.settle_threshold) if opts.overlay else None
+    n = write_film(traj, out, opts, progress, overlay, renderer)
     if export is not None:
         export_points(traj, export)
-    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(skipped), stab)
+    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(skipped), overlay)

@@ -1,10 +1,12 @@
 """Per-panel "still moving" bar and "settled" mark, drawn over frames the Renderer made.
 
-Along the bottom of each panel a thin bar shows the block's relative update (``Stability``) on a log
-scale over ``DECADES`` decades below the film's largest update: a full bar is the fastest any block
-moved, an empty one a thousand times slower or still. Between key frames the bar follows the update
+Along the bottom of each panel a thin bar shows the block's relative update on a log scale over
+``DECADES`` decades below the film's largest update: a full bar is the fastest any block moved, an empty one a thousand times slower or still. Between key frames the bar follows the update
 happening on screen (from key k to k+1). From its settling step on, a block's bar turns green and the
 panel says "settled".
+
+A film measures its own points (``stability.point_measures``: the filmed rows or activations, read once
+for the projection anyway); ``Overlay.of`` takes the whole-block measures of ``layerfilm stability``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 
 from .animate import lerp
 from .render import Renderer, draw_text, text_mask
-from .stability import Stability
+from .stability import Stability, settle_index
 
 DECADES = 3.0
 MOVING = np.array([110, 190, 255], np.float32)
@@ -21,9 +23,9 @@ SETTLED = np.array([110, 215, 120], np.float32)
 TRACK = np.array([45, 45, 52], np.uint8)
 
 
-def moving_level(stab: Stability) -> np.ndarray:
+def moving_level(relative_update: np.ndarray) -> np.ndarray:
     """(T, L) bar length in [0, 1] at each key frame: the update into key k (key 0: the first update)."""
-    rel = np.array(stab.relative_update, np.float64)
+    rel = np.array(relative_update, np.float64)
     rel[0] = rel[1]
     rel = np.nan_to_num(rel, nan=0.0)
     top = rel.max()
@@ -34,16 +36,29 @@ def moving_level(stab: Stability) -> np.ndarray:
 
 
 class Overlay:
-    """Call with a frame (H, W, 3) uint8, key frame k and fraction a; draws in place."""
+    """Call with a frame (H, W, 3) uint8, key frame k and fraction a; draws in place.
 
-    def __init__(self, renderer: Renderer, stab: Stability) -> None:
+    relative_update (T, L): how much each block moved into each key frame; settle (L,): the key frame
+    each block settles at, -1 never."""
+
+    def __init__(self, renderer: Renderer, relative_update: np.ndarray, settle: np.ndarray) -> None:
         self.r = renderer
-        self.level = moving_level(stab)
-        self.settle = np.asarray(stab.settle_index)
+        self.level = moving_level(relative_update)
+        self.settle = np.asarray(settle)
         c = renderer.cell
         bw, bh = renderer.bins
         self.size = (bw * c, bh * c)
         self.bar = max(2, bh * c // 45)
+
+    @classmethod
+    def of(cls, renderer: Renderer, stab: Stability) -> "Overlay":
+        """The overlay of whole-block measures (``layerfilm.stability.measure``)."""
+        return cls(renderer, stab.relative_update, stab.settle_index)
+
+    @classmethod
+    def of_points(cls, renderer: Renderer, stats: dict[str, np.ndarray], threshold: float) -> "Overlay":
+        """The overlay of a film's own points: ``stats`` holds ``point_measures``' arrays."""
+        return cls(renderer, stats["point_update"], settle_index(stats["point_distance"], threshold))
 
     def __call__(self, img: np.ndarray, k: int, a: float) -> None:
         level = lerp(self.level, k, a)

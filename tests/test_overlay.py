@@ -14,7 +14,7 @@ from layerfilm.render import Style
 
 def test_moving_level_is_log_scaled_and_zero_when_frozen(frozen_stability):
     st = frozen_stability
-    level = moving_level(st)
+    level = moving_level(st.relative_update)
     assert level.shape == st.relative_update.shape
     assert level.max() == 1.0 and level.min() >= 0
     k = list(st.steps).index(FROZEN_STEP)
@@ -37,8 +37,8 @@ def _bar(img, overlay, l):
 def test_bar_and_settled_mark_are_drawn_where_expected(frozen_stability):
     st = frozen_stability
     r = film_renderer(st.trajectories, Style(640, 360))
-    ov = Overlay(r, st)
-    level = moving_level(st)
+    ov = Overlay.of(r, st)
+    level = moving_level(st.relative_update)
     k = list(st.steps).index(FROZEN_STEP)
     last = len(st.steps) - 1
     for key in (1, last):
@@ -74,3 +74,36 @@ def test_render_no_overlay_gives_the_plain_frames(frozen_run, run_cli, tmp_path)
     assert not np.all(last_off == moving, axis=-1).any()
     assert np.all(last_on == moving, axis=-1).any()  # blocks 1 and 2 still move at the end
     assert (last_on != last_off).any(axis=-1).mean() < 0.1  # the overlay is thin
+
+
+def test_film_overlay_measures_the_films_own_points(frozen_run, frozen_stability, tmp_path):
+    import layerfilm
+    from layerfilm.features.weights import WeightSpec, plan, read_points
+    from layerfilm.film import FilmOptions
+    from layerfilm.formats import open_checkpoint
+
+    spec = WeightSpec(points=64)
+    res = layerfilm.render(frozen_run, tmp_path / "f/", FilmOptions(weights=spec, style=Style(320, 180), fps=1),
+                           progress=False)
+    stats = res.trajectories.stats
+    # the same points read straight from the checkpoints, measured in float64 without the feature store
+    series = layerfilm.scan(frozen_run)
+    wp = plan(series, spec)
+    pts = []
+    for c in series.checkpoints:
+        with open_checkpoint(c.path, c.format) as reader:
+            pts.append(read_points(reader, wp, c.path).astype(np.float64))
+    pts = np.stack(pts)  # (T, L, N, D)
+    norm = np.linalg.norm(pts, axis=(2, 3))
+    gaps = np.diff(series.steps)
+    update = np.linalg.norm(np.diff(pts, axis=0), axis=(2, 3)) / norm[1:] * (np.median(gaps) / gaps)[:, None]
+    np.testing.assert_allclose(stats["point_update"][1:], update, rtol=1e-5)
+    assert np.isnan(stats["point_update"][0]).all()
+    np.testing.assert_allclose(stats["point_distance"], np.linalg.norm(pts - pts[-1], axis=(2, 3)) / norm[-1],
+                               rtol=1e-5, atol=1e-12)
+    # frozen blocks stop moving exactly, and the film settles them where the whole-block measure does
+    k = list(series.steps).index(FROZEN_STEP)
+    frozen = [list(res.trajectories.blocks).index(b) for b in FROZEN_BLOCKS]
+    assert np.all(stats["point_update"][k + 1:, frozen] == 0)
+    assert list(res.overlay.settle) == list(frozen_stability.settle_index)
+    assert sorted(int(b) for b, s in zip(res.trajectories.blocks, res.overlay.settle) if s >= 0) == list(FROZEN_BLOCKS)
