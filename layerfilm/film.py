@@ -24,7 +24,8 @@ from .project import FITS, Trajectories, project
 from .project_umap import UmapOptions
 from .render import Renderer, Style
 from .scan import Checkpoint, Series, scan
-from .stability import StabilityOptions, point_measures
+from .features.motion import point_measures
+from .stability import StabilityOptions
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation films need it
     from .features.activations import ActivationSpec
@@ -124,7 +125,8 @@ def load_trajectories(series: Series, opts: FilmOptions, workdir: Path, progress
     if skipped is not None:
         skipped.extend(features.skipped)
     traj = project(features, opts.projection, progress=progress, **opts.projection_kwargs())
-    return replace(traj, stats={**traj.stats, **features.stats, **point_measures(features.store, features.steps)})
+    measured = {} if "point_update" in features.stats else point_measures(features.store, features.steps)
+    return replace(traj, stats={**traj.stats, **features.stats, **measured})
 
 
 def cached_trajectories(series: Series, opts: FilmOptions, progress: bool = True,

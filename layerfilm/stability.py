@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .errors import CheckpointError, OptionsError
 from .features import FeatureStore
+from .features.motion import relative_update
 from .features.weights import WeightPlan, WeightSpec, features_of, plan, read_points
 from .formats import Reader, open_checkpoint
 from .project import PROJECTIONS, Trajectories, project
@@ -168,41 +169,6 @@ def settle_index(distance: np.ndarray, threshold: float) -> np.ndarray:
     return out
 
 
-def point_measures(store: FeatureStore, steps: np.ndarray) -> dict[str, np.ndarray]:
-    """The film's own measures, from its points (the feature store) instead of whole block tensors:
-    ``point_update`` and ``point_distance`` (T, L), the relative update and distance to the final key
-    frame defined as above for the tracked rows (or activations) of each block. One pass over the
-    store, no checkpoint is read again: the overlay of a film costs a few seconds, not a second film."""
-    T = len(store)
-    final = store[T - 1]
-    L = final.shape[0]
-    norm, prev_sq, final_sq = np.zeros((3, T, L))
-    prev = None
-    for t in range(T):
-        x = store[t]
-        norm[t] = _sum_sq(x)
-        final_sq[t] = _sum_sq(x - final)
-        if prev is not None:
-            prev_sq[t] = _sum_sq(x - prev)
-        prev = x
-    return {"point_update": _relative_update(prev_sq, np.sqrt(norm), np.asarray(steps)),
-            "point_distance": np.sqrt(final_sq) / np.maximum(np.sqrt(norm[-1]), 1e-300)}
-
-
-def _sum_sq(x: np.ndarray) -> np.ndarray:
-    """(L,) sum of squares of each block's array in x (L, ...), accumulated in float64 per row."""
-    flat = x.reshape(len(x), x.shape[1], -1)
-    return np.einsum("lnd,lnd->ln", flat, flat).sum(axis=1, dtype=np.float64)
-
-
-def _relative_update(prev_sq: np.ndarray, norm: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """(T, L) ||W_t - W_{t-1}|| / ||W_t|| scaled to the median step gap; NaN at t = 0."""
-    gaps = np.diff(np.asarray(steps, np.float64))
-    rel = np.full(prev_sq.shape, np.nan)
-    rel[1:] = np.sqrt(prev_sq[1:]) / np.maximum(norm[1:], 1e-300) * (np.median(gaps) / gaps)[:, None]
-    return rel
-
-
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     """Linear CKA (Kornblith et al. 2019) between point sets x (N, D) and y (N, D'): 1 for the same
     cloud up to rotation and scale, near 0 for unrelated ones."""
@@ -305,7 +271,7 @@ def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir
             store.append(pts)
             cka[t] = [linear_cka(pts[l].astype(np.float64), final_pts[l].astype(np.float64)) for l in range(L)]
     norm = np.sqrt(sq["norm"])
-    rel = _relative_update(sq["prev"], norm, np.asarray(series.steps))
+    rel = relative_update(sq["prev"], norm, np.asarray(series.steps))
     dist = np.sqrt(sq["final"]) / np.maximum(norm[-1], 1e-300)
     features = features_of(series, wp, store)
     traj = project(features, opts.projection, progress=progress)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,11 @@ import numpy as np
 
 
 class FeatureStore:
-    """One ``.npy`` file per key frame, each (L, N, D) float32, read back one at a time."""
+    """One ``.npy`` file per key frame, each (L, N, D) float32, read back one at a time.
+
+    A frame whose values are all bfloat16 numbers (a bf16 checkpoint's weights, bf16 activations: the
+    low 16 bits of every float32 are zero) is kept as its high 16 bits, half the bytes to write and
+    read back, and widened exactly when read."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -22,19 +27,29 @@ class FeatureStore:
         self._paths: list[Path] = []
 
     def append(self, arr: np.ndarray) -> None:
-        path = self.folder / f"frame_{len(self._paths):06d}.npy"
-        np.save(path, np.ascontiguousarray(arr, dtype=np.float32))
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        halves = arr.reshape(-1).view(np.uint16)  # little-endian: low, high, low, high, ...
+        half = sys.byteorder == "little" and not halves[0::2].any()
+        path = self.folder / f"frame_{len(self._paths):06d}{'.bf16' if half else ''}.npy"
+        np.save(path, np.ascontiguousarray(halves[1::2]).reshape(arr.shape) if half else arr)
         self._paths.append(path)
 
     def __len__(self) -> int:
         return len(self._paths)
 
+    def _load(self, t: int, l: int | None = None) -> np.ndarray:
+        path = self._paths[t]
+        arr = np.load(path) if l is None else np.load(path, mmap_mode="r")[l]
+        if arr.dtype == np.uint16:  # bfloat16 bits
+            return (arr.astype(np.uint32) << 16).view(np.float32)
+        return np.asarray(arr)
+
     def __getitem__(self, t: int) -> np.ndarray:
-        return np.load(self._paths[t])
+        return self._load(t)
 
     def block(self, l: int) -> np.ndarray:
         """(T, N, D) one block's points at every key frame, read by memory map (only that block's bytes)."""
-        return np.stack([np.load(p, mmap_mode="r")[l] for p in self._paths])
+        return np.stack([self._load(t, l) for t in range(len(self._paths))])
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from tqdm.auto import tqdm
 from ..errors import CheckpointError, OptionsError, ScanError
 from ..formats import open_checkpoint
 from ..layers import LayerMap, is_conv1d_layout, map_layers, resolve_param
-from ..scan import Series, problem_of
+from ..pipeline import prefetch
+from ..scan import Checkpoint, Series, problem_of
 from . import Features, FeatureStore
+from .motion import PointMeasures
 
 LAYOUTS = ("auto", "out-in", "in-out")
 
@@ -101,20 +104,33 @@ def extract(series: Series, spec: WeightSpec, workdir: Path, progress: bool = Tr
     wp = plan(series, spec)
     store = FeatureStore(workdir)
     steps, skipped = [], []
-    for ckpt in tqdm(series.checkpoints, desc="loading", unit="ckpt", disable=not progress):
+
+    def read(ckpt: Checkpoint) -> np.ndarray | CheckpointError:
         try:
             with open_checkpoint(ckpt.path, ckpt.format) as reader:
-                store.append(read_points(reader, wp, ckpt.path))
+                return read_points(reader, wp, ckpt.path)
         except CheckpointError as e:
-            if strict:
-                raise CheckpointError(f"{e} (--strict: nothing is skipped)") from None
-            warnings.warn(f"{e}; skipped", stacklevel=2)
-            skipped.append(replace(ckpt, problem=problem_of(e, ckpt.path)))
-            continue
-        steps.append(ckpt.step)
+            return e
+
+    final = read(series.checkpoints[-1])  # the overlay's distance to the final key frame, measured on the way
+    measures = PointMeasures(final) if not isinstance(final, CheckpointError) else None
+    # the next checkpoints are read in a thread while this one is written to the store
+    with closing(prefetch(read(c) for c in series.checkpoints)) as points:
+        for ckpt, pts in zip(tqdm(series.checkpoints, desc="loading", unit="ckpt", disable=not progress), points):
+            if isinstance(pts, CheckpointError):
+                if strict:
+                    raise CheckpointError(f"{pts} (--strict: nothing is skipped)") from None
+                warnings.warn(f"{pts}; skipped", stacklevel=2)
+                skipped.append(replace(ckpt, problem=problem_of(pts, ckpt.path)))
+                continue
+            store.append(pts)
+            steps.append(ckpt.step)
+            if measures is not None:
+                measures.add(pts)
     if len(steps) < 2:
         raise ScanError(f"{series.root}: {len(steps)} readable checkpoint(s); a film needs at least two key frames")
-    return features_of(series, wp, store, steps, skipped)
+    stats = measures.result(np.asarray(steps)) if measures is not None else {}
+    return replace(features_of(series, wp, store, steps, skipped), stats=stats)
 
 
 def features_of(series: Series, wp: WeightPlan, store: FeatureStore, steps: list[int] | None = None,

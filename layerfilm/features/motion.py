@@ -1,0 +1,63 @@
+"""How much a block's points move: the film's own measures, from its points instead of whole blocks.
+
+``point_update`` and ``point_distance`` (T, L) are ``layerfilm.stability``'s relative update and
+distance to the final key frame, computed on the points the film shows (the tracked rows, or the
+activations). They come for free while the points are read (``PointMeasures.add`` per key frame,
+given the final one first), or from one pass over a feature store (``point_measures``); the film's
+overlay uses them, so it never reads the checkpoints a second time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import FeatureStore
+
+
+def relative_update(prev_sq: np.ndarray, norm: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """(T, L) ||W_t - W_{t-1}|| / ||W_t|| scaled to the median step gap (a gap twice the median counts
+    half); NaN at t = 0. prev_sq (T, L): squared distances to the previous key frame; norm (T, L)."""
+    gaps = np.diff(np.asarray(steps, np.float64))
+    rel = np.full(prev_sq.shape, np.nan)
+    rel[1:] = np.sqrt(prev_sq[1:]) / np.maximum(norm[1:], 1e-300) * (np.median(gaps) / gaps)[:, None]
+    return rel
+
+
+def _sum_sq(x: np.ndarray, minus: np.ndarray | None = None, buf: np.ndarray | None = None) -> np.ndarray:
+    """(L,) sum of squares of each block's (N, D) array in x (or of x - minus), float32 per row and
+    float64 over rows; one block at a time through ``buf`` so the work stays in the CPU's cache."""
+    out = np.empty(x.shape[0])
+    for l in range(x.shape[0]):
+        d = x[l] if minus is None else np.subtract(x[l], minus[l], out=buf)
+        d = d.reshape(d.shape[0], -1)
+        out[l] = np.einsum("nd,nd->n", d, d).sum(dtype=np.float64)
+    return out
+
+
+class PointMeasures:
+    """Feed every key frame's (L, N, D) points in order with ``add``; ``result`` gives the measures."""
+
+    def __init__(self, final: np.ndarray) -> None:
+        self.final = final
+        self.prev: np.ndarray | None = None
+        self.buf = np.empty(final.shape[1:], final.dtype)
+        self.sq: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (norm², to previous², to final²)
+
+    def add(self, x: np.ndarray) -> None:
+        to_prev = _sum_sq(x, self.prev, self.buf) if self.prev is not None else np.zeros(x.shape[0])
+        self.sq.append((_sum_sq(x), to_prev, _sum_sq(x, self.final, self.buf)))
+        self.prev = x
+
+    def result(self, steps: np.ndarray) -> dict[str, np.ndarray]:
+        norm, prev, final = (np.stack(a) for a in zip(*self.sq))
+        norm = np.sqrt(norm)
+        return {"point_update": relative_update(prev, norm, steps),
+                "point_distance": np.sqrt(final) / np.maximum(norm[-1], 1e-300)}
+
+
+def point_measures(store: FeatureStore, steps: np.ndarray) -> dict[str, np.ndarray]:
+    """``PointMeasures`` over every key frame of ``store``: one pass, no checkpoint read."""
+    acc = PointMeasures(store[len(store) - 1])
+    for t in range(len(store)):
+        acc.add(store[t])
+    return acc.result(steps)
