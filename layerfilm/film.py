@@ -129,13 +129,23 @@ def load_trajectories(series: Series, opts: FilmOptions, workdir: Path, progress
     return replace(traj, stats={**traj.stats, **features.stats, **measured})
 
 
+def _cache_options(series: Series, opts: FilmOptions) -> dict:
+    """What changes the points: the options, and for activations the probe, model and tokenizer files."""
+    options = opts.points_options()
+    if opts.activations is not None:
+        from .features.activations import input_files
+
+        options["inputs"] = [cache.checkpoint_stamp(f) for f in input_files(opts.activations, series)]
+    return options
+
+
 def cached_trajectories(series: Series, opts: FilmOptions, progress: bool = True,
                         skipped: list[Checkpoint] | None = None) -> Trajectories:
     """:func:`load_trajectories` through the on-disk cache (when ``opts.cache``): checkpoints already
     filmed with the same point options are not read again. Checkpoints that could not be read are
     appended to ``skipped`` (from a cache hit: those whose steps the cached key frames lack)."""
-    folder = cache.cache_dir(opts.cache_dir) if opts.cache and opts.activations is None else None
-    k = cache.key(series, opts.points_options()) if folder else ""
+    folder = cache.cache_dir(opts.cache_dir) if opts.cache else None
+    k = cache.key(series, _cache_options(series, opts)) if folder else ""
     traj = cache.load(folder, k) if folder else None
     if traj is None:
         with tempfile.TemporaryDirectory(prefix="layerfilm-") as work, one_blas_thread():

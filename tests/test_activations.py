@@ -285,3 +285,28 @@ def test_a_failing_forward_pass_is_one_clear_line(run_cli, tmp_path):
     code, _, err = run_cli("render", folder, "--features", "activations", "--model", ref, "--out", tmp_path / "a.webm",
                            "--quiet", "--device", "cpu", "--seq-len", "8", "--fps", "2", "--size", "160x96")
     assert code == 0, err
+
+
+def test_activation_films_are_cached_until_the_probe_changes(llama_run, run_cli, tmp_path, monkeypatch):
+    import layerfilm.film as film
+
+    calls = []
+    real = film.load_trajectories
+    monkeypatch.setattr(film, "load_trajectories", lambda *a, **k: calls.append(1) or real(*a, **k))
+    probe = tmp_path / "probe.txt"
+    probe.write_text("the same tokens at every step " * 8)
+
+    def render(name: str) -> np.lib.npyio.NpzFile:
+        code, _, err = run_cli("render", llama_run, "--features", "activations", "--probe", probe, "--device", "cpu",
+                               "--out", tmp_path / f"{name}.webm", "--size", "160x96", "--fps", "1", "--quiet",
+                               "--cache", tmp_path / "cache", "--export-points", tmp_path / f"{name}.npz")
+        assert code == 0, err
+        return np.load(tmp_path / f"{name}.npz")
+
+    a, b = render("a"), render("b")
+    assert len(calls) == 1  # the second film came from the cache
+    for name in ("xy", "act_norm", "act_hist", "point_update", "point_distance"):
+        assert np.array_equal(a[name], b[name], equal_nan=True), name
+    probe.write_text("other words now, so other activations " * 8)
+    c = render("c")
+    assert len(calls) == 2 and not np.array_equal(a["act_norm"], c["act_norm"])

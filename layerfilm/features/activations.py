@@ -114,6 +114,29 @@ def _transformers():
     return transformers
 
 
+def input_files(spec: ActivationSpec, series: Series) -> list[Path]:
+    """Files besides the checkpoints whose contents change an activation film (the cache stamps them):
+    the probe, the model factory's source, and config/tokenizer files beside checkpoint files."""
+    files = [Path(spec.probe) if spec.probe is not None else DEFAULT_PROBE]
+    if spec.model is not None:
+        target = spec.model.rpartition(":")[0]
+        if target.endswith(".py"):
+            files.append(Path(target))
+        else:
+            sys.path.insert(0, str(Path.cwd()))
+            try:
+                found = importlib.util.find_spec(target)
+            except (ImportError, ValueError):
+                found = None
+            finally:
+                sys.path.remove(str(Path.cwd()))
+            if found is not None and found.origin:
+                files.append(Path(found.origin))
+    folders = {c.path.parent for c in series.checkpoints if not c.path.is_dir()}
+    files += [f / n for f in sorted(folders) for n in ("config.json", *TOKENIZER_FILES) if (f / n).is_file()]
+    return [f for f in files if f.is_file()]
+
+
 def load_factory(ref: str) -> Callable[..., torch.nn.Module]:
     """The function named by ``package.module:fn`` (importable from the current folder too) or ``file.py:fn``."""
     target, _, fn = ref.rpartition(":")
