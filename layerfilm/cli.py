@@ -15,7 +15,7 @@ from .film import FilmOptions, render
 from .project import FITS, PROJECTIONS, stats_table
 from .project_umap import UmapOptions
 from .render import Style, parse_size
-from .report import parse_step_list, report, stills
+from .report import parse_step_list, report, stills, study_options
 from .scan import Checkpoint, parse_steps, scan
 from .stability import measure
 
@@ -88,18 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--features", choices=("weights", "activations"), default="weights",
                    help="points are weight rows (default) or block outputs on a probe batch (activations)")
     _add_points(g)
-    g = r.add_argument_group("activations (with --features activations)")
-    g.add_argument("--model", default=None, metavar="MODULE:FN", help="build the model with this function: package.module:make_model or "
-                   "path/file.py:make_model, returning a torch.nn.Module (given the first checkpoint's path if it takes an "
-                   "argument); default: from config.json beside the checkpoints, with transformers")
-    g.add_argument("--probe", default=None, metavar="FILE", help="probe batch: a UTF-8 text file (tokenised with the checkpoint's "
-                   "tokenizer files when present, else as bytes), or a .pt/.npy of token ids, 1-D or (sequences, tokens); "
-                   "default: a short bundled text")
-    g.add_argument("--seq-len", type=int, default=None, metavar="T", help="tokens per probe sequence (default: 128, or the model's context if shorter)")
-    g.add_argument("--batch-size", type=int, default=8, metavar="B", help="probe sequences per forward pass (default 8); memory is one model + one batch")
-    g.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu or cuda")
-    g.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
-    g.add_argument("--near-zero", type=float, default=0.05, metavar="X", help="activations with |a| < X count as near zero (default 0.05)")
+    _add_activations(r.add_argument_group("activations (with --features activations)"))
     g = r.add_argument_group("projection and time")
     _add_projection_details(g)
     g.add_argument("--fps", type=float, default=15.0, help="frames per second (default 15)")
@@ -134,6 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
     _blocks_option(s)
     _add_study_commands(sub)
     return parser
+
+
+def _add_activations(g) -> None:
+    """The options that build the model and the probe batch (render, stability, report)."""
+    g.add_argument("--model", default=None, metavar="MODULE:FN", help="build the model with this function: package.module:make_model or "
+                   "path/file.py:make_model, returning a torch.nn.Module (given the first checkpoint's path if it takes an "
+                   "argument); default: from config.json beside the checkpoints, with transformers")
+    g.add_argument("--probe", default=None, metavar="FILE", help="probe batch: a UTF-8 text file (tokenised with the checkpoint's "
+                   "tokenizer files when present, else as bytes), or a .pt/.npy of token ids, 1-D or (sequences, tokens); "
+                   "default: a short bundled text")
+    g.add_argument("--seq-len", type=int, default=None, metavar="T", help="tokens per probe sequence (default: 128, or the model's context if shorter)")
+    g.add_argument("--batch-size", type=int, default=8, metavar="B", help="probe sequences per forward pass (default 8); memory is one model + one batch")
+    g.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu or cuda")
+    g.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    g.add_argument("--near-zero", type=float, default=0.05, metavar="X", help="activations with |a| < X count as near zero (default 0.05)")
+
+
+def _add_study_features(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group("activations (with --features activations)")
+    g.add_argument("--features", choices=("weights", "activations"), default="weights",
+                   help=f"weights (default): {what} from the weights only; activations: also run the probe batch through "
+                   "every checkpoint and add each block's output statistics per step (mean token norm, mean, std, "
+                   "fraction near zero, histograms, growth of the norm with depth)")
+    _add_activations(g)
 
 
 def _add_selection(g) -> None:
@@ -190,11 +203,12 @@ def _add_projection_details(g) -> None:
     g.add_argument("--jobs", type=int, default=0, metavar="N", help="umap: worker processes over blocks (default 0: one per CPU core); results do not depend on it")
     g.add_argument("--stats", action="store_true", help="print a per-block table to stdout: mean and max displacement of points between consecutive key frames "
                    "relative to the cloud's RMS spread, and for pca/procrustes the variance explained by the two axes (also in --export-points)")
-def _activation_spec(args: argparse.Namespace):
-    """The ActivationSpec of --features activations, or None (imported only then: it needs torch)."""
-    if args.features != "activations":
+def _activation_spec(args: argparse.Namespace, weights_too: bool = False):
+    """The ActivationSpec of --features activations, or None (imported only then: it needs torch).
+    weights_too: the command also measures the weights, so --param and --layout still mean something."""
+    if getattr(args, "features", "weights") != "activations":
         return None
-    if args.param is not None or args.layout != "auto":
+    if not weights_too and (args.param is not None or args.layout != "auto"):
         raise OptionsError("--param and --layout choose weights; they do nothing with --features activations")
     from .features.activations import ActivationSpec
 
@@ -281,6 +295,16 @@ a block that only gets there at the end never settles. The table is ranked by se
 --json prints a list of objects in that order: block, rank, settle_step (null: never),
 settle_threshold, steps, relative_update, distance_to_final, norm, param_norm {tensor: series},
 cka_to_final, motion (null where undefined, e.g. the first key frame's update).
+
+With --features activations (see `layerfilm render --help` for --model and --probe), the probe batch is
+also run through every checkpoint, and the statistics of each block's output on all probe tokens come
+alongside, per step: the mean token norm, mean, std, fraction near zero (|a| < --near-zero), and the
+growth of the norm with depth (block l's norm over block l-1's; block 0's over its input; and the
+geometric mean per block from the first block to the last). The text output adds one table per measure
+(a row per key frame, a column per block) and the last key frame's table. --json adds to each block's
+object: act_norm, act_mean, act_std, act_near_zero, act_growth (one value per step), act_hist (per step,
+counts in the fixed symmetric log bins of act_hist_edges: the HOT chart), and, the same in every block,
+act_threshold, act_input_norm and act_growth_per_block.
 """
 
 STILLS_HELP = """\
@@ -298,6 +322,13 @@ log(1 + count)), parameter-norm curves, and the settling table (see `layerfilm s
 
 report.html: one self-contained file, images (and the --film) embedded as data: URIs; it fetches
 nothing. report.md: Markdown with the figures as report_<name>.png beside it; --film is linked.
+
+With --features activations the report adds the statistics of each block's output on the probe batch:
+the table of the last key frame (norm, growth, mean, std, fraction near zero), activation histograms
+over time per block (value bins on a symmetric log axis, colour log(1 + count), fastai's "colorful
+dimension"), the mean token norm against depth at every key frame with the growth per block over
+training (does the norm grow with depth, and by how much per block), and the fraction of activations
+near zero over training.
 """
 
 
@@ -314,6 +345,7 @@ def _add_study_commands(sub) -> None:
     _add_settle(s)
     _add_selection(s.add_argument_group("which checkpoints"))
     _add_points(s.add_argument_group("points for CKA and on-screen motion (as in render)"))
+    _add_study_features(s, "the measures above")
     t = _study_parser(sub, "stills", "the first and last key frames (or --steps) side by side", STILLS_HELP)
     t.add_argument("--out", required=True, help="output figure: X.png | X.svg | X.pdf")
     t.add_argument("--steps", default=None, metavar="S1,S2,...", help="key frames to show, by step (default: first and last)")
@@ -326,6 +358,7 @@ def _add_study_commands(sub) -> None:
     _add_selection(p.add_argument_group("which checkpoints"))
     _add_points(p.add_argument_group("what to film (as in render)"))
     _add_look(p.add_argument_group("look of the stills"))
+    _add_study_features(p, "the report")
 
 
 def _study_options(args: argparse.Namespace) -> FilmOptions:
@@ -334,14 +367,14 @@ def _study_options(args: argparse.Namespace) -> FilmOptions:
     return FilmOptions(
         weights=_weight_spec(args), projection=args.projection, style=Style(width=w, height=h, cmap=a.get("cmap", "magma")),
         every=a.get("every", 1), steps=parse_steps(a["steps"]) if "every" in a and a["steps"] else (None, None),
-        settle_threshold=a.get("settle_threshold", 0.1),
+        settle_threshold=a.get("settle_threshold", 0.1), activations=_activation_spec(args, weights_too=True),
     )
 
 
 def cmd_stability(args: argparse.Namespace) -> int:
     opts = _study_options(args)
     series = scan(args.folder, opts.every, opts.steps)
-    stab = measure(series, opts.stability_options(), progress=not args.quiet)
+    stab = measure(series, study_options(opts), progress=not args.quiet)
     print(stab.to_json() if args.json else stab.table())
     return 0
 

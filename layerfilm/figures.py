@@ -1,10 +1,14 @@
-"""Publication figures (matplotlib ``Figure`` objects, no pyplot state) of a ``Stability``.
+"""Publication figures (matplotlib ``Figure`` objects, no pyplot state) of a ``Stability`` and of
+``ActivationStats``.
 
   heatmap_figure   blocks x steps of the relative update, log colour scale, settling steps marked
   settling_figure  each block's distance to the final checkpoint over training, with the threshold
   hot_figure       histograms over time per block (value bins up, steps across, colour log(1 + count))
   norm_figure      the norm of every tensor of every block over training
   stills_figure    rendered frames side by side
+  activation_hot_figure        activation histograms over time per block (symmetric log value axis)
+  activation_norm_figure       mean token norm against depth at every step; growth per block over training
+  activation_near_zero_figure  fraction of activations near zero over training, per block
 
 ``save_figure`` writes PNG, SVG or PDF by the file's extension, atomically.
 """
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 
 from .errors import OptionsError
+from .features.act_stats import HIST_EDGES, ActivationStats
 from .stability import Stability
 
 if TYPE_CHECKING:
@@ -194,4 +199,106 @@ def stills_figure(frames: Sequence[np.ndarray], steps: Sequence[int], title: str
         ax.set_axis_off()
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def _value_axis(v: np.ndarray | float) -> np.ndarray:
+    """Activation values -> y in bin units of ``HIST_EDGES`` (bin i spans y in [i, i + 1]; edge k is at
+    y = k + 1), interpolated on a symmetric log scale between edges."""
+    def slog(x):
+        x = np.asarray(x, np.float64)
+        return np.sign(x) * (np.log10(np.maximum(np.abs(x), 1e-3)) + 4)  # +-1e-3 -> +-1, +-1e3 -> +-7
+
+    return np.interp(slog(v), slog(HIST_EDGES), np.arange(1, len(HIST_EDGES) + 1))
+
+
+def activation_hot_figure(act: ActivationStats, cmap: str = "magma") -> "Figure":
+    """Histograms over time of each block's output on the probe batch (fastai's "colorful dimension"):
+    value bins on a symmetric log axis up (the range any block ever reaches), steps across, colour
+    log(1 + count) on one scale for all panels; dotted lines at +-the near-zero threshold."""
+    L = len(act.blocks)
+    cols = min(4, L)
+    fig = _new(3.2 * cols + 1, 2.6 * math.ceil(L / cols) + 0.6)
+    level = np.log1p(act.hist.astype(np.float64))  # (T, L, B)
+    used = np.flatnonzero(act.hist.sum(axis=(0, 1)))
+    lo, hi = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, level.shape[2])
+    decades = [v for v in (-1e3, -1e2, -10, -1, -0.1, -0.01, 0, 0.01, 0.1, 1, 10, 1e2, 1e3)
+               if lo <= _value_axis(v) <= hi]
+    x = _centre_edges(act.steps)
+    mesh = None
+    for l, ax in enumerate(_grid(fig, L, cols)):
+        mesh = ax.pcolormesh(x, np.arange(lo, hi + 1), level[:, l, lo:hi].T, cmap=cmap, vmin=0,
+                             vmax=max(level.max(), 1e-9), rasterized=True)
+        for v in (-act.threshold, act.threshold):
+            ax.axhline(_value_axis(v), color="white", linestyle=":", linewidth=0.8)
+        ax.set_yticks(_value_axis(np.array(decades)), [f"{v:g}" for v in decades])
+        ax.set_ylim(lo, hi)
+        ax.set_title(f"L{int(act.blocks[l])}", fontsize="medium")
+        ax.tick_params(labelsize="small")
+    fig.supxlabel("training step")
+    fig.supylabel("activation value (symmetric log scale)")
+    fig.suptitle(f"Histograms over time of each block's output on the probe batch "
+                 f"(dotted: |a| = {act.threshold:g})")
+    fig.colorbar(mesh, ax=fig.axes[:L], label="log(1 + count)", shrink=0.8)
+    return fig
+
+
+def _step_colours(act: ActivationStats):
+    """A colour per key frame (viridis, early dark to late bright) and the colour bar's mappable."""
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    norm = Normalize(float(act.steps[0]), float(max(act.steps[-1], act.steps[0] + 1)))
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(norm(s)) for s in act.steps], ScalarMappable(norm, cmap)
+
+
+def activation_norm_figure(act: ActivationStats) -> "Figure":
+    """Left: the mean token norm of each block's output against depth, one line per key frame (the
+    first block's input at depth "in" when it was captured), log scale. Right: the growth of the norm
+    per block over training (geometric mean from the first block to the last; 1 = flat with depth)."""
+    from matplotlib.ticker import FuncFormatter
+
+    fig = _new(11, 4.5)
+    left, right = fig.subplots(1, 2, width_ratios=(1.4, 1))
+    colours, mappable = _step_colours(act)
+    depth = np.arange(len(act.blocks))
+    with_input = np.isfinite(act.input_norm).all()
+    for t, step in enumerate(act.steps):
+        x, y = (np.r_[-1, depth], np.r_[act.input_norm[t], act.norm[t]]) if with_input else (depth, act.norm[t])
+        left.plot(x, y, "o-", color=colours[t], markersize=3, linewidth=1.2, label=f"step {int(step):,}")
+    left.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.2, 3 rather than 2x10^-1, 3x10^0
+    left.yaxis.set_major_formatter(plain)
+    left.yaxis.set_minor_formatter(plain)
+    left.set_xticks(np.r_[-1, depth] if with_input else depth,
+                    (["in"] if with_input else []) + [f"L{int(b)}" for b in act.blocks])
+    left.set_xlabel("block (depth)")
+    left.set_ylabel("mean token norm (log scale)")
+    left.set_title("Activation norm against depth, one line per step", fontsize="medium")
+    fig.colorbar(mappable, ax=left, label="training step")
+    right.plot(act.steps, act.growth_per_block, "o-", color="black", markersize=3, label="geometric mean per block")
+    right.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="flat with depth")
+    right.set_xlabel("training step")
+    right.set_ylabel("norm growth per block (x)")
+    right.set_title(f"Growth per block: {act.growth_per_block[-1]:.3f}x at step {int(act.steps[-1]):,}", fontsize="medium")
+    right.legend(fontsize="small")
+    return fig
+
+
+def activation_near_zero_figure(act: ActivationStats) -> "Figure":
+    """The fraction of each block's output activations with |a| below the threshold, over training."""
+    import matplotlib
+
+    fig = _new(8, 4.5)
+    ax = fig.add_subplot()
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(act.blocks)))
+    for l, b in enumerate(act.blocks):
+        ax.plot(act.steps, 100 * act.near_zero[:, l], "o-", markersize=3, color=colours[l], label=f"L{int(b)}")
+    ax.set_ylim(0, max(5.0, 100 * float(np.nanmax(act.near_zero)) * 1.1))
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"% of activations with |a| < {act.threshold:g}")
+    ax.set_title("Activations near zero, per block")
+    ax.legend(fontsize="small", ncols=max(1, len(act.blocks) // 12), loc="upper right")
     return fig

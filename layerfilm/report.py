@@ -2,7 +2,8 @@
 
 ``stills`` renders chosen key frames with the film's renderer (same fixed axes and colour scale as
 the film, so two steps compare directly) and puts them side by side. ``report`` measures the
-checkpoints once (``layerfilm.stability``) and writes either one self-contained HTML file (images and
+checkpoints once (``layerfilm.stability``; with ``FilmOptions.activations`` also the statistics of each
+block's output on the probe batch) and writes either one self-contained HTML file (images and
 film embedded as data: URIs, nothing fetched) or Markdown with PNGs beside it.
 """
 
@@ -13,20 +14,21 @@ import html
 import io
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import OptionsError
-from .figures import (atomic, heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure,
-                      stills_figure, figure_format)
+from .figures import (activation_hot_figure, activation_near_zero_figure, activation_norm_figure, atomic,
+                      figure_format, heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure,
+                      stills_figure)
 from .film import FilmOptions, caption, film_renderer, load_trajectories
 from .project import Trajectories
 from .render import Style
 from .scan import scan
-from .stability import Stability, measure
+from .stability import Stability, StabilityOptions, measure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,7 +48,7 @@ class Stills:
 class Report:
     out: Path
     stability: Stability
-    figures: dict[str, "Figure"]  # stills, heatmap, settling, hot, norms
+    figures: dict[str, "Figure"]  # stills, heatmap, settling, hot, norms (+ act_hot, act_norms, act_near_zero)
     files: list[Path]  # everything written (the report, and for Markdown its PNGs)
 
 
@@ -111,17 +113,36 @@ SECTIONS = {  # name: (heading, what it shows)
     "hot": ("Histograms over time", "Value histograms of each block's weight matrices per key frame "
             "(colour: log(1 + count))."),
     "norms": ("Parameter norms", "The norm of every tensor of every block over training."),
+    "act_hot": ("Activation histograms over time", "Histograms of each block's output on the probe batch per key "
+                "frame: value bins on a symmetric log axis, colour log(1 + count); dotted lines at the near-zero "
+                "threshold."),
+    "act_norms": ("Activation norm against depth", "Left: the mean token norm of each block's output, one line per "
+                  "key frame (early dark, late bright). Right: how much the norm grows per block (geometric mean from "
+                  "the first block to the last) over training; 1 is flat with depth."),
+    "act_near_zero": ("Activations near zero", "The fraction of each block's output activations near zero over "
+                      "training."),
 }
 
 
+def study_options(opts: FilmOptions) -> StabilityOptions:
+    """The measures of ``layerfilm stability`` and ``report``: the weights', and with ``opts.activations``
+    the statistics of every block's output too."""
+    return replace(opts.stability_options(), activations=opts.activations)
+
+
 def report_figures(stab: Stability, style: Style) -> dict[str, "Figure"]:
-    return {
+    figures = {
         "stills": keyframe_stills(stab.trajectories, style).figure,
         "heatmap": heatmap_figure(stab),
         "settling": settling_figure(stab),
         "hot": hot_figure(stab),
         "norms": norm_figure(stab),
     }
+    if stab.activations is not None:
+        figures |= {"act_hot": activation_hot_figure(stab.activations),
+                    "act_norms": activation_norm_figure(stab.activations),
+                    "act_near_zero": activation_near_zero_figure(stab.activations)}
+    return figures
 
 
 def _png(fig: "Figure") -> bytes:
@@ -148,11 +169,28 @@ td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3
 td:nth-child(2){text-align:left}.never{color:#b00}.settled{color:#070}p.note{color:#555}"""
 
 
+ACT_TABLE = ("Activations at the last key frame", "Statistics of each block's output on all probe tokens: mean token "
+             "norm, its growth over the previous block's (block 0: over its input), mean, std, fraction near zero.")
+
+
+def _html_table(head: list[str], rows: list[list[str]], settled_column: int | None = None) -> str:
+    """An HTML table; cells of ``settled_column`` are classed "never" or "settled"."""
+    def cls(i: int, c: str) -> str:
+        return ("never" if c == "never" else "settled") if i == settled_column else ""
+
+    return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>\n" + "\n".join(
+        "<tr>" + "".join(f'<td class="{cls(i, c)}">{html.escape(c)}</td>' for i, c in enumerate(r)) + "</tr>"
+        for r in rows) + "</table>"
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return [line(head), "|" + "---|" * len(head)] + [line(r) for r in rows]
+
+
 def _html(stab: Stability, folder: str | Path, images: dict[str, bytes], film: Path | None) -> str:
-    head, rows = stab.table_rows()
-    table = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>\n" + "\n".join(
-        "<tr>" + "".join(f'<td class="{("never" if c == "never" else "settled") if i == 2 else ""}">'
-                         f"{html.escape(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>layerfilm report</title>"
              f"<style>{CSS}</style></head><body>",
              "<h1>Which layers stabilize</h1>", f"<p>{html.escape(_summary(stab, folder))}</p>"]
@@ -162,9 +200,12 @@ def _html(stab: Stability, folder: str | Path, images: dict[str, bytes], film: P
         tag = (f'<img alt="film" src="{uri}">' if mime.startswith("image/") else
                f'<video controls loop muted playsinline src="{uri}"></video>')
         parts += ["<h2>Film</h2>", tag]
-    parts += ["<h2>Settling table</h2>", f"<table>{table}</table>",
+    parts += ["<h2>Settling table</h2>", _html_table(*stab.table_rows(), settled_column=2),
               f'<p class="note">Ranked by settling step: the first step after which the block\'s distance to the '
               f"final checkpoint stays below {stab.settle_threshold:g} of its distance at the first key frame.</p>"]
+    if stab.activations is not None:
+        parts += [f"<h2>{ACT_TABLE[0]}</h2>", f"<p>{html.escape(stab.activations.headline())}. {ACT_TABLE[1]}</p>",
+                  _html_table(*stab.activations.table_rows())]
     for name, png in images.items():
         title, text = SECTIONS[name]
         parts += [f"<h2>{title}</h2>", f"<p>{html.escape(text)}</p>",
@@ -173,12 +214,13 @@ def _html(stab: Stability, folder: str | Path, images: dict[str, bytes], film: P
 
 
 def _markdown(stab: Stability, folder: str | Path, pngs: dict[str, str], film: str | None) -> str:
-    head, rows = stab.table_rows()
     lines = ["# Which layers stabilize", "", _summary(stab, folder), ""]
     if film is not None:
         lines += [f"Film: [{Path(film).name}]({film})", ""]
-    lines += ["## Settling table", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["## Settling table", "", *_md_table(*stab.table_rows())]
+    if stab.activations is not None:
+        lines += ["", f"## {ACT_TABLE[0]}", "", f"{stab.activations.headline()}. {ACT_TABLE[1]}", "",
+                  *_md_table(*stab.activations.table_rows())]
     for name, png in pngs.items():
         title, text = SECTIONS[name]
         lines += ["", f"## {title}", "", text, "", f"![{title}]({png})"]
@@ -206,7 +248,7 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
         if film.suffix.lower() not in FILM_TYPES:
             raise OptionsError(f"--film {film}: embed a .webm, .mp4 or .gif film")
     series = scan(folder, opts.every, opts.steps)
-    stab = measure(series, opts.stability_options(), progress=progress)
+    stab = measure(series, study_options(opts), progress=progress)
     figures = report_figures(stab, opts.style)
     files: list[Path] = []
     if kind == "html":

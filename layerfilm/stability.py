@@ -11,6 +11,10 @@ For every block (all tensors whose names sit inside it, concatenated into one ve
                       of the panel width (from the aligned projection the film shows)
   hist                histogram of the block's matrix entries per key frame (the "HOT" chart)
 
+With ``StabilityOptions.activations``, the probe batch is also run through every checkpoint and the
+statistics of each block's output (``layerfilm.features.act_stats.ActivationStats``: mean token norm,
+mean, std, fraction near zero, histograms, growth of the norm with depth) come alongside.
+
 A block *settles* at the first key frame after which its distance to the final checkpoint stays below
 ``settle_threshold`` times its distance at the first key frame. The final key frame does not count
 (its distance is 0 by definition): a block that only gets there at the end never settled.
@@ -27,18 +31,22 @@ import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError, OptionsError
 from .features import FeatureStore
+from .features.act_stats import ActivationStats, json_series
 from .features.motion import relative_update
 from .features.weights import WeightPlan, WeightSpec, features_of, plan, read_points
 from .formats import Reader, open_checkpoint
 from .project import PROJECTIONS, Trajectories, project
 from .scan import Series
+
+if TYPE_CHECKING:  # the activations module imports torch; only activation statistics need it
+    from .features.activations import ActivationSpec
 
 HIST_BINS = 60  # value bins of the HOT chart, as in fastai's colorful dimension
 HIST_PERCENTILE = 99.9  # the HOT chart's value range: this percentile of |w| at the first and last key frame
@@ -50,12 +58,14 @@ class StabilityOptions:
     fraction of its distance at the first key frame (0 < f < 1).
     weights: which points per block feed the CKA and the on-screen motion (the film's points).
     projection: the projection the motion is measured in.
-    bins: value bins of the per-block histograms over time."""
+    bins: value bins of the per-block histograms over time.
+    activations: set: also the statistics of each block's output on this probe batch."""
 
     settle_threshold: float = 0.1
     weights: WeightSpec = field(default_factory=WeightSpec)
     projection: str = "pca"
     bins: int = HIST_BINS
+    activations: ActivationSpec | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.settle_threshold < 1:
@@ -85,6 +95,7 @@ class Stability:
     settle_index: np.ndarray  # (L,) key frame where each block settles; -1: never
     points: str = ""  # what the CKA/motion points are
     trajectories: Trajectories | None = None  # the projection the motion was measured in
+    activations: ActivationStats | None = None  # block outputs on the probe batch, when asked for
 
     @property
     def settle_steps(self) -> list[int | None]:
@@ -100,7 +111,9 @@ class Stability:
             self.settle_index[l] if self.settle_index[l] >= 0 else never, float(near_end[l]), int(self.blocks[l])))
 
     def records(self) -> list[dict]:
-        """One JSON-ready dict per block in ranking order (NaN written as null)."""
+        """One JSON-ready dict per block in ranking order (NaN written as null); with activations, each
+        also holds the block's ``act_*`` series (``ActivationStats.records``)."""
+        act = self.activations.records() if self.activations is not None else [{}] * len(self.blocks)
         out = []
         for rank, l in enumerate(self.ranking(), 1):
             out.append({
@@ -109,12 +122,13 @@ class Stability:
                 "settle_step": self.settle_steps[l],
                 "settle_threshold": self.settle_threshold,
                 "steps": [int(s) for s in self.steps],
-                "relative_update": _series(self.relative_update[:, l]),
-                "distance_to_final": _series(self.distance_to_final[:, l]),
-                "norm": _series(self.norm[:, l]),
-                "param_norm": {c: _series(self.param_norm[:, l, i]) for i, c in enumerate(self.components)},
-                "cka_to_final": _series(self.cka_to_final[:, l]),
-                "motion": _series(self.motion[:, l]),
+                "relative_update": json_series(self.relative_update[:, l]),
+                "distance_to_final": json_series(self.distance_to_final[:, l]),
+                "norm": json_series(self.norm[:, l]),
+                "param_norm": {c: json_series(self.param_norm[:, l, i]) for i, c in enumerate(self.components)},
+                "cka_to_final": json_series(self.cka_to_final[:, l]),
+                "motion": json_series(self.motion[:, l]),
+                **act[l],
             })
         return out
 
@@ -141,11 +155,8 @@ class Stability:
         lines = ["  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
                  for r in [head, *rows]]
         return "\n".join(lines) + f"\n(settled: distance to the final checkpoint stays below {self.settle_threshold:g} "\
-            "of its value at the first key frame; the last key frame does not count)"
-
-
-def _series(x: np.ndarray) -> list[float | None]:
-    return [None if not math.isfinite(v) else float(v) for v in x]
+            "of its value at the first key frame; the last key frame does not count)" + (
+                "" if self.activations is None else "\n\n" + self.activations.over_time())
 
 
 def _num(v: float, fmt: str = ".3g") -> str:
@@ -275,13 +286,25 @@ def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir
     dist = np.sqrt(sq["final"]) / np.maximum(norm[-1], 1e-300)
     features = features_of(series, wp, store)
     traj = project(features, opts.projection, progress=progress)
+    act = None if opts.activations is None else measure_activations(series, opts.activations, workdir / "act", progress)
+    if act is not None and not np.array_equal(act.blocks, features.blocks):
+        raise CheckpointError(f"{series.root}: the model's blocks {act.blocks.tolist()} are not the checkpoints' "
+                              f"blocks {features.blocks.tolist()}; check --model and --blocks")
     return Stability(
         steps=features.steps, blocks=features.blocks, components=comps,
         relative_update=rel, distance_to_final=dist, norm=norm, param_norm=param_norm,
         cka_to_final=cka, motion=screen_motion(traj), hist=hist, hist_edges=edges,
         settle_threshold=opts.settle_threshold, settle_index=settle_index(dist, opts.settle_threshold),
-        points=features.name, trajectories=traj,
+        points=features.name, trajectories=traj, activations=act,
     )
+
+
+def measure_activations(series: Series, spec: ActivationSpec, workdir: Path, progress: bool = True) -> ActivationStats:
+    """Statistics of every block's output on the probe batch at every checkpoint of ``series``."""
+    from .features.activations import extract
+
+    f = extract(series, spec, workdir, progress)
+    return ActivationStats.from_arrays(f.steps, f.blocks, f.stats)
 
 
 def screen_motion(traj: Trajectories) -> np.ndarray:

@@ -127,16 +127,54 @@ class ActivationStats:
                    *(np.stack([r[k] for r in per_step]) for k in ("norm", "mean", "std", "near_zero")),
                    np.asarray(input_norm, np.float64), np.stack([r["hist"] for r in per_step]), threshold)
 
+    def table_rows(self, t: int = -1) -> tuple[list[str], list[list[str]]]:
+        """Header and rows (one per block) of key frame ``t`` (default the last), as text."""
+        head = ["block", "norm", "growth", "mean", "std", f"|a|<{self.threshold:g}"]
+        rows = [[str(int(b)), f"{self.norm[t, l]:.4g}", f"{self.growth[t, l]:.3f}", f"{self.mean[t, l]:.3g}",
+                 f"{self.std[t, l]:.4g}", f"{self.near_zero[t, l]:.1%}"] for l, b in enumerate(self.blocks)]
+        return head, rows
+
+    def headline(self, t: int = -1) -> str:
+        return f"activations at step {int(self.steps[t]):,}: norm growth {self.growth_per_block[t]:.3f}x per block"
+
     def table(self, t: int = -1) -> str:
         """A text table of key frame ``t`` (default the last): one row per block."""
-        lines = [f"activations at step {int(self.steps[t]):,}: norm growth {self.growth_per_block[t]:.3f}x per block",
-                 f"{'block':>5} {'norm':>10} {'growth':>7} {'mean':>10} {'std':>10} {'|a|<' + format(self.threshold, 'g'):>8}"]
-        for l, b in enumerate(self.blocks):
-            lines.append(f"{int(b):>5} {self.norm[t, l]:>10.4g} {self.growth[t, l]:>7.3f} {self.mean[t, l]:>10.3g} "
-                         f"{self.std[t, l]:>10.4g} {self.near_zero[t, l]:>8.1%}")
-        return "\n".join(lines)
+        head, rows = self.table_rows(t)
+        widths = [5, 10, 7, 10, 10, 8]
+        return "\n".join([self.headline(t)] + [" ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]])
+
+    def over_time(self) -> str:
+        """Text tables of every measure over training: one row per key frame, one column per block."""
+        measures = [("mean token norm (last column: growth per block, geometric mean)", self.norm, ".4g"),
+                    ("growth of the norm: block l / block l-1 (block 0: / its input)", self.growth, ".3f"),
+                    ("mean", self.mean, ".3g"), ("std", self.std, ".4g"),
+                    (f"fraction near zero (|a| < {self.threshold:g})", self.near_zero, ".1%")]
+        out = []
+        for title, values, fmt in measures:
+            head = ["step", *(f"L{int(b)}" for b in self.blocks)] + (["per block"] if values is self.norm else [])
+            rows = [[f"{int(s):,}", *(format(v, fmt) for v in values[t])]
+                    + ([f"{self.growth_per_block[t]:.3f}x"] if values is self.norm else [])
+                    for t, s in enumerate(self.steps)]
+            widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+            out += [f"activations: {title}"] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]] + [""]
+        return "\n".join(out + [self.table()])
+
+    def records(self) -> list[dict]:
+        """One JSON-ready dict per block (in ``blocks`` order) of ``act_*`` series over the key frames;
+        the block-independent ones (threshold, input norm, growth per block, histogram edges) in each."""
+        shared = {"act_threshold": self.threshold, "act_input_norm": json_series(self.input_norm),
+                  "act_growth_per_block": json_series(self.growth_per_block), "act_hist_edges": HIST_EDGES.tolist()}
+        return [{"act_norm": json_series(self.norm[:, l]), "act_mean": json_series(self.mean[:, l]),
+                 "act_std": json_series(self.std[:, l]), "act_near_zero": json_series(self.near_zero[:, l]),
+                 "act_growth": json_series(self.growth[:, l]), "act_hist": self.hist[:, l].tolist(), **shared}
+                for l in range(len(self.blocks))]
 
     def hot(self, block: int) -> np.ndarray:
         """(N_BINS, T) log(1 + count) of block index ``block`` (position in ``blocks``): the HOT chart,
         value bins bottom (most negative) to top, time left to right."""
         return np.log1p(self.hist[:, block, :].T.astype(np.float64))
+
+
+def json_series(x: np.ndarray) -> list[float | None]:
+    """JSON-ready floats, NaN and infinities as None."""
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(x, np.float64)]
