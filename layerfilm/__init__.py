@@ -4,7 +4,8 @@ from .errors import LayerfilmError
 from .features.act_stats import ActivationStats
 from .film import FilmOptions, FilmResult, export_points, render, write_film
 from .features.weights import WeightSpec, extract
-from .figures import heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure, stills_figure
+from .figures import (activation_hot_figure, activation_near_zero_figure, activation_norm_figure, heatmap_figure,
+                      hot_figure, norm_figure, save_figure, settling_figure, stills_figure)
 from .project import Trajectories, project
 from .project_umap import UmapOptions
 from .render import Renderer, Style
@@ -18,6 +19,7 @@ __all__ = [
     "Trajectories", "UmapOptions", "WeightSpec", "export_points", "extract", "project", "render", "scan", "write_film",
     "Report", "Stability", "StabilityOptions", "Stills", "heatmap_figure", "hot_figure", "measure", "norm_figure",
     "report", "save_figure", "settling_figure", "stills", "stills_figure",
+    "activation_hot_figure", "activation_near_zero_figure", "activation_norm_figure",
 ]
 __version__ = "0.1.0"
 

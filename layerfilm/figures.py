@@ -269,9 +269,9 @@ def activation_norm_figure(act: ActivationStats) -> "Figure":
         x, y = (np.r_[-1, depth], np.r_[act.input_norm[t], act.norm[t]]) if with_input else (depth, act.norm[t])
         left.plot(x, y, "o-", color=colours[t], markersize=3, linewidth=1.2, label=f"step {int(step):,}")
     left.set_yscale("log")
-    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.2, 3 rather than 2x10^-1, 3x10^0
-    left.yaxis.set_major_formatter(plain)
-    left.yaxis.set_minor_formatter(plain)
+    left.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.2, 3 rather than 2x10^-1, 3x10^0
+    left.yaxis.set_minor_formatter(FuncFormatter(  # label 2, 3 and 5 of each decade only
+        lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5) else ""))
     left.set_xticks(np.r_[-1, depth] if with_input else depth,
                     (["in"] if with_input else []) + [f"L{int(b)}" for b in act.blocks])
     left.set_xlabel("block (depth)")
