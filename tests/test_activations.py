@@ -287,6 +287,20 @@ def test_a_failing_forward_pass_is_one_clear_line(run_cli, tmp_path):
     assert code == 0, err
 
 
+def make_model_from_metadata(path):
+    raise KeyError("config")  # e.g. a checkpoint written without the metadata the factory expects
+
+
+def test_a_failing_model_factory_is_one_clear_line(tiny_run, run_cli, tmp_path):
+    ref = f"{__file__}:make_model_from_metadata"
+    code, _, err = run_cli("render", tiny_run, "--features", "activations", "--model", ref, "--out", tmp_path / "a.webm",
+                           "--quiet", "--device", "cpu")
+    first = sorted(tiny_run.glob("*.safetensors"))[0]
+    assert (code, err) == (2, f"layerfilm: error: --model {ref}: make_model_from_metadata({first}) failed: "
+                              "KeyError: 'config'\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_activation_films_are_cached_until_the_probe_changes(llama_run, run_cli, tmp_path, monkeypatch):
     import layerfilm.film as film
 

@@ -178,7 +178,14 @@ def build_model(spec: ActivationSpec, ckpt: Checkpoint, device: torch.device) ->
     dtype = DTYPES[spec.dtype]
     if spec.model is not None:
         factory = load_factory(spec.model)
-        make = (lambda: factory(ckpt.path)) if inspect.signature(factory).parameters else factory
+        takes_path = bool(inspect.signature(factory).parameters)
+
+        def make() -> torch.nn.Module:
+            try:
+                return factory(ckpt.path) if takes_path else factory()
+            except Exception as e:  # the user's code: one line that says whose call failed, not a traceback
+                call = f"{spec.model.rpartition(':')[2]}({ckpt.path if takes_path else ''})"
+                raise OptionsError(f"--model {spec.model}: {call} failed: {type(e).__name__}: {e}") from None
     else:
         folder = model_folder(ckpt)
         if not (folder / "config.json").is_file():
