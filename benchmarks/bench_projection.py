@@ -8,7 +8,8 @@ Features are random walks (each key frame = the previous plus noise, decaying sp
 benchmark's own memory small (128 x 179 x 512 x 256 float32 is 12 GB) the store cycles through
 ``--distinct`` precomputed key frames held in RAM; every method still reads and computes on T full
 frames, but disk reading (the real FeatureStore's np.load) is not timed. UMAP is timed per block
-in-process (one core) for growing T to show the trend, and its numba compilation is reported apart.
+in-process for growing T to show the trend, on one core with one BLAS and numba thread as in a
+worker process (``_worker_init``), and its numba compilation is reported apart.
 The goal column is the issue's: pca/procrustes under 10 s, umap under 600 s, on 2 CPU cores.
 """
 
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from layerfilm.features import Features  # noqa: E402
 from layerfilm.project import project  # noqa: E402
-from layerfilm.project_umap import UmapOptions, layout_block  # noqa: E402
+from layerfilm.project_umap import UmapOptions, _worker_init, layout_block  # noqa: E402
 
 
 class SyntheticStore:
@@ -84,6 +85,7 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     opts = UmapOptions(jobs=1)
+    _worker_init()
     small = features(3, 1, 64, 16, 3).store.block(0)
     sec, _ = timed(lambda: layout_block(small, opts))
     rows.append(("umap numba compile + import (first call per process)", "1x3x64x16", sec, None))
