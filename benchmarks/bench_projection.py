@@ -31,26 +31,37 @@ from layerfilm.project_umap import UmapOptions, _worker_init, layout_block  # no
 
 
 class SyntheticStore:
-    """store[t] -> (L, N, D) float32, cycling through ``distinct`` random-walk frames."""
+    """store[t] -> (L, N, D) float32, cycling through ``distinct`` random-walk frames; each block's walk
+    comes from its own seed, so a worker process regenerates just its block (the store pickles small)."""
 
     def __init__(self, T: int, L: int, N: int, D: int, distinct: int = 6, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        scale = np.geomspace(1.0, 0.05, D).astype(np.float32)
-        x = rng.standard_normal((L, N, D), dtype=np.float32) * scale
-        self.pool = []
-        for _ in range(min(distinct, T)):
-            x = x + 0.1 * rng.standard_normal((L, N, D), dtype=np.float32) * scale
-            self.pool.append(x)
-        self.T = T
+        self.T, self.L, self.N, self.D, self.distinct, self.seed = T, L, N, D, min(distinct, T), seed
+        self._pool = None
+
+    def _walk(self, l: int) -> np.ndarray:
+        """(distinct, N, D) block l's random walk."""
+        rng = np.random.default_rng([self.seed, l])
+        scale = np.geomspace(1.0, 0.05, self.D).astype(np.float32)
+        x = rng.standard_normal((self.N, self.D), dtype=np.float32) * scale
+        walk = []
+        for _ in range(self.distinct):
+            x = x + 0.1 * rng.standard_normal((self.N, self.D), dtype=np.float32) * scale
+            walk.append(x)
+        return np.stack(walk)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pool": None}
 
     def __len__(self) -> int:
         return self.T
 
     def __getitem__(self, t: int) -> np.ndarray:
-        return self.pool[t % len(self.pool)]
+        if self._pool is None:
+            self._pool = np.stack([self._walk(l) for l in range(self.L)], axis=1)  # (distinct, L, N, D)
+        return self._pool[t % self.distinct]
 
     def block(self, l: int) -> np.ndarray:
-        return np.stack([self[t][l] for t in range(self.T)])
+        return self._walk(l)[np.arange(self.T) % self.distinct]
 
 
 def features(T: int, L: int, N: int, D: int, distinct: int) -> Features:

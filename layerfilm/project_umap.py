@@ -4,17 +4,22 @@ This is ``umap.AlignedUMAP.fit`` with the identity relation between consecutive 
 the same neuron in every frame), built from umap-learn's own pieces (fuzzy graphs, neighbourhood
 similarities, spectral init chained by Procrustes, the aligned SGD epoch), minus what makes it slow:
 
-- AlignedUMAP fits a full UMAP embedding per slice only to keep its graph; we build the graph only.
-- It recompiles its numba epoch at every call; we compile it once per process.
+- AlignedUMAP fits a full UMAP embedding per slice only to keep its graph; we build the graph only,
+  on exact nearest neighbours from one BLAS product per frame (below 4096 points).
+- Its numba epoch reads every layout through a typed list in the innermost loop and is recompiled at
+  every call; ours makes the same updates (tested bitwise) on plain arrays, compiled once per process.
 - It optimises all T slices jointly (cost ~ T x epochs). We fit jointly only every ``stride``-th key
-  frame (the anchors, at most 12 by default) and place each frame between two anchors by a short
-  aligned optimisation (``place_epochs``) that starts from the anchors' interpolation and is pulled
-  by the alignment term to its neighbours, the anchors held fixed. Every layout is still optimised
-  on its own frame's graph: motion on screen comes from that frame's data.
-- Blocks run in parallel worker processes (numba single-threaded in each, so results do not depend
-  on the number of workers). A worker holds one block's frames (T x N x D float32), read from the
-  feature store by memory map, so memory is bounded by jobs x one block.
+  frame (the anchors, at most 8 by default) and place each frame between two anchors by a short
+  aligned optimisation (``place_epochs`` at ``place_rate``) that starts from the anchors'
+  interpolation and is pulled by the alignment term to its neighbours, the anchors held fixed. Every
+  layout is still optimised on its own frame's graph: motion on screen comes from that frame's data.
+- Blocks run in parallel worker processes (numba and BLAS single-threaded in each, so results do not
+  depend on the number of workers). A worker holds one block's frames (T x N x D float32), read from
+  the feature store by memory map, so memory is bounded by jobs x one block.
 - A block whose points did not change between key frames keeps its layout exactly.
+
+Cost per block (512 x 256, one core, benchmarks/bench_projection.py): the joint fit is fixed (anchors
+x epochs), graphs and placement grow linearly with the key frames.
 
 Deterministic for a given seed. umap's ``min_dist`` is honoured (AlignedUMAP ignores it in its
 aligned optimisation: it never passes ``a, b``).
