@@ -8,7 +8,8 @@ Features are random walks (each key frame = the previous plus noise, decaying sp
 benchmark's own memory small (128 x 179 x 512 x 256 float32 is 12 GB) the store cycles through
 ``--distinct`` precomputed key frames held in RAM; every method still reads and computes on T full
 frames, but disk reading (the real FeatureStore's np.load) is not timed. UMAP is timed per block
-in-process (one core) for growing T to show the trend, and its numba compilation is reported apart.
+in-process for growing T to show the trend, on one core with one BLAS and numba thread as in a
+worker process (``_worker_init``), and its numba compilation is reported apart.
 The goal column is the issue's: pca/procrustes under 10 s, umap under 600 s, on 2 CPU cores.
 """
 
@@ -26,30 +27,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from layerfilm.features import Features  # noqa: E402
 from layerfilm.project import project  # noqa: E402
-from layerfilm.project_umap import UmapOptions, layout_block  # noqa: E402
+from layerfilm.project_umap import UmapOptions, _worker_init, layout_block  # noqa: E402
 
 
 class SyntheticStore:
-    """store[t] -> (L, N, D) float32, cycling through ``distinct`` random-walk frames."""
+    """store[t] -> (L, N, D) float32, cycling through ``distinct`` random-walk frames; each block's walk
+    comes from its own seed, so a worker process regenerates just its block (the store pickles small)."""
 
     def __init__(self, T: int, L: int, N: int, D: int, distinct: int = 6, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        scale = np.geomspace(1.0, 0.05, D).astype(np.float32)
-        x = rng.standard_normal((L, N, D), dtype=np.float32) * scale
-        self.pool = []
-        for _ in range(min(distinct, T)):
-            x = x + 0.1 * rng.standard_normal((L, N, D), dtype=np.float32) * scale
-            self.pool.append(x)
-        self.T = T
+        self.T, self.L, self.N, self.D, self.distinct, self.seed = T, L, N, D, min(distinct, T), seed
+        self._pool = None
+
+    def _walk(self, l: int) -> np.ndarray:
+        """(distinct, N, D) block l's random walk."""
+        rng = np.random.default_rng([self.seed, l])
+        scale = np.geomspace(1.0, 0.05, self.D).astype(np.float32)
+        x = rng.standard_normal((self.N, self.D), dtype=np.float32) * scale
+        walk = []
+        for _ in range(self.distinct):
+            x = x + 0.1 * rng.standard_normal((self.N, self.D), dtype=np.float32) * scale
+            walk.append(x)
+        return np.stack(walk)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pool": None}
 
     def __len__(self) -> int:
         return self.T
 
     def __getitem__(self, t: int) -> np.ndarray:
-        return self.pool[t % len(self.pool)]
+        if self._pool is None:
+            self._pool = np.stack([self._walk(l) for l in range(self.L)], axis=1)  # (distinct, L, N, D)
+        return self._pool[t % self.distinct]
 
     def block(self, l: int) -> np.ndarray:
-        return np.stack([self[t][l] for t in range(self.T)])
+        return self._walk(l)[np.arange(self.T) % self.distinct]
 
 
 def features(T: int, L: int, N: int, D: int, distinct: int) -> Features:
@@ -84,6 +96,7 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     opts = UmapOptions(jobs=1)
+    _worker_init()
     small = features(3, 1, 64, 16, 3).store.block(0)
     sec, _ = timed(lambda: layout_block(small, opts))
     rows.append(("umap numba compile + import (first call per process)", "1x3x64x16", sec, None))

@@ -4,17 +4,22 @@ This is ``umap.AlignedUMAP.fit`` with the identity relation between consecutive 
 the same neuron in every frame), built from umap-learn's own pieces (fuzzy graphs, neighbourhood
 similarities, spectral init chained by Procrustes, the aligned SGD epoch), minus what makes it slow:
 
-- AlignedUMAP fits a full UMAP embedding per slice only to keep its graph; we build the graph only.
-- It recompiles its numba epoch at every call; we compile it once per process.
+- AlignedUMAP fits a full UMAP embedding per slice only to keep its graph; we build the graph only,
+  on exact nearest neighbours from one BLAS product per frame (below 4096 points).
+- Its numba epoch reads every layout through a typed list in the innermost loop and is recompiled at
+  every call; ours makes the same updates (tested bitwise) on plain arrays, compiled once per process.
 - It optimises all T slices jointly (cost ~ T x epochs). We fit jointly only every ``stride``-th key
-  frame (the anchors, at most 12 by default) and place each frame between two anchors by a short
-  aligned optimisation (``place_epochs``) that starts from the anchors' interpolation and is pulled
-  by the alignment term to its neighbours, the anchors held fixed. Every layout is still optimised
-  on its own frame's graph: motion on screen comes from that frame's data.
-- Blocks run in parallel worker processes (numba single-threaded in each, so results do not depend
-  on the number of workers). A worker holds one block's frames (T x N x D float32), read from the
-  feature store by memory map, so memory is bounded by jobs x one block.
+  frame (the anchors, at most 8 by default) and place each frame between two anchors by a short
+  aligned optimisation (``place_epochs`` at ``place_rate``) that starts from the anchors'
+  interpolation and is pulled by the alignment term to its neighbours, the anchors held fixed. Every
+  layout is still optimised on its own frame's graph: motion on screen comes from that frame's data.
+- Blocks run in parallel worker processes (numba and BLAS single-threaded in each, so results do not
+  depend on the number of workers). A worker holds one block's frames (T x N x D float32), read from
+  the feature store by memory map, so memory is bounded by jobs x one block.
 - A block whose points did not change between key frames keeps its layout exactly.
+
+Cost per block (512 x 256, one core, benchmarks/bench_projection.py): the joint fit is fixed (anchors
+x epochs), graphs and placement grow linearly with the key frames.
 
 Deterministic for a given seed. umap's ``min_dist`` is honoured (AlignedUMAP ignores it in its
 aligned optimisation: it never passes ``a, b``).
@@ -36,7 +41,7 @@ from .errors import OptionsError
 from .features import Features
 from .project import PROJECTIONS, Trajectories
 
-MAX_ANCHORS = 12  # auto stride: fit AlignedUMAP jointly on at most this many key frames
+MAX_ANCHORS = 8  # auto stride: fit AlignedUMAP jointly on at most this many key frames
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,12 @@ class UmapOptions:
     window: alignment_window_size: how many frames each side a point is aligned to.
     epochs: SGD epochs of the joint fit on the anchor frames (AlignedUMAP's default 200).
     place_epochs: epochs for each frame placed between two anchors.
-    stride: fit jointly every stride-th key frame (and the last); 0 = auto (at most 12 anchors);
+    place_rate: initial learning rate of the placement (the joint fit's is 1): low, as in
+            ``UMAP.transform`` (1/4), since a placed frame starts from a good layout. Measured on
+            random walks and drifting clusters (512 x 256, 179 key frames): 5 epochs at 0.1 keep each
+            frame's trustworthiness (sklearn, 15 neighbours) at or above 15 epochs at 1.0, with half
+            the frame-to-frame motion (no SGD jitter) at a third of the cost.
+    stride: fit jointly every stride-th key frame (and the last); 0 = auto (at most 8 anchors);
             1 = plain AlignedUMAP on every key frame.
     jobs: worker processes over blocks; 0 = one per CPU core.
     seed: seeds the graphs, initialisation and SGD.
@@ -60,7 +70,8 @@ class UmapOptions:
     alignment: float = 0.01
     window: int = 3
     epochs: int = 200
-    place_epochs: int = 15
+    place_epochs: int = 5
+    place_rate: float = 0.1
     stride: int = 0
     jobs: int = 0
     seed: int = 0
@@ -75,6 +86,8 @@ class UmapOptions:
         for name in ("window", "epochs", "place_epochs"):
             if getattr(self, name) < 1:
                 raise OptionsError(f"umap {name} {getattr(self, name)}: must be at least 1")
+        if not 0 < self.place_rate <= 1:
+            raise OptionsError(f"umap place_rate {self.place_rate}: must be in (0, 1]")
         if self.stride < 0 or self.jobs < 0:
             raise OptionsError(f"--umap-stride {self.stride} / --jobs {self.jobs}: must be 0 (auto) or positive")
 
@@ -90,10 +103,64 @@ def _umap():
 
 @lru_cache(maxsize=None)
 def _epoch_fn():
-    """umap's aligned SGD epoch, compiled once per process (AlignedUMAP recompiles it every call)."""
-    from umap.layouts import _optimize_layout_aligned_euclidean_single_epoch
+    """umap's aligned SGD epoch (umap.layouts._optimize_layout_aligned_euclidean_single_epoch, 2-D, the
+    same updates, random numbers and order), compiled once per process, on arrays instead of lists of
+    arrays: slices' layouts (S, N, 2) and edges (S, E) padded to the longest slice. Reading a layout
+    through a numba typed list in the innermost loop made umap's version ~N x slower (measured)."""
+    numba = _umap()
+    from umap.utils import tau_rand_int
 
-    return _umap().njit(_optimize_layout_aligned_euclidean_single_epoch, fastmath=True)
+    @numba.njit(fastmath=True, inline="always")
+    def clip(v):
+        return 4.0 if v > 4.0 else (-4.0 if v < -4.0 else v)
+
+    @numba.njit(fastmath=True, inline="always")
+    def pull(emb, sim, rel, coef, m, j, d):
+        """The alignment term: point j's pull (dimension d) to its place in the slices around m."""
+        w = (rel.shape[1] - 1) // 2
+        out = 0.0
+        for o in range(-w, w):  # umap's window, as it is (it stops short of +w)
+            s = m + o
+            if o != 0 and 0 <= s < emb.shape[0] and rel[m, o + w, j] >= 0:
+                out += clip(coef[o + w] * sim[m, o + w, j] * (emb[m, j, d] - emb[s, rel[m, o + w, j], d]))
+        return out
+
+    @numba.njit(fastmath=True)
+    def epoch(emb, heads, tails, n_edges, eps, next_s, eps_neg, next_neg, sim, rel, coef, a, b, move_other,
+              alpha, n, rng_state):
+        S, N = emb.shape[0], emb.shape[1]
+        order = np.arange(S).astype(np.int32)
+        np.random.seed(abs(rng_state[0]))
+        np.random.shuffle(order)
+        for i in range(heads.shape[1]):
+            for m in order:
+                if i >= n_edges[m] or next_s[m, i] > n:
+                    continue
+                j, k = heads[m, i], tails[m, i]
+                d2 = (emb[m, j, 0] - emb[m, k, 0]) ** 2 + (emb[m, j, 1] - emb[m, k, 1]) ** 2
+                g = -2.0 * a * b * d2 ** (b - 1.0) / (a * d2 ** b + 1.0) if d2 > 0.0 else 0.0
+                for d in range(2):
+                    emb[m, j, d] += clip(clip(g * (emb[m, j, d] - emb[m, k, d])) - pull(emb, sim, rel, coef, m, j, d)) * alpha
+                    if move_other:
+                        emb[m, k, d] += clip(clip(g * (emb[m, k, d] - emb[m, j, d]))
+                                             - pull(emb, sim, rel, coef, m, k, d)) * alpha
+                next_s[m, i] += eps[m, i]
+                n_neg = int((n - next_neg[m, i]) / eps_neg[m, i]) if eps_neg[m, i] > 0 else 0
+                for _ in range(n_neg):
+                    k = tau_rand_int(rng_state) % N
+                    d2 = (emb[m, j, 0] - emb[m, k, 0]) ** 2 + (emb[m, j, 1] - emb[m, k, 1]) ** 2
+                    if d2 > 0.0:
+                        g = 2.0 * b / ((0.001 + d2) * (a * d2 ** b + 1.0))  # umap's gamma (repulsion) 1
+                    elif j == k:
+                        continue
+                    else:
+                        g = 0.0
+                    for d in range(2):
+                        push = clip(g * (emb[m, j, d] - emb[m, k, d])) if g > 0.0 else 0.0
+                        emb[m, j, d] += clip(push - pull(emb, sim, rel, coef, m, j, d)) * alpha
+                next_neg[m, i] += n_neg * eps_neg[m, i]
+
+    return epoch
 
 
 @lru_cache(maxsize=8)
@@ -106,14 +173,23 @@ def _relations(m: int, n: int, window: int) -> np.ndarray:
 
 
 def _graph(x: np.ndarray, opts: UmapOptions, rs: np.random.RandomState):
-    """The fuzzy neighbour graph of one frame, as UMAP.fit builds it (exact distances under 4096 points)."""
-    from sklearn.metrics import pairwise_distances
+    """The fuzzy neighbour graph of one frame, as UMAP.fit builds it, on exact nearest neighbours (the
+    point itself first, as umap's) from one BLAS product of the centred points (float32, as umap's own
+    distances); approximate (NN-descent, umap's default) from 4096 points on."""
     from umap.umap_ import fuzzy_simplicial_set
 
     k = min(opts.neighbors, len(x) - 1)
-    if len(x) < 4096:
-        return fuzzy_simplicial_set(pairwise_distances(x), k, rs, "precomputed")[0]
-    return fuzzy_simplicial_set(x, k, rs, "euclidean")[0]
+    if len(x) >= 4096:
+        return fuzzy_simplicial_set(x, k, rs, "euclidean")[0]
+    xc = x - x.mean(axis=0)
+    sq = np.einsum("nd,nd->n", xc, xc)
+    d2 = sq[:, None] + sq[None, :] - 2 * (xc @ xc.T)
+    np.fill_diagonal(d2, -np.inf)
+    idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
+    d2 = np.take_along_axis(d2, idx, axis=1)
+    order = np.argsort(d2, axis=1, kind="stable")
+    idx, d2 = np.take_along_axis(idx, order, axis=1), np.take_along_axis(d2, order, axis=1)
+    return fuzzy_simplicial_set(x, k, rs, "euclidean", knn_indices=idx, knn_dists=np.sqrt(np.maximum(d2, 0)))[0]
 
 
 def similarities(graphs: list, relations: np.ndarray) -> np.ndarray:
@@ -136,38 +212,33 @@ def similarities(graphs: list, relations: np.ndarray) -> np.ndarray:
 
 
 def _optimize(embs: list[np.ndarray], graphs: list, frozen: set[int], epochs: int, opts: UmapOptions,
-              rs: np.random.RandomState, move_other: bool) -> list[np.ndarray]:
-    """umap.layouts.optimize_layout_aligned_euclidean with a once-compiled epoch; frozen slices never move."""
-    numba = _umap()
+              rs: np.random.RandomState, move_other: bool, alpha: float = 1.0) -> np.ndarray:
+    """umap.layouts.optimize_layout_aligned_euclidean with our epoch (``_epoch_fn``): (S, N, 2) layouts of
+    the slices, starting from ``embs``, each on its own graph; ``frozen`` slices never move."""
     from umap.umap_ import find_ab_params, make_epochs_per_sample
 
-    L = numba.typed.List
-    lists = {name: L.empty_list(numba.types.int32[::1]) for name in ("indptr", "indices", "heads", "tails")}
-    eps = L.empty_list(numba.types.float64[::1])
+    S, E = len(graphs), max(g.nnz for g in graphs)
+    heads, tails = np.zeros((2, S, E), np.int32)
+    eps = np.ones((S, E))
     for i, g in enumerate(graphs):
         coo = g.tocoo()
-        for name, arr in (("indptr", g.indptr), ("indices", g.indices), ("heads", coo.row), ("tails", coo.col)):
-            lists[name].append(np.ascontiguousarray(arr, np.int32))
-        eps.append(np.full(coo.nnz, epochs + 1.0) if i in frozen else make_epochs_per_sample(coo.data, epochs))
-    relations = _relations(len(graphs), embs[0].shape[0], opts.window)
+        heads[i, :coo.nnz], tails[i, :coo.nnz] = coo.row, coo.col
+        eps[i, :coo.nnz] = epochs + 1.0 if i in frozen else make_epochs_per_sample(coo.data, epochs)
+    n_edges = np.array([g.nnz for g in graphs])
+    relations = _relations(S, embs[0].shape[0], opts.window)
     weights = similarities(graphs, relations)
-    heads = L.empty_list(numba.types.float32[:, ::1])
-    for e in embs:
-        heads.append(np.ascontiguousarray(e, np.float32))
-    neg = L.empty_list(numba.types.float32[::1])
-    next_neg = L.empty_list(numba.types.float32[::1])
-    next_s = L.empty_list(numba.types.float32[::1])
-    for e in eps:
-        neg.append((e / 5.0).astype(np.float32))
-        next_neg.append((e / 5.0).astype(np.float32))
-        next_s.append(e.astype(np.float32))
+    offsets = np.abs(np.arange(-opts.window, opts.window + 1))
+    coef = opts.alignment * np.exp(-(offsets - 1.0))  # umap's alignment weight by distance in slices
+    emb = np.array(embs, np.float32)
+    next_s, neg = eps.astype(np.float32), (eps / 5.0).astype(np.float32)
+    next_neg = neg.copy()
     a, b = find_ab_params(1.0, opts.min_dist)
     seed = rs.randint(np.iinfo(np.int32).min + 1, np.iinfo(np.int32).max - 1, 3).astype(np.int64)
     fn = _epoch_fn()
     for n in range(epochs):
-        fn(heads, heads, lists["heads"], lists["tails"], eps, a, b, weights, relations, seed, 1.0,
-           opts.alignment, 2, move_other, 1.0 - n / epochs, neg, next_neg, next_s, n)
-    return list(heads)
+        fn(emb, heads, tails, n_edges, eps, next_s, neg, next_neg, weights, relations, coef, a, b, move_other,
+           alpha * (1.0 - n / epochs), n, seed)
+    return emb
 
 
 def layout_block(frames: np.ndarray, opts: UmapOptions) -> np.ndarray:
@@ -200,13 +271,20 @@ def layout_block(frames: np.ndarray, opts: UmapOptions) -> np.ndarray:
         if b - a < 2:
             continue
         mids = [((b - i) * out[a] + (i - a) * out[b]) / (b - a) for i in range(a + 1, b)]
-        placed = _optimize([out[a], *mids, out[b]], graphs[a:b + 1], {0, b - a}, opts.place_epochs, opts, rs, False)
+        placed = _optimize([out[a], *mids, out[b]], graphs[a:b + 1], {0, b - a}, opts.place_epochs, opts, rs, False,
+                           opts.place_rate)
         out[a + 1:b] = placed[1:-1]
     return np.stack(out)[which]
 
 
 def _worker_init() -> None:
+    """One thread each for numba and BLAS in a worker: the workers already fill the cores, and a
+    threaded numba or OpenBLAS spin-waits on busy cores (the graphs' products and numba's parallel
+    loops were several times slower, measured)."""
+    from threadpoolctl import threadpool_limits
+
     _umap().set_num_threads(1)
+    threadpool_limits(1)
 
 
 def _run_block(args: tuple) -> np.ndarray:

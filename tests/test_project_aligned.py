@@ -167,3 +167,35 @@ def test_similarities_match_umap(tmp_path):
     expected = build_neighborhood_similarities(ip, ix, rel)
     assert expected.max() > 0
     np.testing.assert_allclose(U.similarities(graphs, rel), expected, rtol=1e-6)
+
+
+def test_epoch_matches_umap():
+    """Our compiled aligned epoch makes exactly umap-learn's updates (same random numbers and order)."""
+    import numba
+    from umap.layouts import _optimize_layout_aligned_euclidean_single_epoch as theirs
+    from umap.umap_ import find_ab_params, make_epochs_per_sample
+
+    import layerfilm.project_umap as U
+
+    frames, opts, epochs = drifting(T=4, L=1, N=60, D=6, frozen=(0, 0, 0)), UmapOptions(neighbors=6, alignment=0.05), 3
+    graphs = [U._graph(x[0], opts, np.random.RandomState(0)) for x in frames]
+    start = [np.random.default_rng(i).standard_normal((60, 2)).astype(np.float32) for i in range(4)]
+    rel = U._relations(4, 60, opts.window)
+    L = numba.typed.List
+    heads, rows, cols, eps, neg, next_neg, next_s = L(), L(), L(), L(), L(), L(), L()
+    for i, (g, e) in enumerate(zip(graphs, start)):
+        coo = g.tocoo()
+        e_p_s = np.full(coo.nnz, epochs + 1.0) if i == 1 else make_epochs_per_sample(coo.data, epochs)
+        for lst, arr in ((heads, e.copy()), (rows, coo.row.astype(np.int32)), (cols, coo.col.astype(np.int32)),
+                         (eps, e_p_s), (neg, (e_p_s / 5).astype(np.float32)),
+                         (next_neg, (e_p_s / 5).astype(np.float32)), (next_s, e_p_s.astype(np.float32))):
+            lst.append(arr)
+    a, b = find_ab_params(1.0, opts.min_dist)
+    seed = np.random.RandomState(5).randint(np.iinfo(np.int32).min + 1, np.iinfo(np.int32).max - 1, 3).astype(np.int64)
+    epoch = numba.njit(theirs, fastmath=True)
+    for n in range(epochs):
+        epoch(heads, heads, rows, cols, eps, a, b, U.similarities(graphs, rel), rel, seed, 1.0, opts.alignment, 2, True,
+              1.0 - n / epochs, neg, next_neg, next_s, n)
+    ours = U._optimize(start, graphs, {1}, epochs, opts, np.random.RandomState(5), True)
+    assert np.abs(ours - start).max() > 0.1
+    np.testing.assert_array_equal(ours, np.stack(list(heads)))
