@@ -199,7 +199,7 @@ def _add_projection_details(g) -> None:
     g.add_argument("--umap-min-dist", type=float, default=0.1, metavar="D", help="umap: min_dist, how tightly points pack (default 0.1)")
     g.add_argument("--umap-alignment", type=float, default=0.01, metavar="W", help="umap: alignment_regularisation, pull of a point to its place in nearby key frames (default 0.01)")
     g.add_argument("--umap-stride", type=int, default=0, metavar="K", help="umap: fit AlignedUMAP jointly on every K-th key frame (and the last) and place the frames between "
-                   "by a short aligned optimisation anchored to both; 1 = every key frame jointly; default 0 = auto (at most 12 jointly fitted)")
+                   "by a short aligned optimisation anchored to both; 1 = every key frame jointly; default 0 = auto (at most 8 jointly fitted)")
     g.add_argument("--jobs", type=int, default=0, metavar="N", help="umap: worker processes over blocks (default 0: one per CPU core); results do not depend on it")
     g.add_argument("--stats", action="store_true", help="print a per-block table to stdout: mean and max displacement of points between consecutive key frames "
                    "relative to the cloud's RMS spread, and for pca/procrustes the variance explained by the two axes (also in --export-points)")
