@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .errors import OptionsError
 from .features import Features
+from .features.motion import sum_sq
 from .registry import Registry
 
 FITS = ("all", "first", "last")
@@ -101,11 +102,6 @@ def _gram(y: np.ndarray) -> np.ndarray:
     return (y.transpose(0, 2, 1) @ y).astype(np.float64)
 
 
-def _sumsq(x: np.ndarray) -> np.ndarray:
-    """(L,) sum of squares of x (L, N, D): float32 per row (no float64 copy of x), float64 over rows."""
-    return np.einsum("lnd,lnd->ln", x, x).sum(axis=1, dtype=np.float64)
-
-
 @contextmanager
 def _chunks(L: int):
     """Yields run(fn): fn(blocks) for every slice of ``CHUNK`` blocks of ``range(L)``, on a thread per
@@ -149,7 +145,7 @@ def project_pca(features: Features, progress: bool = True, fit: str = "all") -> 
         xs = x[b] - shift[b]
         cq[b] += xs.transpose(0, 2, 1) @ (xs @ q[b])
         sx[b] += xs.sum(axis=1)
-        sxx[b] += _sumsq(xs)
+        sxx[b] += sum_sq(xs)
 
     def project_chunk(x: np.ndarray, b: slice, t: int) -> None:
         np.matmul(x[b] - shift[b], q[b], out=coords[t, b])
@@ -214,7 +210,7 @@ def project_procrustes(features: Features, progress: bool = True) -> Trajectorie
         for _ in range(PROCRUSTES_ITERS[t > 0]):
             qb = np.linalg.qr(xc.transpose(0, 2, 1) @ (xc @ qb))[0]
         y = xc @ qb  # (l, N, k)
-        q[b], rot, ratios[t, b] = _ritz(qb, _gram(y) / N, _sumsq(xc) / N)
+        q[b], rot, ratios[t, b] = _ritz(qb, _gram(y) / N, sum_sq(xc) / N)
         cur = y @ rot[:, :, :2].astype(np.float32)
         if prev_x is not None:
             prev = xy[t - 1, b]

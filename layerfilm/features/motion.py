@@ -23,15 +23,16 @@ def relative_update(prev_sq: np.ndarray, norm: np.ndarray, steps: np.ndarray) ->
     return rel
 
 
-def _sum_sq(x: np.ndarray, minus: np.ndarray | None = None, buf: np.ndarray | None = None) -> np.ndarray:
-    """(L,) sum of squares of each block's (N, D) array in x (or of x - minus), float32 per row and
-    float64 over rows; one block at a time through ``buf`` so the work stays in the CPU's cache."""
-    out = np.empty(x.shape[0])
-    for l in range(x.shape[0]):
-        d = x[l] if minus is None else np.subtract(x[l], minus[l], out=buf)
-        d = d.reshape(d.shape[0], -1)
-        out[l] = np.einsum("nd,nd->n", d, d).sum(dtype=np.float64)
-    return out
+def sum_sq(x: np.ndarray) -> np.ndarray:
+    """(L,) sum of squares of each block's array in x (L, N, ...): float32 per row (no float64 copy of
+    x), float64 over rows."""
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    return np.einsum("lnd,lnd->ln", flat, flat).sum(axis=1, dtype=np.float64)
+
+
+def _sum_sq_diff(x: np.ndarray, y: np.ndarray, buf: np.ndarray) -> np.ndarray:
+    """(L,) ``sum_sq(x - y)``, one block at a time through ``buf`` so the difference stays in the CPU's cache."""
+    return np.concatenate([sum_sq(np.subtract(x[l], y[l], out=buf)[None]) for l in range(x.shape[0])])
 
 
 class PointMeasures:
@@ -44,8 +45,8 @@ class PointMeasures:
         self.sq: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (norm², to previous², to final²)
 
     def add(self, x: np.ndarray) -> None:
-        to_prev = _sum_sq(x, self.prev, self.buf) if self.prev is not None else np.zeros(x.shape[0])
-        self.sq.append((_sum_sq(x), to_prev, _sum_sq(x, self.final, self.buf)))
+        to_prev = _sum_sq_diff(x, self.prev, self.buf) if self.prev is not None else np.zeros(x.shape[0])
+        self.sq.append((sum_sq(x), to_prev, _sum_sq_diff(x, self.final, self.buf)))
         self.prev = x
 
     def result(self, steps: np.ndarray) -> dict[str, np.ndarray]:
