@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import closing
+from itertools import chain
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -115,7 +116,8 @@ def extract(series: Series, spec: WeightSpec, workdir: Path, progress: bool = Tr
     final = read(series.checkpoints[-1])  # the overlay's distance to the final key frame, measured on the way
     measures = PointMeasures(final) if not isinstance(final, CheckpointError) else None
     # the next checkpoints are read in a thread while this one is written to the store
-    with closing(prefetch(read(c) for c in series.checkpoints)) as points:
+    ahead = chain((read(c) for c in series.checkpoints[:-1]), [final])  # the final one is read already
+    with closing(prefetch(ahead)) as points:
         for ckpt, pts in zip(tqdm(series.checkpoints, desc="loading", unit="ckpt", disable=not progress), points):
             if isinstance(pts, CheckpointError):
                 if strict:
