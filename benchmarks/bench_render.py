@@ -46,6 +46,8 @@ from layerfilm.animate import Timeline, lerp  # noqa: E402
 from layerfilm.encode import ENCODERS, EncodeOptions, _raw_input, ffmpeg_exe  # noqa: E402
 from layerfilm.film import FilmOptions, caption, cached_trajectories  # noqa: E402
 from layerfilm.render import Renderer, Style  # noqa: E402
+
+FPS = 15.0
 from layerfilm.scan import scan  # noqa: E402
 
 # runs the CLI in a child that reports its own peak RSS, its children's (ffmpeg), and the CPU seconds of both
@@ -73,7 +75,7 @@ def run_cli(args: list[str]) -> tuple[float, float, int, int]:
 
 def floor(frames: list[np.ndarray], n: int, size: tuple[int, int], opts: EncodeOptions, out: Path) -> tuple[float, float]:
     """(wall, CPU) seconds for ffmpeg alone to encode ``n`` frames cycled from ``frames`` with layerfilm's flags."""
-    cmd = [ffmpeg_exe(), "-v", "error", "-y", *_raw_input(size, opts.fps), *ENCODERS.get("webm")(opts), str(out)]
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", *_raw_input(size, FPS), *ENCODERS.get("webm")(opts), str(out)]
     cpu = cpu_of_children()
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
@@ -113,9 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     series = scan(ref)
     T = len(series)
     quarter = max(2, round(T / 4))
-    fps = 15.0
+    fps = FPS
     n = Timeline(T, fps, 1.0).n_frames
-    enc = EncodeOptions(fps=fps, preset=a.preset)
+    enc = EncodeOptions(preset=a.preset)
     style = Style(w, h)
     rows = []
 

@@ -15,6 +15,22 @@ import numpy as np
 from .errors import OptionsError
 
 
+MAX_FPS = 240.0  # beyond this no player shows the frames; --fps 1e6 would ask for millions
+MAX_SECONDS_PER_KEYFRAME = 3600.0
+MAX_FRAMES = 500_000  # about 9 hours at 15 fps
+
+
+def check_time(fps: float, seconds_per_keyframe: float) -> None:
+    """The rules for --fps and --seconds-per-keyframe, checked before any work (nan and inf refused)."""
+    if not 0 < fps <= MAX_FPS:
+        raise OptionsError(f"--fps {fps}: must be a number above 0 and at most {MAX_FPS:g}")
+    if not 0 < seconds_per_keyframe <= MAX_SECONDS_PER_KEYFRAME:
+        raise OptionsError(f"--seconds-per-keyframe {seconds_per_keyframe}: must be a number above 0 "
+                           f"and at most {MAX_SECONDS_PER_KEYFRAME:g}")
+    if round(fps * seconds_per_keyframe) < 1:
+        raise OptionsError(f"--fps {fps} x --seconds-per-keyframe {seconds_per_keyframe} is under one frame per key frame")
+
+
 @dataclass(frozen=True)
 class Timeline:
     keyframes: int
@@ -22,14 +38,7 @@ class Timeline:
     seconds_per_keyframe: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.fps <= 0:
-            raise OptionsError(f"--fps {self.fps}: must be positive")
-        if self.seconds_per_keyframe <= 0:
-            raise OptionsError(f"--seconds-per-keyframe {self.seconds_per_keyframe}: must be positive")
-        if self.frames_per_key < 1:
-            raise OptionsError(
-                f"--fps {self.fps} x --seconds-per-keyframe {self.seconds_per_keyframe} is under one frame per key frame"
-            )
+        check_time(self.fps, self.seconds_per_keyframe)
 
     @property
     def frames_per_key(self) -> int:

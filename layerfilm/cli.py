@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 from .encode import EncodeOptions
 from .errors import LayerfilmError, OptionsError
+from .outputs import printable, show
 from .features.weights import LAYOUTS, WeightSpec
-from .film import FilmOptions, render
+from .film import FilmOptions, render, scan_for
 from .project import FITS, PROJECTIONS, stats_table
 from .project_umap import UmapOptions
 from .render import Style, parse_size
@@ -229,7 +233,7 @@ def _film_options(args: argparse.Namespace) -> FilmOptions:
         fps=args.fps,
         seconds_per_keyframe=args.seconds_per_keyframe,
         style=Style(width=w, height=h, cmap=args.cmap),
-        encode=EncodeOptions(fps=args.fps, crf=args.crf, threads=args.encoder_threads, preset=args.preset),
+        encode=EncodeOptions(crf=args.crf, threads=args.encoder_threads, preset=args.preset),
         every=args.every,
         steps=parse_steps(args.steps) if args.steps else (None, None),
         final_step=args.final_step,
@@ -246,12 +250,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     res = render(args.folder, args.out, _film_options(args), export=args.export_points, progress=not args.quiet)
     if args.stats:
         print(stats_table(res.trajectories))
-    print(f"wrote {res.out} ({res.frames} frames from {res.keyframes} key frames) in {time.perf_counter() - t0:.1f} s",
+    print(f"wrote {show(res.out)} ({res.frames} frames from {res.keyframes} key frames) in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
     if res.skipped:
         print(f"skipped {len(res.skipped)} checkpoint(s):", file=sys.stderr)
         for c in res.skipped:
-            print(f"  {c.path}: {c.problem}", file=sys.stderr)
+            print(f"  {show(c.path)}: {printable(c.problem or '')}", file=sys.stderr)
     if "act_norm" in res.trajectories.stats and not args.quiet:
         from .features.act_stats import ActivationStats
 
@@ -263,8 +267,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 def scan_table(ckpts: list[Checkpoint]) -> str:
     """Aligned text table, one checkpoint a line."""
     rows = [("step", "format", "path", "blocks", "dtype", "size", "problem")]
-    rows += [("-" if c.step is None else str(c.step), c.format, str(c.path), str(c.blocks or "-"), c.dtype or "-",
-              f"{c.size / 2**20:.1f} MiB" if c.size else "-", c.problem or "") for c in ckpts]
+    rows += [("-" if c.step is None else str(c.step), c.format, show(c.path), str(c.blocks or "-"), c.dtype or "-",
+              f"{c.size / 2**20:.1f} MiB" if c.size else "-", printable(c.problem or "")) for c in ckpts]
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
     return "\n".join(("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[6]).rstrip() for r in rows)
 
@@ -336,6 +340,7 @@ def _study_parser(sub, name: str, help: str, description: str) -> argparse.Argum
     p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="folder that holds the checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _checkpoint_options(p)
     return p
 
 
@@ -368,12 +373,13 @@ def _study_options(args: argparse.Namespace) -> FilmOptions:
         weights=_weight_spec(args), projection=args.projection, style=Style(width=w, height=h, cmap=a.get("cmap", "magma")),
         every=a.get("every", 1), steps=parse_steps(a["steps"]) if "every" in a and a["steps"] else (None, None),
         settle_threshold=a.get("settle_threshold", 0.1), activations=_activation_spec(args, weights_too=True),
+        final_step=args.final_step, strict=args.strict,
     )
 
 
 def cmd_stability(args: argparse.Namespace) -> int:
     opts = _study_options(args)
-    series = scan(args.folder, opts.every, opts.steps)
+    series = scan_for(args.folder, opts, progress=not args.quiet)
     stab = measure(series, study_options(opts), progress=not args.quiet)
     print(stab.to_json() if args.json else stab.table())
     return 0
@@ -382,13 +388,13 @@ def cmd_stability(args: argparse.Namespace) -> int:
 def cmd_stills(args: argparse.Namespace) -> int:
     steps = parse_step_list(args.steps) if args.steps else None
     res = stills(args.folder, args.out, steps, _study_options(args), progress=not args.quiet)
-    print(f"wrote {args.out} (steps {', '.join(f'{s:,}' for s in res.steps)})", file=sys.stderr)
+    print(f"wrote {show(args.out)} (steps {', '.join(f'{s:,}' for s in res.steps)})", file=sys.stderr)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     res = report(args.folder, args.out, args.film, _study_options(args), progress=not args.quiet)
-    print(f"wrote {', '.join(map(str, res.files))}", file=sys.stderr)
+    print(f"wrote {', '.join(map(show, res.files))}", file=sys.stderr)
     return 0
 
 
@@ -396,24 +402,56 @@ COMMANDS = {"render": cmd_render, "scan": cmd_scan, "stability": cmd_stability, 
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {printable(str(message))}", file=sys.stderr)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, docker stop), raised like Ctrl-C so that every output's cleanup runs."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def _signals_as_interrupts() -> Iterator[None]:
+    """SIGTERM handled as SIGINT for the length of a command (main thread only)."""
+    try:
+        old = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _error(text: str) -> int:
+    print(f"layerfilm: error: {printable(text)}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # undecodable file names print escaped, never raise
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except LayerfilmError as e:  # raised by option converters such as --size
-        print(f"layerfilm: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     warnings.showwarning = _one_line_warnings
     try:
-        return COMMANDS[args.command](args)
+        with _signals_as_interrupts():
+            return COMMANDS[args.command](args)
     except LayerfilmError as e:
-        print(f"layerfilm: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
+    except Terminated:
+        print("layerfilm: terminated; nothing half-written was left", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("layerfilm: interrupted", file=sys.stderr)
+        print("layerfilm: interrupted; nothing half-written was left", file=sys.stderr)
         return 130
 
 

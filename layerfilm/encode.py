@@ -12,10 +12,9 @@ rename), and a failure or interrupt removes the partial file.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,6 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import EncodeError, OptionsError
+from .outputs import atomic_output, check_output_path, discard, show, temporary
 from .registry import Registry
 
 ENCODERS: Registry[Callable[..., list[str]]] = Registry("output format")
@@ -30,13 +30,11 @@ ENCODERS: Registry[Callable[..., list[str]]] = Registry("output format")
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    """fps: frames per second; crf: quality for lossy .mp4 (lower is better, 0-51);
-    threads: encoder threads (0 = ffmpeg decides);
+    """crf: quality for lossy .mp4 (lower is better, 0-51); threads: encoder threads (0 = ffmpeg decides);
     preset: encoder speed against file size, "" for the format's default: .webm ``good`` (default) or
     ``realtime`` (still lossless; measured ~5x less encoder CPU for ~20% larger files at 1080p),
     .mp4 an x264 preset (``ultrafast`` ... ``veryslow``, default ``medium``)."""
 
-    fps: float = 15.0
     crf: int = 18
     threads: int = 0
     preset: str = ""
@@ -61,9 +59,8 @@ def output_kind(out: Path) -> str:
         return "png"
     kind = out.suffix.lower().lstrip(".")
     if kind not in ENCODERS or kind == "png":
-        raise OptionsError(
-            f"{out}: unknown output extension {out.suffix!r}; use .webm (lossless), .gif, .mp4 or a folder for PNG frames"
-        )
+        raise OptionsError(f"{show(out)}: unknown output extension {show(out.suffix)!r}; "
+                           "use .webm (lossless), .gif, .mp4 or a folder for PNG frames")
     return kind
 
 
@@ -77,12 +74,12 @@ def _preset(opts: EncodeOptions, kind: str, choices: tuple[str, ...], default: s
     return opts.preset or default
 
 
-def check_output(out: Path, opts: EncodeOptions | None = None) -> str:
-    """Validate an output path before any work: its kind, that its folder exists, and the
+def check_output(out: Path, opts: EncodeOptions | None = None, inputs: tuple[Path, ...] = ()) -> str:
+    """Validate an output path before any work: its kind, that its folder exists, that it replaces
+    nothing but a film of the same kind (see layerfilm.outputs) and is none of ``inputs``, and the
     encoder options for that kind (``opts``, e.g. a --preset the format lacks)."""
     kind = output_kind(out)
-    if not out.parent.is_dir():
-        raise OptionsError(f"{out}: folder {out.parent} does not exist")
+    check_output_path(out, (f".{kind}",), inputs, folder=kind == "png")
     if opts is not None:
         ENCODERS.get(kind)(opts, palette=Path("palette.png"))
     return kind
@@ -118,8 +115,13 @@ class FrameWriter:
     def __init__(self, cmd: list[str], size: tuple[int, int]) -> None:
         self.size = size
         self.count = 0
-        self._log = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+        try:
+            self._log = tempfile.TemporaryFile()
+        except OSError:  # no room in $TMPDIR: ffmpeg's message is lost, the film is not
+            self._log = None
+        # its own session: a Ctrl-C in the terminal reaches layerfilm, which stops ffmpeg itself
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                      stderr=self._log or subprocess.DEVNULL, start_new_session=True)
 
     def write(self, frame: np.ndarray) -> None:
         w, h = self.size
@@ -143,8 +145,10 @@ class FrameWriter:
 
     def _fail(self) -> None:
         self.kill()
-        self._log.seek(0)
-        lines = [ln for ln in self._log.read().decode(errors="replace").splitlines() if ln.strip()]
+        lines = []
+        if self._log is not None:
+            self._log.seek(0)
+            lines = [ln for ln in self._log.read().decode(errors="replace").splitlines() if ln.strip()]
         raise EncodeError(f"ffmpeg failed: {lines[-1] if lines else 'no message'}")
 
 
@@ -164,50 +168,33 @@ def make_palette(samples: list[np.ndarray], dest: Path) -> Path:
     return dest
 
 
-def _discard(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
-
-
 @contextmanager
 def open_film(
-    out: str | Path, size: tuple[int, int], opts: EncodeOptions = EncodeOptions(),
+    out: str | Path, size: tuple[int, int], opts: EncodeOptions = EncodeOptions(), fps: float = 15.0,
     samples: Callable[[], list[np.ndarray]] | None = None,
 ) -> Iterator[FrameWriter]:
-    """Context manager yielding a writer; on clean exit the film is renamed into place.
+    """Context manager yielding a writer; on clean exit the film is renamed into place
+    (layerfilm.outputs.atomic_output: nothing half-written is ever left, nothing of the user's replaced).
 
     Args:
         out: the output path; its extension picks the format (see module doc).
         size: (width, height).
+        fps: frames per second.
         samples: for GIF, a function returning a few representative frames for the palette.
     """
     out = Path(out)
     kind = check_output(out)
-    parent = out.parent
-    tmp = parent / f".{out.name}.partial-{os.getpid()}"
-    extras: dict = {}
-    cleanup = [tmp]
-    if kind == "gif":
-        extras["palette"] = make_palette((samples or (lambda: []))() or [], parent / f".{out.name}.palette-{os.getpid()}.png")
-        cleanup.append(extras["palette"])
-    if kind == "png":
-        tmp.mkdir()
-        target = str(tmp / "frame_%06d.png")
-    else:
-        target = str(tmp)
-    cmd = [ffmpeg_exe(), "-v", "error", "-y", *_raw_input(size, opts.fps), *ENCODERS.get(kind)(opts, **extras), target]
-    writer = FrameWriter(cmd, size)
-    try:
-        yield writer
-        writer.close()
-        if kind == "png" and out.exists():
-            old = parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            cleanup.append(old)
-        os.replace(tmp, out)
-    finally:
-        writer.kill()
-        for p in cleanup:
-            _discard(p)
+    with atomic_output(out, folder=kind == "png") as tmp, ExitStack() as stack:
+        extras: dict = {}
+        if kind == "gif":
+            palette = temporary(out, "palette", ".png")
+            stack.callback(discard, palette)
+            extras["palette"] = make_palette((samples or (lambda: []))() or [], palette)
+        target = str(tmp / "frame_%06d.png") if kind == "png" else str(tmp)
+        cmd = [ffmpeg_exe(), "-v", "error", "-y", *_raw_input(size, fps), *ENCODERS.get(kind)(opts, **extras), target]
+        writer = FrameWriter(cmd, size)
+        try:
+            yield writer
+            writer.close()
+        finally:
+            writer.kill()

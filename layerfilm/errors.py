@@ -27,3 +27,7 @@ class LayerError(LayerfilmError):
 
 class EncodeError(LayerfilmError):
     """The encoder (ffmpeg) failed or is missing a codec."""
+
+
+class OutputError(LayerfilmError):
+    """An output that cannot be written (read-only folder, full disk, no permission)."""

@@ -16,14 +16,13 @@
 from __future__ import annotations
 
 import math
-import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .errors import OptionsError
+from .outputs import atomic_output, check_output_path
 from .features.act_stats import HIST_EDGES, ActivationStats
 from .stability import Stability
 
@@ -42,25 +41,11 @@ def figure_format(path: str | Path) -> str:
     return fmt
 
 
-@contextmanager
-def atomic(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path beside ``path``; renamed onto it only if the block completes."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OptionsError(f"{path}: folder {parent} does not exist")
-    tmp = parent / f".{path.name}.partial-{os.getpid()}{path.suffix}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_figure(fig: "Figure", path: str | Path) -> Path:
+def save_figure(fig: "Figure", path: str | Path, inputs: tuple[Path, ...] = ()) -> Path:
     """Write ``fig`` as PNG (200 dpi), SVG or PDF, by the extension of ``path``."""
     fmt = figure_format(path)
-    with atomic(path) as tmp:
+    check_output_path(path, (f".{fmt}",), inputs)
+    with atomic_output(path, suffix=f".{fmt}") as tmp:
         fig.savefig(tmp, format=fmt, dpi=DPI, facecolor="white")
     return Path(path)
 
@@ -115,7 +100,7 @@ def heatmap_figure(stab: Stability, cmap: str = "magma") -> "Figure":
     ax.set_xlabel("training step")
     ax.set_ylabel("block")
     gap = np.median(np.diff(stab.steps))
-    ax.set_title(f"Which blocks still move\n(white tick: settling step; grey: unchanged)", fontsize="medium")
+    ax.set_title("Which blocks still move\n(white tick: settling step; grey: unchanged)", fontsize="medium")
     fig.colorbar(mesh, ax=ax, label=f"‖ΔW‖/‖W‖ per {gap:g} steps (log scale)")
     return fig
 

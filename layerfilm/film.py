@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -13,11 +13,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import cache
-from .animate import Timeline, lerp
+from .animate import MAX_FRAMES, Timeline, check_time, lerp
 from .encode import EncodeOptions, check_output, open_film
 from .errors import OptionsError, ScanError
 from .features import Features
 from .features.weights import WeightSpec, extract
+from .outputs import atomic_output, check_output_path, show
 from .overlay import Overlay
 from .pipeline import one_blas_thread, prefetch
 from .project import FITS, Trajectories, project
@@ -25,7 +26,7 @@ from .project_umap import UmapOptions
 from .render import Renderer, Style
 from .scan import Checkpoint, Series, scan
 from .features.motion import point_measures
-from .stability import StabilityOptions
+from .stability import StabilityOptions, check_settle_threshold
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation films need it
     from .features.activations import ActivationSpec
@@ -59,6 +60,8 @@ class FilmOptions:
 
 
     def __post_init__(self) -> None:
+        check_time(self.fps, self.seconds_per_keyframe)
+        check_settle_threshold(self.settle_threshold)
         if self.fit not in FITS:
             raise OptionsError(f"--fit {self.fit!r}: choose one of {', '.join(FITS)}")
         if self.fit != "all" and self.projection != "pca":
@@ -87,26 +90,27 @@ class FilmResult:
     overlay: Overlay | None = None  # the per-panel bars and settled marks drawn (None: --no-overlay)
 
 
-def check_export_path(path: str | Path) -> Path:
+def check_export_path(path: str | Path, inputs: tuple[Path, ...] = ()) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
-        raise OptionsError(f"--export-points {path}: must end in .npz")
-    if not path.parent.is_dir():
-        raise OptionsError(f"--export-points {path}: folder {path.parent} does not exist")
-    return path
+        raise OptionsError(f"--export-points {show(path)}: must end in .npz")
+    return check_output_path(path, (".npz",), inputs, option="--export-points")
 
 
-def export_points(traj: Trajectories, path: str | Path) -> Path:
+def export_points(traj: Trajectories, path: str | Path, inputs: tuple[Path, ...] = ()) -> Path:
     """Write key-frame coordinates: steps (T), blocks (L), point_ids (L, N), xy (T, L, N, 2) float32."""
-    path = check_export_path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}.npz")
-    try:
+    path = check_export_path(path, inputs)
+    with atomic_output(path, suffix=".npz") as tmp:
         np.savez(tmp, steps=traj.steps, blocks=traj.blocks, point_ids=traj.point_ids,
                  xy=traj.xy.astype(np.float32), **{k: v for k, v in traj.stats.items()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
+
+
+def scan_for(folder: str | Path, opts: FilmOptions, progress: bool = False) -> Series:
+    """The checkpoints of ``folder`` selected by ``opts`` (every, steps, final step, strict, blocks): the
+    one scan every command (render, stills, stability, report) makes."""
+    return scan(folder, opts.every, opts.steps, final_step=opts.final_step, strict=opts.strict,
+                blocks_regex=opts.weights.blocks_regex, progress=progress)
 
 
 def load_features(series: Series, opts: FilmOptions, workdir: Path, progress: bool = True) -> Features:
@@ -162,6 +166,16 @@ def cached_trajectories(series: Series, opts: FilmOptions, progress: bool = True
     return traj
 
 
+def check_film_size(keyframes: int, opts: FilmOptions) -> None:
+    """Refuse, before any tensor is read, a film too long to be of use (e.g. --fps 1e6)."""
+    n = Timeline(keyframes, opts.fps, opts.seconds_per_keyframe).n_frames
+    if n > MAX_FRAMES:
+        w, h = opts.style.width, opts.style.height
+        raise OptionsError(f"{keyframes} key frames at --fps {opts.fps:g} and --seconds-per-keyframe "
+                           f"{opts.seconds_per_keyframe:g} make {n:,} frames ({n * w * h * 3 / 2**40:.1f} TiB of pixels "
+                           f"at {w}x{h}); at most {MAX_FRAMES:,}: lower --fps or --seconds-per-keyframe, or use --every")
+
+
 def caption(steps: np.ndarray, k: int, a: float) -> str:
     step = steps[k] if a == 0 else steps[k] + a * (steps[k + 1] - steps[k])
     return f"step {int(round(step)):,}   key {k + 1}/{len(steps)}"
@@ -195,9 +209,10 @@ def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress:
         for f in range(tl.n_frames):
             yield frame(*tl.locate(f))
 
-    with open_film(out, size, opts.encode, samples) as writer:  # frames drawn in a thread, ahead of ffmpeg
-        for img in tqdm(prefetch(frames()), total=tl.n_frames, desc="rendering", unit="frame", disable=not progress):
-            writer.write(img)
+    with open_film(out, size, opts.encode, opts.fps, samples) as writer:  # frames drawn in a thread, ahead of ffmpeg
+        with closing(prefetch(frames())) as drawn:
+            for img in tqdm(drawn, total=tl.n_frames, desc="rendering", unit="frame", disable=not progress):
+                writer.write(img)
     return tl.n_frames
 
 
@@ -210,18 +225,19 @@ def render(
     Example:
         >>> render("ckpts/", "film.webm")  # doctest: +SKIP
     """
-    check_output(Path(out), opts.encode)  # bad output paths or encoder options fail before any work
+    inputs = (Path(folder),)
+    check_output(Path(out), opts.encode, inputs)  # bad output paths or encoder options fail before any work
     if export is not None:
-        check_export_path(export)
-    series = scan(folder, opts.every, opts.steps, final_step=opts.final_step, strict=opts.strict,
-                  blocks_regex=opts.weights.blocks_regex, progress=progress)
+        check_export_path(export, inputs)
+    series = scan_for(folder, opts, progress)
     if len(series) < 2:
-        raise ScanError(f"{folder}: found {len(series)} usable checkpoint; a film needs at least two key frames")
+        raise ScanError(f"{show(folder)}: found {len(series)} usable checkpoint; a film needs at least two key frames")
+    check_film_size(len(series), opts)  # before any tensor is read
     skipped = list(series.skipped)
     traj = cached_trajectories(series, opts, progress, skipped)
     renderer = film_renderer(traj, opts.style)
     overlay = Overlay.of_points(renderer, traj.stats, opts.settle_threshold) if opts.overlay else None
     n = write_film(traj, out, opts, progress, overlay, renderer)
     if export is not None:
-        export_points(traj, export)
+        export_points(traj, export, inputs)
     return FilmResult(Path(out), n, len(traj.steps), traj, tuple(skipped), overlay)

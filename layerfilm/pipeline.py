@@ -13,6 +13,8 @@ import threading
 from contextlib import contextmanager
 from typing import Iterable, Iterator, TypeVar
 
+from .outputs import deferred_signals
+
 T = TypeVar("T")
 _DONE = object()
 
@@ -52,13 +54,18 @@ def prefetch(items: Iterable[T], depth: int = 3) -> Iterator[T]:
                 return
             yield item
     finally:
-        stop.set()
-        while thread.is_alive():  # unblock a put, then let the thread see the stop
-            try:
-                q.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        thread.join()
+        with deferred_signals():  # a second Ctrl-C must not leave the thread running
+            _stop(thread, stop, q)
+
+
+def _stop(thread: threading.Thread, stop: threading.Event, q: queue.Queue) -> None:
+    stop.set()
+    while thread.is_alive():  # unblock a put, then let the thread see the stop
+        try:
+            q.get(timeout=0.05)
+        except queue.Empty:
+            pass
+    thread.join()
 
 
 @contextmanager

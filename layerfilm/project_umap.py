@@ -37,6 +37,7 @@ import multiprocessing
 import numpy as np
 from tqdm.auto import tqdm
 
+from .options import check_seed
 from .errors import OptionsError
 from .features import Features
 from .project import PROJECTIONS, Trajectories
@@ -77,12 +78,13 @@ class UmapOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.neighbors < 2:
             raise OptionsError(f"--umap-neighbors {self.neighbors}: must be at least 2")
-        if not 0 <= self.min_dist <= 1:
+        if not 0 <= self.min_dist <= 1:  # nan too
             raise OptionsError(f"--umap-min-dist {self.min_dist}: must be between 0 and 1")
-        if self.alignment < 0:
-            raise OptionsError(f"--umap-alignment {self.alignment}: must be 0 or more")
+        if not 0 <= self.alignment <= 1e6:  # also refuses nan and inf (every point pulled onto one line)
+            raise OptionsError(f"--umap-alignment {self.alignment}: must be a number from 0 to 1e6")
         for name in ("window", "epochs", "place_epochs"):
             if getattr(self, name) < 1:
                 raise OptionsError(f"umap {name} {getattr(self, name)}: must be at least 1")

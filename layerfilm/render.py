@@ -23,6 +23,11 @@ TEXT = np.array([235, 235, 235], np.float32)
 FLOOR = 0.25  # colour-scale position of the faintest non-empty bin
 
 
+MAX_SIDE = 7680
+MAX_PIXELS = 7680 * 4320
+BYTES_PER_PIXEL = 160  # measured peak at 8192x8192: 11 GB
+
+
 @dataclass(frozen=True)
 class Style:
     """How frames look.
@@ -42,6 +47,9 @@ class Style:
     def __post_init__(self) -> None:
         if self.width < 64 or self.height < 64 or self.width % 2 or self.height % 2:
             raise OptionsError(f"--size {self.width}x{self.height}: need even sizes of at least 64x64")
+        if max(self.width, self.height) > MAX_SIDE or self.width * self.height > MAX_PIXELS:
+            raise OptionsError(f"--size {self.width}x{self.height}: at most 8K ({MAX_SIDE} a side, {MAX_PIXELS:,} pixels); "
+                               f"drawing and encoding need about {BYTES_PER_PIXEL} bytes of memory a pixel")
         if self.cell < 0:
             raise OptionsError(f"cell {self.cell}: must be 0 (auto) or positive")
         colormap_lut(self.cmap)  # fails early on an unknown name

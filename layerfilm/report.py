@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import OptionsError
-from .figures import (activation_hot_figure, activation_near_zero_figure, activation_norm_figure, atomic,
+from .figures import (activation_hot_figure, activation_near_zero_figure, activation_norm_figure,
                       figure_format, heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure,
                       stills_figure)
-from .film import FilmOptions, caption, film_renderer, load_trajectories
+from .film import FilmOptions, caption, film_renderer, load_trajectories, scan_for
+from .outputs import atomic_output, check_output_path
 from .project import Trajectories
 from .render import Style
-from .scan import scan
 from .stability import Stability, StabilityOptions, measure
 
 if TYPE_CHECKING:
@@ -91,15 +91,16 @@ def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] |
         >>> stills("ckpts/", "before_after.png", steps=[0, 2000]).frames.shape  # doctest: +SKIP
         (2, 720, 1280, 3)
     """
-    if out is not None:
-        figure_format(out)  # a bad extension fails before any work
-    series = scan(folder, opts.every, opts.steps)
+    inputs = (Path(folder),)
+    if out is not None:  # a bad extension or a path that is not ours fails before any work
+        check_output_path(out, (f".{figure_format(out)}",), inputs)
+    series = scan_for(folder, opts, progress)
     key_indices(series.steps, steps)  # a step that is not a key frame fails before any work
     with tempfile.TemporaryDirectory(prefix="layerfilm-") as work:
         traj = load_trajectories(series, opts, Path(work), progress)
     result = keyframe_stills(traj, opts.style, steps)
     if out is not None:
-        save_figure(result.figure, out)
+        save_figure(result.figure, out, inputs)
     return result
 
 
@@ -128,6 +129,9 @@ def study_options(opts: FilmOptions) -> StabilityOptions:
     """The measures of ``layerfilm stability`` and ``report``: the weights', and with ``opts.activations``
     the statistics of every block's output too."""
     return replace(opts.stability_options(), activations=opts.activations)
+
+
+FIGURE_NAMES = ("stills", "heatmap", "settling", "hot", "norms", "act_hot", "act_norms", "act_near_zero")
 
 
 def report_figures(stab: Stability, style: Style) -> dict[str, "Figure"]:
@@ -239,31 +243,34 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
     kind = REPORT_KINDS.get(out.suffix.lower())
     if kind is None:
         raise OptionsError(f"{out}: unknown report extension {out.suffix!r}; use .html or .md")
-    if not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise OptionsError(f"{out}: folder {out.parent} does not exist")
+    inputs = (Path(folder),)
+    check_output_path(out, (out.suffix.lower(),), inputs)
+    pngs = {n: out.with_name(f"{out.stem}_{n}.png") for n in FIGURE_NAMES}
+    if kind == "md":
+        for png in pngs.values():
+            check_output_path(png, (".png",), inputs)
     if film is not None:
         film = Path(film)
         if not film.is_file():
             raise OptionsError(f"--film {film}: no such file")
         if film.suffix.lower() not in FILM_TYPES:
             raise OptionsError(f"--film {film}: embed a .webm, .mp4 or .gif film")
-    series = scan(folder, opts.every, opts.steps)
+    series = scan_for(folder, opts, progress)
     stab = measure(series, study_options(opts), progress=progress)
     figures = report_figures(stab, opts.style)
     files: list[Path] = []
     if kind == "html":
         text = _html(stab, folder, {n: _png(f) for n, f in figures.items()}, film)
     else:
-        pngs = {n: out.with_name(f"{out.stem}_{n}.png") for n in figures}
         try:
             for name, fig in figures.items():
-                files.append(save_figure(fig, pngs[name]))
+                files.append(save_figure(fig, pngs[name], inputs))
         except BaseException:
             for f in files:
                 f.unlink(missing_ok=True)
             raise
         link = os.path.relpath(film, out.parent) if film is not None else None
-        text = _markdown(stab, folder, {n: p.name for n, p in pngs.items()}, link)
-    with atomic(out) as tmp:
+        text = _markdown(stab, folder, {n: pngs[n].name for n in figures}, link)
+    with atomic_output(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Report(out, stab, figures, [out, *files])

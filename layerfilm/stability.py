@@ -52,6 +52,13 @@ HIST_BINS = 60  # value bins of the HOT chart, as in fastai's colorful dimension
 HIST_PERCENTILE = 99.9  # the HOT chart's value range: this percentile of |w| at the first and last key frame
 
 
+def check_settle_threshold(value: float) -> None:
+    """The one rule for --settle-threshold (render's overlay and stability alike): 0 < F < 1."""
+    if not 0 < value < 1:
+        raise OptionsError(f"--settle-threshold {value}: must be between 0 and 1 "
+                           "(a fraction of the distance to the final checkpoint at the first key frame)")
+
+
 @dataclass(frozen=True)
 class StabilityOptions:
     """settle_threshold: a block has settled once its distance to the final checkpoint stays below this
@@ -68,9 +75,7 @@ class StabilityOptions:
     activations: ActivationSpec | None = None
 
     def __post_init__(self) -> None:
-        if not 0 < self.settle_threshold < 1:
-            raise OptionsError(f"--settle-threshold {self.settle_threshold}: must be between 0 and 1 "
-                               "(a fraction of the distance to the final checkpoint at the first key frame)")
+        check_settle_threshold(self.settle_threshold)
         if self.bins < 2:
             raise OptionsError(f"bins {self.bins}: need at least 2 histogram bins")
         PROJECTIONS.get(self.projection)

@@ -23,7 +23,7 @@ def test_webm_presets_decode_to_the_exact_frames(tmp_path, preset):
     frames = rng.integers(0, 256, (4, 48, 64, 3), dtype=np.uint8)
     frames[:, 10:20] = frames[0, 10:20]  # some motion-free area too
     out = tmp_path / "f.webm"
-    with open_film(out, (64, 48), EncodeOptions(fps=5, preset=preset, threads=1)) as writer:
+    with open_film(out, (64, 48), EncodeOptions(preset=preset, threads=1), fps=5) as writer:
         for f in frames:
             writer.write(f)
     assert np.array_equal(decode(out, 64, 48), frames)
@@ -44,7 +44,7 @@ def test_a_preset_the_format_lacks_fails_before_any_work(run_cli, tiny_run, tmp_
 def test_mp4_preset_is_used(tmp_path):
     frames = np.zeros((3, 48, 64, 3), np.uint8)
     out = tmp_path / "f.mp4"
-    with open_film(out, (64, 48), EncodeOptions(fps=5, preset="ultrafast")) as writer:
+    with open_film(out, (64, 48), EncodeOptions(preset="ultrafast"), fps=5) as writer:
         for f in frames:
             writer.write(f)
     assert len(decode(out, 64, 48)) == 3

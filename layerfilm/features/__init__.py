@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import OutputError
+
 
 class FeatureStore:
     """One ``.npy`` file per key frame, each (L, N, D) float32, read back one at a time.
@@ -31,7 +33,12 @@ class FeatureStore:
         halves = arr.reshape(-1).view(np.uint16)  # little-endian: low, high, low, high, ...
         half = sys.byteorder == "little" and not halves[0::2].any()
         path = self.folder / f"frame_{len(self._paths):06d}{'.bf16' if half else ''}.npy"
-        np.save(path, np.ascontiguousarray(halves[1::2]).reshape(arr.shape) if half else arr)
+        try:
+            np.save(path, np.ascontiguousarray(halves[1::2]).reshape(arr.shape) if half else arr)
+        except OSError as e:
+            path.unlink(missing_ok=True)
+            raise OutputError(f"scratch folder {self.folder.parent}: cannot write key frames ({e.strerror or e}); "
+                              "set TMPDIR to a folder with room") from None
         self._paths.append(path)
 
     def __len__(self) -> int:

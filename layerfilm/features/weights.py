@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..options import check_seed
 from ..errors import CheckpointError, OptionsError, ScanError
 from ..formats import open_checkpoint
 from ..layers import LayerMap, is_conv1d_layout, map_layers, resolve_param
@@ -42,6 +43,7 @@ class WeightSpec:
     def __post_init__(self) -> None:
         if self.points < 2:
             raise OptionsError(f"--points {self.points}: need at least 2 points per block")
+        check_seed(self.seed)
         if self.layout not in LAYOUTS:
             raise OptionsError(f"--layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
 

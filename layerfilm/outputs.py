@@ -1,0 +1,197 @@
+"""Writing outputs without ever risking a user's files.
+
+Every file or folder layerfilm writes (film, PNG frames, stills, figures, reports, exported points,
+cache entries) goes through :func:`atomic_output`: it is written under a temporary name beside its
+destination (``.NAME.partial-PID``) and renamed onto it only when complete; a failure or an interrupt
+(SIGINT, SIGTERM) removes the temporary. Partials left by processes that died (SIGKILL, power loss)
+are removed the next time the same output is written.
+
+What may be replaced (:func:`check_output_path`): nothing but what layerfilm itself writes. An existing
+output is replaced only if it is a regular file with the output's own extension, or a folder that
+holds nothing but ``frame_NNNNNN.png`` files (a PNG film). An output equal to, inside, or around an
+input folder is refused, and so is a symlink, a device node, a FIFO or any other kind of file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import signal
+import stat
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import OptionsError, OutputError
+
+FRAME_FILE = re.compile(r"frame_\d{6,}\.png")
+_PARTIAL = re.compile(r"\.(?P<name>.+)\.(?:partial|palette|old)-(?P<pid>\d+)(?:\.[A-Za-z0-9]+)?")
+
+
+def show(path: str | Path) -> str:
+    """A path as one printable line: control characters and undecodable bytes escaped."""
+    return printable(str(path))
+
+
+def printable(text: str) -> str:
+    """``text`` with anything unprintable (newlines, tabs, lone surrogates of undecodable file names)
+    written as a backslash escape, so a message stays one line and can always be encoded."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """True if ``a`` is ``b`` or lies inside it (both resolved)."""
+    return a == b or b in a.parents
+
+
+def frames_folder(path: Path) -> bool:
+    """True if ``path`` is a folder (not a link) holding nothing but regular frame_NNNNNN.png files."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return False
+    return all(FRAME_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False) for e in entries)
+
+
+def check_output_path(out: str | Path, suffixes: Iterable[str], inputs: Iterable[str | Path] = (),
+                      option: str = "--out", folder: bool = False) -> Path:
+    """Refuse, before any work, an output path whose writing could lose something of the user's.
+
+    Args:
+        out: the destination.
+        suffixes: extensions a replaceable existing file may have (lower case, with the dot).
+        inputs: folders (or files) read by the run; ``out`` may be none of them, nor inside or around one.
+        option: the option's name, for messages.
+        folder: the output is a folder of PNG frames.
+    Returns:
+        ``out`` as a Path.
+    """
+    out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise OptionsError(f"{option} {show(out)}: name a new file or folder, not {show(out) or 'nothing'}")
+    parent = out.parent
+    if not parent.is_dir():
+        raise OptionsError(f"{option} {show(out)}: folder {show(parent)} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {show(out)}: cannot write in {show(parent)} (read-only or no permission)")
+    target = parent.resolve() / out.name
+    for given in inputs:
+        src = Path(given).resolve()
+        if _inside(target, src) or _inside(src, target):
+            how = "is" if target == src else "is inside" if _inside(target, src) else "holds"
+            raise OptionsError(f"{option} {show(out)}: {how} the input {show(given)}; write the output elsewhere")
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        return out
+    except OSError as e:
+        raise OptionsError(f"{option} {show(out)}: cannot check it ({e.strerror or e})") from None
+    if folder:
+        if not stat.S_ISDIR(st.st_mode) or not frames_folder(out):
+            raise OptionsError(f"{option} {show(out)}: exists and is not a folder of layerfilm frames "
+                               "(frame_NNNNNN.png only); layerfilm never replaces it: choose a new name")
+    elif not stat.S_ISREG(st.st_mode) or out.suffix.lower() not in suffixes:
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a link" if stat.S_ISLNK(st.st_mode) else \
+            f"a {out.suffix or 'file without extension'} file" if stat.S_ISREG(st.st_mode) else "a special file"
+        raise OptionsError(f"{option} {show(out)}: exists and is {kind}, not a {'/'.join(sorted(suffixes))} "
+                           "output; layerfilm never replaces it: choose a new name")
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(out: Path) -> None:
+    """Remove temporaries of ``out`` (``.NAME.partial-PID``, palettes, old frame folders) whose process
+    is gone; those of live processes (another render of the same output) are left alone."""
+    parent = out.parent
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for e in entries:
+        m = _PARTIAL.fullmatch(e.name)
+        if m and m["name"] == out.name and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+            discard(Path(e.path))
+
+
+def discard(path: Path) -> None:
+    """Remove a temporary file or folder of ours; quietly, it is only cleaning up."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, so that cleaning up is not itself interrupted."""
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (ValueError, OSError):  # not the main thread's business (e.g. inside a worker)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+_WRITE_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+
+
+def temporary(out: Path, tag: str = "partial", suffix: str = "") -> Path:
+    """The name of a temporary beside ``out`` owned by this process."""
+    return out.parent / f".{out.name}.{tag}-{os.getpid()}{suffix}"
+
+
+@contextmanager
+def atomic_output(out: str | Path, folder: bool = False, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``out`` (a new empty folder if ``folder``); when the block
+    completes, rename it onto ``out`` (which :func:`check_output_path` has vetted). On any failure
+    or interrupt the temporary is removed and ``out`` is left as it was. A write that the file system
+    refuses (read-only, full, no permission) becomes one :class:`OutputError` naming ``out``.
+
+    ``suffix`` is appended to the temporary's name for writers that pick a format by extension."""
+    out = Path(out)
+    remove_stale_partials(out)
+    tmp = temporary(out, suffix=suffix)
+    old: Path | None = None
+    try:
+        try:
+            if folder:
+                tmp.mkdir()
+            yield tmp
+            if folder and os.path.lexists(out):
+                old = temporary(out, "old")
+                os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                if old is not None:  # put the previous frames back
+                    os.replace(old, out)
+                    old = None
+                raise
+        except OSError as e:
+            if e.errno in _WRITE_ERRORS or isinstance(e, (IsADirectoryError, NotADirectoryError)):
+                raise OutputError(f"{show(out)}: cannot write ({e.strerror or e})") from None
+            raise
+    finally:
+        with deferred_signals():
+            discard(tmp)
+            if old is not None:
+                discard(old)
