@@ -53,9 +53,10 @@ def ffmpeg_exe() -> str:
 
 
 def output_kind(out: Path) -> str:
-    """The encoder name for an output path: its extension, or 'png' for a folder."""
+    """The encoder name for an output path, from its name alone: its extension, or 'png' for a name
+    without one (or ending in a slash), a folder of PNG frames."""
     text = str(out)
-    if text.endswith(("/", os.sep)) or out.suffix == "" or out.is_dir():
+    if text.endswith(("/", os.sep)) or out.suffix == "":
         return "png"
     kind = out.suffix.lower().lstrip(".")
     if kind not in ENCODERS or kind == "png":
