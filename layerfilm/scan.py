@@ -144,7 +144,7 @@ def _candidates(root: Path) -> list[tuple[Path, str, bool, str | None]]:
             fmt = detect_format(entry) or (_folder_format(entry) if entry.is_dir() else None)
         except OSError as e:  # a folder without read or search permission
             if step_from_name(entry.name) is not None:
-                found.append((entry, "", False, f"cannot read ({e.strerror or e})"))
+                found.append((entry, "unknown", False, f"cannot read ({e.strerror or e})"))
             continue
         if fmt is not None:
             found.append((entry, fmt, False, None))
