@@ -285,3 +285,17 @@ def test_scan_deep_api(ckpts):
     series = scan(ckpts, deep=True, param="attn.c_attn", warn=False)
     assert [(c.path.name, c.problem) for c in series.skipped] == [
         ("step_000010.safetensors", "tensor transformer.h.0.attn.c_attn.weight of block 0 holds NaN/Inf")]
+
+
+def test_fifo_probe_and_tokenizer_files_are_refused(tmp_path):
+    from layerfilm.errors import CheckpointError, OptionsError
+    from layerfilm.features.activations import ActivationSpec, tokenize
+
+    probe = tmp_path / "probe.txt"
+    os.mkfifo(probe)
+    with pytest.raises(OptionsError, match=rf"^--probe {probe}: not a regular file \(FIFO\)$"):
+        ActivationSpec(probe=str(probe))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    os.mkfifo(tmp_path / "vocab.json")
+    with pytest.raises(CheckpointError, match=r"vocab.json: not a regular file \(FIFO\)$"):
+        in_time(tokenize, "some text", tmp_path, fifos=[tmp_path / "vocab.json"], timeout=60)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, LayerfilmError
 from ..layers import strip_prefixes
 from ..registry import Registry
 
@@ -105,16 +105,17 @@ _KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "ch
           (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
 
 
-def check_regular(path: Path) -> None:
+def check_regular(path: Path, error: type[LayerfilmError] = CheckpointError, name: str = "") -> None:
     """Refuse ``path`` unless it is a regular file (symlinks followed), before anything opens it:
-    ``open()`` on a FIFO blocks forever, and a device or socket is never a checkpoint."""
+    ``open()`` on a FIFO blocks forever, and a device or socket is never a checkpoint. The error is
+    ``error`` (an option's file: OptionsError) with ``name`` (default the path) leading its message."""
     try:
         mode = os.stat(path).st_mode
     except OSError as e:
-        raise unreadable(path, e) from None
+        raise error(f"{name or path}: cannot read ({e.strerror or e})") from None
     if not stat.S_ISREG(mode):
-        kind = next((name for test, name in _KINDS if test(mode)), "special file")
-        raise CheckpointError(f"{path}: not a regular file ({kind})")
+        kind = next((k for test, k in _KINDS if test(mode)), "special file")
+        raise error(f"{name or path}: not a regular file ({kind})")
 
 
 def check_finite(values: np.ndarray, where: Path, name: str, block: int) -> None:
