@@ -57,7 +57,7 @@ SCAN_HELP = """\
 List the checkpoints in a folder as `layerfilm render` would see them (its dry run): step, format,
 path, decoder blocks found, dtype, size on disk, and the problem of each one that cannot be used.
 Reads headers only (safetensors JSON headers, torch pickles with tensors memory-mapped), never
-tensor data.
+tensor data; --deep also reads every block's filmed tensor and finds NaN/Inf in it.
 
 Recognised: *.safetensors; *.pt, *.pth, *.bin (state dicts, or training dicts holding one under
 state_dict/model/..., e.g. nanoGPT's {'model', 'optimizer', 'iter_num'}); Lightning *.ckpt;
@@ -68,9 +68,10 @@ trainer_state.json); when both exist they must agree. Pickles are loaded with we
 one that would run code is refused as unsafe, never executed. Prefixes added by wrappers
 (module., _orig_mod., a model. around everything) are ignored.
 
-Problems: unreadable, truncated or corrupt files, unsafe pickles, files without model weights
-(optimizer states), no step, duplicate steps, blocks whose number or shapes differ from most
-checkpoints'. Other files (READMEs, TensorBoard events, Trainer side files) are ignored.
+Problems: unreadable, truncated or corrupt files, FIFOs, devices and other non-regular files (never
+opened), unsafe pickles, files without model weights (optimizer states), no step, a step beyond
+2^63-1, duplicate steps, blocks whose number, tensors or shapes differ from most checkpoints',
+block tensors in a dtype layerfilm cannot read. Other files (READMEs, TensorBoard events, Trainer side files) are ignored.
 """
 
 
@@ -123,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("folder", help="folder that holds the checkpoints")
     s.add_argument("--json", action="store_true", help="print a JSON list of objects (step, path, format, blocks, "
                    "dtype, size; problem for a checkpoint that cannot be used) instead of a table")
+    s.add_argument("--deep", action="store_true", help="also read every block's filmed tensor (the MLP input projection) "
+                   "and call a checkpoint holding NaN/Inf there unusable; without it only headers are read")
     _checkpoint_options(s)
     _blocks_option(s)
     _add_study_commands(sub)
@@ -252,16 +255,21 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(stats_table(res.trajectories))
     print(f"wrote {show(res.out)} ({res.frames} frames from {res.keyframes} key frames) in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
-    if res.skipped:
-        print(f"skipped {len(res.skipped)} checkpoint(s):", file=sys.stderr)
-        for c in res.skipped:
-            print(f"  {show(c.path)}: {printable(c.problem or '')}", file=sys.stderr)
+    _list_skipped(res.skipped)
     if "act_norm" in res.trajectories.stats and not args.quiet:
         from .features.act_stats import ActivationStats
 
         traj = res.trajectories
         print(ActivationStats.from_arrays(traj.steps, traj.blocks, traj.stats).table(), file=sys.stderr)
     return 0
+
+
+def _list_skipped(skipped: tuple[Checkpoint, ...]) -> None:
+    """The skipped checkpoints again at the end, one a line, each with its problem."""
+    if skipped:
+        print(f"skipped {len(skipped)} checkpoint(s):", file=sys.stderr)
+        for c in skipped:
+            print(f"  {show(c.path)}: {printable(c.problem or '')}", file=sys.stderr)
 
 
 def scan_table(ckpts: list[Checkpoint]) -> str:
@@ -274,7 +282,8 @@ def scan_table(ckpts: list[Checkpoint]) -> str:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    series = scan(args.folder, final_step=args.final_step, strict=args.strict, blocks_regex=args.blocks, warn=False)
+    series = scan(args.folder, final_step=args.final_step, strict=args.strict, blocks_regex=args.blocks, warn=False,
+                  deep=args.deep)
     ckpts = sorted(series.checkpoints + series.skipped, key=lambda c: (c.step is None, c.step or 0, str(c.path)))
     if args.json:
         print(json.dumps([c.as_dict() for c in ckpts], indent=1))
@@ -379,9 +388,10 @@ def _study_options(args: argparse.Namespace) -> FilmOptions:
 
 def cmd_stability(args: argparse.Namespace) -> int:
     opts = _study_options(args)
-    series = scan_for(args.folder, opts, progress=not args.quiet)
+    series = scan_for(args.folder, opts)
     stab = measure(series, study_options(opts), progress=not args.quiet)
     print(stab.to_json() if args.json else stab.table())
+    _list_skipped(stab.skipped)
     return 0
 
 

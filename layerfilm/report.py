@@ -94,7 +94,7 @@ def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] |
     inputs = (Path(folder),)
     if out is not None:  # a bad extension or a path that is not ours fails before any work
         check_output_path(out, (f".{figure_format(out)}",), inputs)
-    series = scan_for(folder, opts, progress)
+    series = scan_for(folder, opts)
     key_indices(series.steps, steps)  # a step that is not a key frame fails before any work
     with tempfile.TemporaryDirectory(prefix="layerfilm-") as work:
         traj = load_trajectories(series, opts, Path(work), progress)
@@ -255,7 +255,7 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
             raise OptionsError(f"--film {film}: no such file")
         if film.suffix.lower() not in FILM_TYPES:
             raise OptionsError(f"--film {film}: embed a .webm, .mp4 or .gif film")
-    series = scan_for(folder, opts, progress)
+    series = scan_for(folder, opts)
     stab = measure(series, study_options(opts), progress=progress)
     figures = report_figures(stab, opts.style)
     files: list[Path] = []

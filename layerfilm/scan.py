@@ -18,8 +18,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError, LayerfilmError, OptionsError, ScanError
-from .formats import HF_WEIGHT_FILE, detect_format, open_checkpoint
-from .layers import map_layers
+from .formats import HF_WEIGHT_FILE, check_finite, check_regular, detect_format, open_checkpoint
+from .formats.safetensors_format import NUMPY_DTYPES
+from .layers import map_layers, resolve_param
 
 # A step written with a keyword wins over any other number in the name:
 # "epoch=0-step=150.ckpt" is step 150, "checkpoint-2000" is step 2000, "step_000100" is 100.
@@ -28,6 +29,8 @@ _ANY_NUMBER = re.compile(r"\d+")
 # Files a Hugging Face Trainer writes beside the weights; never model weights.
 _SIDE_FILES = re.compile(r"^(?:training_args\.bin|optimizer\.(?:pt|bin)|scheduler\.pt|scaler\.pt|rng_state(?:_\d+)?\.pth)$")
 NO_FINAL_STEP = "no training step in its name; not a key frame unless --final-step N says which step it is"
+MAX_STEP = 2**63 - 1  # steps are int64 from here on (features, trajectories, caches)
+TRAINER_STATE = "trainer_state.json"
 
 
 @dataclass(frozen=True)
@@ -104,41 +107,84 @@ def parse_steps(text: str) -> tuple[int | None, int | None]:
 
 def _trainer_step(folder: Path) -> int | None:
     """``global_step`` of a Trainer folder's trainer_state.json, if there is one."""
+    path = folder / TRAINER_STATE
+    if not path.exists():
+        return None
+    check_regular(path)
     try:
-        step = json.loads((folder / "trainer_state.json").read_text()).get("global_step")
-    except (OSError, ValueError, AttributeError):
+        step = json.loads(path.read_text()).get("global_step")
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return step if type(step) is int else None
 
 
-def _candidates(root: Path) -> list[tuple[Path, str, bool]]:
-    """(path, format, is the final model) of everything in ``root`` that looks like a checkpoint,
+def _candidates(root: Path) -> list[tuple[Path, str, bool, str | None]]:
+    """(path, format, is the final model, problem) of everything in ``root`` that looks like a checkpoint,
     by name only.
 
     A model saved at the root itself (Trainer's final ``save_model``: model.safetensors, shards with
     an index, pytorch_model.bin) is one candidate, the final model, whose step only --final-step gives.
+    A folder named like a checkpoint (``checkpoint-N/``) that cannot be looked into is a candidate with
+    its problem; a folder whose weight files are not regular files (a FIFO ``model.safetensors``) is
+    one whose problem :func:`_inspect` finds.
     """
     root_format = detect_format(root)
     found = []
     if root_format == "sharded":
-        found.append((root, root_format, True))
+        found.append((root, root_format, True, None))
     elif root_format:  # one weight file: name it, not the folder
         weights = next(root / n for n in ("model.safetensors", "pytorch_model.bin") if (root / n).is_file())
-        found.append((weights, detect_format(weights), True))
+        found.append((weights, detect_format(weights), True, None))
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or _SIDE_FILES.match(entry.name):
             continue
         if root_format and HF_WEIGHT_FILE.match(entry.name):
             continue
-        fmt = detect_format(entry)
+        try:
+            fmt = detect_format(entry) or (_folder_format(entry) if entry.is_dir() else None)
+        except OSError as e:  # a folder without read or search permission
+            if step_from_name(entry.name) is not None:
+                found.append((entry, "unknown", False, f"cannot read ({e.strerror or e})"))
+            continue
         if fmt is not None:
-            found.append((entry, fmt, False))
+            found.append((entry, fmt, False, None))
     return found
 
 
-def _inspect(path: Path, fmt: str, step: int | None, blocks_regex: str | None) -> tuple[Checkpoint, dict]:
-    """The checkpoint at ``path`` with its problem (if any), and its block tensors' shapes."""
+def _folder_format(folder: Path) -> str | None:
+    """The format of a checkpoint folder whose weight files are there but not regular files (detection
+    wants regular files), so that it is skipped with its problem rather than ignored."""
+    names = [n for n in os.listdir(folder) if HF_WEIGHT_FILE.match(n)]
+    if any(n.endswith(".index.json") for n in names):
+        return "sharded"
+    if "model.safetensors" in names:
+        return "safetensors"
+    return "torch" if "pytorch_model.bin" in names else None
+
+
+def _files_of(path: Path) -> list[Path]:
+    """Every file a reader of the checkpoint at ``path`` may open: the file itself, or a folder's weight
+    files, index and trainer_state.json."""
+    if not path.is_dir():
+        return [path]
+    return [path / n for n in sorted(os.listdir(path)) if HF_WEIGHT_FILE.match(n) or n == TRAINER_STATE]
+
+
+def out_of_range(step: int | None) -> str | None:
+    """The problem of a step that does not fit the int64 steps of every later stage, or None."""
+    return None if step is None or 0 <= step <= MAX_STEP else f"step {step} is out of range"
+
+
+def _inspect(path: Path, fmt: str, step: int | None, blocks_regex: str | None,
+             deep: bool = False, param: str | None = None) -> tuple[Checkpoint, dict]:
+    """The checkpoint at ``path`` with its problem (if any), and its block tensors' shapes.
+
+    Every file is checked to be a regular file before anything opens it. From the headers: block
+    tensors in a dtype layerfilm cannot read. With ``deep``, the filmed tensor (``param``, default the
+    MLP input projection) of every block is read too, and NaN/Inf in it is a problem."""
     try:
+        for f in _files_of(path):
+            check_regular(f)
         with open_checkpoint(path, fmt) as reader:
             keys = reader.keys()
             inner = _trainer_step(path) if path.is_dir() else reader.step
@@ -147,16 +193,25 @@ def _inspect(path: Path, fmt: str, step: int | None, blocks_regex: str | None) -
             shapes = {f"{b}.{c}": reader.shape(n) for b in layer_map.blocks for c, n in layer_map.names[b].items()}
             dtypes = Counter(reader.dtype(n) for n in block_keys)
             size = sum(f.stat().st_size for f in reader.files)
+            if all(f.suffix == ".safetensors" for f in reader.files):
+                bad = next((n for n in block_keys if reader.dtype(n) not in NUMPY_DTYPES), None)
+                if bad is not None:
+                    raise CheckpointError(f"{path}: tensor {bad} has dtype {reader.dtype(bad)}, "
+                                          "which layerfilm cannot read")
+            if deep:
+                component = resolve_param(layer_map, param, {n: reader.shape(n) for n in block_keys})
+                for b, name in zip(layer_map.blocks, layer_map.param_names(component)):
+                    check_finite(reader.get(name), path, name, b)
     except LayerfilmError as e:
         return Checkpoint(step, path, fmt, problem=problem_of(e, path)), {}
     except OSError as e:
         return Checkpoint(step, path, fmt, problem=f"cannot read ({e.strerror or e})"), {}
-    problem = None
-    if step is None:
+    problem = out_of_range(step) or out_of_range(inner)
+    if problem is None and step is None:
         step = inner
         if step is None:
             problem = "no training step in its name or inside it"
-    elif inner is not None and inner != step:
+    elif problem is None and inner is not None and inner != step:
         problem = f"its name says step {step} but it records step {inner}"
     dtype = "+".join(sorted(dtypes)) if len(dtypes) > 1 else next(iter(dtypes), "")
     return Checkpoint(step, path, fmt, problem, len(layer_map.blocks), dtype, size), shapes
@@ -184,9 +239,15 @@ def _odd_shapes(found: list[tuple[Checkpoint, dict]]) -> list[Checkpoint]:
             c = replace(c, problem=f"{c.blocks} blocks, most checkpoints have {blocks}")
         elif c.problem is None:
             odd = next((n for n in sorted(s) if n in common and s[n] != common[n]), None)
+            missing = next((n for n in sorted(common) if n not in s), None)
+            extra = next((n for n in sorted(s) if n not in common), None)
             if odd is not None:
                 c = replace(c, problem=f"block tensor {odd} has shape {list(s[odd])}, "
                                f"most checkpoints have {list(common[odd])}")
+            elif missing is not None:
+                c = replace(c, problem=f"block tensor {missing} is missing, most checkpoints have it")
+            elif extra is not None:
+                c = replace(c, problem=f"block tensor {extra} is not in most checkpoints")
         out.append(c)
     return out
 
@@ -201,6 +262,8 @@ def scan(
     blocks_regex: str | None = None,
     warn: bool = True,
     progress: bool = False,
+    deep: bool = False,
+    param: str | None = None,
 ) -> Series:
     """Find the checkpoints directly inside ``root``, vet them and sort them by step.
 
@@ -214,14 +277,16 @@ def scan(
         strict: raise on the first unusable checkpoint instead of skipping it.
         blocks_regex: block detection override (see :func:`layerfilm.layers.map_layers`).
         warn: one warning line per skipped checkpoint.
+        deep: also read every block's filmed tensor (``param``, default the MLP input projection): one
+            holding NaN/Inf makes a problem. Without it only headers are read.
     Returns:
         a :class:`Series`; unusable checkpoints are in ``Series.skipped`` with their problem.
     """
     root = Path(root)
     if every < 1:
         raise OptionsError(f"--every {every}: must be 1 or more")
-    if final_step is not None and final_step < 0:
-        raise OptionsError(f"--final-step {final_step}: must be 0 or more")
+    if final_step is not None and not 0 <= final_step <= MAX_STEP:
+        raise OptionsError(f"--final-step {final_step}: must be between 0 and {MAX_STEP}")
     if not root.exists():
         raise ScanError(f"{root}: no such folder")
     if not root.is_dir():
@@ -235,13 +300,16 @@ def scan(
         raise ScanError(f"{root}: {what} (expected *.safetensors, *.pt, *.bin, *.ckpt files "
                         "or checkpoint-N/ folders)")
     found, finals = [], set()
-    for path, fmt, final in tqdm(candidates, desc="scanning", unit="ckpt", disable=not progress):
+    for path, fmt, final, problem in tqdm(candidates, desc="scanning", unit="ckpt", disable=not progress):
+        if problem is not None:
+            found.append((Checkpoint(step_from_name(path.name), path, fmt, problem), {}))
+            continue
         if final:
             finals.add(path)
             if final_step is None:
                 found.append((Checkpoint(None, path, fmt, NO_FINAL_STEP), {}))
                 continue
-        found.append(_inspect(path, fmt, final_step if final else step_from_name(path.name), blocks_regex))
+        found.append(_inspect(path, fmt, final_step if final else step_from_name(path.name), blocks_regex, deep, param))
     checkpoints, taken = [], {}
     # on a duplicate step the first kept wins: a checkpoint folder before the root's final model
     for c in sorted(_odd_shapes(found), key=lambda c: (c.step is None, c.step or 0, c.path in finals, str(c.path))):

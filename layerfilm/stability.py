@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import CheckpointError, OptionsError
+from .errors import CheckpointError, OptionsError, ScanError
 from .features import FeatureStore
 from .features.act_stats import ActivationStats, json_series
 from .features.motion import relative_update
-from .features.weights import WeightPlan, WeightSpec, features_of, plan, read_points
-from .formats import Reader, open_checkpoint
+from .features.weights import WeightPlan, WeightSpec, features_of, plan, read_points, vet
+from .formats import Reader, check_finite, open_checkpoint
 from .project import PROJECTIONS, Trajectories, project
-from .scan import Series
+from .scan import Checkpoint, Series
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation statistics need it
     from .features.activations import ActivationSpec
@@ -101,6 +101,7 @@ class Stability:
     points: str = ""  # what the CKA/motion points are
     trajectories: Trajectories | None = None  # the projection the motion was measured in
     activations: ActivationStats | None = None  # block outputs on the probe batch, when asked for
+    skipped: tuple[Checkpoint, ...] = ()  # checkpoints not measured (the scan's and the unreadable), with their problem
 
     @property
     def settle_steps(self) -> list[int | None]:
@@ -250,6 +251,17 @@ def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir
     lm = wp.layer_map
     comps = tuple(sorted({c for b in lm.blocks for c in lm.names[b]}))
     names = [[lm.names[b][c] for c in comps if c in lm.names[b]] for b in lm.blocks]
+
+    def readable(reader: Reader, ckpt: Checkpoint) -> None:
+        """Every block tensor reads and holds finite values, and so do the film's points."""
+        for l, b in enumerate(lm.blocks):
+            for n in names[l]:
+                check_finite(_get(reader, n, ckpt.path), ckpt.path, n, b)
+        read_points(reader, wp, ckpt.path)
+
+    series, unreadable = vet(series, readable)  # the rule of render: skipped with one warning each
+    if len(series) < 2:
+        raise ScanError(f"{series.root}: {len(series)} readable checkpoint(s); measuring movement needs at least two")
     with open_checkpoint(series.checkpoints[0].path, series.checkpoints[0].format) as r0:
         matrices = [[n for n in block if len(r0.shape(n)) >= 2] for block in names]
     edges = _hist_edges(series, matrices, opts.bins)
@@ -300,7 +312,7 @@ def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir
         relative_update=rel, distance_to_final=dist, norm=norm, param_norm=param_norm,
         cka_to_final=cka, motion=screen_motion(traj), hist=hist, hist_edges=edges,
         settle_threshold=opts.settle_threshold, settle_index=settle_index(dist, opts.settle_threshold),
-        points=features.name, trajectories=traj, activations=act,
+        points=features.name, trajectories=traj, activations=act, skipped=(*series.skipped, *unreadable),
     )
 
 

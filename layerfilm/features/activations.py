@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, OptionsError
-from ..formats import open_checkpoint
+from ..formats import check_regular, open_checkpoint
 from ..layers import map_layers
 from ..scan import Checkpoint, Series
 from . import Features, FeatureStore
@@ -39,6 +39,8 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_PROBE = Path(__file__).resolve().parents[1] / "data" / "probe.txt"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# every file transformers may open to build a tokenizer or a config: each must be a regular file first
+MODEL_FILES = (*TOKENIZER_FILES, "config.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
 MAX_DEFAULT_SEQ = 128  # default tokens per probe sequence (or the model's context, if shorter)
 _CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "n_ctx", "context", "block_size", "max_seq_len")
 
@@ -88,8 +90,10 @@ class ActivationSpec:
             raise OptionsError(f"--near-zero {self.near_zero}: must be positive")
         if self.model is not None and not re.fullmatch(r"[^:]+:[A-Za-z_]\w*", self.model):
             raise OptionsError(f"--model {self.model!r}: expected package.module:function or file.py:function")
-        if self.probe is not None and not Path(self.probe).is_file():
+        if self.probe is not None and not Path(self.probe).exists():
             raise OptionsError(f"--probe {self.probe}: no such file")
+        if self.probe is not None:  # a FIFO would block the read forever
+            check_regular(Path(self.probe), OptionsError, f"--probe {self.probe}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -188,6 +192,7 @@ def build_model(spec: ActivationSpec, ckpt: Checkpoint, device: torch.device) ->
                 raise OptionsError(f"--model {spec.model}: {call} failed: {type(e).__name__}: {e}") from None
     else:
         folder = model_folder(ckpt)
+        check_model_files(folder)
         if not (folder / "config.json").is_file():
             raise OptionsError(f"{folder}: no config.json to build the model from; pass --model package.module:make_model")
         tf = _transformers()
@@ -294,8 +299,17 @@ def model_context(model: torch.nn.Module) -> int | None:
     return None
 
 
+def check_model_files(folder: Path) -> None:
+    """Refuse a FIFO, device or socket among the files transformers would open in ``folder`` (open()
+    would block forever) before it opens any."""
+    for name in MODEL_FILES:
+        if (folder / name).exists():
+            check_regular(folder / name)
+
+
 def tokenize(text: str, folder: Path) -> np.ndarray:
     """Token ids of ``text``: the checkpoint's own tokenizer when its files are present, else UTF-8 bytes."""
+    check_model_files(folder)
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int64)
     tf = _transformers()

@@ -7,13 +7,14 @@ from contextlib import closing
 from itertools import chain
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..options import check_seed
 from ..errors import CheckpointError, OptionsError, ScanError
-from ..formats import open_checkpoint
+from ..formats import check_finite, open_checkpoint
 from ..layers import LayerMap, is_conv1d_layout, map_layers, resolve_param
 from ..pipeline import prefetch
 from ..scan import Checkpoint, Series, problem_of
@@ -92,9 +93,33 @@ def read_points(reader, wp: WeightPlan, where: Path) -> np.ndarray:
         if w.shape != wp.shape:
             raise CheckpointError(f"{where}: {name} has shape {w.shape}, expected {wp.shape}")
         out[i] = w[wp.point_ids[i]]
-        if not np.isfinite(out[i]).all():  # a diverged run or damaged data: would poison the projection
-            raise CheckpointError(f"{where}: {name} holds NaN or infinite values")
+        check_finite(out[i], where, name, wp.layer_map.blocks[i])  # NaN/Inf would poison the projection
     return out
+
+
+def skip(ckpt: Checkpoint, error: CheckpointError, strict: bool = False) -> Checkpoint:
+    """The one rule for a checkpoint found bad only when its tensors are read (render, stills,
+    stability, report): under ``strict`` an error; otherwise one warning line naming the file, and the
+    checkpoint with its problem, for the list of skipped ones at the end."""
+    if strict:
+        raise CheckpointError(f"{error} (--strict: nothing is skipped)") from None
+    warnings.warn(f"{error}; skipped", stacklevel=3)
+    return replace(ckpt, problem=problem_of(error, ckpt.path))
+
+
+def vet(series: Series, check: Callable[[object, Checkpoint], object], strict: bool = False) -> tuple[Series, list[Checkpoint]]:
+    """``series`` without the checkpoints for which ``check(reader, checkpoint)`` raises a
+    :class:`CheckpointError` (each skipped by :func:`skip`), and those skipped."""
+    kept, skipped = [], []
+    for ckpt in series.checkpoints:
+        try:
+            with open_checkpoint(ckpt.path, ckpt.format) as reader:
+                check(reader, ckpt)
+        except CheckpointError as e:
+            skipped.append(skip(ckpt, e, strict))
+            continue
+        kept.append(ckpt)
+    return replace(series, checkpoints=tuple(kept)), skipped
 
 
 def extract(series: Series, spec: WeightSpec, workdir: Path, progress: bool = True, strict: bool = False) -> Features:
@@ -122,10 +147,7 @@ def extract(series: Series, spec: WeightSpec, workdir: Path, progress: bool = Tr
     with closing(prefetch(ahead)) as points:
         for ckpt, pts in zip(tqdm(series.checkpoints, desc="loading", unit="ckpt", disable=not progress), points):
             if isinstance(pts, CheckpointError):
-                if strict:
-                    raise CheckpointError(f"{pts} (--strict: nothing is skipped)") from None
-                warnings.warn(f"{pts}; skipped", stacklevel=2)
-                skipped.append(replace(ckpt, problem=problem_of(pts, ckpt.path)))
+                skipped.append(skip(ckpt, pts, strict))
                 continue
             store.append(pts)
             steps.append(ckpt.step)

@@ -14,13 +14,15 @@ wrappers add (``module.``, ``_orig_mod.``, a ``model.`` around the whole network
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, LayerfilmError
 from ..layers import strip_prefixes
 from ..registry import Registry
 
@@ -97,6 +99,30 @@ def open_checkpoint(path: Path, format: str) -> Renamed:
 
 def unreadable(path: Path, e: OSError) -> CheckpointError:
     return CheckpointError(f"{path}: cannot read ({e.strerror or e})")
+
+
+_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+          (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
+
+
+def check_regular(path: Path, error: type[LayerfilmError] = CheckpointError, name: str = "") -> None:
+    """Refuse ``path`` unless it is a regular file (symlinks followed), before anything opens it:
+    ``open()`` on a FIFO blocks forever, and a device or socket is never a checkpoint. The error is
+    ``error`` (an option's file: OptionsError) with ``name`` (default the path) leading its message."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise error(f"{name or path}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        kind = next((k for test, k in _KINDS if test(mode)), "special file")
+        raise error(f"{name or path}: not a regular file ({kind})")
+
+
+def check_finite(values: np.ndarray, where: Path, name: str, block: int) -> None:
+    """Refuse a tensor holding NaN or infinite values (a diverged run or damaged data): the one rule and
+    the one message of ``scan --deep``, render, stills, stability and report."""
+    if not np.isfinite(values).all():
+        raise CheckpointError(f"{where}: tensor {name} of block {block} holds NaN/Inf")
 
 
 # Registration order is detection order: folder formats look inside, file formats at the suffix.

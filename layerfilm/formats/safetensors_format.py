@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
-from . import FORMATS, unreadable
+from . import FORMATS, check_regular, unreadable
 
 # safetensors dtype -> NumPy dtype of the stored bytes (little-endian); BF16 is widened by hand.
 NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
@@ -40,6 +40,7 @@ def read_header(path: Path) -> tuple[dict, dict]:
 
     A file shorter than its header promises (truncated) is refused here, before any tensor is read.
     """
+    check_regular(path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
-from . import FORMATS, Reader, unreadable
+from . import FORMATS, Reader, check_regular, unreadable
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
@@ -29,6 +29,7 @@ class ShardedReader:
         self._shards: dict[str, Reader] = {}
 
     def __enter__(self) -> "ShardedReader":
+        check_regular(self.index)
         try:
             weight_map = json.loads(self.index.read_text()).get("weight_map")
         except OSError as e:
@@ -41,7 +42,7 @@ class ShardedReader:
         fmt = FORMATS.get("safetensors" if self.index.name.startswith("model.") else "torch")
         for shard in sorted(set(self._where.values())):
             path = self.folder / shard
-            if not path.is_file():
+            if not path.exists():  # a FIFO or device shard is refused by its reader
                 raise CheckpointError(f"{self.folder}: shard {shard} named in {self.index.name} is missing")
             self._shards[shard] = fmt.open(path).__enter__()
             self.files.append(path)

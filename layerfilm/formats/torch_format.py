@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-from . import FORMATS, unreadable
+from . import FORMATS, check_regular, unreadable
 
 # Where training dicts keep the model's weights, tried in order.
 STATE_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
@@ -70,6 +70,7 @@ def load_pickle(path: Path) -> tuple[Any, bool]:
     Returns the object and whether its tensors are memory-mapped."""
     import torch
 
+    check_regular(path)
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
