@@ -8,6 +8,10 @@ features, projection; not the look or the encoding). A checkpoint rewritten in p
 mtime and misses the cache. Where: ``--cache DIR``, else ``$LAYERFILM_CACHE``, else
 ``$XDG_CACHE_HOME/layerfilm`` or ``~/.cache/layerfilm``. The folder is kept under
 ``$LAYERFILM_CACHE_MAX_MB`` (default 4096) by removing the least recently used entries.
+
+The cache never stops a film: a folder that cannot be created or written, a damaged entry (recomputed
+and replaced) and a bad ``$LAYERFILM_CACHE_MAX_MB`` are each one warning line, and no temporary file
+is left behind.
 """
 
 from __future__ import annotations
@@ -15,22 +19,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import OptionsError
 from .project import Trajectories
 from .scan import Series
 
 VERSION = 2  # bump when the meaning of an entry changes
 DEFAULT_MAX_MB = 4096
+STALE_PARTIAL_S = 3600  # a temporary entry this old was left by a process that was killed while writing it
 
 
-def cache_dir(folder: str | Path | None = None) -> Path:
-    """The cache folder: ``folder``, else $LAYERFILM_CACHE, else the user's cache folder."""
+def cache_dir(folder: str | Path | None = None) -> Path | None:
+    """The cache folder: ``folder``, else $LAYERFILM_CACHE, else the user's cache folder; None (one
+    warning) where it cannot be created: the film is made without the cache."""
     if folder is None:
         folder = os.environ.get("LAYERFILM_CACHE") or Path(
             os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "layerfilm"
@@ -38,7 +43,9 @@ def cache_dir(folder: str | Path | None = None) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OptionsError(f"cache folder {folder}: cannot create it ({e.strerror or e}); pass --cache DIR or --no-cache") from None
+        warnings.warn(f"cache folder {folder}: cannot create it ({e.strerror or e}); going on without the cache "
+                      "(pass --cache DIR or --no-cache)", stacklevel=2)
+        return None
     return folder
 
 
@@ -63,8 +70,18 @@ def key(series: Series, options: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def _check(traj: Trajectories) -> None:
+    """Raise ValueError unless ``traj``'s arrays have the shapes of one film's key frames."""
+    T, L = len(traj.steps), len(traj.blocks)
+    if traj.steps.ndim != 1 or traj.blocks.ndim != 1 or traj.point_ids.ndim != 2 or traj.point_ids.shape[0] != L:
+        raise ValueError("steps, blocks or point_ids of the wrong shape")
+    if traj.xy.shape != (T, L, traj.point_ids.shape[1], 2) or traj.xy.dtype.kind != "f":
+        raise ValueError(f"points of shape {traj.xy.shape}, not {(T, L, traj.point_ids.shape[1], 2)}")
+
+
 def load(folder: Path, k: str) -> Trajectories | None:
-    """The cached trajectories under key ``k``, or None (a damaged entry is removed)."""
+    """The cached trajectories under key ``k``, or None: missing, or damaged (one warning; the entry is
+    removed, and the caller's ``store`` writes it again)."""
     path = folder / f"{k}.npz"
     if not path.is_file():
         return None
@@ -72,11 +89,25 @@ def load(folder: Path, k: str) -> Trajectories | None:
         with np.load(path) as z:
             stats = {name[6:]: z[name] for name in z.files if name.startswith("stats_")}
             traj = Trajectories(z["steps"], z["blocks"], z["point_ids"], z["xy"], str(z["method"]), stats)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        path.unlink(missing_ok=True)
+        _check(traj)
+    except Exception as e:  # noqa: BLE001 - whatever a damaged file raises (EOFError, BadZipFile, zlib...), it is a miss
+        warnings.warn(f"cache entry {path}: damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
+                      "computing the key frames again", stacklevel=2)
+        _remove(path)
         return None
-    os.utime(path)  # recently used: evicted last
+    try:
+        os.utime(path)  # recently used: evicted last
+    except OSError:  # a read-only cache: still a hit
+        pass
     return traj
+
+
+def _remove(path: Path) -> None:
+    """Unlink ``path`` if it is there and can be removed (a read-only cache keeps it)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def store(folder: Path, k: str, traj: Trajectories, max_mb: float | None = None) -> Path:
@@ -88,26 +119,48 @@ def store(folder: Path, k: str, traj: Trajectories, max_mb: float | None = None)
         np.savez(tmp, steps=traj.steps, blocks=traj.blocks, point_ids=traj.point_ids, xy=traj.xy,
                  method=np.str_(traj.method), **{f"stats_{n}": v for n, v in traj.stats.items()})
         os.replace(tmp, path)
-        trim(folder, max_mb)
     except OSError as e:
         warnings.warn(f"cache folder {folder}: key frames not cached ({e.strerror or e})", stacklevel=2)
+        return path
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
+    trim(folder, max_mb)
     return path
 
 
+def max_mb_from_env() -> float:
+    """$LAYERFILM_CACHE_MAX_MB as a number of MB (0 or more; inf: no limit); else one warning and the default."""
+    text = os.environ.get("LAYERFILM_CACHE_MAX_MB", "")
+    if not text:  # unset or empty, as $LAYERFILM_CACHE
+        return DEFAULT_MAX_MB
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        warnings.warn(f"LAYERFILM_CACHE_MAX_MB={text!r}: not a size in MB (a number, 0 or more); "
+                      f"using {DEFAULT_MAX_MB}", stacklevel=3)
+        return DEFAULT_MAX_MB
+    return value
+
+
 def trim(folder: Path, max_mb: float | None = None) -> None:
-    """Remove the least recently used entries until the folder holds at most ``max_mb``."""
+    """Remove the least recently used entries until the folder holds at most ``max_mb``
+    (default: $LAYERFILM_CACHE_MAX_MB). Entries that cannot be removed are left."""
     if max_mb is None:
-        max_mb = float(os.environ.get("LAYERFILM_CACHE_MAX_MB", DEFAULT_MAX_MB))
+        max_mb = max_mb_from_env()
     stats = {}
     for p in folder.glob("*.npz"):
         try:
-            stats[p] = p.stat()
-        except FileNotFoundError:  # trimmed by another process meanwhile
+            st = p.stat()
+        except OSError:  # trimmed by another process meanwhile
             continue
+        if not p.name.startswith("."):
+            stats[p] = st
+        elif ".partial-" in p.name and time.time() - st.st_mtime > STALE_PARTIAL_S:  # left by a killed process
+            _remove(p)
     total = 0
     for p in sorted(stats, key=lambda p: stats[p].st_mtime, reverse=True):
         total += stats[p].st_size
         if total > max_mb * 2**20:
-            p.unlink(missing_ok=True)
+            _remove(p)

@@ -19,6 +19,9 @@ thread pool, one per CPU core (NumPy's products release the GIL; BLAS stays sing
 ``project``). A chunk is small enough to stay in cache through all its products, so a frame is read
 from memory once per pass. Every chunk's result depends only on its own blocks, so the output is the
 same bytes whatever the number of threads.
+
+A block whose values would overflow or underflow float32's products (weights times 1e38) is projected
+from its points times a power of two (``features.in_safe_range``), so its coordinates are in those units.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import OptionsError
-from .features import Features
+from .features import Features, in_safe_range
 from .features.motion import sum_sq
 from .registry import Registry
 
@@ -129,7 +132,7 @@ def project_pca(features: Features, progress: bool = True, fit: str = "all") -> 
     """
     if fit not in FITS:
         raise OptionsError(f"--fit {fit!r}: choose one of {', '.join(FITS)}")
-    store = features.store
+    store = in_safe_range(features.store)
     T = len(store)
     fit_frames = {"all": range(T), "first": range(1), "last": range(T - 1, T)}[fit]
     x0 = store[fit_frames[0]]
@@ -194,7 +197,7 @@ def project_procrustes(features: Features, progress: bool = True) -> Trajectorie
     iterations (warm start), pick the top-2 axes by Rayleigh-Ritz, project, then rotate/mirror the
     2-D cloud onto the previous frame's. A block whose points did not change keeps its coordinates.
     """
-    store = features.store
+    store = in_safe_range(features.store)
     T = len(store)
     x = store[0]
     _check_dims(x)

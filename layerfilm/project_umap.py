@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .options import check_seed
 from .errors import OptionsError
-from .features import Features
+from .features import Features, in_safe_range
 from .project import PROJECTIONS, Trajectories
 
 MAX_ANCHORS = 8  # auto stride: fit AlignedUMAP jointly on at most this many key frames
@@ -298,7 +298,7 @@ def _run_block(args: tuple) -> np.ndarray:
 def project_umap(features: Features, progress: bool = True, options: UmapOptions = UmapOptions()) -> Trajectories:
     """AlignedUMAP layouts of every block over the key frames, blocks in parallel processes."""
     _umap()
-    store = features.store
+    store = in_safe_range(features.store)
     L = len(features.blocks)
     jobs = min(options.jobs or os.cpu_count() or 1, L)
     tasks = [(store, l, options) for l in range(L)]

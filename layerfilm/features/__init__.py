@@ -3,6 +3,10 @@
 ``Features`` is what the projection stage consumes: the steps, the block indices, which points
 (neurons, tokens) are tracked, and a ``FeatureStore`` that hands out one checkpoint's
 (L, N, D) array at a time, so memory stays flat however many checkpoints there are.
+
+Finite but huge (or tiny) values, such as weights multiplied by 1e38, would overflow (or underflow) the
+float32 products of a projection; ``in_safe_range`` hands out the same frames with each such block
+multiplied by a power of two (exact: only exponents change), ordinary blocks untouched.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class FeatureStore:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._paths: list[Path] = []
+        self.max_abs: np.ndarray | None = None  # (L,) largest |value| of each block over the key frames
 
     def append(self, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr, dtype=np.float32)
@@ -40,6 +45,9 @@ class FeatureStore:
             raise OutputError(f"scratch folder {self.folder.parent}: cannot write key frames ({e.strerror or e}); "
                               "set TMPDIR to a folder with room") from None
         self._paths.append(path)
+        flat = arr.reshape(arr.shape[0], -1)
+        top = np.maximum(flat.max(axis=1, initial=0), -flat.min(axis=1, initial=0))
+        self.max_abs = top if self.max_abs is None else np.fmax(self.max_abs, top)
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -57,6 +65,47 @@ class FeatureStore:
     def block(self, l: int) -> np.ndarray:
         """(T, N, D) one block's points at every key frame, read by memory map (only that block's bytes)."""
         return np.stack([self._load(t, l) for t in range(len(self._paths))])
+
+
+SAFE_EXPONENT = 32  # blocks whose largest |value| lies within 2^-32 .. 2^32 are used as they are
+
+
+def safe_scale(max_abs: np.ndarray) -> np.ndarray:
+    """(L,) float32 powers of two: 1 where a block's largest |value| lies within 2^-SAFE_EXPONENT ..
+    2^SAFE_EXPONENT (ordinary weights and activations, kept bit for bit), else the one that brings it
+    into [1, 2), as far as float32 can: float32 sums of squares and products of N x D such values
+    neither overflow nor underflow. 1 for an all-zero or non-finite block."""
+    m = np.asarray(max_abs, np.float64)
+    ok = ~np.isfinite(m) | (m == 0) | ((m >= 2.0 ** -SAFE_EXPONENT) & (m <= 2.0 ** SAFE_EXPONENT))
+    e = np.frexp(np.where(ok, 1.0, m))[1]  # m = f 2^e, 1/2 <= f < 1
+    return np.where(ok, 1.0, np.ldexp(1.0, np.clip(1 - e, -126, 127))).astype(np.float32)
+
+
+class ScaledStore:
+    """A store's frames with block l multiplied by ``scale[l]`` (a power of two): store[t], block(l), len."""
+
+    def __init__(self, store, scale: np.ndarray) -> None:
+        self.store, self.scale = store, np.asarray(scale, np.float32)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return self.store[t] * self.scale[:, None, None]
+
+    def block(self, l: int) -> np.ndarray:
+        return self.store.block(l) * self.scale[l]
+
+
+def in_safe_range(store):
+    """``store``, or a ``ScaledStore`` of it where a block's values are out of float32's safe range
+    (``safe_scale`` of the store's ``max_abs``; a store that does not track it is used as it is). Points
+    and projections of a rescaled block are in its scaled units: a film shows each block on its own axes."""
+    max_abs = getattr(store, "max_abs", None)
+    if max_abs is None:
+        return store
+    scale = safe_scale(max_abs)
+    return store if (scale == 1).all() else ScaledStore(store, scale)
 
 
 @dataclass(frozen=True)

@@ -23,16 +23,28 @@ def relative_update(prev_sq: np.ndarray, norm: np.ndarray, steps: np.ndarray) ->
     return rel
 
 
-def sum_sq(x: np.ndarray) -> np.ndarray:
-    """(L,) sum of squares of each block's array in x (L, N, ...): float32 per row (no float64 copy of
-    x), float64 over rows."""
-    flat = x.reshape(x.shape[0], x.shape[1], -1)
-    return np.einsum("lnd,lnd->ln", flat, flat).sum(axis=1, dtype=np.float64)
+SMALLEST_SQ = 2.0 ** -64  # a float32 sum of squares below this may have lost bits to underflow
+
+
+def sum_sq(x: np.ndarray, y: np.ndarray | None = None, buf: np.ndarray | None = None) -> np.ndarray:
+    """(L,) sum of squares of each block's array in x (L, N, ...), or of x - y (through ``buf``, x's shape,
+    if given): float32 per row (no float64 copy of x), float64 over rows. A block whose float32 sums
+    overflowed or may have underflowed (finite weights times 1e38, or 1e-38) is summed again in float64."""
+    with np.errstate(over="ignore", under="ignore"):  # found below
+        d = x if y is None else np.subtract(x, y, out=buf)
+        flat = d.reshape(d.shape[0], d.shape[1], -1)
+        out = np.einsum("lnd,lnd->ln", flat, flat).sum(axis=1, dtype=np.float64)
+    for l in np.flatnonzero(~(out >= SMALLEST_SQ) | ~np.isfinite(out)):  # 0 included: it may be underflow
+        d64 = x[l].astype(np.float64)
+        if y is not None:
+            d64 -= y[l]
+        out[l] = np.vdot(d64, d64)
+    return out
 
 
 def _sum_sq_diff(x: np.ndarray, y: np.ndarray, buf: np.ndarray) -> np.ndarray:
-    """(L,) ``sum_sq(x - y)``, one block at a time through ``buf`` so the difference stays in the CPU's cache."""
-    return np.concatenate([sum_sq(np.subtract(x[l], y[l], out=buf)[None]) for l in range(x.shape[0])])
+    """(L,) ``sum_sq(x, y)``, one block at a time through ``buf`` so the difference stays in the CPU's cache."""
+    return np.concatenate([sum_sq(x[l:l + 1], y[l:l + 1], buf[None]) for l in range(x.shape[0])])
 
 
 class PointMeasures:

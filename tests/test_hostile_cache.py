@@ -1,0 +1,168 @@
+"""Hostile caches (issue 11): a damaged entry, an unwritable or uncreatable folder, a bad
+$LAYERFILM_CACHE_MAX_MB. Each is one warning line, never a failure; the film is made; a damaged entry
+is recomputed and replaced; no temporary file is left in the cache folder."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import layerfilm.film as film
+from layerfilm import cache
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    dest = tmp_path / "run"
+    shutil.copytree(tiny_run, dest)
+    return dest
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Counts the renders that read the checkpoints (cache misses)."""
+    calls = []
+    real = film.load_trajectories
+    monkeypatch.setattr(film, "load_trajectories", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def render(run_cli, run: Path, out: Path, cache_dir: Path) -> list[str]:
+    """Render ``run`` through ``cache_dir``: must succeed, film written, no traceback; returns the warning lines."""
+    code, _, err = run_cli("render", run, "--out", out, "--size", "160x90", "--quiet", "--cache", cache_dir)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert out.is_file() and out.stat().st_size > 0
+    lines = [line for line in err.strip().splitlines() if not line.startswith("wrote ")]
+    assert all(line.startswith("warning: ") for line in lines), err
+    return lines
+
+
+def no_partials(folder: Path) -> None:
+    if folder.exists():
+        assert not [p.name for p in folder.iterdir() if ".partial-" in p.name]
+
+
+def damage_empty(entry: Path) -> None:
+    entry.write_bytes(b"")
+
+
+def damage_truncated(entry: Path) -> None:
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+
+
+def damage_shapes(entry: Path) -> None:
+    """A valid .npz whose points do not fit its steps (another writer, another version)."""
+    with np.load(entry) as z:
+        arrays = {n: z[n] for n in z.files}
+    arrays["xy"] = arrays["xy"][:, :, :, :1]
+    np.savez(entry.with_suffix(""), **arrays)
+
+
+@pytest.mark.parametrize("damage", [damage_empty, damage_truncated, damage_shapes], ids=lambda f: f.__name__)
+def test_a_damaged_entry_is_recomputed_with_one_warning_and_replaced(run_cli, run_copy, tmp_path, reads, damage):
+    c = tmp_path / "c"
+    assert render(run_cli, run_copy, tmp_path / "a.webm", c) == []
+    (entry,) = c.glob("*.npz")
+    damage(entry)
+    lines = render(run_cli, run_copy, tmp_path / "b.webm", c)
+    assert len(lines) == 1 and lines[0].startswith(f"warning: cache entry {entry}: damaged (")
+    assert lines[0].endswith("computing the key frames again")
+    assert len(reads) == 2
+    assert cache.load(c, entry.stem) is not None  # replaced by a good entry
+    assert render(run_cli, run_copy, tmp_path / "c.webm", c) == [] and len(reads) == 2  # a hit again
+    no_partials(c)
+
+
+def test_an_uncreatable_cache_folder_is_one_warning(run_cli, run_copy, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    lines = render(run_cli, run_copy, tmp_path / "a.webm", blocker / "sub")
+    assert len(lines) == 1
+    assert lines[0].startswith(f"warning: cache folder {blocker / 'sub'}: cannot create it (")
+    assert blocker.read_text() == ""
+
+
+def _erofs(*args, **kwargs):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+
+def _disk_full(file, *args, **kwargs):
+    Path(file).write_bytes(b"PK\x03\x04 half an entry")  # written in part, then the disk is full
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _denied(*args, **kwargs):
+    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+
+def fail_in(monkeypatch, module, name: str, folder: Path, fake) -> None:
+    """Make ``module.name`` (a function of the os or numpy module, shared by everything) call ``fake`` for
+    paths in ``folder`` only: the film's own writes go on as usual."""
+    real = getattr(module, name)
+
+    def patched(path, *args, **kwargs):
+        return (fake if Path(path).parent == folder else real)(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, patched)
+
+
+@pytest.mark.parametrize("target, fake", [
+    ("replace", _erofs),  # the entry cannot be renamed into place
+    ("savez", _disk_full),  # a temporary file half written
+    ("savez", _denied),  # not even the temporary file can be made
+], ids=["replace-erofs", "savez-enospc", "savez-eacces"])
+def test_an_unwritable_cache_is_one_warning_and_leaves_no_temporary_file(run_cli, run_copy, tmp_path, monkeypatch,
+                                                                         target, fake):
+    c = tmp_path / "c"
+    c.mkdir()
+    fail_in(monkeypatch, cache.os if target == "replace" else cache.np, target, c, fake)
+    lines = render(run_cli, run_copy, tmp_path / "a.webm", c)
+    assert len(lines) == 1 and lines[0].startswith(f"warning: cache folder {c}: key frames not cached (")
+    assert list(c.iterdir()) == []
+
+
+def test_a_read_only_cache_folder_is_one_warning(run_cli, run_copy, tmp_path, monkeypatch):
+    """As on a read-only mount: writing, renaming and removing all fail with EROFS (removing the
+    temporary file, too: that was store()'s traceback)."""
+    c = tmp_path / "c"
+    c.mkdir()
+    fail_in(monkeypatch, cache.np, "savez", c, _erofs)
+    fail_in(monkeypatch, cache.os, "replace", c, _erofs)
+    fail_in(monkeypatch, Path, "unlink", c, _erofs)
+    lines = render(run_cli, run_copy, tmp_path / "a.webm", c)
+    assert len(lines) == 1 and "key frames not cached (Read-only file system)" in lines[0]
+
+
+def test_a_read_only_cache_still_serves_its_entries(run_cli, run_copy, tmp_path, reads, monkeypatch):
+    c = tmp_path / "c"
+    render(run_cli, run_copy, tmp_path / "a.webm", c)
+    fail_in(monkeypatch, cache.os, "utime", c, _erofs)  # marking an entry as recently used fails
+    assert render(run_cli, run_copy, tmp_path / "b.webm", c) == []
+    assert len(reads) == 1
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "nan"])
+def test_a_bad_cache_size_is_one_warning_and_the_default(run_cli, run_copy, tmp_path, monkeypatch, value):
+    monkeypatch.setenv("LAYERFILM_CACHE_MAX_MB", value)
+    c = tmp_path / "c"
+    lines = render(run_cli, run_copy, tmp_path / "a.webm", c)
+    assert lines == [f"warning: LAYERFILM_CACHE_MAX_MB={value!r}: not a size in MB (a number, 0 or more); "
+                     f"using {cache.DEFAULT_MAX_MB}"]
+    assert len(list(c.glob("*.npz"))) == 1  # stored, and not trimmed away
+    no_partials(c)
+
+
+def test_a_stale_temporary_entry_is_removed_a_fresh_one_kept(tmp_path):
+    stale, fresh = tmp_path / ".k1.partial-1.npz", tmp_path / ".k2.partial-2.npz"
+    for p in (stale, fresh):
+        p.write_bytes(b"x")
+    old = os.stat(stale).st_mtime - cache.STALE_PARTIAL_S - 60
+    os.utime(stale, (old, old))
+    cache.trim(tmp_path, max_mb=0)  # partials are not entries: never counted or trimmed as such
+    assert not stale.exists() and fresh.exists()
