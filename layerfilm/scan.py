@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError, LayerfilmError, OptionsError, ScanError
-from .formats import HF_WEIGHT_FILE, detect_format, open_checkpoint
+from .formats import HF_WEIGHT_FILE, READABLE_DTYPES, cannot_read_dtype, detect_format, open_checkpoint
 from .layers import map_layers
 
 # A step written with a keyword wins over any other number in the name:
@@ -106,7 +106,7 @@ def _trainer_step(folder: Path) -> int | None:
     """``global_step`` of a Trainer folder's trainer_state.json, if there is one."""
     try:
         step = json.loads((folder / "trainer_state.json").read_text()).get("global_step")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # RecursionError: JSON nested too deeply
         return None
     return step if type(step) is int else None
 
@@ -146,6 +146,9 @@ def _inspect(path: Path, fmt: str, step: int | None, blocks_regex: str | None) -
             block_keys = [n for b in layer_map.blocks for n in layer_map.names[b].values()]
             shapes = {f"{b}.{c}": reader.shape(n) for b in layer_map.blocks for c, n in layer_map.names[b].items()}
             dtypes = Counter(reader.dtype(n) for n in block_keys)
+            unreadable = next((n for n in block_keys if reader.dtype(n) not in READABLE_DTYPES), None)
+            if unreadable is not None:
+                raise CheckpointError(cannot_read_dtype(unreadable, reader.dtype(unreadable)))
             size = sum(f.stat().st_size for f in reader.files)
     except LayerfilmError as e:
         return Checkpoint(step, path, fmt, problem=problem_of(e, path)), {}
