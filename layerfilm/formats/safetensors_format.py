@@ -85,6 +85,8 @@ def _entry_span(name: str, info: object) -> tuple[int, int]:
     if bits % 8:
         raise _Corrupt(f"{where}: {count} elements of {dtype} are not a whole number of bytes")
     start, end = offsets
+    if end < start:
+        raise _Corrupt(f"{where}: data_offsets end before they start")
     if end - start != bits // 8:
         raise _Corrupt(f"{where}: data_offsets span {end - start} bytes, shape and dtype need {bits // 8}")
     return start, end
