@@ -54,6 +54,15 @@ def _is_u64(x: object) -> bool:
     return type(x) is int and 0 <= x < U64
 
 
+def _show(value: object) -> str:
+    """A JSON value as it reads in the header, on one line, at most 40 characters."""
+    try:
+        text = json.dumps(value)
+    except RecursionError:
+        text = "(nested too deeply)"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _named(name: str) -> str:
     """A tensor name fit for a one-line message: quoted, escaped, at most ~60 characters."""
     return repr(name if len(name) <= 60 else name[:60] + "...")
@@ -71,16 +80,16 @@ def _entry_span(name: str, info: object) -> tuple[int, int]:
             raise _Corrupt(f"{where} has no {key}")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-        raise _Corrupt(f"{where}: unknown dtype {json.dumps(dtype)[:40]}")
+        raise _Corrupt(f"{where}: unknown dtype {_show(dtype)}")
     if not isinstance(shape, list) or not all(_is_u64(d) for d in shape):
-        raise _Corrupt(f"{where}: shape {json.dumps(shape)[:40]} is not a list of non-negative integers")
+        raise _Corrupt(f"{where}: shape {_show(shape)} is not a list of non-negative integers")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_u64(x) for x in offsets):
-        raise _Corrupt(f"{where}: data_offsets {json.dumps(offsets)[:40]} are not two non-negative integers")
+        raise _Corrupt(f"{where}: data_offsets {_show(offsets)} are not two non-negative integers")
     count = 1
     for d in shape:  # as the library's checked multiplication: refuse a count past 64 bits early
         count *= d
         if count >= U64:
-            raise _Corrupt(f"{where}: shape {json.dumps(shape)[:40]} holds more than 2**64 elements")
+            raise _Corrupt(f"{where}: shape {_show(shape)} holds more than 2**64 elements")
     bits = count * DTYPE_BITS[dtype]
     if bits % 8:
         raise _Corrupt(f"{where}: {count} elements of {dtype} are not a whole number of bytes")
