@@ -72,15 +72,18 @@ def load_pickle(path: Path) -> tuple[Any, bool]:
     Returns the object and whether its tensors are memory-mapped."""
     import torch
 
+    # torch warns "Detected pickle protocol 4 in the checkpoint..." before reading (or refusing) such a
+    # pickle: a second line beside ours that tells the user nothing. A targeted filter (re-adding it is a
+    # no-op), not catch_warnings(): that swaps the process-wide filters while the prefetch thread loads,
+    # swallowing what other threads warn meanwhile.
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": our one line says it all
-            warnings.simplefilter("ignore")
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
-            except RuntimeError as e:
-                if "mmap" not in str(e):
-                    raise
-                return torch.load(path, map_location="cpu", weights_only=True), False  # legacy (non-zip) format
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True), False  # legacy (non-zip) format
     except OSError as e:
         raise unreadable(path, e) from None
     except pickle.UnpicklingError as e:
