@@ -18,8 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError, LayerfilmError, OptionsError, ScanError
-from .formats import HF_WEIGHT_FILE, check_finite, check_regular, detect_format, open_checkpoint
-from .formats.safetensors_format import NUMPY_DTYPES
+from .formats import HF_WEIGHT_FILE, READABLE_DTYPES, cannot_read_dtype, check_finite, check_regular, detect_format, open_checkpoint
 from .layers import map_layers, resolve_param
 
 # A step written with a keyword wins over any other number in the name:
@@ -192,12 +191,10 @@ def _inspect(path: Path, fmt: str, step: int | None, blocks_regex: str | None,
             block_keys = [n for b in layer_map.blocks for n in layer_map.names[b].values()]
             shapes = {f"{b}.{c}": reader.shape(n) for b in layer_map.blocks for c, n in layer_map.names[b].items()}
             dtypes = Counter(reader.dtype(n) for n in block_keys)
+            unreadable = next((n for n in block_keys if reader.dtype(n) not in READABLE_DTYPES), None)
+            if unreadable is not None:
+                raise CheckpointError(cannot_read_dtype(unreadable, reader.dtype(unreadable)))
             size = sum(f.stat().st_size for f in reader.files)
-            if all(f.suffix == ".safetensors" for f in reader.files):
-                bad = next((n for n in block_keys if reader.dtype(n) not in NUMPY_DTYPES), None)
-                if bad is not None:
-                    raise CheckpointError(f"{path}: tensor {bad} has dtype {reader.dtype(bad)}, "
-                                          "which layerfilm cannot read")
             if deep:
                 component = resolve_param(layer_map, param, {n: reader.shape(n) for n in block_keys})
                 for b, name in zip(layer_map.blocks, layer_map.param_names(component)):

@@ -97,6 +97,14 @@ def open_checkpoint(path: Path, format: str) -> Renamed:
     return Renamed(FORMATS.get(format).open(path))
 
 
+# dtypes (safetensors' names; the torch reader maps torch's to these) that every reader widens to float32.
+READABLE_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL"})
+
+
+def cannot_read_dtype(name: str, dtype: str) -> str:
+    return f"tensor {name} has dtype {dtype}, which layerfilm cannot read"
+
+
 def unreadable(path: Path, e: OSError) -> CheckpointError:
     return CheckpointError(f"{path}: cannot read ({e.strerror or e})")
 

@@ -16,11 +16,18 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
-from . import FORMATS, check_regular, unreadable
+from . import FORMATS, cannot_read_dtype, check_regular, unreadable
 
 # safetensors dtype -> NumPy dtype of the stored bytes (little-endian); BF16 is widened by hand.
 NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
-                "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+                "I16": "<i2", "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+# Every dtype the safetensors format defines -> bits per element (its Rust crate's ``Dtype::bitsize``).
+# A header naming another is corrupt; one of these outside NUMPY_DTYPES is valid but unreadable here.
+DTYPE_BITS = {"BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
+              "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+              "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64}
+MAX_HEADER = 100_000_000  # the safetensors library's limit on the JSON header's length
+U64 = 2**64
 
 
 def widen(raw: bytes, dtype: str, shape: list[int]) -> np.ndarray:
@@ -35,10 +42,105 @@ def _file_of(path: Path) -> Path:
     return path / "model.safetensors" if path.is_dir() else path
 
 
+class _Corrupt(Exception):
+    """Why a header is not valid safetensors (becomes a CheckpointError naming the file)."""
+
+
+def _refuse_constant(name: str) -> None:
+    raise _Corrupt(f"{name} is not valid JSON")
+
+
+def _is_u64(x: object) -> bool:
+    return type(x) is int and 0 <= x < U64
+
+
+def _show(value: object) -> str:
+    """A JSON value as it reads in the header, on one line, at most 40 characters."""
+    try:
+        text = json.dumps(value)
+    except RecursionError:
+        text = "(nested too deeply)"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _named(name: str) -> str:
+    """A tensor name fit for a one-line message: quoted, escaped, at most ~60 characters."""
+    return repr(name if len(name) <= 60 else name[:60] + "...")
+
+
+def _entry_span(name: str, info: object) -> tuple[int, int]:
+    """The byte range of one tensor entry, after checking it as the safetensors library does: a
+    known dtype, a shape of non-negative integers, two non-negative integer offsets spanning
+    exactly shape x dtype bytes."""
+    where = f"tensor {_named(name)}"
+    if not isinstance(info, dict):
+        raise _Corrupt(f"{where} is not a JSON object")
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in info:
+            raise _Corrupt(f"{where} has no {key}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        raise _Corrupt(f"{where}: unknown dtype {_show(dtype)}")
+    if not isinstance(shape, list) or not all(_is_u64(d) for d in shape):
+        raise _Corrupt(f"{where}: shape {_show(shape)} is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_u64(x) for x in offsets):
+        raise _Corrupt(f"{where}: data_offsets {_show(offsets)} are not two non-negative integers")
+    count = 1
+    for d in shape:  # as the library's checked multiplication: refuse a count past 64 bits early
+        count *= d
+        if count >= U64:
+            raise _Corrupt(f"{where}: shape {_show(shape)} holds more than 2**64 elements")
+    bits = count * DTYPE_BITS[dtype]
+    if bits % 8:
+        raise _Corrupt(f"{where}: {count} elements of {dtype} are not a whole number of bytes")
+    start, end = offsets
+    if end < start:
+        raise _Corrupt(f"{where}: data_offsets end before they start")
+    if end - start != bits // 8:
+        raise _Corrupt(f"{where}: data_offsets span {end - start} bytes, shape and dtype need {bits // 8}")
+    return start, end
+
+
+def _check_layout(tensors: dict, data_size: int) -> int:
+    """Check that the tensors, sorted by offset, tile the data from byte 0 with no gap or overlap;
+    returns where the last one ends (the file must end there)."""
+    end = 0
+    for start, stop, name in sorted((*_entry_span(n, info), n) for n, info in tensors.items()):
+        if start != end:
+            how = "overlap the previous tensor" if start < end else "leave a gap before it"
+            raise _Corrupt(f"tensor {_named(name)}: data_offsets {how}")
+        end = stop
+    return end
+
+
+def _parse(text: bytes) -> tuple[dict, dict]:
+    """(tensors, metadata) of a JSON header, refusing what the safetensors library refuses."""
+    try:
+        header = json.loads(text.decode("utf-8"), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise _Corrupt("JSON nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise _Corrupt(str(e).splitlines()[0]) from None
+    if not isinstance(header, dict):
+        raise _Corrupt("not a JSON object")
+    meta = header.pop("__metadata__", None)
+    meta = {} if meta is None else meta
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _Corrupt("__metadata__ is not a map of strings")
+    for name in header:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Corrupt(f"tensor name {_named(name)} is not valid UTF-8") from None
+    return header, meta
+
+
 def read_header(path: Path) -> tuple[dict, dict]:
     """(tensors, metadata) of a safetensors file, reading only its JSON header.
 
-    A file shorter than its header promises (truncated) is refused here, before any tensor is read.
+    The header is validated as strictly as the safetensors library validates it (known dtypes,
+    integer shapes and offsets, tensors tiling the data exactly), so a file accepted here never
+    yields a wrong tensor; a file shorter than its header promises (truncated) is refused too.
     """
     check_regular(path)
     try:
@@ -48,23 +150,22 @@ def read_header(path: Path) -> tuple[dict, dict]:
                 raise CheckpointError(f"{path}: not a safetensors file (too short)")
             (n,) = struct.unpack("<Q", head)
             size = fh.seek(0, 2)
-            if n > min(size - 8, 100_000_000):
+            if n > min(size - 8, MAX_HEADER):
                 raise CheckpointError(f"{path}: not a safetensors file (bad header length)")
             fh.seek(8)
-            header = json.loads(fh.read(n))
+            text = fh.read(n)
     except OSError as e:
         raise unreadable(path, e) from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
-    meta = header.pop("__metadata__", None) or {}
     try:
-        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-    except (TypeError, KeyError, IndexError, ValueError):
-        raise CheckpointError(f"{path}: corrupt safetensors header (bad tensor entry)") from None
+        header, meta = _parse(text)
+        end = _check_layout(header, size - 8 - n)
+    except _Corrupt as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
     if 8 + n + end > size:
         raise CheckpointError(f"{path}: truncated ({size:,} bytes on disk, header promises {8 + n + end:,})")
+    if 8 + n + end < size:
+        raise CheckpointError(f"{path}: corrupt safetensors file ({size - 8 - n - end:,} bytes after the "
+                              "last tensor's data)")
     return header, meta
 
 
@@ -99,19 +200,17 @@ class SafetensorsReader:
         return tuple(self._header[name]["shape"])
 
     def dtype(self, name: str) -> str:
-        return str(self._header[name]["dtype"])
+        return self._header[name]["dtype"]
 
     def get(self, name: str) -> np.ndarray:
         """Tensor ``name`` as a float32 array (bf16/fp16 are widened), reading only its bytes."""
         if self._fd is None:
             raise RuntimeError("use the reader as a context manager")
         info = self._header[name]
-        start, end = (int(x) for x in info["data_offsets"])
-        dtype, shape = str(info["dtype"]), [int(d) for d in info["shape"]]
+        start, end = info["data_offsets"]  # validated by read_header: exactly shape x dtype bytes
+        dtype, shape = info["dtype"], info["shape"]
         if dtype not in NUMPY_DTYPES:
-            raise CheckpointError(f"{self.path}: tensor {name} has dtype {dtype}, which layerfilm cannot read")
-        if end - start != int(np.prod(shape)) * np.dtype(NUMPY_DTYPES[dtype]).itemsize:
-            raise CheckpointError(f"{self.path}: corrupt header entry for tensor {name} (size does not match shape)")
+            raise CheckpointError(f"{self.path}: {cannot_read_dtype(name, dtype)}")
         try:
             raw = os.pread(self._fd, end - start, self._base + start)
         except OSError as e:

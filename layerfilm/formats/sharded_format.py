@@ -34,7 +34,7 @@ class ShardedReader:
             weight_map = json.loads(self.index.read_text()).get("weight_map")
         except OSError as e:
             raise unreadable(self.index, e) from None
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # RecursionError: JSON nested too deeply
             weight_map = None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{self.index}: corrupt index (no weight_map)")

@@ -13,6 +13,7 @@ import ctypes
 import mmap
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ STATE_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
 # Where they keep the training step, tried in order (first int wins).
 STEP_KEYS = ("global_step", "iter_num", "step", "iteration")
 # torch dtype -> the short names safetensors uses, so `layerfilm scan` shows one vocabulary.
-DTYPE_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
-               "int64": "I64", "int32": "I32", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+DTYPE_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
+               "int32": "I32", "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16",
+               "uint8": "U8", "bool": "BOOL"}
 
 
 MADV_RANDOM = 1
@@ -71,6 +73,11 @@ def load_pickle(path: Path) -> tuple[Any, bool]:
     import torch
 
     check_regular(path)
+    # torch warns "Detected pickle protocol 4 in the checkpoint..." before reading (or refusing) such a
+    # pickle: a second line beside ours that tells the user nothing. A targeted filter (re-adding it is a
+    # no-op), not catch_warnings(): that swaps the process-wide filters while the prefetch thread loads,
+    # swallowing what other threads warn meanwhile.
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
@@ -125,8 +132,15 @@ class TorchReader:
         self._tensors: dict[str, Any] = {}
 
     def __enter__(self) -> "TorchReader":
+        import torch
+
         obj, mapped = load_pickle(self.path)
         self._tensors, self.step = find_state_dict(obj, self.path)
+        for name, t in self._tensors.items():
+            if t.layout != torch.strided:  # sparse COO/CSR/...: no plain storage to map or widen
+                layout = str(t.layout).removeprefix("torch.")
+                kind = "sparse" if layout.startswith("sparse") else f"of layout {layout}"
+                raise CheckpointError(f"{self.path}: tensor {name} is {kind}; layerfilm reads dense tensors")
         if mapped:
             advise_random(list(self._tensors.values()))
         return self
@@ -147,7 +161,7 @@ class TorchReader:
     def get(self, name: str) -> np.ndarray:
         try:
             return to_float32(self._tensors[name])
-        except (RuntimeError, OSError) as e:  # mmap'd data gone or damaged
+        except (RuntimeError, OSError, TypeError, NotImplementedError) as e:  # mmap'd data gone or damaged
             raise CheckpointError(f"{self.path}: cannot read tensor {name} ({e})") from None
 
 
