@@ -1,10 +1,12 @@
-"""On-disk cache of projected key frames, so that a re-render with other colours, another size or
-another encoder does not read the checkpoints again.
+"""On-disk cache of what a Run computes from the checkpoints (layerfilm.run), so that a re-render with
+other colours, another size or another encoder, or `stills`, `report` and `stability` after a render,
+do not read the checkpoints again.
 
-An entry is one film's ``Trajectories`` (T x L x N x 2 float32 points, a few MB to ~100 MB) in an
-``.npz`` file named by a key: the SHA-256 of every checkpoint's resolved path, size and modification
-time (each file's, for a checkpoint folder) and of every option that changes the points (weights,
-features, projection; not the look or the encoding). A checkpoint rewritten in place has a new
+An entry is a dict of arrays in an ``.npz`` file (a film's ``Trajectories``: T x L x N x 2 float32
+points, a few MB to ~100 MB; or a series' whole-block measures) named by a key: the SHA-256 of every
+checkpoint's resolved path, size and modification time (each file's, for a checkpoint folder) and of
+every option that changes the entry (what it is, weights, features, projection; not the look or the
+encoding). A checkpoint rewritten in place has a new
 mtime and misses the cache. Where: ``--cache DIR``, else ``$LAYERFILM_CACHE``, else
 ``$XDG_CACHE_HOME/layerfilm`` or ``~/.cache/layerfilm``. The folder is kept under
 ``$LAYERFILM_CACHE_MAX_MB`` (default 4096) by removing the least recently used entries.
@@ -22,13 +24,14 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 
-from .project import Trajectories
 from .scan import Series
 
-VERSION = 2  # bump when the meaning of an entry changes
+T = TypeVar("T")
+VERSION = 3  # bump when the meaning of an entry changes
 DEFAULT_MAX_MB = 4096
 STALE_PARTIAL_S = 3600  # a temporary entry this old was left by a process that was killed while writing it
 
@@ -70,26 +73,15 @@ def key(series: Series, options: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _check(traj: Trajectories) -> None:
-    """Raise ValueError unless ``traj``'s arrays have the shapes of one film's key frames."""
-    T, L = len(traj.steps), len(traj.blocks)
-    if traj.steps.ndim != 1 or traj.blocks.ndim != 1 or traj.point_ids.ndim != 2 or traj.point_ids.shape[0] != L:
-        raise ValueError("steps, blocks or point_ids of the wrong shape")
-    if traj.xy.shape != (T, L, traj.point_ids.shape[1], 2) or traj.xy.dtype.kind != "f":
-        raise ValueError(f"points of shape {traj.xy.shape}, not {(T, L, traj.point_ids.shape[1], 2)}")
-
-
-def load(folder: Path, k: str) -> Trajectories | None:
-    """The cached trajectories under key ``k``, or None: missing, or damaged (one warning; the entry is
-    removed, and the caller's ``store`` writes it again)."""
+def load(folder: Path, k: str, parse: Callable[[dict[str, np.ndarray]], T]) -> T | None:
+    """``parse`` of the arrays cached under key ``k``, or None: missing, or damaged (whatever reading or
+    ``parse`` raises: one warning; the entry is removed, and the caller's ``store`` writes it again)."""
     path = folder / f"{k}.npz"
     if not path.is_file():
         return None
     try:
-        with np.load(path) as z:
-            stats = {name[6:]: z[name] for name in z.files if name.startswith("stats_")}
-            traj = Trajectories(z["steps"], z["blocks"], z["point_ids"], z["xy"], str(z["method"]), stats)
-        _check(traj)
+        with np.load(path, allow_pickle=False) as z:
+            value = parse({name: z[name] for name in z.files})
     except Exception as e:  # noqa: BLE001 - whatever a damaged file raises (EOFError, BadZipFile, zlib...), it is a miss
         warnings.warn(f"cache entry {path}: damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
                       "computing the key frames again", stacklevel=2)
@@ -99,7 +91,7 @@ def load(folder: Path, k: str) -> Trajectories | None:
         os.utime(path)  # recently used: evicted last
     except OSError:  # a read-only cache: still a hit
         pass
-    return traj
+    return value
 
 
 def _remove(path: Path) -> None:
@@ -110,14 +102,13 @@ def _remove(path: Path) -> None:
         pass
 
 
-def store(folder: Path, k: str, traj: Trajectories, max_mb: float | None = None) -> Path:
-    """Write ``traj`` under key ``k`` (atomically), then trim the folder to ``max_mb``.
+def store(folder: Path, k: str, arrays: dict[str, np.ndarray], max_mb: float | None = None) -> Path:
+    """Write ``arrays`` under key ``k`` (atomically), then trim the folder to ``max_mb``.
     A cache that cannot be written (disk full, read-only) is a warning: the film does not need it."""
     path = folder / f"{k}.npz"
     tmp = folder / f".{k}.partial-{os.getpid()}.npz"
     try:
-        np.savez(tmp, steps=traj.steps, blocks=traj.blocks, point_ids=traj.point_ids, xy=traj.xy,
-                 method=np.str_(traj.method), **{f"stats_{n}": v for n, v in traj.stats.items()})
+        np.savez(tmp, **arrays)
         os.replace(tmp, path)
     except OSError as e:
         warnings.warn(f"cache folder {folder}: key frames not cached ({e.strerror or e})", stacklevel=2)

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import sys
-import tempfile
 from contextlib import closing
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import cache
 from .animate import MAX_FRAMES, Timeline, check_time, lerp
 from .encode import EncodeOptions, check_output, open_film
 from .errors import OptionsError, ScanError
-from .features import Features
-from .features.weights import WeightSpec, extract
+from .features.weights import WeightSpec
 from .outputs import atomic_output, check_output_path, show
 from .overlay import Overlay
-from .pipeline import one_blas_thread, prefetch
-from .project import FITS, Trajectories, project
+from .pipeline import prefetch
+from .project import FITS, Trajectories
 from .project_umap import UmapOptions
 from .render import Renderer, Style
-from .scan import Checkpoint, Series, scan
-from .features.motion import point_measures
+from .run import Run
+from .scan import Checkpoint
 from .stability import StabilityOptions, check_settle_threshold
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation films need it
@@ -101,69 +97,8 @@ def export_points(traj: Trajectories, path: str | Path, inputs: tuple[Path, ...]
     """Write key-frame coordinates: steps (T), blocks (L), point_ids (L, N), xy (T, L, N, 2) float32."""
     path = check_export_path(path, inputs)
     with atomic_output(path, suffix=".npz") as tmp:
-        np.savez(tmp, steps=traj.steps, blocks=traj.blocks, point_ids=traj.point_ids,
-                 xy=traj.xy.astype(np.float32), **{k: v for k, v in traj.stats.items()})
+        np.savez(tmp, **traj.to_arrays())
     return path
-
-
-def scan_for(folder: str | Path, opts: FilmOptions, progress: bool = False) -> Series:
-    """The checkpoints of ``folder`` selected by ``opts`` (every, steps, final step, strict, blocks): the
-    one scan every command (render, stills, stability, report) makes."""
-    return scan(folder, opts.every, opts.steps, final_step=opts.final_step, strict=opts.strict,
-                blocks_regex=opts.weights.blocks_regex, progress=progress)
-
-
-def load_features(series: Series, opts: FilmOptions, workdir: Path, progress: bool = True) -> Features:
-    """Weight rows (default) or, with ``opts.activations``, block outputs on the probe batch."""
-    if opts.activations is not None:
-        from .features.activations import extract as extract_activations
-
-        return extract_activations(series, opts.activations, workdir, progress)
-    return extract(series, opts.weights, workdir, progress, strict=opts.strict)
-
-
-def load_trajectories(series: Series, opts: FilmOptions, workdir: Path, progress: bool = True,
-                      skipped: list[Checkpoint] | None = None) -> Trajectories:
-    """Extract and project ``series``; checkpoints skipped while reading are appended to ``skipped``."""
-    features = load_features(series, opts, workdir, progress)
-    if skipped is not None:
-        skipped.extend(features.skipped)
-    traj = project(features, opts.projection, progress=progress, **opts.projection_kwargs())
-    measured = {} if "point_update" in features.stats else point_measures(features.store, features.steps)
-    return replace(traj, stats={**traj.stats, **features.stats, **measured})
-
-
-def _cache_options(series: Series, opts: FilmOptions) -> dict:
-    """What changes the points: the options, and for activations the probe, model and tokenizer files."""
-    options = opts.points_options()
-    if opts.activations is not None:
-        from .features.activations import input_files
-
-        options["inputs"] = [cache.checkpoint_stamp(f) for f in input_files(opts.activations, series)]
-    return options
-
-
-def cached_trajectories(series: Series, opts: FilmOptions, progress: bool = True,
-                        skipped: list[Checkpoint] | None = None) -> Trajectories:
-    """:func:`load_trajectories` through the on-disk cache (when ``opts.cache``): checkpoints already
-    filmed with the same point options are not read again. Checkpoints that could not be read are
-    appended to ``skipped`` (from a cache hit: those whose steps the cached key frames lack)."""
-    folder = cache.cache_dir(opts.cache_dir) if opts.cache else None
-    k = cache.key(series, _cache_options(series, opts)) if folder else ""
-    traj = cache.load(folder, k) if folder else None
-    if traj is None:
-        with tempfile.TemporaryDirectory(prefix="layerfilm-") as work, one_blas_thread():
-            traj = load_trajectories(series, opts, Path(work), progress, skipped)
-        if folder:
-            cache.store(folder, k, traj)
-        return traj
-    if progress:
-        print(f"key frames from the cache ({folder / k}.npz)", file=sys.stderr)
-    if skipped is not None:
-        kept = set(traj.steps.tolist())
-        skipped.extend(replace(c, problem="could not be read (found when first rendered; cached)")
-                       for c in series.checkpoints if c.step not in kept)
-    return traj
 
 
 def check_film_size(keyframes: int, opts: FilmOptions) -> None:
@@ -229,15 +164,14 @@ def render(
     check_output(Path(out), opts.encode, inputs)  # bad output paths or encoder options fail before any work
     if export is not None:
         check_export_path(export, inputs)
-    series = scan_for(folder, opts, progress)
-    if len(series) < 2:
-        raise ScanError(f"{show(folder)}: found {len(series)} usable checkpoint; a film needs at least two key frames")
-    check_film_size(len(series), opts)  # before any tensor is read
-    skipped = list(series.skipped)
-    traj = cached_trajectories(series, opts, progress, skipped)
+    run = Run.open(folder, opts, progress)
+    if len(run.series) < 2:
+        raise ScanError(f"{show(folder)}: found {len(run.series)} usable checkpoint; a film needs at least two key frames")
+    check_film_size(len(run.series), opts)  # before any tensor is read
+    traj = run.trajectories()
     renderer = film_renderer(traj, opts.style)
     overlay = Overlay.of_points(renderer, traj.stats, opts.settle_threshold) if opts.overlay else None
     n = write_film(traj, out, opts, progress, overlay, renderer)
     if export is not None:
         export_points(traj, export, inputs)
-    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(skipped), overlay)
+    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(run.skipped), overlay)

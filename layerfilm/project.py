@@ -56,6 +56,32 @@ class Trajectories:
     method: str
     stats: dict[str, np.ndarray] = field(default_factory=dict)  # per-block arrays, e.g. explained variance
 
+    CORE = ("steps", "blocks", "point_ids", "xy", "method")
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The one layout on disk (cache entries and --export-points): steps, blocks, point_ids, xy
+        (float32), method, and every stat under its own name."""
+        return {"steps": self.steps, "blocks": self.blocks, "point_ids": self.point_ids,
+                "xy": self.xy.astype(np.float32, copy=False), "method": np.str_(self.method), **self.stats}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Trajectories":
+        """Inverse of :meth:`to_arrays`; ValueError unless the shapes are those of one film's key frames."""
+        steps, blocks, ids, xy = (np.asarray(arrays[k]) for k in cls.CORE[:4])
+        T, L = len(steps), len(blocks)
+        if steps.ndim != 1 or blocks.ndim != 1 or ids.ndim != 2 or ids.shape[0] != L:
+            raise ValueError("steps, blocks or point_ids of the wrong shape")
+        if xy.shape != (T, L, ids.shape[1], 2) or xy.dtype.kind != "f":
+            raise ValueError(f"points of shape {xy.shape}, not {(T, L, ids.shape[1], 2)}")
+        stats = {k: np.asarray(v) for k, v in arrays.items() if k not in cls.CORE}
+        return cls(steps, blocks, ids, xy, str(arrays.get("method", "")), stats)
+
+    def take(self, keep: np.ndarray) -> "Trajectories":
+        """Only the key frames where ``keep`` (T,) is True (stats over time are recomputed by the caller)."""
+        if keep.all():
+            return self
+        return Trajectories(self.steps[keep], self.blocks, self.point_ids, self.xy[keep], self.method, self.stats)
+
     def extent(self, lo: float = 0.5, hi: float = 99.5, margin: float = 0.08) -> np.ndarray:
         """(L, 4) fixed axes per panel [x0, x1, y0, y1]: robust percentiles over all key frames,
         equal scale on both axes (distances on screen are distances in the projection)."""
@@ -81,10 +107,11 @@ def _orient(vecs: np.ndarray) -> np.ndarray:
     return signs
 
 
-def _start(L: int, D: int, seed: int = 0) -> np.ndarray:
-    """(L, D, k) seeded orthonormal start directions for the subspace iteration."""
+def _start(blocks: np.ndarray, D: int, seed: int = 0) -> np.ndarray:
+    """(L, D, k) seeded orthonormal start directions for the subspace iteration, each block's from its
+    own index: the same whichever chunk of blocks it is projected with."""
     k = min(D, 2 + OVERSAMPLE)
-    g = np.random.default_rng(seed).standard_normal((L, D, k))
+    g = np.stack([np.random.default_rng((seed, int(b))).standard_normal((D, k)) for b in blocks])
     return np.linalg.qr(g)[0].astype(np.float32)
 
 
@@ -139,7 +166,7 @@ def project_pca(features: Features, progress: bool = True, fit: str = "all") -> 
     _check_dims(x0)
     L, N, D = x0.shape
     shift = x0.mean(axis=1, dtype=np.float64).astype(np.float32)[:, None, :]  # (L, 1, D): keeps sums well-conditioned
-    q = _start(L, D)
+    q = _start(features.blocks, D)
     k = q.shape[2]
     coords = np.empty((T, L, N, k), np.float32)
     cq, sx, sxx, h = np.zeros((L, D, k)), np.zeros((L, D)), np.zeros(L), np.zeros((L, k, k))
@@ -202,7 +229,7 @@ def project_procrustes(features: Features, progress: bool = True) -> Trajectorie
     x = store[0]
     _check_dims(x)
     L, N, D = x.shape
-    q = _start(L, D)
+    q = _start(features.blocks, D)
     xy = np.empty((T, L, N, 2), np.float32)
     ratios = np.empty((T, L, 2))
 

@@ -67,6 +67,24 @@ class FeatureStore:
         return np.stack([self._load(t, l) for t in range(len(self._paths))])
 
 
+class ArrayStore:
+    """Key frames held in memory, (T, L, N, D) float32: a block chunk's points while it is projected
+    (layerfilm.run); the same interface as :class:`FeatureStore`."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = arr
+        self.max_abs = np.array([max(arr[:, l].max(initial=0), -arr[:, l].min(initial=0)) for l in range(arr.shape[1])])
+
+    def __len__(self) -> int:
+        return len(self.arr)
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return self.arr[t]
+
+    def block(self, l: int) -> np.ndarray:
+        return self.arr[:, l]
+
+
 SAFE_EXPONENT = 32  # blocks whose largest |value| lies within 2^-32 .. 2^32 are used as they are
 
 

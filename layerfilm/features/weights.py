@@ -7,7 +7,7 @@ from contextlib import closing
 from itertools import chain
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -59,6 +59,7 @@ class WeightPlan:
     transpose: bool  # True: stored [in, out], points are columns
     shape: tuple[int, int]  # (out, in) after orientation
     point_ids: np.ndarray  # (L, N)
+    block_bytes: int = 0  # the largest block's tensors in float64: what a whole-block measure holds per copy
 
 
 def plan(series: Series, spec: WeightSpec) -> WeightPlan:
@@ -77,23 +78,30 @@ def plan(series: Series, spec: WeightSpec) -> WeightPlan:
     n = min(spec.points, out_dim)
     rng = np.random.default_rng(spec.seed)
     ids = np.stack([np.sort(rng.choice(out_dim, n, replace=False)) for _ in names])
-    return WeightPlan(layer_map, component, names, transpose, (out_dim, in_dim), ids)
+    block_bytes = max(sum(int(np.prod(shapes[k])) for k in layer_map.names[b].values()) for b in layer_map.blocks) * 8
+    return WeightPlan(layer_map, component, names, transpose, (out_dim, in_dim), ids, block_bytes)
 
 
-def read_points(reader, wp: WeightPlan, where: Path) -> np.ndarray:
-    """(L, N, D) float32 rows of every block's matrix in one open checkpoint."""
-    out = np.empty((len(wp.tensor_names), wp.point_ids.shape[1], wp.shape[1]), np.float32)
+def tracked(w: np.ndarray, wp: WeightPlan, i: int) -> np.ndarray:
+    """(N, D) the tracked points of block ``i`` from its whole matrix ``w`` as stored."""
+    return (w.T if wp.transpose else w)[wp.point_ids[i]]
+
+
+def read_points(reader, wp: WeightPlan, where: Path, blocks: Sequence[int] | None = None) -> np.ndarray:
+    """(Lc, N, D) float32 tracked points of ``blocks`` (indices into the plan; default all) in one open
+    checkpoint, reading only their rows for an [out, in] matrix (a Conv1D [in, out] one whole)."""
+    blocks = range(len(wp.tensor_names)) if blocks is None else blocks
+    out = np.empty((len(blocks), wp.point_ids.shape[1], wp.shape[1]), np.float32)
     keys = set(reader.keys())
-    for i, name in enumerate(wp.tensor_names):
+    for j, i in enumerate(blocks):
+        name = wp.tensor_names[i]
         if name not in keys:
             raise CheckpointError(f"{where}: tensor {name} is missing")
-        w = reader.get(name)
-        if wp.transpose:
-            w = w.T
-        if w.shape != wp.shape:
-            raise CheckpointError(f"{where}: {name} has shape {w.shape}, expected {wp.shape}")
-        out[i] = w[wp.point_ids[i]]
-        check_finite(out[i], where, name, wp.layer_map.blocks[i])  # NaN/Inf would poison the projection
+        shape = tuple(reader.shape(name))
+        if (shape[::-1] if wp.transpose else shape) != wp.shape:
+            raise CheckpointError(f"{where}: {name} has shape {shape}, expected {wp.shape[::-1] if wp.transpose else wp.shape}")
+        out[j] = tracked(reader.get(name), wp, i) if wp.transpose else reader.rows(name, wp.point_ids[i])
+        check_finite(out[j], where, name, wp.layer_map.blocks[i])  # NaN/Inf would poison the projection
     return out
 
 

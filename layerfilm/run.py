@@ -1,0 +1,337 @@
+"""The Run: one study of one folder with one set of options, and the only orchestration.
+
+A :class:`Run` holds the scanned series and the options, and computes lazily, each at most once and
+kept in the on-disk cache (layerfilm.cache) under a key of the checkpoints' stamps and the options that
+change it:
+
+  trajectories()    the film's aligned 2-D key-frame points (T x L x N x 2) with their measures
+  block_measures()  the whole-block measures of layerfilm.stability (norms, updates, histograms, CKA)
+  stability()       both together, with settling steps (what `stability` and `report` show)
+
+``render``, ``stills``, ``stability`` and ``report`` are thin consumers; the CLI builds one Run, so a
+second command on the same folder and options reads no checkpoint (only the scan's headers).
+
+Work is decomposed by block: a block's points and measures depend only on that block's tensors, so a
+task is (a chunk of blocks) x (all key frames), a plain function (:func:`block_task`) of small
+arguments returning small arrays. A task reads only the bytes it needs: the tracked rows of the filmed
+matrix (coalesced into ranges) for a film, or each block tensor once for the whole-block measures,
+and keeps its chunk's key frames in memory while they are projected; no feature store on disk.
+Chunks are sized to a memory budget (``LAYERFILM_CHUNK_MB``, default 512). Activation films stay
+checkpoint-major (a forward pass needs the whole model).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import cache
+from .errors import CheckpointError, ScanError
+from .features import ArrayStore, Features
+from .features.motion import point_measures
+from .features.weights import WeightPlan, plan, read_points, skip
+from .formats import open_checkpoint
+from .pipeline import one_blas_thread, prefetch
+from .project import Trajectories, project
+from .scan import Checkpoint, Series, scan
+from .stability import HIST_BINS, BlockMeasures, BlockStats, Stability, screen_motion, settle_index
+
+DEFAULT_CHUNK_MB = 512
+T = TypeVar("T")
+
+
+def scan_for(folder: str | Path, opts, progress: bool = False) -> Series:
+    """The checkpoints of ``folder`` selected by ``opts`` (every, steps, final step, strict, blocks): the
+    one scan every command (render, stills, stability, report) makes."""
+    return scan(folder, opts.every, opts.steps, final_step=opts.final_step, strict=opts.strict,
+                blocks_regex=opts.weights.blocks_regex, progress=progress)
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What one block task returns: small arrays for its blocks, or the checkpoints it could not read."""
+
+    blocks: tuple[int, ...]  # indices into the plan's blocks
+    bad: dict[int, str] = field(default_factory=dict)  # checkpoint index -> problem (then nothing else)
+    xy: np.ndarray | None = None  # (T, Lc, N, 2)
+    stats: dict[str, np.ndarray] = field(default_factory=dict)  # per-block stats of the points and projection
+    measures: dict[str, np.ndarray] | None = None  # whole-block measures (layerfilm.stability.BlockStats)
+
+
+def chunk_mb() -> float:
+    try:
+        mb = float(os.environ.get("LAYERFILM_CHUNK_MB", DEFAULT_CHUNK_MB))
+    except ValueError:
+        mb = DEFAULT_CHUNK_MB
+    return mb if math.isfinite(mb) and mb > 0 else DEFAULT_CHUNK_MB
+
+
+def block_chunks(wp: WeightPlan, keyframes: int, whole_bytes: int = 0, budget_mb: float | None = None,
+                 most: int | None = None) -> list[tuple[int, ...]]:
+    """Consecutive chunks of the plan's blocks whose key frames fit the memory budget: the points
+    (T x N x D float32 per block) and, for the whole-block measures, three copies of a block's tensors
+    (the final, the previous and the current checkpoint's, float64)."""
+    per_block = keyframes * wp.point_ids.shape[1] * wp.shape[1] * 4 + 3 * whole_bytes
+    size = max(1, int((budget_mb or chunk_mb()) * 2**20 // max(per_block, 1)))
+    if most is not None:
+        size = min(size, most)
+    L = len(wp.tensor_names)
+    return [tuple(range(i, min(i + size, L))) for i in range(0, L, size)]
+
+
+def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: tuple[int, ...],
+               projection: str, projection_kwargs: dict, whole: bool = False,
+               bins: int = HIST_BINS, progress: Callable[[], None] | None = None) -> ChunkResult:
+    """Points (and, with ``whole``, whole-block measures) of ``blocks`` at the checkpoints ``active``
+    (indices into ``series``), projected to 2-D. Each checkpoint is opened once; with ``whole`` the
+    final one is read first and kept while the others stream by, so every byte is read once."""
+    ckpts = [series.checkpoints[t] for t in active]
+    T, N, D = len(active), wp.point_ids.shape[1], wp.shape[1]
+    points = np.empty((T, len(blocks), N, D), np.float32)
+    bad: dict[int, str] = {}
+    stats = BlockStats(wp, blocks, T, bins) if whole else None
+    order = [T - 1, *range(T - 1)] if whole else list(range(T))  # whole: the final first
+
+    def read(i: int) -> tuple[int, object]:
+        ckpt = ckpts[i]
+        try:
+            with open_checkpoint(ckpt.path, ckpt.format) as reader:
+                if stats is None:
+                    return i, read_points(reader, wp, ckpt.path, blocks)
+                return i, stats.read(reader, ckpt.path)
+        except CheckpointError as e:
+            return i, e
+
+    for i, got in prefetch(read(i) for i in order):
+        if progress is not None:
+            progress()
+        if isinstance(got, CheckpointError):
+            bad[active[i]] = str(got)
+            continue
+        if bad:
+            continue
+        points[i] = got if stats is None else stats.add(i, got)
+    if bad:
+        return ChunkResult(blocks, bad)
+    ids = wp.point_ids[list(blocks)]
+    features = Features(np.asarray([c.step for c in ckpts], np.int64), np.asarray(wp.layer_map.blocks)[list(blocks)],
+                        ids, "", ArrayStore(points))
+    with one_blas_thread():
+        traj = project(features, projection, progress=False, **projection_kwargs)
+        measured = point_measures(features.store, features.steps)
+    measures = stats.result(points) if stats is not None else None
+    return ChunkResult(blocks, {}, traj.xy, {**traj.stats, **measured}, measures)
+
+
+# stats whose block axis is not the first: (T, L) series
+_BLOCK_AXIS = {"point_update": 1, "point_distance": 1}
+
+
+def _join(results: list[ChunkResult]) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """The chunks' arrays joined along the block axis."""
+    xy = np.concatenate([r.xy for r in results], axis=1)
+    stats = {k: np.concatenate([r.stats[k] for r in results], axis=_BLOCK_AXIS.get(k, 0)) for k in results[0].stats}
+    measures = None
+    if results[0].measures is not None:
+        measures = {k: np.concatenate([r.measures[k] for r in results], axis=BlockStats.BLOCK_AXIS[k])
+                    for k in results[0].measures}
+    return xy, stats, measures
+
+
+def _run_tasks(fn: Callable[..., ChunkResult], args: list[tuple], jobs: int, bar: tqdm) -> list[ChunkResult]:
+    """Run ``fn(*a)`` for every ``a``: in this process, or over ``jobs`` worker processes."""
+    if jobs <= 1 or len(args) == 1:
+        return [fn(*a, progress=bar.update) for a in args]
+    from .project_umap import _worker_init
+
+    out = []
+    with ProcessPoolExecutor(min(jobs, len(args)), multiprocessing.get_context("spawn"),
+                             initializer=_worker_init) as pool:
+        for r in pool.map(_call, [(fn, a) for a in args]):
+            bar.update(len(r.xy) if r.xy is not None else 0)
+            out.append(r)
+    return out
+
+
+def _call(job: tuple) -> ChunkResult:
+    fn, a = job
+    return fn(*a)
+
+
+class Run:
+    """One study of one series with one set of options (``layerfilm.film.FilmOptions``).
+
+    Example:
+        >>> run = Run.open("ckpts/", FilmOptions())  # doctest: +SKIP
+        >>> run.trajectories().xy.shape, run.stability().settle_steps  # doctest: +SKIP
+    """
+
+    def __init__(self, series: Series, opts, progress: bool = True) -> None:
+        self.series = series
+        self.opts = opts
+        self.progress = progress
+        self.skipped: list[Checkpoint] = list(series.skipped)  # the scan's, then those found when read
+        self._traj: Trajectories | None = None
+        self._measures: BlockMeasures | None = None
+        self._stability: Stability | None = None
+        self._cache = cache.cache_dir(opts.cache_dir) if opts.cache else None
+
+    @classmethod
+    def open(cls, folder: str | Path, opts, progress: bool = True) -> "Run":
+        """Scan ``folder`` as ``opts`` select (reads headers only) and start a Run on it."""
+        return cls(scan_for(folder, opts, progress), opts, progress)
+
+    # ---------------------------------------------------------------- cached products
+
+    def trajectories(self) -> Trajectories:
+        """The film's aligned key-frame points (computed once, from the cache when it has them)."""
+        if self._traj is None:
+            key = self._key("points", self._points_options())
+            self._traj = self._cached_trajectories(key)
+            if self._traj is None:
+                if self.opts.activations is not None:
+                    self._traj = self._activation_trajectories()
+                else:
+                    self._traj, _ = self._weights_pass(whole=False)
+                self._store(key, self._traj.to_arrays())
+        return self._traj
+
+    def block_measures(self) -> BlockMeasures:
+        """Whole-block measures (each byte of the series read once; from the cache when it has them)."""
+        if self._measures is None:
+            key = self._key("blocks", {"weights": self.opts.weights})
+            self._measures = self._load(key, BlockMeasures.from_arrays)
+            if self._measures is not None:
+                self._note_cached_skips(self._measures.steps)
+            else:
+                traj, self._measures = self._weights_pass(whole=True)
+                self._store(key, self._measures.to_arrays())
+                if self._traj is None and self.opts.activations is None:  # the same pass filmed the points
+                    self._traj = traj
+                    self._store(self._key("points", self._points_options()), traj.to_arrays())
+        return self._measures
+
+    def stability(self) -> Stability:
+        """Which blocks settle: the whole-block measures, the film's motion, and with activations their
+        statistics (layerfilm.stability.Stability)."""
+        if self._stability is None:
+            m = self.block_measures()
+            traj = self.trajectories()
+            act = None
+            if self.opts.activations is not None:
+                from .features.act_stats import ActivationStats
+
+                act = ActivationStats.from_arrays(traj.steps, traj.blocks, traj.stats)
+                traj = self._weights_trajectories()
+            keep = np.isin(traj.steps, m.steps)  # a checkpoint unreadable in one pass is left out of both
+            traj = traj.take(keep)
+            th = self.opts.settle_threshold
+            self._stability = Stability(
+                steps=m.steps, blocks=m.blocks, components=m.components, relative_update=m.relative_update,
+                distance_to_final=m.distance_to_final, norm=m.norm, param_norm=m.param_norm,
+                cka_to_final=m.cka_to_final, motion=screen_motion(traj), hist=m.hist, hist_edges=m.hist_edges,
+                settle_threshold=th, settle_index=settle_index(m.distance_to_final, th), points=m.points,
+                trajectories=traj, activations=act, skipped=tuple(self.skipped))
+        return self._stability
+
+    # ---------------------------------------------------------------- computing
+
+    def _weights_pass(self, whole: bool) -> tuple[Trajectories, BlockMeasures | None]:
+        """One pass over the checkpoints by block chunks; checkpoints found unreadable are skipped by
+        the one rule (layerfilm.features.weights.skip) and the pass is redone without them."""
+        series, opts = self.series, self.opts
+        wp = plan(series, opts.weights)
+        active = tuple(range(len(series)))
+        umap = opts.projection == "umap"
+        jobs = (opts.umap.jobs or os.cpu_count() or 1) if umap else 1
+        while True:
+            whole_bytes = wp.block_bytes if whole else 0
+            chunks = block_chunks(wp, len(active), whole_bytes, most=1 if umap else None)
+            args = [(series, wp, c, active, opts.projection, opts.projection_kwargs(), whole) for c in chunks]
+            what = "measuring" if whole else "reading"
+            with tqdm(total=len(chunks) * len(active), desc=f"{what} {len(chunks)} block chunk(s)", unit="ckpt",
+                      disable=not self.progress) as bar:
+                results = _run_tasks(block_task, args, jobs, bar)
+            bad = {t: why for r in results for t, why in r.bad.items()}
+            if not bad:
+                break
+            for t in sorted(bad):
+                ckpt = series.checkpoints[t]
+                self.skipped.append(skip(ckpt, CheckpointError(bad[t]), opts.strict))
+            active = tuple(t for t in active if t not in bad)
+            if len(active) < 2:
+                raise ScanError(f"{series.root}: {len(active)} readable checkpoint(s); at least two key frames are needed")
+        xy, stats, measures = _join(results)
+        steps = np.asarray([series.checkpoints[t].step for t in active], np.int64)
+        blocks = np.asarray(wp.layer_map.blocks, np.int64)
+        traj = Trajectories(steps, blocks, wp.point_ids.astype(np.int64), xy, opts.projection, stats)
+        bm = BlockMeasures.assemble(steps, blocks, wp, measures) if measures is not None else None
+        return traj, bm
+
+    def _activation_trajectories(self) -> Trajectories:
+        """Block outputs on the probe batch, checkpoint-major (a forward pass needs the whole model)."""
+        from .features.activations import extract
+
+        with tempfile.TemporaryDirectory(prefix="layerfilm-") as work, one_blas_thread():
+            features = extract(self.series, self.opts.activations, Path(work), self.progress)
+            self.skipped.extend(features.skipped)
+            traj = project(features, self.opts.projection, progress=self.progress, **self.opts.projection_kwargs())
+            measured = {} if "point_update" in features.stats else point_measures(features.store, features.steps)
+        return replace(traj, stats={**traj.stats, **features.stats, **measured})
+
+    def _weights_trajectories(self) -> Trajectories:
+        """The weights' film (for the on-screen motion of `stability` next to activation statistics)."""
+        if self._weights_run is None:
+            self._weights_run = Run(self.series, replace(self.opts, activations=None), self.progress)
+        return self._weights_run.trajectories()
+
+    _weights_run: "Run | None" = None
+
+    # ---------------------------------------------------------------- the cache
+
+    def _points_options(self) -> dict:
+        """What changes the points: the options, and for activations the probe, model and tokenizer files."""
+        options = self.opts.points_options()
+        if self.opts.activations is not None:
+            from .features.activations import input_files
+
+            options["inputs"] = [cache.checkpoint_stamp(f) for f in input_files(self.opts.activations, self.series)]
+        return options
+
+    def _key(self, kind: str, options: dict) -> str:
+        return cache.key(self.series, {"kind": kind, **options}) if self._cache is not None else ""
+
+    def _load(self, key: str, parse: Callable[[dict[str, np.ndarray]], T]) -> T | None:
+        if self._cache is None:
+            return None
+        value = cache.load(self._cache, key, parse)
+        if value is not None and self.progress:
+            print(f"read from the cache ({self._cache / key}.npz), not from the checkpoints", file=sys.stderr)
+        return value
+
+    def _store(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        if self._cache is not None:
+            cache.store(self._cache, key, arrays)
+
+    def _cached_trajectories(self, key: str) -> Trajectories | None:
+        traj = self._load(key, Trajectories.from_arrays)
+        if traj is not None:
+            self._note_cached_skips(traj.steps)
+        return traj
+
+    def _note_cached_skips(self, kept: Iterable[int]) -> None:
+        """Checkpoints of the series missing from a cached result could not be read when it was made."""
+        have = set(int(s) for s in kept)
+        known = {c.path for c in self.skipped}
+        self.skipped.extend(replace(c, problem="could not be read (found when first read; cached)")
+                            for c in self.series.checkpoints if c.step not in have and c.path not in known)
