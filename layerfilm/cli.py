@@ -15,13 +15,13 @@ from .encode import EncodeOptions
 from .errors import LayerfilmError, OptionsError
 from .outputs import printable, show
 from .features.weights import LAYOUTS, WeightSpec
-from .film import FilmOptions, render, scan_for
+from .film import FilmOptions, render
+from .run import Run
 from .project import FITS, PROJECTIONS, stats_table
 from .project_umap import UmapOptions
 from .render import Style, parse_size
-from .report import parse_step_list, report, stills, study_options
+from .report import parse_step_list, report, stills
 from .scan import Checkpoint, parse_steps, scan
-from .stability import measure
 
 RENDER_HELP = """\
 Render a film of how every decoder block's weights (or activations) move over training.
@@ -113,12 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "realtime (still lossless, ~5x faster to encode, ~20%% larger); .mp4 an x264 preset, ultrafast..veryslow (default medium)")
     g.add_argument("--export-points", default=None, metavar="FILE.npz", help="also write key-frame coordinates: steps (T), blocks (L), point_ids (L,N), xy (T,L,N,2)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-    g = r.add_argument_group("cache", "Projected key frames are kept on disk, keyed by each checkpoint's path, size and\n"
-                             "modification time and by the options that change the points, so a re-render with\n"
-                             "another --cmap, --size, --fps or output does not read the checkpoints again.")
-    g.add_argument("--cache", default=None, metavar="DIR", help="cache folder (default $LAYERFILM_CACHE, else ~/.cache/layerfilm; "
-                   "trimmed to $LAYERFILM_CACHE_MAX_MB, default 4096)")
-    g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    _add_cache(r)
     s = sub.add_parser("scan", help="list the checkpoints a render would use, and what is wrong with the others",
                        description=SCAN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("folder", help="folder that holds the checkpoints")
@@ -130,6 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     _blocks_option(s)
     _add_study_commands(sub)
     return parser
+
+
+def _add_cache(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cache", "What is computed from the checkpoints (the film's key frames, the whole-block\n"
+                             "measures) is kept on disk, keyed by each checkpoint's path, size and modification\n"
+                             "time and by the options that change it, so a re-render with another --cmap, --size,\n"
+                             "--fps or output, and stills, report or stability after a render, do not read the\n"
+                             "checkpoints again.")
+    g.add_argument("--cache", default=None, metavar="DIR", help="cache folder (default $LAYERFILM_CACHE, else ~/.cache/layerfilm; "
+                   "trimmed to $LAYERFILM_CACHE_MAX_MB, default 4096)")
+    g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
 
 
 def _add_activations(g) -> None:
@@ -350,6 +356,7 @@ def _study_parser(sub, name: str, help: str, description: str) -> argparse.Argum
     p.add_argument("folder", help="folder that holds the checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _checkpoint_options(p)
+    _add_cache(p)
     return p
 
 
@@ -382,14 +389,12 @@ def _study_options(args: argparse.Namespace) -> FilmOptions:
         weights=_weight_spec(args), projection=args.projection, style=Style(width=w, height=h, cmap=a.get("cmap", "magma")),
         every=a.get("every", 1), steps=parse_steps(a["steps"]) if "every" in a and a["steps"] else (None, None),
         settle_threshold=a.get("settle_threshold", 0.1), activations=_activation_spec(args, weights_too=True),
-        final_step=args.final_step, strict=args.strict,
+        final_step=args.final_step, strict=args.strict, cache=not args.no_cache, cache_dir=args.cache,
     )
 
 
 def cmd_stability(args: argparse.Namespace) -> int:
-    opts = _study_options(args)
-    series = scan_for(args.folder, opts)
-    stab = measure(series, study_options(opts), progress=not args.quiet)
+    stab = Run.open(args.folder, _study_options(args), progress=not args.quiet).stability()
     print(stab.to_json() if args.json else stab.table())
     _list_skipped(stab.skipped)
     return 0

@@ -164,7 +164,7 @@ def render(
     check_output(Path(out), opts.encode, inputs)  # bad output paths or encoder options fail before any work
     if export is not None:
         check_export_path(export, inputs)
-    run = Run.open(folder, opts, progress)
+    run = Run.open(folder, opts, progress, scan_progress=progress)
     if len(run.series) < 2:
         raise ScanError(f"{show(folder)}: found {len(run.series)} usable checkpoint; a film needs at least two key frames")
     check_film_size(len(run.series), opts)  # before any tensor is read

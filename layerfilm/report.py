@@ -13,7 +13,6 @@ import base64
 import html
 import io
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,11 +23,12 @@ from .errors import OptionsError
 from .figures import (activation_hot_figure, activation_near_zero_figure, activation_norm_figure,
                       figure_format, heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure,
                       stills_figure)
-from .film import FilmOptions, caption, film_renderer, load_trajectories, scan_for
+from .film import FilmOptions, caption, film_renderer
+from .run import Run
 from .outputs import atomic_output, check_output_path
 from .project import Trajectories
 from .render import Style
-from .stability import Stability, StabilityOptions, measure
+from .stability import Stability, StabilityOptions
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -94,10 +94,9 @@ def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] |
     inputs = (Path(folder),)
     if out is not None:  # a bad extension or a path that is not ours fails before any work
         check_output_path(out, (f".{figure_format(out)}",), inputs)
-    series = scan_for(folder, opts)
-    key_indices(series.steps, steps)  # a step that is not a key frame fails before any work
-    with tempfile.TemporaryDirectory(prefix="layerfilm-") as work:
-        traj = load_trajectories(series, opts, Path(work), progress)
+    run = Run.open(folder, opts, progress)
+    key_indices(run.series.steps, steps)  # a step that is not a key frame fails before any work
+    traj = run.trajectories()
     result = keyframe_stills(traj, opts.style, steps)
     if out is not None:
         save_figure(result.figure, out, inputs)
@@ -255,8 +254,7 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
             raise OptionsError(f"--film {film}: no such file")
         if film.suffix.lower() not in FILM_TYPES:
             raise OptionsError(f"--film {film}: embed a .webm, .mp4 or .gif film")
-    series = scan_for(folder, opts)
-    stab = measure(series, study_options(opts), progress=progress)
+    stab = Run.open(folder, opts).stability()
     figures = report_figures(stab, opts.style)
     files: list[Path] = []
     if kind == "html":

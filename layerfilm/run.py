@@ -41,6 +41,7 @@ from .features import ArrayStore, Features
 from .features.motion import point_measures
 from .features.weights import WeightPlan, plan, read_points, skip
 from .formats import open_checkpoint
+from .outputs import show
 from .pipeline import one_blas_thread, prefetch
 from .project import Trajectories, project
 from .scan import Checkpoint, Series, scan
@@ -187,9 +188,9 @@ class Run:
         self._cache = cache.cache_dir(opts.cache_dir) if opts.cache else None
 
     @classmethod
-    def open(cls, folder: str | Path, opts, progress: bool = True) -> "Run":
+    def open(cls, folder: str | Path, opts, progress: bool = True, scan_progress: bool = False) -> "Run":
         """Scan ``folder`` as ``opts`` select (reads headers only) and start a Run on it."""
-        return cls(scan_for(folder, opts, progress), opts, progress)
+        return cls(scan_for(folder, opts, scan_progress), opts, progress)
 
     # ---------------------------------------------------------------- cached products
 
@@ -206,33 +207,37 @@ class Run:
                 self._store(key, self._traj.to_arrays())
         return self._traj
 
-    def block_measures(self) -> BlockMeasures:
+    def block_measures(self, bins: int = HIST_BINS) -> BlockMeasures:
         """Whole-block measures (each byte of the series read once; from the cache when it has them)."""
         if self._measures is None:
-            key = self._key("blocks", {"weights": self.opts.weights})
+            if len(self.series) < 2:
+                raise ScanError(f"{show(self.series.root)}: found {len(self.series)} checkpoint; "
+                                "measuring movement needs at least two")
+            key = self._key("blocks", {"weights": self.opts.weights, "bins": bins})
             self._measures = self._load(key, BlockMeasures.from_arrays)
             if self._measures is not None:
                 self._note_cached_skips(self._measures.steps)
             else:
-                traj, self._measures = self._weights_pass(whole=True)
+                traj, self._measures = self._weights_pass(whole=True, bins=bins)
                 self._store(key, self._measures.to_arrays())
-                if self._traj is None and self.opts.activations is None:  # the same pass filmed the points
-                    self._traj = traj
-                    self._store(self._key("points", self._points_options()), traj.to_arrays())
+                weights = self._weights_film()
+                if weights._traj is None:  # the same pass filmed the weights' points
+                    weights._traj = traj
+                    weights._store(weights._key("points", weights._points_options()), traj.to_arrays())
         return self._measures
 
-    def stability(self) -> Stability:
+    def stability(self, bins: int = HIST_BINS) -> Stability:
         """Which blocks settle: the whole-block measures, the film's motion, and with activations their
-        statistics (layerfilm.stability.Stability)."""
+        statistics (layerfilm.stability.Stability). ``bins``: value bins of the histograms over time."""
         if self._stability is None:
-            m = self.block_measures()
+            m = self.block_measures(bins)
             traj = self.trajectories()
             act = None
             if self.opts.activations is not None:
                 from .features.act_stats import ActivationStats
 
                 act = ActivationStats.from_arrays(traj.steps, traj.blocks, traj.stats)
-                traj = self._weights_trajectories()
+                traj = self._weights_film().trajectories()
             keep = np.isin(traj.steps, m.steps)  # a checkpoint unreadable in one pass is left out of both
             traj = traj.take(keep)
             th = self.opts.settle_threshold
@@ -246,7 +251,7 @@ class Run:
 
     # ---------------------------------------------------------------- computing
 
-    def _weights_pass(self, whole: bool) -> tuple[Trajectories, BlockMeasures | None]:
+    def _weights_pass(self, whole: bool, bins: int = HIST_BINS) -> tuple[Trajectories, BlockMeasures | None]:
         """One pass over the checkpoints by block chunks; checkpoints found unreadable are skipped by
         the one rule (layerfilm.features.weights.skip) and the pass is redone without them."""
         series, opts = self.series, self.opts
@@ -257,7 +262,10 @@ class Run:
         while True:
             whole_bytes = wp.block_bytes if whole else 0
             chunks = block_chunks(wp, len(active), whole_bytes, most=1 if umap else None)
-            args = [(series, wp, c, active, opts.projection, opts.projection_kwargs(), whole) for c in chunks]
+            kwargs = opts.projection_kwargs()
+            if umap:  # parallel over blocks here, one process per task: none inside
+                kwargs = {**kwargs, "options": replace(kwargs["options"], jobs=1)}
+            args = [(series, wp, c, active, opts.projection, kwargs, whole, bins) for c in chunks]
             what = "measuring" if whole else "reading"
             with tqdm(total=len(chunks) * len(active), desc=f"{what} {len(chunks)} block chunk(s)", unit="ckpt",
                       disable=not self.progress) as bar:
@@ -289,11 +297,15 @@ class Run:
             measured = {} if "point_update" in features.stats else point_measures(features.store, features.steps)
         return replace(traj, stats={**traj.stats, **features.stats, **measured})
 
-    def _weights_trajectories(self) -> Trajectories:
-        """The weights' film (for the on-screen motion of `stability` next to activation statistics)."""
+    def _weights_film(self) -> "Run":
+        """The Run of the weights' film: this one, or for an activation film the same run of weights
+        (`stability` shows the weights' on-screen motion beside the activation statistics)."""
+        if self.opts.activations is None:
+            return self
         if self._weights_run is None:
             self._weights_run = Run(self.series, replace(self.opts, activations=None), self.progress)
-        return self._weights_run.trajectories()
+            self._weights_run.skipped = self.skipped  # one list of what was skipped
+        return self._weights_run
 
     _weights_run: "Run | None" = None
 

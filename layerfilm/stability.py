@@ -27,22 +27,18 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from .errors import CheckpointError, OptionsError, ScanError
-from .features import FeatureStore
+from .errors import CheckpointError, OptionsError
 from .features.act_stats import ActivationStats, json_series
 from .features.motion import relative_update
-from .features.weights import WeightPlan, WeightSpec, features_of, plan, read_points, vet
-from .formats import Reader, check_finite, open_checkpoint
-from .project import PROJECTIONS, Trajectories, project
+from .features.weights import WeightPlan, WeightSpec, tracked
+from .formats import Reader, check_finite
+from .project import PROJECTIONS, Trajectories
 from .scan import Checkpoint, Series
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation statistics need it
@@ -202,30 +198,134 @@ def _get(reader: Reader, name: str, where: Path) -> np.ndarray:
     return reader.get(name).astype(np.float64)
 
 
-def _readers(series: Series) -> Iterator[tuple[int, Reader, Reader | None]]:
-    """(t, this checkpoint's reader, the previous one's) with both open; each closed once passed."""
-    with ExitStack() as outer:
-        prev: ExitStack | None = None
-        prev_reader = None
-        for t, ckpt in enumerate(series.checkpoints):
-            stack = outer.enter_context(ExitStack())
-            reader = stack.enter_context(open_checkpoint(ckpt.path, ckpt.format))
-            yield t, reader, prev_reader
-            if prev is not None:
-                prev.close()
-            prev, prev_reader = stack, reader
+@dataclass(frozen=True)
+class BlockMeasures:
+    """The whole-block measures of a series (what the Run caches; :class:`Stability` adds the film's
+    motion and the settling). Shapes as in :class:`Stability`."""
+
+    steps: np.ndarray  # (T,)
+    blocks: np.ndarray  # (L,)
+    components: tuple[str, ...]  # (C,)
+    relative_update: np.ndarray  # (T, L)
+    distance_to_final: np.ndarray  # (T, L)
+    norm: np.ndarray  # (T, L)
+    param_norm: np.ndarray  # (T, L, C)
+    cka_to_final: np.ndarray  # (T, L)
+    hist: np.ndarray  # (T, L, B)
+    hist_edges: np.ndarray  # (L, B + 1)
+    points: str = ""
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return d | {"components": np.asarray(self.components, dtype=str), "points": np.str_(self.points)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "BlockMeasures":
+        d = {k: np.asarray(arrays[k]) for k in cls.__dataclass_fields__}
+        T, L = len(d["steps"]), len(d["blocks"])
+        if d["norm"].shape != (T, L) or d["hist"].shape[:2] != (T, L) or d["param_norm"].shape[:2] != (T, L):
+            raise ValueError("measures of the wrong shape")
+        return cls(**d | {"components": tuple(str(c) for c in d["components"]), "points": str(d["points"])})
+
+    @classmethod
+    def assemble(cls, steps: np.ndarray, blocks: np.ndarray, wp: WeightPlan, m: dict[str, np.ndarray]) -> "BlockMeasures":
+        """From the sums of squares and counts of :class:`BlockStats` (joined over block chunks)."""
+        norm = np.sqrt(m["norm_sq"])
+        return cls(steps, blocks, component_names(wp), relative_update(m["prev_sq"], norm, steps),
+                   np.sqrt(m["final_sq"]) / np.maximum(norm[-1], 1e-300), norm, m["param_norm"], m["cka"],
+                   m["hist"], m["hist_edges"], points_name(wp))
 
 
-def _hist_edges(series: Series, names: list[list[str]], bins: int) -> np.ndarray:
-    """(L, bins + 1) symmetric value range per block from its matrices at the first and last key frame."""
-    top = np.zeros(len(names))
-    for ckpt in (series.checkpoints[0], series.checkpoints[-1]):
-        with open_checkpoint(ckpt.path, ckpt.format) as reader:
-            for l, block in enumerate(names):
-                for n in block:
-                    top[l] = max(top[l], float(np.percentile(np.abs(_get(reader, n, ckpt.path)), HIST_PERCENTILE)))
-    top = np.where(top > 0, top, 1.0)
-    return np.stack([np.linspace(-t, t, bins + 1) for t in top])
+def component_names(wp: WeightPlan) -> tuple[str, ...]:
+    lm = wp.layer_map
+    return tuple(sorted({c for b in lm.blocks for c in lm.names[b]}))
+
+
+def points_name(wp: WeightPlan) -> str:
+    return f"{wp.component} ({'columns' if wp.transpose else 'rows'}: output neurons)"
+
+
+class BlockStats:
+    """Whole-block measures of a chunk of blocks, fed one checkpoint at a time: the final checkpoint's
+    tensors first (kept), then the others in order (the previous one kept), so that each tensor of the
+    series is read exactly once. ``read`` gets a checkpoint's tensors of the chunk; ``add`` takes them
+    and returns the chunk's tracked points (the film's, taken from the same tensors)."""
+
+    BLOCK_AXIS = {"norm_sq": 1, "prev_sq": 1, "final_sq": 1, "param_norm": 1, "cka": 1, "hist": 1, "hist_edges": 0}
+
+    def __init__(self, wp: WeightPlan, blocks: tuple[int, ...], keyframes: int, bins: int = HIST_BINS) -> None:
+        self.wp, self.blocks, self.T, self.bins = wp, blocks, keyframes, bins
+        lm = wp.layer_map
+        comps = component_names(wp)
+        # (c, name) of every tensor of each block, in the order of ``comps``
+        self.names = [[(c, lm.names[lm.blocks[i]][comp]) for c, comp in enumerate(comps) if comp in lm.names[lm.blocks[i]]]
+                      for i in blocks]
+        Lc = len(blocks)
+        self.sq = {k: np.zeros((keyframes, Lc)) for k in ("norm_sq", "prev_sq", "final_sq")}
+        self.param_norm = np.full((keyframes, Lc, len(comps)), np.nan)
+        self.hist = np.zeros((keyframes, Lc, bins), np.int64)
+        self.edges: np.ndarray | None = None
+        self.final: list[dict[str, np.ndarray]] | None = None
+        self.prev: list[dict[str, np.ndarray]] | None = None
+        self.first: list[dict[str, np.ndarray]] | None = None
+
+    def read(self, reader: Reader, where: Path) -> list[dict[str, np.ndarray]]:
+        """Every tensor of the chunk's blocks in one open checkpoint, float64, checked finite."""
+        out = []
+        for i, names in zip(self.blocks, self.names):
+            block = {}
+            for _, name in names:
+                w = _get(reader, name, where)
+                check_finite(w, where, name, self.wp.layer_map.blocks[i])
+                block[name] = w
+            out.append(block)
+        return out
+
+    def add(self, t: int, tensors: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """Measure key frame ``t`` (the final one, T - 1, comes first); returns its (Lc, N, D) points."""
+        if self.final is None:  # the final checkpoint: kept while the others stream by
+            self.final = tensors
+        elif self.edges is None:  # the first: with the final, it fixes the histograms' range
+            self.edges = self._edges(tensors, self.final)
+        if t != self.T - 1:
+            self._measure(t, tensors)
+        if t == self.T - 2:
+            self._measure(self.T - 1, self.final)  # the final one last, its previous now known
+        pts = np.stack([tracked(blk[self.wp.tensor_names[i]], self.wp, i) for i, blk in zip(self.blocks, tensors)])
+        return pts.astype(np.float32)
+
+    def _edges(self, first: list[dict], final: list[dict]) -> np.ndarray:
+        """(Lc, bins + 1) symmetric value range per block from its matrices at the first and last key frame."""
+        top = np.zeros(len(self.blocks))
+        for l, (a, b) in enumerate(zip(first, final)):
+            for name in a:
+                if a[name].ndim >= 2:
+                    for w in (a[name], b[name]):
+                        top[l] = max(top[l], float(np.percentile(np.abs(w), HIST_PERCENTILE)))
+        top = np.where(top > 0, top, 1.0)
+        return np.stack([np.linspace(-t, t, self.bins + 1) for t in top])
+
+    def _measure(self, t: int, tensors: list[dict[str, np.ndarray]]) -> None:
+        for l, (names, blk) in enumerate(zip(self.names, tensors)):
+            for c, name in names:
+                w, f = blk[name], self.final[l][name]
+                n2 = float(np.vdot(w, w))
+                self.param_norm[t, l, c] = math.sqrt(n2)
+                self.sq["norm_sq"][t, l] += n2
+                self.sq["final_sq"][t, l] += float(np.sum((w - f) ** 2))
+                if self.prev is not None:
+                    self.sq["prev_sq"][t, l] += float(np.sum((w - self.prev[l][name]) ** 2))
+                if w.ndim >= 2:
+                    e = self.edges[l]
+                    self.hist[t, l] += np.histogram(np.clip(w, e[0], e[-1]), e)[0]
+        self.prev = tensors
+
+    def result(self, points: np.ndarray) -> dict[str, np.ndarray]:
+        """The chunk's sums (see :meth:`BlockMeasures.assemble`); ``points`` (T, Lc, N, D) for the CKA."""
+        final = points[-1].astype(np.float64)
+        cka = np.array([[linear_cka(points[t, l].astype(np.float64), final[l]) for l in range(points.shape[1])]
+                        for t in range(len(points))])
+        return {**self.sq, "param_norm": self.param_norm, "cka": cka, "hist": self.hist, "hist_edges": self.edges}
 
 
 def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir: Path | None = None,
@@ -235,7 +335,7 @@ def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir
     Args:
         series: the checkpoints (from :func:`layerfilm.scan`), at least two.
         opts: settling threshold, the points for CKA and motion, the projection.
-        workdir: where the points are cached while projecting (default: a temporary folder).
+        workdir: unused (kept for callers of earlier versions: nothing is written to disk).
     Returns:
         a :class:`Stability`, whose ``trajectories`` are the film's projection (reusable for a film).
     Example:
@@ -244,76 +344,12 @@ def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir
     """
     if len(series) < 2:
         raise OptionsError(f"{series.root}: found {len(series)} checkpoint; measuring movement needs at least two")
-    if workdir is None:
-        with tempfile.TemporaryDirectory(prefix="layerfilm-") as work:
-            return measure(series, opts, Path(work), progress)
-    wp: WeightPlan = plan(series, opts.weights)
-    lm = wp.layer_map
-    comps = tuple(sorted({c for b in lm.blocks for c in lm.names[b]}))
-    names = [[lm.names[b][c] for c in comps if c in lm.names[b]] for b in lm.blocks]
+    from .film import FilmOptions
+    from .run import Run
 
-    def readable(reader: Reader, ckpt: Checkpoint) -> None:
-        """Every block tensor reads and holds finite values, and so do the film's points."""
-        for l, b in enumerate(lm.blocks):
-            for n in names[l]:
-                check_finite(_get(reader, n, ckpt.path), ckpt.path, n, b)
-        read_points(reader, wp, ckpt.path)
-
-    series, unreadable = vet(series, readable)  # the rule of render: skipped with one warning each
-    if len(series) < 2:
-        raise ScanError(f"{series.root}: {len(series)} readable checkpoint(s); measuring movement needs at least two")
-    with open_checkpoint(series.checkpoints[0].path, series.checkpoints[0].format) as r0:
-        matrices = [[n for n in block if len(r0.shape(n)) >= 2] for block in names]
-    edges = _hist_edges(series, matrices, opts.bins)
-    T, L, C = len(series), len(lm.blocks), len(comps)
-    sq = {k: np.zeros((T, L)) for k in ("norm", "prev", "final")}
-    param_norm = np.full((T, L, C), np.nan)
-    hist = np.zeros((T, L, opts.bins), np.int64)
-    cka = np.empty((T, L))
-    store = FeatureStore(workdir)
-    last = series.checkpoints[-1]
-    with open_checkpoint(last.path, last.format) as final:
-        final_pts = read_points(final, wp, last.path)
-        readers = tqdm(_readers(series), total=T, desc="measuring", unit="ckpt", disable=not progress)
-        for t, cur, prev in readers:
-            where = series.checkpoints[t].path
-            for l, b in enumerate(lm.blocks):
-                for c, comp in enumerate(comps):
-                    name = lm.names[b].get(comp)
-                    if name is None:
-                        continue
-                    w = _get(cur, name, where)
-                    f = _get(final, name, last.path)
-                    if w.shape != f.shape:
-                        raise CheckpointError(f"{where}: {name} has shape {w.shape}, the last checkpoint {f.shape}")
-                    n2 = float(np.vdot(w, w))
-                    param_norm[t, l, c] = math.sqrt(n2)
-                    sq["norm"][t, l] += n2
-                    sq["final"][t, l] += float(np.sum((w - f) ** 2))
-                    if prev is not None:
-                        sq["prev"][t, l] += float(np.sum((w - _get(prev, name, series.checkpoints[t - 1].path)) ** 2))
-                    if name in matrices[l]:
-                        e = edges[l]
-                        hist[t, l] += np.histogram(np.clip(w, e[0], e[-1]), e)[0]
-            pts = read_points(cur, wp, where)
-            store.append(pts)
-            cka[t] = [linear_cka(pts[l].astype(np.float64), final_pts[l].astype(np.float64)) for l in range(L)]
-    norm = np.sqrt(sq["norm"])
-    rel = relative_update(sq["prev"], norm, np.asarray(series.steps))
-    dist = np.sqrt(sq["final"]) / np.maximum(norm[-1], 1e-300)
-    features = features_of(series, wp, store)
-    traj = project(features, opts.projection, progress=progress)
-    act = None if opts.activations is None else measure_activations(series, opts.activations, workdir / "act", progress)
-    if act is not None and not np.array_equal(act.blocks, features.blocks):
-        raise CheckpointError(f"{series.root}: the model's blocks {act.blocks.tolist()} are not the checkpoints' "
-                              f"blocks {features.blocks.tolist()}; check --model and --blocks")
-    return Stability(
-        steps=features.steps, blocks=features.blocks, components=comps,
-        relative_update=rel, distance_to_final=dist, norm=norm, param_norm=param_norm,
-        cka_to_final=cka, motion=screen_motion(traj), hist=hist, hist_edges=edges,
-        settle_threshold=opts.settle_threshold, settle_index=settle_index(dist, opts.settle_threshold),
-        points=features.name, trajectories=traj, activations=act, skipped=(*series.skipped, *unreadable),
-    )
+    fo = FilmOptions(weights=opts.weights, projection=opts.projection, settle_threshold=opts.settle_threshold,
+                     activations=opts.activations, cache=False)
+    return Run(series, fo, progress).stability(opts.bins)
 
 
 def measure_activations(series: Series, spec: ActivationSpec, workdir: Path, progress: bool = True) -> ActivationStats:

@@ -9,8 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-import layerfilm.film as film
 from layerfilm import cache
+from layerfilm.project import Trajectories
+from layerfilm.run import Run
 
 
 @pytest.fixture
@@ -23,15 +24,15 @@ def run_copy(tiny_run, tmp_path):
 
 @pytest.fixture
 def reads(monkeypatch):
-    """Counts the calls that read checkpoints (load_trajectories)."""
+    """Counts the passes that read checkpoints (Run._weights_pass)."""
     calls = []
-    real = film.load_trajectories
+    real = Run._weights_pass
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(film, "load_trajectories", counting)
+    monkeypatch.setattr(Run, "_weights_pass", counting)
     return calls
 
 
@@ -85,7 +86,7 @@ def test_a_damaged_entry_is_a_miss_and_is_rewritten(run_cli, run_copy, tmp_path,
     entry.write_bytes(b"not a zip")
     render(run_cli, run_copy, tmp_path / "a.webm", "--cache", c)
     assert len(reads) == 2
-    assert cache.load(c, entry.stem) is not None
+    assert cache.load(c, entry.stem, Trajectories.from_arrays) is not None
 
 
 def test_trim_keeps_the_most_recently_used(tmp_path):

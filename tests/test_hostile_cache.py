@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import layerfilm.film as film
+from layerfilm.project import Trajectories
+from layerfilm.run import Run
 from layerfilm import cache
 
 
@@ -27,8 +28,8 @@ def run_copy(tiny_run, tmp_path):
 def reads(monkeypatch):
     """Counts the renders that read the checkpoints (cache misses)."""
     calls = []
-    real = film.load_trajectories
-    monkeypatch.setattr(film, "load_trajectories", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = Run._weights_pass
+    monkeypatch.setattr(Run, "_weights_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
@@ -74,7 +75,7 @@ def test_a_damaged_entry_is_recomputed_with_one_warning_and_replaced(run_cli, ru
     assert len(lines) == 1 and lines[0].startswith(f"warning: cache entry {entry}: damaged (")
     assert lines[0].endswith("computing the key frames again")
     assert len(reads) == 2
-    assert cache.load(c, entry.stem) is not None  # replaced by a good entry
+    assert cache.load(c, entry.stem, Trajectories.from_arrays) is not None  # replaced by a good entry
     assert render(run_cli, run_copy, tmp_path / "c.webm", c) == [] and len(reads) == 2  # a hit again
     no_partials(c)
 

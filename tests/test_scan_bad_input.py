@@ -165,12 +165,14 @@ def test_unsafe_pickle_never_runs(tiny_run, tmp_path, run_cli):
      "not a safetensors file (too short))"),
 ])
 def test_folders_without_usable_checkpoints(tmp_path, run_cli, content, message):
+    folder = tmp_path / "in"
+    folder.mkdir()
     for name, data in content.items():
-        (tmp_path / name).write_bytes(data)
-    for command in (["scan", tmp_path], ["render", tmp_path, "--out", tmp_path / "f.webm"]):
+        (folder / name).write_bytes(data)
+    for command in (["scan", folder], ["render", folder, "--out", tmp_path / "f.webm"]):
         code, _, err = run_cli(*command, "--quiet") if command[0] == "render" else run_cli(*command)
         errors = [line for line in err.splitlines() if not line.startswith("warning: ")]
-        assert code == 2 and len(errors) == 1 and errors[0].startswith(f"layerfilm: error: {tmp_path}: {message}"), err
+        assert code == 2 and len(errors) == 1 and errors[0].startswith(f"layerfilm: error: {folder}: {message}"), err
     assert not (tmp_path / "f.webm").exists()
 
 

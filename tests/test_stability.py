@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import FROZEN_BLOCKS, FROZEN_STEP
-from layerfilm.errors import CheckpointError, OptionsError
+from layerfilm.errors import OptionsError
 from layerfilm.scan import scan
 from layerfilm.stability import StabilityOptions, linear_cka, measure, settle_index
 

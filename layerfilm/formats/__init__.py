@@ -39,6 +39,7 @@ class Reader(Protocol):
     def shape(self, name: str) -> tuple[int, ...]: ...
     def dtype(self, name: str) -> str: ...
     def get(self, name: str) -> np.ndarray: ...
+    # optional: rows(name, ids) -> np.ndarray, only those rows' bytes (see Renamed.rows)
     def __enter__(self) -> "Reader": ...
     def __exit__(self, *exc: object) -> None: ...
 
@@ -90,6 +91,13 @@ class Renamed:
 
     def get(self, name: str) -> np.ndarray:
         return self.reader.get(self._raw[name])
+
+    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` (sorted) of tensor ``name``, float32; only their bytes where the format allows."""
+        rows = getattr(self.reader, "rows", None)
+        if rows is None:
+            return self.reader.get(self._raw[name])[ids]
+        return rows(self._raw[name], ids)
 
 
 def open_checkpoint(path: Path, format: str) -> Renamed:

@@ -219,6 +219,33 @@ class SafetensorsReader:
             raise CheckpointError(f"{self.path}: truncated inside tensor {name}")
         return widen(raw, dtype, shape)
 
+    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` (sorted, unique) of tensor ``name`` as float32 (len(ids), *shape[1:]), reading only
+        those rows' bytes: one ``pread`` per run of consecutive rows."""
+        if self._fd is None:
+            raise RuntimeError("use the reader as a context manager")
+        info = self._header[name]
+        dtype, shape = info["dtype"], info["shape"]
+        if dtype not in NUMPY_DTYPES:
+            raise CheckpointError(f"{self.path}: {cannot_read_dtype(name, dtype)}")
+        ids = np.asarray(ids, np.int64)
+        if len(ids) and (ids[0] < 0 or ids[-1] >= shape[0] or (np.diff(ids) <= 0).any()):
+            raise ValueError(f"rows of {name}: need sorted unique indices below {shape[0]}")
+        row = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
+        first = self._base + info["data_offsets"][0]
+        breaks = np.flatnonzero(np.diff(ids) != 1) + 1
+        parts = []
+        try:
+            for run in np.split(ids, breaks) if len(ids) else []:
+                n = len(run) * row
+                raw = os.pread(self._fd, n, first + int(run[0]) * row)
+                if len(raw) != n:  # the file shrank after it was opened
+                    raise CheckpointError(f"{self.path}: truncated inside tensor {name}")
+                parts.append(raw)
+        except OSError as e:
+            raise unreadable(self.path, e) from None
+        return widen(b"".join(parts), dtype, [len(ids), *shape[1:]])
+
 
 @FORMATS.register("safetensors")
 class SafetensorsFormat:

@@ -68,6 +68,10 @@ class ShardedReader:
     def get(self, name: str) -> np.ndarray:
         return self._shards[self._where[name]].get(name)
 
+    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        shard = self._shards[self._where[name]]
+        return shard.rows(name, ids) if hasattr(shard, "rows") else shard.get(name)[ids]
+
 
 @FORMATS.register("sharded")
 class ShardedFormat:
