@@ -12,6 +12,26 @@
     python benchmarks/bench_io.py --width 128 --checkpoints 40
 
 Each measurement runs in its own subprocess so that peak RSS and read_bytes belong to it alone.
+
+3. ``--wide``: the targets of issue 12 at a real-ish width, through the CLI. A series of 16 Llama-style
+   blocks x width 1024 x 12 bf16 safetensors checkpoints (q_proj, o_proj [1024, 1024], up_proj [4096, 1024]
+   (the filmed matrix), down_proj [1024, 4096]; weights on a seeded random walk) is written, then each
+   command runs as ``python -m layerfilm``-equivalent in a fresh process (a wrapper calling
+   ``layerfilm.cli.main`` that writes its own /proc/self/io ``rchar`` and VmHWM at exit; the same wrapper
+   running ``--help`` is the baseline subtracted from rchar):
+     a. ``render --no-cache``: rchar / (tracked rows + headers) <= 1.3
+     b. ``stability --no-cache``: rchar / block-tensor bytes <= 1.15
+     c. ``render``, ``stills``, ``report --film``, ``stability --json`` on one fresh cache: together
+        (minus 4 baselines and the film's bytes read by report) / block-tensor bytes <= 1.3
+   The table is printed and appended to benchmarks/RESULTS.md (``--no-record``: not appended).
+
+    python benchmarks/bench_io.py --wide                         # series in /tmp/lf_wide (kept, reused)
+
+4. ``--sparse DIR``: the same measurement of ``render --no-cache`` on a 70B-shaped sparse series written by
+   benchmarks/make_sparse.py (first 3 checkpoints, then all), with $TMPDIR pointed at a fresh folder
+   whose size is polled (scratch disk), and a cProfile of the 3-checkpoint run (top 10 cumulative).
+
+    python benchmarks/make_sparse.py /tmp/lf70b && python benchmarks/bench_io.py --sparse /tmp/lf70b
 """
 
 from __future__ import annotations
@@ -20,6 +40,7 @@ import argparse
 import json
 import os
 import resource
+import struct
 import subprocess
 import sys
 import tempfile
@@ -119,6 +140,276 @@ def run_child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# ---------------------------------------------------------------- --wide and --sparse: the CLI, process by process
+
+# Runs layerfilm.cli.main(argv) and writes, at exit, the process's own rchar (bytes through read
+# syscalls, page cache or not), VmHWM (peak RSS) and the peak RSS of its waited-for children (ffmpeg).
+WRAPPER = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+side, argv = sys.argv[1], sys.argv[2:]
+profile = argv[:1] == ["--cprofile"]
+if profile:
+    argv = argv[2:]
+from layerfilm.cli import main
+def go():
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 0
+if profile:
+    import cProfile, io, pstats
+    prof = cProfile.Profile()
+    rc = prof.runcall(go)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(25)
+    open(sys.argv[3], "w").write(buf.getvalue())
+else:
+    rc = go()
+def field(path, key):
+    for line in open(path):
+        if line.startswith(key):
+            return int(line.split()[1])
+res = {"rc": rc, "rchar": field("/proc/self/io", "rchar:"), "hwm_kib": field("/proc/self/status", "VmHWM:"),
+       "children_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "seconds_inside": time.perf_counter() - t0}
+open(side, "w").write(json.dumps(res))
+sys.exit(rc)
+"""
+
+
+def run_cli(argv: list[str], env: dict | None = None, watch: Path | None = None, profile: Path | None = None) -> dict:
+    """One layerfilm command in a fresh process: rc, rchar, peak RSS (KiB), its children's peak, wall s;
+    with ``watch``, the largest size that folder reached (polled every 0.2 s) and its largest file."""
+    import threading
+
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        side = Path(f.name)
+    extra = ["--cprofile", str(profile)] if profile else []
+    cmd = [sys.executable, "-c", WRAPPER, str(side), *extra, *argv]
+    peak = {"dir": 0, "file": 0}
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            total, largest = 0, 0
+            for dirpath, _, files in os.walk(watch):
+                for name in files:
+                    try:
+                        st = os.lstat(os.path.join(dirpath, name))
+                    except OSError:
+                        continue
+                    total += st.st_blocks * 512
+                    largest = max(largest, st.st_size)
+            peak["dir"], peak["file"] = max(peak["dir"], total), max(peak["file"], largest)
+            stop.wait(0.2)
+
+    poller = threading.Thread(target=poll, daemon=True) if watch is not None else None
+    if poller:
+        poller.start()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if poller:
+        stop.set()
+        poller.join()
+    try:
+        res = json.loads(side.read_text())
+    finally:
+        side.unlink(missing_ok=True)
+    if proc.returncode != 0 or res["rc"] not in (0, None):
+        raise RuntimeError(f"layerfilm {' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    res.update(wall=wall, scratch=peak["dir"], scratch_file=peak["file"], stdout=proc.stdout, stderr=proc.stderr)
+    return res
+
+
+def help_baseline() -> int:
+    """rchar of the wrapper running ``layerfilm --help`` (the least of two runs)."""
+    return min(run_cli(["--help"])["rchar"] for _ in range(2))
+
+
+def safetensors_layout(path: Path) -> tuple[int, dict[str, tuple[int, int]]]:
+    """(8 + header length, name -> (data start, data end)) of a safetensors file."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    header.pop("__metadata__", None)
+    return 8 + n, {k: tuple(v["data_offsets"]) for k, v in header.items()}
+
+
+def series_bytes(folder: Path, files: list[Path]) -> dict:
+    """Header bytes and block-tensor bytes (names with a ``layers.N.``) of ``files``."""
+    import re
+
+    block = re.compile(r"(^|\.)(layers|h|blocks)\.\d+\.")
+    head = tensors = 0
+    for f in files:
+        h, spans = safetensors_layout(f)
+        head += h
+        tensors += sum(e - s for k, (s, e) in spans.items() if block.search(k))
+    return {"headers": head, "block_tensors": tensors}
+
+
+def make_wide(folder: Path, blocks: int, width: int, checkpoints: int, seed: int = 0) -> list[Path]:
+    """``checkpoints`` bf16 safetensors of ``blocks`` Llama-style blocks (q, o, up, down), on a seeded
+    random walk; reused when ``folder`` already holds the same series (wide.json)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from make_sparse import header_bytes, to_bf16
+
+    config = {"blocks": blocks, "width": width, "checkpoints": checkpoints, "seed": seed}
+    files = [folder / f"step_{i * 100:06d}.safetensors" for i in range(checkpoints)]
+    stamp = folder / "wide.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == config and all(f.exists() for f in files):
+        return files
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
+    mlp = 4 * width
+    specs = []
+    for b in range(blocks):
+        p = f"model.layers.{b}."
+        specs += [(p + "self_attn.q_proj.weight", (width, width)), (p + "self_attn.o_proj.weight", (width, width)),
+                  (p + "mlp.up_proj.weight", (mlp, width)), (p + "mlp.down_proj.weight", (width, mlp))]
+    head, _ = header_bytes(specs)
+    rng = __import__("numpy").random.default_rng(seed)
+    state = [rng.standard_normal(s, "float32") * 0.02 for _, s in specs]
+    for f in files:
+        with open(f.with_suffix(".partial"), "wb") as fh:
+            fh.write(head)
+            for w in state:
+                fh.write(to_bf16(w).tobytes())
+        f.with_suffix(".partial").replace(f)
+        for w in state:  # the walk: every weight moves a little, by a seeded step
+            w += rng.standard_normal(w.shape, "float32") * 0.002
+    stamp.write_text(json.dumps(config))
+    return files
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| command | bytes read | reference bytes | ratio | target | met | peak RSS | wall s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        met = "" if r.get("target") is None else ("yes" if r["ratio"] <= r["target"] else "NO")
+        target = "" if r.get("target") is None else f"<= {r['target']}"
+        lines.append(f"| `{r['command']}` | {_mib(r['read'])} | {_mib(r['ref']) if r.get('ref') else ''} ({r.get('ref_what', '')}) | "
+                     f"{r['ratio']:.3f} | {target} | {met} | {r['rss']} | {r['wall']:.1f} |" if r.get("ref") else
+                     f"| `{r['command']}` | {_mib(r['read'])} |  |  |  |  | {r['rss']} | {r['wall']:.1f} |")
+    return "\n".join(lines)
+
+
+def _rss(res: dict) -> str:
+    return f"{res['hwm_kib'] / 1024:,.0f} MiB" + (f" (ffmpeg {res['children_kib'] / 1024:,.0f})" if res.get("children_kib") else "")
+
+
+def record(title: str, body: str, no_record: bool) -> None:
+    print(body)
+    if not no_record:
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as fh:
+            fh.write(f"\n## {title}, {stamp}\n\n{body}\n")
+
+
+def bench_wide(a: argparse.Namespace) -> None:
+    folder = a.wide_dir
+    t0 = time.perf_counter()
+    files = make_wide(folder, a.wide_blocks, a.wide_width, a.wide_checkpoints)
+    sizes = series_bytes(folder, files)
+    T, L, D, N = a.wide_checkpoints, a.wide_blocks, a.wide_width, 512
+    tracked = N * D * 2 * L * T
+    base = help_baseline()
+    print(f"# series: {L} blocks x width {D} x {T} checkpoints bf16 in {folder} ({_mib(sizes['block_tensors'])} of block tensors, "
+          f"ready in {time.perf_counter() - t0:.0f} s); --help baseline rchar {_mib(base)}", file=sys.stderr)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_wide-") as work:
+        w = Path(work)
+        film = str(w / "x.webm")
+        r = run_cli(["render", str(folder), "--no-cache", "--out", film, "--size", "320x180", "--quiet"])
+        rows.append(dict(command=f"render DIR --no-cache --out X.webm --size 320x180", read=r["rchar"] - base,
+                         ref=tracked + sizes["headers"], ref_what="tracked rows + headers", target=1.3, rss=_rss(r), wall=r["wall"]))
+        r = run_cli(["stability", str(folder), "--no-cache", "--quiet"])
+        rows.append(dict(command="stability DIR --no-cache", read=r["rchar"] - base, ref=sizes["block_tensors"],
+                         ref_what="block tensors", target=1.15, rss=_rss(r), wall=r["wall"]))
+        cache = str(w / "cache")
+        film2 = w / "y.webm"
+        steps = [
+            ("render", ["render", str(folder), "--cache", cache, "--out", str(film2), "--size", "320x180", "--quiet"]),
+            ("stills", ["stills", str(folder), "--cache", cache, "--out", str(w / "s.png"), "--quiet"]),
+            ("report", ["report", str(folder), "--cache", cache, "--out", str(w / "r.html"), "--film", str(film2), "--quiet"]),
+            ("stability", ["stability", str(folder), "--cache", cache, "--json", "--quiet"]),
+        ]
+        total = wall = 0.0
+        peak = 0
+        for name, argv in steps:
+            r = run_cli(argv)
+            read = r["rchar"] - base - (film2.stat().st_size if name == "report" else 0)
+            total += read
+            wall += r["wall"]
+            peak = max(peak, r["hwm_kib"])
+            rows.append(dict(command=f"  c. {' '.join(['DIR' if x == str(folder) else x for x in argv]).replace(work, 'W')}",
+                             read=read, ref=sizes["block_tensors"], ref_what="block tensors", target=None, rss=_rss(r), wall=r["wall"],
+                             ratio=read / sizes["block_tensors"]))
+        rows.append(dict(command="c. render + stills + report --film + stability --json, one cache", read=total,
+                         ref=sizes["block_tensors"], ref_what="block tensors", target=1.3, rss=f"{peak / 1024:,.0f} MiB", wall=wall))
+    for r in rows:
+        r.setdefault("ratio", r["read"] / r["ref"])
+    body = (f"{L} blocks x width {D} x {T} bf16 checkpoints (q/o/up/down; up_proj filmed, 512 points), "
+            f"{os.cpu_count()} CPUs; bytes read = child rchar - `--help` rchar ({_mib(base)}); "
+            f"report's row also minus the film it embeds; LAYERFILM_CHUNK_MB={os.environ.get('LAYERFILM_CHUNK_MB', 'default')}\n\n"
+            + table(rows))
+    record("`python benchmarks/bench_io.py --wide`", body, a.no_record)
+
+
+def bench_sparse(a: argparse.Namespace) -> None:
+    folder = a.sparse
+    files = sorted(folder.glob("step_*.safetensors"))
+    cfg = json.loads((folder / "sparse.json").read_text())
+    L, D = cfg["blocks"], cfg["width"]
+    N = min(512, cfg["mlp"])
+    base = help_baseline()
+    rows, notes = [], []
+    counts = [c for c in a.sparse_counts if c <= len(files)]
+    for T in counts:
+        sel = files[:T]
+        last = int(sel[-1].stem.split("_")[1])
+        sizes = series_bytes(folder, sel)
+        tracked = N * D * 2 * L * T
+        with tempfile.TemporaryDirectory(prefix="bench_sparse-") as work:
+            scratch = Path(work) / "tmp"
+            scratch.mkdir()
+            out = Path(work) / "out"
+            out.mkdir()
+            argv = ["render", str(folder), "--no-cache", "--out", str(out / "x.webm"), "--size", "640x360", "--quiet",
+                    "--steps", f":{last}"]
+            r = run_cli(argv, env={"TMPDIR": str(scratch)}, watch=scratch)
+        rows.append(dict(command=f"render 70B x {T} ckpts --no-cache --size 640x360 --steps :{last}", read=r["rchar"] - base,
+                         ref=tracked + sizes["headers"], ref_what="tracked rows + headers", target=1.3, rss=_rss(r), wall=r["wall"]))
+        notes.append(f"- {T} checkpoints: peak RSS {r['hwm_kib'] / 2**20:.2f} GiB (target <= 4 GiB: "
+                     f"{'yes' if r['hwm_kib'] <= 4 * 2**20 else 'NO'}); scratch in $TMPDIR peak {_mib(r['scratch'])} "
+                     f"(largest file {_mib(r['scratch_file'])}); trajectories {T} x {L} x {N} x 2 float32 = "
+                     f"{_mib(T * L * N * 2 * 4)}; logical series {sum(f.stat().st_size for f in sel) / 1e12:.2f} TB; "
+                     f"wall {r['wall']:.0f} s")
+    for r in rows:
+        r["ratio"] = r["read"] / r["ref"]
+    prof = ""
+    if a.profile and counts:
+        T = counts[0]
+        last = int(files[T - 1].stem.split("_")[1])
+        with tempfile.TemporaryDirectory(prefix="bench_sparse-") as work:
+            pf = Path(work) / "prof.txt"
+            run_cli(["render", str(folder), "--no-cache", "--out", str(Path(work) / "x.webm"), "--size", "640x360", "--quiet",
+                     "--steps", f":{last}"], profile=pf)
+            lines = pf.read_text().splitlines()
+        start = next(i for i, l in enumerate(lines) if l.strip().startswith("ncalls"))
+        prof = (f"\ncProfile of the {T}-checkpoint render (main thread only: reads run in a prefetch thread, so "
+                "they show as the main thread waiting on the queue), top by cumulative time:\n\n```\n"
+                + "\n".join(lines[start:start + 26]) + "\n```\n")
+    body = (f"70B-shaped sparse series (benchmarks/make_sparse.py: {L} blocks, width {D}, MLP {cfg['mlp']}, bf16, "
+            f"q/o/up/down) in {folder}; {os.cpu_count()} CPUs; bytes read = child rchar - `--help` rchar ({_mib(base)})\n\n"
+            + table(rows) + "\n\n" + "\n".join(notes) + "\n" + prof)
+    record(f"`python benchmarks/bench_io.py --sparse {folder}`", body, a.no_record)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", type=Path, default=None, help="where to write the series (default: a temp folder, removed after)")
@@ -128,7 +419,23 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--bytes-checkpoints", type=int, default=10, help="checkpoints measured for bytes read (default 10)")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    p.add_argument("--wide", action="store_true", help="issue 12's I/O targets through the CLI on a wide series (see above)")
+    p.add_argument("--wide-dir", type=Path, default=Path(tempfile.gettempdir()) / "lf_wide", help="where --wide keeps its series (default $TMPDIR/lf_wide)")
+    p.add_argument("--wide-blocks", type=int, default=16)
+    p.add_argument("--wide-width", type=int, default=1024)
+    p.add_argument("--wide-checkpoints", type=int, default=12)
+    p.add_argument("--sparse", type=Path, default=None, metavar="DIR", help="measure render on a series written by make_sparse.py")
+    p.add_argument("--sparse-counts", type=lambda s: [int(x) for x in s.split(",")], default=[3, 24], metavar="3,24",
+                   help="--sparse: numbers of checkpoints to render (the first K; default 3,24)")
+    p.add_argument("--profile", action="store_true", help="--sparse: also cProfile the smallest count's render")
+    p.add_argument("--no-record", action="store_true", help="--wide/--sparse: print only, do not append to RESULTS.md")
     a = p.parse_args()
+    if a.wide:
+        bench_wide(a)
+        return
+    if a.sparse:
+        bench_sparse(a)
+        return
     if a.child:
         kind, folder, *rest = a.child
         res = child_bytes(folder, int(rest[0])) if kind == "bytes" else child_rss(folder, int(rest[0]), rest[1])
