@@ -1,6 +1,8 @@
 """layerfilm: films and stills of how every layer of a neural network evolves while it learns."""
 
-from .errors import LayerfilmError
+from .encode import EncodeOptions
+from .errors import (CheckpointError, EncodeError, LayerError, LayerfilmError, OptionsError, OutputError,
+                     ScanError)
 from .features.act_stats import ActivationStats
 from .film import FilmOptions, FilmResult, export_points, render, write_film
 from .features.weights import WeightSpec, extract
@@ -10,12 +12,14 @@ from .project import Trajectories, project
 from .project_umap import UmapOptions
 from .render import Renderer, Style
 from .report import Report, Stills, report, stills
+from .run import Run
 from .scan import Checkpoint, Series, scan
 from .stability import Stability, StabilityOptions, measure
 
 __all__ = [
     "ActivationSpec", "ActivationStats",
-    "Checkpoint", "FilmOptions", "FilmResult", "LayerfilmError", "Renderer", "Series", "Style",
+    "CheckpointError", "EncodeError", "EncodeOptions", "LayerError", "OptionsError", "OutputError", "Run",
+    "ScanError", "Checkpoint", "FilmOptions", "FilmResult", "LayerfilmError", "Renderer", "Series", "Style",
     "Trajectories", "UmapOptions", "WeightSpec", "export_points", "extract", "project", "render", "scan", "write_film",
     "Report", "Stability", "StabilityOptions", "Stills", "heatmap_figure", "hot_figure", "measure", "norm_figure",
     "report", "save_figure", "settling_figure", "stills", "stills_figure",

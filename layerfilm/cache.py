@@ -28,6 +28,8 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
+from .errors import OutputError
+from .outputs import atomic_output
 from .scan import Series
 
 T = TypeVar("T")
@@ -106,15 +108,13 @@ def store(folder: Path, k: str, arrays: dict[str, np.ndarray], max_mb: float | N
     """Write ``arrays`` under key ``k`` (atomically), then trim the folder to ``max_mb``.
     A cache that cannot be written (disk full, read-only) is a warning: the film does not need it."""
     path = folder / f"{k}.npz"
-    tmp = folder / f".{k}.partial-{os.getpid()}.npz"
     try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except OSError as e:
-        warnings.warn(f"cache folder {folder}: key frames not cached ({e.strerror or e})", stacklevel=2)
+        with atomic_output(path, suffix=".npz") as tmp:
+            np.savez(tmp, **arrays)
+    except (OutputError, OSError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).rsplit("(", 1)[-1].rstrip(")")
+        warnings.warn(f"cache folder {folder}: key frames not cached ({why})", stacklevel=2)
         return path
-    finally:
-        _remove(tmp)
     trim(folder, max_mb)
     return path
 

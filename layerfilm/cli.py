@@ -369,7 +369,8 @@ def _add_study_commands(sub) -> None:
     _add_study_features(s, "the measures above")
     t = _study_parser(sub, "stills", "the first and last key frames (or --steps) side by side", STILLS_HELP)
     t.add_argument("--out", required=True, help="output figure: X.png | X.svg | X.pdf")
-    t.add_argument("--steps", default=None, metavar="S1,S2,...", help="key frames to show, by step (default: first and last)")
+    t.add_argument("--steps", dest="keyframes", default=None, metavar="S1,S2,...",
+                   help="key frames to show, by step (default: first and last)")
     _add_points(t.add_argument_group("what to film (as in render)"))
     _add_look(t.add_argument_group("look"))
     p = _study_parser(sub, "report", "HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", REPORT_HELP)
@@ -387,7 +388,7 @@ def _study_options(args: argparse.Namespace) -> FilmOptions:
     w, h = a.get("size", (1280, 720))
     return FilmOptions(
         weights=_weight_spec(args), projection=args.projection, style=Style(width=w, height=h, cmap=a.get("cmap", "magma")),
-        every=a.get("every", 1), steps=parse_steps(a["steps"]) if "every" in a and a["steps"] else (None, None),
+        every=a.get("every", 1), steps=parse_steps(a["steps"]) if a.get("steps") else (None, None),
         settle_threshold=a.get("settle_threshold", 0.1), activations=_activation_spec(args, weights_too=True),
         final_step=args.final_step, strict=args.strict, cache=not args.no_cache, cache_dir=args.cache,
     )
@@ -401,7 +402,7 @@ def cmd_stability(args: argparse.Namespace) -> int:
 
 
 def cmd_stills(args: argparse.Namespace) -> int:
-    steps = parse_step_list(args.steps) if args.steps else None
+    steps = parse_step_list(args.keyframes) if args.keyframes else None
     res = stills(args.folder, args.out, steps, _study_options(args), progress=not args.quiet)
     print(f"wrote {show(args.out)} (steps {', '.join(f'{s:,}' for s in res.steps)})", file=sys.stderr)
     return 0
