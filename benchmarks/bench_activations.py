@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     if not a.no_film:
         from layerfilm.film import FilmOptions, write_film
         from layerfilm.project import project
-        from layerfilm.render import Style
+        from layerfilm.raster import Style
 
         t = time.perf_counter()
         traj = project(feats, "pca", progress=False)

@@ -116,7 +116,7 @@ def child_rss(folder: str, n: int, mode: str) -> dict:
     from layerfilm import render
     from layerfilm.features.weights import WeightSpec, extract
     from layerfilm.film import FilmOptions
-    from layerfilm.render import Style
+    from layerfilm.raster import Style
     from layerfilm.scan import scan
 
     last = scan(folder, warn=False).steps[n - 1]

@@ -24,7 +24,7 @@ import tracemalloc
 from pathlib import Path
 
 from layerfilm.formats import open_checkpoint
-from layerfilm.layers import map_layers
+from layerfilm.blocks import map_blocks
 from layerfilm.scan import Series, scan
 from layerfilm.stability import measure
 
@@ -32,7 +32,7 @@ from layerfilm.stability import measure
 def block_bytes(series: Series) -> int:
     ckpt = series.checkpoints[0]
     with open_checkpoint(ckpt.path, ckpt.format) as reader:
-        lm = map_layers(reader.keys())
+        lm = map_blocks(reader.keys())
         n = 0
         for b in lm.blocks:
             for name in lm.names[b].values():

@@ -10,7 +10,7 @@ from .figures import (activation_hot_figure, activation_near_zero_figure, activa
                       hot_figure, norm_figure, save_figure, settling_figure, stills_figure)
 from .project import Trajectories, project
 from .project_umap import UmapOptions
-from .render import Renderer, Style
+from .raster import Renderer, Style
 from .report import Report, Stills, report, stills
 from .run import Run
 from .scan import Checkpoint, Series, scan

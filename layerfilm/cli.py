@@ -19,7 +19,7 @@ from .film import FilmOptions, render
 from .run import Run
 from .project import FITS, PROJECTIONS, stats_table
 from .project_umap import UmapOptions
-from .render import Style, parse_size
+from .raster import Style, parse_size
 from .report import parse_step_list, report, stills
 from .scan import Checkpoint, parse_steps, scan
 

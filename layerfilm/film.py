@@ -19,7 +19,7 @@ from .overlay import Overlay
 from .pipeline import prefetch
 from .project import FITS, Trajectories
 from .project_umap import UmapOptions
-from .render import Renderer, Style
+from .raster import Renderer, Style
 from .run import Run
 from .scan import Checkpoint
 from .stability import StabilityOptions, check_settle_threshold

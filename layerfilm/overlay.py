@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .animate import lerp
-from .render import Renderer, draw_text, text_mask
+from .raster import Renderer, draw_text, text_mask
 from .stability import Stability, settle_index
 
 DECADES = 3.0

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .errors import OptionsError
 from .features import Features, in_safe_range
-from .features.motion import sum_sq
+from .features.point_measures import sum_sq
 from .registry import Registry
 
 FITS = ("all", "first", "last")

@@ -27,7 +27,7 @@ from .film import FilmOptions, caption, film_renderer
 from .run import Run
 from .outputs import atomic_output, check_output_path
 from .project import Trajectories
-from .render import Style
+from .raster import Style
 from .stability import Stability, StabilityOptions
 
 if TYPE_CHECKING:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from . import cache
 from .errors import CheckpointError, ScanError
 from .features import ArrayStore, Features
-from .features.motion import point_measures
+from .features.point_measures import point_measures
 from .features.weights import WeightPlan, plan, read_points, skip
 from .formats import open_checkpoint
 from .outputs import show

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .errors import CheckpointError, LayerfilmError, OptionsError, ScanError
 from .formats import HF_WEIGHT_FILE, READABLE_DTYPES, cannot_read_dtype, check_finite, check_regular, detect_format, open_checkpoint
-from .layers import map_layers, resolve_param
+from .blocks import map_blocks, resolve_param
 
 # A step written with a keyword wins over any other number in the name:
 # "epoch=0-step=150.ckpt" is step 150, "checkpoint-2000" is step 2000, "step_000100" is 100.
@@ -187,7 +187,7 @@ def _inspect(path: Path, fmt: str, step: int | None, blocks_regex: str | None,
         with open_checkpoint(path, fmt) as reader:
             keys = reader.keys()
             inner = _trainer_step(path) if path.is_dir() else reader.step
-            layer_map = map_layers(keys, blocks_regex)
+            layer_map = map_blocks(keys, blocks_regex)
             block_keys = [n for b in layer_map.blocks for n in layer_map.names[b].values()]
             shapes = {f"{b}.{c}": reader.shape(n) for b in layer_map.blocks for c, n in layer_map.names[b].items()}
             dtypes = Counter(reader.dtype(n) for n in block_keys)
@@ -272,7 +272,7 @@ def scan(
         steps: inclusive (start, end) range of steps to keep; None = open end.
         final_step: the step of a model saved at ``root`` itself (otherwise it is not used).
         strict: raise on the first unusable checkpoint instead of skipping it.
-        blocks_regex: block detection override (see :func:`layerfilm.layers.map_layers`).
+        blocks_regex: block detection override (see :func:`layerfilm.blocks.map_blocks`).
         warn: one warning line per skipped checkpoint.
         deep: also read every block's filmed tensor (``param``, default the MLP input projection): one
             holding NaN/Inf makes a problem. Without it only headers are read.

@@ -35,7 +35,7 @@ import numpy as np
 
 from .errors import CheckpointError, OptionsError
 from .features.act_stats import ActivationStats, json_series
-from .features.motion import relative_update
+from .features.point_measures import relative_update
 from .features.weights import WeightPlan, WeightSpec, tracked
 from .formats import Reader, check_finite
 from .project import PROJECTIONS, Trajectories

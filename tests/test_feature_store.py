@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from layerfilm.features import FeatureStore
-from layerfilm.features.motion import point_measures
+from layerfilm.features.point_measures import point_measures
 
 
 def test_store_round_trips_bf16_exact_and_other_frames_bit_exact(tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from layerfilm.features import FeatureStore, in_safe_range, safe_scale
-from layerfilm.features.motion import sum_sq
+from layerfilm.features.point_measures import sum_sq
 from layerfilm.features.weights import WeightSpec, extract
 from layerfilm.project import project
 from layerfilm.scan import scan

@@ -9,7 +9,7 @@ import pytest
 from conftest import FROZEN_BLOCKS, FROZEN_STEP
 from layerfilm.film import caption, film_renderer
 from layerfilm.overlay import MOVING, SETTLED, TRACK, Overlay, moving_level
-from layerfilm.render import Style
+from layerfilm.raster import Style
 
 
 def test_moving_level_is_log_scaled_and_zero_when_frozen(frozen_stability):

@@ -3,7 +3,7 @@ import pytest
 
 from layerfilm.encode import open_film, output_kind
 from layerfilm.errors import OptionsError
-from layerfilm.render import Renderer, Style, grid_shape
+from layerfilm.raster import Renderer, Style, grid_shape
 
 
 def decode(path):

@@ -15,7 +15,7 @@ from layerfilm.errors import OptionsError
 from layerfilm.features.weights import WeightSpec
 from layerfilm.figures import heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure
 from layerfilm.film import FilmOptions
-from layerfilm.render import Style
+from layerfilm.raster import Style
 from layerfilm.report import stills
 
 SMALL = ("--size", "320x180", "--points", "64", "--quiet")

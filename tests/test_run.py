@@ -14,7 +14,7 @@ import pytest
 import layerfilm
 from layerfilm.film import FilmOptions
 from layerfilm.formats import safetensors_format
-from layerfilm.render import Style
+from layerfilm.raster import Style
 from layerfilm.run import Run
 
 STEPS = ("step_000000", "step_000020", "step_000040", "step_000060")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, OptionsError
 from ..formats import check_regular, open_checkpoint
-from ..layers import map_layers
+from ..blocks import map_blocks
 from ..scan import Checkpoint, Series
 from . import Features, FeatureStore
 from .act_stats import ActivationStats, Moments
@@ -355,7 +355,7 @@ def probe_ids(spec: ActivationSpec, folder: Path, context: int | None, vocab: in
 
 def find_blocks(model: torch.nn.Module, blocks_regex: str | None) -> tuple[list[int], list[torch.nn.Module]]:
     """The decoder blocks (index, module), found from parameter names as for the weights."""
-    layer_map = map_layers(list(model.state_dict()), blocks_regex)
+    layer_map = map_blocks(list(model.state_dict()), blocks_regex)
     paths = []
     for b in layer_map.blocks:
         comp, full = next(iter(layer_map.names[b].items()))

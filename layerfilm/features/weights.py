@@ -15,11 +15,11 @@ from tqdm.auto import tqdm
 from ..options import check_seed
 from ..errors import CheckpointError, OptionsError, ScanError
 from ..formats import check_finite, open_checkpoint
-from ..layers import LayerMap, is_conv1d_layout, map_layers, resolve_param
+from ..blocks import BlockMap, is_conv1d_layout, map_blocks, resolve_param
 from ..pipeline import prefetch
 from ..scan import Checkpoint, Series, problem_of
 from . import Features, FeatureStore
-from .motion import PointMeasures
+from .point_measures import PointMeasures
 
 LAYOUTS = ("auto", "out-in", "in-out")
 
@@ -53,7 +53,7 @@ class WeightSpec:
 class WeightPlan:
     """Decided once, from the first checkpoint: which tensor per block, its orientation, which rows."""
 
-    layer_map: LayerMap
+    layer_map: BlockMap
     component: str
     tensor_names: tuple[str, ...]  # (L,)
     transpose: bool  # True: stored [in, out], points are columns
@@ -67,7 +67,7 @@ def plan(series: Series, spec: WeightSpec) -> WeightPlan:
     with open_checkpoint(first.path, first.format) as reader:
         keys = reader.keys()
         shapes = {k: reader.shape(k) for k in keys}
-    layer_map = map_layers(keys, spec.blocks_regex)
+    layer_map = map_blocks(keys, spec.blocks_regex)
     component = resolve_param(layer_map, spec.param, shapes)
     names = tuple(layer_map.param_names(component))
     transpose = spec.layout == "in-out" or (spec.layout == "auto" and is_conv1d_layout(keys, shapes))

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import CheckpointError, LayerfilmError
-from ..layers import strip_prefixes
+from ..blocks import strip_prefixes
 from ..registry import Registry
 
 # Weight files of a Hugging Face model folder: model.safetensors, model-00001-of-00002.safetensors,
@@ -63,7 +63,7 @@ def detect_format(path: Path) -> str | None:
 
 
 class Renamed:
-    """A reader seen through prefix-stripped names (see :func:`layerfilm.layers.strip_prefixes`)."""
+    """A reader seen through prefix-stripped names (see :func:`layerfilm.blocks.strip_prefixes`)."""
 
     def __init__(self, reader: Reader) -> None:
         self.reader = reader

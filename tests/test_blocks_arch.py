@@ -7,7 +7,7 @@ import torch
 import transformers as T  # the `test` extra
 
 from layerfilm.errors import LayerError
-from layerfilm.layers import map_layers, resolve_param, strip_prefixes
+from layerfilm.blocks import map_blocks, resolve_param, strip_prefixes
 
 H, FF, L = 32, 64, 2
 ARCHS = {
@@ -48,7 +48,7 @@ def test_blocks_and_default_param(arch):
     state = model.state_dict()
     raw = strip_prefixes(list(state))
     shapes = {k: tuple(state[raw[k]].shape) for k in raw}
-    layer_map = map_layers(list(raw))
+    layer_map = map_blocks(list(raw))
     assert layer_map.blocks == tuple(range(L))
     component = resolve_param(layer_map, None, shapes)
     for name in layer_map.param_names(component):
@@ -73,8 +73,8 @@ def test_blocks_regex_overrides_detection():
 
     keys = list(Net().state_dict())
     with pytest.raises(LayerError, match="pass --blocks REGEX"):
-        map_layers(keys)
-    layer_map = map_layers(keys, r"stage\.s(\d+)\.")
+        map_blocks(keys)
+    layer_map = map_blocks(keys, r"stage\.s(\d+)\.")
     assert layer_map.blocks == (0, 1, 2) and layer_map.components() == ["bias", "weight"]
 
 

@@ -64,7 +64,7 @@ def strip_prefixes(keys: list[str]) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class LayerMap:
+class BlockMap:
     """Parameter names grouped by block: ``names[block][component] = full name``."""
 
     prefix: str
@@ -78,7 +78,7 @@ class LayerMap:
         return sorted(self.names[self.blocks[0]])
 
 
-def map_layers(keys: list[str], blocks_regex: str | None = None) -> LayerMap:
+def map_blocks(keys: list[str], blocks_regex: str | None = None) -> BlockMap:
     """Group parameter ``keys`` by block.
 
     With ``blocks_regex`` (a regex whose first group is the block index, matched at the start of a
@@ -109,10 +109,10 @@ def map_layers(keys: list[str], blocks_regex: str | None = None) -> LayerMap:
             raise LayerError(f"no decoder blocks found in parameter names ({sample}, ...); pass --blocks REGEX")
     prefix = max(by_prefix, key=lambda p: (len(by_prefix[p]), "decoder" in p))
     groups = by_prefix[prefix]
-    return LayerMap(prefix, tuple(sorted(groups)), {b: dict(groups[b]) for b in groups})
+    return BlockMap(prefix, tuple(sorted(groups)), {b: dict(groups[b]) for b in groups})
 
 
-def resolve_param(layer_map: LayerMap, param: str | None, shapes: dict[str, tuple[int, ...]]) -> str:
+def resolve_param(layer_map: BlockMap, param: str | None, shapes: dict[str, tuple[int, ...]]) -> str:
     """The component name to film in every block.
 
     ``param`` may be the name inside a block (``mlp.c_fc.weight``) or omit ``.weight``.

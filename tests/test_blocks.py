@@ -4,7 +4,7 @@ from safetensors.numpy import load_file, save_file
 
 from layerfilm.errors import LayerError
 from layerfilm.features.weights import WeightSpec, extract
-from layerfilm.layers import map_layers, resolve_param
+from layerfilm.blocks import map_blocks, resolve_param
 from layerfilm.scan import scan
 
 CONVENTIONS = {
@@ -25,7 +25,7 @@ def test_blocks_grouped_across_conventions(pattern, mlp_in):
         for comp, shape in ((mlp_in, (16, 4)), ("attn.o_proj.weight", (4, 4)), ("ln.weight", (4,))):
             keys.append(pattern.format(i=i) + comp)
             shapes[keys[-1]] = shape
-    lm = map_layers(keys)
+    lm = map_blocks(keys)
     assert lm.blocks == tuple(range(n))
     assert lm.prefix + f".{n - 1}." == pattern.format(i=n - 1)
     assert resolve_param(lm, None, shapes) == mlp_in
@@ -36,10 +36,10 @@ def test_blocks_grouped_across_conventions(pattern, mlp_in):
 
 def test_blocks_regex_override():
     keys = [f"net.stage{i}.conv.weight" for i in range(3)]
-    lm = map_layers(keys, r"net\.stage(\d+)\.")
+    lm = map_blocks(keys, r"net\.stage(\d+)\.")
     assert lm.blocks == (0, 1, 2) and lm.components() == ["conv.weight"]
     with pytest.raises(LayerError, match="no decoder blocks"):
-        map_layers(keys)
+        map_blocks(keys)
 
 
 def test_points_are_output_neurons_in_both_layouts(tiny_run, tmp_path):
