@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             ("reference: safetensors load_file to device", t_ref, t_ref)]
     if not a.no_film:
         from layerfilm.film import FilmOptions, write_film
-        from layerfilm.project import project
+        from layerfilm.projection import project
         from layerfilm.raster import Style
 
         t = time.perf_counter()

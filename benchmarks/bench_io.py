@@ -31,7 +31,10 @@ Each measurement runs in its own subprocess so that peak RSS and read_bytes belo
    benchmarks/make_sparse.py (first 3 checkpoints, then all), with $TMPDIR pointed at a fresh folder
    whose size is polled (scratch disk), and a cProfile of the 3-checkpoint run (top 10 cumulative).
 
-    python benchmarks/make_sparse.py /tmp/lf70b && python benchmarks/bench_io.py --sparse /tmp/lf70b
+    python benchmarks/make_sparse.py /tmp/lf70b && python benchmarks/bench_io.py --sparse /tmp/lf70b --profile
+
+5. ``--ref DIR``: peak RSS and bytes of ``render --no-cache`` (12, 48 and all checkpoints) and ``stability
+   --no-cache`` on the 128 x 179 reference (benchmarks/make_reference.py). Target: <= 1.5 GB each.
 """
 
 from __future__ import annotations
@@ -299,7 +302,9 @@ def table(rows: list[dict]) -> str:
 
 
 def _rss(res: dict) -> str:
-    return f"{res['hwm_kib'] / 1024:,.0f} MiB" + (f" (ffmpeg {res['children_kib'] / 1024:,.0f})" if res.get("children_kib") else "")
+    # VmHWM of the Python process alone (ffmpeg is a child; its ru_maxrss from RUSAGE_CHILDREN would
+    # count the parent's pages copied at fork, so it is not shown)
+    return f"{res['hwm_kib'] / 1024:,.0f} MiB"
 
 
 def record(title: str, body: str, no_record: bool) -> None:
@@ -410,6 +415,45 @@ def bench_sparse(a: argparse.Namespace) -> None:
     record(f"`python benchmarks/bench_io.py --sparse {folder}`", body, a.no_record)
 
 
+def bench_ref(a: argparse.Namespace) -> None:
+    """Peak RSS (and bytes read) of render --no-cache and stability --no-cache on the 128 x 179 reference
+    (benchmarks/make_reference.py), and of render on its first 12 and 48 checkpoints."""
+    folder = a.ref
+    files = sorted(folder.glob("*.safetensors"))
+    sizes = series_bytes(folder, files)
+    base = help_baseline()
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory(prefix="bench_ref-") as work:
+        scratch = Path(work) / "tmp"
+        scratch.mkdir()
+        for T in a.ref_counts:
+            sel = files[:T]
+            last = int(sel[-1].stem.split("_")[1])
+            r = run_cli(["render", str(folder), "--no-cache", "--out", str(Path(work) / "x.webm"), "--size", "320x180", "--quiet",
+                         "--steps", f":{last}"], env={"TMPDIR": str(scratch)}, watch=scratch)
+            with open(sel[0], "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            shape = next(v["shape"] for k, v in header.items() if k.endswith("mlp.c_fc.weight"))
+            L = sum(k.endswith("mlp.c_fc.weight") for k in header)
+            N = min(512, shape[0])
+            sz = series_bytes(folder, sel)
+            ref = N * shape[1] * 2 * L * T + sz["headers"]
+            rows.append(dict(command=f"render REF --no-cache --size 320x180 --steps :{last} ({T} ckpts)", read=r["rchar"] - base,
+                             ref=ref, ref_what="tracked rows + headers", target=1.3, rss=_rss(r), wall=r["wall"]))
+            notes.append(f"- render, {T} checkpoints: peak RSS {r['hwm_kib'] / 1024:,.0f} MiB (target <= 1,536 MiB); "
+                         f"scratch in $TMPDIR peak {_mib(r['scratch'])}; trajectories {T} x {L} x {N} x 2 float32 = {_mib(T * L * N * 8)}")
+        r = run_cli(["stability", str(folder), "--no-cache", "--quiet"], env={"TMPDIR": str(scratch)}, watch=scratch)
+        rows.append(dict(command=f"stability REF --no-cache ({len(files)} ckpts)", read=r["rchar"] - base, ref=sizes["block_tensors"],
+                         ref_what="block tensors", target=1.15, rss=_rss(r), wall=r["wall"]))
+        notes.append(f"- stability: peak RSS {r['hwm_kib'] / 1024:,.0f} MiB (target <= 1,536 MiB); scratch peak {_mib(r['scratch'])}")
+    for r in rows:
+        r["ratio"] = r["read"] / r["ref"]
+    body = (f"reference {folder}: {len(files)} checkpoints ({_mib(sum(f.stat().st_size for f in files))}), {os.cpu_count()} CPUs; "
+            f"bytes read = child rchar - `--help` rchar ({_mib(base)})\n\n" + table(rows) + "\n\n" + "\n".join(notes))
+    record(f"`python benchmarks/bench_io.py --ref {folder}`", body, a.no_record)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", type=Path, default=None, help="where to write the series (default: a temp folder, removed after)")
@@ -429,7 +473,13 @@ def main() -> None:
                    help="--sparse: numbers of checkpoints to render (the first K; default 3,24)")
     p.add_argument("--profile", action="store_true", help="--sparse: also cProfile the smallest count's render")
     p.add_argument("--no-record", action="store_true", help="--wide/--sparse: print only, do not append to RESULTS.md")
+    p.add_argument("--ref", type=Path, default=None, metavar="DIR", help="peak RSS of render and stability on make_reference.py's series")
+    p.add_argument("--ref-counts", type=lambda s: [int(x) for x in s.split(",")], default=[12, 48, 179], metavar="12,48,179",
+                   help="--ref: numbers of checkpoints to render (default 12,48,179)")
     a = p.parse_args()
+    if a.ref:
+        bench_ref(a)
+        return
     if a.wide:
         bench_wide(a)
         return

@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from layerfilm.features import Features  # noqa: E402
-from layerfilm.project import project  # noqa: E402
-from layerfilm.project_umap import UmapOptions, _worker_init, layout_block  # noqa: E402
+from layerfilm.projection import project  # noqa: E402
+from layerfilm.projection.umap import UmapOptions, _worker_init, layout_block  # noqa: E402
 
 
 class SyntheticStore:

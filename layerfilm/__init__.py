@@ -8,8 +8,8 @@ from .film import FilmOptions, FilmResult, export_points, render, write_film
 from .features.weights import WeightSpec, extract
 from .figures import (activation_hot_figure, activation_near_zero_figure, activation_norm_figure, heatmap_figure,
                       hot_figure, norm_figure, save_figure, settling_figure, stills_figure)
-from .project import Trajectories, project
-from .project_umap import UmapOptions
+from .projection import Trajectories, project
+from .projection import UmapOptions
 from .raster import Renderer, Style
 from .report import Report, Stills, report, stills
 from .run import Run

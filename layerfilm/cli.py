@@ -17,8 +17,8 @@ from .outputs import printable, show
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
 from .run import Run
-from .project import FITS, PROJECTIONS, stats_table
-from .project_umap import UmapOptions
+from .projection import FITS, PROJECTIONS, stats_table
+from .projection import UmapOptions
 from .raster import Style, parse_size
 from .report import parse_step_list, report, stills
 from .scan import Checkpoint, parse_steps, scan

@@ -17,8 +17,8 @@ from .features.weights import WeightSpec
 from .outputs import atomic_output, check_output_path, show
 from .overlay import Overlay
 from .pipeline import prefetch
-from .project import FITS, Trajectories
-from .project_umap import UmapOptions
+from .projection import FITS, Trajectories
+from .projection import UmapOptions
 from .raster import Renderer, Style
 from .run import Run
 from .scan import Checkpoint

@@ -26,7 +26,7 @@ from .figures import (activation_hot_figure, activation_near_zero_figure, activa
 from .film import FilmOptions, caption, film_renderer
 from .run import Run
 from .outputs import atomic_output, check_output_path
-from .project import Trajectories
+from .projection import Trajectories
 from .raster import Style
 from .stability import Stability, StabilityOptions
 

@@ -43,7 +43,7 @@ from .features.weights import WeightPlan, plan, read_points, skip
 from .formats import open_checkpoint
 from .outputs import show
 from .pipeline import one_blas_thread, prefetch
-from .project import Trajectories, project
+from .projection import Trajectories, project
 from .scan import Checkpoint, Series, scan
 from .stability import HIST_BINS, BlockMeasures, BlockStats, Stability, screen_motion, settle_index
 
@@ -153,7 +153,7 @@ def _run_tasks(fn: Callable[..., ChunkResult], args: list[tuple], jobs: int, bar
     """Run ``fn(*a)`` for every ``a``: in this process, or over ``jobs`` worker processes."""
     if jobs <= 1 or len(args) == 1:
         return [fn(*a, progress=bar.update) for a in args]
-    from .project_umap import _worker_init
+    from .projection.umap import _worker_init
 
     out = []
     with ProcessPoolExecutor(min(jobs, len(args)), multiprocessing.get_context("spawn"),

@@ -38,7 +38,7 @@ from .features.act_stats import ActivationStats, json_series
 from .features.point_measures import relative_update
 from .features.weights import WeightPlan, WeightSpec, tracked
 from .formats import Reader, check_finite
-from .project import PROJECTIONS, Trajectories
+from .projection import PROJECTIONS, Trajectories
 from .scan import Checkpoint, Series
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation statistics need it

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from layerfilm import cache
-from layerfilm.project import Trajectories
+from layerfilm.projection import Trajectories
 from layerfilm.run import Run
 
 

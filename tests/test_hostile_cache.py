@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layerfilm.project import Trajectories
+from layerfilm.projection import Trajectories
 from layerfilm.run import Run
 from layerfilm import cache
 

@@ -14,7 +14,7 @@ import pytest
 from layerfilm.features import FeatureStore, in_safe_range, safe_scale
 from layerfilm.features.point_measures import sum_sq
 from layerfilm.features.weights import WeightSpec, extract
-from layerfilm.project import project
+from layerfilm.projection import project
 from layerfilm.scan import scan
 
 SCALE = 1e38

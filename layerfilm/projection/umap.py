@@ -37,10 +37,10 @@ import multiprocessing
 import numpy as np
 from tqdm.auto import tqdm
 
-from .options import check_seed
-from .errors import OptionsError
-from .features import Features, in_safe_range
-from .project import PROJECTIONS, Trajectories
+from ..options import check_seed
+from ..errors import OptionsError
+from ..features import Features, in_safe_range
+from .trajectories import PROJECTIONS, Trajectories
 
 MAX_ANCHORS = 8  # auto stride: fit AlignedUMAP jointly on at most this many key frames
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from layerfilm.features import Features, FeatureStore
-from layerfilm.project import coherence, project
-from layerfilm.project_umap import UmapOptions
+from layerfilm.projection import coherence, project
+from layerfilm.projection.umap import UmapOptions
 
-P = importlib.import_module("layerfilm.project")  # the module (the package re-exports a function of that name)
+P = importlib.import_module("layerfilm.projection.linear")
 UMAP_SMALL = {"options": UmapOptions(jobs=1, epochs=60, place_epochs=15, neighbors=8)}
 
 
@@ -154,7 +154,7 @@ def test_similarities_match_umap(tmp_path):
     import numba
     from umap.aligned_umap import build_neighborhood_similarities
 
-    import layerfilm.project_umap as U
+    import layerfilm.projection.umap as U
 
     frames = drifting(T=4, L=1, N=40, D=6, frozen=(0, 0, 0))
     opts = UmapOptions(neighbors=6)
@@ -175,7 +175,7 @@ def test_epoch_matches_umap():
     from umap.layouts import _optimize_layout_aligned_euclidean_single_epoch as theirs
     from umap.umap_ import find_ab_params, make_epochs_per_sample
 
-    import layerfilm.project_umap as U
+    import layerfilm.projection.umap as U
 
     frames, opts, epochs = drifting(T=4, L=1, N=60, D=6, frozen=(0, 0, 0)), UmapOptions(neighbors=6, alignment=0.05), 3
     graphs = [U._graph(x[0], opts, np.random.RandomState(0)) for x in frames]

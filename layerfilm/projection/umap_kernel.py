@@ -5,7 +5,7 @@ innermost loop made umap's version ~N x slower (measured).
 
 Compiled at module level with numba's on-disk cache, so a process (a test, a worker) that imports it
 loads the compiled code instead of compiling it again. Imported only when a UMAP projection runs
-(layerfilm.project_umap): it imports numba and umap-learn.
+(layerfilm.projection.umap): it imports numba and umap-learn.
 """
 
 import numba

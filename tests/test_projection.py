@@ -4,7 +4,7 @@ import numpy as np
 
 from layerfilm.animate import Timeline, lerp
 from layerfilm.features.weights import WeightSpec, extract
-from layerfilm.project import project
+from layerfilm.projection import project
 from layerfilm.scan import scan
 
 

@@ -1,13 +1,9 @@
-"""Aligned 2-D projections of every block's points over time.
-
-A projection method maps ``Features`` (a store of (L, N, D) key frames) to ``Trajectories``
-(T, L, N, 2). Methods live in the ``PROJECTIONS`` registry:
+"""The linear projections, ``pca`` and ``procrustes``:
 
 - ``pca``: one basis per block fitted on the key frames pooled (or the first / last), applied to
   every key frame, so frames share axes and nothing flips or jumps unless the weights did.
 - ``procrustes``: each key frame's own PCA, turned and mirrored onto the previous frame by
   orthogonal Procrustes, so each frame keeps its best local view and frames chain smoothly.
-- ``umap``: ``umap.AlignedUMAP`` over the key frames (``project_umap.py``).
 
 Top-2 principal axes come from a subspace iteration over the store (block Krylov on the covariance,
 never formed: each pass costs 4·N·D·k per block and frame instead of the N·D² of a covariance),
@@ -29,15 +25,14 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import OptionsError
-from .features import Features, in_safe_range
-from .features.point_measures import sum_sq
-from .registry import Registry
+from ..errors import OptionsError
+from ..features import Features, in_safe_range
+from ..features.point_measures import sum_sq
+from .trajectories import PROJECTIONS, Trajectories
 
 FITS = ("all", "first", "last")
 OVERSAMPLE = 6  # extra directions in the subspace iteration; more = closer to the exact top-2 axes
@@ -45,58 +40,6 @@ PROCRUSTES_ITERS = (4, 1)  # subspace iterations on the first key frame, then wa
 # one is enough there (the subspace keeps converging from frame to frame): 30% faster than two, and on
 # a 512 x 256 random walk the axes keep 99.5% of the exact top-2 variance (99.8% with two)
 CHUNK = 4  # blocks per thread task: 4 x 512 x 256 float32 (2 MB) stays in cache through a chunk's products
-
-
-@dataclass(frozen=True)
-class Trajectories:
-    steps: np.ndarray  # (T,) int64
-    blocks: np.ndarray  # (L,) int64
-    point_ids: np.ndarray  # (L, N) int64
-    xy: np.ndarray  # (T, L, N, 2) float32
-    method: str
-    stats: dict[str, np.ndarray] = field(default_factory=dict)  # per-block arrays, e.g. explained variance
-
-    CORE = ("steps", "blocks", "point_ids", "xy", "method")
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """The one layout on disk (cache entries and --export-points): steps, blocks, point_ids, xy
-        (float32), method, and every stat under its own name."""
-        return {"steps": self.steps, "blocks": self.blocks, "point_ids": self.point_ids,
-                "xy": self.xy.astype(np.float32, copy=False), "method": np.str_(self.method), **self.stats}
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Trajectories":
-        """Inverse of :meth:`to_arrays`; ValueError unless the shapes are those of one film's key frames."""
-        steps, blocks, ids, xy = (np.asarray(arrays[k]) for k in cls.CORE[:4])
-        T, L = len(steps), len(blocks)
-        if steps.ndim != 1 or blocks.ndim != 1 or ids.ndim != 2 or ids.shape[0] != L:
-            raise ValueError("steps, blocks or point_ids of the wrong shape")
-        if xy.shape != (T, L, ids.shape[1], 2) or xy.dtype.kind != "f":
-            raise ValueError(f"points of shape {xy.shape}, not {(T, L, ids.shape[1], 2)}")
-        stats = {k: np.asarray(v) for k, v in arrays.items() if k not in cls.CORE}
-        return cls(steps, blocks, ids, xy, str(arrays.get("method", "")), stats)
-
-    def take(self, keep: np.ndarray) -> "Trajectories":
-        """Only the key frames where ``keep`` (T,) is True (stats over time are recomputed by the caller)."""
-        if keep.all():
-            return self
-        return Trajectories(self.steps[keep], self.blocks, self.point_ids, self.xy[keep], self.method, self.stats)
-
-    def extent(self, lo: float = 0.5, hi: float = 99.5, margin: float = 0.08) -> np.ndarray:
-        """(L, 4) fixed axes per panel [x0, x1, y0, y1]: robust percentiles over all key frames,
-        equal scale on both axes (distances on screen are distances in the projection)."""
-        # one block at a time: a copy of all of xy would make memory grow with the key frames
-        a, b = np.empty((2, self.xy.shape[1], 2), self.xy.dtype)
-        for l in range(self.xy.shape[1]):
-            a[l], b[l] = np.percentile(self.xy[:, l].reshape(-1, 2), [lo, hi], axis=0)
-        centre = (a + b) / 2
-        half = np.maximum((b - a).max(axis=1), 1e-12) * (0.5 + margin)  # (L,)
-        return np.stack(
-            [centre[:, 0] - half, centre[:, 0] + half, centre[:, 1] - half, centre[:, 1] + half], axis=1
-        )
-
-
-PROJECTIONS: Registry = Registry("projection")
 
 
 def _orient(vecs: np.ndarray) -> np.ndarray:
@@ -257,54 +200,3 @@ def project_procrustes(features: Features, progress: bool = True) -> Trajectorie
             prev_x = x
     return Trajectories(features.steps, features.blocks, features.point_ids, xy, "procrustes",
                         {"explained_variance": ratios.mean(axis=0).astype(np.float32)})
-
-
-def coherence(xy: np.ndarray) -> dict[str, np.ndarray]:
-    """Per block, how far points move between consecutive key frames relative to the cloud's spread.
-
-    motion (L, T-1): mean over points of |p_{t+1} - p_t| / spread_t, spread_t = RMS distance of the
-    points from their centroid at key frame t; motion_mean, motion_max (L,): over the steps.
-    """
-    T, L = xy.shape[:2]
-    motion = np.zeros((L, max(T - 1, 0)), np.float32)
-    for t0 in range(0, T - 1, 16):  # 16 key frames at a time: vectorised, temporaries bounded
-        a = xy[t0 : min(t0 + 17, T)].astype(np.float64)  # (<=17, L, N, 2)
-        centred = a[:-1] - a[:-1].mean(axis=2, keepdims=True)
-        spread = np.sqrt(np.einsum("tlnc,tlnc->tl", centred, centred) / a.shape[2])
-        step = np.diff(a, axis=0)
-        moved = np.sqrt(np.einsum("tlnc,tlnc->tln", step, step)).mean(-1)
-        motion[:, t0 : t0 + len(step)] = (moved / np.maximum(spread, 1e-30)).T
-    empty = np.zeros(L, np.float32)
-    return {"motion": motion, "motion_mean": motion.mean(1) if T > 1 else empty,
-            "motion_max": motion.max(1) if T > 1 else empty}
-
-
-def project(features: Features, method: str = "pca", progress: bool = True, **kwargs) -> Trajectories:
-    """Project every block's points to 2-D with a method from ``PROJECTIONS``; adds the coherence
-    measures (``coherence``) to the trajectories' stats."""
-    from threadpoolctl import threadpool_limits  # comes with scikit-learn
-
-    # one BLAS thread: the products here are small (N x D by D x 8) and a threaded OpenBLAS spin-waits;
-    # measured 35x slower with 2 threads on 2 busy cores (benchmarks/bench_projection.py)
-    with threadpool_limits(1, "blas"):
-        traj = PROJECTIONS.get(method)(features, progress=progress, **kwargs)
-    traj.stats.update(coherence(traj.xy))
-    return traj
-
-
-def stats_table(traj: Trajectories) -> str:
-    """The per-block coherence table printed by ``layerfilm render --stats``."""
-    ev = traj.stats.get("explained_variance")
-    head = f"{'block':>6} {'motion mean':>12} {'motion max':>11}" + (f" {'var PC1':>8} {'var PC2':>8}" if ev is not None else "")
-    rows = [f"projection {traj.method}: motion = mean point displacement between consecutive key frames "
-            f"/ RMS spread of the cloud", head]
-    for i, b in enumerate(traj.blocks):
-        row = f"{'L' + str(b):>6} {traj.stats['motion_mean'][i]:>12.4f} {traj.stats['motion_max'][i]:>11.4f}"
-        if ev is not None:
-            row += f" {ev[i, 0]:>8.1%} {ev[i, 1]:>8.1%}"
-        rows.append(row)
-    return "\n".join(rows)
-
-
-# registered last: importing it registers "umap" (umap-learn itself is imported only when it runs)
-from . import project_umap  # noqa: E402,F401
