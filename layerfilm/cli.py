@@ -13,6 +13,7 @@ from typing import Iterator
 
 from .encode import EncodeOptions
 from .errors import LayerfilmError, OptionsError
+from .texttable import text_table
 from .outputs import printable, show
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
@@ -283,8 +284,7 @@ def scan_table(ckpts: list[Checkpoint]) -> str:
     rows = [("step", "format", "path", "blocks", "dtype", "size", "problem")]
     rows += [("-" if c.step is None else str(c.step), c.format, show(c.path), str(c.blocks or "-"), c.dtype or "-",
               f"{c.size / 2**20:.1f} MiB" if c.size else "-", printable(c.problem or "")) for c in ckpts]
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    return "\n".join(("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[6]).rstrip() for r in rows)
+    return text_table(rows[0], rows[1:], left=range(7))
 
 
 def cmd_scan(args: argparse.Namespace) -> int:

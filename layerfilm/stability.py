@@ -40,6 +40,7 @@ from .features.weights import WeightPlan, WeightSpec, tracked
 from .formats import Reader, check_finite
 from .projection import PROJECTIONS, Trajectories
 from .scan import Checkpoint, Series
+from .texttable import text_table
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation statistics need it
     from .features.activations import ActivationSpec
@@ -152,11 +153,7 @@ class Stability:
 
     def table(self) -> str:
         """The settling table as aligned plain text."""
-        head, rows = self.table_rows()
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        lines = ["  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                 for r in [head, *rows]]
-        return "\n".join(lines) + f"\n(settled: distance to the final checkpoint stays below {self.settle_threshold:g} "\
+        return text_table(*self.table_rows(), left=[1]) + f"\n(settled: distance to the final checkpoint stays below {self.settle_threshold:g} "\
             "of its value at the first key frame; the last key frame does not count)" + (
                 "" if self.activations is None else "\n\n" + self.activations.over_time())
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..texttable import text_table
+
 # Histogram bin edges, symmetric and log-spaced: 6 bins per decade from 1e-3 to 1e3 on each side,
 # one bin for |a| < 1e-3, and one overflow bin at each end. Fixed for every block and step, so HOT
 # charts of different blocks and runs share their axis whatever the activations' scale.
@@ -139,9 +141,7 @@ class ActivationStats:
 
     def table(self, t: int = -1) -> str:
         """A text table of key frame ``t`` (default the last): one row per block."""
-        head, rows = self.table_rows(t)
-        widths = [5, 10, 7, 10, 10, 8]
-        return "\n".join([self.headline(t)] + [" ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]])
+        return self.headline(t) + "\n" + text_table(*self.table_rows(t))
 
     def over_time(self) -> str:
         """Text tables of every measure over training: one row per key frame, one column per block."""
@@ -155,8 +155,7 @@ class ActivationStats:
             rows = [[f"{int(s):,}", *(format(v, fmt) for v in values[t])]
                     + ([f"{self.growth_per_block[t]:.3f}x"] if values is self.norm else [])
                     for t, s in enumerate(self.steps)]
-            widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-            out += [f"activations: {title}"] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]] + [""]
+            out += [f"activations: {title}", text_table(head, rows), ""]
         return "\n".join(out + [self.table()])
 
     def records(self) -> list[dict]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..features import Features
+from ..texttable import text_table
 from . import linear, umap  # noqa: F401  (registers pca, procrustes, umap)
 from .linear import FITS
 from .trajectories import PROJECTIONS, Trajectories
@@ -60,12 +61,8 @@ def project(features: Features, method: str = "pca", progress: bool = True, **kw
 def stats_table(traj: Trajectories) -> str:
     """The per-block coherence table printed by ``layerfilm render --stats``."""
     ev = traj.stats.get("explained_variance")
-    head = f"{'block':>6} {'motion mean':>12} {'motion max':>11}" + (f" {'var PC1':>8} {'var PC2':>8}" if ev is not None else "")
-    rows = [f"projection {traj.method}: motion = mean point displacement between consecutive key frames "
-            f"/ RMS spread of the cloud", head]
-    for i, b in enumerate(traj.blocks):
-        row = f"{'L' + str(b):>6} {traj.stats['motion_mean'][i]:>12.4f} {traj.stats['motion_max'][i]:>11.4f}"
-        if ev is not None:
-            row += f" {ev[i, 0]:>8.1%} {ev[i, 1]:>8.1%}"
-        rows.append(row)
-    return "\n".join(rows)
+    head = ["block", "motion mean", "motion max"] + (["var PC1", "var PC2"] if ev is not None else [])
+    rows = [[f"L{b}", f"{traj.stats['motion_mean'][i]:.4f}", f"{traj.stats['motion_max'][i]:.4f}"]
+            + ([f"{ev[i, 0]:.1%}", f"{ev[i, 1]:.1%}"] if ev is not None else []) for i, b in enumerate(traj.blocks)]
+    return (f"projection {traj.method}: motion = mean point displacement between consecutive key frames "
+            f"/ RMS spread of the cloud\n" + text_table(head, rows))

@@ -1,0 +1,20 @@
+"""The one plain-text table of the command line (scan, stability, activation statistics, --stats)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def text_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = (), sep: str = "  ") -> str:
+    """``head`` and ``rows`` as aligned columns, each as wide as its widest cell: right-aligned (numbers)
+    except the columns in ``left``; trailing spaces removed.
+
+    Example:
+        >>> print(text_table(["block", "norm"], [["L0", "1.5"], ["L10", "12.25"]], left=[0]))
+        block   norm
+        L0       1.5
+        L10    12.25
+    """
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return "\n".join(sep.join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+                     for r in [head, *rows])
