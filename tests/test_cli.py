@@ -32,10 +32,26 @@ def test_keyframes_are_exact_interpolation_endpoints(tiny_run, tmp_path, run_cli
     assert len(list(out.glob("*.png"))) == (3 - 1) * 6 + 1
 
 
-def test_help_explains_options(run_cli):
+@pytest.mark.parametrize("command", ["render", "scan", "stability", "stills", "report"])
+def test_help_explains_options(run_cli, capsys, command):
+    """Every option of every command is in its --help with a sentence of its own; the checkpoint
+    options that every study command shares are there too."""
+    from layerfilm.cli import build_parser
+
     with pytest.raises(SystemExit) as e:
-        run_cli("render", "--help")
+        run_cli(command, "--help")
     assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    sub = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == command)[1]
+    for action in sub._actions:
+        if not action.option_strings or action.option_strings == ["-h", "--help"]:
+            continue
+        assert action.help and len(action.help.split()) >= 3, action.option_strings
+        assert action.option_strings[-1] in text, action.option_strings
+        assert " ".join(action.help.replace("%%", "%").split())[:40] in text, action.option_strings
+    if command != "scan":
+        for flag in ("--final-step", "--strict", "--blocks", "--cache", "--no-cache"):
+            assert flag in text, flag
 
 
 BAD = [
