@@ -1,0 +1,90 @@
+"""Options are defined once, in the frozen option classes; the command line is checked against them:
+every field of FilmOptions (and of the classes nested in it) is set by exactly the flag listed here,
+or is listed as library-only. A new field without a flag, or a flag wired to the wrong field, fails."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from layerfilm.cli import _film_options, build_parser
+from layerfilm.film import FilmOptions
+
+# flag (render) -> (field path in FilmOptions, value given, value expected)
+FLAGS = {
+    "--param": ("weights.param", "attn.c_attn", "attn.c_attn"),
+    "--points": ("weights.points", "64", 64),
+    "--seed": ("weights.seed", "7", 7),
+    "--blocks": ("weights.blocks_regex", r"h\.(\d+)\.", r"h\.(\d+)\."),
+    "--layout": ("weights.layout", "in-out", "in-out"),
+    "--projection": ("projection", "umap", "umap"),
+    "--fit": ("fit", "first", "first"),
+    "--umap-neighbors": ("umap.neighbors", "9", 9),
+    "--umap-min-dist": ("umap.min_dist", "0.3", 0.3),
+    "--umap-alignment": ("umap.alignment", "0.2", 0.2),
+    "--umap-stride": ("umap.stride", "3", 3),
+    "--jobs": ("umap.jobs", "2", 2),
+    "--fps": ("fps", "4", 4.0),
+    "--seconds-per-keyframe": ("seconds_per_keyframe", "2", 2.0),
+    "--size": ("style.width", "320x180", 320),
+    "--cmap": ("style.cmap", "viridis", "viridis"),
+    "--crf": ("encode.crf", "30", 30),
+    "--encoder-threads": ("encode.threads", "3", 3),
+    "--preset": ("encode.preset", "realtime", "realtime"),
+    "--every": ("every", "2", 2),
+    "--steps": ("steps", "10:50", (10, 50)),
+    "--final-step": ("final_step", "99", 99),
+    "--strict": ("strict", None, True),
+    "--no-cache": ("cache", None, False),
+    "--cache": ("cache_dir", "/tmp/c", "/tmp/c"),
+    "--no-overlay": ("overlay", None, False),
+    "--settle-threshold": ("settle_threshold", "0.2", 0.2),
+}
+ALSO = {"style.height": 180, "umap.seed": 7}  # set by the same flags as above (--size, --seed)
+# fields that only the Python API sets: documented on their classes
+LIBRARY_ONLY = {"umap.window", "umap.epochs", "umap.place_epochs", "umap.place_rate", "style.cell", "style.title"}
+
+
+def fields(obj, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out |= fields(value, f"{prefix}{f.name}.")
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def test_every_option_field_has_one_flag_or_is_library_only():
+    have = set(fields(FilmOptions())) - {"activations"}  # activations: its own flags, checked below
+    wired = {path for path, *_ in FLAGS.values()} | set(ALSO) | LIBRARY_ONLY
+    assert have == wired, (have - wired, wired - have)
+
+
+@pytest.mark.parametrize("flag", sorted(FLAGS))
+def test_each_flag_sets_its_field_and_nothing_else(flag, tmp_path):
+    path, given, expected = FLAGS[flag]
+    argv = ["render", str(tmp_path), "--out", str(tmp_path / "f.webm"), flag] + ([given] if given is not None else [])
+    opts = _film_options(build_parser().parse_args(argv))
+    assert get(opts, path) == expected
+    changed = {k for k, v in fields(opts).items() if v != fields(FilmOptions())[k]}
+    assert changed == {path} | {k for k in ALSO if flag in ("--size", "--seed")} - ({"style.height"} if flag == "--seed" else set()) \
+        - ({"umap.seed"} if flag == "--size" else set())
+
+
+def test_activation_flags_set_the_activation_spec(tmp_path):
+    (tmp_path / "p.txt").write_text("a probe")
+    argv = ["render", str(tmp_path), "--out", str(tmp_path / "f.webm"), "--features", "activations", "--model", "m.py:f",
+            "--probe", str(tmp_path / "p.txt"), "--seq-len", "16", "--batch-size", "2", "--device", "cpu", "--dtype", "bfloat16",
+            "--near-zero", "0.1", "--points", "32", "--seed", "3", "--blocks", r"h\.(\d+)\."]
+    spec = _film_options(build_parser().parse_args(argv)).activations
+    assert (spec.model, spec.probe, spec.seq_len, spec.batch_size, spec.device, spec.dtype, spec.near_zero, spec.points,
+            spec.seed, spec.blocks_regex) == ("m.py:f", str(tmp_path / "p.txt"), 16, 2, "cpu", "bfloat16", 0.1, 32, 3, r"h\.(\d+)\.")
