@@ -429,6 +429,11 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _terminated(e: BaseException) -> bool:
+    """A KeyboardInterrupt raised for SIGTERM, here or by the entry point (layerfilm_main)."""
+    return type(e).__name__ == "Terminated"
+
+
 @contextmanager
 def _signals_as_interrupts() -> Iterator[None]:
     """SIGTERM handled as SIGINT for the length of a command (main thread only)."""
@@ -452,23 +457,17 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # undecodable file names print escaped, never raise
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except LayerfilmError as e:  # raised by option converters such as --size
-        return _error(str(e))
-    warnings.showwarning = _one_line_warnings
     try:
         with _signals_as_interrupts():
+            args = build_parser().parse_args(argv)  # option converters such as --size raise LayerfilmError
+            warnings.showwarning = _one_line_warnings
             return COMMANDS[args.command](args)
     except LayerfilmError as e:
         return _error(str(e))
-    except Terminated:
-        print("layerfilm: terminated; nothing half-written was left", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("layerfilm: interrupted; nothing half-written was left", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what, code = ("terminated", 143) if _terminated(e) else ("interrupted", 130)
+        print(f"layerfilm: {what}; nothing half-written was left", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -296,9 +296,13 @@ def test_a_film_of_too_many_frames_is_refused_after_the_scan_before_reading_tens
 
 # ---------------------------------------------------------------- signals and stale temporaries
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def cli(*argv, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "layerfilm", *map(str, argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **kw)
+    """The `layerfilm` command as installed (its entry point, layerfilm_main), in a process of its own."""
+    return subprocess.Popen([sys.executable, "-m", "layerfilm_main", *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT, **kw)
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -321,6 +325,30 @@ def test_a_signal_while_encoding_leaves_nothing_and_says_so(ckpts, tmp_path, sig
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "nothing half-written was left" in lines[0], err
     assert list(out.parent.iterdir()) == []
+
+
+def importing(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("library", ["_multiarray_umath", "matplotlib/ft2font"])
+def test_a_signal_at_start_up_is_one_line_too(ckpts, tmp_path, sig, code, library):
+    """While the package is still being imported (most of a second: NumPy, then matplotlib), before any work."""
+    proc = cli("render", ckpts, "--out", tmp_path / "film.webm", *SMALL)
+    deadline = time.monotonic() + 60
+    while not importing(proc.pid, library) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    lines = [ln for ln in err.decode().splitlines() if ln.strip()]
+    if proc.returncode == 0:  # it finished first: nothing to check
+        return
+    assert proc.returncode == code and len(lines) == 1 and "nothing half-written was left" in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpts"]
 
 
 def dead_pid() -> int:
