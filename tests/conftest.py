@@ -111,3 +111,24 @@ def frozen_stability(frozen_run):
     from layerfilm.stability import StabilityOptions, measure
 
     return measure(scan(frozen_run), StabilityOptions(weights=WeightSpec(points=64)), progress=False)
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A private copy of the tiny run (tests that rewrite files or their mtimes)."""
+    import shutil
+
+    dest = tmp_path / "run"
+    shutil.copytree(tiny_run, dest)
+    return dest
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Counts the passes that read the checkpoints' weights (layerfilm.run.Run._weights_pass)."""
+    from layerfilm.run import Run
+
+    calls = []
+    real = Run._weights_pass
+    monkeypatch.setattr(Run, "_weights_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls

@@ -4,36 +4,11 @@ changes the points (a rewritten checkpoint, another --points) misses; damage is 
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
-import pytest
 
 from layerfilm import cache
 from layerfilm.projection import Trajectories
-from layerfilm.run import Run
-
-
-@pytest.fixture
-def run_copy(tiny_run, tmp_path):
-    """A private copy of the tiny run (tests here rewrite mtimes)."""
-    dest = tmp_path / "run"
-    shutil.copytree(tiny_run, dest)
-    return dest
-
-
-@pytest.fixture
-def reads(monkeypatch):
-    """Counts the passes that read checkpoints (Run._weights_pass)."""
-    calls = []
-    real = Run._weights_pass
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(Run, "_weights_pass", counting)
-    return calls
 
 
 def render(run_cli, run, out, *extra):

@@ -6,31 +6,13 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from layerfilm.projection import Trajectories
-from layerfilm.run import Run
 from layerfilm import cache
-
-
-@pytest.fixture
-def run_copy(tiny_run, tmp_path):
-    dest = tmp_path / "run"
-    shutil.copytree(tiny_run, dest)
-    return dest
-
-
-@pytest.fixture
-def reads(monkeypatch):
-    """Counts the renders that read the checkpoints (cache misses)."""
-    calls = []
-    real = Run._weights_pass
-    monkeypatch.setattr(Run, "_weights_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
-    return calls
 
 
 def render(run_cli, run: Path, out: Path, cache_dir: Path) -> list[str]:
