@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
+from contextlib import closing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -80,9 +81,10 @@ def chunk_mb() -> float:
 def block_chunks(wp: WeightPlan, keyframes: int, whole_bytes: int = 0, budget_mb: float | None = None,
                  most: int | None = None) -> list[tuple[int, ...]]:
     """Consecutive chunks of the plan's blocks whose key frames fit the memory budget: the points
-    (T x N x D float32 per block) and, for the whole-block measures, three copies of a block's tensors
-    (the final, the previous and the current checkpoint's, float64)."""
-    per_block = keyframes * wp.point_ids.shape[1] * wp.shape[1] * 4 + 3 * whole_bytes
+    (T x N x D float32 per block) and, for the whole-block measures, the copies of a block's tensors
+    held at once (float32, ``BlockStats.COPIES``: the final, the previous and the current checkpoint's,
+    and the one read ahead)."""
+    per_block = keyframes * wp.point_ids.shape[1] * wp.shape[1] * 4 + BlockStats.COPIES * whole_bytes
     size = max(1, int((budget_mb or chunk_mb()) * 2**20 // max(per_block, 1)))
     if most is not None:
         size = min(size, most)
@@ -113,15 +115,17 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
         except CheckpointError as e:
             return i, e
 
-    for i, got in prefetch(read(i) for i in order):
-        if progress is not None:
-            progress()
-        if isinstance(got, CheckpointError):
-            bad[active[i]] = str(got)
-            continue
-        if bad:
-            continue
-        points[i] = got if stats is None else stats.add(i, got)
+    # whole blocks are large: one read ahead; rows are small: three
+    with closing(prefetch((read(i) for i in order), depth=1 if whole else 3)) as ahead:
+        for i, got in ahead:
+            if progress is not None:
+                progress()
+            if isinstance(got, CheckpointError):
+                bad[active[i]] = str(got)
+                continue
+            if bad:
+                continue
+            points[i] = got if stats is None else stats.add(i, got)
     if bad:
         return ChunkResult(blocks, bad)
     ids = wp.point_ids[list(blocks)]

@@ -190,9 +190,10 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _get(reader: Reader, name: str, where: Path) -> np.ndarray:
+    """Tensor ``name`` as stored, widened to float32 (the measures widen each to float64 when used)."""
     if name not in reader.keys():
         raise CheckpointError(f"{where}: tensor {name} is missing")
-    return reader.get(name).astype(np.float64)
+    return reader.get(name)
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,7 @@ class BlockStats:
     series is read exactly once. ``read`` gets a checkpoint's tensors of the chunk; ``add`` takes them
     and returns the chunk's tracked points (the film's, taken from the same tensors)."""
 
+    COPIES = 5  # chunks of a block's tensors held at once: final, previous, current, one read ahead, one being read
     BLOCK_AXIS = {"norm_sq": 1, "prev_sq": 1, "final_sq": 1, "param_norm": 1, "cka": 1, "hist": 1, "hist_edges": 0}
 
     def __init__(self, wp: WeightPlan, blocks: tuple[int, ...], keyframes: int, bins: int = HIST_BINS) -> None:
@@ -267,7 +269,7 @@ class BlockStats:
         self.first: list[dict[str, np.ndarray]] | None = None
 
     def read(self, reader: Reader, where: Path) -> list[dict[str, np.ndarray]]:
-        """Every tensor of the chunk's blocks in one open checkpoint, float64, checked finite."""
+        """Every tensor of the chunk's blocks in one open checkpoint, float32, checked finite."""
         out = []
         for i, names in zip(self.blocks, self.names):
             block = {}
@@ -298,20 +300,20 @@ class BlockStats:
             for name in a:
                 if a[name].ndim >= 2:
                     for w in (a[name], b[name]):
-                        top[l] = max(top[l], float(np.percentile(np.abs(w), HIST_PERCENTILE)))
+                        top[l] = max(top[l], float(np.percentile(np.abs(w.astype(np.float64)), HIST_PERCENTILE)))
         top = np.where(top > 0, top, 1.0)
         return np.stack([np.linspace(-t, t, self.bins + 1) for t in top])
 
     def _measure(self, t: int, tensors: list[dict[str, np.ndarray]]) -> None:
         for l, (names, blk) in enumerate(zip(self.names, tensors)):
             for c, name in names:
-                w, f = blk[name], self.final[l][name]
+                w, f = blk[name].astype(np.float64), self.final[l][name].astype(np.float64)
                 n2 = float(np.vdot(w, w))
                 self.param_norm[t, l, c] = math.sqrt(n2)
                 self.sq["norm_sq"][t, l] += n2
                 self.sq["final_sq"][t, l] += float(np.sum((w - f) ** 2))
                 if self.prev is not None:
-                    self.sq["prev_sq"][t, l] += float(np.sum((w - self.prev[l][name]) ** 2))
+                    self.sq["prev_sq"][t, l] += float(np.sum((w - self.prev[l][name].astype(np.float64)) ** 2))
                 if w.ndim >= 2:
                     e = self.edges[l]
                     self.hist[t, l] += np.histogram(np.clip(w, e[0], e[-1]), e)[0]

@@ -16,6 +16,7 @@ from layerfilm.film import FilmOptions
 from layerfilm.formats import safetensors_format
 from layerfilm.raster import Style
 from layerfilm.run import Run
+from layerfilm.stability import BlockStats
 
 STEPS = ("step_000000", "step_000020", "step_000040", "step_000060")
 SMALL = ("--size", "160x90", "--points", "16", "--quiet")
@@ -140,5 +141,5 @@ def test_chunks_are_sized_to_the_budget(frozen_run, monkeypatch):
     per_block = 7 * 64 * wp.shape[1] * 4
     assert block_chunks(wp, 7, budget_mb=per_block * 2 / 2**20) == [(0, 1), (2, 3)]
     assert block_chunks(wp, 7, budget_mb=1e-9) == [(0,), (1,), (2,), (3,)]
-    assert block_chunks(wp, 7, whole_bytes=wp.block_bytes, budget_mb=(per_block + 3 * wp.block_bytes) * 3 / 2**20) \
-        == [(0, 1, 2), (3,)]
+    whole = per_block + BlockStats.COPIES * wp.block_bytes
+    assert block_chunks(wp, 7, whole_bytes=wp.block_bytes, budget_mb=whole * 3 / 2**20) == [(0, 1, 2), (3,)]

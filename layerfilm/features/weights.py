@@ -59,7 +59,7 @@ class WeightPlan:
     transpose: bool  # True: stored [in, out], points are columns
     shape: tuple[int, int]  # (out, in) after orientation
     point_ids: np.ndarray  # (L, N)
-    block_bytes: int = 0  # the largest block's tensors in float64: what a whole-block measure holds per copy
+    block_bytes: int = 0  # the largest block's tensors in float32: what a whole-block measure holds per copy
 
 
 def plan(series: Series, spec: WeightSpec) -> WeightPlan:
@@ -78,7 +78,7 @@ def plan(series: Series, spec: WeightSpec) -> WeightPlan:
     n = min(spec.points, out_dim)
     rng = np.random.default_rng(spec.seed)
     ids = np.stack([np.sort(rng.choice(out_dim, n, replace=False)) for _ in names])
-    block_bytes = max(sum(int(np.prod(shapes[k])) for k in layer_map.names[b].values()) for b in layer_map.blocks) * 8
+    block_bytes = max(sum(int(np.prod(shapes[k])) for k in layer_map.names[b].values()) for b in layer_map.blocks) * 4
     return WeightPlan(layer_map, component, names, transpose, (out_dim, in_dim), ids, block_bytes)
 
 
