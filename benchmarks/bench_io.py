@@ -330,7 +330,7 @@ def bench_wide(a: argparse.Namespace) -> None:
         w = Path(work)
         film = str(w / "x.webm")
         r = run_cli(["render", str(folder), "--no-cache", "--out", film, "--size", "320x180", "--quiet"])
-        rows.append(dict(command=f"render DIR --no-cache --out X.webm --size 320x180", read=r["rchar"] - base,
+        rows.append(dict(command="render DIR --no-cache --out X.webm --size 320x180", read=r["rchar"] - base,
                          ref=tracked + sizes["headers"], ref_what="tracked rows + headers", target=1.3, rss=_rss(r), wall=r["wall"]))
         r = run_cli(["stability", str(folder), "--no-cache", "--quiet"])
         rows.append(dict(command="stability DIR --no-cache", read=r["rchar"] - base, ref=sizes["block_tensors"],
@@ -498,7 +498,7 @@ def main() -> None:
         print(f"# series: {a.checkpoints} checkpoints, width {a.width}, {a.layers} blocks, written in "
               f"{time.perf_counter() - t0:.0f} s under {folder}  (python {' '.join(sys.argv)})")
         print("\n## bytes read per checkpoint, page cache cold (mean over %d checkpoints)" % a.bytes_checkpoints)
-        print(f"| format | file MiB | needed tensors MiB | read MiB | read / needed | target |")
+        print("| format | file MiB | needed tensors MiB | read MiB | read / needed | target |")
         print("|---|---|---|---|---|---|")
         for fmt in ("st", "pt"):
             r = run_child("bytes", str(folder / fmt), str(a.bytes_checkpoints))

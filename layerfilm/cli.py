@@ -8,21 +8,20 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from .encode import EncodeOptions
 from .errors import LayerfilmError, OptionsError
-from .texttable import text_table
-from .outputs import printable, show
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
-from .run import Run
-from .projection import FITS, PROJECTIONS, stats_table
-from .projection import UmapOptions
+from .outputs import printable, show
+from .projection import FITS, PROJECTIONS, UmapOptions, stats_table
 from .raster import Style, parse_size
 from .report import parse_step_list, report, stills
+from .run import Run
 from .scan import Checkpoint, parse_steps, scan
+from .texttable import text_table
 
 RENDER_HELP = """\
 Render a film of how every decoder block's weights (or activations) move over training.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -17,8 +18,7 @@ from .features.weights import WeightSpec
 from .outputs import atomic_output, check_output_path, show
 from .overlay import Overlay
 from .pipeline import prefetch
-from .projection import FITS, Trajectories
-from .projection import UmapOptions
+from .projection import FITS, Trajectories, UmapOptions
 from .raster import Renderer, Style
 from .run import Run
 from .scan import Checkpoint

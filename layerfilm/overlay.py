@@ -51,12 +51,12 @@ class Overlay:
         self.bar = max(2, bh * c // 45)
 
     @classmethod
-    def of(cls, renderer: Renderer, stab: Stability) -> "Overlay":
+    def of(cls, renderer: Renderer, stab: Stability) -> Overlay:
         """The overlay of whole-block measures (``layerfilm.stability.measure``)."""
         return cls(renderer, stab.relative_update, stab.settle_index)
 
     @classmethod
-    def of_points(cls, renderer: Renderer, stats: dict[str, np.ndarray], threshold: float) -> "Overlay":
+    def of_points(cls, renderer: Renderer, stats: dict[str, np.ndarray], threshold: float) -> Overlay:
         """The overlay of a film's own points: ``stats`` holds ``point_measures``' arrays."""
         return cls(renderer, stats["point_update"], settle_index(stats["point_distance"], threshold))
 

@@ -27,10 +27,11 @@ import multiprocessing
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -188,7 +189,7 @@ class Run:
         self._cache = cache.cache_dir(opts.cache_dir) if opts.cache else None
 
     @classmethod
-    def open(cls, folder: str | Path, opts, progress: bool = True, scan_progress: bool = False) -> "Run":
+    def open(cls, folder: str | Path, opts, progress: bool = True, scan_progress: bool = False) -> Run:
         """Scan ``folder`` as ``opts`` select (reads headers only) and start a Run on it."""
         return cls(scan_for(folder, opts, scan_progress), opts, progress)
 
@@ -297,7 +298,7 @@ class Run:
             measured = {} if "point_update" in features.stats else point_measures(features.store, features.steps)
         return replace(traj, stats={**traj.stats, **features.stats, **measured})
 
-    def _weights_film(self) -> "Run":
+    def _weights_film(self) -> Run:
         """The Run of the weights' film: this one, or for an activation film the same run of weights
         (`stability` shows the weights' on-screen motion beside the activation statistics)."""
         if self.opts.activations is None:
@@ -307,7 +308,7 @@ class Run:
             self._weights_run.skipped = self.skipped  # one list of what was skipped
         return self._weights_run
 
-    _weights_run: "Run | None" = None
+    _weights_run: Run | None = None
 
     # ---------------------------------------------------------------- the cache
 

@@ -17,9 +17,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .errors import CheckpointError, LayerfilmError, OptionsError, ScanError
-from .formats import HF_WEIGHT_FILE, READABLE_DTYPES, cannot_read_dtype, check_finite, check_regular, detect_format, open_checkpoint
 from .blocks import map_blocks, resolve_param
+from .errors import CheckpointError, LayerfilmError, OptionsError, ScanError
+from .formats import (
+    HF_WEIGHT_FILE,
+    READABLE_DTYPES,
+    cannot_read_dtype,
+    check_finite,
+    check_regular,
+    detect_format,
+    open_checkpoint,
+)
 
 # A step written with a keyword wins over any other number in the name:
 # "epoch=0-step=150.ckpt" is step 150, "checkpoint-2000" is step 2000, "step_000100" is 100.

@@ -217,7 +217,7 @@ class BlockMeasures:
         return d | {"components": np.asarray(self.components, dtype=str), "points": np.str_(self.points)}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "BlockMeasures":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> BlockMeasures:
         d = {k: np.asarray(arrays[k]) for k in cls.__dataclass_fields__}
         T, L = len(d["steps"]), len(d["blocks"])
         if d["norm"].shape != (T, L) or d["hist"].shape[:2] != (T, L) or d["param_norm"].shape[:2] != (T, L):
@@ -225,7 +225,7 @@ class BlockMeasures:
         return cls(**d | {"components": tuple(str(c) for c in d["components"]), "points": str(d["points"])})
 
     @classmethod
-    def assemble(cls, steps: np.ndarray, blocks: np.ndarray, wp: WeightPlan, m: dict[str, np.ndarray]) -> "BlockMeasures":
+    def assemble(cls, steps: np.ndarray, blocks: np.ndarray, wp: WeightPlan, m: dict[str, np.ndarray]) -> BlockMeasures:
         """From the sums of squares and counts of :class:`BlockStats` (joined over block chunks)."""
         norm = np.sqrt(m["norm_sq"])
         return cls(steps, blocks, component_names(wp), relative_update(m["prev_sq"], norm, steps),

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from layerfilm import cache
 from layerfilm.projection import Trajectories
 from layerfilm.run import Run
-from layerfilm import cache
 
 
 @pytest.fixture

@@ -138,8 +138,9 @@ def test_text_has_a_table_per_measure_over_time(scale_run, run_cli):
 @pytest.fixture(scope="module")
 def tiny_json(tiny_run):
     """`layerfilm stability --json --features activations` of the real tiny run (nanoGPT factory, bundled probe)."""
-    from layerfilm.cli import main
     import contextlib
+
+    from layerfilm.cli import main
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):

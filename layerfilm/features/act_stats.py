@@ -117,13 +117,13 @@ class ActivationStats:
         }
 
     @classmethod
-    def from_arrays(cls, steps: np.ndarray, blocks: np.ndarray, arrays: dict[str, np.ndarray]) -> "ActivationStats":
+    def from_arrays(cls, steps: np.ndarray, blocks: np.ndarray, arrays: dict[str, np.ndarray]) -> ActivationStats:
         return cls(np.asarray(steps), np.asarray(blocks), *(np.asarray(arrays[f"act_{k}"]) for k in
                    ("norm", "mean", "std", "near_zero", "input_norm", "hist")), float(arrays["act_threshold"]))
 
     @classmethod
     def stack(cls, steps, blocks, per_step: list[dict[str, np.ndarray]], input_norm: list[float],
-              threshold: float) -> "ActivationStats":
+              threshold: float) -> ActivationStats:
         """From one ``Moments.result()`` per key frame."""
         return cls(np.asarray(steps), np.asarray(blocks),
                    *(np.stack([r[k] for r in per_step]) for k in ("norm", "mean", "std", "near_zero")),

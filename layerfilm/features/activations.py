@@ -19,18 +19,18 @@ import importlib.util
 import inspect
 import re
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..blocks import map_blocks
 from ..errors import CheckpointError, OptionsError
 from ..formats import check_regular, open_checkpoint
-from ..blocks import map_blocks
 from ..scan import Checkpoint, Series
 from . import Features, FeatureStore
 from .act_stats import ActivationStats, Moments

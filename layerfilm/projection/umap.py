@@ -28,18 +28,18 @@ aligned optimisation: it never passes ``a, b``).
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-import multiprocessing
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..options import check_seed
 from ..errors import OptionsError
 from ..features import Features, in_safe_range
+from ..options import check_seed
 from .trajectories import PROJECTIONS, Trajectories
 
 MAX_ANCHORS = 8  # auto stride: fit AlignedUMAP jointly on at most this many key frames
