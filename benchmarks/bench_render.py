@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         _, _, rss_q, _ = run_cli([*common, "--out", str(tmp / "quarter.webm"), "--no-cache", "--steps", f":{last}"])
         if a.rerun:
             print("(2b) re-render from the warm cache ...", file=sys.stderr)
-            t_rerun, cpu_rerun, _, _ = run_cli([*common, "--out", str(tmp / "rerun.webm"), "--cache", str(cache), "--cmap", "viridis"])
+            t_rerun, cpu_rerun, _, _ = run_cli([*common, "--out", str(tmp / "rerun.webm"), "--cache", str(cache),
+                                                "--cmap", "viridis"])
 
     flags = " ".join(ENCODERS.get("webm")(enc))
     lf = f"layerfilm render {ref.name}/ --size {w}x{h} --preset {a.preset} --no-cache --out film.webm"

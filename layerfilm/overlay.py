@@ -1,7 +1,8 @@
 """Per-panel "still moving" bar and "settled" mark, drawn over frames the Renderer made.
 
 Along the bottom of each panel a thin bar shows the block's relative update on a log scale over
-``DECADES`` decades below the film's largest update: a full bar is the fastest any block moved, an empty one a thousand times slower or still. Between key frames the bar follows the update
+``DECADES`` decades below the film's largest update: a full bar is the fastest any block moved, an
+empty one a thousand times slower or still. Between key frames the bar follows the update
 happening on screen (from key k to k+1). From its settling step on, a block's bar turns green and the
 panel says "settled".
 

@@ -153,8 +153,8 @@ class Stability:
 
     def table(self) -> str:
         """The settling table as aligned plain text."""
-        return text_table(*self.table_rows(), left=[1]) + f"\n(settled: distance to the final checkpoint stays below {self.settle_threshold:g} "\
-            "of its value at the first key frame; the last key frame does not count)" + (
+        return text_table(*self.table_rows(), left=[1]) + "\n(settled: distance to the final checkpoint stays below "\
+            f"{self.settle_threshold:g} of its value at the first key frame; the last key frame does not count)" + (
                 "" if self.activations is None else "\n\n" + self.activations.over_time())
 
 

@@ -416,7 +416,7 @@ def run_probe(model: torch.nn.Module, blocks: list[torch.nn.Module], ids: torch.
         r1 = min(r0 + batch_size, S)
         local = torch.as_tensor(picks[(picks >= r0 * T) & (picks < r1 * T)] - r0 * T, device=ids.device)
 
-        def on_output(l: int, h: torch.Tensor) -> None:
+        def on_output(l: int, h: torch.Tensor, local: torch.Tensor = local) -> None:
             moments.add(l, h)
             points[l].append(h.reshape(-1, h.shape[-1])[local].float().cpu())
 
