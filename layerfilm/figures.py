@@ -147,6 +147,7 @@ def hot_figure(stab: Stability, cmap: str = "magma") -> Figure:
     fig.supxlabel("training step")
     fig.supylabel("weight value")
     fig.suptitle("Histograms over time of each block's weight matrices")
+    assert mesh is not None  # one panel per block, at least one block
     fig.colorbar(mesh, ax=fig.axes[:L], label="log(1 + count)", shrink=0.8)
     return fig
 
@@ -174,7 +175,7 @@ def norm_figure(stab: Stability) -> Figure:
     return fig
 
 
-def stills_figure(frames: Sequence[np.ndarray], steps: Sequence[int], title: str = "") -> Figure:
+def stills_figure(frames: Sequence[np.ndarray] | np.ndarray, steps: Sequence[int], title: str = "") -> Figure:
     """Rendered frames (H, W, 3) side by side, each titled with its step."""
     h, w, _ = frames[0].shape
     k = len(frames)
@@ -225,6 +226,7 @@ def activation_hot_figure(act: ActivationStats, cmap: str = "magma") -> Figure:
     fig.supylabel("activation value (symmetric log scale)")
     fig.suptitle(f"Histograms over time of each block's output on the probe batch "
                  f"(dotted: |a| = {act.threshold:g})")
+    assert mesh is not None  # one panel per block, at least one block
     fig.colorbar(mesh, ax=fig.axes[:L], label="log(1 + count)", shrink=0.8)
     return fig
 

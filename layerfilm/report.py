@@ -78,7 +78,8 @@ def key_indices(have: list[int], steps: list[int] | None) -> tuple[list[int], li
     steps = steps if steps is not None else sorted({have[0], have[-1]})
     missing = [s for s in steps if s not in have]
     if missing:
-        shown = ", ".join(map(str, have if len(have) <= 12 else have[:6] + ["..."] + have[-3:]))
+        shown = ", ".join(map(str, have)) if len(have) <= 12 else \
+            ", ".join([*map(str, have[:6]), "...", *map(str, have[-3:])])
         raise OptionsError(f"--steps: {', '.join(map(str, missing))} not a key frame; key frames are at steps {shown}")
     return steps, [have.index(s) for s in steps]
 
@@ -143,6 +144,7 @@ FIGURE_NAMES = ("stills", "heatmap", "settling", "hot", "norms", "act_hot", "act
 
 
 def report_figures(stab: Stability, style: Style) -> dict[str, Figure]:
+    assert stab.trajectories is not None  # a measured Stability keeps the film's projection
     figures = {
         "stills": keyframe_stills(stab.trajectories, style).figure,
         "heatmap": heatmap_figure(stab),

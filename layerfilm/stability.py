@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -218,7 +218,7 @@ class BlockMeasures:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> BlockMeasures:
-        d = {k: np.asarray(arrays[k]) for k in cls.__dataclass_fields__}
+        d: dict[str, Any] = {k: np.asarray(arrays[k]) for k in cls.__dataclass_fields__}
         T, L = len(d["steps"]), len(d["blocks"])
         if d["norm"].shape != (T, L) or d["hist"].shape[:2] != (T, L) or d["param_norm"].shape[:2] != (T, L):
             raise ValueError("measures of the wrong shape")
@@ -303,6 +303,7 @@ class BlockStats:
         return np.stack([np.linspace(-t, t, self.bins + 1) for t in top])
 
     def _measure(self, t: int, tensors: list[dict[str, np.ndarray]]) -> None:
+        assert self.final is not None and self.edges is not None  # add() keeps them before any measuring
         for l, (names, blk) in enumerate(zip(self.names, tensors)):
             for c, name in names:
                 w, f = blk[name], self.final[l][name]
@@ -322,6 +323,7 @@ class BlockStats:
         final = points[-1].astype(np.float64)
         cka = np.array([[linear_cka(points[t, l].astype(np.float64), final[l]) for l in range(points.shape[1])]
                         for t in range(len(points))])
+        assert self.edges is not None  # at least two key frames were added
         return {**self.sq, "param_norm": self.param_norm, "cka": cka, "hist": self.hist, "hist_edges": self.edges}
 
 
