@@ -80,7 +80,8 @@ def make_series(folder: Path, n: int, width: int, layers: int, n_pt: int) -> Non
     import make_checkpoints as mc
 
     torch.manual_seed(0)
-    state = {k: v.detach().contiguous() for k, v in mc.GPT(mc.Config(n_layer=layers, d_model=width, n_head=4)).state_dict().items()}
+    model = mc.GPT(mc.Config(n_layer=layers, d_model=width, n_head=4))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "st").mkdir(exist_ok=True)
     (folder / "pt").mkdir(exist_ok=True)
@@ -210,7 +211,7 @@ def run_cli(argv: list[str], env: dict | None = None, watch: Path | None = None,
     if poller:
         poller.start()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if poller:
         stop.set()
@@ -291,12 +292,14 @@ def _mib(n: float) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| command | bytes read | reference bytes | ratio | target | met | peak RSS | wall s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| command | bytes read | reference bytes | ratio | target | met | peak RSS | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         met = "" if r.get("target") is None else ("yes" if r["ratio"] <= r["target"] else "NO")
         target = "" if r.get("target") is None else f"<= {r['target']}"
-        lines.append(f"| `{r['command']}` | {_mib(r['read'])} | {_mib(r['ref']) if r.get('ref') else ''} ({r.get('ref_what', '')}) | "
-                     f"{r['ratio']:.3f} | {target} | {met} | {r['rss']} | {r['wall']:.1f} |" if r.get("ref") else
+        lines.append(f"| `{r['command']}` | {_mib(r['read'])} | {_mib(r['ref']) if r.get('ref') else ''} "
+                     f"({r.get('ref_what', '')}) | {r['ratio']:.3f} | {target} | {met} | {r['rss']} | {r['wall']:.1f} |"
+                     if r.get("ref") else
                      f"| `{r['command']}` | {_mib(r['read'])} |  |  |  |  | {r['rss']} | {r['wall']:.1f} |")
     return "\n".join(lines)
 
@@ -323,15 +326,16 @@ def bench_wide(a: argparse.Namespace) -> None:
     T, L, D, N = a.wide_checkpoints, a.wide_blocks, a.wide_width, 512
     tracked = N * D * 2 * L * T
     base = help_baseline()
-    print(f"# series: {L} blocks x width {D} x {T} checkpoints bf16 in {folder} ({_mib(sizes['block_tensors'])} of block tensors, "
-          f"ready in {time.perf_counter() - t0:.0f} s); --help baseline rchar {_mib(base)}", file=sys.stderr)
+    print(f"# series: {L} blocks x width {D} x {T} checkpoints bf16 in {folder} ({_mib(sizes['block_tensors'])} of block "
+          f"tensors, ready in {time.perf_counter() - t0:.0f} s); --help baseline rchar {_mib(base)}", file=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_wide-") as work:
         w = Path(work)
         film = str(w / "x.webm")
         r = run_cli(["render", str(folder), "--no-cache", "--out", film, "--size", "320x180", "--quiet"])
-        rows.append(dict(command=f"render DIR --no-cache --out X.webm --size 320x180", read=r["rchar"] - base,
-                         ref=tracked + sizes["headers"], ref_what="tracked rows + headers", target=1.3, rss=_rss(r), wall=r["wall"]))
+        rows.append(dict(command="render DIR --no-cache --out X.webm --size 320x180", read=r["rchar"] - base,
+                         ref=tracked + sizes["headers"], ref_what="tracked rows + headers", target=1.3, rss=_rss(r),
+                         wall=r["wall"]))
         r = run_cli(["stability", str(folder), "--no-cache", "--quiet"])
         rows.append(dict(command="stability DIR --no-cache", read=r["rchar"] - base, ref=sizes["block_tensors"],
                          ref_what="block tensors", target=1.15, rss=_rss(r), wall=r["wall"]))
@@ -352,15 +356,17 @@ def bench_wide(a: argparse.Namespace) -> None:
             wall += r["wall"]
             peak = max(peak, r["hwm_kib"])
             rows.append(dict(command=f"  c. {' '.join(['DIR' if x == str(folder) else x for x in argv]).replace(work, 'W')}",
-                             read=read, ref=sizes["block_tensors"], ref_what="block tensors", target=None, rss=_rss(r), wall=r["wall"],
-                             ratio=read / sizes["block_tensors"]))
+                             read=read, ref=sizes["block_tensors"], ref_what="block tensors", target=None, rss=_rss(r),
+                             wall=r["wall"], ratio=read / sizes["block_tensors"]))
         rows.append(dict(command="c. render + stills + report --film + stability --json, one cache", read=total,
-                         ref=sizes["block_tensors"], ref_what="block tensors", target=1.3, rss=f"{peak / 1024:,.0f} MiB", wall=wall))
+                         ref=sizes["block_tensors"], ref_what="block tensors", target=1.3, rss=f"{peak / 1024:,.0f} MiB",
+                         wall=wall))
     for r in rows:
         r.setdefault("ratio", r["read"] / r["ref"])
     body = (f"{L} blocks x width {D} x {T} bf16 checkpoints (q/o/up/down; up_proj filmed, 512 points), "
             f"{os.cpu_count()} CPUs; bytes read = child rchar - `--help` rchar ({_mib(base)}); "
-            f"report's row also minus the film it embeds; LAYERFILM_CHUNK_MB={os.environ.get('LAYERFILM_CHUNK_MB', 'default')}\n\n"
+            f"report's row also minus the film it embeds; "
+            f"LAYERFILM_CHUNK_MB={os.environ.get('LAYERFILM_CHUNK_MB', 'default')}\n\n"
             + table(rows))
     record("`python benchmarks/bench_io.py --wide`", body, a.no_record)
 
@@ -388,7 +394,8 @@ def bench_sparse(a: argparse.Namespace) -> None:
                     "--steps", f":{last}"]
             r = run_cli(argv, env={"TMPDIR": str(scratch)}, watch=scratch)
         rows.append(dict(command=f"render 70B x {T} ckpts --no-cache --size 640x360 --steps :{last}", read=r["rchar"] - base,
-                         ref=tracked + sizes["headers"], ref_what="tracked rows + headers", target=1.3, rss=_rss(r), wall=r["wall"]))
+                         ref=tracked + sizes["headers"], ref_what="tracked rows + headers", target=1.3, rss=_rss(r),
+                         wall=r["wall"]))
         notes.append(f"- {T} checkpoints: peak RSS {r['hwm_kib'] / 2**20:.2f} GiB (target <= 4 GiB: "
                      f"{'yes' if r['hwm_kib'] <= 4 * 2**20 else 'NO'}); scratch in $TMPDIR peak {_mib(r['scratch'])} "
                      f"(largest file {_mib(r['scratch_file'])}); trajectories {T} x {L} x {N} x 2 float32 = "
@@ -442,15 +449,18 @@ def bench_ref(a: argparse.Namespace) -> None:
             rows.append(dict(command=f"render REF --no-cache --size 320x180 --steps :{last} ({T} ckpts)", read=r["rchar"] - base,
                              ref=ref, ref_what="tracked rows + headers", target=1.3, rss=_rss(r), wall=r["wall"]))
             notes.append(f"- render, {T} checkpoints: peak RSS {r['hwm_kib'] / 1024:,.0f} MiB (target <= 1,536 MiB); "
-                         f"scratch in $TMPDIR peak {_mib(r['scratch'])}; trajectories {T} x {L} x {N} x 2 float32 = {_mib(T * L * N * 8)}")
+                         f"scratch in $TMPDIR peak {_mib(r['scratch'])}; trajectories {T} x {L} x {N} x 2 float32 = "
+                         f"{_mib(T * L * N * 8)}")
         r = run_cli(["stability", str(folder), "--no-cache", "--quiet"], env={"TMPDIR": str(scratch)}, watch=scratch)
-        rows.append(dict(command=f"stability REF --no-cache ({len(files)} ckpts)", read=r["rchar"] - base, ref=sizes["block_tensors"],
+        rows.append(dict(command=f"stability REF --no-cache ({len(files)} ckpts)", read=r["rchar"] - base,
+                         ref=sizes["block_tensors"],
                          ref_what="block tensors", target=1.15, rss=_rss(r), wall=r["wall"]))
-        notes.append(f"- stability: peak RSS {r['hwm_kib'] / 1024:,.0f} MiB (target <= 1,536 MiB); scratch peak {_mib(r['scratch'])}")
+        notes.append(f"- stability: peak RSS {r['hwm_kib'] / 1024:,.0f} MiB (target <= 1,536 MiB); scratch peak "
+                     f"{_mib(r['scratch'])}")
     for r in rows:
         r["ratio"] = r["read"] / r["ref"]
-    body = (f"reference {folder}: {len(files)} checkpoints ({_mib(sum(f.stat().st_size for f in files))}), {os.cpu_count()} CPUs; "
-            f"bytes read = child rchar - `--help` rchar ({_mib(base)})\n\n" + table(rows) + "\n\n" + "\n".join(notes))
+    body = (f"reference {folder}: {len(files)} checkpoints ({_mib(sum(f.stat().st_size for f in files))}), {os.cpu_count()} "
+            f"CPUs; bytes read = child rchar - `--help` rchar ({_mib(base)})\n\n" + table(rows) + "\n\n" + "\n".join(notes))
     record(f"`python benchmarks/bench_io.py --ref {folder}`", body, a.no_record)
 
 
@@ -464,16 +474,19 @@ def main() -> None:
     p.add_argument("--bytes-checkpoints", type=int, default=10, help="checkpoints measured for bytes read (default 10)")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--wide", action="store_true", help="issue 12's I/O targets through the CLI on a wide series (see above)")
-    p.add_argument("--wide-dir", type=Path, default=Path(tempfile.gettempdir()) / "lf_wide", help="where --wide keeps its series (default $TMPDIR/lf_wide)")
+    p.add_argument("--wide-dir", type=Path, default=Path(tempfile.gettempdir()) / "lf_wide", help="where --wide keeps its series "
+                   "(default $TMPDIR/lf_wide)")
     p.add_argument("--wide-blocks", type=int, default=16)
     p.add_argument("--wide-width", type=int, default=1024)
     p.add_argument("--wide-checkpoints", type=int, default=12)
-    p.add_argument("--sparse", type=Path, default=None, metavar="DIR", help="measure render on a series written by make_sparse.py")
+    p.add_argument("--sparse", type=Path, default=None, metavar="DIR", help="measure render on a series written by "
+                   "make_sparse.py")
     p.add_argument("--sparse-counts", type=lambda s: [int(x) for x in s.split(",")], default=[3, 24], metavar="3,24",
                    help="--sparse: numbers of checkpoints to render (the first K; default 3,24)")
     p.add_argument("--profile", action="store_true", help="--sparse: also cProfile the smallest count's render")
     p.add_argument("--no-record", action="store_true", help="--wide/--sparse: print only, do not append to RESULTS.md")
-    p.add_argument("--ref", type=Path, default=None, metavar="DIR", help="peak RSS of render and stability on make_reference.py's series")
+    p.add_argument("--ref", type=Path, default=None, metavar="DIR", help="peak RSS of render and stability on "
+                   "make_reference.py's series")
     p.add_argument("--ref-counts", type=lambda s: [int(x) for x in s.split(",")], default=[12, 48, 179], metavar="12,48,179",
                    help="--ref: numbers of checkpoints to render (default 12,48,179)")
     a = p.parse_args()
@@ -497,8 +510,8 @@ def main() -> None:
         make_series(folder, a.checkpoints, a.width, a.layers, a.bytes_checkpoints)
         print(f"# series: {a.checkpoints} checkpoints, width {a.width}, {a.layers} blocks, written in "
               f"{time.perf_counter() - t0:.0f} s under {folder}  (python {' '.join(sys.argv)})")
-        print("\n## bytes read per checkpoint, page cache cold (mean over %d checkpoints)" % a.bytes_checkpoints)
-        print(f"| format | file MiB | needed tensors MiB | read MiB | read / needed | target |")
+        print(f"\n## bytes read per checkpoint, page cache cold (mean over {a.bytes_checkpoints:d} checkpoints)")
+        print("| format | file MiB | needed tensors MiB | read MiB | read / needed | target |")
         print("|---|---|---|---|---|---|")
         for fmt in ("st", "pt"):
             r = run_child("bytes", str(folder / fmt), str(a.bytes_checkpoints))
@@ -510,15 +523,16 @@ def main() -> None:
         print(f"\n## peak RSS, {a.small} vs {a.checkpoints} checkpoints (safetensors)")
         print("Peak RSS during the work (VmHWM reset after imports and a first scan); in brackets the whole")
         print("process's peak (ru_maxrss, imports included).\n")
-        print("| stage | RSS(%d) MiB | RSS(%d) MiB | ratio | target | seconds (%d / %d) |" % (a.small, a.checkpoints, a.small, a.checkpoints))
+        print(f"| stage | RSS({a.small:d}) MiB | RSS({a.checkpoints:d}) MiB | ratio | target | seconds ({a.small:d} / "
+              f"{a.checkpoints:d}) |")
         print("|---|---|---|---|---|---|")
         for mode in ("read", "render"):
             small = run_child("rss", str(folder / "st"), str(a.small), mode)
             big = run_child("rss", str(folder / "st"), str(a.checkpoints), mode)
             ratio = big["rss_mib"] / small["rss_mib"]
-            print(f"| {'scan + extract' if mode == 'read' else 'whole render (.webm 320x180)'} | {small['rss_mib']:.0f} ({small['process_mib']:.0f}) | "
-                  f"{big['rss_mib']:.0f} ({big['process_mib']:.0f}) | {ratio:.3f} | <= 1.2 {'ok' if ratio <= 1.2 else 'MISSED'} | "
-                  f"{small['seconds']:.1f} / {big['seconds']:.1f} |")
+            print(f"| {'scan + extract' if mode == 'read' else 'whole render (.webm 320x180)'} | {small['rss_mib']:.0f} "
+                  f"({small['process_mib']:.0f}) | {big['rss_mib']:.0f} ({big['process_mib']:.0f}) | {ratio:.3f} | <= 1.2 "
+                  f"{'ok' if ratio <= 1.2 else 'MISSED'} | {small['seconds']:.1f} / {big['seconds']:.1f} |")
 
 
 if __name__ == "__main__":

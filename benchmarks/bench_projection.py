@@ -93,7 +93,7 @@ def main() -> None:
     feats = features(T, L, N, D, args.distinct)
     feats.store[0]  # make the random walks now: generating them is not part of any method's time
     for method in ("pca", "procrustes"):
-        runs = sorted(timed(lambda: project(feats, method, progress=False))[0] for _ in range(args.repeat))
+        runs = sorted(timed(lambda method=method: project(feats, method, progress=False))[0] for _ in range(args.repeat))
         rows.append((f"{method} (median of {args.repeat}: {', '.join(f'{r:.1f}' for r in runs)} s)",
                      f"{L}x{T}x{N}x{D}", runs[len(runs) // 2], 10.0))
         print(rows[-1], flush=True)
@@ -106,7 +106,7 @@ def main() -> None:
     print(rows[-1], flush=True)
     for t in (int(v) for v in args.umap_trend.split(",") if v):
         frames = features(t, 1, N, D, args.distinct).store.block(0)
-        sec, _ = timed(lambda: layout_block(frames, opts))
+        sec, _ = timed(lambda frames=frames: layout_block(frames, opts))
         rows.append((f"umap, one block, one core (x{L} blocks / {os.cpu_count()} cores = "
                      f"{sec * L / os.cpu_count():.0f} s est.)", f"1x{t}x{N}x{D}", sec, None))
         print(rows[-1], flush=True)

@@ -40,12 +40,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import make_reference  # noqa: E402
 from bench_io import drop_cache  # noqa: E402
-from mpl_reference import MplFrames  # noqa: E402
-
 from layerfilm.animate import Timeline, lerp  # noqa: E402
 from layerfilm.encode import ENCODERS, EncodeOptions, _raw_input, ffmpeg_exe  # noqa: E402
-from layerfilm.film import FilmOptions, caption, cached_trajectories  # noqa: E402
+from layerfilm.film import FilmOptions, cached_trajectories, caption  # noqa: E402
 from layerfilm.raster import Renderer, Style  # noqa: E402
+from mpl_reference import MplFrames  # noqa: E402
 
 FPS = 15.0
 from layerfilm.scan import scan  # noqa: E402
@@ -166,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         _, _, rss_q, _ = run_cli([*common, "--out", str(tmp / "quarter.webm"), "--no-cache", "--steps", f":{last}"])
         if a.rerun:
             print("(2b) re-render from the warm cache ...", file=sys.stderr)
-            t_rerun, cpu_rerun, _, _ = run_cli([*common, "--out", str(tmp / "rerun.webm"), "--cache", str(cache), "--cmap", "viridis"])
+            t_rerun, cpu_rerun, _, _ = run_cli([*common, "--out", str(tmp / "rerun.webm"), "--cache", str(cache),
+                                                "--cmap", "viridis"])
 
     flags = " ".join(ENCODERS.get("webm")(enc))
     lf = f"layerfilm render {ref.name}/ --size {w}x{h} --preset {a.preset} --no-cache --out film.webm"

@@ -87,7 +87,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=8192)
     p.add_argument("--mlp", type=int, default=28672)
     p.add_argument("--band", type=int, default=16, help="leading rows of every tensor that hold data (default 16)")
-    p.add_argument("--points", type=int, default=512, help="tracked up_proj rows to fill, as layerfilm --points (default 512; 0: none)")
+    p.add_argument("--points", type=int, default=512, help="tracked up_proj rows to fill, as layerfilm --points (default 512; 0: "
+                   "none)")
     p.add_argument("--seed", type=int, default=0, help="as layerfilm --seed (default 0), and the data's seed")
     p.add_argument("--step", type=int, default=1000, help="step between checkpoints (default 1000)")
     a = p.parse_args()

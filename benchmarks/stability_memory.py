@@ -23,8 +23,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from layerfilm.formats import open_checkpoint
 from layerfilm.blocks import map_blocks
+from layerfilm.formats import open_checkpoint
 from layerfilm.scan import Series, scan
 from layerfilm.stability import measure
 

@@ -105,7 +105,7 @@ def corpus(max_bytes: int = 2_000_000) -> torch.Tensor:
     return torch.frombuffer(bytearray(b"".join(chunks)[:max_bytes]), dtype=torch.uint8).long()
 
 
-def train(out: str | Path, steps: int = 400, every: int = 25, cfg: Config = Config(), batch: int = 32,
+def train(out: str | Path, steps: int = 400, every: int = 25, cfg: Config = Config(), batch: int = 32,  # noqa: B008 (never mutated)
           lr: float = 3e-3, seed: int = 0, log: bool = True) -> list[Path]:
     """Train and save ``step_%06d.safetensors`` every ``every`` steps (step 0 included); returns the paths."""
     torch.manual_seed(seed)

@@ -1,15 +1,22 @@
 """layerfilm: films and stills of how every layer of a neural network evolves while it learns."""
 
 from .encode import EncodeOptions
-from .errors import (CheckpointError, EncodeError, LayerError, LayerfilmError, OptionsError, OutputError,
-                     ScanError)
+from .errors import CheckpointError, EncodeError, LayerError, LayerfilmError, OptionsError, OutputError, ScanError
 from .features.act_stats import ActivationStats
-from .film import FilmOptions, FilmResult, export_points, render, write_film
 from .features.weights import WeightSpec, extract
-from .figures import (activation_hot_figure, activation_near_zero_figure, activation_norm_figure, heatmap_figure,
-                      hot_figure, norm_figure, save_figure, settling_figure, stills_figure)
-from .projection import Trajectories, project
-from .projection import UmapOptions
+from .figures import (
+    activation_hot_figure,
+    activation_near_zero_figure,
+    activation_norm_figure,
+    heatmap_figure,
+    hot_figure,
+    norm_figure,
+    save_figure,
+    settling_figure,
+    stills_figure,
+)
+from .film import FilmOptions, FilmResult, export_points, render, write_film
+from .projection import Trajectories, UmapOptions, project
 from .raster import Renderer, Style
 from .report import Report, Stills, report, stills
 from .run import Run

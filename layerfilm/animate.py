@@ -14,7 +14,6 @@ import numpy as np
 
 from .errors import OptionsError
 
-
 MAX_FPS = 240.0  # beyond this no player shows the frames; --fps 1e6 would ask for millions
 MAX_SECONDS_PER_KEYFRAME = 3600.0
 MAX_FRAMES = 500_000  # about 9 hours at 15 fps

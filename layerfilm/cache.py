@@ -23,8 +23,9 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -110,7 +111,7 @@ def store(folder: Path, k: str, arrays: dict[str, np.ndarray], max_mb: float | N
     path = folder / f"{k}.npz"
     try:
         with atomic_output(path, suffix=".npz") as tmp:
-            np.savez(tmp, **arrays)
+            np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy types **kwds beside allow_pickle: bool
     except (OutputError, OSError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).rsplit("(", 1)[-1].rstrip(")")
         warnings.warn(f"cache folder {folder}: key frames not cached ({why})", stacklevel=2)

@@ -8,21 +8,20 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from .encode import EncodeOptions
 from .errors import LayerfilmError, OptionsError
-from .texttable import text_table
-from .outputs import printable, show
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
-from .run import Run
-from .projection import FITS, PROJECTIONS, stats_table
-from .projection import UmapOptions
+from .outputs import printable, show
+from .projection import FITS, PROJECTIONS, UmapOptions, stats_table
 from .raster import Style, parse_size
 from .report import parse_step_list, report, stills
+from .run import Run
 from .scan import Checkpoint, parse_steps, scan
+from .texttable import text_table
 
 RENDER_HELP = """\
 Render a film of how every decoder block's weights (or activations) move over training.
@@ -107,12 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "step on; measured on the film's own points (no extra reading; `layerfilm stability` measures "
                    "whole blocks)")
     _add_settle(g)
-    g.add_argument("--crf", type=int, default=18, help="quality of lossy .mp4 output, 0-51, lower is better (default 18); .webm is always lossless")
-    g.add_argument("--encoder-threads", type=int, default=0, metavar="N", help="ffmpeg encoder threads (default 0: ffmpeg decides, "
-                   "one per core); fewer leaves cores to other work, the film takes longer")
+    g.add_argument("--crf", type=int, default=18, help="quality of lossy .mp4 output, 0-51, lower is better (default 18); .webm "
+                   "is always lossless")
+    g.add_argument("--encoder-threads", type=int, default=0, metavar="N", help="ffmpeg encoder threads (default 0: ffmpeg "
+                   "decides, one per core); fewer leaves cores to other work, the film takes longer")
     g.add_argument("--preset", default="", metavar="NAME", help="encoder speed against file size: .webm good (default) or "
-                   "realtime (still lossless, ~5x faster to encode, ~20%% larger); .mp4 an x264 preset, ultrafast..veryslow (default medium)")
-    g.add_argument("--export-points", default=None, metavar="FILE.npz", help="also write key-frame coordinates: steps (T), blocks (L), point_ids (L,N), xy (T,L,N,2)")
+                   "realtime (still lossless, ~5x faster to encode, ~20%% larger); .mp4 an x264 preset, ultrafast..veryslow "
+                   "(default medium)")
+    g.add_argument("--export-points", default=None, metavar="FILE.npz", help="also write key-frame coordinates: steps (T), "
+                   "blocks (L), point_ids (L,N), xy (T,L,N,2)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_cache(r)
     s = sub.add_parser("scan", help="list the checkpoints a render would use, and what is wrong with the others",
@@ -134,24 +136,28 @@ def _add_cache(p: argparse.ArgumentParser) -> None:
                              "time and by the options that change it, so a re-render with another --cmap, --size,\n"
                              "--fps or output, and stills, report or stability after a render, do not read the\n"
                              "checkpoints again.")
-    g.add_argument("--cache", default=None, metavar="DIR", help="cache folder (default $LAYERFILM_CACHE, else ~/.cache/layerfilm; "
-                   "trimmed to $LAYERFILM_CACHE_MAX_MB, default 4096)")
+    g.add_argument("--cache", default=None, metavar="DIR", help="cache folder (default $LAYERFILM_CACHE, else "
+                   "~/.cache/layerfilm; trimmed to $LAYERFILM_CACHE_MAX_MB, default 4096)")
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
 
 
 def _add_activations(g) -> None:
     """The options that build the model and the probe batch (render, stability, report)."""
-    g.add_argument("--model", default=None, metavar="MODULE:FN", help="build the model with this function: package.module:make_model or "
-                   "path/file.py:make_model, returning a torch.nn.Module (given the first checkpoint's path if it takes an "
-                   "argument); default: from config.json beside the checkpoints, with transformers")
-    g.add_argument("--probe", default=None, metavar="FILE", help="probe batch: a UTF-8 text file (tokenised with the checkpoint's "
-                   "tokenizer files when present, else as bytes), or a .pt/.npy of token ids, 1-D or (sequences, tokens); "
-                   "default: a short bundled text")
-    g.add_argument("--seq-len", type=int, default=None, metavar="T", help="tokens per probe sequence (default: 128, or the model's context if shorter)")
-    g.add_argument("--batch-size", type=int, default=8, metavar="B", help="probe sequences per forward pass (default 8); memory is one model + one batch")
+    g.add_argument("--model", default=None, metavar="MODULE:FN", help="build the model with this function: "
+                   "package.module:make_model or path/file.py:make_model, returning a torch.nn.Module (given the first "
+                   "checkpoint's path if it takes an argument); default: from config.json beside the checkpoints, with "
+                   "transformers")
+    g.add_argument("--probe", default=None, metavar="FILE", help="probe batch: a UTF-8 text file (tokenised with the "
+                   "checkpoint's tokenizer files when present, else as bytes), or a .pt/.npy of token ids, 1-D or (sequences, "
+                   "tokens); default: a short bundled text")
+    g.add_argument("--seq-len", type=int, default=None, metavar="T", help="tokens per probe sequence (default: 128, or the "
+                   "model's context if shorter)")
+    g.add_argument("--batch-size", type=int, default=8, metavar="B", help="probe sequences per forward pass (default 8); memory "
+                   "is one model + one batch")
     g.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu or cuda")
     g.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
-    g.add_argument("--near-zero", type=float, default=0.05, metavar="X", help="activations with |a| < X count as near zero (default 0.05)")
+    g.add_argument("--near-zero", type=float, default=0.05, metavar="X", help="activations with |a| < X count as near zero "
+                   "(default 0.05)")
 
 
 def _add_study_features(p: argparse.ArgumentParser, what: str) -> None:
@@ -165,16 +171,19 @@ def _add_study_features(p: argparse.ArgumentParser, what: str) -> None:
 
 def _add_selection(g) -> None:
     g.add_argument("--every", type=int, default=1, metavar="K", help="keep every K-th checkpoint (default 1: all)")
-    g.add_argument("--steps", default=None, metavar="A:B", help="keep steps A..B inclusive; either side may be empty (e.g. 1000:)")
+    g.add_argument("--steps", default=None, metavar="A:B", help="keep steps A..B inclusive; either side may be empty (e.g. "
+                   "1000:)")
 
 
 def _add_points(g) -> None:
     g.add_argument("--param", default=None, help="matrix inside each block, e.g. mlp.c_fc.weight or attn.c_attn "
                    "('.weight' optional); default: the MLP's input projection")
-    g.add_argument("--points", type=int, default=512, metavar="N", help="at most N neurons per block, chosen once with --seed and tracked at every step (default 512)")
+    g.add_argument("--points", type=int, default=512, metavar="N", help="at most N neurons per block, chosen once with --seed "
+                   "and tracked at every step (default 512)")
     g.add_argument("--seed", type=int, default=0, help="seed for choosing the points and for umap (default 0)")
     _blocks_option(g)
-    g.add_argument("--layout", choices=LAYOUTS, default="auto", help="storage of the matrix: out-in (nn.Linear), in-out (GPT-2 Conv1D) or auto (default)")
+    g.add_argument("--layout", choices=LAYOUTS, default="auto", help="storage of the matrix: out-in (nn.Linear), in-out (GPT-2 "
+                   "Conv1D) or auto (default)")
     g.add_argument("--projection", default="pca", choices=PROJECTIONS.names(),
                    help="2-D projection aligned over time: pca (default) = one basis per block shared by all key frames; "
                    "procrustes = each key frame's own PCA, rotated/mirrored onto the previous frame (orthogonal Procrustes); "
@@ -182,7 +191,8 @@ def _add_points(g) -> None:
 
 
 def _add_look(g) -> None:
-    g.add_argument("--size", type=_size, default=(1280, 720), metavar="WxH", help="frame size in pixels, even numbers (default 1280x720)")
+    g.add_argument("--size", type=_size, default=(1280, 720), metavar="WxH", help="frame size in pixels, even numbers (default "
+                   "1280x720)")
     g.add_argument("--cmap", default="magma", help="matplotlib colormap for density, log(1+count) scaled (default magma)")
 
 
@@ -208,15 +218,22 @@ def _blocks_option(g) -> None:
 
 
 def _add_projection_details(g) -> None:
-    g.add_argument("--fit", default="all", choices=FITS, help="pca only: fit the basis on all key frames pooled (default), the first or the last")
-    g.add_argument("--umap-neighbors", type=int, default=15, metavar="K", help="umap: n_neighbors of each key frame's graph (default 15)")
-    g.add_argument("--umap-min-dist", type=float, default=0.1, metavar="D", help="umap: min_dist, how tightly points pack (default 0.1)")
-    g.add_argument("--umap-alignment", type=float, default=0.01, metavar="W", help="umap: alignment_regularisation, pull of a point to its place in nearby key frames (default 0.01)")
-    g.add_argument("--umap-stride", type=int, default=0, metavar="K", help="umap: fit AlignedUMAP jointly on every K-th key frame (and the last) and place the frames between "
-                   "by a short aligned optimisation anchored to both; 1 = every key frame jointly; default 0 = auto (at most 8 jointly fitted)")
-    g.add_argument("--jobs", type=int, default=0, metavar="N", help="umap: worker processes over blocks (default 0: one per CPU core); results do not depend on it")
-    g.add_argument("--stats", action="store_true", help="print a per-block table to stdout: mean and max displacement of points between consecutive key frames "
-                   "relative to the cloud's RMS spread, and for pca/procrustes the variance explained by the two axes (also in --export-points)")
+    g.add_argument("--fit", default="all", choices=FITS, help="pca only: fit the basis on all key frames pooled (default), the "
+                   "first or the last")
+    g.add_argument("--umap-neighbors", type=int, default=15, metavar="K", help="umap: n_neighbors of each key frame's graph "
+                   "(default 15)")
+    g.add_argument("--umap-min-dist", type=float, default=0.1, metavar="D", help="umap: min_dist, how tightly points pack "
+                   "(default 0.1)")
+    g.add_argument("--umap-alignment", type=float, default=0.01, metavar="W", help="umap: alignment_regularisation, pull of a "
+                   "point to its place in nearby key frames (default 0.01)")
+    g.add_argument("--umap-stride", type=int, default=0, metavar="K", help="umap: fit AlignedUMAP jointly on every K-th key "
+                   "frame (and the last) and place the frames between by a short aligned optimisation anchored to both; 1 = "
+                   "every key frame jointly; default 0 = auto (at most 8 jointly fitted)")
+    g.add_argument("--jobs", type=int, default=0, metavar="N", help="umap: worker processes over blocks (default 0: one per CPU "
+                   "core); results do not depend on it")
+    g.add_argument("--stats", action="store_true", help="print a per-block table to stdout: mean and max displacement of points "
+                   "between consecutive key frames relative to the cloud's RMS spread, and for pca/procrustes the variance "
+                   "explained by the two axes (also in --export-points)")
 def _activation_spec(args: argparse.Namespace, weights_too: bool = False):
     """The ActivationSpec of --features activations, or None (imported only then: it needs torch).
     weights_too: the command also measures the weights, so --param and --layout still mean something."""

@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import IO
 
 import numpy as np
 
@@ -116,6 +117,7 @@ class FrameWriter:
     def __init__(self, cmd: list[str], size: tuple[int, int]) -> None:
         self.size = size
         self.count = 0
+        self._log: IO[bytes] | None
         try:
             self._log = tempfile.TemporaryFile()
         except OSError:  # no room in $TMPDIR: ffmpeg's message is lost, the film is not
@@ -128,6 +130,7 @@ class FrameWriter:
         w, h = self.size
         if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
             raise ValueError(f"frame {frame.shape} {frame.dtype}, expected ({h}, {w}, 3) uint8")
+        assert self._proc.stdin is not None  # Popen(stdin=PIPE)
         try:
             self._proc.stdin.write(np.ascontiguousarray(frame).data)
         except BrokenPipeError:
@@ -135,6 +138,7 @@ class FrameWriter:
         self.count += 1
 
     def close(self) -> None:
+        assert self._proc.stdin is not None  # Popen(stdin=PIPE)
         self._proc.stdin.close()
         if self._proc.wait() != 0:
             self._fail()

@@ -16,14 +16,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import OptionsError
-from .outputs import atomic_output, check_output_path
 from .features.act_stats import HIST_EDGES, ActivationStats
+from .outputs import atomic_output, check_output_path
 from .stability import Stability
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def figure_format(path: str | Path) -> str:
     return fmt
 
 
-def save_figure(fig: "Figure", path: str | Path, inputs: tuple[Path, ...] = ()) -> Path:
+def save_figure(fig: Figure, path: str | Path, inputs: tuple[Path, ...] = ()) -> Path:
     """Write ``fig`` as PNG (200 dpi), SVG or PDF, by the extension of ``path``."""
     fmt = figure_format(path)
     check_output_path(path, (f".{fmt}",), inputs)
@@ -50,7 +51,7 @@ def save_figure(fig: "Figure", path: str | Path, inputs: tuple[Path, ...] = ()) 
     return Path(path)
 
 
-def _new(width: float, height: float) -> "Figure":
+def _new(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
@@ -60,7 +61,7 @@ def _labels(stab: Stability) -> list[str]:
     return [f"L{b}" for b in stab.blocks]
 
 
-def _grid(fig: "Figure", n: int, cols: int = 4) -> list:
+def _grid(fig: Figure, n: int, cols: int = 4) -> list:
     cols = min(cols, n)
     rows = math.ceil(n / cols)
     axes = fig.subplots(rows, cols, sharex=True, squeeze=False).ravel()
@@ -76,7 +77,7 @@ def _centre_edges(x: np.ndarray) -> np.ndarray:
     return np.concatenate([[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]])
 
 
-def heatmap_figure(stab: Stability, cmap: str = "magma") -> "Figure":
+def heatmap_figure(stab: Stability, cmap: str = "magma") -> Figure:
     """Blocks (rows) x steps: relative update from the previous key frame, log colour scale.
     Cell t spans the steps (s[t-1], s[t]]; a white tick marks each block's settling step;
     grey cells did not change at all."""
@@ -105,7 +106,7 @@ def heatmap_figure(stab: Stability, cmap: str = "magma") -> "Figure":
     return fig
 
 
-def settling_figure(stab: Stability) -> "Figure":
+def settling_figure(stab: Stability) -> Figure:
     """Each block's distance to the final checkpoint, relative to its distance at the first key frame,
     with the settling threshold and each block's settling step marked."""
     import matplotlib
@@ -129,7 +130,7 @@ def settling_figure(stab: Stability) -> "Figure":
     return fig
 
 
-def hot_figure(stab: Stability, cmap: str = "magma") -> "Figure":
+def hot_figure(stab: Stability, cmap: str = "magma") -> Figure:
     """Histograms over time, one panel per block: value bins of the block's matrix entries up the y
     axis, steps along x, colour log(1 + count) on one scale for all panels (fastai's HOT chart)."""
     L = len(stab.blocks)
@@ -146,11 +147,12 @@ def hot_figure(stab: Stability, cmap: str = "magma") -> "Figure":
     fig.supxlabel("training step")
     fig.supylabel("weight value")
     fig.suptitle("Histograms over time of each block's weight matrices")
+    assert mesh is not None  # one panel per block, at least one block
     fig.colorbar(mesh, ax=fig.axes[:L], label="log(1 + count)", shrink=0.8)
     return fig
 
 
-def norm_figure(stab: Stability) -> "Figure":
+def norm_figure(stab: Stability) -> Figure:
     """The norm of every tensor of every block over training (log scale), one panel per block."""
     import matplotlib
 
@@ -173,7 +175,7 @@ def norm_figure(stab: Stability) -> "Figure":
     return fig
 
 
-def stills_figure(frames: Sequence[np.ndarray], steps: Sequence[int], title: str = "") -> "Figure":
+def stills_figure(frames: Sequence[np.ndarray] | np.ndarray, steps: Sequence[int], title: str = "") -> Figure:
     """Rendered frames (H, W, 3) side by side, each titled with its step."""
     h, w, _ = frames[0].shape
     k = len(frames)
@@ -197,7 +199,7 @@ def _value_axis(v: np.ndarray | float) -> np.ndarray:
     return np.interp(slog(v), slog(HIST_EDGES), np.arange(1, len(HIST_EDGES) + 1))
 
 
-def activation_hot_figure(act: ActivationStats, cmap: str = "magma") -> "Figure":
+def activation_hot_figure(act: ActivationStats, cmap: str = "magma") -> Figure:
     """Histograms over time of each block's output on the probe batch (fastai's "colorful dimension"):
     value bins on a symmetric log axis up (the range any block ever reaches), steps across, colour
     log(1 + count) on one scale for all panels; dotted lines at +-the near-zero threshold."""
@@ -224,6 +226,7 @@ def activation_hot_figure(act: ActivationStats, cmap: str = "magma") -> "Figure"
     fig.supylabel("activation value (symmetric log scale)")
     fig.suptitle(f"Histograms over time of each block's output on the probe batch "
                  f"(dotted: |a| = {act.threshold:g})")
+    assert mesh is not None  # one panel per block, at least one block
     fig.colorbar(mesh, ax=fig.axes[:L], label="log(1 + count)", shrink=0.8)
     return fig
 
@@ -239,7 +242,7 @@ def _step_colours(act: ActivationStats):
     return [cmap(norm(s)) for s in act.steps], ScalarMappable(norm, cmap)
 
 
-def activation_norm_figure(act: ActivationStats) -> "Figure":
+def activation_norm_figure(act: ActivationStats) -> Figure:
     """Left: the mean token norm of each block's output against depth, one line per key frame (the
     first block's input at depth "in" when it was captured), log scale. Right: the growth of the norm
     per block over training (geometric mean from the first block to the last; 1 = flat with depth)."""
@@ -272,7 +275,7 @@ def activation_norm_figure(act: ActivationStats) -> "Figure":
     return fig
 
 
-def activation_near_zero_figure(act: ActivationStats) -> "Figure":
+def activation_near_zero_figure(act: ActivationStats) -> Figure:
     """The fraction of each block's output activations with |a| below the threshold, over training."""
     import matplotlib
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -17,8 +18,7 @@ from .features.weights import WeightSpec
 from .outputs import atomic_output, check_output_path, show
 from .overlay import Overlay
 from .pipeline import prefetch
-from .projection import FITS, Trajectories
-from .projection import UmapOptions
+from .projection import FITS, Trajectories, UmapOptions
 from .raster import Renderer, Style
 from .run import Run
 from .scan import Checkpoint
@@ -65,7 +65,8 @@ class FilmOptions:
 
     def projection_kwargs(self) -> dict:
         """Options of the chosen projection method, as ``project`` takes them."""
-        return {"pca": {"fit": self.fit}, "umap": {"options": self.umap}}.get(self.projection, {})
+        by_method: dict[str, dict] = {"pca": {"fit": self.fit}, "umap": {"options": self.umap}}
+        return by_method.get(self.projection, {})
 
     def stability_options(self) -> StabilityOptions:
         return StabilityOptions(self.settle_threshold, self.weights, self.projection)
@@ -97,7 +98,7 @@ def export_points(traj: Trajectories, path: str | Path, inputs: tuple[Path, ...]
     """Write key-frame coordinates: steps (T), blocks (L), point_ids (L, N), xy (T, L, N, 2) float32."""
     path = check_export_path(path, inputs)
     with atomic_output(path, suffix=".npz") as tmp:
-        np.savez(tmp, **traj.to_arrays())
+        np.savez(tmp, **traj.to_arrays())  # type: ignore[arg-type]  # numpy types **kwds beside allow_pickle: bool
     return path
 
 

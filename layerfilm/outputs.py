@@ -20,9 +20,9 @@ import re
 import shutil
 import signal
 import stat
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .errors import OptionsError, OutputError
 

@@ -1,7 +1,8 @@
 """Per-panel "still moving" bar and "settled" mark, drawn over frames the Renderer made.
 
 Along the bottom of each panel a thin bar shows the block's relative update on a log scale over
-``DECADES`` decades below the film's largest update: a full bar is the fastest any block moved, an empty one a thousand times slower or still. Between key frames the bar follows the update
+``DECADES`` decades below the film's largest update: a full bar is the fastest any block moved, an
+empty one a thousand times slower or still. Between key frames the bar follows the update
 happening on screen (from key k to k+1). From its settling step on, a block's bar turns green and the
 panel says "settled".
 
@@ -51,12 +52,12 @@ class Overlay:
         self.bar = max(2, bh * c // 45)
 
     @classmethod
-    def of(cls, renderer: Renderer, stab: Stability) -> "Overlay":
+    def of(cls, renderer: Renderer, stab: Stability) -> Overlay:
         """The overlay of whole-block measures (``layerfilm.stability.measure``)."""
         return cls(renderer, stab.relative_update, stab.settle_index)
 
     @classmethod
-    def of_points(cls, renderer: Renderer, stats: dict[str, np.ndarray], threshold: float) -> "Overlay":
+    def of_points(cls, renderer: Renderer, stats: dict[str, np.ndarray], threshold: float) -> Overlay:
         """The overlay of a film's own points: ``stats`` holds ``point_measures``' arrays."""
         return cls(renderer, stats["point_update"], settle_index(stats["point_distance"], threshold))
 

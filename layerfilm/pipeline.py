@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 from .outputs import deferred_signals
 
@@ -19,7 +20,7 @@ T = TypeVar("T")
 _DONE = object()
 
 
-def prefetch(items: Iterable[T], depth: int = 3) -> Iterator[T]:
+def prefetch(items: Iterable[T], depth: int = 3) -> Generator[T, None, None]:
     """Yield the items of ``items``, computed ahead by a background thread, at most ``depth`` waiting.
 
     An exception raised while computing an item is raised here, at that item. Closing the generator

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -63,7 +63,7 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-@lru_cache(maxsize=None)
+@cache
 def colormap_lut(name: str, n: int = 256) -> np.ndarray:
     """(n, 3) uint8 colour table of a matplotlib colormap."""
     import matplotlib

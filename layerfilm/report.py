@@ -20,14 +20,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import OptionsError
-from .figures import (activation_hot_figure, activation_near_zero_figure, activation_norm_figure,
-                      figure_format, heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure,
-                      stills_figure)
+from .figures import (
+    activation_hot_figure,
+    activation_near_zero_figure,
+    activation_norm_figure,
+    figure_format,
+    heatmap_figure,
+    hot_figure,
+    norm_figure,
+    save_figure,
+    settling_figure,
+    stills_figure,
+)
 from .film import FilmOptions, caption, film_renderer
-from .run import Run
 from .outputs import atomic_output, check_output_path
 from .projection import Trajectories
 from .raster import Style
+from .run import Run
 from .stability import Stability, StabilityOptions
 
 if TYPE_CHECKING:
@@ -41,14 +50,14 @@ FILM_TYPES = {".webm": "video/webm", ".mp4": "video/mp4", ".gif": "image/gif"}
 class Stills:
     steps: list[int]  # (K,)
     frames: np.ndarray  # (K, H, W, 3) uint8, the film's frames at those steps
-    figure: "Figure"  # the frames side by side
+    figure: Figure  # the frames side by side
 
 
 @dataclass(frozen=True)
 class Report:
     out: Path
     stability: Stability
-    figures: dict[str, "Figure"]  # stills, heatmap, settling, hot, norms (+ act_hot, act_norms, act_near_zero)
+    figures: dict[str, Figure]  # stills, heatmap, settling, hot, norms (+ act_hot, act_norms, act_near_zero)
     files: list[Path]  # everything written (the report, and for Markdown its PNGs)
 
 
@@ -69,7 +78,8 @@ def key_indices(have: list[int], steps: list[int] | None) -> tuple[list[int], li
     steps = steps if steps is not None else sorted({have[0], have[-1]})
     missing = [s for s in steps if s not in have]
     if missing:
-        shown = ", ".join(map(str, have if len(have) <= 12 else have[:6] + ["..."] + have[-3:]))
+        shown = ", ".join(map(str, have)) if len(have) <= 12 else \
+            ", ".join([*map(str, have[:6]), "...", *map(str, have[-3:])])
         raise OptionsError(f"--steps: {', '.join(map(str, missing))} not a key frame; key frames are at steps {shown}")
     return steps, [have.index(s) for s in steps]
 
@@ -133,7 +143,8 @@ def study_options(opts: FilmOptions) -> StabilityOptions:
 FIGURE_NAMES = ("stills", "heatmap", "settling", "hot", "norms", "act_hot", "act_norms", "act_near_zero")
 
 
-def report_figures(stab: Stability, style: Style) -> dict[str, "Figure"]:
+def report_figures(stab: Stability, style: Style) -> dict[str, Figure]:
+    assert stab.trajectories is not None  # a measured Stability keeps the film's projection
     figures = {
         "stills": keyframe_stills(stab.trajectories, style).figure,
         "heatmap": heatmap_figure(stab),
@@ -148,7 +159,7 @@ def report_figures(stab: Stability, style: Style) -> dict[str, "Figure"]:
     return figures
 
 
-def _png(fig: "Figure") -> bytes:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=150, facecolor="white")
     return buf.getvalue()

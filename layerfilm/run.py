@@ -27,11 +27,12 @@ import multiprocessing
 import os
 import sys
 import tempfile
-from contextlib import closing
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -105,7 +106,7 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
     stats = BlockStats(wp, blocks, T, bins) if whole else None
     order = [T - 1, *range(T - 1)] if whole else list(range(T))  # whole: the final first
 
-    def read(i: int) -> tuple[int, object]:
+    def read(i: int) -> tuple[int, np.ndarray | list[dict[str, np.ndarray]] | CheckpointError]:
         ckpt = ckpts[i]
         try:
             with open_checkpoint(ckpt.path, ckpt.format) as reader:
@@ -125,7 +126,12 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
                 continue
             if bad:
                 continue
-            points[i] = got if stats is None else stats.add(i, got)
+            if stats is None:
+                assert isinstance(got, np.ndarray)  # read_points
+                points[i] = got
+            else:
+                assert isinstance(got, list)  # BlockStats.read
+                points[i] = stats.add(i, got)
     if bad:
         return ChunkResult(blocks, bad)
     ids = wp.point_ids[list(blocks)]
@@ -148,8 +154,9 @@ def _join(results: list[ChunkResult]) -> tuple[np.ndarray, dict[str, np.ndarray]
     stats = {k: np.concatenate([r.stats[k] for r in results], axis=_BLOCK_AXIS.get(k, 0)) for k in results[0].stats}
     measures = None
     if results[0].measures is not None:
-        measures = {k: np.concatenate([r.measures[k] for r in results], axis=BlockStats.BLOCK_AXIS[k])
-                    for k in results[0].measures}
+        chunks = [r.measures for r in results if r.measures is not None]
+        assert len(chunks) == len(results)  # every chunk measured its blocks, or none did
+        measures = {k: np.concatenate([m[k] for m in chunks], axis=BlockStats.BLOCK_AXIS[k]) for k in chunks[0]}
     return xy, stats, measures
 
 
@@ -192,7 +199,7 @@ class Run:
         self._cache = cache.cache_dir(opts.cache_dir) if opts.cache else None
 
     @classmethod
-    def open(cls, folder: str | Path, opts, progress: bool = True, scan_progress: bool = False) -> "Run":
+    def open(cls, folder: str | Path, opts, progress: bool = True, scan_progress: bool = False) -> Run:
         """Scan ``folder`` as ``opts`` select (reads headers only) and start a Run on it."""
         return cls(scan_for(folder, opts, scan_progress), opts, progress)
 
@@ -222,8 +229,10 @@ class Run:
             if self._measures is not None:
                 self._note_cached_skips(self._measures.steps)
             else:
-                traj, self._measures = self._weights_pass(whole=True, bins=bins)
-                self._store(key, self._measures.to_arrays())
+                traj, measures = self._weights_pass(whole=True, bins=bins)
+                assert measures is not None  # whole=True measures the blocks
+                self._measures = measures
+                self._store(key, measures.to_arrays())
                 weights = self._weights_film()
                 if weights._traj is None:  # the same pass filmed the weights' points
                     weights._traj = traj
@@ -301,7 +310,7 @@ class Run:
             measured = {} if "point_update" in features.stats else point_measures(features.store, features.steps)
         return replace(traj, stats={**traj.stats, **features.stats, **measured})
 
-    def _weights_film(self) -> "Run":
+    def _weights_film(self) -> Run:
         """The Run of the weights' film: this one, or for an activation film the same run of weights
         (`stability` shows the weights' on-screen motion beside the activation statistics)."""
         if self.opts.activations is None:
@@ -311,7 +320,7 @@ class Run:
             self._weights_run.skipped = self.skipped  # one list of what was skipped
         return self._weights_run
 
-    _weights_run: "Run | None" = None
+    _weights_run: Run | None = None
 
     # ---------------------------------------------------------------- the cache
 

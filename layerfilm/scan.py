@@ -17,9 +17,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .errors import CheckpointError, LayerfilmError, OptionsError, ScanError
-from .formats import HF_WEIGHT_FILE, READABLE_DTYPES, cannot_read_dtype, check_finite, check_regular, detect_format, open_checkpoint
 from .blocks import map_blocks, resolve_param
+from .errors import CheckpointError, LayerfilmError, OptionsError, ScanError
+from .formats import (
+    HF_WEIGHT_FILE,
+    READABLE_DTYPES,
+    cannot_read_dtype,
+    check_finite,
+    check_regular,
+    detect_format,
+    open_checkpoint,
+)
 
 # A step written with a keyword wins over any other number in the name:
 # "epoch=0-step=150.ckpt" is step 150, "checkpoint-2000" is step 2000, "step_000100" is 100.
@@ -69,7 +77,9 @@ class Series:
 
     @property
     def steps(self) -> list[int]:
-        return [c.step for c in self.checkpoints]
+        steps = [c.step for c in self.checkpoints if c.step is not None]
+        assert len(steps) == len(self.checkpoints)  # a usable checkpoint has a step
+        return steps
 
     def __len__(self) -> int:
         return len(self.checkpoints)
@@ -128,12 +138,14 @@ def _candidates(root: Path) -> list[tuple[Path, str, bool, str | None]]:
     one whose problem :func:`_inspect` finds.
     """
     root_format = detect_format(root)
-    found = []
+    found: list[tuple[Path, str, bool, str | None]] = []
     if root_format == "sharded":
         found.append((root, root_format, True, None))
     elif root_format:  # one weight file: name it, not the folder
         weights = next(root / n for n in ("model.safetensors", "pytorch_model.bin") if (root / n).is_file())
-        found.append((weights, detect_format(weights), True, None))
+        weights_format = detect_format(weights)
+        assert weights_format is not None  # detected by its suffix
+        found.append((weights, weights_format, True, None))
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or _SIDE_FILES.match(entry.name):
             continue
@@ -228,8 +240,8 @@ def _odd_shapes(found: list[tuple[Checkpoint, dict]]) -> list[Checkpoint]:
     signature = Counter((c.blocks, tuple(sorted(s.items()))) for c, s in usable)
     if len(signature) <= 1:
         return [c for c, _ in found]
-    (blocks, common), _ = signature.most_common(1)[0]
-    common = dict(common)
+    (blocks, common_shapes), _ = signature.most_common(1)[0]
+    common = dict(common_shapes)
     out = []
     for c, s in found:
         if c.problem is None and c.blocks != blocks:
@@ -296,7 +308,8 @@ def scan(
         what = "the folder is empty" if not any(root.iterdir()) else "no checkpoints found"
         raise ScanError(f"{root}: {what} (expected *.safetensors, *.pt, *.bin, *.ckpt files "
                         "or checkpoint-N/ folders)")
-    found, finals = [], set()
+    found: list[tuple[Checkpoint, dict]] = []
+    finals = set()
     for path, fmt, final, problem in tqdm(candidates, desc="scanning", unit="ckpt", disable=not progress):
         if problem is not None:
             found.append((Checkpoint(step_from_name(path.name), path, fmt, problem), {}))
@@ -307,7 +320,8 @@ def scan(
                 found.append((Checkpoint(None, path, fmt, NO_FINAL_STEP), {}))
                 continue
         found.append(_inspect(path, fmt, final_step if final else step_from_name(path.name), blocks_regex, deep, param))
-    checkpoints, taken = [], {}
+    checkpoints: list[Checkpoint] = []
+    taken: dict[int | None, Path] = {}
     # on a duplicate step the first kept wins: a checkpoint folder before the root's final model
     for c in sorted(_odd_shapes(found), key=lambda c: (c.step is None, c.step or 0, c.path in finals, str(c.path))):
         if c.problem is None and c.step in taken:

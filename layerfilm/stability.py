@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -153,8 +153,8 @@ class Stability:
 
     def table(self) -> str:
         """The settling table as aligned plain text."""
-        return text_table(*self.table_rows(), left=[1]) + f"\n(settled: distance to the final checkpoint stays below {self.settle_threshold:g} "\
-            "of its value at the first key frame; the last key frame does not count)" + (
+        return text_table(*self.table_rows(), left=[1]) + "\n(settled: distance to the final checkpoint stays below "\
+            f"{self.settle_threshold:g} of its value at the first key frame; the last key frame does not count)" + (
                 "" if self.activations is None else "\n\n" + self.activations.over_time())
 
 
@@ -218,15 +218,15 @@ class BlockMeasures:
         return d | {"components": np.asarray(self.components, dtype=str), "points": np.str_(self.points)}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "BlockMeasures":
-        d = {k: np.asarray(arrays[k]) for k in cls.__dataclass_fields__}
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> BlockMeasures:
+        d: dict[str, Any] = {k: np.asarray(arrays[k]) for k in cls.__dataclass_fields__}
         T, L = len(d["steps"]), len(d["blocks"])
         if d["norm"].shape != (T, L) or d["hist"].shape[:2] != (T, L) or d["param_norm"].shape[:2] != (T, L):
             raise ValueError("measures of the wrong shape")
         return cls(**d | {"components": tuple(str(c) for c in d["components"]), "points": str(d["points"])})
 
     @classmethod
-    def assemble(cls, steps: np.ndarray, blocks: np.ndarray, wp: WeightPlan, m: dict[str, np.ndarray]) -> "BlockMeasures":
+    def assemble(cls, steps: np.ndarray, blocks: np.ndarray, wp: WeightPlan, m: dict[str, np.ndarray]) -> BlockMeasures:
         """From the sums of squares and counts of :class:`BlockStats` (joined over block chunks)."""
         norm = np.sqrt(m["norm_sq"])
         return cls(steps, blocks, component_names(wp), relative_update(m["prev_sq"], norm, steps),
@@ -305,6 +305,7 @@ class BlockStats:
         return np.stack([np.linspace(-t, t, self.bins + 1) for t in top])
 
     def _measure(self, t: int, tensors: list[dict[str, np.ndarray]]) -> None:
+        assert self.final is not None and self.edges is not None  # add() keeps them before any measuring
         for l, (names, blk) in enumerate(zip(self.names, tensors)):
             for c, name in names:
                 w, f = blk[name].astype(np.float64), self.final[l][name].astype(np.float64)
@@ -324,6 +325,7 @@ class BlockStats:
         final = points[-1].astype(np.float64)
         cka = np.array([[linear_cka(points[t, l].astype(np.float64), final[l]) for l in range(points.shape[1])]
                         for t in range(len(points))])
+        assert self.edges is not None  # at least two key frames were added
         return {**self.sq, "param_norm": self.param_norm, "cka": cka, "hist": self.hist, "hist_edges": self.edges}
 
 

@@ -14,9 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from layerfilm.errors import CheckpointError, LayerfilmError, OptionsError
 from layerfilm.features.act_stats import HIST_EDGES, N_BINS
-from layerfilm.features.activations import (
-    DEFAULT_PROBE, ActivationSpec, extract, match_keys, probe_ids, resolve_device,
-)
+from layerfilm.features.activations import DEFAULT_PROBE, ActivationSpec, extract, match_keys, probe_ids, resolve_device
 from layerfilm.scan import scan
 
 transformers = pytest.importorskip("transformers")

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from layerfilm.blocks import map_blocks, resolve_param
 from layerfilm.errors import LayerError
 from layerfilm.features.weights import WeightSpec, extract
-from layerfilm.blocks import map_blocks, resolve_param
 from layerfilm.scan import scan
 
 CONVENTIONS = {

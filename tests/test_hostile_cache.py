@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layerfilm.projection import Trajectories
 from layerfilm import cache
+from layerfilm.projection import Trajectories
 
 
 def render(run_cli, run: Path, out: Path, cache_dir: Path) -> list[str]:

@@ -36,7 +36,8 @@ def test_umap_export_is_seeded_and_independent_of_jobs(tiny_run, tmp_path, run_c
 
 
 @pytest.mark.parametrize("args,message", [
-    (("--projection", "procrustes", "--fit", "first"), "layerfilm: error: --fit first applies to --projection pca only, not procrustes\n"),
+    (("--projection", "procrustes", "--fit", "first"), "layerfilm: error: --fit first applies to --projection pca only, not "
+     "procrustes\n"),
     (("--projection", "umap", "--umap-neighbors", "1"), "layerfilm: error: --umap-neighbors 1: must be at least 2\n"),
     (("--projection", "umap", "--umap-min-dist", "2"), "layerfilm: error: --umap-min-dist 2.0: must be between 0 and 1\n"),
 ])

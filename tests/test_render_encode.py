@@ -82,8 +82,8 @@ def test_renderer_places_points_in_their_panels():
     pts[1] += 0.5
     d = r.density(pts)
     assert abs(d.sum() - 6) < 1e-9  # bilinear splat conserves mass
-    (y0, x0), (y1, x1) = (np.unravel_index(np.argmax(d * (np.arange(d.shape[1]) < r.origin[1, 0])), d.shape),
-                          np.unravel_index(np.argmax(d * (np.arange(d.shape[1]) >= r.origin[1, 0])), d.shape))
+    (_, x0), (_, x1) = (np.unravel_index(np.argmax(d * (np.arange(d.shape[1]) < r.origin[1, 0])), d.shape),
+                        np.unravel_index(np.argmax(d * (np.arange(d.shape[1]) >= r.origin[1, 0])), d.shape))
     assert x0 < r.origin[1, 0] <= x1
     frame = r.frame(pts, "step 1")
     assert frame.shape == (180, 320, 3) and frame.dtype == np.uint8

@@ -51,7 +51,8 @@ def test_stills_errors(frozen_run, run_cli, tmp_path):
     code, _, err = run_cli("stills", frozen_run, "--out", tmp_path / "x.png", "--steps", "0,15", *SMALL)
     assert (code, err) == (2, "layerfilm: error: --steps: 15 not a key frame; key frames are at steps 0, 10, 20, 30, 40\n")
     code, _, err = run_cli("stills", frozen_run, "--out", tmp_path / "x.jpg")
-    assert (code, err) == (2, f"layerfilm: error: {tmp_path / 'x.jpg'}: unknown figure extension '.jpg'; use .png, .svg or .pdf\n")
+    assert (code, err) == (2, f"layerfilm: error: {tmp_path / 'x.jpg'}: unknown figure extension '.jpg'; use .png, .svg or "
+                           f".pdf\n")
     code, _, err = run_cli("stills", frozen_run, "--out", tmp_path / "x.png", "--steps", "0,a")
     assert (code, err) == (2, "layerfilm: error: --steps '0,a': expected steps separated by commas, e.g. 0,2000\n")
     assert list(tmp_path.iterdir()) == []

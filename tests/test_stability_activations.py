@@ -138,8 +138,9 @@ def test_text_has_a_table_per_measure_over_time(scale_run, run_cli):
 @pytest.fixture(scope="module")
 def tiny_json(tiny_run):
     """`layerfilm stability --json --features activations` of the real tiny run (nanoGPT factory, bundled probe)."""
-    from layerfilm.cli import main
     import contextlib
+
+    from layerfilm.cli import main
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -161,9 +162,9 @@ def test_statistics_match_plain_torch_hooks(example, tiny_run, tiny_json):
         model = example.make_model(ckpt.path)
         model.load_state_dict(load_file(ckpt.path))
         outs, ins = {}, []
-        handles = [b.register_forward_hook(lambda m, a, o, l=l: outs.__setitem__(l, o.detach()))
+        handles = [b.register_forward_hook(lambda m, a, o, l=l, outs=outs: outs.__setitem__(l, o.detach()))
                    for l, b in enumerate(model.transformer.h)]
-        handles.append(model.transformer.h[0].register_forward_pre_hook(lambda m, a: ins.append(a[0].detach())))
+        handles.append(model.transformer.h[0].register_forward_pre_hook(lambda m, a, ins=ins: ins.append(a[0].detach())))
         with torch.no_grad():
             model.eval()(ids)
         for h in handles:

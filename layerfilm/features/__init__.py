@@ -132,6 +132,6 @@ class Features:
     blocks: np.ndarray  # (L,) int64
     point_ids: np.ndarray  # (L, N) int64: which neuron/token each point is
     name: str  # what the points are, e.g. "mlp.c_fc.weight rows"
-    store: FeatureStore  # store[t] -> (L, N, D) float32
+    store: FeatureStore | ArrayStore  # store[t] -> (L, N, D) float32
     skipped: tuple = ()  # Checkpoints that could not be read, with their problem
     stats: dict[str, np.ndarray] = field(default_factory=dict)  # measured while extracting, e.g. act_norm (T, L)

@@ -117,17 +117,22 @@ class ActivationStats:
         }
 
     @classmethod
-    def from_arrays(cls, steps: np.ndarray, blocks: np.ndarray, arrays: dict[str, np.ndarray]) -> "ActivationStats":
-        return cls(np.asarray(steps), np.asarray(blocks), *(np.asarray(arrays[f"act_{k}"]) for k in
-                   ("norm", "mean", "std", "near_zero", "input_norm", "hist")), float(arrays["act_threshold"]))
+    def from_arrays(cls, steps: np.ndarray, blocks: np.ndarray, arrays: dict[str, np.ndarray]) -> ActivationStats:
+        def a(k: str) -> np.ndarray:
+            return np.asarray(arrays[f"act_{k}"])
+
+        return cls(np.asarray(steps), np.asarray(blocks), a("norm"), a("mean"), a("std"), a("near_zero"), a("input_norm"),
+                   a("hist"), float(arrays["act_threshold"]))
 
     @classmethod
     def stack(cls, steps, blocks, per_step: list[dict[str, np.ndarray]], input_norm: list[float],
-              threshold: float) -> "ActivationStats":
+              threshold: float) -> ActivationStats:
         """From one ``Moments.result()`` per key frame."""
-        return cls(np.asarray(steps), np.asarray(blocks),
-                   *(np.stack([r[k] for r in per_step]) for k in ("norm", "mean", "std", "near_zero")),
-                   np.asarray(input_norm, np.float64), np.stack([r["hist"] for r in per_step]), threshold)
+        def s(k: str) -> np.ndarray:
+            return np.stack([r[k] for r in per_step])
+
+        return cls(np.asarray(steps), np.asarray(blocks), s("norm"), s("mean"), s("std"), s("near_zero"),
+                   np.asarray(input_norm, np.float64), s("hist"), threshold)
 
     def table_rows(self, t: int = -1) -> tuple[list[str], list[list[str]]]:
         """Header and rows (one per block) of key frame ``t`` (default the last), as text."""

@@ -19,18 +19,18 @@ import importlib.util
 import inspect
 import re
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..blocks import map_blocks
 from ..errors import CheckpointError, OptionsError
 from ..formats import check_regular, open_checkpoint
-from ..blocks import map_blocks
 from ..scan import Checkpoint, Series
 from . import Features, FeatureStore
 from .act_stats import ActivationStats, Moments
@@ -150,6 +150,7 @@ def load_factory(ref: str) -> Callable[..., torch.nn.Module]:
             if not path.is_file():
                 raise OptionsError(f"--model {ref!r}: no such file {target}")
             spec = importlib.util.spec_from_file_location(f"layerfilm_model_{path.stem}", path)
+            assert spec is not None and spec.loader is not None  # a .py file has a source loader
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
             spec.loader.exec_module(module)
@@ -181,15 +182,16 @@ def build_model(spec: ActivationSpec, ckpt: Checkpoint, device: torch.device) ->
     """The model, on ``device`` in ``spec.dtype``, in eval mode, with whatever weights it was created with."""
     dtype = DTYPES[spec.dtype]
     if spec.model is not None:
-        factory = load_factory(spec.model)
+        ref = spec.model
+        factory = load_factory(ref)
         takes_path = bool(inspect.signature(factory).parameters)
 
         def make() -> torch.nn.Module:
             try:
                 return factory(ckpt.path) if takes_path else factory()
             except Exception as e:  # the user's code: one line that says whose call failed, not a traceback
-                call = f"{spec.model.rpartition(':')[2]}({ckpt.path if takes_path else ''})"
-                raise OptionsError(f"--model {spec.model}: {call} failed: {type(e).__name__}: {e}") from None
+                call = f"{ref.rpartition(':')[2]}({ckpt.path if takes_path else ''})"
+                raise OptionsError(f"--model {ref}: {call} failed: {type(e).__name__}: {e}") from None
     else:
         folder = model_folder(ckpt)
         check_model_files(folder)
@@ -284,7 +286,8 @@ class WeightLoader:
 
 def embedding_rows(model: torch.nn.Module) -> int | None:
     """Vocabulary size of the model's token embedding, when it can be found."""
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    get_input_embeddings = getattr(model, "get_input_embeddings", None)  # transformers' models have it
+    emb = get_input_embeddings() if get_input_embeddings is not None else None
     if emb is None:
         emb = next((m for m in model.modules() if isinstance(m, torch.nn.Embedding)), None)
     return getattr(emb, "num_embeddings", None)
@@ -416,7 +419,7 @@ def run_probe(model: torch.nn.Module, blocks: list[torch.nn.Module], ids: torch.
         r1 = min(r0 + batch_size, S)
         local = torch.as_tensor(picks[(picks >= r0 * T) & (picks < r1 * T)] - r0 * T, device=ids.device)
 
-        def on_output(l: int, h: torch.Tensor) -> None:
+        def on_output(l: int, h: torch.Tensor, local: torch.Tensor = local) -> None:
             moments.add(l, h)
             points[l].append(h.reshape(-1, h.shape[-1])[local].float().cpu())
 

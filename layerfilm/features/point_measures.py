@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import FeatureStore
+from . import ArrayStore, FeatureStore
 
 
 def relative_update(prev_sq: np.ndarray, norm: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -68,7 +68,7 @@ class PointMeasures:
                 "point_distance": np.sqrt(final) / np.maximum(norm[-1], 1e-300)}
 
 
-def point_measures(store: FeatureStore, steps: np.ndarray) -> dict[str, np.ndarray]:
+def point_measures(store: FeatureStore | ArrayStore, steps: np.ndarray) -> dict[str, np.ndarray]:
     """``PointMeasures`` over every key frame of ``store``: one pass, no checkpoint read."""
     acc = PointMeasures(store[len(store) - 1])
     for t in range(len(store)):

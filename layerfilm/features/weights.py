@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import closing
-from itertools import chain
 from dataclasses import dataclass, replace
+from itertools import chain
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..options import check_seed
+from ..blocks import BlockMap, is_conv1d_layout, map_blocks, resolve_param
 from ..errors import CheckpointError, OptionsError, ScanError
 from ..formats import check_finite, open_checkpoint
-from ..blocks import BlockMap, is_conv1d_layout, map_blocks, resolve_param
+from ..options import check_seed
 from ..pipeline import prefetch
 from ..scan import Checkpoint, Series, problem_of
 from . import Features, FeatureStore

@@ -18,12 +18,12 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from ..errors import CheckpointError, LayerfilmError
 from ..blocks import strip_prefixes
+from ..errors import CheckpointError, LayerfilmError
 from ..registry import Registry
 
 # Weight files of a Hugging Face model folder: model.safetensors, model-00001-of-00002.safetensors,
@@ -40,7 +40,7 @@ class Reader(Protocol):
     def dtype(self, name: str) -> str: ...
     def get(self, name: str) -> np.ndarray: ...
     # optional: rows(name, ids) -> np.ndarray, only those rows' bytes (see Renamed.rows)
-    def __enter__(self) -> "Reader": ...
+    def __enter__(self) -> Reader: ...
     def __exit__(self, *exc: object) -> None: ...
 
 
@@ -71,7 +71,7 @@ class Renamed:
         self.step: int | None = None
         self._raw: dict[str, str] = {}
 
-    def __enter__(self) -> "Renamed":
+    def __enter__(self) -> Renamed:
         self.reader.__enter__()
         self._raw = strip_prefixes(self.reader.keys())
         self.files, self.step = self.reader.files, self.reader.step
@@ -142,4 +142,4 @@ def check_finite(values: np.ndarray, where: Path, name: str, block: int) -> None
 
 
 # Registration order is detection order: folder formats look inside, file formats at the suffix.
-from . import sharded_format, safetensors_format, torch_format, lightning_format  # noqa: E402,F401
+from . import lightning_format, safetensors_format, sharded_format, torch_format  # noqa: E402,F401

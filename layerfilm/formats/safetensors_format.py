@@ -178,7 +178,7 @@ class SafetensorsReader:
         self._fd: int | None = None
         self._base = 0
 
-    def __enter__(self) -> "SafetensorsReader":
+    def __enter__(self) -> SafetensorsReader:
         self._header, _ = read_header(self.path)  # the step comes from the name (or trainer_state.json)
         try:
             self._fd = os.open(self.path, os.O_RDONLY)

@@ -28,7 +28,8 @@ class ShardedReader:
         self._where: dict[str, str] = {}
         self._shards: dict[str, Reader] = {}
 
-    def __enter__(self) -> "ShardedReader":
+    def __enter__(self) -> ShardedReader:
+        assert self.index is not None  # opened only where detect() found an index
         check_regular(self.index)
         try:
             weight_map = json.loads(self.index.read_text()).get("weight_map")

@@ -131,7 +131,7 @@ class TorchReader:
         self.step: int | None = None
         self._tensors: dict[str, Any] = {}
 
-    def __enter__(self) -> "TorchReader":
+    def __enter__(self) -> TorchReader:
         import torch
 
         obj, mapped = load_pickle(self.path)

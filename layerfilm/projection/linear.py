@@ -129,13 +129,13 @@ def project_pca(features: Features, progress: bool = True, fit: str = "all") -> 
     with _chunks(L) as run:
         for t in tqdm(fit_frames, desc="fitting PCA", unit="frame", disable=not progress):
             x = store[t]
-            run(lambda b: fit_chunk(x, b))
+            run(lambda b, x=x: fit_chunk(x, b))
         m = sx / n  # (L, D) mean minus shift
         cq = cq / n - m[:, :, None] * np.einsum("ld,ldk->lk", m, q)[:, None, :]  # centred covariance times q
         q = np.linalg.qr(cq)[0].astype(np.float32)
         for t in tqdm(range(T), desc="projecting", unit="frame", disable=not progress):
             x = store[t]
-            run(lambda b: project_chunk(x, b, t))
+            run(lambda b, x=x, t=t: project_chunk(x, b, t))
     mq = np.einsum("ld,ldk->lk", m, q.astype(np.float64))  # the mean's coordinates in q
     axes, rot, ratio = _ritz(q, h / n - mq[:, :, None] * mq[:, None, :], sxx / n - (m * m).sum(axis=1))
     offset = np.einsum("ld,ldk->lk", m, axes[:, :, :2].astype(np.float64))  # the mean's coordinates
@@ -196,7 +196,7 @@ def project_procrustes(features: Features, progress: bool = True) -> Trajectorie
     with _chunks(L) as run:
         for t in tqdm(range(T), desc="procrustes", unit="frame", disable=not progress):
             x = store[t] if t else x
-            run(lambda b: frame_chunk(x, prev_x, b, t))
+            run(lambda b, x=x, prev_x=prev_x, t=t: frame_chunk(x, prev_x, b, t))
             prev_x = x
     return Trajectories(features.steps, features.blocks, features.point_ids, xy, "procrustes",
                         {"explained_variance": ratios.mean(axis=0).astype(np.float32)})

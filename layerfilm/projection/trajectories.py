@@ -31,7 +31,7 @@ class Trajectories:
                 "xy": self.xy.astype(np.float32, copy=False), "method": np.str_(self.method), **self.stats}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Trajectories":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Trajectories:
         """Inverse of :meth:`to_arrays`; ValueError unless the shapes are those of one film's key frames."""
         steps, blocks, ids, xy = (np.asarray(arrays[k]) for k in cls.CORE[:4])
         T, L = len(steps), len(blocks)
@@ -42,7 +42,7 @@ class Trajectories:
         stats = {k: np.asarray(v) for k, v in arrays.items() if k not in cls.CORE}
         return cls(steps, blocks, ids, xy, str(arrays.get("method", "")), stats)
 
-    def take(self, keep: np.ndarray) -> "Trajectories":
+    def take(self, keep: np.ndarray) -> Trajectories:
         """Only the key frames where ``keep`` (T,) is True (stats over time are recomputed by the caller)."""
         if keep.all():
             return self

@@ -28,18 +28,19 @@ aligned optimisation: it never passes ``a, b``).
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-import multiprocessing
+from typing import cast
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..options import check_seed
 from ..errors import OptionsError
 from ..features import Features, in_safe_range
+from ..options import check_seed
 from .trajectories import PROJECTIONS, Trajectories
 
 MAX_ANCHORS = 8  # auto stride: fit AlignedUMAP jointly on at most this many key frames
@@ -205,9 +206,8 @@ def layout_block(frames: np.ndarray, opts: UmapOptions) -> np.ndarray:
     out: list[np.ndarray | None] = [None] * U
     if U == 1:
         init = spectral_layout(frames[0], graphs[0], 2, rs)
-        out = [(init * 10 / np.abs(init).max()).astype(np.float32)]
-        return np.stack(out)[which]
-    embs = []
+        return np.stack([(init * 10 / np.abs(init).max()).astype(np.float32)])[which]
+    embs: list[np.ndarray] = []
     ident = np.vstack([np.arange(N), np.arange(N)]).astype(np.int32)
     for i in anchors:  # AlignedUMAP.fit's initialisation: spectral, each Procrustes-aligned to the previous
         init = spectral_layout(frames[keep[i]], graphs[i], 2, rs)
@@ -218,11 +218,14 @@ def layout_block(frames: np.ndarray, opts: UmapOptions) -> np.ndarray:
     for a, b in zip(anchors, anchors[1:]):
         if b - a < 2:
             continue
-        mids = [((b - i) * out[a] + (i - a) * out[b]) / (b - a) for i in range(a + 1, b)]
-        placed = _optimize([out[a], *mids, out[b]], graphs[a:b + 1], {0, b - a}, opts.place_epochs, opts, rs, False,
+        ea, eb = out[a], out[b]
+        assert ea is not None and eb is not None  # anchors: laid out above
+        mids = [((b - i) * ea + (i - a) * eb) / (b - a) for i in range(a + 1, b)]
+        placed = _optimize([ea, *mids, eb], graphs[a:b + 1], {0, b - a}, opts.place_epochs, opts, rs, False,
                            opts.place_rate)
         out[a + 1:b] = placed[1:-1]
-    return np.stack(out)[which]
+    assert all(e is not None for e in out)  # each frame is an anchor or lies between two
+    return np.stack(cast("list[np.ndarray]", out))[which]
 
 
 def _worker_init() -> None:
