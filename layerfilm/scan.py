@@ -261,6 +261,11 @@ def _odd_shapes(found: list[tuple[Checkpoint, dict]]) -> list[Checkpoint]:
     return out
 
 
+def _in_range(step: int, steps: tuple[int | None, int | None]) -> bool:
+    lo, hi = steps
+    return (lo is None or step >= lo) and (hi is None or step <= hi)
+
+
 def scan(
     root: str | Path,
     every: int = 1,
@@ -319,7 +324,10 @@ def scan(
             if final_step is None:
                 found.append((Checkpoint(None, path, fmt, NO_FINAL_STEP), {}))
                 continue
-        found.append(_inspect(path, fmt, final_step if final else step_from_name(path.name), blocks_regex, deep, param))
+        named = final_step if final else step_from_name(path.name)
+        if named is not None and not _in_range(named, steps):
+            continue  # outside --steps by its name alone: not opened (its header is not even read)
+        found.append(_inspect(path, fmt, named, blocks_regex, deep, param))
     checkpoints: list[Checkpoint] = []
     taken: dict[int | None, Path] = {}
     # on a duplicate step the first kept wins: a checkpoint folder before the root's final model

@@ -121,17 +121,20 @@ _KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "ch
           (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
 
 
-def check_regular(path: Path, error: type[LayerfilmError] = CheckpointError, name: str = "") -> None:
+def check_regular(path: Path, error: type[LayerfilmError] = CheckpointError, name: str = "") -> os.stat_result:
     """Refuse ``path`` unless it is a regular file (symlinks followed), before anything opens it:
     ``open()`` on a FIFO blocks forever, and a device or socket is never a checkpoint. The error is
-    ``error`` (an option's file: OptionsError) with ``name`` (default the path) leading its message."""
+    ``error`` (an option's file: OptionsError) with ``name`` (default the path) leading its message.
+    Returns its ``stat``."""
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
+        mode = st.st_mode
     except OSError as e:
         raise error(f"{name or path}: cannot read ({e.strerror or e})") from None
     if not stat.S_ISREG(mode):
         kind = next((k for test, k in _KINDS if test(mode)), "special file")
         raise error(f"{name or path}: not a regular file ({kind})")
+    return st
 
 
 def check_finite(values: np.ndarray, where: Path, name: str, block: int) -> None:
