@@ -12,9 +12,9 @@ from __future__ import annotations
 import io
 import math
 import threading
-from pathlib import Path
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -97,7 +97,7 @@ def _font_bytes(path: str) -> bytes:
     return Path(path).read_bytes()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font(px: int):
     """The font at ``px`` pixels, loaded once and read from memory: opened from its file, FreeType reads
     the 756 KB file again for every new text, and a film draws a new caption on every frame (measured:

@@ -9,10 +9,10 @@ file read 18 MiB from disk; see benchmarks/bench_io.py.
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 import os
 import struct
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
