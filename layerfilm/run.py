@@ -196,6 +196,7 @@ class Run:
         self._traj: Trajectories | None = None
         self._measures: BlockMeasures | None = None
         self._stability: Stability | None = None
+        self._weights_run: Run | None = None  # an activation study's run of the weights (stability's motion)
         self._cache = cache.cache_dir(opts.cache_dir) if opts.cache else None
 
     @classmethod
@@ -319,8 +320,6 @@ class Run:
             self._weights_run = Run(self.series, replace(self.opts, activations=None), self.progress)
             self._weights_run.skipped = self.skipped  # one list of what was skipped
         return self._weights_run
-
-    _weights_run: Run | None = None
 
     # ---------------------------------------------------------------- the cache
 
