@@ -451,12 +451,13 @@ def bench_ref(a: argparse.Namespace) -> None:
             notes.append(f"- render, {T} checkpoints: peak RSS {r['hwm_kib'] / 1024:,.0f} MiB (target <= 1,536 MiB); "
                          f"scratch in $TMPDIR peak {_mib(r['scratch'])}; trajectories {T} x {L} x {N} x 2 float32 = "
                          f"{_mib(T * L * N * 8)}")
-        r = run_cli(["stability", str(folder), "--no-cache", "--quiet"], env={"TMPDIR": str(scratch)}, watch=scratch)
-        rows.append(dict(command=f"stability REF --no-cache ({len(files)} ckpts)", read=r["rchar"] - base,
-                         ref=sizes["block_tensors"],
-                         ref_what="block tensors", target=1.15, rss=_rss(r), wall=r["wall"]))
-        notes.append(f"- stability: peak RSS {r['hwm_kib'] / 1024:,.0f} MiB (target <= 1,536 MiB); scratch peak "
-                     f"{_mib(r['scratch'])}")
+        if not a.ref_render_only:
+            r = run_cli(["stability", str(folder), "--no-cache", "--quiet"], env={"TMPDIR": str(scratch)}, watch=scratch)
+            rows.append(dict(command=f"stability REF --no-cache ({len(files)} ckpts)", read=r["rchar"] - base,
+                             ref=sizes["block_tensors"],
+                             ref_what="block tensors", target=1.15, rss=_rss(r), wall=r["wall"]))
+            notes.append(f"- stability: peak RSS {r['hwm_kib'] / 1024:,.0f} MiB (target <= 1,536 MiB); scratch peak "
+                         f"{_mib(r['scratch'])}")
     for r in rows:
         r["ratio"] = r["read"] / r["ref"]
     body = (f"reference {folder}: {len(files)} checkpoints ({_mib(sum(f.stat().st_size for f in files))}), {os.cpu_count()} "
@@ -489,6 +490,7 @@ def main() -> None:
                    "make_reference.py's series")
     p.add_argument("--ref-counts", type=lambda s: [int(x) for x in s.split(",")], default=[12, 48, 179], metavar="12,48,179",
                    help="--ref: numbers of checkpoints to render (default 12,48,179)")
+    p.add_argument("--ref-render-only", action="store_true", help="--ref: measure render only (stability takes ~20 min)")
     a = p.parse_args()
     if a.ref:
         bench_ref(a)
