@@ -136,7 +136,7 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
         return ChunkResult(blocks, bad)
     ids = wp.point_ids[list(blocks)]
     features = Features(np.asarray([c.step for c in ckpts], np.int64), np.asarray(wp.layer_map.blocks)[list(blocks)],
-                        ids, "", ArrayStore(points))
+                        ids, "", ArrayStore(points), positions=np.asarray(blocks))
     with one_blas_thread():
         traj = project(features, projection, progress=False, **projection_kwargs)
         measured = point_measures(features.store, features.steps)

@@ -135,3 +135,6 @@ class Features:
     store: FeatureStore | ArrayStore  # store[t] -> (L, N, D) float32
     skipped: tuple = ()  # Checkpoints that could not be read, with their problem
     stats: dict[str, np.ndarray] = field(default_factory=dict)  # measured while extracting, e.g. act_norm (T, L)
+    # (L,) each block's place among all the blocks of its run (a block chunk holds a slice of them):
+    # seeded per-block choices (the projection's start directions) depend on it, not on the chunk
+    positions: np.ndarray | None = None

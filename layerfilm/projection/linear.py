@@ -50,11 +50,14 @@ def _orient(vecs: np.ndarray) -> np.ndarray:
     return signs
 
 
-def _start(blocks: np.ndarray, D: int, seed: int = 0) -> np.ndarray:
-    """(L, D, k) seeded orthonormal start directions for the subspace iteration, each block's from its
-    own index: the same whichever chunk of blocks it is projected with."""
+def _start(features: Features, D: int, seed: int = 0) -> np.ndarray:
+    """(L, D, k) seeded orthonormal start directions for the subspace iteration: block i's are the i-th
+    of one seeded stream over all the blocks of the run (``Features.positions``), so a block gets the
+    same ones whichever chunk of blocks it is projected with."""
     k = min(D, 2 + OVERSAMPLE)
-    g = np.stack([np.random.default_rng((seed, int(b))).standard_normal((D, k)) for b in blocks])
+    L = len(features.blocks)
+    positions = np.arange(L) if features.positions is None else np.asarray(features.positions)
+    g = np.random.default_rng(seed).standard_normal((int(positions.max()) + 1, D, k))[positions]
     return np.linalg.qr(g)[0].astype(np.float32)
 
 
@@ -109,7 +112,7 @@ def project_pca(features: Features, progress: bool = True, fit: str = "all") -> 
     _check_dims(x0)
     L, N, D = x0.shape
     shift = x0.mean(axis=1, dtype=np.float64).astype(np.float32)[:, None, :]  # (L, 1, D): keeps sums well-conditioned
-    q = _start(features.blocks, D)
+    q = _start(features, D)
     k = q.shape[2]
     coords = np.empty((T, L, N, k), np.float32)
     cq, sx, sxx, h = np.zeros((L, D, k)), np.zeros((L, D)), np.zeros(L), np.zeros((L, k, k))
@@ -172,7 +175,7 @@ def project_procrustes(features: Features, progress: bool = True) -> Trajectorie
     x = store[0]
     _check_dims(x)
     L, N, D = x.shape
-    q = _start(features.blocks, D)
+    q = _start(features, D)
     xy = np.empty((T, L, N, 2), np.float32)
     ratios = np.empty((T, L, 2))
 
