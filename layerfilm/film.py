@@ -22,7 +22,7 @@ from .projection import FITS, Trajectories, UmapOptions
 from .raster import Renderer, Style
 from .run import Run
 from .scan import Checkpoint
-from .stability import StabilityOptions, check_settle_threshold
+from .stability import check_settle_threshold
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation films need it
     from .features.activations import ActivationSpec
@@ -67,9 +67,6 @@ class FilmOptions:
         """Options of the chosen projection method, as ``project`` takes them."""
         by_method: dict[str, dict] = {"pca": {"fit": self.fit}, "umap": {"options": self.umap}}
         return by_method.get(self.projection, {})
-
-    def stability_options(self) -> StabilityOptions:
-        return StabilityOptions(self.settle_threshold, self.weights, self.projection)
 
 
 # FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)

@@ -13,7 +13,7 @@ import base64
 import html
 import io
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +37,7 @@ from .outputs import atomic_output, check_output_path
 from .projection import Trajectories
 from .raster import Style
 from .run import Run
-from .stability import Stability, StabilityOptions
+from .stability import Stability
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -132,12 +132,6 @@ SECTIONS = {  # name: (heading, what it shows)
     "act_near_zero": ("Activations near zero", "The fraction of each block's output activations near zero over "
                       "training."),
 }
-
-
-def study_options(opts: FilmOptions) -> StabilityOptions:
-    """The measures of ``layerfilm stability`` and ``report``: the weights', and with ``opts.activations``
-    the statistics of every block's output too."""
-    return replace(opts.stability_options(), activations=opts.activations)
 
 
 FIGURE_NAMES = ("stills", "heatmap", "settling", "hot", "norms", "act_hot", "act_norms", "act_near_zero")

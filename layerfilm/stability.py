@@ -231,16 +231,12 @@ class BlockMeasures:
         norm = np.sqrt(m["norm_sq"])
         return cls(steps, blocks, component_names(wp), relative_update(m["prev_sq"], norm, steps),
                    np.sqrt(m["final_sq"]) / np.maximum(norm[-1], 1e-300), norm, m["param_norm"], m["cka"],
-                   m["hist"], m["hist_edges"], points_name(wp))
+                   m["hist"], m["hist_edges"], wp.name)
 
 
 def component_names(wp: WeightPlan) -> tuple[str, ...]:
     lm = wp.layer_map
     return tuple(sorted({c for b in lm.blocks for c in lm.names[b]}))
-
-
-def points_name(wp: WeightPlan) -> str:
-    return f"{wp.component} ({'columns' if wp.transpose else 'rows'}: output neurons)"
 
 
 class BlockStats:

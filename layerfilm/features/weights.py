@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass, replace
 from itertools import chain
@@ -61,6 +61,11 @@ class WeightPlan:
     point_ids: np.ndarray  # (L, N)
     block_bytes: int = 0  # the largest block's tensors in float32: what a whole-block measure holds per copy
 
+    @property
+    def name(self) -> str:
+        """What the points are, e.g. "mlp.c_fc.weight (rows: output neurons)"."""
+        return f"{self.component} ({'columns' if self.transpose else 'rows'}: output neurons)"
+
 
 def plan(series: Series, spec: WeightSpec) -> WeightPlan:
     first = series.checkpoints[0]
@@ -115,21 +120,6 @@ def skip(ckpt: Checkpoint, error: CheckpointError, strict: bool = False) -> Chec
     return replace(ckpt, problem=problem_of(error, ckpt.path))
 
 
-def vet(series: Series, check: Callable[[object, Checkpoint], object], strict: bool = False) -> tuple[Series, list[Checkpoint]]:
-    """``series`` without the checkpoints for which ``check(reader, checkpoint)`` raises a
-    :class:`CheckpointError` (each skipped by :func:`skip`), and those skipped."""
-    kept, skipped = [], []
-    for ckpt in series.checkpoints:
-        try:
-            with open_checkpoint(ckpt.path, ckpt.format) as reader:
-                check(reader, ckpt)
-        except CheckpointError as e:
-            skipped.append(skip(ckpt, e, strict))
-            continue
-        kept.append(ckpt)
-    return replace(series, checkpoints=tuple(kept)), skipped
-
-
 def extract(series: Series, spec: WeightSpec, workdir: Path, progress: bool = True, strict: bool = False) -> Features:
     """Read each checkpoint once and keep only the tracked rows, one key frame at a time.
 
@@ -175,7 +165,7 @@ def features_of(series: Series, wp: WeightPlan, store: FeatureStore, steps: list
         steps=np.asarray(series.steps if steps is None else steps, np.int64),
         blocks=np.asarray(wp.layer_map.blocks, np.int64),
         point_ids=wp.point_ids.astype(np.int64),
-        name=f"{wp.component} ({'columns' if wp.transpose else 'rows'}: output neurons)",
+        name=wp.name,
         store=store,
         skipped=tuple(skipped),
     )
