@@ -229,8 +229,8 @@ def _add_projection_details(g) -> None:
     g.add_argument("--umap-stride", type=int, default=0, metavar="K", help="umap: fit AlignedUMAP jointly on every K-th key "
                    "frame (and the last) and place the frames between by a short aligned optimisation anchored to both; 1 = "
                    "every key frame jointly; default 0 = auto (at most 8 jointly fitted)")
-    g.add_argument("--jobs", type=int, default=0, metavar="N", help="umap: worker processes over blocks (default 0: one per CPU "
-                   "core); results do not depend on it")
+    g.add_argument("--jobs", type=int, default=0, metavar="N", help="worker processes for the whole run: block chunks of the "
+                   "weights, umap layouts (default 0: one per core this process may use); results do not depend on it")
     g.add_argument("--stats", action="store_true", help="print a per-block table to stdout: mean and max displacement of points "
                    "between consecutive key frames relative to the cloud's RMS spread, and for pca/procrustes the variance "
                    "explained by the two axes (also in --export-points)")
@@ -269,6 +269,7 @@ def _film_options(args: argparse.Namespace) -> FilmOptions:
         cache_dir=args.cache,
         overlay=not args.no_overlay,
         settle_threshold=args.settle_threshold,
+        jobs=args.jobs,
     )
 
 

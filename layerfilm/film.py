@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from .animate import MAX_FRAMES, Timeline, check_time, lerp
 from .encode import EncodeOptions, check_output, open_film
+from .engine import check_jobs
 from .errors import OptionsError, ScanError
 from .features.weights import WeightSpec
 from .outputs import atomic_output, check_output_path, show
@@ -49,13 +50,20 @@ class FilmOptions:
     cache_dir: str | None = None  # None: $LAYERFILM_CACHE or ~/.cache/layerfilm
     overlay: bool = True  # per-panel "still moving" bar and "settled" mark (layerfilm.overlay)
     settle_threshold: float = 0.1  # see layerfilm.stability
+    jobs: int = 0  # tasks at once (block chunks, film segments); 0 = one per core
+    engine: str = "local"  # where tasks run (layerfilm.engine): local processes, or dask
+    address: str | None = None  # dask: the scheduler's address (None: a LocalCluster)
 
     def points_options(self) -> dict:
         """The options that change the points (the cache key): all but the look, encoding and cache."""
         return {k: v for k, v in asdict(self).items() if k not in _NOT_POINTS}
 
+    def engine_options(self) -> dict:
+        """Options of the engine beside ``jobs`` (layerfilm.engine.get_engine)."""
+        return {"address": self.address} if self.address is not None else {}
 
     def __post_init__(self) -> None:
+        check_jobs(self.jobs)
         check_time(self.fps, self.seconds_per_keyframe)
         check_settle_threshold(self.settle_threshold)
         if self.fit not in FITS:
@@ -71,7 +79,7 @@ class FilmOptions:
 
 # FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)
 _NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "every", "steps", "cache", "cache_dir",
-               "overlay", "settle_threshold"}
+               "overlay", "settle_threshold", "jobs", "engine", "address"}
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,10 @@ checkpoint-major (a forward pass needs the whole model).
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import cache
+from .engine import get_engine
 from .errors import CheckpointError, ScanError
 from .features import ArrayStore, Features
 from .features.point_measures import point_measures
@@ -50,6 +49,9 @@ from .scan import Checkpoint, Series, scan
 from .stability import HIST_BINS, BlockMeasures, BlockStats, Stability, screen_motion, settle_index
 
 DEFAULT_CHUNK_MB = 512
+# a local pass that reads less than this runs in this process: starting worker processes (each imports
+# NumPy, torch and layerfilm, about a second) would cost more than the work
+IN_PROCESS_BYTES = 64 * 2**20
 T = TypeVar("T")
 
 
@@ -160,26 +162,6 @@ def _join(results: list[ChunkResult]) -> tuple[np.ndarray, dict[str, np.ndarray]
     return xy, stats, measures
 
 
-def _run_tasks(fn: Callable[..., ChunkResult], args: list[tuple], jobs: int, bar: tqdm) -> list[ChunkResult]:
-    """Run ``fn(*a)`` for every ``a``: in this process, or over ``jobs`` worker processes."""
-    if jobs <= 1 or len(args) == 1:
-        return [fn(*a, progress=bar.update) for a in args]
-    from .projection.umap import _worker_init
-
-    out = []
-    with ProcessPoolExecutor(min(jobs, len(args)), multiprocessing.get_context("spawn"),
-                             initializer=_worker_init) as pool:
-        for r in pool.map(_call, [(fn, a) for a in args]):
-            bar.update(len(r.xy) if r.xy is not None else 0)
-            out.append(r)
-    return out
-
-
-def _call(job: tuple) -> ChunkResult:
-    fn, a = job
-    return fn(*a)
-
-
 class Run:
     """One study of one series with one set of options (``layerfilm.film.FilmOptions``).
 
@@ -272,10 +254,14 @@ class Run:
         wp = plan(series, opts.weights)
         active = tuple(range(len(series)))
         umap = opts.projection == "umap"
-        jobs = (opts.umap.jobs or os.cpu_count() or 1) if umap else 1
+        engine = get_engine(opts.engine, opts.jobs, **opts.engine_options())
         while True:
             whole_bytes = wp.block_bytes if whole else 0
-            chunks = block_chunks(wp, len(active), whole_bytes, most=1 if umap else None)
+            work = len(active) * len(wp.tensor_names) * (wp.point_ids.shape[1] * wp.shape[1] * 4 + whole_bytes)
+            if opts.engine == "local" and not umap and work < IN_PROCESS_BYTES:
+                engine = get_engine("local", 1)
+            most = 1 if umap else -(-len(wp.tensor_names) // engine.jobs)  # at least one chunk per worker
+            chunks = block_chunks(wp, len(active), whole_bytes, most=most)
             kwargs = opts.projection_kwargs()
             if umap:  # parallel over blocks here, one process per task: none inside
                 kwargs = {**kwargs, "options": replace(kwargs["options"], jobs=1)}
@@ -283,7 +269,7 @@ class Run:
             what = "measuring" if whole else "reading"
             with tqdm(total=len(chunks) * len(active), desc=f"{what} {len(chunks)} block chunk(s)", unit="ckpt",
                       disable=not self.progress) as bar:
-                results = _run_tasks(block_task, args, jobs, bar)
+                results = engine.map(block_task, args, bar.update)
             bad = {t: why for r in results for t, why in r.bad.items()}
             if not bad:
                 break

@@ -28,9 +28,7 @@ aligned optimisation: it never passes ``a, b``).
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import cast
@@ -38,6 +36,7 @@ from typing import cast
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..engine import LocalEngine, worker_init
 from ..errors import OptionsError
 from ..features import Features, in_safe_range
 from ..options import check_seed
@@ -228,19 +227,11 @@ def layout_block(frames: np.ndarray, opts: UmapOptions) -> np.ndarray:
     return np.stack(cast("list[np.ndarray]", out))[which]
 
 
-def _worker_init() -> None:
-    """One thread each for numba and BLAS in a worker: the workers already fill the cores, and a
-    threaded numba or OpenBLAS spin-waits on busy cores (the graphs' products and numba's parallel
-    loops were several times slower, measured)."""
-    from threadpoolctl import threadpool_limits
-
-    _umap().set_num_threads(1)
-    threadpool_limits(1)
-
-
-def _run_block(args: tuple) -> np.ndarray:
-    store, l, opts = args
-    return layout_block(store.block(l), opts)
+def _layout_task(store, l: int, opts: UmapOptions, progress=None) -> np.ndarray:
+    xy = layout_block(store.block(l), opts)
+    if progress is not None:
+        progress()
+    return xy
 
 
 @PROJECTIONS.register("umap")
@@ -250,19 +241,9 @@ def project_umap(features: Features, progress: bool = True, options: UmapOptions
     store = in_safe_range(features.store)
     L = len(features.blocks)
     jobs = min(options.jobs or os.cpu_count() or 1, L)
-    tasks = [(store, l, options) for l in range(L)]
-    bar = tqdm(total=L, desc="AlignedUMAP", unit="block", disable=not progress)
-    results = []
     if jobs == 1:
-        _worker_init()
-        for task in tasks:
-            results.append(_run_block(task))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), initializer=_worker_init) as pool:
-            for res in pool.map(_run_block, tasks):
-                results.append(res)
-                bar.update()
-    bar.close()
+        worker_init()  # one numba and BLAS thread, as in a worker (threaded, they spin on busy cores)
+    with tqdm(total=L, desc="AlignedUMAP", unit="block", disable=not progress) as bar:
+        results = LocalEngine(jobs).map(_layout_task, [(store, l, options) for l in range(L)], bar.update)
     xy = np.stack(results, axis=1).astype(np.float32)  # (T, L, N, 2)
     return Trajectories(features.steps, features.blocks, features.point_ids, xy, "umap", {})

@@ -1,0 +1,131 @@
+"""Where tasks run: this process, a local pool of worker processes, or (layerfilm[dask]) a Dask cluster.
+
+A task is a plain function of small, picklable arguments returning small arrays (a block chunk's
+points and measures, a film segment's file name, an activation checkpoint's statistics). It takes a
+keyword ``progress``: a callable it may call with a count (default 1) as it goes, e.g. once per
+checkpoint read or frame drawn. Every engine sums those counts into one progress bar, whichever
+worker sends them, and returns the results in the order of the arguments.
+
+    engine = get_engine("local", jobs=4)
+    results = engine.map(block_task, [(series, wp, chunk, ...) for chunk in chunks], bar.update)
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Protocol
+
+from .errors import OptionsError
+from .registry import Registry
+
+Progress = Callable[..., Any]  # progress(n=1)
+
+
+class Engine(Protocol):
+    jobs: int  # how many tasks run at once
+
+    def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None) -> list[Any]:
+        """``[fn(*a, progress=...) for a in args]``, run where the engine runs tasks."""
+        ...
+
+
+ENGINES: Registry[Callable[..., Engine]] = Registry("engine")
+
+
+def cores() -> int:
+    """The cores this process may use (its CPU affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_jobs(jobs: int) -> int:
+    """--jobs: 0 means one per core."""
+    if jobs < 0:
+        raise OptionsError(f"--jobs {jobs}: must be 0 (one per core) or more")
+    return jobs or cores()
+
+
+def worker_init() -> None:
+    """One thread each for numba and BLAS in a worker: the workers already fill the cores, and a
+    threaded numba or OpenBLAS spin-waits on busy cores (measured several times slower)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    try:
+        import numba
+    except ImportError:
+        return
+    numba.set_num_threads(1)
+
+
+_ticks: Any = None  # in a pool worker: the queue its progress counts go to
+
+
+def _pool_init(ticks: Any) -> None:
+    global _ticks
+    _ticks = ticks
+    worker_init()
+
+
+def _tick(n: int = 1) -> None:
+    _ticks.put(n)
+
+
+def _call(fn: Callable[..., Any], a: tuple) -> Any:
+    return fn(*a, progress=_tick)
+
+
+def _nothing(n: int = 1) -> None:
+    pass
+
+
+@ENGINES.register("local")
+class LocalEngine:
+    """Tasks in this process (jobs 1, or a single task) or over ``jobs`` spawned worker processes.
+
+    Progress counts from workers come back through one queue, drained by a thread into ``progress``."""
+
+    def __init__(self, jobs: int = 0, **_: Any) -> None:
+        self.jobs = check_jobs(jobs)
+
+    def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None) -> list[Any]:
+        progress = progress or _nothing
+        if self.jobs <= 1 or len(args) <= 1:
+            return [fn(*a, progress=progress) for a in args]
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Manager() as manager:
+            ticks = manager.Queue()
+            stop = threading.Event()
+            drain = threading.Thread(target=_drain, args=(ticks, progress, stop), daemon=True)
+            drain.start()
+            try:
+                with ProcessPoolExecutor(min(self.jobs, len(args)), ctx, initializer=_pool_init,
+                                         initargs=(ticks,)) as pool:
+                    futures = [pool.submit(_call, fn, a) for a in args]
+                    return [f.result() for f in futures]
+            finally:
+                stop.set()
+                drain.join()
+
+
+def _drain(ticks: Any, progress: Progress, stop: threading.Event) -> None:
+    while True:
+        try:
+            progress(ticks.get(timeout=0.1))
+        except queue.Empty:
+            if stop.is_set():
+                return
+        except (EOFError, OSError):  # the manager went away
+            return
+
+
+def get_engine(name: str = "local", jobs: int = 0, **options: Any) -> Engine:
+    """The engine called ``name`` (local, or dask with layerfilm[dask]) running ``jobs`` tasks at once."""
+    return ENGINES.get(name)(jobs=jobs, **options)
