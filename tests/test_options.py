@@ -24,7 +24,7 @@ FLAGS = {
     "--umap-min-dist": ("umap.min_dist", "0.3", 0.3),
     "--umap-alignment": ("umap.alignment", "0.2", 0.2),
     "--umap-stride": ("umap.stride", "3", 3),
-    "--jobs": ("umap.jobs", "2", 2),
+    "--jobs": ("jobs", "2", 2),
     "--fps": ("fps", "4", 4.0),
     "--seconds-per-keyframe": ("seconds_per_keyframe", "2", 2.0),
     "--size": ("style.width", "320x180", 320),
@@ -41,9 +41,9 @@ FLAGS = {
     "--no-overlay": ("overlay", None, False),
     "--settle-threshold": ("settle_threshold", "0.2", 0.2),
 }
-ALSO = {"style.height": 180, "umap.seed": 7}  # set by the same flags as above (--size, --seed)
+ALSO = {"style.height": 180, "umap.seed": 7, "umap.jobs": 2}  # set by the same flags as above (--size, --seed, --jobs)
 # fields that only the Python API sets: documented on their classes
-LIBRARY_ONLY = {"umap.window", "umap.epochs", "umap.place_epochs", "umap.place_rate", "style.cell", "style.title"}
+LIBRARY_ONLY = {"umap.window", "umap.epochs", "umap.place_epochs", "umap.place_rate", "style.cell", "style.title", "engine", "address"}
 
 
 def fields(obj, prefix: str = "") -> dict[str, object]:
@@ -76,7 +76,7 @@ def test_each_flag_sets_its_field_and_nothing_else(flag, tmp_path):
     opts = _film_options(build_parser().parse_args(argv))
     assert get(opts, path) == expected
     changed = {k for k, v in fields(opts).items() if v != fields(FilmOptions())[k]}
-    also = {"--size": {"style.height"}, "--seed": {"umap.seed"}}.get(flag, set())
+    also = {"--size": {"style.height"}, "--seed": {"umap.seed"}, "--jobs": {"umap.jobs"}}.get(flag, set())
     assert changed == {path} | also
 
 
