@@ -44,11 +44,13 @@ def step_name(i: int, shape: Shape) -> str:
     return f"step_{i * shape.every:06d}.safetensors"
 
 
-def make(out: str | Path, shape: Shape = FULL, log: bool = True) -> Path:
-    """Write the series into ``out`` (created) unless it is already there; returns ``out``."""
+def make(out: str | Path, shape: Shape = FULL, log: bool = True, first: int | None = None) -> Path:
+    """Write the series into ``out`` (created) unless it is already there; returns ``out``. ``first``:
+    write only the first checkpoints of the series (the same files as the whole series' first ones)."""
     out = Path(out)
     manifest = out / "reference.json"
-    if manifest.is_file() and json.loads(manifest.read_text()) == asdict(shape):
+    wanted = {**asdict(shape), "first": first}
+    if manifest.is_file() and json.loads(manifest.read_text()) in (wanted, asdict(shape) if first is None else None):
         return out
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("step_*.safetensors"):
@@ -79,7 +81,7 @@ def make(out: str | Path, shape: Shape = FULL, log: bool = True) -> Path:
     embed = {"transformer.wte.weight": torch.randn(256, d, generator=g) * std,
              "transformer.wpe.weight": torch.randn(1024, d, generator=g) * std,
              "transformer.ln_f.weight": torch.ones(d), "transformer.ln_f.bias": torch.zeros(d)}
-    for t in range(T):
+    for t in range(min(T, first or T)):
         if t:
             frac = t / T
             pull = rate * np.exp(-3 * np.maximum(frac - depth, 0)) * (frac > depth * 0.5)
@@ -93,7 +95,7 @@ def make(out: str | Path, shape: Shape = FULL, log: bool = True) -> Path:
         save_file(state, str(out / step_name(t, shape)), metadata={"step": str(t * shape.every)})
         if log and (t % 20 == 0 or t == T - 1):
             print(f"  reference: wrote {t + 1}/{T} checkpoints", file=sys.stderr)
-    manifest.write_text(json.dumps(asdict(shape)))
+    manifest.write_text(json.dumps(wanted))
     return out
 
 
@@ -101,8 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="folder for the checkpoints")
     p.add_argument("--quick", action="store_true", help="CI scale: 16 blocks, width 64, 24 checkpoints")
+    p.add_argument("--first", type=int, default=None, metavar="N", help="write only the first N checkpoints (the same "
+                   "files as the whole series' first N; for benchmarks on a small disk)")
     a = p.parse_args(argv)
-    make(a.out, QUICK if a.quick else FULL)
+    make(a.out, QUICK if a.quick else FULL, first=a.first)
 
 
 if __name__ == "__main__":
