@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import queue
 import re
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +35,12 @@ class Engine(Protocol):
     @property
     def jobs(self) -> int:
         """How many tasks run at once."""
+        ...
+
+    @property
+    def sharing(self) -> int:
+        """How many of those tasks share this machine's memory (the block chunks' memory budget,
+        $LAYERFILM_CHUNK_MB, is divided among them): ``jobs`` for local processes, 1 on a remote cluster."""
         ...
 
     def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None) -> list[Any]:
@@ -60,16 +67,17 @@ def check_jobs(jobs: int) -> int:
 
 
 def worker_init() -> None:
-    """One thread each for numba and BLAS in a worker: the workers already fill the cores, and a
-    threaded numba or OpenBLAS spin-waits on busy cores (measured several times slower)."""
+    """One thread each for numba and BLAS in a worker process: the workers already fill the cores, and
+    a threaded numba or OpenBLAS spin-waits on busy cores (measured several times slower). numba is
+    not imported for this (about a second per worker, for films that never use it): if it is not
+    loaded yet, NUMBA_NUM_THREADS holds it to one thread when a task loads it (umap)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    try:
-        import numba
-    except ImportError:
-        return
-    numba.set_num_threads(1)
+    if "numba" in sys.modules:
+        sys.modules["numba"].set_num_threads(1)
+    else:
+        os.environ["NUMBA_NUM_THREADS"] = "1"
 
 
 _ticks: Any = None  # in a pool worker: the queue its progress counts go to
@@ -101,6 +109,10 @@ class LocalEngine:
 
     def __init__(self, jobs: int = 0, **_: Any) -> None:
         self.jobs = check_jobs(jobs)
+
+    @property
+    def sharing(self) -> int:
+        return self.jobs
 
     def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None) -> list[Any]:
         progress = progress or _nothing

@@ -64,6 +64,10 @@ class DaskEngine:
             return cores()
         return max(1, sum(self.client().nthreads().values()))
 
+    @property
+    def sharing(self) -> int:
+        return self.jobs if self.address is None else 1  # a LocalCluster's workers share this machine
+
     def client(self) -> Any:
         """This process's client of the cluster (connected, or its LocalCluster started, on first use)."""
         key = (self.address, 0 if self.address else self._jobs or cores())
