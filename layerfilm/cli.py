@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .encode import EncodeOptions
-from .engine import ENGINES
+from .engine import ENGINES, check_jobs
 from .errors import LayerfilmError, OptionsError
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
@@ -263,6 +263,7 @@ def _activation_spec(args: argparse.Namespace, weights_too: bool = False):
 
 def _film_options(args: argparse.Namespace) -> FilmOptions:
     w, h = args.size
+    check_jobs(args.jobs)  # before UmapOptions, which takes it too
     return FilmOptions(
         weights=_weight_spec(args),
         activations=_activation_spec(args),
