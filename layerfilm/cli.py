@@ -197,7 +197,7 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
                              "frames); the results do not depend on where or in how many tasks they run.")
     g.add_argument("--jobs", type=int, default=0, metavar="N", help="tasks at once for the whole run: block chunks of the "
                    "weights, umap layouts (default 0: one per core this process may use; with --engine dask --address, the "
-                   "cluster's threads); a small run stays in this process")
+                   "cluster's threads); with --engine local a small run stays in this process")
     g.add_argument("--engine", choices=ENGINES.names(), default="local", help="local (default): worker processes on this "
                    "machine; dask: a Dask cluster (pip install 'layerfilm[dask]'), the one at --address or else a LocalCluster "
                    "of --jobs processes; its workers must see the checkpoints under the same path")
