@@ -26,6 +26,11 @@ Each measurement runs in its own subprocess so that peak RSS and read_bytes belo
    The table is printed and appended to benchmarks/RESULTS.md (``--no-record``: not appended).
 
     python benchmarks/bench_io.py --wide                         # series in /tmp/lf_wide (kept, reused)
+    python benchmarks/bench_io.py --wide --engine dask --jobs 2  # the same commands on a Dask LocalCluster
+
+   ``--wide --compare local:1,local:2,dask:2``: wall and CPU time of render and stability ``--no-cache`` under
+   each engine and --jobs, interleaved (``--repeat``), ratio to the first. Targets (issue 13): on 2 cores
+   ``--jobs 2`` no slower than ``--jobs 1`` (within 5%); a Dask LocalCluster of 2 workers <= 1.3x local.
 
 4. ``--sparse DIR``: the same measurement of ``render --no-cache`` on a 70B-shaped sparse series written by
    benchmarks/make_sparse.py (first 3 checkpoints, then all), with $TMPDIR pointed at a fresh folder
@@ -170,12 +175,16 @@ if profile:
     open(sys.argv[3], "w").write(buf.getvalue())
 else:
     rc = go()
+if "layerfilm.engine_dask" in sys.modules:  # close a LocalCluster now, so that its workers' CPU is counted below
+    sys.modules["layerfilm.engine_dask"].close()
 def field(path, key):
     for line in open(path):
         if line.startswith(key):
             return int(line.split()[1])
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 res = {"rc": rc, "rchar": field("/proc/self/io", "rchar:"), "hwm_kib": field("/proc/self/status", "VmHWM:"),
-       "children_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "seconds_inside": time.perf_counter() - t0}
+       "children_kib": kids.ru_maxrss, "seconds_inside": time.perf_counter() - t0,
+       "cpu": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}
 open(side, "w").write(json.dumps(res))
 sys.exit(rc)
 """
@@ -318,6 +327,58 @@ def record(title: str, body: str, no_record: bool) -> None:
             fh.write(f"\n## {title}, {stamp}\n\n{body}\n")
 
 
+def engine_args(a: argparse.Namespace) -> list[str]:
+    """--engine and --jobs as given to the benchmark (none: layerfilm's defaults)."""
+    return (["--engine", a.engine] if a.engine else []) + (["--jobs", str(a.jobs)] if a.jobs is not None else [])
+
+
+def bench_compare(a: argparse.Namespace) -> None:
+    """``--wide --compare local:1,local:2,dask:2``: wall and CPU time of ``render --no-cache`` and ``stability
+    --no-cache`` on the wide series under each engine:jobs, the configurations interleaved ``--repeat`` times
+    (a shared machine's load drifts; interleaving spreads it over all of them); median wall, ratio to the first."""
+    import statistics
+
+    folder = a.wide_dir
+    make_wide(folder, a.wide_blocks, a.wide_width, a.wide_checkpoints)
+    configs = [c.split(":") for c in a.compare.split(",")]
+    commands = {"render": ["render", str(folder), "--no-cache", "--size", "320x180", "--quiet"],
+                "stability": ["stability", str(folder), "--no-cache", "--quiet"]}
+    load0 = os.getloadavg()
+    runs: dict[tuple[str, str, str], list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_compare-") as work:
+        for name in a.compare_commands.split(","):
+            for i in range(a.repeat if name == "render" else a.repeat_stability):
+                for engine, jobs in configs:
+                    argv = [*commands[name], "--engine", engine, "--jobs", jobs]
+                    if name == "render":
+                        argv += ["--out", str(Path(work) / f"x{i}{engine}{jobs}.webm")]
+                    r = run_cli(argv)
+                    runs.setdefault((name, engine, jobs), []).append(r)
+                    print(f"# {name} --engine {engine} --jobs {jobs}: {r['wall']:.1f} s wall, {r['cpu']:.1f} s CPU, "
+                          f"load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    lines = ["| command | engine | jobs | runs | wall s (median) | walls | CPU s (median) | ratio | to | target | met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in a.compare_commands.split(","):
+        wall = {(e, j): statistics.median(r["wall"] for r in runs[(name, e, j)]) for e, j in configs}
+        for engine, jobs in configs:
+            rs = runs[(name, engine, jobs)]
+            # a Dask engine against the local engine with as many jobs (<= 1.3x); more local jobs against the first (<= 1.05x)
+            ref = ("local", jobs) if engine != "local" and ["local", jobs] in configs else tuple(configs[0])
+            target = 1.3 if engine != "local" else 1.05
+            ratio = wall[(engine, jobs)] / wall[ref]
+            met = "" if (engine, jobs) == ref else ("yes" if ratio <= target else "NO")
+            walls = ", ".join(f"{r['wall']:.1f}" for r in rs)
+            lines.append(f"| `{name} DIR --no-cache` | {engine} | {jobs} | {len(rs)} | {wall[(engine, jobs)]:.1f} | {walls} | "
+                         f"{statistics.median(r['cpu'] for r in rs):.1f} | {ratio:.3f} | {':'.join(ref)} | "
+                         f"{f'<= {target}' if met else ''} | {met} |")
+    body = (f"{a.wide_blocks} blocks x width {a.wide_width} x {a.wide_checkpoints} bf16 checkpoints (`--wide`), "
+            f"{os.cpu_count()} CPUs, LAYERFILM_CHUNK_MB={os.environ.get('LAYERFILM_CHUNK_MB', 'default')}; configurations "
+            f"interleaved; load average at start {load0[0]:.1f} {load0[1]:.1f}, at end {os.getloadavg()[0]:.1f} "
+            f"{os.getloadavg()[1]:.1f}; CPU = the command's process and its reaped children (pool workers, a LocalCluster's "
+            "workers, ffmpeg)\n\n" + "\n".join(lines))
+    record(f"`python benchmarks/bench_io.py --wide --compare {a.compare}`", body, a.no_record)
+
+
 def bench_wide(a: argparse.Namespace) -> None:
     folder = a.wide_dir
     t0 = time.perf_counter()
@@ -332,20 +393,22 @@ def bench_wide(a: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_wide-") as work:
         w = Path(work)
         film = str(w / "x.webm")
-        r = run_cli(["render", str(folder), "--no-cache", "--out", film, "--size", "320x180", "--quiet"])
-        rows.append(dict(command="render DIR --no-cache --out X.webm --size 320x180", read=r["rchar"] - base,
+        eng = engine_args(a)
+        r = run_cli(["render", str(folder), "--no-cache", "--out", film, "--size", "320x180", "--quiet", *eng])
+        rows.append(dict(command=" ".join(["render DIR --no-cache --out X.webm --size 320x180", *eng]), read=r["rchar"] - base,
                          ref=tracked + sizes["headers"], ref_what="tracked rows + headers", target=1.3, rss=_rss(r),
                          wall=r["wall"]))
-        r = run_cli(["stability", str(folder), "--no-cache", "--quiet"])
-        rows.append(dict(command="stability DIR --no-cache", read=r["rchar"] - base, ref=sizes["block_tensors"],
+        r = run_cli(["stability", str(folder), "--no-cache", "--quiet", *eng])
+        rows.append(dict(command=" ".join(["stability DIR --no-cache", *eng]), read=r["rchar"] - base, ref=sizes["block_tensors"],
                          ref_what="block tensors", target=1.15, rss=_rss(r), wall=r["wall"]))
         cache = str(w / "cache")
         film2 = w / "y.webm"
         steps = [
-            ("render", ["render", str(folder), "--cache", cache, "--out", str(film2), "--size", "320x180", "--quiet"]),
-            ("stills", ["stills", str(folder), "--cache", cache, "--out", str(w / "s.png"), "--quiet"]),
-            ("report", ["report", str(folder), "--cache", cache, "--out", str(w / "r.html"), "--film", str(film2), "--quiet"]),
-            ("stability", ["stability", str(folder), "--cache", cache, "--json", "--quiet"]),
+            ("render", ["render", str(folder), "--cache", cache, "--out", str(film2), "--size", "320x180", "--quiet", *eng]),
+            ("stills", ["stills", str(folder), "--cache", cache, "--out", str(w / "s.png"), "--quiet", *eng]),
+            ("report", ["report", str(folder), "--cache", cache, "--out", str(w / "r.html"), "--film", str(film2), "--quiet",
+                        *eng]),
+            ("stability", ["stability", str(folder), "--cache", cache, "--json", "--quiet", *eng]),
         ]
         total = wall = 0.0
         peak = 0
@@ -480,6 +543,17 @@ def main() -> None:
     p.add_argument("--wide-blocks", type=int, default=16)
     p.add_argument("--wide-width", type=int, default=1024)
     p.add_argument("--wide-checkpoints", type=int, default=12)
+    p.add_argument("--engine", default=None, choices=("local", "dask"), help="--wide: run every command with --engine "
+                   "(default: layerfilm's, local)")
+    p.add_argument("--jobs", type=int, default=None, help="--wide: run every command with --jobs N (default: layerfilm's, "
+                   "one per core)")
+    p.add_argument("--compare", default=None, metavar="ENGINE:JOBS,...", help="--wide: time render and stability --no-cache "
+                   "under each engine:jobs, e.g. local:1,local:2,dask:2 (ratios to the first)")
+    p.add_argument("--compare-commands", default="render,stability", metavar="render,stability",
+                   help="--compare: which commands (default both)")
+    p.add_argument("--repeat", type=int, default=3, help="--compare: runs of render per configuration (default 3)")
+    p.add_argument("--repeat-stability", type=int, default=1, help="--compare: runs of stability per configuration "
+                   "(default 1; ~2 min each)")
     p.add_argument("--sparse", type=Path, default=None, metavar="DIR", help="measure render on a series written by "
                    "make_sparse.py")
     p.add_argument("--sparse-counts", type=lambda s: [int(x) for x in s.split(",")], default=[3, 24], metavar="3,24",
@@ -494,6 +568,9 @@ def main() -> None:
     a = p.parse_args()
     if a.ref:
         bench_ref(a)
+        return
+    if a.wide and a.compare:
+        bench_compare(a)
         return
     if a.wide:
         bench_wide(a)

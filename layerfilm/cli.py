@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .encode import EncodeOptions
+from .engine import ENGINES, check_jobs
 from .errors import LayerfilmError, OptionsError
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--export-points", default=None, metavar="FILE.npz", help="also write key-frame coordinates: steps (T), "
                    "blocks (L), point_ids (L,N), xy (T,L,N,2)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_engine(r)
     _add_cache(r)
     s = sub.add_parser("scan", help="list the checkpoints a render would use, and what is wrong with the others",
                        description=SCAN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,6 +192,19 @@ def _add_points(g) -> None:
                    "umap = AlignedUMAP over the key frames (identity relation: the same neurons), seeded by --seed")
 
 
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the work runs", "The weights are read and projected in tasks of a few blocks each (all key\n"
+                             "frames); the results do not depend on where or in how many tasks they run.")
+    g.add_argument("--jobs", type=int, default=0, metavar="N", help="tasks at once for the whole run: block chunks of the "
+                   "weights, umap layouts (default 0: one per core this process may use; with --engine dask --address, the "
+                   "cluster's threads); with --engine local a small run stays in this process")
+    g.add_argument("--engine", choices=ENGINES.names(), default="local", help="local (default): worker processes on this "
+                   "machine; dask: a Dask cluster (pip install 'layerfilm[dask]'), the one at --address or else a LocalCluster "
+                   "of --jobs processes; its workers must see the checkpoints under the same path")
+    g.add_argument("--address", default=None, metavar="URL", help="--engine dask: the scheduler, e.g. tcp://HOST:8786 (start "
+                   "one with `dask scheduler` and workers with `dask worker tcp://HOST:8786`); default: a LocalCluster")
+
+
 def _add_look(g) -> None:
     g.add_argument("--size", type=_size, default=(1280, 720), metavar="WxH", help="frame size in pixels, even numbers (default "
                    "1280x720)")
@@ -229,8 +244,6 @@ def _add_projection_details(g) -> None:
     g.add_argument("--umap-stride", type=int, default=0, metavar="K", help="umap: fit AlignedUMAP jointly on every K-th key "
                    "frame (and the last) and place the frames between by a short aligned optimisation anchored to both; 1 = "
                    "every key frame jointly; default 0 = auto (at most 8 jointly fitted)")
-    g.add_argument("--jobs", type=int, default=0, metavar="N", help="worker processes for the whole run: block chunks of the "
-                   "weights, umap layouts (default 0: one per core this process may use); results do not depend on it")
     g.add_argument("--stats", action="store_true", help="print a per-block table to stdout: mean and max displacement of points "
                    "between consecutive key frames relative to the cloud's RMS spread, and for pca/procrustes the variance "
                    "explained by the two axes (also in --export-points)")
@@ -250,6 +263,7 @@ def _activation_spec(args: argparse.Namespace, weights_too: bool = False):
 
 def _film_options(args: argparse.Namespace) -> FilmOptions:
     w, h = args.size
+    check_jobs(args.jobs)  # before UmapOptions, which takes it too
     return FilmOptions(
         weights=_weight_spec(args),
         activations=_activation_spec(args),
@@ -270,6 +284,8 @@ def _film_options(args: argparse.Namespace) -> FilmOptions:
         overlay=not args.no_overlay,
         settle_threshold=args.settle_threshold,
         jobs=args.jobs,
+        engine=args.engine,
+        address=args.address,
     )
 
 
@@ -374,6 +390,7 @@ def _study_parser(sub, name: str, help: str, description: str) -> argparse.Argum
     p.add_argument("folder", help="folder that holds the checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _checkpoint_options(p)
+    _add_engine(p)
     _add_cache(p)
     return p
 
@@ -409,6 +426,7 @@ def _study_options(args: argparse.Namespace) -> FilmOptions:
         every=a.get("every", 1), steps=parse_steps(a["steps"]) if a.get("steps") else (None, None),
         settle_threshold=a.get("settle_threshold", 0.1), activations=_activation_spec(args, weights_too=True),
         final_step=args.final_step, strict=args.strict, cache=not args.no_cache, cache_dir=args.cache,
+        jobs=args.jobs, engine=args.engine, address=args.address,
     )
 
 

@@ -8,13 +8,18 @@ worker sends them, and returns the results in the order of the arguments.
 
     engine = get_engine("local", jobs=4)
     results = engine.map(block_task, [(series, wp, chunk, ...) for chunk in chunks], bar.update)
+
+Engines: ``local`` (this module) and ``dask`` (layerfilm.engine_dask, imported only when chosen).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import os
 import queue
+import re
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -27,7 +32,16 @@ Progress = Callable[..., Any]  # progress(n=1)
 
 
 class Engine(Protocol):
-    jobs: int  # how many tasks run at once
+    @property
+    def jobs(self) -> int:
+        """How many tasks run at once."""
+        ...
+
+    @property
+    def sharing(self) -> int:
+        """How many of those tasks share this machine's memory (the block chunks' memory budget,
+        $LAYERFILM_CHUNK_MB, is divided among them): ``jobs`` for local processes, 1 on a remote cluster."""
+        ...
 
     def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None) -> list[Any]:
         """``[fn(*a, progress=...) for a in args]``, run where the engine runs tasks."""
@@ -53,16 +67,17 @@ def check_jobs(jobs: int) -> int:
 
 
 def worker_init() -> None:
-    """One thread each for numba and BLAS in a worker: the workers already fill the cores, and a
-    threaded numba or OpenBLAS spin-waits on busy cores (measured several times slower)."""
+    """One thread each for numba and BLAS in a worker process: the workers already fill the cores, and
+    a threaded numba or OpenBLAS spin-waits on busy cores (measured several times slower). numba is
+    not imported for this (about a second per worker, for films that never use it): if it is not
+    loaded yet, NUMBA_NUM_THREADS holds it to one thread when a task loads it (umap)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    try:
-        import numba
-    except ImportError:
-        return
-    numba.set_num_threads(1)
+    if "numba" in sys.modules:
+        sys.modules["numba"].set_num_threads(1)
+    else:
+        os.environ["NUMBA_NUM_THREADS"] = "1"
 
 
 _ticks: Any = None  # in a pool worker: the queue its progress counts go to
@@ -95,6 +110,10 @@ class LocalEngine:
     def __init__(self, jobs: int = 0, **_: Any) -> None:
         self.jobs = check_jobs(jobs)
 
+    @property
+    def sharing(self) -> int:
+        return self.jobs
+
     def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None) -> list[Any]:
         progress = progress or _nothing
         if self.jobs <= 1 or len(args) <= 1:
@@ -124,6 +143,34 @@ def _drain(ticks: Any, progress: Progress, stop: threading.Event) -> None:
                 return
         except (EOFError, OSError):  # the manager went away
             return
+
+
+@ENGINES.register("dask")
+def _dask(jobs: int = 0, address: str | None = None, **_: Any) -> Engine:
+    """A Dask cluster at ``address``, or a LocalCluster of ``jobs`` processes (layerfilm.engine_dask)."""
+    from .engine_dask import DaskEngine
+
+    return DaskEngine(jobs, address)
+
+
+DASK_MISSING = "--engine dask needs dask.distributed: pip install 'layerfilm[dask]'"
+# dask's address schemes; tcp/tls/ws/wss need HOST:PORT, others (inproc://, ucx://) are taken as given
+_ADDRESS = re.compile(r"(?:(tcp|tls|ws|wss)://)?(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d{1,5})/?|(inproc|ucx)://\S+")
+
+
+def check_engine(name: str, address: str | None) -> None:
+    """--engine and --address, checked before any checkpoint is read (the cluster is reached later,
+    when its first task is sent): a known engine, an address for dask only and shaped like one, and
+    dask installed when it is chosen."""
+    ENGINES.get(name)
+    if address is not None:
+        if name != "dask":
+            raise OptionsError(f"--address applies to --engine dask only, not {name}")
+        m = _ADDRESS.fullmatch(address)
+        if m is None or (m.group(3) is not None and not 0 < int(m.group(3)) < 65536):
+            raise OptionsError(f"--address {address!r}: expected a Dask scheduler address such as tcp://HOST:8786")
+    if name == "dask" and importlib.util.find_spec("distributed") is None:
+        raise OptionsError(DASK_MISSING)
 
 
 def get_engine(name: str = "local", jobs: int = 0, **options: Any) -> Engine:

@@ -31,3 +31,7 @@ class EncodeError(LayerfilmError):
 
 class OutputError(LayerfilmError):
     """An output that cannot be written (read-only folder, full disk, no permission)."""
+
+
+class EngineError(LayerfilmError):
+    """Where tasks run failed: a Dask scheduler that does not answer, a worker that died."""

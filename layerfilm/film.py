@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .animate import MAX_FRAMES, Timeline, check_time, lerp
 from .encode import EncodeOptions, check_output, open_film
-from .engine import check_jobs
+from .engine import check_engine, check_jobs
 from .errors import OptionsError, ScanError
 from .features.weights import WeightSpec
 from .outputs import atomic_output, check_output_path, show
@@ -64,6 +64,7 @@ class FilmOptions:
 
     def __post_init__(self) -> None:
         check_jobs(self.jobs)
+        check_engine(self.engine, self.address)
         check_time(self.fps, self.seconds_per_keyframe)
         check_settle_threshold(self.settle_threshold)
         if self.fit not in FITS:

@@ -16,7 +16,8 @@ task is (a chunk of blocks) x (all key frames), a plain function (:func:`block_t
 arguments returning small arrays. A task reads only the bytes it needs: the tracked rows of the filmed
 matrix (coalesced into ranges) for a film, or each block tensor once for the whole-block measures,
 and keeps its chunk's key frames in memory while they are projected; no feature store on disk.
-Chunks are sized to a memory budget (``LAYERFILM_CHUNK_MB``, default 512). Activation films stay
+Chunks are sized to a memory budget (``LAYERFILM_CHUNK_MB``, default 512), shared by the workers on
+this machine (each holds one chunk), whole on each worker of a remote cluster. Activation films stay
 checkpoint-major (a forward pass needs the whole model).
 """
 
@@ -261,7 +262,8 @@ class Run:
             if opts.engine == "local" and not umap and work < IN_PROCESS_BYTES:
                 engine = get_engine("local", 1)
             most = 1 if umap else -(-len(wp.tensor_names) // engine.jobs)  # at least one chunk per worker
-            chunks = block_chunks(wp, len(active), whole_bytes, most=most)
+            # the workers on this machine hold a chunk each: they share the budget
+            chunks = block_chunks(wp, len(active), whole_bytes, chunk_mb() / engine.sharing, most=most)
             kwargs = opts.projection_kwargs()
             if umap:  # parallel over blocks here, one process per task: none inside
                 kwargs = {**kwargs, "options": replace(kwargs["options"], jobs=1)}

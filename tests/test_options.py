@@ -25,6 +25,8 @@ FLAGS = {
     "--umap-alignment": ("umap.alignment", "0.2", 0.2),
     "--umap-stride": ("umap.stride", "3", 3),
     "--jobs": ("jobs", "2", 2),
+    "--engine": ("engine", "dask", "dask"),
+    "--address": ("address", "tcp://127.0.0.1:8786", "tcp://127.0.0.1:8786"),
     "--fps": ("fps", "4", 4.0),
     "--seconds-per-keyframe": ("seconds_per_keyframe", "2", 2.0),
     "--size": ("style.width", "320x180", 320),
@@ -42,8 +44,9 @@ FLAGS = {
     "--settle-threshold": ("settle_threshold", "0.2", 0.2),
 }
 ALSO = {"style.height": 180, "umap.seed": 7, "umap.jobs": 2}  # set by the same flags as above (--size, --seed, --jobs)
+WITH = {"--address": ["--engine", "dask"]}  # flags that need another
 # fields that only the Python API sets: documented on their classes
-LIBRARY_ONLY = {"umap.window", "umap.epochs", "umap.place_epochs", "umap.place_rate", "style.cell", "style.title", "engine", "address"}
+LIBRARY_ONLY = {"umap.window", "umap.epochs", "umap.place_epochs", "umap.place_rate", "style.cell", "style.title"}
 
 
 def fields(obj, prefix: str = "") -> dict[str, object]:
@@ -73,10 +76,12 @@ def test_every_option_field_has_one_flag_or_is_library_only():
 def test_each_flag_sets_its_field_and_nothing_else(flag, tmp_path):
     path, given, expected = FLAGS[flag]
     argv = ["render", str(tmp_path), "--out", str(tmp_path / "f.webm"), flag] + ([given] if given is not None else [])
+    argv += WITH.get(flag, [])
     opts = _film_options(build_parser().parse_args(argv))
     assert get(opts, path) == expected
     changed = {k for k, v in fields(opts).items() if v != fields(FilmOptions())[k]}
-    also = {"--size": {"style.height"}, "--seed": {"umap.seed"}, "--jobs": {"umap.jobs"}}.get(flag, set())
+    also = {"--size": {"style.height"}, "--seed": {"umap.seed"}, "--jobs": {"umap.jobs"},
+            "--address": {"engine"}}.get(flag, set())
     assert changed == {path} | also
 
 

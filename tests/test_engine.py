@@ -1,0 +1,190 @@
+"""Where tasks run (layerfilm.engine, layerfilm.engine_dask; issue 13): this process, a local pool, or a real
+Dask cluster give the same bytes; progress counts from every worker reach the bar's total; engine options
+are checked before any checkpoint is read, and a scheduler that does not answer is one line, not a hang."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+import distributed
+import numpy as np
+import pytest
+
+from layerfilm import engine_dask
+from layerfilm import run as run_module
+from layerfilm.engine import get_engine
+from layerfilm.features.weights import WeightSpec, plan
+from layerfilm.film import FilmOptions
+from layerfilm.run import Run
+from layerfilm.scan import scan
+
+POINTS = 16
+SMALL = ("--size", "160x90", "--fps", "2", "--points", str(POINTS), "--no-cache", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real Dask LocalCluster of 2 workers, one thread each, inside this process (processes=False: worker
+    processes importing layerfilm take ~10 s to start on a busy 2-core machine; the default LocalCluster,
+    with processes, is tested once below). Yields the scheduler's address."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c:
+        yield c.scheduler_address
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    """Each test connects afresh (and stops a LocalCluster layerfilm started)."""
+    yield
+    engine_dask.close()
+
+
+class Bar:
+    """Stands in for tqdm in layerfilm.run: records the description, the total and every update."""
+
+    made: list[Bar] = []
+
+    def __init__(self, total=None, desc="", **_):
+        self.total, self.desc, self.updates = total, desc, []
+        Bar.made.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        self.updates.append(n)
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    Bar.made = []
+    monkeypatch.setattr(run_module, "tqdm", Bar)
+    return Bar.made
+
+
+def exported(run_cli, folder, out, *opts) -> dict[str, np.ndarray]:
+    out.mkdir()
+    code, _, err = run_cli("render", folder, "--out", out / "f.gif", "--export-points", out / "p.npz", *SMALL, *opts)
+    assert code == 0, err
+    with np.load(out / "p.npz") as z:
+        return dict(z)
+
+
+def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # NaN (the first key frame's update) equals NaN
+
+
+RAN_ON: list[str] = []  # where each task ran (a module's global: tasks are pickled, even to workers in this process)
+_run_task = engine_dask._run_task
+
+
+def recorded(*args):
+    RAN_ON.append(distributed.get_worker().address)  # raises outside a Dask worker
+    return _run_task(*args)
+
+
+def test_dask_cluster_exports_the_points_of_the_local_engine(tiny_run, tmp_path, run_cli, cluster, bars, monkeypatch):
+    """--engine dask --address (2 workers) against --jobs 1 (in this process) and --jobs 2 (a pool of 2 processes),
+    with a chunk budget of two blocks: 2, 4 (the budget shared by the 2 workers here) and 2 block chunks."""
+    monkeypatch.setattr(run_module, "IN_PROCESS_BYTES", 0)
+    series = scan(tiny_run)
+    wp = plan(series, WeightSpec(points=POINTS))
+    per_block = len(series) * POINTS * wp.shape[1] * 4
+    monkeypatch.setenv("LAYERFILM_CHUNK_MB", str(per_block * 2 / 2**20))
+    local1 = exported(run_cli, tiny_run, tmp_path / "l1", "--jobs", "1")
+    local2 = exported(run_cli, tiny_run, tmp_path / "l2", "--jobs", "2")
+    RAN_ON.clear()
+    monkeypatch.setattr(engine_dask, "_run_task", recorded)  # the workers are in this process
+    on_dask = exported(run_cli, tiny_run, tmp_path / "d", "--engine", "dask", "--address", cluster)
+    assert len(RAN_ON) == 2  # the chunks ran on the cluster's workers
+    assert [b.desc for b in bars] == [f"reading {n} block chunk(s)" for n in (2, 4, 2)]
+    assert local1["xy"].shape == (len(series), 4, POINTS, 2)
+    assert_same(local1, local2)
+    assert_same(local1, on_dask)
+
+
+def test_dask_stability_json_equals_local(tiny_run, run_cli, cluster):
+    out = {}
+    for name, opts in {"local": ("--jobs", "1"), "dask": ("--engine", "dask", "--address", cluster)}.items():
+        code, out[name], err = run_cli("stability", tiny_run, "--json", "--no-cache", "--quiet", "--points", str(POINTS), *opts)
+        assert code == 0, err
+    assert out["dask"] == out["local"] and out["local"].startswith("[")
+
+
+def test_progress_of_dask_workers_reaches_the_bar(tiny_run, cluster, bars):
+    run = Run.open(tiny_run, FilmOptions(weights=WeightSpec(points=POINTS), engine="dask", address=cluster, cache=False))
+    run.stability()
+    (bar,) = bars  # one pass: points and whole-block measures together
+    assert bar.total == 2 * len(run.series)  # 2 chunks (one per worker) x every key frame
+    assert sum(bar.updates) == bar.total
+
+
+def ticking(k: int, wait: float, progress) -> int:
+    """A task that reports 2 per step, ``k`` steps ``wait`` seconds apart."""
+    for _ in range(k):
+        progress(2)
+        time.sleep(wait)
+    return k
+
+
+def test_dask_progress_arrives_while_tasks_run(cluster):
+    """Counts come as worker events while the tasks run (more updates than tasks), and sum to the total."""
+    updates: list[int] = []
+    engine = get_engine("dask", address=cluster)
+    assert engine.jobs == 2  # the cluster's threads
+    assert engine.map(ticking, [(3, 3 * engine_dask.FLUSH_S), (4, 3 * engine_dask.FLUSH_S)], updates.append) == [3, 4]
+    assert sum(updates) == 2 * (3 + 4)
+    assert len(updates) > 2
+
+
+def test_dask_local_cluster_without_address(tiny_run, tmp_path, run_cli):
+    """No --address: a LocalCluster of --jobs worker processes (spawned; tasks and results pickled)."""
+    local = exported(run_cli, tiny_run, tmp_path / "l", "--jobs", "1")
+    on_dask = exported(run_cli, tiny_run, tmp_path / "d", "--engine", "dask", "--jobs", "2")
+    ((client, cluster),) = engine_dask._clients.values()
+    assert len(cluster.workers) == 2 and set(client.nthreads().values()) == {1}
+    assert_same(local, on_dask)
+
+
+def test_unanswered_address_is_one_line(tiny_run, tmp_path, run_cli, monkeypatch):
+    monkeypatch.setattr(engine_dask, "CONNECT_TIMEOUT_S", 1.0)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    code, _, err = run_cli("render", tiny_run, "--out", tmp_path / "f.gif", *SMALL, "--engine", "dask", "--address", address)
+    assert code == 2
+    assert err.splitlines() == [f"layerfilm: error: --address {address}: no Dask scheduler answered within 1 s"]
+    assert list(tmp_path.iterdir()) == []
+
+
+COMMANDS = {"render": ("--out", "f.webm"), "stability": (), "stills": ("--out", "s.png"), "report": ("--out", "r.html")}
+BAD = [
+    (("--address", "tcp://127.0.0.1:8786"), "--address applies to --engine dask only, not local"),
+    (("--engine", "dask", "--address", "8786"), "--address '8786': expected a Dask scheduler address such as tcp://HOST:8786"),
+    (("--engine", "dask", "--address", "tcp://h:70000"),
+     "--address 'tcp://h:70000': expected a Dask scheduler address such as tcp://HOST:8786"),
+    (("--jobs", "-1"), "--jobs -1: must be 0 (one per core) or more"),
+]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("argv, message", BAD)
+def test_bad_engine_options_are_one_line_before_any_checkpoint(command, argv, message, tmp_path, run_cli):
+    """The folder does not exist: the option's error comes first, so nothing was scanned or read."""
+    out = [tmp_path / a if a.startswith(("f.", "s.", "r.")) else a for a in COMMANDS[command]]
+    code, _, err = run_cli(command, tmp_path / "missing", *out, *argv)
+    assert (code, err) == (2, f"layerfilm: error: {message}\n")
+
+
+def test_dask_missing_is_one_line(tmp_path, run_cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails; find_spec finds nothing
+    code, _, err = run_cli("stability", tmp_path / "missing", "--engine", "dask")
+    assert (code, err) == (2, "layerfilm: error: --engine dask needs dask.distributed: pip install 'layerfilm[dask]'\n")
+    with pytest.raises(Exception, match=r"pip install 'layerfilm\[dask\]'"):
+        get_engine("dask")
