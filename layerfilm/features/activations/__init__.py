@@ -12,7 +12,7 @@ Memory is one model, one batch of hidden states, the (L, N, D) points of one key
 buffers of one checkpoint's bytes (a GPU only).
 """
 
-from .extract import extract
+from .extraction import extract
 from .hooks import capture
 from .loader import WeightLoader, match_keys
 from .model import build_model, check_fits, default_dtype, find_blocks

@@ -166,7 +166,7 @@ class HostBuffers:
 
 def _read(fd: int, dest: np.ndarray, offset: int, file: Path) -> None:
     """Fill ``dest`` (uint8) with the bytes of ``fd`` from ``offset`` (a short file is a truncated checkpoint)."""
-    view, got = memoryview(dest), 0
+    view, got = dest.data, 0
     try:
         while got < len(view):
             n = os.preadv(fd, [view[got:]], offset + got)
@@ -188,7 +188,10 @@ class WeightLoader:
         ...     loader.apply(staged)
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, threads: int | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, threads: int | None = None,
+                 host_buffers: bool | None = None) -> None:
+        """``threads``: reading threads (default: one per core, at most 8). ``host_buffers``: stage each
+        checkpoint in a host buffer (default: on a GPU only; on the CPU the bytes go straight to the model)."""
         self.device = device
         state = model.state_dict(keep_vars=True)
         self.targets = {k: v.detach() for k, v in state.items()}
@@ -199,7 +202,7 @@ class WeightLoader:
         self.ignore = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_missing", None) or []]
         self.gpu = device.type == "cuda"
         self._pool = ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1), thread_name_prefix="layerfilm-read")
-        self._buffers = HostBuffers(pin=self.gpu) if self.gpu else None
+        self._buffers = HostBuffers(pin=self.gpu) if (self.gpu if host_buffers is None else host_buffers) else None
 
     def __enter__(self) -> WeightLoader:
         return self
@@ -224,7 +227,7 @@ class WeightLoader:
                 raise CheckpointError(f"{where}: {name} has shape {shape}, the model expects {tuple(self.targets[key].shape)}")
             items.append(self._item(reader, key, name, shape))
         staged = Staged(where, items)
-        if self.gpu:
+        if self._buffers is not None:
             self._fill(staged)
         return staged
 
@@ -302,11 +305,12 @@ class WeightLoader:
                 if it.at % it.dtype.itemsize:  # a tensor stored at an odd offset: an aligned copy of it
                     src = src.clone()
                 self.targets[it.key].copy_(src.view(it.dtype).view(it.shape), non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(torch.cuda.current_stream(self.device))
+            if self.gpu:
+                done = torch.cuda.Event()
+                done.record(torch.cuda.current_stream(self.device))
         finally:
             assert self._buffers is not None
-            if done is None:  # copies may be in flight: wait for them before the buffer is reused
+            if self.gpu and done is None:  # copies may be in flight: wait for them before the buffer is reused
                 torch.cuda.current_stream(self.device).synchronize()
             self._buffers.give(buf, done)
 

@@ -9,7 +9,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -71,7 +71,7 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
-def check_fits(checkpoints: list[Checkpoint], spec: ActivationSpec, device: torch.device,
+def check_fits(checkpoints: Sequence[Checkpoint], spec: ActivationSpec, device: torch.device,
                free: int | None = None) -> None:
     """Refuse, in one line and before anything is built or loaded, a model whose weights (counted from
     the first readable checkpoint's header, in ``spec.dtype``) exceed the device's free memory (``free``
@@ -89,7 +89,7 @@ def check_fits(checkpoints: list[Checkpoint], spec: ActivationSpec, device: torc
         return
     need = count * DTYPES[spec.dtype].itemsize
     if free is None:
-        free = torch.cuda.mem_get_info(device)[0]
+        free = torch.cuda.mem_get_info(device.index if device.index is not None else torch.cuda.current_device())[0]
     if need > free:
         raise OptionsError(f"{ckpt.path}: the model's weights need {need / 2**30:.1f} GiB in {spec.dtype} and {device} has "
                            f"{free / 2**30:.1f} GiB free; a model larger than one device's memory is not supported")

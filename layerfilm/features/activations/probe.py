@@ -81,7 +81,7 @@ def run_probe(model: torch.nn.Module, blocks: list[torch.nn.Module], ids: torch.
 
         def on_output(l: int, h: torch.Tensor, local: torch.Tensor = local) -> None:
             moments.add(l, h)
-            points[l].append(h.reshape(-1, h.shape[-1])[local].float())
+            points[l].append(h.reshape(-1, h.shape[-1])[local])  # a copy, in the model's dtype
 
         def on_input(h: torch.Tensor) -> None:
             nonlocal in_norm
@@ -93,5 +93,5 @@ def run_probe(model: torch.nn.Module, blocks: list[torch.nn.Module], ids: torch.
             except Stop:
                 pass
     # one copy to the host at the end (not one per block and batch: each would wait for the device)
-    pts = torch.stack([torch.cat(p) for p in points]).cpu().numpy()
+    pts = torch.stack([torch.cat(p) for p in points]).cpu().float().numpy()
     return pts, moments.result(), float(in_norm) / (S * T) if in_norm > 0 else float("nan")
