@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<48} {total:>9.2f} {per:>11.3f}")
     print(f"load + probe per checkpoint: {per_ckpt:.3f} s = {per_ckpt / t_ref:.2f}x the bare load_file "
           f"(steady state {steady / t_ref:.2f}x; apply alone {apply.mean() / t_ref:.2f}x)")
+    for w in (stage, apply, probe):  # the first checkpoint pays one-time costs (host buffers, kernels' first use)
+        print(f"  {w.name} per call, s: " + " ".join(f"{b - a:.3f}" for a, b in w.calls))
     if cli is not None:
         ref = T * t_ref + t_rest
         print(f"CLI end to end: {cli:.1f} s = {cli / ref:.2f}x ({T} x bare read + projection + film = {ref:.1f} s)")
