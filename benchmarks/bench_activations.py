@@ -109,15 +109,20 @@ class Timed:
         return float(np.mean([b - a for a, b in self.calls])) if self.calls else float("nan")
 
 
-def bare_reads(folders: list[Path], device: torch.device) -> float:
+def bare_reads(folders: list[Path], device: torch.device, into: dict | None = None) -> float:
     """Median seconds of ``load_file(f, device)`` of every weight file of each of ``folders`` (after one
-    warm-up read of the first)."""
+    warm-up read of the first); with ``into`` (name -> tensor), each tensor is also copied there, as
+    ``load_state_dict`` would (on the CPU ``load_file`` maps the file and copies nothing)."""
     from safetensors.torch import load_file
 
     times = []
     for i, folder in enumerate([folders[0], *folders]):
         t = time.perf_counter()
         states = [load_file(str(f), device=str(device)) for f in sorted(folder.glob("*.safetensors"))]
+        if into is not None:
+            for state in states:
+                for k, v in state.items():
+                    into[k].copy_(v)
         sync(device)
         if i:
             times.append(time.perf_counter() - t)
@@ -138,11 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--points", type=int, default=512)
+    p.add_argument("--probe", default=None, help="probe file (text, or .pt/.npy token ids; default: the bundled text)")
     p.add_argument("--no-film", action="store_true", help="stop after the features (no projection, no film)")
     p.add_argument("--cli", action="store_true", help="also time `layerfilm render` end to end in a fresh process")
     p.add_argument("--clean", action="store_true", help="delete the checkpoints at the end")
     a = p.parse_args(argv)
-    spec = ActivationSpec(points=a.points, seq_len=a.seq_len, batch_size=a.batch_size, device=a.device, dtype=a.dtype)
+    spec = ActivationSpec(points=a.points, probe=a.probe, seq_len=a.seq_len, batch_size=a.batch_size, device=a.device,
+                          dtype=a.dtype)
     device = resolve_device(a.device)
     dtype = activations.DTYPES[a.dtype]
     save_dtype = activations.DTYPES[a.save_dtype or a.dtype]
@@ -155,6 +162,14 @@ def main(argv: list[str] | None = None) -> None:
     t_ref = bare_reads([c.path for c in series.checkpoints[-3:]], device)
     file_bytes = sum(f.stat().st_size for f in series.checkpoints[-1].path.glob("*.safetensors"))
     print(f"bare load_file to {device}: {t_ref:.3f} s ({file_bytes / t_ref / 2**30:.2f} GiB/s)", flush=True)
+    t_copy = float("nan")
+    if device.type == "cpu":  # load_file maps the file: the bytes are read only when used
+        from safetensors.torch import load_file
+
+        into = {k: v.clone() for k, v in load_file(str(series.checkpoints[0].path / "model.safetensors")).items()}
+        t_copy = bare_reads([c.path for c in series.checkpoints[-3:]], device, into)
+        del into
+        print(f"load_file + copy into preallocated tensors (load_state_dict's work): {t_copy:.3f} s", flush=True)
     model_bytes = params * dtype.itemsize  # the model as it sits on the device, in --dtype
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -184,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
             ("    stage: check + read to host (background)", float("nan"), stage.mean()),
             ("    apply: into the parameters (main)", float("nan"), apply.mean()),
             ("    forward probe + hooks + stats", float("nan"), probe.mean()),
-            ("reference: safetensors load_file to device", t_ref * T, t_ref)]
+            ("reference: safetensors load_file to device", t_ref * T, t_ref),
+            ("reference: load_file + copy into tensors (CPU)", t_copy * T, t_copy)]
     t_rest = 0.0
     if not a.no_film:
         from layerfilm.film import FilmOptions, write_film
@@ -210,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         out.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "layerfilm", "render", str(folder), "--features", "activations", "--device",
                device.type, "--dtype", a.dtype, "--no-cache", "--out", str(out), "--size", "1280x720", "--quiet",
-               "--points", str(a.points), "--seq-len", str(a.seq_len), "--batch-size", str(a.batch_size)]
+               "--points", str(a.points), "--seq-len", str(a.seq_len), "--batch-size", str(a.batch_size),
+               *(["--probe", a.probe] if a.probe else [])]
         t = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         cli = time.perf_counter() - t
@@ -228,6 +245,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<48} {total:>9.2f} {per:>11.3f}")
     print(f"load + probe per checkpoint: {per_ckpt:.3f} s = {per_ckpt / t_ref:.2f}x the bare load_file "
           f"(steady state {steady / t_ref:.2f}x; apply alone {apply.mean() / t_ref:.2f}x)")
+    if device.type == "cpu":
+        load = apply.mean() + stage.mean()
+        print(f"load alone (stage + apply) per checkpoint: {load:.3f} s = {load / t_ref:.2f}x load_file, "
+              f"{load / t_copy:.2f}x load_file + copy")
     for w in (stage, apply, probe):  # the first checkpoint pays one-time costs (host buffers, kernels' first use)
         print(f"  {w.name} per call, s: " + " ".join(f"{b - a:.3f}" for a, b in w.calls))
     if cli is not None:
