@@ -25,7 +25,7 @@ import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +115,6 @@ class Staged:
     where: Path
     items: list[Item]
     buffer: _Buffer | None = None
-    nbytes: int = field(default=0)
 
 
 class HostBuffers:
@@ -267,7 +266,7 @@ class WeightLoader:
         except BaseException:
             self._buffers.give(buf)
             raise
-        staged.buffer, staged.nbytes = buf, pos
+        staged.buffer = buf
 
     def _read_all(self, reads: list[tuple[Path, int, np.ndarray]]) -> None:
         """Read each (file, offset, destination) in pieces of at most PIECE bytes, on the loader's threads."""
