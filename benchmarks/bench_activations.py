@@ -1,21 +1,30 @@
-"""Activation films of a Llama-shaped model: time per checkpoint and peak GPU memory, end to end.
+"""Activation films of a Llama-shaped model: time per checkpoint against the bare read, peak GPU memory,
+and the CLI end to end.
 
-Makes a series of random-init checkpoints (``save_pretrained``: config.json + model.safetensors; each
-one the previous plus a small random step, like a drifting training run), then runs the activation
-film stage by stage and prints a table:
+Makes a series of random-init checkpoints (``save_pretrained``: config.json + one model.safetensors;
+each one the previous plus a small random step, like a drifting training run), then runs the activation
+pass with its steps timed, the projection and the film, and (``--cli``) the same film through
+``layerfilm render`` in a fresh process, and prints a table:
 
-    python benchmarks/bench_activations.py /tmp/bench_act                  # ~1.1B params (TinyLlama shape), 10 ckpts
+    python benchmarks/bench_activations.py /tmp/bench_act --device cuda             # ~1.1B params (TinyLlama shape), 10 ckpts
+    python benchmarks/bench_activations.py /tmp/bench_act --shape 7b --checkpoints 3 --device cuda --cli --clean
+    python benchmarks/bench_activations.py /tmp/bench_act --shape 100m --checkpoints 3 --device cpu --save-dtype float32
     python benchmarks/bench_activations.py /tmp/bench_act_tiny --shape tiny --device cpu   # a quick check
 
-Reference for the time per checkpoint: ``safetensors.torch.load_file(..., device=...)`` of the same file
-(reading the weights onto the device, nothing else). Reference for memory: the model's own bytes
-(the promise is one model + one batch).
+References. Time: ``safetensors.torch.load_file(..., device=...)`` of the same files (reading the
+weights onto the device, nothing else; the median of up to three checkpoints, after one warm-up read).
+The activation pass is timed from the first checkpoint's read to the last probe's end (the first read
+is not hidden behind a probe; the others are read in a background thread) and divided by the number of
+checkpoints. The CLI is compared with T x the bare read + the projection + the film measured here.
+Memory: the model's own bytes (the promise is one model + one probe batch).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,17 +33,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from layerfilm.errors import LayerfilmError  # noqa: E402
 from layerfilm.features import activations  # noqa: E402
 from layerfilm.features.act_stats import ActivationStats  # noqa: E402
-from layerfilm.features.activations import ActivationSpec, resolve_device  # noqa: E402
+from layerfilm.features.activations import ActivationSpec, WeightLoader, resolve_device  # noqa: E402
 from layerfilm.scan import scan  # noqa: E402
 
-SHAPES = {  # TinyLlama-1.1B's shape, and a tiny one for a CPU check
+PASS = sys.modules["layerfilm.features.activations.extraction"]  # the module whose run_probe is timed
+SHAPES = {  # Llama shapes: TinyLlama-1.1B, Llama-2-7B, a ~100M one for the CPU, and a tiny one for a check
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
+    "100m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                 num_key_value_heads=12, vocab_size=8000, max_position_embeddings=1024),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=256, max_position_embeddings=256),
 }
@@ -46,7 +61,7 @@ def sync(device: torch.device) -> None:
 
 
 def make_series(folder: Path, shape: str, n: int, device: torch.device, dtype: torch.dtype) -> tuple[int, float]:
-    """n checkpoints checkpoint-0, -100, ...; returns (parameters, seconds)."""
+    """n checkpoints checkpoint-0, -100, ... in ``dtype`` (one file each); returns (parameters, seconds)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     t0 = time.perf_counter()
@@ -55,7 +70,7 @@ def make_series(folder: Path, shape: str, n: int, device: torch.device, dtype: t
     with torch.device(device), activations.default_dtype(dtype):
         model = AutoModelForCausalLM.from_config(config)
     params = sum(p.numel() for p in model.parameters())
-    if len(list(folder.glob("checkpoint-*"))) != n:
+    if len(list(folder.glob("checkpoint-*/config.json"))) != n:
         shutil.rmtree(folder, ignore_errors=True)
         g = torch.Generator(device).manual_seed(0)
         with torch.no_grad():
@@ -63,28 +78,58 @@ def make_series(folder: Path, shape: str, n: int, device: torch.device, dtype: t
                 if k:
                     for p in model.parameters():
                         p.add_(torch.randn(p.shape, generator=g, device=device, dtype=p.dtype), alpha=2e-3)
-                model.save_pretrained(folder / f"checkpoint-{k * 100}")
+                model.save_pretrained(folder / f"checkpoint-{k * 100}", max_shard_size="1000GB")  # one file
+        os.sync()  # no write-back running under the timed reads
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return params, time.perf_counter() - t0
 
 
-class Timer:
-    """Wraps a function and records each call's (synchronised) wall time."""
+class Timed:
+    """Replaces ``owner.name`` with a wrapper recording each call's (start, end) wall times."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.times = device, []
+    def __init__(self, owner, name: str) -> None:
+        self.owner, self.name, self.orig = owner, name, getattr(owner, name)
+        self.calls: list[tuple[float, float]] = []
 
-    def wrap(self, fn):
         def timed(*a, **k):
             t = time.perf_counter()
-            out = fn(*a, **k)
-            sync(self.device)
-            self.times.append(time.perf_counter() - t)
-            return out
+            try:
+                return self.orig(*a, **k)
+            finally:
+                self.calls.append((t, time.perf_counter()))
 
-        return timed
+        setattr(owner, name, timed)
+
+    def restore(self) -> None:
+        setattr(self.owner, self.name, self.orig)
+
+    def mean(self) -> float:
+        return float(np.mean([b - a for a, b in self.calls])) if self.calls else float("nan")
+
+
+def bare_reads(folders: list[Path], device: torch.device, into: dict | None = None) -> float:
+    """Median seconds of ``load_file(f, device)`` of every weight file of each of ``folders`` (after one
+    warm-up read of the first); with ``into`` (name -> tensor), each tensor is also copied there, as
+    ``load_state_dict`` would (on the CPU ``load_file`` maps the file and copies nothing)."""
+    from safetensors.torch import load_file
+
+    times = []
+    for i, folder in enumerate([folders[0], *folders]):
+        t = time.perf_counter()
+        states = [load_file(str(f), device=str(device)) for f in sorted(folder.glob("*.safetensors"))]
+        if into is not None:
+            for state in states:
+                for k, v in state.items():
+                    into[k].copy_(v)
+        sync(device)
+        if i:
+            times.append(time.perf_counter() - t)
+        del states
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return float(np.median(times))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,55 +138,70 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shape", choices=SHAPES, default="1b")
     p.add_argument("--checkpoints", type=int, default=10)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="bfloat16", help="the model's dtype in the pass")
+    p.add_argument("--save-dtype", default=None, help="dtype of the checkpoints on disk (default: --dtype)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--points", type=int, default=512)
+    p.add_argument("--probe", default=None, help="probe file (text, or .pt/.npy token ids; default: the bundled text)")
     p.add_argument("--no-film", action="store_true", help="stop after the features (no projection, no film)")
+    p.add_argument("--cli", action="store_true", help="also time `layerfilm render` end to end in a fresh process")
+    p.add_argument("--clean", action="store_true", help="delete the checkpoints at the end")
     a = p.parse_args(argv)
-    spec = ActivationSpec(points=a.points, seq_len=a.seq_len, batch_size=a.batch_size, device=a.device, dtype=a.dtype)
+    spec = ActivationSpec(points=a.points, probe=a.probe, seq_len=a.seq_len, batch_size=a.batch_size, device=a.device,
+                          dtype=a.dtype)
     device = resolve_device(a.device)
     dtype = activations.DTYPES[a.dtype]
-    folder = a.work / f"llama-{a.shape}"
-    params, t_make = make_series(folder, a.shape, a.checkpoints, device, dtype)
-    print(f"checkpoints: {a.checkpoints} x {params / 1e6:.1f} M params ({a.dtype}) in {folder}, made in {t_make:.1f} s",
+    save_dtype = activations.DTYPES[a.save_dtype or a.dtype]
+    folder = a.work / f"llama-{a.shape}-{a.save_dtype or a.dtype}"
+    params, t_make = make_series(folder, a.shape, a.checkpoints, device, save_dtype)
+    print(f"checkpoints: {a.checkpoints} x {params / 1e6:.1f} M params ({save_dtype}) in {folder}, made in {t_make:.1f} s",
           flush=True)
     series = scan(folder)
-    ckpt_file = series.checkpoints[-1].path / "model.safetensors"
+    T = len(series)
+    t_ref = bare_reads([c.path for c in series.checkpoints[-3:]], device)
+    file_bytes = sum(f.stat().st_size for f in series.checkpoints[-1].path.glob("*.safetensors"))
+    print(f"bare load_file to {device}: {t_ref:.3f} s ({file_bytes / t_ref / 2**30:.2f} GiB/s)", flush=True)
+    t_copy = float("nan")
+    if device.type == "cpu":  # load_file maps the file: the bytes are read only when used
+        from safetensors.torch import load_file
 
-    # reference: the bare read of one checkpoint onto the device
-    from safetensors.torch import load_file
-
-    t = time.perf_counter()
-    state = load_file(str(ckpt_file), device=str(device))
-    sync(device)
-    t_ref = time.perf_counter() - t
+        into = {k: v.clone() for k, v in load_file(str(series.checkpoints[0].path / "model.safetensors")).items()}
+        t_copy = bare_reads([c.path for c in series.checkpoints[-3:]], device, into)
+        del into
+        print(f"load_file + copy into preallocated tensors (load_state_dict's work): {t_copy:.3f} s", flush=True)
     model_bytes = params * dtype.itemsize  # the model as it sits on the device, in --dtype
-    del state
     if device.type == "cuda":
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
-    # the activation stage, with its two inner steps timed
-    load_t, probe_t = Timer(device), Timer(device)
-    orig_load, orig_probe = activations.WeightLoader.load, activations.run_probe
-    activations.WeightLoader.load = load_t.wrap(orig_load)
-    activations.run_probe = probe_t.wrap(orig_probe)
+    # the activation pass, with its steps timed
+    build = Timed(PASS, "build_model")
+    stage, apply, probe = Timed(WeightLoader, "stage"), Timed(WeightLoader, "apply"), Timed(PASS, "run_probe")
     work = Path(tempfile.mkdtemp(prefix="bench-act-", dir=a.work))
     try:
         t = time.perf_counter()
         feats = activations.extract(series, spec, work / "store", progress=False)
         t_extract = time.perf_counter() - t
     finally:
-        activations.WeightLoader.load, activations.run_probe = orig_load, orig_probe
+        for w in (build, stage, apply, probe):
+            w.restore()
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else float("nan")
-    T = len(series)
+    getattr(torch._C, "_host_emptyCache", lambda: None)()  # pinned buffers back to the system before the CLI runs
+    loop = probe.calls[-1][1] - stage.calls[0][0]
+    per_ckpt = loop / T
+    steady = float(np.mean(np.diff([b for _, b in probe.calls]))) if T > 1 else float("nan")
     L, N, D = feats.store[0].shape
     rows = [("make checkpoints (save_pretrained)", t_make, t_make / T),
             ("activations: total (build model + all ckpts)", t_extract, t_extract / T),
-            ("  load weights into the model", sum(load_t.times), np.mean(load_t.times)),
-            ("  forward probe + hooks + stats", sum(probe_t.times), np.mean(probe_t.times)),
-            ("reference: safetensors load_file to device", t_ref, t_ref)]
+            ("  build the model", build.calls[0][1] - build.calls[0][0], float("nan")),
+            ("  load + probe, first read to last probe", loop, per_ckpt),
+            ("    steady state (between probe ends)", float("nan"), steady),
+            ("    stage: check + read to host (background)", float("nan"), stage.mean()),
+            ("    apply: into the parameters (main)", float("nan"), apply.mean()),
+            ("    forward probe + hooks + stats", float("nan"), probe.mean()),
+            ("reference: safetensors load_file to device", t_ref * T, t_ref),
+            ("reference: load_file + copy into tensors (CPU)", t_copy * T, t_copy)]
+    t_rest = 0.0
     if not a.no_film:
         from layerfilm.film import FilmOptions, write_film
         from layerfilm.projection import project
@@ -149,29 +209,59 @@ def main(argv: list[str] | None = None) -> None:
 
         t = time.perf_counter()
         traj = project(feats, "pca", progress=False)
-        rows.append(("projection (aligned PCA)", time.perf_counter() - t, (time.perf_counter() - t) / T))
-        print(f"projection done in {rows[-1][1]:.1f} s", flush=True)
+        t_proj = time.perf_counter() - t
+        rows.append(("projection (aligned PCA)", t_proj, t_proj / T))
         try:
             t = time.perf_counter()
             n = write_film(traj, a.work / "film.webm", FilmOptions(style=Style(1280, 720)), progress=False)
-            rows.append((f"render + encode film.webm ({n} frames)", time.perf_counter() - t, (time.perf_counter() - t) / T))
+            t_film = time.perf_counter() - t
+            rows.append((f"render + encode film.webm ({n} frames)", t_film, t_film / T))
+            t_rest = t_proj + t_film
         except (ImportError, LayerfilmError) as e:  # no imageio-ffmpeg / no VP9 where this runs
             rows.append((f"render + encode: skipped ({type(e).__name__})", float("nan"), float("nan")))
+            t_rest = float("nan")
+    cli = None
+    if a.cli:
+        out = a.work / "cli.webm"
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "layerfilm", "render", str(folder), "--features", "activations", "--device",
+               device.type, "--dtype", a.dtype, "--no-cache", "--out", str(out), "--size", "1280x720", "--quiet",
+               "--points", str(a.points), "--seq-len", str(a.seq_len), "--batch-size", str(a.batch_size),
+               *(["--probe", a.probe] if a.probe else [])]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        cli = time.perf_counter() - t
+        rows.append((f"CLI end to end (exit {proc.returncode})", cli, cli / T))
+        if proc.returncode:
+            print(proc.stderr[-2000:])
     print()
     print(f"command: python benchmarks/bench_activations.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}")
-    print(f"inputs: Llama {a.shape} ({params / 1e6:.1f} M params, {L} blocks, width {D}), {T} checkpoints, {a.dtype}, "
-          f"{feats.name}, batch {a.batch_size}")
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu ({os.cpu_count()} cores)'}; "
+          f"torch {torch.__version__}")
+    print(f"inputs: Llama {a.shape} ({params / 1e6:.1f} M params, {L} blocks, width {D}), {T} checkpoints of "
+          f"{file_bytes / 2**30:.2f} GiB ({save_dtype}), model in {a.dtype}, {feats.name}, batch {a.batch_size}")
     print(f"{'stage':<48} {'total s':>9} {'per ckpt s':>11}")
     for name, total, per in rows:
         print(f"{name:<48} {total:>9.2f} {per:>11.3f}")
-    per_ckpt = np.mean(load_t.times) + np.mean(probe_t.times)
-    print(f"time per checkpoint (load + forward): {per_ckpt:.3f} s = {per_ckpt / t_ref:.2f}x the bare load_file reference")
+    print(f"load + probe per checkpoint: {per_ckpt:.3f} s = {per_ckpt / t_ref:.2f}x the bare load_file "
+          f"(steady state {steady / t_ref:.2f}x; apply alone {apply.mean() / t_ref:.2f}x)")
+    if device.type == "cpu":
+        load = apply.mean() + stage.mean()
+        print(f"load alone (stage + apply) per checkpoint: {load:.3f} s = {load / t_ref:.2f}x load_file, "
+              f"{load / t_copy:.2f}x load_file + copy")
+    for w in (stage, apply, probe):  # the first checkpoint pays one-time costs (host buffers, kernels' first use)
+        print(f"  {w.name} per call, s: " + " ".join(f"{b - a:.3f}" for a, b in w.calls))
+    if cli is not None:
+        ref = T * t_ref + t_rest
+        print(f"CLI end to end: {cli:.1f} s = {cli / ref:.2f}x ({T} x bare read + projection + film = {ref:.1f} s)")
     if device.type == "cuda":
-        print(f"GPU memory peak: {peak / 2**30:.2f} GiB = {peak / model_bytes:.2f}x the model's {model_bytes / 2**30:.2f} GiB")
+        print(f"GPU memory peak: {peak / 2**30:.2f} GiB = {peak / model_bytes:.3f}x the model's {model_bytes / 2**30:.2f} GiB "
+              f"(+{(peak - model_bytes) / 2**20:.0f} MiB)")
     st = ActivationStats.from_arrays(feats.steps, feats.blocks, feats.stats)
     print(st.table())
     shutil.rmtree(work, ignore_errors=True)
+    if a.clean:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

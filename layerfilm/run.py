@@ -293,7 +293,7 @@ class Run:
         from .features.activations import extract
 
         with tempfile.TemporaryDirectory(prefix="layerfilm-") as work, one_blas_thread():
-            features = extract(self.series, self.opts.activations, Path(work), self.progress)
+            features = extract(self.series, self.opts.activations, Path(work), self.progress, self.opts.strict)
             self.skipped.extend(features.skipped)
             traj = project(features, self.opts.projection, progress=self.progress, **self.opts.projection_kwargs())
             measured = {} if "point_update" in features.stats else point_measures(features.store, features.steps)

@@ -4,6 +4,7 @@ probe batches, hooks, and the CLI. Fixtures are tiny real training runs saved as
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,8 +14,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from layerfilm.errors import CheckpointError, LayerfilmError, OptionsError
-from layerfilm.features.act_stats import HIST_EDGES, N_BINS
-from layerfilm.features.activations import DEFAULT_PROBE, ActivationSpec, extract, match_keys, probe_ids, resolve_device
+from layerfilm.features.act_stats import HIST_EDGES, N_BINS, ActivationStats
+from layerfilm.features.activations import (
+    DEFAULT_PROBE,
+    ActivationSpec,
+    WeightLoader,
+    build_model,
+    check_fits,
+    extract,
+    find_blocks,
+    match_keys,
+    probe_ids,
+    resolve_device,
+    run_probe,
+)
+from layerfilm.formats import open_checkpoint
 from layerfilm.scan import scan
 
 transformers = pytest.importorskip("transformers")
@@ -322,3 +336,115 @@ def test_activation_films_are_cached_until_the_probe_changes(llama_run, run_cli,
     probe.write_text("other words now, so other activations " * 8)
     c = render("c")
     assert len(calls) == 2 and not np.array_equal(a["act_norm"], c["act_norm"])
+
+
+# ---------------------------------------------------------------- the loader (layerfilm.features.activations.loader)
+
+def reference_pass(folder: Path, spec: ActivationSpec, picks: np.ndarray):
+    """What the activation pass must give: each checkpoint put into the model by plain ``load_state_dict``."""
+    series = scan(folder)
+    device = torch.device("cpu")
+    model = build_model(spec, series.checkpoints[0], device)
+    _, modules = find_blocks(model, None)
+    ids = torch.as_tensor(probe_ids(spec, folder / "checkpoint-0", 64, 256))
+    out = []
+    for c in series.checkpoints:
+        model.load_state_dict(load_file(c.path / "model.safetensors"))
+        with torch.inference_mode():
+            out.append(run_probe(model, modules, ids, picks, spec.batch_size, spec.near_zero))
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: float32 files narrowed on the way in
+@pytest.mark.parametrize("host_buffers", [False, True])  # True: the GPU's path (read into a host buffer, then copied)
+def test_loaded_statistics_equal_load_state_dict_exactly(llama_run, tmp_path, monkeypatch, dtype, host_buffers):
+    init = WeightLoader.__init__
+    monkeypatch.setattr(WeightLoader, "__init__", lambda self, *a, **k: init(self, *a, **k, host_buffers=host_buffers))
+    spec = ActivationSpec(device="cpu", dtype=dtype, points=40)
+    f = extract(scan(llama_run), spec, tmp_path, progress=False)
+    want = reference_pass(llama_run, spec, f.point_ids[0])
+    per_step = []
+    for t, (pts, stats, in_norm) in enumerate(want):
+        assert np.array_equal(f.store[t], pts)
+        per_step.append(stats)
+        assert f.stats["act_input_norm"][t] == in_norm
+    ref = ActivationStats.stack(list(STEPS), list(f.blocks), per_step, [w[2] for w in want], spec.near_zero).arrays()
+    assert ref.keys() == f.stats.keys()
+    for k in ref:
+        assert np.array_equal(ref[k], f.stats[k], equal_nan=True), k
+
+
+@pytest.mark.parametrize("host_buffers", [False, True])
+def test_every_format_loads_the_same_bits(llama_run, tmp_path, host_buffers):
+    """safetensors (byte spans), a torch pickle (memory-mapped tensors) and shards: the parameters equal
+    load_state_dict's bit for bit, in the stored dtype and narrowed to bfloat16."""
+    state = load_file(llama_run / "checkpoint-4" / "model.safetensors")
+    torch.save(state, tmp_path / "step_4.pt")
+    half = {k: v.to(torch.bfloat16) for k, v in state.items()}  # a bf16 checkpoint into a float32 model: widened
+    save_file(half, str(tmp_path / "half.safetensors"))
+    shards = tmp_path / "sharded"
+    shards.mkdir()
+    keys = sorted(state)
+    weight_map = {k: f"model-0000{1 + i % 2}-of-00002.safetensors" for i, k in enumerate(keys)}
+    for name in set(weight_map.values()):
+        save_file({k: state[k] for k in keys if weight_map[k] == name}, str(shards / name))
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    cases = [(llama_run / "checkpoint-4", "safetensors", state), (tmp_path / "step_4.pt", "torch", state),
+             (tmp_path / "half.safetensors", "safetensors", half), (shards, "sharded", state)]
+    for dtype in ("float32", "bfloat16"):
+        model = build_model(ActivationSpec(dtype=dtype), scan(llama_run).checkpoints[0], torch.device("cpu"))
+        for path, fmt, src in cases:
+            model.load_state_dict(src)
+            want = {k: v.clone() for k, v in model.state_dict().items()}
+            for p in model.parameters():
+                p.data.zero_()
+            with WeightLoader(model, torch.device("cpu"), host_buffers=host_buffers) as loader:
+                with open_checkpoint(path, fmt) as reader:
+                    staged = loader.stage(reader, path)
+                loader.apply(staged)
+            for k, v in model.state_dict().items():
+                assert v.dtype == want[k].dtype and torch.equal(v, want[k]), (path, k)
+
+
+@pytest.fixture
+def llama_copy(llama_run, tmp_path) -> Path:
+    copy = tmp_path / "ckpts"
+    shutil.copytree(llama_run, copy)
+    return copy
+
+
+def test_a_truncated_checkpoint_is_skipped_when_read(llama_copy, tmp_path):
+    series = scan(llama_copy)  # scanned whole; cut before its tensors are read
+    file = llama_copy / "checkpoint-2" / "model.safetensors"
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.warns(UserWarning, match=r"checkpoint-2/model.safetensors: truncated \(.*; skipped$"):
+        f = extract(series, ActivationSpec(device="cpu", points=16), tmp_path / "store", progress=False)
+    assert list(f.steps) == [0, 4] and len(f.store) == 2 and f.stats["act_norm"].shape == (2, 2)
+    assert [c.path.name for c in f.skipped] == ["checkpoint-2"] and "truncated" in f.skipped[0].problem
+    with pytest.raises(CheckpointError, match=r"truncated .*\(--strict: nothing is skipped\)$"):
+        extract(series, ActivationSpec(device="cpu", points=16), tmp_path / "store2", progress=False, strict=True)
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_skipped_and_listed(llama_copy, run_cli, tmp_path):
+    file = llama_copy / "checkpoint-2" / "model.safetensors"
+    state = load_file(file)
+    state["model.norm.weight"] = torch.ones(16)  # not a block tensor: the scan finds nothing wrong
+    save_file(state, str(file))
+    out = tmp_path / "act.webm"
+    args = ("render", llama_copy, "--features", "activations", "--device", "cpu", "--points", "16", "--out", out)
+    code, _, err = run_cli(*args, "--size", "160x96", "--fps", "1")
+    assert code == 0, err
+    line = f"{llama_copy / 'checkpoint-2'}: model.norm.weight has shape (16,), the model expects (32,)"
+    assert f"{line}; skipped" in err  # the warning, when it was read
+    assert err.split("skipped 1 checkpoint(s):\n")[1].startswith(f"  {llama_copy / 'checkpoint-2'}: ")  # and at the end
+    code, _, err = run_cli(*args, "--strict", "--quiet", "--no-cache")
+    assert code == 2 and err == f"layerfilm: error: {line} (--strict: nothing is skipped)\n"
+
+
+def test_a_model_larger_than_the_free_memory_is_one_line(llama_run):
+    series = scan(llama_run)
+    n = sum(v.numel() for v in load_file(llama_run / "checkpoint-0" / "model.safetensors").values())
+    check_fits(series.checkpoints, ActivationSpec(dtype="bfloat16"), torch.device("cpu"), free=2 * n)
+    with pytest.raises(OptionsError, match=r"^.*checkpoint-0: the model's weights need 0\.0 GiB in bfloat16 and cpu has "
+                                           r"0\.0 GiB free; a model larger than one device's memory is not supported$"):
+        check_fits(series.checkpoints, ActivationSpec(dtype="bfloat16"), torch.device("cpu"), free=2 * n - 1)

@@ -39,7 +39,9 @@ class Reader(Protocol):
     def shape(self, name: str) -> tuple[int, ...]: ...
     def dtype(self, name: str) -> str: ...
     def get(self, name: str) -> np.ndarray: ...
-    # optional: rows(name, ids) -> np.ndarray, only those rows' bytes (see Renamed.rows)
+    # optional: rows(name, ids) -> np.ndarray, only those rows' bytes (see Renamed.rows);
+    # span(name) -> (file, offset, nbytes): where the stored bytes lie (formats with a plain byte layout);
+    # tensor(name) -> torch.Tensor in its stored dtype (torch pickles). Both for loading weights into a model.
     def __enter__(self) -> Reader: ...
     def __exit__(self, *exc: object) -> None: ...
 
@@ -91,6 +93,17 @@ class Renamed:
 
     def get(self, name: str) -> np.ndarray:
         return self.reader.get(self._raw[name])
+
+    def span(self, name: str) -> tuple[Path, int, int] | None:
+        """(file, offset, nbytes) of tensor ``name``'s stored bytes, or None where the format has no such layout."""
+        span = getattr(self.reader, "span", None)
+        return None if span is None else span(self._raw[name])
+
+    def tensor(self, name: str):
+        """Tensor ``name`` as a torch tensor in its stored dtype (data may stay on disk until used), or None
+        where the format does not hold torch tensors."""
+        tensor = getattr(self.reader, "tensor", None)
+        return None if tensor is None else tensor(self._raw[name])
 
     def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` (sorted) of tensor ``name``, float32; only their bytes where the format allows."""

@@ -246,6 +246,13 @@ class SafetensorsReader:
     def dtype(self, name: str) -> str:
         return self._header[name]["dtype"]
 
+    def span(self, name: str) -> tuple[Path, int, int]:
+        """(file, offset, nbytes): where tensor ``name``'s stored bytes lie (for reading them as they are)."""
+        if self._fd is None:
+            raise RuntimeError("use the reader as a context manager")
+        start, end = self._header[name]["data_offsets"]  # validated by read_header
+        return self.path, self._base + start, end - start
+
     def get(self, name: str) -> np.ndarray:
         """Tensor ``name`` as a float32 array (bf16/fp16 are widened), reading only its bytes."""
         if self._fd is None:

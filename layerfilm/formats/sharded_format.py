@@ -69,6 +69,14 @@ class ShardedReader:
     def get(self, name: str) -> np.ndarray:
         return self._shards[self._where[name]].get(name)
 
+    def span(self, name: str) -> tuple[Path, int, int] | None:
+        span = getattr(self._shards[self._where[name]], "span", None)
+        return None if span is None else span(name)
+
+    def tensor(self, name: str):
+        tensor = getattr(self._shards[self._where[name]], "tensor", None)
+        return None if tensor is None else tensor(name)
+
     def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
         shard = self._shards[self._where[name]]
         return shard.rows(name, ids) if hasattr(shard, "rows") else shard.get(name)[ids]

@@ -158,6 +158,10 @@ class TorchReader:
         t = str(self._tensors[name].dtype).removeprefix("torch.")
         return DTYPE_NAMES.get(t, t)
 
+    def tensor(self, name: str) -> Any:
+        """Tensor ``name`` in its stored dtype, its data still memory-mapped (read when used)."""
+        return self._tensors[name].detach()
+
     def get(self, name: str) -> np.ndarray:
         try:
             return to_float32(self._tensors[name])
