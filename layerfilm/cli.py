@@ -80,7 +80,11 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="layerfilm", description="Films of neural network layers evolving over training.")
+    parser.add_argument("--version", action="version", version=f"layerfilm {__version__}",
+                        help="print the version (layerfilm X.Y.Z) and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("render", help="render a film from a folder of checkpoints", description=RENDER_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
