@@ -89,7 +89,7 @@ def keyframe_stills(traj: Trajectories, style: Style, steps: list[int] | None = 
     steps, idx = key_indices([int(s) for s in traj.steps], steps)
     renderer = film_renderer(traj, style)
     frames = np.stack([renderer.frame(traj.xy[k], caption(traj.steps, k, 0.0)) for k in idx])
-    return Stills(steps, frames, stills_figure(frames, steps))
+    return Stills(steps, frames, stills_figure(frames))  # each frame's caption says its step
 
 
 def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] | None = None,
