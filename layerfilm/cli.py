@@ -180,8 +180,10 @@ def _add_selection(g) -> None:
 
 
 def _add_points(g) -> None:
-    g.add_argument("--param", default=None, help="matrix inside each block, e.g. mlp.c_fc.weight or attn.c_attn "
-                   "('.weight' optional); default: the MLP's input projection")
+    g.add_argument("--param", default=None, help="matrix inside each block, e.g. mlp.c_fc.weight, attn.c_attn or "
+                   "self_attn.in_proj ('.weight' / '_weight' optional); default: the MLP's input projection (by its usual "
+                   "names, linear1 of nn.TransformerEncoderLayer included; else the up matrix [h, d] of the block's one "
+                   "up/down pair of linears)")
     g.add_argument("--points", type=int, default=512, metavar="N", help="at most N neurons per block, chosen once with --seed "
                    "and tracked at every step (default 512)")
     g.add_argument("--seed", type=int, default=0, help="seed for choosing the points and for umap (default 0)")
