@@ -117,6 +117,7 @@ def train(out: str | Path, steps: int = 400, every: int = 25, cfg: Config = Conf
     gen = torch.Generator().manual_seed(seed)
     saved: list[Path] = []
     t0 = time.perf_counter()
+    loss = torch.tensor(float("nan"))  # no batch before step 0 (step 0 is not logged)
     for step in range(steps + 1):  # ``step`` counts the updates already made: the file step_N holds N updates
         if step % every == 0 or step == steps:
             path = out / f"step_{step:06d}.safetensors"

@@ -363,8 +363,10 @@ updates (blocks x steps, log colour scale, settling steps marked), each block's 
 checkpoint, histograms over time of each block's weights (value bins up, steps across, colour
 log(1 + count)), parameter-norm curves, and the settling table (see `layerfilm stability --help`).
 
-report.html: one self-contained file, images (and the --film) embedded as data: URIs; it fetches
-nothing. report.md: Markdown with the figures as report_<name>.png beside it; --film is linked.
+report.html: one file, images embedded as data: URIs; it fetches nothing. A --film of at most 8 MB
+is embedded too; a larger one, or any with --film-link, is linked by its path relative to the report
+(with a note), so keep the film beside it. report.md: Markdown with the figures as
+report_<name>.png beside it; --film is linked.
 
 With --features activations the report adds the statistics of each block's output on the probe batch:
 the table of the last key frame (norm, growth, mean, std, fraction near zero), activation histograms
@@ -399,7 +401,10 @@ def _add_study_commands(sub) -> None:
     _add_look(t.add_argument_group("look"))
     p = _study_parser(sub, "report", "HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", REPORT_HELP)
     p.add_argument("--out", required=True, help="report.html (self-contained) | report.md (PNGs written beside it)")
-    p.add_argument("--film", default=None, metavar="FILE", help="a film (.webm, .mp4, .gif) to embed (HTML) or link (Markdown)")
+    p.add_argument("--film", default=None, metavar="FILE", help="a film (.webm, .mp4, .gif) to show: .html embeds one of at "
+                   "most 8 MB and links a larger one (a path relative to the report, with a one-line note); .md links it")
+    p.add_argument("--film-link", action="store_true", help="link the --film (a path relative to the report: keep the film "
+                   "beside it) instead of embedding it, whatever its size")
     _add_settle(p)
     _add_selection(p.add_argument_group("which checkpoints"))
     _add_points(p.add_argument_group("what to film (as in render)"))
@@ -433,8 +438,10 @@ def cmd_stills(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    res = report(args.folder, args.out, args.film, _study_options(args), progress=not args.quiet)
+    res = report(args.folder, args.out, args.film, _study_options(args), progress=not args.quiet, film_link=args.film_link)
     print(f"wrote {', '.join(map(show, res.files))}", file=sys.stderr)
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
