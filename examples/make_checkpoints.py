@@ -5,12 +5,12 @@ The model is nanoGPT-shaped (pre-norm blocks, fused QKV ``c_attn``, MLP ``c_fc``
 nn.Linear weights stored [out, in]); parameter names follow nanoGPT: ``transformer.h.N.mlp.c_fc.weight``.
 Checkpoints are ``step_000000.safetensors``, ``step_000025.safetensors``, ... including step 0.
 
-    python examples/make_checkpoints.py outputs/ckpts            # 8 blocks, 400 steps, ~1 minute on 2 cores
+    python examples/make_checkpoints.py outputs/ckpts            # 8 blocks, 400 steps, ~67 s of CPU (one thread)
     python examples/make_checkpoints.py /tmp/c --steps 40 --every 10 --layers 4 --width 32
 
 Each file's metadata holds its config, so ``make_model`` can rebuild the model for activation films:
 
-    layerfilm render outputs/ckpts --features activations --model examples/make_checkpoints.py:make_model --out act.webm
+    layerfilm render outputs/ckpts --features activations --model examples/make_checkpoints.py:make_model --out outputs/act.webm
 """
 
 from __future__ import annotations

@@ -30,3 +30,17 @@ def test_example_script_runs_as_the_readme_calls_it(tmp_path):
                     "--steps", "20", "--every", "10", "--layers", "2", "--width", "16"], check=True, capture_output=True)
     assert sorted(p.name for p in out.iterdir()) == [
         "step_000000.safetensors", "step_000010.safetensors", "step_000020.safetensors"]
+
+
+def test_readme_frames_in_a_report_example_runs_as_written(tiny_run, tmp_path, monkeypatch):
+    """The README's "frames you chose" block, run as written in a folder whose outputs/ckpts is a real run."""
+    import shutil
+
+    block = next(b for b in re.findall(r"```python\n(.+?)\n```", (ROOT / "README.md").read_text(), re.S)
+                 if "frames={" in b)
+    shutil.copytree(tiny_run, tmp_path / "outputs" / "ckpts")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    text = (tmp_path / "outputs" / "chosen.html").read_text()
+    assert "<h2>The last key frame</h2>" in text and "<h2>Before and after</h2>" in text
+    assert (tmp_path / "outputs" / "before_after.png").stat().st_size > 1000
