@@ -121,10 +121,11 @@ SECTIONS = {  # name: (heading, what it shows)
     "heatmap": ("Which blocks still move", "Relative update of each block's weights between key frames, on a log colour "
                 "scale; the white tick is the block's settling step."),
     "settling": ("Settling", "Distance to the final checkpoint relative to the first key frame; a block settles "
-                 "once it stays below the dashed threshold."),
+                 "once it stays below the dashed threshold. Below, each block's settling step in a row of its own."),
     "hot": ("Histograms over time", "Value histograms of each block's weight matrices per key frame "
             "(colour: log(1 + count))."),
-    "norms": ("Parameter norms", "The norm of every tensor of every block over training."),
+    "norms": ("Parameter norms", "The norm of every tensor of every block over training: one panel per tensor, one "
+              "line per block (colour: depth)."),
     "act_hot": ("Activation histograms over time", "Histograms of each block's output on the probe batch per key "
                 "frame: value bins on a symmetric log axis, colour log(1 + count); dotted lines at the near-zero "
                 "threshold."),
