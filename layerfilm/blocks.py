@@ -3,13 +3,14 @@
 Block containers recognised: ``transformer.h.N.`` (GPT-2, GPT-J, Falcon), ``model.layers.N.``
 (Llama, Mistral, Qwen2, Gemma, Phi), ``gpt_neox.layers.N.``, ``model.decoder.layers.N.`` (OPT),
 ``blocks.N.``, ``layers.N.``, ``encoder.layer.N.`` (BERT), ``decoder.block.N.`` (T5),
-``backbone.layers.N.`` (Mamba). A user regex with one group (the index) overrides them.
+``backbone.layers.N.`` (Mamba), PyTorch's ``nn.TransformerEncoder``/``Decoder`` (``layers.N.``, filmed
+matrix ``linear1``). A user regex with one group (the index) overrides them.
 """
 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from .errors import LayerError
@@ -39,7 +40,22 @@ DEFAULT_PARAMS = (
     "mixer.in_proj.weight",  # Mamba
     "feed_forward.w1.weight",  # Meta Llama
     "ff.0.weight",
+    "linear1.weight",  # PyTorch's own nn.TransformerEncoderLayer / nn.TransformerDecoderLayer
 )
+
+
+def _mlp_pair(matrices: dict[str, tuple[int, ...]]) -> str | None:
+    """The up projection of the block's one MLP-like pair of linears, or None when there is not
+    exactly one: an up matrix [h, d] and a down matrix [d, h] (stored [out, in]), h != d, where d is
+    the block's residual width (the input width most of its matrices share). Why: a block named by no
+    known convention still has an MLP whose input projection is the natural thing to film."""
+    if not matrices:
+        return None
+    widths = Counter(shape[1] for shape in matrices.values())
+    d = widths.most_common(1)[0][0]
+    ups = [c for c, (h, w) in matrices.items() if w == d and h != d
+           and sum(1 for other in matrices.values() if other == (d, h)) == 1]
+    return ups[0] if len(ups) == 1 else None
 
 
 def strip_prefixes(keys: list[str]) -> dict[str, str]:
@@ -115,20 +131,21 @@ def map_blocks(keys: list[str], blocks_regex: str | None = None) -> BlockMap:
 def resolve_param(layer_map: BlockMap, param: str | None, shapes: dict[str, tuple[int, ...]]) -> str:
     """The component name to film in every block.
 
-    ``param`` may be the name inside a block (``mlp.c_fc.weight``) or omit ``.weight``.
-    None picks the MLP's input projection of the detected convention.
-    Every block must have it as a 2-D matrix.
+    ``param`` may be the name inside a block (``mlp.c_fc.weight``) or omit ``.weight`` (or PyTorch's
+    ``_weight``: ``self_attn.in_proj`` is ``self_attn.in_proj_weight``).
+    None picks the MLP's input projection of the detected convention, else the up matrix of the
+    block's one MLP-like pair of linears (``_mlp_pair``). Every block must have it as a 2-D matrix.
     """
     b0 = layer_map.blocks[0]
     matrices = [c for c in layer_map.components() if len(shapes.get(layer_map.names[b0][c], ())) == 2]
     if param is None:
-        choice = next((c for c in DEFAULT_PARAMS if c in matrices), None)
+        choice = next((c for c in DEFAULT_PARAMS if c in matrices), None) or \
+            _mlp_pair({c: tuple(shapes[layer_map.names[b0][c]]) for c in matrices})
         if choice is None:
-            raise LayerError(
-                "no MLP input projection found by its usual names; pass --param, one of: " + ", ".join(matrices)
-            )
+            raise LayerError("no MLP input projection found by its usual names nor as one up/down pair of matrices; "
+                             "pass --param, one of: " + ", ".join(matrices))
     else:
-        wanted = [param, param + ".weight"]
+        wanted = [param, param + ".weight", param + "_weight"]
         choice = next((c for c in wanted if c in layer_map.names[b0]), None)
         if choice is None:
             raise LayerError(f"--param {param!r} matches no matrix in the blocks; candidates: {', '.join(matrices)}")

@@ -10,9 +10,12 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
 
-from .encode import EncodeOptions
-from .engine import ENGINES, check_jobs
+from .animate import Timeline
+from .encode import EncodeOptions, check_output, webm_preset
+from .engine import ENGINES, check_jobs, cores
 from .errors import LayerfilmError, OptionsError
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
@@ -81,7 +84,11 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="layerfilm", description="Films of neural network layers evolving over training.")
+    parser.add_argument("--version", action="version", version=f"layerfilm {__version__}",
+                        help="print the version (layerfilm X.Y.Z) and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("render", help="render a film from a folder of checkpoints", description=RENDER_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,9 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "is always lossless")
     g.add_argument("--encoder-threads", type=int, default=0, metavar="N", help="ffmpeg encoder threads (default 0: ffmpeg "
                    "decides, one per core); fewer leaves cores to other work, the film takes longer")
-    g.add_argument("--preset", default="", metavar="NAME", help="encoder speed against file size: .webm good (default) or "
-                   "realtime (still lossless, ~5x faster to encode, ~20%% larger); .mp4 an x264 preset, ultrafast..veryslow "
-                   "(default medium)")
+    g.add_argument("--preset", default="", metavar="NAME", help="encoder speed against file size: .webm good or realtime "
+                   "(still lossless, ~5x faster to encode, ~20%% larger; default: good when its estimated encoding time for "
+                   "the film's frames on this machine's cores is at most 20 s, else realtime, said in the output line); .mp4 "
+                   "an x264 preset, ultrafast..veryslow (default medium)")
     g.add_argument("--export-points", default=None, metavar="FILE.npz", help="also write key-frame coordinates: steps (T), "
                    "blocks (L), point_ids (L,N), xy (T,L,N,2)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -178,8 +186,10 @@ def _add_selection(g) -> None:
 
 
 def _add_points(g) -> None:
-    g.add_argument("--param", default=None, help="matrix inside each block, e.g. mlp.c_fc.weight or attn.c_attn "
-                   "('.weight' optional); default: the MLP's input projection")
+    g.add_argument("--param", default=None, help="matrix inside each block, e.g. mlp.c_fc.weight, attn.c_attn or "
+                   "self_attn.in_proj ('.weight' / '_weight' optional); default: the MLP's input projection (by its usual "
+                   "names, linear1 of nn.TransformerEncoderLayer included; else the up matrix [h, d] of the block's one "
+                   "up/down pair of linears)")
     g.add_argument("--points", type=int, default=512, metavar="N", help="at most N neurons per block, chosen once with --seed "
                    "and tracked at every step (default 512)")
     g.add_argument("--seed", type=int, default=0, help="seed for choosing the points and for umap (default 0)")
@@ -289,13 +299,35 @@ def _film_options(args: argparse.Namespace) -> FilmOptions:
     )
 
 
+def _auto_preset(args: argparse.Namespace, opts: FilmOptions) -> tuple[FilmOptions, str]:
+    """A .webm without --preset: the preset picked by frame count and cores (encode.webm_preset), and
+    the words that say so in the output line. Counting the frames takes a header-only scan (the one
+    render makes next reads the same headers, cached); any problem is left for render to report."""
+    if args.preset or check_output(Path(args.out), opts.encode, (Path(args.folder),)) != "webm":
+        return opts, ""
+    try:
+        n = len(scan(args.folder, opts.every, opts.steps, final_step=opts.final_step, blocks_regex=opts.weights.blocks_regex,
+                     warn=False))
+        frames = Timeline(n, opts.fps, opts.seconds_per_keyframe).n_frames if n >= 2 else 0
+    except LayerfilmError:
+        return opts, ""
+    if frames == 0:
+        return opts, ""
+    threads = min(opts.encode.threads or cores(), cores())
+    preset = webm_preset(frames, (opts.style.width, opts.style.height), threads)
+    other = "realtime: ~5x faster, ~20% larger" if preset == "good" else "good: ~20% smaller, ~5x slower"
+    return (replace(opts, encode=replace(opts.encode, preset=preset)),
+            f"; VP9 preset {preset}, picked for {frames} frames on {threads} core{'s' * (threads > 1)} (--preset {other})")
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    res = render(args.folder, args.out, _film_options(args), export=args.export_points, progress=not args.quiet)
+    opts, picked = _auto_preset(args, _film_options(args))
+    res = render(args.folder, args.out, opts, export=args.export_points, progress=not args.quiet)
     if args.stats:
         print(stats_table(res.trajectories))
-    print(f"wrote {show(res.out)} ({res.frames} frames from {res.keyframes} key frames) in {time.perf_counter() - t0:.1f} s",
-          file=sys.stderr)
+    print(f"wrote {show(res.out)} ({res.frames} frames from {res.keyframes} key frames{picked}) in "
+          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     _list_skipped(res.skipped)
     if "act_norm" in res.trajectories.stats and not args.quiet:
         from .features.act_stats import ActivationStats
@@ -373,8 +405,10 @@ updates (blocks x steps, log colour scale, settling steps marked), each block's 
 checkpoint, histograms over time of each block's weights (value bins up, steps across, colour
 log(1 + count)), parameter-norm curves, and the settling table (see `layerfilm stability --help`).
 
-report.html: one self-contained file, images (and the --film) embedded as data: URIs; it fetches
-nothing. report.md: Markdown with the figures as report_<name>.png beside it; --film is linked.
+report.html: one file, images embedded as data: URIs; it fetches nothing. A --film of at most 8 MB
+is embedded too; a larger one, or any with --film-link, is linked by its path relative to the report
+(with a note), so keep the film beside it. report.md: Markdown with the figures as
+report_<name>.png beside it; --film is linked.
 
 With --features activations the report adds the statistics of each block's output on the probe batch:
 the table of the last key frame (norm, growth, mean, std, fraction near zero), activation histograms
@@ -410,7 +444,10 @@ def _add_study_commands(sub) -> None:
     _add_look(t.add_argument_group("look"))
     p = _study_parser(sub, "report", "HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", REPORT_HELP)
     p.add_argument("--out", required=True, help="report.html (self-contained) | report.md (PNGs written beside it)")
-    p.add_argument("--film", default=None, metavar="FILE", help="a film (.webm, .mp4, .gif) to embed (HTML) or link (Markdown)")
+    p.add_argument("--film", default=None, metavar="FILE", help="a film (.webm, .mp4, .gif) to show: .html embeds one of at "
+                   "most 8 MB and links a larger one (a path relative to the report, with a one-line note); .md links it")
+    p.add_argument("--film-link", action="store_true", help="link the --film (a path relative to the report: keep the film "
+                   "beside it) instead of embedding it, whatever its size")
     _add_settle(p)
     _add_selection(p.add_argument_group("which checkpoints"))
     _add_points(p.add_argument_group("what to film (as in render)"))
@@ -445,8 +482,10 @@ def cmd_stills(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    res = report(args.folder, args.out, args.film, _study_options(args), progress=not args.quiet)
+    res = report(args.folder, args.out, args.film, _study_options(args), progress=not args.quiet, film_link=args.film_link)
     print(f"wrote {', '.join(map(show, res.files))}", file=sys.stderr)
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

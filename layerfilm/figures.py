@@ -108,25 +108,37 @@ def heatmap_figure(stab: Stability, cmap: str = "magma") -> Figure:
 
 def settling_figure(stab: Stability) -> Figure:
     """Each block's distance to the final checkpoint, relative to its distance at the first key frame,
-    with the settling threshold and each block's settling step marked."""
+    with the settling threshold; below it, one row per block marks its settling step.
+
+    Why a row per block: blocks often settle at the same key frame with distances near the threshold,
+    so markers drawn on the curves hid each other; in their own rows no two markers can overlap."""
     import matplotlib
 
-    fig = _new(8, 4.5)
-    ax = fig.add_subplot()
+    L = len(stab.blocks)
+    fig = _new(8, 4.5 + 0.16 * L)
+    ax, strip = fig.subplots(2, 1, sharex=True, height_ratios=(3, max(1.0, 0.22 * L)))
     d0 = np.where(stab.distance_to_final[0] > 0, stab.distance_to_final[0], 1.0)
     rel = stab.distance_to_final / d0
-    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(stab.blocks)))
-    for l, label in enumerate(_labels(stab)):
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, L))
+    labels = _labels(stab)
+    for l, label in enumerate(labels):
+        ax.plot(stab.steps, rel[:, l], color=colours[l], label=label, alpha=0.85)
         k = stab.settle_index[l]
-        ax.plot(stab.steps, rel[:, l], color=colours[l], label=label + ("" if k >= 0 else " (never settles)"))
         if k >= 0:
-            ax.plot(stab.steps[k], rel[k, l], "o", color=colours[l], markersize=7, markeredgecolor="black")
+            strip.plot([stab.steps[k]], [l], "o", color=colours[l], markersize=7, markeredgecolor="black")
+        else:
+            strip.text(0.995, l, "never settles", transform=strip.get_yaxis_transform(), ha="right", va="center",
+                       fontsize="small", color="#b00")
     ax.axhline(stab.settle_threshold, color="black", linestyle="--", linewidth=1,
                label=f"settling threshold ({stab.settle_threshold:g})")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("distance to final / distance at first key frame")
-    ax.set_title("Settling: distance to the final checkpoint (dots: settling step)")
-    ax.legend(fontsize="small", ncols=max(1, len(stab.blocks) // 12), loc="upper right")
+    ax.set_ylabel("distance to final /\ndistance at first key frame")
+    ax.set_title("Settling: distance to the final checkpoint; below, each block's settling step")
+    ax.legend(fontsize="small", ncols=max(1, L // 12), loc="upper right")
+    strip.set_yticks(range(L), labels, fontsize="small")
+    strip.set_ylim(L - 0.5, -0.5)
+    strip.grid(axis="x", color="#ddd", linewidth=0.6)
+    strip.set_xlabel("training step")
+    strip.set_ylabel("settles at")
     return fig
 
 
@@ -153,36 +165,55 @@ def hot_figure(stab: Stability, cmap: str = "magma") -> Figure:
 
 
 def norm_figure(stab: Stability) -> Figure:
-    """The norm of every tensor of every block over training (log scale), one panel per block."""
-    import matplotlib
+    """The norm of every tensor of every block over training: one panel per tensor name, one line per
+    block coloured by depth (a colour bar, not a legend), linear axes.
 
-    L = len(stab.blocks)
-    cols = min(4, L)
-    fig = _new(3.2 * cols + 3.2, 2.4 * math.ceil(L / cols) + 0.6)
-    colours = matplotlib.colormaps["tab20"](np.linspace(0, 1, max(len(stab.components), 2)))
-    for l, ax in enumerate(_grid(fig, L, cols)):
-        for c, name in enumerate(stab.components):
-            ax.plot(stab.steps, stab.param_norm[:, l, c], color=colours[c], label=name,
-                    linestyle="--" if name.endswith("bias") else "-")
-        ax.set_yscale("log")
-        ax.set_title(_labels(stab)[l], fontsize="medium")
+    Why this shape: one panel per block with a line per tensor needed a legend of a dozen entries that
+    was unreadable at report size, and a log axis that a zero-initialised bias (norm 0 at step 0)
+    dragged down by decades. Tensors of one name compare across depth on one axis."""
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    L, C = len(stab.blocks), len(stab.components)
+    cols = min(4, C)
+    fig = _new(3.0 * cols + 1.2, 2.2 * math.ceil(C / cols) + 0.8)
+    cmap = matplotlib.colormaps["viridis"]
+    colours = cmap(np.linspace(0, 1, L)) if L > 1 else cmap([0.5])
+    axes = _grid(fig, C, cols)
+    for c, (ax, name) in enumerate(zip(axes, stab.components)):
+        for l, label in enumerate(_labels(stab)):
+            ax.plot(stab.steps, stab.param_norm[:, l, c], color=colours[l], label=label, linewidth=1.2)
+        values = stab.param_norm[:, :, c]
+        lo, hi = (float(np.nanmin(values)), float(np.nanmax(values))) if np.isfinite(values).any() else (0.0, 1.0)
+        if hi - lo <= 0.02 * abs(hi):  # a flat tensor (e.g. a LayerNorm weight) looks flat, not like noise
+            ax.set_ylim(lo - 0.05 * abs(hi) - 1e-12, hi + 0.05 * abs(hi) + 1e-12)
+        ax.set_title(name, fontsize="medium")
         ax.tick_params(labelsize="small")
-    handles, names = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside right upper", fontsize="small")
+    bounds = np.arange(L + 1) - 0.5
+    mappable = ScalarMappable(BoundaryNorm(bounds, L), ListedColormap(colours))
+    bar = fig.colorbar(mappable, ax=axes, label="block (depth)", shrink=0.8)
+    step = max(1, L // 8)
+    bar.set_ticks(range(0, L, step), labels=_labels(stab)[::step])
     fig.supxlabel("training step")
-    fig.supylabel("‖parameter‖")
-    fig.suptitle("Parameter norms per block")
+    fig.supylabel("‖tensor‖")
+    fig.suptitle("Parameter norms: one panel per tensor, one line per block")
     return fig
 
 
-def stills_figure(frames: Sequence[np.ndarray] | np.ndarray, steps: Sequence[int], title: str = "") -> Figure:
-    """Rendered frames (H, W, 3) side by side, each titled with its step."""
+def stills_figure(frames: Sequence[np.ndarray] | np.ndarray, steps: Sequence[int] | None = None, title: str = "",
+                  titles: Sequence[str] | None = None) -> Figure:
+    """Frames (H, W, 3) side by side. The film's frames carry their step in their caption, so by
+    default nothing is written above them (the step once, not twice); ``steps`` titles each frame
+    "step N" and ``titles`` with any text (for frames that do not say what they are)."""
     h, w, _ = frames[0].shape
     k = len(frames)
-    fig = _new(6.5 * k, 6.5 * h / w + 0.6)
-    for ax, frame, step in zip(fig.subplots(1, k, squeeze=False)[0], frames, steps):
+    fig = _new(6.5 * k, 6.5 * h / w + (0.6 if title or steps is not None or titles is not None else 0.2))
+    names = list(titles) if titles is not None else [f"step {s:,}" for s in steps] if steps is not None else [""] * k
+    for ax, frame, name in zip(fig.subplots(1, k, squeeze=False)[0], frames, names):
         ax.imshow(frame, interpolation="nearest")
-        ax.set_title(f"step {step:,}")
+        if name:
+            ax.set_title(name)
         ax.set_axis_off()
     if title:
         fig.suptitle(title)

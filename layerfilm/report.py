@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,7 @@ from .film import FilmOptions, caption, film_renderer
 from .outputs import atomic_output, check_output_path
 from .projection import Trajectories
 from .raster import Style
+from .report_media import Film, FrameSource, Picture, film_for, pictures
 from .run import Run
 from .stability import Stability
 
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 REPORT_KINDS = {".html": "html", ".htm": "html", ".md": "md"}
-FILM_TYPES = {".webm": "video/webm", ".mp4": "video/mp4", ".gif": "image/gif"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Report:
     stability: Stability
     figures: dict[str, Figure]  # stills, heatmap, settling, hot, norms (+ act_hot, act_norms, act_near_zero)
     files: list[Path]  # everything written (the report, and for Markdown its PNGs)
+    notes: tuple[str, ...] = ()  # what the reader should know, e.g. that a large film is linked, not embedded
 
 
 def parse_step_list(text: str) -> list[int]:
@@ -89,7 +91,7 @@ def keyframe_stills(traj: Trajectories, style: Style, steps: list[int] | None = 
     steps, idx = key_indices([int(s) for s in traj.steps], steps)
     renderer = film_renderer(traj, style)
     frames = np.stack([renderer.frame(traj.xy[k], caption(traj.steps, k, 0.0)) for k in idx])
-    return Stills(steps, frames, stills_figure(frames, steps))
+    return Stills(steps, frames, stills_figure(frames))  # each frame's caption says its step
 
 
 def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] | None = None,
@@ -119,10 +121,11 @@ SECTIONS = {  # name: (heading, what it shows)
     "heatmap": ("Which blocks still move", "Relative update of each block's weights between key frames, on a log colour "
                 "scale; the white tick is the block's settling step."),
     "settling": ("Settling", "Distance to the final checkpoint relative to the first key frame; a block settles "
-                 "once it stays below the dashed threshold."),
+                 "once it stays below the dashed threshold. Below, each block's settling step in a row of its own."),
     "hot": ("Histograms over time", "Value histograms of each block's weight matrices per key frame "
             "(colour: log(1 + count))."),
-    "norms": ("Parameter norms", "The norm of every tensor of every block over training."),
+    "norms": ("Parameter norms", "The norm of every tensor of every block over training: one panel per tensor, one "
+              "line per block (colour: depth)."),
     "act_hot": ("Activation histograms over time", "Histograms of each block's output on the probe batch per key "
                 "frame: value bins on a symmetric log axis, colour log(1 + count); dotted lines at the near-zero "
                 "threshold."),
@@ -174,7 +177,9 @@ def _summary(stab: Stability, folder: str | Path) -> str:
 CSS = """body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222}img,video{max-width:100%;height:auto}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3f3f3}
-td:nth-child(2){text-align:left}.never{color:#b00}.settled{color:#070}p.note{color:#555}"""
+td:nth-child(2){text-align:left}.never{color:#b00}.settled{color:#070}p.note{color:#555}
+.film{container-type:inline-size}.film video{display:block;width:100%;max-width:none;object-fit:contain;
+object-position:top;background:#111}.frames img{margin:.3em 0}"""
 
 
 ACT_TABLE = ("Activations at the last key frame", "Statistics of each block's output on all probe tokens: mean token "
@@ -198,16 +203,16 @@ def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
     return [line(head), "|" + "---|" * len(head)] + [line(r) for r in rows]
 
 
-def _html(stab: Stability, folder: str | Path, images: dict[str, bytes], film: Path | None) -> str:
+def _html(stab: Stability, folder: str | Path, images: dict[str, bytes], film: Film | None,
+          frames: dict[str, Picture]) -> str:
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>layerfilm report</title>"
              f"<style>{CSS}</style></head><body>",
              "<h1>Which layers stabilize</h1>", f"<p>{html.escape(_summary(stab, folder))}</p>"]
     if film is not None:
-        mime = FILM_TYPES[film.suffix.lower()]
-        uri = _data_uri(film.read_bytes(), mime)
-        tag = (f'<img alt="film" src="{uri}">' if mime.startswith("image/") else
-               f'<video controls loop muted playsinline src="{uri}"></video>')
-        parts += ["<h2>Film</h2>", tag]
+        parts += ["<h2>Film</h2>", film.html(_data_uri(film.data, film.mime) if film.data is not None else None)]
+    for title, pic in frames.items():
+        parts += [f"<h2>{html.escape(title)}</h2>",
+                  f'<p class="frames"><img alt="{html.escape(title, quote=True)}" src="{_data_uri(pic.data, pic.mime)}"></p>']
     parts += ["<h2>Settling table</h2>", _html_table(*stab.table_rows(), settled_column=2),
               f'<p class="note">Ranked by settling step: the first step after which the block\'s distance to the '
               f"final checkpoint stays below {stab.settle_threshold:g} of its distance at the first key frame.</p>"]
@@ -221,10 +226,13 @@ def _html(stab: Stability, folder: str | Path, images: dict[str, bytes], film: P
     return "\n".join(parts) + "\n</body></html>\n"
 
 
-def _markdown(stab: Stability, folder: str | Path, pngs: dict[str, str], film: str | None) -> str:
+def _markdown(stab: Stability, folder: str | Path, pngs: dict[str, str], film: str | None,
+              frames: dict[str, str]) -> str:
     lines = ["# Which layers stabilize", "", _summary(stab, folder), ""]
     if film is not None:
         lines += [f"Film: [{Path(film).name}]({film})", ""]
+    for title, link in frames.items():
+        lines += [f"## {title}", "", f"![{title}]({link})", ""]
     lines += ["## Settling table", "", *_md_table(*stab.table_rows())]
     if stab.activations is not None:
         lines += ["", f"## {ACT_TABLE[0]}", "", f"{stab.activations.headline()}. {ACT_TABLE[1]}", "",
@@ -236,12 +244,24 @@ def _markdown(stab: Stability, folder: str | Path, pngs: dict[str, str], film: s
 
 
 def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
-           opts: FilmOptions = FilmOptions(), progress: bool = True) -> Report:
-    """Measure the checkpoints in ``folder`` and write a report: ``.html`` (one self-contained file)
-    or ``.md`` (Markdown, with ``<name>_<figure>.png`` beside it). ``film`` is embedded (HTML) or linked.
+           opts: FilmOptions = FilmOptions(), progress: bool = True, *, film_link: bool = False,
+           frames: Mapping[str, FrameSource] | None = None) -> Report:
+    """Measure the checkpoints in ``folder`` and write a report: ``.html`` (one file, images embedded)
+    or ``.md`` (Markdown, with ``<name>_<figure>.png`` beside it).
+
+    Args:
+        film: a .webm, .mp4 or .gif film. HTML embeds it when it is at most 8 MB
+            (``report_media.EMBED_MAX_BYTES``) and links it (a path relative to the report, with a
+            note) when larger or when ``film_link``; Markdown always links it.
+        frames: title -> frames chosen in Python, each a section of the report after the film: an
+            (H, W, 3) uint8 array, (K, H, W, 3) frames side by side, an image file (.png, .jpg, .gif,
+            .webp, .svg), or the ``Stills`` of :func:`stills`. Markdown writes arrays as
+            ``<name>_frame_<i>.png`` beside the report and links files where they are.
 
     Example:
-        >>> report("ckpts/", "report.html", film="film.webm")  # doctest: +SKIP
+        >>> st = stills("ckpts/", "before_after.png")  # doctest: +SKIP
+        >>> report("ckpts/", "report.html", film="film.webm",  # doctest: +SKIP
+        ...        frames={"Last key frame": st.frames[-1], "Before and after": "before_after.png"})
     """
     out = Path(out)
     kind = REPORT_KINDS.get(out.suffix.lower())
@@ -250,30 +270,38 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
     inputs = (Path(folder),)
     check_output_path(out, (out.suffix.lower(),), inputs)
     pngs = {n: out.with_name(f"{out.stem}_{n}.png") for n in FIGURE_NAMES}
+    shown = pictures(frames)  # every frame checked (and its file read) before any checkpoint is
+    frame_pngs = {t: out.with_name(f"{out.stem}_frame_{i}.png") for i, t in enumerate(shown) if shown[t].file is None}
     if kind == "md":
-        for png in pngs.values():
+        for png in [*pngs.values(), *frame_pngs.values()]:
             check_output_path(png, (".png",), inputs)
-    if film is not None:
-        film = Path(film)
-        if not film.is_file():
-            raise OptionsError(f"--film {film}: no such file")
-        if film.suffix.lower() not in FILM_TYPES:
-            raise OptionsError(f"--film {film}: embed a .webm, .mp4 or .gif film")
-    stab = Run.open(folder, opts).stability()
+    if film_link and film is None:
+        raise OptionsError("--film-link: give the film to link with --film")
+    movie = film_for(film, out, film_link, (opts.style.width, opts.style.height)) if film is not None else None
+    stab = Run.open(folder, opts, progress).stability()
     figures = report_figures(stab, opts.style)
     files: list[Path] = []
     if kind == "html":
-        text = _html(stab, folder, {n: _png(f) for n, f in figures.items()}, film)
+        text = _html(stab, folder, {n: _png(f) for n, f in figures.items()}, movie, shown)
     else:
         try:
             for name, fig in figures.items():
                 files.append(save_figure(fig, pngs[name], inputs))
+            for title, png in frame_pngs.items():
+                with atomic_output(png, suffix=".png") as tmp:
+                    tmp.write_bytes(shown[title].data)
+                files.append(png)
         except BaseException:
             for f in files:
                 f.unlink(missing_ok=True)
             raise
-        link = os.path.relpath(film, out.parent) if film is not None else None
-        text = _markdown(stab, folder, {n: pngs[n].name for n in figures}, link)
+        links = {t: frame_pngs[t].name if t in frame_pngs else _relative(shown[t].file, out) for t in shown}
+        text = _markdown(stab, folder, {n: pngs[n].name for n in figures}, movie.link if movie else None, links)
     with atomic_output(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    return Report(out, stab, figures, [out, *files])
+    return Report(out, stab, figures, [out, *files], (movie.note,) if movie and movie.note and kind == "html" else ())
+
+
+def _relative(path: Path | None, out: Path) -> str:
+    assert path is not None  # a picture from a file
+    return os.path.relpath(path.resolve(), out.resolve().parent).replace(os.sep, "/")

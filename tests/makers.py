@@ -135,3 +135,35 @@ def lightning_run(example, out: Path) -> Path:
                         enable_model_summary=False, accelerator="cpu")
     trainer.fit(Module(), loader)
     return out
+
+
+def lightning_encoder_run(example, out: Path) -> Path:
+    """lightning.Trainer + ModelCheckpoint(every_n_train_steps=3, save_top_k=-1) on a model built from
+    PyTorch's own nn.TransformerEncoder (names ``encoder.layers.N.linear1.weight``,
+    ``...self_attn.in_proj_weight``), trained 9 steps on CPU: epoch=0-step=3.ckpt, -6, -9."""
+    import lightning as L
+    import torch.nn as nn
+
+    class Encoder(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(256, 16)
+            layer = nn.TransformerEncoderLayer(16, nhead=2, dim_feedforward=48, dropout=0.0, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, num_layers=3, enable_nested_tensor=False)
+            self.head = nn.Linear(16, 256)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return F.cross_entropy(self.head(self.encoder(self.embed(x))).view(-1, 256), y.view(-1))
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+    torch.manual_seed(0)
+    xs, ys = zip(*batches(example, 9, batch=1))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.cat(xs), torch.cat(ys)), batch_size=1)
+    saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(out), every_n_train_steps=3, save_top_k=-1)
+    trainer = L.Trainer(max_steps=9, callbacks=[saver], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Encoder(), loader)
+    return out

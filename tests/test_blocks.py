@@ -62,3 +62,48 @@ def test_points_are_output_neurons_in_both_layouts(tiny_run, tmp_path):
     assert a.store[0].shape == (4, 50, 32)
     w = load_file(str(sorted(tiny_run.glob("*.safetensors"))[0]))["transformer.h.2.mlp.c_fc.weight"]
     np.testing.assert_array_equal(a.store[0][2], w[a.point_ids[2]])
+
+
+def test_pytorch_transformer_layers_film_linear1_without_param(lightning_encoder, tmp_path, run_cli):
+    """A real Lightning checkpoint of nn.TransformerEncoder layers: blocks `encoder.layers.N.`, the
+    default filmed matrix is linear1 (the same film as --param linear1), in_proj_weight reachable as
+    --param self_attn.in_proj."""
+    from layerfilm.features.weights import plan
+
+    series = scan(lightning_encoder, warn=False)
+    assert series.steps == [3, 6, 9]
+    wp = plan(series, WeightSpec())
+    assert wp.component == "linear1.weight" and wp.shape == (48, 16) and not wp.transpose
+    assert wp.layer_map.blocks == (0, 1, 2) and wp.tensor_names[0].endswith("encoder.layers.0.linear1.weight")
+    args = ("--size", "160x96", "--fps", "1", "--points", "20", "--jobs", "1", "--quiet")
+    code, _, err = run_cli("render", lightning_encoder, "--out", tmp_path / "a.webm", "--export-points", tmp_path / "a.npz",
+                           *args)
+    assert code == 0, err
+    code, _, err = run_cli("render", lightning_encoder, "--out", tmp_path / "b.webm", "--export-points", tmp_path / "b.npz",
+                           "--param", "linear1", *args)
+    assert code == 0, err
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert a["xy"].shape == (3, 3, 20, 2)
+    np.testing.assert_array_equal(a["xy"], b["xy"])
+    assert plan(series, WeightSpec(param="self_attn.in_proj")).component == "self_attn.in_proj_weight"
+    code, out, err = run_cli("scan", lightning_encoder, "--deep")
+    assert code == 0 and "3 usable, 0 skipped" in err, err
+
+
+def test_one_mlp_like_pair_is_filmed_under_any_names():
+    """Unknown names: the up matrix [h, d] of the block's one up/down pair ([h, d] and [d, h]) is the
+    default; two such pairs (or none) leave the choice to --param."""
+    def blocks(comps):
+        keys = [f"net.blocks.{i}.{c}" for i in range(2) for c in comps]
+        return map_blocks(keys), {k: comps[k.split(".", 3)[3]] for k in keys}
+
+    lm, shapes = blocks({"mix.q.weight": (8, 8), "mix.out.weight": (8, 8), "grow.weight": (24, 8), "shrink.weight": (8, 24),
+                         "norm.weight": (8,)})
+    assert resolve_param(lm, None, shapes) == "grow.weight"
+    lm, shapes = blocks({"mix.q.weight": (8, 8), "shrink.weight": (8, 24), "grow.weight": (24, 8), "a.weight": (16, 8),
+                         "b.weight": (8, 16)})
+    with pytest.raises(LayerError, match="nor as one up/down pair of matrices; pass --param, one of: a.weight"):
+        resolve_param(lm, None, shapes)
+    lm, shapes = blocks({"mix.q.weight": (8, 8), "proj.weight": (24, 8)})
+    with pytest.raises(LayerError, match="pass --param"):
+        resolve_param(lm, None, shapes)

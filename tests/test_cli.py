@@ -79,3 +79,26 @@ def test_bad_input_exits_2_with_one_line_and_nothing_written(make_args, message,
     assert len(lines) == 1 and lines[0].startswith("layerfilm: error:") and message in lines[0], err
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_version_prints_the_package_version(capsys):
+    """`layerfilm --version` prints `layerfilm X.Y.Z` (pyproject's version) and exits 0, through the
+    installed entry point as well as in-process."""
+    import re
+    import subprocess
+    import sys
+
+    import layerfilm
+    from conftest import ROOT
+    from layerfilm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    version = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)  # 3.10: no tomllib
+    assert out == f"layerfilm {version}\n" == f"layerfilm {layerfilm.__version__}\n"
+    assert re.fullmatch(r"layerfilm \d+\.\d+\.\d+\n", out)
+    done = subprocess.run([sys.executable, "-c", "import sys, layerfilm_main; sys.exit(layerfilm_main.main())", "--version"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert (done.returncode, done.stdout) == (0, out), done.stderr

@@ -64,3 +64,38 @@ def test_help_says_which_outputs_are_lossless_and_what_the_knobs_do():
     for needle in (".webm = VP9 lossless", "PNG frames (lossless)", "--preset", "realtime (still lossless",
                    "--encoder-threads", "--cache DIR", "--no-cache"):
         assert needle in text, needle
+
+
+def test_default_webm_preset_by_frames_and_cores():
+    """good while its estimated encode time fits the budget, realtime beyond: the boundary moves with
+    the frame count, the frame size and the cores."""
+    from layerfilm.encode import GOOD_BUDGET_S, GOOD_CORE_SECONDS_PER_MPIXEL, webm_preset
+
+    for size, cores in (((1280, 720), 2), ((1920, 1080), 16), ((256, 144), 1)):
+        per_frame = size[0] * size[1] / 1e6 * GOOD_CORE_SECONDS_PER_MPIXEL / cores
+        n = int(GOOD_BUDGET_S / per_frame)
+        assert (webm_preset(n, size, cores), webm_preset(n + 1, size, cores)) == ("good", "realtime")
+        assert webm_preset(n + 1, size, cores * 2) == "good"
+
+
+@pytest.mark.parametrize("given, budget, expected", [("", 1e9, "good"), ("", 0.0, "realtime"), ("good", 0.0, "good"),
+                                                     ("realtime", 1e9, "realtime")])
+def test_cli_picks_the_webm_preset_and_says_so(run_cli, tiny_run, tmp_path, monkeypatch, given, budget, expected):
+    """Without --preset the CLI picks by frames and cores and says which in the output line; an
+    explicit --preset is used as given and nothing is said."""
+    import layerfilm.cli as cli
+    import layerfilm.encode as encode
+
+    monkeypatch.setattr(encode, "GOOD_BUDGET_S", budget)
+    seen = []
+    real = cli.render
+    monkeypatch.setattr(cli, "render",
+                        lambda folder, out, opts, **kw: seen.append(opts.encode.preset) or real(folder, out, opts, **kw))
+    args = ("--size", "128x96", "--fps", "2", "--points", "16", "--jobs", "1", "--quiet", "--cache", tmp_path / "cache")
+    code, _, err = run_cli("render", tiny_run, "--out", tmp_path / "f.webm", *(("--preset", given) if given else ()), *args)
+    assert code == 0, err
+    assert seen == [expected]
+    frames = (7 - 1) * 2 + 1
+    said = f"; VP9 preset {expected}, picked for {frames} frames on {cli.cores()} core"
+    assert (said in err) == (given == ""), err
+    assert len(decode(tmp_path / "f.webm", 128, 96)) == frames

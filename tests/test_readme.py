@@ -26,7 +26,25 @@ def test_readme_starts_with_two_setup_commands():
 def test_example_script_runs_as_the_readme_calls_it(tmp_path):
     """`python examples/make_checkpoints.py DIR` (shrunk) writes a step-0-inclusive safetensors series."""
     out = tmp_path / "ckpts"
-    subprocess.run([sys.executable, str(ROOT / "examples" / "make_checkpoints.py"), str(out),
-                    "--steps", "20", "--every", "10", "--layers", "2", "--width", "16"], check=True, capture_output=True)
-    assert sorted(p.name for p in out.iterdir()) == [
-        "step_000000.safetensors", "step_000010.safetensors", "step_000020.safetensors"]
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "make_checkpoints.py"), str(out),
+                           "--steps", "25", "--every", "10", "--layers", "2", "--width", "16"],
+                          check=True, capture_output=True, text=True)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["step_000000.safetensors", "step_000010.safetensors", "step_000020.safetensors",
+                     "step_000025.safetensors"]  # the last step is saved even off the --every grid
+    logged = [int(m) for m in re.findall(r"^step +(\d+) ", done.stderr, re.M)]
+    assert logged and logged[-1] == int(names[-1][5:11])  # the log ends at the last file's step, not one before
+
+
+def test_readme_frames_in_a_report_example_runs_as_written(tiny_run, tmp_path, monkeypatch):
+    """The README's "frames you chose" block, run as written in a folder whose outputs/ckpts is a real run."""
+    import shutil
+
+    block = next(b for b in re.findall(r"```python\n(.+?)\n```", (ROOT / "README.md").read_text(), re.S)
+                 if "frames={" in b)
+    shutil.copytree(tiny_run, tmp_path / "outputs" / "ckpts")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    text = (tmp_path / "outputs" / "chosen.html").read_text()
+    assert "<h2>The last key frame</h2>" in text and "<h2>Before and after</h2>" in text
+    assert (tmp_path / "outputs" / "before_after.png").stat().st_size > 1000

@@ -82,12 +82,39 @@ def test_hot_and_norm_figures_hold_the_measures(frozen_stability, tmp_path):
     assert [ax.get_title() for ax in panels] == [f"L{b}" for b in st.blocks]
     for l, ax in enumerate(panels):
         np.testing.assert_allclose(ax.collections[0].get_array().reshape(-1), np.log1p(st.hist[:, l, :]).T.reshape(-1))
-    norms = norm_figure(st)
-    lines = norms.axes[0].get_lines()
-    assert [ln.get_label() for ln in lines] == list(st.components)
-    np.testing.assert_allclose(lines[0].get_ydata(), st.param_norm[:, 0, 0])
+    norms = norm_figure(st)  # a panel per tensor, a line per block (no legend: a colour bar of depth)
+    panels = [ax for ax in norms.axes if ax.get_lines()]
+    assert [ax.get_title() for ax in panels] == list(st.components)
+    for c, ax in enumerate(panels):
+        assert [ln.get_label() for ln in ax.get_lines()] == [f"L{b}" for b in st.blocks]
+        assert ax.get_yscale() == "linear" and ax.get_legend() is None
+        for l, ln in enumerate(ax.get_lines()):
+            np.testing.assert_allclose(ln.get_ydata(), st.param_norm[:, l, c])
     for fig, name in ((hot, "hot.pdf"), (norms, "norms.svg"), (settling_figure(st), "settling.png")):
         assert save_figure(fig, tmp_path / name).stat().st_size > 1000
+
+
+def test_settling_markers_never_overlap(frozen_stability):
+    """Blocks that settle at the same step (the frozen ones) get one marker each, in a row of their own."""
+    st = frozen_stability
+    fig = settling_figure(st)
+    curves, strip = fig.axes[:2]
+    assert [ln.get_label() for ln in curves.get_lines()][:len(st.blocks)] == [f"L{b}" for b in st.blocks]
+    marks = [(float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in strip.get_lines()]
+    settled = [l for l, k in enumerate(st.settle_index) if k >= 0]
+    assert len(settled) >= 2 and {st.steps[k] for k in st.settle_index if k >= 0} == {FROZEN_STEP}  # same step
+    assert marks == [(float(st.steps[st.settle_index[l]]), float(l)) for l in settled]
+    assert len(set(marks)) == len(marks)  # no two markers at one place
+    assert [t.get_text() for t in strip.texts] == ["never settles"] * (len(st.blocks) - len(settled))
+
+
+def test_stills_show_the_step_once(frozen_run):
+    """The film's frames say their step in the caption; the figure adds no second "step N" title."""
+    res = stills(frozen_run, steps=[0, 30], opts=FilmOptions(weights=WeightSpec(points=64), style=Style(320, 180)),
+                 progress=False)
+    assert [ax.get_title() for ax in res.figure.axes] == ["", ""] and not res.figure.get_suptitle()
+    from layerfilm.figures import stills_figure
+    assert [ax.get_title() for ax in stills_figure(res.frames, [0, 30]).axes] == ["step 0", "step 30"]
 
 
 def _data_uris(text: str) -> list[tuple[str, bytes]]:
