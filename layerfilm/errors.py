@@ -31,3 +31,7 @@ class EncodeError(LayerfilmError):
 
 class OutputError(LayerfilmError):
     """An output that cannot be written (read-only folder, full disk, no permission)."""
+
+
+class StorageError(LayerfilmError):
+    """Remote storage that cannot be read as layerfilm reads it (unreachable, refused, ignores Range)."""

@@ -106,7 +106,9 @@ def resolve_device(name: str) -> torch.device:
 
 def model_folder(ckpt: Checkpoint) -> Path:
     """Where config.json and tokenizer files live: the checkpoint folder, or the file's folder."""
-    return ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
+    path = ckpt.path
+    assert isinstance(path, Path)  # activation films need a local folder (layerfilm.run.scan_for)
+    return path if path.is_dir() else path.parent
 
 
 def _transformers():
@@ -136,7 +138,7 @@ def input_files(spec: ActivationSpec, series: Series) -> list[Path]:
                 sys.path.remove(str(Path.cwd()))
             if found is not None and found.origin:
                 files.append(Path(found.origin))
-    folders = {c.path.parent for c in series.checkpoints if not c.path.is_dir()}
+    folders = {c.path.parent for c in series.checkpoints if isinstance(c.path, Path) and not c.path.is_dir()}
     files += [f / n for f in sorted(folders) for n in ("config.json", *TOKENIZER_FILES) if (f / n).is_file()]
     return [f for f in files if f.is_file()]
 
