@@ -73,6 +73,13 @@ def location(folder: str | Path | RemotePath, storage_options: str | None = None
     return RemotePath(str(folder), parse_storage_options(storage_options))
 
 
+def local_inputs(folder: str | Path | RemotePath) -> tuple[Path, ...]:
+    """The input folder as the outputs' checks want it (an output may not be in or around it): a local
+    folder, or nothing for a URL (no output can be inside a bucket)."""
+    where = location(folder)
+    return (where,) if isinstance(where, Path) else ()
+
+
 @dataclass(frozen=True)
 class RemoteStat:
     """What a listing tells of a remote file, shaped as the ``os.stat_result`` fields the readers use.
