@@ -96,13 +96,18 @@ class RemotePath:
     """A file or folder named by an fsspec URL; the subset of ``pathlib.Path`` that scan and the formats use.
 
     url:     the URL without a trailing slash; options: fsspec storage options as canonical JSON;
-    entry:   what the parent folder's listing said of it ({"type", "size", "version"}), once known.
+    entry:   what the parent folder's listing said of it ({"type", "size", "version"}), once known;
+    children: a folder's listing (name -> entry), once listed.
+
+    Both travel with it (pickled), so a worker opens a checkpoint without listing or stat-ing it again.
+    They are kept on the object, not per process: a new scan lists anew and sees files that changed.
     """
 
     def __init__(self, url: str, options: str = "{}", entry: dict | None = None) -> None:
-        self.url = url if url.endswith(":///") else url.rstrip("/")
+        self.url = url.rstrip("/")
         self.options = options
         self.entry = entry
+        self.children: dict[str, dict] | None = None
 
     # ------------------------------------------------------------ naming
     def __str__(self) -> str:
@@ -121,7 +126,7 @@ class RemotePath:
         return self.url < other.url
 
     def __truediv__(self, name: str) -> RemotePath:
-        return RemotePath(f"{self.url}/{name}", self.options)
+        return RemotePath(f"{self.url}/{name}", self.options, None if self.children is None else self.children.get(name))
 
     @property
     def name(self) -> str:
@@ -150,15 +155,21 @@ class RemotePath:
 
     # ------------------------------------------------------------ what the listing says
     def _entry(self) -> dict | None:
-        if self.entry is None:
-            self.entry = listing(self.parent).get(self.name)
+        """What the parent's listing says of this file (listing the parent if nothing is known yet)."""
+        if self.entry is None and urlparse(self.url).path.strip("/"):  # a bucket or host has no parent to list
+            self.entry = self.parent.listing().get(self.name)
         return self.entry
 
+    def listing(self) -> dict[str, dict]:
+        """name -> entry of everything directly inside this folder (listed once); {} if it is not a folder."""
+        if self.children is None:
+            self.children = listing(self)
+        return self.children
+
     def is_dir(self) -> bool:
-        entry = self._entry()
-        if entry is not None:
-            return entry["type"] == "directory"
-        return bool(listing(self))  # the root: a folder if it lists anything
+        if self.entry is not None:
+            return self.entry["type"] == "directory"
+        return bool(self.listing())  # a folder if it lists anything (object stores have no empty folders)
 
     def is_file(self) -> bool:
         entry = self._entry()
@@ -168,7 +179,7 @@ class RemotePath:
         return self.is_file() or self.is_dir()
 
     def iterdir(self) -> list[RemotePath]:
-        return [RemotePath(f"{self.url}/{name}", self.options, entry) for name, entry in listing(self).items()]
+        return [RemotePath(f"{self.url}/{name}", self.options, entry) for name, entry in self.listing().items()]
 
     def stat(self) -> RemoteStat:
         """Size and version of a file, from the listing (or the server's answer to HEAD where the listing
@@ -197,7 +208,6 @@ class RemotePath:
 AnyPath = Path | RemotePath
 
 _FILESYSTEMS: dict[tuple[str, str], Any] = {}
-_LISTINGS: dict[tuple[str, str], dict[str, dict]] = {}
 _LOCK = threading.Lock()
 FETCHED = {"bytes": 0, "requests": 0}  # this process's remote byte ranges (benchmarks, tests)
 
@@ -234,24 +244,16 @@ def _entry_of(info: dict) -> dict:
 
 
 def listing(folder: RemotePath) -> dict[str, dict]:
-    """name -> entry of everything directly inside ``folder`` (listed once per process); {} if it is not there."""
-    key = (folder.url, folder.options)
-    with _LOCK:
-        cached = _LISTINGS.get(key)
-    if cached is not None:
-        return cached
+    """name -> entry of everything directly inside ``folder``; {} if it is not there."""
     try:
         with _errors(folder):
-            found = folder.fs.ls(folder.url, detail=True)
+            found = folder.fs.ls(folder.url, detail=True, refresh=True)
     except CheckpointError:  # not found: nothing there
         found = []
     names = [unquote(str(info["name"]).rstrip("/").rsplit("/", 1)[-1]) for info in found]
     if names == [folder.name] and found[0].get("type") != "directory":
         found, names = [], []  # listing a file (s3fs answers with the file itself): not a folder
-    out = {name: _entry_of(info) for name, info in zip(names, found) if name}
-    with _LOCK:
-        _LISTINGS[key] = out
-    return out
+    return {name: _entry_of(info) for name, info in zip(names, found) if name}
 
 
 class _errors:
