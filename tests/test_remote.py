@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers import FAKE_AWS, CountingMoto, http_folder  # noqa: E402
-from test_render_encode import decode  # noqa: E402
-
 from layerfilm.errors import OptionsError  # noqa: E402
 from layerfilm.features.weights import WeightSpec, plan  # noqa: E402
 from layerfilm.scan import scan  # noqa: E402
 from layerfilm.storage import RemotePath, location  # noqa: E402
+from servers import FAKE_AWS, CountingMoto, http_folder  # noqa: E402
+from test_render_encode import decode  # noqa: E402
 
 FAST = ("--size", "256x144", "--fps", "1", "--jobs", "1", "--quiet")
 
