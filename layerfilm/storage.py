@@ -103,11 +103,12 @@ class RemotePath:
     They are kept on the object, not per process: a new scan lists anew and sees files that changed.
     """
 
-    def __init__(self, url: str, options: str = "{}", entry: dict | None = None) -> None:
+    def __init__(self, url: str, options: str = "{}", entry: dict | None = None, listed: bool = False) -> None:
         self.url = url.rstrip("/")
         self.options = options
         self.entry = entry
         self.children: dict[str, dict] | None = None
+        self._looked = listed or entry is not None  # the parent's listing was consulted (absent if entry is None)
 
     # ------------------------------------------------------------ naming
     def __str__(self) -> str:
@@ -126,7 +127,8 @@ class RemotePath:
         return self.url < other.url
 
     def __truediv__(self, name: str) -> RemotePath:
-        return RemotePath(f"{self.url}/{name}", self.options, None if self.children is None else self.children.get(name))
+        """The file or folder ``name`` in this folder, with what this folder's listing (made once) says of it."""
+        return RemotePath(f"{self.url}/{name}", self.options, self.listing().get(name), listed=True)
 
     @property
     def name(self) -> str:
@@ -156,8 +158,9 @@ class RemotePath:
     # ------------------------------------------------------------ what the listing says
     def _entry(self) -> dict | None:
         """What the parent's listing says of this file (listing the parent if nothing is known yet)."""
-        if self.entry is None and urlparse(self.url).path.strip("/"):  # a bucket or host has no parent to list
+        if not self._looked and urlparse(self.url).path.strip("/"):  # a bucket or host has no parent to list
             self.entry = self.parent.listing().get(self.name)
+            self._looked = True
         return self.entry
 
     def listing(self) -> dict[str, dict]:
@@ -169,6 +172,8 @@ class RemotePath:
     def is_dir(self) -> bool:
         if self.entry is not None:
             return self.entry["type"] == "directory"
+        if self._looked:  # not in its parent's listing
+            return False
         return bool(self.listing())  # a folder if it lists anything (object stores have no empty folders)
 
     def is_file(self) -> bool:
@@ -179,7 +184,7 @@ class RemotePath:
         return self.is_file() or self.is_dir()
 
     def iterdir(self) -> list[RemotePath]:
-        return [RemotePath(f"{self.url}/{name}", self.options, entry) for name, entry in self.listing().items()]
+        return [RemotePath(f"{self.url}/{name}", self.options, entry, listed=True) for name, entry in self.listing().items()]
 
     def stat(self) -> RemoteStat:
         """Size and version of a file, from the listing (or the server's answer to HEAD where the listing

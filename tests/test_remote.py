@@ -96,6 +96,17 @@ def test_s3_in_worker_processes_with_storage_options(moto, tiny_run, local_film,
     assert (tmp_path / "points.npz").read_bytes() == local_film[1].read_bytes()
 
 
+def test_s3_sharded_folders_give_the_local_points(moto, pythia_run, tmp_path, run_cli, monkeypatch):
+    """Pythia-style step folders of bf16 shards with an index: listed, indexed and read by ranges."""
+    url = moto.upload(pythia_run, "runs", "pythia")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint)
+    for where, name in ((url, "s3"), (pythia_run, "local")):
+        code, _, err = run_cli("render", where, "--out", tmp_path / f"{name}.webm", "--export-points",
+                               tmp_path / f"{name}.npz", "--no-cache", *FAST)
+        assert code == 0, err
+    assert (tmp_path / "s3.npz").read_bytes() == (tmp_path / "local.npz").read_bytes()
+
+
 def test_s3_endpoint_from_environment_and_scan(moto, tiny_run, run_cli, monkeypatch):
     url = moto.upload(tiny_run, "runs", "scan")
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint)  # s3fs (botocore) honours it
