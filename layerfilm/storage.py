@@ -214,7 +214,6 @@ AnyPath = Path | RemotePath
 
 _FILESYSTEMS: dict[tuple[str, str], Any] = {}
 _LOCK = threading.Lock()
-FETCHED = {"bytes": 0, "requests": 0}  # this process's remote byte ranges (benchmarks, tests)
 
 
 def filesystem(protocol: str, options: str) -> Any:
@@ -304,8 +303,6 @@ def read_ranges(path: RemotePath, ranges: Sequence[tuple[int, int]]) -> list[byt
         data = next(answers)
         if isinstance(data, BaseException):
             raise _mapped(path, data)
-        FETCHED["bytes"] += len(data)
-        FETCHED["requests"] += 1
         if len(data) != n:
             raise StorageError(f"{path}: asked the server for bytes {offset:,}-{offset + n - 1:,} ({n:,} bytes) and got "
                                f"{len(data):,}; the server ignores Range requests (or the file changed), and layerfilm "
