@@ -291,9 +291,13 @@ def read_ranges(path: RemotePath, ranges: Sequence[tuple[int, int]]) -> list[byt
     todo = [(o, n) for o, n in ranges if n > 0]
     got: list[Any] = []
     if todo:
+        fs = path.fs
+        # async filesystems (s3fs, gcsfs, http) send one ranged GET per range; the others (hf://) read
+        # through a file object whose default read-ahead cache would fetch megabytes past each range
+        extra = {} if getattr(fs, "async_impl", False) else {"cache_type": "none"}
         with _errors(path):
-            got = path.fs.cat_ranges([path.url] * len(todo), [o for o, _ in todo], [o + n for o, n in todo],
-                                     on_error="return")
+            got = fs.cat_ranges([path.url] * len(todo), [o for o, _ in todo], [o + n for o, n in todo],
+                                on_error="return", **extra)
     answers = iter(got)
     out = []
     for offset, n in ranges:
