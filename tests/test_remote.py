@@ -194,3 +194,19 @@ def test_remote_paths_pickle_with_what_the_listing_said(moto, tiny_run, monkeypa
     assert location(f"file://{tiny_run}") == tiny_run
     with pytest.raises(OptionsError, match="nosuchproto:// URLs: Protocol not known"):
         location("nosuchproto://x/y").is_dir()
+
+
+def test_merged_ranges_give_back_each_range_within_the_budget():
+    from layerfilm.storage import merge_gaps
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, 1 << 16, dtype=np.uint8).tobytes()
+    rows = np.sort(rng.choice(512, 128, replace=False))
+    ranges = [(int(r) * 100, 100) for r in rows] + [(60_000, 0)]  # one range per row of 100 bytes, and an empty one
+    for budget in (0.0, 0.2, 10.0):
+        merged, parts = merge_gaps(ranges, budget)
+        got = [data[o:o + n] for o, n in merged]
+        assert [got[i][s:s + n] for i, s, n in parts] == [data[o:o + n] for o, n in ranges]
+        assert sum(n for _, n in merged) - sum(n for _, n in ranges) <= budget * sum(n for _, n in ranges)
+        assert len(merged) <= len(ranges)
+    assert len(merge_gaps(ranges, 0.0)[0]) == len(ranges) - sum(np.diff(rows) == 1)  # only touching rows join
