@@ -142,6 +142,17 @@ def test_s3_cache_keyed_by_etag(moto, tiny_run, tmp_path, run_cli, monkeypatch):
     assert len(set(cache.glob("*.npz")) - entries) == 1
 
 
+def test_s3_stability_and_stills_equal_local(moto, tiny_run, tmp_path, run_cli, monkeypatch):
+    """The study commands read whole block tensors by ranges: the same measures as the local folder."""
+    url = moto.upload(tiny_run, "runs", "study")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint)
+    remote = run_cli("stability", url, "--json", "--no-cache", "--quiet")
+    assert remote[0] == 0, remote[2]
+    assert json.loads(remote[1]) == json.loads(run_cli("stability", tiny_run, "--json", "--no-cache", "--quiet")[1])
+    code, _, err = run_cli("stills", url, "--out", tmp_path / "stills.png", "--no-cache", "--quiet")
+    assert code == 0 and (tmp_path / "stills.png").stat().st_size > 0, err
+
+
 def test_http_with_ranges_renders_like_local(tiny_run, local_film, tmp_path, run_cli):
     with http_folder(tiny_run.parent, ranges=True) as (base, counter):
         code, _, err = run_cli("render", f"{base}/{tiny_run.name}/", "--out", tmp_path / "film.webm",
