@@ -4,7 +4,8 @@ do not read the checkpoints again.
 
 An entry is a dict of arrays in an ``.npz`` file (a film's ``Trajectories``: T x L x N x 2 float32
 points, a few MB to ~100 MB; or a series' whole-block measures) named by a key: the SHA-256 of every
-checkpoint's resolved path, size and modification time (each file's, for a checkpoint folder) and of
+checkpoint's resolved path, size and modification time (each file's, for a checkpoint folder; for a
+remote checkpoint its URL, size and ETag, or size and modification time from the listing) and of
 every option that changes the entry (what it is, weights, features, projection; not the look or the
 encoding). A checkpoint rewritten in place has a new
 mtime and misses the cache. Where: ``--cache DIR``, else ``$LAYERFILM_CACHE``, else
@@ -32,6 +33,7 @@ import numpy as np
 from .errors import OutputError
 from .outputs import atomic_output
 from .scan import Series
+from .storage import AnyPath, RemotePath, stamp
 
 T = TypeVar("T")
 VERSION = 3  # bump when the meaning of an entry changes
@@ -60,8 +62,11 @@ def _file_stamp(path: Path) -> list:
     return [st.st_size, st.st_mtime_ns]
 
 
-def checkpoint_stamp(path: Path) -> list:
-    """[path, size, mtime] of a checkpoint file, or of every file in a checkpoint folder."""
+def checkpoint_stamp(path: AnyPath) -> list:
+    """[path, size, mtime] of a checkpoint file, or of every file in a checkpoint folder; for a remote
+    one [URL, size, version] from the listing (its ETag, or its modification time)."""
+    if isinstance(path, RemotePath):
+        return stamp(path)
     path = path.resolve()
     if path.is_dir():
         return [str(path), [[str(f.relative_to(path)), *_file_stamp(f)] for f in sorted(path.rglob("*")) if f.is_file()]]

@@ -79,6 +79,19 @@ block tensors in a dtype layerfilm cannot read. Other files (READMEs, TensorBoar
 """
 
 
+FOLDER_HELP = ("folder that holds the checkpoints, or a URL of one: s3://bucket/run/, gs://..., hf://..., "
+               "http(s)://... (listed through the server's index page); see --storage-options")
+
+REMOTE_HELP = """\
+Remote folders: the folder may be an fsspec URL (s3:// with pip install 'layerfilm[s3]', gs:// with
+'layerfilm[gcs]', hf://, http(s):// whose index page lists the files; file:// is a local folder).
+Only safetensors headers and the byte ranges of the tracked rows are fetched; a server that ignores
+Range requests is an error, never a whole-file download. PyTorch pickles (.pt, .bin, .ckpt) cannot be
+read by ranges and are skipped over a URL (convert them to .safetensors or copy the folder). The cache
+keys a remote file by its ETag (or its size and modification time) from the folder's listing.
+"""
+
+
 def _size(text: str) -> tuple[int, int]:
     return parse_size(text)
 
@@ -90,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"layerfilm {__version__}",
                         help="print the version (layerfilm X.Y.Z) and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    r = sub.add_parser("render", help="render a film from a folder of checkpoints", description=RENDER_HELP,
+    r = sub.add_parser("render", help="render a film from a folder of checkpoints", description=RENDER_HELP + "\n" + REMOTE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("folder", help="folder that holds the checkpoints")
+    r.add_argument("folder", help=FOLDER_HELP)
     r.add_argument("--out", required=True, help="output: film.webm | film.gif | film.mp4 | frames/ (PNG folder)")
     g = r.add_argument_group("which checkpoints")
     _add_selection(g)
@@ -128,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine(r)
     _add_cache(r)
     s = sub.add_parser("scan", help="list the checkpoints a render would use, and what is wrong with the others",
-                       description=SCAN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("folder", help="folder that holds the checkpoints")
+                       description=SCAN_HELP + "\n" + REMOTE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("folder", help=FOLDER_HELP)
     s.add_argument("--json", action="store_true", help="print a JSON list of objects (step, path, format, blocks, "
                    "dtype, size; problem for a checkpoint that cannot be used) instead of a table")
     s.add_argument("--deep", action="store_true", help="also read every block's filmed tensor (the MLP input projection) "
@@ -232,6 +245,10 @@ def _weight_spec(args: argparse.Namespace) -> WeightSpec:
 
 
 def _checkpoint_options(g) -> None:
+    g.add_argument("--storage-options", default=None, metavar="JSON",
+                   help="for a URL folder: a JSON object passed to fsspec, e.g. '{\"endpoint_url\": "
+                   "\"http://127.0.0.1:9000\"}' for an S3-compatible server, '{\"anon\": true}', or credentials "
+                   "(s3fs also honours AWS_ENDPOINT_URL and the usual AWS variables)")
     g.add_argument("--final-step", type=int, default=None, metavar="N",
                    help="use a final model saved at the folder's root (no step in its name) as step N")
     g.add_argument("--strict", action="store_true", help="an unusable checkpoint is an error (exit 2) instead of a skip")
@@ -296,6 +313,7 @@ def _film_options(args: argparse.Namespace) -> FilmOptions:
         jobs=args.jobs,
         engine=args.engine,
         address=args.address,
+        storage_options=args.storage_options,
     )
 
 
@@ -355,7 +373,7 @@ def scan_table(ckpts: list[Checkpoint]) -> str:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     series = scan(args.folder, final_step=args.final_step, strict=args.strict, blocks_regex=args.blocks, warn=False,
-                  deep=args.deep)
+                  deep=args.deep, storage_options=args.storage_options)
     ckpts = sorted(series.checkpoints + series.skipped, key=lambda c: (c.step is None, c.step or 0, str(c.path)))
     if args.json:
         print(json.dumps([c.as_dict() for c in ckpts], indent=1))
@@ -420,8 +438,9 @@ near zero over training.
 
 
 def _study_parser(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", help="folder that holds the checkpoints")
+    p = sub.add_parser(name, help=help, description=description + "\n" + REMOTE_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", help=FOLDER_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _checkpoint_options(p)
     _add_engine(p)
@@ -464,6 +483,7 @@ def _study_options(args: argparse.Namespace) -> FilmOptions:
         settle_threshold=a.get("settle_threshold", 0.1), activations=_activation_spec(args, weights_too=True),
         final_step=args.final_step, strict=args.strict, cache=not args.no_cache, cache_dir=args.cache,
         jobs=args.jobs, engine=args.engine, address=args.address,
+        storage_options=args.storage_options,
     )
 
 

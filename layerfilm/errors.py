@@ -35,3 +35,7 @@ class OutputError(LayerfilmError):
 
 class EngineError(LayerfilmError):
     """Where tasks run failed: a Dask scheduler that does not answer, a worker that died."""
+
+
+class StorageError(LayerfilmError):
+    """Remote storage that cannot be read as layerfilm reads it (unreachable, refused, ignores Range)."""

@@ -24,6 +24,7 @@ from .raster import Renderer, Style
 from .run import Run
 from .scan import Checkpoint
 from .stability import check_settle_threshold
+from .storage import local_inputs, parse_storage_options
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation films need it
     from .features.activations import ActivationSpec
@@ -53,6 +54,7 @@ class FilmOptions:
     jobs: int = 0  # tasks at once (block chunks, film segments); 0 = one per core
     engine: str = "local"  # where tasks run (layerfilm.engine): local processes, or dask
     address: str | None = None  # dask: the scheduler's address (None: a LocalCluster)
+    storage_options: str | None = None  # a URL folder: fsspec options as a JSON object (layerfilm.storage)
 
     def points_options(self) -> dict:
         """The options that change the points (the cache key): all but the look, encoding and cache."""
@@ -65,6 +67,7 @@ class FilmOptions:
     def __post_init__(self) -> None:
         check_jobs(self.jobs)
         check_engine(self.engine, self.address)
+        parse_storage_options(self.storage_options)
         check_time(self.fps, self.seconds_per_keyframe)
         check_settle_threshold(self.settle_threshold)
         if self.fit not in FITS:
@@ -80,7 +83,7 @@ class FilmOptions:
 
 # FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)
 _NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "every", "steps", "cache", "cache_dir",
-               "overlay", "settle_threshold", "jobs", "engine", "address"}
+               "overlay", "settle_threshold", "jobs", "engine", "address", "storage_options"}
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def render(
     Example:
         >>> render("ckpts/", "film.webm")  # doctest: +SKIP
     """
-    inputs = (Path(folder),)
+    inputs = local_inputs(folder)
     check_output(Path(out), opts.encode, inputs)  # bad output paths or encoder options fail before any work
     if export is not None:
         check_export_path(export, inputs)

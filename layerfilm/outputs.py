@@ -30,7 +30,7 @@ FRAME_FILE = re.compile(r"frame_\d{6,}\.png")
 _PARTIAL = re.compile(r"\.(?P<name>.+)\.(?:partial|palette|old)-(?P<pid>\d+)(?:\.[A-Za-z0-9]+)?")
 
 
-def show(path: str | Path) -> str:
+def show(path: object) -> str:
     """A path as one printable line: control characters and undecodable bytes escaped."""
     return printable(str(path))
 

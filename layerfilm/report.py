@@ -40,6 +40,7 @@ from .raster import Style
 from .report_media import Film, FrameSource, Picture, film_for, pictures
 from .run import Run
 from .stability import Stability
+from .storage import local_inputs
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -103,7 +104,7 @@ def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] |
         >>> stills("ckpts/", "before_after.png", steps=[0, 2000]).frames.shape  # doctest: +SKIP
         (2, 720, 1280, 3)
     """
-    inputs = (Path(folder),)
+    inputs = local_inputs(folder)
     if out is not None:  # a bad extension or a path that is not ours fails before any work
         check_output_path(out, (f".{figure_format(out)}",), inputs)
     run = Run.open(folder, opts, progress)
@@ -267,7 +268,7 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
     kind = REPORT_KINDS.get(out.suffix.lower())
     if kind is None:
         raise OptionsError(f"{out}: unknown report extension {out.suffix!r}; use .html or .md")
-    inputs = (Path(folder),)
+    inputs = local_inputs(folder)
     check_output_path(out, (out.suffix.lower(),), inputs)
     pngs = {n: out.with_name(f"{out.stem}_{n}.png") for n in FIGURE_NAMES}
     shown = pictures(frames)  # every frame checked (and its file read) before any checkpoint is

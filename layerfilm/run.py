@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from . import cache
 from .engine import get_engine
-from .errors import CheckpointError, ScanError
+from .errors import CheckpointError, OptionsError, ScanError
 from .features import ArrayStore, Features
 from .features.point_measures import point_measures
 from .features.weights import WeightPlan, plan, read_points, skip
@@ -48,6 +48,7 @@ from .pipeline import one_blas_thread, prefetch
 from .projection import Trajectories, project
 from .scan import Checkpoint, Series, scan
 from .stability import HIST_BINS, BlockMeasures, BlockStats, Stability, screen_motion, settle_index
+from .storage import is_remote, location
 
 DEFAULT_CHUNK_MB = 512
 # a local pass that reads less than this runs in this process: starting worker processes (each imports
@@ -58,8 +59,13 @@ T = TypeVar("T")
 
 def scan_for(folder: str | Path, opts, progress: bool = False) -> Series:
     """The checkpoints of ``folder`` selected by ``opts`` (every, steps, final step, strict, blocks): the
-    one scan every command (render, stills, stability, report) makes."""
-    return scan(folder, opts.every, opts.steps, final_step=opts.final_step, strict=opts.strict,
+    one scan every command (render, stills, stability, report) makes. ``folder`` may be a URL (with
+    ``opts.storage_options``); activation films need a local one (the model is built from its files)."""
+    root = location(folder, opts.storage_options)
+    if opts.activations is not None and is_remote(root):
+        raise OptionsError(f"{show(root)}: --features activations builds the model from a local folder (config, "
+                           "tokenizer and whole checkpoints); copy the checkpoints to a local disk")
+    return scan(root, opts.every, opts.steps, final_step=opts.final_step, strict=opts.strict,
                 blocks_regex=opts.weights.blocks_regex, progress=progress)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .blocks import map_blocks, resolve_param
-from .errors import CheckpointError, LayerfilmError, OptionsError, ScanError
+from .errors import CheckpointError, LayerfilmError, OptionsError, ScanError, StorageError
 from .formats import (
     HF_WEIGHT_FILE,
     READABLE_DTYPES,
@@ -28,6 +28,7 @@ from .formats import (
     detect_format,
     open_checkpoint,
 )
+from .storage import AnyPath, RemotePath, location
 
 # A step written with a keyword wins over any other number in the name:
 # "epoch=0-step=150.ckpt" is step 150, "checkpoint-2000" is step 2000, "step_000100" is 100.
@@ -52,7 +53,7 @@ class Checkpoint:
     """
 
     step: int | None
-    path: Path
+    path: AnyPath  # a local Path, or a RemotePath (layerfilm.storage) for a folder given as a URL
     format: str
     problem: str | None = None
     blocks: int = 0
@@ -71,7 +72,7 @@ class Checkpoint:
 class Series:
     """Usable checkpoints sorted by step (numerically), one per step; ``skipped``: the unusable ones."""
 
-    root: Path
+    root: AnyPath
     checkpoints: tuple[Checkpoint, ...]
     skipped: tuple[Checkpoint, ...] = ()
 
@@ -114,7 +115,7 @@ def parse_steps(text: str) -> tuple[int | None, int | None]:
     return lo, hi
 
 
-def _trainer_step(folder: Path) -> int | None:
+def _trainer_step(folder: AnyPath) -> int | None:
     """``global_step`` of a Trainer folder's trainer_state.json, if there is one."""
     path = folder / TRAINER_STATE
     if not path.exists():
@@ -127,7 +128,7 @@ def _trainer_step(folder: Path) -> int | None:
     return step if type(step) is int else None
 
 
-def _candidates(root: Path) -> list[tuple[Path, str, bool, str | None]]:
+def _candidates(root: AnyPath) -> list[tuple[AnyPath, str, bool, str | None]]:
     """(path, format, is the final model, problem) of everything in ``root`` that looks like a checkpoint,
     by name only.
 
@@ -138,7 +139,7 @@ def _candidates(root: Path) -> list[tuple[Path, str, bool, str | None]]:
     one whose problem :func:`_inspect` finds.
     """
     root_format = detect_format(root)
-    found: list[tuple[Path, str, bool, str | None]] = []
+    found: list[tuple[AnyPath, str, bool, str | None]] = []
     if root_format == "sharded":
         found.append((root, root_format, True, None))
     elif root_format:  # one weight file: name it, not the folder
@@ -146,7 +147,7 @@ def _candidates(root: Path) -> list[tuple[Path, str, bool, str | None]]:
         weights_format = detect_format(weights)
         assert weights_format is not None  # detected by its suffix
         found.append((weights, weights_format, True, None))
-    for entry in sorted(root.iterdir()):
+    for entry in _entries(root):
         if entry.name.startswith(".") or _SIDE_FILES.match(entry.name):
             continue
         if root_format and HF_WEIGHT_FILE.match(entry.name):
@@ -162,10 +163,22 @@ def _candidates(root: Path) -> list[tuple[Path, str, bool, str | None]]:
     return found
 
 
-def _folder_format(folder: Path) -> str | None:
+def _names(folder: AnyPath) -> list[str]:
+    """The names in a folder, sorted (a remote folder's from its one listing)."""
+    return sorted(os.listdir(folder) if isinstance(folder, Path) else (p.name for p in folder.iterdir()))
+
+
+def _entries(folder: AnyPath) -> list[AnyPath]:
+    """What is in a folder, sorted by name."""
+    if isinstance(folder, RemotePath):
+        return sorted(folder.iterdir())
+    return sorted(folder.iterdir())
+
+
+def _folder_format(folder: AnyPath) -> str | None:
     """The format of a checkpoint folder whose weight files are there but not regular files (detection
     wants regular files), so that it is skipped with its problem rather than ignored."""
-    names = [n for n in os.listdir(folder) if HF_WEIGHT_FILE.match(n)]
+    names = [n for n in _names(folder) if HF_WEIGHT_FILE.match(n)]
     if any(n.endswith(".index.json") for n in names):
         return "sharded"
     if "model.safetensors" in names:
@@ -173,12 +186,12 @@ def _folder_format(folder: Path) -> str | None:
     return "torch" if "pytorch_model.bin" in names else None
 
 
-def _files_of(path: Path) -> list[Path]:
+def _files_of(path: AnyPath) -> list[AnyPath]:
     """Every file a reader of the checkpoint at ``path`` may open: the file itself, or a folder's weight
     files, index and trainer_state.json."""
     if not path.is_dir():
         return [path]
-    return [path / n for n in sorted(os.listdir(path)) if HF_WEIGHT_FILE.match(n) or n == TRAINER_STATE]
+    return [path / n for n in _names(path) if HF_WEIGHT_FILE.match(n) or n == TRAINER_STATE]
 
 
 def out_of_range(step: int | None) -> str | None:
@@ -186,7 +199,7 @@ def out_of_range(step: int | None) -> str | None:
     return None if step is None or 0 <= step <= MAX_STEP else f"step {step} is out of range"
 
 
-def _inspect(path: Path, fmt: str, step: int | None, blocks_regex: str | None,
+def _inspect(path: AnyPath, fmt: str, step: int | None, blocks_regex: str | None,
              deep: bool = False, param: str | None = None) -> tuple[Checkpoint, dict]:
     """The checkpoint at ``path`` with its problem (if any), and its block tensors' shapes.
 
@@ -211,6 +224,8 @@ def _inspect(path: Path, fmt: str, step: int | None, blocks_regex: str | None,
                 component = resolve_param(layer_map, param, {n: reader.shape(n) for n in block_keys})
                 for b, name in zip(layer_map.blocks, layer_map.param_names(component)):
                     check_finite(reader.get(name), path, name, b)
+    except StorageError:  # the storage, not this checkpoint: stops the command
+        raise
     except LayerfilmError as e:
         return Checkpoint(step, path, fmt, problem=problem_of(e, path)), {}
     except OSError as e:
@@ -226,7 +241,7 @@ def _inspect(path: Path, fmt: str, step: int | None, blocks_regex: str | None,
     return Checkpoint(step, path, fmt, problem, len(layer_map.blocks), dtype, size), shapes
 
 
-def problem_of(e: LayerfilmError, path: Path) -> str:
+def problem_of(e: LayerfilmError, path: AnyPath) -> str:
     """An error's message without the leading path (the checkpoint is named beside it)."""
     text, p = str(e), str(path)
     if text.startswith(p + ": "):
@@ -267,7 +282,7 @@ def _in_range(step: int, steps: tuple[int | None, int | None]) -> bool:
 
 
 def scan(
-    root: str | Path,
+    root: str | Path | RemotePath,
     every: int = 1,
     steps: tuple[int | None, int | None] = (None, None),
     *,
@@ -278,13 +293,15 @@ def scan(
     progress: bool = False,
     deep: bool = False,
     param: str | None = None,
+    storage_options: str | None = None,
 ) -> Series:
     """Find the checkpoints directly inside ``root``, vet them and sort them by step.
 
     Args:
-        root: a folder of checkpoint files (``*.safetensors``, ``*.pt``/``*.pth``/``*.bin``,
-            Lightning ``*.ckpt``) or folders (``checkpoint-N/``, ``step1000/`` holding
-            ``model.safetensors``, shards with an index, or ``pytorch_model.bin``).
+        root: a folder (or an fsspec URL: s3://, gs://, hf://, http(s)://) of checkpoint files
+            (``*.safetensors``, ``*.pt``/``*.pth``/``*.bin``, Lightning ``*.ckpt``) or folders (``checkpoint-N/``,
+            ``step1000/`` holding ``model.safetensors``, shards with an index, or ``pytorch_model.bin``); over a
+            URL only safetensors (a pickle cannot be read by byte ranges).
         every: keep every K-th usable checkpoint (after the step range is applied).
         steps: inclusive (start, end) range of steps to keep; None = open end.
         final_step: the step of a model saved at ``root`` itself (otherwise it is not used).
@@ -293,10 +310,11 @@ def scan(
         warn: one warning line per skipped checkpoint.
         deep: also read every block's filmed tensor (``param``, default the MLP input projection): one
             holding NaN/Inf makes a problem. Without it only headers are read.
+        storage_options: JSON passed to fsspec for a URL (layerfilm.storage), e.g. an endpoint or credentials.
     Returns:
         a :class:`Series`; unusable checkpoints are in ``Series.skipped`` with their problem.
     """
-    root = Path(root)
+    root = location(root, storage_options)
     if every < 1:
         raise OptionsError(f"--every {every}: must be 1 or more")
     if final_step is not None and not 0 <= final_step <= MAX_STEP:
@@ -329,7 +347,7 @@ def scan(
             continue  # outside --steps by its name alone: not opened (its header is not even read)
         found.append(_inspect(path, fmt, named, blocks_regex, deep, param))
     checkpoints: list[Checkpoint] = []
-    taken: dict[int | None, Path] = {}
+    taken: dict[int | None, AnyPath] = {}
     # on a duplicate step the first kept wins: a checkpoint folder before the root's final model
     for c in sorted(_odd_shapes(found), key=lambda c: (c.step is None, c.step or 0, c.path in finals, str(c.path))):
         if c.problem is None and c.step in taken:

@@ -40,6 +40,7 @@ from .features.weights import WeightPlan, WeightSpec, tracked
 from .formats import Reader, check_finite
 from .projection import PROJECTIONS, Trajectories
 from .scan import Checkpoint, Series
+from .storage import AnyPath
 from .texttable import text_table
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation statistics need it
@@ -189,7 +190,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(cross / den) if den > 0 else float("nan")
 
 
-def _get(reader: Reader, name: str, where: Path) -> np.ndarray:
+def _get(reader: Reader, name: str, where: AnyPath) -> np.ndarray:
     """Tensor ``name`` as stored, widened to float32 (the measures widen each to float64 when used)."""
     if name not in reader.keys():
         raise CheckpointError(f"{where}: tensor {name} is missing")
@@ -264,7 +265,7 @@ class BlockStats:
         self.prev: list[dict[str, np.ndarray]] | None = None
         self.first: list[dict[str, np.ndarray]] | None = None
 
-    def read(self, reader: Reader, where: Path) -> list[dict[str, np.ndarray]]:
+    def read(self, reader: Reader, where: AnyPath) -> list[dict[str, np.ndarray]]:
         """Every tensor of the chunk's blocks in one open checkpoint, float32, checked finite."""
         out = []
         for i, names in zip(self.blocks, self.names):

@@ -18,6 +18,7 @@ from ..formats import check_finite, open_checkpoint
 from ..options import check_seed
 from ..pipeline import prefetch
 from ..scan import Checkpoint, Series, problem_of
+from ..storage import AnyPath
 from . import Features, FeatureStore
 from .point_measures import PointMeasures
 
@@ -92,7 +93,7 @@ def tracked(w: np.ndarray, wp: WeightPlan, i: int) -> np.ndarray:
     return (w.T if wp.transpose else w)[wp.point_ids[i]]
 
 
-def read_points(reader, wp: WeightPlan, where: Path, blocks: Sequence[int] | None = None) -> np.ndarray:
+def read_points(reader, wp: WeightPlan, where: AnyPath, blocks: Sequence[int] | None = None) -> np.ndarray:
     """(Lc, N, D) float32 tracked points of ``blocks`` (indices into the plan; default all) in one open
     checkpoint, reading only their rows for an [out, in] matrix (a Conv1D [in, out] one whole)."""
     blocks = range(len(wp.tensor_names)) if blocks is None else blocks

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -25,6 +24,7 @@ import numpy as np
 from ..blocks import strip_prefixes
 from ..errors import CheckpointError, LayerfilmError
 from ..registry import Registry
+from ..storage import AnyPath, RemotePath, RemoteStat
 
 # Weight files of a Hugging Face model folder: model.safetensors, model-00001-of-00002.safetensors,
 # model.safetensors.index.json, pytorch_model.bin and their shards/index.
@@ -32,7 +32,7 @@ HF_WEIGHT_FILE = re.compile(r"^(?:model|pytorch_model)(?:-\d+-of-\d+)?\.(?:safet
 
 
 class Reader(Protocol):
-    files: list[Path]
+    files: list[AnyPath]
     step: int | None
 
     def keys(self) -> list[str]: ...
@@ -49,14 +49,14 @@ class Reader(Protocol):
 class Format(Protocol):
     name: str
 
-    def detect(self, path: Path) -> bool: ...
-    def open(self, path: Path) -> Reader: ...
+    def detect(self, path: AnyPath) -> bool: ...
+    def open(self, path: AnyPath) -> Reader: ...
 
 
 FORMATS: Registry[Format] = Registry("checkpoint format")
 
 
-def detect_format(path: Path) -> str | None:
+def detect_format(path: AnyPath) -> str | None:
     """Name of the first registered format that recognises ``path``, or None."""
     for name, fmt in FORMATS:
         if fmt.detect(path):
@@ -69,7 +69,7 @@ class Renamed:
 
     def __init__(self, reader: Reader) -> None:
         self.reader = reader
-        self.files: list[Path] = []
+        self.files: list[AnyPath] = []
         self.step: int | None = None
         self._raw: dict[str, str] = {}
 
@@ -94,7 +94,7 @@ class Renamed:
     def get(self, name: str) -> np.ndarray:
         return self.reader.get(self._raw[name])
 
-    def span(self, name: str) -> tuple[Path, int, int] | None:
+    def span(self, name: str) -> tuple[AnyPath, int, int] | None:
         """(file, offset, nbytes) of tensor ``name``'s stored bytes, or None where the format has no such layout."""
         span = getattr(self.reader, "span", None)
         return None if span is None else span(self._raw[name])
@@ -113,7 +113,7 @@ class Renamed:
         return rows(self._raw[name], ids)
 
 
-def open_checkpoint(path: Path, format: str) -> Renamed:
+def open_checkpoint(path: AnyPath, format: str) -> Renamed:
     """A lazy reader over ``path`` (use it as a context manager), names without wrapper prefixes."""
     return Renamed(FORMATS.get(format).open(path))
 
@@ -126,7 +126,7 @@ def cannot_read_dtype(name: str, dtype: str) -> str:
     return f"tensor {name} has dtype {dtype}, which layerfilm cannot read"
 
 
-def unreadable(path: Path, e: OSError) -> CheckpointError:
+def unreadable(path: AnyPath, e: OSError) -> CheckpointError:
     return CheckpointError(f"{path}: cannot read ({e.strerror or e})")
 
 
@@ -134,13 +134,14 @@ _KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "ch
           (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
 
 
-def check_regular(path: Path, error: type[LayerfilmError] = CheckpointError, name: str = "") -> os.stat_result:
+def check_regular(path: AnyPath, error: type[LayerfilmError] = CheckpointError,
+                  name: str = "") -> os.stat_result | RemoteStat:
     """Refuse ``path`` unless it is a regular file (symlinks followed), before anything opens it:
     ``open()`` on a FIFO blocks forever, and a device or socket is never a checkpoint. The error is
     ``error`` (an option's file: OptionsError) with ``name`` (default the path) leading its message.
-    Returns its ``stat``."""
+    Returns its ``stat`` (a remote file's: size and version from its folder's listing)."""
     try:
-        st = os.stat(path)
+        st = path.stat() if isinstance(path, RemotePath) else os.stat(path)
         mode = st.st_mode
     except OSError as e:
         raise error(f"{name or path}: cannot read ({e.strerror or e})") from None
@@ -150,7 +151,7 @@ def check_regular(path: Path, error: type[LayerfilmError] = CheckpointError, nam
     return st
 
 
-def check_finite(values: np.ndarray, where: Path, name: str, block: int) -> None:
+def check_finite(values: np.ndarray, where: AnyPath, name: str, block: int) -> None:
     """Refuse a tensor holding NaN or infinite values (a diverged run or damaged data): the one rule and
     the one message of ``scan --deep``, render, stills, stability and report."""
     if not np.isfinite(values).all():

@@ -4,8 +4,7 @@ the name ``epoch=0-step=150.ckpt`` holds the epoch before the step (the scan tak
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from ..storage import AnyPath
 from . import FORMATS
 from .torch_format import TorchReader
 
@@ -15,9 +14,9 @@ class LightningFormat:
     name = "lightning"
 
     @staticmethod
-    def detect(path: Path) -> bool:
+    def detect(path: AnyPath) -> bool:
         return path.suffix == ".ckpt" and not path.is_dir()
 
     @staticmethod
-    def open(path: Path) -> TorchReader:
+    def open(path: AnyPath) -> TorchReader:
         return TorchReader(path)

@@ -1,7 +1,8 @@
 """A single ``.safetensors`` file, or a folder holding ``model.safetensors`` (Hugging Face Trainer).
 
 Tensors are read with ``pread`` of exactly their byte range (offsets from the JSON header), on a
-descriptor advised ``POSIX_FADV_RANDOM``. Not ``safe_open``'s memory map: a page fault there pulls
+descriptor advised ``POSIX_FADV_RANDOM`` (a remote file: those ranges by fsspec ``cat_ranges``,
+layerfilm.storage). Not ``safe_open``'s memory map: a page fault there pulls
 the device's whole read-ahead window (8 MiB on some VMs), so reading one 1 MiB matrix of a 25 MiB
 file read 18 MiB from disk; see benchmarks/bench_io.py.
 """
@@ -9,15 +10,14 @@ file read 18 MiB from disk; see benchmarks/bench_io.py.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import threading
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import CheckpointError
+from ..storage import AnyPath, LocalBytes, RemoteBytes, open_bytes
 from . import FORMATS, cannot_read_dtype, check_regular, unreadable
 
 # safetensors dtype -> NumPy dtype of the stored bytes (little-endian); BF16 is widened by hand.
@@ -40,7 +40,7 @@ def widen(raw: bytes, dtype: str, shape: list[int]) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _file_of(path: Path) -> Path:
+def _file_of(path: AnyPath) -> AnyPath:
     return path / "model.safetensors" if path.is_dir() else path
 
 
@@ -150,10 +150,10 @@ class _HeaderCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> tuple[dict, dict] | None:
+    def get(self, key: tuple) -> tuple[dict, dict, int] | None:
+        """(tensors, metadata, header length) of ``key``, or None."""
         with self._lock:
-            hit = self._entries.get(key)
-            return None if hit is None else (hit[0], hit[1])
+            return self._entries.get(key)
 
     def put(self, key: tuple, header: dict, meta: dict, n: int) -> None:
         with self._lock:
@@ -168,9 +168,9 @@ class _HeaderCache:
 _HEADERS = _HeaderCache()
 
 
-def read_header(path: Path) -> tuple[dict, dict]:
-    """(tensors, metadata) of a safetensors file, reading only its JSON header (once per process while
-    the file keeps its size and modification time).
+def read_header(path: AnyPath) -> tuple[dict, dict, int]:
+    """(tensors, metadata, header length) of a safetensors file, reading only its JSON header (once per
+    process while the file keeps its size and modification time, or for a remote file its version).
 
     The header is validated as strictly as the safetensors library validates it (known dtypes,
     integer shapes and offsets, tensors tiling the data exactly), so a file accepted here never
@@ -183,21 +183,23 @@ def read_header(path: Path) -> tuple[dict, dict]:
         return cached
     header, meta, n = _read_header(path)
     _HEADERS.put(key, header, meta, n)
-    return header, meta
+    return header, meta, n
 
 
-def _read_header(path: Path) -> tuple[dict, dict, int]:
+def _read_header(path: AnyPath) -> tuple[dict, dict, int]:
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
+        src = open_bytes(path)
+        try:
+            size = src.size
+            if size < 8:
                 raise CheckpointError(f"{path}: not a safetensors file (too short)")
+            (head,) = src.read([(0, 8)])
             (n,) = struct.unpack("<Q", head)
-            size = fh.seek(0, 2)
             if n > min(size - 8, MAX_HEADER):
                 raise CheckpointError(f"{path}: not a safetensors file (bad header length)")
-            fh.seek(8)
-            text = fh.read(n)
+            (text,) = src.read([(8, n)])
+        finally:
+            src.close()
     except OSError as e:
         raise unreadable(path, e) from None
     try:
@@ -214,28 +216,30 @@ def _read_header(path: Path) -> tuple[dict, dict, int]:
 
 
 class SafetensorsReader:
-    def __init__(self, path: Path) -> None:
+    """Tensors of one safetensors file, each read by its exact byte range: ``os.pread`` locally, one
+    ``cat_ranges`` call remotely (layerfilm.storage)."""
+
+    def __init__(self, path: AnyPath) -> None:
         self.path = path
         self.files = [path]
         self.step: int | None = None
         self._header: dict = {}
-        self._fd: int | None = None
+        self._src: LocalBytes | RemoteBytes | None = None
         self._base = 0
 
     def __enter__(self) -> SafetensorsReader:
-        self._header, _ = read_header(self.path)  # the step comes from the name (or trainer_state.json)
+        self._header, _, n = read_header(self.path)  # the step comes from the name (or trainer_state.json)
+        self._base = 8 + n
         try:
-            self._fd = os.open(self.path, os.O_RDONLY)
-            self._base = 8 + struct.unpack("<Q", os.pread(self._fd, 8, 0))[0]
-            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)  # read what is asked, no read-ahead
+            self._src = open_bytes(self.path)
         except OSError as e:
             raise unreadable(self.path, e) from None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._src is not None:
+            self._src.close()
+            self._src = None
 
     def keys(self) -> list[str]:
         return list(self._header)
@@ -246,35 +250,37 @@ class SafetensorsReader:
     def dtype(self, name: str) -> str:
         return self._header[name]["dtype"]
 
-    def span(self, name: str) -> tuple[Path, int, int]:
+    def span(self, name: str) -> tuple[AnyPath, int, int]:
         """(file, offset, nbytes): where tensor ``name``'s stored bytes lie (for reading them as they are)."""
-        if self._fd is None:
+        if self._src is None:
             raise RuntimeError("use the reader as a context manager")
         start, end = self._header[name]["data_offsets"]  # validated by read_header
         return self.path, self._base + start, end - start
 
+    def _read(self, name: str, ranges: list[tuple[int, int]]) -> bytes:
+        """The bytes of ``ranges`` (offset in the data, length) of tensor ``name``, joined."""
+        if self._src is None:
+            raise RuntimeError("use the reader as a context manager")
+        try:
+            parts = self._src.read([(self._base + offset, n) for offset, n in ranges])
+        except OSError as e:
+            raise unreadable(self.path, e) from None
+        if any(len(p) != n for p, (_, n) in zip(parts, ranges)):  # the file shrank after it was opened
+            raise CheckpointError(f"{self.path}: truncated inside tensor {name}")
+        return b"".join(parts)
+
     def get(self, name: str) -> np.ndarray:
         """Tensor ``name`` as a float32 array (bf16/fp16 are widened), reading only its bytes."""
-        if self._fd is None:
-            raise RuntimeError("use the reader as a context manager")
         info = self._header[name]
         start, end = info["data_offsets"]  # validated by read_header: exactly shape x dtype bytes
         dtype, shape = info["dtype"], info["shape"]
         if dtype not in NUMPY_DTYPES:
             raise CheckpointError(f"{self.path}: {cannot_read_dtype(name, dtype)}")
-        try:
-            raw = os.pread(self._fd, end - start, self._base + start)
-        except OSError as e:
-            raise unreadable(self.path, e) from None
-        if len(raw) != end - start:  # the file shrank after it was opened
-            raise CheckpointError(f"{self.path}: truncated inside tensor {name}")
-        return widen(raw, dtype, shape)
+        return widen(self._read(name, [(start, end - start)]), dtype, shape)
 
     def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` (sorted, unique) of tensor ``name`` as float32 (len(ids), *shape[1:]), reading only
-        those rows' bytes: one ``pread`` per run of consecutive rows."""
-        if self._fd is None:
-            raise RuntimeError("use the reader as a context manager")
+        those rows' bytes: one range per run of consecutive rows."""
         info = self._header[name]
         dtype, shape = info["dtype"], info["shape"]
         if dtype not in NUMPY_DTYPES:
@@ -283,19 +289,11 @@ class SafetensorsReader:
         if len(ids) and (ids[0] < 0 or ids[-1] >= shape[0] or (np.diff(ids) <= 0).any()):
             raise ValueError(f"rows of {name}: need sorted unique indices below {shape[0]}")
         row = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
-        first = self._base + info["data_offsets"][0]
+        first = info["data_offsets"][0]
         breaks = np.flatnonzero(np.diff(ids) != 1) + 1
-        parts = []
-        try:
-            for run in np.split(ids, breaks) if len(ids) else []:
-                n = len(run) * row
-                raw = os.pread(self._fd, n, first + int(run[0]) * row)
-                if len(raw) != n:  # the file shrank after it was opened
-                    raise CheckpointError(f"{self.path}: truncated inside tensor {name}")
-                parts.append(raw)
-        except OSError as e:
-            raise unreadable(self.path, e) from None
-        return widen(b"".join(parts), dtype, [len(ids), *shape[1:]])
+        runs = np.split(ids, breaks) if len(ids) else []
+        raw = self._read(name, [(first + int(run[0]) * row, len(run) * row) for run in runs])
+        return widen(raw, dtype, [len(ids), *shape[1:]])
 
 
 @FORMATS.register("safetensors")
@@ -303,11 +301,11 @@ class SafetensorsFormat:
     name = "safetensors"
 
     @staticmethod
-    def detect(path: Path) -> bool:
+    def detect(path: AnyPath) -> bool:
         if path.is_dir():
             return (path / "model.safetensors").is_file()
         return path.suffix == ".safetensors"
 
     @staticmethod
-    def open(path: Path) -> SafetensorsReader:
+    def open(path: AnyPath) -> SafetensorsReader:
         return SafetensorsReader(_file_of(path))

@@ -5,25 +5,25 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import CheckpointError
+from ..storage import AnyPath
 from . import FORMATS, Reader, check_regular, unreadable
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-def index_of(folder: Path) -> Path | None:
+def index_of(folder: AnyPath) -> AnyPath | None:
     return next((folder / n for n in INDEX_FILES if (folder / n).is_file()), None)
 
 
 class ShardedReader:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: AnyPath) -> None:
         self.folder = folder
         self.index = index_of(folder)
-        self.files: list[Path] = []
+        self.files: list[AnyPath] = []
         self.step: int | None = None
         self._where: dict[str, str] = {}
         self._shards: dict[str, Reader] = {}
@@ -69,7 +69,7 @@ class ShardedReader:
     def get(self, name: str) -> np.ndarray:
         return self._shards[self._where[name]].get(name)
 
-    def span(self, name: str) -> tuple[Path, int, int] | None:
+    def span(self, name: str) -> tuple[AnyPath, int, int] | None:
         span = getattr(self._shards[self._where[name]], "span", None)
         return None if span is None else span(name)
 
@@ -87,9 +87,9 @@ class ShardedFormat:
     name = "sharded"
 
     @staticmethod
-    def detect(path: Path) -> bool:
+    def detect(path: AnyPath) -> bool:
         return path.is_dir() and index_of(path) is not None
 
     @staticmethod
-    def open(path: Path) -> ShardedReader:
+    def open(path: AnyPath) -> ShardedReader:
         return ShardedReader(path)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
+from ..storage import PICKLE_OVER_URL, AnyPath, is_remote
 from . import FORMATS, check_regular, unreadable
 
 # Where training dicts keep the model's weights, tried in order.
@@ -67,12 +68,17 @@ def advise_random(tensors: list[Any]) -> None:
         pass
 
 
-def load_pickle(path: Path) -> tuple[Any, bool]:
+def load_pickle(path: AnyPath) -> tuple[Any, bool]:
     """``torch.load`` that refuses to run code and maps every failure to a :class:`CheckpointError`.
-    Returns the object and whether its tensors are memory-mapped."""
+    Returns the object and whether its tensors are memory-mapped. A pickle at a URL is refused
+    (``PICKLE_OVER_URL``): it cannot be read by ranges, and reading whole files is not what a film of
+    a few rows per block should cost."""
+    if is_remote(path):
+        raise CheckpointError(f"{path}: {PICKLE_OVER_URL}")
     import torch
 
     check_regular(path)
+    assert isinstance(path, Path)
     # torch warns "Detected pickle protocol 4 in the checkpoint..." before reading (or refusing) such a
     # pickle: a second line beside ours that tells the user nothing. A targeted filter (re-adding it is a
     # no-op), not catch_warnings(): that swaps the process-wide filters while the prefetch thread loads,
@@ -107,7 +113,7 @@ def _tensors(obj: Any) -> dict[str, Any] | None:
     return out or None
 
 
-def find_state_dict(obj: Any, path: Path) -> tuple[dict[str, Any], int | None]:
+def find_state_dict(obj: Any, path: AnyPath) -> tuple[dict[str, Any], int | None]:
     """The model's tensors in a loaded pickle, and the training step stored beside them."""
     step = None
     if isinstance(obj, dict):
@@ -125,7 +131,7 @@ def find_state_dict(obj: Any, path: Path) -> tuple[dict[str, Any], int | None]:
 
 
 class TorchReader:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: AnyPath) -> None:
         self.path = path
         self.files = [path]
         self.step: int | None = None
@@ -175,11 +181,11 @@ class TorchFormat:
     suffixes = (".pt", ".pth", ".bin")
 
     @staticmethod
-    def detect(path: Path) -> bool:
+    def detect(path: AnyPath) -> bool:
         if path.is_dir():
             return (path / "pytorch_model.bin").is_file()
         return path.suffix in TorchFormat.suffixes
 
     @staticmethod
-    def open(path: Path) -> TorchReader:
+    def open(path: AnyPath) -> TorchReader:
         return TorchReader(path / "pytorch_model.bin" if path.is_dir() else path)

@@ -20,6 +20,7 @@ from ...errors import CheckpointError, ScanError
 from ...formats import open_checkpoint
 from ...pipeline import prefetch
 from ...scan import Checkpoint, Series
+from ...storage import local_path
 from .. import Features, FeatureStore
 from ..act_stats import ActivationStats
 from ..weights import skip
@@ -54,7 +55,7 @@ def extract(series: Series, spec: ActivationSpec, workdir: Path, progress: bool 
         def stage(ckpt: Checkpoint) -> Staged | CheckpointError:
             try:
                 with open_checkpoint(ckpt.path, ckpt.format) as reader:
-                    return loader.stage(reader, ckpt.path)
+                    return loader.stage(reader, local_path(ckpt.path))
             except CheckpointError as e:
                 return e
 

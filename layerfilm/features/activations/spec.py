@@ -14,6 +14,7 @@ import torch
 from ...errors import OptionsError
 from ...formats import check_regular
 from ...scan import Checkpoint, Series
+from ...storage import local_path
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -84,7 +85,8 @@ def resolve_device(name: str) -> torch.device:
 
 def model_folder(ckpt: Checkpoint) -> Path:
     """Where config.json and tokenizer files live: the checkpoint folder, or the file's folder."""
-    return ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
+    path = local_path(ckpt.path)
+    return path if path.is_dir() else path.parent
 
 
 def check_model_files(folder: Path) -> None:
@@ -113,6 +115,6 @@ def input_files(spec: ActivationSpec, series: Series) -> list[Path]:
                 sys.path.remove(str(Path.cwd()))
             if found is not None and found.origin:
                 files.append(Path(found.origin))
-    folders = {c.path.parent for c in series.checkpoints if not c.path.is_dir()}
+    folders = {local_path(c.path).parent for c in series.checkpoints if not c.path.is_dir()}
     files += [f / n for f in sorted(folders) for n in ("config.json", *TOKENIZER_FILES) if (f / n).is_file()]
     return [f for f in files if f.is_file()]
