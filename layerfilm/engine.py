@@ -4,7 +4,10 @@ A task is a plain function of small, picklable arguments returning small arrays 
 points and measures, a film segment's file name, an activation checkpoint's statistics). It takes a
 keyword ``progress``: a callable it may call with a count (default 1) as it goes, e.g. once per
 checkpoint read or frame drawn. Every engine sums those counts into one progress bar, whichever
-worker sends them, and returns the results in the order of the arguments.
+worker sends them, and returns the results in the order of the arguments. Once a task has failed or
+the caller is interrupted, ``progress`` raises :class:`Cancelled` in the tasks still running, so they
+stop at their next count (running their own cleanup, e.g. stopping an encoder) instead of finishing
+work nobody will use.
 
     engine = get_engine("local", jobs=4)
     results = engine.map(block_task, [(series, wp, chunk, ...) for chunk in chunks], bar.update)
@@ -15,12 +18,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any, Protocol
 
 from .errors import OptionsError
+from .outputs import deferred_signals
 from .registry import Registry
 
 Progress = Callable[..., Any]  # progress(n=1)
@@ -65,16 +70,26 @@ def worker_init() -> None:
     numba.set_num_threads(1)
 
 
+class Cancelled(Exception):
+    """Raised by ``progress`` inside a task whose map has already failed or been interrupted."""
+
+
 _ticks: Any = None  # in a pool worker: the queue its progress counts go to
+_cancel: Any = None  # in a pool worker: set once its map is cancelled
 
 
-def _pool_init(ticks: Any) -> None:
-    global _ticks
-    _ticks = ticks
+def _pool_init(ticks: Any, cancel: Any) -> None:
+    global _ticks, _cancel
+    _ticks, _cancel = ticks, cancel
+    # a Ctrl-C in the terminal reaches every process of the group: the main process alone handles it
+    # and cancels the tasks, which then stop cleanly at a progress call (no half-killed encoders)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker_init()
 
 
 def _tick(n: int = 1) -> None:
+    if _cancel.is_set():
+        raise Cancelled("cancelled: another task failed or the run was interrupted")
     _ticks.put(n)
 
 
@@ -90,7 +105,8 @@ def _nothing(n: int = 1) -> None:
 class LocalEngine:
     """Tasks in this process (jobs 1, or a single task) or over ``jobs`` spawned worker processes.
 
-    Progress counts from workers come back through one queue, drained by a thread into ``progress``."""
+    Progress counts from workers come back through one queue, drained by a thread into ``progress``.
+    The first task to fail (or an interrupt) cancels the others before its error is raised."""
 
     def __init__(self, jobs: int = 0, **_: Any) -> None:
         self.jobs = check_jobs(jobs)
@@ -102,14 +118,26 @@ class LocalEngine:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Manager() as manager:
             ticks = manager.Queue()
+            cancel = ctx.Event()
             stop = threading.Event()
             drain = threading.Thread(target=_drain, args=(ticks, progress, stop), daemon=True)
             drain.start()
             try:
-                with ProcessPoolExecutor(min(self.jobs, len(args)), ctx, initializer=_pool_init,
-                                         initargs=(ticks,)) as pool:
+                pool = ProcessPoolExecutor(min(self.jobs, len(args)), ctx, initializer=_pool_init,
+                                           initargs=(ticks, cancel))
+                try:
                     futures = [pool.submit(_call, fn, a) for a in args]
+                    wait(futures, return_when=FIRST_EXCEPTION)  # a late task's failure stops the early ones too
+                    for f in futures:
+                        if f.done() and not f.cancelled() and f.exception() is not None:
+                            f.result()
                     return [f.result() for f in futures]
+                except BaseException:
+                    cancel.set()
+                    raise
+                finally:
+                    with deferred_signals():  # a second Ctrl-C must not leave workers behind
+                        pool.shutdown(wait=True, cancel_futures=True)
             finally:
                 stop.set()
                 drain.join()
