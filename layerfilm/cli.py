@@ -230,7 +230,9 @@ def _add_projection_details(g) -> None:
                    "frame (and the last) and place the frames between by a short aligned optimisation anchored to both; 1 = "
                    "every key frame jointly; default 0 = auto (at most 8 jointly fitted)")
     g.add_argument("--jobs", type=int, default=0, metavar="N", help="worker processes for the whole run: block chunks of the "
-                   "weights, umap layouts (default 0: one per core this process may use); results do not depend on it")
+                   "weights, umap layouts, and film segments (a film of at least 4 s is cut into up to N segments, each "
+                   "drawn and encoded by its own worker, then joined without re-encoding: a .webm, .gif or PNG film has "
+                   "the same frames whatever N; default 0: one per core this process may use); results do not depend on it")
     g.add_argument("--stats", action="store_true", help="print a per-block table to stdout: mean and max displacement of points "
                    "between consecutive key frames relative to the cloud's RMS spread, and for pca/procrustes the variance "
                    "explained by the two axes (also in --export-points)")
