@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crf", type=int, default=18, help="quality of lossy .mp4 output, 0-51, lower is better (default 18); .webm "
                    "is always lossless")
     g.add_argument("--encoder-threads", type=int, default=0, metavar="N", help="ffmpeg encoder threads (default 0: ffmpeg "
-                   "decides, one per core); fewer leaves cores to other work, the film takes longer")
+                   "decides, one per core; when --jobs encodes several film segments at once, they share the cores); fewer "
+                   "leaves cores to other work, the film takes longer")
     g.add_argument("--preset", default="", metavar="NAME", help="encoder speed against file size: .webm good (default) or "
                    "realtime (still lossless, ~5x faster to encode, ~20%% larger); .mp4 an x264 preset, ultrafast..veryslow "
                    "(default medium)")
@@ -230,9 +231,10 @@ def _add_projection_details(g) -> None:
                    "frame (and the last) and place the frames between by a short aligned optimisation anchored to both; 1 = "
                    "every key frame jointly; default 0 = auto (at most 8 jointly fitted)")
     g.add_argument("--jobs", type=int, default=0, metavar="N", help="worker processes for the whole run: block chunks of the "
-                   "weights, umap layouts, and film segments (a film of at least 4 s is cut into up to N segments, each "
-                   "drawn and encoded by its own worker, then joined without re-encoding: a .webm, .gif or PNG film has "
-                   "the same frames whatever N; default 0: one per core this process may use); results do not depend on it")
+                   "weights, umap layouts, and a film's segments (a film of at least 4 s is cut into up to N segments, "
+                   "each drawn and encoded by its own worker, then joined without re-encoding: a .webm, .gif or PNG film "
+                   "has the same frames whatever N, an .mp4 close ones); default 0: one per core this process may use; "
+                   "the points do not depend on it")
     g.add_argument("--stats", action="store_true", help="print a per-block table to stdout: mean and max displacement of points "
                    "between consecutive key frames relative to the cloud's RMS spread, and for pca/procrustes the variance "
                    "explained by the two axes (also in --export-points)")

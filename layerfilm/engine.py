@@ -81,9 +81,12 @@ _cancel: Any = None  # in a pool worker: set once its map is cancelled
 def _pool_init(ticks: Any, cancel: Any) -> None:
     global _ticks, _cancel
     _ticks, _cancel = ticks, cancel
-    # a Ctrl-C in the terminal reaches every process of the group: the main process alone handles it
-    # and cancels the tasks, which then stop cleanly at a progress call (no half-killed encoders)
+    # A Ctrl-C in the terminal reaches every process of the group: the main process alone handles it
+    # and cancels the tasks, which then stop cleanly at a progress call (no half-killed encoders).
+    # Workers start with SIGINT and SIGTERM blocked (spawned while the main process held them): from
+    # here on SIGINT is ignored and SIGTERM is the default again.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     worker_init()
 
 
@@ -106,7 +109,9 @@ class LocalEngine:
     """Tasks in this process (jobs 1, or a single task) or over ``jobs`` spawned worker processes.
 
     Progress counts from workers come back through one queue, drained by a thread into ``progress``.
-    The first task to fail (or an interrupt) cancels the others before its error is raised."""
+    The first task to fail (or an interrupt) cancels the others before its error is raised. The
+    workers are started with interrupts held, so that a Ctrl-C or SIGTERM never catches one half
+    started (it then prints a traceback of its own): the interrupt is raised once they all run."""
 
     def __init__(self, jobs: int = 0, **_: Any) -> None:
         self.jobs = check_jobs(jobs)
@@ -116,41 +121,40 @@ class LocalEngine:
         if self.jobs <= 1 or len(args) <= 1:
             return [fn(*a, progress=progress) for a in args]
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Manager() as manager:
-            ticks = manager.Queue()
-            cancel = ctx.Event()
-            stop = threading.Event()
-            drain = threading.Thread(target=_drain, args=(ticks, progress, stop), daemon=True)
-            drain.start()
-            try:
-                pool = ProcessPoolExecutor(min(self.jobs, len(args)), ctx, initializer=_pool_init,
-                                           initargs=(ticks, cancel))
-                try:
-                    futures = [pool.submit(_call, fn, a) for a in args]
-                    wait(futures, return_when=FIRST_EXCEPTION)  # a late task's failure stops the early ones too
-                    for f in futures:
-                        if f.done() and not f.cancelled() and f.exception() is not None:
-                            f.result()
-                    return [f.result() for f in futures]
-                except BaseException:
-                    cancel.set()
-                    raise
-                finally:
-                    with deferred_signals():  # a second Ctrl-C must not leave workers behind
-                        pool.shutdown(wait=True, cancel_futures=True)
-            finally:
+        with deferred_signals():
+            ticks, cancel = ctx.Queue(), ctx.Event()
+            pool = ProcessPoolExecutor(min(self.jobs, len(args)), ctx, initializer=_pool_init, initargs=(ticks, cancel))
+        stop = threading.Event()
+        drain = threading.Thread(target=_drain, args=(ticks, progress, stop), daemon=True)
+        drain.start()
+        try:
+            with deferred_signals():  # the workers start here
+                futures = [pool.submit(_call, fn, a) for a in args]
+            wait(futures, return_when=FIRST_EXCEPTION)  # a late task's failure stops the early ones too
+            for f in futures:
+                if f.done() and not f.cancelled() and f.exception() is not None:
+                    f.result()
+            return [f.result() for f in futures]
+        except BaseException:
+            cancel.set()
+            raise
+        finally:
+            with deferred_signals():  # a second Ctrl-C must not leave workers behind
+                pool.shutdown(wait=True, cancel_futures=True)
                 stop.set()
                 drain.join()
+                ticks.close()
 
 
 def _drain(ticks: Any, progress: Progress, stop: threading.Event) -> None:
+    """Hand the workers' counts to ``progress`` until ``stop`` is set and none is left."""
     while True:
         try:
             progress(ticks.get(timeout=0.1))
         except queue.Empty:
             if stop.is_set():
                 return
-        except (EOFError, OSError):  # the manager went away
+        except (EOFError, OSError):  # the queue was closed
             return
 
 
