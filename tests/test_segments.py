@@ -169,3 +169,13 @@ def test_render_jobs_2_and_jobs_1_write_the_same_film(tiny_run, tmp_path, run_cl
     assert len(films[0]) == len(films[1]) == 91
     for x, y in zip(*films):
         np.testing.assert_array_equal(x, y)
+
+
+def test_the_segments_folder_of_a_killed_render_is_removed_by_the_next(frames, tmp_path):
+    from test_hostile_outputs import dead_pid
+
+    stale = tmp_path / f".film.webm.partial-{dead_pid()}.parts"
+    stale.mkdir()
+    (stale / "part_0000.webm").write_bytes(b"half a segment")
+    encode_film(frames, tmp_path / "film.webm", SIZE, SHORT, 10)
+    assert [p.name for p in tmp_path.iterdir()] == ["film.webm"]
