@@ -80,10 +80,6 @@ def encode_segment(frames: Frames, start: int, stop: int, kind: str, size: tuple
     return stop - start
 
 
-def _nothing(n: int = 1) -> None:
-    pass
-
-
 def encode_film(frames: Frames, out: str | Path, size: tuple[int, int], opts: EncodeOptions = EncodeOptions(),
                 fps: float = 15.0, engine: Engine | None = None, progress: Callable[..., Any] | None = None) -> int:
     """Write the film ``frames`` to ``out`` (its extension picks the format, see layerfilm.encode).
@@ -111,9 +107,8 @@ def encode_film(frames: Frames, out: str | Path, size: tuple[int, int], opts: En
         else:  # one file, or PNG frames numbered globally in the output's own folder
             targets = [tmp] * len(parts)
         tasks = [(frames.keys(a, b), a, b, kind, size, opts, fps, t, palette) for (a, b), t in zip(parts, targets)]
-        if engine is None or len(tasks) == 1:
-            for task in tasks:
-                encode_segment(*task, progress=progress or _nothing)
+        if engine is None or len(tasks) == 1:  # one stream, in this process
+            encode_segment(*tasks[0], progress=progress or (lambda n=1: None))
         else:
             engine.map(encode_segment, tasks, progress)
         if joined:

@@ -41,9 +41,10 @@ FLAGS = {
     "--no-overlay": ("overlay", None, False),
     "--settle-threshold": ("settle_threshold", "0.2", 0.2),
 }
-ALSO = {"style.height": 180, "umap.seed": 7}  # set by the same flags as above (--size, --seed)
+ALSO = {"style.height": 180, "umap.seed": 7, "jobs": 2}  # set by the same flags as above (--size, --seed, --jobs)
 # fields that only the Python API sets: documented on their classes
-LIBRARY_ONLY = {"umap.window", "umap.epochs", "umap.place_epochs", "umap.place_rate", "style.cell", "style.title"}
+LIBRARY_ONLY = {"umap.window", "umap.epochs", "umap.place_epochs", "umap.place_rate", "style.cell", "style.title",
+                "encode.segment_seconds", "engine", "address"}  # engine, address: until --engine/--address exist
 
 
 def fields(obj, prefix: str = "") -> dict[str, object]:
@@ -76,7 +77,7 @@ def test_each_flag_sets_its_field_and_nothing_else(flag, tmp_path):
     opts = _film_options(build_parser().parse_args(argv))
     assert get(opts, path) == expected
     changed = {k for k, v in fields(opts).items() if v != fields(FilmOptions())[k]}
-    also = {"--size": {"style.height"}, "--seed": {"umap.seed"}}.get(flag, set())
+    also = {"--size": {"style.height"}, "--seed": {"umap.seed"}, "--jobs": {"jobs"}}.get(flag, set())
     assert changed == {path} | also
 
 
