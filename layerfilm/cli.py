@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crf", type=int, default=18, help="quality of lossy .mp4 output, 0-51, lower is better (default 18); .webm "
                    "is always lossless")
     g.add_argument("--encoder-threads", type=int, default=0, metavar="N", help="ffmpeg encoder threads (default 0: ffmpeg "
-                   "decides, one per core); fewer leaves cores to other work, the film takes longer")
+                   "decides, one per core; when --jobs encodes several film segments at once, they share the cores); fewer "
+                   "leaves cores to other work, the film takes longer")
     g.add_argument("--preset", default="", metavar="NAME", help="encoder speed against file size: .webm good or realtime "
                    "(still lossless, ~5x faster to encode, ~20%% larger; default: good when its estimated encoding time for "
                    "the film's frames on this machine's cores is at most 20 s, else realtime, said in the output line); .mp4 "
@@ -219,8 +220,11 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("where the work runs", "The weights are read and projected in tasks of a few blocks each (all key\n"
                              "frames); the results do not depend on where or in how many tasks they run.")
     g.add_argument("--jobs", type=int, default=0, metavar="N", help="tasks at once for the whole run: block chunks of the "
-                   "weights, umap layouts (default 0: one per core this process may use; with --engine dask --address, the "
-                   "cluster's threads); with --engine local a small run stays in this process")
+                   "weights, umap layouts, and a film's segments (a film of at least 4 s is cut into up to N segments, each "
+                   "drawn and encoded by its own worker, then joined without re-encoding: a .webm, .gif or PNG film has the "
+                   "same frames whatever N, an .mp4 close ones); default 0: one per core this process may use (with --engine "
+                   "dask --address, the cluster's threads); with --engine local a small run stays in this process; the "
+                   "points do not depend on it")
     g.add_argument("--engine", choices=ENGINES.names(), default="local", help="local (default): worker processes on this "
                    "machine; dask: a Dask cluster (pip install 'layerfilm[dask]'), the one at --address or else a LocalCluster "
                    "of --jobs processes; its workers must see the checkpoints under the same path")

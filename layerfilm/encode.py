@@ -7,6 +7,10 @@ The output format follows the file's extension (the ``ENCODERS`` registry):
   no extension (or a trailing /)  a folder of PNG frames (lossless)
 Frames are never all held in memory; the output appears only when complete (temporary name, then
 rename), and a failure or interrupt removes the partial file.
+
+A film may also be encoded as contiguous segments by several encoders at once (layerfilm.segments)
+and the segment files joined with :func:`join`: the packets are copied, not re-encoded, so a joined
+lossless film decodes to the same frames as one encoded in a single stream.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import IO
 import numpy as np
 
 from .errors import EncodeError, OptionsError
-from .outputs import atomic_output, check_output_path, discard, show, temporary
+from .outputs import atomic_output, check_output_path, scratch_folder, show
 from .registry import Registry
 
 ENCODERS: Registry[Callable[..., list[str]]] = Registry("output format")
@@ -34,17 +38,23 @@ class EncodeOptions:
     """crf: quality for lossy .mp4 (lower is better, 0-51); threads: encoder threads (0 = ffmpeg decides);
     preset: encoder speed against file size, "" for the format's default: .webm ``good`` (default) or
     ``realtime`` (still lossless; measured ~5x less encoder CPU for ~20% larger files at 1080p),
-    .mp4 an x264 preset (``ultrafast`` ... ``veryslow``, default ``medium``)."""
+    .mp4 an x264 preset (``ultrafast`` ... ``veryslow``, default ``medium``);
+    segment_seconds: the shortest film segment encoded on its own when several encoders run at once
+    (layerfilm.segments): every segment starts with a key frame, which costs bytes (measured in
+    benchmarks/RESULTS.md), so a short film stays one stream."""
 
     crf: int = 18
     threads: int = 0
     preset: str = ""
+    segment_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.crf <= 51:
             raise OptionsError(f"--crf {self.crf}: must be 0..51")
         if self.threads < 0:
             raise OptionsError(f"--encoder-threads {self.threads}: must be 0 (ffmpeg decides) or more")
+        if not self.segment_seconds > 0:  # nan too
+            raise OptionsError(f"segment_seconds {self.segment_seconds}: must be above 0")
 
 
 def ffmpeg_exe() -> str:
@@ -122,8 +132,12 @@ def _gif(opts: EncodeOptions, palette: Path, **_) -> list[str]:
 
 
 @ENCODERS.register("png")
-def _png(opts: EncodeOptions, **_) -> list[str]:
-    return ["-c:v", "png", "-f", "image2"]
+def _png(opts: EncodeOptions, first: int = 0, **_) -> list[str]:
+    return ["-c:v", "png", "-f", "image2", "-start_number", str(first + 1)]  # frame_000001.png is the film's first
+
+
+# how the joined file is written (the packets are copied: only the container's own options)
+JOINED = {"webm": ["-f", "webm"], "mp4": ["-movflags", "+faststart", "-f", "mp4"], "gif": ["-loop", "0", "-f", "gif"]}
 
 
 class FrameWriter:
@@ -177,15 +191,49 @@ def _raw_input(size: tuple[int, int], fps: float) -> list[str]:
     return ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-"]
 
 
+def encoder_command(kind: str, size: tuple[int, int], opts: EncodeOptions, fps: float, target: Path,
+                    palette: Path | None = None, first: int = 0) -> list[str]:
+    """The ffmpeg command that encodes raw frames from its stdin into ``target`` (a folder for PNG
+    frames, numbered from ``first`` + 1 so that segments written by several encoders fit together)."""
+    extras: dict = {"palette": palette} if palette is not None else {}
+    dest = target / "frame_%06d.png" if kind == "png" else target
+    return [ffmpeg_exe(), "-v", "error", "-y", *_raw_input(size, fps), *ENCODERS.get(kind)(opts, first=first, **extras),
+            str(dest)]
+
+
+@contextmanager
+def encoder(cmd: list[str], size: tuple[int, int]) -> Iterator[FrameWriter]:
+    """A running ffmpeg fed through the yielded writer; waited for on a clean exit, killed otherwise."""
+    writer = FrameWriter(cmd, size)
+    try:
+        yield writer
+        writer.close()
+    finally:
+        writer.kill()
+
+
 def make_palette(samples: list[np.ndarray], dest: Path) -> Path:
     """A 256-colour palette PNG computed by ffmpeg's palettegen from a few sample frames."""
     h, w, _ = samples[0].shape
     cmd = [ffmpeg_exe(), "-v", "error", "-y", *_raw_input((w, h), 1), "-vf", "palettegen=stats_mode=full", str(dest)]
-    writer = FrameWriter(cmd, (w, h))
-    for s in samples:
-        writer.write(s)
-    writer.close()
+    with encoder(cmd, (w, h)) as writer:
+        for s in samples:
+            writer.write(s)
     return dest
+
+
+def join(parts: list[Path], frames: list[int], fps: float, kind: str, dest: Path) -> None:
+    """Concatenate segment files in order into ``dest`` without re-encoding (ffmpeg's concat demuxer,
+    ``-c copy``): one command line made every segment, so they share every codec parameter, as the
+    demuxer requires. Each segment's duration is given as its frame count over ``fps``, so its
+    timestamps continue exactly where the previous segment's stopped, whatever the container rounds
+    a file's own duration to. The list names the parts relative to its own folder (theirs)."""
+    listing = parts[0].parent / "parts.txt"
+    listing.write_text("".join(f"file '{p.name}'\nduration {n / fps:.6f}\n" for p, n in zip(parts, frames)))
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
+           *JOINED[kind], str(dest)]
+    with encoder(cmd, (0, 0)):  # no frames to feed: ffmpeg reads the parts itself
+        pass
 
 
 @contextmanager
@@ -205,16 +253,8 @@ def open_film(
     out = Path(out)
     kind = check_output(out)
     with atomic_output(out, folder=kind == "png") as tmp, ExitStack() as stack:
-        extras: dict = {}
+        palette = None
         if kind == "gif":
-            palette = temporary(out, "palette", ".png")
-            stack.callback(discard, palette)
-            extras["palette"] = make_palette((samples or (lambda: []))() or [], palette)
-        target = str(tmp / "frame_%06d.png") if kind == "png" else str(tmp)
-        cmd = [ffmpeg_exe(), "-v", "error", "-y", *_raw_input(size, fps), *ENCODERS.get(kind)(opts, **extras), target]
-        writer = FrameWriter(cmd, size)
-        try:
+            palette = make_palette((samples or (lambda: []))() or [], stack.enter_context(scratch_folder(out)) / "palette.png")
+        with encoder(encoder_command(kind, size, opts, fps, tmp, palette), size) as writer:
             yield writer
-            writer.close()
-        finally:
-            writer.kill()

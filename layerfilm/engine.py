@@ -4,7 +4,10 @@ A task is a plain function of small, picklable arguments returning small arrays 
 points and measures, a film segment's file name, an activation checkpoint's statistics). It takes a
 keyword ``progress``: a callable it may call with a count (default 1) as it goes, e.g. once per
 checkpoint read or frame drawn. Every engine sums those counts into one progress bar, whichever
-worker sends them, and returns the results in the order of the arguments.
+worker sends them, and returns the results in the order of the arguments. Once a task has failed or
+the caller is interrupted, ``progress`` raises :class:`Cancelled` in the tasks still running, so they
+stop at their next count (running their own cleanup, e.g. stopping an encoder) instead of finishing
+work nobody will use.
 
     engine = get_engine("local", jobs=4)
     results = engine.map(block_task, [(series, wp, chunk, ...) for chunk in chunks], bar.update)
@@ -19,13 +22,15 @@ import multiprocessing
 import os
 import queue
 import re
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any, Protocol
 
 from .errors import OptionsError
+from .outputs import deferred_signals
 from .registry import Registry
 
 Progress = Callable[..., Any]  # progress(n=1)
@@ -67,29 +72,42 @@ def check_jobs(jobs: int) -> int:
 
 
 def worker_init() -> None:
-    """One thread each for numba and BLAS in a worker process: the workers already fill the cores, and
-    a threaded numba or OpenBLAS spin-waits on busy cores (measured several times slower). numba is
-    not imported for this (about a second per worker, for films that never use it): if it is not
-    loaded yet, NUMBA_NUM_THREADS holds it to one thread when a task loads it (umap)."""
+    """One thread each for numba and BLAS in a worker: the workers already fill the cores, and a
+    threaded numba or OpenBLAS spin-waits on busy cores (measured several times slower). numba reads
+    its thread count when first imported: only a worker that needs it (umap) pays for importing it
+    (0.45 s of CPU, measured: a film segment's worker has no use for it)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    if "numba" in sys.modules:
-        sys.modules["numba"].set_num_threads(1)
-    else:
-        os.environ["NUMBA_NUM_THREADS"] = "1"
+    os.environ["NUMBA_NUM_THREADS"] = "1"
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        numba.set_num_threads(1)
+
+
+class Cancelled(Exception):
+    """Raised by ``progress`` inside a task whose map has already failed or been interrupted."""
 
 
 _ticks: Any = None  # in a pool worker: the queue its progress counts go to
+_cancel: Any = None  # in a pool worker: set once its map is cancelled
 
 
-def _pool_init(ticks: Any) -> None:
-    global _ticks
-    _ticks = ticks
+def _pool_init(ticks: Any, cancel: Any) -> None:
+    global _ticks, _cancel
+    _ticks, _cancel = ticks, cancel
+    # A Ctrl-C in the terminal reaches every process of the group: the main process alone handles it
+    # and cancels the tasks, which then stop cleanly at a progress call (no half-killed encoders).
+    # Workers start with SIGINT and SIGTERM blocked (spawned while the main process held them): from
+    # here on SIGINT is ignored and SIGTERM is the default again.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     worker_init()
 
 
 def _tick(n: int = 1) -> None:
+    if _cancel.is_set():
+        raise Cancelled("cancelled: another task failed or the run was interrupted")
     _ticks.put(n)
 
 
@@ -105,7 +123,10 @@ def _nothing(n: int = 1) -> None:
 class LocalEngine:
     """Tasks in this process (jobs 1, or a single task) or over ``jobs`` spawned worker processes.
 
-    Progress counts from workers come back through one queue, drained by a thread into ``progress``."""
+    Progress counts from workers come back through one queue, drained by a thread into ``progress``.
+    The first task to fail (or an interrupt) cancels the others before its error is raised. The
+    workers are started with interrupts held, so that a Ctrl-C or SIGTERM never catches one half
+    started (it then prints a traceback of its own): the interrupt is raised once they all run."""
 
     def __init__(self, jobs: int = 0, **_: Any) -> None:
         self.jobs = check_jobs(jobs)
@@ -119,29 +140,40 @@ class LocalEngine:
         if self.jobs <= 1 or len(args) <= 1:
             return [fn(*a, progress=progress) for a in args]
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Manager() as manager:
-            ticks = manager.Queue()
-            stop = threading.Event()
-            drain = threading.Thread(target=_drain, args=(ticks, progress, stop), daemon=True)
-            drain.start()
-            try:
-                with ProcessPoolExecutor(min(self.jobs, len(args)), ctx, initializer=_pool_init,
-                                         initargs=(ticks,)) as pool:
-                    futures = [pool.submit(_call, fn, a) for a in args]
-                    return [f.result() for f in futures]
-            finally:
+        with deferred_signals():
+            ticks, cancel = ctx.Queue(), ctx.Event()
+            pool = ProcessPoolExecutor(min(self.jobs, len(args)), ctx, initializer=_pool_init, initargs=(ticks, cancel))
+        stop = threading.Event()
+        drain = threading.Thread(target=_drain, args=(ticks, progress, stop), daemon=True)
+        drain.start()
+        try:
+            with deferred_signals():  # the workers start here
+                futures = [pool.submit(_call, fn, a) for a in args]
+            wait(futures, return_when=FIRST_EXCEPTION)  # a late task's failure stops the early ones too
+            for f in futures:
+                if f.done() and not f.cancelled() and f.exception() is not None:
+                    f.result()
+            return [f.result() for f in futures]
+        except BaseException:
+            cancel.set()
+            raise
+        finally:
+            with deferred_signals():  # a second Ctrl-C must not leave workers behind
+                pool.shutdown(wait=True, cancel_futures=True)
                 stop.set()
                 drain.join()
+                ticks.close()
 
 
 def _drain(ticks: Any, progress: Progress, stop: threading.Event) -> None:
+    """Hand the workers' counts to ``progress`` until ``stop`` is set and none is left."""
     while True:
         try:
             progress(ticks.get(timeout=0.1))
         except queue.Empty:
             if stop.is_set():
                 return
-        except (EOFError, OSError):  # the manager went away
+        except (EOFError, OSError):  # the queue was closed
             return
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,17 +10,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .animate import MAX_FRAMES, Timeline, check_time, lerp
-from .encode import EncodeOptions, check_output, open_film
-from .engine import check_engine, check_jobs
+from .encode import EncodeOptions, check_output
+from .engine import check_engine, check_jobs, get_engine
 from .errors import OptionsError, ScanError
 from .features.weights import WeightSpec
 from .outputs import atomic_output, check_output_path, show
 from .overlay import Overlay
-from .pipeline import prefetch
 from .projection import FITS, Trajectories, UmapOptions
 from .raster import Renderer, Style
 from .run import Run
 from .scan import Checkpoint
+from .segments import encode_film, plan
 from .stability import check_settle_threshold
 from .storage import local_inputs, parse_storage_options
 
@@ -51,7 +49,7 @@ class FilmOptions:
     cache_dir: str | None = None  # None: $LAYERFILM_CACHE or ~/.cache/layerfilm
     overlay: bool = True  # per-panel "still moving" bar and "settled" mark (layerfilm.overlay)
     settle_threshold: float = 0.1  # see layerfilm.stability
-    jobs: int = 0  # tasks at once (block chunks, film segments); 0 = one per core
+    jobs: int = 0  # tasks at once (block chunks, film segments: layerfilm.segments); 0 = one per core
     engine: str = "local"  # where tasks run (layerfilm.engine): local processes, or dask
     address: str | None = None  # dask: the scheduler's address (None: a LocalCluster)
     storage_options: str | None = None  # a URL folder: fsspec options as a JSON object (layerfilm.storage)
@@ -133,32 +131,64 @@ def film_renderer(traj: Trajectories, style: Style) -> Renderer:
     return renderer
 
 
+@dataclass(frozen=True, eq=False)
+class FilmFrames:
+    """What the film shows at each frame: the one drawing path of the film, in this process or in the
+    workers that draw its segments (layerfilm.segments), so it is picklable and small: the key-frame
+    points (cut by ``keys`` to those a segment needs: all of them are 94 MB at the reference's size),
+    the renderer with its fixed axes and colour scale, and the overlay's arrays."""
+
+    timeline: Timeline
+    xy: np.ndarray  # (K, L, N, 2): key frames first_key .. first_key + K - 1
+    steps: np.ndarray  # (T,) every key frame's step, for captions
+    renderer: Renderer
+    overlay: Overlay | None = None  # draws over each frame (layerfilm.overlay)
+    first_key: int = 0
+
+    @classmethod
+    def of(cls, traj: Trajectories, opts: FilmOptions, renderer: Renderer | None = None,
+           overlay: Overlay | None = None) -> FilmFrames:
+        return cls(Timeline(len(traj.steps), opts.fps, opts.seconds_per_keyframe), traj.xy, traj.steps,
+                   renderer or film_renderer(traj, opts.style), overlay)
+
+    @property
+    def n_frames(self) -> int:
+        return self.timeline.n_frames
+
+    def draw(self, k: int, a: float) -> np.ndarray:
+        """(H, W, 3) uint8: the film a fraction ``a`` of the way from key frame ``k`` to the next."""
+        img = self.renderer.frame(lerp(self.xy, k - self.first_key, a), caption(self.steps, k, a))
+        if self.overlay is not None:
+            self.overlay(img, k, a)
+        return img
+
+    def frame(self, f: int) -> np.ndarray:
+        return self.draw(*self.timeline.locate(f))
+
+    def keys(self, start: int, stop: int) -> FilmFrames:
+        """The film holding only the key frames that frames ``start`` .. ``stop - 1`` lie between."""
+        k0 = self.timeline.locate(start)[0]
+        k1 = self.timeline.locate(stop - 1)[0] + 1
+        return replace(self, xy=self.xy[k0 - self.first_key : k1 + 1 - self.first_key], first_key=k0)
+
+    def samples(self) -> list[np.ndarray]:
+        """The first, middle and last key frames (a GIF's palette is computed from them)."""
+        T = len(self.steps)
+        return [self.draw(k, 0.0) for k in sorted({0, T // 2, T - 1})]
+
+
 def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress: bool = True,
                overlay: Overlay | None = None, renderer: Renderer | None = None) -> int:
     """Interpolate, render and encode the film of ``traj``; returns the number of frames written.
-    With ``overlay``, each panel also shows how much its block still moves (layerfilm.overlay)."""
-    tl = Timeline(len(traj.steps), opts.fps, opts.seconds_per_keyframe)
-    renderer = renderer or film_renderer(traj, opts.style)
-    size = (opts.style.width, opts.style.height)
-
-    def frame(k: int, a: float) -> np.ndarray:
-        img = renderer.frame(lerp(traj.xy, k, a), caption(traj.steps, k, a))
-        if overlay is not None:
-            overlay(img, k, a)
-        return img
-
-    def samples() -> list[np.ndarray]:
-        return [frame(k, 0.0) for k in sorted({0, len(traj.steps) // 2, len(traj.steps) - 1})]
-
-    def frames() -> Iterator[np.ndarray]:
-        for f in range(tl.n_frames):
-            yield frame(*tl.locate(f))
-
-    with open_film(out, size, opts.encode, opts.fps, samples) as writer:  # frames drawn in a thread, ahead of ffmpeg
-        with closing(prefetch(frames())) as drawn:
-            for img in tqdm(drawn, total=tl.n_frames, desc="rendering", unit="frame", disable=not progress):
-                writer.write(img)
-    return tl.n_frames
+    With ``overlay``, each panel also shows how much its block still moves (layerfilm.overlay).
+    A long film is drawn and encoded in segments by ``opts.jobs`` workers (layerfilm.segments)."""
+    frames = FilmFrames.of(traj, opts, renderer, overlay)
+    jobs = check_jobs(opts.jobs)
+    several = len(plan(frames.n_frames, jobs, opts.fps, opts.encode)) > 1
+    engine = get_engine(opts.engine, jobs, **opts.engine_options()) if several else None
+    with tqdm(total=frames.n_frames, desc="rendering", unit="frame", disable=not progress) as bar:
+        encode_film(frames, out, (opts.style.width, opts.style.height), opts.encode, opts.fps, engine, bar.update)
+    return frames.n_frames
 
 
 def render(

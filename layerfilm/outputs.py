@@ -160,6 +160,25 @@ def temporary(out: Path, tag: str = "partial", suffix: str = "") -> Path:
 
 
 @contextmanager
+def scratch_folder(out: str | Path) -> Iterator[Path]:
+    """Yield a new empty folder beside ``out`` for the pieces it is made from (film segments, a GIF
+    palette), removed when the block ends, however it ends. Its name (``.NAME.partial-PID.parts``) is
+    a partial of ``out``'s: one left by a killed process is removed by the next run writing ``out``."""
+    path = temporary(Path(out), suffix=".parts")
+    try:
+        path.mkdir()
+    except OSError as e:
+        if e.errno in _WRITE_ERRORS:
+            raise OutputError(f"{show(out)}: cannot write ({e.strerror or e})") from None
+        raise
+    try:
+        yield path
+    finally:
+        with deferred_signals():
+            discard(path)
+
+
+@contextmanager
 def atomic_output(out: str | Path, folder: bool = False, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``out`` (a new empty folder if ``folder``); when the block
     completes, rename it onto ``out`` (which :func:`check_output_path` has vetted). On any failure

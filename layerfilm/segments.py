@@ -1,0 +1,116 @@
+"""A film drawn and encoded as contiguous segments, one worker task each, joined losslessly in order.
+
+One VP9 stream does not go faster with more cores (row-mt stops at the tile columns) and drawing is
+one thread, so a long film is cut into at most ``jobs`` segments of at least
+``EncodeOptions.segment_seconds``: each task draws its frames (they depend only on the small
+key-frame points, the renderer's fixed axes and colour scale, and the overlay's arrays: a
+:class:`Frames`) and encodes them into a file of its own; the files are then joined by ffmpeg's
+concat demuxer without re-encoding (layerfilm.encode.join).
+
+What the joined film holds:
+  .webm  exactly the frames of a one-segment film (lossless; each segment starts with a key frame,
+         which costs some bytes, not pixels)
+  .gif   exactly the one-segment GIF's frames: one palette, computed once from the sample frames,
+         is used by every segment
+  .mp4   the same number of frames, close but not bitwise equal: each segment starts a new group of
+         pictures, so the lossy H.264 encoder predicts the frames near a cut from other references
+  PNG folder  every worker writes its frames straight into the output folder, numbered globally
+Everything is written under a temporary beside the output (layerfilm.outputs): a failed segment
+cancels the others, and nothing is left behind however the run ends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import ExitStack, closing
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .encode import EncodeOptions, check_output, encoder, encoder_command, join, make_palette
+from .engine import Engine, cores
+from .outputs import atomic_output, scratch_folder
+from .pipeline import prefetch
+
+
+class Frames(Protocol):
+    """What a film shows, frame by frame; small and picklable, so that workers draw its segments."""
+
+    @property
+    def n_frames(self) -> int: ...
+
+    def frame(self, f: int) -> np.ndarray:
+        """Frame ``f`` as (H, W, 3) uint8."""
+        ...
+
+    def keys(self, start: int, stop: int) -> Frames:
+        """The same film holding only what frames ``start`` .. ``stop - 1`` need (to send to a worker)."""
+        ...
+
+    def samples(self) -> list[np.ndarray]:
+        """A few representative frames (for a GIF's palette)."""
+        ...
+
+
+def spans(n_frames: int, jobs: int, min_frames: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) frame ranges: at most ``jobs``, each at least ``min_frames`` long (one
+    range if the film is shorter than two), as equal as can be."""
+    parts = max(1, min(jobs, n_frames // max(1, min_frames)))
+    edges = [i * n_frames // parts for i in range(parts + 1)]
+    return list(zip(edges, edges[1:]))
+
+
+def plan(n_frames: int, jobs: int, fps: float, opts: EncodeOptions) -> list[tuple[int, int]]:
+    """The segments of a film of ``n_frames`` at ``fps`` encoded ``jobs`` at a time."""
+    return spans(n_frames, jobs, math.ceil(opts.segment_seconds * fps))
+
+
+def encode_segment(frames: Frames, start: int, stop: int, kind: str, size: tuple[int, int], opts: EncodeOptions,
+                   fps: float, target: Path, palette: Path | None, *, progress: Callable[..., Any]) -> int:
+    """Draw frames ``start`` .. ``stop - 1`` and encode them into ``target``; the task of one worker,
+    and the whole film when it is one segment. Frames are drawn in a thread ahead of the encoder."""
+    with encoder(encoder_command(kind, size, opts, fps, target, palette, first=start), size) as writer, \
+            closing(prefetch(frames.frame(f) for f in range(start, stop))) as drawn:
+        for img in drawn:
+            writer.write(img)
+            progress(1)
+    return stop - start
+
+
+def encode_film(frames: Frames, out: str | Path, size: tuple[int, int], opts: EncodeOptions = EncodeOptions(),
+                fps: float = 15.0, engine: Engine | None = None, progress: Callable[..., Any] | None = None) -> int:
+    """Write the film ``frames`` to ``out`` (its extension picks the format, see layerfilm.encode).
+
+    Args:
+        frames: what the film shows (e.g. layerfilm.film.FilmFrames).
+        size: (width, height).
+        engine: where the segments run, ``engine.jobs`` at a time; None: one stream in this process.
+        progress: called with a count of frames as they are encoded, in any worker.
+    Returns:
+        the number of segments (1: one stream, encoded in this process).
+    """
+    out = Path(out)
+    kind = check_output(out)
+    parts = plan(frames.n_frames, engine.jobs if engine is not None else 1, fps, opts)
+    if len(parts) > 1 and opts.threads == 0:  # the encoders running at once share the cores
+        opts = replace(opts, threads=max(1, cores() // len(parts)))
+    joined = len(parts) > 1 and kind != "png"
+    with atomic_output(out, folder=kind == "png") as tmp, ExitStack() as stack:
+        scratch = stack.enter_context(scratch_folder(out)) if joined or kind == "gif" else None
+        palette = make_palette(frames.samples(), scratch / "palette.png") if scratch and kind == "gif" else None
+        if joined:
+            assert scratch is not None
+            targets = [scratch / f"part_{i:04d}.{kind}" for i in range(len(parts))]
+        else:  # one file, or PNG frames numbered globally in the output's own folder
+            targets = [tmp] * len(parts)
+        tasks = [(frames.keys(a, b), a, b, kind, size, opts, fps, t, palette) for (a, b), t in zip(parts, targets)]
+        if engine is None or len(tasks) == 1:  # one stream, in this process
+            encode_segment(*tasks[0], progress=progress or (lambda n=1: None))
+        else:
+            engine.map(encode_segment, tasks, progress)
+        if joined:
+            join(targets, [b - a for a, b in parts], fps, kind, tmp)
+    return len(parts)
