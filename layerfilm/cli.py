@@ -10,12 +10,9 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
 
-from .animate import Timeline
-from .encode import EncodeOptions, check_output, webm_preset
-from .engine import ENGINES, check_jobs, cores
+from .encode import EncodeOptions
+from .engine import ENGINES, check_jobs
 from .errors import LayerfilmError, OptionsError
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
@@ -321,33 +318,12 @@ def _film_options(args: argparse.Namespace) -> FilmOptions:
     )
 
 
-def _auto_preset(args: argparse.Namespace, opts: FilmOptions) -> tuple[FilmOptions, str]:
-    """A .webm without --preset: the preset picked by frame count and cores (encode.webm_preset), and
-    the words that say so in the output line. Counting the frames takes a header-only scan (the one
-    render makes next reads the same headers, cached); any problem is left for render to report."""
-    if args.preset or check_output(Path(args.out), opts.encode, (Path(args.folder),)) != "webm":
-        return opts, ""
-    try:
-        n = len(scan(args.folder, opts.every, opts.steps, final_step=opts.final_step, blocks_regex=opts.weights.blocks_regex,
-                     warn=False))
-        frames = Timeline(n, opts.fps, opts.seconds_per_keyframe).n_frames if n >= 2 else 0
-    except LayerfilmError:
-        return opts, ""
-    if frames == 0:
-        return opts, ""
-    threads = min(opts.encode.threads or cores(), cores())
-    preset = webm_preset(frames, (opts.style.width, opts.style.height), threads)
-    other = "realtime: ~5x faster, ~20% larger" if preset == "good" else "good: ~20% smaller, ~5x slower"
-    return (replace(opts, encode=replace(opts.encode, preset=preset)),
-            f"; VP9 preset {preset}, picked for {frames} frames on {threads} core{'s' * (threads > 1)} (--preset {other})")
-
-
 def cmd_render(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    opts, picked = _auto_preset(args, _film_options(args))
-    res = render(args.folder, args.out, opts, export=args.export_points, progress=not args.quiet)
+    res = render(args.folder, args.out, _film_options(args), export=args.export_points, progress=not args.quiet)
     if args.stats:
         print(stats_table(res.trajectories))
+    picked = f"; {res.preset}" if res.preset else ""
     print(f"wrote {show(res.out)} ({res.frames} frames from {res.keyframes} key frames{picked}) in "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     _list_skipped(res.skipped)

@@ -10,8 +10,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .animate import MAX_FRAMES, Timeline, check_time, lerp
-from .encode import EncodeOptions, check_output
-from .engine import check_engine, check_jobs, get_engine
+from .encode import EncodeOptions, check_output, webm_preset
+from .engine import check_engine, check_jobs, cores, get_engine
 from .errors import OptionsError, ScanError
 from .features.weights import WeightSpec
 from .outputs import atomic_output, check_output_path, show
@@ -92,6 +92,7 @@ class FilmResult:
     trajectories: Trajectories
     skipped: tuple[Checkpoint, ...] = ()  # unusable checkpoints, each with its problem
     overlay: Overlay | None = None  # the per-panel bars and settled marks drawn (None: --no-overlay)
+    preset: str = ""  # the .webm preset picked without --preset, and why (for the output line)
 
 
 def check_export_path(path: str | Path, inputs: tuple[Path, ...] = ()) -> Path:
@@ -177,6 +178,18 @@ class FilmFrames:
         return [self.draw(k, 0.0) for k in sorted({0, T // 2, T - 1})]
 
 
+def pick_preset(out: str | Path, opts: FilmOptions, frames: int) -> tuple[FilmOptions, str]:
+    """A .webm without --preset gets ``good`` or ``realtime`` by its frame count, frame size and the cores
+    its encoders share (layerfilm.encode.webm_preset); returns the options and the words that say so."""
+    if opts.encode.preset or check_output(Path(out)) != "webm":
+        return opts, ""
+    threads = min(opts.encode.threads or cores(), cores())
+    preset = webm_preset(frames, (opts.style.width, opts.style.height), threads)
+    other = "realtime: ~5x faster, ~20% larger" if preset == "good" else "good: ~20% smaller, ~5x slower"
+    return (replace(opts, encode=replace(opts.encode, preset=preset)),
+            f"VP9 preset {preset}, picked for {frames} frames on {threads} core{'s' * (threads > 1)} (--preset {other})")
+
+
 def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress: bool = True,
                overlay: Overlay | None = None, renderer: Renderer | None = None) -> int:
     """Interpolate, render and encode the film of ``traj``; returns the number of frames written.
@@ -208,10 +221,11 @@ def render(
     if len(run.series) < 2:
         raise ScanError(f"{show(folder)}: found {len(run.series)} usable checkpoint; a film needs at least two key frames")
     check_film_size(len(run.series), opts)  # before any tensor is read
+    opts, picked = pick_preset(out, opts, Timeline(len(run.series), opts.fps, opts.seconds_per_keyframe).n_frames)
     traj = run.trajectories()
     renderer = film_renderer(traj, opts.style)
     overlay = Overlay.of_points(renderer, traj.stats, opts.settle_threshold) if opts.overlay else None
     n = write_film(traj, out, opts, progress, overlay, renderer)
     if export is not None:
         export_points(traj, export, inputs)
-    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(run.skipped), overlay)
+    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(run.skipped), overlay, picked)

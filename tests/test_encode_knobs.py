@@ -81,21 +81,22 @@ def test_default_webm_preset_by_frames_and_cores():
 @pytest.mark.parametrize("given, budget, expected", [("", 1e9, "good"), ("", 0.0, "realtime"), ("good", 0.0, "good"),
                                                      ("realtime", 1e9, "realtime")])
 def test_cli_picks_the_webm_preset_and_says_so(run_cli, tiny_run, tmp_path, monkeypatch, given, budget, expected):
-    """Without --preset the CLI picks by frames and cores and says which in the output line; an
+    """Without --preset render picks by frames and cores and says which in the output line; an
     explicit --preset is used as given and nothing is said."""
-    import layerfilm.cli as cli
     import layerfilm.encode as encode
+    import layerfilm.film as film
+    from layerfilm.engine import cores
 
     monkeypatch.setattr(encode, "GOOD_BUDGET_S", budget)
     seen = []
-    real = cli.render
-    monkeypatch.setattr(cli, "render",
-                        lambda folder, out, opts, **kw: seen.append(opts.encode.preset) or real(folder, out, opts, **kw))
+    real = film.write_film
+    monkeypatch.setattr(film, "write_film", lambda traj, out, opts, *a, **kw: seen.append(opts.encode.preset)
+                        or real(traj, out, opts, *a, **kw))
     args = ("--size", "128x96", "--fps", "2", "--points", "16", "--jobs", "1", "--quiet", "--cache", tmp_path / "cache")
     code, _, err = run_cli("render", tiny_run, "--out", tmp_path / "f.webm", *(("--preset", given) if given else ()), *args)
     assert code == 0, err
     assert seen == [expected]
     frames = (7 - 1) * 2 + 1
-    said = f"; VP9 preset {expected}, picked for {frames} frames on {cli.cores()} core"
+    said = f"; VP9 preset {expected}, picked for {frames} frames on {cores()} core"
     assert (said in err) == (given == ""), err
     assert len(decode(tmp_path / "f.webm", 128, 96)) == frames
