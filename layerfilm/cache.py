@@ -34,7 +34,7 @@ from .outputs import atomic_output
 from .scan import Series
 
 T = TypeVar("T")
-VERSION = 3  # bump when the meaning of an entry changes
+VERSION = 4  # bump when the meaning of an entry changes
 DEFAULT_MAX_MB = 4096
 STALE_PARTIAL_S = 3600  # a temporary entry this old was left by a process that was killed while writing it
 

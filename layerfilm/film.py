@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from .animate import MAX_FRAMES, Timeline, check_time, lerp
+from .animate import MAX_FRAMES, Timeline, check_time, check_time_mode
 from .encode import EncodeOptions, check_output, open_film
 from .engine import check_jobs
 from .errors import OptionsError, ScanError
 from .features.weights import WeightSpec
+from .legend import Legend, scale_top, subject_text, time_text, zoom_text, zooms
 from .outputs import atomic_output, check_output_path, show
-from .overlay import Overlay
+from .overlay import Overlay, bar_text
 from .pipeline import prefetch
 from .projection import FITS, Trajectories, UmapOptions
 from .raster import Renderer, Style
@@ -40,6 +41,8 @@ class FilmOptions:
     umap: UmapOptions = field(default_factory=UmapOptions)  # umap only
     fps: float = 15.0
     seconds_per_keyframe: float = 1.0
+    time: str = "keys"  # where key frames fall in the film: keys | steps | log-steps (layerfilm.animate)
+    legend: bool = True  # the key under the panels, the colour bar and the timeline (layerfilm.legend)
     style: Style = field(default_factory=Style)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     every: int = 1
@@ -65,6 +68,7 @@ class FilmOptions:
     def __post_init__(self) -> None:
         check_jobs(self.jobs)
         check_time(self.fps, self.seconds_per_keyframe)
+        check_time_mode(self.time)
         check_settle_threshold(self.settle_threshold)
         if self.fit not in FITS:
             raise OptionsError(f"--fit {self.fit!r}: choose one of {', '.join(FITS)}")
@@ -78,7 +82,7 @@ class FilmOptions:
 
 
 # FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)
-_NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "every", "steps", "cache", "cache_dir",
+_NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "time", "legend", "every", "steps", "cache", "cache_dir",
                "overlay", "settle_threshold", "jobs", "engine", "address"}
 
 
@@ -122,10 +126,41 @@ def caption(steps: np.ndarray, k: int, a: float) -> str:
     return f"step {int(round(step)):,}   key {k + 1}/{len(steps)}"
 
 
-def film_renderer(traj: Trajectories, style: Style) -> Renderer:
-    """The film's renderer: one panel per block, fixed axes and colour scale over all key frames."""
-    renderer = Renderer(style, [f"L{b}" for b in traj.blocks], traj.extent())
-    renderer.vmax = renderer.auto_vmax(traj.xy)
+def zoomed(traj: Trajectories) -> bool:
+    """Activation films zoom each key frame to its own spread: block outputs at random init are orders
+    of magnitude smaller than after training, and one extent for the film would show them as a dot.
+    Weight films keep one extent (their spread is part of what they show)."""
+    return (traj.subject is not None and traj.subject.kind == "activations") or "act_norm" in traj.stats
+
+
+def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool) -> Legend:
+    """The legend's words: what is filmed and how (``traj.subject``), the zoom of activation films, the
+    bottom bar (``bar``: the overlay is drawn), the time, and the run's folder."""
+    parts = subject_text(traj.subject, traj.method, traj.stats)
+    if zoomed(traj):
+        parts.append(zoom_text(zooms(traj.xy)))
+    if bar and "point_update" in traj.stats:
+        parts.append(bar_text(traj.stats["point_update"]))
+    tl = Timeline.of(traj.steps, opts.fps, opts.seconds_per_keyframe, opts.time)
+    parts.append(time_text(opts.time, opts.seconds_per_keyframe))
+    if traj.subject is not None and traj.subject.run:
+        parts.append(f"run: {traj.subject.run}")
+    ticks = tuple(float(f) / max(tl.n_frames - 1, 1) for f in tl.key_frames)
+    return Legend(tuple(parts), ticks)
+
+
+def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = None, bar: bool = False) -> Renderer:
+    """The film's renderer: one panel per block, its axes (fixed, or zoomed per key frame for
+    activations) and the colour scale fixed over all key frames by the rule of
+    ``layerfilm.legend.scale_top``; with ``opts.legend`` (default) the legend, which mentions the
+    bottom bar when ``bar`` (the overlay is drawn)."""
+    opts = opts or FilmOptions(style=style)
+    zoom = zooms(traj.xy) if zoomed(traj) else None
+    extent = traj.extent() if zoom is None else np.tile([-1.0, 1.0, -1.0, 1.0], (len(traj.blocks), 1))
+    legend = film_legend(traj, opts, bar) if opts.legend else None
+    renderer = Renderer(style, [f"L{b}" for b in traj.blocks], extent, legend=legend, zoom=zoom)
+    maxima = renderer.key_maxima(renderer.place(traj.xy, k, 0.0) for k in range(len(traj.steps)))
+    renderer.set_scale(*scale_top(maxima), len(traj.steps))
     return renderer
 
 
@@ -133,12 +168,12 @@ def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress:
                overlay: Overlay | None = None, renderer: Renderer | None = None) -> int:
     """Interpolate, render and encode the film of ``traj``; returns the number of frames written.
     With ``overlay``, each panel also shows how much its block still moves (layerfilm.overlay)."""
-    tl = Timeline(len(traj.steps), opts.fps, opts.seconds_per_keyframe)
-    renderer = renderer or film_renderer(traj, opts.style)
+    tl = Timeline.of(traj.steps, opts.fps, opts.seconds_per_keyframe, opts.time)
+    renderer = renderer or film_renderer(traj, opts.style, opts, bar=overlay is not None)
     size = (opts.style.width, opts.style.height)
 
     def frame(k: int, a: float) -> np.ndarray:
-        img = renderer.frame(lerp(traj.xy, k, a), caption(traj.steps, k, a))
+        img = renderer.frame(renderer.place(traj.xy, k, a), caption(traj.steps, k, a), tl.position(k, a))
         if overlay is not None:
             overlay(img, k, a)
         return img
@@ -175,7 +210,7 @@ def render(
         raise ScanError(f"{show(folder)}: found {len(run.series)} usable checkpoint; a film needs at least two key frames")
     check_film_size(len(run.series), opts)  # before any tensor is read
     traj = run.trajectories()
-    renderer = film_renderer(traj, opts.style)
+    renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay)
     overlay = Overlay.of_points(renderer, traj.stats, opts.settle_threshold) if opts.overlay else None
     n = write_film(traj, out, opts, progress, overlay, renderer)
     if export is not None:
