@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,12 +133,12 @@ def zoomed(traj: Trajectories) -> bool:
     return (traj.subject is not None and traj.subject.kind == "activations") or "act_norm" in traj.stats
 
 
-def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool) -> Legend:
-    """The legend's words: what is filmed and how (``traj.subject``), the zoom of activation films, the
-    bottom bar (``bar``: the overlay is drawn), the time, and the run's folder."""
+def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarray | None = None) -> Legend:
+    """The legend's words: what is filmed and how (``traj.subject``), the per-key-frame axes ``zoom``
+    of activation films, the bottom bar (``bar``: the overlay is drawn), the time, and the run's folder."""
     parts = subject_text(traj.subject, traj.method, traj.stats)
-    if zoomed(traj):
-        parts.append(zoom_text(zooms(traj.xy)))
+    if zoom is not None:
+        parts.append(zoom_text(zoom))
     if bar and "point_update" in traj.stats:
         parts.append(bar_text(traj.stats["point_update"]))
     tl = Timeline.of(traj.steps, opts.fps, opts.seconds_per_keyframe, opts.time)
@@ -157,11 +157,27 @@ def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = N
     opts = opts or FilmOptions(style=style)
     zoom = zooms(traj.xy) if zoomed(traj) else None
     extent = traj.extent() if zoom is None else np.tile([-1.0, 1.0, -1.0, 1.0], (len(traj.blocks), 1))
-    legend = film_legend(traj, opts, bar) if opts.legend else None
+    legend = film_legend(traj, opts, bar, zoom) if opts.legend else None
     renderer = Renderer(style, [f"L{b}" for b in traj.blocks], extent, legend=legend, zoom=zoom)
     maxima = renderer.key_maxima(renderer.place(traj.xy, k, 0.0) for k in range(len(traj.steps)))
     renderer.set_scale(*scale_top(maxima), len(traj.steps))
     return renderer
+
+
+def frame_function(traj: Trajectories, renderer: Renderer, opts: FilmOptions,
+                   overlay: Overlay | None = None) -> Callable[[int, float], np.ndarray]:
+    """``frame(k, a)``: the film's frame at key frame k plus a fraction a of the way to k + 1 (points on
+    straight lines, the step in the caption, the timeline's cursor, the overlay if any). Stills are
+    ``frame(k, 0.0)``, so they equal the film's key frames."""
+    tl = Timeline.of(traj.steps, opts.fps, opts.seconds_per_keyframe, opts.time)
+
+    def frame(k: int, a: float) -> np.ndarray:
+        img = renderer.frame(renderer.place(traj.xy, k, a), caption(traj.steps, k, a), tl.position(k, a))
+        if overlay is not None:
+            overlay(img, k, a)
+        return img
+
+    return frame
 
 
 def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress: bool = True,
@@ -171,12 +187,7 @@ def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress:
     tl = Timeline.of(traj.steps, opts.fps, opts.seconds_per_keyframe, opts.time)
     renderer = renderer or film_renderer(traj, opts.style, opts, bar=overlay is not None)
     size = (opts.style.width, opts.style.height)
-
-    def frame(k: int, a: float) -> np.ndarray:
-        img = renderer.frame(renderer.place(traj.xy, k, a), caption(traj.steps, k, a), tl.position(k, a))
-        if overlay is not None:
-            overlay(img, k, a)
-        return img
+    frame = frame_function(traj, renderer, opts, overlay)
 
     def samples() -> list[np.ndarray]:
         return [frame(k, 0.0) for k in sorted({0, len(traj.steps) // 2, len(traj.steps) - 1})]

@@ -344,7 +344,9 @@ class Renderer:
     # ---------------------------------------------------------------- the legend (drawn once)
 
     def _wrap(self, parts: Sequence[str]) -> list[str]:
-        """The legend's phrases in rows that fit the frame's width, broken between phrases."""
+        """The legend's phrases in rows that fit the frame's width, broken between phrases. In a frame
+        too small for all of them (a quarter of its height at most), the last phrases are cut: the
+        first (what is filmed, and whether it is a sample) always stays."""
         room = self.style.width - 4 * self.text_pad
         rows: list[str] = []
         for part in parts:
@@ -353,7 +355,8 @@ class Renderer:
                 rows[-1] = joined
             else:
                 rows.append(part)
-        return rows
+        most = max(1, self.style.height // 4 // round(self.legend_px * 1.45))
+        return rows[:most]
 
     def _draw_footer(self, legend: Legend) -> None:
         """The timeline (a track with a tick per key frame) and the legend's rows, into the static frame."""

@@ -32,7 +32,7 @@ from .figures import (
     settling_figure,
     stills_figure,
 )
-from .film import FilmOptions, caption, film_renderer
+from .film import FilmOptions, film_renderer, frame_function
 from .outputs import atomic_output, check_output_path
 from .projection import Trajectories
 from .raster import Style
@@ -89,8 +89,9 @@ def keyframe_stills(traj: Trajectories, style: Style, steps: list[int] | None = 
     """The film's frames at ``steps`` (default: the first and last key frame), side by side; with the
     film's legend unless ``opts.legend`` is False."""
     steps, idx = key_indices([int(s) for s in traj.steps], steps)
-    renderer = film_renderer(traj, style, opts)
-    frames = np.stack([renderer.frame(renderer.place(traj.xy, k, 0.0), caption(traj.steps, k, 0.0)) for k in idx])
+    opts = opts or FilmOptions(style=style)
+    frame = frame_function(traj, film_renderer(traj, style, opts), opts)
+    frames = np.stack([frame(k, 0.0) for k in idx])
     return Stills(steps, frames, stills_figure(frames, steps))
 
 
