@@ -134,17 +134,16 @@ def zoomed(traj: Trajectories) -> bool:
 
 
 def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarray | None = None) -> Legend:
-    """The legend's words: what is filmed and how (``traj.subject``), the per-key-frame axes ``zoom``
-    of activation films, the bottom bar (``bar``: the overlay is drawn), the time, and the run's folder."""
-    parts = subject_text(traj.subject, traj.method, traj.stats)
+    """The legend's words: the run's folder, what is filmed and how (``traj.subject``), the per-key-frame
+    axes ``zoom`` of activation films, the bottom bar (``bar``: the overlay is drawn), and the time."""
+    parts = [f"run: {traj.subject.run}"] if traj.subject is not None and traj.subject.run else []
+    parts += subject_text(traj.subject, traj.method, traj.stats)
     if zoom is not None:
         parts.append(zoom_text(zoom))
     if bar and "point_update" in traj.stats:
         parts.append(bar_text(traj.stats["point_update"]))
     tl = Timeline.of(traj.steps, opts.fps, opts.seconds_per_keyframe, opts.time)
     parts.append(time_text(opts.time, opts.seconds_per_keyframe))
-    if traj.subject is not None and traj.subject.run:
-        parts.append(f"run: {traj.subject.run}")
     ticks = tuple(float(f) / max(tl.n_frames - 1, 1) for f in tl.key_frames)
     return Legend(tuple(parts), ticks)
 

@@ -29,7 +29,7 @@ LEGEND_FRACTION = 0.016  # of the frame height: the legend's text (12 px at 720p
 BACKGROUND = np.array([12, 12, 14], np.uint8)
 TEXT = np.array([235, 235, 235], np.float32)
 TRACK = np.array([45, 45, 52], np.uint8)  # the timeline's track (and the overlay's)
-TICK = np.array([150, 150, 160], np.uint8)  # a key frame on the timeline
+TICK = np.array([170, 170, 180], np.uint8)  # a key frame on the timeline
 CURSOR = np.array([255, 200, 60], np.uint8)  # now, on the timeline
 FLOOR = 0.25  # colour-scale position of the faintest non-empty bin
 
@@ -185,7 +185,7 @@ class Renderer:
         self.legend_px = max(9, round(H * LEGEND_FRACTION))
         self.rows = self._wrap(legend.parts) if legend is not None else []
         self.row_h = round(self.legend_px * 1.45)
-        self.timeline_h = max(3, self.legend_px // 3) if legend is not None else 0
+        self.timeline_h = max(4, self.legend_px // 2) if legend is not None else 0
         self.footer = self.timeline_h + len(self.rows) * self.row_h + self.legend_px // 2 if legend is not None else 0
         grid_h = H - self.header - self.footer
         rows, cols = grid_shape(len(labels), W, grid_h)
@@ -338,7 +338,7 @@ class Renderer:
         if when is not None and self.legend is not None:
             x0, x1, y = self._timeline
             x = x0 + int(round(min(max(when, 0.0), 1.0) * (x1 - x0 - 1)))
-            w = max(2, self.timeline_h // 2)
+            w = max(3, self.timeline_h)
             img[y : y + self.timeline_h, max(x0, x - w // 2) : x - w // 2 + w] = CURSOR
 
     # ---------------------------------------------------------------- the legend (drawn once)
