@@ -382,9 +382,11 @@ class Renderer:
         h = max(3, self.header // 3)
         y = max(1, (self.header - h - px) // 2)
         ulen = text_mask(unit, px).shape[1]
+        width = min(W // 4, W - x - ulen - self.text_pad * 2 - W // 3)
+        if width < 16:  # a frame too small for a colour bar (thumbnails)
+            return
         draw_text(self.base, unit, x, y + (h - text_mask(unit, px).shape[0]) // 2, px)
         x += ulen + self.text_pad * 2
-        width = max(16, min(W // 4, W - x - W // 3))
         n = len(self.lut) - 1
         level = np.arange(width) / max(width - 1, 1)
         self.base[y : y + h, x : x + width] = self.lut[np.clip((FLOOR + level * (1 - FLOOR)) * n, 1, n).astype(np.int64)]
