@@ -47,7 +47,8 @@ def test_legend_words_are_the_plans_and_the_projections_numbers(tiny_run, traj):
 def test_all_neurons_are_not_called_a_sample(tiny_run):
     t = Run.open(tiny_run, FilmOptions(weights=WeightSpec(points=4096), jobs=1, cache=False), progress=False).trajectories()
     assert t.subject.points == t.subject.of == t.xy.shape[2]
-    assert film_renderer(t, Style(1280, 720)).rows[0].startswith(f"mlp.c_fc.weight: all {t.subject.of:,} output neurons")
+    text = SEP.join(film_renderer(t, Style(1280, 720)).rows)
+    assert f"mlp.c_fc.weight: all {t.subject.of:,} output neurons, weights" in text and "sample" not in text
 
 
 def test_colour_scale_top_is_the_stated_percentile_of_key_frame_maxima(traj):
