@@ -73,9 +73,9 @@ def subject_text(subject: Subject | None, method: str, stats: dict[str, np.ndarr
 
 
 def time_text(time: str, seconds_per_keyframe: float) -> str:
-    return {"keys": f"time: a key frame every {seconds_per_keyframe:g} s (ticks on the line above)",
-            "steps": "time: proportional to the step (ticks on the line above: key frames)",
-            "log-steps": "time: proportional to log(1 + step) (ticks on the line above: key frames)"}[time]
+    return {"keys": f"time: a key frame every {seconds_per_keyframe:g} s (ticks above)",
+            "steps": "time: proportional to the step (ticks above: key frames)",
+            "log-steps": "time: proportional to log(1 + step) (ticks above: key frames)"}[time]
 
 
 def zooms(xy: np.ndarray, lo: float = 0.5, hi: float = 99.5, margin: float = 0.08) -> np.ndarray:

@@ -43,8 +43,8 @@ def moving_level(relative_update: np.ndarray) -> np.ndarray:
 def bar_text(relative_update: np.ndarray) -> str:
     """The legend's words for the bar: what it measures and its scale, with the film's own numbers."""
     top = float(_updates(relative_update).max())  # a full bar, as moving_level draws it
-    return (f"bottom bar: relative update of the points into each key frame (|x_k - x_k-1| / |x_k|), log: full "
-            f"{top:.2g} (the fastest), empty <= {top / 10**DECADES:.2g}; green: settled")
+    return (f"bottom bar: relative update of the points per key frame, log: full {top:.2g} (fastest), "
+            f"empty <= {top / 10**DECADES:.2g}; green: settled")
 
 
 class Overlay:
