@@ -121,8 +121,16 @@ def check_film_size(keyframes: int, opts: FilmOptions) -> None:
                            f"at {w}x{h}); at most {MAX_FRAMES:,}: lower --fps or --seconds-per-keyframe, or use --every")
 
 
-def caption(steps: np.ndarray, k: int, a: float) -> str:
-    step = steps[k] if a == 0 else steps[k] + a * (steps[k + 1] - steps[k])
+def caption(steps: np.ndarray, k: int, a: float, time: str = "keys") -> str:
+    """The step shown at key k plus a fraction a: between key frames it runs as film time does (linear
+    in the step, or in log(1 + step) with ``--time log-steps``)."""
+    if a == 0:
+        step = float(steps[k])
+    elif time == "log-steps":
+        s0 = float(steps[0])
+        step = s0 + float(np.expm1((1 - a) * np.log1p(steps[k] - s0) + a * np.log1p(steps[k + 1] - s0)))
+    else:
+        step = steps[k] + a * (steps[k + 1] - steps[k])
     return f"step {int(round(step)):,}   key {k + 1}/{len(steps)}"
 
 
@@ -171,7 +179,7 @@ def frame_function(traj: Trajectories, renderer: Renderer, opts: FilmOptions,
     tl = Timeline.of(traj.steps, opts.fps, opts.seconds_per_keyframe, opts.time)
 
     def frame(k: int, a: float) -> np.ndarray:
-        img = renderer.frame(renderer.place(traj.xy, k, a), caption(traj.steps, k, a), tl.position(k, a))
+        img = renderer.frame(renderer.place(traj.xy, k, a), caption(traj.steps, k, a, opts.time), tl.position(k, a))
         if overlay is not None:
             overlay(img, k, a)
         return img

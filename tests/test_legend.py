@@ -11,7 +11,7 @@ import pytest
 from layerfilm.animate import Timeline
 from layerfilm.features import Subject
 from layerfilm.features.weights import WeightSpec, plan
-from layerfilm.film import FilmOptions, film_renderer, frame_function
+from layerfilm.film import FilmOptions, caption, film_renderer, frame_function
 from layerfilm.legend import SEP, VMAX_PERCENTILE, scale_top
 from layerfilm.overlay import bar_text
 from layerfilm.projection import Trajectories
@@ -140,6 +140,13 @@ def _grey_text(img: np.ndarray) -> int:
     """Pixels of the legend's light grey words (panels are magma, bars blue or green)."""
     px = img.astype(int)
     return int(((px.min(-1) > 150) & (px.max(-1) - px.min(-1) < 20)).sum())
+
+
+def test_caption_step_runs_as_film_time_does():
+    steps = np.array([0, 100, 1100])
+    assert caption(steps, 0, 0.5).startswith("step 50 ") and caption(steps, 1, 0.0).startswith("step 100 ")
+    assert caption(steps, 0, 0.5, "log-steps").startswith(f"step {round(np.sqrt(101) - 1)} ")  # log(1+s) halfway
+    assert caption(steps, 1, 0.5, "log-steps").startswith(f"step {round(np.sqrt(101 * 1101) - 1):,} ")
 
 
 def test_render_time_log_steps_and_no_legend(tiny_run, run_cli, tmp_path):
