@@ -40,10 +40,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import make_reference  # noqa: E402
 from bench_io import drop_cache  # noqa: E402
-from layerfilm.animate import Timeline, lerp  # noqa: E402
+from layerfilm.animate import Timeline  # noqa: E402
 from layerfilm.encode import ENCODERS, EncodeOptions, _raw_input, ffmpeg_exe  # noqa: E402
-from layerfilm.film import FilmOptions, cached_trajectories, caption  # noqa: E402
-from layerfilm.raster import Renderer, Style  # noqa: E402
+from layerfilm.film import FilmOptions, caption, film_renderer  # noqa: E402
+from layerfilm.raster import Style  # noqa: E402
+from layerfilm.run import Run  # noqa: E402
 from mpl_reference import MplFrames  # noqa: E402
 
 FPS = 15.0
@@ -126,27 +127,28 @@ def main(argv: list[str] | None = None) -> None:
         # the film's trajectories, in-process (also fills the cache used by (2b))
         print("projecting in-process for the floor's frames and (3) ...", file=sys.stderr)
         t = time.perf_counter()
-        traj = cached_trajectories(series, FilmOptions(style=style, cache_dir=str(cache)), progress=False)
+        opts = FilmOptions(style=style, cache_dir=str(cache))
+        traj = Run(series, opts, progress=False).trajectories()
         prep = time.perf_counter() - t
-        renderer = Renderer(style, [f"L{b}" for b in traj.blocks], traj.extent())
-        renderer.vmax = renderer.auto_vmax(traj.xy)
+        renderer = film_renderer(traj, style, opts, bar=True)  # with the legend, as render draws it
         tl = Timeline(T, fps, 1.0)
 
         def case(f: int) -> tuple[np.ndarray, str]:
             k, frac = tl.locate(f)
-            return lerp(traj.xy, k, frac), caption(traj.steps, k, frac)
+            return renderer.place(traj.xy, k, frac), caption(traj.steps, k, frac)
 
         # (3) drawing only, same frames for both
         picks = np.linspace(0, n - 1, max(a.mpl_frames, 1)).round().astype(int)
         mpl = MplFrames(w, h, renderer.labels, traj.extent(), renderer.vmax)
         t_mpl = per_frame(mpl, [case(f) for f in picks])
         del mpl
-        t_lf = per_frame(renderer.frame, [case(f) for f in np.linspace(0, n - 1, 60).round().astype(int)])
+        t_lf = per_frame(lambda pts, cap: renderer.frame(pts, cap, 0.5),
+                         [case(f) for f in np.linspace(0, n - 1, 60).round().astype(int)])
 
         # (1) floor: two key-frame intervals (at 1/3 and 2/3 of the film), each forwards then backwards
         fpk = tl.frames_per_key
         seg = [f for s in (n // 3, 2 * n // 3) for f in list(range(s, s + fpk)) + list(range(s + fpk - 1, s - 1, -1))]
-        frames = [renderer.frame(*case(f)) for f in seg]
+        frames = [renderer.frame(*case(f), f / (n - 1)) for f in seg]
         print(f"(1) floor: ffmpeg alone, {n} frames ...", file=sys.stderr)
         t_floor, cpu_floor = floor(frames, n, (w, h), enc, tmp / "floor.webm")
         del frames

@@ -36,7 +36,7 @@ from .scan import Series
 from .storage import AnyPath, RemotePath, stamp
 
 T = TypeVar("T")
-VERSION = 3  # bump when the meaning of an entry changes
+VERSION = 4  # bump when the meaning of an entry changes
 DEFAULT_MAX_MB = 4096
 STALE_PARTIAL_S = 3600  # a temporary entry this old was left by a process that was killed while writing it
 

@@ -11,11 +11,13 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .animate import TIMES
 from .encode import EncodeOptions
 from .engine import ENGINES, check_jobs
 from .errors import LayerfilmError, OptionsError
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
+from .legend import VMAX_PERCENTILE
 from .outputs import printable, show
 from .projection import FITS, PROJECTIONS, UmapOptions, stats_table
 from .raster import Style, parse_size
@@ -115,9 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = r.add_argument_group("projection and time")
     _add_projection_details(g)
     g.add_argument("--fps", type=float, default=15.0, help="frames per second (default 15)")
-    g.add_argument("--seconds-per-keyframe", type=float, default=1.0, metavar="S", help="seconds between key frames (default 1)")
+    g.add_argument("--seconds-per-keyframe", type=float, default=1.0, metavar="S", help="seconds between key frames with "
+                   "--time keys (default 1); the film has (T-1) x round(fps x S) + 1 frames whatever --time says")
+    g.add_argument("--time", choices=TIMES, default="keys", help="where key frames fall in the film: keys (default) = one "
+                   "every --seconds-per-keyframe; steps = film time proportional to the step; log-steps = proportional to "
+                   "log(1 + step - first step) (Pythia-style 0, 1, 2, 4, ..., 512, 1000, 2000 spread evenly); every key "
+                   "frame keeps a frame of its own; the legend's timeline marks them")
     g = r.add_argument_group("look and encoding")
     _add_look(g)
+    _add_no_legend(g)
     g.add_argument("--no-overlay", action="store_true", help="no per-panel overlay; by default a bar along the bottom "
                    "of each panel shows how much the block still moves (relative update of the filmed points, log scale "
                    "over 3 decades below the film's fastest) and the panel says 'settled' in green from its settling "
@@ -232,7 +240,17 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
 def _add_look(g) -> None:
     g.add_argument("--size", type=_size, default=(1280, 720), metavar="WxH", help="frame size in pixels, even numbers (default "
                    "1280x720)")
-    g.add_argument("--cmap", default="magma", help="matplotlib colormap for density, log(1+count) scaled (default magma)")
+    g.add_argument("--cmap", default="magma", help="matplotlib colormap for density (default magma), on a log(1 + count) "
+                   f"scale whose top is fixed for the film: the {VMAX_PERCENTILE:g}th percentile of the key frames' densest "
+                   "bins, so that every key frame uses most of it; denser bins take the top colour (the colour bar says in "
+                   "how many key frames)")
+
+
+def _add_no_legend(g) -> None:
+    g.add_argument("--no-legend", action="store_true", help="no legend; by default the frame says what is filmed (matrix, "
+                   "neurons sampled of how many, weights or activations), the projection and the variance its axes "
+                   "explain, the run's folder, a colour bar (points per bin, log scale, absolute counts), what the bottom "
+                   "bar measures, and a timeline of the key frames")
 
 
 def _add_settle(g) -> None:
@@ -301,6 +319,8 @@ def _film_options(args: argparse.Namespace) -> FilmOptions:
                          stride=args.umap_stride, jobs=args.jobs, seed=args.seed),
         fps=args.fps,
         seconds_per_keyframe=args.seconds_per_keyframe,
+        time=args.time,
+        legend=not args.no_legend,
         style=Style(width=w, height=h, cmap=args.cmap),
         encode=EncodeOptions(crf=args.crf, threads=args.encoder_threads, preset=args.preset),
         every=args.every,
@@ -440,7 +460,9 @@ def _add_study_commands(sub) -> None:
     t.add_argument("--steps", dest="keyframes", default=None, metavar="S1,S2,...",
                    help="key frames to show, by step (default: first and last)")
     _add_points(t.add_argument_group("what to film (as in render)"))
-    _add_look(t.add_argument_group("look"))
+    g = t.add_argument_group("look")
+    _add_look(g)
+    _add_no_legend(g)
     p = _study_parser(sub, "report", "HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", REPORT_HELP)
     p.add_argument("--out", required=True, help="report.html (self-contained) | report.md (PNGs written beside it)")
     p.add_argument("--film", default=None, metavar="FILE", help="a film (.webm, .mp4, .gif) to show: .html embeds one of at "
@@ -464,6 +486,7 @@ def _study_options(args: argparse.Namespace) -> FilmOptions:
         final_step=args.final_step, strict=args.strict, cache=not args.no_cache, cache_dir=args.cache,
         jobs=args.jobs, engine=args.engine, address=args.address,
         storage_options=args.storage_options,
+        legend=not a.get("no_legend", False),
     )
 
 

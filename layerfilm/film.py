@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from .animate import MAX_FRAMES, Timeline, check_time, lerp
+from .animate import MAX_FRAMES, Timeline, check_time, check_time_mode
 from .encode import EncodeOptions, check_output, webm_preset
 from .engine import check_engine, check_jobs, cores, get_engine
 from .errors import OptionsError, ScanError
 from .features.weights import WeightSpec
+from .legend import Legend, scale_top, subject_text, time_text, zoom_text, zooms
 from .outputs import atomic_output, check_output_path, show
-from .overlay import Overlay
+from .overlay import Overlay, bar_text
 from .projection import FITS, Trajectories, UmapOptions
 from .raster import Renderer, Style
 from .run import Run
@@ -39,6 +40,8 @@ class FilmOptions:
     umap: UmapOptions = field(default_factory=UmapOptions)  # umap only
     fps: float = 15.0
     seconds_per_keyframe: float = 1.0
+    time: str = "keys"  # where key frames fall in the film: keys | steps | log-steps (layerfilm.animate)
+    legend: bool = True  # the key under the panels, the colour bar and the timeline (layerfilm.legend)
     style: Style = field(default_factory=Style)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     every: int = 1
@@ -67,6 +70,7 @@ class FilmOptions:
         check_engine(self.engine, self.address)
         parse_storage_options(self.storage_options)
         check_time(self.fps, self.seconds_per_keyframe)
+        check_time_mode(self.time)
         check_settle_threshold(self.settle_threshold)
         if self.fit not in FITS:
             raise OptionsError(f"--fit {self.fit!r}: choose one of {', '.join(FITS)}")
@@ -80,7 +84,7 @@ class FilmOptions:
 
 
 # FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)
-_NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "every", "steps", "cache", "cache_dir",
+_NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "time", "legend", "every", "steps", "cache", "cache_dir",
                "overlay", "settle_threshold", "jobs", "engine", "address", "storage_options"}
 
 
@@ -120,15 +124,53 @@ def check_film_size(keyframes: int, opts: FilmOptions) -> None:
                            f"at {w}x{h}); at most {MAX_FRAMES:,}: lower --fps or --seconds-per-keyframe, or use --every")
 
 
-def caption(steps: np.ndarray, k: int, a: float) -> str:
-    step = steps[k] if a == 0 else steps[k] + a * (steps[k + 1] - steps[k])
+def caption(steps: np.ndarray, k: int, a: float, time: str = "keys") -> str:
+    """The step shown at key k plus a fraction a: between key frames it runs as film time does (linear
+    in the step, or in log(1 + step) with ``--time log-steps``)."""
+    if a == 0:
+        step = float(steps[k])
+    elif time == "log-steps":
+        s0 = float(steps[0])
+        step = s0 + float(np.expm1((1 - a) * np.log1p(steps[k] - s0) + a * np.log1p(steps[k + 1] - s0)))
+    else:
+        step = steps[k] + a * (steps[k + 1] - steps[k])
     return f"step {int(round(step)):,}   key {k + 1}/{len(steps)}"
 
 
-def film_renderer(traj: Trajectories, style: Style) -> Renderer:
-    """The film's renderer: one panel per block, fixed axes and colour scale over all key frames."""
-    renderer = Renderer(style, [f"L{b}" for b in traj.blocks], traj.extent())
-    renderer.vmax = renderer.auto_vmax(traj.xy)
+def zoomed(traj: Trajectories) -> bool:
+    """Activation films zoom each key frame to its own spread: block outputs at random init are orders
+    of magnitude smaller than after training, and one extent for the film would show them as a dot.
+    Weight films keep one extent (their spread is part of what they show)."""
+    return (traj.subject is not None and traj.subject.kind == "activations") or "act_norm" in traj.stats
+
+
+def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarray | None = None) -> Legend:
+    """The legend's words: the run's folder, what is filmed and how (``traj.subject``), the per-key-frame
+    axes ``zoom`` of activation films, the bottom bar (``bar``: the overlay is drawn), and the time."""
+    parts = [f"run: {traj.subject.run}"] if traj.subject is not None and traj.subject.run else []
+    parts += subject_text(traj.subject, traj.method, traj.stats)
+    if zoom is not None:
+        parts.append(zoom_text(zoom))
+    if bar and "point_update" in traj.stats:
+        parts.append(bar_text(traj.stats["point_update"]))
+    tl = Timeline.of(traj.steps, opts.fps, opts.seconds_per_keyframe, opts.time)
+    parts.append(time_text(opts.time, opts.seconds_per_keyframe))
+    ticks = tuple(float(f) / max(tl.n_frames - 1, 1) for f in tl.key_frames)
+    return Legend(tuple(parts), ticks)
+
+
+def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = None, bar: bool = False) -> Renderer:
+    """The film's renderer: one panel per block, its axes (fixed, or zoomed per key frame for
+    activations) and the colour scale fixed over all key frames by the rule of
+    ``layerfilm.legend.scale_top``; with ``opts.legend`` (default) the legend, which mentions the
+    bottom bar when ``bar`` (the overlay is drawn)."""
+    opts = opts or FilmOptions(style=style)
+    zoom = zooms(traj.xy) if zoomed(traj) else None
+    extent = traj.extent() if zoom is None else np.tile([-1.0, 1.0, -1.0, 1.0], (len(traj.blocks), 1))
+    legend = film_legend(traj, opts, bar, zoom) if opts.legend else None
+    renderer = Renderer(style, [f"L{b}" for b in traj.blocks], extent, legend=legend, zoom=zoom)
+    maxima = renderer.key_maxima(renderer.place(traj.xy, k, 0.0) for k in range(len(traj.steps)))
+    renderer.set_scale(*scale_top(maxima), len(traj.steps))
     return renderer
 
 
@@ -145,20 +187,24 @@ class FilmFrames:
     renderer: Renderer
     overlay: Overlay | None = None  # draws over each frame (layerfilm.overlay)
     first_key: int = 0
+    time: str = "keys"  # --time: how the caption's step runs between key frames
 
     @classmethod
     def of(cls, traj: Trajectories, opts: FilmOptions, renderer: Renderer | None = None,
            overlay: Overlay | None = None) -> FilmFrames:
-        return cls(Timeline(len(traj.steps), opts.fps, opts.seconds_per_keyframe), traj.xy, traj.steps,
-                   renderer or film_renderer(traj, opts.style), overlay)
+        return cls(Timeline.of(traj.steps, opts.fps, opts.seconds_per_keyframe, opts.time), traj.xy, traj.steps,
+                   renderer or film_renderer(traj, opts.style, opts, bar=overlay is not None), overlay, time=opts.time)
 
     @property
     def n_frames(self) -> int:
         return self.timeline.n_frames
 
     def draw(self, k: int, a: float) -> np.ndarray:
-        """(H, W, 3) uint8: the film a fraction ``a`` of the way from key frame ``k`` to the next."""
-        img = self.renderer.frame(lerp(self.xy, k - self.first_key, a), caption(self.steps, k, a))
+        """(H, W, 3) uint8: the film a fraction ``a`` of the way from key frame ``k`` to the next (points
+        on straight lines, the step in the caption, the timeline's cursor, the overlay if any). Stills
+        are ``draw(k, 0.0)``, so they equal the film's key frames."""
+        img = self.renderer.frame(self.renderer.place(self.xy, k, a, self.first_key), caption(self.steps, k, a, self.time),
+                                  self.timeline.position(k, a))
         if self.overlay is not None:
             self.overlay(img, k, a)
         return img
@@ -223,7 +269,7 @@ def render(
     check_film_size(len(run.series), opts)  # before any tensor is read
     opts, picked = pick_preset(out, opts, Timeline(len(run.series), opts.fps, opts.seconds_per_keyframe).n_frames)
     traj = run.trajectories()
-    renderer = film_renderer(traj, opts.style)
+    renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay)
     overlay = Overlay.of_points(renderer, traj.stats, opts.settle_threshold) if opts.overlay else None
     n = write_film(traj, out, opts, progress, overlay, renderer)
     if export is not None:

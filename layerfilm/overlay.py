@@ -15,25 +15,36 @@ from __future__ import annotations
 import numpy as np
 
 from .animate import lerp
-from .raster import Renderer, draw_text, text_mask
+from .raster import TRACK, Renderer, draw_text, text_mask
 from .stability import Stability, settle_index
 
 DECADES = 3.0
 MOVING = np.array([110, 190, 255], np.float32)
 SETTLED = np.array([110, 215, 120], np.float32)
-TRACK = np.array([45, 45, 52], np.uint8)
+
+
+def _updates(relative_update: np.ndarray) -> np.ndarray:
+    """(T, L) the update into each key frame (key 0: the first update), NaN as 0."""
+    rel = np.array(relative_update, np.float64)
+    rel[0] = rel[1]
+    return np.nan_to_num(rel, nan=0.0)
 
 
 def moving_level(relative_update: np.ndarray) -> np.ndarray:
     """(T, L) bar length in [0, 1] at each key frame: the update into key k (key 0: the first update)."""
-    rel = np.array(relative_update, np.float64)
-    rel[0] = rel[1]
-    rel = np.nan_to_num(rel, nan=0.0)
+    rel = _updates(relative_update)
     top = rel.max()
     if top <= 0:
         return np.zeros_like(rel)
     with np.errstate(divide="ignore"):
         return np.clip(1 + np.log10(rel / top) / DECADES, 0.0, 1.0)
+
+
+def bar_text(relative_update: np.ndarray) -> str:
+    """The legend's words for the bar: what it measures and its scale, with the film's own numbers."""
+    top = float(_updates(relative_update).max())  # a full bar, as moving_level draws it
+    return (f"bottom bar: relative update of the points per key frame, log: full {top:.2g} (fastest), "
+            f"empty <= {top / 10**DECADES:.2g}; green: settled")
 
 
 class Overlay:
@@ -47,9 +58,9 @@ class Overlay:
         self.level = moving_level(relative_update)
         self.settle = np.asarray(settle)
         c = renderer.cell
-        bw, bh = renderer.bins
+        bw, bh = renderer.panel_bins
         self.size = (bw * c, bh * c)
-        self.bar = max(2, bh * c // 45)
+        self.bar = renderer.bar_px  # the renderer keeps points off it
 
     @classmethod
     def of(cls, renderer: Renderer, stab: Stability) -> Overlay:
@@ -65,7 +76,7 @@ class Overlay:
         level = lerp(self.level, k, a)
         w, h = self.size
         c = self.r.cell
-        for l, (ox, oy) in enumerate(self.r.origin):
+        for l, (ox, oy) in enumerate(self.r.panels):
             x, y = ox * c, oy * c + h - self.bar
             settled = 0 <= self.settle[l] <= k
             img[y : y + self.bar, x : x + w] = TRACK

@@ -33,7 +33,7 @@ from .figures import (
     settling_figure,
     stills_figure,
 )
-from .film import FilmOptions, caption, film_renderer
+from .film import FilmFrames, FilmOptions, film_renderer
 from .outputs import atomic_output, check_output_path
 from .projection import Trajectories
 from .raster import Style
@@ -87,11 +87,14 @@ def key_indices(have: list[int], steps: list[int] | None) -> tuple[list[int], li
     return steps, [have.index(s) for s in steps]
 
 
-def keyframe_stills(traj: Trajectories, style: Style, steps: list[int] | None = None) -> Stills:
-    """The film's frames at ``steps`` (default: the first and last key frame), side by side."""
+def keyframe_stills(traj: Trajectories, style: Style, steps: list[int] | None = None,
+                    opts: FilmOptions | None = None) -> Stills:
+    """The film's frames at ``steps`` (default: the first and last key frame), side by side; with the
+    film's legend unless ``opts.legend`` is False."""
     steps, idx = key_indices([int(s) for s in traj.steps], steps)
-    renderer = film_renderer(traj, style)
-    frames = np.stack([renderer.frame(traj.xy[k], caption(traj.steps, k, 0.0)) for k in idx])
+    opts = opts or FilmOptions(style=style)
+    film = FilmFrames.of(traj, opts, film_renderer(traj, style, opts))
+    frames = np.stack([film.draw(k, 0.0) for k in idx])
     return Stills(steps, frames, stills_figure(frames))  # each frame's caption says its step
 
 
@@ -110,7 +113,7 @@ def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] |
     run = Run.open(folder, opts, progress)
     key_indices(run.series.steps, steps)  # a step that is not a key frame fails before any work
     traj = run.trajectories()
-    result = keyframe_stills(traj, opts.style, steps)
+    result = keyframe_stills(traj, opts.style, steps, opts)
     if out is not None:
         save_figure(result.figure, out, inputs)
     return result

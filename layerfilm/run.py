@@ -39,13 +39,13 @@ from tqdm.auto import tqdm
 from . import cache
 from .engine import get_engine
 from .errors import CheckpointError, OptionsError, ScanError
-from .features import ArrayStore, Features
+from .features import ArrayStore, Features, Subject
 from .features.point_measures import point_measures
 from .features.weights import WeightPlan, plan, read_points, skip
 from .formats import open_checkpoint
 from .outputs import show
 from .pipeline import one_blas_thread, prefetch
-from .projection import Trajectories, project
+from .projection import Trajectories, describe, project
 from .scan import Checkpoint, Series, scan
 from .stability import HIST_BINS, BlockMeasures, BlockStats, Stability, screen_motion, settle_index
 from .storage import is_remote, location
@@ -290,7 +290,9 @@ class Run:
         xy, stats, measures = _join(results)
         steps = np.asarray([series.checkpoints[t].step for t in active], np.int64)
         blocks = np.asarray(wp.layer_map.blocks, np.int64)
-        traj = Trajectories(steps, blocks, wp.point_ids.astype(np.int64), xy, opts.projection, stats)
+        subject = Subject(wp.component, "weights", wp.point_ids.shape[1], wp.shape[0], "output neurons",
+                          describe(opts.projection, len(steps), opts.fit), series.root.name)
+        traj = Trajectories(steps, blocks, wp.point_ids.astype(np.int64), xy, opts.projection, stats, subject)
         bm = BlockMeasures.assemble(steps, blocks, wp, measures) if measures is not None else None
         return traj, bm
 
@@ -303,7 +305,9 @@ class Run:
             self.skipped.extend(features.skipped)
             traj = project(features, self.opts.projection, progress=self.progress, **self.opts.projection_kwargs())
             measured = {} if "point_update" in features.stats else point_measures(features.store, features.steps)
-        return replace(traj, stats={**traj.stats, **features.stats, **measured})
+        subject = features.subject and replace(features.subject, run=self.series.root.name,
+                                               projection=describe(traj.method, len(traj.steps), self.opts.fit))
+        return replace(traj, stats={**traj.stats, **features.stats, **measured}, subject=subject)
 
     def _weights_film(self) -> Run:
         """The Run of the weights' film: this one, or for an activation film the same run of weights

@@ -41,6 +41,8 @@ FLAGS = {
     "--no-cache": ("cache", None, False),
     "--cache": ("cache_dir", "/tmp/c", "/tmp/c"),
     "--no-overlay": ("overlay", None, False),
+    "--no-legend": ("legend", None, False),
+    "--time": ("time", "log-steps", "log-steps"),
     "--settle-threshold": ("settle_threshold", "0.2", 0.2),
 }
 ALSO = {"style.height": 180, "umap.seed": 7, "umap.jobs": 2}  # set by the same flags as above (--size, --seed, --jobs)

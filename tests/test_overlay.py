@@ -29,7 +29,7 @@ def test_moving_level_is_log_scaled_and_zero_when_frozen(frozen_stability):
 
 def _bar(img, overlay, l):
     c = overlay.r.cell
-    ox, oy = overlay.r.origin[l]
+    ox, oy = overlay.r.panels[l]
     w, h = overlay.size
     return img[oy * c + h - overlay.bar, ox * c : ox * c + w]
 
@@ -53,7 +53,7 @@ def test_bar_and_settled_mark_are_drawn_where_expected(frozen_stability):
             assert np.all(bar[:n] == colour) and np.all(bar[n:] == TRACK)
             # the "settled" text is green-ish pixels in the panel's top right, and only there
             c = r.cell
-            ox, oy = r.origin[l]
+            ox, oy = r.panels[l]
             corner = img[oy * c : oy * c + r.label_px * 2, ox * c + ov.size[0] // 2 : ox * c + ov.size[0]].astype(int)
             green = (corner[..., 1] - corner[..., 0] > 60).sum()
             assert (green > 20) == settled, (key, b, green)

@@ -75,7 +75,7 @@ def test_label_layer_equals_drawing_each_label_in_turn():
     img = r.frame(np.full((24, 3, 2), 1e6, np.float32), "step 7")  # no point inside any panel
     want = r.base.copy()
     draw_text(want, "layerfilm", r.text_pad * 2, r.text_pad, r.text_px)
-    for (ox, oy), label in zip(r.origin, r.labels):
+    for (ox, oy), label in zip(r.panels, r.labels):  # each label at its panel's corner, above the points' area
         draw_text(want, label, ox * r.cell + 3, oy * r.cell + 2, r.label_px)
     cap = img[: r.header, r.style.width // 2 :]
     assert cap.max() > BACKGROUND.max() + 100  # the caption is there

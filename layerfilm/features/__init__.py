@@ -12,7 +12,7 @@ multiplied by a power of two (exact: only exponents change), ordinary blocks unt
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +127,48 @@ def in_safe_range(store):
 
 
 @dataclass(frozen=True)
+class Subject:
+    """What a film shows, in words and counts, for its legend (the frame explains itself): set by the
+    Run from the plan of what was read, kept in the cache and ``--export-points`` (``subject_*``).
+
+    what: the filmed matrix ("mlp.c_fc.weight") or "block outputs"; kind: "weights" or "activations";
+    points: tracked per block (N); of: how many there were to choose from (output neurons, probe
+    tokens); unit: what one point is; projection: how the 2-D axes were made, in words; run: the
+    checkpoint folder's name.
+    """
+
+    what: str
+    kind: str
+    points: int
+    of: int
+    unit: str
+    projection: str = ""
+    run: str = ""
+
+    PREFIX = "subject_"
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {self.PREFIX + f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Subject | None:
+        """The subject stored by :meth:`to_arrays`, or None where ``arrays`` hold none (an export of an
+        older layerfilm)."""
+        names = [f.name for f in fields(cls)]
+        if not all(cls.PREFIX + n in arrays for n in names):
+            return None
+        def get(name: str):
+            return arrays[cls.PREFIX + name].item()
+
+        return cls(str(get("what")), str(get("kind")), int(get("points")), int(get("of")), str(get("unit")),
+                   str(get("projection")), str(get("run")))
+
+    def sampled(self) -> bool:
+        """Fewer points than the block has (``--points`` below the neurons): the frame must say so."""
+        return self.points < self.of
+
+
+@dataclass(frozen=True)
 class Features:
     steps: np.ndarray  # (T,) int64
     blocks: np.ndarray  # (L,) int64
@@ -138,3 +180,4 @@ class Features:
     # (L,) each block's place among all the blocks of its run (a block chunk holds a slice of them):
     # seeded per-block choices (the projection's start directions) depend on it, not on the chunk
     positions: np.ndarray | None = None
+    subject: Subject | None = None  # what the points are, in words and counts (the film's legend)

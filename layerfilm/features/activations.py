@@ -32,7 +32,7 @@ from ..blocks import map_blocks
 from ..errors import CheckpointError, OptionsError
 from ..formats import check_regular, open_checkpoint
 from ..scan import Checkpoint, Series
-from . import Features, FeatureStore
+from . import Features, FeatureStore, Subject
 from .act_stats import ActivationStats, Moments
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -476,4 +476,5 @@ def extract(series: Series, spec: ActivationSpec, workdir: Path, progress: bool 
         name=f"block outputs ({n} probe tokens of {ids_np.shape[0]}x{ids_np.shape[1]})",
         store=store,
         stats=act.arrays(),
+        subject=Subject("block outputs", "activations", n, ids_np.size, "probe tokens"),
     )

@@ -22,7 +22,19 @@ from .linear import FITS
 from .trajectories import PROJECTIONS, Trajectories
 from .umap import UmapOptions
 
-__all__ = ["FITS", "PROJECTIONS", "Trajectories", "UmapOptions", "coherence", "project", "stats_table"]
+__all__ = ["FITS", "PROJECTIONS", "Trajectories", "UmapOptions", "coherence", "describe", "project", "stats_table"]
+
+
+def describe(method: str, keyframes: int, fit: str = "all") -> str:
+    """How the 2-D axes were made, in the words of the film's legend."""
+    if method == "pca":
+        return {"all": f"PCA pooled over {keyframes} key frames", "first": "PCA fitted on the first key frame",
+                "last": "PCA fitted on the last key frame"}[fit]
+    if method == "procrustes":
+        return f"each of {keyframes} key frames' own PCA, Procrustes-aligned"
+    if method == "umap":
+        return f"AlignedUMAP over {keyframes} key frames"
+    return method
 
 
 def coherence(xy: np.ndarray) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..features import Subject
 from ..registry import Registry
 
 PROJECTIONS: Registry = Registry("projection")
@@ -21,14 +22,16 @@ class Trajectories:
     xy: np.ndarray  # (T, L, N, 2) float32
     method: str
     stats: dict[str, np.ndarray] = field(default_factory=dict)  # per-block arrays, e.g. explained variance
+    subject: Subject | None = None  # what is filmed, for the legend
 
     CORE = ("steps", "blocks", "point_ids", "xy", "method")
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The one layout on disk (cache entries and --export-points): steps, blocks, point_ids, xy
-        (float32), method, and every stat under its own name."""
+        (float32), method, every stat under its own name, and the subject (``subject_*``)."""
+        subject = self.subject.to_arrays() if self.subject is not None else {}
         return {"steps": self.steps, "blocks": self.blocks, "point_ids": self.point_ids,
-                "xy": self.xy.astype(np.float32, copy=False), "method": np.str_(self.method), **self.stats}
+                "xy": self.xy.astype(np.float32, copy=False), "method": np.str_(self.method), **self.stats, **subject}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Trajectories:
@@ -39,14 +42,15 @@ class Trajectories:
             raise ValueError("steps, blocks or point_ids of the wrong shape")
         if xy.shape != (T, L, ids.shape[1], 2) or xy.dtype.kind != "f":
             raise ValueError(f"points of shape {xy.shape}, not {(T, L, ids.shape[1], 2)}")
-        stats = {k: np.asarray(v) for k, v in arrays.items() if k not in cls.CORE}
-        return cls(steps, blocks, ids, xy, str(arrays.get("method", "")), stats)
+        stats = {k: np.asarray(v) for k, v in arrays.items() if k not in cls.CORE and not k.startswith(Subject.PREFIX)}
+        return cls(steps, blocks, ids, xy, str(arrays.get("method", "")), stats, Subject.from_arrays(arrays))
 
     def take(self, keep: np.ndarray) -> Trajectories:
         """Only the key frames where ``keep`` (T,) is True (stats over time are recomputed by the caller)."""
         if keep.all():
             return self
-        return Trajectories(self.steps[keep], self.blocks, self.point_ids, self.xy[keep], self.method, self.stats)
+        return Trajectories(self.steps[keep], self.blocks, self.point_ids, self.xy[keep], self.method, self.stats,
+                            self.subject)
 
     def extent(self, lo: float = 0.5, hi: float = 99.5, margin: float = 0.08) -> np.ndarray:
         """(L, 4) fixed axes per panel [x0, x1, y0, y1]: robust percentiles over all key frames,
