@@ -481,6 +481,29 @@ def _add_watch(sub) -> None:
     _add_film_options(w)
 
 
+def watch_options(folder: str, out: str, options: dict):
+    """(FilmOptions, LiveOptions, args) from keyword arguments named like watch's flags (``points=64``,
+    ``no_overlay=True``, ``refit="always"``): the training callbacks take render's options this way,
+    checked by the same parser and option classes as the command line."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = sub.choices["watch"]._option_string_actions
+    argv = ["watch", folder, "--out", out]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if flag not in flags or flag in ("--out", "--help"):
+            raise OptionsError(f"{name}={value!r}: not an option of `layerfilm watch` (see layerfilm watch --help)")
+        if value is True:
+            argv.append(flag)
+        elif value is not False and value is not None:
+            argv += [flag, str(value)]
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # argparse has printed why (e.g. a value it cannot convert)
+        raise OptionsError(f"options {options}: refused by `layerfilm watch` (see above)") from None
+    return _film_options(args), live_options(args), args
+
+
 def live_options(args: argparse.Namespace):
     from .live import LiveOptions
 
@@ -496,7 +519,7 @@ def _stop_requests() -> Iterator[list[int]]:
 
     def note(signum: int, frame: object) -> None:
         if got:
-            _terminate(signum, frame) if signum == signal.SIGTERM else signal.default_int_handler(signum, frame)
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
         got.append(signum)
 
     try:

@@ -447,3 +447,21 @@ def watch(folder: str | Path, out: str | Path, opts: FilmOptions = FilmOptions()
                 time.sleep(min(0.05, live.interval))
         sys.stdout.flush()
         return film
+
+
+def follow(folder: str, out: str, opts: FilmOptions, live: LiveOptions, queue) -> None:
+    """The background process of layerfilm.callbacks: ``queue`` brings lists of complete checkpoint paths
+    (then None: the training ended); after each batch of them, the film is updated. Lines go to stderr."""
+    with LiveFilm(folder, out, opts, live, polled=False) as film:
+        while True:
+            got = [queue.get()]
+            while got[-1] is not None and not queue.empty():  # saves that came during the last update: one update
+                got.append(queue.get())
+            for paths in got:
+                if paths is not None:
+                    film.ready.declare(paths)
+            up = film.update()
+            for line in report_line(up, len(film.wp.tensor_names) if film.wp is not None else 0):
+                print(f"layerfilm: {line}", file=sys.stderr, flush=True)
+            if got[-1] is None:
+                return
