@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .encode import check_output
 from .errors import CheckpointError, OptionsError, ScanError
 from .features import ArrayStore, Features, FeatureStore
 from .features.act_stats import json_series
@@ -203,8 +204,6 @@ class LiveFilm:
         self.live = live
         self.progress = progress
         inputs = (self.root,)
-        from .encode import check_output
-
         check_output(self.out, self.opts.encode, inputs)  # bad paths and options fail before any work
         if live.stills is not None:
             from .figures import figure_format

@@ -138,15 +138,18 @@ def test_watch_filled_one_checkpoint_at_a_time_equals_a_render(tiny_run, tmp_pat
 def test_refit_always_equals_render_fit_all_and_rereads_no_checkpoint(tiny_run, tmp_path, monkeypatch):
     """--refit always re-projects from the kept rows: equal to render --fit all, each checkpoint opened once."""
     from layerfilm import live as live_module
+    from layerfilm.features.weights import WeightSpec
     from layerfilm.film import FilmOptions, render
+    from layerfilm.raster import Style
 
-    opts = FilmOptions(cache=False, jobs=1, fps=2)
+    opts = FilmOptions(cache=False, jobs=1, fps=2, style=Style(width=320, height=180), weights=WeightSpec(points=32))
     opened: list[Path] = []
     real = live_module.open_checkpoint
     monkeypatch.setattr(live_module, "open_checkpoint", lambda p, f: (opened.append(p), real(p, f))[1])
     with LiveFilm(tiny_run, tmp_path / "l.webm", opts, LiveOptions(refit="always", export=str(tmp_path / "l.npz"))) as film:
-        for c in film.new_checkpoints() or film.new_checkpoints():  # complete after two polls
-            film.update([c])
+        found = film.new_checkpoints() or film.new_checkpoints()  # complete after two polls
+        for batch in (found[:3], found[3:]):  # two updates: the second refits on all seven
+            film.update(batch)
     assert sorted(opened) == sorted(tiny_run.glob("*.safetensors"))
     render(tiny_run, tmp_path / "r.webm", opts, export=tmp_path / "r.npz", progress=False)
     same_arrays(tmp_path / "l.npz", tmp_path / "r.npz")
@@ -156,8 +159,10 @@ def test_frozen_blocks_do_not_move(frozen_run, tmp_path):
     """The frozen-block guarantee, live: blocks frozen from step 20 keep their points from then on."""
     from conftest import FROZEN_BLOCKS, FROZEN_STEP
     from layerfilm.film import FilmOptions
+    from layerfilm.raster import Style
 
-    with LiveFilm(frozen_run, tmp_path / "f.webm", FilmOptions(cache=False, fps=2), LiveOptions()) as film:
+    opts = FilmOptions(cache=False, fps=2, style=Style(width=320, height=180))
+    with LiveFilm(frozen_run, tmp_path / "f.webm", opts, LiveOptions()) as film:
         film.ready.poll()
         film.update()
         film.update()

@@ -1,0 +1,135 @@
+"""What adding one checkpoint to a watched film costs (layerfilm.live), against a full render.
+
+On the reference series (benchmarks/make_reference.py), a LiveFilm follows a folder holding all but the
+last checkpoint (hard links to the reference's files); the last one is then linked in and one update
+is measured in this process:
+
+  bytes read:  /proc/self/io rchar around the update (the new checkpoint's header and tracked rows, and,
+               with the overlay, every key frame's rows read back from the scratch store for the distance
+               to the newest one), against the new checkpoint's tracked bytes (blocks x points x row in
+               its dtype). Target: <= 1.2x.
+  time:        the update's wall time (read, project, measures, film) against `render --no-cache` of the
+               whole folder in the same process and options. Target: <= 0.2x.
+
+Rows: the default (overlay on: the scratch rows are read back) and --no-overlay (nothing kept but the
+last key frame's rows); both --refit never.
+
+    python benchmarks/bench_live.py --quick            # 16 blocks x width 64 x 24 checkpoints (seconds to write)
+    python benchmarks/bench_live.py --ref /tmp/ref     # a reference folder made already (full: 128 x 179)
+
+The table is printed and appended to benchmarks/RESULTS.md (``--no-record``: not appended).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def rchar() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise RuntimeError("no rchar in /proc/self/io")
+
+
+def link_all(src: list[Path], folder: Path) -> None:
+    for f in src:
+        if not (folder / f.name).exists():
+            os.link(f, folder / f.name)
+
+
+def measure(ref: Path, work: Path, opts, label: str) -> dict:
+    from layerfilm.film import render
+    from layerfilm.live import LiveFilm, LiveOptions
+
+    files = sorted(ref.glob("step_*.safetensors"))
+    folder = work / f"watched-{label}"
+    folder.mkdir()
+    link_all(files[:-1], folder)
+    film = LiveFilm(folder, work / f"live-{label}.webm", opts, LiveOptions(refit="never"))
+    with film:
+        film.ready.poll()
+        t0 = time.perf_counter()
+        film.update()
+        first = time.perf_counter() - t0
+        link_all(files[-1:], folder)
+        film.ready.poll()  # the new file, unchanged across two polls, is complete at the update's poll
+        r0, t0 = rchar(), time.perf_counter()
+        up = film.update()
+        seconds, read = time.perf_counter() - t0, rchar() - r0
+        assert up.steps, "the last checkpoint was not added"
+        wp = film.wp
+        assert wp is not None
+        T = len(film.steps)
+        store = sum(p.stat().st_size for p in film.store.folder.iterdir()) if film.store is not None else 0
+    with open(files[-1], "rb") as f:  # the dtype of the filmed rows, from the safetensors header
+        import json
+        import struct
+
+        n = struct.unpack("<Q", f.read(8))[0]
+        dtype = json.loads(f.read(n))[wp.tensor_names[0]]["dtype"]
+    itemsize = {"BF16": 2, "F16": 2, "F32": 4}[dtype]
+    tracked = len(wp.tensor_names) * wp.point_ids.shape[1] * wp.shape[1] * itemsize
+    t0 = time.perf_counter()
+    render(ref, work / f"once-{label}.webm", replace(opts, fit="first"), progress=False)
+    full = time.perf_counter() - t0
+    return dict(label=label, T=T, first=first, seconds=seconds, parts=up.seconds, read=read, tracked=tracked,
+                store=store, full=full, shape=f"{len(wp.tensor_names)} blocks x {wp.point_ids.shape[1]} points x {wp.shape[1]}")
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| what | key frames | update s (read / project / measures / film+outputs) | full render s | time ratio | "
+             "bytes read | tracked bytes of the checkpoint | bytes ratio | scratch rows kept |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r["parts"]
+        parts = " / ".join(f"{p.get(k, 0):.2f}" for k in ("read", "project", "measure", "write"))
+        lines.append(f"| {r['label']} | {r['T'] - 1} + 1 | {r['seconds']:.2f} ({parts}) | {r['full']:.1f} | "
+                     f"{r['seconds'] / r['full']:.3f} x (<= 0.2: {'yes' if r['seconds'] <= 0.2 * r['full'] else 'NO'}) | "
+                     f"{r['read'] / 2**20:.2f} MiB | {r['tracked'] / 2**20:.2f} MiB | {r['read'] / r['tracked']:.2f} x (<= 1.2: "
+                     f"{'yes' if r['read'] <= 1.2 * r['tracked'] else 'NO'}) | {r['store'] / 2**20:.1f} MiB |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the CI-scale reference (16 blocks, width 64, 24 checkpoints)")
+    p.add_argument("--ref", default=None, help="a reference folder (default: written to a temporary folder)")
+    p.add_argument("--size", default="1280x720", help="film size (default 1280x720)")
+    p.add_argument("--no-record", action="store_true", help="do not append the table to benchmarks/RESULTS.md")
+    a = p.parse_args()
+    import make_reference
+    from layerfilm.film import FilmOptions
+    from layerfilm.raster import Style, parse_size
+
+    with tempfile.TemporaryDirectory(prefix="lf-bench-live-") as tmp:
+        work = Path(tmp)
+        shape = make_reference.QUICK if a.quick else make_reference.FULL
+        ref = Path(a.ref) if a.ref else make_reference.make(work / "ref", shape, log=False)
+        w, h = parse_size(a.size)
+        base = FilmOptions(style=Style(width=w, height=h), cache=False)
+        rows = [measure(ref, work, base, "overlay (default)"), measure(ref, work, replace(base, overlay=False), "--no-overlay")]
+    load = os.getloadavg()
+    text = (f"layerfilm live update benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs; "
+            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\nreference: {rows[0]['shape']}, "
+            f"{rows[0]['T']} checkpoints; film {a.size}, 15 fps, 1 s per key frame; the first update "
+            f"({rows[0]['T'] - 1} checkpoints at once) took {rows[0]['first']:.1f} s\n\n" + table(rows))
+    print(text)
+    if not a.no_record:
+        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
+            f.write(f"\n\n## `python benchmarks/bench_live.py{' --quick' if a.quick else ''}` (adding the last checkpoint "
+                    f"to a watched film)\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
