@@ -17,6 +17,13 @@ last key frame's rows); both --refit never.
     python benchmarks/bench_live.py --quick            # 16 blocks x width 64 x 24 checkpoints (seconds to write)
     python benchmarks/bench_live.py --ref /tmp/ref     # a reference folder made already (full: 128 x 179)
 
+``--trainer``: what the Trainer callback costs the training process: a tiny GPT-2 (CPU) trained for
+60 steps with a checkpoint every 10, without and with ``LayerfilmCallback``: wall time of ``train()``
+up to the last step (on_train_end's wait for the last update reported apart), the time spent inside
+``on_save`` (putting a path on a queue; the first also spawns the process), and the checkpoint saves.
+
+    python benchmarks/bench_live.py --trainer
+
 The table is printed and appended to benchmarks/RESULTS.md (``--no-record``: not appended).
 """
 
@@ -101,13 +108,73 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def trainer_costs(work: Path) -> str:
+    import torch
+    import transformers as T
+
+    from layerfilm.callbacks import LayerfilmCallback
+
+    class Clock(T.TrainerCallback):
+        """Times saves: on_step_end (before a save) to on_save (after it)."""
+
+        def __init__(self) -> None:
+            self.saves, self.mark, self.saved_at = 0.0, 0.0, 0.0
+
+        def on_step_end(self, args, state, control, **kw):
+            self.mark = time.perf_counter()
+
+        def on_save(self, args, state, control, **kw):
+            self.saved_at = time.perf_counter()
+            self.saves += self.saved_at - self.mark
+
+    class Timed(LayerfilmCallback):
+        spent: list[float] = []
+
+        def on_save(self, *a, **kw):
+            t0 = time.perf_counter()
+            super().on_save(*a, **kw)
+            self.spent.append(time.perf_counter() - t0)
+
+    rows = []
+    for label in ("without callback", "with LayerfilmCallback"):
+        torch.manual_seed(0)
+        model = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=256, n_positions=64, n_embd=128, n_layer=4, n_head=4))
+        data = [{"input_ids": torch.randint(256, (64,)), "labels": torch.randint(256, (64,))} for _ in range(480)]
+        out = work / label.replace(" ", "-")
+        args = T.TrainingArguments(output_dir=str(out), max_steps=60, save_steps=10, per_device_train_batch_size=8,
+                                   report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="steps", seed=0)
+        clock = Clock()
+        callbacks: list = [clock]
+        if label.startswith("with "):
+            callbacks.append(Timed(out=out / "film.webm", points=128, size="640x360"))
+        trainer = T.Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
+        t0 = time.perf_counter()
+        trainer.train()
+        done = time.perf_counter()
+        rows.append((label, clock.saved_at - t0, clock.saves, sum(Timed.spent) if label.startswith("with ") else 0.0,
+                     done - clock.saved_at))
+    head = ("| run | training to the last save s | of which checkpoint saves s | inside on_save s | train() end after the "
+            "last save s (with the callback: waits for the film's last update) |\n|---|---|---|---|---|\n")
+    return f"tiny GPT-2 (4 blocks x 128), 60 steps, 6 checkpoints, CPU; load average {os.getloadavg()[0]:.1f}\n\n" + head + \
+        "\n".join(f"| {r[0]} | {r[1]:.1f} | {r[2]:.2f} | {r[3]:.4f} | {r[4]:.1f} |" for r in rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the CI-scale reference (16 blocks, width 64, 24 checkpoints)")
     p.add_argument("--ref", default=None, help="a reference folder (default: written to a temporary folder)")
     p.add_argument("--size", default="1280x720", help="film size (default 1280x720)")
     p.add_argument("--no-record", action="store_true", help="do not append the table to benchmarks/RESULTS.md")
+    p.add_argument("--trainer", action="store_true", help="measure the Trainer callback's cost to training instead")
     a = p.parse_args()
+    if a.trainer:
+        with tempfile.TemporaryDirectory(prefix="lf-bench-live-") as tmp:
+            text = trainer_costs(Path(tmp))
+        print(text)
+        if not a.no_record:
+            with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
+                f.write(f"\n\n## `python benchmarks/bench_live.py --trainer` (the callback's cost to training)\n\n{text}\n")
+        return
     import make_reference
     from layerfilm.film import FilmOptions
     from layerfilm.raster import Style, parse_size
