@@ -28,11 +28,11 @@ class LiveFollower:
 
     def __init__(self, out: str | Path, folder: str | Path | None = None, **options: Any) -> None:
         from .cli import watch_options
-        from .live import check_live
+        from .live import check_live, check_outputs
 
         self.out, self.folder = str(out), folder
         self.opts, self.live, _ = watch_options(str(folder or "."), self.out, {"quiet": True, **options})
-        check_live(self.opts, self.live)  # a combination a live film cannot make fails now, not in the background
+        check_outputs(folder, self.out, check_live(self.opts, self.live), self.live)  # fails now, not in the background
         self._queue: Any = None
         self._proc: Any = None
 

@@ -113,6 +113,22 @@ def check_live(opts: FilmOptions, live: LiveOptions) -> FilmOptions:
     return replace(opts, fit=fit)
 
 
+def check_outputs(folder: str | Path | None, out: str | Path, opts: FilmOptions, live: LiveOptions) -> None:
+    """Every output path and the encoder options, checked before any work (``folder``: the input, when known)."""
+    inputs = (Path(folder),) if folder is not None else ()
+    check_output(Path(out), opts.encode, inputs)
+    if live.stills is not None:
+        from .figures import figure_format
+
+        check_output_path(live.stills, (f".{figure_format(live.stills)}",), inputs, option="--stills")
+    if live.json is not None:
+        if Path(live.json).suffix != ".json":
+            raise OptionsError(f"--json {show(live.json)}: must end in .json")
+        check_output_path(live.json, (".json",), inputs, option="--json")
+    if live.export is not None:
+        check_export_path(live.export, inputs)
+
+
 def _signature(path: Path) -> tuple | None:
     """(name, size, mtime) of every file of an entry (a file, or a folder's files at any depth); None if
     it cannot be looked at (gone, no permission)."""
@@ -203,18 +219,7 @@ class LiveFilm:
         self.opts = check_live(opts, live)
         self.live = live
         self.progress = progress
-        inputs = (self.root,)
-        check_output(self.out, self.opts.encode, inputs)  # bad paths and options fail before any work
-        if live.stills is not None:
-            from .figures import figure_format
-
-            check_output_path(live.stills, (f".{figure_format(live.stills)}",), inputs, option="--stills")
-        if live.json is not None:
-            if Path(live.json).suffix != ".json":
-                raise OptionsError(f"--json {show(live.json)}: must end in .json")
-            check_output_path(live.json, (".json",), inputs, option="--json")
-        if live.export is not None:
-            check_export_path(live.export, inputs)
+        check_outputs(self.root, self.out, self.opts, live)
         self.ready = Readiness(self.root, polled)
         self.done: dict[Path, tuple | None] = {}  # entries found bad, retried once they change
         self.used: set[Path] = set()  # entries filmed (or passed over by --every), never looked at again
