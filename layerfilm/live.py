@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cache
 from .encode import check_output
 from .errors import CheckpointError, OptionsError, ScanError
 from .features import ArrayStore, Features, FeatureStore
@@ -227,6 +228,7 @@ class LiveFilm:
         self.kept = 0  # usable checkpoints seen, for --every
         self.wp: WeightPlan | None = None
         self.steps: list[int] = []
+        self.ckpts: list[Checkpoint] = []  # the key frames' checkpoints
         self.xy: list[np.ndarray] = []  # per key frame (L, N, 2) float32
         self.norm_sq: list[np.ndarray] = []  # per key frame (L,)
         self.prev_sq: list[np.ndarray] = []  # per key frame (L,): to the previous key frame
@@ -304,6 +306,7 @@ class LiveFilm:
             self.prev_sq.append(sum_sq_diff(x, self.prev, buf) if self.prev is not None else np.zeros(x.shape[0]))
         self.prev = x
         self.steps.append(ckpt.step)
+        self.ckpts.append(ckpt)
         if self.store is not None:
             self.store.append(x)
         self.since_fit += 1
@@ -390,6 +393,17 @@ class LiveFilm:
         up.moving = [self.moving(traj, self.steps.index(s)) for s in up.steps]
         return up
 
+    def remember(self) -> None:
+        """Keep the key frames in the render cache (layerfilm.cache) under the key a render of the same
+        checkpoints and options looks up, so that a render afterwards reads no checkpoint. Only when they
+        are a render's: --refit never (render --fit first) or always (--fit all), with every measure."""
+        if self.traj is None or not self.opts.cache or self.live.every > 1 or "point_distance" not in self.traj.stats:
+            return
+        folder = cache.cache_dir(self.opts.cache_dir)
+        if folder is not None:
+            key = cache.key(Series(self.root, tuple(self.ckpts)), {"kind": "points", **self.opts.points_options()})
+            cache.store(folder, key, self.traj.to_arrays())
+
     def moving(self, traj: Trajectories, k: int) -> int:
         """How many blocks have not settled by key frame k (the overlay's rule; every block without the rows)."""
         if "point_distance" not in traj.stats:
@@ -449,6 +463,7 @@ def watch(folder: str | Path, out: str | Path, opts: FilmOptions = FilmOptions()
             deadline = time.monotonic() + live.interval
             while not stop() and time.monotonic() < deadline:
                 time.sleep(min(0.05, live.interval))
+        film.remember()
         sys.stdout.flush()
         return film
 
@@ -468,4 +483,5 @@ def follow(folder: str, out: str, opts: FilmOptions, live: LiveOptions, queue) -
             for line in report_line(up, len(film.wp.tensor_names) if film.wp is not None else 0):
                 print(f"layerfilm: {line}", file=sys.stderr, flush=True)
             if got[-1] is None:
+                film.remember()
                 return
