@@ -201,7 +201,7 @@ class Update:
     steps: list[int] = field(default_factory=list)
     moving: list[int] = field(default_factory=list)
     skipped: list[Checkpoint] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)  # read, project, measure, film, extras
+    seconds: dict[str, float] = field(default_factory=dict)  # read (find, read, project), measure, write (outputs)
 
 
 class LiveFilm:
@@ -300,10 +300,9 @@ class LiveFilm:
             self.skipped.append(skip(ckpt, e, self.opts.strict))
             return False
         assert ckpt.step is not None  # a usable checkpoint has a step
-        with one_blas_thread():
-            self.norm_sq.append(sum_sq(x))
-            buf = np.empty(x.shape[1:], np.float32)
-            self.prev_sq.append(sum_sq_diff(x, self.prev, buf) if self.prev is not None else np.zeros(x.shape[0]))
+        self.norm_sq.append(sum_sq(x))
+        buf = np.empty(x.shape[1:], np.float32)
+        self.prev_sq.append(sum_sq_diff(x, self.prev, buf) if self.prev is not None else np.zeros(x.shape[0]))
         self.prev = x
         self.steps.append(ckpt.step)
         self.ckpts.append(ckpt)
@@ -313,8 +312,7 @@ class LiveFilm:
         every = self.live.every
         if self.opts.projection == "pca" and (every == 0 and self.basis is not None or
                                               every > 1 and self.basis is not None and self.since_fit < every):
-            with one_blas_thread():
-                self.xy.append(self.basis.apply(x))  # the fixed basis: old frames do not move
+            self.xy.append(self.basis.apply(x))  # the fixed basis: old frames do not move
         elif self.opts.projection == "pca" and every == 0:
             self.basis = self._fit(ArrayStore(x[None]), "first")
             self.xy.append(self.basis.apply(x))
@@ -328,21 +326,19 @@ class LiveFilm:
                         self.wp.point_ids.astype(np.int64), "", store, positions=np.arange(len(self.wp.tensor_names)))
 
     def _fit(self, store, fit: str) -> PcaBasis:
-        with one_blas_thread():
-            basis, _ = fit_pca(self._features(store), fit, progress=False)
+        basis, _ = fit_pca(self._features(store), fit, progress=False)
         return basis
 
     def _refit(self) -> None:
         """Every key frame re-projected from the kept rows (never from the checkpoints)."""
         assert self.store is not None  # kept whenever --refit is not never
         features = self._features(self.store)
-        with one_blas_thread():
-            if self.opts.projection == "pca":
-                self.basis, coords = fit_pca(features, "all", progress=False)
-                xy = self.basis.rotate(coords)
-            else:
-                traj = project(features, self.opts.projection, progress=False, **self.opts.projection_kwargs())
-                xy, self.stats = traj.xy, {k: v for k, v in traj.stats.items() if k == "explained_variance"}
+        if self.opts.projection == "pca":
+            self.basis, coords = fit_pca(features, "all", progress=False)
+            xy = self.basis.rotate(coords)
+        else:
+            traj = project(features, self.opts.projection, progress=False, **self.opts.projection_kwargs())
+            xy, self.stats = traj.xy, {k: v for k, v in traj.stats.items() if k == "explained_variance"}
         self.xy = list(xy)
         self.since_fit = 0
 
@@ -366,30 +362,35 @@ class LiveFilm:
 
     # ---------------------------------------------------------------- one update
 
+    def read_new(self, checkpoints: list[Checkpoint] | None = None) -> list[Checkpoint]:
+        """Add the checkpoints completed since the last call (or ``checkpoints``), each read once, and
+        project them (a refit: every key frame, from the kept rows); the checkpoints added."""
+        with one_blas_thread():  # once per update: threadpoolctl's look at the loaded libraries reads ~50 KB
+            added = [c for c in (self.new_checkpoints() if checkpoints is None else checkpoints) if self.add(c)]
+            if added and (not self.xy or len(self.xy) != len(self.steps)):
+                self._refit()
+        return added
+
     def update(self, checkpoints: list[Checkpoint] | None = None) -> Update:
         """Add the checkpoints completed since the last call (or ``checkpoints``), then rewrite the outputs
         once (when there are two key frames or more)."""
         up = Update()
         t0 = time.perf_counter()
         before = len(self.skipped)
-        added = [c for c in (self.new_checkpoints() if checkpoints is None else checkpoints) if self.add(c)]
+        added = self.read_new(checkpoints)
         up.skipped = self.skipped[before:]
         if not added:
             return up
         t1 = time.perf_counter()
-        if not self.xy or len(self.xy) != len(self.steps):
-            self._refit()
-        t2 = time.perf_counter()
-        up.seconds["read"], up.seconds["project"] = t1 - t0, t2 - t1
+        up.seconds["read"] = t1 - t0
+        up.steps = [c.step for c in added if c.step is not None]
         if len(self.steps) < 2:  # a film starts at its second key frame
-            up.steps = [c.step for c in added if c.step is not None]
             up.moving = [-1] * len(up.steps)
             return up
         traj = self.traj = self.trajectories()
-        t3 = time.perf_counter()
+        t2 = time.perf_counter()
         self.write(traj)
-        up.seconds["measure"], up.seconds["write"] = t3 - t2, time.perf_counter() - t3
-        up.steps = [c.step for c in added if c.step is not None]
+        up.seconds["measure"], up.seconds["write"] = t2 - t1, time.perf_counter() - t2
         up.moving = [self.moving(traj, self.steps.index(s)) for s in up.steps]
         return up
 
