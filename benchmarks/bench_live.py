@@ -157,7 +157,7 @@ def trainer_costs(work: Path) -> str:
         clock = Clock()
         callbacks: list = [clock]
         if label.startswith("with "):
-            callbacks.append(Timed(out=out / "film.webm", points=128, size="640x360"))
+            callbacks.append(Timed(out=work / "film.webm", points=128, size="640x360"))
         trainer = T.Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
         t0 = time.perf_counter()
         trainer.train()
