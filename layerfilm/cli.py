@@ -459,7 +459,9 @@ frame's distance to the newest). --projection procrustes and umap take --refit a
 
 Ctrl-C or SIGTERM: the update under way is finished, then watch exits 0 with complete outputs (a second
 Ctrl-C stops at once; the outputs of the last finished update stay). Film options are render's (see
-`layerfilm render --help`); --features activations and --final-step are render's only; the cache is not used.
+`layerfilm render --help`); --features activations and --final-step are render's only. At exit the key
+frames go into the cache (--refit never or always, unless --no-cache): a render of the same checkpoints
+with the same options (--fit first for never) then reads no checkpoint.
 """
 
 
