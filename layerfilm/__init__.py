@@ -16,6 +16,7 @@ from .figures import (
     stills_figure,
 )
 from .film import FilmOptions, FilmResult, export_points, render, write_film
+from .live import LiveFilm, LiveOptions, watch
 from .projection import Trajectories, UmapOptions, project
 from .raster import Renderer, Style
 from .report import Report, Stills, report, stills
@@ -31,6 +32,7 @@ __all__ = [
     "Report", "Stability", "StabilityOptions", "Stills", "heatmap_figure", "hot_figure", "measure", "norm_figure",
     "report", "save_figure", "settling_figure", "stills", "stills_figure",
     "activation_hot_figure", "activation_near_zero_figure", "activation_norm_figure",
+    "LiveFilm", "LiveOptions", "watch",
 ]
 __version__ = "0.1.0"
 

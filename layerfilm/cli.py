@@ -106,6 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("folder", help=FOLDER_HELP)
     r.add_argument("--out", required=True, help="output: film.webm | film.gif | film.mp4 | frames/ (PNG folder)")
+    _add_film_options(r)
+    s = sub.add_parser("scan", help="list the checkpoints a render would use, and what is wrong with the others",
+                       description=SCAN_HELP + "\n" + REMOTE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("folder", help=FOLDER_HELP)
+    s.add_argument("--json", action="store_true", help="print a JSON list of objects (step, path, format, blocks, "
+                   "dtype, size; problem for a checkpoint that cannot be used) instead of a table")
+    s.add_argument("--deep", action="store_true", help="also read every block's filmed tensor (the MLP input projection) "
+                   "and call a checkpoint holding NaN/Inf there unusable; without it only headers are read")
+    _checkpoint_options(s)
+    _blocks_option(s)
+    _add_study_commands(sub)
+    _add_watch(sub)
+    return parser
+
+
+def _add_film_options(r: argparse.ArgumentParser) -> None:
+    """The options of a film: one definition for render and watch."""
     g = r.add_argument_group("which checkpoints")
     _add_selection(g)
     _checkpoint_options(g)
@@ -146,17 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_engine(r)
     _add_cache(r)
-    s = sub.add_parser("scan", help="list the checkpoints a render would use, and what is wrong with the others",
-                       description=SCAN_HELP + "\n" + REMOTE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("folder", help=FOLDER_HELP)
-    s.add_argument("--json", action="store_true", help="print a JSON list of objects (step, path, format, blocks, "
-                   "dtype, size; problem for a checkpoint that cannot be used) instead of a table")
-    s.add_argument("--deep", action="store_true", help="also read every block's filmed tensor (the MLP input projection) "
-                   "and call a checkpoint holding NaN/Inf there unusable; without it only headers are read")
-    _checkpoint_options(s)
-    _blocks_option(s)
-    _add_study_commands(sub)
-    return parser
 
 
 def _add_cache(p: argparse.ArgumentParser) -> None:
@@ -512,7 +518,120 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"render": cmd_render, "scan": cmd_scan, "stability": cmd_stability, "stills": cmd_stills, "report": cmd_report}
+WATCH_HELP = """\
+Film a training run while it trains: poll FOLDER every --interval seconds (polling, not file system
+events: cluster file systems and object stores send none), and whenever new checkpoints are complete,
+read each one once (its tracked rows only) and rewrite the film, and the --stills, --json and
+--export-points asked for, each renamed into place whole: a browser or another program always finds a
+complete file. One line per new key frame: its step and how many blocks still move.
+
+A checkpoint is complete once every file of it kept its size and modification time across two polls,
+or its trainer's completion marker exists (trainer_state.json in a Trainer checkpoint-N/); Trainer's
+tmp-checkpoint-* folders and hidden temporaries are never read. Key frames are only appended: a
+checkpoint whose step is not after the last key frame's is skipped (a render of the folder includes it).
+
+--refit (pca): never (default) fits the basis on the first key frame and keeps it (render --fit first):
+old frames never move, and the final live film equals `layerfilm render FOLDER --fit first` with the
+same options; always refits on all key frames at every update (render --fit all); every=K every K new
+key frames. A refit re-projects from the tracked rows kept on scratch disk ($TMPDIR), never from the old
+checkpoints; the overlay's settled marks, --json and --export-points need those rows too (each key
+frame's distance to the newest). --projection procrustes and umap take --refit always.
+
+Ctrl-C or SIGTERM: the update under way is finished, then watch exits 0 with complete outputs (a second
+Ctrl-C stops at once; the outputs of the last finished update stay). Film options are render's (see
+`layerfilm render --help`); --features activations and --final-step are render's only. At exit the key
+frames go into the cache (--refit never or always, unless --no-cache): a render of the same checkpoints
+with the same options (--fit first for never) then reads no checkpoint.
+"""
+
+
+def _add_watch(sub) -> None:
+    w = sub.add_parser("watch", help="keep a film of a training folder up to date while it trains", description=WATCH_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument("folder", help="the training run's checkpoint folder (may be empty or missing at first)")
+    w.add_argument("--out", required=True, help="output: film.webm | film.gif | film.mp4 | frames/ (PNG folder)")
+    g = w.add_argument_group("following the run")
+    g.add_argument("--interval", type=float, default=10.0, metavar="S", help="seconds between polls of the folder (default "
+                   "10); a checkpoint is complete after two polls that find it unchanged")
+    g.add_argument("--refit", default="never", metavar="never|always|every=K", help="pca basis for new key frames: never "
+                   "(default: fitted on the first key frame, old frames never move), always (on all key frames at each "
+                   "update), every=K (every K new key frames)")
+    g.add_argument("--stills", default=None, metavar="FILE", help="also keep the first and last key frames side by side "
+                   "here (.png, .svg or .pdf)")
+    g.add_argument("--json", default=None, metavar="FILE.json", help="also keep the film's per-block stability here: block, "
+                   "settle_step, settle_threshold, steps, point_update, point_distance (to the newest key frame), motion")
+    _add_film_options(w)
+
+
+def watch_options(folder: str, out: str, options: dict):
+    """(FilmOptions, LiveOptions, args) from keyword arguments named like watch's flags (``points=64``,
+    ``no_overlay=True``, ``refit="always"``): the training callbacks take render's options this way,
+    checked by the same parser and option classes as the command line."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = sub.choices["watch"]._option_string_actions
+    argv = ["watch", folder, "--out", out]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if flag not in flags or flag in ("--out", "--help"):
+            raise OptionsError(f"{name}={value!r}: not an option of `layerfilm watch` (see layerfilm watch --help)")
+        if value is True:
+            argv.append(flag)
+        elif value is not False and value is not None:
+            argv += [flag, str(value)]
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # argparse has printed why (e.g. a value it cannot convert)
+        raise OptionsError(f"options {options}: refused by `layerfilm watch` (see above)") from None
+    return _film_options(args), live_options(args), args
+
+
+def live_options(args: argparse.Namespace):
+    from .live import LiveOptions
+
+    return LiveOptions(refit=args.refit, interval=args.interval, stills=args.stills, json=args.json,
+                       export=args.export_points)
+
+
+@contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """SIGINT/SIGTERM noted instead of raised (main thread only), so that the update under way finishes;
+    a second one raises as usual (the outputs of the last finished update stay)."""
+    got: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        if got:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        got.append(signum)
+
+    try:
+        old = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield got
+        return
+    try:
+        yield got
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .live import watch
+
+    opts, live = _film_options(args), live_options(args)
+    with _stop_requests() as got:
+        film = watch(args.folder, args.out, opts, live, stop=lambda: bool(got), progress=not args.quiet,
+                     echo=lambda line: print(line, flush=True))
+    if args.stats and film.traj is not None:
+        print(stats_table(film.traj))
+    print(f"watched {show(args.folder)}: {len(film.steps)} key frame(s) in {show(args.out)}", file=sys.stderr)
+    _list_skipped(tuple(film.skipped))
+    return 0
+
+
+COMMANDS = {"render": cmd_render, "scan": cmd_scan, "stability": cmd_stability, "stills": cmd_stills, "report": cmd_report,
+            "watch": cmd_watch}
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:

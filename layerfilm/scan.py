@@ -12,6 +12,7 @@ import os
 import re
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -128,7 +129,7 @@ def _trainer_step(folder: AnyPath) -> int | None:
     return step if type(step) is int else None
 
 
-def _candidates(root: AnyPath) -> list[tuple[AnyPath, str, bool, str | None]]:
+def _candidates(root: AnyPath, only: Callable[[AnyPath], bool] | None = None) -> list[tuple[AnyPath, str, bool, str | None]]:
     """(path, format, is the final model, problem) of everything in ``root`` that looks like a checkpoint,
     by name only.
 
@@ -136,9 +137,10 @@ def _candidates(root: AnyPath) -> list[tuple[AnyPath, str, bool, str | None]]:
     an index, pytorch_model.bin) is one candidate, the final model, whose step only --final-step gives.
     A folder named like a checkpoint (``checkpoint-N/``) that cannot be looked into is a candidate with
     its problem; a folder whose weight files are not regular files (a FIFO ``model.safetensors``) is
-    one whose problem :func:`_inspect` finds.
+    one whose problem :func:`_inspect` finds. ``only``: a filter on the entries of ``root`` (the final
+    model: on ``root`` itself), applied before anything is opened (layerfilm.live: only complete ones).
     """
-    root_format = detect_format(root)
+    root_format = detect_format(root) if only is None or only(root) else None
     found: list[tuple[AnyPath, str, bool, str | None]] = []
     if root_format == "sharded":
         found.append((root, root_format, True, None))
@@ -148,7 +150,7 @@ def _candidates(root: AnyPath) -> list[tuple[AnyPath, str, bool, str | None]]:
         assert weights_format is not None  # detected by its suffix
         found.append((weights, weights_format, True, None))
     for entry in _entries(root):
-        if entry.name.startswith(".") or _SIDE_FILES.match(entry.name):
+        if entry.name.startswith(".") or _SIDE_FILES.match(entry.name) or (only is not None and not only(entry)):
             continue
         if root_format and HF_WEIGHT_FILE.match(entry.name):
             continue
@@ -294,6 +296,7 @@ def scan(
     deep: bool = False,
     param: str | None = None,
     storage_options: str | None = None,
+    only: Callable[[AnyPath], bool] | None = None,
 ) -> Series:
     """Find the checkpoints directly inside ``root``, vet them and sort them by step.
 
@@ -311,6 +314,7 @@ def scan(
         deep: also read every block's filmed tensor (``param``, default the MLP input projection): one
             holding NaN/Inf makes a problem. Without it only headers are read.
         storage_options: JSON passed to fsspec for a URL (layerfilm.storage), e.g. an endpoint or credentials.
+        only: look only at the entries of ``root`` for which this is True (nothing else is opened).
     Returns:
         a :class:`Series`; unusable checkpoints are in ``Series.skipped`` with their problem.
     """
@@ -324,7 +328,7 @@ def scan(
     if not root.is_dir():
         raise ScanError(f"{root}: not a folder (give the folder that holds the checkpoints)")
     try:
-        candidates = _candidates(root)
+        candidates = _candidates(root, only)
     except OSError as e:
         raise ScanError(f"{root}: cannot list the folder ({e.strerror or e})") from None
     if not candidates:

@@ -42,7 +42,7 @@ def sum_sq(x: np.ndarray, y: np.ndarray | None = None, buf: np.ndarray | None = 
     return out
 
 
-def _sum_sq_diff(x: np.ndarray, y: np.ndarray, buf: np.ndarray) -> np.ndarray:
+def sum_sq_diff(x: np.ndarray, y: np.ndarray, buf: np.ndarray) -> np.ndarray:
     """(L,) ``sum_sq(x, y)``, one block at a time through ``buf`` so the difference stays in the CPU's cache."""
     return np.concatenate([sum_sq(x[l:l + 1], y[l:l + 1], buf[None]) for l in range(x.shape[0])])
 
@@ -57,15 +57,22 @@ class PointMeasures:
         self.sq: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (norm², to previous², to final²)
 
     def add(self, x: np.ndarray) -> None:
-        to_prev = _sum_sq_diff(x, self.prev, self.buf) if self.prev is not None else np.zeros(x.shape[0])
-        self.sq.append((sum_sq(x), to_prev, _sum_sq_diff(x, self.final, self.buf)))
+        to_prev = sum_sq_diff(x, self.prev, self.buf) if self.prev is not None else np.zeros(x.shape[0])
+        self.sq.append((sum_sq(x), to_prev, sum_sq_diff(x, self.final, self.buf)))
         self.prev = x
 
     def result(self, steps: np.ndarray) -> dict[str, np.ndarray]:
         norm, prev, final = (np.stack(a) for a in zip(*self.sq))
-        norm = np.sqrt(norm)
-        return {"point_update": relative_update(prev, norm, steps),
-                "point_distance": np.sqrt(final) / np.maximum(norm[-1], 1e-300)}
+        return measures_of(norm, prev, final, steps)
+
+
+def measures_of(norm_sq: np.ndarray, prev_sq: np.ndarray, final_sq: np.ndarray, steps: np.ndarray) -> dict[str, np.ndarray]:
+    """``point_update`` and ``point_distance`` (T, L) from each key frame's squared norm, squared distance
+    to the previous key frame and to the final one (T, L each): one formula for a film made at once
+    (``PointMeasures``) and one made a key frame at a time (layerfilm.live)."""
+    norm = np.sqrt(norm_sq)
+    return {"point_update": relative_update(prev_sq, norm, steps),
+            "point_distance": np.sqrt(final_sq) / np.maximum(norm[-1], 1e-300)}
 
 
 def point_measures(store: FeatureStore | ArrayStore, steps: np.ndarray) -> dict[str, np.ndarray]:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import OptionsError
-from ..features import Features, in_safe_range
+from ..features import Features, ScaledStore, in_safe_range
 from ..features.point_measures import sum_sq
 from .trajectories import PROJECTIONS, Trajectories
 
@@ -94,9 +95,40 @@ def _check_dims(x: np.ndarray) -> None:
                            f"and 2 dimensions")
 
 
-@PROJECTIONS.register("pca")
-def project_pca(features: Features, progress: bool = True, fit: str = "all") -> Trajectories:
-    """One PCA basis per block, fitted on the key frames pooled (or the first / last), applied to all.
+@dataclass(frozen=True)
+class PcaBasis:
+    """A fitted block-wise PCA basis, fixed: key frame points x (L, N, D) -> (L, N, 2) =
+    ((x * scale) - shift) q rot - offset. Kept apart from the fitting so that a live film
+    (layerfilm.live) projects each new key frame with the basis fitted earlier, by the same arithmetic
+    as ``project_pca`` (so the same bytes as a one-shot render with that basis)."""
+
+    shift: np.ndarray  # (L, 1, D) float32: keeps sums well-conditioned
+    q: np.ndarray  # (L, D, k) float32: the subspace the points are first projected on
+    rot: np.ndarray  # (L, k, 2) float32: the top-2 axes inside it
+    offset: np.ndarray  # (L, 2) float32: the mean's coordinates (subtracted: clouds centred on the fit)
+    explained_variance: np.ndarray  # (L, 2) float32
+    scale: np.ndarray  # (L,) float32 powers of two (features.safe_scale; 1 for ordinary blocks)
+
+    def coords(self, x: np.ndarray, out: np.ndarray, run) -> None:
+        """out (L, N, k) = (x - shift) q, one chunk of blocks per ``run`` task (``_chunks``)."""
+        run(lambda b: np.matmul(x[b] - self.shift[b], self.q[b], out=out[b]))
+
+    def rotate(self, coords: np.ndarray) -> np.ndarray:
+        """(..., L, N, 2) points from coordinates (..., L, N, k) in ``q``."""
+        return (coords @ self.rot) - self.offset[:, None, :]
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """(L, N, 2) one key frame's points x (L, N, D) in this basis."""
+        if (self.scale != 1).any():
+            x = x * self.scale[:, None, None]
+        coords = np.empty((*x.shape[:2], self.q.shape[2]), np.float32)
+        with _chunks(x.shape[0]) as run:
+            self.coords(x, coords, run)
+        return self.rotate(coords)
+
+
+def fit_pca(features: Features, fit: str = "all", progress: bool = True) -> tuple[PcaBasis, np.ndarray]:
+    """The basis of ``project_pca`` and every key frame's coordinates in its subspace (T, L, N, k).
 
     Two passes over the store: the first multiplies seeded start directions by the pooled covariance
     (and sums the points and their squares); the second projects every frame on the orthonormalised
@@ -106,6 +138,7 @@ def project_pca(features: Features, progress: bool = True, fit: str = "all") -> 
     if fit not in FITS:
         raise OptionsError(f"--fit {fit!r}: choose one of {', '.join(FITS)}")
     store = in_safe_range(features.store)
+    scale = store.scale if isinstance(store, ScaledStore) else np.ones(len(features.blocks), np.float32)
     T = len(store)
     fit_frames = {"all": range(T), "first": range(1), "last": range(T - 1, T)}[fit]
     x0 = store[fit_frames[0]]
@@ -123,11 +156,6 @@ def project_pca(features: Features, progress: bool = True, fit: str = "all") -> 
         sx[b] += xs.sum(axis=1)
         sxx[b] += sum_sq(xs)
 
-    def project_chunk(x: np.ndarray, b: slice, t: int) -> None:
-        np.matmul(x[b] - shift[b], q[b], out=coords[t, b])
-        if t in fit_frames:
-            h[b] += _gram(coords[t, b])
-
     n = len(fit_frames) * N
     with _chunks(L) as run:
         for t in tqdm(fit_frames, desc="fitting PCA", unit="frame", disable=not progress):
@@ -136,15 +164,27 @@ def project_pca(features: Features, progress: bool = True, fit: str = "all") -> 
         m = sx / n  # (L, D) mean minus shift
         cq = cq / n - m[:, :, None] * np.einsum("ld,ldk->lk", m, q)[:, None, :]  # centred covariance times q
         q = np.linalg.qr(cq)[0].astype(np.float32)
+        subspace = PcaBasis(shift, q, np.empty((L, k, 2), np.float32), np.zeros((L, 2), np.float32),
+                            np.zeros((L, 2), np.float32), scale)
         for t in tqdm(range(T), desc="projecting", unit="frame", disable=not progress):
-            x = store[t]
-            run(lambda b, x=x, t=t: project_chunk(x, b, t))
+            subspace.coords(store[t], coords[t], run)
+            if t in fit_frames:
+                h += np.concatenate(run(lambda b, t=t: _gram(coords[t, b])))
     mq = np.einsum("ld,ldk->lk", m, q.astype(np.float64))  # the mean's coordinates in q
     axes, rot, ratio = _ritz(q, h / n - mq[:, :, None] * mq[:, None, :], sxx / n - (m * m).sum(axis=1))
     offset = np.einsum("ld,ldk->lk", m, axes[:, :, :2].astype(np.float64))  # the mean's coordinates
-    xy = (coords @ rot[:, :, :2].astype(np.float32)) - offset[None, :, None, :].astype(np.float32)
-    return Trajectories(features.steps, features.blocks, features.point_ids, xy, "pca",
-                        {"explained_variance": ratio.astype(np.float32)})
+    basis = PcaBasis(shift, q, rot[:, :, :2].astype(np.float32), offset.astype(np.float32),
+                     ratio.astype(np.float32), scale)
+    return basis, coords
+
+
+@PROJECTIONS.register("pca")
+def project_pca(features: Features, progress: bool = True, fit: str = "all") -> Trajectories:
+    """One PCA basis per block, fitted on the key frames pooled (or the first / last), applied to all
+    (``fit_pca``)."""
+    basis, coords = fit_pca(features, fit, progress)
+    return Trajectories(features.steps, features.blocks, features.point_ids, basis.rotate(coords), "pca",
+                        {"explained_variance": basis.explained_variance})
 
 
 def unchanged(x: np.ndarray, prev: np.ndarray | None) -> np.ndarray:

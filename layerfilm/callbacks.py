@@ -1,0 +1,128 @@
+"""Training-loop callbacks that keep a live film (layerfilm.live) of the run while it trains.
+
+    trainer = transformers.Trainer(..., callbacks=[LayerfilmCallback(out="film.webm", points=256)])
+    trainer = lightning.Trainer(..., callbacks=[LayerfilmLightningCallback(out="film.webm")])
+
+Both take ``out=`` and the options of ``layerfilm watch`` (render's, with ``refit``, ``stills``, ``json``,
+``export_points``) as keyword arguments named like the flags (``no_overlay=True`` for --no-overlay),
+checked when the callback is made, before training starts. They run only on the main process (rank
+0). After each save they hand the new checkpoint's path to a background process (spawned at the first
+save) that reads it once and rewrites the film: the training process only puts a path on a queue.
+At the end of training they wait for that process to finish its last update, so the film is complete
+when ``train()`` / ``fit()`` returns.
+
+transformers and lightning are imported only when their callback is (module ``__getattr__``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+class LiveFollower:
+    """The framework-free part: options checked at once, a background process fed checkpoint paths."""
+
+    def __init__(self, out: str | Path, folder: str | Path | None = None, **options: Any) -> None:
+        from .cli import watch_options
+        from .live import check_live, check_outputs
+
+        self.out, self.folder = str(out), folder
+        self.opts, self.live, _ = watch_options(str(folder or "."), self.out, {"quiet": True, **options})
+        check_outputs(folder, self.out, check_live(self.opts, self.live), self.live)  # fails now, not in the background
+        self._queue: Any = None
+        self._proc: Any = None
+
+    def declare(self, folder: str | Path, paths: list[Path]) -> None:
+        """``paths`` in ``folder`` are complete checkpoints: film them (in the background)."""
+        if self._proc is None:
+            ctx = mp.get_context("spawn")  # no fork of a training process (threads, CUDA)
+            self._queue = ctx.Queue()
+            from .live import follow
+
+            self._proc = ctx.Process(target=follow, args=(str(self.folder or folder), self.out, self.opts, self.live,
+                                                          self._queue), name="layerfilm-live")
+            self._proc.start()
+            atexit.register(self.finish)  # a training that dies still leaves the film of what was read
+        self._queue.put([str(p) for p in paths])
+
+    def finish(self) -> None:
+        """Wait for the last update (the film is complete when this returns)."""
+        if self._proc is None:
+            return
+        self._queue.put(None)
+        self._proc.join()
+        if self._proc.exitcode:
+            warnings.warn(f"layerfilm: the live film's process ended with exit code {self._proc.exitcode}", stacklevel=2)
+        self._proc = None
+        atexit.unregister(self.finish)
+
+
+def _trainer_callback() -> type:
+    from transformers import TrainerCallback
+
+    class LayerfilmCallback(LiveFollower, TrainerCallback):
+        """``transformers.Trainer`` callback: each ``checkpoint-N/`` saved is added to the film ``out``."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.declare(args.output_dir, [Path(args.output_dir) / f"checkpoint-{state.global_step}"])
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.finish()
+
+    return LayerfilmCallback
+
+
+def _lightning_callback() -> type:
+    try:
+        from lightning.pytorch.callbacks import Callback
+    except ImportError:  # the older package name
+        from pytorch_lightning.callbacks import Callback  # type: ignore[assignment]
+
+    class LayerfilmLightningCallback(LiveFollower, Callback):
+        """Lightning callback: each checkpoint the Trainer saves (ModelCheckpoint's ``dirpath``, or
+        ``folder=``) is added to the film ``out``. Lightning calls ``on_save_checkpoint`` before it writes
+        the file, so the file is handed over at the next batch (or at the end of training), once written."""
+
+        _pending = False
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            self._pending = True
+
+        def _hand_over(self, trainer) -> None:
+            if not (self._pending and trainer.is_global_zero):
+                return
+            self._pending = False
+            folder = self.folder or getattr(trainer.checkpoint_callback, "dirpath", None)
+            if folder is None:
+                warnings.warn("layerfilm: no checkpoint folder (give folder=...)", stacklevel=2)
+                return
+            self.declare(folder, sorted(p for p in Path(folder).iterdir() if not p.name.startswith(".")))
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self._hand_over(trainer)
+
+        def on_train_end(self, trainer, pl_module):
+            self._hand_over(trainer)
+            if trainer.is_global_zero:
+                self.finish()
+
+    return LayerfilmLightningCallback
+
+
+_MADE: dict[str, type] = {}
+_MAKERS = {"LayerfilmCallback": _trainer_callback, "LayerfilmLightningCallback": _lightning_callback}
+
+
+def __getattr__(name: str) -> type:
+    if name not in _MAKERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _MADE:
+        _MADE[name] = _MAKERS[name]()
+        _MADE[name].__module__ = __name__
+    return _MADE[name]
