@@ -416,7 +416,7 @@ class LiveFilm:
 
     def write(self, traj: Trajectories) -> None:
         """The film, then the stills, stability JSON and points asked for, each renamed into place whole."""
-        renderer = film_renderer(traj, self.opts.style)
+        renderer = film_renderer(traj, self.opts.style, self.opts, bar=self.opts.overlay)
         overlay = Overlay.of_points(renderer, traj.stats, self.opts.settle_threshold) if self.opts.overlay else None
         write_film(traj, self.out, self.opts, self.progress, overlay, renderer)
         inputs = (self.root,)
@@ -424,7 +424,7 @@ class LiveFilm:
             from .figures import save_figure
             from .report import keyframe_stills
 
-            save_figure(keyframe_stills(traj, self.opts.style).figure, self.live.stills, inputs)
+            save_figure(keyframe_stills(traj, self.opts.style, opts=self.opts).figure, self.live.stills, inputs)
         if self.live.json is not None:
             with atomic_output(self.live.json, suffix=".json") as tmp:
                 tmp.write_text(stability_json(traj, self.opts.settle_threshold))

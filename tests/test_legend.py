@@ -11,7 +11,7 @@ import pytest
 from layerfilm.animate import Timeline
 from layerfilm.features import Subject
 from layerfilm.features.weights import WeightSpec, plan
-from layerfilm.film import FilmOptions, caption, film_renderer, frame_function
+from layerfilm.film import FilmFrames, FilmOptions, caption, film_renderer
 from layerfilm.legend import SEP, VMAX_PERCENTILE, scale_top
 from layerfilm.overlay import bar_text
 from layerfilm.projection import Trajectories
@@ -183,12 +183,12 @@ def test_activation_film_zooms_each_key_frame_to_its_spread():
     subject = Subject("block outputs", "activations", N, 1024, "probe tokens", "PCA pooled over 4 key frames", "run")
     traj = Trajectories(np.arange(T), np.arange(L), np.tile(np.arange(N), (L, 1)), xy, "pca", {}, subject)
     r = film_renderer(traj, Style(640, 360))
-    frame = frame_function(traj, r, FilmOptions())
+    frame = FilmFrames.of(traj, FilmOptions(), r).draw
     covered = [((frame(k, 0.0) != r.base).any(-1)[r.header : -r.footer]).sum() for k in range(T)]
     assert covered[0] > 0.5 * min(covered[1:])
     assert "block outputs: 300 of 1,024 probe tokens (a seeded sample, --points), activations" in SEP.join(r.rows)
     assert "axes zoom to each key frame's spread" in SEP.join(r.rows)
     plain = Trajectories(traj.steps, traj.blocks, traj.point_ids, xy, "pca")  # weights: one extent, a dot
     rp = film_renderer(plain, Style(640, 360))
-    dot = ((frame_function(plain, rp, FilmOptions())(0, 0.0) != rp.base).any(-1)[rp.header : -rp.footer]).sum()
+    dot = ((FilmFrames.of(plain, FilmOptions(), rp).draw(0, 0.0) != rp.base).any(-1)[rp.header : -rp.footer]).sum()
     assert dot < 0.1 * covered[0]
