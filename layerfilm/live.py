@@ -60,6 +60,7 @@ from .overlay import Overlay
 from .pipeline import one_blas_thread
 from .projection import Trajectories, coherence, project
 from .projection.linear import PcaBasis, fit_pca
+from .run import weights_subject
 from .scan import TRAINER_STATE, Checkpoint, Series, scan
 from .stability import settle_index
 from .storage import AnyPath, local_path
@@ -360,7 +361,7 @@ class LiveFilm:
             stats.update(measures_of(np.stack(self.norm_sq), np.stack(self.prev_sq), final_sq, steps))
         stats.update(coherence(xy))
         return Trajectories(steps, np.asarray(self.wp.layer_map.blocks, np.int64), self.wp.point_ids.astype(np.int64),
-                            xy, self.opts.projection, stats)
+                            xy, self.opts.projection, stats, weights_subject(self.wp, self.opts, len(steps), self.root.name))
 
     # ---------------------------------------------------------------- one update
 

@@ -169,6 +169,12 @@ def _join(results: list[ChunkResult]) -> tuple[np.ndarray, dict[str, np.ndarray]
     return xy, stats, measures
 
 
+def weights_subject(wp: WeightPlan, opts, keyframes: int, run: str) -> Subject:
+    """What a weights film shows (its legend's words): the matrix, how many of its neurons, the projection."""
+    return Subject(wp.component, "weights", wp.point_ids.shape[1], wp.shape[0], "output neurons",
+                   describe(opts.projection, keyframes, opts.fit), run)
+
+
 class Run:
     """One study of one series with one set of options (``layerfilm.film.FilmOptions``).
 
@@ -290,8 +296,7 @@ class Run:
         xy, stats, measures = _join(results)
         steps = np.asarray([series.checkpoints[t].step for t in active], np.int64)
         blocks = np.asarray(wp.layer_map.blocks, np.int64)
-        subject = Subject(wp.component, "weights", wp.point_ids.shape[1], wp.shape[0], "output neurons",
-                          describe(opts.projection, len(steps), opts.fit), series.root.name)
+        subject = weights_subject(wp, opts, len(steps), series.root.name)
         traj = Trajectories(steps, blocks, wp.point_ids.astype(np.int64), xy, opts.projection, stats, subject)
         bm = BlockMeasures.assemble(steps, blocks, wp, measures) if measures is not None else None
         return traj, bm

@@ -27,6 +27,7 @@ FLAGS = {
     "--jobs": ("jobs", "2", 2),
     "--engine": ("engine", "dask", "dask"),
     "--address": ("address", "tcp://127.0.0.1:8786", "tcp://127.0.0.1:8786"),
+    "--storage-options": ("storage_options", "{\"anon\": true}", "{\"anon\": true}"),
     "--fps": ("fps", "4", 4.0),
     "--seconds-per-keyframe": ("seconds_per_keyframe", "2", 2.0),
     "--size": ("style.width", "320x180", 320),
@@ -48,7 +49,8 @@ FLAGS = {
 ALSO = {"style.height": 180, "umap.seed": 7, "umap.jobs": 2}  # set by the same flags as above (--size, --seed, --jobs)
 WITH = {"--address": ["--engine", "dask"]}  # flags that need another
 # fields that only the Python API sets: documented on their classes
-LIBRARY_ONLY = {"umap.window", "umap.epochs", "umap.place_epochs", "umap.place_rate", "style.cell", "style.title"}
+LIBRARY_ONLY = {"umap.window", "umap.epochs", "umap.place_epochs", "umap.place_rate", "style.cell", "style.title",
+                "encode.segment_seconds"}
 
 
 def fields(obj, prefix: str = "") -> dict[str, object]:
