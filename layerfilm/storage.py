@@ -220,19 +220,23 @@ class RemotePath:
 
 AnyPath = Path | RemotePath
 
-_FILESYSTEMS: dict[tuple[str, str], Any] = {}
+_FILESYSTEMS: dict[tuple, Any] = {}
+_ENV = ("AWS_", "GOOGLE_", "GCS", "HF_", "FSSPEC")  # variables the filesystems read when they are made
 _LOCK = threading.Lock()
 
 
 def filesystem(protocol: str, options: str) -> Any:
-    """The fsspec filesystem of ``protocol`` with ``options`` (JSON), one per process."""
+    """The fsspec filesystem of ``protocol`` with ``options`` (JSON), one per process and environment
+    (s3fs reads AWS_ENDPOINT_URL and credentials when made; fsspec's own instance cache would hand back
+    one made under other variables)."""
+    key = (protocol, options, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV))))
     with _LOCK:
-        fs = _FILESYSTEMS.get((protocol, options))
+        fs = _FILESYSTEMS.get(key)
         if fs is None:
             try:
                 import fsspec
 
-                fs = fsspec.filesystem(protocol, **json.loads(options))
+                fs = fsspec.filesystem(protocol, skip_instance_cache=True, **json.loads(options))
             except ImportError as e:
                 package, extra = EXTRAS.get(protocol, (getattr(e, "name", None) or "fsspec", ""))
                 hint = f"pip install 'layerfilm[{extra}]'" if extra else f"pip install {package}"
@@ -241,7 +245,7 @@ def filesystem(protocol: str, options: str) -> Any:
                 raise OptionsError(f"{protocol}:// URLs: {str(e).splitlines()[0]}") from None
             except TypeError as e:  # an option the filesystem does not take
                 raise OptionsError(f"--storage-options: {str(e).splitlines()[0]}") from None
-            _FILESYSTEMS[(protocol, options)] = fs
+            _FILESYSTEMS[key] = fs
         return fs
 
 

@@ -34,9 +34,10 @@ from functools import lru_cache
 from typing import cast
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from ..engine import LocalEngine, worker_init
+from ..engine import LocalEngine
 from ..errors import OptionsError
 from ..features import Features, in_safe_range
 from ..options import check_seed
@@ -241,8 +242,9 @@ def project_umap(features: Features, progress: bool = True, options: UmapOptions
     store = in_safe_range(features.store)
     L = len(features.blocks)
     jobs = min(options.jobs or os.cpu_count() or 1, L)
-    if jobs == 1:
-        worker_init()  # one numba and BLAS thread, as in a worker (threaded, they spin on busy cores)
+    if jobs == 1:  # one numba and BLAS thread, as in a worker (threaded, they spin on busy cores)
+        _umap().set_num_threads(1)
+        threadpool_limits(1)
     with tqdm(total=L, desc="AlignedUMAP", unit="block", disable=not progress) as bar:
         results = LocalEngine(jobs).map(_layout_task, [(store, l, options) for l in range(L)], bar.update)
     xy = np.stack(results, axis=1).astype(np.float32)  # (T, L, N, 2)
