@@ -80,7 +80,7 @@ def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # NaN (the first key frame's update) equals NaN
 
 
-RAN_ON: list[str] = []  # where each task ran (a module's global: tasks are pickled, even to workers in this process)
+RAN_ON: list[tuple[str, str]] = []  # (task, worker) of each task (a global: tasks are pickled, even to workers in this process)
 _run_task = engine_dask._run_task
 
 
