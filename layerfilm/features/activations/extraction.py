@@ -21,7 +21,7 @@ from ...formats import open_checkpoint
 from ...pipeline import prefetch
 from ...scan import Checkpoint, Series
 from ...storage import local_path
-from .. import Features, FeatureStore
+from .. import Features, FeatureStore, Subject
 from ..act_stats import ActivationStats
 from ..weights import skip
 from .loader import Staged, WeightLoader
@@ -90,4 +90,5 @@ def extract(series: Series, spec: ActivationSpec, workdir: Path, progress: bool 
         store=store,
         skipped=tuple(skipped),
         stats=act.arrays(),
+        subject=Subject("block outputs", "activations", n, ids_np.size, "probe tokens"),
     )
