@@ -69,7 +69,7 @@ def header_and_rows(folder: Path) -> tuple[int, int]:
 
 
 def test_s3_render_equals_local_and_fetches_only_headers_and_rows(moto, tiny_run, local_film, tmp_path, run_cli, monkeypatch):
-    url = moto.upload(tiny_run, "runs", "tiny")
+    url = moto.upload(tiny_run, "tiny", tiny_run.name)  # the folder's name as local: the legend names the run
     moto.reset()
     code, _, err = run_cli("render", url + "/", "--out", tmp_path / "film.webm", "--export-points", tmp_path / "points.npz",
                            "--no-cache", "--storage-options", json.dumps({"endpoint_url": moto.endpoint}), *FAST)
@@ -88,7 +88,7 @@ def test_s3_in_worker_processes_with_storage_options(moto, tiny_run, local_film,
     import layerfilm.run
 
     monkeypatch.setattr(layerfilm.run, "IN_PROCESS_BYTES", 0)  # the tiny run would otherwise stay in-process
-    url = moto.upload(tiny_run, "runs", "workers")
+    url = moto.upload(tiny_run, "workers", tiny_run.name)
     code, _, err = run_cli("render", url, "--out", tmp_path / "film.webm", "--export-points", tmp_path / "points.npz",
                            "--no-cache", "--storage-options", json.dumps({"endpoint_url": moto.endpoint}),
                            *FAST[:4], "--jobs", "2", "--quiet")
@@ -98,7 +98,7 @@ def test_s3_in_worker_processes_with_storage_options(moto, tiny_run, local_film,
 
 def test_s3_sharded_folders_give_the_local_points(moto, pythia_run, tmp_path, run_cli, monkeypatch):
     """Pythia-style step folders of bf16 shards with an index: listed, indexed and read by ranges."""
-    url = moto.upload(pythia_run, "runs", "pythia")
+    url = moto.upload(pythia_run, "pythia", pythia_run.name)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint)
     for where, name in ((url, "s3"), (pythia_run, "local")):
         code, _, err = run_cli("render", where, "--out", tmp_path / f"{name}.webm", "--export-points",
