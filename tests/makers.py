@@ -110,9 +110,8 @@ def nanogpt_run(example, out: Path, wrap: str = "", names: str = "ckpt_{}.pt", s
     return out
 
 
-def lightning_run(example, out: Path) -> Path:
-    """lightning.Trainer + ModelCheckpoint(every_n_train_steps=5, save_top_k=-1) on the example GPT held
-    as ``self.model``: epoch=E-step=5.ckpt, ...-step=10.ckpt, ...-step=15.ckpt."""
+def gpt_module(example):
+    """A LightningModule around the example's GPT (its parameters under ``model.``)."""
     import lightning as L
 
     class Module(L.LightningModule):
@@ -127,14 +126,28 @@ def lightning_run(example, out: Path) -> Path:
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=3e-3)
 
+    return Module
+
+
+def fit_lightning(example, module, out: Path, steps: int, every: int, items: int, callbacks: tuple = ()) -> Path:
+    """``module()`` trained ``steps`` steps of batch 1 (epochs of ``items`` batches) on CPU by lightning.Trainer,
+    with ModelCheckpoint(every_n_train_steps=every, save_top_k=-1) writing into ``out`` (and ``callbacks``)."""
+    import lightning as L
+
     torch.manual_seed(0)
-    xs, ys = zip(*batches(example, 8, batch=1))
+    xs, ys = zip(*batches(example, items, batch=1))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.cat(xs), torch.cat(ys)), batch_size=1)
-    saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(out), every_n_train_steps=5, save_top_k=-1)
-    trainer = L.Trainer(max_steps=15, callbacks=[saver], logger=False, enable_progress_bar=False,
+    saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(out), every_n_train_steps=every, save_top_k=-1)
+    trainer = L.Trainer(max_steps=steps, callbacks=[saver, *callbacks], logger=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu")
-    trainer.fit(Module(), loader)
+    trainer.fit(module(), loader)
     return out
+
+
+def lightning_run(example, out: Path) -> Path:
+    """lightning.Trainer + ModelCheckpoint(every_n_train_steps=5, save_top_k=-1), 15 steps on CPU, the GPT
+    as ``self.model``: epoch=E-step=5.ckpt, ...-step=10.ckpt, ...-step=15.ckpt."""
+    return fit_lightning(example, gpt_module(example), out, steps=15, every=5, items=8)
 
 
 def lightning_encoder_run(example, out: Path) -> Path:
@@ -159,11 +172,4 @@ def lightning_encoder_run(example, out: Path) -> Path:
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=1e-2)
 
-    torch.manual_seed(0)
-    xs, ys = zip(*batches(example, 9, batch=1))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.cat(xs), torch.cat(ys)), batch_size=1)
-    saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(out), every_n_train_steps=3, save_top_k=-1)
-    trainer = L.Trainer(max_steps=9, callbacks=[saver], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
-    trainer.fit(Encoder(), loader)
-    return out
+    return fit_lightning(example, Encoder, out, steps=9, every=3, items=9)

@@ -238,31 +238,10 @@ def test_trainer_callback_runs_on_rank_0_only(tmp_path):
 
 
 def test_lightning_callback_films_its_checkpoints(example, makers, tmp_path):
-    import lightning as L
-    import torch
-    import torch.nn.functional as F
-
     from layerfilm.callbacks import LayerfilmLightningCallback
 
-    class Module(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = example.GPT(makers.nano_config(example))
-
-        def training_step(self, batch, _):
-            x, y = batch
-            return F.cross_entropy(self.model(x).view(-1, 256), y.view(-1))
-
-        def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), lr=3e-3)
-
-    torch.manual_seed(0)
-    xs, ys = zip(*makers.batches(example, 8, batch=1))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.cat(xs), torch.cat(ys)), batch_size=1)
-    saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "run"), every_n_train_steps=5, save_top_k=-1)
-    trainer = L.Trainer(max_steps=15, callbacks=[saver, LayerfilmLightningCallback(**_options(tmp_path))], logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-    trainer.fit(Module(), loader)
+    makers.fit_lightning(example, makers.gpt_module(example), tmp_path / "run", steps=15, every=5, items=8,
+                         callbacks=(LayerfilmLightningCallback(**_options(tmp_path)),))
     assert list(np.load(tmp_path / "points.npz")["steps"]) == [5, 10, 15]
     assert len(list((tmp_path / "run").glob("*.ckpt"))) == 3
     assert len(decode(tmp_path / "film.webm")) == 2 * 2 + 1
