@@ -109,6 +109,7 @@ def test_ordinary_blocks_are_used_bit_for_bit(tmp_path):
     y = in_safe_range(store)[0]
     assert np.array_equal(y[0], x[0])
     assert 1 <= np.abs(y[1]).max() < 2 and 1 <= np.abs(y[2]).max() < 2
+    assert np.array_equal(y, x * scale[:, None, None])  # each block exactly times its power of two
     ordinary = FeatureStore(tmp_path / "ordinary")
     ordinary.append(x[:1])
     assert in_safe_range(ordinary) is ordinary
