@@ -46,7 +46,7 @@ class EncodeOptions:
     crf: int = 18
     threads: int = 0
     preset: str = ""
-    segment_seconds: float = 2.0
+    segment_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.crf <= 51:

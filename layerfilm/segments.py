@@ -95,8 +95,8 @@ def encode_film(frames: Frames, out: str | Path, size: tuple[int, int], opts: En
     out = Path(out)
     kind = check_output(out)
     parts = plan(frames.n_frames, engine.jobs if engine is not None else 1, fps, opts)
-    if len(parts) > 1 and opts.threads == 0:  # the encoders running at once share the cores
-        opts = replace(opts, threads=max(1, cores() // len(parts)))
+    if len(parts) > 1 and opts.threads == 0:  # the encoders running at once share the cores; rounded up, so
+        opts = replace(opts, threads=-(-cores() // len(parts)))  # that fewer segments than cores leave none idle
     joined = len(parts) > 1 and kind != "png"
     with atomic_output(out, folder=kind == "png") as tmp, ExitStack() as stack:
         scratch = stack.enter_context(scratch_folder(out)) if joined or kind == "gif" else None

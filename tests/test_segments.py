@@ -57,7 +57,7 @@ def test_spans_cover_the_film_in_order_with_at_most_jobs_segments_of_at_least_mi
         assert len(s) == 1 or all(b - a >= least for a, b in s)
         assert len(s) == max(1, min(jobs, n // least))  # as many as the rules allow
     assert len(plan(61, 1, 10, SHORT)) == 1  # one job: one stream
-    assert len(plan(61, 8, 10, EncodeOptions())) == 3  # 2 s at 10 fps: 20 frames each at least
+    assert len(plan(61, 8, 10, EncodeOptions())) == 6  # 1 s at 10 fps: 10 frames each at least
     with pytest.raises(OptionsError, match="segment_seconds"):
         EncodeOptions(segment_seconds=0)
 
