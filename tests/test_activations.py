@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ from layerfilm.features.activations import (
     resolve_device,
     run_probe,
 )
+from layerfilm.features.activations import loader as loader_module
+from layerfilm.features.activations.loader import Item, plan_pieces
 from layerfilm.formats import open_checkpoint
 from layerfilm.scan import scan
 
@@ -355,23 +358,130 @@ def reference_pass(folder: Path, spec: ActivationSpec, picks: np.ndarray):
     return out
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: float32 files narrowed on the way in
-@pytest.mark.parametrize("host_buffers", [False, True])  # True: the GPU's path (read into a host buffer, then copied)
-def test_loaded_statistics_equal_load_state_dict_exactly(llama_run, tmp_path, monkeypatch, dtype, host_buffers):
-    init = WeightLoader.__init__
-    monkeypatch.setattr(WeightLoader, "__init__", lambda self, *a, **k: init(self, *a, **k, host_buffers=host_buffers))
-    spec = ActivationSpec(device="cpu", dtype=dtype, points=40)
-    f = extract(scan(llama_run), spec, tmp_path, progress=False)
-    want = reference_pass(llama_run, spec, f.point_ids[0])
-    per_step = []
-    for t, (pts, stats, in_norm) in enumerate(want):
+def assert_equals_reference(f, folder: Path, spec: ActivationSpec) -> None:
+    """The pass's points and statistics equal load_state_dict's bit for bit, at the steps it kept."""
+    want = dict(zip(STEPS, reference_pass(folder, spec, f.point_ids[0])))
+    kept = [want[int(step)] for step in f.steps]
+    for t, (pts, _, in_norm) in enumerate(kept):
         assert np.array_equal(f.store[t], pts)
-        per_step.append(stats)
         assert f.stats["act_input_norm"][t] == in_norm
-    ref = ActivationStats.stack(list(STEPS), list(f.blocks), per_step, [w[2] for w in want], spec.near_zero).arrays()
+    ref = ActivationStats.stack(list(f.steps), list(f.blocks), [w[1] for w in kept], [w[2] for w in kept],
+                                spec.near_zero).arrays()
     assert ref.keys() == f.stats.keys()
     for k in ref:
         assert np.array_equal(ref[k], f.stats[k], equal_nan=True), k
+
+
+def loader_options(monkeypatch, **options) -> None:
+    """Every WeightLoader made from now on (by extract) gets ``options``."""
+    init = WeightLoader.__init__
+    monkeypatch.setattr(WeightLoader, "__init__", lambda self, *a, **k: init(self, *a, **k, **options))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: float32 files narrowed on the way in
+@pytest.mark.parametrize("host_buffers", [False, True])  # True: the GPU's path (streamed through a ring of host chunks)
+def test_loaded_statistics_equal_load_state_dict_exactly(llama_run, tmp_path, monkeypatch, dtype, host_buffers):
+    loader_options(monkeypatch, host_buffers=host_buffers)
+    spec = ActivationSpec(device="cpu", dtype=dtype, points=40)
+    f = extract(scan(llama_run), spec, tmp_path, progress=False)
+    assert list(f.steps) == list(STEPS)
+    assert_equals_reference(f, llama_run, spec)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tensors_spanning_tiny_ring_chunks_load_exactly(llama_run, tmp_path, monkeypatch, dtype):
+    """The GPU's code on the CPU (unpinned chunks): 3 chunks of 1,001 bytes, so nearly every tensor spans
+    several chunks, chunks end inside elements, and each checkpoint's first pieces are read ahead."""
+    loader_options(monkeypatch, host_buffers=True, chunks=3, chunk_bytes=1001)
+    spec = ActivationSpec(device="cpu", dtype=dtype, points=40)
+    f = extract(scan(llama_run), spec, tmp_path, progress=False)
+    assert list(f.steps) == list(STEPS)
+    assert_equals_reference(f, llama_run, spec)
+
+
+def test_pieces_cover_every_byte_once():
+    items = [Item(f"k{i}", f"n{i}", torch.float32, (n // 4,), n, Path("f"), off)
+             for i, (off, n) in enumerate([(100, 12), (112, 4000), (4112, 8), (9000, 20)])]  # a gap before 9000
+    pieces = plan_pieces(items, 1001)
+    covered: dict[str, list[tuple[int, int]]] = {it.key: [] for it in items}
+    for piece in pieces:
+        assert 0 < piece.nbytes <= 1001
+        for it, at, pos, n in piece.dests:
+            assert piece.offset + at == it.offset + pos and at + n <= piece.nbytes  # the same file bytes
+            covered[it.key].append((pos, n))
+    for it in items:
+        spans = sorted(covered[it.key])
+        assert spans[0][0] == 0 and sum(n for _, n in spans) == it.nbytes
+        assert all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:]))
+    assert [p.offset for p in pieces][-1] == 9000  # the gap is not read
+
+
+@pytest.mark.parametrize("nth", [1, 4])  # the 2nd piece: read ahead (2 chunks); the 5th: streamed
+def test_a_read_failing_midway_through_the_ring_skips_only_that_checkpoint(llama_run, tmp_path, monkeypatch, nth):
+    loader_options(monkeypatch, host_buffers=True, chunks=2, chunk_bytes=4096)
+    real, calls = loader_module._read_piece, []
+
+    def flaky(piece, dest):
+        if piece.file.parent.name == "checkpoint-2":
+            calls.append(piece.offset)
+            if len(calls) == nth + 1:
+                raise CheckpointError(f"{piece.file}: cannot read (Input/output error)")
+        real(piece, dest)
+
+    monkeypatch.setattr(loader_module, "_read_piece", flaky)
+    spec = ActivationSpec(device="cpu", points=40)
+    with pytest.warns(UserWarning, match=r"checkpoint-2/model.safetensors: cannot read \(Input/output error\); skipped$"):
+        f = extract(scan(llama_run), spec, tmp_path / "store", progress=False)
+    assert list(f.steps) == [0, 4] and [c.path.name for c in f.skipped] == ["checkpoint-2"]
+    assert_equals_reference(f, llama_run, spec)  # checkpoint-4 came through the ring whole after the failure
+
+
+def test_a_strict_failure_does_not_leave_a_read_ahead_waiting(llama_run, tmp_path, monkeypatch):
+    """checkpoint-0 fails while streaming; checkpoint-2 is staged (holding the chunks) and checkpoint-4's
+    read-ahead waits for them: closing the loader must stop that wait, or the pass would never return."""
+    loader_options(monkeypatch, host_buffers=True, chunks=2, chunk_bytes=4096)
+    real = loader_module._read_piece
+
+    def flaky(piece, dest):
+        if piece.file.parent.name == "checkpoint-0" and piece.offset > 4 * 4096:
+            raise CheckpointError(f"{piece.file}: cannot read (Input/output error)")
+        real(piece, dest)
+
+    monkeypatch.setattr(loader_module, "_read_piece", flaky)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            extract(scan(llama_run), ActivationSpec(device="cpu", points=40), tmp_path / "store", progress=False, strict=True)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(120)  # a hang, not a speed: the pass takes about a second
+    assert not thread.is_alive(), "the pass hung"
+    assert len(errors) == 1 and isinstance(errors[0], CheckpointError), errors
+    assert str(errors[0]).endswith("cannot read (Input/output error) (--strict: nothing is skipped)")
+
+
+def test_cpu_parameters_view_the_file_until_released_and_never_write_it(llama_run, tmp_path):
+    """Stored in the model's dtype: no copy (the parameters are views of the mapped file during the probe);
+    a write to one cannot reach the file (copy-on-write); released, they hold their own memory again."""
+    file = tmp_path / "model.safetensors"
+    shutil.copy(llama_run / "checkpoint-4" / "model.safetensors", file)
+    before = file.read_bytes()
+    model = build_model(ActivationSpec(), scan(llama_run).checkpoints[0], torch.device("cpu"))
+    own = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    with WeightLoader(model, torch.device("cpu")) as loader:
+        with open_checkpoint(file, "safetensors") as reader:
+            staged = loader.stage(reader, file)
+        loader.apply(staged)
+        state, want = model.state_dict(), load_file(file)
+        assert all(torch.equal(state[k], want[k]) and state[k].data_ptr() != own[k] for k in want)
+        next(model.parameters()).data.add_(1.0)
+        loader.release()
+    assert file.read_bytes() == before
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == own
 
 
 @pytest.mark.parametrize("host_buffers", [False, True])

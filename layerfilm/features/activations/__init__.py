@@ -8,8 +8,8 @@ probe batch (``probe``). The same tokens are used at every checkpoint, so point 
 the same token: points correspond 1-to-1 across frames. ``extract`` runs the pass; ``spec`` holds the
 options.
 
-Memory is one model, one batch of hidden states, the (L, N, D) points of one key frame, and two host
-buffers of one checkpoint's bytes (a GPU only).
+Memory is one model, one batch of hidden states, the (L, N, D) points of one key frame, and a ring of
+host chunks (256 MiB, a GPU only; on the CPU, parameters stored in the model's dtype view the mapped file).
 """
 
 from .extraction import extract

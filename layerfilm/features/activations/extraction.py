@@ -1,8 +1,8 @@
 """The activation pass: build the model once, then for every checkpoint load its weights and forward
 the probe batch, keeping each block's outputs at the tracked tokens and its statistics.
 
-Checkpoint-major (a forward pass needs the whole model). The next checkpoint is staged (checked and
-read into host memory) in a background thread while the current one runs the probe. A checkpoint that
+Checkpoint-major (a forward pass needs the whole model). The next checkpoint is staged (checked, and its
+first bytes read into host memory) in a background thread while the current one runs the probe. A checkpoint that
 cannot be read or does not fit the model is skipped by the weights' one rule
 (layerfilm.features.weights.skip): one warning line, listed at the end, an error under ``strict``.
 """
@@ -60,7 +60,8 @@ def extract(series: Series, spec: ActivationSpec, workdir: Path, progress: bool 
                 return e
 
         ahead = prefetch((stage(c) for c in series.checkpoints), depth=1)
-        with closing(ahead), torch.inference_mode():
+        # closed in reverse order: the loader first, so that a stage waiting for the ring stops, then the prefetch
+        with closing(ahead), closing(loader), torch.inference_mode():
             for ckpt, staged in zip(tqdm(series.checkpoints, desc="activations", unit="ckpt", disable=not progress), ahead):
                 try:
                     if isinstance(staged, CheckpointError):
@@ -75,6 +76,8 @@ def extract(series: Series, spec: ActivationSpec, workdir: Path, progress: bool 
                     raise CheckpointError(
                         f"{ckpt.path}: the forward pass on the probe failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
                         f"check --model and --probe/--seq-len, or lower --batch-size {spec.batch_size}") from e
+                finally:
+                    loader.release()  # no file stays mapped after its probe
                 store.append(pts)
                 steps.append(ckpt.step)
                 per_step.append(stats)

@@ -4,25 +4,29 @@ Tensors go from the file to the model's parameters in their stored dtype (no flo
 parameter of another dtype converts on the device, as ``load_state_dict`` would). Loading is split in
 two halves so that the next checkpoint is read while the current one runs the probe:
 
-- :meth:`WeightLoader.stage` (a background thread): match the keys, check every shape against the
-  model (a bad checkpoint fails here, before anything in the model changes), and for a GPU read the
-  stored bytes into a pinned host buffer laid out in file order: few large ``preadv`` calls, run by a
-  few threads (the page cache copies faster with several), straight into the pinned memory.
-- :meth:`WeightLoader.apply` (the main thread): for a GPU, one non-blocking copy per tensor from the
-  pinned buffer into its parameter (a DMA; nothing is staged on the device, so it holds the model and
-  the probe batch only); for the CPU, the bytes are read straight into the parameters' memory (one
-  copy, as ``safetensors.torch.load_file`` makes).
+- :meth:`WeightLoader.stage` (a background thread): match the keys, check every shape and every file's
+  length against the model (a bad checkpoint fails here, before anything in the model changes); for a
+  GPU, cut the stored bytes into pieces of one ring chunk each (:mod:`.ring`) and read the first ones
+  ahead, while the previous checkpoint's probe runs.
+- :meth:`WeightLoader.apply` (the main thread): for a GPU, stream the pieces through the ring: reading
+  threads ``preadv`` a piece into a pinned chunk while the chunk before it is copied (non-blocking, a
+  DMA) into the byte ranges of the parameters' storage it covers (a tensor may span chunks); a chunk is
+  refilled only after its copies finish (a CUDA event). Nothing is staged on the device (a parameter of
+  another dtype: one tensor's scratch), so it holds the model and the probe batch only. For the CPU,
+  tensors stored in the model's dtype are not copied at all: the parameters become views of the
+  memory-mapped file (copy-on-write, so nothing can write to the file) until :meth:`WeightLoader.release`
+  gives them back their own memory; the others are read straight into the parameters.
 
-At most two host buffers exist (one filled while the other is copied from), reused across
-checkpoints. Nothing is global: a loader owns its model, device, buffers and threads, so one loader
-per device is all a worker per GPU needs.
+Host memory is the ring (``chunks`` x ``chunk_bytes``, 256 MiB by default), whatever the model's size.
+Nothing is global: a loader owns its model, device, ring and threads, so one loader per device is all a
+worker per GPU needs.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,13 +37,14 @@ import torch
 
 from ...errors import CheckpointError
 from ...formats import unreadable
+from .ring import ChunkRing, RingClosed
 
 # safetensors dtype names -> torch dtypes whose bytes can be copied as they are
 TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
                 "BOOL": torch.bool}
-PIECE = 64 * 2**20  # bytes per read: large enough to cost nothing per call, small enough to share among threads
-ALIGN = 64  # a run of tensors starts at this alignment in the buffer (offset mod ALIGN kept from the file)
+PIECE = 64 * 2**20  # bytes per read on the CPU path: large enough to cost nothing per call, small enough to share
+CHUNKS, CHUNK_BYTES = 8, 32 * 2**20  # the ring: 8 reads in flight, 256 MiB of pinned memory in all
 
 
 def _prefixes(keys: list[str], depth: int = 2) -> set[str]:
@@ -81,11 +86,12 @@ def match_keys(model_keys: list[str], ckpt_keys: list[str], where: Path | str = 
     return {k: best[k] for k in model_keys if k in best}
 
 
-@dataclass
+@dataclass(eq=False)
 class Item:
     """One tensor to load: into model key ``key``, from checkpoint tensor ``name`` (stored ``dtype``,
     ``shape``, ``nbytes``), whose bytes lie in ``file`` at ``offset``, or which is ``source`` (a torch
-    pickle's memory-mapped tensor, or another format's float32 array); ``at``: its place in the buffer."""
+    pickle's memory-mapped tensor, or another format's float32 array); ``view``: the CPU's zero-copy
+    view of the memory-mapped file, when the model's dtype is the stored one."""
 
     key: str
     name: str
@@ -95,72 +101,31 @@ class Item:
     file: Path | None = None
     offset: int = 0
     source: torch.Tensor | None = None
-    at: int = 0
+    view: torch.Tensor | None = None
 
 
-class _Buffer:
-    def __init__(self, nbytes: int, pin: bool) -> None:
-        try:
-            self.data = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
-        except RuntimeError:  # pinning refused (memory lock limits): pageable memory still works, slower
-            self.data = torch.empty(nbytes, dtype=torch.uint8)
-        self.done: torch.cuda.Event | None = None  # the copies out of it, when they are in flight
+@dataclass(eq=False)
+class Piece:
+    """Bytes ``offset`` .. ``offset + nbytes`` of ``file``, one ring chunk's worth, numbered ``seq`` in
+    the ring's sequence; ``dests``: (item, place in the chunk, place in the item's bytes, length) of
+    every tensor it covers (a tensor larger than a chunk is covered by several pieces)."""
+
+    file: Path
+    offset: int
+    nbytes: int
+    dests: list[tuple[Item, int, int, int]]
+    seq: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class Staged:
-    """One checkpoint's weights ready to go into the model: its items and, for a GPU, the host buffer
-    holding their bytes."""
+    """One checkpoint's weights ready to go into the model: its items, and for a GPU the pieces they
+    stream in by, the first ``len(held)`` of them already read into the ring's chunks ``held``."""
 
     where: Path
     items: list[Item]
-    buffer: _Buffer | None = None
-
-
-class HostBuffers:
-    """At most ``most`` host buffers, reused across checkpoints. One is taken to read a checkpoint into
-    and given back once the copies out of it are enqueued; it is filled again only after they finish."""
-
-    def __init__(self, pin: bool, most: int = 2) -> None:
-        self.pin, self.most = pin, most
-        self._free: list[_Buffer] = []
-        self._count = 0
-        self._cond = threading.Condition()
-
-    def take(self, nbytes: int) -> _Buffer:
-        with self._cond:
-            while True:
-                fit = next((b for b in self._free if b.data.numel() >= nbytes), None)
-                if fit is not None:
-                    self._free.remove(fit)
-                    break
-                if self._free and self._count >= self.most:  # all free ones too small: drop one
-                    dropped = self._free.pop()
-                    if dropped.done is not None:
-                        dropped.done.synchronize()
-                    self._count -= 1
-                if self._count < self.most:
-                    self._count += 1
-                    break
-                self._cond.wait()
-        if fit is None:
-            try:
-                fit = _Buffer(nbytes, self.pin)
-            except BaseException:
-                with self._cond:
-                    self._count -= 1
-                    self._cond.notify_all()
-                raise
-        if fit.done is not None:
-            fit.done.synchronize()
-            fit.done = None
-        return fit
-
-    def give(self, buf: _Buffer, done: torch.cuda.Event | None = None) -> None:
-        with self._cond:
-            buf.done = done
-            self._free.append(buf)
-            self._cond.notify_all()
+    pieces: list[Piece]
+    held: list[torch.Tensor]
 
 
 def _read(fd: int, dest: np.ndarray, offset: int, file: Path) -> None:
@@ -176,97 +141,185 @@ def _read(fd: int, dest: np.ndarray, offset: int, file: Path) -> None:
         raise unreadable(file, e) from None
 
 
+def _read_piece(piece: Piece, dest: torch.Tensor) -> None:
+    try:
+        fd = os.open(piece.file, os.O_RDONLY)
+    except OSError as e:
+        raise unreadable(piece.file, e) from None
+    try:
+        _read(fd, dest[: piece.nbytes].numpy(), piece.offset, piece.file)
+    finally:
+        os.close(fd)
+
+
+def plan_pieces(items: list[Item], size: int) -> list[Piece]:
+    """Cut the stored bytes of ``items`` into pieces of at most ``size`` bytes, in file order: tensors
+    adjacent in a file share pieces, so a whole safetensors file is one run of full chunks."""
+    runs: list[tuple[Path, int, int, list[Item]]] = []
+    for it in sorted((i for i in items if i.file is not None and i.nbytes), key=lambda i: (str(i.file), i.offset)):
+        assert it.file is not None
+        if runs and runs[-1][0] == it.file and runs[-1][2] == it.offset:
+            file, start, _, members = runs[-1]
+            runs[-1] = (file, start, it.offset + it.nbytes, [*members, it])
+        else:
+            runs.append((it.file, it.offset, it.offset + it.nbytes, [it]))
+    pieces = []
+    for file, start, end, members in runs:
+        k = 0
+        for s in range(start, end, size):
+            e = min(s + size, end)
+            dests = []
+            while k < len(members) and members[k].offset < e:
+                it = members[k]
+                a, b = max(it.offset, s), min(it.offset + it.nbytes, e)
+                dests.append((it, a - s, a - it.offset, b - a))
+                if it.offset + it.nbytes > e:  # continues in the next piece
+                    break
+                k += 1
+            pieces.append(Piece(file, s, e - s, dests))
+    return pieces
+
+
 class WeightLoader:
     """Loads checkpoints into ``model`` on ``device`` (see the module's docstring); a context manager
-    that owns its reading threads and host buffers.
+    that owns its reading threads and its ring of host chunks.
 
     Example:
         >>> with WeightLoader(model, device) as loader:  # doctest: +SKIP
         ...     with open_checkpoint(path, "safetensors") as reader:
         ...         staged = loader.stage(reader, path)
         ...     loader.apply(staged)
+        ...     run_probe(model, ...)
+        ...     loader.release()
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device, threads: int | None = None,
-                 host_buffers: bool | None = None) -> None:
-        """``threads``: reading threads (default: one per core, at most 8). ``host_buffers``: stage each
-        checkpoint in a host buffer (default: on a GPU only; on the CPU the bytes go straight to the model)."""
+                 host_buffers: bool | None = None, chunks: int = CHUNKS, chunk_bytes: int = CHUNK_BYTES) -> None:
+        """``threads``: reading threads (default: one per core, at most 8). ``host_buffers``: stream through
+        the ring of ``chunks`` host chunks of ``chunk_bytes`` (default: on a GPU only; on the CPU the
+        parameters map the file or are read into directly; True on the CPU runs the GPU's code, unpinned)."""
         self.device = device
-        state = model.state_dict(keep_vars=True)
-        self.targets = {k: v.detach() for k, v in state.items()}
+        self.gpu = device.type == "cuda"
+        ring = self.gpu if host_buffers is None else host_buffers
+        if self.gpu and not ring:
+            raise ValueError("a GPU loads through host buffers")
+        self.live = model.state_dict(keep_vars=True)  # the model's own tensor objects (CPU views swap their .data)
+        self.own = {k: v.detach() for k, v in self.live.items()}  # and the memory they were built with
         groups: dict[int, list[str]] = {}
-        for k, v in state.items():  # tied weights share storage: one of them is enough
+        for k, v in self.live.items():  # tied weights share storage: one of them is enough
             groups.setdefault(v.data_ptr(), []).append(k)
         self.tied = {k: g for g in groups.values() if len(g) > 1 for k in g}
         self.ignore = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_missing", None) or []]
-        self.gpu = device.type == "cuda"
         self._pool = ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1), thread_name_prefix="layerfilm-read")
-        self._buffers = HostBuffers(pin=self.gpu) if (self.gpu if host_buffers is None else host_buffers) else None
+        self._ring = ChunkRing(chunks, chunk_bytes, pin=self.gpu) if ring else None
+        self._mapped: list[str] = []  # keys whose parameters are views of a mapped file
 
     def __enter__(self) -> WeightLoader:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
         self._pool.shutdown(wait=True)
+
+    def close(self) -> None:
+        """Stop reads waiting for a chunk (a background stage of a checkpoint that will never be applied)."""
+        if self._ring is not None:
+            self._ring.close()
 
     def optional(self, key: str, found: set[str]) -> bool:
         """A key that may be missing: tied to one that is found, or one the model says to ignore."""
         return any(o in found for o in self.tied.get(key, ())) or any(p.search(key) for p in self.ignore)
 
+    def target(self, key: str) -> torch.Tensor:
+        """The tensor that holds model key ``key`` now."""
+        return self.live[key].detach()
+
+    @property
+    def host_bytes(self) -> int:
+        """Host memory held by the ring (0 without one)."""
+        return self._ring.allocated if self._ring is not None else 0
+
     # ------------------------------------------------------------ host half (a background thread)
 
     def stage(self, reader, where: Path) -> Staged:
-        """Check an open checkpoint against the model and (GPU) read its bytes into a host buffer.
-        Raises CheckpointError (keys, shapes, dtypes, a short file) before the model is touched."""
-        mapping = match_keys(list(self.targets), reader.keys(), where, self.optional)
+        """Check an open checkpoint against the model, then (GPU) read its first pieces into the ring or
+        (CPU) map its files. Raises CheckpointError (keys, shapes, a short file) before the model is touched."""
+        mapping = match_keys(list(self.own), reader.keys(), where, self.optional)
         items = []
         for key, name in mapping.items():
             shape = tuple(reader.shape(name))
-            if shape != tuple(self.targets[key].shape):
-                raise CheckpointError(f"{where}: {name} has shape {shape}, the model expects {tuple(self.targets[key].shape)}")
+            if shape != tuple(self.own[key].shape):
+                raise CheckpointError(f"{where}: {name} has shape {shape}, the model expects {tuple(self.own[key].shape)}")
             items.append(self._item(reader, key, name, shape))
-        staged = Staged(where, items)
-        if self._buffers is not None:
-            self._fill(staged)
+        _check_lengths(items)
+        staged = Staged(where, items, [], [])
+        if self._ring is not None:
+            staged.pieces = plan_pieces(items, self._ring.size)
+            first = self._ring.reserve(len(staged.pieces))
+            for i, piece in enumerate(staged.pieces):
+                piece.seq = first + i
+            self._read_ahead(staged)
+        elif not self.gpu:
+            self._map(staged)
         return staged
 
     def _item(self, reader, key: str, name: str, shape: tuple[int, ...]) -> Item:
         span = reader.span(name) if reader.dtype(name) in TORCH_DTYPES else None
         if span is not None:
             file, offset, nbytes = span
-            return Item(key, name, TORCH_DTYPES[reader.dtype(name)], shape, nbytes, file, offset)
+            return Item(key, name, TORCH_DTYPES[reader.dtype(name)], shape, nbytes, Path(file), offset)
         source = reader.tensor(name)
         if source is None:  # a format without a byte layout or torch tensors: its float32 arrays
             source = torch.from_numpy(reader.get(name))
         return Item(key, name, source.dtype, shape, source.numel() * source.element_size(), source=source)
 
-    def _fill(self, staged: Staged) -> None:
-        """Lay the items out in file order and read them in: tensors adjacent in the file stay adjacent in
-        the buffer, so a whole safetensors file is one run of large reads."""
-        pos, prev = 0, None
-        runs: list[list] = []  # [file, offset, at, nbytes]
-        for it in sorted(staged.items, key=lambda i: (i.file is None, str(i.file), i.offset)):
-            if it.file is not None and prev is not None and prev.file == it.file and prev.offset + prev.nbytes == it.offset:
-                it.at = prev.at + prev.nbytes
-                runs[-1][3] += it.nbytes
-            else:
-                it.at = -(-pos // ALIGN) * ALIGN + (it.offset % ALIGN if it.file is not None else 0)
-                if it.file is not None:
-                    runs.append([it.file, it.offset, it.at, it.nbytes])
-            pos, prev = it.at + it.nbytes, it
-        assert self._buffers is not None
-        buf = self._buffers.take(max(pos, 1))
-        try:
-            data = buf.data.numpy()
-            self._read_all([(file, offset, data[at: at + n]) for file, offset, at, n in runs])
-            for it in staged.items:
-                if it.source is not None:
-                    buf.data[it.at: it.at + it.nbytes].view(it.dtype).view(it.shape).copy_(it.source)
-                    it.source = None
-        except BaseException:
-            self._buffers.give(buf)
-            raise
-        staged.buffer = buf
+    def _read_ahead(self, staged: Staged) -> None:
+        """Read the first pieces (one ring's worth) now: this runs while the previous checkpoint's probe does."""
+        assert self._ring is not None
+        for piece in staged.pieces[: self._ring.count]:
+            try:
+                staged.held.append(self._fill(piece))
+            except BaseException:
+                self._abandon(staged, 0, {})
+                raise
+
+    def _fill(self, piece: Piece) -> torch.Tensor:
+        """Wait for ``piece``'s chunk and read the piece into it."""
+        assert self._ring is not None
+        chunk = self._ring.acquire(piece.seq)
+        _read_piece(piece, chunk)
+        return chunk
+
+    def _abandon(self, staged: Staged, start: int, reading: dict) -> None:
+        """Give back the ring's turns of pieces ``start`` onwards (none released yet) of a checkpoint that
+        failed, in order, since later checkpoints wait for them: reads in flight are waited for first."""
+        assert self._ring is not None
+        staged.held.clear()
+        for i in range(start, len(staged.pieces)):
+            if i in reading:
+                try:
+                    reading.pop(i).result()
+                except Exception:  # noqa: BLE001 - a read that failed too: the first error is the one raised
+                    pass
+            self._ring.skip(staged.pieces[i].seq)  # its chunk, whether it was read into or not
+
+    def _map(self, staged: Staged) -> None:
+        """CPU: a view of the mapped file for each tensor stored in its parameter's dtype (no copy now;
+        the probe touches the pages). Mapped copy-on-write: a write (never made) could not reach the file."""
+        maps: dict[Path, mmap.mmap] = {}
+        for it in staged.items:
+            target = self.own[it.key]
+            if (it.file is None or it.dtype != target.dtype or not it.nbytes or it.offset % it.dtype.itemsize
+                    or len({id(self.live[k]) for k in self.tied.get(it.key, [it.key])}) > 1):
+                continue  # read into the parameter instead (another dtype, an odd offset, storage shared otherwise)
+            if it.file not in maps:
+                try:
+                    with open(it.file, "rb") as f:
+                        maps[it.file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+                except OSError as e:
+                    raise unreadable(it.file, e) from None
+            it.view = torch.frombuffer(maps[it.file], dtype=it.dtype, count=it.nbytes // it.dtype.itemsize,
+                                       offset=it.offset).view(it.shape)
 
     def _read_all(self, reads: list[tuple[Path, int, np.ndarray]]) -> None:
         """Read each (file, offset, destination) in pieces of at most PIECE bytes, on the loader's threads."""
@@ -291,36 +344,86 @@ class WeightLoader:
 
     @torch.no_grad()
     def apply(self, staged: Staged) -> None:
-        """Copy a staged checkpoint into the model's parameters (GPU: enqueued, non-blocking; the
-        buffer goes back to be refilled once the copies finish)."""
-        if staged.buffer is None:
+        """Put a staged checkpoint into the model's parameters (GPU: copies enqueued, non-blocking, on the
+        device's current stream, so the probe that follows sees them)."""
+        self.release()
+        for it in staged.items:
+            if it.source is not None:
+                self.target(it.key).copy_(it.source)
+                it.source = None
+        if self._ring is not None:
+            self._stream(staged)
+        else:
             self._apply_cpu(staged)
-            return
-        buf, done = staged.buffer, None
-        staged.buffer = None
+
+    def release(self) -> None:
+        """Give the parameters that view a mapped file their own memory back (contents as last loaded
+        there), so no file stays mapped once the probe is done."""
+        for key in self._mapped:
+            self.live[key].data = self.own[key]
+        self._mapped = []
+
+    def _stream(self, staged: Staged) -> None:
+        """Every piece through the ring: the reads of the next chunks (the loader's threads) overlap the
+        copies out of this one; each chunk goes back with an event recorded after its copies."""
+        ring, pieces = self._ring, staged.pieces
+        assert ring is not None
+        stream = torch.cuda.current_stream(self.device) if self.gpu else None
+        reading: dict = {}
+
+        def read(j: int) -> None:
+            if len(staged.held) <= j < len(pieces):
+                reading[j] = self._pool.submit(self._fill, pieces[j])
+
+        for j in range(len(staged.held), min(ring.count, len(pieces))):
+            read(j)
+        scratch: dict[Item, list] = {}  # item -> [bytes of its dtype on the device, bytes still to come]
+        released = 0
         try:
-            for it in staged.items:
-                src = buf.data[it.at: it.at + it.nbytes]
-                if it.at % it.dtype.itemsize:  # a tensor stored at an odd offset: an aligned copy of it
-                    src = src.clone()
-                self.targets[it.key].copy_(src.view(it.dtype).view(it.shape), non_blocking=True)
-            if self.gpu:
-                done = torch.cuda.Event()
-                done.record(torch.cuda.current_stream(self.device))
-        finally:
-            assert self._buffers is not None
-            if self.gpu and done is None:  # copies may be in flight: wait for them before the buffer is reused
-                torch.cuda.current_stream(self.device).synchronize()
-            self._buffers.give(buf, done)
+            for i, piece in enumerate(pieces):
+                chunk = staged.held[i] if i < len(staged.held) else reading.pop(i).result()
+                try:
+                    for it, at, pos, n in piece.dests:
+                        self._dest(it, scratch)[pos: pos + n].copy_(chunk[at: at + n], non_blocking=True)
+                        if it in scratch:
+                            scratch[it][1] -= n
+                            if not scratch[it][1]:  # the whole tensor is on the device: convert into place
+                                self.target(it.key).copy_(scratch.pop(it)[0].view(it.dtype).view(it.shape))
+                finally:
+                    done = None
+                    if stream is not None:
+                        done = torch.cuda.Event()
+                        done.record(stream)
+                    ring.release(piece.seq, done)
+                    released += 1
+                read(i + ring.count)
+        except BaseException as e:
+            if not isinstance(e, RingClosed):  # closed: nothing waits any more
+                self._abandon(staged, released, reading)
+            raise
+        staged.held.clear()
+
+    def _dest(self, it: Item, scratch: dict[Item, list]) -> torch.Tensor:
+        """The bytes piece copies of ``it`` go to: its parameter's storage (as uint8), or for another dtype
+        or a non-contiguous parameter, a scratch tensor on the device converted once complete."""
+        target = self.target(it.key)
+        if it.dtype == target.dtype and target.is_contiguous():
+            return target.reshape(-1).view(torch.uint8)
+        if it not in scratch:
+            scratch[it] = [torch.empty(it.nbytes, dtype=torch.uint8, device=self.device), it.nbytes]
+        return scratch[it][0]
 
     def _apply_cpu(self, staged: Staged) -> None:
-        """Read each tensor's bytes straight into its parameter (another dtype: through a scratch copy)."""
+        """Swap in the mapped views; read the other tensors' bytes straight into their parameters
+        (another dtype: through a scratch copy)."""
         reads, convert = [], []
         for it in staged.items:
-            target = self.targets[it.key]
-            if it.file is None:
-                assert it.source is not None
-                target.copy_(it.source)
+            target = self.target(it.key)
+            if it.view is not None:
+                self.live[it.key].data = it.view
+                self._mapped.append(it.key)
+            elif it.file is None:
+                continue  # copied from its source above
             elif it.dtype == target.dtype and target.is_contiguous():
                 reads.append((it.file, it.offset, target.reshape(-1).view(torch.uint8).numpy()))
             else:
@@ -330,3 +433,18 @@ class WeightLoader:
         self._read_all(reads)
         for target, scratch, it in convert:
             target.copy_(scratch.view(it.dtype).view(it.shape))
+
+
+def _check_lengths(items: list[Item]) -> None:
+    """A file shorter than its tensors' bytes is a truncated checkpoint: found before anything is loaded."""
+    ends: dict[Path, int] = {}
+    for it in items:
+        if it.file is not None:
+            ends[it.file] = max(ends.get(it.file, 0), it.offset + it.nbytes)
+    for file, end in ends.items():
+        try:
+            size = os.stat(file).st_size
+        except OSError as e:
+            raise unreadable(file, e) from None
+        if size < end:
+            raise CheckpointError(f"{file}: truncated (it ends before byte {end:,})")
