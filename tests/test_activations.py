@@ -31,6 +31,7 @@ from layerfilm.features.activations import (
 )
 from layerfilm.features.activations import loader as loader_module
 from layerfilm.features.activations.loader import Item, plan_pieces
+from layerfilm.features.activations.ring import ChunkRing
 from layerfilm.formats import open_checkpoint
 from layerfilm.scan import scan
 
@@ -436,23 +437,33 @@ def test_a_read_failing_midway_through_the_ring_skips_only_that_checkpoint(llama
     assert_equals_reference(f, llama_run, spec)  # checkpoint-4 came through the ring whole after the failure
 
 
-def test_a_strict_failure_does_not_leave_a_read_ahead_waiting(llama_run, tmp_path, monkeypatch):
-    """checkpoint-0 fails while streaming; checkpoint-2 is staged (holding the chunks) and checkpoint-4's
+def test_a_failing_probe_does_not_leave_a_read_ahead_waiting(llama_run, tmp_path, monkeypatch):
+    """The probe of checkpoint-0 fails while checkpoint-2 is staged (holding both chunks) and checkpoint-4's
     read-ahead waits for them: closing the loader must stop that wait, or the pass would never return."""
     loader_options(monkeypatch, host_buffers=True, chunks=2, chunk_bytes=4096)
-    real = loader_module._read_piece
+    waiting, wait, reserve, firsts = threading.Event(), ChunkRing._wait, ChunkRing.reserve, []
 
-    def flaky(piece, dest):
-        if piece.file.parent.name == "checkpoint-0" and piece.offset > 4 * 4096:
-            raise CheckpointError(f"{piece.file}: cannot read (Input/output error)")
-        real(piece, dest)
+    def reserving(ring, n):
+        firsts.append(reserve(ring, n))
+        return firsts[-1]
 
-    monkeypatch.setattr(loader_module, "_read_piece", flaky)
+    def watched(ring, seq):
+        if len(firsts) == 3 and seq >= firsts[2] and ring._released[seq % ring.count] != seq - ring.count:
+            waiting.set()  # checkpoint-4's read-ahead is about to wait for a chunk
+        return wait(ring, seq)
+
+    def failing_probe(*a, **k):
+        assert waiting.wait(60)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ChunkRing, "_wait", watched)
+    monkeypatch.setattr(ChunkRing, "reserve", reserving)
+    monkeypatch.setattr(sys.modules["layerfilm.features.activations.extraction"], "run_probe", failing_probe)
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            extract(scan(llama_run), ActivationSpec(device="cpu", points=40), tmp_path / "store", progress=False, strict=True)
+            extract(scan(llama_run), ActivationSpec(device="cpu", points=40), tmp_path / "store", progress=False)
         except BaseException as e:  # noqa: BLE001 - handed to the test
             errors.append(e)
 
@@ -460,8 +471,7 @@ def test_a_strict_failure_does_not_leave_a_read_ahead_waiting(llama_run, tmp_pat
     thread.start()
     thread.join(120)  # a hang, not a speed: the pass takes about a second
     assert not thread.is_alive(), "the pass hung"
-    assert len(errors) == 1 and isinstance(errors[0], CheckpointError), errors
-    assert str(errors[0]).endswith("cannot read (Input/output error) (--strict: nothing is skipped)")
+    assert len(errors) == 1 and "the forward pass on the probe failed (RuntimeError: boom)" in str(errors[0]), errors
 
 
 def test_cpu_parameters_view_the_file_until_released_and_never_write_it(llama_run, tmp_path):
