@@ -22,6 +22,7 @@ Memory: the model's own bytes (the promise is one model + one probe batch).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -92,8 +93,10 @@ class Timed:
     def __init__(self, owner, name: str) -> None:
         self.owner, self.name, self.orig = owner, name, getattr(owner, name)
         self.calls: list[tuple[float, float]] = []
+        self.last_args: tuple = ()
 
         def timed(*a, **k):
+            self.last_args = a
             t = time.perf_counter()
             try:
                 return self.orig(*a, **k)
@@ -107,6 +110,9 @@ class Timed:
 
     def mean(self) -> float:
         return float(np.mean([b - a for a, b in self.calls])) if self.calls else float("nan")
+
+    def total(self) -> float:
+        return float(sum(b - a for a, b in self.calls))
 
 
 def bare_reads(folders: list[Path], device: torch.device, into: dict | None = None) -> float:
@@ -132,7 +138,65 @@ def bare_reads(folders: list[Path], device: torch.device, into: dict | None = No
     return float(np.median(times))
 
 
+def profile_cli(args: list[str]) -> None:
+    """``layerfilm ARGS`` in this fresh process with its stages timed: one ``PROFILE {json}`` line on stdout.
+    CUDA is started first, on its own clock, so that its cost is not hidden in whichever stage touches it."""
+    started = time.time()  # after the interpreter's start and this module's imports (torch, layerfilm)
+    import layerfilm.cli as cli
+    import layerfilm.film as film
+    import layerfilm.run as run
+
+    imports = time.time() - started
+    t = time.perf_counter()
+    if "--model" not in args:  # built from config.json: transformers' import is a start-up cost, not the model's
+        import transformers
+        from transformers.models.llama import modeling_llama  # noqa: F401 - imported lazily by from_config
+
+        transformers.AutoModelForCausalLM  # noqa: B018 - the lazy attribute's import
+    t_tf = time.perf_counter() - t
+    t_cuda = 0.0
+    if "cuda" in args:
+        t = time.perf_counter()
+        torch.empty(1, device="cuda")
+        torch.cuda.synchronize()
+        t_cuda = time.perf_counter() - t
+    timers = {"check_fits": Timed(PASS, "check_fits"), "build": Timed(PASS, "build_model"),
+              "extract": Timed(activations, "extract"), "probe": Timed(PASS, "run_probe"),
+              "projection": Timed(run, "project"), "film": Timed(film, "write_film")}
+    t = time.perf_counter()
+    code = cli.main(args)
+    t_main = time.perf_counter() - t
+    print("PROFILE " + json.dumps({"started": started, "imports": imports, "transformers": t_tf, "cuda_init": t_cuda, "main": t_main,
+                                   "code": code, **{k: w.total() for k, w in timers.items()}}), flush=True)
+    sys.exit(code)
+
+
+def print_cli_profile(prof: dict, cli: float, T: int, t_ref: float) -> None:
+    """Where the CLI's time goes, beyond T x the bare read."""
+    loop = prof["extract"] - prof["build"] - prof["check_fits"]
+    parts = [("python start + imports (torch, layerfilm)", prof["imports"]),
+             ("import transformers (its Llama model)", prof["transformers"]),
+             ("CUDA init (first allocation; 0 on the CPU)", prof["cuda_init"]),
+             ("activations: free-memory check (header)", prof["check_fits"]),
+             ("activations: build the model", prof["build"]),
+             (f"activations: load + probe ({T} ckpts; {T} x bare read = {T * t_ref:.2f} s)", loop),
+             ("projection", prof["projection"]),
+             ("film (render + encode)", prof["film"])]
+    other = cli - sum(v for _, v in parts)
+    print(f"CLI profile (a fresh process; the same command with its stages timed): {cli:.2f} s")
+    for name, v in [*parts, ("other (scan, options, cache, exit)", other)]:
+        print(f"  {name:<66} {v:>8.2f} s")
+    beyond = cli - T * t_ref
+    print(f"  beyond {T} x bare read: {beyond:.2f} s = load + probe beyond the reads {loop - T * t_ref:.2f} + start/imports "
+          f"{prof['imports'] + prof['transformers']:.2f} + CUDA {prof['cuda_init']:.2f} + build {prof['build']:.2f} + projection "
+          f"{prof['projection']:.2f} + film {prof['film']:.2f} + other {other + prof['check_fits']:.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--profile-cli"]:
+        profile_cli(argv[1:])
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("work", type=Path, help="folder for the checkpoints and the film")
     p.add_argument("--shape", choices=SHAPES, default="1b")
@@ -159,9 +223,14 @@ def main(argv: list[str] | None = None) -> None:
           flush=True)
     series = scan(folder)
     T = len(series)
+    if device.type == "cuda":  # the reference is timed in a warm context: CUDA's start is not the read's cost
+        torch.empty(1, device=device)
+        sync(device)
     t_ref = bare_reads([c.path for c in series.checkpoints[-3:]], device)
     file_bytes = sum(f.stat().st_size for f in series.checkpoints[-1].path.glob("*.safetensors"))
-    print(f"bare load_file to {device}: {t_ref:.3f} s ({file_bytes / t_ref / 2**30:.2f} GiB/s)", flush=True)
+    warm = " in a warm CUDA context (after CUDA init)" if device.type == "cuda" else ""
+    print(f"bare load_file to {device}: {t_ref:.3f} s ({file_bytes / t_ref / 2**30:.2f} GiB/s; median of "
+          f"{min(3, T)} checkpoints, timed after one warm-up read{warm})", flush=True)
     t_copy = float("nan")
     if device.type == "cpu":  # load_file maps the file: the bytes are read only when used
         from safetensors.torch import load_file
@@ -189,13 +258,18 @@ def main(argv: list[str] | None = None) -> None:
     getattr(torch._C, "_host_emptyCache", lambda: None)()  # pinned buffers back to the system before the CLI runs
     loop = probe.calls[-1][1] - stage.calls[0][0]
     per_ckpt = loop / T
-    steady = float(np.mean(np.diff([b for _, b in probe.calls]))) if T > 1 else float("nan")
+    ends = [b for _, b in probe.calls]
+    each = [ends[0] - stage.calls[0][0], *np.diff(ends)]  # checkpoint k: from the end of probe k-1 to the end of probe k
+    steady = float(np.mean(each[1:])) if T > 1 else float("nan")
+    loader = apply.last_args[0] if apply.last_args else None
+    ring_bytes = loader.host_bytes if loader is not None else 0
     L, N, D = feats.store[0].shape
     rows = [("make checkpoints (save_pretrained)", t_make, t_make / T),
             ("activations: total (build model + all ckpts)", t_extract, t_extract / T),
             ("  build the model", build.calls[0][1] - build.calls[0][0], float("nan")),
             ("  load + probe, first read to last probe", loop, per_ckpt),
-            ("    steady state (between probe ends)", float("nan"), steady),
+            ("    the first checkpoint (first read to its probe's end)", each[0], each[0]),
+            ("    after the first (between probe ends)", float("nan"), steady),
             ("    stage: check + read to host (background)", float("nan"), stage.mean()),
             ("    apply: into the parameters (main)", float("nan"), apply.mean()),
             ("    forward probe + hooks + stats", float("nan"), probe.mean()),
@@ -220,40 +294,52 @@ def main(argv: list[str] | None = None) -> None:
         except (ImportError, LayerfilmError) as e:  # no imageio-ffmpeg / no VP9 where this runs
             rows.append((f"render + encode: skipped ({type(e).__name__})", float("nan"), float("nan")))
             t_rest = float("nan")
-    cli = None
+    cli, prof = None, None
     if a.cli:
         out = a.work / "cli.webm"
         out.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "layerfilm", "render", str(folder), "--features", "activations", "--device",
+        cmd = ["render", str(folder), "--features", "activations", "--device",
                device.type, "--dtype", a.dtype, "--no-cache", "--out", str(out), "--size", "1280x720", "--quiet",
                "--points", str(a.points), "--seq-len", str(a.seq_len), "--batch-size", str(a.batch_size),
                *(["--probe", a.probe] if a.probe else [])]
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        t, spawned = time.perf_counter(), time.time()
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--profile-cli", *cmd], cwd=ROOT,
+                              capture_output=True, text=True)
         cli = time.perf_counter() - t
         rows.append((f"CLI end to end (exit {proc.returncode})", cli, cli / T))
         if proc.returncode:
             print(proc.stderr[-2000:])
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("PROFILE ")), None)
+        prof = json.loads(line[8:]) if line else None
+        if prof is not None:
+            prof["imports"] += prof.pop("started") - spawned
     print()
-    print(f"command: python benchmarks/bench_activations.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    print(f"command: python benchmarks/bench_activations.py {' '.join(argv)}")
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu ({os.cpu_count()} cores)'}; "
           f"torch {torch.__version__}")
     print(f"inputs: Llama {a.shape} ({params / 1e6:.1f} M params, {L} blocks, width {D}), {T} checkpoints of "
           f"{file_bytes / 2**30:.2f} GiB ({save_dtype}), model in {a.dtype}, {feats.name}, batch {a.batch_size}")
-    print(f"{'stage':<48} {'total s':>9} {'per ckpt s':>11}")
+    print(f"{'stage':<56} {'total s':>9} {'per ckpt s':>11}")
     for name, total, per in rows:
-        print(f"{name:<48} {total:>9.2f} {per:>11.3f}")
+        print(f"{name:<56} {total:>9.2f} {per:>11.3f}")
     print(f"load + probe per checkpoint: {per_ckpt:.3f} s = {per_ckpt / t_ref:.2f}x the bare load_file "
           f"(steady state {steady / t_ref:.2f}x; apply alone {apply.mean() / t_ref:.2f}x)")
     if device.type == "cpu":
         load = apply.mean() + stage.mean()
         print(f"load alone (stage + apply) per checkpoint: {load:.3f} s = {load / t_ref:.2f}x load_file, "
               f"{load / t_copy:.2f}x load_file + copy")
-    for w in (stage, apply, probe):  # the first checkpoint pays one-time costs (host buffers, kernels' first use)
+    print(f"first checkpoint: {each[0]:.3f} s = {each[0] / t_ref:.2f}x the bare read; after the first: {steady:.3f} s = "
+          f"{steady / t_ref:.2f}x; without the first, load + probe over T-1: {sum(each[1:]) / max(T - 1, 1):.3f} s")
+    print("  per checkpoint (probe end to probe end), s: " + " ".join(f"{x:.3f}" for x in each))
+    for w in (stage, apply, probe):  # the first checkpoint pays one-time costs (host chunks, kernels' first use)
         print(f"  {w.name} per call, s: " + " ".join(f"{b - a:.3f}" for a, b in w.calls))
+    if device.type == "cuda":
+        print(f"host memory of the loader's ring: {ring_bytes / 2**20:.0f} MiB (pinned)")
     if cli is not None:
         ref = T * t_ref + t_rest
         print(f"CLI end to end: {cli:.1f} s = {cli / ref:.2f}x ({T} x bare read + projection + film = {ref:.1f} s)")
+        if prof is not None:
+            print_cli_profile(prof, cli, T, t_ref)
     if device.type == "cuda":
         print(f"GPU memory peak: {peak / 2**30:.2f} GiB = {peak / model_bytes:.3f}x the model's {model_bytes / 2**30:.2f} GiB "
               f"(+{(peak - model_bytes) / 2**20:.0f} MiB)")
