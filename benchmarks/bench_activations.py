@@ -166,8 +166,8 @@ def profile_cli(args: list[str]) -> None:
     t = time.perf_counter()
     code = cli.main(args)
     t_main = time.perf_counter() - t
-    print("PROFILE " + json.dumps({"started": started, "imports": imports, "transformers": t_tf, "cuda_init": t_cuda, "main": t_main,
-                                   "code": code, **{k: w.total() for k, w in timers.items()}}), flush=True)
+    prof = {"started": started, "imports": imports, "transformers": t_tf, "cuda_init": t_cuda, "main": t_main, "code": code}
+    print("PROFILE " + json.dumps({**prof, **{k: w.total() for k, w in timers.items()}}), flush=True)
     sys.exit(code)
 
 
