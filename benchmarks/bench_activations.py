@@ -22,6 +22,7 @@ Memory: the model's own bytes (the promise is one model + one probe batch).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from layerfilm.errors import LayerfilmError  # noqa: E402
 from layerfilm.features import activations  # noqa: E402
 from layerfilm.features.act_stats import ActivationStats  # noqa: E402
-from layerfilm.features.activations import ActivationSpec, WeightLoader, resolve_device  # noqa: E402
+from layerfilm.features.activations import ActivationSpec, WeightLoader, match_keys, resolve_device  # noqa: E402
 from layerfilm.scan import scan  # noqa: E402
 
 PASS = sys.modules["layerfilm.features.activations.extraction"]  # the module whose run_probe is timed
@@ -136,6 +137,22 @@ def bare_reads(folders: list[Path], device: torch.device, into: dict | None = No
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return float(np.median(times))
+
+
+def same_as_load_file(loader: WeightLoader, folder: Path, device: torch.device) -> str:
+    """Whether the model holds, after the pass, exactly the last checkpoint's weights as ``load_file`` reads
+    them (converted to the model's dtype as ``load_state_dict`` would). The CPU's mapped views are released
+    after each probe, so only a GPU's model can still be compared."""
+    if device.type != "cuda":
+        return "not checked on the CPU (its parameters view the file only during the probe)"
+    from safetensors.torch import load_file
+
+    want: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        want.update(load_file(str(f), device=str(device)))
+    mapping = match_keys(list(loader.own), list(want), folder, loader.optional)
+    same = all(torch.equal(loader.own[k], want[v].to(loader.own[k].dtype)) for k, v in mapping.items())
+    return f"{'yes' if same else 'NO'} ({len(mapping)} tensors compared with torch.equal)"
 
 
 def profile_cli(args: list[str]) -> None:
@@ -255,14 +272,20 @@ def main(argv: list[str] | None = None) -> None:
         for w in (build, stage, apply, probe):
             w.restore()
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else float("nan")
-    getattr(torch._C, "_host_emptyCache", lambda: None)()  # pinned buffers back to the system before the CLI runs
+    loader = apply.last_args[0] if apply.last_args else None
+    ring_bytes = loader.host_bytes if loader is not None else 0
+    exact = same_as_load_file(loader, series.checkpoints[-1].path, device) if loader is not None else "not checked"
+    del loader
+    apply.last_args = stage.last_args = ()  # the model and the ring go, before the CLI's process needs the memory
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    getattr(torch._C, "_host_emptyCache", lambda: None)()  # pinned chunks back to the system
     loop = probe.calls[-1][1] - stage.calls[0][0]
     per_ckpt = loop / T
     ends = [b for _, b in probe.calls]
     each = [ends[0] - stage.calls[0][0], *np.diff(ends)]  # checkpoint k: from the end of probe k-1 to the end of probe k
     steady = float(np.mean(each[1:])) if T > 1 else float("nan")
-    loader = apply.last_args[0] if apply.last_args else None
-    ring_bytes = loader.host_bytes if loader is not None else 0
     L, N, D = feats.store[0].shape
     rows = [("make checkpoints (save_pretrained)", t_make, t_make / T),
             ("activations: total (build model + all ckpts)", t_extract, t_extract / T),
@@ -335,6 +358,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {w.name} per call, s: " + " ".join(f"{b - a:.3f}" for a, b in w.calls))
     if device.type == "cuda":
         print(f"host memory of the loader's ring: {ring_bytes / 2**20:.0f} MiB (pinned)")
+    print(f"the model's weights after the pass equal load_file's of the last checkpoint: {exact}")
     if cli is not None:
         ref = T * t_ref + t_rest
         print(f"CLI end to end: {cli:.1f} s = {cli / ref:.2f}x ({T} x bare read + projection + film = {ref:.1f} s)")
