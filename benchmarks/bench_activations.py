@@ -361,7 +361,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"the model's weights after the pass equal load_file's of the last checkpoint: {exact}")
     if cli is not None:
         ref = T * t_ref + t_rest
-        print(f"CLI end to end: {cli:.1f} s = {cli / ref:.2f}x ({T} x bare read + projection + film = {ref:.1f} s)")
+        if a.no_film:  # the CLI makes a film; this run did not time one
+            print(f"CLI end to end: {cli:.1f} s (no ratio: --no-film timed no projection or film here)")
+        else:
+            print(f"CLI end to end: {cli:.1f} s = {cli / ref:.2f}x ({T} x bare read + projection + film = {ref:.1f} s)")
         if prof is not None:
             print_cli_profile(prof, cli, T, t_ref)
     if device.type == "cuda":
