@@ -7,7 +7,8 @@ two halves so that the next checkpoint is read while the current one runs the pr
 - :meth:`WeightLoader.stage` (a background thread): match the keys, check every shape and every file's
   length against the model (a bad checkpoint fails here, before anything in the model changes); for a
   GPU, cut the stored bytes into pieces of one ring chunk each (:mod:`.ring`) and read the first ones
-  ahead, while the previous checkpoint's probe runs.
+  ahead, while the previous checkpoint's probe runs (the rest: the kernel is asked to page it in, which
+  helps a disk; the ring bounds what the loader itself holds).
 - :meth:`WeightLoader.apply` (the main thread): for a GPU, stream the pieces through the ring: reading
   threads ``preadv`` a piece into a pinned chunk while the chunk before it is copied (non-blocking, a
   DMA) into the byte ranges of the parameters' storage it covers (a tensor may span chunks); a chunk is
@@ -258,6 +259,7 @@ class WeightLoader:
             first = self._ring.reserve(len(staged.pieces))
             for i, piece in enumerate(staged.pieces):
                 piece.seq = first + i
+            _will_need(staged.pieces[self._ring.count:])
             self._read_ahead(staged)
         elif not self.gpu:
             self._map(staged)
@@ -433,6 +435,27 @@ class WeightLoader:
         self._read_all(reads)
         for target, scratch, it in convert:
             target.copy_(scratch.view(it.dtype).view(it.shape))
+
+
+def _will_need(pieces: list[Piece]) -> None:
+    """Ask the kernel to read the rest of a checkpoint into the page cache now (while the previous probe runs),
+    where the ring cannot hold it: on a disk, the pieces' reads are then copies from memory. A hint only:
+    a file system without it (tmpfs: already memory) is not an error."""
+    if not pieces or not hasattr(os, "posix_fadvise"):
+        return
+    spans: dict[Path, list[int]] = {}
+    for p in pieces:
+        lo, hi = spans.setdefault(p.file, [p.offset, p.offset + p.nbytes])
+        spans[p.file] = [min(lo, p.offset), max(hi, p.offset + p.nbytes)]
+    for file, (lo, hi) in spans.items():
+        try:
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, lo, hi - lo, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
 
 
 def _check_lengths(items: list[Item]) -> None:
