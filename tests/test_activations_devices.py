@@ -25,6 +25,9 @@ from layerfilm.scan import scan
 ROOT = Path(__file__).resolve().parents[1]
 FACTORY = str(ROOT / "examples" / "make_checkpoints.py") + ":make_model"
 BAD = "step_000030.safetensors"
+# one batch of the whole probe (44 x 32 tokens x width 32): large enough that torch splits its reductions by
+# thread count, so a worker using other threads than the one-device run would change the statistics' bits
+BATCH = 64
 PROBLEM = rf"{BAD}: transformer.ln_f.weight has shape \(16,\), the model expects \(32,\)"
 
 
@@ -47,7 +50,7 @@ def damaged_series(damaged_run):
 
 
 def spec(**kw) -> ActivationSpec:
-    return ActivationSpec(**{"model": FACTORY, "points": 16, "device": "cpu", **kw})
+    return ActivationSpec(**{"model": FACTORY, "points": 16, "device": "cpu", "batch_size": BATCH, **kw})
 
 
 def run(series, tmp_path: Path, name: str, **kw):
@@ -112,7 +115,8 @@ def test_cli_two_workers_export_the_same_points(damaged_run, damaged_series, run
     for name, extra in (("one", ()), ("two", ("--devices", "cpu,cpu"))):
         pts = tmp_path / f"{name}.npz"
         code, _, err = run_cli("render", damaged_run, "--features", "activations", "--model", FACTORY, "--device", "cpu",
-                               "--points", "16", "--size", "160x96", "--fps", "1", "--no-cache", "--quiet", "--jobs", "1",
+                               "--points", "16", "--batch-size", str(BATCH), "--size", "160x96", "--fps", "1", "--no-cache",
+                               "--quiet", "--jobs", "1",
                                "--out", tmp_path / f"{name}.webm", "--export-points", pts, *extra)
         assert code == 0, err
         assert err.split("skipped 1 checkpoint(s):\n")[1].startswith(f"  {damaged_run / BAD}: ")

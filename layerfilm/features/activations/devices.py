@@ -12,7 +12,9 @@ peer-to-peer copies, nothing set that enables NVLink multicast.
 
 Same bits as one device: every worker builds the same model in the same dtype from the same first
 checkpoint and runs the same probe with the same kernels, so on the CPU the results are identical
-(tested). On GPUs they are identical when the devices are the same model with the same driver and
+(tested), provided each CPU worker uses as many torch threads as the one-device run (torch splits
+reductions by thread count), so CPU workers standing in for devices share the cores: they show that
+the results do not change, not a speed-up. On GPUs they are identical when the devices are the same model with the same driver and
 libraries; different GPU models (or cuBLAS choosing another algorithm for a shape, e.g. under other
 free memory or workspace settings) may differ in the last bits of the activations, as two runs on two
 such GPUs would.
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ...engine import cores, get_engine
+from ...engine import get_engine
 from ...errors import OptionsError
 from ...scan import Series
 from .passes import DevicePass, device_pass
@@ -68,7 +70,7 @@ def shares(checkpoints: int, workers: int) -> list[tuple[int, ...]]:
 def device_task(series: Series, spec: ActivationSpec, indices: tuple[int, ...], device: str, workdir: str | None,
                 strict: bool, threads: int, progress: Callable[..., object]) -> DevicePass:
     """One worker (a task of the engine): its device's pass over ``indices``. ``threads``: torch's CPU
-    threads for a CPU worker among several on this machine (0: leave them)."""
+    threads for a CPU worker, those of the one-device run it stands in for (0: leave them)."""
     dev = torch.device(device)
     if threads:
         torch.set_num_threads(threads)
@@ -85,7 +87,9 @@ def spread(series: Series, spec: ActivationSpec, devices: list[torch.device], wo
     a remote cluster, whose workers send them back."""
     remote = engine == "dask" and address is not None
     work = shares(len(series), len(devices))
-    cpu_threads = max(1, cores() // len(work)) if devices[0].type == "cpu" and not remote else 0
+    # a CPU worker uses this process's torch threads: torch splits reductions by thread count, and another
+    # count changes the last bits of the statistics (measured: act_mean, act_std of a Llama probe batch)
+    cpu_threads = torch.get_num_threads() if devices[0].type == "cpu" and not remote else 0
     args = [(series, spec, share, str(dev), None if remote else str(workdir / f"device-{i}"), strict, cpu_threads)
             for i, (dev, share) in enumerate(zip(devices, work))]
     runner = get_engine(engine, len(work), **({"address": address} if address is not None else {}))
