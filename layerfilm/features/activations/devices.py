@@ -93,7 +93,7 @@ def spread(series: Series, spec: ActivationSpec, devices: list[torch.device], wo
     args = [(series, spec, share, str(dev), None if remote else str(workdir / f"device-{i}"), strict, cpu_threads)
             for i, (dev, share) in enumerate(zip(devices, work))]
     runner = get_engine(engine, len(work), **({"address": address} if address is not None else {}))
-    resources = {"GPU": 1} if devices[0].type == "cuda" else None
+    resources: dict[str, float] | None = {"GPU": 1} if devices[0].type == "cuda" else None
     with tqdm(total=len(series), desc=f"activations on {len(work)} {devices[0].type} workers", unit="ckpt",
               disable=not progress) as bar:
         return runner.map(device_task, args, bar.update, resources=resources)
