@@ -134,6 +134,7 @@ def test_cli_two_workers_export_the_same_points(damaged_run, damaged_series, run
     (("--devices", "1,cuda:1"), "--devices '1,cuda:1': each GPU at most once"),
     (("--devices", "gpu0"), "--devices 'gpu0': expected GPU indices such as 0,1 (or cuda:0,cuda:1), or cpu,cpu"),
     (("--devices", "0,"), "--devices '0,': expected GPU indices"),
+    (("--devices", "\u00b2"), "--devices '\u00b2': expected GPU indices"),
     (("--devices", "0,1"), "--devices cuda:0,cuda:1: no CUDA device is available to torch (CPU workers: --device cpu "
                            "--devices cpu,cpu)"),
 ])

@@ -90,10 +90,9 @@ def check_devices(devices: tuple[str, ...] | str, device: str) -> tuple[str, ...
         devices = tuple(devices.split(",")) if devices else ()
     names = []
     for d in (d.strip() for d in devices):
-        if d.isdigit():
-            d = f"cuda:{int(d)}"
-        elif d.startswith("cuda:") and d[5:].isdigit():
-            d = f"cuda:{int(d[5:])}"
+        index = re.fullmatch(r"(?:cuda:)?([0-9]{1,4})", d)
+        if index is not None:
+            d = f"cuda:{int(index.group(1))}"
         elif d != "cpu":
             raise OptionsError(f"--devices {given!r}: expected GPU indices such as 0,1 (or cuda:0,cuda:1), or cpu,cpu "
                                "for CPU workers")
