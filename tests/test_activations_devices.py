@@ -87,27 +87,31 @@ def test_two_cpu_workers_give_the_one_worker_result(damaged_series, one_worker, 
     assert {p.parent.name for p in (two.store.frame(t)[0] for t in range(len(two.store)))} == {"device-0", "device-1"}
 
 
-def test_strict_refuses_the_first_bad_checkpoint_as_on_one_device(damaged_series, tmp_path):
+@pytest.fixture(scope="module")
+def cluster():
+    """A Dask LocalCluster of 2 workers inside this process (no worker processes to start: seconds)."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c:
+        yield c.scheduler_address
+        engine_dask.close()  # layerfilm's client of it, before the cluster stops
+
+
+def test_strict_refuses_the_first_bad_checkpoint_as_on_one_device(damaged_series, cluster, tmp_path):
     messages = []
-    for name, devices in (("one", ()), ("two", ("cpu",) * 2)):
+    for name, kw in (("one", {}), ("two", {"engine": "dask", "address": cluster})):
         with pytest.raises(CheckpointError, match=rf"{PROBLEM} \(--strict: nothing is skipped\)$") as e:
-            extract(damaged_series, spec(devices=devices), tmp_path / name, progress=False, strict=True)
+            extract(damaged_series, spec(devices=() if name == "one" else "cpu,cpu"), tmp_path / name, progress=False,
+                    strict=True, **kw)
         messages.append(str(e.value))
     assert messages[0] == messages[1]
 
 
-def test_a_dask_cluster_of_cpu_workers_gives_the_one_worker_result(damaged_series, one_worker, tmp_path):
+def test_a_dask_cluster_of_cpu_workers_gives_the_one_worker_result(damaged_series, one_worker, cluster, tmp_path):
     """Workers at an address send their frames back (they share no folder with the caller)."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c:
-        try:
-            two = run(damaged_series, tmp_path, "dask", spec={"devices": ("cpu", "cpu")}, engine="dask",
-                      address=c.scheduler_address)
-            with pytest.raises(EngineError, match=r"^no worker of the Dask cluster at .* offers GPU=1 \(start one per GPU"):
-                get_engine("dask", 2, address=c.scheduler_address).map(len, [("a",), ("b",)], resources={"GPU": 1})
-        finally:
-            engine_dask.close()
+    two = run(damaged_series, tmp_path, "dask", spec={"devices": ("cpu", "cpu")}, engine="dask", address=cluster)
     assert_same(one_worker, two)
     assert all(two.store.frame(t)[0].parent == tmp_path / "dask" / "frames" for t in range(len(two.store)))
+    with pytest.raises(EngineError, match=r"^no worker of the Dask cluster at .* offers GPU=1 \(start one per GPU"):
+        get_engine("dask", 2, address=cluster).map(len, [("a",), ("b",)], resources={"GPU": 1})
 
 
 def test_cli_two_workers_export_the_same_points(damaged_run, damaged_series, run_cli, tmp_path):
