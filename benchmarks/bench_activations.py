@@ -10,6 +10,17 @@ pass with its steps timed, the projection and the film, and (``--cli``) the same
     python benchmarks/bench_activations.py /tmp/bench_act --shape 7b --checkpoints 3 --device cuda --cli --clean
     python benchmarks/bench_activations.py /tmp/bench_act --shape 100m --checkpoints 3 --device cpu --save-dtype float32
     python benchmarks/bench_activations.py /tmp/bench_act_tiny --shape tiny --device cpu   # a quick check
+    python benchmarks/bench_activations.py /tmp/bench_act --checkpoints 16 --device cuda --devices 1,2,4,8 --cold
+
+``--devices 1,2,4,8`` prints the scaling table instead (issue 17): the whole activation pass (build the
+models, load + probe every checkpoint, frames back in order) on 1, 2, 4 and 8 devices (GPUs 0..k-1 with
+--device cuda; k CPU workers standing in for devices with --device cpu), its wall time, the speed-up
+over the first count, the checkpoint bytes read per second, and whether the frames and statistics
+equal the first count's bit for bit. Beside it, what may limit the scaling: the disk's cold read
+rate (one checkpoint read after dropping its pages with posix_fadvise DONTNEED) and this host's
+memory copy bandwidth (one thread, and one per device count). ``--cold`` drops the checkpoints' pages
+before every timed pass (a first run's reads from disk); without it the page cache holds them after
+the first pass (if they fit).
 
 References. Time: ``safetensors.torch.load_file(..., device=...)`` of the same files (reading the
 weights onto the device, nothing else; the median of up to three checkpoints, after one warm-up read).
@@ -44,7 +55,7 @@ from layerfilm.features.act_stats import ActivationStats  # noqa: E402
 from layerfilm.features.activations import ActivationSpec, WeightLoader, match_keys, resolve_device  # noqa: E402
 from layerfilm.scan import scan  # noqa: E402
 
-PASS = sys.modules["layerfilm.features.activations.extraction"]  # the module whose run_probe is timed
+PASS = sys.modules["layerfilm.features.activations.passes"]  # the module whose build_model and run_probe are timed
 SHAPES = {  # Llama shapes: TinyLlama-1.1B, Llama-2-7B, a ~100M one for the CPU, and a tiny one for a check
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),
@@ -209,6 +220,81 @@ def print_cli_profile(prof: dict, cli: float, T: int, t_ref: float) -> None:
           f"{prof['projection']:.2f} + film {prof['film']:.2f} + other {other + prof['check_fits']:.2f}")
 
 
+def drop_pages(files: list[Path]) -> None:
+    """Ask the kernel to forget ``files``' cached pages (posix_fadvise DONTNEED: no root needed): the next
+    read comes from the disk."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def cold_read_rate(files: list[Path]) -> float:
+    """GiB/s of reading ``files`` from the disk (their pages dropped first), 64 MiB at a time, one thread."""
+    drop_pages(files)
+    buf, total = bytearray(64 * 2**20), 0
+    t = time.perf_counter()
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while n := fh.readinto(buf):
+                total += n
+    return total / (time.perf_counter() - t) / 2**30
+
+
+def copy_bandwidth(threads: int, nbytes: int = 2**30) -> float:
+    """GiB/s of host memory copies (``np.copyto`` of 1 GiB, read + write counted once) by ``threads`` threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pairs = [(np.ones(nbytes // threads, np.uint8), np.empty(nbytes // threads, np.uint8)) for _ in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda p: np.copyto(p[1], p[0]), pairs))  # warm-up: pages touched
+        t = time.perf_counter()
+        list(pool.map(lambda p: np.copyto(p[1], p[0]), pairs))
+    return nbytes / (time.perf_counter() - t) / 2**30
+
+
+def scaling(series, spec: ActivationSpec, device: torch.device, counts: list[int], work: Path, cold: bool) -> None:
+    """The activation pass on each device count of ``counts``: wall time, speed-up, read rate, same bits."""
+    from dataclasses import replace
+
+    files = [f for c in series.checkpoints for f in sorted(c.path.glob("*.safetensors"))]
+    total = sum(f.stat().st_size for f in files)
+    T = len(series)
+    rows, first = [], None
+    for k in counts:
+        names = tuple(f"cuda:{i}" for i in range(k)) if device.type == "cuda" else ("cpu",) * k
+        store = Path(tempfile.mkdtemp(prefix=f"bench-devices-{k}-", dir=work))
+        if cold:
+            drop_pages(files)
+        t = time.perf_counter()
+        feats = activations.extract(series, replace(spec, devices=names), store, progress=False)
+        wall = time.perf_counter() - t
+        frames = [feats.store[i] for i in range(len(feats.store))]
+        same = "-" if first is None else str(all(np.array_equal(x, y) for x, y in zip(first[0], frames)) and all(
+            np.array_equal(first[1][n], feats.stats[n], equal_nan=True) for n in feats.stats))
+        if first is None:
+            first = (frames, feats.stats, wall)
+        rows.append((k, wall, wall / T, first[2] / wall, total / wall / 2**30, same))
+        shutil.rmtree(store, ignore_errors=True)
+    disk = cold_read_rate(files[-1:])
+    print()
+    print(f"command: python benchmarks/bench_activations.py {' '.join(sys.argv[1:])}")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU workers standing in for devices"
+    print(f"device: {where}; {os.cpu_count()} cores; torch {torch.__version__}; {'cold' if cold else 'warm'} page cache")
+    print(f"inputs: {T} checkpoints, {total / 2**30:.2f} GiB in all; {feats.name}, model in {spec.dtype}")
+    print(f"{'devices':>7} {'wall s':>8} {'per ckpt s':>10} {'speed-up':>8} {'read GiB/s':>10} {'same bits':>9}")
+    for k, wall, per, up, rate, same in rows:
+        print(f"{k:>7} {wall:>8.2f} {per:>10.3f} {up:>7.2f}x {rate:>10.2f} {same:>9}")
+    bw = {k: copy_bandwidth(k) for k in sorted({1, *counts})}
+    print(f"limits: disk cold read {disk:.2f} GiB/s (one file, one thread); host memory copy "
+          + ", ".join(f"{v:.1f} GiB/s with {k} thread(s)" for k, v in bw.items()))
+    print("a count whose read rate nears the disk's cold rate (with --cold) or the copy bandwidth is limited by it; "
+          "times include building the model once per device (and, for k > 1, starting the worker processes)")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--profile-cli"]:
@@ -228,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-film", action="store_true", help="stop after the features (no projection, no film)")
     p.add_argument("--cli", action="store_true", help="also time `layerfilm render` end to end in a fresh process")
     p.add_argument("--clean", action="store_true", help="delete the checkpoints at the end")
+    p.add_argument("--devices", default=None, metavar="COUNTS", help="print the scaling table over these device counts, "
+                   "e.g. 1,2,4,8 (GPUs 0..k-1 with --device cuda, k CPU workers with --device cpu)")
+    p.add_argument("--cold", action="store_true", help="--devices: drop the checkpoints' pages before every timed pass")
     a = p.parse_args(argv)
     spec = ActivationSpec(points=a.points, probe=a.probe, seq_len=a.seq_len, batch_size=a.batch_size, device=a.device,
                           dtype=a.dtype)
@@ -240,6 +329,11 @@ def main(argv: list[str] | None = None) -> None:
           flush=True)
     series = scan(folder)
     T = len(series)
+    if a.devices:
+        scaling(series, spec, device, [int(k) for k in a.devices.split(",")], a.work, a.cold)
+        if a.clean:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
     if device.type == "cuda":  # the reference is timed in a warm context: CUDA's start is not the read's cost
         torch.empty(1, device=device)
         sync(device)

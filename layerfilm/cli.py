@@ -190,6 +190,12 @@ def _add_activations(g) -> None:
     g.add_argument("--batch-size", type=int, default=8, metavar="B", help="probe sequences per forward pass (default 8); memory "
                    "is one model + one batch")
     g.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu or cuda")
+    g.add_argument("--devices", default=None, metavar="LIST", help="spread the checkpoints over one long-lived worker per "
+                   "device (a process each; with --engine dask a worker holding a GPU resource), each building the model "
+                   "once: GPU indices, e.g. 0,1,2,3 (or cuda:0,cuda:1), or cpu,cpu for two CPU workers standing in for "
+                   "devices; the points and statistics are the same as on one device. Default: with a CUDA device and "
+                   "several visible GPUs, all of them; else one. With --engine dask --address: that many workers of the "
+                   "cluster, each on its own GPU (or CPU); without it the pass runs here")
     g.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     g.add_argument("--near-zero", type=float, default=0.05, metavar="X", help="activations with |a| < X count as near zero "
                    "(default 0.05)")
@@ -309,7 +315,8 @@ def _activation_spec(args: argparse.Namespace, weights_too: bool = False):
     from .features.activations import ActivationSpec
 
     return ActivationSpec(model=args.model, probe=args.probe, points=args.points, seed=args.seed, seq_len=args.seq_len,
-                          batch_size=args.batch_size, device=args.device, dtype=args.dtype, near_zero=args.near_zero,
+                          batch_size=args.batch_size, device=args.device, devices=args.devices or (), dtype=args.dtype,
+                          near_zero=args.near_zero,
                           blocks_regex=args.blocks)
 
 

@@ -48,8 +48,11 @@ class Engine(Protocol):
         $LAYERFILM_CHUNK_MB, is divided among them): ``jobs`` for local processes, 1 on a remote cluster."""
         ...
 
-    def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None) -> list[Any]:
-        """``[fn(*a, progress=...) for a in args]``, run where the engine runs tasks."""
+    def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None,
+            resources: dict[str, float] | None = None) -> list[Any]:
+        """``[fn(*a, progress=...) for a in args]``, run where the engine runs tasks. ``resources``: what
+        each task holds of a worker while it runs (Dask worker resources, e.g. ``{"GPU": 1}``: one
+        device worker per GPU); local processes each hold the device their task names, so need none."""
         ...
 
 
@@ -135,7 +138,8 @@ class LocalEngine:
     def sharing(self) -> int:
         return self.jobs
 
-    def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None) -> list[Any]:
+    def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None,
+            resources: dict[str, float] | None = None) -> list[Any]:
         progress = progress or _nothing
         if self.jobs <= 1 or len(args) <= 1:
             return [fn(*a, progress=progress) for a in args]

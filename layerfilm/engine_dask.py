@@ -76,7 +76,8 @@ class DaskEngine:
                 _clients[key] = _connect(*key)
             return _clients[key][0]
 
-    def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None) -> list[Any]:
+    def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None,
+            resources: dict[str, float] | None = None) -> list[Any]:
         if not args:
             return []
         distributed = _distributed()
@@ -84,7 +85,10 @@ class DaskEngine:
         topic = f"layerfilm-progress-{uuid.uuid4().hex}"
         ticks = _Ticks(len(args), progress)
         client.subscribe_topic(topic, ticks.event)
-        futures = [client.submit(_run_task, fn, a, i, topic, os.getpid(), pure=False) for i, a in enumerate(args)]
+        if resources:
+            _check_resources(client, resources, self.address)
+        futures = [client.submit(_run_task, fn, a, i, topic, os.getpid(), pure=False, resources=resources)
+                   for i, a in enumerate(args)]
         index = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(args)
         try:
@@ -156,12 +160,22 @@ def _run_task(fn: Callable[..., Any], a: tuple, i: int, topic: str, client_pid: 
     return count, result
 
 
+def _check_resources(client: Any, resources: dict[str, float], address: str | None) -> None:
+    """Refuse in one line, instead of waiting forever, tasks that no worker of the cluster can hold."""
+    workers = client.scheduler_info().get("workers", {}).values()
+    if not any(all(w.get("resources", {}).get(k, 0) >= v for k, v in resources.items()) for w in workers):
+        need = " ".join(f"{k}={v:g}" for k, v in resources.items())
+        raise EngineError(f"no worker of the Dask cluster at {address or 'this machine'} offers {need} (start one per "
+                          f"GPU with `dask worker ADDRESS --resources {need}`, e.g. under dask-cuda)")
+
+
 def _connect(address: str | None, workers: int) -> tuple[Any, Any]:
     """A client of the scheduler at ``address``, or of a new LocalCluster of ``workers`` processes."""
     distributed = _distributed()
     if address is None:
+        # each worker holds one GPU slot: a device task (layerfilm.features.activations.devices) at a time
         cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=logging.ERROR)
+                                           dashboard_address=None, silence_logs=logging.ERROR, resources={"GPU": 1})
         return distributed.Client(cluster, set_as_default=False), cluster
     try:
         return distributed.Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False), None

@@ -59,7 +59,10 @@ class FilmOptions:
 
     def points_options(self) -> dict:
         """The options that change the points (the cache key): all but the look, encoding and cache."""
-        return {k: v for k, v in asdict(self).items() if k not in _NOT_POINTS}
+        options = {k: v for k, v in asdict(self).items() if k not in _NOT_POINTS}
+        if options["activations"] is not None:  # where the probe runs never changes a point (as --jobs)
+            options["activations"].pop("devices")
+        return options
 
     def engine_options(self) -> dict:
         """Options of the engine beside ``jobs`` (layerfilm.engine.get_engine)."""

@@ -18,7 +18,8 @@ matrix (coalesced into ranges) for a film, or each block tensor once for the who
 and keeps its chunk's key frames in memory while they are projected; no feature store on disk.
 Chunks are sized to a memory budget (``LAYERFILM_CHUNK_MB``, default 512), shared by the workers on
 this machine (each holds one chunk), whole on each worker of a remote cluster. Activation films stay
-checkpoint-major (a forward pass needs the whole model).
+checkpoint-major (a forward pass needs the whole model): with several devices, one long-lived
+worker per device takes its share of the checkpoints (layerfilm.features.activations.devices).
 """
 
 from __future__ import annotations
@@ -306,7 +307,8 @@ class Run:
         from .features.activations import extract
 
         with tempfile.TemporaryDirectory(prefix="layerfilm-") as work, one_blas_thread():
-            features = extract(self.series, self.opts.activations, Path(work), self.progress, self.opts.strict)
+            features = extract(self.series, self.opts.activations, Path(work), self.progress, self.opts.strict,
+                               engine=self.opts.engine, address=self.opts.address)
             self.skipped.extend(features.skipped)
             traj = project(features, self.opts.projection, progress=self.progress, **self.opts.projection_kwargs())
             measured = {} if "point_update" in features.stats else point_measures(features.store, features.steps)

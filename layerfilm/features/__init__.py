@@ -31,6 +31,7 @@ class FeatureStore:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._paths: list[Path] = []
+        self.tops: list[np.ndarray] = []  # (L,) largest |value| of each block, per key frame
         self.max_abs: np.ndarray | None = None  # (L,) largest |value| of each block over the key frames
 
     def append(self, arr: np.ndarray) -> None:
@@ -44,10 +45,20 @@ class FeatureStore:
             path.unlink(missing_ok=True)
             raise OutputError(f"scratch folder {self.folder.parent}: cannot write key frames ({e.strerror or e}); "
                               "set TMPDIR to a folder with room") from None
-        self._paths.append(path)
         flat = arr.reshape(arr.shape[0], -1)
-        top = np.maximum(flat.max(axis=1, initial=0), -flat.min(axis=1, initial=0))
+        self.add(path, np.maximum(flat.max(axis=1, initial=0), -flat.min(axis=1, initial=0)))
+
+    def add(self, path: Path, top: np.ndarray) -> None:
+        """Take a frame file another store wrote (a device worker's, layerfilm.features.activations.devices)
+        as this store's next key frame, with its (L,) largest |value| per block: frames come back from
+        the workers by name, never copied."""
+        self._paths.append(Path(path))
+        self.tops.append(top)
         self.max_abs = top if self.max_abs is None else np.fmax(self.max_abs, top)
+
+    def frame(self, t: int) -> tuple[Path, np.ndarray]:
+        """Key frame t's file and (L,) largest |value| per block (what :meth:`add` takes)."""
+        return self._paths[t], self.tops[t]
 
     def __len__(self) -> int:
         return len(self._paths)

@@ -4,7 +4,8 @@ The model is built once (``model``: from ``config.json`` with transformers, or a
 checkpoint's weights are then loaded into it in their stored dtype (``loader``: keys matched strictly
 after stripping wrapper prefixes, the next checkpoint read while the current one runs the probe);
 forward hooks (``hooks``) copy each block's output hidden states at the tracked token positions of the
-probe batch (``probe``). The same tokens are used at every checkpoint, so point i of every frame is
+probe batch (``probe``); ``passes`` runs it on one device, ``devices`` spreads the checkpoints over
+one long-lived worker per device. The same tokens are used at every checkpoint, so point i of every frame is
 the same token: points correspond 1-to-1 across frames. ``extract`` runs the pass; ``spec`` holds the
 options.
 
@@ -12,13 +13,14 @@ Memory is one model, one batch of hidden states, the (L, N, D) points of one key
 host chunks (256 MiB, a GPU only; on the CPU, parameters stored in the model's dtype view the mapped file).
 """
 
+from .devices import worker_devices
 from .extraction import extract
 from .hooks import capture
 from .loader import WeightLoader, match_keys
 from .model import build_model, check_fits, default_dtype, find_blocks
 from .probe import probe_ids, run_probe, tokenize
-from .spec import DEFAULT_PROBE, DEVICES, DTYPES, ActivationSpec, input_files, model_folder, resolve_device
+from .spec import DEFAULT_PROBE, DEVICES, DTYPES, ActivationSpec, check_devices, input_files, model_folder, resolve_device
 
 __all__ = ["DEFAULT_PROBE", "DEVICES", "DTYPES", "ActivationSpec", "WeightLoader", "build_model", "capture", "check_fits",
            "default_dtype", "extract", "find_blocks", "input_files", "match_keys", "model_folder", "probe_ids",
-           "resolve_device", "run_probe", "tokenize"]
+           "resolve_device", "run_probe", "tokenize", "check_devices", "worker_devices"]

@@ -38,6 +38,11 @@ class ActivationSpec:
     seq_len: tokens per probe sequence; None: min(128, the model's context when it states one).
     batch_size: sequences per forward pass.
     device: "auto" (cuda when available), "cpu" or "cuda".
+    devices: one long-lived worker per entry, the checkpoints spread over them (layerfilm.features.
+           activations.devices): CUDA devices ``("cuda:0", "cuda:1")`` (the CLI's ``--devices 0,1``), or
+           ``("cpu", "cpu")``: CPU workers standing in for devices. Also a string, "0,1" or "cpu,cpu".
+           Empty: with a CUDA device and several visible GPUs, all of them; else one device. It never
+           changes a result (not part of the cache key).
     dtype: weights and activations dtype: float32, bfloat16 or float16.
     near_zero: |a| below this counts as near zero in the statistics.
     blocks_regex: override block detection (a regex whose first group is the block index).
@@ -50,6 +55,7 @@ class ActivationSpec:
     seq_len: int | None = None
     batch_size: int = 8
     device: str = "auto"
+    devices: tuple[str, ...] | str = ()
     dtype: str = "float32"
     near_zero: float = 0.05
     blocks_regex: str | None = None
@@ -63,6 +69,7 @@ class ActivationSpec:
             raise OptionsError(f"--batch-size {self.batch_size}: must be 1 or more")
         if self.device not in DEVICES:
             raise OptionsError(f"--device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        object.__setattr__(self, "devices", check_devices(self.devices, self.device))
         if self.dtype not in DTYPES:
             raise OptionsError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if not self.near_zero > 0:
@@ -73,6 +80,31 @@ class ActivationSpec:
             raise OptionsError(f"--probe {self.probe}: no such file")
         if self.probe is not None:  # a FIFO would block the read forever
             check_regular(Path(self.probe), OptionsError, f"--probe {self.probe}")
+
+
+def check_devices(devices: tuple[str, ...] | str, device: str) -> tuple[str, ...]:
+    """--devices as canonical names ("cuda:N" or "cpu"), checked against --device: one kind of device
+    (a CPU worker and a GPU worker would not give the same bits), each GPU once."""
+    given = devices if isinstance(devices, str) else ",".join(devices)
+    if isinstance(devices, str):
+        devices = tuple(devices.split(",")) if devices else ()
+    names = []
+    for d in (d.strip() for d in devices):
+        index = re.fullmatch(r"(?:cuda:)?([0-9]{1,4})", d)
+        if index is not None:
+            d = f"cuda:{int(index.group(1))}"
+        elif d != "cpu":
+            raise OptionsError(f"--devices {given!r}: expected GPU indices such as 0,1 (or cuda:0,cuda:1), or cpu,cpu "
+                               "for CPU workers")
+        names.append(d)
+    kinds = {n.partition(":")[0] for n in names}
+    if len(kinds) > 1:
+        raise OptionsError(f"--devices {given!r}: all GPUs or all cpu, not both")
+    if kinds and device != "auto" and kinds != {device}:
+        raise OptionsError(f"--devices {given!r}: not {device} devices (--device {device})")
+    if kinds == {"cuda"} and len(set(names)) < len(names):
+        raise OptionsError(f"--devices {given!r}: each GPU at most once")
+    return tuple(names)
 
 
 def resolve_device(name: str) -> torch.device:
