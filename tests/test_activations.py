@@ -458,7 +458,7 @@ def test_a_failing_probe_does_not_leave_a_read_ahead_waiting(llama_run, tmp_path
 
     monkeypatch.setattr(ChunkRing, "_wait", watched)
     monkeypatch.setattr(ChunkRing, "reserve", reserving)
-    monkeypatch.setattr(sys.modules["layerfilm.features.activations.extraction"], "run_probe", failing_probe)
+    monkeypatch.setattr(sys.modules["layerfilm.features.activations.passes"], "run_probe", failing_probe)
     errors: list[BaseException] = []
 
     def run() -> None:
