@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from .animate import TIMES
 from .encode import EncodeOptions
-from .engine import ENGINES, check_jobs
+from .engine import ENGINES, check_jobs, session
 from .errors import LayerfilmError, OptionsError
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
@@ -678,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         with _signals_as_interrupts():
             args = build_parser().parse_args(argv)  # option converters such as --size raise LayerfilmError
             warnings.showwarning = _one_line_warnings
-            return COMMANDS[args.command](args)
+            with session():  # one pool of worker processes for the whole command
+                return COMMANDS[args.command](args)
     except LayerfilmError as e:
         return _error(str(e))
     except KeyboardInterrupt as e:
