@@ -11,6 +11,11 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+# matplotlib (colormaps, the captions' font) and its C extensions, imported here while layerfilm_main
+# holds signals: a Ctrl-C inside a C extension's initialisation aborts Python. The package itself no
+# longer imports it, so that worker processes, which ignore Ctrl-C, import it only if they draw.
+import matplotlib.ft2font  # noqa: F401
+
 from .animate import TIMES
 from .encode import EncodeOptions
 from .engine import ENGINES, check_jobs, session
