@@ -13,6 +13,8 @@ work nobody will use.
     results = engine.map(block_task, [(series, wp, chunk, ...) for chunk in chunks], bar.update)
 
 Engines: ``local`` (this module) and ``dask`` (layerfilm.engine_dask, imported only when chosen).
+Inside :func:`session` (every CLI command, and ``render``) the local engine keeps one pool of workers for
+all the maps of a run, and ``engine.start()`` starts them ahead, while this process still works.
 """
 
 from __future__ import annotations
