@@ -11,9 +11,14 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+# matplotlib (colormaps, the captions' font) and its C extensions, imported here while layerfilm_main
+# holds signals: a Ctrl-C inside a C extension's initialisation aborts Python. The package itself no
+# longer imports it, so that worker processes, which ignore Ctrl-C, import it only if they draw.
+import matplotlib.ft2font  # noqa: F401
+
 from .animate import TIMES
 from .encode import EncodeOptions
-from .engine import ENGINES, check_jobs
+from .engine import ENGINES, check_jobs, session
 from .errors import LayerfilmError, OptionsError
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
@@ -685,7 +690,8 @@ def main(argv: list[str] | None = None) -> int:
         with _signals_as_interrupts():
             args = build_parser().parse_args(argv)  # option converters such as --size raise LayerfilmError
             warnings.showwarning = _one_line_warnings
-            return COMMANDS[args.command](args)
+            with session():  # one pool of worker processes for the whole command
+                return COMMANDS[args.command](args)
     except LayerfilmError as e:
         return _error(str(e))
     except KeyboardInterrupt as e:

@@ -76,6 +76,9 @@ class DaskEngine:
                 _clients[key] = _connect(*key)
             return _clients[key][0]
 
+    def start(self, modules: tuple[str, ...] = ()) -> None:
+        """Nothing ahead: the cluster is reached (or its LocalCluster started) by the first map."""
+
     def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None,
             resources: dict[str, float] | None = None) -> list[Any]:
         if not args:

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .animate import MAX_FRAMES, Timeline, check_time, check_time_mode
 from .encode import EncodeOptions, check_output, webm_preset
-from .engine import check_engine, check_jobs, cores, get_engine
+from .engine import check_engine, check_jobs, cores, get_engine, session
 from .errors import OptionsError, ScanError
 from .features.weights import WeightSpec
 from .legend import Legend, scale_top, subject_text, time_text, zoom_text, zooms
@@ -89,6 +89,10 @@ class FilmOptions:
 # FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)
 _NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "time", "legend", "every", "steps", "cache", "cache_dir",
                "overlay", "settle_threshold", "jobs", "engine", "address", "storage_options"}
+
+
+# what a worker started ahead imports: the block tasks', the segments' and the caption's font (matplotlib)
+WORKER_MODULES = ("layerfilm.run", "layerfilm.segments", "layerfilm.film", "matplotlib.font_manager", "matplotlib.ft2font")
 
 
 @dataclass(frozen=True)
@@ -266,15 +270,19 @@ def render(
     check_output(Path(out), opts.encode, inputs)  # bad output paths or encoder options fail before any work
     if export is not None:
         check_export_path(export, inputs)
-    run = Run.open(folder, opts, progress, scan_progress=progress)
-    if len(run.series) < 2:
-        raise ScanError(f"{show(folder)}: found {len(run.series)} usable checkpoint; a film needs at least two key frames")
-    check_film_size(len(run.series), opts)  # before any tensor is read
-    opts, picked = pick_preset(out, opts, Timeline(len(run.series), opts.fps, opts.seconds_per_keyframe).n_frames)
-    traj = run.trajectories()
-    renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay)
-    overlay = Overlay.of_points(renderer, traj.stats, opts.settle_threshold) if opts.overlay else None
-    n = write_film(traj, out, opts, progress, overlay, renderer)
+    with session():  # the reading's workers draw the film's segments too
+        run = Run.open(folder, opts, progress, scan_progress=progress)
+        if len(run.series) < 2:
+            raise ScanError(f"{show(folder)}: found {len(run.series)} usable checkpoint; a film needs at least two key frames")
+        check_film_size(len(run.series), opts)  # before any tensor is read
+        n_frames = Timeline(len(run.series), opts.fps, opts.seconds_per_keyframe).n_frames
+        opts, picked = pick_preset(out, opts, n_frames)
+        if len(plan(n_frames, check_jobs(opts.jobs), opts.fps, opts.encode)) > 1:  # workers will draw: start them
+            get_engine(opts.engine, opts.jobs, **opts.engine_options()).start(WORKER_MODULES)  # while this one works
+        traj = run.trajectories()
+        renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay)
+        overlay = Overlay.of_points(renderer, traj.stats, opts.settle_threshold) if opts.overlay else None
+        n = write_film(traj, out, opts, progress, overlay, renderer)
     if export is not None:
         export_points(traj, export, inputs)
     return FilmResult(Path(out), n, len(traj.steps), traj, tuple(run.skipped), overlay, picked)

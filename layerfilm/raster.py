@@ -34,6 +34,7 @@ CURSOR = np.array([255, 200, 60], np.uint8)  # now, on the timeline
 FLOOR = 0.25  # colour-scale position of the faintest non-empty bin
 
 
+DEFAULT_CMAP = "magma"
 MAX_SIDE = 7680
 MAX_PIXELS = 7680 * 4320
 BYTES_PER_PIXEL = 160  # measured peak at 8192x8192: 11 GB
@@ -51,7 +52,7 @@ class Style:
 
     width: int = 1280
     height: int = 720
-    cmap: str = "magma"
+    cmap: str = DEFAULT_CMAP
     cell: int = 0
     title: str = "layerfilm"
 
@@ -63,7 +64,8 @@ class Style:
                                f"drawing and encoding need about {BYTES_PER_PIXEL} bytes of memory a pixel")
         if self.cell < 0:
             raise OptionsError(f"cell {self.cell}: must be 0 (auto) or positive")
-        colormap_lut(self.cmap)  # fails early on an unknown name
+        if self.cmap != DEFAULT_CMAP:  # the default is in every matplotlib: left unchecked, defaults such as
+            colormap_lut(self.cmap)  # FilmOptions() import no matplotlib (~0.25 s in each worker process)
 
 
 def parse_size(text: str) -> tuple[int, int]:
