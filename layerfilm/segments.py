@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import replace
@@ -150,6 +151,7 @@ class SegmentStore:
         assert self.kind != "gif", "a GIF's palette is the whole film's"
         self.folder = temporary(self.out, suffix=".live")
         self.parts: dict[tuple[int, int, bytes], Path] = {}  # (start, stop, fingerprint) -> its file or folder
+        self.seconds: dict[str, float] = {}  # the last update's: fingerprint, encode, join (benchmarks/bench_live.py)
         self._made = 0
 
     def close(self) -> None:
@@ -167,7 +169,9 @@ class SegmentStore:
                 self.folder.mkdir()
             except OSError as e:
                 raise OutputError(f"{show(self.out)}: cannot write ({e.strerror or e})") from None
+        t0 = time.perf_counter()
         keys = [(a, b, frames.fingerprint(a, b)) for a, b in ranges]
+        t1 = time.perf_counter()
         todo = [k for k in dict.fromkeys(keys) if k not in self.parts]
         made = {}
         for k in todo:
@@ -189,7 +193,9 @@ class SegmentStore:
                     encode_segments(*t, progress=lambda n=1: None)
             else:
                 runner.map(encode_segments, tasks)
+            t2 = time.perf_counter()
             self._join([{**self.parts, **made}[k] for k in keys], [b - a for a, b, _ in keys], fps)
+            self.seconds = {"fingerprint": t1 - t0, "encode": t2 - t1, "join": time.perf_counter() - t2}
         except BaseException:
             for path in made.values():  # the film and the stored segments stay those of the last update
                 discard(path)

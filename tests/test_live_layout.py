@@ -137,10 +137,13 @@ def test_live_updates_equal_a_render_and_encode_only_new_frames(tiny_run, tmp_pa
 
 
 def test_refit_always_reencodes_every_frame_and_equals_a_render(tiny_run, tmp_path):
+    first: list[np.ndarray] = []
     for film, up, live_frames, once_frames in grow(tiny_run, tmp_path / "run", tmp_path / "live.webm", OPTS,
                                                    LiveOptions(refit="always"), [2, 2, 3]):
         assert np.array_equal(live_frames, once_frames)
+        first.append(film.traj.xy[0].copy())
         assert up.encoded == len(live_frames)  # the refit moved the old points
+    assert not np.array_equal(first[0], first[-1])
 
 
 def test_a_live_gif_is_reencoded_whole(tiny_run, tmp_path):
