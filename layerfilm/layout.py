@@ -12,7 +12,7 @@ live  (watch's and the callbacks' default) a function of the data that changes r
       ``render --film-layout live`` of the finished folder draws the same frames as the live film:
         axes     the union of every key frame's own robust box (``legend.zooms``: monotone in T),
                  put on a coarse grid (sizes in quarter octaves, centres on an eighth of the size): they
-                 change only when a key frame's points leave the box, and their size never shrinks;
+                 change only when that union's size or centre crosses a grid line, and never shrink;
         colour   the top: the largest of the percentile rule's values (``legend.scale_top``) over the
                  film's prefixes, rounded up to half an octave; the colour bar says whether bins are
                  clipped, not in how many of T key frames;
