@@ -10,9 +10,10 @@ live  (watch's and the callbacks' default) a function of the data that changes r
       are appended, so that a live film re-encodes only the frames of the new key frames
       (layerfilm.segments.SegmentStore), and still a function of the key frames alone, so that
       ``render --film-layout live`` of the finished folder draws the same frames as the live film:
-        axes     the union of every key frame's own robust box (``legend.zooms``: monotone in T),
-                 put on a coarse grid (sizes in quarter octaves, centres on an eighth of the size): they
-                 change only when that union's size or centre crosses a grid line, and never shrink;
+        axes     kept while each new key frame's own robust box (``legend.zooms``) lies inside them;
+                 when one does not, put on a coarse grid (sizes in quarter octaves, centres on an
+                 eighth of the size) around the union of every key frame's box so far, with room to
+                 grow (``HEADROOM``): they change only when points leave them, and never shrink;
         colour   the top: the largest of the percentile rule's values (``legend.scale_top``) over the
                  film's prefixes, rounded up to half an octave; the colour bar says whether bins are
                  clipped, not in how many of T key frames;
@@ -38,6 +39,7 @@ from .legend import scale_top, zooms
 LAYOUTS = ("fit", "live")
 SIZE_STEPS = 4  # axes sizes per octave (a coarser grid changes less often and wastes more of the panel)
 SCALE_STEPS = 2  # colour-scale and bar tops per octave
+HEADROOM = 2 ** 0.25  # room the axes leave for points to grow into before they change again
 
 
 def check_film_layout(layout: str) -> None:
@@ -57,20 +59,35 @@ def horizon(keyframes: int) -> int:
 
 
 def live_extent(xy: np.ndarray) -> np.ndarray:
-    """(L, 4) axes [x0, x1, y0, y1] per panel of key frames ``xy`` (T, L, N, 2), equal scale on both axes:
-    the smallest box on the coarse grid holding every key frame's own robust box (margin included)."""
-    boxes = zooms(xy)  # (T, L, 4), each square and with the render's margin
-    need = np.stack([boxes[..., 0].min(0), boxes[..., 1].max(0), boxes[..., 2].min(0), boxes[..., 3].max(0)], 1)
+    """(L, 4) axes [x0, x1, y0, y1] per panel of key frames ``xy`` (T, L, N, 2), equal scale on both axes,
+    as a live film builds them one key frame at a time: kept while the key frame's own robust box
+    (``legend.zooms``, margin included) lies inside them, else put on the coarse grid around the union
+    of every box so far (:func:`snap_box`). A render replays the same fold, so it draws the same axes."""
+    boxes = zooms(xy).reshape(len(xy), -1, 4)  # (T, L, 4)
+    union = boxes[0].copy()
+    out = snap_box(union)
+    for b in boxes[1:]:
+        union = np.stack([np.minimum(union[:, 0], b[:, 0]), np.maximum(union[:, 1], b[:, 1]),
+                          np.minimum(union[:, 2], b[:, 2]), np.maximum(union[:, 3], b[:, 3])], 1)
+        out_ = (b[:, 0] < out[:, 0]) | (b[:, 1] > out[:, 1]) | (b[:, 2] < out[:, 2]) | (b[:, 3] > out[:, 3])
+        out[out_] = snap_box(union[out_])
+    return out
+
+
+def snap_box(need: np.ndarray) -> np.ndarray:
+    """(K, 4) the square boxes on the coarse grid holding boxes ``need`` (K, 4) with ``HEADROOM``: sizes in
+    quarter octaves, centres on an eighth of the size (within a sixteenth of the needed centre: the size
+    leaves room for that)."""
     out = np.empty_like(need)
-    for l, (x0, x1, y0, y1) in enumerate(need):
-        half = grid_up(max((x1 - x0) / 2, (y1 - y0) / 2, 1e-12), SIZE_STEPS)
-        while True:
+    for i, (x0, x1, y0, y1) in enumerate(need):
+        half = grid_up(max((x1 - x0) / 2, (y1 - y0) / 2, 1e-12) * 16 / 15 * HEADROOM, SIZE_STEPS)
+        while True:  # (once more only for rounding at a grid line)
             step = half / 8
             cx, cy = round((x0 + x1) / 2 / step) * step, round((y0 + y1) / 2 / step) * step
             if cx - half <= x0 and cx + half >= x1 and cy - half <= y0 and cy + half >= y1:
                 break
             half *= 2.0 ** (1 / SIZE_STEPS)
-        out[l] = (cx - half, cx + half, cy - half, cy + half)
+        out[i] = (cx - half, cx + half, cy - half, cy + half)
     return out
 
 

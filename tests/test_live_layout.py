@@ -59,6 +59,11 @@ def test_live_extent_holds_every_key_frame_and_changes_only_when_points_leave_it
     outside = np.concatenate([xy, xy[2:3] * 3])  # one far outside: the axes grow, never shrink
     grown = live_extent(outside)
     assert (grown[:, 0] <= ext[:, 0]).all() and (grown[:, 1] >= ext[:, 1]).all() and not np.array_equal(grown, ext)
+    drift = xy * np.linspace(1, 2, 6)[:, None, None, None] + np.linspace(0, 3, 6)[:, None, None, None]
+    for t in range(1, 6):  # key frame by key frame: kept while the new key frame's box is inside
+        a, b, box = live_extent(drift[:t]), live_extent(drift[: t + 1]), zooms(drift[t : t + 1])[0]
+        inside = (box[:, 0] >= a[:, 0]) & (box[:, 1] <= a[:, 1]) & (box[:, 2] >= a[:, 2]) & (box[:, 3] <= a[:, 3])
+        assert np.array_equal(a[inside], b[inside]) and (b[:, 1] - b[:, 0] >= a[:, 1] - a[:, 0]).all()
 
 
 def test_live_scale_is_monotone_and_on_its_grid():
