@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .animate import MAX_FRAMES, Timeline, check_time, check_time_mode
 from .encode import EncodeOptions, check_output, webm_preset
-from .engine import check_engine, check_jobs, cores, get_engine
+from .engine import Engine, check_engine, check_jobs, cores, get_engine
 from .errors import OptionsError, ScanError
 from .features.weights import WeightSpec
 from .layout import check_film_layout, live_extent, live_scale, live_timeline, live_top
@@ -298,15 +298,27 @@ def pick_preset(out: str | Path, opts: FilmOptions, frames: int) -> tuple[FilmOp
             f"VP9 preset {preset}, picked for {frames} frames on {threads} core{'s' * (threads > 1)} (--preset {other})")
 
 
+def film_frames(traj: Trajectories, opts: FilmOptions) -> FilmFrames:
+    """The film of ``traj`` as ``opts`` draws it: its renderer (layout, legend) and overlay, if any."""
+    renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay)
+    return FilmFrames.of(traj, opts, renderer, film_overlay(renderer, traj, opts))
+
+
+def segment_engine(opts: FilmOptions, n_frames: int) -> Engine | None:
+    """Where ``n_frames`` frames are drawn and encoded: the engine when they make several segments
+    (layerfilm.segments.plan), else None (one stream in this process: starting workers would cost more)."""
+    jobs = check_jobs(opts.jobs)
+    several = len(plan(n_frames, jobs, opts.fps, opts.encode)) > 1
+    return get_engine(opts.engine, jobs, **opts.engine_options()) if several else None
+
+
 def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress: bool = True,
                overlay: Overlay | None = None, renderer: Renderer | None = None) -> int:
     """Interpolate, render and encode the film of ``traj``; returns the number of frames written.
     With ``overlay``, each panel also shows how much its block still moves (layerfilm.overlay).
     A long film is drawn and encoded in segments by ``opts.jobs`` workers (layerfilm.segments)."""
     frames = FilmFrames.of(traj, opts, renderer, overlay)
-    jobs = check_jobs(opts.jobs)
-    several = len(plan(frames.n_frames, jobs, opts.fps, opts.encode)) > 1
-    engine = get_engine(opts.engine, jobs, **opts.engine_options()) if several else None
+    engine = segment_engine(opts, frames.n_frames)
     with tqdm(total=frames.n_frames, desc="rendering", unit="frame", disable=not progress) as bar:
         encode_film(frames, out, (opts.style.width, opts.style.height), opts.encode, opts.fps, engine, bar.update)
     return frames.n_frames
@@ -331,9 +343,8 @@ def render(
     check_film_size(len(run.series), opts)  # before any tensor is read
     opts, picked = pick_preset(out, opts, Timeline(len(run.series), opts.fps, opts.seconds_per_keyframe).n_frames)
     traj = run.trajectories()
-    renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay)
-    overlay = film_overlay(renderer, traj, opts)
-    n = write_film(traj, out, opts, progress, overlay, renderer)
+    frames = film_frames(traj, opts)
+    n = write_film(traj, out, opts, progress, frames.overlay, frames.renderer)
     if export is not None:
         export_points(traj, export, inputs)
-    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(run.skipped), overlay, picked)
+    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(run.skipped), frames.overlay, picked)

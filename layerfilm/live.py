@@ -27,13 +27,10 @@ the rows; reading them back (T x the new checkpoint's tracked bytes, from scratc
 checkpoints) is the part of an update that grows with the run. ``--refit never --no-overlay`` without
 --json or --export-points keeps no rows: an update reads the new checkpoint's tracked rows only.
 
-The film's layout (axes, colour scale, legend, timeline: layerfilm.layout): with ``--film-layout live``
-(watch's default) it changes only rarely as key frames arrive, and the film's segments are kept on
-scratch disk beside it (layerfilm.segments.SegmentStore): an update encodes only the segments whose
-frames changed (the new key frames', and those whose settled marks moved), unless the layout changed
-or a refit moved the old points (then every segment, in parallel), and joins them into the output.
-A .gif is re-encoded whole (one palette for the whole film). ``--film-layout fit`` re-fits the layout
-to the whole film at every update, like a render, and re-encodes every frame.
+Film layout (layerfilm.layout): ``live`` (watch's default) changes rarely as key frames arrive, and the
+film's segments are kept beside it (layerfilm.segments.SegmentStore): an update encodes only those whose
+frames changed (the new key frames', those whose settled marks moved; all after a layout change or a
+refit) and joins them. A .gif, or ``--film-layout fit`` (fitted to the whole film), is re-encoded whole.
 """
 
 from __future__ import annotations
@@ -54,13 +51,12 @@ import numpy as np
 
 from . import cache
 from .encode import check_output, output_kind
-from .engine import check_jobs, get_engine
 from .errors import CheckpointError, OptionsError, ScanError
 from .features import ArrayStore, Features, FeatureStore
 from .features.act_stats import json_series
 from .features.point_measures import measures_of, sum_sq, sum_sq_diff
 from .features.weights import WeightPlan, plan, read_points, skip
-from .film import FilmFrames, FilmOptions, check_export_path, export_points, film_overlay, film_renderer, write_film
+from .film import FilmOptions, check_export_path, export_points, film_frames, segment_engine, write_film
 from .formats import HF_WEIGHT_FILE, open_checkpoint
 from .layout import live_segments
 from .outputs import atomic_output, check_output_path, printable, show
@@ -432,20 +428,13 @@ class LiveFilm:
         """The film, then the stills, stability JSON and points asked for, each renamed into place whole;
         returns the number of frames encoded."""
         opts = self.opts
-        renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay)
-        overlay = film_overlay(renderer, traj, opts)
+        frames = film_frames(traj, opts)
         if self.segments is None:
-            encoded = write_film(traj, self.out, opts, self.progress, overlay, renderer)
+            encoded = write_film(traj, self.out, opts, self.progress, frames.overlay, frames.renderer)
         else:
-            frames = FilmFrames.of(traj, opts, renderer, overlay)
-            least = math.ceil(opts.encode.segment_seconds * opts.fps)
-            jobs = check_jobs(opts.jobs)
-
-            def engine(n: int):  # worker processes only for much to encode (a new layout): starting them costs
-                return get_engine(opts.engine, jobs, **opts.engine_options()) if jobs > 1 and n >= 2 * least else None
-
-            encoded = self.segments.update(frames, live_segments(frames.timeline, least), (opts.style.width, opts.style.height),
-                                           opts.encode, opts.fps, engine)
+            ranges = live_segments(frames.timeline, math.ceil(opts.encode.segment_seconds * opts.fps))
+            encoded = self.segments.update(frames, ranges, (opts.style.width, opts.style.height), opts.encode, opts.fps,
+                                           lambda n: segment_engine(opts, n))  # workers for a new layout's frames
         inputs = (self.root,)
         if self.live.stills is not None:
             from .figures import save_figure
