@@ -544,6 +544,11 @@ key frames. A refit re-projects from the tracked rows kept on scratch disk ($TMP
 checkpoints; the overlay's settled marks, --json and --export-points need those rows too (each key
 frame's distance to the newest). --projection procrustes and umap take --refit always.
 
+--film-layout live (default): axes and colour scale change only when the data leave them, the timeline
+spans the next power of two of key frames, no settled marks: an update encodes only the new key frames'
+segments of the film (kept beside it until watch ends; .webm encoded with --preset realtime unless
+given). A .gif has one palette: it is re-encoded whole. --film-layout fit re-fits and re-encodes all.
+
 Ctrl-C or SIGTERM: the update under way is finished, then watch exits 0 with complete outputs (a second
 Ctrl-C stops at once; the outputs of the last finished update stay). Film options are render's (see
 `layerfilm render --help`); --features activations and --final-step are render's only. At exit the key

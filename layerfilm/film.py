@@ -170,7 +170,7 @@ def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarr
     if zoom is not None:  # a live layout's words may not depend on later key frames
         parts.append(zoom_text(zoom) if opts.film_layout == "fit" else "axes zoom to each key frame's spread")
     if bar and "point_update" in traj.stats:
-        parts.append(bar_text(traj.stats["point_update"], bar_top(traj, opts)))
+        parts.append(bar_text(traj.stats["point_update"], bar_top(traj, opts), settled=opts.film_layout == "fit"))
     tl = film_timeline(traj.steps, opts)
     parts.append(time_text(opts.time, opts.seconds_per_keyframe))
     return Legend(tuple(parts), tuple(tl.position(k, 0.0) for k in range(len(traj.steps))))
@@ -200,10 +200,14 @@ def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = N
 
 
 def film_overlay(renderer: Renderer, traj: Trajectories, opts: FilmOptions) -> Overlay | None:
-    """The per-panel bars and settled marks of the film's own points (None: --no-overlay)."""
+    """The per-panel bars and settled marks of the film's own points (None: --no-overlay). A live layout
+    draws the bars only: a block's settling key frame is decided by the newest key frame (its distance
+    to each earlier one), so a mark could change on any earlier frame when a key frame is added."""
     if not opts.overlay:
         return None
-    return Overlay.of_points(renderer, traj.stats, opts.settle_threshold, bar_top(traj, opts))
+    if opts.film_layout == "live":
+        return Overlay(renderer, traj.stats["point_update"], np.full(len(traj.blocks), -1), bar_top(traj, opts))
+    return Overlay.of_points(renderer, traj.stats, opts.settle_threshold)
 
 
 @dataclass(frozen=True, eq=False)

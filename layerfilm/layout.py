@@ -21,9 +21,9 @@ live  (watch's and the callbacks' default) a function of the data that changes r
         time     the timeline spans a horizon of key frames (the next power of two >= T, and for
                  ``--time steps|log-steps`` the next power of two of the step span), a key frame's tick
                  appears once the film has reached it, and the caption says "key k" without "/T".
-      What still depends on the newest key frame is truthful and local: the overlay's settled mark
-      (a block settles at the first key frame from which every later one stays near the newest), so
-      the segments whose marks change are re-encoded.
+      The overlay draws its bars but no settled marks: a block settles at the first key frame from
+      which every later one stays near the newest, so the newest key frame could move a mark on any
+      earlier frame (the stability JSON and the printed lines say which blocks settled).
 """
 
 from __future__ import annotations

@@ -41,11 +41,12 @@ def moving_level(relative_update: np.ndarray, top: float | None = None) -> np.nd
         return np.clip(1 + np.log10(rel / top) / DECADES, 0.0, 1.0)
 
 
-def bar_text(relative_update: np.ndarray, top: float | None = None) -> str:
-    """The legend's words for the bar: what it measures and its scale, with the film's own numbers."""
+def bar_text(relative_update: np.ndarray, top: float | None = None, settled: bool = True) -> str:
+    """The legend's words for the bar: what it measures and its scale, with the film's own numbers
+    (``settled``: the film marks settled blocks)."""
     top = float(updates(relative_update).max()) if top is None else top  # a full bar, as moving_level draws it
     return (f"bottom bar: relative update of the points per key frame, log: full {top:.2g} (fastest), "
-            f"empty <= {top / 10**DECADES:.2g}; green: settled")
+            f"empty <= {top / 10**DECADES:.2g}" + ("; green: settled" if settled else ""))
 
 
 class Overlay:

@@ -181,7 +181,8 @@ class SegmentStore:
                 made[k].mkdir()
         count = sum(b - a for a, b, _ in todo)
         runner = engine(count) if todo else None
-        groups = [todo] if runner is None or runner.jobs <= 1 else [todo[i::runner.jobs] for i in range(runner.jobs)]
+        n = 1 if runner is None else max(1, min(runner.jobs, len(todo)))  # contiguous: a worker gets few key frames
+        groups = [todo[i * len(todo) // n : (i + 1) * len(todo) // n] for i in range(n)]
         groups = [g for g in groups if g]
         if len(groups) > 1 and opts.threads == 0:  # the encoders running at once share the cores (encode_film)
             opts = replace(opts, threads=-(-cores() // len(groups)))
@@ -190,7 +191,7 @@ class SegmentStore:
         try:
             if runner is None or len(tasks) <= 1:
                 for t in tasks:
-                    encode_segments(*t, progress=lambda n=1: None)
+                    encode_segments(*t, progress=lambda _=1: None)
             else:
                 runner.map(encode_segments, tasks)
             t2 = time.perf_counter()
