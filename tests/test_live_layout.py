@@ -117,9 +117,9 @@ def grow(tiny_run: Path, folder: Path, out: Path, opts: FilmOptions, live: LiveO
             yield film, up, frames_of(out), frames_of(once)
 
 
-@pytest.mark.parametrize("kind, overlay", [(".webm", False), ("", True)])
-def test_live_updates_equal_a_render_and_encode_only_new_frames(tiny_run, tmp_path, kind, overlay):
-    opts = replace(OPTS, overlay=overlay)
+@pytest.mark.parametrize("kind, overlay, time", [(".webm", False, "keys"), ("", True, "keys"), (".webm", True, "steps")])
+def test_live_updates_equal_a_render_and_encode_only_new_frames(tiny_run, tmp_path, kind, overlay, time):
+    opts = replace(OPTS, overlay=overlay, time=time)
     layouts, same, changed = [], 0, 0
     for film, up, live_frames, once_frames in grow(tiny_run, tmp_path / "run", tmp_path / f"live{kind}", opts,
                                                    LiveOptions(), [2, 1, 1, 1, 1, 1]):
@@ -133,7 +133,7 @@ def test_live_updates_equal_a_render_and_encode_only_new_frames(tiny_run, tmp_pa
         else:
             same += 1
             assert up.encoded == n - layouts[-2][1] + 1  # the new key frame's interval, and its own last frame
-    assert same >= 2 and changed >= 2  # both kinds of update happened (the horizon doubles at 3 and 5)
+    assert same >= 2 and changed >= 2  # both kinds of update happened (the horizons double at 3 and 5)
     if overlay:  # bars, but no settled marks: the newest key frame could move them on any earlier frame
         assert film.segments is not None and (film_frames(film.traj, opts).overlay.settle == -1).all()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # the store is removed
