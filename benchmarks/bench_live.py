@@ -10,10 +10,15 @@ is measured in this process:
                back from the scratch store for the distance to the newest one); the film (ffmpeg's reads
                of the raw frames, counted in this process's rchar once ffmpeg is reaped).
   time:        the update's wall time (read, project, measures, film) against `render --no-cache` of the
-               whole folder in the same process and options. Target: <= 0.2x.
+               whole folder in the same process and options (the same --film-layout). Target: <= 0.2x.
+               The film's part is split into the layout (axes, colour scale, legend: every key frame
+               splatted once), the segments' digests, encoding the segments that changed (how many
+               frames of the film: a live layout re-encodes only the new key frame's unless the layout
+               changed) and joining them (ffmpeg concat, -c copy).
 
 Rows: the default (overlay on: the scratch rows are read back) and --no-overlay (nothing kept but the
-last key frame's rows); both --refit never.
+last key frame's rows); both --refit never, --film-layout live (watch's default; ``--film-layout fit``
+measures the whole-film layout, which re-encodes every frame).
 
     python benchmarks/bench_live.py --quick            # 16 blocks x width 64 x 24 checkpoints (seconds to write)
     python benchmarks/bench_live.py --ref /tmp/ref     # a reference folder made already (full: 128 x 179)
@@ -57,7 +62,7 @@ def link_all(src: list[Path], folder: Path) -> None:
 
 
 def measure(ref: Path, work: Path, opts, label: str) -> dict:
-    from layerfilm.film import render
+    from layerfilm.film import film_timeline, render
     from layerfilm.live import LiveFilm, LiveOptions
 
     files = sorted(ref.glob("step_*.safetensors"))
@@ -80,9 +85,11 @@ def measure(ref: Path, work: Path, opts, label: str) -> dict:
         assert len(new) == 1 and len(film.xy) == len(film.steps)  # --refit never: projected as it was added
         traj = film.traj = film.trajectories()
         r2, t2 = rchar(), time.perf_counter()
-        film.write(traj)
+        encoded = film.write(traj)
         r3, t3 = rchar(), time.perf_counter()
         parts = {"read": t1 - t0, "measure": t2 - t1, "write": t3 - t2}
+        store = film.segments.seconds if film.segments is not None else {}
+        n_frames = film_timeline(traj.steps, opts).n_frames
         seconds, read, readback, frames = t3 - t0, r1 - r0, r2 - r1, r3 - r2
         wp = film.wp
         assert wp is not None
@@ -99,19 +106,23 @@ def measure(ref: Path, work: Path, opts, label: str) -> dict:
     render(ref, work / f"once-{label}.webm", replace(opts, fit="first"), progress=False)
     full = time.perf_counter() - t0
     return dict(label=label, T=T, first=first, seconds=seconds, parts=parts, read=read, readback=readback, frames=frames,
-                tracked=tracked,
+                tracked=tracked, store=store, encoded=encoded, n_frames=n_frames,
                 full=full, shape=f"{len(wp.tensor_names)} blocks x {wp.point_ids.shape[1]} points x {wp.shape[1]}")
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| what | key frames | update s (find+read+project / measures / film) | full render s | time ratio | "
+    lines = ["| what | key frames | update s (find+read+project / measures / film) | film s (layout+other outputs / "
+             "digests / encode / join) | frames encoded | full render s | time ratio | "
              "checkpoint bytes read | tracked bytes of the checkpoint | bytes ratio | scratch rows read back | "
              "ffmpeg's raw frames (its rchar) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        p = r["parts"]
+        p, st = r["parts"], r["store"]
         parts = " / ".join(f"{p.get(k, 0):.2f}" for k in ("read", "measure", "write"))
-        lines.append(f"| {r['label']} | {r['T'] - 1} + 1 | {r['seconds']:.2f} ({parts}) | {r['full']:.1f} | "
+        film = (" / ".join(f"{v:.2f}" for v in [p["write"] - sum(st.values()), *(st.get(k, 0) for k in
+                                                ("fingerprint", "encode", "join"))]) if st else "(whole film re-encoded)")
+        lines.append(f"| {r['label']} | {r['T'] - 1} + 1 | {r['seconds']:.2f} ({parts}) | {film} | "
+                     f"{r['encoded']} of {r['n_frames']} | {r['full']:.1f} | "
                      f"{r['seconds'] / r['full']:.3f} x (<= 0.2: {'yes' if r['seconds'] <= 0.2 * r['full'] else 'NO'}) | "
                      f"{r['read'] / 2**20:.2f} MiB | {r['tracked'] / 2**20:.2f} MiB | {r['read'] / r['tracked']:.2f} x (<= 1.2: "
                      f"{'yes' if r['read'] <= 1.2 * r['tracked'] else 'NO'}) | {r['readback'] / 2**20:.1f} MiB | "
@@ -177,6 +188,8 @@ def main() -> None:
     p.add_argument("--size", default="1280x720", help="film size (default 1280x720)")
     p.add_argument("--no-record", action="store_true", help="do not append the table to benchmarks/RESULTS.md")
     p.add_argument("--trainer", action="store_true", help="measure the Trainer callback's cost to training instead")
+    p.add_argument("--film-layout", choices=("live", "fit"), default="live", help="the film's layout (default live, "
+                   "watch's; fit re-encodes the whole film at every update)")
     a = p.parse_args()
     if a.trainer:
         with tempfile.TemporaryDirectory(prefix="lf-bench-live-") as tmp:
@@ -195,13 +208,13 @@ def main() -> None:
         shape = make_reference.QUICK if a.quick else make_reference.FULL
         ref = Path(a.ref) if a.ref else make_reference.make(work / "ref", shape, log=False)
         w, h = parse_size(a.size)
-        base = FilmOptions(style=Style(width=w, height=h), cache=False)
+        base = FilmOptions(style=Style(width=w, height=h), cache=False, film_layout=a.film_layout)
         rows = [measure(ref, work, base, "overlay (default)"), measure(ref, work, replace(base, overlay=False), "--no-overlay")]
     load = os.getloadavg()
     text = (f"layerfilm live update benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs; "
             f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\nreference: {rows[0]['shape']}, "
-            f"{rows[0]['T']} checkpoints; film {a.size}, 15 fps, 1 s per key frame; the first update "
-            f"({rows[0]['T'] - 1} checkpoints at once) took {rows[0]['first']:.1f} s\n\n" + table(rows))
+            f"{rows[0]['T']} checkpoints; film {a.size}, 15 fps, 1 s per key frame, --film-layout {a.film_layout}; "
+            f"the first update ({rows[0]['T'] - 1} checkpoints at once) took {rows[0]['first']:.1f} s\n\n" + table(rows))
     print(text)
     if not a.no_record:
         with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:

@@ -51,19 +51,23 @@ def check_time_mode(time: str) -> None:
 @dataclass(frozen=True)
 class Timeline:
     """Where the key frames fall in the film. ``at``: the frame of each key frame (increasing, first 0,
-    last ``n_frames - 1``); empty means one every ``frames_per_key`` (``--time keys``)."""
+    last ``n_frames - 1``); empty means one every ``frames_per_key`` (``--time keys``). ``span``: the
+    frames the legend's timeline spans (0: the film's own; a live film's horizon is longer,
+    layerfilm.layout); with a span, ``at`` may end anywhere (the film ends on its last key frame)."""
 
     keyframes: int
     fps: float = 15.0
     seconds_per_keyframe: float = 1.0
     at: tuple[int, ...] = ()
+    span: int = 0
 
     def __post_init__(self) -> None:
         check_time(self.fps, self.seconds_per_keyframe)
-        if self.at and (len(self.at) != self.keyframes or self.at[0] != 0 or self.at[-1] != self.n_frames - 1
+        last = (self.keyframes - 1) * self.frames_per_key
+        if self.at and (len(self.at) != self.keyframes or self.at[0] != 0 or (not self.span and self.at[-1] != last)
                         or any(b <= a for a, b in zip(self.at, self.at[1:]))):
             raise ValueError(f"key-frame positions {self.at[:4]}...: not {self.keyframes} increasing frames from 0 "
-                             f"to {self.n_frames - 1}")
+                             f"to {last}")
 
     @classmethod
     def of(cls, steps: np.ndarray, fps: float = 15.0, seconds_per_keyframe: float = 1.0, time: str = "keys") -> Timeline:
@@ -90,7 +94,7 @@ class Timeline:
 
     @property
     def n_frames(self) -> int:
-        return (self.keyframes - 1) * self.frames_per_key + 1
+        return self.at[-1] + 1 if self.at else (self.keyframes - 1) * self.frames_per_key + 1
 
     @property
     def key_frames(self) -> np.ndarray:
@@ -116,7 +120,7 @@ class Timeline:
         """Where key frame k plus a fraction a lies in the film, from 0 (first frame) to 1 (last)."""
         f = self.key_frames
         at = f[k] if a == 0 else f[k] + a * (f[k + 1] - f[k])
-        return float(at) / max(self.n_frames - 1, 1)
+        return float(at) / max(self.span or self.n_frames - 1, 1)
 
 
 def lerp(keys: np.ndarray, k: int, a: float) -> np.ndarray:

@@ -22,6 +22,7 @@ from .engine import ENGINES, check_jobs, session
 from .errors import LayerfilmError, OptionsError
 from .features.weights import LAYOUTS, WeightSpec
 from .film import FilmOptions, render
+from .layout import LAYOUTS as FILM_LAYOUTS
 from .legend import VMAX_PERCENTILE
 from .outputs import printable, show
 from .projection import FITS, PROJECTIONS, UmapOptions, stats_table
@@ -148,6 +149,11 @@ def _add_film_options(r: argparse.ArgumentParser) -> None:
     g = r.add_argument_group("look and encoding")
     _add_look(g)
     _add_no_legend(g)
+    g.add_argument("--film-layout", choices=FILM_LAYOUTS, default="fit", help="axes, colour scale, legend and timeline: "
+                   "fit (render's default) = fitted to the whole film; live (watch's default) = changes only rarely as key "
+                   "frames are added (axes and colour scale on a coarse grid, only widened; the timeline spans the next power "
+                   "of two of key frames; no counts of key frames in the legend), so a live film re-encodes only the new "
+                   "frames; `render --film-layout live` draws the frames of the live film")
     g.add_argument("--no-overlay", action="store_true", help="no per-panel overlay; by default a bar along the bottom "
                    "of each panel shows how much the block still moves (relative update of the filmed points, log scale "
                    "over 3 decades below the film's fastest) and the panel says 'settled' in green from its settling "
@@ -353,6 +359,7 @@ def _film_options(args: argparse.Namespace) -> FilmOptions:
         engine=args.engine,
         address=args.address,
         storage_options=args.storage_options,
+        film_layout=args.film_layout,
     )
 
 
@@ -549,6 +556,11 @@ key frames. A refit re-projects from the tracked rows kept on scratch disk ($TMP
 checkpoints; the overlay's settled marks, --json and --export-points need those rows too (each key
 frame's distance to the newest). --projection procrustes and umap take --refit always.
 
+--film-layout live (default): axes and colour scale change only when the data leave them, the timeline
+spans the next power of two of key frames, no settled marks: an update encodes only the new key frames'
+segments of the film (kept beside it until watch ends; .webm encoded with --preset realtime unless
+given). A .gif has one palette: it is re-encoded whole. --film-layout fit re-fits and re-encodes all.
+
 Ctrl-C or SIGTERM: the update under way is finished, then watch exits 0 with complete outputs (a second
 Ctrl-C stops at once; the outputs of the last finished update stay). Film options are render's (see
 `layerfilm render --help`); --features activations and --final-step are render's only. At exit the key
@@ -573,6 +585,7 @@ def _add_watch(sub) -> None:
     g.add_argument("--json", default=None, metavar="FILE.json", help="also keep the film's per-block stability here: block, "
                    "settle_step, settle_threshold, steps, point_update, point_distance (to the newest key frame), motion")
     _add_film_options(w)
+    w.set_defaults(film_layout="live")
 
 
 def watch_options(folder: str, out: str, options: dict):

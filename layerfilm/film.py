@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,12 +14,13 @@ from tqdm.auto import tqdm
 
 from .animate import MAX_FRAMES, Timeline, check_time, check_time_mode
 from .encode import EncodeOptions, check_output, webm_preset
-from .engine import check_engine, check_jobs, cores, get_engine, session
+from .engine import Engine, check_engine, check_jobs, cores, get_engine, session
 from .errors import OptionsError, ScanError
 from .features.weights import WeightSpec
+from .layout import check_film_layout, live_extent, live_scale, live_timeline, live_top
 from .legend import Legend, scale_top, subject_text, time_text, zoom_text, zooms
 from .outputs import atomic_output, check_output_path, show
-from .overlay import Overlay, bar_text
+from .overlay import Overlay, bar_text, updates
 from .projection import FITS, Trajectories, UmapOptions
 from .raster import Renderer, Style
 from .run import Run
@@ -56,6 +60,7 @@ class FilmOptions:
     engine: str = "local"  # where tasks run (layerfilm.engine): local processes, or dask
     address: str | None = None  # dask: the scheduler's address (None: a LocalCluster)
     storage_options: str | None = None  # a URL folder: fsspec options as a JSON object (layerfilm.storage)
+    film_layout: str = "fit"  # axes, colour scale, legend, timeline: fit (the whole film) | live (layerfilm.layout)
 
     def points_options(self) -> dict:
         """The options that change the points (the cache key): all but the look, encoding and cache."""
@@ -75,6 +80,7 @@ class FilmOptions:
         check_time(self.fps, self.seconds_per_keyframe)
         check_time_mode(self.time)
         check_settle_threshold(self.settle_threshold)
+        check_film_layout(self.film_layout)
         if self.fit not in FITS:
             raise OptionsError(f"--fit {self.fit!r}: choose one of {', '.join(FITS)}")
         if self.fit != "all" and self.projection != "pca":
@@ -88,7 +94,7 @@ class FilmOptions:
 
 # FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)
 _NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "time", "legend", "every", "steps", "cache", "cache_dir",
-               "overlay", "settle_threshold", "jobs", "engine", "address", "storage_options"}
+               "overlay", "settle_threshold", "jobs", "engine", "address", "storage_options", "film_layout"}
 
 
 # what a worker started ahead imports: the block tasks', the segments' and the caption's font (matplotlib)
@@ -131,9 +137,10 @@ def check_film_size(keyframes: int, opts: FilmOptions) -> None:
                            f"at {w}x{h}); at most {MAX_FRAMES:,}: lower --fps or --seconds-per-keyframe, or use --every")
 
 
-def caption(steps: np.ndarray, k: int, a: float, time: str = "keys") -> str:
+def caption(steps: np.ndarray, k: int, a: float, time: str = "keys", of: bool = True) -> str:
     """The step shown at key k plus a fraction a: between key frames it runs as film time does (linear
-    in the step, or in log(1 + step) with ``--time log-steps``)."""
+    in the step, or in log(1 + step) with ``--time log-steps``); ``of``: "key k/T" (else "key k": a live
+    layout's frames do not change with T)."""
     if a == 0:
         step = float(steps[k])
     elif time == "log-steps":
@@ -141,7 +148,7 @@ def caption(steps: np.ndarray, k: int, a: float, time: str = "keys") -> str:
         step = s0 + float(np.expm1((1 - a) * np.log1p(steps[k] - s0) + a * np.log1p(steps[k + 1] - s0)))
     else:
         step = steps[k] + a * (steps[k + 1] - steps[k])
-    return f"step {int(round(step)):,}   key {k + 1}/{len(steps)}"
+    return f"step {int(round(step)):,}   key {k + 1}" + (f"/{len(steps)}" if of else "")
 
 
 def zoomed(traj: Trajectories) -> bool:
@@ -151,19 +158,29 @@ def zoomed(traj: Trajectories) -> bool:
     return (traj.subject is not None and traj.subject.kind == "activations") or "act_norm" in traj.stats
 
 
+def film_timeline(steps: np.ndarray, opts: FilmOptions) -> Timeline:
+    """Where the key frames at ``steps`` fall in the film, under ``opts.film_layout`` (layerfilm.layout)."""
+    make = live_timeline if opts.film_layout == "live" else Timeline.of
+    return make(steps, opts.fps, opts.seconds_per_keyframe, opts.time)
+
+
+def bar_top(traj: Trajectories, opts: FilmOptions) -> float | None:
+    """The overlay's full bar: the film's largest update (None), or the live layout's rounded one."""
+    return live_top(updates(traj.stats["point_update"])) if opts.film_layout == "live" else None
+
+
 def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarray | None = None) -> Legend:
     """The legend's words: the run's folder, what is filmed and how (``traj.subject``), the per-key-frame
     axes ``zoom`` of activation films, the bottom bar (``bar``: the overlay is drawn), and the time."""
     parts = [f"run: {traj.subject.run}"] if traj.subject is not None and traj.subject.run else []
     parts += subject_text(traj.subject, traj.method, traj.stats)
-    if zoom is not None:
-        parts.append(zoom_text(zoom))
+    if zoom is not None:  # a live layout's words may not depend on later key frames
+        parts.append(zoom_text(zoom) if opts.film_layout == "fit" else "axes zoom to each key frame's spread")
     if bar and "point_update" in traj.stats:
-        parts.append(bar_text(traj.stats["point_update"]))
-    tl = Timeline.of(traj.steps, opts.fps, opts.seconds_per_keyframe, opts.time)
+        parts.append(bar_text(traj.stats["point_update"], bar_top(traj, opts), settled=opts.film_layout == "fit"))
+    tl = film_timeline(traj.steps, opts)
     parts.append(time_text(opts.time, opts.seconds_per_keyframe))
-    ticks = tuple(float(f) / max(tl.n_frames - 1, 1) for f in tl.key_frames)
-    return Legend(tuple(parts), ticks)
+    return Legend(tuple(parts), tuple(tl.position(k, 0.0) for k in range(len(traj.steps))))
 
 
 def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = None, bar: bool = False) -> Renderer:
@@ -172,13 +189,32 @@ def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = N
     ``layerfilm.legend.scale_top``; with ``opts.legend`` (default) the legend, which mentions the
     bottom bar when ``bar`` (the overlay is drawn)."""
     opts = opts or FilmOptions(style=style)
+    live = opts.film_layout == "live"
     zoom = zooms(traj.xy) if zoomed(traj) else None
-    extent = traj.extent() if zoom is None else np.tile([-1.0, 1.0, -1.0, 1.0], (len(traj.blocks), 1))
+    if zoom is not None:
+        extent = np.tile([-1.0, 1.0, -1.0, 1.0], (len(traj.blocks), 1))
+    else:
+        extent = live_extent(traj.xy) if live else traj.extent()
     legend = film_legend(traj, opts, bar, zoom) if opts.legend else None
-    renderer = Renderer(style, [f"L{b}" for b in traj.blocks], extent, legend=legend, zoom=zoom)
+    renderer = Renderer(style, [f"L{b}" for b in traj.blocks], extent, legend=legend, zoom=zoom, passed_ticks=live)
     maxima = renderer.key_maxima(renderer.place(traj.xy, k, 0.0) for k in range(len(traj.steps)))
-    renderer.set_scale(*scale_top(maxima), len(traj.steps))
+    if live:
+        vmax, clipped = live_scale(maxima)
+        renderer.set_scale(vmax, int(clipped), None)
+    else:
+        renderer.set_scale(*scale_top(maxima), len(traj.steps))
     return renderer
+
+
+def film_overlay(renderer: Renderer, traj: Trajectories, opts: FilmOptions) -> Overlay | None:
+    """The per-panel bars and settled marks of the film's own points (None: --no-overlay). A live layout
+    draws the bars only: a block's settling key frame is decided by the newest key frame (its distance
+    to each earlier one), so a mark could change on any earlier frame when a key frame is added."""
+    if not opts.overlay:
+        return None
+    if opts.film_layout == "live":
+        return Overlay(renderer, traj.stats["point_update"], np.full(len(traj.blocks), -1), bar_top(traj, opts))
+    return Overlay.of_points(renderer, traj.stats, opts.settle_threshold)
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,12 +231,14 @@ class FilmFrames:
     overlay: Overlay | None = None  # draws over each frame (layerfilm.overlay)
     first_key: int = 0
     time: str = "keys"  # --time: how the caption's step runs between key frames
+    key_of: bool = True  # the caption says "key k/T" (a live layout's says "key k")
 
     @classmethod
     def of(cls, traj: Trajectories, opts: FilmOptions, renderer: Renderer | None = None,
            overlay: Overlay | None = None) -> FilmFrames:
-        return cls(Timeline.of(traj.steps, opts.fps, opts.seconds_per_keyframe, opts.time), traj.xy, traj.steps,
-                   renderer or film_renderer(traj, opts.style, opts, bar=overlay is not None), overlay, time=opts.time)
+        return cls(film_timeline(traj.steps, opts), traj.xy, traj.steps,
+                   renderer or film_renderer(traj, opts.style, opts, bar=overlay is not None), overlay, time=opts.time,
+                   key_of=opts.film_layout == "fit")
 
     @property
     def n_frames(self) -> int:
@@ -210,8 +248,8 @@ class FilmFrames:
         """(H, W, 3) uint8: the film a fraction ``a`` of the way from key frame ``k`` to the next (points
         on straight lines, the step in the caption, the timeline's cursor, the overlay if any). Stills
         are ``draw(k, 0.0)``, so they equal the film's key frames."""
-        img = self.renderer.frame(self.renderer.place(self.xy, k, a, self.first_key), caption(self.steps, k, a, self.time),
-                                  self.timeline.position(k, a))
+        img = self.renderer.frame(self.renderer.place(self.xy, k, a, self.first_key),
+                                  caption(self.steps, k, a, self.time, self.key_of), self.timeline.position(k, a))
         if self.overlay is not None:
             self.overlay(img, k, a)
         return img
@@ -230,6 +268,34 @@ class FilmFrames:
         T = len(self.steps)
         return [self.draw(k, 0.0) for k in sorted({0, T // 2, T - 1})]
 
+    @cached_property
+    def _drawing(self) -> bytes:
+        """A digest of what the renderer draws the same on every frame (static layer, axes, colour
+        scale, labels, sizes); its per-key-frame parts (zoom, timeline ticks) go in ``fingerprint``."""
+        state = {k: v for k, v in vars(self.renderer).items() if k not in ("legend", "_ticks", "zoom", "_mark")}
+        return hashlib.sha256(pickle.dumps(state, protocol=5)).digest()
+
+    def fingerprint(self, start: int, stop: int) -> bytes:
+        """A digest of everything frames ``start`` .. ``stop - 1`` are drawn from: equal digests, equal
+        frames. A live film (layerfilm.segments.SegmentStore) re-encodes a segment only when its digest
+        changed, e.g. not the frames before a new key frame under a live layout (layerfilm.layout)."""
+        where = [self.timeline.locate(f) for f in range(start, stop)]
+        k0, k1 = where[0][0], min(where[-1][0] + 1, len(self.steps) - 1)
+        h = hashlib.sha256(self._drawing)
+        for k, a in where:
+            h.update(repr((k, a, self.timeline.position(k, a), caption(self.steps, k, a, self.time, self.key_of))).encode())
+        h.update(np.ascontiguousarray(self.xy[k0 - self.first_key : k1 + 1 - self.first_key]).tobytes())
+        r = self.renderer
+        if r.zoom is not None:
+            h.update(np.ascontiguousarray(r.zoom[k0 : k1 + 1]).tobytes())
+        when = max(self.timeline.position(k, a) for k, a in where)
+        h.update(repr([t for t in r._ticks if t[0] <= when + 1e-9] if r.passed_ticks else ()).encode())
+        if self.overlay is not None:
+            o = self.overlay
+            h.update(np.ascontiguousarray(o.level[k0 : k1 + 1]).tobytes())
+            h.update(np.stack([(0 <= o.settle) & (o.settle <= k) for k in range(k0, k1 + 1)]).tobytes())
+        return h.digest()
+
 
 def pick_preset(out: str | Path, opts: FilmOptions, frames: int) -> tuple[FilmOptions, str]:
     """A .webm without --preset gets ``good`` or ``realtime`` by its frame count, frame size and the cores
@@ -243,15 +309,27 @@ def pick_preset(out: str | Path, opts: FilmOptions, frames: int) -> tuple[FilmOp
             f"VP9 preset {preset}, picked for {frames} frames on {threads} core{'s' * (threads > 1)} (--preset {other})")
 
 
+def film_frames(traj: Trajectories, opts: FilmOptions) -> FilmFrames:
+    """The film of ``traj`` as ``opts`` draws it: its renderer (layout, legend) and overlay, if any."""
+    renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay)
+    return FilmFrames.of(traj, opts, renderer, film_overlay(renderer, traj, opts))
+
+
+def segment_engine(opts: FilmOptions, n_frames: int) -> Engine | None:
+    """Where ``n_frames`` frames are drawn and encoded: the engine when they make several segments
+    (layerfilm.segments.plan), else None (one stream in this process: starting workers would cost more)."""
+    jobs = check_jobs(opts.jobs)
+    several = len(plan(n_frames, jobs, opts.fps, opts.encode)) > 1
+    return get_engine(opts.engine, jobs, **opts.engine_options()) if several else None
+
+
 def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress: bool = True,
                overlay: Overlay | None = None, renderer: Renderer | None = None) -> int:
     """Interpolate, render and encode the film of ``traj``; returns the number of frames written.
     With ``overlay``, each panel also shows how much its block still moves (layerfilm.overlay).
     A long film is drawn and encoded in segments by ``opts.jobs`` workers (layerfilm.segments)."""
     frames = FilmFrames.of(traj, opts, renderer, overlay)
-    jobs = check_jobs(opts.jobs)
-    several = len(plan(frames.n_frames, jobs, opts.fps, opts.encode)) > 1
-    engine = get_engine(opts.engine, jobs, **opts.engine_options()) if several else None
+    engine = segment_engine(opts, frames.n_frames)
     with tqdm(total=frames.n_frames, desc="rendering", unit="frame", disable=not progress) as bar:
         encode_film(frames, out, (opts.style.width, opts.style.height), opts.encode, opts.fps, engine, bar.update)
     return frames.n_frames
@@ -280,9 +358,8 @@ def render(
         if len(plan(n_frames, check_jobs(opts.jobs), opts.fps, opts.encode)) > 1:  # workers will draw: start them
             get_engine(opts.engine, opts.jobs, **opts.engine_options()).start(WORKER_MODULES)  # while this one works
         traj = run.trajectories()
-        renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay)
-        overlay = Overlay.of_points(renderer, traj.stats, opts.settle_threshold) if opts.overlay else None
-        n = write_film(traj, out, opts, progress, overlay, renderer)
+        frames = film_frames(traj, opts)
+        n = write_film(traj, out, opts, progress, frames.overlay, frames.renderer)
     if export is not None:
         export_points(traj, export, inputs)
-    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(run.skipped), overlay, picked)
+    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(run.skipped), frames.overlay, picked)

@@ -27,13 +27,16 @@ the rows; reading them back (T x the new checkpoint's tracked bytes, from scratc
 checkpoints) is the part of an update that grows with the run. ``--refit never --no-overlay`` without
 --json or --export-points keeps no rows: an update reads the new checkpoint's tracked rows only.
 
-The panel axes and colour scale are those of the whole film (``film_renderer``), so they are refitted
-at every update like a render's; the points themselves do not move.
+Film layout (layerfilm.layout): ``live`` (watch's default) changes rarely as key frames arrive, and the
+film's segments are kept beside it (layerfilm.segments.SegmentStore): an update encodes only those whose
+frames changed (the new key frames', those whose settled marks moved; all after a layout change or a
+refit) and joins them. A .gif, or ``--film-layout fit`` (fitted to the whole film), is re-encoded whole.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -47,21 +50,22 @@ from pathlib import Path
 import numpy as np
 
 from . import cache
-from .encode import check_output
+from .encode import check_output, output_kind
 from .errors import CheckpointError, OptionsError, ScanError
 from .features import ArrayStore, Features, FeatureStore
 from .features.act_stats import json_series
 from .features.point_measures import measures_of, sum_sq, sum_sq_diff
 from .features.weights import WeightPlan, plan, read_points, skip
-from .film import FilmOptions, check_export_path, export_points, film_renderer, write_film
+from .film import FilmOptions, check_export_path, export_points, film_frames, segment_engine, write_film
 from .formats import HF_WEIGHT_FILE, open_checkpoint
+from .layout import live_segments
 from .outputs import atomic_output, check_output_path, printable, show
-from .overlay import Overlay
 from .pipeline import one_blas_thread
 from .projection import Trajectories, coherence, project
 from .projection.linear import PcaBasis, fit_pca
 from .run import weights_subject
 from .scan import TRAINER_STATE, Checkpoint, Series, scan
+from .segments import SegmentStore
 from .stability import settle_index
 from .storage import AnyPath, local_path
 
@@ -204,6 +208,7 @@ class Update:
     moving: list[int] = field(default_factory=list)
     skipped: list[Checkpoint] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # read (find, read, project), measure, write (outputs)
+    encoded: int = 0  # frames encoded (a live layout: only the segments that changed; else the whole film)
 
 
 class LiveFilm:
@@ -220,6 +225,8 @@ class LiveFilm:
         self.root = Path(folder)
         self.out = Path(out)
         self.opts = check_live(opts, live)
+        if output_kind(self.out) == "webm" and not opts.encode.preset:  # an update's wait matters more than
+            self.opts = replace(self.opts, encode=replace(opts.encode, preset="realtime"))  # ~20% of the bytes
         self.live = live
         self.progress = progress
         check_outputs(self.root, self.out, self.opts, live)
@@ -242,11 +249,15 @@ class LiveFilm:
         keep_rows = (live.every != 0 or self.opts.overlay or live.json is not None or live.export is not None)
         self._scratch = tempfile.TemporaryDirectory(prefix="layerfilm-live-", dir=scratch) if keep_rows else None
         self.store = FeatureStore(Path(self._scratch.name) / "rows") if self._scratch is not None else None
+        incremental = self.opts.film_layout == "live" and output_kind(self.out) != "gif"
+        self.segments = SegmentStore(self.out) if incremental else None
 
     def close(self) -> None:
-        """Remove the scratch rows (the outputs stay)."""
+        """Remove the scratch rows and segments (the outputs stay)."""
         if self._scratch is not None:
             self._scratch.cleanup()
+        if self.segments is not None:
+            self.segments.close()
 
     def __enter__(self) -> LiveFilm:
         return self
@@ -392,7 +403,7 @@ class LiveFilm:
             return up
         traj = self.traj = self.trajectories()
         t2 = time.perf_counter()
-        self.write(traj)
+        up.encoded = self.write(traj)
         up.seconds["measure"], up.seconds["write"] = t2 - t1, time.perf_counter() - t2
         up.moving = [self.moving(traj, self.steps.index(s)) for s in up.steps]
         return up
@@ -415,11 +426,17 @@ class LiveFilm:
         settle = settle_index(traj.stats["point_distance"], self.opts.settle_threshold)
         return int(((settle < 0) | (settle > k)).sum())
 
-    def write(self, traj: Trajectories) -> None:
-        """The film, then the stills, stability JSON and points asked for, each renamed into place whole."""
-        renderer = film_renderer(traj, self.opts.style, self.opts, bar=self.opts.overlay)
-        overlay = Overlay.of_points(renderer, traj.stats, self.opts.settle_threshold) if self.opts.overlay else None
-        write_film(traj, self.out, self.opts, self.progress, overlay, renderer)
+    def write(self, traj: Trajectories) -> int:
+        """The film, then the stills, stability JSON and points asked for, each renamed into place whole;
+        returns the number of frames encoded."""
+        opts = self.opts
+        frames = film_frames(traj, opts)
+        if self.segments is None:
+            encoded = write_film(traj, self.out, opts, self.progress, frames.overlay, frames.renderer)
+        else:
+            ranges = live_segments(frames.timeline, math.ceil(opts.encode.segment_seconds * opts.fps))
+            encoded = self.segments.update(frames, ranges, (opts.style.width, opts.style.height), opts.encode, opts.fps,
+                                           lambda n: segment_engine(opts, n))  # workers for a new layout's frames
         inputs = (self.root,)
         if self.live.stills is not None:
             from .figures import save_figure
@@ -431,6 +448,7 @@ class LiveFilm:
                 tmp.write_text(stability_json(traj, self.opts.settle_threshold))
         if self.live.export is not None:
             export_points(traj, self.live.export, inputs)
+        return encoded
 
 
 def stability_json(traj: Trajectories, threshold: float) -> str:

@@ -23,28 +23,30 @@ MOVING = np.array([110, 190, 255], np.float32)
 SETTLED = np.array([110, 215, 120], np.float32)
 
 
-def _updates(relative_update: np.ndarray) -> np.ndarray:
+def updates(relative_update: np.ndarray) -> np.ndarray:
     """(T, L) the update into each key frame (key 0: the first update), NaN as 0."""
     rel = np.array(relative_update, np.float64)
     rel[0] = rel[1]
     return np.nan_to_num(rel, nan=0.0)
 
 
-def moving_level(relative_update: np.ndarray) -> np.ndarray:
-    """(T, L) bar length in [0, 1] at each key frame: the update into key k (key 0: the first update)."""
-    rel = _updates(relative_update)
-    top = rel.max()
+def moving_level(relative_update: np.ndarray, top: float | None = None) -> np.ndarray:
+    """(T, L) bar length in [0, 1] at each key frame: the update into key k (key 0: the first update),
+    relative to ``top`` (None: the film's largest update; a live film's is fixed: layerfilm.layout)."""
+    rel = updates(relative_update)
+    top = rel.max() if top is None else top
     if top <= 0:
         return np.zeros_like(rel)
     with np.errstate(divide="ignore"):
         return np.clip(1 + np.log10(rel / top) / DECADES, 0.0, 1.0)
 
 
-def bar_text(relative_update: np.ndarray) -> str:
-    """The legend's words for the bar: what it measures and its scale, with the film's own numbers."""
-    top = float(_updates(relative_update).max())  # a full bar, as moving_level draws it
+def bar_text(relative_update: np.ndarray, top: float | None = None, settled: bool = True) -> str:
+    """The legend's words for the bar: what it measures and its scale, with the film's own numbers
+    (``settled``: the film marks settled blocks)."""
+    top = float(updates(relative_update).max()) if top is None else top  # a full bar, as moving_level draws it
     return (f"bottom bar: relative update of the points per key frame, log: full {top:.2g} (fastest), "
-            f"empty <= {top / 10**DECADES:.2g}; green: settled")
+            f"empty <= {top / 10**DECADES:.2g}" + ("; green: settled" if settled else ""))
 
 
 class Overlay:
@@ -53,9 +55,10 @@ class Overlay:
     relative_update (T, L): how much each block moved into each key frame; settle (L,): the key frame
     each block settles at, -1 never."""
 
-    def __init__(self, renderer: Renderer, relative_update: np.ndarray, settle: np.ndarray) -> None:
+    def __init__(self, renderer: Renderer, relative_update: np.ndarray, settle: np.ndarray,
+                 top: float | None = None) -> None:
         self.r = renderer
-        self.level = moving_level(relative_update)
+        self.level = moving_level(relative_update, top)
         self.settle = np.asarray(settle)
         c = renderer.cell
         bw, bh = renderer.panel_bins
@@ -68,9 +71,11 @@ class Overlay:
         return cls(renderer, stab.relative_update, stab.settle_index)
 
     @classmethod
-    def of_points(cls, renderer: Renderer, stats: dict[str, np.ndarray], threshold: float) -> Overlay:
-        """The overlay of a film's own points: ``stats`` holds ``point_measures``' arrays."""
-        return cls(renderer, stats["point_update"], settle_index(stats["point_distance"], threshold))
+    def of_points(cls, renderer: Renderer, stats: dict[str, np.ndarray], threshold: float,
+                  top: float | None = None) -> Overlay:
+        """The overlay of a film's own points: ``stats`` holds ``point_measures``' arrays; ``top``: the
+        update of a full bar (None: the film's largest)."""
+        return cls(renderer, stats["point_update"], settle_index(stats["point_distance"], threshold), top)
 
     def __call__(self, img: np.ndarray, k: int, a: float) -> None:
         level = lerp(self.level, k, a)

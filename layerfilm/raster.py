@@ -165,6 +165,8 @@ class Renderer:
         legend: the words under the panels and the timeline's key frames (None: no legend, no colour bar).
         zoom: (T, L, 4) per-key-frame axes instead of fixed ones (``layerfilm.legend.zooms``); ``place``
             maps a frame's points into them, and ``extent`` must then be the unit box [-1, 1, -1, 1].
+        passed_ticks: draw a key frame's tick on the timeline only from the frame that reaches it (a live
+            film: a tick of a key frame to come would change every frame before it; layerfilm.layout).
 
     Each panel is a rectangle (``panels``, ``panel_bins``) with a strip at its top for its label, the
     overlay's bar at its bottom and a margin at its sides: points are drawn only in the area between
@@ -175,8 +177,10 @@ class Renderer:
     """
 
     def __init__(self, style: Style, labels: list[str], extent: np.ndarray, vmax: float | None = None,
-                 legend: Legend | None = None, zoom: np.ndarray | None = None) -> None:
+                 legend: Legend | None = None, zoom: np.ndarray | None = None, passed_ticks: bool = False) -> None:
         self.style = style
+        self.passed_ticks = passed_ticks
+        self._ticks: list[tuple[float, int]] = []  # (place in the film, x) of each key frame's tick
         self.zoom = zoom
         self.labels = labels
         self.legend = legend
@@ -283,9 +287,10 @@ class Renderer:
         (``layerfilm.legend.scale_top``) chooses from."""
         return np.array([float(self._splat(k)[0].max()) for k in keyframes])
 
-    def set_scale(self, vmax: float, clipped: int = 0, keyframes: int = 0) -> None:
+    def set_scale(self, vmax: float, clipped: int = 0, keyframes: int | None = 0) -> None:
         """Fix the top of the colour scale, and with a legend draw the colour bar that shows it: log
-        scale, absolute counts, and how many of the ``keyframes`` have bins above it (``clipped``)."""
+        scale, absolute counts, and how many of the ``keyframes`` have bins above it (``clipped``; with
+        ``keyframes`` None, only that some have: a live film's legend holds no count of key frames)."""
         self.vmax = vmax
         if self.legend is not None:
             self._draw_colour_bar(vmax, clipped, keyframes)
@@ -341,6 +346,10 @@ class Renderer:
             x0, x1, y = self._timeline
             x = x0 + int(round(min(max(when, 0.0), 1.0) * (x1 - x0 - 1)))
             w = max(3, self.timeline_h)
+            if self.passed_ticks:
+                for t, tx in self._ticks:
+                    if t <= when + 1e-9:
+                        img[y : y + self.timeline_h, tx] = TICK
             img[y : y + self.timeline_h, max(x0, x - w // 2) : x - w // 2 + w] = CURSOR
 
     # ---------------------------------------------------------------- the legend (drawn once)
@@ -367,13 +376,13 @@ class Renderer:
         y = H - self.footer
         self._timeline = (x0, x1, y)
         self.base[y : y + self.timeline_h, x0:x1] = TRACK
-        for t in legend.ticks:
-            x = x0 + int(round(t * (x1 - x0 - 1)))
+        self._ticks = [(t, x0 + int(round(min(max(t, 0.0), 1.0) * (x1 - x0 - 1)))) for t in legend.ticks]
+        for _, x in [] if self.passed_ticks else self._ticks:
             self.base[y : y + self.timeline_h, x] = TICK
         for i, row in enumerate(self.rows):
             draw_text(self.base, row, x0, y + self.timeline_h + self.legend_px // 4 + i * self.row_h, self.legend_px)
 
-    def _draw_colour_bar(self, vmax: float, clipped: int, keyframes: int) -> None:
+    def _draw_colour_bar(self, vmax: float, clipped: int, keyframes: int | None) -> None:
         """The colour bar in the header, between the title and the step: the colours of 0 .. vmax points
         per bin on the frames' log scale, with counts under it."""
         assert self.legend is not None
@@ -408,5 +417,5 @@ class Renderer:
             self.base[y + h : y + h + max(2, h // 3), tx] = TEXT.astype(np.uint8)
             draw_text(self.base, text, lx, y + h + max(2, h // 3), px)
         if clipped:
-            note = f"denser bins clipped in {clipped} of {keyframes} key frames"
+            note = "denser bins clipped" + (f" in {clipped} of {keyframes} key frames" if keyframes is not None else "")
             draw_text(self.base, note, x + width + self.text_pad * 2, y + (h - text_mask(note, px).shape[0]) // 2, px)

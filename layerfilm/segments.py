@@ -17,11 +17,20 @@ What the joined film holds:
   PNG folder  every worker writes its frames straight into the output folder, numbered globally
 Everything is written under a temporary beside the output (layerfilm.outputs): a failed segment
 cancels the others, and nothing is left behind however the run ends.
+
+A live film (layerfilm.live) keeps its segments between updates in a :class:`SegmentStore`: a segment
+whose frames' digest (``fingerprint``) is unchanged is joined again as it is, so an update under a live
+layout (layerfilm.layout) encodes only the new key frames' segments. WebM and MP4 segments are joined
+as above, a PNG film's frames are hard links to the stored ones; a GIF needs one palette for the
+whole film, so a live GIF is re-encoded whole at every update (layerfilm.live does that).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import time
 from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import replace
@@ -32,7 +41,8 @@ import numpy as np
 
 from .encode import EncodeOptions, check_output, encoder, encoder_command, join, make_palette
 from .engine import Engine, cores
-from .outputs import atomic_output, scratch_folder
+from .errors import OutputError
+from .outputs import atomic_output, deferred_signals, discard, scratch_folder, show, temporary
 from .pipeline import prefetch
 
 
@@ -114,3 +124,97 @@ def encode_film(frames: Frames, out: str | Path, size: tuple[int, int], opts: En
         if joined:
             join(targets, [b - a for a, b in parts], fps, kind, tmp)
     return len(parts)
+
+
+class StoredFrames(Frames, Protocol):
+    def fingerprint(self, start: int, stop: int) -> bytes:
+        """A digest of what frames ``start`` .. ``stop - 1`` are drawn from (equal digests: equal frames)."""
+        ...
+
+
+def encode_segments(frames: Frames, parts: list[tuple[int, int]], kind: str, size: tuple[int, int], opts: EncodeOptions,
+                    fps: float, targets: list[Path], *, progress: Callable[..., Any]) -> int:
+    """Several segments, in order, each into its own target: one worker's share of a store's update."""
+    for (a, b), target in zip(parts, targets):
+        encode_segment(frames, a, b, kind, size, opts, fps, target, None, progress=progress)
+    return sum(b - a for a, b in parts)
+
+
+class SegmentStore:
+    """The encoded segments of a film that grows (layerfilm.live), in a scratch folder beside ``out``
+    (``.NAME.partial-PID.live``: a partial of the output's, so one left by a killed process is removed by
+    the next writer of ``out``), removed by :meth:`close`. Not for .gif (one palette for the whole film)."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.kind = check_output(self.out)
+        assert self.kind != "gif", "a GIF's palette is the whole film's"
+        self.folder = temporary(self.out, suffix=".live")
+        self.parts: dict[tuple[int, int, bytes], Path] = {}  # (start, stop, fingerprint) -> its file or folder
+        self.seconds: dict[str, float] = {}  # the last update's: fingerprint, encode, join (benchmarks/bench_live.py)
+        self._made = 0
+
+    def close(self) -> None:
+        with deferred_signals():
+            discard(self.folder)
+        self.parts = {}
+
+    def update(self, frames: StoredFrames, ranges: list[tuple[int, int]], size: tuple[int, int], opts: EncodeOptions,
+               fps: float, engine: Callable[[int], Engine | None] = lambda n: None) -> int:
+        """Write the film ``frames``, cut at ``ranges`` (contiguous, from 0 to ``frames.n_frames``), to
+        ``out`` atomically, encoding only the segments not stored yet; ``engine(n)`` gives where ``n``
+        frames to encode run (None: in this process). Returns the number of frames encoded."""
+        if not self.folder.is_dir():
+            try:
+                self.folder.mkdir()
+            except OSError as e:
+                raise OutputError(f"{show(self.out)}: cannot write ({e.strerror or e})") from None
+        t0 = time.perf_counter()
+        keys = [(a, b, frames.fingerprint(a, b)) for a, b in ranges]
+        t1 = time.perf_counter()
+        todo = [k for k in dict.fromkeys(keys) if k not in self.parts]
+        made = {}
+        for k in todo:
+            self._made += 1
+            made[k] = self.folder / f"seg_{self._made:06d}{'' if self.kind == 'png' else '.' + self.kind}"
+            if self.kind == "png":  # a folder of the segment's frames, numbered globally
+                made[k].mkdir()
+        count = sum(b - a for a, b, _ in todo)
+        runner = engine(count) if todo else None
+        n = 1 if runner is None else max(1, min(runner.jobs, len(todo)))  # contiguous: a worker gets few key frames
+        groups = [todo[i * len(todo) // n : (i + 1) * len(todo) // n] for i in range(n)]
+        groups = [g for g in groups if g]
+        if len(groups) > 1 and opts.threads == 0:  # the encoders running at once share the cores (encode_film)
+            opts = replace(opts, threads=-(-cores() // len(groups)))
+        tasks = [(frames.keys(min(a for a, _, _ in g), max(b for _, b, _ in g)), [(a, b) for a, b, _ in g], self.kind,
+                  size, opts, fps, [made[k] for k in g]) for g in groups]
+        try:
+            if runner is None or len(tasks) <= 1:
+                for t in tasks:
+                    encode_segments(*t, progress=lambda _=1: None)
+            else:
+                runner.map(encode_segments, tasks)
+            t2 = time.perf_counter()
+            self._join([{**self.parts, **made}[k] for k in keys], [b - a for a, b, _ in keys], fps)
+            self.seconds = {"fingerprint": t1 - t0, "encode": t2 - t1, "join": time.perf_counter() - t2}
+        except BaseException:
+            for path in made.values():  # the film and the stored segments stay those of the last update
+                discard(path)
+            raise
+        self.parts.update(made)
+        held = set(keys)
+        for k in [k for k in self.parts if k not in held]:  # segments the film no longer holds
+            discard(self.parts.pop(k))
+        return count
+
+    def _join(self, parts: list[Path], counts: list[int], fps: float) -> None:
+        with atomic_output(self.out, folder=self.kind == "png") as tmp:
+            if self.kind != "png":
+                join(parts, counts, fps, self.kind, tmp)
+                return
+            for part in parts:  # frames numbered globally by their encoders: linked, not copied
+                for name in os.listdir(part):
+                    try:
+                        os.link(part / name, tmp / name)
+                    except OSError:  # a file system without hard links
+                        shutil.copyfile(part / name, tmp / name)

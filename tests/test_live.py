@@ -104,8 +104,9 @@ def test_readiness_waits_for_complete_checkpoints(tmp_path):
 
 def test_watch_filled_one_checkpoint_at_a_time_equals_a_render(tiny_run, tmp_path, run_cli):
     """watch on an empty folder while tiny_run is copied in, each file half-written first: the film and
-    its points equal a one-shot render with the same fixed basis (--fit first); SIGTERM after: exit 0; the
-    key frames are left in the cache, so a render afterwards reads no checkpoint."""
+    its points equal a one-shot render with the same fixed basis (--fit first) and layout (watch's default,
+    --film-layout live); SIGTERM after: exit 0; the key frames are left in the cache, so a render afterwards
+    reads no checkpoint."""
     folder, out = tmp_path / "run", tmp_path / "out"
     folder.mkdir()
     out.mkdir()
@@ -127,14 +128,15 @@ def test_watch_filled_one_checkpoint_at_a_time_equals_a_render(tiny_run, tmp_pat
     assert code == 0, err
     assert "skipped" not in err and "warning" not in err
     code, _, err = run_cli("render", folder, "--out", out / "once.webm", "--fit", "first", "--no-cache", "--quiet",
-                           *FILM, "--export-points", out / "once.npz")
+                           "--film-layout", "live", *FILM, "--export-points", out / "once.npz")
     assert code == 0, err
     same_arrays(out / "live.npz", out / "once.npz")
     assert list(np.load(out / "live.npz")["steps"]) == steps
     assert np.array_equal(decode(out / "live.webm"), decode(out / "once.webm"))
     blocks = json.loads((out / "live.json").read_text())
     assert [b["steps"] for b in blocks] == [steps] * 4 and (out / "live.png").stat().st_size > 0
-    code, _, err = run_cli("render", folder, "--out", out / "cached.webm", "--fit", "first", *FILM)  # reads no checkpoint
+    code, _, err = run_cli("render", folder, "--out", out / "cached.webm", "--fit", "first", "--film-layout", "live",
+                           *FILM)  # reads no checkpoint
     assert code == 0 and "read from the cache" in err, err
     assert np.array_equal(decode(out / "cached.webm"), decode(out / "once.webm"))
 
