@@ -10,10 +10,12 @@ live  (watch's and the callbacks' default) a function of the data that changes r
       are appended, so that a live film re-encodes only the frames of the new key frames
       (layerfilm.segments.SegmentStore), and still a function of the key frames alone, so that
       ``render --film-layout live`` of the finished folder draws the same frames as the live film:
-        axes     kept while each new key frame's own robust box (``legend.zooms``) lies inside them;
-                 when one does not, put on a coarse grid (sizes in quarter octaves, centres on an
-                 eighth of the size) around the union of every key frame's box so far, with room to
-                 grow (``HEADROOM``): they change only when points leave them, and never shrink;
+        axes     kept while each new key frame's own robust box (``legend.zooms``) lies inside them
+                 in every panel; when one does not, every panel's axes are put at once on a coarse grid
+                 (sizes in quarter octaves, centres on an eighth of the size) around the union of its
+                 key frames' boxes so far, with room to grow (``HEADROOM``): they change only when
+                 points leave them, all panels together (a film of 128 panels whose panels changed
+                 one by one would change on almost every key frame), and never shrink;
         colour   the top: the largest of the percentile rule's values (``legend.scale_top``) over the
                  film's prefixes, rounded up to half an octave; the colour bar says whether bins are
                  clipped, not in how many of T key frames;
@@ -39,7 +41,7 @@ from .legend import scale_top, zooms
 LAYOUTS = ("fit", "live")
 SIZE_STEPS = 4  # axes sizes per octave (a coarser grid changes less often and wastes more of the panel)
 SCALE_STEPS = 2  # colour-scale and bar tops per octave
-HEADROOM = 2 ** 0.25  # room the axes leave for points to grow into before they change again
+HEADROOM = 2 ** 0.5  # room the axes leave for points to grow into before they change again
 
 
 def check_film_layout(layout: str) -> None:
@@ -61,26 +63,28 @@ def horizon(keyframes: int) -> int:
 def live_extent(xy: np.ndarray) -> np.ndarray:
     """(L, 4) axes [x0, x1, y0, y1] per panel of key frames ``xy`` (T, L, N, 2), equal scale on both axes,
     as a live film builds them one key frame at a time: kept while the key frame's own robust box
-    (``legend.zooms``, margin included) lies inside them, else put on the coarse grid around the union
-    of every box so far (:func:`snap_box`). A render replays the same fold, so it draws the same axes."""
+    (``legend.zooms``, margin included) lies inside them in every panel, else every panel put on the
+    coarse grid around the union of its boxes so far (:func:`snap_box`), none smaller than it was. A
+    render replays the same fold, so it draws the same axes."""
     boxes = zooms(xy).reshape(len(xy), -1, 4)  # (T, L, 4)
     union = boxes[0].copy()
     out = snap_box(union)
     for b in boxes[1:]:
         union = np.stack([np.minimum(union[:, 0], b[:, 0]), np.maximum(union[:, 1], b[:, 1]),
                           np.minimum(union[:, 2], b[:, 2]), np.maximum(union[:, 3], b[:, 3])], 1)
-        out_ = (b[:, 0] < out[:, 0]) | (b[:, 1] > out[:, 1]) | (b[:, 2] < out[:, 2]) | (b[:, 3] > out[:, 3])
-        out[out_] = snap_box(union[out_])
+        if ((b[:, 0] < out[:, 0]) | (b[:, 1] > out[:, 1]) | (b[:, 2] < out[:, 2]) | (b[:, 3] > out[:, 3])).any():
+            out = snap_box(union, least=(out[:, 1] - out[:, 0]) / 2)
     return out
 
 
-def snap_box(need: np.ndarray) -> np.ndarray:
+def snap_box(need: np.ndarray, least: np.ndarray | None = None) -> np.ndarray:
     """(K, 4) the square boxes on the coarse grid holding boxes ``need`` (K, 4) with ``HEADROOM``: sizes in
     quarter octaves, centres on an eighth of the size (within a sixteenth of the needed centre: the size
-    leaves room for that)."""
+    leaves room for that); half sizes at least ``least`` (K,) (on the grid already)."""
     out = np.empty_like(need)
     for i, (x0, x1, y0, y1) in enumerate(need):
         half = grid_up(max((x1 - x0) / 2, (y1 - y0) / 2, 1e-12) * 16 / 15 * HEADROOM, SIZE_STEPS)
+        half = max(half, float(least[i])) if least is not None else half
         while True:  # (once more only for rounding at a grid line)
             step = half / 8
             cx, cy = round((x0 + x1) / 2 / step) * step, round((y0 + y1) / 2 / step) * step
