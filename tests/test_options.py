@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from layerfilm.cli import _film_options, build_parser
+from layerfilm.cli import build_parser, film_options
 from layerfilm.film import FilmOptions
 
 # flag (render) -> (field path in FilmOptions, value given, value expected)
@@ -82,7 +82,7 @@ def test_each_flag_sets_its_field_and_nothing_else(flag, tmp_path):
     path, given, expected = FLAGS[flag]
     argv = ["render", str(tmp_path), "--out", str(tmp_path / "f.webm"), flag] + ([given] if given is not None else [])
     argv += WITH.get(flag, [])
-    opts = _film_options(build_parser().parse_args(argv))
+    opts = film_options(build_parser().parse_args(argv))
     assert get(opts, path) == expected
     changed = {k for k, v in fields(opts).items() if v != fields(FilmOptions())[k]}
     also = {"--size": {"style.height"}, "--seed": {"umap.seed"}, "--jobs": {"umap.jobs"},
@@ -95,7 +95,7 @@ def test_activation_flags_set_the_activation_spec(tmp_path):
     argv = ["render", str(tmp_path), "--out", str(tmp_path / "f.webm"), "--features", "activations", "--model", "m.py:f",
             "--probe", str(tmp_path / "p.txt"), "--seq-len", "16", "--batch-size", "2", "--device", "cpu", "--dtype", "bfloat16",
             "--near-zero", "0.1", "--points", "32", "--seed", "3", "--blocks", r"h\.(\d+)\."]
-    spec = _film_options(build_parser().parse_args(argv)).activations
+    spec = film_options(build_parser().parse_args(argv)).activations
     got = (spec.model, spec.probe, spec.seq_len, spec.batch_size, spec.device, spec.dtype, spec.near_zero, spec.points,
            spec.seed, spec.blocks_regex)
     assert got == ("m.py:f", str(tmp_path / "p.txt"), 16, 2, "cpu", "bfloat16", 0.1, 32, 3, r"h\.(\d+)\.")
