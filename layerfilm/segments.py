@@ -73,6 +73,14 @@ def spans(n_frames: int, jobs: int, min_frames: int) -> list[tuple[int, int]]:
     return list(zip(edges, edges[1:]))
 
 
+def sharing_cores(opts: EncodeOptions, encoders: int) -> EncodeOptions:
+    """``opts`` for one of ``encoders`` encoders running at once: with ``threads`` 0 (ffmpeg decides),
+    the cores shared among them, rounded up, so that fewer segments than cores leave none idle."""
+    if encoders > 1 and opts.threads == 0:
+        return replace(opts, threads=-(-cores() // encoders))
+    return opts
+
+
 def plan(n_frames: int, jobs: int, fps: float, opts: EncodeOptions) -> list[tuple[int, int]]:
     """The segments of a film of ``n_frames`` at ``fps`` encoded ``jobs`` at a time."""
     return spans(n_frames, jobs, math.ceil(opts.segment_seconds * fps))
@@ -105,8 +113,7 @@ def encode_film(frames: Frames, out: str | Path, size: tuple[int, int], opts: En
     out = Path(out)
     kind = check_output(out)
     parts = plan(frames.n_frames, engine.jobs if engine is not None else 1, fps, opts)
-    if len(parts) > 1 and opts.threads == 0:  # the encoders running at once share the cores; rounded up, so
-        opts = replace(opts, threads=-(-cores() // len(parts)))  # that fewer segments than cores leave none idle
+    opts = sharing_cores(opts, len(parts))
     joined = len(parts) > 1 and kind != "png"
     with atomic_output(out, folder=kind == "png") as tmp, ExitStack() as stack:
         scratch = stack.enter_context(scratch_folder(out)) if joined or kind == "gif" else None
@@ -184,8 +191,7 @@ class SegmentStore:
         n = 1 if runner is None else max(1, min(runner.jobs, len(todo)))  # contiguous: a worker gets few key frames
         groups = [todo[i * len(todo) // n : (i + 1) * len(todo) // n] for i in range(n)]
         groups = [g for g in groups if g]
-        if len(groups) > 1 and opts.threads == 0:  # the encoders running at once share the cores (encode_film)
-            opts = replace(opts, threads=-(-cores() // len(groups)))
+        opts = sharing_cores(opts, len(groups))
         tasks = [(frames.keys(min(a for a, _, _ in g), max(b for _, b, _ in g)), [(a, b) for a, b, _ in g], self.kind,
                   size, opts, fps, [made[k] for k in g]) for g in groups]
         try:
