@@ -21,11 +21,15 @@ Other projections (procrustes, umap) re-project every key frame from the kept ro
 What is kept: the 2-D points of every key frame (T x L x N x 2 float32), per key frame and block the
 squared norm and the squared distance to the previous key frame (the overlay's "still moving" bar),
 and, unless nothing needs them, every key frame's tracked rows on scratch disk (T x L x N x D float32,
-bf16 halved, layerfilm.features.FeatureStore): the overlay's "settled" mark, the stability JSON and
-the exported ``point_distance`` need each key frame's distance to the newest one, and a refit needs
-the rows; reading them back (T x the new checkpoint's tracked bytes, from scratch, never from the
-checkpoints) is the part of an update that grows with the run. ``--refit never --no-overlay`` without
---json or --export-points keeps no rows: an update reads the new checkpoint's tracked rows only.
+bf16 halved, layerfilm.features.FeatureStore). Each key frame's distance to the newest one decides
+which blocks have settled (the printed "blocks still moving"); it is kept as an interval that the
+triangle inequality carries from one newest key frame to the next (DistanceBounds), so an update reads
+back only the few blocks' rows whose interval straddles the threshold. The stability JSON, the exported
+``point_distance`` and a ``fit`` layout's settled marks print every distance: with those, an update
+reads back the rows of every key frame whose distance is not known exactly (T x the new checkpoint's
+tracked bytes at worst, from scratch, never from the checkpoints), as does a refit. ``--refit never
+--no-overlay`` without --json or --export-points keeps no rows: an update reads the new checkpoint's
+tracked rows only.
 
 Film layout (layerfilm.layout): ``live`` (watch's default) changes rarely as key frames arrive, and the
 film's segments are kept beside it (layerfilm.segments.SegmentStore): an update encodes only those whose
@@ -54,7 +58,7 @@ from .encode import check_output, output_kind
 from .errors import CheckpointError, OptionsError, ScanError
 from .features import ArrayStore, Features, FeatureStore
 from .features.act_stats import json_series
-from .features.point_measures import measures_of, sum_sq, sum_sq_diff
+from .features.point_measures import DistanceBounds, measures_of, relative_update, sum_sq, sum_sq_diff
 from .features.weights import WeightPlan, plan, read_points, skip
 from .film import FilmOptions, check_export_path, export_points, film_frames, segment_engine, write_film
 from .formats import HF_WEIGHT_FILE, open_checkpoint
@@ -249,6 +253,8 @@ class LiveFilm:
         keep_rows = (live.every != 0 or self.opts.overlay or live.json is not None or live.export is not None)
         self._scratch = tempfile.TemporaryDirectory(prefix="layerfilm-live-", dir=scratch) if keep_rows else None
         self.store = FeatureStore(Path(self._scratch.name) / "rows") if self._scratch is not None else None
+        self.bounds: DistanceBounds | None = None  # every key frame's distance to the newest, when rows are kept
+        self.settle: np.ndarray | None = None  # (L,) the newest update's settling key frames (the printed lines)
         incremental = self.opts.film_layout == "live" and output_kind(self.out) != "gif"
         self.segments = SegmentStore(self.out) if incremental else None
 
@@ -322,6 +328,8 @@ class LiveFilm:
         self.ckpts.append(ckpt)
         if self.store is not None:
             self.store.append(x)
+            self.bounds = self.bounds or DistanceBounds(x.shape[0])
+            self.bounds.add(self.prev_sq[-1])
         self.since_fit += 1
         every = self.live.every
         if self.opts.projection == "pca" and (every == 0 and self.basis is not None or
@@ -364,15 +372,33 @@ class LiveFilm:
         stats = dict(self.stats)
         if self.basis is not None:
             stats["explained_variance"] = self.basis.explained_variance
-        if self.store is not None:  # distances to the newest key frame: every kept key frame read back once
-            final = self.store[len(self.store) - 1]
-            buf = np.empty(final.shape[1:], np.float32)
-            with one_blas_thread():
-                final_sq = np.stack([sum_sq_diff(self.store[t], final, buf) for t in range(len(self.store))])
-            stats.update(measures_of(np.stack(self.norm_sq), np.stack(self.prev_sq), final_sq, steps))
+        if self.bounds is not None:
+            stats.update(self._distances(steps, exact=self._exact_distances()))
         stats.update(coherence(xy))
         return Trajectories(steps, np.asarray(self.wp.layer_map.blocks, np.int64), self.wp.point_ids.astype(np.int64),
                             xy, self.opts.projection, stats, weights_subject(self.wp, self.opts, len(steps), self.root.name))
+
+    def _exact_distances(self) -> bool:
+        """Whether the outputs print every key frame's distance to the newest (the stability JSON, the
+        exported points, a fitted layout's settled marks) rather than only which blocks settled."""
+        return (self.live.json is not None or self.live.export is not None or
+                (self.opts.overlay and self.opts.film_layout == "fit"))
+
+    def _distances(self, steps: np.ndarray, exact: bool) -> dict[str, np.ndarray]:
+        """The measures of the key frames' distances: ``point_update`` and, with ``exact``, every
+        ``point_distance`` (the rows read back where the bounds are not exact: T x the tracked bytes at
+        worst); without it, only the blocks' settling key frames (``self.settle``), from the bounds and
+        the few rows they leave undecided (layerfilm.features.point_measures.DistanceBounds)."""
+        assert self.bounds is not None and self.store is not None and self.prev is not None
+        norm_sq, prev_sq = np.stack(self.norm_sq), np.stack(self.prev_sq)
+        read = self.store.rows
+        with one_blas_thread():
+            if exact:
+                measures = measures_of(norm_sq, prev_sq, self.bounds.exact(self.prev, read), steps)
+                self.settle = settle_index(measures["point_distance"], self.opts.settle_threshold)
+                return measures
+            self.settle = self.bounds.settle(self.opts.settle_threshold, norm_sq[-1], self.prev, read)
+        return {"point_update": relative_update(prev_sq, np.sqrt(norm_sq), steps)}
 
     # ---------------------------------------------------------------- one update
 
@@ -412,8 +438,11 @@ class LiveFilm:
         """Keep the key frames in the render cache (layerfilm.cache) under the key a render of the same
         checkpoints and options looks up, so that a render afterwards reads no checkpoint. Only when they
         are a render's: --refit never (render --fit first) or always (--fit all), with every measure."""
-        if self.traj is None or not self.opts.cache or self.live.every > 1 or "point_distance" not in self.traj.stats:
+        if self.traj is None or not self.opts.cache or self.live.every > 1 or self.bounds is None:
             return
+        if "point_distance" not in self.traj.stats:  # every distance, once, for the cache
+            stats = {**self.traj.stats, **self._distances(self.traj.steps, exact=True)}
+            self.traj = replace(self.traj, stats=stats)
         folder = cache.cache_dir(self.opts.cache_dir)
         if folder is not None:
             key = cache.key(Series(self.root, tuple(self.ckpts)), {"kind": "points", **self.opts.points_options()})
@@ -421,10 +450,9 @@ class LiveFilm:
 
     def moving(self, traj: Trajectories, k: int) -> int:
         """How many blocks have not settled by key frame k (the overlay's rule; every block without the rows)."""
-        if "point_distance" not in traj.stats:
+        if self.settle is None:
             return len(traj.blocks)
-        settle = settle_index(traj.stats["point_distance"], self.opts.settle_threshold)
-        return int(((settle < 0) | (settle > k)).sum())
+        return int(((self.settle < 0) | (self.settle > k)).sum())
 
     def write(self, traj: Trajectories) -> int:
         """The film, then the stills, stability JSON and points asked for, each renamed into place whole;

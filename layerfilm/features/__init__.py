@@ -63,7 +63,8 @@ class FeatureStore:
     def __len__(self) -> int:
         return len(self._paths)
 
-    def _load(self, t: int, l: int | None = None) -> np.ndarray:
+    def rows(self, t: int, l: int | None = None) -> np.ndarray:
+        """Key frame t's (L, N, D) rows, or only block l's (N, D), read by memory map (its bytes only)."""
         path = self._paths[t]
         arr = np.load(path) if l is None else np.load(path, mmap_mode="r")[l]
         if arr.dtype == np.uint16:  # bfloat16 bits
@@ -71,11 +72,11 @@ class FeatureStore:
         return np.asarray(arr)
 
     def __getitem__(self, t: int) -> np.ndarray:
-        return self._load(t)
+        return self.rows(t)
 
     def block(self, l: int) -> np.ndarray:
         """(T, N, D) one block's points at every key frame, read by memory map (only that block's bytes)."""
-        return np.stack([self._load(t, l) for t in range(len(self._paths))])
+        return np.stack([self.rows(t, l) for t in range(len(self._paths))])
 
 
 class ArrayStore:

@@ -9,9 +9,13 @@ overlay uses them, so it never reads the checkpoints a second time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from . import ArrayStore, FeatureStore
+
+Reader = Callable[..., np.ndarray]  # read(t) -> key frame t's (L, N, D) rows; read(t, l) -> block l's (N, D)
 
 
 def relative_update(prev_sq: np.ndarray, norm: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -81,3 +85,93 @@ def point_measures(store: FeatureStore | ArrayStore, steps: np.ndarray) -> dict[
     for t in range(len(store)):
         acc.add(store[t])
     return acc.result(steps)
+
+
+class DistanceBounds:
+    """Every key frame's distance to the newest one, per block, for a film that grows a key frame at a
+    time (layerfilm.live): the exact squared distance where it was computed, else an interval.
+
+    When key frame T arrives, each earlier key frame's distance to it is bounded by the triangle
+    inequality from its distance to T-1 and the exact step delta = ||x_T - x_{T-1}||:
+    |d(t, T-1) - delta| <= d(t, T) <= d(t, T-1) + delta. A block whose rows did not change (delta = 0)
+    keeps its exact values. Which blocks have settled (``settle``, ``layerfilm.stability.settle_index``'s
+    rule) is mostly decided by the intervals; only a (key frame, block) whose interval straddles the
+    threshold is read back (``read(t, l)`` -> that block's rows) and computed exactly, by the same
+    arithmetic as a render's measures. So an update of a watched film reads back a few blocks' rows, not
+    every key frame's; ``exact`` computes every distance (the stability JSON and the exported points
+    print them)."""
+
+    MARGIN = 1e-4  # relative; far above float32 sums' rounding (~1e-5 at worst), so bounds never mislead
+
+    def __init__(self, blocks: int) -> None:
+        self.sq = np.zeros((0, blocks))  # exact squared distances, where self.known
+        self.lo = np.zeros((0, blocks))  # bounds on the distance (not squared)
+        self.hi = np.zeros((0, blocks))
+        self.known = np.zeros((0, blocks), bool)
+        self.read_back = 0  # (key frame, block) pairs read back and computed exactly
+
+    def __len__(self) -> int:
+        return len(self.sq)
+
+    def add(self, prev_sq: np.ndarray) -> None:
+        """The next key frame, with its exact squared distance to the previous one (L,; zeros at the first)."""
+        if len(self):
+            delta = np.sqrt(prev_sq)
+            moved = delta != 0
+            with np.errstate(invalid="ignore"):  # a non-finite delta leaves NaN bounds: read back when asked
+                lo = np.maximum(np.maximum(self.lo - delta, delta - self.hi), 0)
+            self.lo = np.where(moved, lo, self.lo)
+            self.hi = np.where(moved, self.hi + delta, self.hi)
+            self.known &= ~moved
+            self.sq[-1], self.lo[-1], self.hi[-1], self.known[-1] = prev_sq, delta, delta, True
+        zero = np.zeros((1, self.sq.shape[1]))
+        self.sq, self.lo, self.hi = (np.concatenate([a, zero]) for a in (self.sq, self.lo, self.hi))
+        self.known = np.concatenate([self.known, np.ones((1, self.sq.shape[1]), bool)])
+
+    def _resolve(self, t: int, blocks: np.ndarray, newest: np.ndarray, read: Reader) -> None:
+        """Exact squared distances of key frame t's ``blocks`` to the newest key frame: the whole row read
+        once when it has several, else the one block's rows."""
+        x = read(t) if len(blocks) > 1 else read(t, int(blocks[0]))[None]
+        buf = np.empty(x.shape[1:], np.float32)
+        for i, l in enumerate(blocks):
+            sq = sum_sq_diff(x[i:i + 1] if len(blocks) == 1 else x[l:l + 1], newest[l:l + 1], buf)[0]
+            self.sq[t, l], self.known[t, l] = sq, True
+            self.lo[t, l] = self.hi[t, l] = np.sqrt(sq)
+        self.read_back += len(blocks)
+
+    def exact(self, newest: np.ndarray, read: Reader) -> np.ndarray:
+        """(T, L) every squared distance to the newest key frame (``newest``: its (L, N, D) rows)."""
+        for t in np.flatnonzero(~self.known.all(axis=1)):
+            self._resolve(int(t), np.flatnonzero(~self.known[t]), newest, read)
+        return self.sq.copy()
+
+    def settle(self, threshold: float, norm_sq: np.ndarray, newest: np.ndarray,
+               read: Reader) -> np.ndarray:
+        """(L,) ``settle_index`` of the point distances (``norm_sq``: the newest key frame's (L,) squared
+        norms), reading back only what the bounds leave undecided."""
+        T, L = self.sq.shape
+        m = self.MARGIN
+        out = np.full(L, -1, np.int64)
+        scale = np.maximum(np.sqrt(norm_sq), 1e-300)
+        for l in range(L):
+            while True:
+                d = np.sqrt(self.sq[:, l]) / scale[l]  # the render's point_distance, where known
+                if self.known[0, l] and d[0] == 0:  # never moved: settled from the start
+                    k = -2
+                    break
+                lo, hi, lo0, hi0 = self.lo[:, l], self.hi[:, l], self.lo[0, l], self.hi[0, l]
+                with np.errstate(invalid="ignore"):
+                    exact = self.known[:, l] & self.known[0, l]
+                    below = np.where(exact, d < threshold * d[0], hi * (1 + m) < threshold * lo0 - m * hi0)
+                    above = np.where(exact, ~(d < threshold * d[0]), lo - m * hi >= threshold * hi0 * (1 + m))
+                rest = np.flatnonzero(~below)
+                if not len(rest):
+                    k = 0
+                    break
+                t = int(rest[-1])
+                if above[t]:
+                    k = t + 1
+                    break
+                self._resolve(0 if not self.known[0, l] else t, np.array([l]), newest, read)
+            out[l] = 0 if k == -2 else k if k <= T - 2 else -1
+        return out
