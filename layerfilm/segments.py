@@ -1,8 +1,11 @@
 """A film drawn and encoded as contiguous segments, one worker task each, joined losslessly in order.
 
 One VP9 stream does not go faster with more cores (row-mt stops at the tile columns) and drawing is
-one thread, so a long film is cut into at most ``jobs`` segments of at least
-``EncodeOptions.segment_seconds``: each task draws its frames (they depend only on the small
+one thread, so a long film is cut into ``jobs`` segments of at least ``EncodeOptions.segment_seconds``,
+and a film long enough into up to SEGMENTS_PER_JOB x ``jobs`` of at least BALANCE_SECONDS, which the
+workers take as they come free (frames are not equally costly: a film's dense early frames take the
+encoder longer than its settled late ones, and the last segment to finish sets the wall time).
+Each task draws its frames (they depend only on the small
 key-frame points, the renderer's fixed axes and colour scale, and the overlay's arrays: a
 :class:`Frames`) and encodes them into a file of its own; the files are then joined by ffmpeg's
 concat demuxer without re-encoding (layerfilm.encode.join).
@@ -65,10 +68,22 @@ class Frames(Protocol):
         ...
 
 
-def spans(n_frames: int, jobs: int, min_frames: int) -> list[tuple[int, int]]:
-    """Contiguous [start, stop) frame ranges: at most ``jobs``, each at least ``min_frames`` long (one
-    range if the film is shorter than two), as equal as can be."""
-    parts = max(1, min(jobs, n_frames // max(1, min_frames)))
+# A long film's segments: up to this many per job, each at least this long. Measured on the reference
+# film (2,671 frames, benchmarks/RESULTS.md), the frames' encoded sizes per sixteenth of the film vary
+# from 0.6x to 1.4x their mean: 16 segments on 16 workers finish at ~1.38x the ideal time, 48 taken as
+# workers come free at ~1.04x. Every segment costs a key frame and an encoder's start (~0.3 s).
+SEGMENTS_PER_JOB = 3
+BALANCE_SECONDS = 4.0
+
+
+def spans(n_frames: int, jobs: int, min_frames: int, balance_frames: int = 0) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) frame ranges, as equal as can be: ``jobs`` of them, each at least
+    ``min_frames`` long (one range if the film is shorter than two), or more, up to SEGMENTS_PER_JOB x
+    ``jobs`` of at least ``balance_frames`` (if given), where the film is long enough."""
+    parts = min(jobs, n_frames // max(1, min_frames))
+    if jobs > 1 and balance_frames > 0:
+        parts = max(parts, min(jobs * SEGMENTS_PER_JOB, n_frames // max(balance_frames, min_frames)))
+    parts = max(1, parts)
     edges = [i * n_frames // parts for i in range(parts + 1)]
     return list(zip(edges, edges[1:]))
 
@@ -83,7 +98,8 @@ def sharing_cores(opts: EncodeOptions, encoders: int) -> EncodeOptions:
 
 def plan(n_frames: int, jobs: int, fps: float, opts: EncodeOptions) -> list[tuple[int, int]]:
     """The segments of a film of ``n_frames`` at ``fps`` encoded ``jobs`` at a time."""
-    return spans(n_frames, jobs, math.ceil(opts.segment_seconds * fps))
+    least = math.ceil(opts.segment_seconds * fps)
+    return spans(n_frames, jobs, least, math.ceil(BALANCE_SECONDS * fps))
 
 
 def encode_segment(frames: Frames, start: int, stop: int, kind: str, size: tuple[int, int], opts: EncodeOptions,
@@ -112,8 +128,9 @@ def encode_film(frames: Frames, out: str | Path, size: tuple[int, int], opts: En
     """
     out = Path(out)
     kind = check_output(out)
-    parts = plan(frames.n_frames, engine.jobs if engine is not None else 1, fps, opts)
-    opts = sharing_cores(opts, len(parts))
+    jobs = engine.jobs if engine is not None else 1
+    parts = plan(frames.n_frames, jobs, fps, opts)
+    opts = sharing_cores(opts, min(len(parts), jobs))  # the encoders running at once
     joined = len(parts) > 1 and kind != "png"
     with atomic_output(out, folder=kind == "png") as tmp, ExitStack() as stack:
         scratch = stack.enter_context(scratch_folder(out)) if joined or kind == "gif" else None

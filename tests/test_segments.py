@@ -58,6 +58,25 @@ def test_spans_cover_the_film_in_order_with_at_most_jobs_segments_of_at_least_mi
         assert len(s) == max(1, min(jobs, n // least))  # as many as the rules allow
     assert len(plan(61, 1, 10, SHORT)) == 1  # one job: one stream
     assert len(plan(61, 8, 10, EncodeOptions())) == 6  # 1 s at 10 fps: 10 frames each at least
+
+
+def test_a_long_film_has_more_segments_than_jobs_for_the_workers_to_balance():
+    """Up to SEGMENTS_PER_JOB per job, each at least BALANCE_SECONDS, only where the film is long enough."""
+    from layerfilm.segments import BALANCE_SECONDS, SEGMENTS_PER_JOB
+
+    least = int(BALANCE_SECONDS * 15)
+    for n, jobs in [(2671, 16), (346, 16), (2671, 2), (241, 2), (100_000, 4), (2671, 1)]:
+        s = plan(n, jobs, 15, EncodeOptions())
+        assert s[0][0] == 0 and s[-1][1] == n and all(b == c for (_, b), (c, _) in zip(s, s[1:]))
+        few = spans(n, jobs, 15)  # without balancing: at most one per job
+        if jobs == 1:
+            assert len(s) == 1
+        elif len(s) > len(few):
+            assert all(b - a >= least for a, b in s) and len(s) <= SEGMENTS_PER_JOB * jobs
+            assert len(s) == min(SEGMENTS_PER_JOB * jobs, n // least)
+        else:
+            assert s == few
+    assert len(plan(2671, 16, 15, EncodeOptions())) == 44 and len(plan(100_000, 4, 15, EncodeOptions())) == 12
     with pytest.raises(OptionsError, match="segment_seconds"):
         EncodeOptions(segment_seconds=0)
 
