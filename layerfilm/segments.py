@@ -4,8 +4,10 @@ One VP9 stream does not go faster with more cores (row-mt stops at the tile colu
 one thread, so a long film is cut into at most ``jobs`` segments of at least
 ``EncodeOptions.segment_seconds``: each task draws its frames (they depend only on the small
 key-frame points, the renderer's fixed axes and colour scale, and the overlay's arrays: a
-:class:`Frames`) and encodes them into a file of its own; the files are then joined by ffmpeg's
-concat demuxer without re-encoding (layerfilm.encode.join).
+:class:`Frames`) and encodes them into a file of its own; the files are then joined without
+re-encoding (layerfilm.encode.join): WebM clusters copied by layerfilm.webm (a 60-part 720p join:
+~0.3 s, against 5.4 s for ffmpeg's concat demuxer, which decodes every part's first frame), MP4 and
+GIF by ffmpeg's concat demuxer.
 
 What the joined film holds:
   .webm  exactly the frames of a one-segment film (lossless; each segment starts with a key frame,
