@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -44,10 +45,27 @@ CHUNK = 4 << 20  # bytes per read when copy_file_range is not available
 
 
 class _Part:
-    """One part open for reading: its path, descriptor and size, and bounds-checked reads."""
+    """One part: its path and size, opened for bounds-checked reads one part at a time (a long film
+    has more parts than a process may hold open)."""
 
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path, self.fd, self.size = path, fd, os.fstat(fd).st_size
+    def __init__(self, path: Path) -> None:
+        self.path, self.fd, self.size = path, -1, -1
+
+    @contextmanager
+    def opened(self) -> Iterator[_Part]:
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise self.fail(f"cannot read it ({e.strerror or e})") from None
+        try:
+            size = os.fstat(self.fd).st_size
+            if self.size >= 0 and size != self.size:
+                raise self.fail(f"its size changed while it was joined ({self.size} -> {size} bytes)")
+            self.size = size
+            yield self
+        finally:
+            os.close(self.fd)
+            self.fd = -1
 
     def fail(self, what: str) -> EncodeError:
         return EncodeError(f"{show(self.path)}: cannot join this WebM segment: {what}")
@@ -330,21 +348,12 @@ def join_webm(parts: list[Path], frames: list[int], fps: float, dest: Path) -> N
     ``fps`` is read as the encoder was given it (``f"{fps}"``), so that the times are the encoder's.
     Raises EncodeError for a part that is not such a segment, OutputError if ``dest`` cannot be written."""
     rate = Fraction(f"{fps}")
-    fds: list[int] = []
-    try:
-        opened = []
-        for path in parts:
-            try:
-                fds.append(os.open(path, os.O_RDONLY))
-            except OSError as e:
-                raise EncodeError(f"{show(path)}: cannot read this WebM segment ({e.strerror or e})") from None
-            opened.append(_Part(path, fds[-1]))
-        segments = [_parse(p) for p in opened]
-        clusters = _plan(segments, frames, rate)
-        _write(segments[0], clusters, sum(frames), rate, dest)
-    finally:
-        for fd in fds:
-            os.close(fd)
+    segments = []
+    for path in parts:
+        with _Part(path).opened() as part:
+            segments.append(_parse(part))
+    clusters = _plan(segments, frames, rate)
+    _write(segments[0], clusters, sum(frames), rate, dest)
 
 
 def _write(first: _Segment, clusters: list[_Cluster], n_frames: int, fps: Fraction, dest: Path) -> None:
@@ -369,9 +378,13 @@ def _write(first: _Segment, clusters: list[_Cluster], n_frames: int, fps: Fracti
         out = _Out(dest)
     except OSError as e:
         raise OutputError(f"{show(dest)}: cannot write ({e.strerror or e})") from None
+    part = ExitStack()
     try:
         out.write(first.ebml + _uint(SEGMENT) + _size(total, 8) + _seekhead(at_info, at_tracks, pos) + info + first.tracks)
         for c in clusters:
+            if c.part.fd < 0:  # the next part: the previous one closed
+                part.close()
+                part.enter_context(c.part.opened())
             out.write(_uint(CLUSTER) + _size(c.size, 8) + _element(TIMECODE, _uint(c.time)))
             for b in c.blocks:
                 out.write(b.head + struct.pack(">hB", b.time - c.time, b.flags))
@@ -382,5 +395,6 @@ def _write(first: _Segment, clusters: list[_Cluster], n_frames: int, fps: Fracti
     except OSError as e:
         raise OutputError(f"{show(dest)}: cannot write ({e.strerror or e})") from None
     finally:
+        part.close()
         os.close(out.fd)
     assert out.written == len(first.ebml) + 12 + total, "the planned sizes are those written"

@@ -5,7 +5,9 @@ one line."""
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -184,6 +186,19 @@ def test_seeking_gives_the_frame_at_that_time(joined):
         if f < sum(counts):
             seconds = f"{math.floor(f * 1000 / fps + 0.5) / 1000:.3f}"
             np.testing.assert_array_equal(frame_at(joined["out"], seconds, joined["size"]), joined["frames"][f], str(f))
+
+
+def test_without_copy_file_range_the_same_bytes_are_written(joined, tmp_path, monkeypatch):
+    """Another file system or an old kernel: the blocks are read and written in chunks instead."""
+    import layerfilm.webm
+
+    def refuse(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    monkeypatch.setattr(layerfilm.webm, "CHUNK", 1000)  # several chunks a block
+    join(joined["parts"], joined["counts"], joined["fps"], "webm", tmp_path / "chunked.webm")
+    assert (tmp_path / "chunked.webm").read_bytes() == joined["out"].read_bytes()
 
 
 def one_line_error(parts, counts, fps, dest, match):
