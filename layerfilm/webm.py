@@ -34,7 +34,7 @@ from pathlib import Path
 from .errors import EncodeError, OutputError
 from .outputs import show
 
-EBML, SEGMENT, SEEKHEAD, SEEK, SEEK_ID, SEEK_POS = 0x1A45DFA3, 0x18538067, 0x114D9B74, 0x4DBB, 0x53AB, 0x53AC
+EBML, DOCTYPE, SEGMENT, SEEKHEAD, SEEK, SEEK_ID, SEEK_POS = 0x1A45DFA3, 0x4282, 0x18538067, 0x114D9B74, 0x4DBB, 0x53AB, 0x53AC
 INFO, SCALE, DURATION, TRACKS, TRACK, TRACK_UID = 0x1549A966, 0x2AD7B1, 0x4489, 0x1654AE6B, 0xAE, 0x73C5
 CLUSTER, TIMECODE, SIMPLE_BLOCK, BLOCK_GROUP, VOID = 0x1F43B675, 0xE7, 0xA3, 0xA0, 0xEC
 POSITION, PREV_SIZE, CRC32 = 0xA7, 0xAB, 0xBF
@@ -234,6 +234,12 @@ def _parse(part: _Part) -> _Segment:
     ebml = next(top, None)
     if ebml is None or ebml.id != EBML:
         raise part.fail("not an EBML file")
+    try:
+        doctype = next((d[len(_head(d)):] for eid, d in _children(_small(part, ebml, "EBML header")) if eid == DOCTYPE), b"")
+    except ValueError as err:
+        raise part.fail(f"bad EBML header ({err})") from None
+    if doctype not in (b"webm", b"matroska"):
+        raise part.fail(f"DocType {doctype.decode(errors='replace')!r}, not WebM")
     seg = next(top, None)
     if seg is None or seg.id != SEGMENT:
         raise part.fail("no Segment after the EBML header")
@@ -268,6 +274,8 @@ def _plan(segments: list[_Segment], frames: list[int], fps: Fraction) -> list[_C
     tracks = _track_key(first.part, first.tracks)
     for seg, count in zip(segments, frames):
         part = seg.part
+        if seg.ebml != first.ebml:
+            raise part.fail(f"its EBML header differs from that of {show(first.part.path)}")
         if seg is not first and _track_key(part, seg.tracks) != tracks:
             raise part.fail(f"its Tracks (codec, frame size) differ from those of {show(first.part.path)}")
         if seg.scale != first.scale:
@@ -347,6 +355,7 @@ def join_webm(parts: list[Path], frames: list[int], fps: float, dest: Path) -> N
 
     ``fps`` is read as the encoder was given it (``f"{fps}"``), so that the times are the encoder's.
     Raises EncodeError for a part that is not such a segment, OutputError if ``dest`` cannot be written."""
+    assert parts and len(parts) == len(frames), "one frame count per part"
     rate = Fraction(f"{fps}")
     segments = []
     for path in parts:

@@ -232,6 +232,9 @@ def test_parts_that_are_not_layerfilms_segments_raise_one_line(tmp_path):
     one_line_error([a, unknown], [6, 6], 10, tmp_path / "out.webm", "unknown size")
     one_line_error([a, a], [6, 5], 10, tmp_path / "out.webm", "6 frames, expected 5")
     one_line_error([a, a], [6, 6], 20, tmp_path / "out.webm", "block 1 at time 100 is not frame 1 at 20 fps")
+    doctype = tmp_path / "doctype.webm"
+    doctype.write_bytes(whole[:seg].replace(b"webm", b"webx", 1) + whole[seg:])
+    one_line_error([a, doctype], [6, 6], 10, tmp_path / "out.webm", "DocType 'webx', not WebM")
     other = tmp_path / "text.webm"
     other.write_bytes(b"not a film at all")
     one_line_error([a, other], [6, 6], 10, tmp_path / "out.webm", r"text\.webm: cannot join")
