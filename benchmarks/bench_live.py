@@ -14,7 +14,8 @@ is measured in this process:
                The film's part is split into the layout (axes, colour scale, legend: every key frame
                splatted once), the segments' digests, encoding the segments that changed (how many
                frames of the film: a live layout re-encodes only the new key frame's unless the layout
-               changed) and joining them (ffmpeg concat, -c copy).
+               changed) and joining them (.webm: layerfilm.webm copies the clusters; .mp4: ffmpeg
+               concat, -c copy).
 
 Rows: the default (overlay on: the scratch rows are read back) and --no-overlay (nothing kept but the
 last key frame's rows); both --refit never, --film-layout live (watch's default; ``--film-layout fit``

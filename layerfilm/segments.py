@@ -7,8 +7,10 @@ workers take as they come free (frames are not equally costly: a film's dense ea
 encoder longer than its settled late ones, and the last segment to finish sets the wall time).
 Each task draws its frames (they depend only on the small
 key-frame points, the renderer's fixed axes and colour scale, and the overlay's arrays: a
-:class:`Frames`) and encodes them into a file of its own; the files are then joined by ffmpeg's
-concat demuxer without re-encoding (layerfilm.encode.join).
+:class:`Frames`) and encodes them into a file of its own; the files are then joined without
+re-encoding (layerfilm.encode.join): WebM clusters copied by layerfilm.webm (a 60-part 720p join:
+~0.3 s, against 5.4 s for ffmpeg's concat demuxer, which decodes every part's first frame), MP4 and
+GIF by ffmpeg's concat demuxer.
 
 What the joined film holds:
   .webm  exactly the frames of a one-segment film (lossless; each segment starts with a key frame,

@@ -183,8 +183,10 @@ def test_sigterm_during_an_update_exits_0_with_complete_outputs(tiny_run, tmp_pa
     out = tmp_path / "live.webm"
     w = Watch(tiny_run, out, "--interval", "0.2", "--json", str(tmp_path / "s.json"))
     partial = tmp_path / f".live.webm.partial-{w.proc.pid}"
+    store = tmp_path / f"{partial.name}.live"  # the segment store (layerfilm.segments.SegmentStore)
     deadline = time.monotonic() + 120
-    while not partial.exists():  # the film is being written: an update is under way
+    # a segment or the film is being written: an update is under way (the native WebM join alone takes ms)
+    while not (partial.exists() or any(store.glob("seg_*"))):
         assert time.monotonic() < deadline and w.proc.poll() is None
         time.sleep(0.005)
     code, err = w.stop()
