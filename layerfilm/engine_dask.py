@@ -12,7 +12,9 @@ yet. So the bar moves while tasks run and always ends exactly at the sum of the 
 
 With no address, layerfilm starts a ``LocalCluster`` of ``jobs`` worker processes with one thread
 each; it and any client are kept for the life of the process (the passes of one run share them) and
-closed at exit, or by :func:`close`.
+closed at exit, or by :func:`close`. :meth:`DaskEngine.start` reaches the cluster (starts the
+LocalCluster, its workers importing the modules named) in a background thread, so that this costs no
+wall time while the caller scans the checkpoints; the first map waits for it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from .engine import DASK_MISSING, Progress, check_jobs, cores, worker_init
@@ -32,7 +35,9 @@ from .errors import EngineError, OptionsError
 CONNECT_TIMEOUT_S = 10.0  # a scheduler that does not answer in this time is an error, not a hang
 FLUSH_S = 0.2  # a worker sends its progress counts at most this often
 
-_clients: dict[tuple[str | None, int], tuple[Any, Any]] = {}  # (address, workers) -> (client, own LocalCluster or None)
+Key = tuple[str | None, int]  # (address, workers of a LocalCluster: 0 with an address)
+_clients: dict[Key, tuple[Any, Any]] = {}  # -> (client, own LocalCluster or None)
+_starting: dict[Key, Future] = {}  # clients being reached in the background (DaskEngine.start)
 _lock = threading.Lock()
 
 
@@ -68,16 +73,43 @@ class DaskEngine:
     def sharing(self) -> int:
         return self.jobs if self.address is None else 1  # a LocalCluster's workers share this machine
 
+    def _key(self) -> Key:
+        return (self.address, 0 if self.address else self._jobs or cores())
+
     def client(self) -> Any:
-        """This process's client of the cluster (connected, or its LocalCluster started, on first use)."""
-        key = (self.address, 0 if self.address else self._jobs or cores())
+        """This process's client of the cluster (connected, or its LocalCluster started, on first use,
+        or waited for if :meth:`start` began that)."""
+        key = self._key()
+        with _lock:
+            pending = _starting.get(key)
+        if pending is not None:
+            pending.exception()  # wait; a failure is raised below, by the one who waits first
+            with _lock:
+                if _starting.get(key) is pending:
+                    del _starting[key]
+                    _clients[key] = pending.result()  # raises the background start's error, if any
         with _lock:
             if key not in _clients:
                 _clients[key] = _connect(*key)
             return _clients[key][0]
 
     def start(self, modules: tuple[str, ...] = ()) -> None:
-        """Nothing ahead: the cluster is reached (or its LocalCluster started) by the first map."""
+        """Reach the cluster, or start the LocalCluster with its workers importing ``modules``, in a
+        background thread; returns at once (the first map waits for it)."""
+        key = self._key()
+        with _lock:
+            if key in _clients or key in _starting:
+                return
+            pending: Future = Future()
+            _starting[key] = pending
+
+        def reach() -> None:
+            try:
+                pending.set_result(_connect(*key, modules))
+            except BaseException as e:  # kept for the first map, which raises it
+                pending.set_exception(e)
+
+        threading.Thread(target=reach, name="layerfilm-dask-start", daemon=True).start()
 
     def map(self, fn: Callable[..., Any], args: Sequence[tuple], progress: Progress | None = None,
             resources: dict[str, float] | None = None) -> list[Any]:
@@ -172,13 +204,15 @@ def _check_resources(client: Any, resources: dict[str, float], address: str | No
                           f"GPU with `dask worker ADDRESS --resources {need}`, e.g. under dask-cuda)")
 
 
-def _connect(address: str | None, workers: int) -> tuple[Any, Any]:
-    """A client of the scheduler at ``address``, or of a new LocalCluster of ``workers`` processes."""
+def _connect(address: str | None, workers: int, modules: tuple[str, ...] = ()) -> tuple[Any, Any]:
+    """A client of the scheduler at ``address``, or of a new LocalCluster of ``workers`` processes
+    (each importing ``modules`` as it starts)."""
     distributed = _distributed()
     if address is None:
         # each worker holds one GPU slot: a device task (layerfilm.features.activations.devices) at a time
         cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=logging.ERROR, resources={"GPU": 1})
+                                           dashboard_address=None, silence_logs=logging.ERROR, resources={"GPU": 1},
+                                           preload=list(modules))
         return distributed.Client(cluster, set_as_default=False), cluster
     try:
         return distributed.Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False), None
@@ -187,7 +221,15 @@ def _connect(address: str | None, workers: int) -> tuple[Any, Any]:
 
 
 def close() -> None:
-    """Close this process's clients and the LocalClusters layerfilm started."""
+    """Close this process's clients and the LocalClusters layerfilm started (those still starting
+    once they have)."""
+    with _lock:
+        pending = list(_starting.items())
+        _starting.clear()
+    for key, started in pending:
+        if started.exception() is None:
+            with _lock:
+                _clients.setdefault(key, started.result())
     with _lock:
         while _clients:
             _, (client, cluster) = _clients.popitem()

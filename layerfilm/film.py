@@ -349,6 +349,8 @@ def render(
     if export is not None:
         check_export_path(export, inputs)
     with session():  # the reading's workers draw the film's segments too
+        if opts.engine != "local":  # a cluster runs every pass: reach it (start a LocalCluster) while scanning
+            get_engine(opts.engine, opts.jobs, **opts.engine_options()).start(WORKER_MODULES)
         run = Run.open(folder, opts, progress, scan_progress=progress)
         if len(run.series) < 2:
             raise ScanError(f"{show(folder)}: found {len(run.series)} usable checkpoint; a film needs at least two key frames")

@@ -153,6 +153,17 @@ def test_dask_local_cluster_without_address(tiny_run, tmp_path, run_cli):
     assert_same(local, on_dask)
 
 
+def test_start_brings_the_local_cluster_up_in_the_background_with_its_imports_done():
+    """DaskEngine.start returns at once; the first use of the client waits for the LocalCluster, whose
+    workers imported the modules named while they started (no task has run on them)."""
+    engine = get_engine("dask", jobs=2)
+    engine.start(("layerfilm.segments",))
+    client = engine.client()
+    imported = client.run(lambda: "layerfilm.segments" in sys.modules)  # {worker: bool}
+    assert len(imported) == 2 and all(imported.values())
+    assert not engine_dask._starting
+
+
 def test_unanswered_address_is_one_line(tiny_run, tmp_path, run_cli, monkeypatch):
     monkeypatch.setattr(engine_dask, "CONNECT_TIMEOUT_S", 1.0)
     with socket.socket() as s:  # a port nothing listens on
