@@ -156,7 +156,7 @@ class Failing:
     def frame(self, f: int) -> np.ndarray:
         if f == self.bad:
             return np.zeros((2, 2, 3), np.uint8)
-        time.sleep(0.1)  # 200 frames a segment: 20 s if the failure did not cancel them
+        time.sleep(0.1)  # 66-67 frames a segment: 6-7 s each, 60 s in all, if the failure did not cancel them
         return self.inner.frame(f % self.inner.n_frames)
 
     def keys(self, start: int, stop: int) -> Failing:
@@ -169,10 +169,12 @@ class Failing:
 def test_a_failing_segment_cancels_the_others_and_leaves_nothing(frames, tmp_path):
     out = tmp_path / "film.webm"
     counts: list[int] = []
+    parts = plan(600, 3, 10, SHORT)  # 9 segments, 3 at a time
+    bad = parts[1][0] + 5  # early in the second segment: the first three run at once
     with pytest.raises(ValueError, match=r"frame \(2, 2, 3\) uint8, expected \(90, 160, 3\)"):
-        encode_film(Failing(frames, bad=400), out, SIZE, SHORT, 10, LocalEngine(3), counts.append)
+        encode_film(Failing(frames, bad=bad), out, SIZE, SHORT, 10, LocalEngine(3), counts.append)
     assert list(tmp_path.iterdir()) == []
-    assert sum(counts) < 400  # the other segments stopped early
+    assert len(parts) == 9 and sum(counts) < parts[3][0]  # the running segments stopped early, no later one ran
 
 
 def test_render_jobs_2_and_jobs_1_write_the_same_film(tiny_run, tmp_path, run_cli):
