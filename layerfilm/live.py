@@ -328,7 +328,8 @@ class LiveFilm:
         self.ckpts.append(ckpt)
         if self.store is not None:
             self.store.append(x)
-            self.bounds = self.bounds or DistanceBounds(x.shape[0])
+            if self.bounds is None:
+                self.bounds = DistanceBounds(x.shape[0])
             self.bounds.add(self.prev_sq[-1])
         self.since_fit += 1
         every = self.live.every

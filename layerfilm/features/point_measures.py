@@ -131,13 +131,17 @@ class DistanceBounds:
     def _resolve(self, t: int, blocks: np.ndarray, newest: np.ndarray, read: Reader) -> None:
         """Exact squared distances of key frame t's ``blocks`` to the newest key frame: the whole row read
         once when it has several, else the one block's rows."""
-        x = read(t) if len(blocks) > 1 else read(t, int(blocks[0]))[None]
-        buf = np.empty(x.shape[1:], np.float32)
-        for i, l in enumerate(blocks):
-            sq = sum_sq_diff(x[i:i + 1] if len(blocks) == 1 else x[l:l + 1], newest[l:l + 1], buf)[0]
+        if len(blocks) == 1:
+            rows = [(int(blocks[0]), read(t, int(blocks[0]))[None])]
+        else:
+            x = read(t)
+            rows = [(int(l), x[l:l + 1]) for l in blocks]
+        buf = np.empty(newest.shape[1:], np.float32)
+        for l, x_l in rows:
+            sq = sum_sq_diff(x_l, newest[l:l + 1], buf)[0]
             self.sq[t, l], self.known[t, l] = sq, True
             self.lo[t, l] = self.hi[t, l] = np.sqrt(sq)
-        self.read_back += len(blocks)
+        self.read_back += len(rows)
 
     def exact(self, newest: np.ndarray, read: Reader) -> np.ndarray:
         """(T, L) every squared distance to the newest key frame (``newest``: its (L, N, D) rows)."""
@@ -149,29 +153,29 @@ class DistanceBounds:
                read: Reader) -> np.ndarray:
         """(L,) ``settle_index`` of the point distances (``norm_sq``: the newest key frame's (L,) squared
         norms), reading back only what the bounds leave undecided."""
-        T, L = self.sq.shape
-        m = self.MARGIN
-        out = np.full(L, -1, np.int64)
         scale = np.maximum(np.sqrt(norm_sq), 1e-300)
-        for l in range(L):
-            while True:
-                d = np.sqrt(self.sq[:, l]) / scale[l]  # the render's point_distance, where known
-                if self.known[0, l] and d[0] == 0:  # never moved: settled from the start
-                    k = -2
-                    break
-                lo, hi, lo0, hi0 = self.lo[:, l], self.hi[:, l], self.lo[0, l], self.hi[0, l]
-                with np.errstate(invalid="ignore"):
-                    exact = self.known[:, l] & self.known[0, l]
-                    below = np.where(exact, d < threshold * d[0], hi * (1 + m) < threshold * lo0 - m * hi0)
-                    above = np.where(exact, ~(d < threshold * d[0]), lo - m * hi >= threshold * hi0 * (1 + m))
-                rest = np.flatnonzero(~below)
-                if not len(rest):
-                    k = 0
-                    break
-                t = int(rest[-1])
-                if above[t]:
-                    k = t + 1
-                    break
-                self._resolve(0 if not self.known[0, l] else t, np.array([l]), newest, read)
-            out[l] = 0 if k == -2 else k if k <= T - 2 else -1
-        return out
+        return np.array([self._settle_block(l, threshold, scale[l], newest, read) for l in range(self.sq.shape[1])],
+                        np.int64)
+
+    def _settle_block(self, l: int, threshold: float, scale: float, newest: np.ndarray, read: Reader) -> int:
+        """Block l's settling key frame (settle_index's rule: 0 if it never moved, -1 if only the newest
+        key frame qualifies), each undecided comparison settled by reading back one key frame's rows."""
+        T, m = len(self), self.MARGIN
+        while True:
+            d = np.sqrt(self.sq[:, l]) / scale  # the render's point_distance, where known
+            if self.known[0, l] and d[0] == 0:  # never moved: settled from the start
+                return 0
+            lo, hi, lo0, hi0 = self.lo[:, l], self.hi[:, l], self.lo[0, l], self.hi[0, l]
+            with np.errstate(invalid="ignore"):
+                exact = self.known[:, l] & self.known[0, l]
+                below = np.where(exact, d < threshold * d[0], hi * (1 + m) < threshold * lo0 - m * hi0)
+                above = np.where(exact, ~(d < threshold * d[0]), lo - m * hi >= threshold * hi0 * (1 + m))
+            rest = np.flatnonzero(~below)
+            if not len(rest):
+                k = 0
+            elif above[rest[-1]]:
+                k = int(rest[-1]) + 1
+            else:  # undecided: the first key frame's distance, then this one's, computed exactly
+                self._resolve(0 if not self.known[0, l] else int(rest[-1]), np.array([l]), newest, read)
+                continue
+            return k if k <= T - 2 else -1
