@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ from layerfilm.features.activations import (
     run_probe,
 )
 from layerfilm.features.activations import loader as loader_module
+from layerfilm.features.activations import model as model_module
+from layerfilm.features.activations.llama import LlamaTrunk, llama_shape
 from layerfilm.features.activations.loader import Item, plan_pieces
 from layerfilm.features.activations.ring import ChunkRing
 from layerfilm.formats import open_checkpoint
@@ -256,10 +259,71 @@ def test_no_config_and_no_factory(tiny_run, run_cli, tmp_path):
     assert code == 2 and f"{tiny_run}: no config.json to build the model from; pass --model package.module:make_model" in err
 
 
-def test_missing_transformers_says_what_to_install(llama_run, monkeypatch, tmp_path):
+def test_missing_transformers_says_what_to_install(gpt2_run, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
     with pytest.raises(LayerfilmError, match=r"needs transformers: pip install 'layerfilm\[hf\]'"):
-        features(llama_run, tmp_path)
+        features(gpt2_run, tmp_path)
+
+
+# ---------------------------------------------------------------- layerfilm's own Llama forward (.llama)
+
+def hf_built(monkeypatch) -> None:
+    """From now on build_model builds every config.json model with transformers (as before .llama existed)."""
+    monkeypatch.setattr(model_module, "llama_shape", lambda config: None)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_native_llama_gives_transformers_bits(llama_run, tmp_path, monkeypatch, dtype):
+    """The same film, bit for bit, from layerfilm's Llama forward and from transformers' LlamaForCausalLM
+    (grouped-query attention: 2 heads, 1 key/value head)."""
+    spec = ActivationSpec(device="cpu", dtype=dtype, points=64)
+    native = extract(scan(llama_run), spec, tmp_path / "native", progress=False)
+    assert isinstance(build_model(spec, scan(llama_run).checkpoints[0], torch.device("cpu")), LlamaTrunk)
+    hf_built(monkeypatch)
+    assert not isinstance(build_model(spec, scan(llama_run).checkpoints[0], torch.device("cpu")), LlamaTrunk)
+    hf = extract(scan(llama_run), spec, tmp_path / "hf", progress=False)
+    assert np.array_equal(native.point_ids, hf.point_ids)
+    for t in range(len(STEPS)):
+        assert np.array_equal(native.store[t], hf.store[t])
+    assert native.stats.keys() == hf.stats.keys()
+    for k in native.stats:
+        assert np.array_equal(native.stats[k], hf.stats[k], equal_nan=True), k
+
+
+def test_a_llama_film_needs_no_transformers_and_never_reads_the_lm_head(llama_run, tmp_path, monkeypatch):
+    read: list[str] = []
+    item = WeightLoader._item
+    monkeypatch.setattr(WeightLoader, "_item", lambda self, reader, key, name, shape:
+                        read.append(name) or item(self, reader, key, name, shape))
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
+    f = features(llama_run, tmp_path, points=32)
+    assert list(f.steps) == list(STEPS) and f.store[0].shape == (2, 32, 32)
+    with open_checkpoint(llama_run / "checkpoint-0" / "model.safetensors", "safetensors") as reader:
+        stored = set(reader.keys())
+    assert "lm_head.weight" in stored and set(read) == (stored - {"lm_head.weight"})
+
+
+@pytest.mark.parametrize("change", [{"model_type": "mistral"}, {"hidden_act": "gelu"},
+                                    {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+                                    {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
+                                    {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                                         "partial_rotary_factor": 0.5}},
+                                    {"num_key_value_heads": 3}, {"hidden_size": None}])
+def test_configs_the_native_llama_does_not_cover_go_to_transformers(llama_run, change):
+    config = json.loads((llama_run / "checkpoint-0" / "config.json").read_text())
+    assert llama_shape(config) is not None
+    assert llama_shape({**config, **change}) is None
+
+
+def test_the_native_llama_reads_each_setting(llama_run):
+    config = json.loads((llama_run / "checkpoint-0" / "config.json").read_text())
+    shape = llama_shape(config)
+    assert (shape.hidden_size, shape.num_hidden_layers, shape.num_attention_heads, shape.num_key_value_heads,
+            shape.head_dim, shape.vocab_size, shape.max_position_embeddings) == (32, 2, 2, 1, 16, 256, 64)
+    legacy = {k: v for k, v in config.items() if k != "rope_parameters"}  # transformers 4's spelling
+    assert llama_shape({**legacy, "rope_theta": 5e5, "rope_scaling": None}).rope_theta == 5e5
+    assert llama_shape({**legacy, "rope_theta": 5e5}) == replace(shape, rope_theta=5e5)
+    assert llama_shape({**config, "head_dim": 8, "attention_bias": True}) == replace(shape, head_dim=8, attention_bias=True)
 
 
 def test_bfloat16_is_close_to_float32(llama_run, tmp_path):
@@ -344,6 +408,11 @@ def test_activation_films_are_cached_until_the_probe_changes(llama_run, run_cli,
 
 # ---------------------------------------------------------------- the loader (layerfilm.features.activations.loader)
 
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``load_state_dict``, strict about missing keys; the LM head, which layerfilm's Llama has not, is left out."""
+    model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()})
+
+
 def reference_pass(folder: Path, spec: ActivationSpec, picks: np.ndarray):
     """What the activation pass must give: each checkpoint put into the model by plain ``load_state_dict``."""
     series = scan(folder)
@@ -353,7 +422,7 @@ def reference_pass(folder: Path, spec: ActivationSpec, picks: np.ndarray):
     ids = torch.as_tensor(probe_ids(spec, folder / "checkpoint-0", 64, 256))
     out = []
     for c in series.checkpoints:
-        model.load_state_dict(load_file(c.path / "model.safetensors"))
+        load_into(model, load_file(c.path / "model.safetensors"))
         with torch.inference_mode():
             out.append(run_probe(model, modules, ids, picks, spec.batch_size, spec.near_zero))
     return out
@@ -487,7 +556,8 @@ def test_cpu_parameters_view_the_file_until_released_and_never_write_it(llama_ru
             staged = loader.stage(reader, file)
         loader.apply(staged)
         state, want = model.state_dict(), load_file(file)
-        assert all(torch.equal(state[k], want[k]) and state[k].data_ptr() != own[k] for k in want)
+        assert state.keys() == want.keys() - {"lm_head.weight"}  # left in the file: the probe stops before it
+        assert all(torch.equal(state[k], want[k]) and state[k].data_ptr() != own[k] for k in state)
         next(model.parameters()).data.add_(1.0)
         loader.release()
     assert file.read_bytes() == before
@@ -514,7 +584,7 @@ def test_every_format_loads_the_same_bits(llama_run, tmp_path, host_buffers):
     for dtype in ("float32", "bfloat16"):
         model = build_model(ActivationSpec(dtype=dtype), scan(llama_run).checkpoints[0], torch.device("cpu"))
         for path, fmt, src in cases:
-            model.load_state_dict(src)
+            load_into(model, src)
             want = {k: v.clone() for k, v in model.state_dict().items()}
             for p in model.parameters():
                 p.data.zero_()

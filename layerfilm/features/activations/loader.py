@@ -57,12 +57,15 @@ def _prefixes(keys: list[str], depth: int = 2) -> set[str]:
 
 
 def match_keys(model_keys: list[str], ckpt_keys: list[str], where: Path | str = "",
-               optional: Callable[[str, set[str]], bool] = lambda key, found: False) -> dict[str, str]:
+               optional: Callable[[str, set[str]], bool] = lambda key, found: False,
+               unused: Callable[[str], bool] = lambda name: False) -> dict[str, str]:
     """Model key -> checkpoint key, after removing a wrapper prefix the checkpoint has and the model
     lacks (``module.``, ``_orig_mod.``, ``model.``), or adding one the model has and the checkpoint lacks.
 
     Strict: raises CheckpointError listing the missing and unexpected keys unless every model key
-    is found (``optional(key, found_keys)`` ones may be missing, e.g. a tied ``lm_head.weight``).
+    is found (``optional(key, found_keys)`` ones may be missing, e.g. a tied ``lm_head.weight``) and every
+    checkpoint tensor is used (``unused(name)`` ones may be left in the file, never read: e.g. the LM head
+    of a model that stops after its last block).
     """
     wanted = set(model_keys)
     best, best_hits = {}, -1
@@ -75,7 +78,7 @@ def match_keys(model_keys: list[str], ckpt_keys: list[str], where: Path | str = 
     found = best.keys() & wanted
     missing = [k for k in model_keys if k not in found and not optional(k, found)]
     used = {best[k] for k in found}
-    unexpected = [k for k in ckpt_keys if k not in used]
+    unexpected = [k for k in ckpt_keys if k not in used and not unused(k)]
     if missing or unexpected:
         def few(keys: list[str]) -> str:
             return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
@@ -211,6 +214,7 @@ class WeightLoader:
             groups.setdefault(v.data_ptr(), []).append(k)
         self.tied = {k: g for g in groups.values() if len(g) > 1 for k in g}
         self.ignore = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_missing", None) or []]
+        self.unread = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []]
         self._pool = ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1), thread_name_prefix="layerfilm-read")
         self._ring = ChunkRing(chunks, chunk_bytes, pin=self.gpu) if ring else None
         self._mapped: list[str] = []  # keys whose parameters are views of a mapped file
@@ -231,6 +235,10 @@ class WeightLoader:
         """A key that may be missing: tied to one that is found, or one the model says to ignore."""
         return any(o in found for o in self.tied.get(key, ())) or any(p.search(key) for p in self.ignore)
 
+    def unused(self, name: str) -> bool:
+        """A checkpoint tensor the model says it does not use (left in the file, never read)."""
+        return any(p.search(name) for p in self.unread)
+
     def target(self, key: str) -> torch.Tensor:
         """The tensor that holds model key ``key`` now."""
         return self.live[key].detach()
@@ -245,7 +253,7 @@ class WeightLoader:
     def stage(self, reader, where: Path) -> Staged:
         """Check an open checkpoint against the model, then (GPU) read its first pieces into the ring or
         (CPU) map its files. Raises CheckpointError (keys, shapes, a short file) before the model is touched."""
-        mapping = match_keys(list(self.own), reader.keys(), where, self.optional)
+        mapping = match_keys(list(self.own), reader.keys(), where, self.optional, self.unused)
         items = []
         for key, name in mapping.items():
             shape = tuple(reader.shape(name))

@@ -1,5 +1,6 @@
-"""Building the model once, without network access: from the checkpoint's ``config.json`` through
-``transformers`` (``AutoConfig`` + ``AutoModelForCausalLM.from_config``), or by a user factory
+"""Building the model once, without network access: from the checkpoint's ``config.json`` (a Llama by
+layerfilm's own forward, :mod:`.llama`; any other architecture through ``transformers``' ``AutoConfig`` +
+``AutoModelForCausalLM.from_config``), or by a user factory
 ``package.module:make_model`` (or ``path/to/file.py:make_model``) for any other torch module; and
 finding its decoder blocks. The model is built directly on the device, in the film's dtype."""
 
@@ -19,6 +20,7 @@ from ...blocks import map_blocks
 from ...errors import CheckpointError, OptionsError
 from ...formats import open_checkpoint
 from ...scan import Checkpoint
+from .llama import LlamaTrunk, llama_shape, read_config
 from .spec import DTYPES, ActivationSpec, check_model_files, model_folder
 
 _CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "n_ctx", "context", "block_size", "max_seq_len")
@@ -121,18 +123,7 @@ def build_model(spec: ActivationSpec, ckpt: Checkpoint, device: torch.device) ->
         check_model_files(folder)
         if not (folder / "config.json").is_file():
             raise OptionsError(f"{folder}: no config.json to build the model from; pass --model package.module:make_model")
-        tf = transformers_module()
-        try:
-            config = tf.AutoConfig.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{folder / 'config.json'}: transformers cannot read it ({e})") from None
-        config.dtype = dtype  # transformers >= 4.56 builds in config.dtype; older ones follow the default dtype
-
-        def make() -> torch.nn.Module:
-            try:
-                return tf.AutoModelForCausalLM.from_config(config)
-            except ValueError as e:  # an architecture with no causal-LM head
-                raise CheckpointError(f"{folder / 'config.json'}: {str(e).splitlines()[0]}") from None
+        make = _from_config(folder / "config.json", dtype)
     with torch.device(device), default_dtype(dtype):  # built in place: no full-precision copy on the CPU
         model = make()
     if not isinstance(model, torch.nn.Module):
@@ -141,6 +132,28 @@ def build_model(spec: ActivationSpec, ckpt: Checkpoint, device: torch.device) ->
     if any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
         model.to(dtype)
     return model.eval()
+
+
+def _from_config(path: Path, dtype: torch.dtype) -> Callable[[], torch.nn.Module]:
+    """How to build the model ``config.json`` describes: layerfilm's own Llama forward where it covers the
+    config (no transformers import), else transformers' ``AutoModelForCausalLM.from_config``."""
+    shape = llama_shape(read_config(path))
+    if shape is not None:
+        return lambda: LlamaTrunk(shape)
+    tf = transformers_module()
+    try:
+        config = tf.AutoConfig.from_pretrained(str(path.parent), local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: transformers cannot read it ({e})") from None
+    config.dtype = dtype  # transformers >= 4.56 builds in config.dtype; older ones follow the default dtype
+
+    def make() -> torch.nn.Module:
+        try:
+            return tf.AutoModelForCausalLM.from_config(config)
+        except ValueError as e:  # an architecture with no causal-LM head
+            raise CheckpointError(f"{path}: {str(e).splitlines()[0]}") from None
+
+    return make
 
 
 def embedding_rows(model: torch.nn.Module) -> int | None:

@@ -131,7 +131,8 @@ def check_model_files(folder: Path) -> None:
 
 def input_files(spec: ActivationSpec, series: Series) -> list[Path]:
     """Files besides the checkpoints whose contents change an activation film (the cache stamps them):
-    the probe, the model factory's source, and config/tokenizer files beside checkpoint files."""
+    the probe, the model factory's source (or layerfilm's own Llama forward), and config/tokenizer files
+    beside checkpoint files."""
     files = [Path(spec.probe) if spec.probe is not None else DEFAULT_PROBE]
     if spec.model is not None:
         target = spec.model.rpartition(":")[0]
@@ -147,6 +148,8 @@ def input_files(spec: ActivationSpec, series: Series) -> list[Path]:
                 sys.path.remove(str(Path.cwd()))
             if found is not None and found.origin:
                 files.append(Path(found.origin))
+    else:  # the forward that runs a Llama config (layerfilm.features.activations.llama): its code changes a film
+        files.append(Path(__file__).with_name("llama.py"))
     folders = {local_path(c.path).parent for c in series.checkpoints if not c.path.is_dir()}
     files += [f / n for f in sorted(folders) for n in ("config.json", *TOKENIZER_FILES) if (f / n).is_file()]
     return [f for f in files if f.is_file()]
