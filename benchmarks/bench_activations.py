@@ -161,9 +161,46 @@ def same_as_load_file(loader: WeightLoader, folder: Path, device: torch.device) 
     want: dict[str, torch.Tensor] = {}
     for f in sorted(folder.glob("*.safetensors")):
         want.update(load_file(str(f), device=str(device)))
-    mapping = match_keys(list(loader.own), list(want), folder, loader.optional)
+    mapping = match_keys(list(loader.own), list(want), folder, loader.optional, loader.unused)
     same = all(torch.equal(loader.own[k], want[v].to(loader.own[k].dtype)) for k, v in mapping.items())
     return f"{'yes' if same else 'NO'} ({len(mapping)} tensors compared with torch.equal)"
+
+
+def against_transformers(ckpt, spec: ActivationSpec, device: torch.device) -> str:
+    """layerfilm's own Llama forward against transformers' LlamaForCausalLM: the same weights (``ckpt``, read
+    with ``load_file``), the same probe and tracked tokens; whether the block outputs are bit-equal, and
+    the largest difference relative to the largest value."""
+    from safetensors.torch import load_file
+
+    from layerfilm.features.activations import model as model_module
+
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(ckpt.path.glob("*.safetensors")):
+        state.update(load_file(str(f), device=str(device)))
+    outs, kinds = [], []
+    native_shape = model_module.llama_shape
+    for native in (True, False):
+        model_module.llama_shape = native_shape if native else (lambda config: None)
+        try:
+            model = activations.build_model(spec, ckpt, device)
+        finally:
+            model_module.llama_shape = native_shape
+        kinds.append(type(model).__name__)
+        model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()})
+        _, blocks = activations.find_blocks(model, None)
+        ids = activations.probe_ids(spec, activations.model_folder(ckpt), model_module.model_context(model),
+                                    model_module.embedding_rows(model))
+        picks = np.linspace(0, ids.size - 1, min(spec.points, ids.size)).astype(np.int64)
+        with torch.inference_mode():
+            outs.append(PASS.run_probe(model, blocks, torch.as_tensor(ids, device=device), picks, spec.batch_size,
+                                       spec.near_zero)[0])
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    a, b = outs
+    rel = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+    return (f"{kinds[0]} vs {kinds[1]} on {ckpt.path.name}: block outputs at {a.shape[1]} tokens x {a.shape[0]} blocks "
+            f"{'bit-equal' if np.array_equal(a, b) else 'NOT bit-equal'}; max |diff| / max |value| = {rel:.3g}")
 
 
 def profile_cli(args: list[str]) -> None:
@@ -175,13 +212,6 @@ def profile_cli(args: list[str]) -> None:
     import layerfilm.run as run
 
     imports = time.time() - started
-    t = time.perf_counter()
-    if "--model" not in args:  # built from config.json: transformers' import is a start-up cost, not the model's
-        import transformers
-        from transformers.models.llama import modeling_llama  # noqa: F401 - imported lazily by from_config
-
-        transformers.AutoModelForCausalLM  # noqa: B018 - the lazy attribute's import
-    t_tf = time.perf_counter() - t
     t_cuda = 0.0
     if "cuda" in args:
         t = time.perf_counter()
@@ -194,7 +224,8 @@ def profile_cli(args: list[str]) -> None:
     t = time.perf_counter()
     code = cli.main(args)
     t_main = time.perf_counter() - t
-    prof = {"started": started, "imports": imports, "transformers": t_tf, "cuda_init": t_cuda, "main": t_main, "code": code}
+    prof = {"started": started, "imports": imports, "cuda_init": t_cuda, "main": t_main, "code": code,
+            "transformers": "transformers.modeling_utils" in sys.modules}  # a Llama config runs layerfilm's forward
     print("PROFILE " + json.dumps({**prof, **{k: w.total() for k, w in timers.items()}}), flush=True)
     sys.exit(code)
 
@@ -203,7 +234,6 @@ def print_cli_profile(prof: dict, cli: float, T: int, t_ref: float) -> None:
     """Where the CLI's time goes, beyond T x the bare read."""
     loop = prof["extract"] - prof["build"] - prof["check_fits"]
     parts = [("python start + imports (torch, layerfilm)", prof["imports"]),
-             ("import transformers (its Llama model)", prof["transformers"]),
              ("CUDA init (first allocation; 0 on the CPU)", prof["cuda_init"]),
              ("activations: free-memory check (header)", prof["check_fits"]),
              ("activations: build the model", prof["build"]),
@@ -211,12 +241,13 @@ def print_cli_profile(prof: dict, cli: float, T: int, t_ref: float) -> None:
              ("projection", prof["projection"]),
              ("film (render + encode)", prof["film"])]
     other = cli - sum(v for _, v in parts)
-    print(f"CLI profile (a fresh process; the same command with its stages timed): {cli:.2f} s")
+    print(f"CLI profile (a fresh process; the same command with its stages timed): {cli:.2f} s; transformers' "
+          f"modelling code imported: {'yes' if prof['transformers'] else 'no'}")
     for name, v in [*parts, ("other (scan, options, cache, exit)", other)]:
         print(f"  {name:<66} {v:>8.2f} s")
     beyond = cli - T * t_ref
     print(f"  beyond {T} x bare read: {beyond:.2f} s = load + probe beyond the reads {loop - T * t_ref:.2f} + start/imports "
-          f"{prof['imports'] + prof['transformers']:.2f} + CUDA {prof['cuda_init']:.2f} + build {prof['build']:.2f} + projection "
+          f"{prof['imports']:.2f} + CUDA {prof['cuda_init']:.2f} + build {prof['build']:.2f} + projection "
           f"{prof['projection']:.2f} + film {prof['film']:.2f} + other {other + prof['check_fits']:.2f}")
 
 
@@ -317,6 +348,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--devices", default=None, metavar="COUNTS", help="print the scaling table over these device counts, "
                    "e.g. 1,2,4,8 (GPUs 0..k-1 with --device cuda, k CPU workers with --device cpu)")
     p.add_argument("--cold", action="store_true", help="--devices: drop the checkpoints' pages before every timed pass")
+    p.add_argument("--against-transformers", action="store_true", help="also compare layerfilm's Llama forward with "
+                   "transformers' on the last checkpoint (bit-equal or not, largest difference)")
     a = p.parse_args(argv)
     spec = ActivationSpec(points=a.points, probe=a.probe, seq_len=a.seq_len, batch_size=a.batch_size, device=a.device,
                           dtype=a.dtype)
@@ -350,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         t_copy = bare_reads([c.path for c in series.checkpoints[-3:]], device, into)
         del into
         print(f"load_file + copy into preallocated tensors (load_state_dict's work): {t_copy:.3f} s", flush=True)
-    model_bytes = params * dtype.itemsize  # the model as it sits on the device, in --dtype
+    model_bytes = params * dtype.itemsize  # transformers' whole model in --dtype (layerfilm's Llama: no LM head)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -464,6 +497,8 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         print(f"GPU memory peak: {peak / 2**30:.2f} GiB = {peak / model_bytes:.3f}x the model's {model_bytes / 2**30:.2f} GiB "
               f"(+{(peak - model_bytes) / 2**20:.0f} MiB)")
+    if a.against_transformers:
+        print(against_transformers(series.checkpoints[-1], spec, device))
     st = ActivationStats.from_arrays(feats.steps, feats.blocks, feats.stats)
     print(st.table())
     shutil.rmtree(work, ignore_errors=True)
