@@ -168,6 +168,7 @@ class Trunk(nn.Module):
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         # transformers' default RoPE, computed where and as it computes it (in float32 on the build device)
         inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, s.head_dim, 2, dtype=torch.float) / s.head_dim))
+        self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
 
