@@ -87,8 +87,8 @@ def add_activations(g) -> None:
     """The options that build the model and the probe batch (render, stability, report)."""
     g.add_argument("--model", default=None, metavar="MODULE:FN", help="build the model with this function: "
                    "package.module:make_model or path/file.py:make_model, returning a torch.nn.Module (given the first "
-                   "checkpoint's path if it takes an argument); default: from config.json beside the checkpoints, with "
-                   "transformers")
+                   "checkpoint's path if it takes an argument); default: from config.json beside the checkpoints (a Llama by "
+                   "layerfilm's own forward pass, any other architecture with transformers)")
     g.add_argument("--probe", default=None, metavar="FILE", help="probe batch: a UTF-8 text file (tokenised with the "
                    "checkpoint's tokenizer files when present, else as bytes), or a .pt/.npy of token ids, 1-D or (sequences, "
                    "tokens); default: a short bundled text")

@@ -1,6 +1,7 @@
 """Activations as points: what each block computes on a fixed probe batch, one point per token.
 
-The model is built once (``model``: from ``config.json`` with transformers, or a user factory); each
+The model is built once (``model``: from ``config.json``, a Llama by layerfilm's own forward in
+``llama`` and any other architecture with transformers, or a user factory); each
 checkpoint's weights are then loaded into it in their stored dtype (``loader``: keys matched strictly
 after stripping wrapper prefixes, the next checkpoint read while the current one runs the probe);
 forward hooks (``hooks``) copy each block's output hidden states at the tracked token positions of the
