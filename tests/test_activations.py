@@ -315,6 +315,25 @@ def test_configs_the_native_llama_does_not_cover_go_to_transformers(llama_run, c
     assert llama_shape({**config, **change}) is None
 
 
+@pytest.mark.parametrize("change", [{}, {"attention_bias": True, "mlp_bias": True}, {"head_dim": 8},
+                                    {"num_key_value_heads": 2}])
+def test_the_parameter_count_is_the_built_models(llama_run, change):
+    config = json.loads((llama_run / "checkpoint-0" / "config.json").read_text())
+    shape = llama_shape({**config, **change})
+    assert shape.parameters == sum(p.numel() for p in LlamaTrunk(shape).parameters())
+
+
+def test_a_config_larger_than_its_checkpoint_is_refused_before_building(llama_copy, run_cli, tmp_path):
+    """A billion blocks would take hours to build (and never load): refused from the header, in one line."""
+    for c in llama_copy.glob("checkpoint-*"):
+        config = json.loads((c / "config.json").read_text())
+        (c / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10**9}))
+    code, _, err = run_cli("render", llama_copy, "--features", "activations", "--device", "cpu",
+                           "--out", tmp_path / "x.webm", "--quiet")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and not (tmp_path / "x.webm").exists()
+    assert "describes a model of" in err and "is it this checkpoint's config?" in err
+
+
 def test_the_native_llama_reads_each_setting(llama_run):
     config = json.loads((llama_run / "checkpoint-0" / "config.json").read_text())
     shape = llama_shape(config)

@@ -49,6 +49,14 @@ class LlamaShape:
     mlp_bias: bool = False
     max_position_embeddings: int = 2048
 
+    @property
+    def parameters(self) -> int:
+        """How many numbers the model holds (no LM head), counted without building it."""
+        d, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        attention = 2 * d * q + 2 * d * kv + (q + 2 * kv + d) * self.attention_bias
+        mlp = 3 * d * self.intermediate_size + (2 * self.intermediate_size + d) * self.mlp_bias
+        return self.vocab_size * d + self.num_hidden_layers * (attention + mlp + 2 * d) + d
+
 
 def read_config(path: Path) -> dict:
     """``config.json`` as a dict, or CheckpointError in one line."""

@@ -73,6 +73,15 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
+def _held(ckpt: Checkpoint) -> int | None:
+    """How many numbers a checkpoint's tensors hold (from its header), or None if it cannot be read."""
+    try:
+        with open_checkpoint(ckpt.path, ckpt.format) as reader:
+            return sum(_numel(reader.shape(k)) for k in reader.keys())
+    except CheckpointError:  # reported (skipped or refused) when the pass reaches it
+        return None
+
+
 def check_fits(checkpoints: Sequence[Checkpoint], spec: ActivationSpec, device: torch.device,
                free: int | None = None) -> None:
     """Refuse, in one line and before anything is built or loaded, a model whose weights (counted from
@@ -80,15 +89,10 @@ def check_fits(checkpoints: Sequence[Checkpoint], spec: ActivationSpec, device: 
     bytes; default: what CUDA reports). Models larger than one device are out of scope."""
     if device.type != "cuda" and free is None:
         return
-    for ckpt in checkpoints:
-        try:
-            with open_checkpoint(ckpt.path, ckpt.format) as reader:
-                count = sum(_numel(reader.shape(k)) for k in reader.keys())
-            break
-        except CheckpointError:  # reported (skipped or refused) when the loop reaches it
-            continue
-    else:
+    found = next(((c, n) for c in checkpoints if (n := _held(c)) is not None), None)
+    if found is None:
         return
+    ckpt, count = found
     need = count * DTYPES[spec.dtype].itemsize
     if free is None:
         free = torch.cuda.mem_get_info(device.index if device.index is not None else torch.cuda.current_device())[0]
@@ -123,7 +127,7 @@ def build_model(spec: ActivationSpec, ckpt: Checkpoint, device: torch.device) ->
         check_model_files(folder)
         if not (folder / "config.json").is_file():
             raise OptionsError(f"{folder}: no config.json to build the model from; pass --model package.module:make_model")
-        make = _from_config(folder / "config.json", dtype)
+        make = _from_config(folder / "config.json", dtype, ckpt)
     with torch.device(device), default_dtype(dtype):  # built in place: no full-precision copy on the CPU
         model = make()
     if not isinstance(model, torch.nn.Module):
@@ -134,11 +138,17 @@ def build_model(spec: ActivationSpec, ckpt: Checkpoint, device: torch.device) ->
     return model.eval()
 
 
-def _from_config(path: Path, dtype: torch.dtype) -> Callable[[], torch.nn.Module]:
+def _from_config(path: Path, dtype: torch.dtype, ckpt: Checkpoint) -> Callable[[], torch.nn.Module]:
     """How to build the model ``config.json`` describes: layerfilm's own Llama forward where it covers the
-    config (no transformers import), else transformers' ``AutoModelForCausalLM.from_config``."""
+    config (no transformers import), else transformers' ``AutoModelForCausalLM.from_config``. A Llama
+    config describing more numbers than ``ckpt`` holds is refused before anything is built (a hostile or
+    wrong config must not allocate, or loop over, a model that could never load)."""
     shape = llama_shape(read_config(path))
     if shape is not None:
+        held = _held(ckpt)
+        if held is not None and shape.parameters > held:
+            raise CheckpointError(f"{path}: describes a model of {shape.parameters:,} parameters and {ckpt.path} holds "
+                                  f"{held:,}; is it this checkpoint's config?")
         return lambda: LlamaTrunk(shape)
     tf = transformers_module()
     try:
