@@ -73,6 +73,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def save_tokenizer(folders: list[Path], vocab: int) -> None:
+    """A byte-level BPE tokenizer (trained on the bundled probe text, at most ``vocab`` ids) saved into each
+    folder as ``save_pretrained`` writes one, as the Trainer saves it beside every checkpoint."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([activations.DEFAULT_PROBE.read_text()], trainers.BpeTrainer(
+        vocab_size=min(vocab, 2000), special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    for f in folders:
+        tok.save_pretrained(f)
+
+
 def make_series(folder: Path, shape: str, n: int, device: torch.device, dtype: torch.dtype) -> tuple[int, float]:
     """n checkpoints checkpoint-0, -100, ... in ``dtype`` (one file each); returns (parameters, seconds)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -218,7 +234,7 @@ def profile_cli(args: list[str]) -> None:
         torch.empty(1, device="cuda")
         torch.cuda.synchronize()
         t_cuda = time.perf_counter() - t
-    timers = {"check_fits": Timed(PASS, "check_fits"), "build": Timed(PASS, "build_model"),
+    timers = {"check_fits": Timed(PASS, "check_fits"), "build": Timed(PASS, "build_model"), "ids": Timed(PASS, "probe_ids"),
               "extract": Timed(activations, "extract"), "probe": Timed(PASS, "run_probe"),
               "projection": Timed(run, "project"), "film": Timed(film, "write_film")}
     t = time.perf_counter()
@@ -232,11 +248,12 @@ def profile_cli(args: list[str]) -> None:
 
 def print_cli_profile(prof: dict, cli: float, T: int, t_ref: float) -> None:
     """Where the CLI's time goes, beyond T x the bare read."""
-    loop = prof["extract"] - prof["build"] - prof["check_fits"]
+    loop = prof["extract"] - prof["build"] - prof["check_fits"] - prof["ids"]
     parts = [("python start + imports (torch, layerfilm)", prof["imports"]),
              ("CUDA init (first allocation; 0 on the CPU)", prof["cuda_init"]),
              ("activations: free-memory check (header)", prof["check_fits"]),
              ("activations: build the model", prof["build"]),
+             ("activations: probe token ids (tokenizer files: transformers' AutoTokenizer)", prof["ids"]),
              (f"activations: load + probe ({T} ckpts; {T} x bare read = {T * t_ref:.2f} s)", loop),
              ("projection", prof["projection"]),
              ("film (render + encode)", prof["film"])]
@@ -247,8 +264,8 @@ def print_cli_profile(prof: dict, cli: float, T: int, t_ref: float) -> None:
         print(f"  {name:<66} {v:>8.2f} s")
     beyond = cli - T * t_ref
     print(f"  beyond {T} x bare read: {beyond:.2f} s = load + probe beyond the reads {loop - T * t_ref:.2f} + start/imports "
-          f"{prof['imports']:.2f} + CUDA {prof['cuda_init']:.2f} + build {prof['build']:.2f} + projection "
-          f"{prof['projection']:.2f} + film {prof['film']:.2f} + other {other + prof['check_fits']:.2f}")
+          f"{prof['imports']:.2f} + CUDA {prof['cuda_init']:.2f} + build {prof['build']:.2f} + ids {prof['ids']:.2f} + "
+          f"projection {prof['projection']:.2f} + film {prof['film']:.2f} + other {other + prof['check_fits']:.2f}")
 
 
 def drop_pages(files: list[Path]) -> None:
@@ -348,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--devices", default=None, metavar="COUNTS", help="print the scaling table over these device counts, "
                    "e.g. 1,2,4,8 (GPUs 0..k-1 with --device cuda, k CPU workers with --device cpu)")
     p.add_argument("--cold", action="store_true", help="--devices: drop the checkpoints' pages before every timed pass")
+    p.add_argument("--tokenizer", action="store_true", help="save a tokenizer (byte-level BPE) beside every checkpoint, "
+                   "as the Trainer does: the probe text is then tokenised by it (transformers' AutoTokenizer)")
     p.add_argument("--against-transformers", action="store_true", help="also compare layerfilm's Llama forward with "
                    "transformers' on the last checkpoint (bit-equal or not, largest difference)")
     a = p.parse_args(argv)
@@ -358,6 +377,12 @@ def main(argv: list[str] | None = None) -> None:
     save_dtype = activations.DTYPES[a.save_dtype or a.dtype]
     folder = a.work / f"llama-{a.shape}-{a.save_dtype or a.dtype}"
     params, t_make = make_series(folder, a.shape, a.checkpoints, device, save_dtype)
+    for f in folder.glob("checkpoint-*/tokenizer*.json"):
+        f.unlink()  # made by this bench (save_tokenizer): present only with --tokenizer
+    if a.tokenizer:
+        if SHAPES[a.shape]["vocab_size"] < 300:
+            sys.exit(f"--tokenizer: the {a.shape} shape's vocabulary is smaller than a byte-level BPE's (300 ids)")
+        save_tokenizer(sorted(folder.glob("checkpoint-*")), SHAPES[a.shape]["vocab_size"])
     print(f"checkpoints: {a.checkpoints} x {params / 1e6:.1f} M params ({save_dtype}) in {folder}, made in {t_make:.1f} s",
           flush=True)
     series = scan(folder)
