@@ -32,6 +32,7 @@ from layerfilm.features.activations import (
 )
 from layerfilm.features.activations import loader as loader_module
 from layerfilm.features.activations import model as model_module
+from layerfilm.features.activations.hooks import Stop, capture
 from layerfilm.features.activations.llama import LlamaTrunk, llama_shape
 from layerfilm.features.activations.loader import Item, plan_pieces
 from layerfilm.features.activations.ring import ChunkRing
@@ -288,6 +289,31 @@ def test_the_native_llama_gives_transformers_bits(llama_run, tmp_path, monkeypat
     assert native.stats.keys() == hf.stats.keys()
     for k in native.stats:
         assert np.array_equal(native.stats[k], hf.stats[k], equal_nan=True), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("config", [
+    dict(num_attention_heads=4, num_key_value_heads=2),  # grouped key/value heads, taken by sdpa itself
+    dict(num_attention_heads=2, num_key_value_heads=1, head_dim=264),  # over 256 per head: the heads repeated
+    dict(num_attention_heads=4, num_key_value_heads=4, attention_bias=True, mlp_bias=True, rope_theta=5e5),
+])
+def test_the_native_forward_equals_transformers_block_by_block(config, dtype):
+    """Any weights (random here, not trained), each block's output bit for bit, on sequences of 1 and 40 tokens."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=3, vocab_size=300,
+                                   max_position_embeddings=128, **config)
+    hf = transformers.AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
+    native = LlamaTrunk(llama_shape(json.loads(cfg.to_json_string()))).to(dtype).eval()
+    native.load_state_dict({k: v for k, v in hf.state_dict().items() if k in native.state_dict()})
+    def blocks(model, ids: torch.Tensor) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        with capture(list(model.model.layers), lambda l, h: out.append(h)), torch.no_grad(), pytest.raises(Stop):
+            model(input_ids=ids, use_cache=False)
+        return out
+
+    for ids in (torch.randint(0, 300, (3, 40)), torch.randint(0, 300, (2, 1))):
+        got, want = blocks(native, ids), blocks(hf, ids)
+        assert len(got) == len(want) == 3 and all(torch.equal(a, b) for a, b in zip(got, want))
 
 
 def test_a_llama_film_needs_no_transformers_and_never_reads_the_lm_head(llama_run, tmp_path, monkeypatch):

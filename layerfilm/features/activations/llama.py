@@ -28,6 +28,10 @@ from torch.nn import functional as F
 from ...errors import CheckpointError
 
 DEFAULT_THETA = 10_000.0
+# scaled_dot_product_attention takes grouped key/value heads itself from torch 2.5 on (enable_gqa); transformers
+# lets it, up to 256 dimensions per head, and repeats the key/value heads otherwise: so does this module
+SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+MAX_GQA_HEAD_DIM = 256
 # settings that change the computation, with the only values implemented here (absent: the same)
 REQUIRED_SAME = {"hidden_act": "silu", "pretraining_tp": 1, "partial_rotary_factor": 1.0}
 
@@ -123,6 +127,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def repeat_kv(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, kv heads, T, d) -> (B, kv heads x n, T, d), each key/value head repeated for its n query heads."""
+    b, kv, t, d = x.shape
+    return x[:, :, None].expand(b, kv, n, t, d).reshape(b, kv * n, t, d)
+
+
 class Attention(nn.Module):
     def __init__(self, s: LlamaShape) -> None:
         super().__init__()
@@ -139,8 +149,13 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(shape).transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5, is_causal=q.shape[2] > 1,
-                                             enable_gqa=self.heads != self.kv)
+        gqa: dict[str, bool] = {}
+        if self.heads != self.kv:
+            if SDPA_GQA and self.head_dim <= MAX_GQA_HEAD_DIM:
+                gqa["enable_gqa"] = True
+            else:
+                k, v = repeat_kv(k, self.heads // self.kv), repeat_kv(v, self.heads // self.kv)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5, is_causal=q.shape[2] > 1, **gqa)
         return self.o_proj(out.transpose(1, 2).contiguous().reshape(*x.shape[:-1], -1).contiguous())
 
 
