@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -149,7 +150,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(shape).transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        gqa: dict[str, bool] = {}
+        gqa: dict[str, Any] = {}  # enable_gqa only where torch has it
         if self.heads != self.kv:
             if SDPA_GQA and self.head_dim <= MAX_GQA_HEAD_DIM:
                 gqa["enable_gqa"] = True
