@@ -56,8 +56,8 @@ class Quiet(SimpleHTTPRequestHandler):
     """Python's file server, with Range requests (a browser seeks a video by them) and no log lines;
     the page POSTs its result to /result."""
 
-    result: list = []
-    done = threading.Event()
+    result: list  # each server's own (seek_in_chromium makes a subclass per server)
+    done: threading.Event
 
     def log_message(self, *args) -> None:
         pass

@@ -155,9 +155,10 @@ class Attention(nn.Module):
             if SDPA_GQA and self.head_dim <= MAX_GQA_HEAD_DIM:
                 gqa["enable_gqa"] = True
             else:
-                k, v = repeat_kv(k, self.heads // self.kv), repeat_kv(v, self.heads // self.kv)
+                n = self.heads // self.kv
+                k, v = repeat_kv(k, n), repeat_kv(v, n)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5, is_causal=q.shape[2] > 1, **gqa)
-        return self.o_proj(out.transpose(1, 2).contiguous().reshape(*x.shape[:-1], -1).contiguous())
+        return self.o_proj(out.transpose(1, 2).contiguous().reshape(*x.shape[:-1], -1))
 
 
 class MLP(nn.Module):
