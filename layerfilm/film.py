@@ -272,7 +272,7 @@ class FilmFrames:
     def _drawing(self) -> bytes:
         """A digest of what the renderer draws the same on every frame (static layer, axes, colour
         scale, labels, sizes); its per-key-frame parts (zoom, timeline ticks) go in ``fingerprint``."""
-        state = {k: v for k, v in vars(self.renderer).items() if k not in ("legend", "_ticks", "zoom", "_mark")}
+        state = {k: v for k, v in vars(self.renderer).items() if k not in ("legend", "_ticks", "zoom")}
         return hashlib.sha256(pickle.dumps(state, protocol=5)).digest()
 
     def fingerprint(self, start: int, stop: int) -> bytes:

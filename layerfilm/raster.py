@@ -34,6 +34,19 @@ CURSOR = np.array([255, 200, 60], np.uint8)  # now, on the timeline
 FLOOR = 0.25  # colour-scale position of the faintest non-empty bin
 
 
+_SCRATCH = threading.local()
+
+
+def _marks(n: int) -> np.ndarray:
+    """This thread's scratch canvas of ``n`` marks, all False (and left so by its user). Per thread, not
+    per renderer: threads drawing with one renderer (Dask workers inside one process share the film they
+    are sent) would otherwise clear each other's marks between marking and reading them."""
+    mark = getattr(_SCRATCH, "mark", None)
+    if mark is None or len(mark) < n:
+        mark = _SCRATCH.mark = np.zeros(n, bool)
+    return mark[:n]
+
+
 DEFAULT_CMAP = "magma"
 MAX_SIDE = 7680
 MAX_PIXELS = 7680 * 4320
@@ -235,12 +248,10 @@ class Renderer:
         self.labels_at, self.labels_alpha = self._label_layer()
         if legend is not None:
             self._draw_footer(legend)
-        # for _splat: projection -> bin coordinates in float32, each area's corner as a flat index,
-        # and a scratch canvas of marks (all False between calls)
+        # for _splat: projection -> bin coordinates in float32, each area's corner as a flat index
         self._scale32 = self.scale.astype(np.float32)[:, None, :]
         self._shift32 = (-self.offset * self.scale - 0.5).astype(np.float32)[:, None, :]
         self._corner = (self.origin[:, 1] * self.small[1] + self.origin[:, 0])[:, None]
-        self._mark = np.zeros(self.small[0] * self.small[1], bool)
 
     def density(self, pts: np.ndarray) -> np.ndarray:
         """(small_h, small_w) float splat of all points, bilinear so motion is sub-pixel smooth."""
@@ -265,9 +276,10 @@ class Renderer:
         flat = np.where(w > 0, flat.ravel(), 0)  # weightless neighbours go to bin 0, in bounds
         # the touched bins, found by marking them in a reused boolean canvas: 8x fewer bytes to
         # scan than the float density, and ``frame`` colours only these
-        self._mark[flat] = True
-        touched = np.flatnonzero(self._mark)
-        self._mark[touched] = False
+        mark = _marks(sh * sw)
+        mark[flat] = True
+        touched = np.flatnonzero(mark)
+        mark[touched] = False
         return np.bincount(flat, w, minlength=sh * sw), touched
 
     def place(self, xy: np.ndarray, k: int, a: float, first: int = 0) -> np.ndarray:

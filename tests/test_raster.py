@@ -93,3 +93,18 @@ def test_frames_are_new_arrays_and_the_static_frame_is_untouched(renderer):
     assert a is not b and np.array_equal(a, b)
     assert np.array_equal(renderer.base, base)
     assert a.shape == (renderer.style.height, renderer.style.width, 3) and a.dtype == np.uint8
+
+
+def test_one_renderer_draws_the_same_frames_from_several_threads_at_once(renderer):
+    """Frames drawn by threads sharing one renderer (Dask workers inside one process share the film they
+    were sent) equal the frames drawn one after another: a frame keeps no scratch state in the renderer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    L = len(renderer.labels)
+    rng = np.random.default_rng(5)
+    clouds = [rng.normal(0, s, (L, 200, 2)).astype(np.float32) for s in np.linspace(0.05, 1.5, 24)]
+    alone = [renderer.frame(p, "step") for p in clouds]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            together = list(pool.map(lambda p: renderer.frame(p, "step"), clouds))
+            assert all(np.array_equal(a, b) for a, b in zip(alone, together))
