@@ -34,6 +34,12 @@ CURSOR = np.array([255, 200, 60], np.uint8)  # now, on the timeline
 FLOOR = 0.25  # colour-scale position of the faintest non-empty bin
 
 
+DEFAULT_CMAP = "magma"
+MAX_SIDE = 7680
+MAX_PIXELS = 7680 * 4320
+BYTES_PER_PIXEL = 160  # measured peak at 8192x8192: 11 GB
+
+
 _SCRATCH = threading.local()
 
 
@@ -45,12 +51,6 @@ def _marks(n: int) -> np.ndarray:
     if mark is None or len(mark) < n:
         mark = _SCRATCH.mark = np.zeros(n, bool)
     return mark[:n]
-
-
-DEFAULT_CMAP = "magma"
-MAX_SIDE = 7680
-MAX_PIXELS = 7680 * 4320
-BYTES_PER_PIXEL = 160  # measured peak at 8192x8192: 11 GB
 
 
 @dataclass(frozen=True)

@@ -208,7 +208,8 @@ def _cluster(part: _Part, c: _Element) -> _Cluster:
         if e.id == TIMECODE:
             base = int.from_bytes(part.read(e.data, e.end - e.data), "big")
         elif e.id == SIMPLE_BLOCK:
-            head = part.read(e.data, min(12, e.end - e.data))
+            raw = part.read(e.start, min(e.end, e.data + 12) - e.start)  # the element's header and the block's
+            head = raw[e.data - e.start:]
             try:
                 track, n = _vint(head, 0)
             except ValueError:
@@ -220,7 +221,7 @@ def _cluster(part: _Part, c: _Element) -> _Cluster:
                 raise part.fail(f"laced SimpleBlock at byte {e.start}")
             if base is None:
                 raise part.fail(f"Cluster at byte {c.start} has a block before its Timecode")
-            blocks.append(_Block(e.start, part.read(e.start, e.data - e.start + n), track, flags, e.end, bool(flags & 0x80),
+            blocks.append(_Block(e.start, raw[:e.data - e.start + n], track, flags, e.end, bool(flags & 0x80),
                                  base + time))
         elif e.id == BLOCK_GROUP:
             raise part.fail(f"BlockGroup at byte {e.start} (layerfilm's segments hold SimpleBlocks only)")

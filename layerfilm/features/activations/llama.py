@@ -137,7 +137,12 @@ def repeat_kv(x: torch.Tensor, n: int) -> torch.Tensor:
 class Attention(nn.Module):
     def __init__(self, s: LlamaShape) -> None:
         super().__init__()
-        self.heads, self.kv, self.head_dim = s.num_attention_heads, s.num_key_value_heads, s.head_dim
+        self.head_dim = s.head_dim
+        # grouped key/value heads: sdpa's enable_gqa where torch has it (and transformers uses it), else repeated
+        group = s.num_attention_heads // s.num_key_value_heads
+        native = group > 1 and SDPA_GQA and s.head_dim <= MAX_GQA_HEAD_DIM
+        self.gqa: dict[str, Any] = {"enable_gqa": True} if native else {}
+        self.repeat = group if group > 1 and not native else 1
         self.q_proj = nn.Linear(s.hidden_size, s.num_attention_heads * s.head_dim, bias=s.attention_bias)
         self.k_proj = nn.Linear(s.hidden_size, s.num_key_value_heads * s.head_dim, bias=s.attention_bias)
         self.v_proj = nn.Linear(s.hidden_size, s.num_key_value_heads * s.head_dim, bias=s.attention_bias)
@@ -150,14 +155,9 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(shape).transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        gqa: dict[str, Any] = {}  # enable_gqa only where torch has it
-        if self.heads != self.kv:
-            if SDPA_GQA and self.head_dim <= MAX_GQA_HEAD_DIM:
-                gqa["enable_gqa"] = True
-            else:
-                n = self.heads // self.kv
-                k, v = repeat_kv(k, n), repeat_kv(v, n)
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5, is_causal=q.shape[2] > 1, **gqa)
+        if self.repeat > 1:
+            k, v = repeat_kv(k, self.repeat), repeat_kv(v, self.repeat)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5, is_causal=q.shape[2] > 1, **self.gqa)
         return self.o_proj(out.transpose(1, 2).contiguous().reshape(*x.shape[:-1], -1))
 
 
