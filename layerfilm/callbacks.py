@@ -7,9 +7,10 @@ Both take ``out=`` and the options of ``layerfilm watch`` (render's, with ``refi
 ``export_points``) as keyword arguments named like the flags (``no_overlay=True`` for --no-overlay),
 checked when the callback is made, before training starts. They run only on the main process (rank
 0). After each save they hand the new checkpoint's path to a background process (spawned at the first
-save) that reads it once and rewrites the film: the training process only puts a path on a queue.
-At the end of training they wait for that process to finish its last update, so the film is complete
-when ``train()`` / ``fit()`` returns.
+save, at low priority, never re-running the training script) that reads it once, rewrites the film and
+prints one line per update: the training process only puts a path on a queue. ``train()`` / ``fit()``
+returns without waiting for the film's last update; the process finishes it before Python exits, or
+when asked with ``wait=True`` (the film is then complete when ``train()`` returns).
 
 transformers and lightning are imported only when their callback is (module ``__getattr__``).
 """
@@ -17,30 +18,35 @@ transformers and lightning are imported only when their callback is (module ``__
 from __future__ import annotations
 
 import atexit
-import multiprocessing as mp
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
+
+from .processes import context
 
 
 class LiveFollower:
     """The framework-free part: options checked at once, a background process fed checkpoint paths."""
 
-    def __init__(self, out: str | Path, folder: str | Path | None = None, **options: Any) -> None:
+    def __init__(self, out: str | Path, folder: str | Path | None = None, wait: bool = False, **options: Any) -> None:
         from .cli import watch_options
         from .live import check_live, check_outputs
 
-        self.out, self.folder = str(out), folder
+        self.out, self.folder, self.wait = str(out), folder, wait
         self.opts, self.live, _ = watch_options(str(folder or "."), self.out, {"quiet": True, **options})
         check_outputs(folder, self.out, check_live(self.opts, self.live), self.live)  # fails now, not in the background
         self._queue: Any = None
         self._proc: Any = None
+        self._ended = False  # the queue's last item (None) was sent
 
     def declare(self, folder: str | Path, paths: list[Path]) -> None:
         """``paths`` in ``folder`` are complete checkpoints: film them (in the background)."""
+        if self._ended:  # a second training with the same callback: a new process for it
+            self.finish()
         if self._proc is None:
-            ctx = mp.get_context("spawn")  # no fork of a training process (threads, CUDA)
-            self._queue = ctx.Queue()
+            ctx = context()  # no fork of a training process (threads, CUDA), no re-run of its script
+            self._queue, self._ended = ctx.Queue(), False
             from .live import follow
 
             self._proc = ctx.Process(target=follow, args=(str(self.folder or folder), self.out, self.opts, self.live,
@@ -49,11 +55,27 @@ class LiveFollower:
             atexit.register(self.finish)  # a training that dies still leaves the film of what was read
         self._queue.put([str(p) for p in paths])
 
+    def end(self) -> None:
+        """The training ended: the film's last update is asked for, and waited for only with ``wait=True``
+        (else the background process finishes it while the script goes on, and before Python exits)."""
+        if self._proc is None:
+            return
+        self._end()
+        if self.wait:
+            self.finish()
+        else:
+            print("layerfilm: the film's last update goes on in the background", file=sys.stderr, flush=True)
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._queue.put(None)
+            self._ended = True
+
     def finish(self) -> None:
         """Wait for the last update (the film is complete when this returns)."""
         if self._proc is None:
             return
-        self._queue.put(None)
+        self._end()
         self._proc.join()
         if self._proc.exitcode:
             warnings.warn(f"layerfilm: the live film's process ended with exit code {self._proc.exitcode}", stacklevel=2)
@@ -73,7 +95,7 @@ def _trainer_callback() -> type:
 
         def on_train_end(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                self.finish()
+                self.end()
 
     return LayerfilmCallback
 
@@ -110,7 +132,7 @@ def _lightning_callback() -> type:
         def on_train_end(self, trainer, pl_module):
             self._hand_over(trainer)
             if trainer.is_global_zero:
-                self.finish()
+                self.end()
 
     return LayerfilmLightningCallback
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import multiprocessing
 import os
 import queue
 import re
@@ -35,6 +34,7 @@ from typing import Any, Protocol
 
 from .errors import OptionsError
 from .outputs import deferred_signals
+from .processes import context
 from .registry import Registry
 
 Progress = Callable[..., Any]  # progress(n=1)
@@ -178,7 +178,7 @@ class _Pool:
     interrupted is closed, never reused: its cancel event stays set and ticks may be left in its queue."""
 
     def __init__(self, jobs: int) -> None:
-        ctx = multiprocessing.get_context("spawn")
+        ctx = context()  # spawned workers that never import the user's __main__
         with deferred_signals():
             self.ticks, self.cancel = ctx.Queue(), ctx.Event()
             self.executor = ProcessPoolExecutor(jobs, ctx, initializer=_pool_init, initargs=(self.ticks, self.cancel))

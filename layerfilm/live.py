@@ -55,6 +55,7 @@ import numpy as np
 
 from . import cache
 from .encode import check_output, output_kind
+from .engine import worker_init
 from .errors import CheckpointError, OptionsError, ScanError
 from .features import ArrayStore, Features, FeatureStore
 from .features.act_stats import json_series
@@ -521,7 +522,10 @@ def watch(folder: str | Path, out: str | Path, opts: FilmOptions = FilmOptions()
 
 def follow(folder: str, out: str, opts: FilmOptions, live: LiveOptions, queue) -> None:
     """The background process of layerfilm.callbacks: ``queue`` brings lists of complete checkpoint paths
-    (then None: the training ended); after each batch of them, the film is updated. Lines go to stderr."""
+    (then None: the training ended); after each batch of them, the film is updated. Lines go to stderr.
+    It runs at low priority, its numerical libraries on one thread each: training comes first."""
+    os.nice(10)
+    worker_init()
     with LiveFilm(folder, out, opts, live, polled=False) as film:
         while True:
             got = [queue.get()]
