@@ -47,7 +47,7 @@ class _Process(_context.SpawnProcess):
 
 
 class _Context(_context.SpawnContext):
-    Process = _Process  # type: ignore[assignment]
+    Process = _Process
 
 
 _CONTEXT = _Context()
