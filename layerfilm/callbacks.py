@@ -4,9 +4,10 @@
     trainer = lightning.Trainer(..., callbacks=[LayerfilmLightningCallback(out="film.webm")])
 
 Both take ``out=`` and the options of ``layerfilm watch`` (render's, with ``refit``, ``stills``, ``json``,
-``export_points``) as keyword arguments named like the flags (``no_overlay=True`` for --no-overlay),
-checked when the callback is made, before training starts. They run only on the main process (rank
-0). After each save they hand the new checkpoint's path to a background process (spawned at the first
+``export_points``) as keyword arguments by their names in the options tree (layerfilm.config), with
+the API's types (``overlay=False``, ``size=(320, 180)``), checked when the callback is made, before
+training starts; ``wait=True`` makes ``train()`` wait for the film. They run only on the main process
+(rank 0). After each save they hand the new checkpoint's path to a background process (spawned at the first
 save, at low priority, never re-running the training script) that reads it once, rewrites the film and
 prints one line per update: the training process only puts a path on a queue. ``train()`` / ``fit()``
 returns without waiting for the film's last update; the process finishes it before Python exits, or
@@ -30,11 +31,11 @@ class LiveFollower:
     """The framework-free part: options checked at once, a background process fed checkpoint paths."""
 
     def __init__(self, out: str | Path, folder: str | Path | None = None, wait: bool = False, **options: Any) -> None:
-        from .cli import watch_options
+        from .config import options as command_options
         from .live import check_live, check_outputs
 
         self.out, self.folder, self.wait = str(out), folder, wait
-        self.opts, self.live, _ = watch_options(str(folder or "."), self.out, {"quiet": True, **options})
+        self.opts, self.live = command_options("watch", {"quiet": True, **options})
         check_outputs(folder, self.out, check_live(self.opts, self.live), self.live)  # fails now, not in the background
         self._queue: Any = None
         self._proc: Any = None

@@ -16,31 +16,16 @@ from contextlib import contextmanager
 # longer imports it, so that worker processes, which ignore Ctrl-C, import it only if they draw.
 import matplotlib.ft2font  # noqa: F401
 
-from .cli_options import (
-    activation_spec,
-    add_cache,
-    add_engine,
-    add_film_options,
-    add_look,
-    add_no_legend,
-    add_points,
-    add_selection,
-    add_settle,
-    add_study_features,
-    blocks_option,
-    checkpoint_options,
-    film_options,
-    weight_spec,
-)
+from .cli_options import add_options, command_options, value
+from .config import to_flags
 from .engine import session
-from .errors import LayerfilmError, OptionsError
-from .film import FilmOptions, render
+from .errors import LayerfilmError
+from .film import render
 from .outputs import printable, show
 from .projection import stats_table
-from .raster import Style
-from .report import parse_step_list, report, stills
+from .report import report, stills
 from .run import Run
-from .scan import Checkpoint, parse_steps, scan
+from .scan import Checkpoint, scan
 from .texttable import text_table
 
 RENDER_HELP = """\
@@ -119,16 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("folder", help=FOLDER_HELP)
     r.add_argument("--out", required=True, help="output: film.webm | film.gif | film.mp4 | frames/ (PNG folder)")
-    add_film_options(r)
+    add_options(r, "render")
     s = sub.add_parser("scan", help="list the checkpoints a render would use, and what is wrong with the others",
                        description=SCAN_HELP + "\n" + REMOTE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("folder", help=FOLDER_HELP)
-    s.add_argument("--json", action="store_true", help="print a JSON list of objects (step, path, format, blocks, "
-                   "dtype, size; problem for a checkpoint that cannot be used) instead of a table")
-    s.add_argument("--deep", action="store_true", help="also read every block's filmed tensor (the MLP input projection) "
-                   "and call a checkpoint holding NaN/Inf there unusable; without it only headers are read")
-    checkpoint_options(s)
-    blocks_option(s)
+    add_options(s, "scan")
     _add_study_commands(sub)
     _add_watch(sub)
     return parser
@@ -136,14 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_render(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    res = render(args.folder, args.out, film_options(args), export=args.export_points, progress=not args.quiet)
-    if args.stats:
+    opts, _ = command_options(args)
+    res = render(args.folder, args.out, opts, export=value(args, "export_points"), progress=not value(args, "quiet"))
+    if value(args, "stats"):
         print(stats_table(res.trajectories))
     picked = f"; {res.preset}" if res.preset else ""
     print(f"wrote {show(res.out)} ({res.frames} frames from {res.keyframes} key frames{picked}) in "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     _list_skipped(res.skipped)
-    if "act_norm" in res.trajectories.stats and not args.quiet:
+    if "act_norm" in res.trajectories.stats and not value(args, "quiet"):
         from .features.act_stats import ActivationStats
 
         traj = res.trajectories
@@ -168,10 +149,11 @@ def scan_table(ckpts: list[Checkpoint]) -> str:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    series = scan(args.folder, final_step=args.final_step, strict=args.strict, blocks_regex=args.blocks, warn=False,
-                  deep=args.deep, storage_options=args.storage_options)
+    v = {name: value(args, name) for name in ("final_step", "strict", "blocks", "deep", "storage_options", "json")}
+    series = scan(args.folder, final_step=v["final_step"], strict=v["strict"], blocks_regex=v["blocks"], warn=False,
+                  deep=v["deep"], storage_options=v["storage_options"])
     ckpts = sorted(series.checkpoints + series.skipped, key=lambda c: (c.step is None, c.step or 0, str(c.path)))
-    if args.json:
+    if v["json"]:
         print(json.dumps([c.as_dict() for c in ckpts], indent=1))
     else:
         print(scan_table(ckpts))
@@ -233,75 +215,43 @@ near zero over training.
 """
 
 
-def _study_parser(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+def _study_parser(sub, name: str, help: str, description: str, out: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=description + "\n" + REMOTE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help=FOLDER_HELP)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    checkpoint_options(p)
-    add_engine(p)
-    add_cache(p)
+    if out:
+        p.add_argument("--out", required=True, help=out)
+    add_options(p, name)
     return p
 
 
 def _add_study_commands(sub) -> None:
-    s = _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP)
-    s.add_argument("--json", action="store_true", help="print JSON (a list of per-block objects) instead of the table")
-    add_settle(s)
-    add_selection(s.add_argument_group("which checkpoints"))
-    add_points(s.add_argument_group("points for CKA and on-screen motion (as in render)"))
-    add_study_features(s, "the measures above")
-    t = _study_parser(sub, "stills", "the first and last key frames (or --steps) side by side", STILLS_HELP)
-    t.add_argument("--out", required=True, help="output figure: X.png | X.svg | X.pdf")
-    t.add_argument("--steps", dest="keyframes", default=None, metavar="S1,S2,...",
-                   help="key frames to show, by step (default: first and last)")
-    add_points(t.add_argument_group("what to film (as in render)"))
-    g = t.add_argument_group("look")
-    add_look(g)
-    add_no_legend(g)
-    p = _study_parser(sub, "report", "HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", REPORT_HELP)
-    p.add_argument("--out", required=True, help="report.html (self-contained) | report.md (PNGs written beside it)")
-    p.add_argument("--film", default=None, metavar="FILE", help="a film (.webm, .mp4, .gif) to show: .html embeds one of at "
-                   "most 8 MB and links a larger one (a path relative to the report, with a one-line note); .md links it")
-    p.add_argument("--film-link", action="store_true", help="link the --film (a path relative to the report: keep the film "
-                   "beside it) instead of embedding it, whatever its size")
-    add_settle(p)
-    add_selection(p.add_argument_group("which checkpoints"))
-    add_points(p.add_argument_group("what to film (as in render)"))
-    add_look(p.add_argument_group("look of the stills"))
-    add_study_features(p, "the report")
-
-
-def _study_options(args: argparse.Namespace) -> FilmOptions:
-    a = vars(args)
-    w, h = a.get("size", (1280, 720))
-    return FilmOptions(
-        weights=weight_spec(args), projection=args.projection, style=Style(width=w, height=h, cmap=a.get("cmap", "magma")),
-        every=a.get("every", 1), steps=parse_steps(a["steps"]) if a.get("steps") else (None, None),
-        settle_threshold=a.get("settle_threshold", 0.1), activations=activation_spec(args, weights_too=True),
-        final_step=args.final_step, strict=args.strict, cache=not args.no_cache, cache_dir=args.cache,
-        jobs=args.jobs, engine=args.engine, address=args.address,
-        storage_options=args.storage_options,
-        legend=not a.get("no_legend", False),
-    )
+    _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP)
+    _study_parser(sub, "stills", "the first and last key frames (or --steps) side by side", STILLS_HELP,
+                  out="output figure: X.png | X.svg | X.pdf")
+    _study_parser(sub, "report", "HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", REPORT_HELP,
+                  out="report.html (self-contained) | report.md (PNGs written beside it)")
 
 
 def cmd_stability(args: argparse.Namespace) -> int:
-    stab = Run.open(args.folder, _study_options(args), progress=not args.quiet).stability()
-    print(stab.to_json() if args.json else stab.table())
+    opts, _ = command_options(args)
+    stab = Run.open(args.folder, opts, progress=not value(args, "quiet")).stability()
+    print(stab.to_json() if value(args, "json") else stab.table())
     _list_skipped(stab.skipped)
     return 0
 
 
 def cmd_stills(args: argparse.Namespace) -> int:
-    steps = parse_step_list(args.keyframes) if args.keyframes else None
-    res = stills(args.folder, args.out, steps, _study_options(args), progress=not args.quiet)
+    opts, _ = command_options(args)
+    res = stills(args.folder, args.out, value(args, "keyframes"), opts, progress=not value(args, "quiet"))
     print(f"wrote {show(args.out)} (steps {', '.join(f'{s:,}' for s in res.steps)})", file=sys.stderr)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    res = report(args.folder, args.out, args.film, _study_options(args), progress=not args.quiet, film_link=args.film_link)
+    opts, _ = command_options(args)
+    res = report(args.folder, args.out, value(args, "film"), opts, progress=not value(args, "quiet"),
+                 film_link=value(args, "film_link"))
     print(f"wrote {', '.join(map(show, res.files))}", file=sys.stderr)
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -345,48 +295,7 @@ def _add_watch(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("folder", help="the training run's checkpoint folder (may be empty or missing at first)")
     w.add_argument("--out", required=True, help="output: film.webm | film.gif | film.mp4 | frames/ (PNG folder)")
-    g = w.add_argument_group("following the run")
-    g.add_argument("--interval", type=float, default=10.0, metavar="S", help="seconds between polls of the folder (default "
-                   "10); a checkpoint is complete after two polls that find it unchanged")
-    g.add_argument("--refit", default="never", metavar="never|always|every=K", help="pca basis for new key frames: never "
-                   "(default: fitted on the first key frame, old frames never move), always (on all key frames at each "
-                   "update), every=K (every K new key frames)")
-    g.add_argument("--stills", default=None, metavar="FILE", help="also keep the first and last key frames side by side "
-                   "here (.png, .svg or .pdf)")
-    g.add_argument("--json", default=None, metavar="FILE.json", help="also keep the film's per-block stability here: block, "
-                   "settle_step, settle_threshold, steps, point_update, point_distance (to the newest key frame), motion")
-    add_film_options(w)
-    w.set_defaults(film_layout="live")
-
-
-def watch_options(folder: str, out: str, options: dict):
-    """(FilmOptions, LiveOptions, args) from keyword arguments named like watch's flags (``points=64``,
-    ``no_overlay=True``, ``refit="always"``): the training callbacks take render's options this way,
-    checked by the same parser and option classes as the command line."""
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    flags = sub.choices["watch"]._option_string_actions
-    argv = ["watch", folder, "--out", out]
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if flag not in flags or flag in ("--out", "--help"):
-            raise OptionsError(f"{name}={value!r}: not an option of `layerfilm watch` (see layerfilm watch --help)")
-        if value is True:
-            argv.append(flag)
-        elif value is not False and value is not None:
-            argv += [flag, str(value)]
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit:  # argparse has printed why (e.g. a value it cannot convert)
-        raise OptionsError(f"options {options}: refused by `layerfilm watch` (see above)") from None
-    return film_options(args), live_options(args), args
-
-
-def live_options(args: argparse.Namespace):
-    from .live import LiveOptions
-
-    return LiveOptions(refit=args.refit, interval=args.interval, stills=args.stills, json=args.json,
-                       export=args.export_points)
+    add_options(w, "watch")
 
 
 @contextmanager
@@ -415,11 +324,11 @@ def _stop_requests() -> Iterator[list[int]]:
 def cmd_watch(args: argparse.Namespace) -> int:
     from .live import watch
 
-    opts, live = film_options(args), live_options(args)
+    opts, live = command_options(args)
     with _stop_requests() as got:
-        film = watch(args.folder, args.out, opts, live, stop=lambda: bool(got), progress=not args.quiet,
+        film = watch(args.folder, args.out, opts, live, stop=lambda: bool(got), progress=not value(args, "quiet"),
                      echo=lambda line: print(line, flush=True))
-    if args.stats and film.traj is not None:
+    if value(args, "stats") and film.traj is not None:
         print(stats_table(film.traj))
     print(f"watched {show(args.folder)}: {len(film.steps)} key frame(s) in {show(args.out)}", file=sys.stderr)
     _list_skipped(tuple(film.skipped))
@@ -470,14 +379,16 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # undecodable file names print escaped, never raise
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    command = ""
     try:
         with _signals_as_interrupts():
             args = build_parser().parse_args(argv)  # option converters such as --size raise LayerfilmError
+            command = args.command
             warnings.showwarning = _one_line_warnings
             with session():  # one pool of worker processes for the whole command
-                return COMMANDS[args.command](args)
+                return COMMANDS[command](args)
     except LayerfilmError as e:
-        return _error(str(e))
+        return _error(to_flags(str(e), command))
     except KeyboardInterrupt as e:
         what, code = ("terminated", 143) if _terminated(e) else ("interrupted", 130)
         print(f"layerfilm: {what}; nothing half-written was left", file=sys.stderr)

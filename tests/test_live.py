@@ -205,8 +205,8 @@ def test_callbacks_import_no_framework_unless_used():
 
 
 def _options(tmp_path: Path) -> dict:
-    return {"out": tmp_path / "film.webm", "points": 16, "size": "320x180", "fps": 2,
-            "export_points": tmp_path / "points.npz"}
+    return {"out": tmp_path / "film.webm", "points": 16, "size": (320, 180), "fps": 2,
+            "export_points": tmp_path / "points.npz", "wait": True}
 
 
 def test_trainer_callback_films_its_checkpoints(example, makers, tmp_path):

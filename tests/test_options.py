@@ -1,6 +1,8 @@
-"""Options are defined once, in the frozen option classes; the command line is checked against them:
-every field of FilmOptions (and of the classes nested in it) is set by exactly the flag listed here,
-or is listed as library-only. A new field without a flag, or a flag wired to the wrong field, fails."""
+"""Options are defined once, in the options tree (layerfilm.config); the command line is generated from
+it and checked here against the option classes: every field of FilmOptions (and of the classes nested
+in it) is set by exactly the flag listed here, or is listed as library-only. A new field without a
+flag, or a flag wired to the wrong field, fails. The Python API and the callbacks take the same names
+and types; errors name the field, and the command line says the flag."""
 
 from __future__ import annotations
 
@@ -8,7 +10,10 @@ import dataclasses
 
 import pytest
 
-from layerfilm.cli import build_parser, film_options
+from layerfilm.cli import build_parser
+from layerfilm.cli_options import command_options
+from layerfilm.config import COMMANDS, options
+from layerfilm.errors import OptionsError
 from layerfilm.film import FilmOptions
 
 # flag (render) -> (field path in FilmOptions, value given, value expected)
@@ -82,7 +87,7 @@ def test_each_flag_sets_its_field_and_nothing_else(flag, tmp_path):
     path, given, expected = FLAGS[flag]
     argv = ["render", str(tmp_path), "--out", str(tmp_path / "f.webm"), flag] + ([given] if given is not None else [])
     argv += WITH.get(flag, [])
-    opts = film_options(build_parser().parse_args(argv))
+    opts = command_options(build_parser().parse_args(argv))[0]
     assert get(opts, path) == expected
     changed = {k for k, v in fields(opts).items() if v != fields(FilmOptions())[k]}
     also = {"--size": {"style.height"}, "--seed": {"umap.seed"}, "--jobs": {"umap.jobs"},
@@ -95,7 +100,49 @@ def test_activation_flags_set_the_activation_spec(tmp_path):
     argv = ["render", str(tmp_path), "--out", str(tmp_path / "f.webm"), "--features", "activations", "--model", "m.py:f",
             "--probe", str(tmp_path / "p.txt"), "--seq-len", "16", "--batch-size", "2", "--device", "cpu", "--dtype", "bfloat16",
             "--near-zero", "0.1", "--points", "32", "--seed", "3", "--blocks", r"h\.(\d+)\."]
-    spec = film_options(build_parser().parse_args(argv)).activations
+    spec = command_options(build_parser().parse_args(argv))[0].activations
     got = (spec.model, spec.probe, spec.seq_len, spec.batch_size, spec.device, spec.dtype, spec.near_zero, spec.points,
            spec.seed, spec.blocks_regex)
     assert got == ("m.py:f", str(tmp_path / "p.txt"), 16, 2, "cpu", "bfloat16", 0.1, 32, 3, r"h\.(\d+)\.")
+
+
+def test_the_api_takes_the_flags_values_by_name_and_type():
+    opts, live = options("watch", {"overlay": False, "size": (320, 180), "points": 16, "refit": "always", "fps": 2})
+    assert (opts.overlay, opts.style.width, opts.style.height, opts.weights.points, opts.fps) == (False, 320, 180, 16, 2.0)
+    assert live.refit == "always" and opts.film_layout == "live"  # watch's own default
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"every": 0}, "every=0: must be at least 1"),
+    ({"size": "320x180"}, "size='320x180': must be a tuple"),
+    ({"overlay": "no"}, "overlay='no': must be a bool"),
+    ({"points": True}, "points=True: must be a int"),
+    ({"projection": "tsne"}, "projection='tsne': choose one of pca, procrustes, umap"),
+    ({"colour": "red"}, "colour='red': not an option of render (options: "),
+])
+def test_a_bad_value_is_one_error_naming_the_field(given, message):
+    with pytest.raises(OptionsError) as e:
+        options("render", given)
+    assert str(e.value).startswith(message)
+
+
+def test_the_command_line_says_the_flag_where_the_library_says_the_field(run_cli, tmp_path):
+    code, out, err = run_cli("render", tmp_path, "--out", tmp_path / "f.webm", "--every", "0")
+    assert (code, out, err) == (2, "", "layerfilm: error: --every 0: must be at least 1\n")
+
+
+def test_each_command_has_only_the_options_it_uses():
+    names = {command: {o.name for o in opts} for command, opts in COMMANDS.items()}
+    assert not {"crf", "encoder_threads", "preset", "fps", "engine"} - names["render"]
+    for command in ("stills", "stability", "scan"):
+        assert not {"crf", "encoder_threads", "preset", "fps", "time", "film_layout"} & names[command], command
+    assert not {"jobs", "engine", "address", "cache"} & names["scan"]
+
+
+def test_each_option_help_fits_three_lines():
+    parser = build_parser()
+    for command in COMMANDS:
+        text = parser._subparsers._group_actions[0].choices[command].format_help()  # noqa: SLF001 - argparse's tree
+        for o in COMMANDS[command]:
+            assert len(o.help) <= 190, (command, o.name, len(o.help))
+        assert "--" in text

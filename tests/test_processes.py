@@ -59,7 +59,7 @@ model = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=256, n_positions=16, n_embd=16
 data = [{{"input_ids": torch.randint(0, 256, (16,)), "labels": torch.randint(0, 256, (16,))}} for _ in range(96)]
 args = T.TrainingArguments(output_dir="run", max_steps=8, save_steps=4, per_device_train_batch_size=8, report_to=[],
                            use_cpu=True, disable_tqdm=True, save_strategy="steps", seed=0)
-callback = LayerfilmCallback(out="film.webm", points=16, size="320x180", fps=2, export_points="points.npz")
+callback = LayerfilmCallback(out="film.webm", points=16, size=(320, 180), fps=2, export_points="points.npz", wait=True)
 T.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
 """
 

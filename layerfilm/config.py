@@ -1,0 +1,362 @@
+"""The one options tree: every option of every command, declared once.
+
+Each :class:`Option` has its name (the Python API's keyword, the callbacks' keyword, the JSON key),
+default, the Python type(s) it takes, its check, its help (at most 3 lines of ``--help``; details in
+the README), its command-line flag, and whether it changes the points (part of the cache key). The
+command line's parser is generated from it (layerfilm.cli), the callbacks take the same names and
+types (layerfilm.callbacks), and :func:`options` turns a command's values into the option objects of
+the library (FilmOptions, LiveOptions). A bad value is an :class:`OptionsError` naming the field
+(``settle_threshold=2: must be in (0, 1)``); the command line says the flag instead (:func:`to_flags`).
+
+Adding an option: one :class:`Option` here, its name in the commands that take it (``COMMANDS``), and
+its use where :func:`options` builds the library's objects.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import OptionsError
+
+PATH = (str, os.PathLike)  # a file or folder option takes a str or a Path
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option.
+
+    name: the API's keyword and the JSON key (snake_case).
+    default: its value when not given.
+    help: one to three lines of ``--help`` (the default is added when it says something).
+    kind: the Python type(s) the API takes; ``None`` is also taken where the default is None.
+    parse: text -> value, for the command line (default: ``kind``).
+    flag: the command line's flag (default ``--name-with-dashes``; ``--no-name`` for a bool that defaults to True).
+    check: value -> the reason it is refused, or None.
+    choices: the values taken (checked; listed in ``--help``).
+    points: changing it changes the points (the cache key).
+    group: the heading it is listed under in ``--help``.
+    """
+
+    name: str
+    default: Any
+    help: str
+    kind: type | tuple[type, ...] = str
+    parse: Callable[[str], Any] | None = None
+    flag: str = ""
+    metavar: str | None = None
+    check: Callable[[Any], str | None] | None = None
+    choices: tuple[str, ...] | None = None
+    points: bool = False
+    group: str = "options"
+
+    @property
+    def cli_flag(self) -> str:
+        if self.flag:
+            return self.flag
+        if self.default is True:
+            return "--no-" + self.name.replace("_", "-")
+        return "--" + self.name.replace("_", "-")
+
+    def value(self, given: Any) -> Any:
+        """``given`` checked: its type, choices and check; OptionsError naming the field otherwise."""
+        if given is None and self.default is None:
+            return None
+        shown = f"{given:g}" if isinstance(given, float) else repr(given)
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        if os.PathLike in kinds and isinstance(given, os.PathLike):
+            given = os.fspath(given)
+        if float in kinds and isinstance(given, int) and not isinstance(given, bool):
+            given = float(given)
+        if not isinstance(given, kinds) or (isinstance(given, bool) and bool not in kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise OptionsError(f"{self.name}={shown}: must be a {names}")
+        if self.choices is not None and given not in self.choices:
+            raise OptionsError(f"{self.name}={shown}: choose one of {', '.join(self.choices)}")
+        why = self.check(given) if self.check is not None else None
+        if why:
+            raise OptionsError(f"{self.name}={shown}: {why}")
+        return given
+
+
+# checks: value -> why it is refused (or None)
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be at least {low:g}"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 and math.isfinite(v) else "must be a positive number"
+
+
+def _fraction(v: float) -> str | None:
+    return None if 0 < v < 1 else "must be in (0, 1)"
+
+
+def _size(text: str) -> tuple[int, int]:
+    from .raster import parse_size
+
+    return parse_size(text)
+
+
+def _size_check(v: tuple) -> str | None:
+    ok = len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    return None if ok else "must be (width, height), two ints"
+
+
+def _steps(text: str) -> tuple[int | None, int | None]:
+    from .scan import parse_steps
+
+    return parse_steps(text)
+
+
+def _step_list(text: str) -> list[int]:
+    from .report import parse_step_list
+
+    return parse_step_list(text)
+
+
+def _storage(text: str) -> str:
+    return text  # parsed (and its secrets kept out of messages) by layerfilm.storage
+
+
+WHICH, WHAT, ACT, TIME, LOOK, WHERE, CACHE, LIVE, OUT = (
+    "which checkpoints", "what to film", "activations (with --features activations)", "projection and time",
+    "look and encoding", "where the work runs", "cache", "following the run", "output")
+
+_O = [
+    # which checkpoints
+    Option("every", 1, "keep every K-th checkpoint", int, metavar="K", check=_at_least(1), group=WHICH),
+    Option("steps", (None, None), "keep steps A..B inclusive; either side may be empty (e.g. 1000:)", tuple, parse=_steps,
+           metavar="A:B", group=WHICH),
+    Option("storage_options", None, "for a URL folder: a JSON object passed to fsspec, e.g. '{\"anon\": true}' or an "
+           "endpoint_url; credentials are never printed", (str, dict), parse=_storage, metavar="JSON", points=True,
+           group=WHICH),
+    Option("final_step", None, "use a final model saved at the folder's root (no step in its name) as step N", int,
+           metavar="N", points=True, group=WHICH),
+    Option("strict", False, "an unusable checkpoint is an error (exit 2) instead of a skip", bool, points=True, group=WHICH),
+    Option("blocks", None, "override block detection: a regex whose first group is the block index, e.g. "
+           "'net\\.stage(\\d+)\\.'", metavar="REGEX", points=True, group=WHICH),
+    # what to film
+    Option("features", "weights", "points are weight rows (weights) or block outputs on a probe batch (activations)",
+           choices=("weights", "activations"), points=True, group=WHAT),
+    Option("param", None, "matrix inside each block, e.g. mlp.c_fc.weight or attn.c_attn; default: the MLP's input "
+           "projection", points=True, group=WHAT),
+    Option("points", 512, "at most N neurons per block, chosen once with --seed and tracked at every step", int,
+           metavar="N", points=True, group=WHAT),
+    Option("seed", 0, "seed for choosing the points and for umap", int, points=True, group=WHAT),
+    Option("layout", "auto", "storage of the matrix: out-in (nn.Linear), in-out (GPT-2 Conv1D) or auto",
+           choices=("auto", "out-in", "in-out"), points=True, group=WHAT),
+    Option("projection", "pca", "2-D projection aligned over time: pca (one basis for all key frames), procrustes "
+           "(each frame's PCA rotated onto the previous) or umap (AlignedUMAP)", choices=("pca", "procrustes", "umap"),
+           points=True, group=WHAT),
+    # activations
+    Option("model", None, "build the model with package.module:make_model or path/file.py:make_model; default: from "
+           "config.json beside the checkpoints", metavar="MODULE:FN", points=True, group=ACT),
+    Option("probe", None, "probe batch: a UTF-8 text file, or a .pt/.npy of token ids; default: a short bundled text",
+           kind=PATH, metavar="FILE", points=True, group=ACT),
+    Option("seq_len", None, "tokens per probe sequence (default: 128, or the model's context if shorter)", int,
+           metavar="T", points=True, group=ACT),
+    Option("batch_size", 8, "probe sequences per forward pass; memory is one model + one batch", int, metavar="B",
+           points=True, group=ACT),
+    Option("device", "auto", "auto (cuda when available), cpu or cuda", points=True, group=ACT),
+    Option("devices", None, "one long-lived worker per device, e.g. 0,1,2,3 or cpu,cpu (default: every visible GPU)",
+           metavar="LIST", group=ACT),
+    Option("dtype", "float32", "float32, bfloat16 or float16", choices=("float32", "bfloat16", "float16"), points=True,
+           group=ACT),
+    Option("near_zero", 0.05, "activations with |a| < X count as near zero", float, metavar="X",
+           points=True, group=ACT),
+    # projection and time
+    Option("fit", "all", "pca only: fit the basis on all key frames pooled, the first or the last",
+           choices=("all", "first", "last"), points=True, group=TIME),
+    Option("umap_neighbors", 15, "umap: n_neighbors of each key frame's graph", int, metavar="K",
+           points=True, group=TIME),
+    Option("umap_min_dist", 0.1, "umap: min_dist, how tightly points pack", float, metavar="D", points=True, group=TIME),
+    Option("umap_alignment", 0.01, "umap: pull of a point to its place in nearby key frames", float, metavar="W",
+           points=True, group=TIME),
+    Option("umap_stride", 0, "umap: fit jointly every K-th key frame and place those between; 0 = auto (at most 8 "
+           "jointly)", int, metavar="K", points=True, group=TIME),
+    Option("stats", False, "print a per-block table of point motion and explained variance", bool, group=TIME),
+    Option("fps", 15.0, "frames per second", float, group=TIME),
+    Option("seconds_per_keyframe", 1.0, "seconds between key frames with --time keys", float, metavar="S",
+           group=TIME),
+    Option("time", "keys", "where key frames fall: keys (evenly), steps (film time proportional to the step) or "
+           "log-steps", choices=("keys", "steps", "log-steps"), group=TIME),
+    # look and encoding
+    Option("size", (1280, 720), "frame size in pixels, even numbers", tuple, parse=_size, metavar="WxH", check=_size_check,
+           group=LOOK),
+    Option("cmap", "magma", "matplotlib colormap of the density (log scale, fixed for the film)", group=LOOK),
+    Option("legend", True, "no legend (what is filmed, the colour bar, the timeline)", bool, group=LOOK),
+    Option("film_layout", "fit", "axes, colour scale and timeline fitted to the whole film (fit) or changed rarely as key "
+           "frames come (live, watch's default)", choices=("fit", "live"), group=LOOK),
+    Option("overlay", True, "no per-panel bar of how much the block still moves, and no 'settled' mark", bool,
+           group=LOOK),
+    Option("settle_threshold", 0.1, "a block has settled once its distance to the final checkpoint stays below F times "
+           "its distance at the first key frame", float, metavar="F", group=LOOK),
+    Option("crf", 18, "quality of lossy .mp4 output, 0-51, lower is better (.webm is always lossless)", int,
+           group=LOOK),
+    Option("encoder_threads", 0, "ffmpeg encoder threads (0: ffmpeg decides)", int, metavar="N",
+           group=LOOK),
+    Option("preset", "", ".webm good or realtime (default: good when fast enough here); .mp4 an x264 preset",
+           metavar="NAME", group=LOOK),
+    Option("export_points", None, "also write the key frames' coordinates: steps, blocks, point_ids, xy (T,L,N,2)",
+           kind=PATH, metavar="FILE.npz", group=OUT),
+    Option("quiet", False, "no progress bars", bool, group=OUT),
+    # where the work runs
+    Option("jobs", 0, "tasks at once (block chunks, umap layouts, film segments); 0: one per core", int, metavar="N",
+           group=WHERE),
+    Option("engine", "local", "local worker processes, or dask (a Dask cluster: pip install 'layerfilm[dask]')",
+           choices=("local", "dask"), group=WHERE),
+    Option("address", None, "--engine dask: the scheduler, e.g. tcp://HOST:8786 (default: a LocalCluster)",
+           metavar="URL", group=WHERE),
+    # cache
+    Option("cache_dir", None, "cache folder (default $LAYERFILM_CACHE, else ~/.cache/layerfilm)", flag="--cache",
+           kind=PATH, metavar="DIR", group=CACHE),
+    Option("cache", True, "neither read nor write the cache", bool, group=CACHE),
+]
+OPTIONS: dict[str, Option] = {o.name: o for o in _O}
+
+# options a command has that others name differently
+JSON_FLAG = Option("json", False, "print JSON instead of the table", bool, group=OUT)
+DEEP = Option("deep", False, "also read every block's filmed tensor and call one holding NaN/Inf unusable", bool, group=OUT)
+KEYFRAMES = Option("keyframes", None, "key frames to show, by step (default: the first and last)", list, parse=_step_list,
+                   flag="--steps", metavar="S1,S2,...", group=OUT)
+FILM = Option("film", None, "a film to show: .html embeds one of at most 8 MB and links a larger one; .md links it",
+              kind=PATH, metavar="FILE", group=OUT)
+FILM_LINK = Option("film_link", False, "link the --film (keep it beside the report) instead of embedding it", bool,
+                   group=OUT)
+LIVE_OPTIONS = (
+    Option("interval", 10.0, "seconds between polls of the folder", float, metavar="S", group=LIVE),
+    Option("refit", "never", "pca basis for new key frames: never (fitted on the first), always, or every=K",
+           metavar="never|always|every=K", group=LIVE),
+    Option("stills", None, "also keep the first and last key frames side by side here (.png, .svg, .pdf)",
+           kind=PATH, metavar="FILE", group=LIVE),
+    Option("json", None, "also keep the film's per-block stability here", kind=PATH, metavar="FILE.json", group=LIVE),
+)
+
+_SELECT = ("every", "steps")
+_SOURCE = ("storage_options", "final_step", "strict")
+_POINTS = ("param", "points", "seed", "blocks", "layout", "projection")
+_ACT = ("features", "model", "probe", "seq_len", "batch_size", "device", "devices", "dtype", "near_zero")
+_RUN = ("quiet", "jobs", "engine", "address", "cache_dir", "cache")
+_FILM = (*_SELECT, *_SOURCE, *_ACT, *_POINTS, "fit", "umap_neighbors", "umap_min_dist", "umap_alignment", "umap_stride",
+         "stats", "fps", "seconds_per_keyframe", "time", "size", "cmap", "legend", "film_layout", "overlay",
+         "settle_threshold", "crf", "encoder_threads", "preset", "export_points", *_RUN)
+
+
+def _of(*names: str | Option) -> tuple[Option, ...]:
+    return tuple(n if isinstance(n, Option) else OPTIONS[n] for n in names)
+
+
+COMMANDS: dict[str, tuple[Option, ...]] = {
+    "render": _of(*_FILM),
+    "watch": _of(*LIVE_OPTIONS, *_FILM),
+    "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
+    "stability": _of(JSON_FLAG, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
+    "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", *_RUN),
+    "report": _of(FILM, FILM_LINK, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, "size", "cmap", *_RUN),
+}
+DEFAULTS = {"watch": {"film_layout": "live"}}  # a command whose default differs
+
+
+def values(command: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Every option of ``command``: ``given`` (by name) checked, the defaults for the rest.
+    A name the command does not take is one line listing the ones it does."""
+    opts = {o.name: o for o in COMMANDS[command]}
+    unknown = [k for k in given if k not in opts]
+    if unknown:
+        raise OptionsError(f"{unknown[0]}={given[unknown[0]]!r}: not an option of {command} (options: "
+                           f"{', '.join(sorted(opts))})")
+    defaults = DEFAULTS.get(command, {})
+    return {name: o.value(given[name]) if name in given else defaults.get(name, o.default) for name, o in opts.items()}
+
+
+def options(command: str, given: dict[str, Any]):
+    """The library's option objects for ``command`` from option values by name (``given``: the API's
+    or the callbacks' keywords, or the parsed command line): (FilmOptions, LiveOptions or None)."""
+    from .encode import EncodeOptions
+    from .features.weights import WeightSpec
+    from .film import FilmOptions
+    from .projection import UmapOptions
+    from .raster import Style
+
+    v = values(command, given)
+    g = v.get
+    activations = None
+    if g("features") == "activations":
+        from .features.activations import ActivationSpec
+
+        if command in ("render", "watch") and (v["param"] is not None or v["layout"] != "auto"):
+            name = "param" if v["param"] is not None else "layout"
+            raise OptionsError(f"{name}={v[name]!r}: chooses weights; it does nothing with features='activations'")
+        activations = ActivationSpec(model=v["model"], probe=v["probe"], points=v["points"], seed=v["seed"],
+                                     seq_len=v["seq_len"], batch_size=v["batch_size"], device=v["device"],
+                                     devices=v["devices"] or (), dtype=v["dtype"], near_zero=v["near_zero"],
+                                     blocks_regex=v["blocks"])
+    width, height = g("size", OPTIONS["size"].default)
+    film = FilmOptions(
+        weights=WeightSpec(param=v["param"], points=v["points"], seed=v["seed"], blocks_regex=v["blocks"],
+                           layout=v["layout"]),
+        activations=activations,
+        projection=v["projection"],
+        fit=g("fit", "all"),
+        umap=UmapOptions(neighbors=g("umap_neighbors", 15), min_dist=g("umap_min_dist", 0.1),
+                         alignment=g("umap_alignment", 0.01), stride=g("umap_stride", 0), jobs=v["jobs"], seed=v["seed"]),
+        fps=g("fps", 15.0),
+        seconds_per_keyframe=g("seconds_per_keyframe", 1.0),
+        time=g("time", "keys"),
+        legend=g("legend", True),
+        style=Style(width=width, height=height, cmap=g("cmap", "magma")),
+        encode=EncodeOptions(crf=g("crf", 18), threads=g("encoder_threads", 0), preset=g("preset", "")),
+        every=g("every", 1),
+        steps=g("steps", (None, None)),
+        final_step=v["final_step"],
+        strict=v["strict"],
+        cache=v["cache"],
+        cache_dir=v["cache_dir"],
+        overlay=g("overlay", True),
+        settle_threshold=g("settle_threshold", 0.1),
+        jobs=v["jobs"],
+        engine=v["engine"],
+        address=v["address"],
+        storage_options=v["storage_options"],
+        film_layout=g("film_layout", "fit"),
+    )
+    live = None
+    if command == "watch":
+        from .live import LiveOptions
+
+        live = LiveOptions(refit=v["refit"], interval=v["interval"], stills=v["stills"], json=v["json"],
+                           export=v["export_points"])
+    return film, live
+
+
+def not_points() -> set[str]:
+    """Names of the options that never change the points (they stay out of the cache key)."""
+    return {o.name for o in _O if not o.points}
+
+
+_FIELD = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)=")
+
+
+def to_flags(message: str, command: str) -> str:
+    """A library message about ``name=value`` said with the command line's flag: ``--flag value``."""
+    flags = {o.name: o.cli_flag for o in COMMANDS.get(command, ())}
+
+    def flag(m: re.Match) -> str:
+        name = m.group(1)
+        return f"{flags[name]} " if name in flags else m.group(0)
+
+    return _FIELD.sub(flag, message)
+
+
+def given(namespace: dict[str, Any], command: str) -> dict[str, Any]:
+    """The options set on the command line (argparse's namespace as a dict): those not at their default."""
+    opts: Iterable[Option] = COMMANDS[command]
+    return {o.name: namespace[o.name] for o in opts if o.name in namespace and namespace[o.name] is not _UNSET}
+
+
+_UNSET = object()  # argparse's default for every generated option: unset options take the tree's default
