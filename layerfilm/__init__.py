@@ -18,6 +18,7 @@ from .figures import (
 from .film import FilmOptions, FilmResult, export_points, render, write_film
 from .live import LiveFilm, LiveOptions, watch
 from .projection import Trajectories, UmapOptions, project
+from .projection.estimator import AlignedProjection
 from .raster import Renderer, Style
 from .report import Report, Stills, report, stills
 from .run import Run
@@ -25,7 +26,7 @@ from .scan import Checkpoint, Series, scan
 from .stability import Stability, StabilityOptions, measure
 
 __all__ = [
-    "ActivationSpec", "ActivationStats",
+    "AlignedProjection", "ActivationSpec", "ActivationStats",
     "CheckpointError", "EncodeError", "EncodeOptions", "LayerError", "OptionsError", "OutputError", "Run",
     "ScanError", "Checkpoint", "FilmOptions", "FilmResult", "LayerfilmError", "Renderer", "Series", "Style",
     "Trajectories", "UmapOptions", "WeightSpec", "export_points", "extract", "project", "render", "scan", "write_film",
