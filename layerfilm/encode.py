@@ -39,11 +39,11 @@ ENCODERS: Registry[Callable[..., list[str]]] = Registry("output format")
 class EncodeOptions:
     """crf: quality for lossy .mp4 (lower is better, 0-51); threads: encoder threads (0 = ffmpeg decides);
     preset: encoder speed against file size, "" for the format's default: .webm ``good`` (default) or
-    ``realtime`` (still lossless; measured ~5x less encoder CPU for ~20% larger files at 1080p),
+    ``realtime`` (still lossless; less encoder CPU for larger files: benchmarks/RESULTS.md),
     .mp4 an x264 preset (``ultrafast`` ... ``veryslow``, default ``medium``);
     segment_seconds: the shortest film segment encoded on its own when several encoders run at once
-    (layerfilm.segments): every segment starts with a key frame, which costs bytes (measured in
-    benchmarks/RESULTS.md), so a short film stays one stream."""
+    (layerfilm.segments): every segment starts with a key frame, which costs bytes, so a short film
+    stays one stream."""
 
     crf: int = 18
     threads: int = 0

@@ -85,9 +85,9 @@ def check_jobs(jobs: int) -> int:
 
 def worker_init() -> None:
     """One thread each for numba and BLAS in a worker: the workers already fill the cores, and a
-    threaded numba or OpenBLAS spin-waits on busy cores (measured several times slower). numba reads
-    its thread count when first imported: only a worker that needs it (umap) pays for importing it
-    (0.45 s of CPU, measured: a film segment's worker has no use for it)."""
+    threaded numba or OpenBLAS spin-waits on busy cores. numba reads its thread count when first
+    imported, so it is set only where numba is already imported: a worker that never needs it (a film
+    segment's) never pays for importing it."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
@@ -109,9 +109,8 @@ def reuse_freed_memory() -> None:
     MALLOC_TRIM_THRESHOLD_=65536 (to hand memory back to the OS), and setting any threshold turns off
     glibc's sliding mmap threshold: it stays at 128 KiB, so every block tensor, its float32 copy and
     every temporary of the measures is a fresh mmap, page-faulted and zeroed by the kernel, then
-    unmapped. Measured on `stability` of the wide benchmark with two local workers: 13.8 s of system
-    CPU without the variable, 45.4 s with it (Dask's two workers: 154 s). The thresholds are set
-    where glibc's sliding ones end up (mmap above 32 MiB, trim above twice that)."""
+    unmapped, which multiplies the system CPU of a measure (benchmarks/RESULTS.md). The thresholds are
+    set where glibc's sliding ones end up (mmap above 32 MiB, trim above twice that)."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -252,10 +251,9 @@ _lock = threading.Lock()
 @contextmanager
 def session() -> Iterator[None]:
     """Keep the local engine's worker processes from one map to the next inside the block: one pool
-    for a whole run (reading, measuring, film segments), started once. Starting a pool costs each
-    worker a Python and its imports (about 0.7 s of CPU, measured; seconds of wall time on busy
-    cores) and closing it waits for every worker to exit; a render used to do both twice. The pools
-    are closed when the outermost block ends. Outside any block each map has its own pool."""
+    for a whole run (reading, measuring, film segments), started once: starting a pool costs each
+    worker a Python and its imports, and closing it waits for every worker to exit. The pools are
+    closed when the outermost block ends. Outside any block each map has its own pool."""
     global _held
     with _lock:
         _held += 1

@@ -75,8 +75,7 @@ def one_blas_thread() -> Iterator[None]:
 
     layerfilm's matrix work is many small products (one per block); split over threads they gain
     little, and on a machine whose cores are busy (ffmpeg, other jobs) the pool's spinning threads
-    make them 40x slower (measured: 128 products of 512 x 128, 2.3 s with 2 threads on 2 busy
-    cores, 0.05 s with one)."""
+    make them many times slower (benchmarks/bench_projection.py)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):

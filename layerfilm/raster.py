@@ -37,7 +37,7 @@ FLOOR = 0.25  # colour-scale position of the faintest non-empty bin
 DEFAULT_CMAP = "magma"
 MAX_SIDE = 7680
 MAX_PIXELS = 7680 * 4320
-BYTES_PER_PIXEL = 160  # measured peak at 8192x8192: 11 GB
+BYTES_PER_PIXEL = 160  # peak memory per pixel of a frame (benchmarks/RESULTS.md)
 
 
 _SCRATCH = threading.local()
@@ -123,8 +123,7 @@ def _font_bytes(path: str) -> bytes:
 @cache
 def _font(px: int):
     """The font at ``px`` pixels, loaded once and read from memory: opened from its file, FreeType reads
-    the 756 KB file again for every new text, and a film draws a new caption on every frame (measured:
-    2 GB read for 2,671 frames)."""
+    the whole font file again for every new text, and a film draws a new caption on every frame."""
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font
 
@@ -185,8 +184,7 @@ class Renderer:
     overlay's bar at its bottom and a margin at its sides: points are drawn only in the area between
     (``origin``, ``bins``), so they never touch an edge or hide a label.
 
-    One renderer draws one frame at a time (it reuses a scratch canvas): a thread that draws frames
-    ahead (layerfilm.pipeline.prefetch) owns its renderer while it runs.
+    A renderer keeps no per-frame state (its scratch canvas is per thread), so threads may share one.
     """
 
     def __init__(self, style: Style, labels: list[str], extent: np.ndarray, vmax: float | None = None,

@@ -1,9 +1,9 @@
 """Joining WebM segments at the EBML level, without ffmpeg (layerfilm.encode.join for .webm).
 
-Why not ffmpeg's concat demuxer: it opens every part as a new input and probes it, which DECODES the
-first lossless frame of each (~0.09 s a part at 720p): 5.4 s of CPU for 60 parts whose bytes a plain
-copy moves in 0.14 s. A live film (layerfilm.segments.SegmentStore) joins all its segments at every
-update, so that cost grew with the film.
+Why not ffmpeg's concat demuxer: it opens every part as a new input and probes it, which decodes the
+first lossless frame of each, where a plain copy of the bytes would do (benchmarks/bench_join.py). A
+live film (layerfilm.segments.SegmentStore) joins all its segments at every update, so that cost
+grew with the film.
 
 What a join is here: the parts were written by ONE ffmpeg command line (same codec parameters), so
 the output takes the first part's EBML header, Info (its Duration rewritten) and Tracks, then every

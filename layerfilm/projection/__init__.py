@@ -63,7 +63,7 @@ def project(features: Features, method: str = "pca", progress: bool = True, **kw
     from threadpoolctl import threadpool_limits  # comes with scikit-learn
 
     # one BLAS thread: the products here are small (N x D by D x 8) and a threaded OpenBLAS spin-waits;
-    # measured 35x slower with 2 threads on 2 busy cores (benchmarks/bench_projection.py)
+    # and many times slower on busy cores (benchmarks/bench_projection.py)
     with threadpool_limits(1, "blas"):
         traj = PROJECTIONS.get(method)(features, progress=progress, **kwargs)
     traj.stats.update(coherence(traj.xy))

@@ -1,7 +1,7 @@
 """umap's aligned SGD epoch (umap.layouts._optimize_layout_aligned_euclidean_single_epoch, 2-D, the
 same updates, random numbers and order) on arrays instead of lists of arrays: slices' layouts (S, N, 2)
 and edges (S, E) padded to the longest slice. Reading a layout through a numba typed list in the
-innermost loop made umap's version ~N x slower (measured).
+innermost loop makes umap's version slower by a factor that grows with the number of slices.
 
 Compiled at module level with numba's on-disk cache, so a process (a test, a worker) that imports it
 loads the compiled code instead of compiling it again. Imported only when a UMAP projection runs
