@@ -381,8 +381,7 @@ def _mapped(where: RemotePath, e: BaseException) -> Exception:
     if isinstance(e, FileNotFoundError):
         return CheckpointError(f"{where}: cannot read (not found)")
     if _timed_out(e):
-        connect = "Connect" in type(e).__name__ or "Connection" in type(e).__name__
-        return _timeout(where, "no connection to the server" if connect else "no answer from the server", connect)
+        return _timeout(where, "no connection to the server" if "Connect" in type(e).__name__ else "no answer in time")
     why = redact(str(e).splitlines()[0] if str(e) else type(e).__name__, where.options)
     return StorageError(f"{where}: cannot read from {where.protocol}:// ({type(e).__name__}: {why[:200]})")
 
@@ -397,11 +396,11 @@ def _timed_out(e: BaseException | None) -> bool:
     return False
 
 
-def _timeout(where: RemotePath, what: str, connect: bool = False) -> StorageError:
-    """The one line of a remote read that timed out, naming the setting that would wait longer."""
-    name = "LAYERFILM_CONNECT_TIMEOUT" if connect else "LAYERFILM_READ_TIMEOUT"
-    seconds = timeouts()[0 if connect else 1]
-    return StorageError(f"{where}: {what} within {seconds:g} s; set {name} (seconds) to wait longer")
+def _timeout(where: RemotePath, what: str) -> StorageError:
+    """The one line of a remote read that timed out, naming the settings that would wait longer."""
+    connect, read = timeouts()
+    return StorageError(f"{where}: {what} (timeouts: connect {connect:g} s, read {read:g} s; set "
+                        "LAYERFILM_CONNECT_TIMEOUT or LAYERFILM_READ_TIMEOUT, in seconds, to wait longer)")
 
 
 def read_ranges(path: RemotePath, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
@@ -474,9 +473,8 @@ async def _http_range(session: Any, fs: Any, path: RemotePath, offset: int, n: i
     try:
         answer = await asyncio.wait_for(session.get(fs.encode_url(path.url), **kw), connect + read)
     except asyncio.TimeoutError as e:
-        if "Connect" in type(e).__name__:
-            raise _timeout(path, "no connection to the server", connect=True) from None
-        raise _timeout(path, f"no answer to a request for bytes {asked}") from None
+        what = "no connection to the server" if "Connect" in type(e).__name__ else f"no answer to a request for bytes {asked}"
+        raise _timeout(path, what) from None
     async with answer as r:
         if r.status == 404:
             raise FileNotFoundError(path.url)
@@ -498,7 +496,8 @@ async def _http_range(session: Any, fs: Any, path: RemotePath, offset: int, n: i
             raise _wrong_length(path, offset, n, length)
         body = await _body(r, n + (length is None), read)
     if body is None:
-        raise _timeout(path, f"the server sent less than {PROGRESS // 1024} KiB (or the rest) of bytes {asked}")
+        raise _timeout(path, f"the answer for bytes {asked} brought less than {PROGRESS // 1024} KiB (or the rest) "
+                             "in one read timeout")
     return body
 
 
