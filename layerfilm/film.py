@@ -353,7 +353,8 @@ def render(
             get_engine(opts.engine, opts.jobs, **opts.engine_options()).start(WORKER_MODULES)
         run = Run.open(folder, opts, progress, scan_progress=progress)
         if len(run.series) < 2:
-            raise ScanError(f"{show(folder)}: found {len(run.series)} usable checkpoint; a film needs at least two key frames")
+            raise ScanError(f"{show(run.series.root)}: found {len(run.series)} usable checkpoint; "
+                            "a film needs at least two key frames")
         check_film_size(len(run.series), opts)  # before any tensor is read
         n_frames = Timeline(len(run.series), opts.fps, opts.seconds_per_keyframe).n_frames
         opts, picked = pick_preset(out, opts, n_frames)

@@ -40,7 +40,7 @@ from .raster import Style
 from .report_media import Film, FrameSource, Picture, film_for, pictures
 from .run import Run
 from .stability import Stability
-from .storage import local_inputs
+from .storage import local_inputs, redact
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -173,7 +173,8 @@ def _data_uri(data: bytes, mime: str) -> str:
 def _summary(stab: Stability, folder: str | Path) -> str:
     steps = stab.steps
     settled = sum(k >= 0 for k in stab.settle_index)
-    return (f"{len(steps)} checkpoints in {folder} (steps {steps[0]:,} to {steps[-1]:,}), {len(stab.blocks)} blocks; "
+    return (f"{len(steps)} checkpoints in {redact(str(folder))} (steps {steps[0]:,} to {steps[-1]:,}), "
+            f"{len(stab.blocks)} blocks; "
             f"{settled} of {len(stab.blocks)} settled (threshold {stab.settle_threshold:g}). "
             f"Points: {stab.points}.")
 

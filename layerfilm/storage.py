@@ -11,12 +11,24 @@ task in a worker process or on a Dask worker re-opens the file itself without li
 
 Remote bytes are read only by byte ranges (fsspec ``cat_ranges``): the header, then the tracked rows.
 Every answer is checked for its length: a server that ignores ``Range`` (it sends the whole file) or
-sends a wrong length is a :class:`StorageError`, one line, never a silent whole-file read. Torch
-pickles cannot be read by ranges, so they are refused over a URL (see ``PICKLE_OVER_URL``).
+sends a wrong length is a :class:`StorageError`, one line, never a silent whole-file read. Over http(s)
+the ranges are read here (:func:`_http_range`): an answer is streamed and dropped at the length asked
+(a server sending the whole file is refused from its headers, not buffered), and its ``Content-Range``
+must name the range asked. Torch pickles cannot be read by ranges, so they are refused over a URL (see
+``PICKLE_OVER_URL``).
+
+Nothing waits forever (:func:`timeouts`): a connection has ``LAYERFILM_CONNECT_TIMEOUT`` seconds, a
+listing ``LAYERFILM_READ_TIMEOUT`` more, and a ranged read must bring ``PROGRESS`` bytes (or the rest of
+its range) in every ``LAYERFILM_READ_TIMEOUT`` seconds (a server trickling a byte a second is stopped).
+
+Locations are shown redacted (:func:`redact`): ``str()`` of a :class:`RemotePath` drops the URL's
+``user:password@``, and a storage error's text drops it and the values of secret-looking storage options;
+the real URL and options are used only for the requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -28,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from .errors import CheckpointError, OptionsError, StorageError
+from .errors import CheckpointError, LayerfilmError, OptionsError, StorageError
 
 URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # fsspec protocol -> the package (and layerfilm extra) that provides it, for a missing-package message
@@ -37,6 +49,13 @@ EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "
 # what tells two versions of a remote file apart, first found wins; else size + modification time
 _VERSION_KEYS = ("ETag", "etag", "md5Hash", "blob_id", "sha256")
 _TIME_KEYS = ("LastModified", "last_modified", "Last-Modified", "mtime", "updated", "modified", "created")
+# storage options whose values are secrets (never shown): key, secret, token, password, credentials...
+_SECRET_OPTION = re.compile(r"key|secret|token|passw|credential|auth|session|signature", re.IGNORECASE)
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#]*@")
+TIMEOUTS = {"LAYERFILM_CONNECT_TIMEOUT": 10.0, "LAYERFILM_READ_TIMEOUT": 30.0}  # seconds, by default
+PROGRESS = 64 * 1024  # a ranged read must bring this many bytes (or the rest) per read timeout
+_CHUNK = 1 << 20  # a streamed answer is read in pieces of at most this many bytes
+HTTP_REQUESTS = 64  # ranged GETs in flight at once for one read
 PICKLE_OVER_URL = ("a PyTorch pickle cannot be read by byte ranges, and layerfilm does not download whole files "
                    "from a URL; convert the checkpoints to .safetensors or copy the folder to a local disk")
 
@@ -45,18 +64,58 @@ def is_remote(path: object) -> bool:
     return isinstance(path, RemotePath)
 
 
+def _secrets(value: Any, secret: bool = False) -> list[str]:
+    """The string values under secret-looking keys of storage options (nested ones too)."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _secrets(v, secret or bool(_SECRET_OPTION.search(str(k))))]
+    if isinstance(value, list):
+        return [s for v in value for s in _secrets(v, secret)]
+    return [str(value)] if secret and isinstance(value, (str, int)) and len(str(value)) >= 4 else []
+
+
+def redact(text: str, options: str = "{}") -> str:
+    """``text`` safe to show: every URL's ``user:password@`` written as ``***@``, and the values of the
+    secret-looking storage ``options`` (JSON; key, secret, token, password, credentials...) as ``***``."""
+    text = _USERINFO.sub(r"\1***@", text)
+    try:
+        hidden = _secrets(json.loads(options))
+    except ValueError:
+        hidden = []
+    for secret in sorted(hidden, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def parse_storage_options(text: str | None) -> str:
-    """``--storage-options`` checked to be a JSON object, as canonical JSON (picklable, hashable)."""
+    """``--storage-options`` checked to be a JSON object, as canonical JSON (picklable, hashable).
+    A bad one is never echoed: it may hold credentials."""
     if not text:
         return "{}"
     try:
         value = json.loads(text)
-    except ValueError as e:
-        raise OptionsError(f"--storage-options {text!r}: not JSON ({str(e).splitlines()[0]})") from None
+    except ValueError as e:  # the error names the position, never the text
+        raise OptionsError(f"--storage-options: not JSON ({str(e).splitlines()[0]}); give a JSON object") from None
     if not isinstance(value, dict):
-        raise OptionsError(f"--storage-options {text!r}: must be a JSON object, e.g. "
+        raise OptionsError("--storage-options: must be a JSON object, e.g. "
                            '\'{"endpoint_url": "http://127.0.0.1:9000"}\'')
     return json.dumps(value, sort_keys=True)
+
+
+def timeouts() -> tuple[float, float]:
+    """(connect, read) timeouts in seconds: ``LAYERFILM_CONNECT_TIMEOUT`` (default 10) and
+    ``LAYERFILM_READ_TIMEOUT`` (default 30). A remote read never waits longer for a connection, and a
+    listing, an answer's headers or the next ``PROGRESS`` bytes of a range never wait longer than read."""
+    values = []
+    for name, default in TIMEOUTS.items():
+        text = os.environ.get(name, "").strip()
+        try:
+            value = float(text) if text else default
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < float("inf"):
+            raise OptionsError(f"{name}={text}: give the timeout in seconds, e.g. {default:g}")
+        values.append(value)
+    return values[0], values[1]
 
 
 def location(folder: str | Path | RemotePath, storage_options: str | None = None) -> Path | RemotePath:
@@ -120,10 +179,11 @@ class RemotePath:
 
     # ------------------------------------------------------------ naming
     def __str__(self) -> str:
-        return self.url
+        """The URL as shown everywhere (messages, reports, JSON, cache keys): credentials redacted."""
+        return redact(self.url)
 
     def __repr__(self) -> str:
-        return f"RemotePath({self.url!r})"
+        return f"RemotePath({str(self)!r})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RemotePath) and (self.url, self.options) == (other.url, other.options)
@@ -140,7 +200,7 @@ class RemotePath:
 
     @property
     def name(self) -> str:
-        return unquote(self.url.rsplit("/", 1)[-1])
+        return unquote(str(self).rsplit("/", 1)[-1])  # a host's URL has only the host as its name
 
     @property
     def suffix(self) -> str:
@@ -204,7 +264,7 @@ class RemotePath:
             return RemoteStat(0, "", st_mode=stat.S_IFDIR | 0o555)
         if entry["size"] is None or entry["version"] is None:
             with _errors(self):
-                self.entry = entry = _entry_of(self.fs.info(self.url))
+                self.entry = entry = _entry_of(_bounded(self.fs, "info", self.url))
         if entry["size"] is None:
             raise StorageError(f"{self}: the server does not tell the file's size")
         return RemoteStat(entry["size"], entry["version"])
@@ -221,7 +281,8 @@ class RemotePath:
 AnyPath = Path | RemotePath
 
 _FILESYSTEMS: dict[tuple, Any] = {}
-_ENV = ("AWS_", "GOOGLE_", "GCS", "HF_", "FSSPEC")  # variables the filesystems read when they are made
+# variables the filesystems read when they are made (and the timeouts given to them)
+_ENV = ("AWS_", "GOOGLE_", "GCS", "HF_", "FSSPEC", *TIMEOUTS)
 _LOCK = threading.Lock()
 
 
@@ -236,7 +297,7 @@ def filesystem(protocol: str, options: str) -> Any:
             try:
                 import fsspec
 
-                fs = fsspec.filesystem(protocol, skip_instance_cache=True, **json.loads(options))
+                fs = fsspec.filesystem(protocol, skip_instance_cache=True, **_with_timeouts(protocol, json.loads(options)))
             except ImportError as e:
                 package, extra = EXTRAS.get(protocol, (getattr(e, "name", None) or "fsspec", ""))
                 hint = f"pip install 'layerfilm[{extra}]'" if extra else f"pip install {package}"
@@ -247,6 +308,30 @@ def filesystem(protocol: str, options: str) -> Any:
                 raise OptionsError(f"--storage-options: {str(e).splitlines()[0]}") from None
             _FILESYSTEMS[key] = fs
         return fs
+
+
+def _with_timeouts(protocol: str, options: dict) -> dict:
+    """``options`` with the connect and read timeouts (:func:`timeouts`) given to the client underneath,
+    unless the options set them: aiohttp's for http(s), botocore's for s3."""
+    connect, read = timeouts()
+    if protocol in ("http", "https"):
+        import aiohttp
+
+        client = {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read),
+                  **options.get("client_kwargs", {})}
+        return {**options, "client_kwargs": client}
+    if protocol in ("s3", "s3a"):
+        return {**options, "config_kwargs": {"connect_timeout": connect, "read_timeout": read,
+                                             **options.get("config_kwargs", {})}}
+    return options
+
+
+def _bounded(fs: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """``fs.method(*args, **kwargs)`` (a listing or an info), given connect + read timeout seconds in all
+    where fsspec can bound it (async filesystems: past it, FSTimeoutError)."""
+    if getattr(fs, "async_impl", False):
+        kwargs["timeout"] = sum(timeouts())
+    return getattr(fs, method)(*args, **kwargs)
 
 
 def _entry_of(info: dict) -> dict:
@@ -263,7 +348,7 @@ def listing(folder: RemotePath) -> dict[str, dict]:
     """name -> entry of everything directly inside ``folder``; {} if it is not there."""
     try:
         with _errors(folder):
-            found = folder.fs.ls(folder.url, detail=True, refresh=True)
+            found = _bounded(folder.fs, "ls", folder.url, detail=True, refresh=True)
     except CheckpointError:  # not found: nothing there
         found = []
     names = [unquote(str(info["name"]).rstrip("/").rsplit("/", 1)[-1]) for info in found]
@@ -290,10 +375,32 @@ class _errors:
 
 
 def _mapped(where: RemotePath, e: BaseException) -> Exception:
+    """One line for what reading ``where`` raised; its text redacted (a URL's password, secret options)."""
+    if isinstance(e, LayerfilmError):
+        return e
     if isinstance(e, FileNotFoundError):
         return CheckpointError(f"{where}: cannot read (not found)")
-    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if _timed_out(e):
+        return _timeout(where, "no connection to the server" if "Connect" in type(e).__name__ else "no answer in time")
+    why = redact(str(e).splitlines()[0] if str(e) else type(e).__name__, where.options)
     return StorageError(f"{where}: cannot read from {where.protocol}:// ({type(e).__name__}: {why[:200]})")
+
+
+def _timed_out(e: BaseException | None) -> bool:
+    """Whether ``e`` (or what caused it) is a timeout: asyncio's or aiohttp's, fsspec's, botocore's."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, TimeoutError) or "Timeout" in type(e).__name__:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _timeout(where: RemotePath, what: str) -> StorageError:
+    """The one line of a remote read that timed out, naming the settings that would wait longer."""
+    connect, read = timeouts()
+    return StorageError(f"{where}: {what} (timeouts: connect {connect:g} s, read {read:g} s; set "
+                        "LAYERFILM_CONNECT_TIMEOUT or LAYERFILM_READ_TIMEOUT, in seconds, to wait longer)")
 
 
 def read_ranges(path: RemotePath, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
@@ -304,12 +411,17 @@ def read_ranges(path: RemotePath, ranges: Sequence[tuple[int, int]]) -> list[byt
     got: list[Any] = []
     if todo:
         fs = path.fs
-        # async filesystems (s3fs, gcsfs, http) send one ranged GET per range; the others (hf://) read
-        # through a file object whose default read-ahead cache would fetch megabytes past each range
-        extra = {} if getattr(fs, "async_impl", False) else {"cache_type": "none"}
         with _errors(path):
-            got = fs.cat_ranges([path.url] * len(todo), [o for o, _ in todo], [o + n for o, n in todo],
-                                on_error="return", **extra)
+            if path.protocol in ("http", "https"):
+                from fsspec.asyn import sync
+
+                got = sync(fs.loop, _http_ranges, fs, path, todo)
+            else:
+                # async filesystems (s3fs, gcsfs) send one ranged GET per range; the others (hf://) read
+                # through a file object whose default read-ahead cache would fetch megabytes past each range
+                extra = {} if getattr(fs, "async_impl", False) else {"cache_type": "none"}
+                got = fs.cat_ranges([path.url] * len(todo), [o for o, _ in todo], [o + n for o, n in todo],
+                                    on_error="return", **extra)
     answers = iter(got)
     out = []
     for offset, n in ranges:
@@ -320,11 +432,98 @@ def read_ranges(path: RemotePath, ranges: Sequence[tuple[int, int]]) -> list[byt
         if isinstance(data, BaseException):
             raise _mapped(path, data)
         if len(data) != n:
-            raise StorageError(f"{path}: asked the server for bytes {offset:,}-{offset + n - 1:,} ({n:,} bytes) and got "
-                               f"{len(data):,}; the server ignores Range requests (or the file changed), and layerfilm "
-                               "reads remote files by byte ranges only")
+            raise _wrong_length(path, offset, n, len(data))
         out.append(bytes(data))
     return out
+
+
+def _wrong_length(path: RemotePath, offset: int, n: int, got: int) -> StorageError:
+    return StorageError(f"{path}: asked the server for bytes {offset:,}-{offset + n - 1:,} ({n:,} bytes) and got "
+                        f"{got:,} in its answer; the server ignores Range requests (or the file changed), and layerfilm "
+                        "reads remote files by byte ranges only")
+
+
+async def _http_ranges(fs: Any, path: RemotePath, ranges: list[tuple[int, int]]) -> list[Any]:
+    """Each of ``ranges`` of ``path`` by its own ranged GET (at most HTTP_REQUESTS at once): its bytes, or
+    the exception that stopped it."""
+    session = await fs.set_session()
+    slots = asyncio.Semaphore(HTTP_REQUESTS)
+
+    async def one(offset: int, n: int) -> Any:
+        async with slots:
+            try:
+                return await _http_range(session, fs, path, offset, n)
+            except Exception as e:  # noqa: BLE001 - handed back, then raised as one line by read_ranges
+                return e
+
+    return list(await asyncio.gather(*(one(o, n) for o, n in ranges)))
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+async def _http_range(session: Any, fs: Any, path: RemotePath, offset: int, n: int) -> bytes:
+    """Bytes ``offset`` to ``offset + n`` of ``path`` by one ``Range`` GET, checked from the answer's headers
+    before its body is read: 206 with the ``Content-Range`` asked for, or 200 with exactly the bytes asked
+    (the whole file, from offset 0). The body is streamed and never read past ``n`` bytes (+1 where its
+    length is not told), and must bring PROGRESS bytes or the rest in every read timeout."""
+    connect, read = timeouts()
+    asked = f"{offset:,}-{offset + n - 1:,}"
+    kw = {**fs.kwargs, "headers": {**fs.kwargs.get("headers", {}), "Range": f"bytes={offset}-{offset + n - 1}"}}
+    try:
+        answer = await asyncio.wait_for(session.get(fs.encode_url(path.url), **kw), connect + read)
+    except asyncio.TimeoutError as e:
+        what = "no connection to the server" if "Connect" in type(e).__name__ else f"no answer to a request for bytes {asked}"
+        raise _timeout(path, what) from None
+    async with answer as r:
+        if r.status == 404:
+            raise FileNotFoundError(path.url)
+        r.raise_for_status()
+        told = r.headers.get("Content-Length")
+        length = int(told) if told and told.isdigit() else None
+        if r.status == 206:
+            m = _CONTENT_RANGE.match(r.headers.get("Content-Range", "").strip())
+            if m is None or (int(m.group(1)), int(m.group(2))) != (offset, offset + n - 1):
+                raise StorageError(f"{path}: asked the server for bytes {asked} and it answered Content-Range "
+                                   f"{_header(r.headers.get('Content-Range'))}; layerfilm reads only the range it asks for")
+        elif r.status != 200:
+            raise StorageError(f"{path}: asked the server for bytes {asked} and it answered HTTP {r.status}; "
+                               "layerfilm reads remote files by byte ranges only")
+        elif offset != 0:
+            raise StorageError(f"{path}: asked the server for bytes {asked} and it sent the whole file (HTTP 200); "
+                               "the server ignores Range requests, and layerfilm reads remote files by byte ranges only")
+        if length is not None and length != n:
+            raise _wrong_length(path, offset, n, length)
+        body = await _body(r, n + (length is None), read)
+    if body is None:
+        raise _timeout(path, f"the answer for bytes {asked} brought less than {PROGRESS // 1024} KiB (or the rest) "
+                             "in one read timeout")
+    return body
+
+
+async def _body(r: Any, want: int, read: float) -> bytes | None:
+    """At most ``want`` bytes of the answer ``r``; None if PROGRESS of them (or the rest) took over ``read`` s."""
+    loop = asyncio.get_running_loop()
+    body = bytearray()
+    start, since = loop.time(), 0
+    while len(body) < want:
+        try:
+            chunk = await asyncio.wait_for(r.content.read(min(_CHUNK, want - len(body))),
+                                           max(start + read - loop.time(), 0.001))
+        except asyncio.TimeoutError:
+            return None
+        if not chunk:
+            break
+        body += chunk
+        since += len(chunk)
+        if since >= PROGRESS:
+            start, since = loop.time(), 0
+    return bytes(body)
+
+
+def _header(value: str | None) -> str:
+    """A header's value for a message: short, one line."""
+    return "(none)" if value is None else repr(value[:80])
 
 
 class LocalBytes:

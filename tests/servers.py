@@ -4,15 +4,19 @@ benchmarks/bench_remote.py), each counting the object bytes it sends:
 - :class:`CountingMoto`: moto's S3-compatible server (server mode, a real HTTP endpoint on a free port);
 - :func:`http_folder`: a threaded HTTP server of a local folder with an index page (as ``python -m
   http.server``), either honouring ``Range: bytes=A-B`` (206 Partial Content) or ignoring it (200, the
-  whole file), as some static servers do.
+  whole file), as some static servers do; optionally requiring HTTP basic auth, or answering ranged GETs
+  as a hostile or broken server does (``HOSTILE``). Files are streamed from disk (a sparse file of
+  gigabytes costs the server nothing), and every slow answer's loop is bounded and ends at shutdown.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -89,49 +93,120 @@ def _credentials() -> dict:
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 
+# how a hostile or broken server answers a ranged GET (its headers right unless said otherwise):
+HOSTILE = {
+    "trickle": "one byte every half second (slow loris)",
+    "stall": "the headers, then nothing",
+    "short": "half the body its Content-Length tells, then nothing (the connection held open)",
+    "shifted": "the right length from 64 bytes before the offset asked, with a Content-Range saying so",
+    "trickle-index": "an index page of one byte every half second (any GET of a folder)",
+}
+SLOW_FOR = 60.0  # seconds at most that a slow answer lasts (shutdown ends it sooner)
+
+
 class _Folder(SimpleHTTPRequestHandler):
-    """A folder with index pages; ``ranges``: whether ``Range: bytes=A-B`` is honoured."""
+    """A folder with index pages; ``ranges``: whether ``Range: bytes=A-B`` is honoured; ``auth``: the
+    Authorization header required (else 401); ``hostile``: a key of HOSTILE."""
 
     ranges = True
     counter: dict = {}
+    auth: str | None = None
+    hostile: str | None = None
+    stop = threading.Event()
 
     def log_message(self, *args) -> None:
         pass
 
+    def _allowed(self) -> bool:
+        if self.auth is None or self.headers.get("Authorization") == self.auth:
+            return True
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="runs"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return False
+
+    def do_HEAD(self) -> None:
+        if self._allowed():
+            super().do_HEAD()
+
     def do_GET(self) -> None:
+        if not self._allowed():
+            return
         path = Path(self.translate_path(self.path))
         m = _RANGE.match(self.headers.get("Range", ""))
         if not path.is_file():
+            if self.hostile == "trickle-index":
+                return self._answer(200, {"Content-Type": "text/html", "Content-Length": "1000"}, b"<" * 1000, 0.5)
             return super().do_GET()
-        data = path.read_bytes()
-        if self.ranges and m:
-            start = int(m.group(1))
-            end = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
-            body = data[start:end + 1]
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-        else:  # the whole file, whatever was asked
-            body = data
-            self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Last-Modified", self.date_time_string(int(os.stat(path).st_mtime)))
+        size = path.stat().st_size
+        head = {"Content-Type": "application/octet-stream",
+                "Last-Modified": self.date_time_string(int(os.stat(path).st_mtime))}
+        if not (self.ranges and m):  # the whole file, whatever was asked
+            return self._answer(200, {**head, "Content-Length": str(size)}, path)
+        start = int(m.group(1))
+        end = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
+        if self.hostile == "shifted":
+            start, end = max(start - 64, 0), end - (start - max(start - 64, 0))
+        head.update({"Content-Range": f"bytes {start}-{end}/{size}", "Content-Length": str(end + 1 - start)})
+        with path.open("rb") as f:
+            f.seek(start)
+            body = f.read(end + 1 - start)
+        if self.hostile in ("trickle", "stall", "short"):
+            body = {"trickle": body, "stall": b"", "short": body[:len(body) // 2]}[self.hostile]
+            return self._answer(206, head, body, 0.5 if self.hostile == "trickle" else 0.0, hold=True)
+        self._answer(206, head, body)
+
+    def _answer(self, status: int, headers: dict, body: bytes | Path, pace: float = 0.0, hold: bool = False) -> None:
+        """Send ``body`` (bytes, or a file streamed from disk), one byte per ``pace`` seconds if given;
+        with ``hold``, keep the connection open afterwards. Both end at SLOW_FOR or at shutdown."""
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(body)
-        self.counter["sent"] = self.counter.get("sent", 0) + len(body)
+        deadline = time.monotonic() + SLOW_FOR
+        try:
+            if isinstance(body, Path):
+                with body.open("rb") as f:
+                    while chunk := f.read(1 << 16):
+                        self.wfile.write(chunk)
+                        self.counter["sent"] = self.counter.get("sent", 0) + len(chunk)
+            elif pace:
+                for i in range(len(body)):
+                    if self.stop.wait(pace) or time.monotonic() > deadline:
+                        return
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+            else:
+                self.wfile.write(body)
+                self.counter["sent"] = self.counter.get("sent", 0) + len(body)
+            if hold:
+                self.wfile.flush()
+                self.stop.wait(max(deadline - time.monotonic(), 0))
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: what layerfilm should do
+            pass
+
+
+def basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 @contextmanager
-def http_folder(folder: Path, ranges: bool = True) -> Iterator[tuple[str, dict]]:
-    """Serve ``folder`` on a free port of 127.0.0.1; yields (its URL, a counter {"sent": bytes of files})."""
+def http_folder(folder: Path, ranges: bool = True, auth: tuple[str, str] | None = None,
+                hostile: str | None = None) -> Iterator[tuple[str, dict]]:
+    """Serve ``folder`` on a free port of 127.0.0.1; yields (its URL, a counter {"sent": bytes of files}).
+    ``auth``: (user, password) of the HTTP basic auth it requires; ``hostile``: a key of HOSTILE."""
     counter: dict = {"sent": 0}
-    handler = type("Handler", (_Folder,), {"ranges": ranges, "counter": counter})
+    assert hostile is None or hostile in HOSTILE
+    handler = type("Handler", (_Folder,), {"ranges": ranges, "counter": counter, "hostile": hostile,
+                                           "auth": basic_auth(*auth) if auth else None, "stop": threading.Event()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", counter
     finally:
+        handler.stop.set()  # ends the slow answers still running
         server.shutdown()
         server.server_close()
         thread.join()

@@ -1,10 +1,15 @@
 """A Hugging Face sharded checkpoint: a folder with ``model.safetensors.index.json`` (or
 ``pytorch_model.bin.index.json``) whose ``weight_map`` names the shard holding each tensor,
-``model-00001-of-00003.safetensors`` ... Each shard is opened lazily by its own format."""
+``model-00001-of-00003.safetensors`` ... Each shard is opened lazily by its own format.
+
+A shard must be a file beside the index: a name with a folder in it (``../../elsewhere.safetensors``,
+an absolute path) is refused, as it would read outside the checkpoint folder, from a file that is not
+part of the checkpoint's cache key."""
 
 from __future__ import annotations
 
 import json
+from pathlib import PurePath
 
 import numpy as np
 
@@ -40,6 +45,8 @@ class ShardedReader:
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{self.index}: corrupt index (no weight_map)")
         self._where = {str(k): str(v) for k, v in weight_map.items()}
+        for name, shard in self._where.items():
+            check_shard(self.index, name, shard)
         fmt = FORMATS.get("safetensors" if self.index.name.startswith("model.") else "torch")
         for shard in sorted(set(self._where.values())):
             path = self.folder / shard
@@ -80,6 +87,16 @@ class ShardedReader:
     def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
         shard = self._shards[self._where[name]]
         return shard.rows(name, ids) if hasattr(shard, "rows") else shard.get(name)[ids]
+
+
+def check_shard(index: AnyPath, tensor: str, shard: str) -> None:
+    """Refuse a ``weight_map`` value that is not the name of a file beside ``index``."""
+    if shard.strip() in ("", ".", ".."):
+        raise CheckpointError(f"{index}: weight_map gives tensor {tensor!r} the shard {shard!r}, which is "
+                              "not a file name; name the shard file beside the index")
+    if "/" in shard or "\\" in shard or PurePath(shard).is_absolute():
+        raise CheckpointError(f"{index}: weight_map names shard {shard!r}, which is not a file beside the index; "
+                              "layerfilm reads no shard outside the checkpoint folder or in a sub-folder")
 
 
 @FORMATS.register("sharded")
