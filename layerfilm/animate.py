@@ -35,17 +35,17 @@ TIMES = ("keys", "steps", "log-steps")
 def check_time(fps: float, seconds_per_keyframe: float) -> None:
     """The rules for --fps and --seconds-per-keyframe, checked before any work (nan and inf refused)."""
     if not 0 < fps <= MAX_FPS:
-        raise OptionsError(f"--fps {fps}: must be a number above 0 and at most {MAX_FPS:g}")
+        raise OptionsError(f"fps={fps}: must be a number above 0 and at most {MAX_FPS:g}")
     if not 0 < seconds_per_keyframe <= MAX_SECONDS_PER_KEYFRAME:
-        raise OptionsError(f"--seconds-per-keyframe {seconds_per_keyframe}: must be a number above 0 "
+        raise OptionsError(f"seconds_per_keyframe={seconds_per_keyframe}: must be a number above 0 "
                            f"and at most {MAX_SECONDS_PER_KEYFRAME:g}")
     if round(fps * seconds_per_keyframe) < 1:
-        raise OptionsError(f"--fps {fps} x --seconds-per-keyframe {seconds_per_keyframe} is under one frame per key frame")
+        raise OptionsError(f"fps={fps} x seconds_per_keyframe={seconds_per_keyframe} is under one frame per key frame")
 
 
 def check_time_mode(time: str) -> None:
     if time not in TIMES:
-        raise OptionsError(f"--time {time!r}: choose one of {', '.join(TIMES)}")
+        raise OptionsError(f"time={time!r}: choose one of {', '.join(TIMES)}")
 
 
 @dataclass(frozen=True)

@@ -52,9 +52,9 @@ class EncodeOptions:
 
     def __post_init__(self) -> None:
         if not 0 <= self.crf <= 51:
-            raise OptionsError(f"--crf {self.crf}: must be 0..51")
+            raise OptionsError(f"crf={self.crf}: must be 0..51")
         if self.threads < 0:
-            raise OptionsError(f"--encoder-threads {self.threads}: must be 0 (ffmpeg decides) or more")
+            raise OptionsError(f"encoder_threads={self.threads}: must be 0 (ffmpeg decides) or more")
         if not self.segment_seconds > 0:  # nan too
             raise OptionsError(f"segment_seconds {self.segment_seconds}: must be above 0")
 
@@ -99,7 +99,7 @@ def webm_preset(frames: int, size: tuple[int, int], cores: int) -> str:
 
 def _preset(opts: EncodeOptions, kind: str, choices: tuple[str, ...], default: str) -> str:
     if opts.preset and opts.preset not in choices:
-        raise OptionsError(f"--preset {opts.preset!r} for .{kind}: choose one of {', '.join(choices)}")
+        raise OptionsError(f"preset={opts.preset!r} for .{kind}: choose one of {', '.join(choices)}")
     return opts.preset or default
 
 

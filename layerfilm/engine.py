@@ -79,7 +79,7 @@ def cores() -> int:
 def check_jobs(jobs: int) -> int:
     """--jobs: 0 means one per core."""
     if jobs < 0:
-        raise OptionsError(f"--jobs {jobs}: must be 0 (one per core) or more")
+        raise OptionsError(f"jobs={jobs}: must be 0 (one per core) or more")
     return jobs or cores()
 
 
@@ -337,10 +337,10 @@ def check_engine(name: str, address: str | None) -> None:
     ENGINES.get(name)
     if address is not None:
         if name != "dask":
-            raise OptionsError(f"--address applies to --engine dask only, not {name}")
+            raise OptionsError(f"address={address!r}: applies to engine=dask only, not {name}")
         m = _ADDRESS.fullmatch(address)
         if m is None or (m.group(3) is not None and not 0 < int(m.group(3)) < 65536):
-            raise OptionsError(f"--address {address!r}: expected a Dask scheduler address such as tcp://HOST:8786")
+            raise OptionsError(f"address={address!r}: expected a Dask scheduler address such as tcp://HOST:8786")
     if name == "dask" and importlib.util.find_spec("distributed") is None:
         raise OptionsError(DASK_MISSING)
 

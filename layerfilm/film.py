@@ -82,9 +82,9 @@ class FilmOptions:
         check_settle_threshold(self.settle_threshold)
         check_film_layout(self.film_layout)
         if self.fit not in FITS:
-            raise OptionsError(f"--fit {self.fit!r}: choose one of {', '.join(FITS)}")
+            raise OptionsError(f"fit={self.fit!r}: choose one of {', '.join(FITS)}")
         if self.fit != "all" and self.projection != "pca":
-            raise OptionsError(f"--fit {self.fit} applies to --projection pca only, not {self.projection}")
+            raise OptionsError(f"fit={self.fit} applies to projection=pca only, not {self.projection}")
 
     def projection_kwargs(self) -> dict:
         """Options of the chosen projection method, as ``project`` takes them."""

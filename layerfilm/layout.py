@@ -46,7 +46,7 @@ HEADROOM = 2 ** 0.5  # room the axes leave for points to grow into before they c
 
 def check_film_layout(layout: str) -> None:
     if layout not in LAYOUTS:
-        raise OptionsError(f"--film-layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+        raise OptionsError(f"film_layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
 
 
 def grid_up(x: float, per_octave: int) -> float:

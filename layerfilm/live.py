@@ -82,7 +82,7 @@ def parse_refit(text: str) -> int:
     """``--refit``: never -> 0, always -> 1, every=K -> K."""
     m = _REFIT.fullmatch(text)
     if m is None:
-        raise OptionsError(f"--refit {text!r}: choose never, always or every=K (K >= 1)")
+        raise OptionsError(f"refit={text!r}: choose never, always or every=K (K >= 1)")
     return 0 if text == "never" else 1 if text == "always" else int(m.group(1))
 
 
@@ -99,7 +99,7 @@ class LiveOptions:
     def __post_init__(self) -> None:
         parse_refit(self.refit)
         if not (0 < self.interval < 1e6):  # also refuses NaN
-            raise OptionsError(f"--interval {self.interval:g}: must be a positive number of seconds")
+            raise OptionsError(f"interval={self.interval:g}: must be a positive number of seconds")
 
     @property
     def every(self) -> int:
@@ -110,18 +110,18 @@ def check_live(opts: FilmOptions, live: LiveOptions) -> FilmOptions:
     """The film options a live film uses: the pca fit follows --refit (never: the first key frame; always,
     every=K: all); other projections re-project every key frame (--refit always only)."""
     if opts.activations is not None:
-        raise OptionsError("--features activations: a live film films weights (render the activations afterwards)")
+        raise OptionsError("features=activations: a live film films weights (render the activations afterwards)")
     if opts.final_step is not None:
-        raise OptionsError("--final-step: a live film takes the checkpoints of a running training, not its final model")
+        raise OptionsError(f"final_step={opts.final_step}: a live film takes the checkpoints of a running training, not its final model")
     if opts.projection != "pca":
         if live.every != 1:
-            raise OptionsError(f"--refit {live.refit}: a fixed basis is pca's; --projection {opts.projection} re-projects "
-                               "every key frame at each update: use --refit always")
+            raise OptionsError(f"refit={live.refit}: a fixed basis is pca's; projection={opts.projection} re-projects "
+                               "every key frame at each update: use refit=always")
         return opts
     fit = "first" if live.every == 0 else "all"
     if opts.fit not in ("all", fit):  # all: the default, taken to mean "as --refit says"
-        raise OptionsError(f"--fit {opts.fit}: with --refit {live.refit} the pca basis is fitted on the "
-                           f"{'first key frame' if fit == 'first' else 'key frames so far'} (--fit {fit})")
+        raise OptionsError(f"fit={opts.fit}: with refit={live.refit} the pca basis is fitted on the "
+                           f"{'first key frame' if fit == 'first' else 'key frames so far'} (fit={fit})")
     return replace(opts, fit=fit)
 
 

@@ -71,9 +71,9 @@ class Style:
 
     def __post_init__(self) -> None:
         if self.width < 64 or self.height < 64 or self.width % 2 or self.height % 2:
-            raise OptionsError(f"--size {self.width}x{self.height}: need even sizes of at least 64x64")
+            raise OptionsError(f"size={self.width}x{self.height}: need even sizes of at least 64x64")
         if max(self.width, self.height) > MAX_SIDE or self.width * self.height > MAX_PIXELS:
-            raise OptionsError(f"--size {self.width}x{self.height}: at most 8K ({MAX_SIDE} a side, {MAX_PIXELS:,} pixels); "
+            raise OptionsError(f"size={self.width}x{self.height}: at most 8K ({MAX_SIDE} a side, {MAX_PIXELS:,} pixels); "
                                f"drawing and encoding need about {BYTES_PER_PIXEL} bytes of memory a pixel")
         if self.cell < 0:
             raise OptionsError(f"cell {self.cell}: must be 0 (auto) or positive")
@@ -85,7 +85,7 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise OptionsError(f"--size {text!r}: expected WxH, e.g. 1920x1080") from None
+        raise OptionsError(f"size={text!r}: expected WxH, e.g. 1920x1080") from None
     return w, h
 
 
@@ -97,7 +97,7 @@ def colormap_lut(name: str, n: int = 256) -> np.ndarray:
     try:
         cmap = matplotlib.colormaps[name]
     except KeyError:
-        raise OptionsError(f"--cmap {name!r}: not a matplotlib colormap (try magma, viridis, inferno)") from None
+        raise OptionsError(f"cmap={name!r}: not a matplotlib colormap (try magma, viridis, inferno)") from None
     return (cmap(np.linspace(0, 1, n))[:, :3] * 255 + 0.5).astype(np.uint8)
 
 

@@ -71,15 +71,15 @@ class Watch:
 def test_refit_and_options_are_checked(tiny_run, tmp_path):
     assert [parse_refit(t) for t in ("never", "always", "every=3")] == [0, 1, 3]
     for bad in ("sometimes", "every=0", "every="):
-        with pytest.raises(OptionsError, match="--refit"):
+        with pytest.raises(OptionsError, match="refit="):
             parse_refit(bad)
-    with pytest.raises(OptionsError, match="--interval"):
+    with pytest.raises(OptionsError, match="interval="):
         LiveOptions(interval=0)
     from layerfilm.film import FilmOptions
 
-    with pytest.raises(OptionsError, match="--refit never: a fixed basis is pca's"):
+    with pytest.raises(OptionsError, match="refit=never: a fixed basis is pca's"):
         LiveFilm(tiny_run, tmp_path / "f.webm", FilmOptions(projection="umap"), LiveOptions())
-    with pytest.raises(OptionsError, match="--fit last"):
+    with pytest.raises(OptionsError, match="fit=last"):
         LiveFilm(tiny_run, tmp_path / "f.webm", FilmOptions(fit="last"), LiveOptions())
 
 

@@ -44,10 +44,10 @@ class WeightSpec:
 
     def __post_init__(self) -> None:
         if self.points < 2:
-            raise OptionsError(f"--points {self.points}: need at least 2 points per block")
+            raise OptionsError(f"points={self.points}: need at least 2 points per block")
         check_seed(self.seed)
         if self.layout not in LAYOUTS:
-            raise OptionsError(f"--layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
+            raise OptionsError(f"layout={self.layout!r}: choose one of {', '.join(LAYOUTS)}")
 
 
 @dataclass(frozen=True)

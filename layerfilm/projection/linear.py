@@ -136,7 +136,7 @@ def fit_pca(features: Features, fit: str = "all", progress: bool = True) -> tupl
     (q^T C q = coordinates^T coordinates); the Ritz rotation then picks the top-2 axes, fixed for every frame.
     """
     if fit not in FITS:
-        raise OptionsError(f"--fit {fit!r}: choose one of {', '.join(FITS)}")
+        raise OptionsError(f"fit={fit!r}: choose one of {', '.join(FITS)}")
     store = in_safe_range(features.store)
     scale = store.scale if isinstance(store, ScaledStore) else np.ones(len(features.blocks), np.float32)
     T = len(store)

@@ -81,18 +81,18 @@ class UmapOptions:
     def __post_init__(self) -> None:
         check_seed(self.seed)
         if self.neighbors < 2:
-            raise OptionsError(f"--umap-neighbors {self.neighbors}: must be at least 2")
+            raise OptionsError(f"umap_neighbors={self.neighbors}: must be at least 2")
         if not 0 <= self.min_dist <= 1:  # nan too
-            raise OptionsError(f"--umap-min-dist {self.min_dist}: must be between 0 and 1")
+            raise OptionsError(f"umap_min_dist={self.min_dist}: must be between 0 and 1")
         if not 0 <= self.alignment <= 1e6:  # also refuses nan and inf (every point pulled onto one line)
-            raise OptionsError(f"--umap-alignment {self.alignment}: must be a number from 0 to 1e6")
+            raise OptionsError(f"umap_alignment={self.alignment}: must be a number from 0 to 1e6")
         for name in ("window", "epochs", "place_epochs"):
             if getattr(self, name) < 1:
                 raise OptionsError(f"umap {name} {getattr(self, name)}: must be at least 1")
         if not 0 < self.place_rate <= 1:
             raise OptionsError(f"umap place_rate {self.place_rate}: must be in (0, 1]")
         if self.stride < 0 or self.jobs < 0:
-            raise OptionsError(f"--umap-stride {self.stride} / --jobs {self.jobs}: must be 0 (auto) or positive")
+            raise OptionsError(f"umap_stride={self.stride} / jobs={self.jobs}: must be 0 (auto) or positive")
 
 
 def _umap():
@@ -100,7 +100,7 @@ def _umap():
         import numba
         import umap  # noqa: F401
     except ImportError:
-        raise OptionsError("--projection umap needs umap-learn: pip install umap-learn") from None
+        raise OptionsError("projection=umap needs umap-learn: pip install 'layerfilm[umap]'") from None
     return numba
 
 
