@@ -444,13 +444,17 @@ def test_watch_keeps_files_added_to_its_frames_folder_between_updates(tiny_run, 
         shutil.copy2(tiny_run / f"step_{step:06d}.safetensors", ck)
     monkeypatch.setenv("TMPDIR", str(scratch))
     w = Watch(ck, frames, "--interval", "0.2", "--json", str(tmp_path / "s.json"))  # --json: rows kept on scratch disk
-    assert [w.line().split(",")[0] for _ in range(3)] == [f"key frame: step {s}" for s in (0, 10, 20)]
-    (frames / "NOTES.txt").write_text("notes")
-    (frames / "sub").mkdir()
-    (frames / "sub" / "keep").write_text("mine")
-    before = snapshot(frames)
-    shutil.copy2(tiny_run / "step_000030.safetensors", ck)
-    assert w.proc.wait(timeout=120) == 2
+    try:
+        assert [w.line().split(",")[0] for _ in range(3)] == [f"key frame: step {s}" for s in (0, 10, 20)]
+        (frames / "NOTES.txt").write_text("notes")
+        (frames / "sub").mkdir()
+        (frames / "sub" / "keep").write_text("mine")
+        before = snapshot(frames)
+        shutil.copy2(tiny_run / "step_000030.safetensors", ck)
+        assert w.proc.wait(timeout=120) == 2
+    finally:
+        if w.proc.poll() is None:  # the old code went on watching
+            w.proc.kill()
     assert w.proc.stderr is not None
     assert w.proc.stderr.read().splitlines() == [frames_line(frames, ("NOTES.txt", "sub"))]
     assert snapshot(frames) == before and len(list(frames.glob("frame_*.png"))) == 5
@@ -474,11 +478,14 @@ def test_scratch_folders_of_killed_processes_are_removed(tiny_run, tmp_path, mon
     monkeypatch.setenv("TMPDIR", str(scratch))  # the child's
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # this process's (read once, at its first use)
     w = Watch(tiny_run, tmp_path / "live.webm", "--interval", "0.2", "--json", str(tmp_path / "s.json"))
-    w.line()
+    try:
+        w.line()
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+    assert w.proc.wait(timeout=60) == -signal.SIGKILL  # killed in the middle of watching: nothing cleaned up
     killed = list(scratch.glob(f"layerfilm-live-{w.proc.pid}-*"))
-    assert len(killed) == 1 and list(killed[0].rglob("*.npy"))  # rows on scratch disk
-    w.proc.kill()
-    assert w.proc.wait(timeout=60) == -signal.SIGKILL
+    assert len(killed) == 1 and list(killed[0].rglob("*.npy"))  # its rows on scratch disk
     dead, alive = dead_pid(), os.getppid()
     keep = [scratch / f"layerfilm-live-{alive}-abc", scratch / f"layerfilm-act-{dead}-young", scratch / "layerfilm-notes",
             scratch / f"layerfilm-live-{dead}"]
