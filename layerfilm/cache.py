@@ -18,7 +18,7 @@ writes that mark only in a folder it created or found empty (or, for the default
 nothing but layerfilm's own entries: caches of earlier versions). A folder that holds anything else is
 used through a subfolder of its own, ``layerfilm-cache/``, under the same rule. In its cache it
 removes only its own names (``<32 hex digits>.npz`` and their temporaries), never another file there.
-A cache folder equal to, inside or around an input folder is refused (one line, before any reading).
+A cache folder equal to, inside or around an input folder is refused (one line, before any tensor is read).
 
 The cache never stops a film: a folder that cannot be created or written, a damaged entry (recomputed
 and replaced) and a bad ``$LAYERFILM_CACHE_MAX_MB`` are each one warning line, and no temporary file

@@ -466,12 +466,11 @@ def test_scratch_folders_of_killed_processes_are_removed(tiny_run, tmp_path, mon
     """A watch killed with SIGKILL leaves layerfilm-live-PID-* in $TMPDIR; the next scratch folder made
     there (a watch's, an activation film's) removes it once its process is gone and it is an hour old.
     Kept: a process still alive, a young folder of a dead one, anything not named as layerfilm names them."""
-    from test_live import Watch
+    import tempfile
 
     from layerfilm.live import LiveFilm, LiveOptions
     from layerfilm.outputs import STALE_SCRATCH_S, new_scratch
-
-    import tempfile
+    from test_live import Watch
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
