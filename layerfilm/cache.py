@@ -12,6 +12,14 @@ mtime and misses the cache. Where: ``--cache DIR``, else ``$LAYERFILM_CACHE``, e
 ``$XDG_CACHE_HOME/layerfilm`` or ``~/.cache/layerfilm``. The folder is kept under
 ``$LAYERFILM_CACHE_MAX_MB`` (default 4096) by removing the least recently used entries.
 
+Whose files: layerfilm removes only what it can prove it wrote. It uses a folder only once it has
+marked it as its cache (a ``CACHEDIR.TAG`` with the standard signature and a layerfilm line), and it
+writes that mark only in a folder it created or found empty (or, for the default folder, one holding
+nothing but layerfilm's own entries: caches of earlier versions). A folder that holds anything else is
+used through a subfolder of its own, ``layerfilm-cache/``, under the same rule. In its cache it
+removes only its own names (``<32 hex digits>.npz`` and their temporaries), never another file there.
+A cache folder equal to, inside or around an input folder is refused (one line, before any tensor is read).
+
 The cache never stops a film: a folder that cannot be created or written, a damaged entry (recomputed
 and replaced) and a bad ``$LAYERFILM_CACHE_MAX_MB`` are each one warning line, and no temporary file
 is left behind.
@@ -22,16 +30,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import stat
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
-from .errors import OutputError
-from .outputs import atomic_output
+from .errors import OptionsError, OutputError
+from .outputs import atomic_output, show
 from .scan import Series
 from .storage import AnyPath, RemotePath, stamp
 
@@ -41,20 +51,80 @@ DEFAULT_MAX_MB = 4096
 STALE_PARTIAL_S = 3600  # a temporary entry this old was left by a process that was killed while writing it
 
 
-def cache_dir(folder: str | Path | None = None) -> Path | None:
-    """The cache folder: ``folder``, else $LAYERFILM_CACHE, else the user's cache folder; None (one
-    warning) where it cannot be created: the film is made without the cache."""
+KEY_ENTRY = re.compile(r"[0-9a-f]{32}\.npz")  # a cache entry's name: its key (see :func:`key`)
+PARTIAL_ENTRY = re.compile(r"\.[0-9a-f]{32}\.npz\.partial-\d+\.npz")  # one being written (outputs.atomic_output)
+MARK = "CACHEDIR.TAG"
+SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"  # https://bford.info/cachedir/
+MARK_TEXT = (f"{SIGNATURE}\n# This file is a cache directory tag created by layerfilm: its cache of key frames.\n"
+             "# layerfilm removes only its own entries here (<32 hex digits>.npz). See https://bford.info/cachedir/\n")
+OWN_FOLDER = "layerfilm-cache"  # the cache inside a given folder that holds other things
+
+
+def cache_dir(folder: str | Path | None = None, inputs: Iterable[AnyPath] = ()) -> Path | None:
+    """The cache folder, marked as layerfilm's: ``folder``, else $LAYERFILM_CACHE, else the user's cache
+    folder; its subfolder ``layerfilm-cache`` where it holds other things (see the module's "Whose
+    files"). None (one warning) where neither can be created or marked: the film is made without the
+    cache. One OptionsError if it is equal to, inside or around one of the local ``inputs``."""
+    option = "--cache"
     if folder is None:
+        option = "LAYERFILM_CACHE" if os.environ.get("LAYERFILM_CACHE") else "cache folder"
         folder = os.environ.get("LAYERFILM_CACHE") or Path(
             os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "layerfilm"
     folder = Path(folder).expanduser()
+    _check_inputs(folder, inputs, option)
+    place = folder
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        for place in (folder, folder / OWN_FOLDER):
+            place.mkdir(parents=True, exist_ok=True)
+            if _claim(place, legacy=option == "cache folder" and place == folder):
+                return place
     except OSError as e:
-        warnings.warn(f"cache folder {folder}: cannot create it ({e.strerror or e}); going on without the cache "
+        warnings.warn(f"cache folder {show(place)}: cannot create it ({e.strerror or e}); going on without the cache "
                       "(pass --cache DIR or --no-cache)", stacklevel=2)
         return None
-    return folder
+    warnings.warn(f"cache folder {show(place)}: holds files layerfilm did not write; going on without the cache "
+                  "(pass --cache DIR or --no-cache)", stacklevel=2)
+    return None
+
+
+def _check_inputs(folder: Path, inputs: Iterable[AnyPath], option: str) -> None:
+    """Refuse a cache folder equal to, inside or around a local input: its entries would change the
+    input's key, and trimming would work among the checkpoints."""
+    where = folder.resolve()
+    for given in inputs:
+        if isinstance(given, RemotePath):
+            continue
+        src = Path(given).resolve()
+        if where == src or src in where.parents or where in src.parents:
+            how = "is" if where == src else "is inside" if src in where.parents else "holds"
+            name = f"${option}" if option == "LAYERFILM_CACHE" else option
+            raise OptionsError(f"{name} {show(folder)}: {how} the input {show(given)}; "
+                               "pass --cache DIR outside the checkpoints (or --no-cache)")
+
+
+def marked(folder: Path) -> bool:
+    """True if ``folder`` holds layerfilm's cache mark (a CACHEDIR.TAG that layerfilm wrote)."""
+    try:
+        with open(folder / MARK, encoding="utf-8", errors="replace") as f:
+            return f.read(len(MARK_TEXT) + 1) == MARK_TEXT
+    except OSError:
+        return False
+
+
+def _claim(folder: Path, legacy: bool = False) -> bool:
+    """True if ``folder`` is layerfilm's cache: marked, or now marked because it was empty (or, with
+    ``legacy``, held nothing but layerfilm's entries). A folder holding anything else is never marked."""
+    if marked(folder):
+        return True
+    names = os.listdir(folder)
+    if names and not (legacy and all(KEY_ENTRY.fullmatch(n) or PARTIAL_ENTRY.fullmatch(n) for n in names)):
+        return False
+    try:
+        with open(folder / MARK, "x", encoding="utf-8") as f:
+            f.write(MARK_TEXT)
+    except FileExistsError:  # another process marked it meanwhile (or a user's tag: then not ours)
+        pass
+    return marked(folder)
 
 
 def _file_stamp(path: Path) -> list:
@@ -93,7 +163,7 @@ def load(folder: Path, k: str, parse: Callable[[dict[str, np.ndarray]], T]) -> T
     except Exception as e:  # noqa: BLE001 - whatever a damaged file raises (EOFError, BadZipFile, zlib...), it is a miss
         warnings.warn(f"cache entry {path}: damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
                       "computing the key frames again", stacklevel=2)
-        _remove(path)
+        _remove(folder, path)
         return None
     try:
         os.utime(path)  # recently used: evicted last
@@ -102,10 +172,14 @@ def load(folder: Path, k: str, parse: Callable[[dict[str, np.ndarray]], T]) -> T
     return value
 
 
-def _remove(path: Path) -> None:
-    """Unlink ``path`` if it is there and can be removed (a read-only cache keeps it)."""
+def _remove(folder: Path, path: Path) -> None:
+    """Unlink ``path``, an entry (or a temporary) of layerfilm's cache ``folder``: only a regular file of
+    layerfilm's own name in a folder that layerfilm marked; quietly (a read-only cache keeps it)."""
+    if not (KEY_ENTRY.fullmatch(path.name) or PARTIAL_ENTRY.fullmatch(path.name)) or path.parent != folder:
+        return
     try:
-        path.unlink(missing_ok=True)
+        if stat.S_ISREG(path.lstat().st_mode) and marked(folder):
+            path.unlink()
     except OSError:
         pass
 
@@ -142,22 +216,27 @@ def max_mb_from_env() -> float:
 
 
 def trim(folder: Path, max_mb: float | None = None) -> None:
-    """Remove the least recently used entries until the folder holds at most ``max_mb``
-    (default: $LAYERFILM_CACHE_MAX_MB). Entries that cannot be removed are left."""
+    """Remove the least recently used entries until the folder's entries take at most ``max_mb``
+    (default: $LAYERFILM_CACHE_MAX_MB), and temporaries left by killed processes. Only layerfilm's own
+    names in a folder it marked (:func:`cache_dir`); entries that cannot be removed are left."""
     if max_mb is None:
         max_mb = max_mb_from_env()
+    if not marked(folder):
+        return
     stats = {}
-    for p in folder.glob("*.npz"):
+    for e in os.scandir(folder):
         try:
-            st = p.stat()
+            st = e.stat(follow_symlinks=False)
         except OSError:  # trimmed by another process meanwhile
             continue
-        if not p.name.startswith("."):
-            stats[p] = st
-        elif ".partial-" in p.name and time.time() - st.st_mtime > STALE_PARTIAL_S:  # left by a killed process
-            _remove(p)
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if KEY_ENTRY.fullmatch(e.name):
+            stats[Path(e.path)] = st
+        elif PARTIAL_ENTRY.fullmatch(e.name) and time.time() - st.st_mtime > STALE_PARTIAL_S:  # left by a killed process
+            _remove(folder, Path(e.path))
     total = 0
     for p in sorted(stats, key=lambda p: stats[p].st_mtime, reverse=True):
         total += stats[p].st_size
         if total > max_mb * 2**20:
-            _remove(p)
+            _remove(folder, p)

@@ -44,7 +44,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -64,7 +63,7 @@ from .features.weights import WeightPlan, plan, read_points, skip
 from .film import FilmOptions, check_export_path, export_points, film_frames, segment_engine, write_film
 from .formats import HF_WEIGHT_FILE, open_checkpoint
 from .layout import live_segments
-from .outputs import atomic_output, check_output_path, printable, show
+from .outputs import atomic_output, check_output_path, new_scratch, printable, show
 from .pipeline import one_blas_thread
 from .projection import Trajectories, coherence, project
 from .projection.linear import PcaBasis, fit_pca
@@ -235,6 +234,7 @@ class LiveFilm:
         self.live = live
         self.progress = progress
         check_outputs(self.root, self.out, self.opts, live)
+        self.cache = cache.cache_dir(self.opts.cache_dir, (self.root,)) if self.opts.cache else None
         self.ready = Readiness(self.root, polled)
         self.done: dict[Path, tuple | None] = {}  # entries found bad, retried once they change
         self.used: set[Path] = set()  # entries filmed (or passed over by --every), never looked at again
@@ -252,7 +252,7 @@ class LiveFilm:
         self.stats: dict[str, np.ndarray] = {}
         self.traj: Trajectories | None = None  # what the outputs show now
         keep_rows = (live.every != 0 or self.opts.overlay or live.json is not None or live.export is not None)
-        self._scratch = tempfile.TemporaryDirectory(prefix="layerfilm-live-", dir=scratch) if keep_rows else None
+        self._scratch = new_scratch("live", scratch) if keep_rows else None  # stale ones of killed watches go
         self.store = FeatureStore(Path(self._scratch.name) / "rows") if self._scratch is not None else None
         self.bounds: DistanceBounds | None = None  # every key frame's distance to the newest, when rows are kept
         self.settle: np.ndarray | None = None  # (L,) the newest update's settling key frames (the printed lines)
@@ -445,10 +445,9 @@ class LiveFilm:
         if "point_distance" not in self.traj.stats:  # every distance, once, for the cache
             stats = {**self.traj.stats, **self._distances(self.traj.steps, exact=True)}
             self.traj = replace(self.traj, stats=stats)
-        folder = cache.cache_dir(self.opts.cache_dir)
-        if folder is not None:
+        if self.cache is not None:
             key = cache.key(Series(self.root, tuple(self.ckpts)), {"kind": "points", **self.opts.points_options()})
-            cache.store(folder, key, self.traj.to_arrays())
+            cache.store(self.cache, key, self.traj.to_arrays())
 
     def moving(self, traj: Trajectories, k: int) -> int:
         """How many blocks have not settled by key frame k (the overlay's rule; every block without the rows)."""

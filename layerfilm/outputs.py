@@ -4,12 +4,17 @@ Every file or folder layerfilm writes (film, PNG frames, stills, figures, report
 cache entries) goes through :func:`atomic_output`: it is written under a temporary name beside its
 destination (``.NAME.partial-PID``) and renamed onto it only when complete; a failure or an interrupt
 (SIGINT, SIGTERM) removes the temporary. Partials left by processes that died (SIGKILL, power loss)
-are removed the next time the same output is written.
+are removed the next time the same output is written. Scratch folders in $TMPDIR (:func:`new_scratch`:
+a live film's rows, an activation film's key frames) are named with their process's id, and those of
+processes that died (and untouched for an hour) are removed when the next one is made.
 
 What may be replaced (:func:`check_output_path`): nothing but what layerfilm itself writes. An existing
 output is replaced only if it is a regular file with the output's own extension, or a folder that
 holds nothing but ``frame_NNNNNN.png`` files (a PNG film). An output equal to, inside, or around an
-input folder is refused, and so is a symlink, a device node, a FIFO or any other kind of file.
+input folder is refused, and so is a symlink, a device node, a FIFO or any other kind of file. The
+same is checked again just before the new output is renamed into place (:func:`atomic_output`): a
+file or folder that appeared in a PNG film's folder during the run is one OutputError, the folder is
+left as it was, and of an old frames folder only its frame files are ever removed.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import re
 import shutil
 import signal
 import stat
+import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +34,7 @@ from pathlib import Path
 from .errors import OptionsError, OutputError
 
 FRAME_FILE = re.compile(r"frame_\d{6,}\.png")
-_PARTIAL = re.compile(r"\.(?P<name>.+)\.(?:partial|palette|old)-(?P<pid>\d+)(?:\.[A-Za-z0-9]+)?")
+_PARTIAL = re.compile(r"\.(?P<name>.+)\.(?P<tag>partial|palette|old)-(?P<pid>\d+)(?:\.[A-Za-z0-9]+)?")
 
 
 def show(path: object) -> str:
@@ -123,7 +130,7 @@ def remove_stale_partials(out: Path) -> None:
     for e in entries:
         m = _PARTIAL.fullmatch(e.name)
         if m and m["name"] == out.name and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
-            discard(Path(e.path))
+            (remove_frames if m["tag"] == "old" else discard)(Path(e.path))
 
 
 def discard(path: Path) -> None:
@@ -135,6 +142,74 @@ def discard(path: Path) -> None:
             path.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def remove_frames(path: Path) -> None:
+    """Remove a replaced frames folder of ours: its frame_NNNNNN.png files, then the folder if that
+    left it empty. Anything else in it (a user's file that came in a race) stays, and so does the folder."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return
+    for e in entries:
+        if FRAME_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False):
+            try:
+                os.unlink(e.path)
+            except OSError:
+                pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _foreign(path: Path) -> str | None:
+    """The first entry of folder ``path`` that is not a regular frame_NNNNNN.png file (or why it cannot
+    be looked at); None if there is none."""
+    try:
+        for e in os.scandir(path):
+            if not (FRAME_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False)):
+                return e.name
+    except OSError as e:
+        return f"({e.strerror or e})"
+    return None
+
+
+STALE_SCRATCH_S = 3600  # a scratch folder of a dead process untouched this long is removed
+_SCRATCH = re.compile(r"layerfilm-(?:live|act)-(?P<pid>\d+)-[A-Za-z0-9_]+")
+
+
+def new_scratch(kind: str, folder: str | Path | None = None) -> tempfile.TemporaryDirectory:
+    """A new scratch folder ``layerfilm-KIND-PID-XXXXXXXX`` in ``folder`` ($TMPDIR by default), removed
+    when it is cleaned up (or its ``with`` block ends). ``kind``: "live" or "act".
+
+    A process killed with SIGKILL leaves its folder behind; so this first removes the folders of that
+    form, the user's own, whose process is gone and which nothing touched for :data:`STALE_SCRATCH_S`:
+    a process id reused by a live process keeps its folder (for now), and the age spares a process of
+    another PID namespace sharing the folder, busy writing there."""
+    assert _SCRATCH.fullmatch(f"layerfilm-{kind}-1-x"), kind
+    where = Path(folder if folder is not None else tempfile.gettempdir())
+    try:
+        entries = list(os.scandir(where))
+    except OSError:
+        entries = []
+    for e in entries:
+        m = _SCRATCH.fullmatch(e.name)
+        if m and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])) and _stale_scratch(Path(e.path)):
+            discard(Path(e.path))
+    return tempfile.TemporaryDirectory(prefix=f"layerfilm-{kind}-{os.getpid()}-", dir=folder)
+
+
+def _stale_scratch(path: Path) -> bool:
+    """A real folder of this user whose own and whose entries' last change is older than STALE_SCRATCH_S."""
+    try:
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            return False
+        newest = max([st.st_mtime] + [e.stat(follow_symlinks=False).st_mtime for e in os.scandir(path)])
+    except OSError:
+        return False
+    return time.time() - newest > STALE_SCRATCH_S
 
 
 @contextmanager
@@ -178,6 +253,27 @@ def scratch_folder(out: str | Path) -> Iterator[Path]:
             discard(path)
 
 
+def _recheck(out: Path, folder: bool) -> None:
+    """Check, just before replacing ``out``, that it is still what :func:`check_output_path` let be
+    replaced (nothing, a regular file, or a folder of frame files only): one OutputError otherwise."""
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise OutputError(f"{show(out)}: cannot check it before replacing it ({e.strerror or e})") from None
+    if folder and stat.S_ISDIR(st.st_mode):
+        name = _foreign(out)
+        if name is None:
+            return
+        raise OutputError(f"{show(out)}: {printable(name)} appeared in it during the run and is not a layerfilm frame; "
+                          "the folder was left as it was, the new frames not written: move it away and run again")
+    if not folder and stat.S_ISREG(st.st_mode):
+        return
+    raise OutputError(f"{show(out)}: was replaced during the run by something that is not a layerfilm output; "
+                      "it was left as it was, the new output not written: move it away and run again")
+
+
 @contextmanager
 def atomic_output(out: str | Path, folder: bool = False, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``out`` (a new empty folder if ``folder``); when the block
@@ -195,9 +291,14 @@ def atomic_output(out: str | Path, folder: bool = False, suffix: str = "") -> It
             if folder:
                 tmp.mkdir()
             yield tmp
+            _recheck(out, folder)
             if folder and os.path.lexists(out):
                 old = temporary(out, "old")
                 os.replace(out, old)
+                if _foreign(old) is not None:  # came in since _recheck: put it back as it was
+                    os.replace(old, out)
+                    old = None
+                    _recheck(out, folder)
             try:
                 os.replace(tmp, out)
             except OSError:
@@ -213,4 +314,4 @@ def atomic_output(out: str | Path, folder: bool = False, suffix: str = "") -> It
         with deferred_signals():
             discard(tmp)
             if old is not None:
-                discard(old)
+                remove_frames(old)

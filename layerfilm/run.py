@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import dataclass, field, replace
@@ -44,7 +43,7 @@ from .features import ArrayStore, Features, Subject
 from .features.point_measures import point_measures
 from .features.weights import WeightPlan, plan, read_points, skip
 from .formats import open_checkpoint
-from .outputs import show
+from .outputs import new_scratch, show
 from .pipeline import one_blas_thread, prefetch
 from .projection import Trajectories, describe, project
 from .scan import Checkpoint, Series, scan
@@ -193,7 +192,7 @@ class Run:
         self._measures: BlockMeasures | None = None
         self._stability: Stability | None = None
         self._weights_run: Run | None = None  # an activation study's run of the weights (stability's motion)
-        self._cache = cache.cache_dir(opts.cache_dir) if opts.cache else None
+        self._cache = cache.cache_dir(opts.cache_dir, (series.root,)) if opts.cache else None
 
     @classmethod
     def open(cls, folder: str | Path, opts, progress: bool = True, scan_progress: bool = False) -> Run:
@@ -306,7 +305,7 @@ class Run:
         """Block outputs on the probe batch, checkpoint-major (a forward pass needs the whole model)."""
         from .features.activations import extract
 
-        with tempfile.TemporaryDirectory(prefix="layerfilm-") as work, one_blas_thread():
+        with new_scratch("act") as work, one_blas_thread():  # stale ones of killed runs go
             features = extract(self.series, self.opts.activations, Path(work), self.progress, self.opts.strict,
                                engine=self.opts.engine, address=self.opts.address)
             self.skipped.extend(features.skipped)

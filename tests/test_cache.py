@@ -65,10 +65,11 @@ def test_a_damaged_entry_is_a_miss_and_is_rewritten(run_cli, run_copy, tmp_path,
 
 
 def test_trim_keeps_the_most_recently_used(tmp_path):
-    for i, name in enumerate("abcd"):
-        (tmp_path / f"{name}.npz").write_bytes(b"x" * 400_000)
-        os.utime(tmp_path / f"{name}.npz", (1000 + i, 1000 + i))
-    os.utime(tmp_path / "a.npz")  # used just now
-    cache.trim(tmp_path, max_mb=1.0)  # room for two of the four
-    assert sorted(p.stem for p in tmp_path.glob("*.npz")) == ["a", "d"]
-
+    c = cache.cache_dir(tmp_path / "c")  # a new folder: marked as layerfilm's cache
+    names = [f"{i:032x}" for i in range(4)]
+    for i, name in enumerate(names):
+        (c / f"{name}.npz").write_bytes(b"x" * 400_000)
+        os.utime(c / f"{name}.npz", (1000 + i, 1000 + i))
+    os.utime(c / f"{names[0]}.npz")  # used just now
+    cache.trim(c, max_mb=1.0)  # room for two of the four
+    assert sorted(p.stem for p in c.glob("*.npz")) == [names[0], names[3]]

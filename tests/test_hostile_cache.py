@@ -15,9 +15,11 @@ from layerfilm import cache
 from layerfilm.projection import Trajectories
 
 
-def render(run_cli, run: Path, out: Path, cache_dir: Path) -> list[str]:
-    """Render ``run`` through ``cache_dir``: must succeed, film written, no traceback; returns the warning lines."""
-    code, _, err = run_cli("render", run, "--out", out, "--size", "160x90", "--quiet", "--cache", cache_dir)
+def render(run_cli, run: Path, out: Path, cache_dir: Path | None) -> list[str]:
+    """Render ``run`` through ``cache_dir`` (None: the default one): must succeed, film written, no traceback;
+    returns the warning lines."""
+    where = ("--cache", cache_dir) if cache_dir is not None else ()
+    code, _, err = run_cli("render", run, "--out", out, "--size", "160x90", "--quiet", *where)
     assert code == 0, err
     assert "Traceback" not in err
     assert out.is_file() and out.stat().st_size > 0
@@ -107,7 +109,7 @@ def test_an_unwritable_cache_is_one_warning_and_leaves_no_temporary_file(run_cli
     fail_in(monkeypatch, cache.os if target == "replace" else cache.np, target, c, fake)
     lines = render(run_cli, run_copy, tmp_path / "a.webm", c)
     assert len(lines) == 1 and lines[0].startswith(f"warning: cache folder {c}: key frames not cached (")
-    assert list(c.iterdir()) == []
+    assert [p.name for p in c.iterdir()] == [cache.MARK]  # marked as layerfilm's (it was empty); nothing else
 
 
 def test_a_read_only_cache_folder_is_one_warning(run_cli, run_copy, tmp_path, monkeypatch):
@@ -142,10 +144,113 @@ def test_a_bad_cache_size_is_one_warning_and_the_default(run_cli, run_copy, tmp_
 
 
 def test_a_stale_temporary_entry_is_removed_a_fresh_one_kept(tmp_path):
-    stale, fresh = tmp_path / ".k1.partial-1.npz", tmp_path / ".k2.partial-2.npz"
+    c = cache.cache_dir(tmp_path / "c")
+    stale, fresh = c / f".{'1' * 32}.npz.partial-1.npz", c / f".{'2' * 32}.npz.partial-2.npz"
     for p in (stale, fresh):
         p.write_bytes(b"x")
     old = os.stat(stale).st_mtime - cache.STALE_PARTIAL_S - 60
     os.utime(stale, (old, old))
-    cache.trim(tmp_path, max_mb=0)  # partials are not entries: never counted or trimmed as such
+    cache.trim(c, max_mb=0)  # partials are not entries: never counted or trimmed as such
     assert not stale.exists() and fresh.exists()
+
+
+# ---------------------------------------------------------------- whose files (issue 24)
+
+def stamps(folder: Path) -> dict[str, tuple]:
+    """Every path under ``folder``: kind, inode, and a file's size and mtime (never the bytes: a 5 GB sparse
+    file; never a folder's mtime, which an entry of layerfilm's own coming or going changes)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(folder))] = (st.st_mode, st.st_ino) + (() if p.is_dir() else (st.st_size, st.st_mtime_ns))
+    return out
+
+
+def users_folder(tmp_path: Path, case: str) -> Path:
+    """A folder of the user's holding .npz files layerfilm did not write (the issue's reproductions)."""
+    d = tmp_path / case
+    d.mkdir()
+    if case == "keep":  # np.savez('keep/results.npz', a=1), then LAYERFILM_CACHE_MAX_MB=0
+        np.savez(d / "results.npz", a=1)
+    else:  # a 5 GB proj/embeddings.npz (sparse) with the default limit; and a file named like an entry
+        with open(d / "embeddings.npz", "wb") as f:
+            f.truncate(5 * 2**30)
+        np.savez(d / f"{'ab' * 16}.npz", a=2)
+    return d
+
+
+@pytest.mark.parametrize("case, max_mb", [("keep", "0"), ("proj", "")], ids=["results-max0", "embeddings-5GB"])
+def test_a_cache_folder_of_the_users_loses_nothing(run_cli, run_copy, tmp_path, reads, monkeypatch, case, max_mb):
+    """`--cache keep` with LAYERFILM_CACHE_MAX_MB=0 deleted keep/results.npz; `--cache proj` deleted a 5 GB
+    proj/embeddings.npz. Now layerfilm caches in a subfolder of its own there and trims only that."""
+    monkeypatch.setenv("LAYERFILM_CACHE_MAX_MB", max_mb)
+    d = users_folder(tmp_path, case)
+    before = stamps(d)
+    for out in ("a.webm", "b.webm"):
+        assert render(run_cli, run_copy, tmp_path / out, d) == []
+    assert {k: v for k, v in stamps(d).items() if k in before} == before
+    own = d / cache.OWN_FOLDER
+    assert set(stamps(d)) - set(before) <= {cache.OWN_FOLDER, *(f"{cache.OWN_FOLDER}/{n}" for n in os.listdir(own))}
+    names = sorted(p.name for p in own.iterdir())
+    if max_mb == "0":  # trimmed right after it was written: nothing but the mark
+        assert names == [cache.MARK] and len(reads) == 2
+    else:  # the second render was a hit
+        assert len(names) == 2 and names[1] == cache.MARK and cache.KEY_ENTRY.fullmatch(names[0]) and len(reads) == 1
+    assert cache.marked(own) and not cache.marked(d)
+
+
+def test_in_layerfilms_own_cache_only_its_entries_are_trimmed(run_cli, run_copy, tmp_path):
+    """Files a user puts into a marked cache folder (another .npz, a folder, a link named like an entry)
+    are never removed, whatever the limit."""
+    c = tmp_path / "c"
+    render(run_cli, run_copy, tmp_path / "a.webm", c)
+    ours = [p.name for p in c.iterdir() if cache.KEY_ENTRY.fullmatch(p.name)]
+    assert ours
+    mine = tmp_path / "mine.npz"
+    np.savez(mine, a=3)
+    np.savez(c / "notes.npz", a=1)
+    (c / "sub").mkdir()
+    np.savez(c / "sub" / f"{'cd' * 16}.npz", a=2)
+    (c / f"{'ef' * 16}.npz").symlink_to(mine)
+    before = {k: v for k, v in stamps(tmp_path).items() if Path(k).name not in ours}
+    cache.trim(c, max_mb=0)
+    assert stamps(tmp_path) == before  # its own entries trimmed, nothing else touched
+
+
+@pytest.mark.parametrize("where", ["equal", "inside", "around", "env"])
+def test_a_cache_folder_equal_to_inside_or_around_the_input_is_refused(run_cli, run_copy, tmp_path, monkeypatch,
+                                                                         where):
+    """`--cache ck` wrote into the checkpoint folder and deleted ck/eval_metrics.npz."""
+    np.savez(run_copy / "eval_metrics.npz", loss=1.5)
+    c = {"equal": run_copy, "inside": run_copy / "cache", "around": tmp_path, "env": run_copy}[where]
+    option = ["--cache", c]
+    if where == "env":
+        monkeypatch.setenv("LAYERFILM_CACHE", str(c))
+        option = []
+    monkeypatch.setenv("LAYERFILM_CACHE_MAX_MB", "0")
+    before = stamps(tmp_path)
+    code, _, err = run_cli("render", run_copy, "--out", tmp_path / "a.webm", "--quiet", *option)
+    how = {"equal": "is", "inside": "is inside", "around": "holds", "env": "is"}[where]
+    name = "$LAYERFILM_CACHE" if where == "env" else "--cache"
+    assert code == 2
+    assert err.splitlines() == [f"layerfilm: error: {name} {c}: {how} the input {run_copy}; "
+                                "pass --cache DIR outside the checkpoints (or --no-cache)"]
+    assert stamps(tmp_path) == before
+
+
+def test_the_default_cache_of_an_earlier_version_is_adopted(run_cli, run_copy, tmp_path, monkeypatch):
+    """~/.cache/layerfilm holding only entries of an earlier layerfilm (no mark yet) is marked and trimmed;
+    one that also holds a file of someone else's is left alone (a subfolder of layerfilm's own is used)."""
+    monkeypatch.delenv("LAYERFILM_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("LAYERFILM_CACHE_MAX_MB", "0")
+    old = tmp_path / "xdg" / "layerfilm"
+    old.mkdir(parents=True)
+    np.savez(old / f"{'01' * 16}.npz", a=1)
+    render(run_cli, run_copy, tmp_path / "a.webm", None)
+    assert sorted(p.name for p in old.iterdir()) == [cache.MARK]
+    (old / cache.MARK).unlink()
+    np.savez(old / f"{'01' * 16}.npz", a=1)
+    np.savez(old / "other.npz", a=1)
+    render(run_cli, run_copy, tmp_path / "b.webm", None)
+    assert sorted(p.name for p in old.iterdir()) == [f"{'01' * 16}.npz", cache.OWN_FOLDER, "other.npz"]

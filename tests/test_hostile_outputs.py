@@ -392,3 +392,115 @@ def test_undecodable_and_multi_line_names_print_escaped_on_one_line(ckpts, tmp_p
     assert "Traceback" not in err
     warning = [ln for ln in err.splitlines() if ln.startswith("warning:")]
     assert len(warning) == 1 and "step_000045\\udcff\\nx.safetensors" in warning[0], err
+
+
+# ---------------------------------------------------------------- a frames folder changed during the run (issue 24)
+
+def frames_line(out: Path, names: tuple[str, ...]) -> str:
+    """The one line a frames folder gets when one of ``names`` came into it during the run."""
+    return next(f"layerfilm: error: {out}: {n} appeared in it during the run and is not a layerfilm frame; "
+                "the folder was left as it was, the new frames not written: move it away and run again" for n in names)
+
+
+@pytest.mark.parametrize("when", ["during the render", "after the last check"])
+def test_a_file_that_appears_in_a_frames_folder_during_the_render_stays(ckpts, tmp_path, run_cli, monkeypatch, when):
+    """`render --out fr` while a file appears in fr/: the old code deleted the folder whole. Injected once the
+    frames are being written (every check before them passed), or between the last check and the rename."""
+    import layerfilm.outputs as outputs
+
+    fr = tmp_path / "fr"
+    code, _, err = run_cli("render", ckpts, "--out", fr, "--fps", "2", *SMALL)
+    assert code == 0, err
+
+    def add_notes():
+        (fr / "NOTES.txt").write_text("notes")
+
+    if when == "during the render":  # atomic_output's first step, before the frames are written
+        real = outputs.remove_stale_partials
+        monkeypatch.setattr(outputs, "remove_stale_partials", lambda out: real(out) or add_notes())
+    else:
+        real_check = outputs._recheck
+        monkeypatch.setattr(outputs, "_recheck", lambda out, folder: real_check(out, folder) or add_notes())
+    before = snapshot(tmp_path)
+    code, _, err = run_cli("render", ckpts, "--out", fr, "--fps", "3", *SMALL)
+    assert code == 2
+    assert err.splitlines() == [frames_line(fr, ("NOTES.txt",))]
+    after = snapshot(tmp_path)
+    assert after.pop("fr/NOTES.txt")[3] == b"notes" and fr.is_dir()
+    after.pop("fr"), before.pop("fr")  # the folder's mtime: NOTES.txt came
+    assert after == before and len(list(fr.glob("frame_*.png"))) == 5  # the old frames (fps 2) as they were
+    no_partials(tmp_path)
+
+
+def test_watch_keeps_files_added_to_its_frames_folder_between_updates(tiny_run, tmp_path, monkeypatch):
+    """`watch ck --out frames`, then NOTES.txt and sub/ put into frames/: the next update deleted both. Now it
+    is one line, exit 2, the frames of the last update stay, no partial or scratch folder is left."""
+    from test_live import Watch
+
+    ck, frames, scratch = tmp_path / "ck", tmp_path / "frames", tmp_path / "tmp"
+    ck.mkdir()
+    scratch.mkdir()
+    for step in (0, 10, 20):
+        shutil.copy2(tiny_run / f"step_{step:06d}.safetensors", ck)
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    w = Watch(ck, frames, "--interval", "0.2", "--json", str(tmp_path / "s.json"))  # --json: rows kept on scratch disk
+    try:
+        assert [w.line().split(",")[0] for _ in range(3)] == [f"key frame: step {s}" for s in (0, 10, 20)]
+        (frames / "NOTES.txt").write_text("notes")
+        (frames / "sub").mkdir()
+        (frames / "sub" / "keep").write_text("mine")
+        before = snapshot(frames)
+        shutil.copy2(tiny_run / "step_000030.safetensors", ck)
+        assert w.proc.wait(timeout=120) == 2
+    finally:
+        if w.proc.poll() is None:  # the old code went on watching
+            w.proc.kill()
+    assert w.proc.stderr is not None
+    assert w.proc.stderr.read().splitlines() == [frames_line(frames, ("NOTES.txt", "sub"))]
+    assert snapshot(frames) == before and len(list(frames.glob("frame_*.png"))) == 5
+    no_partials(tmp_path)
+    assert list(scratch.iterdir()) == []
+
+
+def test_scratch_folders_of_killed_processes_are_removed(tiny_run, tmp_path, monkeypatch):
+    """A watch killed with SIGKILL leaves layerfilm-live-PID-* in $TMPDIR; the next scratch folder made
+    there (a watch's, an activation film's) removes it once its process is gone and it is an hour old.
+    Kept: a process still alive, a young folder of a dead one, anything not named as layerfilm names them."""
+    import tempfile
+
+    from layerfilm.live import LiveFilm, LiveOptions
+    from layerfilm.outputs import STALE_SCRATCH_S, new_scratch
+    from test_live import Watch
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the child's
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # this process's (read once, at its first use)
+    w = Watch(tiny_run, tmp_path / "live.webm", "--interval", "0.2", "--json", str(tmp_path / "s.json"))
+    try:
+        w.line()
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+    assert w.proc.wait(timeout=60) == -signal.SIGKILL  # killed in the middle of watching: nothing cleaned up
+    killed = list(scratch.glob(f"layerfilm-live-{w.proc.pid}-*"))
+    assert len(killed) == 1 and list(killed[0].rglob("*.npy"))  # its rows on scratch disk
+    dead, alive = dead_pid(), os.getppid()
+    keep = [scratch / f"layerfilm-live-{alive}-abc", scratch / f"layerfilm-act-{dead}-young", scratch / "layerfilm-notes",
+            scratch / f"layerfilm-live-{dead}"]
+    stale = [killed[0], scratch / f"layerfilm-act-{dead}-old"]
+    for d in keep + stale:
+        d.mkdir(exist_ok=True)
+        (d / "f").write_text("x")
+    hour_ago = time.time() - STALE_SCRATCH_S - 60
+    for d in keep + stale:
+        if "young" not in d.name:
+            for p in [*d.rglob("*"), d]:
+                os.utime(p, (hour_ago, hour_ago))
+    with LiveFilm(tiny_run, tmp_path / "b.webm", live=LiveOptions(refit="always")) as film:
+        assert film.store is not None and film.store.folder.parent.parent == scratch
+        assert sorted(scratch.iterdir()) == sorted([*keep, film.store.folder.parent])
+    assert sorted(scratch.iterdir()) == sorted(keep)
+    with new_scratch("act") as work:  # an activation film's (layerfilm.run)
+        assert Path(work).name.startswith(f"layerfilm-act-{os.getpid()}-")
+    assert sorted(scratch.iterdir()) == sorted(keep)
