@@ -111,7 +111,8 @@ def check_live(opts: FilmOptions, live: LiveOptions) -> FilmOptions:
     if opts.activations is not None:
         raise OptionsError("features=activations: a live film films weights (render the activations afterwards)")
     if opts.final_step is not None:
-        raise OptionsError(f"final_step={opts.final_step}: a live film takes the checkpoints of a running training, not its final model")
+        raise OptionsError(f"final_step={opts.final_step}: a live film takes the checkpoints of a running training, "
+                           "not its final model")
     if opts.projection != "pca":
         if live.every != 1:
             raise OptionsError(f"refit={live.refit}: a fixed basis is pca's; projection={opts.projection} re-projects "
