@@ -27,6 +27,7 @@ SIZES = frozenset({
     "num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size", "word_embed_proj_dim",
     "n_layers", "num_decoder_layers",
 })
+TOKEN_IDS = "give the probe as token ids: --probe ids.pt or ids.npy"  # where no tokenizer is loaded
 # the layer counts among them: transformers' configs loop over layers (Qwen2's per-layer list) as they are made
 LAYERS = frozenset({"num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_decoder_layers"})
 
@@ -85,18 +86,19 @@ def _entries(config: dict) -> Iterator[tuple[str, str, object]]:
 def read_tokenizer_config(folder: Path) -> None:
     """Check the files that choose a tokenizer class in ``folder`` (``config.json``, ``tokenizer_config.json``)
     as :func:`read_config` would, before transformers reads them."""
-    if (folder / "config.json").is_file():
-        check_no_remote_code(folder / "config.json", read_json(folder / "config.json"))
-    path = folder / "tokenizer_config.json"
-    if path.is_file():
+    for path in (folder / "config.json", folder / "tokenizer_config.json"):
+        if not path.is_file():
+            continue
         config = read_json(path)
-        check_no_remote_code(path, config)
-        if config.get("tokenizer_class") is not None and not isinstance(config["tokenizer_class"], str):
-            raise CheckpointError(f"{path}: tokenizer_class is {config['tokenizer_class']!r:.40}; it must be the name "
-                                  "of a transformers tokenizer class")
+        check_no_remote_code(path, config, TOKEN_IDS)
+        name = config.get("tokenizer_class")
+        if name is not None and not isinstance(name, str):
+            raise CheckpointError(f"{path}: tokenizer_class is {name!r:.40}; it must be the name of a transformers "
+                                  "tokenizer class")
 
 
-def check_no_remote_code(path: Path, config: dict) -> None:
+def check_no_remote_code(path: Path, config: dict, hint: str = "build the model with --model package.module:make_model"
+                         ) -> None:
     """RemoteCodeError if ``config`` has an ``auto_map`` (classes in Python files of its folder) for an
     architecture (``model_type``) or tokenizer (``tokenizer_class``) transformers does not know itself;
     where it knows it (Phi-3's config names its own files too), ``trust_remote_code=False`` builds
@@ -105,10 +107,8 @@ def check_no_remote_code(path: Path, config: dict) -> None:
         return
     if path.name == "tokenizer_config.json":
         known = isinstance(config.get("tokenizer_class"), str) and _known_tokenizer(config["tokenizer_class"])
-        hint = "give the probe as token ids: --probe ids.pt or ids.npy"
     else:
         known = isinstance(config.get("model_type"), str) and _known_model_type(config["model_type"])
-        hint = "build the model with --model package.module:make_model"
     if not known:
         raise RemoteCodeError(f"{path}: its auto_map names code in the checkpoint folder, and layerfilm does not run "
                               f"code from checkpoint folders ({hint})")
