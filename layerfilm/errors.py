@@ -21,6 +21,10 @@ class CheckpointError(LayerfilmError):
     """A checkpoint file that cannot be read safely (corrupt, truncated, unsafe pickle)."""
 
 
+class RemoteCodeError(CheckpointError):
+    """A checkpoint folder whose config asks to run Python code from it: layerfilm never does."""
+
+
 class LayerError(LayerfilmError):
     """Parameter names that do not map to blocks, or a --param that matches nothing."""
 

@@ -350,14 +350,15 @@ def test_the_parameter_count_is_the_built_models(llama_run, change):
 
 
 def test_a_config_larger_than_its_checkpoint_is_refused_before_building(llama_copy, run_cli, tmp_path):
-    """A billion blocks would take hours to build (and never load): refused from the header, in one line."""
+    """A billion blocks would take hours to build (and never load): refused from the header, in one line
+    (tests/test_hostile_configs.py: more such configs, each architecture)."""
     for c in llama_copy.glob("checkpoint-*"):
         config = json.loads((c / "config.json").read_text())
         (c / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10**9}))
     code, _, err = run_cli("render", llama_copy, "--features", "activations", "--device", "cpu",
                            "--out", tmp_path / "x.webm", "--quiet")
     assert code != 0 and len(err.strip().splitlines()) == 1 and not (tmp_path / "x.webm").exists()
-    assert "describes a model of" in err and "is it this checkpoint's config?" in err
+    assert "config.json: num_hidden_layers is 1,000,000,000 and" in err and "is it this checkpoint's config?" in err
 
 
 def test_the_native_llama_reads_each_setting(llama_run):

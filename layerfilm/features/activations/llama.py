@@ -17,16 +17,12 @@ block, so ``lm_head.weight`` is left in the file (``_keys_to_ignore_on_load_unex
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-from ...errors import CheckpointError
 
 DEFAULT_THETA = 10_000.0
 # scaled_dot_product_attention takes grouped key/value heads itself from torch 2.5 on (enable_gqa); transformers
@@ -61,17 +57,6 @@ class LlamaShape:
         attention = 2 * d * q + 2 * d * kv + (q + 2 * kv + d) * self.attention_bias
         mlp = 3 * d * self.intermediate_size + (2 * self.intermediate_size + d) * self.mlp_bias
         return self.vocab_size * d + self.num_hidden_layers * (attention + mlp + 2 * d) + d
-
-
-def read_config(path: Path) -> dict:
-    """``config.json`` as a dict, or CheckpointError in one line."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read it as JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
-    return config
 
 
 def _rope(config: dict) -> float | None:

@@ -10,17 +10,23 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
+from torch.nn.modules.module import register_module_buffer_registration_hook, register_module_parameter_registration_hook
 
 from ...blocks import map_blocks
-from ...errors import CheckpointError, OptionsError
+from ...errors import CheckpointError, LayerfilmError, OptionsError
 from ...formats import open_checkpoint
 from ...scan import Checkpoint
-from .llama import LlamaTrunk, llama_shape, read_config
+from ...storage import AnyPath
+from .configs import layer_counts, read_config, said
+from .llama import LlamaTrunk, llama_shape
+from .loader import match_keys
 from .spec import DTYPES, ActivationSpec, check_model_files, model_folder
 
 _CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "n_ctx", "context", "block_size", "max_seq_len")
@@ -73,11 +79,16 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
+def _header(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a checkpoint (from its header); CheckpointError if it cannot be read."""
+    with open_checkpoint(ckpt.path, ckpt.format) as reader:
+        return {k: tuple(reader.shape(k)) for k in reader.keys()}
+
+
 def _held(ckpt: Checkpoint) -> int | None:
     """How many numbers a checkpoint's tensors hold (from its header), or None if it cannot be read."""
     try:
-        with open_checkpoint(ckpt.path, ckpt.format) as reader:
-            return sum(_numel(reader.shape(k)) for k in reader.keys())
+        return sum(_numel(s) for s in _header(ckpt).values())
     except CheckpointError:  # reported (skipped or refused) when the pass reaches it
         return None
 
@@ -108,8 +119,11 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def build_model(spec: ActivationSpec, ckpt: Checkpoint, device: torch.device) -> torch.nn.Module:
-    """The model, on ``device`` in ``spec.dtype``, in eval mode, with whatever weights it was created with."""
+def build_model(spec: ActivationSpec, ckpt: Checkpoint, device: torch.device,
+                checkpoints: Sequence[Checkpoint] = ()) -> torch.nn.Module:
+    """The model, on ``device`` in ``spec.dtype``, in eval mode, with whatever weights it was created with.
+    A model built from ``config.json`` is first checked against the header of the first readable of
+    ``checkpoints`` (default: ``ckpt``): see :func:`check_against_header`."""
     dtype = DTYPES[spec.dtype]
     if spec.model is not None:
         ref = spec.model
@@ -127,7 +141,7 @@ def build_model(spec: ActivationSpec, ckpt: Checkpoint, device: torch.device) ->
         check_model_files(folder)
         if not (folder / "config.json").is_file():
             raise OptionsError(f"{folder}: no config.json to build the model from; pass --model package.module:make_model")
-        make = _from_config(folder / "config.json", dtype, ckpt)
+        make = _from_config(folder / "config.json", dtype, checkpoints or (ckpt,))
     with torch.device(device), default_dtype(dtype):  # built in place: no full-precision copy on the CPU
         model = make()
     if not isinstance(model, torch.nn.Module):
@@ -138,32 +152,106 @@ def build_model(spec: ActivationSpec, ckpt: Checkpoint, device: torch.device) ->
     return model.eval()
 
 
-def _from_config(path: Path, dtype: torch.dtype, ckpt: Checkpoint) -> Callable[[], torch.nn.Module]:
+def _from_config(path: Path, dtype: torch.dtype, checkpoints: Sequence[Checkpoint]) -> Callable[[], torch.nn.Module]:
     """How to build the model ``config.json`` describes: layerfilm's own Llama forward where it covers the
-    config (no transformers import), else transformers' ``AutoModelForCausalLM.from_config``. A Llama
-    config describing more numbers than ``ckpt`` holds is refused before anything is built (a hostile or
-    wrong config must not allocate, or loop over, a model that could never load)."""
-    shape = llama_shape(read_config(path))
-    if shape is not None:
-        held = _held(ckpt)
-        if held is not None and shape.parameters > held:
-            raise CheckpointError(f"{path}: describes a model of {shape.parameters:,} parameters and {ckpt.path} holds "
-                                  f"{held:,}; is it this checkpoint's config?")
-        return lambda: LlamaTrunk(shape)
-    tf = transformers_module()
-    try:
-        config = tf.AutoConfig.from_pretrained(str(path.parent), local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: transformers cannot read it ({e})") from None
-    config.dtype = dtype  # transformers >= 4.56 builds in config.dtype; older ones follow the default dtype
-
-    def make() -> torch.nn.Module:
+    config (no transformers import), else transformers' ``AutoModelForCausalLM.from_config``, never with
+    code from the checkpoint folder. The config is read as untrusted (:func:`.configs.read_config`) and
+    the model it describes is checked against the checkpoints' header before anything real is built."""
+    config = read_config(path)
+    ckpt, header = _first_header(checkpoints)
+    for name, layers in layer_counts(config):  # each block holds a tensor; making the config loops over them
+        if layers > len(header):
+            raise CheckpointError(f"{path}: {name} is {layers:,} and {ckpt.path} holds {len(header):,} tensors; "
+                                  "is it this checkpoint's config?")
+    shape = llama_shape(config)
+    if shape is not None:  # counted without building: a billion blocks would take hours even on the meta device
+        _refuse_larger(path, shape.parameters, ckpt.path, sum(_numel(s) for s in header.values()))
+        make: Callable[[], torch.nn.Module] = partial(LlamaTrunk, shape)
+    else:
+        tf = transformers_module()
         try:
-            return tf.AutoModelForCausalLM.from_config(config)
-        except ValueError as e:  # an architecture with no causal-LM head
-            raise CheckpointError(f"{path}: {str(e).splitlines()[0]}") from None
+            hf_config = tf.AutoConfig.from_pretrained(str(path.parent), local_files_only=True, trust_remote_code=False)
+        except Exception as e:  # transformers raises many types for a file it cannot use
+            raise CheckpointError(f"{path}: transformers cannot read it ({said(e)})") from None
+        hf_config.dtype = dtype  # transformers >= 4.56 builds in config.dtype; older ones follow the default dtype
 
+        def make() -> torch.nn.Module:
+            try:
+                return tf.AutoModelForCausalLM.from_config(hf_config, trust_remote_code=False)
+            except ValueError as e:  # an architecture with no causal-LM head
+                raise CheckpointError(f"{path}: {str(e).splitlines()[0]}") from None
+
+    check_against_header(make, path, ckpt.path, header)
     return make
+
+
+def _first_header(checkpoints: Sequence[Checkpoint]) -> tuple[Checkpoint, dict[str, tuple[int, ...]]]:
+    """The first readable checkpoint and its header; none readable: the first one's own error."""
+    first: CheckpointError | None = None
+    for c in checkpoints:
+        try:
+            return c, _header(c)
+        except CheckpointError as e:
+            first = first or e
+    assert first is not None  # a series holds at least one checkpoint
+    raise first
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def check_against_header(make: Callable[[], torch.nn.Module], path: Path, ckpt: AnyPath,
+                         header: dict[str, tuple[int, ...]]) -> None:
+    """Refuse, in one line, a config (``path``) that describes more parameters than checkpoint ``ckpt``
+    holds, or a tensor of another shape than it holds (``header``: name -> shape): a wrong or hostile
+    config must not allocate, or loop over, a model that could never load. The model is built by ``make``
+    on the meta device (no memory), and the build stops as soon as the numbers it registers (parameters
+    and buffers) pass :func:`build_limit`, so even a config of 10^9 experts or positions ends in moments."""
+    held = sum(_numel(s) for s in header.values())
+    budget, built, me = build_limit(held), 0, threading.get_ident()
+
+    def count(module: torch.nn.Module, name: str, tensor: torch.Tensor | None) -> None:
+        nonlocal built
+        if tensor is not None and threading.get_ident() == me:
+            built += tensor.numel()
+            if built > budget:
+                raise _TooLarge
+
+    hooks = [register_module_parameter_registration_hook(count), register_module_buffer_registration_hook(count)]
+    try:
+        with torch.device("meta"):
+            model = make()
+    except _TooLarge:
+        raise CheckpointError(f"{path}: describes a model of more than {budget:,} numbers (parameters and buffers) "
+                              f"and {ckpt} holds {held:,}; is it this checkpoint's config?") from None
+    except LayerfilmError:
+        raise
+    except Exception as e:  # transformers' own checks of a config's values (heads that do not divide the width, ...)
+        raise CheckpointError(f"{path}: transformers cannot build the model it describes ({said(e)})") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    _refuse_larger(path, sum(p.numel() for p in model.parameters()), ckpt, held)
+    state = model.state_dict()
+    both = match_keys(list(state), list(header), optional=lambda key, found: True, unused=lambda name: True)
+    for key, name in both.items():
+        if tuple(state[key].shape) != header[name]:
+            raise CheckpointError(f"{path}: describes {key} of shape {tuple(state[key].shape)} and {ckpt} holds "
+                                  f"{header[name]}; is it this checkpoint's config?")
+
+
+def build_limit(held: int) -> int:
+    """How many numbers a model built from a config may register on the meta device, for ``held`` in
+    its checkpoint: twice (a tied head is registered before it is tied) plus 2^26 (buffers, such as
+    causal masks, hold no weights)."""
+    return 2 * held + 2**26
+
+
+def _refuse_larger(path: Path, parameters: int, ckpt: AnyPath, held: int) -> None:
+    if parameters > held:
+        raise CheckpointError(f"{path}: describes a model of {parameters:,} parameters and {ckpt} holds {held:,}; "
+                              "is it this checkpoint's config?")
 
 
 def embedding_rows(model: torch.nn.Module) -> int | None:

@@ -70,7 +70,7 @@ def device_pass(series: Series, spec: ActivationSpec, indices: Sequence[int], de
     ``workdir``: the folder this pass writes its frames in (None: they come back in memory)."""
     first = series.checkpoints[0]
     check_fits(series.checkpoints, spec, device)
-    model = build_model(spec, first, device)
+    model = build_model(spec, first, device, series.checkpoints)
     blocks, modules = find_blocks(model, spec.blocks_regex)
     ids_np = probe_ids(spec, model_folder(first), model_context(model), embedding_rows(model))
     n = min(spec.points, ids_np.size)

@@ -10,6 +10,7 @@ import torch
 
 from ...errors import CheckpointError, OptionsError
 from ..act_stats import Moments
+from .configs import read_tokenizer_config, said
 from .hooks import Stop, capture
 from .model import transformers_module
 from .spec import DEFAULT_PROBE, TOKENIZER_FILES, ActivationSpec, check_model_files
@@ -18,15 +19,17 @@ MAX_DEFAULT_SEQ = 128  # default tokens per probe sequence (or the model's conte
 
 
 def tokenize(text: str, folder: Path) -> np.ndarray:
-    """Token ids of ``text``: the checkpoint's own tokenizer when its files are present, else UTF-8 bytes."""
+    """Token ids of ``text``: the checkpoint's own tokenizer when its files are present (never code from
+    its folder), else UTF-8 bytes."""
     check_model_files(folder)
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int64)
+    read_tokenizer_config(folder)  # bounded JSON, no code from the folder: before transformers reads it
     tf = transformers_module()
     try:
-        tok = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{folder}: cannot load its tokenizer ({e})") from None
+        tok = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # transformers and tokenizers raise many types for files they cannot use
+        raise CheckpointError(f"{folder}: cannot load its tokenizer ({said(e)})") from None
     return np.asarray(tok(text, add_special_tokens=False)["input_ids"], np.int64)
 
 
