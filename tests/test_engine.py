@@ -4,14 +4,11 @@ are checked before any checkpoint is read, and a scheduler that does not answer 
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import distributed
 import numpy as np
@@ -24,9 +21,9 @@ from layerfilm.features.weights import WeightSpec, plan
 from layerfilm.film import FilmOptions
 from layerfilm.run import Run
 from layerfilm.scan import scan
+from processes import layerfilm_process
 
 POINTS = 16
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ("--size", "160x90", "--fps", "2", "--points", str(POINTS), "--no-cache", "--quiet")
 
 
@@ -208,13 +205,6 @@ def silent_server():
             thread.join(5)
             for c in conns:
                 c.close()
-
-
-def layerfilm_process(*argv: object, cwd: Path) -> subprocess.Popen:
-    """The `layerfilm` command (its real entry point, signals included) in a child process."""
-    code = "import sys; from layerfilm_main import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, argv)], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
 
 
 @pytest.mark.parametrize("command", ["stability", "render"])

@@ -14,6 +14,7 @@ import mmap
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ DTYPE_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64"
                "int32": "I32", "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16",
                "uint8": "U8", "bool": "BOOL"}
 
+# The most a zip checkpoint's pickle (data.pkl) and its compressed members may unpack to, together: a
+# state dict's pickle is KBs to a few MBs (a 7B model's: ~1 MB); a 3 MB file of deflated zeros is 3 GB.
+MAX_PICKLE_BYTES = 256 * 2**20
+CHUNK = 2**20
 
 MADV_RANDOM = 1
 
@@ -85,12 +90,15 @@ def load_pickle(path: AnyPath) -> tuple[Any, bool]:
     # swallowing what other threads warn meanwhile.
     warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     try:
+        check_unpacked_size(path)
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
         except RuntimeError as e:
             if "mmap" not in str(e):
                 raise
             return torch.load(path, map_location="cpu", weights_only=True), False  # legacy (non-zip) format
+    except CheckpointError:
+        raise
     except OSError as e:
         raise unreadable(path, e) from None
     except pickle.UnpicklingError as e:
@@ -102,6 +110,32 @@ def load_pickle(path: AnyPath) -> tuple[Any, bool]:
     except Exception as e:  # torch raises RuntimeError/ValueError/EOFError/... on damaged zips
         why = str(e).splitlines()[0].split(". ")[0][:160] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: corrupt or truncated PyTorch file ({why})") from None
+
+
+def check_unpacked_size(path: Path) -> None:
+    """Refuse a zip checkpoint whose pickle, or whose compressed members, unpack to more than
+    ``MAX_PICKLE_BYTES`` in all, before torch inflates them whole in memory (a zip bomb made ``scan``, which
+    reads headers only, take 6.5 GB). Compressed members are streamed, so their real sizes count, not the
+    sizes their headers claim; stored ones (the tensors, memory-mapped) cost nothing. A file that is not
+    a zip (torch's legacy format) is left to torch: its pickle is no larger than the file."""
+    if not zipfile.is_zipfile(path):
+        return
+    budget = MAX_PICKLE_BYTES
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            pickle_file = info.filename.endswith("data.pkl")
+            if info.compress_type == zipfile.ZIP_STORED and not pickle_file:
+                continue
+            size = info.file_size
+            if info.compress_type != zipfile.ZIP_STORED:
+                with z.open(info) as member:
+                    size = 0
+                    while size <= budget and (chunk := member.read(CHUNK)):
+                        size += len(chunk)
+            budget -= size
+            if budget < 0:
+                raise CheckpointError(f"{path}: its pickle unpacks to more than {MAX_PICKLE_BYTES // 2**20} MiB "
+                                      "(a zip bomb, or no checkpoint); refused before loading it")
 
 
 def _tensors(obj: Any) -> dict[str, Any] | None:
