@@ -20,11 +20,12 @@ def layerfilm_process(*argv: object, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
 
 
-def run_measured(*argv: object, cwd: Path, timeout: float = 120) -> tuple[int, str, str, int]:
+def run_measured(*argv: object, cwd: Path, timeout: float = 120, prelude: str = "") -> tuple[int, str, str, int]:
     """Run ``layerfilm ARGV`` to its end: (exit code, stdout, stderr, peak RSS in bytes of that process alone,
-    from its own rusage as wait4 reaps it). Killed, and TimeoutError raised, past ``timeout`` seconds."""
+    from its own rusage as wait4 reaps it). ``prelude``: Python run first in that process (a hook). Killed,
+    and TimeoutError raised, past ``timeout`` seconds."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-c", CODE, *map(str, argv)], cwd=cwd, stdout=out, stderr=err,
+        proc = subprocess.Popen([sys.executable, "-c", prelude + "\n" + CODE, *map(str, argv)], cwd=cwd, stdout=out, stderr=err,
                                 text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
         deadline = time.monotonic() + timeout
         while True:

@@ -8,7 +8,6 @@ import json
 import zipfile
 from pathlib import Path
 
-import pytest
 import torch
 
 from layerfilm.formats.torch_format import MAX_PICKLE_BYTES
@@ -61,3 +60,38 @@ def test_a_zip_bomb_is_refused_before_it_inflates(tmp_path):
     assert [c.get("problem") for c in json.loads(out)] == [None, problem]
     assert peak < BOMB_BYTES // 2
     assert snapshot(ck) == before and list(work.iterdir()) == []
+
+
+# ---------------------------------------------------------------- a .pt truncated while it is read
+
+TRUNCATE_ON_READ = """
+import os
+from layerfilm.formats import torch_format
+enter, opened = torch_format.TorchReader.__enter__, []
+def truncating(self):  # the scan's open, then the read's: truncated between the read's map and its reads
+    out = enter(self)
+    opened.append(self.path.name)
+    if opened.count("ckpt_20.pt") == 2 and self.path.name == "ckpt_20.pt":
+        os.truncate(self.path, 4096)
+    return out
+torch_format.TorchReader.__enter__ = truncating
+"""
+
+
+def test_a_pt_truncated_while_it_is_read_is_a_skipped_checkpoint(tmp_path):
+    """A trainer rewrites ckpt_20.pt in place after the render mapped it: its tensors lie past the new end
+    (SIGBUS, exit 135, when they were read through the map); now one warning line, listed again at the end."""
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for step in (0, 10, 20, 30):
+        save_pt(ck / f"ckpt_{step}.pt", width=64)  # 16 KiB per tensor: past the first page
+    code, out, err, _ = run_measured("render", "ck", "--out", "f.gif", "--jobs", "1", "--no-cache", "--quiet",
+                                     "--size", "160x90", "--fps", "2", "--points", "8", cwd=tmp_path,
+                                     prelude=TRUNCATE_ON_READ)
+    problem = f"truncated inside tensor {BLOCK.format(0)}"
+    lines = err.splitlines()
+    assert code == 0, err
+    assert lines[0] == f"warning: ck/ckpt_20.pt: {problem}; skipped"
+    assert lines[1].startswith("wrote f.gif (5 frames from 3 key frames)")
+    assert lines[2:] == ["skipped 1 checkpoint(s):", f"  ck/ckpt_20.pt: {problem}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "f.gif"]

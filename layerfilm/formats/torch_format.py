@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -138,6 +140,34 @@ def check_unpacked_size(path: Path) -> None:
                                       "(a zip bomb, or no checkpoint); refused before loading it")
 
 
+def record_offsets(path: Path) -> set[int]:
+    """Where the data of each member of a zip checkpoint begins in the file (after its local header)."""
+    offsets = set()
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        for info in z.infolist():
+            f.seek(info.header_offset)
+            head = f.read(30)
+            if len(head) == 30:
+                name_len, extra_len = struct.unpack("<HH", head[26:30])
+                offsets.add(info.header_offset + 30 + name_len + extra_len)
+    return offsets
+
+
+def file_offsets(tensors: dict[str, Any], path: Path) -> dict[str, int] | None:
+    """The file offset of each mapped tensor's storage, or None where they cannot be told for sure.
+
+    torch maps the whole file once, from a page boundary, and each storage is that map plus its
+    record's offset: the one page-aligned base that puts every storage at some record's offset."""
+    ptrs = {n: t.untyped_storage().data_ptr() for n, t in tensors.items() if t.untyped_storage().nbytes()}
+    if not ptrs:
+        return {}
+    offsets = record_offsets(path)
+    first = min(ptrs.values())
+    bases = [b for b in {first - o for o in offsets} if b % mmap.PAGESIZE == 0
+             and all(p - b in offsets for p in ptrs.values())]
+    return {n: p - bases[0] for n, p in ptrs.items()} if len(bases) == 1 else None
+
+
 def _tensors(obj: Any) -> dict[str, Any] | None:
     import torch
 
@@ -165,15 +195,37 @@ def find_state_dict(obj: Any, path: AnyPath) -> tuple[dict[str, Any], int | None
 
 
 class TorchReader:
+    """A torch pickle's tensors. Loaded memory-mapped (headers only), but read with ``pread`` at each
+    storage's offset in the file: a file truncated while it is read (a trainer rewriting it in place)
+    then reads short, which is a skipped checkpoint, where touching the map past the new end of the file
+    killed the process with SIGBUS. ``tensor`` (activations: loaded into a model) stays mapped."""
+
     def __init__(self, path: AnyPath) -> None:
         self.path = path
         self.files = [path]
         self.step: int | None = None
         self._tensors: dict[str, Any] = {}
+        self._offsets: dict[str, int] | None = None
+        self._fd: int | None = None
 
     def __enter__(self) -> TorchReader:
         import torch
 
+        if not is_remote(self.path):
+            check_regular(self.path)
+            assert isinstance(self.path, Path)
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)  # before torch opens it: the same file, or seen replaced
+            except OSError as e:
+                raise unreadable(self.path, e) from None
+        try:
+            self._open(torch)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _open(self, torch: Any) -> None:
         obj, mapped = load_pickle(self.path)
         self._tensors, self.step = find_state_dict(obj, self.path)
         for name, t in self._tensors.items():
@@ -181,12 +233,18 @@ class TorchReader:
                 layout = str(t.layout).removeprefix("torch.")
                 kind = "sparse" if layout.startswith("sparse") else f"of layout {layout}"
                 raise CheckpointError(f"{self.path}: tensor {name} is {kind}; layerfilm reads dense tensors")
-        if mapped:
+        if mapped and self._fd is not None:
+            assert isinstance(self.path, Path)
+            if os.stat(self.path).st_ino != os.fstat(self._fd).st_ino:
+                raise CheckpointError(f"{self.path}: replaced while it was read; skipped (it is read again next time)")
+            self._offsets = file_offsets(self._tensors, self.path)
             advise_random(list(self._tensors.values()))
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self._tensors = {}
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def keys(self) -> list[str]:
         return list(self._tensors)
@@ -203,10 +261,29 @@ class TorchReader:
         return self._tensors[name].detach()
 
     def get(self, name: str) -> np.ndarray:
+        t = self._tensors[name]
         try:
-            return to_float32(self._tensors[name])
+            if self._offsets and name in self._offsets and t.numel():
+                t = self._pread(name, t)
+            return to_float32(t)
         except (RuntimeError, OSError, TypeError, NotImplementedError) as e:  # mmap'd data gone or damaged
             raise CheckpointError(f"{self.path}: cannot read tensor {name} ({e})") from None
+
+    def _pread(self, name: str, t: Any) -> Any:
+        """Tensor ``t``'s elements read from the file (the span its strides cover), as a tensor like ``t``."""
+        import torch
+
+        assert self._fd is not None and self._offsets is not None
+        size = t.element_size()
+        span = (1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))) * size
+        start = self._offsets[name] + t.storage_offset() * size
+        raw = bytearray(span)
+        view, got = memoryview(raw), 0
+        while got < span and (n := os.preadv(self._fd, [view[got:]], start + got)):
+            got += n
+        if got < span:  # the file shrank after it was opened
+            raise CheckpointError(f"{self.path}: truncated inside tensor {name}")
+        return torch.frombuffer(raw, dtype=t.dtype).as_strided(tuple(t.shape), tuple(t.stride()))
 
 
 @FORMATS.register("torch")
