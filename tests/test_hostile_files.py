@@ -5,9 +5,12 @@ in bounded memory, and nothing of the user's is touched."""
 from __future__ import annotations
 
 import json
+import os
+import struct
 import zipfile
 from pathlib import Path
 
+import pytest
 import torch
 
 from layerfilm.formats.torch_format import MAX_PICKLE_BYTES
@@ -95,3 +98,49 @@ def test_a_pt_truncated_while_it_is_read_is_a_skipped_checkpoint(tmp_path):
     assert lines[1].startswith("wrote f.gif (5 frames from 3 key frames)")
     assert lines[2:] == ["skipped 1 checkpoint(s):", f"  ck/ckpt_20.pt: {problem}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "f.gif"]
+
+
+# ---------------------------------------------------------------- widths that cannot fit in memory
+
+def sparse_series(folder: Path, rows: int, width: int, dtype: str, steps=(0, 10, 20)) -> Path:
+    """Safetensors checkpoints of 2 blocks of [rows, width] tensors, full logical size but holes on disk
+    (as benchmarks/make_sparse.py writes them): terabytes that take no space."""
+    folder.mkdir()
+    size = rows * width * {"F32": 4, "BF16": 2}[dtype]
+    header = {BLOCK.format(b): {"dtype": dtype, "shape": [rows, width], "data_offsets": [b * size, (b + 1) * size]}
+              for b in range(2)}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    for step in steps:
+        path = folder / f"step_{step}.safetensors"
+        path.write_bytes(struct.pack("<Q", len(text)) + text)
+        os.truncate(path, 8 + len(text) + 2 * size)
+    return folder
+
+
+@pytest.mark.parametrize("command, rows, width, dtype, each", [
+    # the issue's 8 TB files: a stability holds 5 float32 copies of a block's 4 TB tensor
+    ("stability", 10**6, 10**6, "F32", "2 copies of 3 key frames x 512 points x width 1,000,000 as float32, and 5 "
+     "copies of its tensors for the whole-block measures"),
+    ("report", 10**6, 10**6, "F32", "2 copies of 3 key frames x 512 points x width 1,000,000 as float32, and 5 "
+     "copies of its tensors for the whole-block measures"),
+    # a render reads only the tracked rows, but 512 rows of 4e9 columns are 8 TB per key frame
+    ("render", 512, 4 * 10**9, "BF16", "2 copies of 3 key frames x 512 points x width 4,000,000,000 as float32"),
+])
+def test_blocks_too_wide_for_memory_are_refused_from_the_header(tmp_path, command, rows, width, dtype, each):
+    """MemoryError with a traceback (stability), or a process growing past 12 GB (render), before: now one
+    line with the number, before any tensor is read, in little memory."""
+    from layerfilm.stability import physical_memory
+
+    ck = sparse_series(tmp_path / "ck", rows, width, dtype)
+    before = snapshot(ck)
+    out = {"render": ("--out", "f.webm"), "report": ("--out", "r.html")}.get(command, ())
+    code, stdout, err, peak = run_measured(command, "ck", *out, "--jobs", "1", "--no-cache", "--quiet", cwd=tmp_path)
+    whole = 5 * rows * width * 4 if command != "render" else 0
+    need = 2 * 3 * 512 * width * 4 + whole
+    assert (code, stdout) == (2, "")
+    assert err.splitlines()[-1] == (f"layerfilm: error: ck: needs {need / 1e9:,.1f} GB of memory at once (one block: "
+                                    f"{each}), more than the {physical_memory() / 1e9:,.1f} GB here; film fewer "
+                                    "--points or key frames (--every, --steps)")
+    assert peak < 2 * 2**30
+    assert snapshot(ck) == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
