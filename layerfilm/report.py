@@ -29,6 +29,7 @@ from .figures import (
     heatmap_figure,
     hot_figure,
     norm_figure,
+    plain_text,
     save_figure,
     settling_figure,
     stills_figure,
@@ -162,7 +163,8 @@ def report_figures(stab: Stability, style: Style) -> dict[str, Figure]:
 
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=150, facecolor="white")
+    with plain_text(fig):
+        fig.savefig(buf, format="png", dpi=150, facecolor="white")
     return buf.getvalue()
 
 

@@ -346,8 +346,11 @@ def check_fits(wp: WeightPlan, keyframes: int, whole: bool, where: AnyPath, at_o
     worker on this machine): each holds its points at every key frame (float32) and a working copy of
     them (the projection's), and for the whole-block measures ``BlockStats.COPIES`` float32 copies of its
     tensors. Why: widths of 10^6 and more (sparse files of terabytes) otherwise ended in a MemoryError
-    traceback, or grew until the machine swapped."""
+    traceback, or grew until the machine swapped. Zero-size blocks ([0, 8], [10^12, 0]) get the projection's
+    own line here, before the whole-block measures meet them."""
     T, N, D = keyframes, wp.point_ids.shape[1], wp.shape[1]
+    if N < 2 or D < 2:  # the rule of layerfilm.projection.linear, in its words
+        raise OptionsError(f"features of shape {(N, D)} per block: a 2-D projection needs at least 2 points and 2 dimensions")
     need = at_once * (POINT_COPIES * T * N * D * 4 + (BlockStats.COPIES * wp.block_bytes if whole else 0))
     memory = physical_memory()
     if need <= memory:

@@ -144,3 +144,37 @@ def test_blocks_too_wide_for_memory_are_refused_from_the_header(tmp_path, comman
                                     "--points or key frames (--every, --steps)")
     assert peak < 2 * 2**30
     assert snapshot(ck) == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+# ---------------------------------------------------------------- zero-size blocks, names that look like math
+
+ZERO_SIZE = "features of shape {} per block: a 2-D projection needs at least 2 points and 2 dimensions"
+
+
+@pytest.mark.parametrize("rows, width, shape", [(0, 8, (0, 8)), (10**12, 0, (512, 0))])
+@pytest.mark.parametrize("command", ["render", "stability", "report"])
+def test_zero_size_blocks_are_the_projection_line_in_every_command(tmp_path, run_cli, command, rows, width, shape):
+    """[0, 8] or [10^12, 0] block tensors: render's one line, also from stability and report (an IndexError
+    in the histogram edges before)."""
+    ck = sparse_series(tmp_path / "ck", rows, width, "F32")
+    before = snapshot(ck)
+    out = {"render": ("--out", tmp_path / "f.webm"), "report": ("--out", tmp_path / "r.html")}.get(command, ())
+    code, stdout, err = run_cli(command, ck, *out, "--jobs", "1", "--no-cache", "--quiet")
+    assert (code, stdout, err) == (2, "", f"layerfilm: error: {ZERO_SIZE.format(shape)}\n")
+    assert snapshot(ck) == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_names_with_dollar_pairs_are_text_not_math(tmp_path, run_cli):
+    """A tensor named with a pair of $ (a broken TeX fraction between them): the report draws it as text
+    (matplotlib's math parser raised ValueError from the norms figure)."""
+    from safetensors.torch import save_file
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    odd = "transformer.h.{}.ln$\\frac{{1}}{{$.weight"
+    for step in (0, 10, 20):
+        save_file({BLOCK.format(b): torch.randn(16, 8) for b in range(2)} | {odd.format(b): torch.randn(8) for b in range(2)},
+                  str(ck / f"step_{step}.safetensors"))
+    code, out, err = run_cli("report", ck, "--out", tmp_path / "r.html", "--jobs", "1", "--no-cache", "--quiet")
+    assert (code, out, err) == (0, "", f"wrote {tmp_path / 'r.html'}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "r.html"]
