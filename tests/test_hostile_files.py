@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -178,3 +179,44 @@ def test_names_with_dollar_pairs_are_text_not_math(tmp_path, run_cli):
     code, out, err = run_cli("report", ck, "--out", tmp_path / "r.html", "--jobs", "1", "--no-cache", "--quiet")
     assert (code, out, err) == (0, "", f"wrote {tmp_path / 'r.html'}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "r.html"]
+
+
+# ---------------------------------------------------------------- watch: a bad checkpoint arriving alone
+
+def test_watch_reports_a_bad_checkpoint_arriving_alone_exactly_once(tiny_run, tmp_path):
+    """A damaged checkpoint that arrives alone is reported at once (its scan error was swallowed, so it was
+    never reported until a good one came with it), and never again, whatever arrives after it."""
+    import warnings
+
+    from layerfilm.features.weights import WeightSpec
+    from layerfilm.film import FilmOptions
+    from layerfilm.live import LiveFilm, LiveOptions
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for step in (0, 10):
+        shutil.copy(tiny_run / f"step_{step:06d}.safetensors", folder)
+    bad = folder / "step_000020.safetensors"
+    opts = FilmOptions(cache=False, fps=2, jobs=1, weights=WeightSpec(points=8))
+    with LiveFilm(folder, tmp_path / "f.webm", opts, LiveOptions()) as film:
+        reported = []
+
+        def poll() -> None:
+            film.ready.poll()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                film.update()
+            reported.append([str(w.message) for w in caught if w.category is UserWarning])
+
+        poll()
+        bad.write_bytes(b"\x00" * 64)  # alone
+        poll()
+        poll()
+        shutil.copy(tiny_run / "step_000030.safetensors", folder)  # a good one after it
+        poll()
+        poll()
+    problem = "corrupt safetensors header (Expecting value: line 1 column 1 (char 0))"
+    assert reported == [[], [f"{bad}: {problem}; skipped"], [], [], []]
+    assert [c.path for c in film.skipped] == [bad] and film.steps == [0, 10, 30]
+    assert sorted(p.name for p in folder.iterdir()) == ["step_000000.safetensors", "step_000010.safetensors",
+                                                        "step_000020.safetensors", "step_000030.safetensors"]
