@@ -40,7 +40,7 @@ from .projection import stats_table
 from .raster import Style
 from .report import parse_step_list, report, stills
 from .run import Run
-from .scan import Checkpoint, parse_steps, scan
+from .scan import Checkpoint, no_usable, parse_steps, scan
 from .texttable import text_table
 
 RENDER_HELP = """\
@@ -169,12 +169,15 @@ def scan_table(ckpts: list[Checkpoint]) -> str:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     series = scan(args.folder, final_step=args.final_step, strict=args.strict, blocks_regex=args.blocks, warn=False,
-                  deep=args.deep, storage_options=args.storage_options)
+                  deep=args.deep, storage_options=args.storage_options, empty_ok=True)
     ckpts = sorted(series.checkpoints + series.skipped, key=lambda c: (c.step is None, c.step or 0, str(c.path)))
     if args.json:
         print(json.dumps([c.as_dict() for c in ckpts], indent=1))
     else:
         print(scan_table(ckpts))
+    if not series.checkpoints:  # the table of problems, then the one line of the other commands
+        raise no_usable(series.root, series.skipped)
+    if not args.json:
         print(f"{len(series)} usable, {len(series.skipped)} skipped", file=sys.stderr)
     return 0
 

@@ -372,7 +372,13 @@ def scan(
         if warn:
             warnings.warn(f"{c.path}: {c.problem}; skipped", stacklevel=2)
     if not kept and not empty_ok:
-        why = f" ({skipped[0].path.name}: {skipped[0].problem})" if skipped else ""
-        range_note = f" in the step range {lo}:{hi}" if steps != (None, None) else ""
-        raise ScanError(f"{root}: no usable checkpoints{range_note}{why}")
+        raise no_usable(root, skipped, steps)
     return Series(root, tuple(kept), tuple(skipped))
+
+
+def no_usable(root: AnyPath, skipped: list[Checkpoint] | tuple[Checkpoint, ...],
+              steps: tuple[int | None, int | None] = (None, None)) -> ScanError:
+    """The error of a folder none of whose checkpoints is usable, naming the first one's problem."""
+    why = f" ({skipped[0].path.name}: {skipped[0].problem})" if skipped else ""
+    range_note = f" in the step range {steps[0]}:{steps[1]}" if steps != (None, None) else ""
+    return ScanError(f"{root}: no usable checkpoints{range_note}{why}")

@@ -220,3 +220,39 @@ def test_watch_reports_a_bad_checkpoint_arriving_alone_exactly_once(tiny_run, tm
     assert [c.path for c in film.skipped] == [bad] and film.steps == [0, 10, 30]
     assert sorted(p.name for p in folder.iterdir()) == ["step_000000.safetensors", "step_000010.safetensors",
                                                         "step_000020.safetensors", "step_000030.safetensors"]
+
+
+# ---------------------------------------------------------------- messages that say what is wrong
+
+def test_scan_of_no_usable_checkpoint_shows_the_table_of_problems(tmp_path, run_cli):
+    """An empty safetensors file: its problem says so (it read "no decoder blocks found in parameter names
+    (, ...)"), and scan prints the table before its one error line (it printed the line alone)."""
+    from safetensors.torch import save_file
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    save_file({}, str(ck / "step_0.safetensors"))
+    save_file({}, str(ck / "step_10.safetensors"))
+    code, out, err = run_cli("scan", ck)
+    line = f"layerfilm: error: {ck}: no usable checkpoints (step_0.safetensors: holds no tensors (an empty checkpoint))\n"
+    assert (code, err) == (2, line)
+    assert [line.split(None, 6)[6] for line in out.splitlines()[1:]] == ["holds no tensors (an empty checkpoint)"] * 2
+    code, out, err = run_cli("scan", ck, "--json")
+    assert code == 2 and [c["problem"] for c in json.loads(out)] == ["holds no tensors (an empty checkpoint)"] * 2
+    assert sorted(p.name for p in ck.iterdir()) == ["step_0.safetensors", "step_10.safetensors"]
+
+
+def test_blocks_without_a_matrix_say_what_they_hold(tmp_path, run_cli):
+    """Blocks of 1-D, 3-D and 0-D tensors: "pass --param, one of: " was followed by nothing."""
+    from safetensors.torch import save_file
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for step in (0, 10):
+        save_file({"transformer.h.0.conv.w": torch.zeros(2, 2, 2), "transformer.h.0.ln.weight": torch.zeros(3),
+                   "transformer.h.0.scale": torch.zeros(())}, str(ck / f"step_{step}.safetensors"))
+    code, out, err = run_cli("render", ck, "--out", tmp_path / "f.gif", "--quiet", "--no-cache")
+    assert (code, out) == (2, "")
+    assert err == ("layerfilm: error: the blocks hold no 2-D matrix to film (block 0 holds conv.w [2, 2, 2], "
+                   "ln.weight [3], scale []); pass --blocks REGEX if these are not the decoder blocks\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
