@@ -120,9 +120,11 @@ def map_blocks(keys: list[str], blocks_regex: str | None = None) -> BlockMap:
             m = _BLOCK.match(key)
             if m:
                 by_prefix[m["prefix"]][int(m["index"])][m["rest"]] = key
+        if not keys:
+            raise LayerError("holds no tensors (an empty checkpoint)")
         if not by_prefix:
-            sample = ", ".join(keys[:3])
-            raise LayerError(f"no decoder blocks found in parameter names ({sample}, ...); pass --blocks REGEX")
+            sample = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+            raise LayerError(f"no decoder blocks found in parameter names ({sample}); pass --blocks REGEX")
     prefix = max(by_prefix, key=lambda p: (len(by_prefix[p]), "decoder" in p))
     groups = by_prefix[prefix]
     return BlockMap(prefix, tuple(sorted(groups)), {b: dict(groups[b]) for b in groups})
@@ -141,6 +143,10 @@ def resolve_param(layer_map: BlockMap, param: str | None, shapes: dict[str, tupl
     if param is None:
         choice = next((c for c in DEFAULT_PARAMS if c in matrices), None) or \
             _mlp_pair({c: tuple(shapes[layer_map.names[b0][c]]) for c in matrices})
+        if choice is None and not matrices:
+            held = ", ".join(f"{c} {list(shapes.get(layer_map.names[b0][c], ()))}" for c in layer_map.components()[:5])
+            raise LayerError(f"the blocks hold no 2-D matrix to film (block {b0} holds {held}); pass --blocks REGEX "
+                             "if these are not the decoder blocks")
         if choice is None:
             raise LayerError("no MLP input projection found by its usual names nor as one up/down pair of matrices; "
                              "pass --param, one of: " + ", ".join(matrices))

@@ -25,7 +25,7 @@ from .outputs import printable, show
 from .projection import stats_table
 from .report import report, stills
 from .run import Run
-from .scan import Checkpoint, scan
+from .scan import Checkpoint, no_usable, scan
 from .texttable import text_table
 
 RENDER_HELP = """\
@@ -151,12 +151,15 @@ def scan_table(ckpts: list[Checkpoint]) -> str:
 def cmd_scan(args: argparse.Namespace) -> int:
     v = {name: value(args, name) for name in ("final_step", "strict", "blocks", "deep", "storage_options", "json")}
     series = scan(args.folder, final_step=v["final_step"], strict=v["strict"], blocks_regex=v["blocks"], warn=False,
-                  deep=v["deep"], storage_options=v["storage_options"])
+                  deep=v["deep"], storage_options=v["storage_options"], empty_ok=True)
     ckpts = sorted(series.checkpoints + series.skipped, key=lambda c: (c.step is None, c.step or 0, str(c.path)))
     if v["json"]:
         print(json.dumps([c.as_dict() for c in ckpts], indent=1))
     else:
         print(scan_table(ckpts))
+    if not series.checkpoints:  # the table of problems, then the one line of the other commands
+        raise no_usable(series.root, series.skipped)
+    if not v["json"]:
         print(f"{len(series)} usable, {len(series.skipped)} skipped", file=sys.stderr)
     return 0
 

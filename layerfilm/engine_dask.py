@@ -33,6 +33,7 @@ from .engine import DASK_MISSING, Progress, check_jobs, cores, worker_init
 from .errors import EngineError, OptionsError
 
 CONNECT_TIMEOUT_S = 10.0  # a scheduler that does not answer in this time is an error, not a hang
+CLOSE_TIMEOUT_S = 10.0  # closing waits at most this long per client or cluster (and for one still starting)
 FLUSH_S = 0.2  # a worker sends its progress counts at most this often
 
 Key = tuple[str | None, int]  # (address, workers of a LocalCluster: 0 with an address)
@@ -215,9 +216,29 @@ def _connect(address: str | None, workers: int, modules: tuple[str, ...] = ()) -
                                            preload=list(modules))
         return distributed.Client(cluster, set_as_default=False), cluster
     try:
+        _handshake(distributed, address)
         return distributed.Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False), None
     except (OSError, TimeoutError):
         raise EngineError(f"--address {address}: no Dask scheduler answered within {CONNECT_TIMEOUT_S:g} s") from None
+
+
+def _handshake(distributed: Any, address: str) -> None:
+    """Open one connection to ``address`` and wait at most ``CONNECT_TIMEOUT_S`` for a Dask handshake.
+
+    Why: ``distributed`` bounds the TCP connect but then waits without limit for the scheduler's first
+    message, so a server that accepts and says nothing (another service on the port) held a Client
+    forever, and a Client interrupted there left its ``__del__`` to fail at exit. Asked on a private
+    event loop, cancelled at the deadline: nothing outlives the wait."""
+    import asyncio
+
+    args = distributed.security.Security().get_connection_args("client")
+
+    async def probe() -> None:
+        comm = await asyncio.wait_for(distributed.comm.connect(address, timeout=CONNECT_TIMEOUT_S, **args),
+                                      CONNECT_TIMEOUT_S)
+        comm.abort()
+
+    asyncio.run(probe())
 
 
 def close() -> None:
@@ -227,15 +248,22 @@ def close() -> None:
         pending = list(_starting.items())
         _starting.clear()
     for key, started in pending:
-        if started.exception() is None:
-            with _lock:
-                _clients.setdefault(key, started.result())
+        try:
+            if started.exception(timeout=CLOSE_TIMEOUT_S) is None:
+                with _lock:
+                    _clients.setdefault(key, started.result())
+        except TimeoutError:  # still starting: its daemon thread ends with the process
+            pass
     with _lock:
-        while _clients:
-            _, (client, cluster) = _clients.popitem()
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        closing = list(_clients.values())
+        _clients.clear()
+    for client, cluster in closing:
+        for what in (client, cluster):
+            if what is not None:
+                try:
+                    what.close(timeout=CLOSE_TIMEOUT_S)
+                except (OSError, TimeoutError):  # a scheduler gone quiet: nothing more to tidy
+                    pass
 
 
 atexit.register(close)

@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,9 +47,23 @@ def save_figure(fig: Figure, path: str | Path, inputs: tuple[Path, ...] = ()) ->
     """Write ``fig`` as PNG (200 dpi), SVG or PDF, by the extension of ``path``."""
     fmt = figure_format(path)
     check_output_path(path, (f".{fmt}",), inputs)
-    with atomic_output(path, suffix=f".{fmt}") as tmp:
+    with atomic_output(path, suffix=f".{fmt}") as tmp, plain_text(fig):
         fig.savefig(tmp, format=fmt, dpi=DPI, facecolor="white")
     return Path(path)
+
+
+@contextmanager
+def plain_text(fig: Figure) -> Iterator[None]:
+    """Draw every text of ``fig`` as written, never as math: names (tensors, folders) are text, and one
+    holding a pair of ``$`` made matplotlib's math parser raise. Texts made so far are set here; those
+    made while drawing (tick labels) take the setting from the context."""
+    import matplotlib
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+    with matplotlib.rc_context({"text.parse_math": False}):
+        yield
 
 
 def _new(width: float, height: float) -> Figure:

@@ -285,7 +285,7 @@ class LiveFilm:
         self.ready.poll()
         try:
             series = scan(self.root, steps=self.opts.steps, strict=self.opts.strict,
-                          blocks_regex=self.opts.weights.blocks_regex, warn=False, only=self._new)
+                          blocks_regex=self.opts.weights.blocks_regex, warn=False, only=self._new, empty_ok=True)
         except ScanError:  # nothing complete and new yet (an empty folder, only half-written files)
             return []
         for c in series.skipped:

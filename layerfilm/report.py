@@ -12,11 +12,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from .figures import (
     heatmap_figure,
     hot_figure,
     norm_figure,
+    plain_text,
     save_figure,
     settling_figure,
     stills_figure,
@@ -37,7 +38,7 @@ from .film import FilmFrames, FilmOptions, film_renderer
 from .outputs import atomic_output, check_output_path
 from .projection import Trajectories
 from .raster import Style
-from .report_media import Film, FrameSource, Picture, film_for, pictures
+from .report_media import Film, FrameSource, Picture, film_for, pictures, relative_link
 from .run import Run
 from .stability import Stability
 from .storage import local_inputs, redact
@@ -162,7 +163,8 @@ def report_figures(stab: Stability, style: Style) -> dict[str, Figure]:
 
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=150, facecolor="white")
+    with plain_text(fig):
+        fig.savefig(buf, format="png", dpi=150, facecolor="white")
     return buf.getvalue()
 
 
@@ -201,9 +203,18 @@ def _html_table(head: list[str], rows: list[list[str]], settled_column: int | No
         for r in rows) + "</table>"
 
 
+MD_SPECIAL = "\\`*_[]|!#~$"  # backslash-escaped in Markdown text; <, > and & become entities
+
+
+def _md(text: str) -> str:
+    """``text`` (folder, tensor and frame names) as literal Markdown: ``<>&`` as HTML entities, so no tag in a
+    name reaches a renderer (``<img onerror>`` ran), and link, emphasis, table and math marks escaped."""
+    return "".join(html.escape(c) if c in "<>&" else "\\" + c if c in MD_SPECIAL else c for c in text)
+
+
 def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(_md(c) for c in cells) + " |"
 
     return [line(head), "|" + "---|" * len(head)] + [line(r) for r in rows]
 
@@ -233,18 +244,19 @@ def _html(stab: Stability, folder: str | Path, images: dict[str, bytes], film: F
 
 def _markdown(stab: Stability, folder: str | Path, pngs: dict[str, str], film: str | None,
               frames: dict[str, str]) -> str:
-    lines = ["# Which layers stabilize", "", _summary(stab, folder), ""]
+    """The Markdown report; ``pngs``, ``film`` and ``frames`` are links (report_media.relative_link)."""
+    lines = ["# Which layers stabilize", "", _md(_summary(stab, folder)), ""]
     if film is not None:
-        lines += [f"Film: [{Path(film).name}]({film})", ""]
+        lines += [f"Film: [{_md(unquote(film).rsplit('/', 1)[-1])}]({film})", ""]
     for title, link in frames.items():
-        lines += [f"## {title}", "", f"![{title}]({link})", ""]
+        lines += [f"## {_md(title)}", "", f"![{_md(title)}]({link})", ""]
     lines += ["## Settling table", "", *_md_table(*stab.table_rows())]
     if stab.activations is not None:
-        lines += ["", f"## {ACT_TABLE[0]}", "", f"{stab.activations.headline()}. {ACT_TABLE[1]}", "",
+        lines += ["", f"## {ACT_TABLE[0]}", "", _md(f"{stab.activations.headline()}. {ACT_TABLE[1]}"), "",
                   *_md_table(*stab.activations.table_rows())]
     for name, png in pngs.items():
         title, text = SECTIONS[name]
-        lines += ["", f"## {title}", "", text, "", f"![{title}]({png})"]
+        lines += ["", f"## {title}", "", _md(text), "", f"![{title}]({png})"]
     return "\n".join(lines) + "\n"
 
 
@@ -300,13 +312,14 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
             for f in files:
                 f.unlink(missing_ok=True)
             raise
-        links = {t: frame_pngs[t].name if t in frame_pngs else _relative(shown[t].file, out) for t in shown}
-        text = _markdown(stab, folder, {n: pngs[n].name for n in figures}, movie.link if movie else None, links)
+        links = {t: relative_link(frame_pngs.get(t) or _file(shown[t].file), out) for t in shown}
+        text = _markdown(stab, folder, {n: relative_link(pngs[n], out) for n in figures}, movie.link if movie else None,
+                         links)
     with atomic_output(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Report(out, stab, figures, [out, *files], (movie.note,) if movie and movie.note and kind == "html" else ())
 
 
-def _relative(path: Path | None, out: Path) -> str:
+def _file(path: Path | None) -> Path:
     assert path is not None  # a picture from a file
-    return os.path.relpath(path.resolve(), out.resolve().parent).replace(os.sep, "/")
+    return path

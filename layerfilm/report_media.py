@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
+from urllib.parse import quote, unquote
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class Film:
     path: Path
     mime: str
     data: bytes | None  # the film's bytes when embedded
-    link: str  # the path from the report's folder to the film
+    link: str  # the path from the report's folder to the film, as a link (relative_link)
     size: tuple[int, int]  # (width, height) of the picture, for the room left to the controls
     note: str = ""  # why a film was linked although embedding was not turned off
 
@@ -55,8 +56,16 @@ class Film:
                    f'style="height:calc(100cqw * {h} / {w} + {CONTROLS_PX}px)"></video></div>')
         note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
         link = "" if self.data is not None else \
-            f'<p class="note">Film: <a href="{html.escape(self.link, quote=True)}">{html.escape(self.link)}</a></p>'
+            f'<p class="note">Film: <a href="{html.escape(self.link, quote=True)}">{html.escape(unquote(self.link))}</a></p>'
         return tag + note + link
+
+
+def relative_link(path: Path, out: Path) -> str:
+    """``path`` as a link from the folder of the report ``out``: relative, percent-encoded (the spaces,
+    parentheses, ``<>``, ``#`` and ``:`` of names), and starting with ``./`` or ``../``, so that a name
+    breaks no link in Markdown and no folder (``javascript:...``) reads as a URL scheme."""
+    rel = quote(os.path.relpath(path.resolve(), out.resolve().parent).replace(os.sep, "/"), safe="/")
+    return rel if rel.startswith("../") else "./" + rel
 
 
 def film_for(film: str | Path, out: Path, link: bool, fallback_size: tuple[int, int]) -> Film:
@@ -68,7 +77,7 @@ def film_for(film: str | Path, out: Path, link: bool, fallback_size: tuple[int, 
     mime = FILM_TYPES.get(path.suffix.lower())
     if mime is None:
         raise OptionsError(f"--film {show(path)}: a report shows a .webm, .mp4 or .gif film")
-    rel = os.path.relpath(path.resolve(), out.resolve().parent).replace(os.sep, "/")
+    rel = relative_link(path, out)
     size = path.stat().st_size
     embed = not link and size <= EMBED_MAX_BYTES
     note = "" if embed or link else (f"The film ({size / 1e6:.1f} MB) is linked, not embedded (a report embeds a film "

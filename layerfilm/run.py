@@ -47,7 +47,7 @@ from .outputs import new_scratch, show
 from .pipeline import one_blas_thread, prefetch
 from .projection import Trajectories, describe, project
 from .scan import Checkpoint, Series, scan
-from .stability import HIST_BINS, BlockMeasures, BlockStats, Stability, screen_motion, settle_index
+from .stability import HIST_BINS, BlockMeasures, BlockStats, Stability, check_fits, screen_motion, settle_index
 from .storage import is_remote, location
 
 DEFAULT_CHUNK_MB = 512
@@ -268,6 +268,7 @@ class Run:
         active = tuple(range(len(series)))
         umap = opts.projection == "umap"
         engine = get_engine(opts.engine, opts.jobs, **opts.engine_options())
+        check_fits(wp, len(active), whole, series.root, min(engine.sharing, len(wp.tensor_names)))
         while True:
             whole_bytes = wp.block_bytes if whole else 0
             work = len(active) * len(wp.tensor_names) * (wp.point_ids.shape[1] * wp.shape[1] * 4 + whole_bytes)

@@ -297,6 +297,7 @@ def scan(
     param: str | None = None,
     storage_options: str | None = None,
     only: Callable[[AnyPath], bool] | None = None,
+    empty_ok: bool = False,
 ) -> Series:
     """Find the checkpoints directly inside ``root``, vet them and sort them by step.
 
@@ -315,6 +316,8 @@ def scan(
             holding NaN/Inf makes a problem. Without it only headers are read.
         storage_options: JSON passed to fsspec for a URL (layerfilm.storage), e.g. an endpoint or credentials.
         only: look only at the entries of ``root`` for which this is True (nothing else is opened).
+        empty_ok: candidates none of which is usable give a Series of no checkpoints (``skipped`` says why)
+            instead of a ScanError: the scan command's table of problems, a live film's new arrivals.
     Returns:
         a :class:`Series`; unusable checkpoints are in ``Series.skipped`` with their problem.
     """
@@ -368,8 +371,14 @@ def scan(
             raise CheckpointError(f"{c.path}: {c.problem} (--strict: nothing is skipped)")
         if warn:
             warnings.warn(f"{c.path}: {c.problem}; skipped", stacklevel=2)
-    if not kept:
-        why = f" ({skipped[0].path.name}: {skipped[0].problem})" if skipped else ""
-        range_note = f" in the step range {lo}:{hi}" if steps != (None, None) else ""
-        raise ScanError(f"{root}: no usable checkpoints{range_note}{why}")
+    if not kept and not empty_ok:
+        raise no_usable(root, skipped, steps)
     return Series(root, tuple(kept), tuple(skipped))
+
+
+def no_usable(root: AnyPath, skipped: list[Checkpoint] | tuple[Checkpoint, ...],
+              steps: tuple[int | None, int | None] = (None, None)) -> ScanError:
+    """The error of a folder none of whose checkpoints is usable, naming the first one's problem."""
+    why = f" ({skipped[0].path.name}: {skipped[0].problem})" if skipped else ""
+    range_note = f" in the step range {steps[0]}:{steps[1]}" if steps != (None, None) else ""
+    return ScanError(f"{root}: no usable checkpoints{range_note}{why}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -325,6 +326,41 @@ class BlockStats:
                         for t in range(len(points))])
         assert self.edges is not None  # at least two key frames were added
         return {**self.sq, "param_norm": self.param_norm, "cka": cka, "hist": self.hist, "hist_edges": self.edges}
+
+
+POINT_COPIES = 2  # a block's points and the projection's working copy (a render's peak measured at 2x its points)
+
+
+def physical_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit where that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def check_fits(wp: WeightPlan, keyframes: int, whole: bool, where: AnyPath, at_once: int = 1) -> None:
+    """Refuse, from the headers, a pass whose blocks cannot fit in memory ``at_once`` at a time (one per
+    worker on this machine): each holds its points at every key frame (float32) and a working copy of
+    them (the projection's), and for the whole-block measures ``BlockStats.COPIES`` float32 copies of its
+    tensors. Why: widths of 10^6 and more (sparse files of terabytes) otherwise ended in a MemoryError
+    traceback, or grew until the machine swapped. Zero-size blocks ([0, 8], [10^12, 0]) get the projection's
+    own line here, before the whole-block measures meet them."""
+    T, N, D = keyframes, wp.point_ids.shape[1], wp.shape[1]
+    if N < 2 or D < 2:  # the rule of layerfilm.projection.linear, in its words
+        raise OptionsError(f"features of shape {(N, D)} per block: a 2-D projection needs at least 2 points and 2 dimensions")
+    need = at_once * (POINT_COPIES * T * N * D * 4 + (BlockStats.COPIES * wp.block_bytes if whole else 0))
+    memory = physical_memory()
+    if need <= memory:
+        return
+    each = f"{POINT_COPIES} copies of {T} key frames x {N} points x width {D:,} as float32" + (
+        f", and {BlockStats.COPIES} copies of its tensors for the whole-block measures" if whole else "")
+    workers = f"{at_once} blocks at a time, one per worker; each" if at_once > 1 else "one block"
+    raise OptionsError(f"{where}: needs {need / 1e9:,.1f} GB of memory at once ({workers}: {each}), more than the "
+                       f"{memory / 1e9:,.1f} GB here; film fewer --points or key frames (--every, --steps)"
+                       + (" or use fewer --jobs" if at_once > 1 else ""))
 
 
 def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir: Path | None = None,

@@ -4,8 +4,10 @@ are checked before any checkpoint is read, and a scheduler that does not answer 
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
+import threading
 import time
 
 import distributed
@@ -19,6 +21,7 @@ from layerfilm.features.weights import WeightSpec, plan
 from layerfilm.film import FilmOptions
 from layerfilm.run import Run
 from layerfilm.scan import scan
+from processes import layerfilm_process
 
 POINTS = 16
 SMALL = ("--size", "160x90", "--fps", "2", "--points", str(POINTS), "--no-cache", "--quiet")
@@ -172,6 +175,65 @@ def test_unanswered_address_is_one_line(tiny_run, tmp_path, run_cli, monkeypatch
     code, _, err = run_cli("render", tiny_run, "--out", tmp_path / "f.gif", *SMALL, "--engine", "dask", "--address", address)
     assert code == 2
     assert err.splitlines() == [f"layerfilm: error: --address {address}: no Dask scheduler answered within 1 s"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts connections and never says a word (another service on the
+    port, not Dask). Yields its tcp:// address; its loop ends within a second of the test's end."""
+    stop = threading.Event()
+    conns = []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        s.settimeout(0.2)
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    conns.append(s.accept()[0])
+                except TimeoutError:
+                    pass
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        finally:
+            stop.set()
+            thread.join(5)
+            for c in conns:
+                c.close()
+
+
+@pytest.mark.parametrize("command", ["stability", "render"])
+def test_a_server_that_is_not_dask_is_one_line_in_bounded_time(command, tiny_run, tmp_path, silent_server):
+    """It accepts TCP and says nothing: the handshake is waited for CONNECT_TIMEOUT_S (10 s), then one
+    line and exit 2 (it was a hang of minutes, and noise from Client.__del__ at exit)."""
+    out = ("--out", tmp_path / "f.gif", *SMALL) if command == "render" else ()
+    t0 = time.monotonic()
+    proc = layerfilm_process(command, tiny_run, *out, "--engine", "dask", "--address", silent_server, cwd=tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 45
+    assert proc.returncode == 2
+    assert err.splitlines()[-1:] == [f"layerfilm: error: --address {silent_server}: no Dask scheduler answered within 10 s"]
+    assert [line for line in err.splitlines() if not line.startswith("scanning")] == err.splitlines()[-1:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_while_waiting_for_a_silent_server_ends_promptly_and_quietly(tiny_run, tmp_path, silent_server):
+    """SIGTERM while the background start waits for the handshake: exit 143 within a bound, one line, no
+    "Exception ignored" at exit (close() once waited without limit, and a half-made Client failed in __del__)."""
+    proc = layerfilm_process("render", tiny_run, "--out", tmp_path / "f.gif", *SMALL, "--engine", "dask",
+                             "--address", silent_server, cwd=tmp_path)
+    time.sleep(4)  # past the import, inside the wait for the handshake
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert proc.returncode == 143
+    assert err.splitlines() == ["layerfilm: terminated; nothing half-written was left"]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -151,7 +151,7 @@ def test_markdown_report_writes_pngs_beside_it(frozen_run, run_cli, tmp_path):
     assert code == 0, err
     text = out.read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert images == [f"report_{n}.png" for n in ("stills", "heatmap", "settling", "hot", "norms")]
+    assert images == [f"./report_{n}.png" for n in ("stills", "heatmap", "settling", "hot", "norms")]
     for name in images:
         assert (tmp_path / name).read_bytes().startswith(MAGIC["png"])
     assert "| rank | block | settles at step |" in text and text.count("| never |") == 2
@@ -180,3 +180,44 @@ def test_python_api_returns_figures_and_frames(frozen_run, tmp_path):
     assert all(isinstance(f, Figure) for f in res.figures.values())
     assert res.files == [tmp_path / "r.md", *(tmp_path / f"r_{n}.png" for n in res.figures)]
     assert res.stability.settle_steps == layerfilm.measure(layerfilm.scan(frozen_run), progress=False).settle_steps
+
+
+HOSTILE_FOLDER = "<img src=x onerror=alert(1)> <svg onload=alert(2)> [x](javascript:alert(3)) *$a$*"
+
+
+def test_markdown_names_are_text_and_links_are_relative_paths(frozen_run, run_cli, tmp_path):
+    """A report named with spaces and parentheses, a folder named with HTML and Markdown, a film under a
+    folder named ``javascript:...``: links CommonMark renders (percent-encoded, starting ./ or ../), names
+    that stay text (no tag, no link, no emphasis), and no javascript: link in the Markdown or the HTML."""
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / HOSTILE_FOLDER
+    shutil.copytree(frozen_run, folder)
+    film = tmp_path / "javascript:alert(4)" / "film (1).gif"
+    film.parent.mkdir()
+    Image.new("RGB", (32, 18)).save(film)
+    out = tmp_path / "my report (v2).md"
+    code, _, err = run_cli("report", folder, "--out", out, "--film", film, *SMALL)
+    assert code == 0, err
+    text = out.read_text()
+    summary = text.splitlines()[2]
+    assert summary.startswith("5 checkpoints in " + str(tmp_path).replace("_", "\\_") + "/&lt;img src=x onerror=alert(1)&gt; "
+                              "&lt;svg onload=alert(2)&gt; \\[x\\](javascript:alert(3)) \\*\\$a\\$\\* (steps 0 to 40)")
+    assert text.splitlines()[4] == "Film: [film (1).gif](./javascript%3Aalert%284%29/film%20%281%29.gif)"
+    images = re.findall(r"!\[[^\]]*\]\(([^)]*)\)", text)
+    assert images == [f"./my%20report%20%28v2%29_{n}.png" for n in ("stills", "heatmap", "settling", "hot", "norms")]
+    assert "<" not in text and ">" not in text.replace("&gt;", "")  # no raw tag from a name
+    for link in re.findall(r"(?<!\\)\]\(([^)]*)\)", text):  # each destination (\] ends no link): a plain relative path
+        assert re.fullmatch(r"\.\.?/[A-Za-z0-9%._/-]+", link), link
+    html_out = tmp_path / "r.html"
+    code, _, err = run_cli("report", folder, "--out", html_out, "--film", film, "--film-link", *SMALL)
+    assert code == 0, err
+    page = html_out.read_text()
+    urls = re.findall(r'(?:href|src)="([^"]*)"', page)
+    assert urls and not [u for u in urls if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", u) and not u.startswith("data:")]
+    assert '<a href="./javascript%3Aalert%284%29/film%20%281%29.gif">./javascript:alert(4)/film (1).gif</a>' in page
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [HOSTILE_FOLDER, "javascript:alert(4)", "my report (v2).md", "r.html"]
+        + [f"my report (v2)_{n}.png" for n in ("stills", "heatmap", "settling", "hot", "norms")])

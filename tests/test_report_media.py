@@ -53,7 +53,7 @@ def test_film_embedded_up_to_the_limit_and_linked_above_it(frozen_run, film, run
     code, _, err = run_cli("report", frozen_run, "--out", tmp_path / "b.html", "--film", dest, *SMALL)
     assert code == 0, err
     text = (tmp_path / "b.html").read_text()
-    assert _video(text)[0] == "film.webm" and "data:video" not in text and '<a href="film.webm">' in text
+    assert _video(text)[0] == "./film.webm" and "data:video" not in text and '<a href="./film.webm">' in text
     note = f"The film ({size / 1e6:.1f} MB) is linked, not embedded (a report embeds a film of at most {(size - 1) / 1e6:g} MB)"
     assert note in text and f"note: {note}" in err and err.count("\n") == 2  # the files written, then the note
 
@@ -103,8 +103,8 @@ def test_frames_from_python_in_html_and_markdown(frozen_run, tmp_path):
     assert _data_uris(text)[3][1] == (tmp_path / "before_after.png").read_bytes()
     md = layerfilm.report(frozen_run, tmp_path / "r.md", opts=OPTS, progress=False, frames=chosen)
     links = re.findall(r"!\[([^\]]*)\]\(([^)]+)\)", md.out.read_text())[:4]
-    assert links == [("Last key frame", "r_frame_0.png"), ("Both", "r_frame_1.png"), ("As stills", "r_frame_2.png"),
-                     ("Before and after", "before_after.png")]
+    assert links == [("Last key frame", "./r_frame_0.png"), ("Both", "./r_frame_1.png"), ("As stills", "./r_frame_2.png"),
+                     ("Before and after", "./before_after.png")]
     np.testing.assert_array_equal(iio.imread(tmp_path / "r_frame_0.png"), st.frames[-1])
     assert {tmp_path / f"r_frame_{i}.png" for i in range(3)} <= set(md.files)
 
