@@ -382,16 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # undecodable file names print escaped, never raise
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    command = ""
     try:
         with _signals_as_interrupts():
             args = build_parser().parse_args(argv)  # option converters such as --size raise LayerfilmError
-            command = args.command
             warnings.showwarning = _one_line_warnings
             with session():  # one pool of worker processes for the whole command
-                return COMMANDS[command](args)
+                return COMMANDS[args.command](args)
     except LayerfilmError as e:
-        return _error(to_flags(str(e), command))
+        return _error(to_flags(str(e)))
     except KeyboardInterrupt as e:
         what, code = ("terminated", 143) if _terminated(e) else ("interrupted", 130)
         print(f"layerfilm: {what}; nothing half-written was left", file=sys.stderr)

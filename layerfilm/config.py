@@ -165,7 +165,7 @@ _O = [
     Option("device", "auto", "auto (cuda when available), cpu or cuda", points=True, group=ACT),
     Option("devices", None, "one long-lived worker per device, e.g. 0,1,2,3 or cpu,cpu (default: every visible GPU)",
            metavar="LIST", group=ACT),
-    Option("dtype", "float32", "float32, bfloat16 or float16", choices=("float32", "bfloat16", "float16"), points=True,
+    Option("dtype", "float32", "float32, bfloat16 or float16", points=True,
            group=ACT),
     Option("near_zero", 0.05, "activations with |a| < X count as near zero", float, metavar="X",
            points=True, group=ACT),
@@ -200,14 +200,14 @@ _O = [
            group=LOOK),
     Option("encoder_threads", 0, "ffmpeg encoder threads (0: ffmpeg decides)", int, metavar="N",
            group=LOOK),
-    Option("preset", "", ".webm good or realtime (default: good when fast enough here); .mp4 an x264 preset",
-           metavar="NAME", group=LOOK),
+    Option("preset", "", ".webm: good, or realtime (still lossless, faster, larger; default: good when fast enough "
+           "here); .mp4: an x264 preset", metavar="NAME", group=LOOK),
     Option("export_points", None, "also write the key frames' coordinates: steps, blocks, point_ids, xy (T,L,N,2)",
            kind=PATH, metavar="FILE.npz", group=OUT),
     Option("quiet", False, "no progress bars", bool, group=OUT),
     # where the work runs
     Option("jobs", 0, "tasks at once (block chunks, umap layouts, film segments); 0: one per core", int, metavar="N",
-           group=WHERE),
+           check=lambda v: None if v >= 0 else "must be 0 (one per core) or more", group=WHERE),
     Option("engine", "local", "local worker processes, or dask (a Dask cluster: pip install 'layerfilm[dask]')",
            choices=("local", "dask"), group=WHERE),
     Option("address", None, "--engine dask: the scheduler, e.g. tcp://HOST:8786 (default: a LocalCluster)",
@@ -291,7 +291,7 @@ def options(command: str, given: dict[str, Any]):
 
         if command in ("render", "watch") and (v["param"] is not None or v["layout"] != "auto"):
             name = "param" if v["param"] is not None else "layout"
-            raise OptionsError(f"{name}={v[name]!r}: chooses weights; it does nothing with features='activations'")
+            raise OptionsError(f"{name}={v[name]}: chooses weights; it does nothing with features=activations")
         activations = ActivationSpec(model=v["model"], probe=v["probe"], points=v["points"], seed=v["seed"],
                                      seq_len=v["seq_len"], batch_size=v["batch_size"], device=v["device"],
                                      devices=v["devices"] or (), dtype=v["dtype"], near_zero=v["near_zero"],
@@ -342,9 +342,9 @@ def not_points() -> set[str]:
 _FIELD = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)=")
 
 
-def to_flags(message: str, command: str) -> str:
+def to_flags(message: str) -> str:
     """A library message about ``name=value`` said with the command line's flag: ``--flag value``."""
-    flags = {o.name: o.cli_flag for o in COMMANDS.get(command, ())}
+    flags = {o.name: o.cli_flag for opts in COMMANDS.values() for o in opts}
 
     def flag(m: re.Match) -> str:
         name = m.group(1)

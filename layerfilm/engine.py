@@ -337,7 +337,7 @@ def check_engine(name: str, address: str | None) -> None:
     ENGINES.get(name)
     if address is not None:
         if name != "dask":
-            raise OptionsError(f"address={address!r}: applies to engine=dask only, not {name}")
+            raise OptionsError(f"address={address}: applies to engine=dask only, not {name}")
         m = _ADDRESS.fullmatch(address)
         if m is None or (m.group(3) is not None and not 0 < int(m.group(3)) < 65536):
             raise OptionsError(f"address={address!r}: expected a Dask scheduler address such as tcp://HOST:8786")

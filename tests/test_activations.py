@@ -230,7 +230,7 @@ def test_cli_renders_an_activation_film(llama_run, run_cli, tmp_path):
     (("--model", "no_such_module_xyz:make"), "--model 'no_such_module_xyz:make': cannot import no_such_module_xyz"),
     (("--model", "json:no_such_fn"), "--model 'json:no_such_fn': json has no function no_such_fn"),
     (("--probe", "/no/such.txt"), "--probe /no/such.txt: no such file"),
-    (("--param", "mlp.c_fc"), "--param and --layout choose weights; they do nothing with --features activations"),
+    (("--param", "mlp.c_fc"), "--param mlp.c_fc: chooses weights; it does nothing with --features activations"),
     (("--dtype", "fp8"), "--dtype 'fp8': choose one of float32, bfloat16, float16"),
     (("--seq-len", "100"), "sequences of 100 tokens exceed the model's context of 64"),
 ])

@@ -51,7 +51,7 @@ def test_mp4_preset_is_used(tmp_path):
 
 
 def test_negative_encoder_threads(run_cli, tiny_run, tmp_path):
-    with pytest.raises(OptionsError, match=r"^--encoder-threads -1: must be 0 \(ffmpeg decides\) or more$"):
+    with pytest.raises(OptionsError, match=r"^encoder_threads=-1: must be 0 \(ffmpeg decides\) or more$"):
         EncodeOptions(threads=-1)
     code, _, err = run_cli("render", tiny_run, "--out", tmp_path / "f.webm", "--encoder-threads", "-1")
     assert (code, err) == (2, "layerfilm: error: --encoder-threads -1: must be 0 (ffmpeg decides) or more\n")

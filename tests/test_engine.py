@@ -239,7 +239,7 @@ def test_sigterm_while_waiting_for_a_silent_server_ends_promptly_and_quietly(tin
 
 COMMANDS = {"render": ("--out", "f.webm"), "stability": (), "stills": ("--out", "s.png"), "report": ("--out", "r.html")}
 BAD = [
-    (("--address", "tcp://127.0.0.1:8786"), "--address applies to --engine dask only, not local"),
+    (("--address", "tcp://127.0.0.1:8786"), "--address tcp://127.0.0.1:8786: applies to --engine dask only, not local"),
     (("--engine", "dask", "--address", "8786"), "--address '8786': expected a Dask scheduler address such as tcp://HOST:8786"),
     (("--engine", "dask", "--address", "tcp://h:70000"),
      "--address 'tcp://h:70000': expected a Dask scheduler address such as tcp://HOST:8786"),

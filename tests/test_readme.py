@@ -20,7 +20,7 @@ def test_readme_starts_with_two_setup_commands():
     assert "pip install torch==2.13.0" in render_cmd and "pip install torch==2.13.0" in test_cmd
     assert test_cmd.endswith("python -m pytest -q")
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "pip install -q -e '.[test]'" in ci and "python -m pytest -q" in ci
+    assert "pip install -q -e '.[dev]'" in ci and "python -m pytest -q" in ci  # [dev]: [test] and the linters
 
 
 def test_example_script_runs_as_the_readme_calls_it(tmp_path):
