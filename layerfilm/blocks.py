@@ -106,15 +106,15 @@ def map_blocks(keys: list[str], blocks_regex: str | None = None) -> BlockMap:
         try:
             pattern = re.compile(blocks_regex)
         except re.error as e:
-            raise LayerError(f"--blocks {blocks_regex!r}: not a valid regex ({e})") from None
+            raise LayerError(f"blocks={blocks_regex!r}: not a valid regex ({e})") from None
         if pattern.groups < 1:
-            raise LayerError(f"--blocks {blocks_regex!r}: needs one group that captures the block index")
+            raise LayerError(f"blocks={blocks_regex!r}: needs one group that captures the block index")
         for key in keys:
             m = pattern.match(key)
             if m and m.group(1) is not None and m.group(1).isdigit():
                 by_prefix[blocks_regex][int(m.group(1))][key[m.end():].lstrip(".")] = key
         if not by_prefix:
-            raise LayerError(f"--blocks {blocks_regex!r} matches no parameter name (e.g. {keys[0] if keys else '-'})")
+            raise LayerError(f"blocks={blocks_regex!r} matches no parameter name (e.g. {keys[0] if keys else '-'})")
     else:
         for key in keys:
             m = _BLOCK.match(key)
@@ -124,7 +124,7 @@ def map_blocks(keys: list[str], blocks_regex: str | None = None) -> BlockMap:
             raise LayerError("holds no tensors (an empty checkpoint)")
         if not by_prefix:
             sample = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-            raise LayerError(f"no decoder blocks found in parameter names ({sample}); pass --blocks REGEX")
+            raise LayerError(f"no decoder blocks found in parameter names ({sample}); pass blocks=REGEX")
     prefix = max(by_prefix, key=lambda p: (len(by_prefix[p]), "decoder" in p))
     groups = by_prefix[prefix]
     return BlockMap(prefix, tuple(sorted(groups)), {b: dict(groups[b]) for b in groups})
@@ -145,7 +145,7 @@ def resolve_param(layer_map: BlockMap, param: str | None, shapes: dict[str, tupl
             _mlp_pair({c: tuple(shapes[layer_map.names[b0][c]]) for c in matrices})
         if choice is None and not matrices:
             held = ", ".join(f"{c} {list(shapes.get(layer_map.names[b0][c], ()))}" for c in layer_map.components()[:5])
-            raise LayerError(f"the blocks hold no 2-D matrix to film (block {b0} holds {held}); pass --blocks REGEX "
+            raise LayerError(f"the blocks hold no 2-D matrix to film (block {b0} holds {held}); pass blocks=REGEX "
                              "if these are not the decoder blocks")
         if choice is None:
             raise LayerError("no MLP input projection found by its usual names nor as one up/down pair of matrices; "
@@ -154,12 +154,12 @@ def resolve_param(layer_map: BlockMap, param: str | None, shapes: dict[str, tupl
         wanted = [param, param + ".weight", param + "_weight"]
         choice = next((c for c in wanted if c in layer_map.names[b0]), None)
         if choice is None:
-            raise LayerError(f"--param {param!r} matches no matrix in the blocks; candidates: {', '.join(matrices)}")
+            raise LayerError(f"param={param!r} matches no matrix in the blocks; candidates: {', '.join(matrices)}")
         if choice not in matrices:
-            raise LayerError(f"--param {param!r} is not a 2-D matrix; candidates: {', '.join(matrices)}")
+            raise LayerError(f"param={param!r} is not a 2-D matrix; candidates: {', '.join(matrices)}")
     missing = [b for b in layer_map.blocks if choice not in layer_map.names[b]]
     if missing:
-        raise LayerError(f"--param {choice!r} is missing from blocks {missing}")
+        raise LayerError(f"param={choice!r} is missing from blocks {missing}")
     return choice
 
 

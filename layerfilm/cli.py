@@ -120,7 +120,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     res = render(args.folder, args.out, opts, export=value(args, "export_points"), progress=not value(args, "quiet"))
     if value(args, "stats"):
         print(stats_table(res.trajectories))
-    picked = f"; {res.preset}" if res.preset else ""
+    picked = f"; {to_flags(res.preset)}" if res.preset else ""
     print(f"wrote {show(res.out)} ({res.frames} frames from {res.keyframes} key frames{picked}) in "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     _list_skipped(res.skipped)
@@ -137,14 +137,14 @@ def _list_skipped(skipped: tuple[Checkpoint, ...]) -> None:
     if skipped:
         print(f"skipped {len(skipped)} checkpoint(s):", file=sys.stderr)
         for c in skipped:
-            print(f"  {show(c.path)}: {printable(c.problem or '')}", file=sys.stderr)
+            print(f"  {show(c.path)}: {printable(to_flags(c.problem or ''))}", file=sys.stderr)
 
 
 def scan_table(ckpts: list[Checkpoint]) -> str:
     """Aligned text table, one checkpoint a line."""
     rows = [("step", "format", "path", "blocks", "dtype", "size", "problem")]
     rows += [("-" if c.step is None else str(c.step), c.format, show(c.path), str(c.blocks or "-"), c.dtype or "-",
-              f"{c.size / 2**20:.1f} MiB" if c.size else "-", printable(c.problem or "")) for c in ckpts]
+              f"{c.size / 2**20:.1f} MiB" if c.size else "-", printable(to_flags(c.problem or ""))) for c in ckpts]
     return text_table(rows[0], rows[1:], left=range(7))
 
 
@@ -343,7 +343,7 @@ COMMANDS = {"render": cmd_render, "scan": cmd_scan, "stability": cmd_stability, 
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {printable(str(message))}", file=sys.stderr)
+    print(f"warning: {printable(to_flags(str(message)))}", file=sys.stderr)
 
 
 class Terminated(KeyboardInterrupt):

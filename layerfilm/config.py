@@ -339,16 +339,17 @@ def not_points() -> set[str]:
     return {o.name for o in _O if not o.points}
 
 
-_FIELD = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)=")
+_FIELD = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)([=:])")
 
 
 def to_flags(message: str) -> str:
-    """A library message about ``name=value`` said with the command line's flag: ``--flag value``."""
+    """A library message about ``name=value`` (or ``name: ...``) said with the command line's flag:
+    ``--flag value`` (``--flag: ...``)."""
     flags = {o.name: o.cli_flag for opts in COMMANDS.values() for o in opts}
 
-    def flag(m: re.Match) -> str:
-        name = m.group(1)
-        return f"{flags[name]} " if name in flags else m.group(0)
+    def flag(m: re.Match) -> str:  # name=value -> --flag value; name: ... -> --flag: ...
+        name, sign = m.groups()
+        return (f"{flags[name]} " if sign == "=" else f"{flags[name]}:") if name in flags else m.group(0)
 
     return _FIELD.sub(flag, message)
 

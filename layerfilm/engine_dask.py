@@ -1,4 +1,4 @@
-"""Tasks on a Dask cluster (``pip install 'layerfilm[dask]'``): ``--engine dask [--address tcp://HOST:8786]``.
+"""Tasks on a Dask cluster (``pip install 'layerfilm[dask]'``): ``engine=dask [address=tcp://HOST:8786]``.
 
 The tasks are the same plain functions the local engine runs (layerfilm.engine); Dask only places
 them. What travels is small: a task's arguments (the scanned Series and the plan, tens of KB) go out,
@@ -219,7 +219,7 @@ def _connect(address: str | None, workers: int, modules: tuple[str, ...] = ()) -
         _handshake(distributed, address)
         return distributed.Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False), None
     except (OSError, TimeoutError):
-        raise EngineError(f"--address {address}: no Dask scheduler answered within {CONNECT_TIMEOUT_S:g} s") from None
+        raise EngineError(f"address={address}: no Dask scheduler answered within {CONNECT_TIMEOUT_S:g} s") from None
 
 
 def _handshake(distributed: Any, address: str) -> None:

@@ -115,7 +115,7 @@ class FilmResult:
 def check_export_path(path: str | Path, inputs: tuple[Path, ...] = ()) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
-        raise OptionsError(f"--export-points {show(path)}: must end in .npz")
+        raise OptionsError(f"export_points={show(path)}: must end in .npz")
     return check_output_path(path, (".npz",), inputs, option="--export-points")
 
 
@@ -128,13 +128,13 @@ def export_points(traj: Trajectories, path: str | Path, inputs: tuple[Path, ...]
 
 
 def check_film_size(keyframes: int, opts: FilmOptions) -> None:
-    """Refuse, before any tensor is read, a film too long to be of use (e.g. --fps 1e6)."""
+    """Refuse, before any tensor is read, a film too long to be of use (e.g. fps=1e6)."""
     n = Timeline(keyframes, opts.fps, opts.seconds_per_keyframe).n_frames
     if n > MAX_FRAMES:
         w, h = opts.style.width, opts.style.height
-        raise OptionsError(f"{keyframes} key frames at --fps {opts.fps:g} and --seconds-per-keyframe "
+        raise OptionsError(f"{keyframes} key frames at fps={opts.fps:g} and seconds_per_keyframe="
                            f"{opts.seconds_per_keyframe:g} make {n:,} frames ({n * w * h * 3 / 2**40:.1f} TiB of pixels "
-                           f"at {w}x{h}); at most {MAX_FRAMES:,}: lower --fps or --seconds-per-keyframe, or use --every")
+                           f"at {w}x{h}); at most {MAX_FRAMES:,}: lower fps or seconds_per_keyframe, or use every=K")
 
 
 def caption(steps: np.ndarray, k: int, a: float, time: str = "keys", of: bool = True) -> str:
@@ -207,7 +207,7 @@ def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = N
 
 
 def film_overlay(renderer: Renderer, traj: Trajectories, opts: FilmOptions) -> Overlay | None:
-    """The per-panel bars and settled marks of the film's own points (None: --no-overlay). A live layout
+    """The per-panel bars and settled marks of the film's own points (None: overlay=False). A live layout
     draws the bars only: a block's settling key frame is decided by the newest key frame (its distance
     to each earlier one), so a mark could change on any earlier frame when a key frame is added."""
     if not opts.overlay:
@@ -298,7 +298,7 @@ class FilmFrames:
 
 
 def pick_preset(out: str | Path, opts: FilmOptions, frames: int) -> tuple[FilmOptions, str]:
-    """A .webm without --preset gets ``good`` or ``realtime`` by its frame count, frame size and the cores
+    """A .webm without a preset gets ``good`` or ``realtime`` by its frame count, frame size and the cores
     its encoders share (layerfilm.encode.webm_preset); returns the options and the words that say so."""
     if opts.encode.preset or check_output(Path(out)) != "webm":
         return opts, ""
@@ -306,7 +306,7 @@ def pick_preset(out: str | Path, opts: FilmOptions, frames: int) -> tuple[FilmOp
     preset = webm_preset(frames, (opts.style.width, opts.style.height), threads)
     other = "realtime: ~5x faster, ~20% larger" if preset == "good" else "good: ~20% smaller, ~5x slower"
     return (replace(opts, encode=replace(opts.encode, preset=preset)),
-            f"VP9 preset {preset}, picked for {frames} frames on {threads} core{'s' * (threads > 1)} (--preset {other})")
+            f"VP9 preset {preset}, picked for {frames} frames on {threads} core{'s' * (threads > 1)} (preset={other})")
 
 
 def film_frames(traj: Trajectories, opts: FilmOptions) -> FilmFrames:

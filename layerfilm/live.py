@@ -106,7 +106,7 @@ class LiveOptions:
 
 
 def check_live(opts: FilmOptions, live: LiveOptions) -> FilmOptions:
-    """The film options a live film uses: the pca fit follows --refit (never: the first key frame; always,
+    """The film options a live film uses: the pca fit follows refit (never: the first key frame; always,
     every=K: all); other projections re-project every key frame (--refit always only)."""
     if opts.activations is not None:
         raise OptionsError("features=activations: a live film films weights (render the activations afterwards)")
@@ -135,7 +135,7 @@ def check_outputs(folder: str | Path | None, out: str | Path, opts: FilmOptions,
         check_output_path(live.stills, (f".{figure_format(live.stills)}",), inputs, option="--stills")
     if live.json is not None:
         if Path(live.json).suffix != ".json":
-            raise OptionsError(f"--json {show(live.json)}: must end in .json")
+            raise OptionsError(f"json={show(live.json)}: must end in .json")
         check_output_path(live.json, (".json",), inputs, option="--json")
     if live.export is not None:
         check_export_path(live.export, inputs)
@@ -305,7 +305,7 @@ class LiveFilm:
 
     def _skip(self, c: Checkpoint) -> None:
         if self.opts.strict:
-            raise CheckpointError(f"{c.path}: {c.problem} (--strict: nothing is skipped)")
+            raise CheckpointError(f"{c.path}: {c.problem} (strict: nothing is skipped)")
         warnings.warn(f"{c.path}: {c.problem}; skipped", stacklevel=2)
         self.skipped.append(c)
 

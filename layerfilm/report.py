@@ -70,9 +70,9 @@ def parse_step_list(text: str) -> list[int]:
     try:
         steps = [int(v) for v in text.split(",")]
     except ValueError:
-        raise OptionsError(f"--steps {text!r}: expected steps separated by commas, e.g. 0,2000") from None
+        raise OptionsError(f"keyframes={text!r}: expected steps separated by commas, e.g. 0,2000") from None
     if not steps:
-        raise OptionsError(f"--steps {text!r}: give at least one step")
+        raise OptionsError(f"keyframes={text!r}: give at least one step")
     return steps
 
 
@@ -84,7 +84,7 @@ def key_indices(have: list[int], steps: list[int] | None) -> tuple[list[int], li
     if missing:
         shown = ", ".join(map(str, have)) if len(have) <= 12 else \
             ", ".join([*map(str, have[:6]), "...", *map(str, have[-3:])])
-        raise OptionsError(f"--steps: {', '.join(map(str, missing))} not a key frame; key frames are at steps {shown}")
+        raise OptionsError(f"keyframes: {', '.join(map(str, missing))} not a key frame; key frames are at steps {shown}")
     return steps, [have.index(s) for s in steps]
 
 
@@ -293,7 +293,7 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
         for png in [*pngs.values(), *frame_pngs.values()]:
             check_output_path(png, (".png",), inputs)
     if film_link and film is None:
-        raise OptionsError("--film-link: give the film to link with --film")
+        raise OptionsError("film_link: there is no film to link; give film=PATH")
     movie = film_for(film, out, film_link, (opts.style.width, opts.style.height)) if film is not None else None
     stab = Run.open(folder, opts, progress).stability()
     figures = report_figures(stab, opts.style)

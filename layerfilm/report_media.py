@@ -73,10 +73,10 @@ def film_for(film: str | Path, out: Path, link: bool, fallback_size: tuple[int, 
     and it is at most EMBED_MAX_BYTES, else by a link relative to the report's folder."""
     path = Path(film)
     if not path.is_file():
-        raise OptionsError(f"--film {show(path)}: no such file")
+        raise OptionsError(f"film={show(path)}: no such file")
     mime = FILM_TYPES.get(path.suffix.lower())
     if mime is None:
-        raise OptionsError(f"--film {show(path)}: a report shows a .webm, .mp4 or .gif film")
+        raise OptionsError(f"film={show(path)}: a report shows a .webm, .mp4 or .gif film")
     rel = relative_link(path, out)
     size = path.stat().st_size
     embed = not link and size <= EMBED_MAX_BYTES

@@ -109,10 +109,10 @@ def parse_steps(text: str) -> tuple[int | None, int | None]:
     """``"A:B"`` -> (A, B) inclusive; either side may be empty."""
     m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", text)
     if not m:
-        raise OptionsError(f"--steps {text!r}: expected A:B (e.g. 0:2000, 500: or :1000)")
+        raise OptionsError(f"steps={text!r}: expected A:B (e.g. 0:2000, 500: or :1000)")
     lo, hi = (int(g) if g else None for g in m.groups())
     if lo is not None and hi is not None and lo > hi:
-        raise OptionsError(f"--steps {text!r}: start {lo} is after end {hi}")
+        raise OptionsError(f"steps={text!r}: start {lo} is after end {hi}")
     return lo, hi
 
 
@@ -323,9 +323,9 @@ def scan(
     """
     root = location(root, storage_options)
     if every < 1:
-        raise OptionsError(f"--every {every}: must be 1 or more")
+        raise OptionsError(f"every={every}: must be 1 or more")
     if final_step is not None and not 0 <= final_step <= MAX_STEP:
-        raise OptionsError(f"--final-step {final_step}: must be between 0 and {MAX_STEP}")
+        raise OptionsError(f"final_step={final_step}: must be between 0 and {MAX_STEP}")
     if not root.exists():
         raise ScanError(f"{root}: no such folder")
     if not root.is_dir():
@@ -368,7 +368,7 @@ def scan(
     skipped = [c for c in in_range if c.problem is not None]
     for c in skipped:
         if strict and c.problem != NO_FINAL_STEP:
-            raise CheckpointError(f"{c.path}: {c.problem} (--strict: nothing is skipped)")
+            raise CheckpointError(f"{c.path}: {c.problem} (strict: nothing is skipped)")
         if warn:
             warnings.warn(f"{c.path}: {c.problem}; skipped", stacklevel=2)
     if not kept and not empty_ok:

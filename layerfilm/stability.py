@@ -52,9 +52,9 @@ HIST_PERCENTILE = 99.9  # the HOT chart's value range: this percentile of |w| at
 
 
 def check_settle_threshold(value: float) -> None:
-    """The one rule for --settle-threshold (render's overlay and stability alike): 0 < F < 1."""
+    """The one rule for settle_threshold (render's overlay and stability alike): 0 < F < 1."""
     if not 0 < value < 1:
-        raise OptionsError(f"--settle-threshold {value}: must be between 0 and 1 "
+        raise OptionsError(f"settle_threshold={value}: must be between 0 and 1 "
                            "(a fraction of the distance to the final checkpoint at the first key frame)")
 
 
@@ -359,7 +359,7 @@ def check_fits(wp: WeightPlan, keyframes: int, whole: bool, where: AnyPath, at_o
         f", and {BlockStats.COPIES} copies of its tensors for the whole-block measures" if whole else "")
     workers = f"{at_once} blocks at a time, one per worker; each" if at_once > 1 else "one block"
     raise OptionsError(f"{where}: needs {need / 1e9:,.1f} GB of memory at once ({workers}: {each}), more than the "
-                       f"{memory / 1e9:,.1f} GB here; film fewer --points or key frames (--every, --steps)"
+                       f"{memory / 1e9:,.1f} GB here; film fewer points or key frames (every=K, steps=A:B)"
                        + (" or use fewer --jobs" if at_once > 1 else ""))
 
 

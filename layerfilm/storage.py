@@ -94,9 +94,9 @@ def parse_storage_options(text: str | None) -> str:
     try:
         value = json.loads(text)
     except ValueError as e:  # the error names the position, never the text
-        raise OptionsError(f"--storage-options: not JSON ({str(e).splitlines()[0]}); give a JSON object") from None
+        raise OptionsError(f"storage_options: not JSON ({str(e).splitlines()[0]}); give a JSON object") from None
     if not isinstance(value, dict):
-        raise OptionsError("--storage-options: must be a JSON object, e.g. "
+        raise OptionsError("storage_options: must be a JSON object, e.g. "
                            '\'{"endpoint_url": "http://127.0.0.1:9000"}\'')
     return json.dumps(value, sort_keys=True)
 
@@ -126,7 +126,7 @@ def location(folder: str | Path | RemotePath, storage_options: str | None = None
     m = URL.match(str(folder))
     if m is None or m.group(1).lower() == "file":
         if storage_options not in (None, "", "{}"):
-            raise OptionsError(f"--storage-options: {folder} is a local folder; the options are for URLs "
+            raise OptionsError(f"storage_options: {folder} is a local folder; the options are for URLs "
                                "(s3://, gs://, hf://, http(s)://)")
         return Path(unquote(urlparse(str(folder)).path)) if m else Path(folder)
     return RemotePath(str(folder), parse_storage_options(storage_options))
@@ -143,7 +143,7 @@ def local_path(path: Path | RemotePath) -> Path:
     """``path`` where only a local file will do (activation films build the model from local files;
     Run refuses a URL for them before this is reached)."""
     if not isinstance(path, Path):
-        raise OptionsError(f"{path}: --features activations needs a local folder, not a URL")
+        raise OptionsError(f"{path}: features=activations needs a local folder, not a URL")
     return path
 
 
@@ -305,7 +305,7 @@ def filesystem(protocol: str, options: str) -> Any:
             except ValueError as e:  # fsspec: unknown protocol
                 raise OptionsError(f"{protocol}:// URLs: {str(e).splitlines()[0]}") from None
             except TypeError as e:  # an option the filesystem does not take
-                raise OptionsError(f"--storage-options: {str(e).splitlines()[0]}") from None
+                raise OptionsError(f"storage_options: {str(e).splitlines()[0]}") from None
             _FILESYSTEMS[key] = fs
         return fs
 

@@ -209,7 +209,7 @@ def test_spec_checks_each_option():
 def test_cuda_asked_for_but_absent(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto").type == "cpu"
-    with pytest.raises(OptionsError, match="--device cuda: no CUDA device is available"):
+    with pytest.raises(OptionsError, match="device=cuda: no CUDA device is available"):
         resolve_device("cuda")
 
 

@@ -162,7 +162,7 @@ def test_which_devices_run(monkeypatch):
     assert worker_devices(ActivationSpec(devices="1,2"), remote=True) == [torch.device("cuda")] * 2  # the workers' own
     assert worker_devices(ActivationSpec(device="cpu")) == [torch.device("cpu")]
     assert worker_devices(ActivationSpec(device="cpu", devices=("cpu",) * 4)) == [torch.device("cpu")] * 4
-    with pytest.raises(OptionsError, match=r"^--devices cuda:1,cuda:3: cuda:3 is not visible \(3 CUDA device\(s\)\)$"):
+    with pytest.raises(OptionsError, match=r"^devices=cuda:1,cuda:3: cuda:3 is not visible \(3 CUDA device\(s\)\)$"):
         worker_devices(ActivationSpec(devices="1,3"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert worker_devices(ActivationSpec(device="cuda")) == [torch.device("cuda")]

@@ -151,7 +151,7 @@ def test_errors(tmp_path, frozen_run, run_cli):
     code, out, err = run_cli("stability", one)
     assert code == 2 and err.strip().splitlines() == [
         f"layerfilm: error: {one}: found 1 checkpoint; measuring movement needs at least two"]
-    with pytest.raises(OptionsError, match=r"^--settle-threshold 0.0: must be between 0 and 1"):
+    with pytest.raises(OptionsError, match=r"^settle_threshold=0.0: must be between 0 and 1"):
         StabilityOptions(settle_threshold=0.0)
     code, _, err = run_cli("stability", frozen_run, "--settle-threshold", "1")
     assert code == 2 and err.startswith("layerfilm: error: --settle-threshold 1.0: must be between 0 and 1")

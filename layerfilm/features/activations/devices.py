@@ -47,12 +47,12 @@ def worker_devices(spec: ActivationSpec, remote: bool = False) -> list[torch.dev
         return [torch.device(d.partition(":")[0]) for d in given]
     if given and given[0] != "cpu":
         if not torch.cuda.is_available():
-            raise OptionsError(f"--devices {','.join(given)}: no CUDA device is available to torch "
-                               "(CPU workers: --device cpu --devices cpu,cpu)")
+            raise OptionsError(f"devices={','.join(given)}: no CUDA device is available to torch "
+                               "(CPU workers: device=cpu devices=cpu,cpu)")
         count = torch.cuda.device_count()
         missing = [d for d in given if int(d.partition(":")[2]) >= count]
         if missing:
-            raise OptionsError(f"--devices {','.join(given)}: {missing[0]} is not visible ({count} CUDA device(s))")
+            raise OptionsError(f"devices={','.join(given)}: {missing[0]} is not visible ({count} CUDA device(s))")
     if given:
         return [torch.device(d) for d in given]
     device = resolve_device(spec.device)

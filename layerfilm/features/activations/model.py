@@ -38,7 +38,7 @@ def transformers_module():
         import transformers
     except ImportError:
         raise OptionsError("building the model from config.json needs transformers: pip install 'layerfilm[hf]' "
-                           "(or pass --model package.module:make_model)") from None
+                           "(or pass model=package.module:make_model)") from None
     return transformers
 
 
@@ -49,7 +49,7 @@ def load_factory(ref: str) -> Callable[..., torch.nn.Module]:
         if target.endswith(".py"):
             path = Path(target)
             if not path.is_file():
-                raise OptionsError(f"--model {ref!r}: no such file {target}")
+                raise OptionsError(f"model={ref!r}: no such file {target}")
             spec = importlib.util.spec_from_file_location(f"layerfilm_model_{path.stem}", path)
             assert spec is not None and spec.loader is not None  # a .py file has a source loader
             module = importlib.util.module_from_spec(spec)
@@ -62,10 +62,10 @@ def load_factory(ref: str) -> Callable[..., torch.nn.Module]:
             finally:
                 sys.path.remove(str(Path.cwd()))
     except ImportError as e:
-        raise OptionsError(f"--model {ref!r}: cannot import {target} ({e})") from None
+        raise OptionsError(f"model={ref!r}: cannot import {target} ({e})") from None
     factory = getattr(module, fn, None)
     if not callable(factory):
-        raise OptionsError(f"--model {ref!r}: {target} has no function {fn}")
+        raise OptionsError(f"model={ref!r}: {target} has no function {fn}")
     return factory
 
 
@@ -135,17 +135,17 @@ def build_model(spec: ActivationSpec, ckpt: Checkpoint, device: torch.device,
                 return factory(ckpt.path) if takes_path else factory()
             except Exception as e:  # the user's code: one line that says whose call failed, not a traceback
                 call = f"{ref.rpartition(':')[2]}({ckpt.path if takes_path else ''})"
-                raise OptionsError(f"--model {ref}: {call} failed: {type(e).__name__}: {e}") from None
+                raise OptionsError(f"model={ref}: {call} failed: {type(e).__name__}: {e}") from None
     else:
         folder = model_folder(ckpt)
         check_model_files(folder)
         if not (folder / "config.json").is_file():
-            raise OptionsError(f"{folder}: no config.json to build the model from; pass --model package.module:make_model")
+            raise OptionsError(f"{folder}: no config.json to build the model from; pass model=package.module:make_model")
         make = _from_config(folder / "config.json", dtype, checkpoints or (ckpt,))
     with torch.device(device), default_dtype(dtype):  # built in place: no full-precision copy on the CPU
         model = make()
     if not isinstance(model, torch.nn.Module):
-        raise OptionsError(f"--model {spec.model!r} returned {type(model).__name__}, not a torch.nn.Module")
+        raise OptionsError(f"model={spec.model!r} returned {type(model).__name__}, not a torch.nn.Module")
     model.to(device)
     if any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
         model.to(dtype)

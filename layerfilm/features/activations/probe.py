@@ -36,7 +36,7 @@ def tokenize(text: str, folder: Path) -> np.ndarray:
 def probe_ids(spec: ActivationSpec, folder: Path, context: int | None, vocab: int | None) -> np.ndarray:
     """(S, T) int64 token ids of the probe batch."""
     path = Path(spec.probe) if spec.probe is not None else DEFAULT_PROBE
-    name = f"--probe {path}" if spec.probe is not None else f"the default probe ({path.name})"
+    name = f"probe={path}" if spec.probe is not None else f"the default probe ({path.name})"
     if path.suffix in (".pt", ".npy"):
         try:
             raw = torch.load(path, weights_only=True) if path.suffix == ".pt" else np.load(path, allow_pickle=False)
@@ -60,7 +60,7 @@ def probe_ids(spec: ActivationSpec, folder: Path, context: int | None, vocab: in
         raise OptionsError(f"{name}: holds {ids.size} token; need at least 2")
     if context is not None and ids.shape[1] > context:
         raise OptionsError(f"{name}: sequences of {ids.shape[1]} tokens exceed the model's context of {context} "
-                           f"(use --seq-len {context} or less)")
+                           f"(use seq_len={context} or less)")
     if ids.min() < 0 or (vocab is not None and ids.max() >= vocab):
         raise OptionsError(f"{name}: token ids {ids.min()}..{ids.max()} fall outside the model's vocabulary of {vocab}")
     return ids

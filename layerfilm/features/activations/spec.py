@@ -62,28 +62,28 @@ class ActivationSpec:
 
     def __post_init__(self) -> None:
         if self.points < 2:
-            raise OptionsError(f"--points {self.points}: need at least 2 points per block")
+            raise OptionsError(f"points={self.points}: need at least 2 points per block")
         if self.seq_len is not None and self.seq_len < 1:
-            raise OptionsError(f"--seq-len {self.seq_len}: must be 1 or more")
+            raise OptionsError(f"seq_len={self.seq_len}: must be 1 or more")
         if self.batch_size < 1:
-            raise OptionsError(f"--batch-size {self.batch_size}: must be 1 or more")
+            raise OptionsError(f"batch_size={self.batch_size}: must be 1 or more")
         if self.device not in DEVICES:
-            raise OptionsError(f"--device {self.device!r}: choose one of {', '.join(DEVICES)}")
+            raise OptionsError(f"device={self.device!r}: choose one of {', '.join(DEVICES)}")
         object.__setattr__(self, "devices", check_devices(self.devices, self.device))
         if self.dtype not in DTYPES:
-            raise OptionsError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+            raise OptionsError(f"dtype={self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if not self.near_zero > 0:
-            raise OptionsError(f"--near-zero {self.near_zero}: must be positive")
+            raise OptionsError(f"near_zero={self.near_zero}: must be positive")
         if self.model is not None and not re.fullmatch(r"[^:]+:[A-Za-z_]\w*", self.model):
-            raise OptionsError(f"--model {self.model!r}: expected package.module:function or file.py:function")
+            raise OptionsError(f"model={self.model!r}: expected package.module:function or file.py:function")
         if self.probe is not None and not Path(self.probe).exists():
-            raise OptionsError(f"--probe {self.probe}: no such file")
+            raise OptionsError(f"probe={self.probe}: no such file")
         if self.probe is not None:  # a FIFO would block the read forever
-            check_regular(Path(self.probe), OptionsError, f"--probe {self.probe}")
+            check_regular(Path(self.probe), OptionsError, f"probe={self.probe}")
 
 
 def check_devices(devices: tuple[str, ...] | str, device: str) -> tuple[str, ...]:
-    """--devices as canonical names ("cuda:N" or "cpu"), checked against --device: one kind of device
+    """devices as canonical names ("cuda:N" or "cpu"), checked against device: one kind of device
     (a CPU worker and a GPU worker would not give the same bits), each GPU once."""
     given = devices if isinstance(devices, str) else ",".join(devices)
     if isinstance(devices, str):
@@ -94,16 +94,16 @@ def check_devices(devices: tuple[str, ...] | str, device: str) -> tuple[str, ...
         if index is not None:
             d = f"cuda:{int(index.group(1))}"
         elif d != "cpu":
-            raise OptionsError(f"--devices {given!r}: expected GPU indices such as 0,1 (or cuda:0,cuda:1), or cpu,cpu "
+            raise OptionsError(f"devices={given!r}: expected GPU indices such as 0,1 (or cuda:0,cuda:1), or cpu,cpu "
                                "for CPU workers")
         names.append(d)
     kinds = {n.partition(":")[0] for n in names}
     if len(kinds) > 1:
-        raise OptionsError(f"--devices {given!r}: all GPUs or all cpu, not both")
+        raise OptionsError(f"devices={given!r}: all GPUs or all cpu, not both")
     if kinds and device != "auto" and kinds != {device}:
-        raise OptionsError(f"--devices {given!r}: not {device} devices (--device {device})")
+        raise OptionsError(f"devices={given!r}: not {device} devices (device={device})")
     if kinds == {"cuda"} and len(set(names)) < len(names):
-        raise OptionsError(f"--devices {given!r}: each GPU at most once")
+        raise OptionsError(f"devices={given!r}: each GPU at most once")
     return tuple(names)
 
 
@@ -111,7 +111,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise OptionsError("--device cuda: no CUDA device is available to torch (use --device cpu)")
+        raise OptionsError("device=cuda: no CUDA device is available to torch (use device=cpu)")
     return torch.device(name)
 
 
