@@ -50,12 +50,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from layerfilm.errors import LayerfilmError  # noqa: E402
-from layerfilm.features import activations  # noqa: E402
-from layerfilm.features.act_stats import ActivationStats  # noqa: E402
-from layerfilm.features.activations import ActivationSpec, WeightLoader, match_keys, resolve_device  # noqa: E402
-from layerfilm.scan import scan  # noqa: E402
+from layerfilm.io.scan import scan  # noqa: E402
+from layerfilm.points import activations  # noqa: E402
+from layerfilm.points.act_stats import ActivationStats  # noqa: E402
+from layerfilm.points.activations import ActivationSpec, WeightLoader, match_keys, resolve_device  # noqa: E402
 
-PASS = sys.modules["layerfilm.features.activations.passes"]  # the module whose build_model and run_probe are timed
+PASS = sys.modules["layerfilm.points.activations.passes"]  # the module whose build_model and run_probe are timed
 SHAPES = {  # Llama shapes: TinyLlama-1.1B, Llama-2-7B, a ~100M one for the CPU, and a tiny one for a check
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),
@@ -188,7 +188,7 @@ def against_transformers(ckpt, spec: ActivationSpec, device: torch.device) -> st
     the largest difference relative to the largest value."""
     from safetensors.torch import load_file
 
-    from layerfilm.features.activations import model as model_module
+    from layerfilm.points.activations import model as model_module
 
     state: dict[str, torch.Tensor] = {}
     for f in sorted(ckpt.path.glob("*.safetensors")):
@@ -223,9 +223,9 @@ def profile_cli(args: list[str]) -> None:
     """``layerfilm ARGS`` in this fresh process with its stages timed: one ``PROFILE {json}`` line on stdout.
     CUDA is started first, on its own clock, so that its cost is not hidden in whichever stage touches it."""
     started = time.time()  # after the interpreter's start and this module's imports (torch, layerfilm)
-    import layerfilm.cli as cli
+    import layerfilm.cli.main as cli
     import layerfilm.film as film
-    import layerfilm.run as run
+    import layerfilm.study as run
 
     imports = time.time() - started
     t_cuda = 0.0
@@ -452,9 +452,10 @@ def main(argv: list[str] | None = None) -> None:
             ("reference: load_file + copy into tensors (CPU)", t_copy * T, t_copy)]
     t_rest = 0.0
     if not a.no_film:
-        from layerfilm.film import FilmOptions, write_film
+        from layerfilm.draw.raster import Style
+        from layerfilm.film import write_film
+        from layerfilm.film_options import FilmOptions
         from layerfilm.projection import project
-        from layerfilm.raster import Style
 
         t = time.perf_counter()
         traj = project(feats, "pca", progress=False)

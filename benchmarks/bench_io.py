@@ -17,7 +17,7 @@ Each measurement runs in its own subprocess so that peak RSS and read_bytes belo
    blocks x width 1024 x 12 bf16 safetensors checkpoints (q_proj, o_proj [1024, 1024], up_proj [4096, 1024]
    (the filmed matrix), down_proj [1024, 4096]; weights on a seeded random walk) is written, then each
    command runs as ``python -m layerfilm``-equivalent in a fresh process (a wrapper calling
-   ``layerfilm.cli.main`` that writes its own /proc/self/io ``rchar`` and VmHWM at exit; the same wrapper
+   ``layerfilm.cli.main.main`` that writes its own /proc/self/io ``rchar`` and VmHWM at exit; the same wrapper
    running ``--help`` is the baseline subtracted from rchar):
      a. ``render --no-cache``: rchar / (tracked rows + headers) <= 1.3
      b. ``stability --no-cache``: rchar / block-tensor bytes <= 1.15
@@ -101,9 +101,9 @@ def make_series(folder: Path, n: int, width: int, layers: int, n_pt: int) -> Non
 def child_bytes(folder: str, limit: int) -> dict:
     import numpy as np
 
-    from layerfilm.features.weights import WeightSpec, plan, read_points
-    from layerfilm.formats import open_checkpoint
-    from layerfilm.scan import scan
+    from layerfilm.io.formats import open_checkpoint
+    from layerfilm.io.scan import scan
+    from layerfilm.points.weights import WeightSpec, plan, read_points
 
     series = scan(folder, warn=False)
     wp = plan(series, WeightSpec())
@@ -123,10 +123,10 @@ def child_bytes(folder: str, limit: int) -> dict:
 
 def child_rss(folder: str, n: int, mode: str) -> dict:
     from layerfilm import render
-    from layerfilm.features.weights import WeightSpec, extract
-    from layerfilm.film import FilmOptions
-    from layerfilm.raster import Style
-    from layerfilm.scan import scan
+    from layerfilm.draw.raster import Style
+    from layerfilm.film_options import FilmOptions
+    from layerfilm.io.scan import scan
+    from layerfilm.points.weights import WeightSpec, extract
 
     last = scan(folder, warn=False).steps[n - 1]
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: measure the peak of the work alone
@@ -151,7 +151,7 @@ def run_child(*args: str) -> dict:
 
 # ---------------------------------------------------------------- --wide and --sparse: the CLI, process by process
 
-# Runs layerfilm.cli.main(argv) and writes, at exit, the process's own rchar (bytes through read
+# Runs layerfilm.cli.main.main(argv) and writes, at exit, the process's own rchar (bytes through read
 # syscalls, page cache or not), VmHWM (peak RSS) and the peak RSS of its waited-for children (ffmpeg).
 WRAPPER = r"""
 import json, resource, sys, time
@@ -175,8 +175,8 @@ if profile:
     open(sys.argv[3], "w").write(buf.getvalue())
 else:
     rc = go()
-if "layerfilm.engine_dask" in sys.modules:  # close a LocalCluster now, so that its workers' CPU is counted below
-    sys.modules["layerfilm.engine_dask"].close()
+if "layerfilm.parallel.dask" in sys.modules:  # close a LocalCluster now, so that its workers' CPU is counted below
+    sys.modules["layerfilm.parallel.dask"].close()
 def field(path, key):
     for line in open(path):
         if line.startswith(key):

@@ -1,5 +1,5 @@
 """Render one checkpoint folder at several --jobs and both WebM presets: how much the film's segments
-(layerfilm.segments) gain from more cores, and what they cost in bytes.
+(layerfilm.video.segments) gain from more cores, and what they cost in bytes.
 
     python benchmarks/bench_jobs.py CKPTS                        # --jobs 1, 2, 4, 8, 16 up to this machine's cores
     python benchmarks/bench_jobs.py CKPTS --jobs 1,2 --size 1920x1080 --presets good
@@ -31,11 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-from layerfilm.animate import Timeline  # noqa: E402
-from layerfilm.encode import EncodeOptions, ffmpeg_exe  # noqa: E402
-from layerfilm.engine import cores  # noqa: E402
-from layerfilm.scan import scan  # noqa: E402
-from layerfilm.segments import plan  # noqa: E402
+from layerfilm.draw.timeline import Timeline  # noqa: E402
+from layerfilm.io.scan import scan  # noqa: E402
+from layerfilm.parallel.engines import cores  # noqa: E402
+from layerfilm.video.encode import EncodeOptions, ffmpeg_exe  # noqa: E402
+from layerfilm.video.segments import plan  # noqa: E402
 
 
 def cpu_of_children() -> float:

@@ -1,5 +1,5 @@
-"""Joining WebM segments: layerfilm.webm against ffmpeg's concat demuxer (``-c copy``, what
-layerfilm.encode.join used before), on a folder of segments written by layerfilm's encoder.
+"""Joining WebM segments: layerfilm.video.webm against ffmpeg's concat demuxer (``-c copy``, what
+layerfilm.video.encode.join used before), on a folder of segments written by layerfilm's encoder.
 
     python benchmarks/bench_join.py /tmp/jt --glob 'seg*.webm' --fps 15 --repeat 3
 
@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-from layerfilm.encode import ffmpeg_exe  # noqa: E402
-from layerfilm.webm import join_webm  # noqa: E402
+from layerfilm.video.encode import ffmpeg_exe  # noqa: E402
+from layerfilm.video.webm import join_webm  # noqa: E402
 
 
 def packets(path: Path) -> list[str]:
@@ -63,7 +63,7 @@ def main() -> int:
     print(f"{'join':<24}{'wall s':>8}{'CPU s':>8}{'x native':>10}")
     with tempfile.TemporaryDirectory(prefix="bench_join-") as tmp:
         rows, outs = {}, {}
-        for name, run in (("layerfilm.webm", join_webm), ("ffmpeg concat -c copy", concat)):
+        for name, run in (("layerfilm.video.webm", join_webm), ("ffmpeg concat -c copy", concat)):
             outs[name] = Path(tmp) / f"{len(outs)}.webm"
             best = None
             for _ in range(a.repeat):
@@ -71,10 +71,10 @@ def main() -> int:
                 c0, t0 = cpu_now(), time.perf_counter()
                 run(parts, counts, a.fps, outs[name])
                 wall, c1 = time.perf_counter() - t0, cpu_now()
-                cpu = (c1[0] - c0[0]) if name == "layerfilm.webm" else (c1[1] - c0[1])
+                cpu = (c1[0] - c0[0]) if name == "layerfilm.video.webm" else (c1[1] - c0[1])
                 best = min(best or (wall, cpu), (wall, cpu))
             rows[name] = best
-        base = rows["layerfilm.webm"][0]
+        base = rows["layerfilm.video.webm"][0]
         for name, (wall, cpu) in rows.items():
             print(f"{name:<24}{wall:>8.2f}{cpu:>8.2f}{wall / base:>10.1f}")
         digests = {name: hashlib.sha256("\n".join(packets(out)).encode()).hexdigest()[:12] for name, out in outs.items()}

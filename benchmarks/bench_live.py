@@ -1,4 +1,4 @@
-"""What adding one checkpoint to a watched film costs (layerfilm.live), against a full render.
+"""What adding one checkpoint to a watched film costs (layerfilm.live.film), against a full render.
 
 On the reference series (benchmarks/make_reference.py), a LiveFilm follows a folder holding all but the
 last checkpoint (hard links to the reference's files); the last one is then linked in and one update
@@ -14,7 +14,7 @@ is measured in this process:
                The film's part is split into the layout (axes, colour scale, legend: every key frame
                splatted once), the segments' digests, encoding the segments that changed (how many
                frames of the film: a live layout re-encodes only the new key frame's unless the layout
-               changed) and joining them (.webm: layerfilm.webm copies the clusters; .mp4: ffmpeg
+               changed) and joining them (.webm: layerfilm.video.webm copies the clusters; .mp4: ffmpeg
                concat, -c copy).
 
 Rows: the default (overlay on: the scratch rows are read back) and --no-overlay (nothing kept but the
@@ -64,7 +64,7 @@ def link_all(src: list[Path], folder: Path) -> None:
 
 def measure(ref: Path, work: Path, opts, label: str) -> dict:
     from layerfilm.film import film_timeline, render
-    from layerfilm.live import LiveFilm, LiveOptions
+    from layerfilm.live.film import LiveFilm, LiveOptions
 
     files = sorted(ref.glob("step_*.safetensors"))
     folder = work / f"watched-{label}"
@@ -201,8 +201,8 @@ def main() -> None:
                 f.write(f"\n\n## `python benchmarks/bench_live.py --trainer` (the callback's cost to training)\n\n{text}\n")
         return
     import make_reference
-    from layerfilm.film import FilmOptions
-    from layerfilm.raster import Style, parse_size
+    from layerfilm.draw.raster import Style, parse_size
+    from layerfilm.film_options import FilmOptions
 
     with tempfile.TemporaryDirectory(prefix="lf-bench-live-") as tmp:
         work = Path(tmp)

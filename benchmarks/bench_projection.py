@@ -9,7 +9,7 @@ benchmark's own memory small (128 x 179 x 512 x 256 float32 is 12 GB) the store 
 ``--distinct`` precomputed key frames held in RAM; every method still reads and computes on T full
 frames, but disk reading (the real FeatureStore's np.load) is not timed. UMAP is timed per block
 in-process for growing T to show the trend, on one core with one BLAS and numba thread as in a
-worker process (``layerfilm.engine.worker_init``), and its numba compilation is reported apart.
+worker process (``layerfilm.parallel.engines.worker_init``), and its numba compilation is reported apart.
 The goal column is the issue's: pca/procrustes under 10 s, umap under 600 s, on 2 CPU cores.
 """
 
@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from layerfilm.engine import worker_init  # noqa: E402
-from layerfilm.features import Features  # noqa: E402
+from layerfilm.parallel.engines import worker_init  # noqa: E402
+from layerfilm.points import Features  # noqa: E402
 from layerfilm.projection import project  # noqa: E402
 from layerfilm.projection.umap import UmapOptions, layout_block  # noqa: E402
 

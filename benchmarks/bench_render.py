@@ -40,18 +40,19 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import make_reference  # noqa: E402
 from bench_io import drop_cache  # noqa: E402
-from layerfilm.animate import Timeline  # noqa: E402
-from layerfilm.encode import ENCODERS, EncodeOptions, _raw_input, ffmpeg_exe  # noqa: E402
-from layerfilm.film import FilmOptions, caption, film_renderer  # noqa: E402
-from layerfilm.raster import Style  # noqa: E402
-from layerfilm.run import Run  # noqa: E402
+from layerfilm.draw.raster import Style  # noqa: E402
+from layerfilm.draw.timeline import Timeline  # noqa: E402
+from layerfilm.film import caption, film_renderer  # noqa: E402
+from layerfilm.film_options import FilmOptions  # noqa: E402
+from layerfilm.study import Run  # noqa: E402
+from layerfilm.video.encode import ENCODERS, EncodeOptions, _raw_input, ffmpeg_exe  # noqa: E402
 from mpl_reference import MplFrames  # noqa: E402
 
 FPS = 15.0
-from layerfilm.scan import scan  # noqa: E402
+from layerfilm.io.scan import scan  # noqa: E402
 
 # runs the CLI in a child that reports its own peak RSS, its children's (ffmpeg), and the CPU seconds of both
-CHILD = ("import resource, sys; from layerfilm.cli import main; rc = main(sys.argv[1:]); "
+CHILD = ("import resource, sys; from layerfilm.cli.main import main; rc = main(sys.argv[1:]); "
          "s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN); "
          "print('PEAK_RSS_KB', s.ru_maxrss, c.ru_maxrss, 'CPU_S', s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime, "
          "file=sys.stderr); sys.exit(rc)")

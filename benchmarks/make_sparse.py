@@ -9,7 +9,7 @@ full size with ``os.truncate`` and only some rows hold data, the rest are holes 
 
 - the first ``--band`` rows of every tensor (default 16);
 - the rows of up_proj that layerfilm tracks with its defaults (``--points 512``, ``--seed 0``: the same
-  seeded choice as ``layerfilm.features.weights.plan``), so that the film shows real motion, not zeros.
+  seeded choice as ``layerfilm.points.weights.plan``), so that the film shows real motion, not zeros.
 
 The tracked rows drift between checkpoints: w_t = base + a_t * d1 + b_t * d2 per block, with a_t, b_t
 seeded random walks per block (different blocks move differently, some settle). About 0.7 GB of data

@@ -22,7 +22,7 @@ class MplFrames:
         import matplotlib.pyplot as plt
         from matplotlib.colors import LogNorm
 
-        from layerfilm.raster import grid_shape
+        from layerfilm.draw.raster import grid_shape
 
         rows, cols = grid_shape(len(labels), width, height)
         self.fig = plt.figure(figsize=(width / 100, height / 100), dpi=100, facecolor="#0c0c0e")

@@ -23,10 +23,10 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from layerfilm.blocks import map_blocks
-from layerfilm.formats import open_checkpoint
-from layerfilm.scan import Series, scan
-from layerfilm.stability import measure
+from layerfilm.io.blocks import map_blocks
+from layerfilm.io.formats import open_checkpoint
+from layerfilm.io.scan import Series, scan
+from layerfilm.study import measure
 
 
 def block_bytes(series: Series) -> int:

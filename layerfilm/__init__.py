@@ -1,10 +1,17 @@
 """layerfilm: films and stills of how every layer of a neural network evolves while it learns."""
 
-from .encode import EncodeOptions
-from .errors import CheckpointError, EncodeError, LayerError, LayerfilmError, OptionsError, OutputError, ScanError
-from .features.act_stats import ActivationStats
-from .features.weights import WeightSpec, extract
-from .figures import (
+from layerfilm.draw.raster import Renderer, Style
+from layerfilm.errors import CheckpointError, EncodeError, LayerError, LayerfilmError, OptionsError, OutputError, ScanError
+from layerfilm.film import FilmResult, export_points, render, write_film
+from layerfilm.film_options import FilmOptions
+from layerfilm.io.scan import Checkpoint, Series, scan
+from layerfilm.live.film import LiveFilm, LiveOptions, watch
+from layerfilm.points.act_stats import ActivationStats
+from layerfilm.points.weights import WeightSpec, extract
+from layerfilm.projection import Trajectories, UmapOptions, project
+from layerfilm.projection.estimator import AlignedProjection
+from layerfilm.report.document import Report, Stills, report, stills
+from layerfilm.report.figures import (
     activation_hot_figure,
     activation_near_zero_figure,
     activation_norm_figure,
@@ -15,15 +22,9 @@ from .figures import (
     settling_figure,
     stills_figure,
 )
-from .film import FilmOptions, FilmResult, export_points, render, write_film
-from .live import LiveFilm, LiveOptions, watch
-from .projection import Trajectories, UmapOptions, project
-from .projection.estimator import AlignedProjection
-from .raster import Renderer, Style
-from .report import Report, Stills, report, stills
-from .run import Run
-from .scan import Checkpoint, Series, scan
-from .stability import Stability, StabilityOptions, measure
+from layerfilm.stability import Stability, StabilityOptions
+from layerfilm.study import Run, measure
+from layerfilm.video.encode import EncodeOptions
 
 __all__ = [
     "AlignedProjection", "ActivationSpec", "ActivationStats",
@@ -40,7 +41,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "ActivationSpec":  # imported on first use: the activations module needs torch
-        from .features.activations import ActivationSpec
+        from layerfilm.points.activations import ActivationSpec
 
         return ActivationSpec
     raise AttributeError(f"module 'layerfilm' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Training-loop callbacks that keep a live film (layerfilm.live) of the run while it trains.
+"""Training-loop callbacks that keep a live film (layerfilm.live.film) of the run while it trains.
 
     trainer = transformers.Trainer(..., callbacks=[LayerfilmCallback(out="film.webm", points=256)])
     trainer = lightning.Trainer(..., callbacks=[LayerfilmLightningCallback(out="film.webm")])
@@ -24,15 +24,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .processes import context
+from layerfilm.parallel.processes import context
 
 
 class LiveFollower:
     """The framework-free part: options checked at once, a background process fed checkpoint paths."""
 
     def __init__(self, out: str | Path, folder: str | Path | None = None, wait: bool = False, **options: Any) -> None:
-        from .config import options as command_options
-        from .live import check_live, check_outputs
+        from layerfilm.config import options as command_options
+        from layerfilm.live.film import check_live, check_outputs
 
         self.out, self.folder, self.wait = str(out), folder, wait
         self.opts, self.live = command_options("watch", {"quiet": True, **options})
@@ -48,7 +48,7 @@ class LiveFollower:
         if self._proc is None:
             ctx = context()  # no fork of a training process (threads, CUDA), no re-run of its script
             self._queue, self._ended = ctx.Queue(), False
-            from .live import follow
+            from layerfilm.live.film import follow
 
             self._proc = ctx.Process(target=follow, args=(str(self.folder or folder), self.out, self.opts, self.live,
                                                           self._queue), name="layerfilm-live")

@@ -3,7 +3,7 @@
 Each :class:`Option` has its name (the Python API's keyword, the callbacks' keyword, the JSON key),
 default, the Python type(s) it takes, its check, its help (at most 3 lines of ``--help``; details in
 the README), its command-line flag, and whether it changes the points (part of the cache key). The
-command line's parser is generated from it (layerfilm.cli), the callbacks take the same names and
+command line's parser is generated from it (layerfilm.cli.main), the callbacks take the same names and
 types (layerfilm.callbacks), and :func:`options` turns a command's values into the option objects of
 the library (FilmOptions, LiveOptions). A bad value is an :class:`OptionsError` naming the field
 (``settle_threshold=2: must be in (0, 1)``); the command line says the flag instead (:func:`to_flags`).
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import OptionsError
+from layerfilm.errors import OptionsError
 
 PATH = (str, os.PathLike)  # a file or folder option takes a str or a Path
 
@@ -97,7 +97,7 @@ def _fraction(v: float) -> str | None:
 
 
 def _size(text: str) -> tuple[int, int]:
-    from .raster import parse_size
+    from layerfilm.draw.raster import parse_size
 
     return parse_size(text)
 
@@ -108,19 +108,19 @@ def _size_check(v: tuple) -> str | None:
 
 
 def _steps(text: str) -> tuple[int | None, int | None]:
-    from .scan import parse_steps
+    from layerfilm.io.scan import parse_steps
 
     return parse_steps(text)
 
 
 def _step_list(text: str) -> list[int]:
-    from .report import parse_step_list
+    from layerfilm.report.document import parse_step_list
 
     return parse_step_list(text)
 
 
 def _storage(text: str) -> str:
-    return text  # parsed (and its secrets kept out of messages) by layerfilm.storage
+    return text  # parsed (and its secrets kept out of messages) by layerfilm.io.storage
 
 
 WHICH, WHAT, ACT, TIME, LOOK, WHERE, CACHE, LIVE, OUT = (
@@ -277,17 +277,17 @@ def values(command: str, given: dict[str, Any]) -> dict[str, Any]:
 def options(command: str, given: dict[str, Any]):
     """The library's option objects for ``command`` from option values by name (``given``: the API's
     or the callbacks' keywords, or the parsed command line): (FilmOptions, LiveOptions or None)."""
-    from .encode import EncodeOptions
-    from .features.weights import WeightSpec
-    from .film import FilmOptions
-    from .projection import UmapOptions
-    from .raster import Style
+    from layerfilm.draw.raster import Style
+    from layerfilm.film_options import FilmOptions
+    from layerfilm.points.weights import WeightSpec
+    from layerfilm.projection import UmapOptions
+    from layerfilm.video.encode import EncodeOptions
 
     v = values(command, given)
     g = v.get
     activations = None
     if g("features") == "activations":
-        from .features.activations import ActivationSpec
+        from layerfilm.points.activations import ActivationSpec
 
         if command in ("render", "watch") and (v["param"] is not None or v["layout"] != "auto"):
             name = "param" if v["param"] is not None else "layout"
@@ -327,7 +327,7 @@ def options(command: str, given: dict[str, Any]):
     )
     live = None
     if command == "watch":
-        from .live import LiveOptions
+        from layerfilm.live.film import LiveOptions
 
         live = LiveOptions(refit=v["refit"], interval=v["interval"], stills=v["stills"], json=v["json"],
                            export=v["export_points"])

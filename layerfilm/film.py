@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,93 +12,30 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from .animate import MAX_FRAMES, Timeline, check_time, check_time_mode
-from .encode import EncodeOptions, check_output, webm_preset
-from .engine import Engine, check_engine, check_jobs, cores, get_engine, session
-from .errors import OptionsError, ScanError
-from .features.weights import WeightSpec
-from .layout import check_film_layout, live_extent, live_scale, live_timeline, live_top
-from .legend import Legend, scale_top, subject_text, time_text, zoom_text, zooms
-from .outputs import atomic_output, check_output_path, show
-from .overlay import Overlay, bar_text, updates
-from .projection import FITS, Trajectories, UmapOptions
-from .raster import Renderer, Style
-from .run import Run
-from .scan import Checkpoint
-from .segments import encode_film, plan
-from .stability import check_settle_threshold
-from .storage import local_inputs, parse_storage_options
+from layerfilm.draw.film_layout import live_extent, live_scale, live_timeline, live_top
+from layerfilm.draw.legend import Legend, scale_top, subject_text, time_text, zoom_text, zooms
+from layerfilm.draw.overlay import Overlay, bar_text, updates
+from layerfilm.draw.raster import Renderer, Style
+from layerfilm.draw.timeline import MAX_FRAMES, Timeline
+from layerfilm.errors import OptionsError, ScanError
+from layerfilm.film_options import FilmOptions
+from layerfilm.io.outputs import atomic_output, check_output_path
+from layerfilm.io.scan import Checkpoint
+from layerfilm.io.storage import local_inputs
+from layerfilm.parallel.engines import Engine, check_jobs, cores, get_engine, session
+from layerfilm.projection import Trajectories
+from layerfilm.study import Run
+from layerfilm.text import show
+from layerfilm.video.encode import check_output, webm_preset
+from layerfilm.video.segments import encode_film, plan
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation films need it
-    from .features.activations import ActivationSpec
-
-
-@dataclass(frozen=True)
-class FilmOptions:
-    """Everything ``render`` needs besides the folder and the output path."""
-
-    weights: WeightSpec = field(default_factory=WeightSpec)
-    activations: ActivationSpec | None = None  # set: film block outputs on a probe batch instead of weights
-    projection: str = "pca"
-    fit: str = "all"  # pca only: key frames the basis is fitted on (all | first | last)
-    umap: UmapOptions = field(default_factory=UmapOptions)  # umap only
-    fps: float = 15.0
-    seconds_per_keyframe: float = 1.0
-    time: str = "keys"  # where key frames fall in the film: keys | steps | log-steps (layerfilm.animate)
-    legend: bool = True  # the key under the panels, the colour bar and the timeline (layerfilm.legend)
-    style: Style = field(default_factory=Style)
-    encode: EncodeOptions = field(default_factory=EncodeOptions)
-    every: int = 1
-    steps: tuple[int | None, int | None] = (None, None)
-    final_step: int | None = None  # step of a final model saved at the folder's root
-    strict: bool = False  # an unusable checkpoint is an error instead of a skip
-    cache: bool = True  # keep projected key frames on disk (layerfilm.cache); a re-render skips the checkpoints
-    cache_dir: str | None = None  # None: $LAYERFILM_CACHE or ~/.cache/layerfilm
-    overlay: bool = True  # per-panel "still moving" bar and "settled" mark (layerfilm.overlay)
-    settle_threshold: float = 0.1  # see layerfilm.stability
-    jobs: int = 0  # tasks at once (block chunks, film segments: layerfilm.segments); 0 = one per core
-    engine: str = "local"  # where tasks run (layerfilm.engine): local processes, or dask
-    address: str | None = None  # dask: the scheduler's address (None: a LocalCluster)
-    storage_options: str | None = None  # a URL folder: fsspec options as a JSON object (layerfilm.storage)
-    film_layout: str = "fit"  # axes, colour scale, legend, timeline: fit (the whole film) | live (layerfilm.layout)
-
-    def points_options(self) -> dict:
-        """The options that change the points (the cache key): all but the look, encoding and cache."""
-        options = {k: v for k, v in asdict(self).items() if k not in _NOT_POINTS}
-        if options["activations"] is not None:  # where the probe runs never changes a point (as --jobs)
-            options["activations"].pop("devices")
-        return options
-
-    def engine_options(self) -> dict:
-        """Options of the engine beside ``jobs`` (layerfilm.engine.get_engine)."""
-        return {"address": self.address} if self.address is not None else {}
-
-    def __post_init__(self) -> None:
-        check_jobs(self.jobs)
-        check_engine(self.engine, self.address)
-        parse_storage_options(self.storage_options)
-        check_time(self.fps, self.seconds_per_keyframe)
-        check_time_mode(self.time)
-        check_settle_threshold(self.settle_threshold)
-        check_film_layout(self.film_layout)
-        if self.fit not in FITS:
-            raise OptionsError(f"fit={self.fit!r}: choose one of {', '.join(FITS)}")
-        if self.fit != "all" and self.projection != "pca":
-            raise OptionsError(f"fit={self.fit} applies to projection=pca only, not {self.projection}")
-
-    def projection_kwargs(self) -> dict:
-        """Options of the chosen projection method, as ``project`` takes them."""
-        by_method: dict[str, dict] = {"pca": {"fit": self.fit}, "umap": {"options": self.umap}}
-        return by_method.get(self.projection, {})
-
-
-# FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)
-_NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "time", "legend", "every", "steps", "cache", "cache_dir",
-               "overlay", "settle_threshold", "jobs", "engine", "address", "storage_options", "film_layout"}
+    pass
 
 
 # what a worker started ahead imports: the block tasks', the segments' and the caption's font (matplotlib)
-WORKER_MODULES = ("layerfilm.run", "layerfilm.segments", "layerfilm.film", "matplotlib.font_manager", "matplotlib.ft2font")
+WORKER_MODULES = ("layerfilm.study", "layerfilm.video.segments", "layerfilm.film", "matplotlib.font_manager",
+                  "matplotlib.ft2font")
 
 
 @dataclass(frozen=True)
@@ -159,7 +96,7 @@ def zoomed(traj: Trajectories) -> bool:
 
 
 def film_timeline(steps: np.ndarray, opts: FilmOptions) -> Timeline:
-    """Where the key frames at ``steps`` fall in the film, under ``opts.film_layout`` (layerfilm.layout)."""
+    """Where the key frames at ``steps`` fall in the film, under ``opts.film_layout`` (layerfilm.draw.film_layout)."""
     make = live_timeline if opts.film_layout == "live" else Timeline.of
     return make(steps, opts.fps, opts.seconds_per_keyframe, opts.time)
 
@@ -186,7 +123,7 @@ def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarr
 def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = None, bar: bool = False) -> Renderer:
     """The film's renderer: one panel per block, its axes (fixed, or zoomed per key frame for
     activations) and the colour scale fixed over all key frames by the rule of
-    ``layerfilm.legend.scale_top``; with ``opts.legend`` (default) the legend, which mentions the
+    ``layerfilm.draw.legend.scale_top``; with ``opts.legend`` (default) the legend, which mentions the
     bottom bar when ``bar`` (the overlay is drawn)."""
     opts = opts or FilmOptions(style=style)
     live = opts.film_layout == "live"
@@ -220,7 +157,7 @@ def film_overlay(renderer: Renderer, traj: Trajectories, opts: FilmOptions) -> O
 @dataclass(frozen=True, eq=False)
 class FilmFrames:
     """What the film shows at each frame: the one drawing path of the film, in this process or in the
-    workers that draw its segments (layerfilm.segments), so it is picklable and small: the key-frame
+    workers that draw its segments (layerfilm.video.segments), so it is picklable and small: the key-frame
     points (cut by ``keys`` to those a segment needs: all of them are 94 MB at the reference's size),
     the renderer with its fixed axes and colour scale, and the overlay's arrays."""
 
@@ -228,7 +165,7 @@ class FilmFrames:
     xy: np.ndarray  # (K, L, N, 2): key frames first_key .. first_key + K - 1
     steps: np.ndarray  # (T,) every key frame's step, for captions
     renderer: Renderer
-    overlay: Overlay | None = None  # draws over each frame (layerfilm.overlay)
+    overlay: Overlay | None = None  # draws over each frame (layerfilm.draw.overlay)
     first_key: int = 0
     time: str = "keys"  # --time: how the caption's step runs between key frames
     key_of: bool = True  # the caption says "key k/T" (a live layout's says "key k")
@@ -277,8 +214,8 @@ class FilmFrames:
 
     def fingerprint(self, start: int, stop: int) -> bytes:
         """A digest of everything frames ``start`` .. ``stop - 1`` are drawn from: equal digests, equal
-        frames. A live film (layerfilm.segments.SegmentStore) re-encodes a segment only when its digest
-        changed, e.g. not the frames before a new key frame under a live layout (layerfilm.layout)."""
+        frames. A live film (layerfilm.video.segments.SegmentStore) re-encodes a segment only when its digest
+        changed, e.g. not the frames before a new key frame under a live layout (layerfilm.draw.film_layout)."""
         where = [self.timeline.locate(f) for f in range(start, stop)]
         k0, k1 = where[0][0], min(where[-1][0] + 1, len(self.steps) - 1)
         h = hashlib.sha256(self._drawing)
@@ -299,7 +236,7 @@ class FilmFrames:
 
 def pick_preset(out: str | Path, opts: FilmOptions, frames: int) -> tuple[FilmOptions, str]:
     """A .webm without a preset gets ``good`` or ``realtime`` by its frame count, frame size and the cores
-    its encoders share (layerfilm.encode.webm_preset); returns the options and the words that say so."""
+    its encoders share (layerfilm.video.encode.webm_preset); returns the options and the words that say so."""
     if opts.encode.preset or check_output(Path(out)) != "webm":
         return opts, ""
     threads = min(opts.encode.threads or cores(), cores())
@@ -317,7 +254,7 @@ def film_frames(traj: Trajectories, opts: FilmOptions) -> FilmFrames:
 
 def segment_engine(opts: FilmOptions, n_frames: int) -> Engine | None:
     """Where ``n_frames`` frames are drawn and encoded: the engine when they make several segments
-    (layerfilm.segments.plan), else None (one stream in this process: starting workers would cost more)."""
+    (layerfilm.video.segments.plan), else None (one stream in this process: starting workers would cost more)."""
     jobs = check_jobs(opts.jobs)
     several = len(plan(n_frames, jobs, opts.fps, opts.encode)) > 1
     return get_engine(opts.engine, jobs, **opts.engine_options()) if several else None
@@ -326,8 +263,8 @@ def segment_engine(opts: FilmOptions, n_frames: int) -> Engine | None:
 def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress: bool = True,
                overlay: Overlay | None = None, renderer: Renderer | None = None) -> int:
     """Interpolate, render and encode the film of ``traj``; returns the number of frames written.
-    With ``overlay``, each panel also shows how much its block still moves (layerfilm.overlay).
-    A long film is drawn and encoded in segments by ``opts.jobs`` workers (layerfilm.segments)."""
+    With ``overlay``, each panel also shows how much its block still moves (layerfilm.draw.overlay).
+    A long film is drawn and encoded in segments by ``opts.jobs`` workers (layerfilm.video.segments)."""
     frames = FilmFrames.of(traj, opts, renderer, overlay)
     engine = segment_engine(opts, frames.n_frames)
     with tqdm(total=frames.n_frames, desc="rendering", unit="frame", disable=not progress) as bar:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .errors import OptionsError
+from layerfilm.errors import OptionsError
 
 MAX_SEED = 2**32 - 1  # NumPy's and umap's seeds are 32-bit
 

@@ -12,7 +12,7 @@ For every block (all tensors whose names sit inside it, concatenated into one ve
   hist                histogram of the block's matrix entries per key frame (the "HOT" chart)
 
 With ``StabilityOptions.activations``, the probe batch is also run through every checkpoint and the
-statistics of each block's output (``layerfilm.features.act_stats.ActivationStats``: mean token norm,
+statistics of each block's output (``layerfilm.points.act_stats.ActivationStats``: mean token norm,
 mean, std, fraction near zero, histograms, growth of the norm with depth) come alongside.
 
 A block *settles* at the first key frame after which its distance to the final checkpoint stays below
@@ -29,23 +29,22 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CheckpointError, OptionsError
-from .features.act_stats import ActivationStats, json_series
-from .features.point_measures import relative_update
-from .features.weights import WeightPlan, WeightSpec, tracked
-from .formats import Reader, check_finite
-from .projection import PROJECTIONS, Trajectories
-from .scan import Checkpoint, Series
-from .storage import AnyPath
-from .texttable import text_table
+from layerfilm.errors import CheckpointError, OptionsError
+from layerfilm.io.formats import Reader, check_finite
+from layerfilm.io.scan import Checkpoint
+from layerfilm.io.storage import AnyPath
+from layerfilm.points.act_stats import ActivationStats, json_series
+from layerfilm.points.measures import relative_update
+from layerfilm.points.weights import WeightPlan, WeightSpec, tracked
+from layerfilm.projection import PROJECTIONS, Trajectories
+from layerfilm.text import text_table
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation statistics need it
-    from .features.activations import ActivationSpec
+    from layerfilm.points.activations import ActivationSpec
 
 HIST_BINS = 60  # value bins of the HOT chart, as in fastai's colorful dimension
 HIST_PERCENTILE = 99.9  # the HOT chart's value range: this percentile of |w| at the first and last key frame
@@ -361,38 +360,6 @@ def check_fits(wp: WeightPlan, keyframes: int, whole: bool, where: AnyPath, at_o
     raise OptionsError(f"{where}: needs {need / 1e9:,.1f} GB of memory at once ({workers}: {each}), more than the "
                        f"{memory / 1e9:,.1f} GB here; film fewer points or key frames (every=K, steps=A:B)"
                        + (" or use fewer --jobs" if at_once > 1 else ""))
-
-
-def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir: Path | None = None,
-            progress: bool = True) -> Stability:
-    """Measure how much every block still moves at every key frame, and when it settles.
-
-    Args:
-        series: the checkpoints (from :func:`layerfilm.scan`), at least two.
-        opts: settling threshold, the points for CKA and motion, the projection.
-        workdir: unused (kept for callers of earlier versions: nothing is written to disk).
-    Returns:
-        a :class:`Stability`, whose ``trajectories`` are the film's projection (reusable for a film).
-    Example:
-        >>> st = measure(scan("ckpts/"))  # doctest: +SKIP
-        >>> print(st.table())  # doctest: +SKIP
-    """
-    if len(series) < 2:
-        raise OptionsError(f"{series.root}: found {len(series)} checkpoint; measuring movement needs at least two")
-    from .film import FilmOptions
-    from .run import Run
-
-    fo = FilmOptions(weights=opts.weights, projection=opts.projection, settle_threshold=opts.settle_threshold,
-                     activations=opts.activations, cache=False)
-    return Run(series, fo, progress).stability(opts.bins)
-
-
-def measure_activations(series: Series, spec: ActivationSpec, workdir: Path, progress: bool = True) -> ActivationStats:
-    """Statistics of every block's output on the probe batch at every checkpoint of ``series``."""
-    from .features.activations import extract
-
-    f = extract(series, spec, workdir, progress)
-    return ActivationStats.from_arrays(f.steps, f.blocks, f.stats)
 
 
 def screen_motion(traj: Trajectories) -> np.ndarray:

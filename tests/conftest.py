@@ -39,7 +39,7 @@ def tiny_run(example, tmp_path_factory) -> Path:
 @pytest.fixture
 def run_cli(capsys):
     """Run the CLI in-process: returns (exit code, stdout, stderr)."""
-    from layerfilm.cli import main
+    from layerfilm.cli.main import main
 
     def run(*argv: str):
         code = main([str(a) for a in argv])
@@ -76,7 +76,7 @@ lightning_encoder = _series("lightning_encoder_run")  # epoch=0-step=N.ckpt of a
 
 @pytest.fixture(autouse=True, scope="session")
 def _cache_in_tmp(tmp_path_factory):
-    """The key-frame cache (layerfilm.cache) of the whole session lives in a temporary folder, never ~/.cache."""
+    """The key-frame cache (layerfilm.io.cache) of the whole session lives in a temporary folder, never ~/.cache."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LAYERFILM_CACHE", str(tmp_path_factory.mktemp("layerfilm-cache")))
         yield
@@ -107,9 +107,10 @@ def frozen_run(tiny_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def frozen_stability(frozen_run):
     """`layerfilm.stability.measure` of `frozen_run` (64 points per block)."""
-    from layerfilm.features.weights import WeightSpec
-    from layerfilm.scan import scan
-    from layerfilm.stability import StabilityOptions, measure
+    from layerfilm.io.scan import scan
+    from layerfilm.points.weights import WeightSpec
+    from layerfilm.stability import StabilityOptions
+    from layerfilm.study import measure
 
     return measure(scan(frozen_run), StabilityOptions(weights=WeightSpec(points=64)), progress=False)
 
@@ -126,8 +127,8 @@ def run_copy(tiny_run, tmp_path):
 
 @pytest.fixture
 def reads(monkeypatch):
-    """Counts the passes that read the checkpoints' weights (layerfilm.run.Run._weights_pass)."""
-    from layerfilm.run import Run
+    """Counts the passes that read the checkpoints' weights (layerfilm.study.Run._weights_pass)."""
+    from layerfilm.study import Run
 
     calls = []
     real = Run._weights_pass

@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from layerfilm.features.act_stats import HIST_EDGES, N_BINS, ActivationStats, Moments
-from layerfilm.features.activations import ActivationSpec, capture, extract
-from layerfilm.scan import scan
+from layerfilm.io.scan import scan
+from layerfilm.points.act_stats import HIST_EDGES, N_BINS, ActivationStats, Moments
+from layerfilm.points.activations import ActivationSpec, capture, extract
 
 VOCAB, DIM = 16, 4
 EMBED = np.stack([(v - 7.5) / 100 * np.array([1.0, 3.0, -7.0, 40.0]) for v in range(VOCAB)]).astype(np.float32)
@@ -137,5 +137,5 @@ def test_hooks_are_removed_even_when_the_forward_fails():
         try:
             net(torch.zeros(1, 2, dtype=torch.long))
         except Exception as e:  # the last block's hook ends the pass
-            assert type(e).__name__ == "Stop"  # layerfilm.features.activations.hooks.Stop
+            assert type(e).__name__ == "Stop"  # layerfilm.points.activations.hooks.Stop
     assert seen == ["in", 0, 1, 2]

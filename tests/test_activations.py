@@ -16,8 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from layerfilm.errors import CheckpointError, LayerfilmError, OptionsError
-from layerfilm.features.act_stats import HIST_EDGES, N_BINS, ActivationStats
-from layerfilm.features.activations import (
+from layerfilm.io.formats import open_checkpoint
+from layerfilm.io.scan import scan
+from layerfilm.points.act_stats import HIST_EDGES, N_BINS, ActivationStats
+from layerfilm.points.activations import (
     DEFAULT_PROBE,
     ActivationSpec,
     WeightLoader,
@@ -30,14 +32,12 @@ from layerfilm.features.activations import (
     resolve_device,
     run_probe,
 )
-from layerfilm.features.activations import loader as loader_module
-from layerfilm.features.activations import model as model_module
-from layerfilm.features.activations.hooks import Stop, capture
-from layerfilm.features.activations.llama import LlamaTrunk, llama_shape
-from layerfilm.features.activations.loader import Item, plan_pieces
-from layerfilm.features.activations.ring import ChunkRing
-from layerfilm.formats import open_checkpoint
-from layerfilm.scan import scan
+from layerfilm.points.activations import loader as loader_module
+from layerfilm.points.activations import model as model_module
+from layerfilm.points.activations.hooks import Stop, capture
+from layerfilm.points.activations.llama import LlamaTrunk, llama_shape
+from layerfilm.points.activations.loader import Item, plan_pieces
+from layerfilm.points.activations.ring import ChunkRing
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
@@ -428,7 +428,7 @@ def test_a_failing_model_factory_is_one_clear_line(tiny_run, run_cli, tmp_path):
 
 
 def test_activation_films_are_cached_until_the_probe_changes(llama_run, run_cli, tmp_path, monkeypatch):
-    from layerfilm.run import Run
+    from layerfilm.study import Run
 
     calls = []
     real = Run._activation_trajectories
@@ -452,7 +452,7 @@ def test_activation_films_are_cached_until_the_probe_changes(llama_run, run_cli,
     assert len(calls) == 2 and not np.array_equal(a["act_norm"], c["act_norm"])
 
 
-# ---------------------------------------------------------------- the loader (layerfilm.features.activations.loader)
+# ---------------------------------------------------------------- the loader (layerfilm.points.activations.loader)
 
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """``load_state_dict``, strict about missing keys; the LM head, which layerfilm's Llama has not, is left out."""
@@ -573,7 +573,7 @@ def test_a_failing_probe_does_not_leave_a_read_ahead_waiting(llama_run, tmp_path
 
     monkeypatch.setattr(ChunkRing, "_wait", watched)
     monkeypatch.setattr(ChunkRing, "reserve", reserving)
-    monkeypatch.setattr(sys.modules["layerfilm.features.activations.passes"], "run_probe", failing_probe)
+    monkeypatch.setattr(sys.modules["layerfilm.points.activations.passes"], "run_probe", failing_probe)
     errors: list[BaseException] = []
 
     def run() -> None:

@@ -1,4 +1,4 @@
-"""Activation films over several devices (layerfilm.features.activations.devices; issue 17): CPU workers
+"""Activation films over several devices (layerfilm.points.activations.devices; issue 17): CPU workers
 standing in for GPUs give exactly the one-worker result (points and statistics, through the API, the
 CLI and a Dask cluster), a bad checkpoint is skipped (or, with --strict, refused) as on one device,
 and --devices is checked in one line before anything is read."""
@@ -15,12 +15,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from layerfilm import engine_dask
-from layerfilm.engine import get_engine
 from layerfilm.errors import CheckpointError, EngineError, OptionsError
-from layerfilm.features.activations import ActivationSpec, extract, worker_devices
-from layerfilm.features.activations.devices import shares
-from layerfilm.scan import scan
+from layerfilm.io.scan import scan
+from layerfilm.parallel import dask as engine_dask
+from layerfilm.parallel.engines import get_engine
+from layerfilm.points.activations import ActivationSpec, extract, worker_devices
+from layerfilm.points.activations.devices import shares
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORY = str(ROOT / "examples" / "make_checkpoints.py") + ":make_model"
@@ -175,7 +175,7 @@ def test_checkpoints_are_shared_round_robin():
 
 
 def test_devices_do_not_change_the_cache_key():
-    from layerfilm.film import FilmOptions
+    from layerfilm.film_options import FilmOptions
 
     one, two = (FilmOptions(activations=spec(devices=d)) for d in ((), "cpu,cpu"))
     assert one.points_options() == two.points_options()

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from layerfilm.blocks import map_blocks, resolve_param
 from layerfilm.errors import LayerError
-from layerfilm.features.weights import WeightSpec, extract
-from layerfilm.scan import scan
+from layerfilm.io.blocks import map_blocks, resolve_param
+from layerfilm.io.scan import scan
+from layerfilm.points.weights import WeightSpec, extract
 
 CONVENTIONS = {
     "transformer.h.{i}.": "mlp.c_fc.weight",
@@ -68,7 +68,7 @@ def test_pytorch_transformer_layers_film_linear1_without_param(lightning_encoder
     """A real Lightning checkpoint of nn.TransformerEncoder layers: blocks `encoder.layers.N.`, the
     default filmed matrix is linear1 (the same film as --param linear1), in_proj_weight reachable as
     --param self_attn.in_proj."""
-    from layerfilm.features.weights import plan
+    from layerfilm.points.weights import plan
 
     series = scan(lightning_encoder, warn=False)
     assert series.steps == [3, 6, 9]

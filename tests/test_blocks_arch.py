@@ -6,8 +6,8 @@ import pytest
 import torch
 import transformers as T  # the `test` extra
 
-from layerfilm.blocks import map_blocks, resolve_param, strip_prefixes
 from layerfilm.errors import LayerError
+from layerfilm.io.blocks import map_blocks, resolve_param, strip_prefixes
 
 H, FF, L = 32, 64, 2
 ARCHS = {

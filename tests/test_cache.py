@@ -1,4 +1,4 @@
-"""layerfilm.cache: a re-render with other colours does not read the checkpoints; anything that
+"""layerfilm.io.cache: a re-render with other colours does not read the checkpoints; anything that
 changes the points (a rewritten checkpoint, another --points) misses; damage is a miss, not an error."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from layerfilm import cache
+from layerfilm.io import cache
 from layerfilm.projection import Trajectories
 
 

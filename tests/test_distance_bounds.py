@@ -1,4 +1,4 @@
-"""DistanceBounds (layerfilm.features.point_measures): a live film's settling blocks from triangle-inequality
+"""DistanceBounds (layerfilm.points.measures): a live film's settling blocks from triangle-inequality
 bounds, equal to layerfilm.stability.settle_index of the exact distances, while reading back few rows."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layerfilm.features.point_measures import DistanceBounds, measures_of, sum_sq, sum_sq_diff
+from layerfilm.points.measures import DistanceBounds, measures_of, sum_sq, sum_sq_diff
 from layerfilm.stability import settle_index
 
 

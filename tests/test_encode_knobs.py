@@ -7,8 +7,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from layerfilm.encode import EncodeOptions, ffmpeg_exe, open_film
 from layerfilm.errors import OptionsError
+from layerfilm.video.encode import EncodeOptions, ffmpeg_exe, open_film
 
 
 def decode(path, w, h) -> np.ndarray:
@@ -58,7 +58,7 @@ def test_negative_encoder_threads(run_cli, tiny_run, tmp_path):
 
 
 def test_help_says_which_outputs_are_lossless_and_what_the_knobs_do():
-    from layerfilm.cli import build_parser
+    from layerfilm.cli.main import build_parser
 
     text = build_parser()._subparsers._group_actions[0].choices["render"].format_help()
     for needle in (".webm = VP9 lossless", "PNG frames (lossless)", "--preset", "realtime (still lossless",
@@ -69,7 +69,7 @@ def test_help_says_which_outputs_are_lossless_and_what_the_knobs_do():
 def test_default_webm_preset_by_frames_and_cores():
     """good while its estimated encode time fits the budget, realtime beyond: the boundary moves with
     the frame count, the frame size and the cores."""
-    from layerfilm.encode import GOOD_BUDGET_S, GOOD_CORE_SECONDS_PER_MPIXEL, webm_preset
+    from layerfilm.video.encode import GOOD_BUDGET_S, GOOD_CORE_SECONDS_PER_MPIXEL, webm_preset
 
     for size, cores in (((1280, 720), 2), ((1920, 1080), 16), ((256, 144), 1)):
         per_frame = size[0] * size[1] / 1e6 * GOOD_CORE_SECONDS_PER_MPIXEL / cores
@@ -83,9 +83,9 @@ def test_default_webm_preset_by_frames_and_cores():
 def test_cli_picks_the_webm_preset_and_says_so(run_cli, tiny_run, tmp_path, monkeypatch, given, budget, expected):
     """Without --preset render picks by frames and cores and says which in the output line; an
     explicit --preset is used as given and nothing is said."""
-    import layerfilm.encode as encode
     import layerfilm.film as film
-    from layerfilm.engine import cores
+    import layerfilm.video.encode as encode
+    from layerfilm.parallel.engines import cores
 
     monkeypatch.setattr(encode, "GOOD_BUDGET_S", budget)
     seen = []

@@ -1,4 +1,4 @@
-"""Where tasks run (layerfilm.engine, layerfilm.engine_dask; issue 13): this process, a local pool, or a real
+"""Where tasks run (layerfilm.parallel.engines, layerfilm.parallel.dask; issue 13): this process, a local pool, or a real
 Dask cluster give the same bytes; progress counts from every worker reach the bar's total; engine options
 are checked before any checkpoint is read, and a scheduler that does not answer is one line, not a hang."""
 
@@ -14,13 +14,13 @@ import distributed
 import numpy as np
 import pytest
 
-from layerfilm import engine_dask
-from layerfilm import run as run_module
-from layerfilm.engine import get_engine
-from layerfilm.features.weights import WeightSpec, plan
-from layerfilm.film import FilmOptions
-from layerfilm.run import Run
-from layerfilm.scan import scan
+from layerfilm import study as run_module
+from layerfilm.film_options import FilmOptions
+from layerfilm.io.scan import scan
+from layerfilm.parallel import dask as engine_dask
+from layerfilm.parallel.engines import get_engine
+from layerfilm.points.weights import WeightSpec, plan
+from layerfilm.study import Run
 from processes import layerfilm_process
 
 POINTS = 16
@@ -44,7 +44,7 @@ def _close_clients():
 
 
 class Bar:
-    """Stands in for tqdm in layerfilm.run: records the description, the total and every update."""
+    """Stands in for tqdm in layerfilm.study: records the description, the total and every update."""
 
     made: list[Bar] = []
 
@@ -160,9 +160,9 @@ def test_start_brings_the_local_cluster_up_in_the_background_with_its_imports_do
     """DaskEngine.start returns at once; the first use of the client waits for the LocalCluster, whose
     workers imported the modules named while they started (no task has run on them)."""
     engine = get_engine("dask", jobs=2)
-    engine.start(("layerfilm.segments",))
+    engine.start(("layerfilm.video.segments",))
     client = engine.client()
-    imported = client.run(lambda: "layerfilm.segments" in sys.modules)  # {worker: bool}
+    imported = client.run(lambda: "layerfilm.video.segments" in sys.modules)  # {worker: bool}
     assert len(imported) == 2 and all(imported.values())
     assert not engine_dask._starting
 

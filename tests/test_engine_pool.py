@@ -1,4 +1,4 @@
-"""The local engine's worker pool (layerfilm.engine, issue 13): inside ``session()`` one pool serves every
+"""The local engine's worker pool (layerfilm.parallel.engines, issue 13): inside ``session()`` one pool serves every
 map (the same worker processes, started ahead by ``start``), each map's bar gets exactly its own tasks'
 counts, a failed map's pool is closed and the next map gets a fresh one, and no worker outlives the
 session. Also: a Dask-style MALLOC_TRIM_THRESHOLD_ no longer makes freed arrays page-fault anew."""
@@ -12,8 +12,8 @@ import textwrap
 
 import pytest
 
-from layerfilm import engine as engine_module
-from layerfilm.engine import LocalEngine, session
+from layerfilm.parallel import engines as engine_module
+from layerfilm.parallel.engines import LocalEngine, session
 
 
 def whoami(k: int, progress) -> tuple[int, int]:
@@ -39,7 +39,7 @@ def workers() -> set[int]:
 def test_one_pool_serves_every_map_of_a_session_and_each_bar_gets_its_own_counts():
     engine = LocalEngine(2)
     with session():
-        engine.start(("layerfilm.run",))
+        engine.start(("layerfilm.study",))
         started = workers()
         assert len(started) == 2  # started ahead, before any map
         first: list[int] = []
@@ -59,7 +59,7 @@ def test_one_pool_serves_every_map_of_a_session_and_each_bar_gets_its_own_counts
 
 def test_outside_a_session_each_map_has_its_own_pool_and_start_does_nothing():
     engine = LocalEngine(2)
-    engine.start(("layerfilm.run",))
+    engine.start(("layerfilm.study",))
     assert workers() == set()
     counts: list[int] = []
     assert [k for k, _ in engine.map(whoami, [(2,), (3,)], counts.append)] == [2, 3]

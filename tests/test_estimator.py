@@ -8,7 +8,7 @@ import pytest
 
 import layerfilm
 from layerfilm.errors import LayerfilmError
-from layerfilm.features.weights import WeightSpec, extract
+from layerfilm.points.weights import WeightSpec, extract
 
 
 @pytest.fixture(scope="module")

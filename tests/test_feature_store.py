@@ -1,12 +1,12 @@
-"""layerfilm.features.FeatureStore: frames come back bit-exact; bfloat16-exact frames take half the bytes."""
+"""layerfilm.points.FeatureStore: frames come back bit-exact; bfloat16-exact frames take half the bytes."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from layerfilm.features import FeatureStore
-from layerfilm.features.point_measures import point_measures
+from layerfilm.points import FeatureStore
+from layerfilm.points.measures import point_measures
 
 
 def test_store_round_trips_bf16_exact_and_other_frames_bit_exact(tmp_path):

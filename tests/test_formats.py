@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from layerfilm.formats import open_checkpoint
-from layerfilm.scan import NO_FINAL_STEP, scan
+from layerfilm.io.formats import open_checkpoint
+from layerfilm.io.scan import NO_FINAL_STEP, scan
 
 
 def read_all(path, fmt) -> dict[str, np.ndarray]:
@@ -112,7 +112,7 @@ def test_render_each_format(request, run_cli, tmp_path, series):
 
 def test_scan_reads_no_tensor_data(monkeypatch, pythia_run, lightning_ckpts, run_cli):
     """`scan` works from headers and pickles only: any tensor read would raise here."""
-    from layerfilm.formats import safetensors_format, torch_format
+    from layerfilm.io.formats import safetensors_format, torch_format
 
     def refuse(self, name):
         raise AssertionError(f"scan read tensor {name}")

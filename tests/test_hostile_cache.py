@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layerfilm import cache
+from layerfilm.io import cache
 from layerfilm.projection import Trajectories
 
 

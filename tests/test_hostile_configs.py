@@ -22,9 +22,9 @@ import pytest
 
 import test_activations
 from conftest import ROOT
-from layerfilm.features.activations import model as model_module
-from layerfilm.features.activations.llama import llama_shape
-from layerfilm.formats import open_checkpoint
+from layerfilm.io.formats import open_checkpoint
+from layerfilm.points.activations import model as model_module
+from layerfilm.points.activations.llama import llama_shape
 
 gpt2_run, llama_run = test_activations.gpt2_run, test_activations.llama_run  # session fixtures: tiny real runs
 ADDRESS_SPACE = 3 << 30  # a whole activation film of these runs fits in 2 GiB of address space

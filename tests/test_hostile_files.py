@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from layerfilm.formats.torch_format import MAX_PICKLE_BYTES
+from layerfilm.io.formats.torch_format import MAX_PICKLE_BYTES
 from processes import run_measured
 from test_hostile_scan import snapshot
 
@@ -188,9 +188,9 @@ def test_watch_reports_a_bad_checkpoint_arriving_alone_exactly_once(tiny_run, tm
     never reported until a good one came with it), and never again, whatever arrives after it."""
     import warnings
 
-    from layerfilm.features.weights import WeightSpec
-    from layerfilm.film import FilmOptions
-    from layerfilm.live import LiveFilm, LiveOptions
+    from layerfilm.film_options import FilmOptions
+    from layerfilm.live.film import LiveFilm, LiveOptions
+    from layerfilm.points.weights import WeightSpec
 
     folder = tmp_path / "run"
     folder.mkdir()

@@ -24,8 +24,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from layerfilm.errors import LayerfilmError
-from layerfilm.formats import open_checkpoint
-from layerfilm.formats.safetensors_format import DTYPE_BITS
+from layerfilm.io.formats import open_checkpoint
+from layerfilm.io.formats.safetensors_format import DTYPE_BITS
 
 T = "transformer.h.1.mlp.c_fc.weight"  # [128, 32] F32, right after its bias [128]
 LAST = "transformer.wte.weight"  # [256, 32], the last tensor's data
@@ -164,7 +164,7 @@ EXPECTED.update({hostile_name(c): why for c, why in OTHER_CASES.items()})
 @pytest.fixture(scope="module")
 def scanned(hostile):
     """`layerfilm scan --json` rows of the hostile folder by file name (stem), and its stderr."""
-    from layerfilm.cli import main
+    from layerfilm.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -11,11 +11,11 @@ import math
 import numpy as np
 import pytest
 
-from layerfilm.features import FeatureStore, in_safe_range, safe_scale
-from layerfilm.features.point_measures import sum_sq
-from layerfilm.features.weights import WeightSpec, extract
+from layerfilm.io.scan import scan
+from layerfilm.points import FeatureStore, in_safe_range, safe_scale
+from layerfilm.points.measures import sum_sq
+from layerfilm.points.weights import WeightSpec, extract
 from layerfilm.projection import project
-from layerfilm.scan import scan
 
 SCALE = 1e38
 RTOL = 1e-4

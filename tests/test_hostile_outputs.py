@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import layerfilm.run
+import layerfilm.study
 
 SMALL = ("--size", "160x90", "--points", "16", "--quiet")
 
@@ -202,7 +202,7 @@ def read_only(d: Path) -> Path:
 ])
 def test_a_read_only_folder_is_one_line_before_any_work(ckpts, tmp_path, run_cli, mount, argv, monkeypatch):
     ro = read_only(mount("ro"))
-    monkeypatch.setattr(layerfilm.run, "scan_for", lambda *a, **k: pytest.fail("scanned before checking the output"))
+    monkeypatch.setattr(layerfilm.study, "scan_for", lambda *a, **k: pytest.fail("scanned before checking the output"))
     code, _, err = run_cli(*(a.format(ckpts=ckpts, ro=ro, tmp=tmp_path) for a in argv), *SMALL)
     assert code == 2
     assert "cannot write" in one_error_line(err) and str(ro) in err
@@ -229,7 +229,7 @@ def test_a_full_film_disk_is_one_line_and_leaves_no_partial(ckpts, run_cli, moun
 
 
 def test_a_weights_film_needs_no_scratch_space(ckpts, tmp_path, run_cli, mount, monkeypatch):
-    """Block chunks are kept in memory (layerfilm.run): a full $TMPDIR does not matter."""
+    """Block chunks are kept in memory (layerfilm.study): a full $TMPDIR does not matter."""
     import tempfile
 
     full = mount("tmp", size="8k")
@@ -244,7 +244,7 @@ def test_a_full_scratch_folder_is_one_error_naming_tmpdir(mount):
     import numpy as np
 
     from layerfilm.errors import OutputError
-    from layerfilm.features import FeatureStore
+    from layerfilm.points import FeatureStore
 
     full = mount("tmp", size="8k")
     store = FeatureStore(full / "work")
@@ -267,7 +267,7 @@ def test_a_full_scratch_folder_is_one_error_naming_tmpdir(mount):
     (("--projection", "umap", "--umap-alignment", "inf"), "--umap-alignment"),
 ])
 def test_bad_options_are_refused_before_any_checkpoint_is_read(ckpts, tmp_path, run_cli, monkeypatch, argv, option):
-    monkeypatch.setattr(layerfilm.run, "scan_for", lambda *a, **k: pytest.fail("scanned before checking the options"))
+    monkeypatch.setattr(layerfilm.study, "scan_for", lambda *a, **k: pytest.fail("scanned before checking the options"))
     code, _, err = run_cli("render", ckpts, "--out", tmp_path / "film.webm", "--quiet", *argv)
     assert code == 2
     assert one_error_line(err).startswith(f"layerfilm: error: {option} ")
@@ -287,7 +287,7 @@ def test_the_settle_threshold_rule_is_the_same_everywhere(ckpts, tmp_path, run_c
 
 def test_a_film_of_too_many_frames_is_refused_after_the_scan_before_reading_tensors(ckpts, tmp_path, run_cli,
                                                                                     monkeypatch):
-    monkeypatch.setattr(layerfilm.run.Run, "trajectories", lambda *a, **k: pytest.fail("read the checkpoints"))
+    monkeypatch.setattr(layerfilm.study.Run, "trajectories", lambda *a, **k: pytest.fail("read the checkpoints"))
     code, _, err = run_cli("render", ckpts, "--out", tmp_path / "film.webm", "--fps", "240",
                            "--seconds-per-keyframe", "3600", "--quiet")
     assert code == 2
@@ -406,7 +406,7 @@ def frames_line(out: Path, names: tuple[str, ...]) -> str:
 def test_a_file_that_appears_in_a_frames_folder_during_the_render_stays(ckpts, tmp_path, run_cli, monkeypatch, when):
     """`render --out fr` while a file appears in fr/: the old code deleted the folder whole. Injected once the
     frames are being written (every check before them passed), or between the last check and the rename."""
-    import layerfilm.outputs as outputs
+    import layerfilm.io.outputs as outputs
 
     fr = tmp_path / "fr"
     code, _, err = run_cli("render", ckpts, "--out", fr, "--fps", "2", *SMALL)
@@ -468,8 +468,8 @@ def test_scratch_folders_of_killed_processes_are_removed(tiny_run, tmp_path, mon
     Kept: a process still alive, a young folder of a dead one, anything not named as layerfilm names them."""
     import tempfile
 
-    from layerfilm.live import LiveFilm, LiveOptions
-    from layerfilm.outputs import STALE_SCRATCH_S, new_scratch
+    from layerfilm.io.outputs import STALE_SCRATCH_S, new_scratch
+    from layerfilm.live.film import LiveFilm, LiveOptions
     from test_live import Watch
 
     scratch = tmp_path / "tmp"
@@ -501,6 +501,6 @@ def test_scratch_folders_of_killed_processes_are_removed(tiny_run, tmp_path, mon
         assert film.store is not None and film.store.folder.parent.parent == scratch
         assert sorted(scratch.iterdir()) == sorted([*keep, film.store.folder.parent])
     assert sorted(scratch.iterdir()) == sorted(keep)
-    with new_scratch("act") as work:  # an activation film's (layerfilm.run)
+    with new_scratch("act") as work:  # an activation film's (layerfilm.study)
         assert Path(work).name.startswith(f"layerfilm-act-{os.getpid()}-")
     assert sorted(scratch.iterdir()) == sorted(keep)

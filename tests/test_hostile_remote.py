@@ -95,7 +95,7 @@ def test_invalid_storage_options_are_never_echoed(run_cli, tmp_path):
 
 
 def test_secret_storage_options_redacted_from_storage_errors():
-    from layerfilm.storage import redact
+    from layerfilm.io.storage import redact
 
     options = json.dumps({"key": "AKIAEXAMPLEKEY", "client_kwargs": {"aws_session_token": "TOKENVALUE"},
                           "endpoint_url": "http://u:PASSWORD@127.0.0.1:9"})

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from layerfilm.scan import scan
+from layerfilm.io.scan import scan
 
 STEPS = [0, 10, 20, 30, 40, 50, 60]
 FIFO = "not a regular file (FIFO)"
@@ -289,7 +289,7 @@ def test_scan_deep_api(ckpts):
 
 def test_fifo_probe_and_tokenizer_files_are_refused(tmp_path):
     from layerfilm.errors import CheckpointError, OptionsError
-    from layerfilm.features.activations import ActivationSpec, tokenize
+    from layerfilm.points.activations import ActivationSpec, tokenize
 
     probe = tmp_path / "probe.txt"
     os.mkfifo(probe)

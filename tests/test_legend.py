@@ -8,16 +8,17 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from layerfilm.animate import Timeline
-from layerfilm.features import Subject
-from layerfilm.features.weights import WeightSpec, plan
-from layerfilm.film import FilmFrames, FilmOptions, caption, film_renderer
-from layerfilm.legend import SEP, VMAX_PERCENTILE, scale_top
-from layerfilm.overlay import bar_text
+from layerfilm.draw.legend import SEP, VMAX_PERCENTILE, scale_top
+from layerfilm.draw.overlay import bar_text
+from layerfilm.draw.raster import Style
+from layerfilm.draw.timeline import Timeline
+from layerfilm.film import FilmFrames, caption, film_renderer
+from layerfilm.film_options import FilmOptions
+from layerfilm.io.scan import scan
+from layerfilm.points import Subject
+from layerfilm.points.weights import WeightSpec, plan
 from layerfilm.projection import Trajectories
-from layerfilm.raster import Style
-from layerfilm.run import Run
-from layerfilm.scan import scan
+from layerfilm.study import Run
 
 POINTS = 16  # of tiny_run's 128 c_fc neurons: a sample, which the legend must say
 

@@ -1,4 +1,4 @@
-"""Live films (layerfilm.live, layerfilm.callbacks): `watch` on a folder filled while it runs, the
+"""Live films (layerfilm.live.film, layerfilm.callbacks): `watch` on a folder filled while it runs, the
 Trainer and Lightning callbacks on real training runs, and SIGTERM during an update."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from layerfilm.errors import OptionsError
-from layerfilm.live import LiveFilm, LiveOptions, Readiness, parse_refit
+from layerfilm.live.film import LiveFilm, LiveOptions, Readiness, parse_refit
 
 ROOT = Path(__file__).resolve().parents[1]
 FILM = ["--points", "32", "--size", "320x180", "--fps", "2", "--seconds-per-keyframe", "1"]
@@ -75,7 +75,7 @@ def test_refit_and_options_are_checked(tiny_run, tmp_path):
             parse_refit(bad)
     with pytest.raises(OptionsError, match="interval="):
         LiveOptions(interval=0)
-    from layerfilm.film import FilmOptions
+    from layerfilm.film_options import FilmOptions
 
     with pytest.raises(OptionsError, match="refit=never: a fixed basis is pca's"):
         LiveFilm(tiny_run, tmp_path / "f.webm", FilmOptions(projection="umap"), LiveOptions())
@@ -143,10 +143,11 @@ def test_watch_filled_one_checkpoint_at_a_time_equals_a_render(tiny_run, tmp_pat
 
 def test_refit_always_equals_render_fit_all_and_rereads_no_checkpoint(tiny_run, tmp_path, monkeypatch):
     """--refit always re-projects from the kept rows: equal to render --fit all, each checkpoint opened once."""
-    from layerfilm import live as live_module
-    from layerfilm.features.weights import WeightSpec
-    from layerfilm.film import FilmOptions, render
-    from layerfilm.raster import Style
+    from layerfilm.draw.raster import Style
+    from layerfilm.film import render
+    from layerfilm.film_options import FilmOptions
+    from layerfilm.live import film as live_module
+    from layerfilm.points.weights import WeightSpec
 
     opts = FilmOptions(cache=False, jobs=1, fps=2, style=Style(width=320, height=180), weights=WeightSpec(points=32))
     opened: list[Path] = []
@@ -164,8 +165,8 @@ def test_refit_always_equals_render_fit_all_and_rereads_no_checkpoint(tiny_run, 
 def test_frozen_blocks_do_not_move(frozen_run, tmp_path):
     """The frozen-block guarantee, live: blocks frozen from step 20 keep their points from then on."""
     from conftest import FROZEN_BLOCKS, FROZEN_STEP
-    from layerfilm.film import FilmOptions
-    from layerfilm.raster import Style
+    from layerfilm.draw.raster import Style
+    from layerfilm.film_options import FilmOptions
 
     opts = FilmOptions(cache=False, fps=2, style=Style(width=320, height=180))
     with LiveFilm(frozen_run, tmp_path / "f.webm", opts, LiveOptions()) as film:
@@ -183,7 +184,7 @@ def test_sigterm_during_an_update_exits_0_with_complete_outputs(tiny_run, tmp_pa
     out = tmp_path / "live.webm"
     w = Watch(tiny_run, out, "--interval", "0.2", "--json", str(tmp_path / "s.json"))
     partial = tmp_path / f".live.webm.partial-{w.proc.pid}"
-    store = tmp_path / f"{partial.name}.live"  # the segment store (layerfilm.segments.SegmentStore)
+    store = tmp_path / f"{partial.name}.live"  # the segment store (layerfilm.video.segments.SegmentStore)
     deadline = time.monotonic() + 120
     # a segment or the film is being written: an update is under way (the native WebM join alone takes ms)
     while not (partial.exists() or any(store.glob("seg_*"))):
@@ -253,7 +254,7 @@ def test_lightning_callback_films_its_checkpoints(example, makers, tmp_path):
 
 def test_a_checkpoint_that_comes_late_is_skipped_not_inserted(tiny_run, tmp_path):
     """Key frames are only appended: an earlier step arriving after a later one is skipped with its reason."""
-    from layerfilm.film import FilmOptions
+    from layerfilm.film_options import FilmOptions
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -272,9 +273,9 @@ def test_a_checkpoint_that_comes_late_is_skipped_not_inserted(tiny_run, tmp_path
 def test_blocks_still_moving_come_from_bounds_equal_to_exact_distances(tiny_run, tmp_path):
     """The printed "blocks still moving" of a film with the overlay and no --json (settling from the
     distance bounds, few rows read back) equal those of a film that computes every distance (--json)."""
-    from layerfilm.features.weights import WeightSpec
-    from layerfilm.film import FilmOptions
-    from layerfilm.raster import Style
+    from layerfilm.draw.raster import Style
+    from layerfilm.film_options import FilmOptions
+    from layerfilm.points.weights import WeightSpec
 
     opts = FilmOptions(cache=False, jobs=1, fps=2, style=Style(width=320, height=180), weights=WeightSpec(points=32),
                        settle_threshold=0.5, film_layout="live")

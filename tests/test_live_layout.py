@@ -1,4 +1,4 @@
-"""The live layout (layerfilm.layout) and a live film's segment store (layerfilm.segments.SegmentStore):
+"""The live layout (layerfilm.draw.film_layout) and a live film's segment store (layerfilm.video.segments.SegmentStore):
 after every update the film holds exactly the frames of a one-shot ``render --film-layout live`` of the
 checkpoints so far, and an update whose layout is unchanged encodes only the new key frames' frames."""
 
@@ -12,13 +12,14 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from layerfilm.animate import Timeline
-from layerfilm.features.weights import WeightSpec
-from layerfilm.film import FilmOptions, film_frames, film_renderer, film_timeline, render
-from layerfilm.layout import grid_up, horizon, live_extent, live_scale, live_segments, live_timeline
-from layerfilm.legend import zooms
-from layerfilm.live import LiveFilm, LiveOptions
-from layerfilm.raster import Style
+from layerfilm.draw.film_layout import grid_up, horizon, live_extent, live_scale, live_segments, live_timeline
+from layerfilm.draw.legend import zooms
+from layerfilm.draw.raster import Style
+from layerfilm.draw.timeline import Timeline
+from layerfilm.film import film_frames, film_renderer, film_timeline, render
+from layerfilm.film_options import FilmOptions
+from layerfilm.live.film import LiveFilm, LiveOptions
+from layerfilm.points.weights import WeightSpec
 from test_live import decode
 
 OPTS = FilmOptions(cache=False, jobs=1, fps=2, style=Style(width=160, height=90), weights=WeightSpec(points=16),

@@ -10,11 +10,11 @@ import dataclasses
 
 import pytest
 
-from layerfilm.cli import build_parser
-from layerfilm.cli_options import command_options
+from layerfilm.cli.flags import command_options
+from layerfilm.cli.main import build_parser
 from layerfilm.config import COMMANDS, options
 from layerfilm.errors import OptionsError
-from layerfilm.film import FilmOptions
+from layerfilm.film_options import FilmOptions
 
 # flag (render) -> (field path in FilmOptions, value given, value expected)
 FLAGS = {

@@ -1,4 +1,4 @@
-"""layerfilm.overlay and `render --no-overlay`: the per-panel "still moving" bar and "settled" mark."""
+"""layerfilm.draw.overlay and `render --no-overlay`: the per-panel "still moving" bar and "settled" mark."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import FROZEN_BLOCKS, FROZEN_STEP
+from layerfilm.draw.overlay import MOVING, SETTLED, TRACK, Overlay, moving_level
+from layerfilm.draw.raster import Style
 from layerfilm.film import caption, film_renderer
-from layerfilm.overlay import MOVING, SETTLED, TRACK, Overlay, moving_level
-from layerfilm.raster import Style
 
 
 def test_moving_level_is_log_scaled_and_zero_when_frozen(frozen_stability):
@@ -78,9 +78,9 @@ def test_render_no_overlay_gives_the_plain_frames(frozen_run, run_cli, tmp_path)
 
 def test_film_overlay_measures_the_films_own_points(frozen_run, frozen_stability, tmp_path):
     import layerfilm
-    from layerfilm.features.weights import WeightSpec, plan, read_points
-    from layerfilm.film import FilmOptions
-    from layerfilm.formats import open_checkpoint
+    from layerfilm.film_options import FilmOptions
+    from layerfilm.io.formats import open_checkpoint
+    from layerfilm.points.weights import WeightSpec, plan, read_points
 
     spec = WeightSpec(points=64)
     res = layerfilm.render(frozen_run, tmp_path / "f/", FilmOptions(weights=spec, style=Style(320, 180), fps=1),

@@ -1,4 +1,4 @@
-"""layerfilm.pipeline: frames computed ahead in a thread; BLAS held to one thread."""
+"""layerfilm.parallel.threads: frames computed ahead in a thread; BLAS held to one thread."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from layerfilm.pipeline import one_blas_thread, prefetch
+from layerfilm.parallel.threads import one_blas_thread, prefetch
 
 
 def _prefetch_threads() -> list[threading.Thread]:

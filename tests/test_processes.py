@@ -1,4 +1,4 @@
-"""Worker processes never run the user's script again (layerfilm.processes): an unguarded script, a
+"""Worker processes never run the user's script again (layerfilm.parallel.processes): an unguarded script, a
 notebook-like session fed on stdin, and a training script with the Trainer callback, each a real
 Python process whose top level prints a line that must appear exactly once."""
 

@@ -2,10 +2,10 @@ import shutil
 
 import numpy as np
 
-from layerfilm.animate import Timeline, lerp
-from layerfilm.features.weights import WeightSpec, extract
+from layerfilm.draw.timeline import Timeline, lerp
+from layerfilm.io.scan import scan
+from layerfilm.points.weights import WeightSpec, extract
 from layerfilm.projection import project
-from layerfilm.scan import scan
 
 
 def test_unchanged_weights_give_identical_coordinates(tiny_run, tmp_path):

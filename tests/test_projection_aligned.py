@@ -7,7 +7,7 @@ import importlib
 import numpy as np
 import pytest
 
-from layerfilm.features import Features, FeatureStore
+from layerfilm.points import Features, FeatureStore
 from layerfilm.projection import coherence, project
 from layerfilm.projection.umap import UmapOptions
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layerfilm.raster import BACKGROUND, Renderer, Style, draw_text
+from layerfilm.draw.raster import BACKGROUND, Renderer, Style, draw_text
 
 
 def reference_density(r: Renderer, pts: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Checkpoint folders given as URLs (layerfilm.storage): a real S3-compatible server (moto's server mode)
+"""Checkpoint folders given as URLs (layerfilm.io.storage): a real S3-compatible server (moto's server mode)
 and small HTTP servers on 127.0.0.1, started here; a tiny real training run uploaded to them."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from layerfilm.errors import OptionsError  # noqa: E402
-from layerfilm.features.weights import WeightSpec, plan  # noqa: E402
-from layerfilm.scan import scan  # noqa: E402
-from layerfilm.storage import RemotePath, location  # noqa: E402
+from layerfilm.io.scan import scan  # noqa: E402
+from layerfilm.io.storage import RemotePath, location  # noqa: E402
+from layerfilm.points.weights import WeightSpec, plan  # noqa: E402
 from servers import FAKE_AWS, CountingMoto, http_folder  # noqa: E402
 from test_render_encode import decode  # noqa: E402
 
@@ -42,7 +42,7 @@ def moto():
 @pytest.fixture(scope="module")
 def local_film(tiny_run, tmp_path_factory):
     """The tiny run rendered from its local folder: (film, exported points)."""
-    from layerfilm.cli import main
+    from layerfilm.cli.main import main
 
     out = tmp_path_factory.mktemp("local_film")
     assert main(["render", str(tiny_run), "--out", str(out / "film.webm"), "--export-points", str(out / "points.npz"),
@@ -85,9 +85,9 @@ def test_s3_render_equals_local_and_fetches_only_headers_and_rows(moto, tiny_run
 def test_s3_in_worker_processes_with_storage_options(moto, tiny_run, local_film, tmp_path, run_cli, monkeypatch):
     """Block tasks in spawned workers re-open the remote files themselves: the storage options travel
     with the checkpoints (no AWS_ENDPOINT_URL here), and the points are the same."""
-    import layerfilm.run
+    import layerfilm.study
 
-    monkeypatch.setattr(layerfilm.run, "IN_PROCESS_BYTES", 0)  # the tiny run would otherwise stay in-process
+    monkeypatch.setattr(layerfilm.study, "IN_PROCESS_BYTES", 0)  # the tiny run would otherwise stay in-process
     url = moto.upload(tiny_run, "workers", tiny_run.name)
     code, _, err = run_cli("render", url, "--out", tmp_path / "film.webm", "--export-points", tmp_path / "points.npz",
                            "--no-cache", "--storage-options", json.dumps({"endpoint_url": moto.endpoint}),
@@ -208,7 +208,7 @@ def test_remote_paths_pickle_with_what_the_listing_said(moto, tiny_run, monkeypa
 
 
 def test_merged_ranges_give_back_each_range_within_the_budget():
-    from layerfilm.storage import merge_gaps
+    from layerfilm.io.storage import merge_gaps
 
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, 1 << 16, dtype=np.uint8).tobytes()

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from layerfilm.encode import open_film, output_kind
+from layerfilm.draw.raster import Renderer, Style, grid_shape
 from layerfilm.errors import OptionsError
-from layerfilm.raster import Renderer, Style, grid_shape
+from layerfilm.video.encode import open_film, output_kind
 
 
 def decode(path):

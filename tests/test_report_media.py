@@ -1,4 +1,4 @@
-"""layerfilm.report_media: the film in a report (embedded up to a size, else linked; room for the video
+"""layerfilm.report.document.media: the film in a report (embedded up to a size, else linked; room for the video
 controls) and frames chosen in Python (arrays, files, Stills) put into HTML and Markdown reports."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import layerfilm
-from layerfilm import report_media
+from layerfilm.draw.raster import Style
 from layerfilm.errors import OptionsError
-from layerfilm.features.weights import WeightSpec
-from layerfilm.film import FilmOptions
-from layerfilm.raster import Style
+from layerfilm.film_options import FilmOptions
+from layerfilm.points.weights import WeightSpec
+from layerfilm.report import media as report_media
 
 SMALL = ("--size", "320x180", "--points", "64", "--quiet")
 OPTS = FilmOptions(weights=WeightSpec(points=64), style=Style(320, 180), jobs=1)

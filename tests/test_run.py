@@ -1,4 +1,4 @@
-"""layerfilm.run: one Run per study. Every command scans alike (--blocks, --final-step, --strict), the
+"""layerfilm.study: one Run per study. Every command scans alike (--blocks, --final-step, --strict), the
 film's fps is the film's, a second command on the same folder and options reads no checkpoint, each
 tensor is read at most once per pass, and block chunks do not change any result (issue 12)."""
 
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import layerfilm
-from layerfilm.film import FilmOptions
-from layerfilm.formats import safetensors_format
-from layerfilm.raster import Style
-from layerfilm.run import Run
+from layerfilm.draw.raster import Style
+from layerfilm.film_options import FilmOptions
+from layerfilm.io.formats import safetensors_format
 from layerfilm.stability import BlockStats
+from layerfilm.study import Run
 
 STEPS = ("step_000000", "step_000020", "step_000040", "step_000060")
 SMALL = ("--size", "160x90", "--points", "16", "--quiet")
@@ -133,9 +133,9 @@ def test_block_chunks_change_no_result(frozen_run, tmp_path, monkeypatch):
 
 
 def test_chunks_are_sized_to_the_budget(frozen_run, monkeypatch):
-    from layerfilm.features.weights import WeightSpec, plan
-    from layerfilm.run import block_chunks
-    from layerfilm.scan import scan
+    from layerfilm.io.scan import scan
+    from layerfilm.points.weights import WeightSpec, plan
+    from layerfilm.study import block_chunks
 
     wp = plan(scan(frozen_run), WeightSpec(points=64))
     per_block = 7 * 64 * wp.shape[1] * 4

@@ -3,7 +3,7 @@ import shutil
 import pytest
 
 from layerfilm.errors import OptionsError, ScanError
-from layerfilm.scan import parse_steps, scan, step_from_name
+from layerfilm.io.scan import parse_steps, scan, step_from_name
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from layerfilm.scan import scan
+from layerfilm.io.scan import scan
 
 
 class Payload:
@@ -177,7 +177,7 @@ def test_folders_without_usable_checkpoints(tmp_path, run_cli, content, message)
 
 
 def test_bf16_safetensors_widened(tiny_run, tmp_path):
-    from layerfilm.formats import open_checkpoint
+    from layerfilm.io.formats import open_checkpoint
 
     state = load_file(tiny_run / "step_000060.safetensors")
     save_file({k: v.bfloat16() for k, v in state.items()}, str(tmp_path / "step_1.safetensors"))

@@ -1,4 +1,4 @@
-"""layerfilm.segments: a film drawn and encoded as segments by worker processes, joined in order, holds
+"""layerfilm.video.segments: a film drawn and encoded as segments by worker processes, joined in order, holds
 the frames of the one-stream film (WebM and GIF bit for bit, PNG folders numbered globally, MP4 the
 same count of close frames), and leaves nothing behind when a segment fails."""
 
@@ -11,15 +11,16 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from layerfilm.encode import EncodeOptions
-from layerfilm.engine import LocalEngine
+from layerfilm.draw.overlay import Overlay
+from layerfilm.draw.raster import Style
 from layerfilm.errors import OptionsError
-from layerfilm.features.weights import WeightSpec
-from layerfilm.film import FilmFrames, FilmOptions
-from layerfilm.overlay import Overlay
-from layerfilm.raster import Style
-from layerfilm.run import Run
-from layerfilm.segments import encode_film, plan, spans
+from layerfilm.film import FilmFrames
+from layerfilm.film_options import FilmOptions
+from layerfilm.parallel.engines import LocalEngine
+from layerfilm.points.weights import WeightSpec
+from layerfilm.study import Run
+from layerfilm.video.encode import EncodeOptions
+from layerfilm.video.segments import encode_film, plan, spans
 from test_render_encode import decode
 
 SIZE = (160, 90)
@@ -62,7 +63,7 @@ def test_spans_cover_the_film_in_order_with_at_most_jobs_segments_of_at_least_mi
 
 def test_a_long_film_has_more_segments_than_jobs_for_the_workers_to_balance():
     """Up to SEGMENTS_PER_JOB per job, each at least BALANCE_SECONDS, only where the film is long enough."""
-    from layerfilm.segments import BALANCE_SECONDS, SEGMENTS_PER_JOB
+    from layerfilm.video.segments import BALANCE_SECONDS, SEGMENTS_PER_JOB
 
     least = int(BALANCE_SECONDS * 15)
     for n, jobs in [(2671, 16), (346, 16), (2671, 2), (241, 2), (100_000, 4), (2671, 1)]:

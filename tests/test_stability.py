@@ -12,8 +12,9 @@ from safetensors.torch import save_file
 
 from conftest import FROZEN_BLOCKS, FROZEN_STEP
 from layerfilm.errors import OptionsError
-from layerfilm.scan import scan
-from layerfilm.stability import StabilityOptions, linear_cka, measure, settle_index
+from layerfilm.io.scan import scan
+from layerfilm.stability import StabilityOptions, linear_cka, settle_index
+from layerfilm.study import measure
 
 
 def test_frozen_blocks_settle_first_and_the_others_never(frozen_stability):

@@ -20,11 +20,11 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from conftest import ROOT
-from layerfilm.features.act_stats import HIST_EDGES, N_BINS, ActivationStats
-from layerfilm.features.activations import DEFAULT_PROBE, ActivationSpec
-from layerfilm.figures import activation_hot_figure, activation_near_zero_figure, activation_norm_figure, save_figure
-from layerfilm.scan import scan
-from layerfilm.stability import measure_activations
+from layerfilm.io.scan import scan
+from layerfilm.points.act_stats import HIST_EDGES, N_BINS, ActivationStats
+from layerfilm.points.activations import DEFAULT_PROBE, ActivationSpec
+from layerfilm.report.figures import activation_hot_figure, activation_near_zero_figure, activation_norm_figure, save_figure
+from layerfilm.study import measure_activations
 
 VOCAB, DIM = 32, 8
 # step -> gain of blocks 0..3: the first two blocks keep the norm, the later ones scale it up
@@ -140,7 +140,7 @@ def tiny_json(tiny_run):
     """`layerfilm stability --json --features activations` of the real tiny run (nanoGPT factory, bundled probe)."""
     import contextlib
 
-    from layerfilm.cli import main
+    from layerfilm.cli.main import main
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):

@@ -1,4 +1,4 @@
-"""layerfilm.webm: WebM segments encoded by layerfilm's own encoder, joined at the EBML level, give the
+"""layerfilm.video.webm: WebM segments encoded by layerfilm's own encoder, joined at the EBML level, give the
 frames of a one-segment encode and of ffmpeg's concat join, frame f at round(f * 1000 / fps) ms, the
 film's duration, Cues that point at key frames, and seeking; parts that are not such segments raise
 one line."""
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layerfilm.encode import EncodeOptions, encoder, encoder_command, ffmpeg_exe, join
 from layerfilm.errors import EncodeError
+from layerfilm.video.encode import EncodeOptions, encoder, encoder_command, ffmpeg_exe, join
 from test_render_encode import decode
 
 FAST = EncodeOptions(preset="realtime", threads=1)
@@ -52,7 +52,7 @@ def segments(frames: list[np.ndarray], counts: list[int], folder: Path, fps: flo
 
 
 def concat(parts: list[Path], counts: list[int], fps: float, dest: Path) -> Path:
-    """ffmpeg's concat demuxer join, as layerfilm.encode.join did it before layerfilm.webm."""
+    """ffmpeg's concat demuxer join, as layerfilm.video.encode.join did it before layerfilm.video.webm."""
     listing = dest.with_suffix(".txt")
     listing.write_text("".join(f"file '{p}'\nduration {n / fps:.6f}\n" for p, n in zip(parts, counts)))
     subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
@@ -82,7 +82,7 @@ def frame_at(path: Path, seconds: str, size: tuple[int, int]) -> np.ndarray:
     return np.frombuffer(raw, np.uint8).reshape(size[1], size[0], 3)
 
 
-# An EBML reader of its own (not layerfilm.webm's), to check what the join wrote.
+# An EBML reader of its own (not layerfilm.video.webm's), to check what the join wrote.
 def vint(b: bytes, i: int, marker: bool = False) -> tuple[int, int]:
     n = 9 - b[i].bit_length()
     v = int.from_bytes(b[i:i + n], "big")
@@ -193,13 +193,13 @@ def test_seeking_gives_the_frame_at_that_time(joined):
 
 def test_without_copy_file_range_the_same_bytes_are_written(joined, tmp_path, monkeypatch):
     """Another file system or an old kernel: the blocks are read and written in chunks instead."""
-    import layerfilm.webm
+    import layerfilm.video.webm
 
     def refuse(*args):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
-    monkeypatch.setattr(layerfilm.webm, "CHUNK", 1000)  # several chunks a block
+    monkeypatch.setattr(layerfilm.video.webm, "CHUNK", 1000)  # several chunks a block
     join(joined["parts"], joined["counts"], joined["fps"], "webm", tmp_path / "chunked.webm")
     assert (tmp_path / "chunked.webm").read_bytes() == joined["out"].read_bytes()
 

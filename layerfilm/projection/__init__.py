@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..features import Features
-from ..texttable import text_table
-from . import linear, umap  # noqa: F401  (registers pca, procrustes, umap)
-from .linear import FITS
-from .trajectories import PROJECTIONS, Trajectories
-from .umap import UmapOptions
+from layerfilm.points import Features
+from layerfilm.projection import linear, umap  # noqa: F401  (registers pca, procrustes, umap)
+from layerfilm.projection.linear import FITS
+from layerfilm.projection.trajectories import PROJECTIONS, Trajectories
+from layerfilm.projection.umap import UmapOptions
+from layerfilm.text import text_table
 
 __all__ = ["FITS", "PROJECTIONS", "Trajectories", "UmapOptions", "coherence", "describe", "project", "stats_table"]
 

@@ -12,11 +12,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..errors import OptionsError
-from ..features import ArrayStore, Features
-from .linear import FITS
-from .trajectories import PROJECTIONS, Trajectories
-from .umap import UmapOptions
+from layerfilm.errors import OptionsError
+from layerfilm.points import ArrayStore, Features
+from layerfilm.projection.linear import FITS
+from layerfilm.projection.trajectories import PROJECTIONS, Trajectories
+from layerfilm.projection.umap import UmapOptions
 
 
 class AlignedProjection:
@@ -70,7 +70,7 @@ class AlignedProjection:
         blocks = np.arange(L, dtype=np.int64)
         ids = np.broadcast_to(np.arange(N, dtype=np.int64), (L, N)).copy()
         features = Features(steps, blocks, ids, "points", ArrayStore(np.ascontiguousarray(x, np.float32)), positions=blocks)
-        from . import project
+        from layerfilm.projection import project
 
         traj: Trajectories = project(features, self.method, progress=False, **kwargs)
         self.trajectories_ = traj

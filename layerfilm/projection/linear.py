@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import OptionsError
-from ..features import Features, ScaledStore, in_safe_range
-from ..features.point_measures import sum_sq
-from .trajectories import PROJECTIONS, Trajectories
+from layerfilm.errors import OptionsError
+from layerfilm.points import Features, ScaledStore, in_safe_range
+from layerfilm.points.measures import sum_sq
+from layerfilm.projection.trajectories import PROJECTIONS, Trajectories
 
 FITS = ("all", "first", "last")
 OVERSAMPLE = 6  # extra directions in the subspace iteration; more = closer to the exact top-2 axes
@@ -99,7 +99,7 @@ def _check_dims(x: np.ndarray) -> None:
 class PcaBasis:
     """A fitted block-wise PCA basis, fixed: key frame points x (L, N, D) -> (L, N, 2) =
     ((x * scale) - shift) q rot - offset. Kept apart from the fitting so that a live film
-    (layerfilm.live) projects each new key frame with the basis fitted earlier, by the same arithmetic
+    (layerfilm.live.film) projects each new key frame with the basis fitted earlier, by the same arithmetic
     as ``project_pca`` (so the same bytes as a one-shot render with that basis)."""
 
     shift: np.ndarray  # (L, 1, D) float32: keeps sums well-conditioned

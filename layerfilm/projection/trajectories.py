@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..features import Subject
-from ..registry import Registry
+from layerfilm.points import Subject
+from layerfilm.registry import Registry
 
 PROJECTIONS: Registry = Registry("projection")
 

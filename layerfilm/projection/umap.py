@@ -37,11 +37,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from ..engine import LocalEngine
-from ..errors import OptionsError
-from ..features import Features, in_safe_range
-from ..options import check_seed
-from .trajectories import PROJECTIONS, Trajectories
+from layerfilm.errors import OptionsError
+from layerfilm.options import check_seed
+from layerfilm.parallel.engines import LocalEngine
+from layerfilm.points import Features, in_safe_range
+from layerfilm.projection.trajectories import PROJECTIONS, Trajectories
 
 MAX_ANCHORS = 8  # auto stride: fit AlignedUMAP jointly on at most this many key frames
 
@@ -107,7 +107,7 @@ def _umap():
 def _epoch_fn():
     """The compiled aligned epoch (layerfilm.umap_kernel; numba-cached on disk)."""
     _umap()
-    from .umap_kernel import epoch
+    from layerfilm.projection.umap_kernel import epoch
 
     return epoch
 

@@ -1,0 +1,1 @@
+"""Live films: a film kept up to date while the run trains (watch, the training callbacks)."""

@@ -1,0 +1,172 @@
+"""Weight rows as points: each block's chosen matrix, one point per output neuron."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass, replace
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from layerfilm.errors import CheckpointError, OptionsError, ScanError
+from layerfilm.io.blocks import BlockMap, is_conv1d_layout, map_blocks, resolve_param
+from layerfilm.io.formats import check_finite, open_checkpoint
+from layerfilm.io.scan import Checkpoint, Series, problem_of
+from layerfilm.io.storage import AnyPath
+from layerfilm.options import check_seed
+from layerfilm.parallel.threads import prefetch
+from layerfilm.points import Features, FeatureStore
+from layerfilm.points.measures import PointMeasures
+
+LAYOUTS = ("auto", "out-in", "in-out")
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """What to film from the weights.
+
+    param:  matrix inside each block (None: the MLP's input projection).
+    points: at most this many output neurons per block, chosen once (seeded) and tracked throughout.
+    seed:   seed of that choice.
+    blocks_regex: override block detection (a regex whose first group is the block index).
+    layout: "out-in" (nn.Linear), "in-out" (GPT-2 Conv1D) or "auto" (Conv1D when c_attn is [d, 3d]).
+    """
+
+    param: str | None = None
+    points: int = 512
+    seed: int = 0
+    blocks_regex: str | None = None
+    layout: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.points < 2:
+            raise OptionsError(f"points={self.points}: need at least 2 points per block")
+        check_seed(self.seed)
+        if self.layout not in LAYOUTS:
+            raise OptionsError(f"layout={self.layout!r}: choose one of {', '.join(LAYOUTS)}")
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    """Decided once, from the first checkpoint: which tensor per block, its orientation, which rows."""
+
+    layer_map: BlockMap
+    component: str
+    tensor_names: tuple[str, ...]  # (L,)
+    transpose: bool  # True: stored [in, out], points are columns
+    shape: tuple[int, int]  # (out, in) after orientation
+    point_ids: np.ndarray  # (L, N)
+    block_bytes: int = 0  # the largest block's tensors in float32: what a whole-block measure holds per copy
+
+    @property
+    def name(self) -> str:
+        """What the points are, e.g. "mlp.c_fc.weight (rows: output neurons)"."""
+        return f"{self.component} ({'columns' if self.transpose else 'rows'}: output neurons)"
+
+
+def plan(series: Series, spec: WeightSpec) -> WeightPlan:
+    first = series.checkpoints[0]
+    with open_checkpoint(first.path, first.format) as reader:
+        keys = reader.keys()
+        shapes = {k: reader.shape(k) for k in keys}
+    layer_map = map_blocks(keys, spec.blocks_regex)
+    component = resolve_param(layer_map, spec.param, shapes)
+    names = tuple(layer_map.param_names(component))
+    transpose = spec.layout == "in-out" or (spec.layout == "auto" and is_conv1d_layout(keys, shapes))
+    oriented = {n: shapes[n][::-1] if transpose else shapes[n] for n in names}
+    if len(set(oriented.values())) != 1:
+        raise CheckpointError(f"{first.path}: {component} differs in shape across blocks ({set(oriented.values())})")
+    out_dim, in_dim = oriented[names[0]]
+    n = min(spec.points, out_dim)
+    rng = np.random.default_rng(spec.seed)
+    ids = np.stack([np.sort(rng.choice(out_dim, n, replace=False)) for _ in names])
+    block_bytes = max(sum(int(np.prod(shapes[k])) for k in layer_map.names[b].values()) for b in layer_map.blocks) * 4
+    return WeightPlan(layer_map, component, names, transpose, (out_dim, in_dim), ids, block_bytes)
+
+
+def tracked(w: np.ndarray, wp: WeightPlan, i: int) -> np.ndarray:
+    """(N, D) the tracked points of block ``i`` from its whole matrix ``w`` as stored."""
+    return (w.T if wp.transpose else w)[wp.point_ids[i]]
+
+
+def read_points(reader, wp: WeightPlan, where: AnyPath, blocks: Sequence[int] | None = None) -> np.ndarray:
+    """(Lc, N, D) float32 tracked points of ``blocks`` (indices into the plan; default all) in one open
+    checkpoint, reading only their rows for an [out, in] matrix (a Conv1D [in, out] one whole)."""
+    blocks = range(len(wp.tensor_names)) if blocks is None else blocks
+    out = np.empty((len(blocks), wp.point_ids.shape[1], wp.shape[1]), np.float32)
+    keys = set(reader.keys())
+    for j, i in enumerate(blocks):
+        name = wp.tensor_names[i]
+        if name not in keys:
+            raise CheckpointError(f"{where}: tensor {name} is missing")
+        shape = tuple(reader.shape(name))
+        if (shape[::-1] if wp.transpose else shape) != wp.shape:
+            raise CheckpointError(f"{where}: {name} has shape {shape}, expected {wp.shape[::-1] if wp.transpose else wp.shape}")
+        out[j] = tracked(reader.get(name), wp, i) if wp.transpose else reader.rows(name, wp.point_ids[i])
+        check_finite(out[j], where, name, wp.layer_map.blocks[i])  # NaN/Inf would poison the projection
+    return out
+
+
+def skip(ckpt: Checkpoint, error: CheckpointError, strict: bool = False) -> Checkpoint:
+    """The one rule for a checkpoint found bad only when its tensors are read (render, stills,
+    stability, report): under ``strict`` an error; otherwise one warning line naming the file, and the
+    checkpoint with its problem, for the list of skipped ones at the end."""
+    if strict:
+        raise CheckpointError(f"{error} (--strict: nothing is skipped)") from None
+    warnings.warn(f"{error}; skipped", stacklevel=3)
+    return replace(ckpt, problem=problem_of(error, ckpt.path))
+
+
+def extract(series: Series, spec: WeightSpec, workdir: Path, progress: bool = True, strict: bool = False) -> Features:
+    """Read each checkpoint once and keep only the tracked rows, one key frame at a time.
+
+    A checkpoint that cannot be read (damaged, a tensor missing, another shape) is skipped with
+    one warning line and listed in ``Features.skipped``; with ``strict`` it is an error.
+    At least two key frames must remain.
+    """
+    wp = plan(series, spec)
+    store = FeatureStore(workdir)
+    steps, skipped = [], []
+
+    def read(ckpt: Checkpoint) -> np.ndarray | CheckpointError:
+        try:
+            with open_checkpoint(ckpt.path, ckpt.format) as reader:
+                return read_points(reader, wp, ckpt.path)
+        except CheckpointError as e:
+            return e
+
+    final = read(series.checkpoints[-1])  # the overlay's distance to the final key frame, measured on the way
+    measures = PointMeasures(final) if not isinstance(final, CheckpointError) else None
+    # the next checkpoints are read in a thread while this one is written to the store
+    ahead = chain((read(c) for c in series.checkpoints[:-1]), [final])  # the final one is read already
+    with closing(prefetch(ahead)) as points:
+        for ckpt, pts in zip(tqdm(series.checkpoints, desc="loading", unit="ckpt", disable=not progress), points):
+            if isinstance(pts, CheckpointError):
+                skipped.append(skip(ckpt, pts, strict))
+                continue
+            store.append(pts)
+            steps.append(ckpt.step)
+            if measures is not None:
+                measures.add(pts)
+    if len(steps) < 2:
+        raise ScanError(f"{series.root}: {len(steps)} readable checkpoint(s); a film needs at least two key frames")
+    stats = measures.result(np.asarray(steps)) if measures is not None else {}
+    return replace(features_of(series, wp, store, steps, skipped), stats=stats)
+
+
+def features_of(series: Series, wp: WeightPlan, store: FeatureStore, steps: list[int] | None = None,
+                skipped: list | tuple = ()) -> Features:
+    """The ``Features`` of a store filled with ``read_points``: for every checkpoint of ``series``, or
+    for ``steps`` when some were ``skipped``."""
+    return Features(
+        steps=np.asarray(series.steps if steps is None else steps, np.int64),
+        blocks=np.asarray(wp.layer_map.blocks, np.int64),
+        point_ids=wp.point_ids.astype(np.int64),
+        name=wp.name,
+        store=store,
+        skipped=tuple(skipped),
+    )

@@ -1,0 +1,319 @@
+"""Stills and reports: the answer to "which blocks have settled?" in pictures and one file.
+
+``stills`` renders chosen key frames with the film's renderer (same fixed axes and colour scale as
+the film, so two steps compare directly) and puts them side by side. ``report`` measures the
+checkpoints once (``layerfilm.stability``; with ``FilmOptions.activations`` also the statistics of each
+block's output on the probe batch) and writes either one self-contained HTML file (images and
+film embedded as data: URIs, nothing fetched) or Markdown with PNGs beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+import numpy as np
+
+from layerfilm.draw.raster import Style
+from layerfilm.errors import OptionsError
+from layerfilm.film import FilmFrames, film_renderer
+from layerfilm.film_options import FilmOptions
+from layerfilm.io.outputs import atomic_output, check_output_path
+from layerfilm.io.storage import local_inputs, redact
+from layerfilm.projection import Trajectories
+from layerfilm.report.figures import (
+    activation_hot_figure,
+    activation_near_zero_figure,
+    activation_norm_figure,
+    figure_format,
+    heatmap_figure,
+    hot_figure,
+    norm_figure,
+    plain_text,
+    save_figure,
+    settling_figure,
+    stills_figure,
+)
+from layerfilm.report.media import Film, FrameSource, Picture, Stills, film_for, pictures, relative_link
+from layerfilm.stability import Stability
+from layerfilm.study import Run
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+REPORT_KINDS = {".html": "html", ".htm": "html", ".md": "md"}
+
+
+@dataclass(frozen=True)
+class Report:
+    out: Path
+    stability: Stability
+    figures: dict[str, Figure]  # stills, heatmap, settling, hot, norms (+ act_hot, act_norms, act_near_zero)
+    files: list[Path]  # everything written (the report, and for Markdown its PNGs)
+    notes: tuple[str, ...] = ()  # what the reader should know, e.g. that a large film is linked, not embedded
+
+
+def parse_step_list(text: str) -> list[int]:
+    """``"0,2000"`` -> [0, 2000]."""
+    try:
+        steps = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise OptionsError(f"keyframes={text!r}: expected steps separated by commas, e.g. 0,2000") from None
+    if not steps:
+        raise OptionsError(f"keyframes={text!r}: give at least one step")
+    return steps
+
+
+def key_indices(have: list[int], steps: list[int] | None) -> tuple[list[int], list[int]]:
+    """(steps, their key-frame indices) for the wanted ``steps`` among the key frames' steps ``have``
+    (default: the first and the last)."""
+    steps = steps if steps is not None else sorted({have[0], have[-1]})
+    missing = [s for s in steps if s not in have]
+    if missing:
+        shown = ", ".join(map(str, have)) if len(have) <= 12 else \
+            ", ".join([*map(str, have[:6]), "...", *map(str, have[-3:])])
+        raise OptionsError(f"keyframes: {', '.join(map(str, missing))} not a key frame; key frames are at steps {shown}")
+    return steps, [have.index(s) for s in steps]
+
+
+def keyframe_stills(traj: Trajectories, style: Style, steps: list[int] | None = None,
+                    opts: FilmOptions | None = None) -> Stills:
+    """The film's frames at ``steps`` (default: the first and last key frame), side by side; with the
+    film's legend unless ``opts.legend`` is False."""
+    steps, idx = key_indices([int(s) for s in traj.steps], steps)
+    opts = opts or FilmOptions(style=style)
+    film = FilmFrames.of(traj, opts, film_renderer(traj, style, opts))
+    frames = np.stack([film.draw(k, 0.0) for k in idx])
+    return Stills(steps, frames, stills_figure(frames))  # each frame's caption says its step
+
+
+def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] | None = None,
+           opts: FilmOptions = FilmOptions(), progress: bool = True) -> Stills:
+    """Stills of the checkpoints in ``folder`` at ``steps`` (default first and last), written to ``out``
+    (.png, .svg or .pdf) when given.
+
+    Example:
+        >>> stills("ckpts/", "before_after.png", steps=[0, 2000]).frames.shape  # doctest: +SKIP
+        (2, 720, 1280, 3)
+    """
+    inputs = local_inputs(folder)
+    if out is not None:  # a bad extension or a path that is not ours fails before any work
+        check_output_path(out, (f".{figure_format(out)}",), inputs)
+    run = Run.open(folder, opts, progress)
+    key_indices(run.series.steps, steps)  # a step that is not a key frame fails before any work
+    traj = run.trajectories()
+    result = keyframe_stills(traj, opts.style, steps, opts)
+    if out is not None:
+        save_figure(result.figure, out, inputs)
+    return result
+
+
+SECTIONS = {  # name: (heading, what it shows)
+    "stills": ("First and last key frame", "Each block's points (the film's neurons) at the first and the last key frame, "
+               "on the same fixed axes and colour scale as the film."),
+    "heatmap": ("Which blocks still move", "Relative update of each block's weights between key frames, on a log colour "
+                "scale; the white tick is the block's settling step."),
+    "settling": ("Settling", "Distance to the final checkpoint relative to the first key frame; a block settles "
+                 "once it stays below the dashed threshold. Below, each block's settling step in a row of its own."),
+    "hot": ("Histograms over time", "Value histograms of each block's weight matrices per key frame "
+            "(colour: log(1 + count))."),
+    "norms": ("Parameter norms", "The norm of every tensor of every block over training: one panel per tensor, one "
+              "line per block (colour: depth)."),
+    "act_hot": ("Activation histograms over time", "Histograms of each block's output on the probe batch per key "
+                "frame: value bins on a symmetric log axis, colour log(1 + count); dotted lines at the near-zero "
+                "threshold."),
+    "act_norms": ("Activation norm against depth", "Left: the mean token norm of each block's output, one line per "
+                  "key frame (early dark, late bright). Right: how much the norm grows per block (geometric mean from "
+                  "the first block to the last) over training; 1 is flat with depth."),
+    "act_near_zero": ("Activations near zero", "The fraction of each block's output activations near zero over "
+                      "training."),
+}
+
+
+FIGURE_NAMES = ("stills", "heatmap", "settling", "hot", "norms", "act_hot", "act_norms", "act_near_zero")
+
+
+def report_figures(stab: Stability, style: Style) -> dict[str, Figure]:
+    assert stab.trajectories is not None  # a measured Stability keeps the film's projection
+    figures = {
+        "stills": keyframe_stills(stab.trajectories, style).figure,
+        "heatmap": heatmap_figure(stab),
+        "settling": settling_figure(stab),
+        "hot": hot_figure(stab),
+        "norms": norm_figure(stab),
+    }
+    if stab.activations is not None:
+        figures |= {"act_hot": activation_hot_figure(stab.activations),
+                    "act_norms": activation_norm_figure(stab.activations),
+                    "act_near_zero": activation_near_zero_figure(stab.activations)}
+    return figures
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    with plain_text(fig):
+        fig.savefig(buf, format="png", dpi=150, facecolor="white")
+    return buf.getvalue()
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _summary(stab: Stability, folder: str | Path) -> str:
+    steps = stab.steps
+    settled = sum(k >= 0 for k in stab.settle_index)
+    return (f"{len(steps)} checkpoints in {redact(str(folder))} (steps {steps[0]:,} to {steps[-1]:,}), "
+            f"{len(stab.blocks)} blocks; "
+            f"{settled} of {len(stab.blocks)} settled (threshold {stab.settle_threshold:g}). "
+            f"Points: {stab.points}.")
+
+
+CSS = """body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222}img,video{max-width:100%;height:auto}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3f3f3}
+td:nth-child(2){text-align:left}.never{color:#b00}.settled{color:#070}p.note{color:#555}
+.film{container-type:inline-size}.film video{display:block;width:100%;max-width:none;object-fit:contain;
+object-position:top;background:#111}.frames img{margin:.3em 0}"""
+
+
+ACT_TABLE = ("Activations at the last key frame", "Statistics of each block's output on all probe tokens: mean token "
+             "norm, its growth over the previous block's (block 0: over its input), mean, std, fraction near zero.")
+
+
+def _html_table(head: list[str], rows: list[list[str]], settled_column: int | None = None) -> str:
+    """An HTML table; cells of ``settled_column`` are classed "never" or "settled"."""
+    def cls(i: int, c: str) -> str:
+        return ("never" if c == "never" else "settled") if i == settled_column else ""
+
+    return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>\n" + "\n".join(
+        "<tr>" + "".join(f'<td class="{cls(i, c)}">{html.escape(c)}</td>' for i, c in enumerate(r)) + "</tr>"
+        for r in rows) + "</table>"
+
+
+MD_SPECIAL = "\\`*_[]|!#~$"  # backslash-escaped in Markdown text; <, > and & become entities
+
+
+def _md(text: str) -> str:
+    """``text`` (folder, tensor and frame names) as literal Markdown: ``<>&`` as HTML entities, so no tag in a
+    name reaches a renderer (``<img onerror>`` ran), and link, emphasis, table and math marks escaped."""
+    return "".join(html.escape(c) if c in "<>&" else "\\" + c if c in MD_SPECIAL else c for c in text)
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(_md(c) for c in cells) + " |"
+
+    return [line(head), "|" + "---|" * len(head)] + [line(r) for r in rows]
+
+
+def _html(stab: Stability, folder: str | Path, images: dict[str, bytes], film: Film | None,
+          frames: dict[str, Picture]) -> str:
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>layerfilm report</title>"
+             f"<style>{CSS}</style></head><body>",
+             "<h1>Which layers stabilize</h1>", f"<p>{html.escape(_summary(stab, folder))}</p>"]
+    if film is not None:
+        parts += ["<h2>Film</h2>", film.html(_data_uri(film.data, film.mime) if film.data is not None else None)]
+    for title, pic in frames.items():
+        parts += [f"<h2>{html.escape(title)}</h2>",
+                  f'<p class="frames"><img alt="{html.escape(title, quote=True)}" src="{_data_uri(pic.data, pic.mime)}"></p>']
+    parts += ["<h2>Settling table</h2>", _html_table(*stab.table_rows(), settled_column=2),
+              f'<p class="note">Ranked by settling step: the first step after which the block\'s distance to the '
+              f"final checkpoint stays below {stab.settle_threshold:g} of its distance at the first key frame.</p>"]
+    if stab.activations is not None:
+        parts += [f"<h2>{ACT_TABLE[0]}</h2>", f"<p>{html.escape(stab.activations.headline())}. {ACT_TABLE[1]}</p>",
+                  _html_table(*stab.activations.table_rows())]
+    for name, png in images.items():
+        title, text = SECTIONS[name]
+        parts += [f"<h2>{title}</h2>", f"<p>{html.escape(text)}</p>",
+                  f'<img alt="{title}" src="{_data_uri(png, "image/png")}">']
+    return "\n".join(parts) + "\n</body></html>\n"
+
+
+def _markdown(stab: Stability, folder: str | Path, pngs: dict[str, str], film: str | None,
+              frames: dict[str, str]) -> str:
+    """The Markdown report; ``pngs``, ``film`` and ``frames`` are links (report_media.relative_link)."""
+    lines = ["# Which layers stabilize", "", _md(_summary(stab, folder)), ""]
+    if film is not None:
+        lines += [f"Film: [{_md(unquote(film).rsplit('/', 1)[-1])}]({film})", ""]
+    for title, link in frames.items():
+        lines += [f"## {_md(title)}", "", f"![{_md(title)}]({link})", ""]
+    lines += ["## Settling table", "", *_md_table(*stab.table_rows())]
+    if stab.activations is not None:
+        lines += ["", f"## {ACT_TABLE[0]}", "", _md(f"{stab.activations.headline()}. {ACT_TABLE[1]}"), "",
+                  *_md_table(*stab.activations.table_rows())]
+    for name, png in pngs.items():
+        title, text = SECTIONS[name]
+        lines += ["", f"## {title}", "", _md(text), "", f"![{title}]({png})"]
+    return "\n".join(lines) + "\n"
+
+
+def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
+           opts: FilmOptions = FilmOptions(), progress: bool = True, *, film_link: bool = False,
+           frames: Mapping[str, FrameSource] | None = None) -> Report:
+    """Measure the checkpoints in ``folder`` and write a report: ``.html`` (one file, images embedded)
+    or ``.md`` (Markdown, with ``<name>_<figure>.png`` beside it).
+
+    Args:
+        film: a .webm, .mp4 or .gif film. HTML embeds it when it is at most 8 MB
+            (``report_media.EMBED_MAX_BYTES``) and links it (a path relative to the report, with a
+            note) when larger or when ``film_link``; Markdown always links it.
+        frames: title -> frames chosen in Python, each a section of the report after the film: an
+            (H, W, 3) uint8 array, (K, H, W, 3) frames side by side, an image file (.png, .jpg, .gif,
+            .webp, .svg), or the ``Stills`` of :func:`stills`. Markdown writes arrays as
+            ``<name>_frame_<i>.png`` beside the report and links files where they are.
+
+    Example:
+        >>> st = stills("ckpts/", "before_after.png")  # doctest: +SKIP
+        >>> report("ckpts/", "report.html", film="film.webm",  # doctest: +SKIP
+        ...        frames={"Last key frame": st.frames[-1], "Before and after": "before_after.png"})
+    """
+    out = Path(out)
+    kind = REPORT_KINDS.get(out.suffix.lower())
+    if kind is None:
+        raise OptionsError(f"{out}: unknown report extension {out.suffix!r}; use .html or .md")
+    inputs = local_inputs(folder)
+    check_output_path(out, (out.suffix.lower(),), inputs)
+    pngs = {n: out.with_name(f"{out.stem}_{n}.png") for n in FIGURE_NAMES}
+    shown = pictures(frames)  # every frame checked (and its file read) before any checkpoint is
+    frame_pngs = {t: out.with_name(f"{out.stem}_frame_{i}.png") for i, t in enumerate(shown) if shown[t].file is None}
+    if kind == "md":
+        for png in [*pngs.values(), *frame_pngs.values()]:
+            check_output_path(png, (".png",), inputs)
+    if film_link and film is None:
+        raise OptionsError("film_link: there is no film to link; give film=PATH")
+    movie = film_for(film, out, film_link, (opts.style.width, opts.style.height)) if film is not None else None
+    stab = Run.open(folder, opts, progress).stability()
+    figures = report_figures(stab, opts.style)
+    files: list[Path] = []
+    if kind == "html":
+        text = _html(stab, folder, {n: _png(f) for n, f in figures.items()}, movie, shown)
+    else:
+        try:
+            for name, fig in figures.items():
+                files.append(save_figure(fig, pngs[name], inputs))
+            for title, png in frame_pngs.items():
+                with atomic_output(png, suffix=".png") as tmp:
+                    tmp.write_bytes(shown[title].data)
+                files.append(png)
+        except BaseException:
+            for f in files:
+                f.unlink(missing_ok=True)
+            raise
+        links = {t: relative_link(frame_pngs.get(t) or _file(shown[t].file), out) for t in shown}
+        text = _markdown(stab, folder, {n: relative_link(pngs[n], out) for n in figures}, movie.link if movie else None,
+                         links)
+    with atomic_output(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Report(out, stab, figures, [out, *files], (movie.note,) if movie and movie.note and kind == "html" else ())
+
+
+def _file(path: Path | None) -> Path:
+    assert path is not None  # a picture from a file
+    return path

@@ -1,0 +1,411 @@
+"""The Run: one study of one folder with one set of options, and the only orchestration.
+
+A :class:`Run` holds the scanned series and the options, and computes lazily, each at most once and
+kept in the on-disk cache (layerfilm.io.cache) under a key of the checkpoints' stamps and the options that
+change it:
+
+  trajectories()    the film's aligned 2-D key-frame points (T x L x N x 2) with their measures
+  block_measures()  the whole-block measures of layerfilm.stability (norms, updates, histograms, CKA)
+  stability()       both together, with settling steps (what `stability` and `report` show)
+
+``render``, ``stills``, ``stability`` and ``report`` are thin consumers; the CLI builds one Run, so a
+second command on the same folder and options reads no checkpoint (only the scan's headers).
+
+Work is decomposed by block: a block's points and measures depend only on that block's tensors, so a
+task is (a chunk of blocks) x (all key frames), a plain function (:func:`block_task`) of small
+arguments returning small arrays. A task reads only the bytes it needs: the tracked rows of the filmed
+matrix (coalesced into ranges) for a film, or each block tensor once for the whole-block measures,
+and keeps its chunk's key frames in memory while they are projected; no feature store on disk.
+Chunks are sized to a memory budget (``LAYERFILM_CHUNK_MB``, default 512), shared by the workers on
+this machine (each holds one chunk), whole on each worker of a remote cluster. Activation films stay
+checkpoint-major (a forward pass needs the whole model): with several devices, one long-lived
+worker per device takes its share of the checkpoints (layerfilm.points.activations.devices).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable
+from contextlib import closing
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from layerfilm.errors import CheckpointError, OptionsError, ScanError
+from layerfilm.film_options import FilmOptions
+from layerfilm.io import cache
+from layerfilm.io.formats import open_checkpoint
+from layerfilm.io.outputs import new_scratch
+from layerfilm.io.scan import Checkpoint, Series, scan
+from layerfilm.io.storage import is_remote, location
+from layerfilm.parallel.engines import get_engine
+from layerfilm.parallel.threads import one_blas_thread, prefetch
+from layerfilm.points import ArrayStore, Features, Subject
+from layerfilm.points.act_stats import ActivationStats
+from layerfilm.points.measures import point_measures
+from layerfilm.points.weights import WeightPlan, plan, read_points, skip
+from layerfilm.projection import Trajectories, describe, project
+from layerfilm.stability import (
+    HIST_BINS,
+    BlockMeasures,
+    BlockStats,
+    Stability,
+    StabilityOptions,
+    check_fits,
+    screen_motion,
+    settle_index,
+)
+from layerfilm.text import show
+
+if TYPE_CHECKING:  # the activations module imports torch
+    from layerfilm.points.activations import ActivationSpec
+
+DEFAULT_CHUNK_MB = 512
+# a local pass that reads less than this runs in this process: starting worker processes (each imports
+# NumPy, torch and layerfilm, about a second) would cost more than the work
+IN_PROCESS_BYTES = 64 * 2**20
+T = TypeVar("T")
+
+
+def scan_for(folder: str | Path, opts, progress: bool = False) -> Series:
+    """The checkpoints of ``folder`` selected by ``opts`` (every, steps, final step, strict, blocks): the
+    one scan every command (render, stills, stability, report) makes. ``folder`` may be a URL (with
+    ``opts.storage_options``); activation films need a local one (the model is built from its files)."""
+    root = location(folder, opts.storage_options)
+    if opts.activations is not None and is_remote(root):
+        raise OptionsError(f"{show(root)}: --features activations builds the model from a local folder (config, "
+                           "tokenizer and whole checkpoints); copy the checkpoints to a local disk")
+    return scan(root, opts.every, opts.steps, final_step=opts.final_step, strict=opts.strict,
+                blocks_regex=opts.weights.blocks_regex, progress=progress)
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What one block task returns: small arrays for its blocks, or the checkpoints it could not read."""
+
+    blocks: tuple[int, ...]  # indices into the plan's blocks
+    bad: dict[int, str] = field(default_factory=dict)  # checkpoint index -> problem (then nothing else)
+    xy: np.ndarray | None = None  # (T, Lc, N, 2)
+    stats: dict[str, np.ndarray] = field(default_factory=dict)  # per-block stats of the points and projection
+    measures: dict[str, np.ndarray] | None = None  # whole-block measures (layerfilm.stability.BlockStats)
+
+
+def chunk_mb() -> float:
+    try:
+        mb = float(os.environ.get("LAYERFILM_CHUNK_MB", DEFAULT_CHUNK_MB))
+    except ValueError:
+        mb = DEFAULT_CHUNK_MB
+    return mb if math.isfinite(mb) and mb > 0 else DEFAULT_CHUNK_MB
+
+
+def block_chunks(wp: WeightPlan, keyframes: int, whole_bytes: int = 0, budget_mb: float | None = None,
+                 most: int | None = None) -> list[tuple[int, ...]]:
+    """Consecutive chunks of the plan's blocks whose key frames fit the memory budget: the points
+    (T x N x D float32 per block) and, for the whole-block measures, the copies of a block's tensors
+    held at once (float32, ``BlockStats.COPIES``: the final, the previous and the current checkpoint's,
+    and the one read ahead)."""
+    per_block = keyframes * wp.point_ids.shape[1] * wp.shape[1] * 4 + BlockStats.COPIES * whole_bytes
+    size = max(1, int((budget_mb or chunk_mb()) * 2**20 // max(per_block, 1)))
+    if most is not None:
+        size = min(size, most)
+    L = len(wp.tensor_names)
+    return [tuple(range(i, min(i + size, L))) for i in range(0, L, size)]
+
+
+def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: tuple[int, ...],
+               projection: str, projection_kwargs: dict, whole: bool = False,
+               bins: int = HIST_BINS, progress: Callable[[], None] | None = None) -> ChunkResult:
+    """Points (and, with ``whole``, whole-block measures) of ``blocks`` at the checkpoints ``active``
+    (indices into ``series``), projected to 2-D. Each checkpoint is opened once; with ``whole`` the
+    final one is read first and kept while the others stream by, so every byte is read once."""
+    ckpts = [series.checkpoints[t] for t in active]
+    T, N, D = len(active), wp.point_ids.shape[1], wp.shape[1]
+    points = np.empty((T, len(blocks), N, D), np.float32)
+    bad: dict[int, str] = {}
+    stats = BlockStats(wp, blocks, T, bins) if whole else None
+    order = [T - 1, *range(T - 1)] if whole else list(range(T))  # whole: the final first
+
+    def read(i: int) -> tuple[int, np.ndarray | list[dict[str, np.ndarray]] | CheckpointError]:
+        ckpt = ckpts[i]
+        try:
+            with open_checkpoint(ckpt.path, ckpt.format) as reader:
+                if stats is None:
+                    return i, read_points(reader, wp, ckpt.path, blocks)
+                return i, stats.read(reader, ckpt.path)
+        except CheckpointError as e:
+            return i, e
+
+    # whole blocks are large: one read ahead; rows are small: three
+    with closing(prefetch((read(i) for i in order), depth=1 if whole else 3)) as ahead:
+        for i, got in ahead:
+            if progress is not None:
+                progress()
+            if isinstance(got, CheckpointError):
+                bad[active[i]] = str(got)
+                continue
+            if bad:
+                continue
+            if stats is None:
+                assert isinstance(got, np.ndarray)  # read_points
+                points[i] = got
+            else:
+                assert isinstance(got, list)  # BlockStats.read
+                points[i] = stats.add(i, got)
+    if bad:
+        return ChunkResult(blocks, bad)
+    ids = wp.point_ids[list(blocks)]
+    features = Features(np.asarray([c.step for c in ckpts], np.int64), np.asarray(wp.layer_map.blocks)[list(blocks)],
+                        ids, "", ArrayStore(points), positions=np.asarray(blocks))
+    with one_blas_thread():
+        traj = project(features, projection, progress=False, **projection_kwargs)
+        measured = point_measures(features.store, features.steps)
+    measures = stats.result(points) if stats is not None else None
+    return ChunkResult(blocks, {}, traj.xy, {**traj.stats, **measured}, measures)
+
+
+# stats whose block axis is not the first: (T, L) series
+_BLOCK_AXIS = {"point_update": 1, "point_distance": 1}
+
+
+def _join(results: list[ChunkResult]) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """The chunks' arrays joined along the block axis."""
+    xy = np.concatenate([r.xy for r in results], axis=1)
+    stats = {k: np.concatenate([r.stats[k] for r in results], axis=_BLOCK_AXIS.get(k, 0)) for k in results[0].stats}
+    measures = None
+    if results[0].measures is not None:
+        chunks = [r.measures for r in results if r.measures is not None]
+        assert len(chunks) == len(results)  # every chunk measured its blocks, or none did
+        measures = {k: np.concatenate([m[k] for m in chunks], axis=BlockStats.BLOCK_AXIS[k]) for k in chunks[0]}
+    return xy, stats, measures
+
+
+def weights_subject(wp: WeightPlan, opts, keyframes: int, run: str) -> Subject:
+    """What a weights film shows (its legend's words): the matrix, how many of its neurons, the projection."""
+    return Subject(wp.component, "weights", wp.point_ids.shape[1], wp.shape[0], "output neurons",
+                   describe(opts.projection, keyframes, opts.fit), run)
+
+
+class Run:
+    """One study of one series with one set of options (``layerfilm.film_options.FilmOptions``).
+
+    Example:
+        >>> run = Run.open("ckpts/", FilmOptions())  # doctest: +SKIP
+        >>> run.trajectories().xy.shape, run.stability().settle_steps  # doctest: +SKIP
+    """
+
+    def __init__(self, series: Series, opts, progress: bool = True) -> None:
+        self.series = series
+        self.opts = opts
+        self.progress = progress
+        self.skipped: list[Checkpoint] = list(series.skipped)  # the scan's, then those found when read
+        self._traj: Trajectories | None = None
+        self._measures: BlockMeasures | None = None
+        self._stability: Stability | None = None
+        self._weights_run: Run | None = None  # an activation study's run of the weights (stability's motion)
+        self._cache = cache.cache_dir(opts.cache_dir, (series.root,)) if opts.cache else None
+
+    @classmethod
+    def open(cls, folder: str | Path, opts, progress: bool = True, scan_progress: bool = False) -> Run:
+        """Scan ``folder`` as ``opts`` select (reads headers only) and start a Run on it."""
+        return cls(scan_for(folder, opts, scan_progress), opts, progress)
+
+    # ---------------------------------------------------------------- cached products
+
+    def trajectories(self) -> Trajectories:
+        """The film's aligned key-frame points (computed once, from the cache when it has them)."""
+        if self._traj is None:
+            key = self._key("points", self._points_options())
+            self._traj = self._cached_trajectories(key)
+            if self._traj is None:
+                if self.opts.activations is not None:
+                    self._traj = self._activation_trajectories()
+                else:
+                    self._traj, _ = self._weights_pass(whole=False)
+                self._store(key, self._traj.to_arrays())
+        return self._traj
+
+    def block_measures(self, bins: int = HIST_BINS) -> BlockMeasures:
+        """Whole-block measures (each byte of the series read once; from the cache when it has them)."""
+        if self._measures is None:
+            if len(self.series) < 2:
+                raise ScanError(f"{show(self.series.root)}: found {len(self.series)} checkpoint; "
+                                "measuring movement needs at least two")
+            key = self._key("blocks", {"weights": self.opts.weights, "bins": bins})
+            self._measures = self._load(key, BlockMeasures.from_arrays)
+            if self._measures is not None:
+                self._note_cached_skips(self._measures.steps)
+            else:
+                traj, measures = self._weights_pass(whole=True, bins=bins)
+                assert measures is not None  # whole=True measures the blocks
+                self._measures = measures
+                self._store(key, measures.to_arrays())
+                weights = self._weights_film()
+                if weights._traj is None:  # the same pass filmed the weights' points
+                    weights._traj = traj
+                    weights._store(weights._key("points", weights._points_options()), traj.to_arrays())
+        return self._measures
+
+    def stability(self, bins: int = HIST_BINS) -> Stability:
+        """Which blocks settle: the whole-block measures, the film's motion, and with activations their
+        statistics (layerfilm.stability.Stability). ``bins``: value bins of the histograms over time."""
+        if self._stability is None:
+            m = self.block_measures(bins)
+            traj = self.trajectories()
+            act = None
+            if self.opts.activations is not None:
+                from layerfilm.points.act_stats import ActivationStats
+
+                act = ActivationStats.from_arrays(traj.steps, traj.blocks, traj.stats)
+                traj = self._weights_film().trajectories()
+            keep = np.isin(traj.steps, m.steps)  # a checkpoint unreadable in one pass is left out of both
+            traj = traj.take(keep)
+            th = self.opts.settle_threshold
+            self._stability = Stability(
+                steps=m.steps, blocks=m.blocks, components=m.components, relative_update=m.relative_update,
+                distance_to_final=m.distance_to_final, norm=m.norm, param_norm=m.param_norm,
+                cka_to_final=m.cka_to_final, motion=screen_motion(traj), hist=m.hist, hist_edges=m.hist_edges,
+                settle_threshold=th, settle_index=settle_index(m.distance_to_final, th), points=m.points,
+                trajectories=traj, activations=act, skipped=tuple(self.skipped))
+        return self._stability
+
+    # ---------------------------------------------------------------- computing
+
+    def _weights_pass(self, whole: bool, bins: int = HIST_BINS) -> tuple[Trajectories, BlockMeasures | None]:
+        """One pass over the checkpoints by block chunks; checkpoints found unreadable are skipped by
+        the one rule (layerfilm.points.weights.skip) and the pass is redone without them."""
+        series, opts = self.series, self.opts
+        wp = plan(series, opts.weights)
+        active = tuple(range(len(series)))
+        umap = opts.projection == "umap"
+        engine = get_engine(opts.engine, opts.jobs, **opts.engine_options())
+        check_fits(wp, len(active), whole, series.root, min(engine.sharing, len(wp.tensor_names)))
+        while True:
+            whole_bytes = wp.block_bytes if whole else 0
+            work = len(active) * len(wp.tensor_names) * (wp.point_ids.shape[1] * wp.shape[1] * 4 + whole_bytes)
+            if opts.engine == "local" and not umap and work < IN_PROCESS_BYTES:
+                engine = get_engine("local", 1)
+            most = 1 if umap else -(-len(wp.tensor_names) // engine.jobs)  # at least one chunk per worker
+            # the workers on this machine hold a chunk each: they share the budget
+            chunks = block_chunks(wp, len(active), whole_bytes, chunk_mb() / engine.sharing, most=most)
+            kwargs = opts.projection_kwargs()
+            if umap:  # parallel over blocks here, one process per task: none inside
+                kwargs = {**kwargs, "options": replace(kwargs["options"], jobs=1)}
+            args = [(series, wp, c, active, opts.projection, kwargs, whole, bins) for c in chunks]
+            what = "measuring" if whole else "reading"
+            with tqdm(total=len(chunks) * len(active), desc=f"{what} {len(chunks)} block chunk(s)", unit="ckpt",
+                      disable=not self.progress) as bar:
+                results = engine.map(block_task, args, bar.update)
+            bad = {t: why for r in results for t, why in r.bad.items()}
+            if not bad:
+                break
+            for t in sorted(bad):
+                ckpt = series.checkpoints[t]
+                self.skipped.append(skip(ckpt, CheckpointError(bad[t]), opts.strict))
+            active = tuple(t for t in active if t not in bad)
+            if len(active) < 2:
+                raise ScanError(f"{series.root}: {len(active)} readable checkpoint(s); at least two key frames are needed")
+        xy, stats, measures = _join(results)
+        steps = np.asarray([series.checkpoints[t].step for t in active], np.int64)
+        blocks = np.asarray(wp.layer_map.blocks, np.int64)
+        subject = weights_subject(wp, opts, len(steps), series.root.name)
+        traj = Trajectories(steps, blocks, wp.point_ids.astype(np.int64), xy, opts.projection, stats, subject)
+        bm = BlockMeasures.assemble(steps, blocks, wp, measures) if measures is not None else None
+        return traj, bm
+
+    def _activation_trajectories(self) -> Trajectories:
+        """Block outputs on the probe batch, checkpoint-major (a forward pass needs the whole model)."""
+        from layerfilm.points.activations import extract
+
+        with new_scratch("act") as work, one_blas_thread():  # stale ones of killed runs go
+            features = extract(self.series, self.opts.activations, Path(work), self.progress, self.opts.strict,
+                               engine=self.opts.engine, address=self.opts.address)
+            self.skipped.extend(features.skipped)
+            traj = project(features, self.opts.projection, progress=self.progress, **self.opts.projection_kwargs())
+            measured = {} if "point_update" in features.stats else point_measures(features.store, features.steps)
+        subject = features.subject and replace(features.subject, run=self.series.root.name,
+                                               projection=describe(traj.method, len(traj.steps), self.opts.fit))
+        return replace(traj, stats={**traj.stats, **features.stats, **measured}, subject=subject)
+
+    def _weights_film(self) -> Run:
+        """The Run of the weights' film: this one, or for an activation film the same run of weights
+        (`stability` shows the weights' on-screen motion beside the activation statistics)."""
+        if self.opts.activations is None:
+            return self
+        if self._weights_run is None:
+            self._weights_run = Run(self.series, replace(self.opts, activations=None), self.progress)
+            self._weights_run.skipped = self.skipped  # one list of what was skipped
+        return self._weights_run
+
+    # ---------------------------------------------------------------- the cache
+
+    def _points_options(self) -> dict:
+        """What changes the points: the options, and for activations the probe, model and tokenizer files."""
+        options = self.opts.points_options()
+        if self.opts.activations is not None:
+            from layerfilm.points.activations import input_files
+
+            options["inputs"] = [cache.checkpoint_stamp(f) for f in input_files(self.opts.activations, self.series)]
+        return options
+
+    def _key(self, kind: str, options: dict) -> str:
+        return cache.key(self.series, {"kind": kind, **options}) if self._cache is not None else ""
+
+    def _load(self, key: str, parse: Callable[[dict[str, np.ndarray]], T]) -> T | None:
+        if self._cache is None:
+            return None
+        value = cache.load(self._cache, key, parse)
+        if value is not None and self.progress:
+            print(f"read from the cache ({self._cache / key}.npz), not from the checkpoints", file=sys.stderr)
+        return value
+
+    def _store(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        if self._cache is not None:
+            cache.store(self._cache, key, arrays)
+
+    def _cached_trajectories(self, key: str) -> Trajectories | None:
+        traj = self._load(key, Trajectories.from_arrays)
+        if traj is not None:
+            self._note_cached_skips(traj.steps)
+        return traj
+
+    def _note_cached_skips(self, kept: Iterable[int]) -> None:
+        """Checkpoints of the series missing from a cached result could not be read when it was made."""
+        have = set(int(s) for s in kept)
+        known = {c.path for c in self.skipped}
+        self.skipped.extend(replace(c, problem="could not be read (found when first read; cached)")
+                            for c in self.series.checkpoints if c.step not in have and c.path not in known)
+
+
+def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir: Path | None = None,
+            progress: bool = True) -> Stability:
+    """Measure how much every block still moves at every key frame, and when it settles.
+
+    Args:
+        series: the checkpoints (from :func:`layerfilm.io.scan`), at least two.
+        opts: settling threshold, the points for CKA and motion, the projection.
+        workdir: unused (kept for callers of earlier versions: nothing is written to disk).
+    Returns:
+        a :class:`Stability`, whose ``trajectories`` are the film's projection (reusable for a film).
+    Example:
+        >>> st = measure(scan("ckpts/"))  # doctest: +SKIP
+        >>> print(st.table())  # doctest: +SKIP
+    """
+    if len(series) < 2:
+        raise OptionsError(f"{series.root}: found {len(series)} checkpoint; measuring movement needs at least two")
+
+    fo = FilmOptions(weights=opts.weights, projection=opts.projection, settle_threshold=opts.settle_threshold,
+                     activations=opts.activations, cache=False)
+    return Run(series, fo, progress).stability(opts.bins)
+
+
+def measure_activations(series: Series, spec: ActivationSpec, workdir: Path, progress: bool = True) -> ActivationStats:
+    """Statistics of every block's output on the probe batch at every checkpoint of ``series``."""
+    from layerfilm.points.activations import extract
+
+    f = extract(series, spec, workdir, progress)
+    return ActivationStats.from_arrays(f.steps, f.blocks, f.stats)

@@ -1,0 +1,1 @@
+"""Encoding: ffmpeg's encoders, films cut into segments, WebM parts joined without re-encoding."""
