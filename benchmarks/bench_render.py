@@ -44,7 +44,7 @@ from layerfilm.draw.raster import Style  # noqa: E402
 from layerfilm.draw.timeline import Timeline  # noqa: E402
 from layerfilm.film import caption, film_renderer  # noqa: E402
 from layerfilm.film_options import FilmOptions  # noqa: E402
-from layerfilm.study import Run  # noqa: E402
+from layerfilm.study import Study  # noqa: E402
 from layerfilm.video.encode import ENCODERS, EncodeOptions, _raw_input, ffmpeg_exe  # noqa: E402
 from mpl_reference import MplFrames  # noqa: E402
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         print("projecting in-process for the floor's frames and (3) ...", file=sys.stderr)
         t = time.perf_counter()
         opts = FilmOptions(style=style, cache_dir=str(cache))
-        traj = Run(series, opts, progress=False).trajectories()
+        traj = Study(series, opts, progress=False).trajectories()
         prep = time.perf_counter() - t
         renderer = film_renderer(traj, style, opts, bar=True)  # with the legend, as render draws it
         tl = Timeline(T, fps, 1.0)

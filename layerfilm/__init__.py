@@ -1,47 +1,52 @@
-"""layerfilm: films and stills of how every layer of a neural network evolves while it learns."""
+"""layerfilm: films and stills of how every layer of a neural network evolves while it learns.
 
-from layerfilm.draw.raster import Renderer, Style
-from layerfilm.errors import CheckpointError, EncodeError, LayerError, LayerfilmError, OptionsError, OutputError, ScanError
-from layerfilm.film import FilmResult, export_points, render, write_film
+The public API is the names below (``__all__``): the products (render, stills, report, measure, watch),
+the one reader (Study), the scan, the estimator for your own arrays (AlignedProjection), the option
+classes and the one error base. Everything else is reached through its module (layerfilm.report.figures,
+layerfilm.points.act_stats, ...); the names earlier versions exported here still resolve, on first use.
+"""
+
+from layerfilm.draw.raster import Style
+from layerfilm.errors import LayerfilmError
+from layerfilm.film import render
 from layerfilm.film_options import FilmOptions
-from layerfilm.io.scan import Checkpoint, Series, scan
-from layerfilm.live.film import LiveFilm, LiveOptions, watch
-from layerfilm.points.act_stats import ActivationStats
-from layerfilm.points.weights import WeightSpec, extract
-from layerfilm.projection import Trajectories, UmapOptions, project
+from layerfilm.io.scan import scan
+from layerfilm.live.film import LiveOptions, watch
+from layerfilm.points.weights import WeightSpec
 from layerfilm.projection.estimator import AlignedProjection
-from layerfilm.report.document import Report, Stills, report, stills
-from layerfilm.report.figures import (
-    activation_hot_figure,
-    activation_near_zero_figure,
-    activation_norm_figure,
-    heatmap_figure,
-    hot_figure,
-    norm_figure,
-    save_figure,
-    settling_figure,
-    stills_figure,
-)
-from layerfilm.stability import Stability, StabilityOptions
-from layerfilm.study import Run, measure
-from layerfilm.video.encode import EncodeOptions
+from layerfilm.report.document import report, stills
+from layerfilm.stability import StabilityOptions
+from layerfilm.study import Study, measure
 
-__all__ = [
-    "AlignedProjection", "ActivationSpec", "ActivationStats",
-    "CheckpointError", "EncodeError", "EncodeOptions", "LayerError", "OptionsError", "OutputError", "Run",
-    "ScanError", "Checkpoint", "FilmOptions", "FilmResult", "LayerfilmError", "Renderer", "Series", "Style",
-    "Trajectories", "UmapOptions", "WeightSpec", "export_points", "extract", "project", "render", "scan", "write_film",
-    "Report", "Stability", "StabilityOptions", "Stills", "heatmap_figure", "hot_figure", "measure", "norm_figure",
-    "report", "save_figure", "settling_figure", "stills", "stills_figure",
-    "activation_hot_figure", "activation_near_zero_figure", "activation_norm_figure",
-    "LiveFilm", "LiveOptions", "watch",
-]
+__all__ = ["ActivationSpec", "AlignedProjection", "FilmOptions", "LayerfilmError", "LiveOptions", "StabilityOptions",
+           "Study", "Style", "WeightSpec", "measure", "render", "report", "scan", "stills", "watch"]
 __version__ = "0.1.0"
+
+# names of earlier versions, and the rest of the library's types and figures: imported on first use
+_ELSEWHERE = {
+    "ActivationSpec": "layerfilm.points.activations",  # needs torch
+    "ActivationStats": "layerfilm.points.act_stats",
+    "Checkpoint": "layerfilm.io.scan", "Series": "layerfilm.io.scan",
+    "CheckpointError": "layerfilm.errors", "EncodeError": "layerfilm.errors", "LayerError": "layerfilm.errors",
+    "OptionsError": "layerfilm.errors", "OutputError": "layerfilm.errors", "ScanError": "layerfilm.errors",
+    "EncodeOptions": "layerfilm.video.encode",
+    "FilmResult": "layerfilm.film", "export_points": "layerfilm.film", "write_film": "layerfilm.film",
+    "LiveFilm": "layerfilm.live.film",
+    "Renderer": "layerfilm.draw.raster",
+    "Report": "layerfilm.report.document", "Stills": "layerfilm.report.media",
+    "Run": "layerfilm.study",
+    "Stability": "layerfilm.stability",
+    "Trajectories": "layerfilm.projection", "UmapOptions": "layerfilm.projection", "project": "layerfilm.projection",
+    "extract": "layerfilm.points.weights",
+    **{name: "layerfilm.report.figures" for name in (
+        "activation_hot_figure", "activation_near_zero_figure", "activation_norm_figure", "heatmap_figure", "hot_figure",
+        "norm_figure", "save_figure", "settling_figure", "stills_figure")},
+}
 
 
 def __getattr__(name: str):
-    if name == "ActivationSpec":  # imported on first use: the activations module needs torch
-        from layerfilm.points.activations import ActivationSpec
+    if name in _ELSEWHERE:
+        import importlib
 
-        return ActivationSpec
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
     raise AttributeError(f"module 'layerfilm' has no attribute {name!r}")

@@ -24,7 +24,7 @@ from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import local_inputs
 from layerfilm.parallel.engines import Engine, check_jobs, cores, get_engine, session
 from layerfilm.projection import Trajectories
-from layerfilm.study import Run
+from layerfilm.study import Study
 from layerfilm.text import show
 from layerfilm.video.encode import check_output, webm_preset
 from layerfilm.video.segments import encode_film, plan
@@ -288,7 +288,7 @@ def render(
     with session():  # the reading's workers draw the film's segments too
         if opts.engine != "local":  # a cluster runs every pass: reach it (start a LocalCluster) while scanning
             get_engine(opts.engine, opts.jobs, **opts.engine_options()).start(WORKER_MODULES)
-        run = Run.open(folder, opts, progress, scan_progress=progress)
+        run = Study.open(folder, opts, progress, scan_progress=progress)
         if len(run.series) < 2:
             raise ScanError(f"{show(run.series.root)}: found {len(run.series)} usable checkpoint; "
                             "a film needs at least two key frames")

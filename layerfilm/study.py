@@ -1,6 +1,6 @@
-"""The Run: one study of one folder with one set of options, and the only orchestration.
+"""The Study: one study of one folder with one set of options, and the only orchestration.
 
-A :class:`Run` holds the scanned series and the options, and computes lazily, each at most once and
+A :class:`Study` holds the scanned series and the options, and computes lazily, each at most once and
 kept in the on-disk cache (layerfilm.io.cache) under a key of the checkpoints' stamps and the options that
 change it:
 
@@ -8,7 +8,7 @@ change it:
   block_measures()  the whole-block measures of layerfilm.stability (norms, updates, histograms, CKA)
   stability()       both together, with settling steps (what `stability` and `report` show)
 
-``render``, ``stills``, ``stability`` and ``report`` are thin consumers; the CLI builds one Run, so a
+``render``, ``stills``, ``stability`` and ``report`` are thin consumers; the CLI builds one Study, so a
 second command on the same folder and options reads no checkpoint (only the scan's headers).
 
 Work is decomposed by block: a block's points and measures depend only on that block's tensors, so a
@@ -190,11 +190,11 @@ def weights_subject(wp: WeightPlan, opts, keyframes: int, run: str) -> Subject:
                    describe(opts.projection, keyframes, opts.fit), run)
 
 
-class Run:
+class Study:
     """One study of one series with one set of options (``layerfilm.film_options.FilmOptions``).
 
     Example:
-        >>> run = Run.open("ckpts/", FilmOptions())  # doctest: +SKIP
+        >>> run = Study.open("ckpts/", FilmOptions())  # doctest: +SKIP
         >>> run.trajectories().xy.shape, run.stability().settle_steps  # doctest: +SKIP
     """
 
@@ -206,11 +206,11 @@ class Run:
         self._traj: Trajectories | None = None
         self._measures: BlockMeasures | None = None
         self._stability: Stability | None = None
-        self._weights_run: Run | None = None  # an activation study's run of the weights (stability's motion)
+        self._weights_run: Study | None = None  # an activation study's run of the weights (stability's motion)
         self._cache = cache.cache_dir(opts.cache_dir, (series.root,)) if opts.cache else None
 
     @classmethod
-    def open(cls, folder: str | Path, opts, progress: bool = True, scan_progress: bool = False) -> Run:
+    def open(cls, folder: str | Path, opts, progress: bool = True, scan_progress: bool = False) -> Study:
         """Scan ``folder`` as ``opts`` select (reads headers only) and start a Run on it."""
         return cls(scan_for(folder, opts, scan_progress), opts, progress)
 
@@ -331,13 +331,13 @@ class Run:
                                                projection=describe(traj.method, len(traj.steps), self.opts.fit))
         return replace(traj, stats={**traj.stats, **features.stats, **measured}, subject=subject)
 
-    def _weights_film(self) -> Run:
+    def _weights_film(self) -> Study:
         """The Run of the weights' film: this one, or for an activation film the same run of weights
         (`stability` shows the weights' on-screen motion beside the activation statistics)."""
         if self.opts.activations is None:
             return self
         if self._weights_run is None:
-            self._weights_run = Run(self.series, replace(self.opts, activations=None), self.progress)
+            self._weights_run = Study(self.series, replace(self.opts, activations=None), self.progress)
             self._weights_run.skipped = self.skipped  # one list of what was skipped
         return self._weights_run
 
@@ -381,6 +381,9 @@ class Run:
                             for c in self.series.checkpoints if c.step not in have and c.path not in known)
 
 
+Run = Study  # the name of earlier versions
+
+
 def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir: Path | None = None,
             progress: bool = True) -> Stability:
     """Measure how much every block still moves at every key frame, and when it settles.
@@ -400,7 +403,7 @@ def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir
 
     fo = FilmOptions(weights=opts.weights, projection=opts.projection, settle_threshold=opts.settle_threshold,
                      activations=opts.activations, cache=False)
-    return Run(series, fo, progress).stability(opts.bins)
+    return Study(series, fo, progress).stability(opts.bins)
 
 
 def measure_activations(series: Series, spec: ActivationSpec, workdir: Path, progress: bool = True) -> ActivationStats:

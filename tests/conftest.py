@@ -127,10 +127,10 @@ def run_copy(tiny_run, tmp_path):
 
 @pytest.fixture
 def reads(monkeypatch):
-    """Counts the passes that read the checkpoints' weights (layerfilm.study.Run._weights_pass)."""
-    from layerfilm.study import Run
+    """Counts the passes that read the checkpoints' weights (layerfilm.study.Study._weights_pass)."""
+    from layerfilm.study import Study
 
     calls = []
-    real = Run._weights_pass
-    monkeypatch.setattr(Run, "_weights_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = Study._weights_pass
+    monkeypatch.setattr(Study, "_weights_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls

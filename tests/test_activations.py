@@ -428,11 +428,11 @@ def test_a_failing_model_factory_is_one_clear_line(tiny_run, run_cli, tmp_path):
 
 
 def test_activation_films_are_cached_until_the_probe_changes(llama_run, run_cli, tmp_path, monkeypatch):
-    from layerfilm.study import Run
+    from layerfilm.study import Study
 
     calls = []
-    real = Run._activation_trajectories
-    monkeypatch.setattr(Run, "_activation_trajectories", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = Study._activation_trajectories
+    monkeypatch.setattr(Study, "_activation_trajectories", lambda *a, **k: calls.append(1) or real(*a, **k))
     probe = tmp_path / "probe.txt"
     probe.write_text("the same tokens at every step " * 8)
 

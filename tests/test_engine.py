@@ -20,7 +20,7 @@ from layerfilm.io.scan import scan
 from layerfilm.parallel import dask as engine_dask
 from layerfilm.parallel.engines import get_engine
 from layerfilm.points.weights import WeightSpec, plan
-from layerfilm.study import Run
+from layerfilm.study import Study
 from processes import layerfilm_process
 
 POINTS = 16
@@ -122,7 +122,7 @@ def test_dask_stability_json_equals_local(tiny_run, run_cli, cluster):
 
 
 def test_progress_of_dask_workers_reaches_the_bar(tiny_run, cluster, bars):
-    run = Run.open(tiny_run, FilmOptions(weights=WeightSpec(points=POINTS), engine="dask", address=cluster, cache=False))
+    run = Study.open(tiny_run, FilmOptions(weights=WeightSpec(points=POINTS), engine="dask", address=cluster, cache=False))
     run.stability()
     (bar,) = bars  # one pass: points and whole-block measures together
     assert bar.total == 2 * len(run.series)  # 2 chunks (one per worker) x every key frame

@@ -287,7 +287,7 @@ def test_the_settle_threshold_rule_is_the_same_everywhere(ckpts, tmp_path, run_c
 
 def test_a_film_of_too_many_frames_is_refused_after_the_scan_before_reading_tensors(ckpts, tmp_path, run_cli,
                                                                                     monkeypatch):
-    monkeypatch.setattr(layerfilm.study.Run, "trajectories", lambda *a, **k: pytest.fail("read the checkpoints"))
+    monkeypatch.setattr(layerfilm.study.Study, "trajectories", lambda *a, **k: pytest.fail("read the checkpoints"))
     code, _, err = run_cli("render", ckpts, "--out", tmp_path / "film.webm", "--fps", "240",
                            "--seconds-per-keyframe", "3600", "--quiet")
     assert code == 2

@@ -18,14 +18,14 @@ from layerfilm.io.scan import scan
 from layerfilm.points import Subject
 from layerfilm.points.weights import WeightSpec, plan
 from layerfilm.projection import Trajectories
-from layerfilm.study import Run
+from layerfilm.study import Study
 
 POINTS = 16  # of tiny_run's 128 c_fc neurons: a sample, which the legend must say
 
 
 @pytest.fixture(scope="module")
 def traj(tiny_run):
-    return Run.open(tiny_run, FilmOptions(weights=WeightSpec(points=POINTS), jobs=1, cache=False), progress=False
+    return Study.open(tiny_run, FilmOptions(weights=WeightSpec(points=POINTS), jobs=1, cache=False), progress=False
                     ).trajectories()
 
 
@@ -46,7 +46,7 @@ def test_legend_words_are_the_plans_and_the_projections_numbers(tiny_run, traj):
 
 
 def test_all_neurons_are_not_called_a_sample(tiny_run):
-    t = Run.open(tiny_run, FilmOptions(weights=WeightSpec(points=4096), jobs=1, cache=False), progress=False).trajectories()
+    t = Study.open(tiny_run, FilmOptions(weights=WeightSpec(points=4096), jobs=1, cache=False), progress=False).trajectories()
     assert t.subject.points == t.subject.of == t.xy.shape[2]
     text = SEP.join(film_renderer(t, Style(1280, 720)).rows)
     assert f"mlp.c_fc.weight: all {t.subject.of:,} output neurons, weights" in text and "sample" not in text

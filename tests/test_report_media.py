@@ -118,7 +118,7 @@ def test_frames_from_python_in_html_and_markdown(frozen_run, tmp_path):
 ])
 def test_bad_frames_fail_before_any_work(frozen_run, tmp_path, monkeypatch, frames, message):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(layerfilm.Run, "open", lambda *a, **k: pytest.fail("read checkpoints"))
+    monkeypatch.setattr(layerfilm.Study, "open", lambda *a, **k: pytest.fail("read checkpoints"))
     with pytest.raises(OptionsError) as e:
         layerfilm.report(frozen_run, tmp_path / "r.html", opts=OPTS, progress=False, frames=frames)
     assert str(e.value) == message

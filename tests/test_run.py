@@ -16,7 +16,7 @@ from layerfilm.draw.raster import Style
 from layerfilm.film_options import FilmOptions
 from layerfilm.io.formats import safetensors_format
 from layerfilm.stability import BlockStats
-from layerfilm.study import Run
+from layerfilm.study import Study
 
 STEPS = ("step_000000", "step_000020", "step_000040", "step_000060")
 SMALL = ("--size", "160x90", "--points", "16", "--quiet")
@@ -120,7 +120,7 @@ def test_block_chunks_change_no_result(frozen_run, tmp_path, monkeypatch):
     for budget in ("0.0001", "512"):
         monkeypatch.setenv("LAYERFILM_CHUNK_MB", budget)
         for projection in ("pca", "procrustes"):
-            run = Run.open(frozen_run, FilmOptions(projection=projection, cache=False), progress=False)
+            run = Study.open(frozen_run, FilmOptions(projection=projection, cache=False), progress=False)
             results[budget, projection] = run.stability()
     for projection in ("pca", "procrustes"):
         a, b = results["0.0001", projection], results["512", projection]

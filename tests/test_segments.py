@@ -18,7 +18,7 @@ from layerfilm.film import FilmFrames
 from layerfilm.film_options import FilmOptions
 from layerfilm.parallel.engines import LocalEngine
 from layerfilm.points.weights import WeightSpec
-from layerfilm.study import Run
+from layerfilm.study import Study
 from layerfilm.video.encode import EncodeOptions
 from layerfilm.video.segments import encode_film, plan, spans
 from test_render_encode import decode
@@ -31,7 +31,7 @@ SHORT = EncodeOptions(segment_seconds=0.5)  # 5 frames at 10 fps: small films st
 def frames(tiny_run) -> FilmFrames:
     """The film of the tiny run (7 key frames, 61 frames at 10 fps), overlay included."""
     opts = FilmOptions(weights=WeightSpec(points=32), style=Style(*SIZE), fps=10, jobs=1)
-    traj = Run.open(tiny_run, opts, progress=False).trajectories()
+    traj = Study.open(tiny_run, opts, progress=False).trajectories()
     film = FilmFrames.of(traj, opts)
     return replace(film, overlay=Overlay.of_points(film.renderer, traj.stats, opts.settle_threshold))
 

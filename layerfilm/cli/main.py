@@ -24,7 +24,7 @@ from layerfilm.io.scan import Checkpoint, no_usable, scan
 from layerfilm.parallel.engines import session
 from layerfilm.projection import stats_table
 from layerfilm.report.document import report, stills
-from layerfilm.study import Run
+from layerfilm.study import Study
 from layerfilm.text import printable, show, text_table
 
 RENDER_HELP = """\
@@ -237,7 +237,7 @@ def _add_study_commands(sub) -> None:
 
 def cmd_stability(args: argparse.Namespace) -> int:
     opts, _ = command_options(args)
-    stab = Run.open(args.folder, opts, progress=not value(args, "quiet")).stability()
+    stab = Study.open(args.folder, opts, progress=not value(args, "quiet")).stability()
     print(stab.to_json() if value(args, "json") else stab.table())
     _list_skipped(stab.skipped)
     return 0

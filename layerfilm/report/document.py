@@ -42,7 +42,7 @@ from layerfilm.report.figures import (
 )
 from layerfilm.report.media import Film, FrameSource, Picture, Stills, film_for, pictures, relative_link
 from layerfilm.stability import Stability
-from layerfilm.study import Run
+from layerfilm.study import Study
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -105,7 +105,7 @@ def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] |
     inputs = local_inputs(folder)
     if out is not None:  # a bad extension or a path that is not ours fails before any work
         check_output_path(out, (f".{figure_format(out)}",), inputs)
-    run = Run.open(folder, opts, progress)
+    run = Study.open(folder, opts, progress)
     key_indices(run.series.steps, steps)  # a step that is not a key frame fails before any work
     traj = run.trajectories()
     result = keyframe_stills(traj, opts.style, steps, opts)
@@ -289,7 +289,7 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
     if film_link and film is None:
         raise OptionsError("film_link: there is no film to link; give film=PATH")
     movie = film_for(film, out, film_link, (opts.style.width, opts.style.height)) if film is not None else None
-    stab = Run.open(folder, opts, progress).stability()
+    stab = Study.open(folder, opts, progress).stability()
     figures = report_figures(stab, opts.style)
     files: list[Path] = []
     if kind == "html":
