@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     old_int = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     old_term = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
-        from layerfilm.cli.main import main as cli_main
+        from layerfilm.cli.commands import main as cli_main
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, _terminate)

@@ -223,7 +223,7 @@ def profile_cli(args: list[str]) -> None:
     """``layerfilm ARGS`` in this fresh process with its stages timed: one ``PROFILE {json}`` line on stdout.
     CUDA is started first, on its own clock, so that its cost is not hidden in whichever stage touches it."""
     started = time.time()  # after the interpreter's start and this module's imports (torch, layerfilm)
-    import layerfilm.cli.main as cli
+    import layerfilm.cli.commands as cli
     import layerfilm.film as film
     import layerfilm.study as run
 

@@ -17,7 +17,7 @@ Each measurement runs in its own subprocess so that peak RSS and read_bytes belo
    blocks x width 1024 x 12 bf16 safetensors checkpoints (q_proj, o_proj [1024, 1024], up_proj [4096, 1024]
    (the filmed matrix), down_proj [1024, 4096]; weights on a seeded random walk) is written, then each
    command runs as ``python -m layerfilm``-equivalent in a fresh process (a wrapper calling
-   ``layerfilm.cli.main.main`` that writes its own /proc/self/io ``rchar`` and VmHWM at exit; the same wrapper
+   ``layerfilm.cli.commands.main`` that writes its own /proc/self/io ``rchar`` and VmHWM at exit; the same wrapper
    running ``--help`` is the baseline subtracted from rchar):
      a. ``render --no-cache``: rchar / (tracked rows + headers) <= 1.3
      b. ``stability --no-cache``: rchar / block-tensor bytes <= 1.15
@@ -151,7 +151,7 @@ def run_child(*args: str) -> dict:
 
 # ---------------------------------------------------------------- --wide and --sparse: the CLI, process by process
 
-# Runs layerfilm.cli.main.main(argv) and writes, at exit, the process's own rchar (bytes through read
+# Runs layerfilm.cli.commands.main(argv) and writes, at exit, the process's own rchar (bytes through read
 # syscalls, page cache or not), VmHWM (peak RSS) and the peak RSS of its waited-for children (ffmpeg).
 WRAPPER = r"""
 import json, resource, sys, time

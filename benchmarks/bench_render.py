@@ -52,7 +52,7 @@ FPS = 15.0
 from layerfilm.io.scan import scan  # noqa: E402
 
 # runs the CLI in a child that reports its own peak RSS, its children's (ffmpeg), and the CPU seconds of both
-CHILD = ("import resource, sys; from layerfilm.cli.main import main; rc = main(sys.argv[1:]); "
+CHILD = ("import resource, sys; from layerfilm.cli.commands import main; rc = main(sys.argv[1:]); "
          "s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN); "
          "print('PEAK_RSS_KB', s.ru_maxrss, c.ru_maxrss, 'CPU_S', s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime, "
          "file=sys.stderr); sys.exit(rc)")

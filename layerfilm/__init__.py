@@ -2,7 +2,7 @@
 
 The public API is the names below (``__all__``): the products (render, stills, report, measure, watch),
 the one reader (Study), the scan, the estimator for your own arrays (AlignedProjection), the option
-classes and the one error base. Everything else is reached through its module (layerfilm.report.figures,
+classes and the one error base. Everything else is reached through its module (layerfilm.reports.figures,
 layerfilm.points.act_stats, ...); the names earlier versions exported here still resolve, on first use.
 """
 
@@ -14,7 +14,7 @@ from layerfilm.io.scan import scan
 from layerfilm.live.film import LiveOptions, watch
 from layerfilm.points.weights import WeightSpec
 from layerfilm.projection.estimator import AlignedProjection
-from layerfilm.report.document import report, stills
+from layerfilm.reports.document import report, stills
 from layerfilm.stability import StabilityOptions
 from layerfilm.study import Study, measure
 
@@ -33,12 +33,12 @@ _ELSEWHERE = {
     "FilmResult": "layerfilm.film", "export_points": "layerfilm.film", "write_film": "layerfilm.film",
     "LiveFilm": "layerfilm.live.film",
     "Renderer": "layerfilm.draw.raster",
-    "Report": "layerfilm.report.document", "Stills": "layerfilm.report.media",
+    "Report": "layerfilm.reports.document", "Stills": "layerfilm.reports.media",
     "Run": "layerfilm.study",
     "Stability": "layerfilm.stability",
     "Trajectories": "layerfilm.projection", "UmapOptions": "layerfilm.projection", "project": "layerfilm.projection",
     "extract": "layerfilm.points.weights",
-    **{name: "layerfilm.report.figures" for name in (
+    **{name: "layerfilm.reports.figures" for name in (
         "activation_hot_figure", "activation_near_zero_figure", "activation_norm_figure", "heatmap_figure", "hot_figure",
         "norm_figure", "save_figure", "settling_figure", "stills_figure")},
 }

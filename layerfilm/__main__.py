@@ -2,6 +2,6 @@
 
 import sys
 
-from layerfilm.cli.main import main
+from layerfilm.cli.commands import main
 
 sys.exit(main())

@@ -3,7 +3,7 @@
 Each :class:`Option` has its name (the Python API's keyword, the callbacks' keyword, the JSON key),
 default, the Python type(s) it takes, its check, its help (at most 3 lines of ``--help``; details in
 the README), its command-line flag, and whether it changes the points (part of the cache key). The
-command line's parser is generated from it (layerfilm.cli.main), the callbacks take the same names and
+command line's parser is generated from it (layerfilm.cli.commands), the callbacks take the same names and
 types (layerfilm.callbacks), and :func:`options` turns a command's values into the option objects of
 the library (FilmOptions, LiveOptions). A bad value is an :class:`OptionsError` naming the field
 (``settle_threshold=2: must be in (0, 1)``); the command line says the flag instead (:func:`to_flags`).
@@ -114,7 +114,7 @@ def _steps(text: str) -> tuple[int | None, int | None]:
 
 
 def _step_list(text: str) -> list[int]:
-    from layerfilm.report.document import parse_step_list
+    from layerfilm.reports.document import parse_step_list
 
     return parse_step_list(text)
 
@@ -339,7 +339,7 @@ def not_points() -> set[str]:
     return {o.name for o in _O if not o.points}
 
 
-_FIELD = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)([=:])")
+_FIELD = re.compile(r"(?<![\w./\\:-])([a-z][a-z0-9_]*)(=|:(?= ))")  # name=... or name: ... (not in paths)
 
 
 def to_flags(message: str) -> str:

@@ -1,6 +1,6 @@
 """``FilmOptions``: everything a film needs besides its folder and output, checked when made. Built by
 the options tree (layerfilm.config) from the command line or keywords; taken by every product
-(layerfilm.film, layerfilm.study, layerfilm.report, layerfilm.live)."""
+(layerfilm.film, layerfilm.study, layerfilm.reports, layerfilm.live)."""
 
 from __future__ import annotations
 

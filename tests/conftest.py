@@ -39,9 +39,10 @@ def tiny_run(example, tmp_path_factory) -> Path:
 @pytest.fixture
 def run_cli(capsys):
     """Run the CLI in-process: returns (exit code, stdout, stderr)."""
-    from layerfilm.cli.main import main
+    from layerfilm.cli.commands import main
 
     def run(*argv: str):
+        capsys.readouterr()  # what came before (a session fixture made in this test's setup) is not the command's
         code = main([str(a) for a in argv])
         out, err = capsys.readouterr()
         return code, out, err

@@ -196,12 +196,12 @@ def test_strict_loading_names_missing_and_unexpected_keys():
 
 
 def test_spec_checks_each_option():
-    for kw, msg in [({"points": 1}, "--points 1: need at least 2"), ({"batch_size": 0}, "--batch-size 0"),
-                    ({"device": "tpu"}, "--device 'tpu': choose one of auto, cpu, cuda"),
-                    ({"dtype": "int8"}, "--dtype 'int8': choose one of float32, bfloat16, float16"),
-                    ({"near_zero": 0}, "--near-zero 0: must be positive"), ({"seq_len": 0}, "--seq-len 0"),
+    for kw, msg in [({"points": 1}, "points=1: need at least 2"), ({"batch_size": 0}, "batch_size=0"),
+                    ({"device": "tpu"}, "device='tpu': choose one of auto, cpu, cuda"),
+                    ({"dtype": "int8"}, "dtype='int8': choose one of float32, bfloat16, float16"),
+                    ({"near_zero": 0}, "near_zero=0: must be positive"), ({"seq_len": 0}, "seq_len=0"),
                     ({"model": "no_colon"}, "expected package.module:function"),
-                    ({"probe": "/no/such/probe.txt"}, "--probe /no/such/probe.txt: no such file")]:
+                    ({"probe": "/no/such/probe.txt"}, "probe=/no/such/probe.txt: no such file")]:
         with pytest.raises(OptionsError, match=msg):
             ActivationSpec(**kw)
 
@@ -657,7 +657,7 @@ def test_a_truncated_checkpoint_is_skipped_when_read(llama_copy, tmp_path):
         f = extract(series, ActivationSpec(device="cpu", points=16), tmp_path / "store", progress=False)
     assert list(f.steps) == [0, 4] and len(f.store) == 2 and f.stats["act_norm"].shape == (2, 2)
     assert [c.path.name for c in f.skipped] == ["checkpoint-2"] and "truncated" in f.skipped[0].problem
-    with pytest.raises(CheckpointError, match=r"truncated .*\(--strict: nothing is skipped\)$"):
+    with pytest.raises(CheckpointError, match=r"truncated .*\(strict: nothing is skipped\)$"):
         extract(series, ActivationSpec(device="cpu", points=16), tmp_path / "store2", progress=False, strict=True)
 
 

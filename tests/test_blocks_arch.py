@@ -72,7 +72,7 @@ def test_blocks_regex_overrides_detection():
             self.stage = torch.nn.ModuleDict({f"s{i}": torch.nn.Linear(4, 8) for i in range(3)})
 
     keys = list(Net().state_dict())
-    with pytest.raises(LayerError, match="pass --blocks REGEX"):
+    with pytest.raises(LayerError, match="pass blocks=REGEX"):
         map_blocks(keys)
     layer_map = map_blocks(keys, r"stage\.s(\d+)\.")
     assert layer_map.blocks == (0, 1, 2) and layer_map.components() == ["bias", "weight"]

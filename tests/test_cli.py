@@ -36,7 +36,7 @@ def test_keyframes_are_exact_interpolation_endpoints(tiny_run, tmp_path, run_cli
 def test_help_explains_options(run_cli, capsys, command):
     """Every option of every command is in its --help with a sentence of its own; the checkpoint
     options that every study command shares are there too."""
-    from layerfilm.cli.main import build_parser
+    from layerfilm.cli.commands import build_parser
 
     with pytest.raises(SystemExit) as e:
         run_cli(command, "--help")
@@ -90,7 +90,7 @@ def test_version_prints_the_package_version(capsys):
 
     import layerfilm
     from conftest import ROOT
-    from layerfilm.cli.main import main
+    from layerfilm.cli.commands import main
 
     with pytest.raises(SystemExit) as e:
         main(["--version"])

@@ -58,7 +58,7 @@ def test_negative_encoder_threads(run_cli, tiny_run, tmp_path):
 
 
 def test_help_says_which_outputs_are_lossless_and_what_the_knobs_do():
-    from layerfilm.cli.main import build_parser
+    from layerfilm.cli.commands import build_parser
 
     text = build_parser()._subparsers._group_actions[0].choices["render"].format_help()
     for needle in (".webm = VP9 lossless", "PNG frames (lossless)", "--preset", "realtime (still lossless",

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from layerfilm.parallel import engines as engine_module
+from layerfilm.parallel import local as engine_module
 from layerfilm.parallel.engines import LocalEngine, session
 
 
@@ -70,7 +70,7 @@ def test_outside_a_session_each_map_has_its_own_pool_and_start_does_nothing():
 MAPPED = textwrap.dedent("""
     import ctypes
     import numpy as np
-    from layerfilm.engine import worker_init
+    from layerfilm.parallel.engines import worker_init
 
     class Mallinfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in

@@ -70,7 +70,7 @@ def test_a_zip_bomb_is_refused_before_it_inflates(tmp_path):
 
 TRUNCATE_ON_READ = """
 import os
-from layerfilm.formats import torch_format
+from layerfilm.io.formats import torch_format
 enter, opened = torch_format.TorchReader.__enter__, []
 def truncating(self):  # the scan's open, then the read's: truncated between the read's map and its reads
     out = enter(self)
@@ -142,7 +142,7 @@ def test_blocks_too_wide_for_memory_are_refused_from_the_header(tmp_path, comman
     assert (code, stdout) == (2, "")
     assert err.splitlines()[-1] == (f"layerfilm: error: ck: needs {need / 1e9:,.1f} GB of memory at once (one block: "
                                     f"{each}), more than the {physical_memory() / 1e9:,.1f} GB here; film fewer "
-                                    "--points or key frames (--every, --steps)")
+                                    "points or key frames (--every K, --steps A:B)")
     assert peak < 2 * 2**30
     assert snapshot(ck) == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 

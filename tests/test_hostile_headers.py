@@ -164,7 +164,7 @@ EXPECTED.update({hostile_name(c): why for c, why in OTHER_CASES.items()})
 @pytest.fixture(scope="module")
 def scanned(hostile):
     """`layerfilm scan --json` rows of the hostile folder by file name (stem), and its stderr."""
-    from layerfilm.cli.main import main
+    from layerfilm.cli.commands import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

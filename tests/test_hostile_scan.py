@@ -293,7 +293,7 @@ def test_fifo_probe_and_tokenizer_files_are_refused(tmp_path):
 
     probe = tmp_path / "probe.txt"
     os.mkfifo(probe)
-    with pytest.raises(OptionsError, match=rf"^--probe {probe}: not a regular file \(FIFO\)$"):
+    with pytest.raises(OptionsError, match=rf"^probe={probe}: not a regular file \(FIFO\)$"):
         ActivationSpec(probe=str(probe))
     (tmp_path / "tokenizer.json").write_text("{}")
     os.mkfifo(tmp_path / "vocab.json")

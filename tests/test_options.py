@@ -10,8 +10,8 @@ import dataclasses
 
 import pytest
 
+from layerfilm.cli.commands import build_parser
 from layerfilm.cli.flags import command_options
-from layerfilm.cli.main import build_parser
 from layerfilm.config import COMMANDS, options
 from layerfilm.errors import OptionsError
 from layerfilm.film_options import FilmOptions

@@ -42,7 +42,7 @@ def moto():
 @pytest.fixture(scope="module")
 def local_film(tiny_run, tmp_path_factory):
     """The tiny run rendered from its local folder: (film, exported points)."""
-    from layerfilm.cli.main import main
+    from layerfilm.cli.commands import main
 
     out = tmp_path_factory.mktemp("local_film")
     assert main(["render", str(tiny_run), "--out", str(out / "film.webm"), "--export-points", str(out / "points.npz"),

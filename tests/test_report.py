@@ -1,4 +1,4 @@
-"""layerfilm.report.document.figures and layerfilm.report.document: `layerfilm stills`, `layerfilm report`, the figures' data."""
+"""layerfilm.reports (document, figures): `layerfilm stills`, `layerfilm report`, the figures' data."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from layerfilm.draw.raster import Style
 from layerfilm.errors import OptionsError
 from layerfilm.film_options import FilmOptions
 from layerfilm.points.weights import WeightSpec
-from layerfilm.report.document import stills
-from layerfilm.report.figures import heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure
+from layerfilm.reports.document import stills
+from layerfilm.reports.figures import heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure
 
 SMALL = ("--size", "320x180", "--points", "64", "--quiet")
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "svg": b"<?xml", "pdf": b"%PDF"}
@@ -113,7 +113,7 @@ def test_stills_show_the_step_once(frozen_run):
     res = stills(frozen_run, steps=[0, 30], opts=FilmOptions(weights=WeightSpec(points=64), style=Style(320, 180)),
                  progress=False)
     assert [ax.get_title() for ax in res.figure.axes] == ["", ""] and not res.figure.get_suptitle()
-    from layerfilm.report.figures import stills_figure
+    from layerfilm.reports.figures import stills_figure
     assert [ax.get_title() for ax in stills_figure(res.frames, [0, 30]).axes] == ["step 0", "step 30"]
 
 
@@ -164,7 +164,7 @@ def test_report_errors(frozen_run, run_cli, tmp_path):
     assert (code, err) == (2, f"layerfilm: error: --film {tmp_path / 'none.webm'}: no such file\n")
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(OptionsError, match="folder .* does not exist"):
-        from layerfilm.report.document import report
+        from layerfilm.reports.document import report
 
         report(frozen_run, tmp_path / "missing" / "r.md", progress=False)
 

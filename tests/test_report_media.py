@@ -1,4 +1,4 @@
-"""layerfilm.report.document.media: the film in a report (embedded up to a size, else linked; room for the video
+"""layerfilm.reports.document.media: the film in a report (embedded up to a size, else linked; room for the video
 controls) and frames chosen in Python (arrays, files, Stills) put into HTML and Markdown reports."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from layerfilm.draw.raster import Style
 from layerfilm.errors import OptionsError
 from layerfilm.film_options import FilmOptions
 from layerfilm.points.weights import WeightSpec
-from layerfilm.report import media as report_media
+from layerfilm.reports import media as report_media
 
 SMALL = ("--size", "320x180", "--points", "64", "--quiet")
 OPTS = FilmOptions(weights=WeightSpec(points=64), style=Style(320, 180), jobs=1)
@@ -70,7 +70,7 @@ def test_film_link_links_any_film_relative_to_the_report(frozen_run, film, run_c
     assert _video(text)[0] == "../films/film.webm" and "data:video" not in text
     assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', text)  # still nothing fetched from a host
     code, _, err = run_cli("report", frozen_run, "--out", tmp_path / "x.html", "--film-link", *SMALL)
-    assert (code, err) == (2, "layerfilm: error: --film-link: give the film to link with --film\n")
+    assert (code, err) == (2, "layerfilm: error: --film-link: there is no film to link; give --film PATH\n")
 
 
 def test_video_controls_get_room_below_the_picture(frozen_run, film, tmp_path):

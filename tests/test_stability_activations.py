@@ -23,7 +23,7 @@ from conftest import ROOT
 from layerfilm.io.scan import scan
 from layerfilm.points.act_stats import HIST_EDGES, N_BINS, ActivationStats
 from layerfilm.points.activations import DEFAULT_PROBE, ActivationSpec
-from layerfilm.report.figures import activation_hot_figure, activation_near_zero_figure, activation_norm_figure, save_figure
+from layerfilm.reports.figures import activation_hot_figure, activation_near_zero_figure, activation_norm_figure, save_figure
 from layerfilm.study import measure_activations
 
 VOCAB, DIM = 32, 8
@@ -140,7 +140,7 @@ def tiny_json(tiny_run):
     """`layerfilm stability --json --features activations` of the real tiny run (nanoGPT factory, bundled probe)."""
     import contextlib
 
-    from layerfilm.cli.main import main
+    from layerfilm.cli.commands import main
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -217,9 +217,9 @@ def test_markdown_report_writes_the_activation_pngs(scale_run, run_cli, tmp_path
     assert code == 0, err
     text = out.read_text()
     names = ("stills", "heatmap", "settling", "hot", "norms", "act_hot", "act_norms", "act_near_zero")
-    assert re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text) == [f"r_{n}.png" for n in names]
+    assert re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text) == [f"./r_{n}.png" for n in names]
     assert all((tmp_path / f"r_{n}.png").read_bytes().startswith(b"\x89PNG") for n in names)
-    assert "| block | norm | growth | mean | std | \\|a\\|<0.05 |" in text  # the pipes of |a| escaped
+    assert "| block | norm | growth | mean | std | \\|a\\|&lt;0.05 |" in text  # |a| escaped, < as an entity
     assert "| 3 | " in text and "norm growth" in text
 
 

@@ -1,5 +1,5 @@
-"""The command line: its commands and signals (main), its flags generated from the options tree (flags)."""
+"""The command line: its commands and signals (commands), its flags generated from the options tree (flags)."""
 
-from layerfilm.cli.main import main
+from layerfilm.cli.commands import main
 
 __all__ = ["main"]

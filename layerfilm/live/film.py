@@ -132,7 +132,7 @@ def check_outputs(folder: str | Path | None, out: str | Path, opts: FilmOptions,
     inputs = (Path(folder),) if folder is not None else ()
     check_output(Path(out), opts.encode, inputs)
     if live.stills is not None:
-        from layerfilm.report.figures import figure_format
+        from layerfilm.reports.figures import figure_format
 
         check_output_path(live.stills, (f".{figure_format(live.stills)}",), inputs, option="--stills")
     if live.json is not None:
@@ -471,8 +471,8 @@ class LiveFilm:
                                            lambda n: segment_engine(opts, n))  # workers for a new layout's frames
         inputs = (self.root,)
         if self.live.stills is not None:
-            from layerfilm.report.document import keyframe_stills
-            from layerfilm.report.figures import save_figure
+            from layerfilm.reports.document import keyframe_stills
+            from layerfilm.reports.figures import save_figure
 
             save_figure(keyframe_stills(traj, self.opts.style, opts=self.opts).figure, self.live.stills, inputs)
         if self.live.json is not None:

@@ -116,7 +116,7 @@ def skip(ckpt: Checkpoint, error: CheckpointError, strict: bool = False) -> Chec
     stability, report): under ``strict`` an error; otherwise one warning line naming the file, and the
     checkpoint with its problem, for the list of skipped ones at the end."""
     if strict:
-        raise CheckpointError(f"{error} (--strict: nothing is skipped)") from None
+        raise CheckpointError(f"{error} (strict: nothing is skipped)") from None
     warnings.warn(f"{error}; skipped", stacklevel=3)
     return replace(ckpt, problem=problem_of(error, ckpt.path))
 

@@ -23,7 +23,7 @@ from layerfilm.film import render
 from layerfilm.io.scan import Checkpoint, no_usable, scan
 from layerfilm.parallel.engines import session
 from layerfilm.projection import stats_table
-from layerfilm.report.document import report, stills
+from layerfilm.reports.document import report, stills
 from layerfilm.study import Study
 from layerfilm.text import printable, show, text_table
 

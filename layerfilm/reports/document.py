@@ -27,7 +27,7 @@ from layerfilm.film_options import FilmOptions
 from layerfilm.io.outputs import atomic_output, check_output_path
 from layerfilm.io.storage import local_inputs, redact
 from layerfilm.projection import Trajectories
-from layerfilm.report.figures import (
+from layerfilm.reports.figures import (
     activation_hot_figure,
     activation_near_zero_figure,
     activation_norm_figure,
@@ -40,7 +40,7 @@ from layerfilm.report.figures import (
     settling_figure,
     stills_figure,
 )
-from layerfilm.report.media import Film, FrameSource, Picture, Stills, film_for, pictures, relative_link
+from layerfilm.reports.media import Film, FrameSource, Picture, Stills, film_for, pictures, relative_link
 from layerfilm.stability import Stability
 from layerfilm.study import Study
 
