@@ -1,4 +1,4 @@
-"""The one error family users can cause. Imports nothing, so every module can raise these.
+"""The one error family users can cause. Imports nothing at import time, so every module can raise these.
 
 The CLI catches :class:`LayerfilmError` only and prints its message as one line (exit 2);
 any other exception is a bug and keeps its traceback.
@@ -43,3 +43,20 @@ class EngineError(LayerfilmError):
 
 class StorageError(LayerfilmError):
     """Remote storage that cannot be read as layerfilm reads it (unreachable, refused, ignores Range)."""
+
+
+class MissingExtra(OptionsError):
+    """An optional dependency that the asked-for work needs is not installed: the message names the pip command."""
+
+
+def need(module: str, extra: str, what: str, error: type[LayerfilmError] = MissingExtra) -> None:
+    """Raise ``error`` naming ``pip install 'layerfilm[extra]'`` unless ``module`` can be imported (looked up
+    without importing it: umap and torch take seconds to import)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise error(f"{what} needs {module}: pip install 'layerfilm[{extra}]'")

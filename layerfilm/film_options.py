@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from layerfilm.draw.film_layout import check_film_layout
 from layerfilm.draw.raster import Style
 from layerfilm.draw.timeline import check_time, check_time_mode
-from layerfilm.errors import OptionsError
+from layerfilm.errors import OptionsError, need
 from layerfilm.io.storage import parse_storage_options
 from layerfilm.parallel.engines import check_engine, check_jobs
 from layerfilm.points.weights import WeightSpec
@@ -72,6 +72,8 @@ class FilmOptions:
         check_film_layout(self.film_layout)
         if self.fit not in FITS:
             raise OptionsError(f"fit={self.fit!r}: choose one of {', '.join(FITS)}")
+        if self.projection == "umap":
+            need("umap", "umap", "projection=umap")
         if self.fit != "all" and self.projection != "pca":
             raise OptionsError(f"fit={self.fit} applies to projection=pca only, not {self.projection}")
 

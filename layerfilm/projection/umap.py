@@ -37,7 +37,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from layerfilm.errors import OptionsError
+from layerfilm.errors import OptionsError, need
 from layerfilm.options import check_seed
 from layerfilm.parallel.engines import LocalEngine
 from layerfilm.points import Features, in_safe_range
@@ -96,11 +96,9 @@ class UmapOptions:
 
 
 def _umap():
-    try:
-        import numba
-        import umap  # noqa: F401
-    except ImportError:
-        raise OptionsError("projection=umap needs umap-learn: pip install 'layerfilm[umap]'") from None
+    need("umap", "umap", "projection=umap")
+    import numba
+
     return numba
 
 

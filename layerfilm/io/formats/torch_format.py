@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from layerfilm.errors import CheckpointError
+from layerfilm.errors import CheckpointError, need
 from layerfilm.io.formats.base import FORMATS, check_regular, unreadable
 from layerfilm.io.storage import PICKLE_OVER_URL, AnyPath, is_remote
 
@@ -209,6 +209,7 @@ class TorchReader:
         self._fd: int | None = None
 
     def __enter__(self) -> TorchReader:
+        need("torch", "torch", f"{self.path}: a PyTorch pickle", CheckpointError)
         import torch
 
         if not is_remote(self.path):

@@ -14,13 +14,17 @@ Memory is one model, one batch of hidden states, the (L, N, D) points of one key
 host chunks (256 MiB, a GPU only; on the CPU, parameters stored in the model's dtype view the mapped file).
 """
 
-from layerfilm.points.activations.devices import worker_devices
-from layerfilm.points.activations.extraction import extract
-from layerfilm.points.activations.hooks import capture
-from layerfilm.points.activations.loader import WeightLoader, match_keys
-from layerfilm.points.activations.model import build_model, check_fits, default_dtype, find_blocks
-from layerfilm.points.activations.probe import probe_ids, run_probe, tokenize
-from layerfilm.points.activations.spec import (
+from layerfilm.errors import need
+
+need("torch", "torch", "features=activations")  # one line, not an ImportError, where torch is not installed
+
+from layerfilm.points.activations.devices import worker_devices  # noqa: E402
+from layerfilm.points.activations.extraction import extract  # noqa: E402
+from layerfilm.points.activations.hooks import capture  # noqa: E402
+from layerfilm.points.activations.loader import WeightLoader, match_keys  # noqa: E402
+from layerfilm.points.activations.model import build_model, check_fits, default_dtype, find_blocks  # noqa: E402
+from layerfilm.points.activations.probe import probe_ids, run_probe, tokenize  # noqa: E402
+from layerfilm.points.activations.spec import (  # noqa: E402
            DEFAULT_PROBE,
            DEVICES,
            DTYPES,
