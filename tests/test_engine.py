@@ -207,6 +207,7 @@ def silent_server():
                 c.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["stability", "render"])
 def test_a_server_that_is_not_dask_is_one_line_in_bounded_time(command, tiny_run, tmp_path, silent_server):
     """It accepts TCP and says nothing: the handshake is waited for CONNECT_TIMEOUT_S (10 s), then one
@@ -222,6 +223,7 @@ def test_a_server_that_is_not_dask_is_one_line_in_bounded_time(command, tiny_run
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigterm_while_waiting_for_a_silent_server_ends_promptly_and_quietly(tiny_run, tmp_path, silent_server):
     """SIGTERM while the background start waits for the handshake: exit 143 within a bound, one line, no
     "Exception ignored" at exit (close() once waited without limit, and a half-made Client failed in __del__)."""

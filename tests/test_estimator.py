@@ -18,7 +18,7 @@ def raw_points(tiny_run, tmp_path_factory):
     return np.stack([f.store[t] for t in range(len(f.store))])
 
 
-@pytest.mark.parametrize("method", ["pca", "procrustes", "umap"])
+@pytest.mark.parametrize("method", ["pca", "procrustes", pytest.param("umap", marks=pytest.mark.slow)])
 def test_fit_transform_equals_the_films_exported_points(tiny_run, tmp_path, raw_points, method):
     opts = layerfilm.FilmOptions(projection=method, weights=WeightSpec(points=32), fps=2, cache=False,
                                  style=layerfilm.Style(width=320, height=180))

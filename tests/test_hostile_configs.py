@@ -111,6 +111,7 @@ def plant_evil(folder: Path, marker: Path, name: str) -> str:
     ("render", "config.json", "y\n"), ("stability", "config.json", "yes"),
     ("render", "tokenizer_config.json", "yes"), ("stability", "tokenizer_config.json", "y\n"),
 ])
+@pytest.mark.slow
 def test_an_auto_map_never_runs_code_and_never_asks(gpt2_run, tmp_path, command, name, stdin):
     """transformers asked "Do you wish to run the custom code? [y/N]" on stdin and ran evil.py on "y"."""
     ckpts, marker = copy_run(gpt2_run, tmp_path), tmp_path / "MARKER"
@@ -213,6 +214,7 @@ def larger(ckpts: Path, what: str) -> str:
     ("llama_run", {"model_type": "qwen2", "num_hidden_layers": 10**8}, "layers num_hidden_layers 100000000"),
     ("llama_run", {"vocab_size": 10**9}, "parameters"),  # the native Llama
 ])
+@pytest.mark.slow
 def test_a_config_larger_than_its_checkpoint_is_refused_in_bounded_memory(request, tmp_path, run, change, what):
     """Each is refused from the checkpoint's header and a build on the meta device, in a process limited
     to 3 GiB of address space (the old code allocated 9.8 GB and more, or made Qwen2's per-layer list)."""

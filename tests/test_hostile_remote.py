@@ -51,6 +51,7 @@ def short_timeouts(monkeypatch):
     monkeypatch.setenv("LAYERFILM_READ_TIMEOUT", "1")
 
 
+@pytest.mark.slow
 def test_credentials_in_a_url_are_shown_redacted_and_written_nowhere(served, tmp_path, run_cli):
     out, cache = tmp_path / "out", tmp_path / "cache"
     out.mkdir()

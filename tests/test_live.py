@@ -102,6 +102,7 @@ def test_readiness_waits_for_complete_checkpoints(tmp_path):
     assert ready(growing) and not ready(tmp_path / "tmp-checkpoint-5")
 
 
+@pytest.mark.slow
 def test_watch_filled_one_checkpoint_at_a_time_equals_a_render(tiny_run, tmp_path, run_cli):
     """watch on an empty folder while tiny_run is copied in, each file half-written first: the film and
     its points equal a one-shot render with the same fixed basis (--fit first) and layout (watch's default,
@@ -210,6 +211,7 @@ def _options(tmp_path: Path) -> dict:
             "export_points": tmp_path / "points.npz", "wait": True}
 
 
+@pytest.mark.slow
 def test_trainer_callback_films_its_checkpoints(example, makers, tmp_path):
     import torch
     import transformers as T
@@ -242,6 +244,7 @@ def test_trainer_callback_runs_on_rank_0_only(tmp_path):
     assert callback._proc is None and not (tmp_path / "film.webm").exists()
 
 
+@pytest.mark.slow
 def test_lightning_callback_films_its_checkpoints(example, makers, tmp_path):
     from layerfilm.callbacks import LayerfilmLightningCallback
 

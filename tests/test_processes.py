@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP = "THE SCRIPT'S TOP LEVEL RAN"
@@ -64,6 +65,7 @@ T.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).trai
 """
 
 
+@pytest.mark.slow
 def test_a_training_script_without_a_main_guard_gets_its_film(tmp_path):
     done = python(TRAIN, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -149,6 +149,7 @@ def test_same_seed_same_bytes(tmp_path, method, kwargs):
     assert a.xy.tobytes() == b.xy.tobytes()
 
 
+@pytest.mark.slow
 def test_similarities_match_umap(tmp_path):
     """Our vectorised neighbourhood similarities equal umap-learn's own on real fuzzy graphs."""
     import numba
@@ -169,6 +170,7 @@ def test_similarities_match_umap(tmp_path):
     np.testing.assert_allclose(U.similarities(graphs, rel), expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_epoch_matches_umap():
     """Our compiled aligned epoch makes exactly umap-learn's updates (same random numbers and order)."""
     import numba

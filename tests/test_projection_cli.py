@@ -21,6 +21,7 @@ def test_stats_table_and_export(tiny_run, tmp_path, run_cli, method):
     np.testing.assert_allclose([float(r[2]) for r in rows], z["motion"].max(axis=1), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_umap_export_is_seeded_and_independent_of_jobs(tiny_run, tmp_path, run_cli):
     opts = ("--projection", "umap", "--umap-neighbors", "6", "--umap-min-dist", "0.2", "--umap-alignment", "0.05", *COMMON)
     for jobs in ("1", "2"):
