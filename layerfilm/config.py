@@ -132,9 +132,8 @@ _O = [
     Option("every", 1, "keep every K-th checkpoint", int, metavar="K", check=_at_least(1), group=WHICH),
     Option("steps", (None, None), "keep steps A..B inclusive; either side may be empty (e.g. 1000:)", tuple, parse=_steps,
            metavar="A:B", group=WHICH),
-    Option("storage_options", None, "for a URL folder: a JSON object passed to fsspec, e.g. '{\"anon\": true}' or an "
-           "endpoint_url; credentials are never printed", (str, dict), parse=_storage, metavar="JSON", points=True,
-           group=WHICH),
+    Option("storage_options", None, "a URL folder's fsspec options as JSON, e.g. '{\"anon\": true}'; never printed",
+           (str, dict), parse=_storage, metavar="JSON", points=True, group=WHICH),
     Option("final_step", None, "use a final model saved at the folder's root (no step in its name) as step N", int,
            metavar="N", points=True, group=WHICH),
     Option("strict", False, "an unusable checkpoint is an error (exit 2) instead of a skip", bool, points=True, group=WHICH),
@@ -150,8 +149,8 @@ _O = [
     Option("seed", 0, "seed for choosing the points and for umap", int, points=True, group=WHAT),
     Option("layout", "auto", "storage of the matrix: out-in (nn.Linear), in-out (GPT-2 Conv1D) or auto",
            choices=("auto", "out-in", "in-out"), points=True, group=WHAT),
-    Option("projection", "pca", "2-D projection aligned over time: pca (one basis for all key frames), procrustes "
-           "(each frame's PCA rotated onto the previous) or umap (AlignedUMAP)", choices=("pca", "procrustes", "umap"),
+    Option("projection", "pca", "pca (one basis for all key frames), procrustes (each frame's own PCA, aligned) or "
+           "umap", choices=("pca", "procrustes", "umap"),
            points=True, group=WHAT),
     # activations
     Option("model", None, "build the model with package.module:make_model or path/file.py:make_model; default: from "
@@ -190,8 +189,8 @@ _O = [
            group=LOOK),
     Option("cmap", "magma", "matplotlib colormap of the density (log scale, fixed for the film)", group=LOOK),
     Option("legend", True, "no legend (what is filmed, the colour bar, the timeline)", bool, group=LOOK),
-    Option("film_layout", "fit", "axes, colour scale and timeline fitted to the whole film (fit) or changed rarely as key "
-           "frames come (live, watch's default)", choices=("fit", "live"), group=LOOK),
+    Option("film_layout", "fit", "fit: axes and colours fitted to the whole film; live: changed rarely as key frames "
+           "come", choices=("fit", "live"), group=LOOK),
     Option("overlay", True, "no per-panel bar of how much the block still moves, and no 'settled' mark", bool,
            group=LOOK),
     Option("settle_threshold", 0.1, "a block has settled once its distance to the final checkpoint stays below F times "
