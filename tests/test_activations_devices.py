@@ -98,7 +98,7 @@ def cluster():
 def test_strict_refuses_the_first_bad_checkpoint_as_on_one_device(damaged_series, cluster, tmp_path):
     messages = []
     for name, kw in (("one", {}), ("two", {"engine": "dask", "address": cluster})):
-        with pytest.raises(CheckpointError, match=rf"{PROBLEM} \(--strict: nothing is skipped\)$") as e:
+        with pytest.raises(CheckpointError, match=rf"{PROBLEM} \(strict: nothing is skipped\)$") as e:
             extract(damaged_series, spec(devices=() if name == "one" else "cpu,cpu"), tmp_path / name, progress=False,
                     strict=True, **kw)
         messages.append(str(e.value))

@@ -62,7 +62,7 @@ def test_a_zip_bomb_is_refused_before_it_inflates(tmp_path):
     problem = f"its pickle unpacks to more than {MAX_PICKLE_BYTES // 2**20} MiB (a zip bomb, or no checkpoint); " \
               "refused before loading it"
     assert [c.get("problem") for c in json.loads(out)] == [None, problem]
-    assert peak < BOMB_BYTES // 2
+    assert peak < BOMB_BYTES * 3 // 4  # torch and NumPy imported take ~0.3-0.55 GB; inflating takes 1 GiB more
     assert snapshot(ck) == before and list(work.iterdir()) == []
 
 
