@@ -143,10 +143,10 @@ def test_watch_filled_one_checkpoint_at_a_time_equals_a_render(tiny_run, tmp_pat
 
 def test_refit_always_equals_render_fit_all_and_rereads_no_checkpoint(tiny_run, tmp_path, monkeypatch):
     """--refit always re-projects from the kept rows: equal to render --fit all, each checkpoint opened once."""
+    from layerfilm import study  # the one reader: a live film's key frames are read by its Study
     from layerfilm.draw.raster import Style
     from layerfilm.film import render
     from layerfilm.film_options import FilmOptions
-    from layerfilm import study  # the one reader: a live film's key frames are read by its Study
     from layerfilm.points.weights import WeightSpec
 
     opts = FilmOptions(cache=False, jobs=1, fps=2, style=Style(width=320, height=180), weights=WeightSpec(points=32))

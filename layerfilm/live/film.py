@@ -467,7 +467,7 @@ class LiveFilm:
         opts = self.opts
         frames = film_frames(traj, opts)
         if self.segments is None:
-            encoded = write_film(traj, self.out, opts, self.progress, frames.overlay, frames.renderer)
+            encoded = write_film(traj, self.out, opts, self.progress, frames)
         else:
             ranges = live_segments(frames.timeline, math.ceil(opts.encode.segment_seconds * opts.fps))
             encoded = self.segments.update(frames, ranges, (opts.style.width, opts.style.height), opts.encode, opts.fps,
