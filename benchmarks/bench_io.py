@@ -4,7 +4,7 @@
    page cache cold: every file is dropped from the cache (fsync + posix_fadvise(POSIX_FADV_DONTNEED))
    before it is opened, and /proc/self/io read_bytes is read around opening it and reading the points.
    Target: <= 1.2x for safetensors. Also shown for torch .pt files (torch.load mmap=True).
-2. Peak RSS reading 20 vs 80 checkpoints of the same model, for the reading stage (scan + extract)
+2. Peak RSS reading 20 vs 80 checkpoints of the same model, for the reading stage (scan + Study.trajectories)
    and for a whole render to .webm: VmHWM of a fresh process, reset (/proc/self/clear_refs) after
    its imports so that it is the work's own peak. Target: RSS(80)/RSS(20) <= 1.2.
 
@@ -126,15 +126,14 @@ def child_rss(folder: str, n: int, mode: str) -> dict:
     from layerfilm.draw.raster import Style
     from layerfilm.film_options import FilmOptions
     from layerfilm.io.scan import scan
-    from layerfilm.points.weights import WeightSpec, extract
+    from layerfilm.study import Study
 
     last = scan(folder, warn=False).steps[n - 1]
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: measure the peak of the work alone
     t0 = time.perf_counter()
     if mode == "read":
         series = scan(folder, steps=(None, last), warn=False)
-        with tempfile.TemporaryDirectory() as work:
-            extract(series, WeightSpec(), Path(work), progress=False)
+        Study(series, FilmOptions(cache=False, jobs=1), progress=False).trajectories()
     else:
         with tempfile.TemporaryDirectory() as work:
             render(folder, Path(work) / "film.webm", FilmOptions(fps=2, steps=(None, last), style=Style(width=320, height=180)),
@@ -609,7 +608,8 @@ def main() -> None:
             small = run_child("rss", str(folder / "st"), str(a.small), mode)
             big = run_child("rss", str(folder / "st"), str(a.checkpoints), mode)
             ratio = big["rss_mib"] / small["rss_mib"]
-            print(f"| {'scan + extract' if mode == 'read' else 'whole render (.webm 320x180)'} | {small['rss_mib']:.0f} "
+            what = "scan + Study.trajectories" if mode == "read" else "whole render (.webm 320x180)"
+            print(f"| {what} | {small['rss_mib']:.0f} "
                   f"({small['process_mib']:.0f}) | {big['rss_mib']:.0f} ({big['process_mib']:.0f}) | {ratio:.3f} | <= 1.2 "
                   f"{'ok' if ratio <= 1.2 else 'MISSED'} | {small['seconds']:.1f} / {big['seconds']:.1f} |")
 

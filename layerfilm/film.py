@@ -1,13 +1,11 @@
-"""The whole film: scan -> extract -> project -> interpolate -> render -> encode."""
+"""The whole film: scan -> read and project (layerfilm.study.Study) -> interpolate -> draw -> encode."""
 
 from __future__ import annotations
 
 import hashlib
-import pickle
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,10 +26,6 @@ from layerfilm.study import Study
 from layerfilm.text import show
 from layerfilm.video.encode import check_output, webm_preset
 from layerfilm.video.segments import encode_film, plan
-
-if TYPE_CHECKING:  # the activations module imports torch; only activation films need it
-    pass
-
 
 # what a worker started ahead imports: the block tasks', the segments' and the caption's font (matplotlib)
 WORKER_MODULES = ("layerfilm.study", "layerfilm.video.segments", "layerfilm.film", "matplotlib.font_manager",
@@ -207,10 +201,8 @@ class FilmFrames:
 
     @cached_property
     def _drawing(self) -> bytes:
-        """A digest of what the renderer draws the same on every frame (static layer, axes, colour
-        scale, labels, sizes); its per-key-frame parts (zoom, timeline ticks) go in ``fingerprint``."""
-        state = {k: v for k, v in vars(self.renderer).items() if k not in ("legend", "_ticks", "zoom")}
-        return hashlib.sha256(pickle.dumps(state, protocol=5)).digest()
+        """The renderer's digest of what it draws the same on every frame (computed once per film)."""
+        return self.renderer.digest()
 
     def fingerprint(self, start: int, stop: int) -> bytes:
         """A digest of everything frames ``start`` .. ``stop - 1`` are drawn from: equal digests, equal
@@ -225,8 +217,7 @@ class FilmFrames:
         r = self.renderer
         if r.zoom is not None:
             h.update(np.ascontiguousarray(r.zoom[k0 : k1 + 1]).tobytes())
-        when = max(self.timeline.position(k, a) for k, a in where)
-        h.update(repr([t for t in r._ticks if t[0] <= when + 1e-9] if r.passed_ticks else ()).encode())
+        h.update(repr(r.passed(max(self.timeline.position(k, a) for k, a in where))).encode())
         if self.overlay is not None:
             o = self.overlay
             h.update(np.ascontiguousarray(o.level[k0 : k1 + 1]).tobytes())
@@ -252,23 +243,46 @@ def film_frames(traj: Trajectories, opts: FilmOptions) -> FilmFrames:
     return FilmFrames.of(traj, opts, renderer, film_overlay(renderer, traj, opts))
 
 
-def segment_engine(opts: FilmOptions, n_frames: int) -> Engine | None:
-    """Where ``n_frames`` frames are drawn and encoded: the engine when they make several segments
-    (layerfilm.video.segments.plan), else None (one stream in this process: starting workers would cost more)."""
+@dataclass(frozen=True)
+class Segments:
+    """How a film of ``n_frames`` is cut to be drawn and encoded, planned once (layerfilm.video.segments.plan):
+    its ``parts``, and the engine whose workers take them (None: one stream in this process, where
+    starting workers would cost more than they save)."""
+
+    n_frames: int
+    parts: list[tuple[int, int]]
+    engine: Engine | None = None
+
+
+def film_segments(opts: FilmOptions, n_frames: int) -> Segments:
+    """The segments of a film of ``n_frames`` under ``opts`` (jobs, engine, fps, segment length)."""
     jobs = check_jobs(opts.jobs)
-    several = len(plan(n_frames, jobs, opts.fps, opts.encode)) > 1
-    return get_engine(opts.engine, jobs, **opts.engine_options()) if several else None
+    parts = plan(n_frames, jobs, opts.fps, opts.encode)
+    return Segments(n_frames, parts, get_engine(opts.engine, jobs, **opts.engine_options()) if len(parts) > 1 else None)
+
+
+def segment_engine(opts: FilmOptions, n_frames: int) -> Engine | None:
+    """Where ``n_frames`` frames are drawn and encoded (:func:`film_segments`' engine)."""
+    return film_segments(opts, n_frames).engine
 
 
 def write_film(traj: Trajectories, out: str | Path, opts: FilmOptions, progress: bool = True,
-               overlay: Overlay | None = None, renderer: Renderer | None = None) -> int:
-    """Interpolate, render and encode the film of ``traj``; returns the number of frames written.
-    With ``overlay``, each panel also shows how much its block still moves (layerfilm.draw.overlay).
+               frames: FilmFrames | None = None, segments: Segments | None = None) -> int:
+    """Interpolate, draw and encode the film of ``traj``; returns the number of frames written.
+
+    Args:
+        frames: the film as drawn (:func:`film_frames`: with the overlay ``opts`` asks for); None: the
+            points alone, without the overlay.
+        segments: the film's segments, when planned already (:func:`render` plans them before reading,
+            to start the workers); planned here if None or made for another number of frames.
     A long film is drawn and encoded in segments by ``opts.jobs`` workers (layerfilm.video.segments)."""
-    frames = FilmFrames.of(traj, opts, renderer, overlay)
-    engine = segment_engine(opts, frames.n_frames)
+    if frames is None:
+        frames = FilmFrames.of(traj, opts)
+    if segments is None or segments.n_frames != frames.n_frames:  # e.g. checkpoints found unreadable
+        segments = film_segments(opts, frames.n_frames)
     with tqdm(total=frames.n_frames, desc="rendering", unit="frame", disable=not progress) as bar:
-        encode_film(frames, out, (opts.style.width, opts.style.height), opts.encode, opts.fps, engine, bar.update)
+        encode_film(frames, out, (opts.style.width, opts.style.height), opts.encode, opts.fps, segments.engine,
+                    bar.update, segments.parts)
     return frames.n_frames
 
 
@@ -295,11 +309,12 @@ def render(
         check_film_size(len(run.series), opts)  # before any tensor is read
         n_frames = Timeline(len(run.series), opts.fps, opts.seconds_per_keyframe).n_frames
         opts, picked = pick_preset(out, opts, n_frames)
-        if len(plan(n_frames, check_jobs(opts.jobs), opts.fps, opts.encode)) > 1:  # workers will draw: start them
-            get_engine(opts.engine, opts.jobs, **opts.engine_options()).start(WORKER_MODULES)  # while this one works
+        segments = film_segments(opts, n_frames)
+        if segments.engine is not None and opts.engine == "local":  # workers will draw: start them while this
+            segments.engine.start(WORKER_MODULES)  # one reads (a cluster's started above)
         traj = run.trajectories()
         frames = film_frames(traj, opts)
-        n = write_film(traj, out, opts, progress, frames.overlay, frames.renderer)
+        n = write_film(traj, out, opts, progress, frames, segments)
     if export is not None:
         export_points(traj, export, inputs)
     return FilmResult(Path(out), n, len(traj.steps), traj, tuple(run.skipped), frames.overlay, picked)

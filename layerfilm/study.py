@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,14 +40,15 @@ from layerfilm.errors import CheckpointError, OptionsError, ScanError
 from layerfilm.film_options import FilmOptions
 from layerfilm.io import cache
 from layerfilm.io.formats import open_checkpoint
+from layerfilm.io.formats.base import Reader as CheckpointReader
 from layerfilm.io.outputs import new_scratch
 from layerfilm.io.scan import Checkpoint, Series, scan
-from layerfilm.io.storage import is_remote, location
+from layerfilm.io.storage import AnyPath, is_remote, location
 from layerfilm.parallel.engines import get_engine
 from layerfilm.parallel.threads import one_blas_thread, prefetch
 from layerfilm.points import ArrayStore, Features, Subject
 from layerfilm.points.act_stats import ActivationStats
-from layerfilm.points.measures import point_measures
+from layerfilm.points.measures import PointMeasures, point_measures
 from layerfilm.points.weights import WeightPlan, plan, read_points, skip
 from layerfilm.projection import Trajectories, describe, project
 from layerfilm.stability import (
@@ -103,6 +104,22 @@ def chunk_mb() -> float:
     return mb if math.isfinite(mb) and mb > 0 else DEFAULT_CHUNK_MB
 
 
+def read_checkpoint(ckpt: Checkpoint, read: Callable[[CheckpointReader, AnyPath], T]) -> T | CheckpointError:
+    """``read(reader, path)`` of the open checkpoint ``ckpt``, or the error that makes it unreadable
+    (damaged, a tensor missing, another shape: the caller skips it by layerfilm.points.weights.skip)."""
+    try:
+        with open_checkpoint(ckpt.path, ckpt.format) as reader:
+            return read(reader, ckpt.path)
+    except CheckpointError as e:
+        return e
+
+
+def read_rows(ckpt: Checkpoint, wp: WeightPlan, blocks: Sequence[int] | None = None) -> np.ndarray | CheckpointError:
+    """(Lc, N, D) float32: the tracked rows of ``blocks`` (default all) in ``ckpt``, or why it cannot be
+    read: what a block task reads of each key frame, and :meth:`Study.add` of a live film's new one."""
+    return read_checkpoint(ckpt, lambda reader, where: read_points(reader, wp, where, blocks))
+
+
 def block_chunks(wp: WeightPlan, keyframes: int, whole_bytes: int = 0, budget_mb: float | None = None,
                  most: int | None = None) -> list[tuple[int, ...]]:
     """Consecutive chunks of the plan's blocks whose key frames fit the memory budget: the points
@@ -131,14 +148,9 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
     order = [T - 1, *range(T - 1)] if whole else list(range(T))  # whole: the final first
 
     def read(i: int) -> tuple[int, np.ndarray | list[dict[str, np.ndarray]] | CheckpointError]:
-        ckpt = ckpts[i]
-        try:
-            with open_checkpoint(ckpt.path, ckpt.format) as reader:
-                if stats is None:
-                    return i, read_points(reader, wp, ckpt.path, blocks)
-                return i, stats.read(reader, ckpt.path)
-        except CheckpointError as e:
-            return i, e
+        if stats is None:
+            return i, read_rows(ckpts[i], wp, blocks)
+        return i, read_checkpoint(ckpts[i], stats.read)
 
     # whole blocks are large: one read ahead; rows are small: three
     with closing(prefetch((read(i) for i in order), depth=1 if whole else 3)) as ahead:
@@ -207,12 +219,77 @@ class Study:
         self._measures: BlockMeasures | None = None
         self._stability: Stability | None = None
         self._weights_run: Study | None = None  # an activation study's run of the weights (stability's motion)
+        self._plan: WeightPlan | None = None
+        self.added: PointMeasures | None = None  # the measures of the key frames added one at a time (add)
         self._cache = cache.cache_dir(opts.cache_dir, (series.root,)) if opts.cache else None
 
     @classmethod
     def open(cls, folder: str | Path, opts, progress: bool = True, scan_progress: bool = False) -> Study:
         """Scan ``folder`` as ``opts`` select (reads headers only) and start a Run on it."""
         return cls(scan_for(folder, opts, scan_progress), opts, progress)
+
+    def weight_plan(self) -> WeightPlan:
+        """Which matrix of each block is filmed and which of its rows (read once, from the first
+        checkpoint's header)."""
+        if self._plan is None:
+            self._plan = plan(self.series, self.opts.weights)
+        return self._plan
+
+    # ---------------------------------------------------------------- a study that grows (live films)
+
+    def add(self, ckpt: Checkpoint) -> np.ndarray | None:
+        """Add ``ckpt`` as the next key frame of a study started on no checkpoint (a live film,
+        layerfilm.live.film): its tracked rows read once, by the block tasks' reader (:func:`read_rows`),
+        and measured on the way (``self.added``: squared norms, squared distances to the previous key
+        frame). The cached products are computed again when next asked for.
+
+        Args:
+            ckpt: a checkpoint of a later step than the last one added.
+        Returns:
+            its (L, N, D) float32 tracked rows, or None when it cannot be read (then it is in
+            ``skipped``, by the one rule, layerfilm.points.weights.skip).
+        """
+        if self._plan is None:  # the first checkpoint decides the plan, as a render's does
+            first = self.series if self.series.checkpoints else Series(self.series.root, (ckpt,))
+            self._plan = plan(first, self.opts.weights)
+        x = read_rows(ckpt, self._plan)
+        if isinstance(x, CheckpointError):
+            self.skipped.append(skip(ckpt, x, self.opts.strict))
+            return None
+        if self.added is None:
+            self.added = PointMeasures()
+        self.added.add(x)
+        self.series = replace(self.series, checkpoints=(*self.series.checkpoints, ckpt))
+        self._traj = self._measures = self._stability = None
+        return x
+
+    def remember(self, traj: Trajectories) -> None:
+        """Take ``traj`` as this study's key-frame points (a live film's, made a key frame at a time) and
+        keep it in the cache under the key a render of the same checkpoints and options looks up."""
+        self._traj = traj
+        self._store(self._key("points", self._points_options()), traj.to_arrays())
+
+    def points(self) -> Features:
+        """Every key frame's tracked rows of a weights study, (T, L, N, D) float32 in memory, as the block
+        tasks read them, with the film's point measures: the raw points before any projection (e.g. for
+        layerfilm.AlignedProjection). Unreadable checkpoints are skipped by the one rule."""
+        if self.opts.activations is not None:
+            raise OptionsError("features=activations: points() gives the weights' rows; a Study of weights has them")
+        wp = self.weight_plan()
+        rows, steps = [], []
+        for ckpt in self.series.checkpoints:
+            x = read_rows(ckpt, wp)
+            if isinstance(x, CheckpointError):
+                self.skipped.append(skip(ckpt, x, self.opts.strict))
+                continue
+            rows.append(x)
+            steps.append(ckpt.step)
+        if len(steps) < 2:
+            raise ScanError(f"{self.series.root}: {len(steps)} readable checkpoint(s); at least two key frames are needed")
+        store = ArrayStore(np.stack(rows))
+        t = np.asarray(steps, np.int64)
+        return Features(t, np.asarray(wp.layer_map.blocks, np.int64), wp.point_ids.astype(np.int64), wp.name, store,
+                        tuple(self.skipped), point_measures(store, t), np.arange(len(wp.tensor_names)))
 
     # ---------------------------------------------------------------- cached products
 
@@ -279,7 +356,7 @@ class Study:
         """One pass over the checkpoints by block chunks; checkpoints found unreadable are skipped by
         the one rule (layerfilm.points.weights.skip) and the pass is redone without them."""
         series, opts = self.series, self.opts
-        wp = plan(series, opts.weights)
+        wp = self.weight_plan()
         active = tuple(range(len(series)))
         umap = opts.projection == "umap"
         engine = get_engine(opts.engine, opts.jobs, **opts.engine_options())

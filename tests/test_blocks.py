@@ -3,9 +3,11 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from layerfilm.errors import LayerError
+from layerfilm.film_options import FilmOptions
 from layerfilm.io.blocks import map_blocks, resolve_param
 from layerfilm.io.scan import scan
-from layerfilm.points.weights import WeightSpec, extract
+from layerfilm.points.weights import WeightSpec
+from layerfilm.study import Study
 
 CONVENTIONS = {
     "transformer.h.{i}.": "mlp.c_fc.weight",
@@ -52,8 +54,8 @@ def test_points_are_output_neurons_in_both_layouts(tiny_run, tmp_path):
         conv = {k: (np.ascontiguousarray(v.T) if v.ndim == 2 and ".h." in k else v) for k, v in state.items()}
         save_file(conv, str(tmp_path / "conv1d" / f.name))
     spec = WeightSpec(points=50, seed=3)
-    a = extract(scan(tmp_path / "linear"), spec, tmp_path / "wa", progress=False)
-    b = extract(scan(tmp_path / "conv1d"), spec, tmp_path / "wb", progress=False)
+    a = Study(scan(tmp_path / "linear"), FilmOptions(weights=spec, cache=False), progress=False).points()
+    b = Study(scan(tmp_path / "conv1d"), FilmOptions(weights=spec, cache=False), progress=False).points()
     assert "rows" in a.name and "columns" in b.name
     np.testing.assert_array_equal(a.point_ids, b.point_ids)
     for t in range(3):

@@ -8,13 +8,14 @@ import pytest
 
 import layerfilm
 from layerfilm.errors import LayerfilmError
-from layerfilm.points.weights import WeightSpec, extract
+from layerfilm.points.weights import WeightSpec
 
 
 @pytest.fixture(scope="module")
 def raw_points(tiny_run, tmp_path_factory):
     """(T, L, N, D): the tracked rows of every block at every key frame, as the film reads them."""
-    f = extract(layerfilm.scan(tiny_run), WeightSpec(points=32), tmp_path_factory.mktemp("store"), progress=False)
+    opts = layerfilm.FilmOptions(weights=WeightSpec(points=32), cache=False)
+    f = layerfilm.Study(layerfilm.scan(tiny_run), opts, progress=False).points()
     return np.stack([f.store[t] for t in range(len(f.store))])
 
 

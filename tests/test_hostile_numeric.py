@@ -11,11 +11,12 @@ import math
 import numpy as np
 import pytest
 
+from layerfilm.film_options import FilmOptions
 from layerfilm.io.scan import scan
 from layerfilm.points import FeatureStore, in_safe_range, safe_scale
 from layerfilm.points.measures import sum_sq
-from layerfilm.points.weights import WeightSpec, extract
 from layerfilm.projection import project
+from layerfilm.study import Study
 
 SCALE = 1e38
 RTOL = 1e-4
@@ -70,10 +71,8 @@ def test_stability_of_huge_weights_is_finite_and_the_same(run_cli, huge_run, tin
 
 
 @pytest.fixture(scope="module")
-def both_features(tiny_run, huge_run, tmp_path_factory):
-    work = tmp_path_factory.mktemp("features")
-    return [extract(scan(run), WeightSpec(), work / name, progress=False)
-            for name, run in (("ref", tiny_run), ("huge", huge_run))]
+def both_features(tiny_run, huge_run):
+    return [Study(scan(run), FilmOptions(cache=False), progress=False).points() for run in (tiny_run, huge_run)]
 
 
 def test_point_measures_of_huge_weights_are_the_same(both_features):

@@ -144,16 +144,16 @@ def test_watch_filled_one_checkpoint_at_a_time_equals_a_render(tiny_run, tmp_pat
 
 def test_refit_always_equals_render_fit_all_and_rereads_no_checkpoint(tiny_run, tmp_path, monkeypatch):
     """--refit always re-projects from the kept rows: equal to render --fit all, each checkpoint opened once."""
+    from layerfilm import study  # the one reader: a live film's key frames are read by its Study
     from layerfilm.draw.raster import Style
     from layerfilm.film import render
     from layerfilm.film_options import FilmOptions
-    from layerfilm.live import film as live_module
     from layerfilm.points.weights import WeightSpec
 
     opts = FilmOptions(cache=False, jobs=1, fps=2, style=Style(width=320, height=180), weights=WeightSpec(points=32))
     opened: list[Path] = []
-    real = live_module.open_checkpoint
-    monkeypatch.setattr(live_module, "open_checkpoint", lambda p, f: (opened.append(p), real(p, f))[1])
+    real = study.open_checkpoint
+    monkeypatch.setattr(study, "open_checkpoint", lambda p, f: (opened.append(p), real(p, f))[1])
     with LiveFilm(tiny_run, tmp_path / "l.webm", opts, LiveOptions(refit="always", export=str(tmp_path / "l.npz"))) as film:
         found = film.new_checkpoints() or film.new_checkpoints()  # complete after two polls
         for batch in (found[:3], found[3:]):  # two updates: the second refits on all seven

@@ -3,9 +3,16 @@ import shutil
 import numpy as np
 
 from layerfilm.draw.timeline import Timeline, lerp
+from layerfilm.film_options import FilmOptions
 from layerfilm.io.scan import scan
-from layerfilm.points.weights import WeightSpec, extract
+from layerfilm.points.weights import WeightSpec
 from layerfilm.projection import project
+from layerfilm.study import Study
+
+
+def points(folder):
+    """The raw key-frame points of ``folder``, 64 per block, as a film reads them."""
+    return Study(scan(folder), FilmOptions(weights=WeightSpec(points=64), cache=False), progress=False).points()
 
 
 def test_unchanged_weights_give_identical_coordinates(tiny_run, tmp_path):
@@ -13,7 +20,7 @@ def test_unchanged_weights_give_identical_coordinates(tiny_run, tmp_path):
     src = tiny_run / "step_000030.safetensors"
     for step in (0, 100, 200, 300):
         shutil.copy(src, tmp_path / f"step_{step:06d}.safetensors")
-    feats = extract(scan(tmp_path), WeightSpec(points=64), tmp_path / "work", progress=False)
+    feats = points(tmp_path)
     traj = project(feats, progress=False)
     assert traj.xy.shape == (4, 4, 64, 2)
     for t in range(1, 4):
@@ -22,9 +29,8 @@ def test_unchanged_weights_give_identical_coordinates(tiny_run, tmp_path):
 
 
 def test_pca_shares_axes_and_is_deterministic(tiny_run, tmp_path):
-    feats = extract(scan(tiny_run), WeightSpec(points=64), tmp_path / "a", progress=False)
-    a = project(feats, progress=False)
-    b = project(extract(scan(tiny_run), WeightSpec(points=64), tmp_path / "b", progress=False), progress=False)
+    a = project(points(tiny_run), progress=False)
+    b = project(points(tiny_run), progress=False)
     assert a.xy.tobytes() == b.xy.tobytes()
     ev = a.stats["explained_variance"]
     assert ev.shape == (4, 2) and np.all(ev[:, 0] >= ev[:, 1]) and np.all(ev.sum(1) <= 1.0 + 1e-6)

@@ -10,8 +10,10 @@ caption and the timeline's cursor. matplotlib is used only for its colormaps and
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import pickle
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -356,11 +358,23 @@ class Renderer:
             x0, x1, y = self._timeline
             x = x0 + int(round(min(max(when, 0.0), 1.0) * (x1 - x0 - 1)))
             w = max(3, self.timeline_h)
-            if self.passed_ticks:
-                for t, tx in self._ticks:
-                    if t <= when + 1e-9:
-                        img[y : y + self.timeline_h, tx] = TICK
+            for _, tx in self.passed(when):
+                img[y : y + self.timeline_h, tx] = TICK
             img[y : y + self.timeline_h, max(x0, x - w // 2) : x - w // 2 + w] = CURSOR
+
+    def passed(self, when: float) -> list[tuple[float, int]]:
+        """The key frames' ticks drawn on a frame at ``when`` (its place in the film) over the static
+        timeline: with ``passed_ticks``, those it has reached, as (place, x); otherwise none (every tick
+        is in the static frame)."""
+        return [t for t in self._ticks if t[0] <= when + 1e-9] if self.passed_ticks else []
+
+    def digest(self) -> bytes:
+        """A digest of what this renderer draws the same on every frame: its static frame (background,
+        panels, labels, legend, colour bar), axes, colour scale and sizes. What changes from frame to
+        frame is the points, the caption, ``zoom`` (per key frame) and :meth:`passed`; with those, equal
+        digests give equal pixels (a live film re-encodes only the segments whose digest changed)."""
+        state = {k: v for k, v in vars(self).items() if k not in ("legend", "_ticks", "zoom")}
+        return hashlib.sha256(pickle.dumps(state, protocol=5)).digest()
 
     # ---------------------------------------------------------------- the legend (drawn once)
 

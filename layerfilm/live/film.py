@@ -3,7 +3,8 @@ background process of layerfilm.callbacks).
 
 A :class:`LiveFilm` is fed the folder's checkpoints as they become complete (:class:`Readiness`: every
 file keeps its size and modification time across two polls, or the trainer's own marker is there, or a
-training callback says so) and reads each one once: only its tracked rows, as a render would. After
+training callback says so) and adds each one to its :class:`layerfilm.study.Study` (``Study.add``: only
+its tracked rows, read once by the reader a render's block tasks use, and measured on the way). After
 each batch of new key frames it rewrites the film, and the stills, stability JSON and exported points
 when asked, each atomically (layerfilm.io.outputs), so a browser or another program always finds a
 complete file.
@@ -56,8 +57,7 @@ from layerfilm.draw.film_layout import live_segments
 from layerfilm.errors import CheckpointError, OptionsError, ScanError
 from layerfilm.film import check_export_path, export_points, film_frames, segment_engine, write_film
 from layerfilm.film_options import FilmOptions
-from layerfilm.io import cache
-from layerfilm.io.formats import HF_WEIGHT_FILE, open_checkpoint
+from layerfilm.io.formats import HF_WEIGHT_FILE
 from layerfilm.io.outputs import atomic_output, check_output_path, new_scratch
 from layerfilm.io.scan import TRAINER_STATE, Checkpoint, Series, scan
 from layerfilm.io.storage import AnyPath, local_path
@@ -65,12 +65,12 @@ from layerfilm.parallel.engines import worker_init
 from layerfilm.parallel.threads import one_blas_thread
 from layerfilm.points import ArrayStore, Features, FeatureStore
 from layerfilm.points.act_stats import json_series
-from layerfilm.points.measures import DistanceBounds, measures_of, relative_update, sum_sq, sum_sq_diff
-from layerfilm.points.weights import WeightPlan, plan, read_points, skip
+from layerfilm.points.measures import DistanceBounds, PointMeasures, measures_of, relative_update
+from layerfilm.points.weights import WeightPlan
 from layerfilm.projection import Trajectories, coherence, project
 from layerfilm.projection.linear import PcaBasis, fit_pca
 from layerfilm.stability import settle_index
-from layerfilm.study import weights_subject
+from layerfilm.study import Study, weights_subject
 from layerfilm.text import printable, show
 from layerfilm.video.encode import check_output, output_kind
 from layerfilm.video.segments import SegmentStore
@@ -237,19 +237,13 @@ class LiveFilm:
         self.live = live
         self.progress = progress
         check_outputs(self.root, self.out, self.opts, live)
-        self.cache = cache.cache_dir(self.opts.cache_dir, (self.root,)) if self.opts.cache else None
+        self.study = Study(Series(self.root, ()), self.opts, progress=False)  # reads the key frames, keeps the cache
         self.ready = Readiness(self.root, polled)
         self.done: dict[Path, tuple | None] = {}  # entries found bad, retried once they change
         self.used: set[Path] = set()  # entries filmed (or passed over by --every), never looked at again
-        self.skipped: list[Checkpoint] = []
+        self.skipped: list[Checkpoint] = self.study.skipped  # one list: the scan's, and those found when read
         self.kept = 0  # usable checkpoints seen, for --every
-        self.wp: WeightPlan | None = None
-        self.steps: list[int] = []
-        self.ckpts: list[Checkpoint] = []  # the key frames' checkpoints
         self.xy: list[np.ndarray] = []  # per key frame (L, N, 2) float32
-        self.norm_sq: list[np.ndarray] = []  # per key frame (L,)
-        self.prev_sq: list[np.ndarray] = []  # per key frame (L,): to the previous key frame
-        self.prev: np.ndarray | None = None  # the last key frame's rows (L, N, D)
         self.basis: PcaBasis | None = None
         self.since_fit = 0  # key frames added since the basis was fitted
         self.stats: dict[str, np.ndarray] = {}
@@ -268,6 +262,27 @@ class LiveFilm:
             self._scratch.cleanup()
         if self.segments is not None:
             self.segments.close()
+
+    @property
+    def wp(self) -> WeightPlan | None:
+        """The weight plan (decided by the first checkpoint added), None before it."""
+        return self.study._plan
+
+    @property
+    def steps(self) -> list[int]:
+        """The key frames' steps so far."""
+        return self.study.series.steps
+
+    @property
+    def ckpts(self) -> tuple[Checkpoint, ...]:
+        """The key frames' checkpoints so far."""
+        return self.study.series.checkpoints
+
+    @property
+    def measured(self) -> PointMeasures:
+        """Every key frame's squared norm and squared distance to the previous one, and the newest's rows."""
+        assert self.study.added is not None  # a key frame was added
+        return self.study.added
 
     def __enter__(self) -> LiveFilm:
         return self
@@ -314,27 +329,16 @@ class LiveFilm:
     # ---------------------------------------------------------------- adding key frames
 
     def add(self, ckpt: Checkpoint) -> bool:
-        """Read the tracked rows of ``ckpt`` (once) and add it as the next key frame; False if unreadable."""
-        if self.wp is None:
-            self.wp = plan(Series(self.root, (ckpt,)), self.opts.weights)
-        try:
-            with open_checkpoint(ckpt.path, ckpt.format) as reader:
-                x = read_points(reader, self.wp, ckpt.path)
-        except CheckpointError as e:
-            self.skipped.append(skip(ckpt, e, self.opts.strict))
+        """Add ``ckpt`` as the next key frame (the Study reads its tracked rows, once) and project it by
+        the refit policy; False if it cannot be read."""
+        x = self.study.add(ckpt)
+        if x is None:
             return False
-        assert ckpt.step is not None  # a usable checkpoint has a step
-        self.norm_sq.append(sum_sq(x))
-        buf = np.empty(x.shape[1:], np.float32)
-        self.prev_sq.append(sum_sq_diff(x, self.prev, buf) if self.prev is not None else np.zeros(x.shape[0]))
-        self.prev = x
-        self.steps.append(ckpt.step)
-        self.ckpts.append(ckpt)
         if self.store is not None:
             self.store.append(x)
             if self.bounds is None:
                 self.bounds = DistanceBounds(x.shape[0])
-            self.bounds.add(self.prev_sq[-1])
+            self.bounds.add(self.measured.sq[-1][1])
         self.since_fit += 1
         every = self.live.every
         if self.opts.projection == "pca" and (every == 0 and self.basis is not None or
@@ -394,15 +398,16 @@ class LiveFilm:
         ``point_distance`` (the rows read back where the bounds are not exact: T x the tracked bytes at
         worst); without it, only the blocks' settling key frames (``self.settle``), from the bounds and
         the few rows they leave undecided (layerfilm.points.measures.DistanceBounds)."""
-        assert self.bounds is not None and self.store is not None and self.prev is not None
-        norm_sq, prev_sq = np.stack(self.norm_sq), np.stack(self.prev_sq)
+        m = self.measured
+        assert self.bounds is not None and self.store is not None and m.prev is not None
+        norm_sq, prev_sq, newest = m.norm_sq, m.prev_sq, m.prev
         read = self.store.rows
         with one_blas_thread():
             if exact:
-                measures = measures_of(norm_sq, prev_sq, self.bounds.exact(self.prev, read), steps)
+                measures = measures_of(norm_sq, prev_sq, self.bounds.exact(newest, read), steps)
                 self.settle = settle_index(measures["point_distance"], self.opts.settle_threshold)
                 return measures
-            self.settle = self.bounds.settle(self.opts.settle_threshold, norm_sq[-1], self.prev, read)
+            self.settle = self.bounds.settle(self.opts.settle_threshold, norm_sq[-1], newest, read)
         return {"point_update": relative_update(prev_sq, np.sqrt(norm_sq), steps)}
 
     # ---------------------------------------------------------------- one update
@@ -448,9 +453,7 @@ class LiveFilm:
         if "point_distance" not in self.traj.stats:  # every distance, once, for the cache
             stats = {**self.traj.stats, **self._distances(self.traj.steps, exact=True)}
             self.traj = replace(self.traj, stats=stats)
-        if self.cache is not None:
-            key = cache.key(Series(self.root, tuple(self.ckpts)), {"kind": "points", **self.opts.points_options()})
-            cache.store(self.cache, key, self.traj.to_arrays())
+        self.study.remember(self.traj)
 
     def moving(self, traj: Trajectories, k: int) -> int:
         """How many blocks have not settled by key frame k (the overlay's rule; every block without the rows)."""
@@ -464,7 +467,7 @@ class LiveFilm:
         opts = self.opts
         frames = film_frames(traj, opts)
         if self.segments is None:
-            encoded = write_film(traj, self.out, opts, self.progress, frames.overlay, frames.renderer)
+            encoded = write_film(traj, self.out, opts, self.progress, frames)
         else:
             ranges = live_segments(frames.timeline, math.ceil(opts.encode.segment_seconds * opts.fps))
             encoded = self.segments.update(frames, ranges, (opts.style.width, opts.style.height), opts.encode, opts.fps,

@@ -52,22 +52,40 @@ def sum_sq_diff(x: np.ndarray, y: np.ndarray, buf: np.ndarray) -> np.ndarray:
 
 
 class PointMeasures:
-    """Feed every key frame's (L, N, D) points in order with ``add``; ``result`` gives the measures."""
+    """Feed every key frame's (L, N, D) points in order with ``add``; ``result`` gives the measures.
 
-    def __init__(self, final: np.ndarray) -> None:
+    ``final``: the final key frame's points, for the distance to it (a film made at once reads it
+    first); None for a film that grows a key frame at a time (layerfilm.study.Study.add), whose
+    distances to the newest key frame are kept apart (``DistanceBounds``)."""
+
+    def __init__(self, final: np.ndarray | None = None) -> None:
         self.final = final
-        self.prev: np.ndarray | None = None
-        self.buf = np.empty(final.shape[1:], final.dtype)
-        self.sq: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (norm², to previous², to final²)
+        self.prev: np.ndarray | None = None  # the last key frame added
+        self.buf = np.empty(final.shape[1:], final.dtype) if final is not None else None
+        self.sq: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []  # (norm², to previous², to final²)
 
     def add(self, x: np.ndarray) -> None:
+        if self.buf is None:
+            self.buf = np.empty(x.shape[1:], x.dtype)
         to_prev = sum_sq_diff(x, self.prev, self.buf) if self.prev is not None else np.zeros(x.shape[0])
-        self.sq.append((sum_sq(x), to_prev, sum_sq_diff(x, self.final, self.buf)))
+        to_final = sum_sq_diff(x, self.final, self.buf) if self.final is not None else None
+        self.sq.append((sum_sq(x), to_prev, to_final))
         self.prev = x
 
+    @property
+    def norm_sq(self) -> np.ndarray:
+        """(T, L) each key frame's squared norm per block."""
+        return np.stack([s[0] for s in self.sq])
+
+    @property
+    def prev_sq(self) -> np.ndarray:
+        """(T, L) each key frame's squared distance to the previous one per block (zeros at the first)."""
+        return np.stack([s[1] for s in self.sq])
+
     def result(self, steps: np.ndarray) -> dict[str, np.ndarray]:
-        norm, prev, final = (np.stack(a) for a in zip(*self.sq))
-        return measures_of(norm, prev, final, steps)
+        assert self.final is not None  # the distance to the final key frame needs it
+        final = np.stack([s[2] for s in self.sq if s[2] is not None])
+        return measures_of(self.norm_sq, self.prev_sq, final, steps)
 
 
 def measures_of(norm_sq: np.ndarray, prev_sq: np.ndarray, final_sq: np.ndarray, steps: np.ndarray) -> dict[str, np.ndarray]:

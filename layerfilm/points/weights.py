@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from contextlib import closing
 from dataclasses import dataclass, replace
-from itertools import chain
-from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from layerfilm.errors import CheckpointError, OptionsError, ScanError
+from layerfilm.errors import CheckpointError, OptionsError
 from layerfilm.io.blocks import BlockMap, is_conv1d_layout, map_blocks, resolve_param
 from layerfilm.io.formats import check_finite, open_checkpoint
 from layerfilm.io.scan import Checkpoint, Series, problem_of
 from layerfilm.io.storage import AnyPath
 from layerfilm.options import check_seed
-from layerfilm.parallel.threads import prefetch
-from layerfilm.points import Features, FeatureStore
-from layerfilm.points.measures import PointMeasures
 
 LAYOUTS = ("auto", "out-in", "in-out")
 
@@ -119,54 +112,3 @@ def skip(ckpt: Checkpoint, error: CheckpointError, strict: bool = False) -> Chec
         raise CheckpointError(f"{error} (strict: nothing is skipped)") from None
     warnings.warn(f"{error}; skipped", stacklevel=3)
     return replace(ckpt, problem=problem_of(error, ckpt.path))
-
-
-def extract(series: Series, spec: WeightSpec, workdir: Path, progress: bool = True, strict: bool = False) -> Features:
-    """Read each checkpoint once and keep only the tracked rows, one key frame at a time.
-
-    A checkpoint that cannot be read (damaged, a tensor missing, another shape) is skipped with
-    one warning line and listed in ``Features.skipped``; with ``strict`` it is an error.
-    At least two key frames must remain.
-    """
-    wp = plan(series, spec)
-    store = FeatureStore(workdir)
-    steps, skipped = [], []
-
-    def read(ckpt: Checkpoint) -> np.ndarray | CheckpointError:
-        try:
-            with open_checkpoint(ckpt.path, ckpt.format) as reader:
-                return read_points(reader, wp, ckpt.path)
-        except CheckpointError as e:
-            return e
-
-    final = read(series.checkpoints[-1])  # the overlay's distance to the final key frame, measured on the way
-    measures = PointMeasures(final) if not isinstance(final, CheckpointError) else None
-    # the next checkpoints are read in a thread while this one is written to the store
-    ahead = chain((read(c) for c in series.checkpoints[:-1]), [final])  # the final one is read already
-    with closing(prefetch(ahead)) as points:
-        for ckpt, pts in zip(tqdm(series.checkpoints, desc="loading", unit="ckpt", disable=not progress), points):
-            if isinstance(pts, CheckpointError):
-                skipped.append(skip(ckpt, pts, strict))
-                continue
-            store.append(pts)
-            steps.append(ckpt.step)
-            if measures is not None:
-                measures.add(pts)
-    if len(steps) < 2:
-        raise ScanError(f"{series.root}: {len(steps)} readable checkpoint(s); a film needs at least two key frames")
-    stats = measures.result(np.asarray(steps)) if measures is not None else {}
-    return replace(features_of(series, wp, store, steps, skipped), stats=stats)
-
-
-def features_of(series: Series, wp: WeightPlan, store: FeatureStore, steps: list[int] | None = None,
-                skipped: list | tuple = ()) -> Features:
-    """The ``Features`` of a store filled with ``read_points``: for every checkpoint of ``series``, or
-    for ``steps`` when some were ``skipped``."""
-    return Features(
-        steps=np.asarray(series.steps if steps is None else steps, np.int64),
-        blocks=np.asarray(wp.layer_map.blocks, np.int64),
-        point_ids=wp.point_ids.astype(np.int64),
-        name=wp.name,
-        store=store,
-        skipped=tuple(skipped),
-    )

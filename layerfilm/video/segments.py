@@ -119,7 +119,8 @@ def encode_segment(frames: Frames, start: int, stop: int, kind: str, size: tuple
 
 
 def encode_film(frames: Frames, out: str | Path, size: tuple[int, int], opts: EncodeOptions = EncodeOptions(),
-                fps: float = 15.0, engine: Engine | None = None, progress: Callable[..., Any] | None = None) -> int:
+                fps: float = 15.0, engine: Engine | None = None, progress: Callable[..., Any] | None = None,
+                parts: list[tuple[int, int]] | None = None) -> int:
     """Write the film ``frames`` to ``out`` (its extension picks the format, see layerfilm.video.encode).
 
     Args:
@@ -127,13 +128,16 @@ def encode_film(frames: Frames, out: str | Path, size: tuple[int, int], opts: En
         size: (width, height).
         engine: where the segments run, ``engine.jobs`` at a time; None: one stream in this process.
         progress: called with a count of frames as they are encoded, in any worker.
+        parts: the segments, when the caller planned them (``plan`` with ``engine.jobs``, or one
+            segment without an engine); None: planned here.
     Returns:
         the number of segments (1: one stream, encoded in this process).
     """
     out = Path(out)
     kind = check_output(out)
     jobs = engine.jobs if engine is not None else 1
-    parts = plan(frames.n_frames, jobs, fps, opts)
+    if parts is None:
+        parts = plan(frames.n_frames, jobs, fps, opts)
     opts = sharing_cores(opts, min(len(parts), jobs))  # the encoders running at once
     joined = len(parts) > 1 and kind != "png"
     with atomic_output(out, folder=kind == "png") as tmp, ExitStack() as stack:
