@@ -108,3 +108,26 @@ def test_one_renderer_draws_the_same_frames_from_several_threads_at_once(rendere
         for _ in range(3):
             together = list(pool.map(lambda p: renderer.frame(p, "step"), clouds))
             assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+
+
+@pytest.mark.parametrize("size, L", [((1280, 720), 4), ((640, 360), 2), ((320, 180), 16)], ids=["4-tall", "2-wide", "16"])
+def test_a_round_cloud_is_drawn_round_whatever_the_panel_shape(size, L):
+    """One data unit is the same number of pixels on both axes (issue 26: with 4 blocks at 1280x720 the
+    panels are tall, and a cloud of x/y spread 1.05 was drawn at 0.52)."""
+    r = Renderer(Style(*size), [f"L{i}" for i in range(L)], np.tile([-3.0, 3.0, -3.0, 3.0], (L, 1)))
+    assert r.scale[:, 0] == pytest.approx(r.scale[:, 1])
+    pts = np.random.default_rng(1).normal(0, 1, (L, 20000, 2)).astype(np.float32)
+    d = r.density(pts)
+    bw, bh = r.bins
+    for l in range(L):
+        ox, oy = r.origin[l]
+        panel = d[oy: oy + bh, ox: ox + bw]
+        w = panel / panel.sum()
+        y, x = np.mgrid[:bh, :bw]
+        sx = np.sqrt((w * (x - (w * x).sum()) ** 2).sum())
+        sy = np.sqrt((w * (y - (w * y).sum()) ** 2).sum())
+        assert sx / sy == pytest.approx(1.0, abs=0.05), (l, sx, sy)
+        # the extent's centre is the drawing area's centre, and all of the extent is inside it
+        cx, cy = (0 - r.offset[l, 0]) * r.scale[l, 0], (0 - r.offset[l, 1]) * r.scale[l, 1]
+        assert (cx, cy) == pytest.approx((bw / 2, bh / 2))
+        assert 6 * r.scale[l, 0] <= min(bw, bh) + 1e-9

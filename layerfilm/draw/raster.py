@@ -173,7 +173,8 @@ class Renderer:
     Args:
         style: sizes, colours, title.
         labels: L panel labels ("L0", "L1", ...).
-        extent: (L, 4) fixed axes per panel [x0, x1, y0, y1].
+        extent: (L, 4) fixed axes per panel [x0, x1, y0, y1], all shown: one data unit is the same
+            number of pixels on both axes, so a panel wider (taller) than its extent shows more around it.
         vmax: the density that maps to the top of the colour scale (fixed for the film; see
             ``set_scale``, which also draws it on the legend's colour bar).
         legend: the words under the panels and the timeline's key frames (None: no legend, no colour bar).
@@ -230,9 +231,12 @@ class Renderer:
         self.origin = self.panels + np.array([side, top])  # (L, 2)
         self.bins = (bw - 2 * side, bh - top - bottom)
         bw, bh = self.bins
+        # one data unit is as many bins across as down (a round cloud is drawn round): the extent fits the
+        # drawing area along its tighter side and the other side shows more of the plane, about the same centre
         ext = np.asarray(extent, np.float64)
-        self.scale = np.stack([bw / (ext[:, 1] - ext[:, 0]), bh / (ext[:, 3] - ext[:, 2])], 1)  # (L, 2)
-        self.offset = np.stack([ext[:, 0], ext[:, 2]], 1)
+        s = np.minimum(bw / (ext[:, 1] - ext[:, 0]), bh / (ext[:, 3] - ext[:, 2]))  # (L,) bins per data unit
+        self.scale = np.stack([s, s], 1)  # (L, 2)
+        self.offset = np.stack([(ext[:, 0] + ext[:, 1]) / 2 - bw / (2 * s), (ext[:, 2] + ext[:, 3]) / 2 - bh / (2 * s)], 1)
         self.lut = colormap_lut(style.cmap)
         self._lut_planes = [np.ascontiguousarray(self.lut[:, ch]) for ch in range(3)]
         self.vmax = vmax
