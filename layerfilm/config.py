@@ -14,7 +14,6 @@ its use where :func:`options` builds the library's objects.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -88,12 +87,8 @@ def _at_least(low: float) -> Callable[[Any], str | None]:
     return lambda v: None if v >= low else f"must be at least {low:g}"
 
 
-def _positive(v: float) -> str | None:
-    return None if v > 0 and math.isfinite(v) else "must be a positive number"
 
 
-def _fraction(v: float) -> str | None:
-    return None if 0 < v < 1 else "must be in (0, 1)"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -333,9 +328,6 @@ def options(command: str, given: dict[str, Any]):
     return film, live
 
 
-def not_points() -> set[str]:
-    """Names of the options that never change the points (they stay out of the cache key)."""
-    return {o.name for o in _O if not o.points}
 
 
 _FIELD = re.compile(r"(?<![\w./\\:-])([a-z][a-z0-9_]*)(=|:(?= ))")  # name=... or name: ... (not in paths)
