@@ -87,10 +87,6 @@ def _at_least(low: float) -> Callable[[Any], str | None]:
     return lambda v: None if v >= low else f"must be at least {low:g}"
 
 
-
-
-
-
 def _size(text: str) -> tuple[int, int]:
     from layerfilm.draw.raster import parse_size
 
