@@ -341,10 +341,11 @@ def to_flags(message: str) -> str:
     return _FIELD.sub(flag, message)
 
 
+_UNSET = object()  # argparse's default for every generated option: unset options take the tree's default
+
+
 def given(namespace: dict[str, Any], command: str) -> dict[str, Any]:
-    """The options set on the command line (argparse's namespace as a dict): those not at their default."""
+    """The options set on the command line (argparse's namespace as a dict): those the user gave."""
     opts: Iterable[Option] = COMMANDS[command]
     return {o.name: namespace[o.name] for o in opts if o.name in namespace and namespace[o.name] is not _UNSET}
 
-
-_UNSET = object()  # argparse's default for every generated option: unset options take the tree's default

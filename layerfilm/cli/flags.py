@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from layerfilm.config import _UNSET, COMMANDS, DEFAULTS, Option, given, options
+from layerfilm.config import _UNSET, COMMANDS, DEFAULTS, Option, given, options, values
 
 GROUP_TEXT = {
     "cache": "What is computed from the checkpoints is kept on disk, keyed by each checkpoint's path, size\n"
@@ -52,8 +52,4 @@ def command_options(args: argparse.Namespace):
 
 def value(args: argparse.Namespace, name: str) -> Any:
     """One option's value on a parsed command line (its default when not given)."""
-    got = getattr(args, name, _UNSET)
-    if got is not _UNSET:
-        return got
-    o = next(o for o in COMMANDS[args.command] if o.name == name)
-    return DEFAULTS.get(args.command, {}).get(name, o.default)
+    return values(args.command, given(vars(args), args.command))[name]
