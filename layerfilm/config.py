@@ -110,10 +110,6 @@ def _step_list(text: str) -> list[int]:
     return parse_step_list(text)
 
 
-def _storage(text: str) -> str:
-    return text  # parsed (and its secrets kept out of messages) by layerfilm.io.storage
-
-
 WHICH, WHAT, ACT, TIME, LOOK, WHERE, CACHE, LIVE, OUT = (
     "which checkpoints", "what to film", "activations (with --features activations)", "projection and time",
     "look and encoding", "where the work runs", "cache", "following the run", "output")
@@ -124,7 +120,7 @@ _O = [
     Option("steps", (None, None), "keep steps A..B inclusive; either side may be empty (e.g. 1000:)", tuple, parse=_steps,
            metavar="A:B", group=WHICH),
     Option("storage_options", None, "a URL folder's fsspec options as JSON, e.g. '{\"anon\": true}'; never printed",
-           (str, dict), parse=_storage, metavar="JSON", points=True, group=WHICH),
+           (str, dict), metavar="JSON", points=True, group=WHICH),
     Option("final_step", None, "use a final model saved at the folder's root (no step in its name) as step N", int,
            metavar="N", points=True, group=WHICH),
     Option("strict", False, "an unusable checkpoint is an error (exit 2) instead of a skip", bool, points=True, group=WHICH),
