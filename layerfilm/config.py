@@ -212,6 +212,8 @@ KEYFRAMES = Option("keyframes", None, "key frames to show, by step (default: the
                    flag="--steps", metavar="S1,S2,...", group=OUT)
 FILM = Option("film", None, "a film to show: .html embeds one of at most 8 MB and links a larger one; .md links it",
               kind=PATH, metavar="FILE", group=OUT)
+INTERACTIVE = Option("interactive", False, "also write the interactive film (REPORT_view.html, layerfilm view) and "
+                     "link it", bool, group=OUT)
 FILM_LINK = Option("film_link", False, "link the --film (keep it beside the report) instead of embedding it", bool,
                    group=OUT)
 LIVE_OPTIONS = (
@@ -228,9 +230,9 @@ _SOURCE = ("storage_options", "final_step", "strict")
 _POINTS = ("param", "points", "seed", "blocks", "layout", "projection")
 _ACT = ("features", "model", "probe", "seq_len", "batch_size", "device", "devices", "dtype", "near_zero")
 _RUN = ("quiet", "jobs", "engine", "address", "cache_dir", "cache")
-_FILM = (*_SELECT, *_SOURCE, *_ACT, *_POINTS, "fit", "umap_neighbors", "umap_min_dist", "umap_alignment", "umap_stride",
-         "stats", "fps", "seconds_per_keyframe", "time", "size", "cmap", "legend", "film_layout", "overlay",
-         "settle_threshold", "crf", "encoder_threads", "preset", "export_points", *_RUN)
+_LOOK = (*_SELECT, *_SOURCE, *_ACT, *_POINTS, "fit", "umap_neighbors", "umap_min_dist", "umap_alignment", "umap_stride")
+_TIME = ("fps", "seconds_per_keyframe", "time", "size", "cmap", "legend", "film_layout", "overlay", "settle_threshold")
+_FILM = (*_LOOK, "stats", *_TIME, "crf", "encoder_threads", "preset", "export_points", *_RUN)
 
 
 def _of(*names: str | Option) -> tuple[Option, ...]:
@@ -243,7 +245,8 @@ COMMANDS: dict[str, tuple[Option, ...]] = {
     "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
     "stability": _of(JSON_FLAG, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
     "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", *_RUN),
-    "report": _of(FILM, FILM_LINK, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, "size", "cmap", *_RUN),
+    "view": _of(*_LOOK, *_TIME, *_RUN),
+    "report": _of(FILM, FILM_LINK, INTERACTIVE, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, "size", "cmap", *_RUN),
 }
 DEFAULTS = {"watch": {"film_layout": "live"}}  # a command whose default differs
 

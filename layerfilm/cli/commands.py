@@ -217,6 +217,22 @@ near zero over training.
 """
 
 
+VIEW_HELP = """\
+The film as one self-contained, interactive HTML file: it draws the film's frames itself from the
+key frames' coordinates (those --export-points writes), with the film's axes, colour scale, legend
+and straight-line motion between key frames. It needs no network and no server: open it from disk.
+
+Play/pause (space), a frame slider (arrows: a frame; shift+arrows: a key frame), speed; click a panel
+to enlarge it (click again or Esc: back); hover a point for its neuron's index (a probe token's with
+--features activations); the chart of each block's distance to the final key frame follows the
+film's cursor, and a click on a panel or a curve picks the block.
+
+At a key frame each panel equals the film's frame there (see the README for the tolerance of large
+films, whose coordinates are stored in 16 bits). Needs a browser with DecompressionStream (Chrome 80,
+Firefox 113, Safari 16.4).
+"""
+
+
 def _study_parser(sub, name: str, help: str, description: str, out: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=description + "\n" + REMOTE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -231,6 +247,8 @@ def _add_study_commands(sub) -> None:
     _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP)
     _study_parser(sub, "stills", "the first and last key frames (or --steps) side by side", STILLS_HELP,
                   out="output figure: X.png | X.svg | X.pdf")
+    _study_parser(sub, "view", "the interactive film: one HTML file that plays, zooms and names neurons", VIEW_HELP,
+                  out="film.html (self-contained; open it from disk)")
     _study_parser(sub, "report", "HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", REPORT_HELP,
                   out="report.html (self-contained) | report.md (PNGs written beside it)")
 
@@ -253,10 +271,22 @@ def cmd_stills(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     opts, _ = command_options(args)
     res = report(args.folder, args.out, value(args, "film"), opts, progress=not value(args, "quiet"),
-                 film_link=value(args, "film_link"))
+                 film_link=value(args, "film_link"), interactive=value(args, "interactive"))
     print(f"wrote {', '.join(map(show, res.files))}", file=sys.stderr)
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from layerfilm.reports.viewer import view
+
+    t0 = time.perf_counter()
+    opts, _ = command_options(args)
+    res = view(args.folder, args.out, opts, progress=not value(args, "quiet"))
+    coords = "float32, exact" if res.coords == "f32" else "16-bit"
+    print(f"wrote {show(res.out)} ({res.size / 1e6:.1f} MB: {res.keyframes} key frames x {res.blocks} blocks x "
+          f"{res.points} points, {coords}) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -338,7 +368,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"render": cmd_render, "scan": cmd_scan, "stability": cmd_stability, "stills": cmd_stills, "report": cmd_report,
-            "watch": cmd_watch}
+            "watch": cmd_watch, "view": cmd_view}
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:

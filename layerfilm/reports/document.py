@@ -40,6 +40,7 @@ from layerfilm.reports.figures import (
     settling_figure,
     stills_figure,
 )
+from layerfilm.reports.viewer import check_view_path, write_viewer
 from layerfilm.reports.media import Film, FrameSource, Picture, Stills, film_for, pictures, relative_link
 from layerfilm.stability import Stability
 from layerfilm.study import Study
@@ -214,12 +215,15 @@ def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _html(stab: Stability, folder: str | Path, images: dict[str, bytes], film: Film | None,
-          frames: dict[str, Picture]) -> str:
+          frames: dict[str, Picture], viewer: str | None = None) -> str:
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>layerfilm report</title>"
              f"<style>{CSS}</style></head><body>",
              "<h1>Which layers stabilize</h1>", f"<p>{html.escape(_summary(stab, folder))}</p>"]
     if film is not None:
         parts += ["<h2>Film</h2>", film.html(_data_uri(film.data, film.mime) if film.data is not None else None)]
+    if viewer is not None:
+        parts += ["<h2>Interactive film</h2>", f'<p><a href="{html.escape(viewer, quote=True)}">'
+                  f"{html.escape(unquote(viewer))}</a>: {html.escape(VIEWER_TEXT)}</p>"]
     for title, pic in frames.items():
         parts += [f"<h2>{html.escape(title)}</h2>",
                   f'<p class="frames"><img alt="{html.escape(title, quote=True)}" src="{_data_uri(pic.data, pic.mime)}"></p>']
@@ -236,12 +240,18 @@ def _html(stab: Stability, folder: str | Path, images: dict[str, bytes], film: F
     return "\n".join(parts) + "\n</body></html>\n"
 
 
+VIEWER_TEXT = ("the film in one HTML file beside this report: play, scrub, click a panel to enlarge it, hover a "
+               "point for its neuron")
+
+
 def _markdown(stab: Stability, folder: str | Path, pngs: dict[str, str], film: str | None,
-              frames: dict[str, str]) -> str:
+              frames: dict[str, str], viewer: str | None = None) -> str:
     """The Markdown report; ``pngs``, ``film`` and ``frames`` are links (report_media.relative_link)."""
     lines = ["# Which layers stabilize", "", _md(_summary(stab, folder)), ""]
     if film is not None:
         lines += [f"Film: [{_md(unquote(film).rsplit('/', 1)[-1])}]({film})", ""]
+    if viewer is not None:
+        lines += [f"Interactive film: [{_md(unquote(viewer).rsplit('/', 1)[-1])}]({viewer}): {_md(VIEWER_TEXT)}", ""]
     for title, link in frames.items():
         lines += [f"## {_md(title)}", "", f"![{_md(title)}]({link})", ""]
     lines += ["## Settling table", "", *_md_table(*stab.table_rows())]
@@ -256,7 +266,7 @@ def _markdown(stab: Stability, folder: str | Path, pngs: dict[str, str], film: s
 
 def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
            opts: FilmOptions = FilmOptions(), progress: bool = True, *, film_link: bool = False,
-           frames: Mapping[str, FrameSource] | None = None) -> Report:
+           frames: Mapping[str, FrameSource] | None = None, interactive: bool = False) -> Report:
     """Measure the checkpoints in ``folder`` and write a report: ``.html`` (one file, images embedded)
     or ``.md`` (Markdown, with ``<name>_<figure>.png`` beside it).
 
@@ -268,6 +278,8 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
             (H, W, 3) uint8 array, (K, H, W, 3) frames side by side, an image file (.png, .jpg, .gif,
             .webp, .svg), or the ``Stills`` of :func:`stills`. Markdown writes arrays as
             ``<name>_frame_<i>.png`` beside the report and links files where they are.
+        interactive: also write the interactive film (layerfilm.reports.viewer) as ``<name>_view.html``
+            beside the report, and link it.
 
     Example:
         >>> st = stills("ckpts/", "before_after.png")  # doctest: +SKIP
@@ -286,14 +298,19 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
     if kind == "md":
         for png in [*pngs.values(), *frame_pngs.values()]:
             check_output_path(png, (".png",), inputs)
+    view = check_view_path(out.with_name(f"{out.stem}_view.html"), inputs) if interactive else None
     if film_link and film is None:
         raise OptionsError("film_link: there is no film to link; give film=PATH")
     movie = film_for(film, out, film_link, (opts.style.width, opts.style.height)) if film is not None else None
     stab = Study.open(folder, opts, progress).stability()
     figures = report_figures(stab, opts.style)
     files: list[Path] = []
+    if view is not None:
+        assert stab.trajectories is not None  # a measured Stability keeps the film's projection
+        files.append(write_viewer(stab.trajectories, view, opts, inputs=inputs).out)
+    link = relative_link(view, out) if view is not None else None
     if kind == "html":
-        text = _html(stab, folder, {n: _png(f) for n, f in figures.items()}, movie, shown)
+        text = _html(stab, folder, {n: _png(f) for n, f in figures.items()}, movie, shown, link)
     else:
         try:
             for name, fig in figures.items():
@@ -308,9 +325,14 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
             raise
         links = {t: relative_link(frame_pngs.get(t) or _file(shown[t].file), out) for t in shown}
         text = _markdown(stab, folder, {n: relative_link(pngs[n], out) for n in figures}, movie.link if movie else None,
-                         links)
-    with atomic_output(out) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+                         links, link)
+    try:
+        with atomic_output(out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except BaseException:
+        for f in files:
+            f.unlink(missing_ok=True)
+        raise
     return Report(out, stab, figures, [out, *files], (movie.note,) if movie and movie.note and kind == "html" else ())
 
 

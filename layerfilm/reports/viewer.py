@@ -1,0 +1,201 @@
+"""The interactive film: one self-contained HTML file (``layerfilm view``, ``report --interactive``).
+
+The page draws the film's frames itself, in a canvas per panel, from the exported key-frame
+coordinates (``Trajectories.xy``, what ``--export-points`` writes), with the film's own renderer
+numbers: each panel's bins, the projection -> bin mapping (float32, as ``Renderer._splat``), the
+bilinear splat, the log colour scale with its fixed top and the colormap's table, the per-key-frame
+zoom of activation films, the timeline and the overlay's bars. So at a key frame a panel's bins are the
+film's drawing area at that key (tested in a browser: exact with float32 coordinates; with 16-bit
+coordinates within the tolerance stated in the README), and between key frames points move on the
+film's straight lines.
+
+Nothing is fetched: the coordinates travel inside the file as base64 of deflated bytes (the browser's
+``DecompressionStream`` inflates them), either float32 (exact) or, for large films, 16-bit quantised
+per block and axis over the block's range, delta-coded along time (smooth motion deflates well): 128
+blocks x 179 key frames x 512 points fit in tens of MB (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from layerfilm.draw.raster import FLOOR, Renderer
+from layerfilm.errors import OptionsError
+from layerfilm.film import FilmFrames, caption, film_frames
+from layerfilm.film_options import FilmOptions
+from layerfilm.io.outputs import atomic_output, check_output_path
+from layerfilm.io.storage import local_inputs
+from layerfilm.projection import Trajectories
+from layerfilm.study import Study
+
+COORDS = ("auto", "f32", "u16")
+EXACT_MAX_BYTES = 16 << 20  # "auto" keeps float32 coordinates (exact) up to this many raw bytes
+U16_MAX = 65535
+MARK = "/*LAYERFILM_DATA*/"  # where the template takes the film's numbers
+BLOB = "LAYERFILM_XY"  # and its coordinates
+
+
+@dataclass(frozen=True)
+class ViewResult:
+    out: Path
+    size: int  # bytes written
+    coords: str  # f32 (exact) or u16 (quantised)
+    keyframes: int
+    blocks: int
+    points: int
+
+
+def pick_coords(traj: Trajectories, coords: str = "auto") -> str:
+    if coords not in COORDS:
+        raise OptionsError(f"coords={coords!r}: choose one of {', '.join(COORDS)}")
+    if coords != "auto":
+        return coords
+    return "f32" if traj.xy.size * 4 <= EXACT_MAX_BYTES else "u16"
+
+
+def encode_xy(xy: np.ndarray, coords: str) -> tuple[bytes, dict]:
+    """(deflated bytes, how to read them) of key frames ``xy`` (T, L, N, 2).
+
+    f32: the float32 values, their 4 bytes split into 4 planes (similar bytes together deflate better).
+    u16: per block and axis, ``round((x - lo) / (hi - lo) * 65535)`` over the block's range [lo, hi],
+    then the difference to the previous key frame (mod 2^16), in 2 byte planes (low, high)."""
+    xy = np.ascontiguousarray(xy, np.float32)
+    if coords == "f32":
+        planes = xy.view(np.uint8).reshape(-1, 4).T
+        return zlib.compress(np.ascontiguousarray(planes).tobytes(), 6), {"coords": "f32"}
+    lo = xy.min(axis=(0, 2)).astype(np.float64)  # (L, 2)
+    hi = xy.max(axis=(0, 2)).astype(np.float64)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    q = np.rint((xy - lo[None, :, None]) / span[None, :, None] * U16_MAX).astype(np.uint16)
+    delta = q.copy()
+    delta[1:] -= q[:-1]  # uint16 wraps: the browser adds them back mod 2^16
+    planes = delta.reshape(-1).view(np.uint8).reshape(-1, 2).T
+    step = span / U16_MAX
+    return zlib.compress(np.ascontiguousarray(planes).tobytes(), 6), {"coords": "u16", "lo": lo.tolist(),
+                                                                       "step": step.tolist()}
+
+
+def decode_xy(blob: bytes, how: dict, shape: tuple[int, ...]) -> np.ndarray:
+    """What the page decodes from :func:`encode_xy` (for tests and tools; the page does the same in JS)."""
+    raw = np.frombuffer(zlib.decompress(blob), np.uint8)
+    if how["coords"] == "f32":
+        return np.ascontiguousarray(raw.reshape(4, -1).T).view(np.float32).reshape(shape)
+    q = np.ascontiguousarray(raw.reshape(2, -1).T).view(np.uint16).reshape(shape)
+    q = np.cumsum(q, axis=0, dtype=np.uint16)
+    lo, step = np.asarray(how["lo"]), np.asarray(how["step"])
+    return (lo[None, :, None] + q * step[None, :, None]).astype(np.float32)
+
+
+def _f32(a: np.ndarray) -> list:
+    """float32 values as JSON numbers that read back to the same float32 (Math.fround in the page)."""
+    return np.asarray(a, np.float32).astype(np.float64).tolist()
+
+
+def _grid(r: Renderer) -> tuple[int, int]:
+    cols = len(np.unique(r.panels[:, 0]))
+    return -(-len(r.panels) // cols), cols
+
+
+def _labels(traj: Trajectories) -> dict:
+    """How the page names a point on hover: a neuron (its row/column in the filmed matrix) or a probe token."""
+    subject = traj.subject
+    if subject is not None and subject.kind == "activations":
+        return {"unit": "probe token", "what": "block output"}
+    what = subject.what if subject is not None else "the filmed matrix"
+    return {"unit": "neuron", "what": what}
+
+
+def viewer_data(traj: Trajectories, frames: FilmFrames, opts: FilmOptions, tokens: list[str] | None = None) -> dict:
+    """The film's numbers the page draws from (everything but the coordinates)."""
+    r = frames.renderer
+    rows, cols = _grid(r)
+    tl = frames.timeline
+    T = len(traj.steps)
+    o = frames.overlay
+    dist = traj.stats.get("point_distance")
+    data = {
+        "title": r.style.title,
+        "T": T, "L": len(traj.blocks), "N": int(traj.xy.shape[2]),
+        "steps": [int(s) for s in traj.steps],
+        "captions": [caption(traj.steps, k, 0.0, frames.time, frames.key_of) for k in range(T)],
+        "time": frames.time,
+        "key_of": frames.key_of,
+        "blocks": [int(b) for b in traj.blocks],
+        "labels": r.labels,
+        "point_ids": np.asarray(traj.point_ids).tolist(),
+        "point": _labels(traj),
+        "tokens": tokens,
+        "bins": list(r.bins),
+        "cell": r.cell,
+        "grid": [rows, cols],
+        "size": [r.style.width, r.style.height],
+        "scale": _f32(r._scale32[:, 0, :]),  # (L, 2) float32, exactly the film's
+        "shift": _f32(r._shift32[:, 0, :]),
+        "zoom": None if r.zoom is None else np.asarray(r.zoom, np.float64).tolist(),
+        "vmax": float(r.vmax if r.vmax is not None else 1.0),
+        "floor": FLOOR,
+        "lut": base64.b64encode(r.lut.tobytes()).decode("ascii"),
+        "unit": r.legend.unit if r.legend is not None else "points per bin",
+        "legend": list(r.legend.parts) if r.legend is not None else [],
+        "key_frames": [int(f) for f in tl.key_frames],
+        "n_frames": tl.n_frames,
+        "span": tl.span or tl.n_frames - 1,
+        "fps": opts.fps,
+        "level": None if o is None else np.asarray(o.level, np.float64).round(5).tolist(),
+        "settle": None if o is None else [int(s) for s in o.settle],
+        "distance": None if dist is None else np.asarray(dist, np.float64).tolist(),
+        "settle_threshold": opts.settle_threshold,
+    }
+    return data
+
+
+def viewer_html(traj: Trajectories, opts: FilmOptions = FilmOptions(), coords: str = "auto",
+                tokens: list[str] | None = None) -> tuple[str, str]:
+    """(the page, the coordinates' encoding): the film of ``traj`` as ``opts`` draws it (``film_frames``)."""
+    coords = pick_coords(traj, coords)
+    frames = film_frames(traj, opts)
+    blob, how = encode_xy(traj.xy, coords)
+    data = viewer_data(traj, frames, opts, tokens) | how
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+    template = resources.files("layerfilm").joinpath("data/viewer.html").read_text(encoding="utf-8")
+    page = template.replace(MARK, text, 1).replace(BLOB, base64.b64encode(blob).decode("ascii"), 1)
+    return page, coords
+
+
+def write_viewer(traj: Trajectories, out: str | Path, opts: FilmOptions = FilmOptions(), coords: str = "auto",
+                 inputs: tuple[Path, ...] = ()) -> ViewResult:
+    """Write the interactive film of ``traj`` to ``out`` (.html), whole or not at all."""
+    out = check_view_path(out, inputs)
+    page, coords = viewer_html(traj, opts, coords)
+    with atomic_output(out, suffix=".html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    T, L, N = traj.xy.shape[:3]
+    return ViewResult(out, out.stat().st_size, coords, T, L, N)
+
+
+def check_view_path(out: str | Path, inputs: tuple[Path, ...] = ()) -> Path:
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise OptionsError(f"{out}: the interactive film is one .html file")
+    return check_output_path(out, (out.suffix.lower(),), inputs)
+
+
+def view(folder: str | Path, out: str | Path, opts: FilmOptions = FilmOptions(), progress: bool = True,
+         coords: str = "auto") -> ViewResult:
+    """The interactive film of the checkpoints in ``folder``, written to ``out`` (one .html file).
+
+    Example:
+        >>> view("ckpts/", "film.html").size  # doctest: +SKIP
+    """
+    inputs = local_inputs(folder)
+    check_view_path(out, inputs)  # a bad output fails before any checkpoint is read
+    pick_coords(Trajectories(np.zeros(0), np.zeros(0), np.zeros((0, 0)), np.zeros((0, 0, 0, 2)), ""), coords)
+    traj = Study.open(folder, opts, progress).trajectories()
+    return write_viewer(traj, out, opts, coords, inputs)

@@ -1,0 +1,77 @@
+"""Headless Chromium from the system packages (Debian's chromium and chromium-driver), driven by selenium:
+no browser is downloaded (selenium is given the system's chromedriver, so Selenium Manager never runs).
+Used by the viewer's tests and benchmarks/bench_viewer.py."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1")
+
+
+def missing() -> str | None:
+    """Why no browser test can run here (None: they can)."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install selenium)"
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not Path(path).exists():
+            return f"{path} is missing (apt-get install chromium chromium-driver)"
+    return None
+
+
+@contextmanager
+def chromium(width: int = 1400, height: int = 900) -> Iterator:
+    """A selenium driver of a fresh headless Chromium (its own profile folder, removed after)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="layerfilm-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_viewer(driver, path: Path, timeout: float = 60.0) -> None:
+    """Load the viewer at ``path`` from disk (file://) and wait until it has drawn its first frame."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(Path(path).resolve().as_uri())
+    WebDriverWait(driver, timeout).until(
+        lambda d: d.execute_script("return !!(window.layerfilm && window.layerfilm.ready) || "
+                                   "!!document.getElementById('msg').textContent"))
+
+
+def console_errors(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def panel_bins(driver, l: int):
+    """(BH, BW, 3) uint8: panel ``l``'s canvas as the page drew it (one pixel per bin), by getImageData."""
+    import numpy as np
+
+    data = driver.execute_script(
+        "const c = document.getElementById('p' + arguments[0]);"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);"
+        "return [c.width, c.height, btoa(String.fromCharCode.apply(null, Array.from(d.data)))];", l)
+    import base64
+
+    w, h, b64 = data
+    return np.frombuffer(base64.b64decode(b64), np.uint8).reshape(h, w, 4)[..., :3]
