@@ -182,8 +182,10 @@ _O = [
            group=LOOK),
     Option("settle_threshold", 0.1, "a block has settled once its distance to the final checkpoint stays below F times "
            "its distance at the first key frame", float, metavar="F", group=LOOK),
-    Option("crf", 18, "quality of lossy .mp4 output, 0-51, lower is better (.webm is always lossless)", int,
+    Option("crf", 18, "quality of lossy .mp4 output, 0-51, lower is better (.webm: see --quality)", int,
            group=LOOK),
+    Option("quality", "lossless", "share: a small lossy film every player plays (.webm VP9 yuv420p, .mp4 H.264); "
+           "states its PSNR against lossless", choices=("lossless", "share"), group=LOOK),
     Option("encoder_threads", 0, "ffmpeg encoder threads (0: ffmpeg decides)", int, metavar="N",
            group=LOOK),
     Option("preset", "", ".webm: good, or realtime (still lossless, faster, larger; default: good when fast enough "
@@ -232,7 +234,7 @@ _ACT = ("features", "model", "probe", "seq_len", "batch_size", "device", "device
 _RUN = ("quiet", "jobs", "engine", "address", "cache_dir", "cache")
 _LOOK = (*_SELECT, *_SOURCE, *_ACT, *_POINTS, "fit", "umap_neighbors", "umap_min_dist", "umap_alignment", "umap_stride")
 _TIME = ("fps", "seconds_per_keyframe", "time", "size", "cmap", "legend", "film_layout", "overlay", "settle_threshold")
-_FILM = (*_LOOK, "stats", *_TIME, "crf", "encoder_threads", "preset", "export_points", *_RUN)
+_FILM = (*_LOOK, "stats", *_TIME, "crf", "quality", "encoder_threads", "preset", "export_points", *_RUN)
 
 
 def _of(*names: str | Option) -> tuple[Option, ...]:
@@ -299,7 +301,8 @@ def options(command: str, given: dict[str, Any]):
         time=g("time", "keys"),
         legend=g("legend", True),
         style=Style(width=width, height=height, cmap=g("cmap", "magma")),
-        encode=EncodeOptions(crf=g("crf", 18), threads=g("encoder_threads", 0), preset=g("preset", "")),
+        encode=EncodeOptions(crf=g("crf", 18), threads=g("encoder_threads", 0), preset=g("preset", ""),
+                             quality=g("quality", "lossless")),
         every=g("every", 1),
         steps=g("steps", (None, None)),
         final_step=v["final_step"],

@@ -25,6 +25,7 @@ from layerfilm.projection import Trajectories
 from layerfilm.study import Study
 from layerfilm.text import show
 from layerfilm.video.encode import check_output, webm_preset
+from layerfilm.video.fidelity import Fidelity, estimate, measure, share_legend
 from layerfilm.video.segments import encode_film, plan
 
 # what a worker started ahead imports: the block tasks', the segments' and the caption's font (matplotlib)
@@ -41,6 +42,7 @@ class FilmResult:
     skipped: tuple[Checkpoint, ...] = ()  # unusable checkpoints, each with its problem
     overlay: Overlay | None = None  # the per-panel bars and settled marks drawn (None: --no-overlay)
     preset: str = ""  # the .webm preset picked without --preset, and why (for the output line)
+    fidelity: Fidelity | None = None  # quality=share: how far the written film is from the lossless frames
 
 
 def check_export_path(path: str | Path, inputs: tuple[Path, ...] = ()) -> Path:
@@ -100,9 +102,11 @@ def bar_top(traj: Trajectories, opts: FilmOptions) -> float | None:
     return live_top(updates(traj.stats["point_update"])) if opts.film_layout == "live" else None
 
 
-def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarray | None = None) -> Legend:
+def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarray | None = None,
+                note: str = "") -> Legend:
     """The legend's words: the run's folder, what is filmed and how (``traj.subject``), the per-key-frame
-    axes ``zoom`` of activation films, the bottom bar (``bar``: the overlay is drawn), and the time."""
+    axes ``zoom`` of activation films, the bottom bar (``bar``: the overlay is drawn), the time, and a
+    ``note`` (a shareable film's distance from lossless)."""
     parts = [f"run: {traj.subject.run}"] if traj.subject is not None and traj.subject.run else []
     parts += subject_text(traj.subject, traj.method, traj.stats)
     if zoom is not None:  # a live layout's words may not depend on later key frames
@@ -111,10 +115,12 @@ def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarr
         parts.append(bar_text(traj.stats["point_update"], bar_top(traj, opts), settled=opts.film_layout == "fit"))
     tl = film_timeline(traj.steps, opts)
     parts.append(time_text(opts.time, opts.seconds_per_keyframe))
+    parts += [note] if note else []
     return Legend(tuple(parts), tuple(tl.position(k, 0.0) for k in range(len(traj.steps))))
 
 
-def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = None, bar: bool = False) -> Renderer:
+def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = None, bar: bool = False,
+                  note: str = "") -> Renderer:
     """The film's renderer: one panel per block, its axes (fixed, or zoomed per key frame for
     activations) and the colour scale fixed over all key frames by the rule of
     ``layerfilm.draw.legend.scale_top``; with ``opts.legend`` (default) the legend, which mentions the
@@ -126,7 +132,7 @@ def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = N
         extent = np.tile([-1.0, 1.0, -1.0, 1.0], (len(traj.blocks), 1))
     else:
         extent = live_extent(traj.xy) if live else traj.extent()
-    legend = film_legend(traj, opts, bar, zoom) if opts.legend else None
+    legend = film_legend(traj, opts, bar, zoom, note) if opts.legend else None
     renderer = Renderer(style, [f"L{b}" for b in traj.blocks], extent, legend=legend, zoom=zoom, passed_ticks=live)
     maxima = renderer.key_maxima(renderer.place(traj.xy, k, 0.0) for k in range(len(traj.steps)))
     if live:
@@ -237,9 +243,10 @@ def pick_preset(out: str | Path, opts: FilmOptions, frames: int) -> tuple[FilmOp
             f"VP9 preset {preset}, picked for {frames} frames on {threads} core{'s' * (threads > 1)} (preset={other})")
 
 
-def film_frames(traj: Trajectories, opts: FilmOptions) -> FilmFrames:
-    """The film of ``traj`` as ``opts`` draws it: its renderer (layout, legend) and overlay, if any."""
-    renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay)
+def film_frames(traj: Trajectories, opts: FilmOptions, note: str = "") -> FilmFrames:
+    """The film of ``traj`` as ``opts`` draws it: its renderer (layout, legend, with ``note`` last) and
+    overlay, if any."""
+    renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay, note=note)
     return FilmFrames.of(traj, opts, renderer, film_overlay(renderer, traj, opts))
 
 
@@ -314,7 +321,12 @@ def render(
             segments.engine.start(WORKER_MODULES)  # one reads (a cluster's started above)
         traj = run.trajectories()
         frames = film_frames(traj, opts)
+        if opts.encode.quality == "share":  # the legend states how far the film is from lossless
+            kind = check_output(Path(out))
+            frames = film_frames(traj, opts, share_legend(estimate(frames.samples(), kind, opts.encode, opts.fps), kind))
         n = write_film(traj, out, opts, progress, frames, segments)
+        size = (opts.style.width, opts.style.height)
+        fidelity = measure(Path(out), n, frames.frame, size) if opts.encode.quality == "share" else None
     if export is not None:
         export_points(traj, export, inputs)
-    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(run.skipped), frames.overlay, picked)
+    return FilmResult(Path(out), n, len(traj.steps), traj, tuple(run.skipped), frames.overlay, picked, fidelity)

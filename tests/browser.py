@@ -14,7 +14,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1")
+         "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1",
+         "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>")  # no network: a fetch would fail
 
 
 def missing() -> str | None:

@@ -122,6 +122,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     picked = f"; {to_flags(res.preset)}" if res.preset else ""
     print(f"wrote {show(res.out)} ({res.frames} frames from {res.keyframes} key frames{picked}) in "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if res.fidelity is not None:
+        print(f"shareable film: {res.fidelity.text()}", file=sys.stderr)
     _list_skipped(res.skipped)
     if "act_norm" in res.trajectories.stats and not value(args, "quiet"):
         from layerfilm.points.act_stats import ActivationStats

@@ -2,6 +2,7 @@
 
 The output format follows the file's extension (the ``ENCODERS`` registry):
   .webm  VP9 lossless, pixel format gbrp: decoding gives back the exact RGB frames
+        (``quality="share"``: VP9 profile 0, yuv420p, constant quality: small, plays in every browser)
   .gif   palette (256 colours, from sample frames), lossy in colour only
   .mp4   H.264 yuv420p (lossy, plays everywhere)
   no extension (or a trailing /)  a folder of PNG frames (lossless)
@@ -44,12 +45,14 @@ class EncodeOptions:
     .mp4 an x264 preset (``ultrafast`` ... ``veryslow``, default ``medium``);
     segment_seconds: the shortest film segment encoded on its own when several encoders run at once
     (layerfilm.video.segments): every segment starts with a key frame, which costs bytes, so a short film
-    stays one stream."""
+    stays one stream; quality: lossless (.webm's default) or share (a small lossy .webm or .mp4 in
+    yuv420p that every player plays; layerfilm.video.fidelity measures how far it is from lossless)."""
 
     crf: int = 18
     threads: int = 0
     preset: str = ""
     segment_seconds: float = 1.0
+    quality: str = "lossless"
 
     def __post_init__(self) -> None:
         if not 0 <= self.crf <= 51:
@@ -58,6 +61,12 @@ class EncodeOptions:
             raise OptionsError(f"encoder_threads={self.threads}: must be 0 (ffmpeg decides) or more")
         if not self.segment_seconds > 0:  # nan too
             raise OptionsError(f"segment_seconds {self.segment_seconds}: must be above 0")
+        if self.quality not in QUALITIES:
+            raise OptionsError(f"quality={self.quality!r}: choose one of {', '.join(QUALITIES)}")
+
+
+QUALITIES = ("lossless", "share")
+SHARE_VP9_CRF = 30  # VP9 constant quality of a shared .webm (0-63, lower is better)
 
 
 def ffmpeg_exe() -> str:
@@ -110,6 +119,8 @@ def check_output(out: Path, opts: EncodeOptions | None = None, inputs: tuple[Pat
     encoder options for that kind (``opts``, e.g. a --preset the format lacks)."""
     kind = output_kind(out)
     check_output_path(out, (f".{kind}",), inputs, folder=kind == "png")
+    if opts is not None and opts.quality == "share" and kind not in ("webm", "mp4"):
+        raise OptionsError(f"quality=share: writes .webm or .mp4, not {'PNG frames' if kind == 'png' else '.' + kind}")
     if opts is not None:
         ENCODERS.get(kind)(opts, palette=Path("palette.png"))
     return kind
@@ -117,6 +128,10 @@ def check_output(out: Path, opts: EncodeOptions | None = None, inputs: tuple[Pat
 
 @ENCODERS.register("webm")
 def _webm(opts: EncodeOptions, **_) -> list[str]:
+    if opts.quality == "share":  # profile 0 (8-bit 4:2:0): hardware decoders and every browser play it
+        return ["-c:v", "libvpx-vp9", "-pix_fmt", "yuv420p", "-crf", str(SHARE_VP9_CRF), "-b:v", "0", "-row-mt", "1",
+                "-deadline", _preset(opts, "webm", VP9_DEADLINES, "good"), "-cpu-used", "8",
+                "-threads", str(opts.threads), "-f", "webm"]
     return ["-c:v", "libvpx-vp9", "-lossless", "1", "-pix_fmt", "gbrp", "-row-mt", "1",
             "-deadline", _preset(opts, "webm", VP9_DEADLINES, "good"), "-cpu-used", "8",
             "-threads", str(opts.threads), "-f", "webm"]
