@@ -214,6 +214,8 @@ KEYFRAMES = Option("keyframes", None, "key frames to show, by step (default: the
                    flag="--steps", metavar="S1,S2,...", group=OUT)
 FILM = Option("film", None, "a film to show: .html embeds one of at most 8 MB and links a larger one; .md links it",
               kind=PATH, metavar="FILE", group=OUT)
+LOSSLESS_FILM = Option("lossless_film", None, "the lossless film of a --film rendered with --quality share: "
+                       "linked under it", kind=PATH, metavar="FILE", group=OUT)
 INTERACTIVE = Option("interactive", False, "also write the interactive film (REPORT_view.html, layerfilm view) and "
                      "link it", bool, group=OUT)
 FILM_LINK = Option("film_link", False, "link the --film (keep it beside the report) instead of embedding it", bool,
@@ -248,7 +250,7 @@ COMMANDS: dict[str, tuple[Option, ...]] = {
     "stability": _of(JSON_FLAG, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
     "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", *_RUN),
     "view": _of(*_LOOK, *_TIME, *_RUN),
-    "report": _of(FILM, FILM_LINK, INTERACTIVE, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, "size", "cmap", *_RUN),
+    "report": _of(FILM, FILM_LINK, LOSSLESS_FILM, INTERACTIVE, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, "size", "cmap", *_RUN),
 }
 DEFAULTS = {"watch": {"film_layout": "live"}}  # a command whose default differs
 

@@ -273,7 +273,8 @@ def cmd_stills(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     opts, _ = command_options(args)
     res = report(args.folder, args.out, value(args, "film"), opts, progress=not value(args, "quiet"),
-                 film_link=value(args, "film_link"), interactive=value(args, "interactive"))
+                 film_link=value(args, "film_link"), interactive=value(args, "interactive"),
+                 lossless_film=value(args, "lossless_film"))
     print(f"wrote {', '.join(map(show, res.files))}", file=sys.stderr)
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)

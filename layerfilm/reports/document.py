@@ -245,11 +245,13 @@ VIEWER_TEXT = ("the film in one HTML file beside this report: play, scrub, click
 
 
 def _markdown(stab: Stability, folder: str | Path, pngs: dict[str, str], film: str | None,
-              frames: dict[str, str], viewer: str | None = None) -> str:
+              frames: dict[str, str], viewer: str | None = None, lossless: str | None = None) -> str:
     """The Markdown report; ``pngs``, ``film`` and ``frames`` are links (report_media.relative_link)."""
     lines = ["# Which layers stabilize", "", _md(_summary(stab, folder)), ""]
     if film is not None:
         lines += [f"Film: [{_md(unquote(film).rsplit('/', 1)[-1])}]({film})", ""]
+    if lossless is not None:
+        lines += [f"The lossless film (the exact frames): [{_md(unquote(lossless).rsplit('/', 1)[-1])}]({lossless})", ""]
     if viewer is not None:
         lines += [f"Interactive film: [{_md(unquote(viewer).rsplit('/', 1)[-1])}]({viewer}): {_md(VIEWER_TEXT)}", ""]
     for title, link in frames.items():
@@ -266,7 +268,8 @@ def _markdown(stab: Stability, folder: str | Path, pngs: dict[str, str], film: s
 
 def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
            opts: FilmOptions = FilmOptions(), progress: bool = True, *, film_link: bool = False,
-           frames: Mapping[str, FrameSource] | None = None, interactive: bool = False) -> Report:
+           frames: Mapping[str, FrameSource] | None = None, interactive: bool = False,
+           lossless_film: str | Path | None = None) -> Report:
     """Measure the checkpoints in ``folder`` and write a report: ``.html`` (one file, images embedded)
     or ``.md`` (Markdown, with ``<name>_<figure>.png`` beside it).
 
@@ -278,6 +281,8 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
             (H, W, 3) uint8 array, (K, H, W, 3) frames side by side, an image file (.png, .jpg, .gif,
             .webp, .svg), or the ``Stills`` of :func:`stills`. Markdown writes arrays as
             ``<name>_frame_<i>.png`` beside the report and links files where they are.
+        lossless_film: the lossless film of a shareable ``film`` (``render --quality share``): the report
+            shows ``film`` and links this one under it.
         interactive: also write the interactive film (layerfilm.reports.viewer) as ``<name>_view.html``
             beside the report, and link it.
 
@@ -301,7 +306,10 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
     view = check_view_path(out.with_name(f"{out.stem}_view.html"), inputs) if interactive else None
     if film_link and film is None:
         raise OptionsError("film_link: there is no film to link; give film=PATH")
-    movie = film_for(film, out, film_link, (opts.style.width, opts.style.height)) if film is not None else None
+    if lossless_film is not None and film is None:
+        raise OptionsError("lossless_film: it is linked under the film; give film=PATH (the shareable one)")
+    size = (opts.style.width, opts.style.height)
+    movie = film_for(film, out, film_link, size, lossless_film) if film is not None else None
     stab = Study.open(folder, opts, progress).stability()
     figures = report_figures(stab, opts.style)
     files: list[Path] = []
@@ -325,7 +333,7 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
             raise
         links = {t: relative_link(frame_pngs.get(t) or _file(shown[t].file), out) for t in shown}
         text = _markdown(stab, folder, {n: relative_link(pngs[n], out) for n in figures}, movie.link if movie else None,
-                         links, link)
+                         links, link, movie.lossless or None if movie else None)
     try:
         with atomic_output(out) as tmp:
             tmp.write_text(text, encoding="utf-8")

@@ -54,6 +54,7 @@ class Film:
     link: str  # the path from the report's folder to the film, as a link (relative_link)
     size: tuple[int, int]  # (width, height) of the picture, for the room left to the controls
     note: str = ""  # why a film was linked although embedding was not turned off
+    lossless: str = ""  # a link to the lossless film, when this one is a shareable (lossy) one
 
     def html(self, uri: str | None) -> str:
         src = html.escape(uri if uri is not None else self.link, quote=True)
@@ -66,6 +67,9 @@ class Film:
         note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
         link = "" if self.data is not None else \
             f'<p class="note">Film: <a href="{html.escape(self.link, quote=True)}">{html.escape(unquote(self.link))}</a></p>'
+        if self.lossless:
+            link += (f'<p class="note">The lossless film (the exact frames): <a href="{html.escape(self.lossless, quote=True)}">'
+                     f"{html.escape(unquote(self.lossless))}</a></p>")
         return tag + note + link
 
 
@@ -77,21 +81,29 @@ def relative_link(path: Path, out: Path) -> str:
     return rel if rel.startswith("../") else "./" + rel
 
 
-def film_for(film: str | Path, out: Path, link: bool, fallback_size: tuple[int, int]) -> Film:
-    """Check ``film`` and decide how an HTML report at ``out`` shows it: embedded when ``link`` is off
-    and it is at most EMBED_MAX_BYTES, else by a link relative to the report's folder."""
+def _film_file(film: str | Path, name: str) -> Path:
     path = Path(film)
     if not path.is_file():
-        raise OptionsError(f"film={show(path)}: no such file")
-    mime = FILM_TYPES.get(path.suffix.lower())
-    if mime is None:
-        raise OptionsError(f"film={show(path)}: a report shows a .webm, .mp4 or .gif film")
+        raise OptionsError(f"{name}={show(path)}: no such file")
+    if path.suffix.lower() not in FILM_TYPES:
+        raise OptionsError(f"{name}={show(path)}: a report shows a .webm, .mp4 or .gif film")
+    return path
+
+
+def film_for(film: str | Path, out: Path, link: bool, fallback_size: tuple[int, int],
+             lossless: str | Path | None = None) -> Film:
+    """Check ``film`` and decide how an HTML report at ``out`` shows it: embedded when ``link`` is off
+    and it is at most EMBED_MAX_BYTES, else by a link relative to the report's folder; ``lossless``:
+    the lossless film of a shareable ``film`` (``render --quality share``), linked under it."""
+    path = _film_file(film, "film")
+    mime = FILM_TYPES[path.suffix.lower()]
+    exact = relative_link(_film_file(lossless, "lossless_film"), out) if lossless is not None else ""
     rel = relative_link(path, out)
     size = path.stat().st_size
     embed = not link and size <= EMBED_MAX_BYTES
     note = "" if embed or link else (f"The film ({size / 1e6:.1f} MB) is linked, not embedded (a report embeds a film "
                                      f"of at most {EMBED_MAX_BYTES / 1e6:g} MB): keep it beside the report.")
-    return Film(path, mime, path.read_bytes() if embed else None, rel, _picture_size(path, fallback_size), note)
+    return Film(path, mime, path.read_bytes() if embed else None, rel, _picture_size(path, fallback_size), note, exact)
 
 
 def _picture_size(path: Path, fallback: tuple[int, int]) -> tuple[int, int]:
