@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from browser import chromium, console_errors, open_viewer  # noqa: E402
-
 from layerfilm.draw.raster import Style  # noqa: E402
 from layerfilm.film_options import FilmOptions  # noqa: E402
 from layerfilm.points import ArrayStore  # noqa: E402

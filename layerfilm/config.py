@@ -184,8 +184,8 @@ _O = [
            "its distance at the first key frame", float, metavar="F", group=LOOK),
     Option("crf", 18, "quality of lossy .mp4 output, 0-51, lower is better (.webm: see --quality)", int,
            group=LOOK),
-    Option("quality", "lossless", "share: a small lossy film every player plays (.webm VP9 yuv420p, .mp4 H.264); "
-           "states its PSNR against lossless", choices=("lossless", "share"), group=LOOK),
+    Option("quality", "lossless", "share: a small lossy .webm (VP9 yuv420p) or .mp4 that plays everywhere, "
+           "its PSNR stated", choices=("lossless", "share"), group=LOOK),
     Option("encoder_threads", 0, "ffmpeg encoder threads (0: ffmpeg decides)", int, metavar="N",
            group=LOOK),
     Option("preset", "", ".webm: good, or realtime (still lossless, faster, larger; default: good when fast enough "
@@ -250,7 +250,8 @@ COMMANDS: dict[str, tuple[Option, ...]] = {
     "stability": _of(JSON_FLAG, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
     "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", *_RUN),
     "view": _of(*_LOOK, *_TIME, *_RUN),
-    "report": _of(FILM, FILM_LINK, LOSSLESS_FILM, INTERACTIVE, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, "size", "cmap", *_RUN),
+    "report": _of(FILM, FILM_LINK, LOSSLESS_FILM, INTERACTIVE, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT,
+                  "size", "cmap", *_RUN),
 }
 DEFAULTS = {"watch": {"film_layout": "live"}}  # a command whose default differs
 

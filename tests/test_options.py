@@ -40,6 +40,7 @@ FLAGS = {
     "--crf": ("encode.crf", "30", 30),
     "--encoder-threads": ("encode.threads", "3", 3),
     "--preset": ("encode.preset", "realtime", "realtime"),
+    "--quality": ("encode.quality", "share", "share"),
     "--every": ("every", "2", 2),
     "--steps": ("steps", "10:50", (10, 50)),
     "--final-step": ("final_step", "99", 99),

@@ -40,8 +40,8 @@ from layerfilm.reports.figures import (
     settling_figure,
     stills_figure,
 )
-from layerfilm.reports.viewer import check_view_path, write_viewer
 from layerfilm.reports.media import Film, FrameSource, Picture, Stills, film_for, pictures, relative_link
+from layerfilm.reports.viewer import check_view_path, write_viewer
 from layerfilm.stability import Stability
 from layerfilm.study import Study
 
