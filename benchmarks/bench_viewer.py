@@ -59,6 +59,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--kinds", default="settling,walk,noise")
+    ap.add_argument("--shots", type=Path, help="a folder for screenshots of the settling film at its first, middle "
+                    "and last key frame")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     T, L, N = (24, 16, 512) if args.quick else (179, 128, 512)
@@ -82,9 +84,10 @@ def main() -> None:
             errors = console_errors(driver)
             print(f"| {kind} {T}x{L}x{N} | {res.coords} | {res.size / 1e6:.1f} | {written:.1f} | {ready:.0f} | {parts} | "
                   f"{per_frame:.1f} | {len(errors)} |", flush=True)
-            if kind == "settling":
-                driver.save_screenshot(str(ROOT / "benchmarks" / "viewer_128.png") if not args.quick else
-                                       str(Path(tmp) / "shot.png"))
+            if kind == "settling" and args.shots:
+                for k in (0, T // 2, T - 1):
+                    driver.execute_script("layerfilm.go(layerfilm.keyFrames[arguments[0]])", k)
+                    driver.save_screenshot(str(args.shots / f"viewer_{L}_key{k}.png"))
             driver.get("about:blank")
 
 
