@@ -55,6 +55,22 @@ def synthetic(kind: str, T: int, L: int, N: int, seed: int = 0) -> Trajectories:
                         stats)
 
 
+def browser_cpu(driver) -> float:
+    """CPU seconds (user + system) used so far by the browser's processes: on a shared machine a figure
+    that the other work on it changes less than wall time."""
+    import psutil
+
+    root = psutil.Process(driver.service.process.pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -66,15 +82,17 @@ def main() -> None:
     T, L, N = (24, 16, 512) if args.quick else (179, 128, 512)
     opts = FilmOptions(style=Style(1280, 720))
     print("| trajectories | coordinates | file MB | write s | ready ms | parsed / base64 / inflated / decoded ms "
-          "| ms per frame | console errors |")
-    print("|---|---|---:|---:|---:|---|---:|---|")
+          "| browser CPU s to open | ms per frame | console errors |")
+    print("|---|---|---:|---:|---:|---|---:|---:|---|")
     with tempfile.TemporaryDirectory() as tmp, chromium(1600, 1000) as driver:
         for kind in args.kinds.split(","):
             traj = synthetic(kind, T, L, N)
             t0 = time.perf_counter()
             res = write_viewer(traj, Path(tmp) / f"{kind}.html", opts)
             written = time.perf_counter() - t0
+            cpu = browser_cpu(driver)
             open_viewer(driver, res.out, timeout=300)
+            cpu = browser_cpu(driver) - cpu
             ready = driver.execute_script("return layerfilm.readyMs")
             tm = driver.execute_script("return layerfilm.timing")
             parts = " / ".join(f"{tm[k]:.0f}" for k in ("script", "base64", "inflate", "decode"))
@@ -83,7 +101,7 @@ def main() -> None:
                 "return (performance.now() - t) / 30")
             errors = console_errors(driver)
             print(f"| {kind} {T}x{L}x{N} | {res.coords} | {res.size / 1e6:.1f} | {written:.1f} | {ready:.0f} | {parts} | "
-                  f"{per_frame:.1f} | {len(errors)} |", flush=True)
+                  f"{cpu:.1f} | {per_frame:.1f} | {len(errors)} |", flush=True)
             if kind == "settling" and args.shots:
                 for k in (0, T // 2, T - 1):
                     driver.execute_script("layerfilm.go(layerfilm.keyFrames[arguments[0]])", k)

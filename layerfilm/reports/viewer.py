@@ -52,9 +52,14 @@ class ViewResult:
     points: int
 
 
-def pick_coords(traj: Trajectories, coords: str = "auto") -> str:
+def check_coords(coords: str) -> None:
     if coords not in COORDS:
         raise OptionsError(f"coords={coords!r}: choose one of {', '.join(COORDS)}")
+
+
+def pick_coords(traj: Trajectories, coords: str = "auto") -> str:
+    """f32 or u16: ``coords``, or for "auto" f32 up to EXACT_MAX_BYTES of float32 coordinates."""
+    check_coords(coords)
     if coords != "auto":
         return coords
     return "f32" if traj.xy.size * 4 <= EXACT_MAX_BYTES else "u16"
@@ -120,7 +125,7 @@ def viewer_data(traj: Trajectories, frames: FilmFrames, opts: FilmOptions, token
     T = len(traj.steps)
     o = frames.overlay
     dist = traj.stats.get("point_distance")
-    data = {
+    return {
         "title": r.style.title,
         "T": T, "L": len(traj.blocks), "N": int(traj.xy.shape[2]),
         "steps": [int(s) for s in traj.steps],
@@ -153,12 +158,12 @@ def viewer_data(traj: Trajectories, frames: FilmFrames, opts: FilmOptions, token
         "distance": None if dist is None else np.asarray(dist, np.float64).tolist(),
         "settle_threshold": opts.settle_threshold,
     }
-    return data
 
 
 def viewer_html(traj: Trajectories, opts: FilmOptions = FilmOptions(), coords: str = "auto",
                 tokens: list[str] | None = None) -> tuple[str, str]:
-    """(the page, the coordinates' encoding): the film of ``traj`` as ``opts`` draws it (``film_frames``)."""
+    """(the page, the coordinates' encoding): the film of ``traj`` as ``opts`` draws it (``film_frames``);
+    ``tokens``: a label per point (N), e.g. the probe tokens' text, shown on hover after the index."""
     coords = pick_coords(traj, coords)
     frames = film_frames(traj, opts)
     blob, how = encode_xy(traj.xy, coords)
@@ -196,6 +201,6 @@ def view(folder: str | Path, out: str | Path, opts: FilmOptions = FilmOptions(),
     """
     inputs = local_inputs(folder)
     check_view_path(out, inputs)  # a bad output fails before any checkpoint is read
-    pick_coords(Trajectories(np.zeros(0), np.zeros(0), np.zeros((0, 0)), np.zeros((0, 0, 0, 2)), ""), coords)
+    check_coords(coords)
     traj = Study.open(folder, opts, progress).trajectories()
     return write_viewer(traj, out, opts, coords, inputs)
