@@ -214,6 +214,8 @@ KEYFRAMES = Option("keyframes", None, "key frames to show, by step (default: the
                    flag="--steps", metavar="S1,S2,...", group=OUT)
 FILM = Option("film", None, "a film to show: .html embeds one of at most 8 MB and links a larger one; .md links it",
               kind=PATH, metavar="FILE", group=OUT)
+PORT = Option("port", 8000, "the port on 127.0.0.1 (0: any free one)", int,
+              check=lambda v: None if 0 <= v <= 65535 else "must be 0..65535", group=OUT)
 LOSSLESS_FILM = Option("lossless_film", None, "the lossless film of a --film rendered with --quality share: "
                        "linked under it", kind=PATH, metavar="FILE", group=OUT)
 INTERACTIVE = Option("interactive", False, "also write the interactive film (REPORT_view.html, layerfilm view) and "
@@ -250,6 +252,7 @@ COMMANDS: dict[str, tuple[Option, ...]] = {
     "stability": _of(JSON_FLAG, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
     "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", *_RUN),
     "view": _of(*_LOOK, *_TIME, *_RUN),
+    "serve": _of(PORT, *_LOOK, *_TIME, *_RUN),
     "report": _of(FILM, FILM_LINK, LOSSLESS_FILM, INTERACTIVE, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT,
                   "size", "cmap", *_RUN),
 }

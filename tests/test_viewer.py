@@ -178,3 +178,28 @@ def test_plays_hovers_and_enlarges(film, browser):
     js("layerfilm.go(layerfilm.keyFrames[3])")
     assert js("return layerfilm.cursorX") > before
     assert console_errors(browser) == []
+
+
+def test_serve_answers_on_loopback_only_with_the_page_and_its_coordinates(frozen_run):
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from layerfilm.reports.viewer import viewer_server
+
+    traj = Study.open(frozen_run, OPTS, progress=False).trajectories()
+    server = viewer_server(traj, OPTS, port=0)
+    host, port = server.server_address[:2]
+    assert host == "127.0.0.1"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/").read().decode()
+        blob = urllib.request.urlopen(f"http://127.0.0.1:{port}/xy.bin").read()
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/../etc/passwd")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert '"src":"xy.bin"' in page and '<script id="xy" type="application/octet-stream"></script>' in page
+    assert np.array_equal(decode_xy(blob, {"coords": "f32"}, traj.xy.shape), traj.xy)

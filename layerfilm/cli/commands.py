@@ -251,6 +251,9 @@ def _add_study_commands(sub) -> None:
                   out="output figure: X.png | X.svg | X.pdf")
     _study_parser(sub, "view", "the interactive film: one HTML file that plays, zooms and names neurons", VIEW_HELP,
                   out="film.html (self-contained; open it from disk)")
+    _study_parser(sub, "serve", "serve the interactive film from 127.0.0.1, for films too large for one file",
+                  "Serve the interactive film (see `layerfilm view --help`) on http://127.0.0.1:PORT/ until Ctrl-C:\n"
+                  "the page and its coordinates as two responses, from memory; only this machine can reach it.\n")
     _study_parser(sub, "report", "HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", REPORT_HELP,
                   out="report.html (self-contained) | report.md (PNGs written beside it)")
 
@@ -290,6 +293,21 @@ def cmd_view(args: argparse.Namespace) -> int:
     coords = "float32, exact" if res.coords == "f32" else "16-bit"
     print(f"wrote {show(res.out)} ({res.size / 1e6:.1f} MB: {res.keyframes} key frames x {res.blocks} blocks x "
           f"{res.points} points, {coords}) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from layerfilm.reports.viewer import serve
+
+    opts, _ = command_options(args)
+    try:
+        serve(args.folder, opts, value(args, "port"), progress=not value(args, "quiet"),
+              ready=lambda url: print(f"serving the film of {show(args.folder)} on {url} (Ctrl-C: stop)", file=sys.stderr,
+                                      flush=True))
+    except KeyboardInterrupt as e:  # Ctrl-C is how a server stops; SIGTERM stays an exit 143
+        if _terminated(e):
+            raise
+        print("stopped", file=sys.stderr)
     return 0
 
 
@@ -371,7 +389,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"render": cmd_render, "scan": cmd_scan, "stability": cmd_stability, "stills": cmd_stills, "report": cmd_report,
-            "watch": cmd_watch, "view": cmd_view}
+            "watch": cmd_watch, "view": cmd_view, "serve": cmd_serve}
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:

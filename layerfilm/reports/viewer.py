@@ -161,17 +161,28 @@ def viewer_data(traj: Trajectories, frames: FilmFrames, opts: FilmOptions, token
 
 
 def viewer_html(traj: Trajectories, opts: FilmOptions = FilmOptions(), coords: str = "auto",
-                tokens: list[str] | None = None) -> tuple[str, str]:
+                tokens: list[str] | None = None, served: bool = False) -> tuple[str, str]:
     """(the page, the coordinates' encoding): the film of ``traj`` as ``opts`` draws it (``film_frames``);
-    ``tokens``: a label per point (N), e.g. the probe tokens' text, shown on hover after the index."""
+    ``tokens``: a label per point (N), e.g. the probe tokens' text, shown on hover after the index;
+    ``served``: the page fetches its coordinates from ``SERVED_XY`` beside it (:func:`serve`) instead of
+    holding them."""
+    page, coords, _ = _page(traj, opts, coords, tokens, served)
+    return page, coords
+
+
+SERVED_XY = "xy.bin"
+
+
+def _page(traj: Trajectories, opts: FilmOptions, coords: str, tokens: list[str] | None,
+          served: bool) -> tuple[str, str, bytes]:
     coords = pick_coords(traj, coords)
     frames = film_frames(traj, opts)
     blob, how = encode_xy(traj.xy, coords)
-    data = viewer_data(traj, frames, opts, tokens) | how
+    data = viewer_data(traj, frames, opts, tokens) | how | {"src": SERVED_XY if served else None}
     text = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     template = resources.files("layerfilm").joinpath("data/viewer.html").read_text(encoding="utf-8")
-    page = template.replace(MARK, text, 1).replace(BLOB, base64.b64encode(blob).decode("ascii"), 1)
-    return page, coords
+    held = "" if served else base64.b64encode(blob).decode("ascii")
+    return template.replace(MARK, text, 1).replace(BLOB, held, 1), coords, blob
 
 
 def write_viewer(traj: Trajectories, out: str | Path, opts: FilmOptions = FilmOptions(), coords: str = "auto",
@@ -204,3 +215,42 @@ def view(folder: str | Path, out: str | Path, opts: FilmOptions = FilmOptions(),
     check_coords(coords)
     traj = Study.open(folder, opts, progress).trajectories()
     return write_viewer(traj, out, opts, coords, inputs)
+
+
+def viewer_server(traj: Trajectories, opts: FilmOptions = FilmOptions(), port: int = 8000, coords: str = "auto"):
+    """An HTTP server on 127.0.0.1 only (never another interface) that serves the interactive film of
+    ``traj``: the page at ``/`` and its deflated coordinates at ``/xy.bin``, both from memory, nothing
+    else. For films too large for one file; ``serve_forever()`` it (port 0: any free port)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    page, _, blob = _page(traj, opts, coords, None, served=True)
+    files = {"/": (page.encode("utf-8"), "text/html; charset=utf-8"), f"/{SERVED_XY}": (blob, "application/octet-stream")}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body, mime = files.get(self.path.split("?")[0], (b"not found", "text/plain"))
+            self.send_response(200 if self.path.split("?")[0] in files else 404)
+            self.send_header("Content-Type", mime)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args) -> None:  # quiet: the command prints its one line
+            pass
+
+    return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+
+
+def serve(folder: str | Path, opts: FilmOptions = FilmOptions(), port: int = 8000, progress: bool = True,
+          ready=None) -> None:
+    """Serve the interactive film of the checkpoints in ``folder`` on http://127.0.0.1:PORT/ until interrupted;
+    ``ready(url)`` is called once it listens."""
+    traj = Study.open(folder, opts, progress).trajectories()
+    try:
+        server = viewer_server(traj, opts, port)
+    except OSError as e:
+        raise OptionsError(f"port={port}: cannot listen on 127.0.0.1 ({e.strerror or e})") from None
+    with server:
+        if ready is not None:
+            ready(f"http://127.0.0.1:{server.server_address[1]}/")
+        server.serve_forever()
