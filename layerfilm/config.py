@@ -182,7 +182,7 @@ _O = [
            group=LOOK),
     Option("settle_threshold", 0.1, "a block has settled once its distance to the final checkpoint stays below F times "
            "its distance at the first key frame", float, metavar="F", group=LOOK),
-    Option("crf", 18, "quality of lossy .mp4 output, 0-51, lower is better (.webm: see --quality)", int,
+    Option("crf", 18, "quality of lossy .mp4 output, 0-51, lower is better (.webm: lossless unless render --quality share)", int,
            group=LOOK),
     Option("quality", "lossless", "share: a small lossy .webm (VP9 yuv420p) or .mp4 that plays everywhere, "
            "its PSNR stated", choices=("lossless", "share"), group=LOOK),
@@ -247,7 +247,7 @@ def _of(*names: str | Option) -> tuple[Option, ...]:
 
 COMMANDS: dict[str, tuple[Option, ...]] = {
     "render": _of(*_FILM),
-    "watch": _of(*LIVE_OPTIONS, *_FILM),
+    "watch": _of(*LIVE_OPTIONS, *(n for n in _FILM if n != "quality")),  # a live film stays lossless
     "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
     "stability": _of(JSON_FLAG, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
     "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", *_RUN),
