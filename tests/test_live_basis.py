@@ -79,8 +79,8 @@ def test_the_basis_is_refit_as_key_frames_double(grown):
     assert film.refits == [0, 10, 20, 40] and film.fitted == 5  # at 1, 2, 3 and 5 key frames
     # the viewer is told: in the printed line of the update that brought it, and in the legend's words
     said = [i for i, lines in enumerate(grown["lines"]) if "new basis" in lines[-1]]
-    assert said == [2, 4] and "new basis at step 20: PCA pooled over the 3 key frames" in grown["lines"][2][-1]
-    assert grown["words"] == "new basis at step 40: PCA pooled over the 5 key frames so far (refit as they double)"
+    assert said == [2, 4] and "new basis at step 20: PCA of 3 key frames" in grown["lines"][2][-1]
+    assert grown["words"] == "new basis at step 40: PCA of 5 key frames"
 
 
 def test_a_refit_keeps_the_points_orientation(grown):

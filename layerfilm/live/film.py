@@ -421,11 +421,10 @@ class LiveFilm:
                             xy, self.opts.projection, stats, subject)
 
     def basis_words(self) -> str:
-        """The legend's words for a basis refitted now and then (doubling, every=K): when it came and what
-        it was fitted on; they change only at a refit, which redraws every frame anyway."""
-        how = "as they double" if self.live.every == DOUBLING else f"every {self.live.every} key frames"
-        return (f"new basis at step {self.refits[-1]:,}: PCA pooled over the {self.fitted} key frames so far "
-                f"(refit {how})")
+        """The legend's words for a basis refitted now and then (doubling, every=K): when it came and how
+        many key frames it pooled (all those to that step); they change only at a refit, which redraws
+        every frame anyway."""
+        return f"new basis at step {self.refits[-1]:,}: PCA of {self.fitted} key frames"
 
     def newest_explained(self) -> np.ndarray:
         """(L,) the share of the newest key frame's variance that the film shows: the variance of its 2-D
@@ -499,7 +498,8 @@ class LiveFilm:
         up.encoded = self.write(traj)
         up.seconds["measure"], up.seconds["write"] = t2 - t1, time.perf_counter() - t2
         up.moving = [self.moving(traj, self.steps.index(s)) for s in up.steps]
-        if len(self.refits) > fits and len(self.steps) - len(added) >= 2:  # it replaced a basis already filmed
+        if len(self.refits) > fits and len(self.steps) - len(added) >= 2 and self.live.every not in (0, 1):
+            # it replaced a basis already filmed (refit=always: at every update, as the legend says)
             up.basis = traj.subject.projection if traj.subject is not None else "new basis"
         return up
 
