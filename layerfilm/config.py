@@ -224,8 +224,8 @@ FILM_LINK = Option("film_link", False, "link the --film (keep it beside the repo
                    group=OUT)
 LIVE_OPTIONS = (
     Option("interval", 10.0, "seconds between polls of the folder", float, metavar="S", group=LIVE),
-    Option("refit", "never", "pca basis for new key frames: never (fitted on the first), always, or every=K",
-           metavar="never|always|every=K", group=LIVE),
+    Option("refit", "doubling", "pca basis: refit on all key frames as they double, never (first only), always, "
+           "every=K", metavar="doubling|never|always|every=K", group=LIVE),
     Option("stills", None, "also keep the first and last key frames side by side here (.png, .svg, .pdf)",
            kind=PATH, metavar="FILE", group=LIVE),
     Option("json", None, "also keep the film's per-block stability here", kind=PATH, metavar="FILE.json", group=LIVE),

@@ -70,14 +70,14 @@ class Watch:
 
 def test_refit_and_options_are_checked(tiny_run, tmp_path):
     assert [parse_refit(t) for t in ("never", "always", "every=3")] == [0, 1, 3]
-    for bad in ("sometimes", "every=0", "every="):
+    for bad in ("sometimes", "every=0", "every=", "doubling=2"):
         with pytest.raises(OptionsError, match="refit="):
             parse_refit(bad)
     with pytest.raises(OptionsError, match="interval="):
         LiveOptions(interval=0)
     from layerfilm.film_options import FilmOptions
 
-    with pytest.raises(OptionsError, match="refit=never: a fixed basis is pca's"):
+    with pytest.raises(OptionsError, match="refit=doubling: a fixed basis is pca's"):
         LiveFilm(tiny_run, tmp_path / "f.webm", FilmOptions(projection="umap"), LiveOptions())
     with pytest.raises(OptionsError, match="fit=last"):
         LiveFilm(tiny_run, tmp_path / "f.webm", FilmOptions(fit="last"), LiveOptions())
@@ -111,7 +111,7 @@ def test_watch_filled_one_checkpoint_at_a_time_equals_a_render(tiny_run, tmp_pat
     folder, out = tmp_path / "run", tmp_path / "out"
     folder.mkdir()
     out.mkdir()
-    w = Watch(folder, out / "live.webm", "--interval", "0.3", "--export-points", str(out / "live.npz"),
+    w = Watch(folder, out / "live.webm", "--interval", "0.3", "--refit", "never", "--export-points", str(out / "live.npz"),
               "--json", str(out / "live.json"), "--stills", str(out / "live.png"))
     names = sorted(p.name for p in tiny_run.glob("*.safetensors"))
     steps = []

@@ -128,7 +128,7 @@ def test_live_updates_equal_a_render_and_encode_only_new_frames(tiny_run, tmp_pa
     opts = replace(OPTS, overlay=overlay, time=time)
     layouts, same, changed = [], 0, 0
     for film, up, live_frames, once_frames in grow(tiny_run, tmp_path / "run", tmp_path / f"live{kind}", opts,
-                                                   LiveOptions(), [2, 1, 1, 1, 1, 1]):
+                                                   LiveOptions(refit="never"), [2, 1, 1, 1, 1, 1]):
         assert live_frames.shape == once_frames.shape
         assert np.array_equal(live_frames, once_frames)  # bit for bit (WebM lossless, PNG)
         n = len(live_frames)
@@ -153,6 +153,26 @@ def test_refit_always_reencodes_every_frame_and_equals_a_render(tiny_run, tmp_pa
         first.append(film.traj.xy[0].copy())
         assert up.encoded == len(live_frames)  # the refit moved the old points
     assert not np.array_equal(first[0], first[-1])
+
+
+def test_refit_doubling_comes_with_the_horizon_and_encodes_no_more(tiny_run, tmp_path):
+    """A refit (doubling, the default) moves every old point, at the updates where the live timeline's
+    horizon doubles and every frame is encoded anyway; the updates between encode only the new key frame's
+    interval while the layout holds (amortised O(1) frames a key frame, as refit=never)."""
+    with LiveFilm(tiny_run, tmp_path / "live.webm", OPTS, LiveOptions()) as film:
+        found = film.new_checkpoints() or film.new_checkpoints()
+        film.update(found[:1])
+        kinds, layout, n = [], None, 1
+        for c in found[1:]:
+            fits = len(film.refits)
+            up = film.update([c])
+            T, m = len(film.steps), len(frames_of(film.out))
+            refit, new_layout = len(film.refits) > fits, layout_of(film.traj, OPTS)
+            assert refit == (T in (2, 3, 5)) and (not refit or T == 2 or horizon(T) > horizon(T - 1))  # 2: the first film
+            assert up.encoded == (m if refit or new_layout != layout else m - n + 1)
+            kinds.append((refit, new_layout == layout))
+            layout, n = new_layout, m
+    assert (False, True) in kinds and (True, False) in kinds
 
 
 def test_a_live_gif_is_reencoded_whole(tiny_run, tmp_path):

@@ -323,12 +323,16 @@ or its trainer's completion marker exists (trainer_state.json in a Trainer check
 tmp-checkpoint-* folders and hidden temporaries are never read. Key frames are only appended: a
 checkpoint whose step is not after the last key frame's is skipped (a render of the folder includes it).
 
---refit (pca): never (default) fits the basis on the first key frame and keeps it (render --fit first):
-old frames never move, and the final live film equals `layerfilm render FOLDER --fit first` with the
-same options; always refits on all key frames at every update (render --fit all); every=K every K new
-key frames. A refit re-projects from the tracked rows kept on scratch disk ($TMPDIR), never from the old
-checkpoints; the overlay's settled marks, --json and --export-points need those rows too (each key
-frame's distance to the newest). --projection procrustes and umap take --refit always.
+--refit (pca): doubling (default) refits the basis on all key frames so far (render --fit all) at 2,
+3, 5, 9, 17, ... key frames (amortised O(1) a key frame; the live timeline doubles then too), turned
+onto the film's points so no axis flips, and says "new basis at step N" in the legend and the printed
+line; never fits it on the first key frame and keeps it (render --fit first): old frames never move,
+and the final live film equals `layerfilm render FOLDER --fit first` with the same options; always
+refits on all key frames at every update (render --fit all); every=K every K new key frames. A refit
+re-projects from the tracked rows kept on scratch disk ($TMPDIR), never from the old checkpoints; the
+overlay's settled marks, --json and --export-points need those rows too (each key frame's distance to
+the newest). --json also gives each block's explained_variance: the share of the newest key frame's
+variance its 2-D points show. --projection procrustes and umap take --refit always.
 
 --film-layout live (default): axes and colour scale change only when the data leave them, the timeline
 spans the next power of two of key frames, no settled marks: an update encodes only the new key frames'

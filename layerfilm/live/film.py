@@ -10,12 +10,21 @@ when asked, each atomically (layerfilm.io.outputs), so a browser or another prog
 complete file.
 
 Projection policy (``--refit``), pca:
+  doubling (the default) the basis is refitted on all key frames so far (``render --fit all``) when
+           their intervals double: at 2, 3, 5, 9, 17, 33, ... key frames (``refit_due``), and each new
+           key frame in between is projected on it. A refit reads the kept rows of every key frame once
+           (amortised O(1) a key frame) and re-projects them all; it comes with the live timeline's own
+           doubling, which redraws every frame anyway. The new basis is turned in its plane onto the
+           film's previous points (orthogonal Procrustes, ``PcaBasis.aligned``), so clouds keep their
+           orientation; the legend and the printed line say "new basis at step N" and what it pooled.
+           Unlike a basis fitted on the random initialisation (never), it shows the structure the
+           weights grow: the newest key frame keeps most of the variance render --fit all shows.
   never    the basis is fitted on the first key frame and fixed (exactly ``render --fit first``): a new
            key frame costs one projection, old frames never move; the final live film equals a one-shot
            ``render --fit first`` of the same folder (same key frames, same points, same pixels).
-  always   the basis is refitted on all key frames at every update (``render --fit all``), from the
-           tracked rows kept on scratch disk, never from the old checkpoints.
-  every=K  refitted so every K new key frames; the frames between use the last basis.
+  always   the basis is refitted on all key frames at every update (exactly ``render --fit all``, not
+           turned), from the tracked rows kept on scratch disk, never from the old checkpoints.
+  every=K  refitted (and turned, as doubling) every K new key frames; the frames between use the last basis.
 Other projections (procrustes, umap) re-project every key frame from the kept rows at each update
 (``--refit always`` only).
 
@@ -63,9 +72,9 @@ from layerfilm.io.scan import TRAINER_STATE, Checkpoint, Series, scan
 from layerfilm.io.storage import AnyPath, local_path
 from layerfilm.parallel.engines import worker_init
 from layerfilm.parallel.threads import one_blas_thread
-from layerfilm.points import ArrayStore, Features, FeatureStore
+from layerfilm.points import ArrayStore, Features, FeatureStore, safe_scale
 from layerfilm.points.act_stats import json_series
-from layerfilm.points.measures import DistanceBounds, PointMeasures, measures_of, relative_update
+from layerfilm.points.measures import DistanceBounds, PointMeasures, measures_of, relative_update, sum_sq
 from layerfilm.points.weights import WeightPlan
 from layerfilm.projection import Trajectories, coherence, project
 from layerfilm.projection.linear import PcaBasis, fit_pca
@@ -75,23 +84,38 @@ from layerfilm.text import printable, show
 from layerfilm.video.encode import check_output, output_kind
 from layerfilm.video.segments import SegmentStore
 
-_REFIT = re.compile(r"never|always|every=([1-9]\d*)")
+_REFIT = re.compile(r"never|always|doubling|every=([1-9]\d*)")
+DOUBLING = -1  # parse_refit's value for refit=doubling
 TEMPORARY = re.compile(r"^(?:tmp-checkpoint-|\.)")  # HF Trainer's folders being written, hidden temporaries
 
 
 def parse_refit(text: str) -> int:
-    """``--refit``: never -> 0, always -> 1, every=K -> K."""
+    """``--refit``: never -> 0, always -> 1, every=K -> K, doubling -> ``DOUBLING``."""
     m = _REFIT.fullmatch(text)
     if m is None:
-        raise OptionsError(f"refit={text!r}: choose never, always or every=K (K >= 1)")
-    return 0 if text == "never" else 1 if text == "always" else int(m.group(1))
+        raise OptionsError(f"refit={text!r}: choose doubling, never, always or every=K (K >= 1)")
+    return {"never": 0, "always": 1, "doubling": DOUBLING}[text] if m.group(1) is None else int(m.group(1))
+
+
+def refit_due(every: int, keyframes: int, fitted: int) -> bool:
+    """Whether a film of ``keyframes`` key frames fits its pca basis again, on all of them, when it was
+    last fitted on the first ``fitted`` (0: not yet) under the policy ``every`` (``parse_refit``).
+    doubling: when the intervals between key frames have doubled since the last fit (keyframes - 1 >=
+    2 (fitted - 1)), i.e. at 1, 2, 3, 5, 9, 17, 33, ... key frames: a refit reads T key frames' rows at
+    most twice as often as T doubles (amortised O(1) a key frame), and comes with the live timeline's
+    own doubling (layerfilm.draw.film_layout.horizon), which redraws every frame anyway."""
+    if fitted == 0:
+        return True
+    if every == DOUBLING:
+        return keyframes > fitted and keyframes - 1 >= 2 * (fitted - 1)
+    return every != 0 and keyframes - fitted >= every
 
 
 @dataclass(frozen=True)
 class LiveOptions:
     """How a live film follows its folder (beside the film's own options, ``FilmOptions``)."""
 
-    refit: str = "never"  # never | always | every=K (see the module's doc)
+    refit: str = "doubling"  # doubling | never | always | every=K (see the module's doc)
     interval: float = 10.0  # seconds between polls of the folder (watch)
     stills: str | None = None  # also keep the first and last key frames side by side here (.png/.svg/.pdf)
     json: str | None = None  # also keep the film's per-block stability here (.json)
@@ -216,13 +240,14 @@ class Update:
     skipped: list[Checkpoint] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # read (find, read, project), measure, write (outputs)
     encoded: int = 0  # frames encoded (a live layout: only the segments that changed; else the whole film)
+    basis: str = ""  # a new basis replaced the film's: its words (LiveFilm.basis_words), else ""
 
 
 class LiveFilm:
     """A film of ``folder`` kept up to date one checkpoint at a time (see the module's doc).
 
     Example:
-        >>> live = LiveFilm("run/", "film.webm", FilmOptions(), LiveOptions(refit="never"))  # doctest: +SKIP
+        >>> live = LiveFilm("run/", "film.webm", FilmOptions(), LiveOptions(refit="doubling"))  # doctest: +SKIP
         >>> live.update()  # doctest: +SKIP  (reads the checkpoints completed since the last call)
     """
 
@@ -245,7 +270,8 @@ class LiveFilm:
         self.kept = 0  # usable checkpoints seen, for --every
         self.xy: list[np.ndarray] = []  # per key frame (L, N, 2) float32
         self.basis: PcaBasis | None = None
-        self.since_fit = 0  # key frames added since the basis was fitted
+        self.fitted = 0  # the basis was fitted on the first `fitted` key frames (0: none yet)
+        self.refits: list[int] = []  # the step of the newest key frame at each fit of the basis
         self.stats: dict[str, np.ndarray] = {}
         self.traj: Trajectories | None = None  # what the outputs show now
         keep_rows = (live.every != 0 or self.opts.overlay or live.json is not None or live.export is not None)
@@ -339,17 +365,16 @@ class LiveFilm:
             if self.bounds is None:
                 self.bounds = DistanceBounds(x.shape[0])
             self.bounds.add(self.measured.sq[-1][1])
-        self.since_fit += 1
-        every = self.live.every
-        if self.opts.projection == "pca" and (every == 0 and self.basis is not None or
-                                              every > 1 and self.basis is not None and self.since_fit < every):
-            self.xy.append(self.basis.apply(x))  # the fixed basis: old frames do not move
-        elif self.opts.projection == "pca" and every == 0:
+        T = len(self.steps)
+        if self.opts.projection != "pca":
+            return True  # re-projected from the kept rows in read_new(), once for the whole batch
+        if self.basis is not None and len(self.xy) == T - 1 and not refit_due(self.live.every, T, self.fitted):
+            self.xy.append(self.basis.apply(x))  # the basis kept: old frames do not move
+        elif self.live.every == 0:  # never: fitted on the first key frame alone, no rows kept
             self.basis = self._fit(ArrayStore(x[None]), "first")
+            self.fitted, self.refits = 1, [self.steps[-1]]
             self.xy.append(self.basis.apply(x))
-        else:
-            self.xy = []  # refitted from the kept rows in update(), once for the whole batch
-        return True
+        return True  # else refitted from the kept rows in read_new(), once for the whole batch
 
     def _features(self, store) -> Features:
         assert self.wp is not None
@@ -361,17 +386,22 @@ class LiveFilm:
         return basis
 
     def _refit(self) -> None:
-        """Every key frame re-projected from the kept rows (never from the checkpoints)."""
+        """Every key frame re-projected from the kept rows (never from the checkpoints). A pca basis is
+        fitted on all key frames (render --fit all) and, but for refit=always (which equals that render),
+        turned in its plane onto the film's previous points (``PcaBasis.aligned``): no axis flips."""
         assert self.store is not None  # kept whenever --refit is not never
         features = self._features(self.store)
         if self.opts.projection == "pca":
-            self.basis, coords = fit_pca(features, "all", progress=False)
-            xy = self.basis.rotate(coords)
+            basis, coords = fit_pca(features, "all", progress=False)
+            if self.live.every != 1 and self.xy:
+                basis = basis.aligned(coords[: len(self.xy)], np.stack(self.xy))
+            self.basis, xy = basis, basis.rotate(coords)
+            self.fitted = len(self.steps)
+            self.refits.append(self.steps[-1])
         else:
             traj = project(features, self.opts.projection, progress=False, **self.opts.projection_kwargs())
             xy, self.stats = traj.xy, {k: v for k, v in traj.stats.items() if k == "explained_variance"}
         self.xy = list(xy)
-        self.since_fit = 0
 
     def trajectories(self) -> Trajectories:
         """The key frames so far, with the measures a render computes for them."""
@@ -384,8 +414,34 @@ class LiveFilm:
         if self.bounds is not None:
             stats.update(self._distances(steps, exact=self._exact_distances()))
         stats.update(coherence(xy))
+        subject = weights_subject(self.wp, self.opts, len(steps), self.root.name)
+        if self.opts.projection == "pca" and self.live.every not in (0, 1):
+            subject = replace(subject, projection=self.basis_words())
         return Trajectories(steps, np.asarray(self.wp.layer_map.blocks, np.int64), self.wp.point_ids.astype(np.int64),
-                            xy, self.opts.projection, stats, weights_subject(self.wp, self.opts, len(steps), self.root.name))
+                            xy, self.opts.projection, stats, subject)
+
+    def basis_words(self) -> str:
+        """The legend's words for a basis refitted now and then (doubling, every=K): when it came and how
+        many key frames it pooled (all those to that step); they change only at a refit, which redraws
+        every frame anyway."""
+        return f"new basis at step {self.refits[-1]:,}: PCA of {self.fitted} key frames"
+
+    def newest_explained(self) -> np.ndarray:
+        """(L,) the share of the newest key frame's variance that the film shows: the variance of its 2-D
+        points over that of its tracked rows (each about its own mean), in the film's basis (pca) or its
+        own (procrustes); NaN for umap (not a linear map)."""
+        x, xy = self.measured.prev, self.xy[-1]
+        assert x is not None
+        if self.opts.projection == "umap":
+            return np.full(len(x), np.nan)
+        if self.basis is not None:
+            scale = self.basis.scale
+        else:
+            assert self.store is not None and self.store.max_abs is not None
+            scale = safe_scale(self.store.max_abs)
+        total = sum_sq(x - x.mean(axis=1, keepdims=True)) * scale.astype(np.float64) ** 2
+        shown = sum_sq(xy - xy.mean(axis=1, keepdims=True))
+        return shown / np.maximum(total, np.finfo(np.float64).tiny)
 
     def _exact_distances(self) -> bool:
         """Whether the outputs print every key frame's distance to the newest (the stability JSON, the
@@ -426,7 +482,7 @@ class LiveFilm:
         once (when there are two key frames or more)."""
         up = Update()
         t0 = time.perf_counter()
-        before = len(self.skipped)
+        before, fits = len(self.skipped), len(self.refits)
         added = self.read_new(checkpoints)
         up.skipped = self.skipped[before:]
         if not added:
@@ -442,13 +498,16 @@ class LiveFilm:
         up.encoded = self.write(traj)
         up.seconds["measure"], up.seconds["write"] = t2 - t1, time.perf_counter() - t2
         up.moving = [self.moving(traj, self.steps.index(s)) for s in up.steps]
+        if len(self.refits) > fits and len(self.steps) - len(added) >= 2 and self.live.every not in (0, 1):
+            # it replaced a basis already filmed (refit=always: at every update, as the legend says)
+            up.basis = traj.subject.projection if traj.subject is not None else "new basis"
         return up
 
     def remember(self) -> None:
         """Keep the key frames in the render cache (layerfilm.io.cache) under the key a render of the same
         checkpoints and options looks up, so that a render afterwards reads no checkpoint. Only when they
         are a render's: --refit never (render --fit first) or always (--fit all), with every measure."""
-        if self.traj is None or not self.opts.cache or self.live.every > 1 or self.bounds is None:
+        if self.traj is None or not self.opts.cache or self.live.every not in (0, 1) or self.bounds is None:
             return
         if "point_distance" not in self.traj.stats:  # every distance, once, for the cache
             stats = {**self.traj.stats, **self._distances(self.traj.steps, exact=True)}
@@ -480,16 +539,18 @@ class LiveFilm:
             save_figure(keyframe_stills(traj, self.opts.style, opts=self.opts).figure, self.live.stills, inputs)
         if self.live.json is not None:
             with atomic_output(self.live.json, suffix=".json") as tmp:
-                tmp.write_text(stability_json(traj, self.opts.settle_threshold))
+                tmp.write_text(stability_json(traj, self.opts.settle_threshold, self.newest_explained()))
         if self.live.export is not None:
             export_points(traj, self.live.export, inputs)
         return encoded
 
 
-def stability_json(traj: Trajectories, threshold: float) -> str:
+def stability_json(traj: Trajectories, threshold: float, explained: np.ndarray | None = None) -> str:
     """The film's per-block stability from its own points, one block a line: block, settle_step (null:
     not settled), settle_threshold, steps, point_update, point_distance (to the newest key frame), motion
-    (between key frames, relative to the cloud's spread; null at the first)."""
+    (between key frames, relative to the cloud's spread; null at the first), and with ``explained`` (L,)
+    explained_variance: the share of the newest key frame's variance its 2-D points show
+    (``LiveFilm.newest_explained``; null where unknown)."""
     settle = settle_index(traj.stats["point_distance"], threshold)
     motion = np.concatenate([np.full((len(traj.blocks), 1), np.nan), traj.stats["motion"]], axis=1)
     rows = [{"block": int(b), "settle_step": int(traj.steps[settle[l]]) if settle[l] >= 0 else None,
@@ -497,13 +558,19 @@ def stability_json(traj: Trajectories, threshold: float) -> str:
              "point_update": json_series(traj.stats["point_update"][:, l]),
              "point_distance": json_series(traj.stats["point_distance"][:, l]),
              "motion": json_series(motion[l])} for l, b in enumerate(traj.blocks)]
+    if explained is not None:
+        for row, ev in zip(rows, explained):
+            row["explained_variance"] = float(ev) if np.isfinite(ev) else None
     return "[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n"
 
 
 def report_line(up: Update, blocks: int) -> list[str]:
-    """One line per new key frame: its step and how many blocks still move."""
-    return [f"key frame: step {s:,}, " + (f"{m} of {blocks} blocks still moving" if m >= 0 else
-                                         "the first (the film starts at the second)") for s, m in zip(up.steps, up.moving)]
+    """One line per new key frame: its step and how many blocks still move (the last: and a new basis)."""
+    lines = [f"key frame: step {s:,}, " + (f"{m} of {blocks} blocks still moving" if m >= 0 else
+                                          "the first (the film starts at the second)") for s, m in zip(up.steps, up.moving)]
+    if up.basis and lines:
+        lines[-1] += f"; {up.basis}"
+    return lines
 
 
 def watch(folder: str | Path, out: str | Path, opts: FilmOptions = FilmOptions(), live: LiveOptions = LiveOptions(),

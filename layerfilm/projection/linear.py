@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -116,6 +116,22 @@ class PcaBasis:
     def rotate(self, coords: np.ndarray) -> np.ndarray:
         """(..., L, N, 2) points from coordinates (..., L, N, k) in ``q``."""
         return (coords @ self.rot) - self.offset[:, None, :]
+
+    def aligned(self, coords: np.ndarray, ref: np.ndarray) -> PcaBasis:
+        """This basis turned in its plane, per block, by the rotation or mirroring (orthogonal
+        Procrustes) that brings key frames' points, from their coordinates in ``q`` (T, L, N, k), closest
+        to ``ref`` (T, L, N, 2), the same points in an earlier basis (both centred on their mean over the
+        T frames). The plane and the variance it explains are unchanged; a refitted live film
+        (layerfilm.live.film) keeps its orientation: no axis flips sign or swaps."""
+        y, r = self.rotate(coords).astype(np.float64), np.asarray(ref, np.float64)
+        L = y.shape[1]
+
+        def pooled(a: np.ndarray) -> np.ndarray:  # (L, T * N, 2), centred
+            a = a - a.mean(axis=(0, 2), keepdims=True)
+            return a.transpose(1, 0, 2, 3).reshape(L, -1, 2)
+
+        turn = procrustes_rotation(pooled(y), pooled(r)).astype(np.float32)
+        return replace(self, rot=self.rot @ turn, offset=np.einsum("li,lij->lj", self.offset, turn))
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """(L, N, 2) one key frame's points x (L, N, D) in this basis."""
