@@ -176,6 +176,8 @@ _O = [
            group=LOOK),
     Option("cmap", "magma", "matplotlib colormap of the density (log scale, fixed for the film)", group=LOOK),
     Option("legend", True, "no legend (what is filmed, the colour bar, the timeline)", bool, group=LOOK),
+    Option("curves", True, "no strip of the loss and learning rate the run logged (trainer_state.json, "
+           "metrics.csv, TensorBoard) under the timeline", bool, group=LOOK),
     Option("film_layout", "fit", "fit: axes and colours fitted to the whole film; live: changed rarely as key frames "
            "come", choices=("fit", "live"), group=LOOK),
     Option("overlay", True, "no per-panel bar of how much the block still moves, and no 'settled' mark", bool,
@@ -229,7 +231,7 @@ _POINTS = ("param", "points", "seed", "blocks", "layout", "projection")
 _ACT = ("features", "model", "probe", "seq_len", "batch_size", "device", "devices", "dtype", "near_zero")
 _RUN = ("quiet", "jobs", "engine", "address", "cache_dir", "cache")
 _FILM = (*_SELECT, *_SOURCE, *_ACT, *_POINTS, "fit", "umap_neighbors", "umap_min_dist", "umap_alignment", "umap_stride",
-         "stats", "fps", "seconds_per_keyframe", "time", "size", "cmap", "legend", "film_layout", "overlay",
+         "stats", "fps", "seconds_per_keyframe", "time", "size", "cmap", "legend", "curves", "film_layout", "overlay",
          "settle_threshold", "crf", "encoder_threads", "preset", "export_points", *_RUN)
 
 
@@ -242,8 +244,9 @@ COMMANDS: dict[str, tuple[Option, ...]] = {
     "watch": _of(*LIVE_OPTIONS, *_FILM),
     "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
     "stability": _of(JSON_FLAG, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
-    "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", *_RUN),
-    "report": _of(FILM, FILM_LINK, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, "size", "cmap", *_RUN),
+    "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", "curves", *_RUN),
+    "report": _of(FILM, FILM_LINK, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, "size", "cmap", "curves",
+                  *_RUN),
 }
 DEFAULTS = {"watch": {"film_layout": "live"}}  # a command whose default differs
 
@@ -295,6 +298,7 @@ def options(command: str, given: dict[str, Any]):
         seconds_per_keyframe=g("seconds_per_keyframe", 1.0),
         time=g("time", "keys"),
         legend=g("legend", True),
+        curves=g("curves", True),
         style=Style(width=width, height=height, cmap=g("cmap", "magma")),
         encode=EncodeOptions(crf=g("crf", 18), threads=g("encoder_threads", 0), preset=g("preset", "")),
         every=g("every", 1),
