@@ -48,25 +48,28 @@ class Strip:
         at = (s - s[0]) / max(s[-1] - s[0], 1e-300) if places is None else np.asarray(places, np.float64)
 
         def cut(c: Curve | None) -> Curve | None:
-            keep = (c.steps >= s[0]) & (c.steps <= s[-1]) if c is not None else None
-            return Curve(c.name, c.steps[keep], c.values[keep]) if c is not None and keep.any() else None
+            if c is None:
+                return None
+            keep = (c.steps >= s[0]) & (c.steps <= s[-1])
+            return Curve(c.name, c.steps[keep], c.values[keep]) if keep.any() else None
 
         loss, lr = cut(logs.loss), cut(logs.lr)
         return cls(loss, lr, s, at, marks) if loss is not None or lr is not None else None
 
     @staticmethod
-    def height(px: int) -> int:
-        """Pixels of a strip under a legend of ``px``-pixel text."""
-        return max(12, round(px * 3.5))
+    def height(px: int, frame_height: int) -> int:
+        """Pixels of a strip under a legend of ``px``-pixel text in a frame ``frame_height`` high (an eighth
+        of it at most)."""
+        return max(12, min(round(px * 3.5), frame_height // 8))
 
-    def labels(self) -> list[tuple[str, np.ndarray]]:
-        """(text, colour) of each curve: what it is and its scale."""
+    def labels(self, short: bool = False) -> list[tuple[str, np.ndarray]]:
+        """(text, colour) of each curve: what it is and its scale (``short``: for a narrow frame)."""
         parts = []
         if self.loss is not None:
             v = self.loss.values
-            parts.append((f"loss {v[0]:.3g} → {v[-1]:.3g} (min {v.min():.3g})", LOSS))
+            parts.append((f"loss {v[0]:.3g} → {v[-1]:.3g}" + ("" if short else f" (min {v.min():.3g})"), LOSS))
         if self.lr is not None:
-            parts.append((f"learning rate 0 – {self.lr.values.max():.2g}", LR))
+            parts.append((f"{'lr' if short else 'learning rate'} 0 – {self.lr.values.max():.2g}", LR))
         return parts
 
     def x(self, steps: np.ndarray, x0: int, x1: int) -> np.ndarray:
@@ -88,10 +91,14 @@ class Strip:
             span = max(float(v.max()) - lo, 1e-300)
             ys = y + pad + (1 - (v - lo) / span) * (h - 2 * pad - thick)
             polyline(img, self.x(curve.steps, x0, x1), ys, colour.astype(np.uint8), thick)
-        labels = self.labels()
         gap = px
-        width = sum(text_mask(t, px).shape[1] for t, _ in labels) + gap * (len(labels) - 1)
-        tx, ty = max(x0, x1 - width - px // 2), y + pad
+        for labels in (self.labels(), self.labels(short=True), []):  # the first that fits in half the strip
+            width = sum(text_mask(t, px).shape[1] for t, _ in labels) + gap * (len(labels) - 1)
+            if width <= (x1 - x0) // 2:
+                break
+        if not labels:
+            return
+        tx, ty = x1 - width - px // 2, y + pad
         img[ty : ty + px + px // 2, max(x0, tx - px // 4) : x1 - px // 4] = BACKGROUND
         for text, colour in labels:
             draw_text(img, text, tx, ty, px, colour)

@@ -214,7 +214,7 @@ class Renderer:
         self.row_h = round(self.legend_px * 1.45)
         self.timeline_h = max(4, self.legend_px // 2) if legend is not None and legend.ticks else 0
         self.strip = strip
-        self.strip_h = strip.height(self.legend_px) + self.legend_px // 4 if strip is not None else 0
+        self.strip_h = strip.height(self.legend_px, H) + self.legend_px // 4 if strip is not None else 0
         self.footer = self.timeline_h + len(self.rows) * self.row_h + self.legend_px // 2 if legend is not None else 0
         self.footer += self.strip_h
         grid_h = H - self.header - self.footer
@@ -263,8 +263,8 @@ class Renderer:
         self.labels_at, self.labels_alpha = self._label_layer()
         self._timeline = (self.text_pad * 2, W - self.text_pad * 2, H - self.footer)
         if strip is not None:
-            x0, x1, y = self._timeline
-            strip.draw(self.base, x0, x1, y + self.timeline_h + self.legend_px // 4, self.strip_h - self.legend_px // 4,
+            tx0, tx1, ty = self._timeline
+            strip.draw(self.base, tx0, tx1, ty + self.timeline_h + self.legend_px // 4, self.strip_h - self.legend_px // 4,
                        self.legend_px)
         if legend is not None:
             self._draw_footer(legend)

@@ -94,7 +94,7 @@ def _number(v) -> float | None:
 def _logs(source: AnyPath, columns: dict[str, list[tuple[int, float]]], grad: str | None = None) -> RunLogs | None:
     names = list(columns)
     loss, lr = _name(names, LOSS_NAMES, "loss"), _name(names, LR_NAMES, "lr") or _name(names, (), "learning_rate")
-    logs = RunLogs(show(source), loss and Curve.of(loss, columns[loss]), lr and Curve.of(lr, columns[lr]),
+    logs = RunLogs(show(source), Curve.of(loss, columns[loss]) if loss else None, Curve.of(lr, columns[lr]) if lr else None,
                    Curve.of(grad, columns[grad]) if grad in columns else None)
     return logs if logs.loss is not None or logs.lr is not None else None
 
