@@ -176,6 +176,8 @@ _O = [
            group=LOOK),
     Option("cmap", "magma", "matplotlib colormap of the density (log scale, fixed for the film)", group=LOOK),
     Option("legend", True, "no legend (what is filmed, the colour bar, the timeline)", bool, group=LOOK),
+    Option("curves", True, "no strip of the loss and learning rate the run logged (trainer_state.json, "
+           "metrics.csv, TensorBoard) under the timeline", bool, group=LOOK),
     Option("film_layout", "fit", "fit: axes and colours fitted to the whole film; live: changed rarely as key frames "
            "come", choices=("fit", "live"), group=LOOK),
     Option("overlay", True, "no per-panel bar of how much the block still moves, and no 'settled' mark", bool,
@@ -238,7 +240,7 @@ _ACT = ("features", "model", "probe", "seq_len", "batch_size", "device", "device
 _RUN = ("quiet", "jobs", "engine", "address", "cache_dir", "cache")
 _LOOK = (*_SELECT, *_SOURCE, *_ACT, *_POINTS, "fit", "umap_neighbors", "umap_min_dist", "umap_alignment", "umap_stride")
 _TIME = ("fps", "seconds_per_keyframe", "time", "size", "cmap", "legend", "film_layout", "overlay", "settle_threshold")
-_FILM = (*_LOOK, "stats", *_TIME, "crf", "quality", "encoder_threads", "preset", "export_points", *_RUN)
+_FILM = (*_LOOK, "stats", *_TIME, "curves", "crf", "quality", "encoder_threads", "preset", "export_points", *_RUN)
 
 
 def _of(*names: str | Option) -> tuple[Option, ...]:
@@ -250,11 +252,11 @@ COMMANDS: dict[str, tuple[Option, ...]] = {
     "watch": _of(*LIVE_OPTIONS, *(n for n in _FILM if n != "quality")),  # a live film stays lossless
     "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
     "stability": _of(JSON_FLAG, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
-    "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", *_RUN),
+    "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", "curves", *_RUN),
     "view": _of(*_LOOK, *_TIME, *_RUN),
     "serve": _of(PORT, *_LOOK, *_TIME, *_RUN),
     "report": _of(FILM, FILM_LINK, LOSSLESS_FILM, INTERACTIVE, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT,
-                  "size", "cmap", *_RUN),
+                  "size", "cmap", "curves", *_RUN),
 }
 DEFAULTS = {"watch": {"film_layout": "live"}}  # a command whose default differs
 
@@ -306,6 +308,7 @@ def options(command: str, given: dict[str, Any]):
         seconds_per_keyframe=g("seconds_per_keyframe", 1.0),
         time=g("time", "keys"),
         legend=g("legend", True),
+        curves=g("curves", True),
         style=Style(width=width, height=height, cmap=g("cmap", "magma")),
         encode=EncodeOptions(crf=g("crf", 18), threads=g("encoder_threads", 0), preset=g("preset", ""),
                              quality=g("quality", "lossless")),

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from layerfilm.draw.curves import Strip
 from layerfilm.draw.film_layout import live_extent, live_scale, live_timeline, live_top
 from layerfilm.draw.legend import Legend, scale_top, subject_text, time_text, zoom_text, zooms
 from layerfilm.draw.overlay import Overlay, bar_text, updates
@@ -17,6 +18,7 @@ from layerfilm.draw.raster import Renderer, Style
 from layerfilm.draw.timeline import MAX_FRAMES, Timeline
 from layerfilm.errors import OptionsError, ScanError
 from layerfilm.film_options import FilmOptions
+from layerfilm.io.logs import RunLogs
 from layerfilm.io.outputs import atomic_output, check_output_path
 from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import local_inputs
@@ -103,14 +105,16 @@ def bar_top(traj: Trajectories, opts: FilmOptions) -> float | None:
 
 
 def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarray | None = None,
-                note: str = "") -> Legend:
+                note: str = "", still: bool = False) -> Legend:
     """The legend's words: the run's folder, what is filmed and how (``traj.subject``), the per-key-frame
-    axes ``zoom`` of activation films, the bottom bar (``bar``: the overlay is drawn), the time, and a
-    ``note`` (a shareable film's distance from lossless)."""
+    axes ``zoom`` of activation films, the bottom bar (``bar``: the overlay is drawn), the time (not in a
+    ``still``: it has neither time nor a timeline), and a ``note`` (a shareable film's distance from lossless)."""
     parts = [f"run: {traj.subject.run}"] if traj.subject is not None and traj.subject.run else []
     parts += subject_text(traj.subject, traj.method, traj.stats)
     if zoom is not None:  # a live layout's words may not depend on later key frames
-        parts.append(zoom_text(zoom) if opts.film_layout == "fit" else "axes zoom to each key frame's spread")
+        parts.append(zoom_text(zoom) if opts.film_layout == "fit" and not still else "axes zoom to each key frame's spread")
+    if still:
+        return Legend(tuple(parts))
     if bar and "point_update" in traj.stats:
         parts.append(bar_text(traj.stats["point_update"], bar_top(traj, opts), settled=opts.film_layout == "fit"))
     tl = film_timeline(traj.steps, opts)
@@ -119,21 +123,37 @@ def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarr
     return Legend(tuple(parts), tuple(tl.position(k, 0.0) for k in range(len(traj.steps))))
 
 
+def film_axes(traj: Trajectories, opts: FilmOptions) -> tuple[np.ndarray, np.ndarray | None]:
+    """(extent (L, 4), zoom (T, L, 4) or None): each panel's fixed axes, or for activation films the unit
+    box and each key frame's own axes (``zoomed``)."""
+    zoom = zooms(traj.xy) if zoomed(traj) else None
+    if zoom is not None:
+        return np.tile([-1.0, 1.0, -1.0, 1.0], (len(traj.blocks), 1)), zoom
+    return (live_extent(traj.xy) if opts.film_layout == "live" else traj.extent()), None
+
+
+def film_strip(traj: Trajectories, opts: FilmOptions, logs: RunLogs | None) -> Strip | None:
+    """The strip of the run's loss and learning rate under the timeline, placed as the timeline places
+    the key frames; None without logs, with ``opts.curves`` off, or in a live layout (its static frame
+    would change with every new key frame's logs, and the live film re-encodes only what changed)."""
+    if not opts.curves or opts.film_layout == "live":
+        return None
+    tl = film_timeline(traj.steps, opts)
+    return Strip.of(logs, traj.steps, np.array([tl.position(k, 0.0) for k in range(len(traj.steps))]))
+
+
 def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = None, bar: bool = False,
-                  note: str = "") -> Renderer:
+                  logs: RunLogs | None = None, note: str = "") -> Renderer:
     """The film's renderer: one panel per block, its axes (fixed, or zoomed per key frame for
     activations) and the colour scale fixed over all key frames by the rule of
     ``layerfilm.draw.legend.scale_top``; with ``opts.legend`` (default) the legend, which mentions the
-    bottom bar when ``bar`` (the overlay is drawn)."""
+    bottom bar when ``bar`` (the overlay is drawn); with ``logs`` and ``opts.curves`` the strip of curves."""
     opts = opts or FilmOptions(style=style)
     live = opts.film_layout == "live"
-    zoom = zooms(traj.xy) if zoomed(traj) else None
-    if zoom is not None:
-        extent = np.tile([-1.0, 1.0, -1.0, 1.0], (len(traj.blocks), 1))
-    else:
-        extent = live_extent(traj.xy) if live else traj.extent()
+    extent, zoom = film_axes(traj, opts)
     legend = film_legend(traj, opts, bar, zoom, note) if opts.legend else None
-    renderer = Renderer(style, [f"L{b}" for b in traj.blocks], extent, legend=legend, zoom=zoom, passed_ticks=live)
+    renderer = Renderer(style, [f"L{b}" for b in traj.blocks], extent, legend=legend, zoom=zoom, passed_ticks=live,
+                        strip=film_strip(traj, opts, logs))
     maxima = renderer.key_maxima(renderer.place(traj.xy, k, 0.0) for k in range(len(traj.steps)))
     if live:
         vmax, clipped = live_scale(maxima)
@@ -243,10 +263,10 @@ def pick_preset(out: str | Path, opts: FilmOptions, frames: int) -> tuple[FilmOp
             f"VP9 preset {preset}, picked for {frames} frames on {threads} core{'s' * (threads > 1)} (preset={other})")
 
 
-def film_frames(traj: Trajectories, opts: FilmOptions, note: str = "") -> FilmFrames:
-    """The film of ``traj`` as ``opts`` draws it: its renderer (layout, legend, with ``note`` last) and
-    overlay, if any."""
-    renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay, note=note)
+def film_frames(traj: Trajectories, opts: FilmOptions, logs: RunLogs | None = None, note: str = "") -> FilmFrames:
+    """The film of ``traj`` as ``opts`` draws it: its renderer (layout, legend with ``note`` last, the strip
+    of ``logs``) and overlay, if any."""
+    renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay, logs=logs, note=note)
     return FilmFrames.of(traj, opts, renderer, film_overlay(renderer, traj, opts))
 
 
@@ -320,13 +340,45 @@ def render(
         if segments.engine is not None and opts.engine == "local":  # workers will draw: start them while this
             segments.engine.start(WORKER_MODULES)  # one reads (a cluster's started above)
         traj = run.trajectories()
-        frames = film_frames(traj, opts)
+        logs = run.logs() if opts.curves else None
+        frames = film_frames(traj, opts, logs)
         if opts.encode.quality == "share":  # the legend states how far the film is from lossless
             kind = check_output(Path(out))
-            frames = film_frames(traj, opts, share_legend(estimate(frames.samples(), kind, opts.encode, opts.fps), kind))
+            frames = film_frames(traj, opts, logs,
+                                 share_legend(estimate(frames.samples(), kind, opts.encode, opts.fps), kind))
         n = write_film(traj, out, opts, progress, frames, segments)
         size = (opts.style.width, opts.style.height)
         fidelity = measure(Path(out), n, frames.frame, size) if opts.encode.quality == "share" else None
     if export is not None:
         export_points(traj, export, inputs)
     return FilmResult(Path(out), n, len(traj.steps), traj, tuple(run.skipped), frames.overlay, picked, fidelity)
+
+
+def still_frame(traj: Trajectories, keys: list[int], opts: FilmOptions, logs: RunLogs | None = None) -> np.ndarray:
+    """(H, W, 3) uint8: one picture of key frames ``keys`` (indices into ``traj.steps``), drawn as a still,
+    not as film frames side by side: each block's panels at those key frames next to each other (on the
+    film's axes, labelled with the block and the step), one header and one colour bar (the film's rule
+    for its top, over all key frames), the legend without the film's time, and the strip of ``logs``
+    (when ``opts.curves``) marking the key frames shown."""
+    extent, zoom = film_axes(traj, opts)
+    xy = traj.xy if zoom is None else unit_axes(traj.xy, zoom)
+    K, L = len(keys), len(traj.blocks)
+    steps = [int(traj.steps[k]) for k in keys]
+    labels = [f"L{b} · step {s:,}" if K > 1 else f"L{b}" for b in traj.blocks for s in steps]
+    legend = film_legend(traj, opts, False, zoom, still=True) if opts.legend else None
+    s = np.asarray(traj.steps, np.float64)
+    marks = tuple(float((s[k] - s[0]) / max(s[-1] - s[0], 1e-300)) for k in keys)
+    strip = Strip.of(logs, traj.steps, marks=marks) if opts.curves else None
+    renderer = Renderer(opts.style, labels, np.repeat(extent, K, axis=0), legend=legend, group=K, strip=strip)
+    maxima = renderer.key_maxima(np.repeat(xy[k], K, axis=0) for k in range(len(traj.steps)))
+    vmax, _ = scale_top(maxima)
+    renderer.set_scale(vmax, int((maxima[keys] > vmax * (1 + 1e-9)).sum()), K)
+    pts = xy[keys].transpose(1, 0, 2, 3).reshape(L * K, *xy.shape[2:])  # panel l * K + j: block l at keys[j]
+    return renderer.frame(pts, "step " + " → ".join(f"{s:,}" for s in steps) if K > 1 else f"step {steps[0]:,}")
+
+
+def unit_axes(xy: np.ndarray, zoom: np.ndarray) -> np.ndarray:
+    """(T, L, N, 2) key frames ``xy`` each in its own axes ``zoom`` (T, L, 4), mapped to the unit box."""
+    centre = np.stack([zoom[..., 0] + zoom[..., 1], zoom[..., 2] + zoom[..., 3]], -1)[:, :, None, :] / 2
+    half = (zoom[..., 1] - zoom[..., 0])[:, :, None, None] / 2
+    return ((xy - centre) / half).astype(np.float32)

@@ -35,6 +35,7 @@ class FilmOptions:
     seconds_per_keyframe: float = 1.0
     time: str = "keys"  # where key frames fall in the film: keys | steps | log-steps (layerfilm.draw.timeline)
     legend: bool = True  # the key under the panels, the colour bar and the timeline (layerfilm.draw.legend)
+    curves: bool = True  # the run's logged loss and learning rate under the timeline, when logged (layerfilm.draw.curves)
     style: Style = field(default_factory=Style)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     every: int = 1
@@ -85,4 +86,4 @@ class FilmOptions:
 
 # FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)
 _NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "time", "legend", "every", "steps", "cache", "cache_dir",
-               "overlay", "settle_threshold", "jobs", "engine", "address", "storage_options", "film_layout"}
+               "curves", "overlay", "settle_threshold", "jobs", "engine", "address", "storage_options", "film_layout"}

@@ -41,6 +41,7 @@ from layerfilm.film_options import FilmOptions
 from layerfilm.io import cache
 from layerfilm.io.formats import open_checkpoint
 from layerfilm.io.formats.base import Reader as CheckpointReader
+from layerfilm.io.logs import RunLogs, read_logs
 from layerfilm.io.outputs import new_scratch
 from layerfilm.io.scan import Checkpoint, Series, scan
 from layerfilm.io.storage import AnyPath, is_remote, location
@@ -227,6 +228,10 @@ class Study:
     def open(cls, folder: str | Path, opts, progress: bool = True, scan_progress: bool = False) -> Study:
         """Scan ``folder`` as ``opts`` select (reads headers only) and start a Run on it."""
         return cls(scan_for(folder, opts, scan_progress), opts, progress)
+
+    def logs(self) -> RunLogs | None:
+        """The loss and learning rate the run logged beside its checkpoints (layerfilm.io.logs), or None."""
+        return read_logs(self.series.root)
 
     def weight_plan(self) -> WeightPlan:
         """Which matrix of each block is filmed and which of its rows (read once, from the first

@@ -73,6 +73,7 @@ hf_run = _series("hf_trainer_run")  # Trainer: checkpoint-4/ -8/ -12/ + final mo
 pythia_run = _series("pythia_sharded_run")  # step0/ step3/ step6/: sharded bf16 GPT-NeoX
 bin_run = _series("bin_folders_run")  # checkpoint-N/pytorch_model.bin, fp16 Llama
 lightning_ckpts = _series("lightning_run")  # epoch=E-step=N.ckpt
+lightning_logged = _series("lightning_logged_run")  # the same with a CSVLogger: lightning_logs/version_0/metrics.csv
 lightning_encoder = _series("lightning_encoder_run")  # epoch=0-step=N.ckpt of an nn.TransformerEncoder model
 
 @pytest.fixture(autouse=True, scope="session")

@@ -27,14 +27,16 @@ def nano_config(example, width: int = 32):
 
 
 def hf_trainer_run(example, out: Path) -> Path:
-    """transformers.Trainer on a tiny GPT-2: checkpoint-4/, -8/, -12/ and the final model at the root."""
+    """transformers.Trainer on a tiny GPT-2: checkpoint-4/, -8/, -12/ and the final model at the root; the loss,
+    learning rate (4 warm-up steps, then cosine) and gradient norm logged at every step (trainer_state.json)."""
     import transformers as T
 
     torch.manual_seed(0)
     model = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=256, n_positions=CONTEXT, n_embd=32, n_layer=2, n_head=2))
     data = [{"input_ids": x[0], "labels": x[0]} for x in batches(example, 96, batch=1)]
     args = T.TrainingArguments(output_dir=str(out), max_steps=12, save_steps=4, per_device_train_batch_size=8,
-                               report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="steps", seed=0)
+                               report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="steps", seed=0,
+                               logging_steps=1, warmup_steps=4, lr_scheduler_type="cosine")
     trainer = T.Trainer(model=model, args=args, train_dataset=data)
     trainer.train()
     trainer.save_model()
@@ -129,17 +131,19 @@ def gpt_module(example):
     return Module
 
 
-def fit_lightning(example, module, out: Path, steps: int, every: int, items: int, callbacks: tuple = ()) -> Path:
+def fit_lightning(example, module, out: Path, steps: int, every: int, items: int, callbacks: tuple = (),
+                  logger=False) -> Path:
     """``module()`` trained ``steps`` steps of batch 1 (epochs of ``items`` batches) on CPU by lightning.Trainer,
-    with ModelCheckpoint(every_n_train_steps=every, save_top_k=-1) writing into ``out`` (and ``callbacks``)."""
+    with ModelCheckpoint(every_n_train_steps=every, save_top_k=-1) writing into ``out`` (and ``callbacks``,
+    ``logger``: logging every step)."""
     import lightning as L
 
     torch.manual_seed(0)
     xs, ys = zip(*batches(example, items, batch=1))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.cat(xs), torch.cat(ys)), batch_size=1)
     saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(out), every_n_train_steps=every, save_top_k=-1)
-    trainer = L.Trainer(max_steps=steps, callbacks=[saver, *callbacks], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(max_steps=steps, callbacks=[saver, *callbacks], logger=logger, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", log_every_n_steps=1)
     trainer.fit(module(), loader)
     return out
 
@@ -148,6 +152,30 @@ def lightning_run(example, out: Path) -> Path:
     """lightning.Trainer + ModelCheckpoint(every_n_train_steps=5, save_top_k=-1), 15 steps on CPU, the GPT
     as ``self.model``: epoch=E-step=5.ckpt, ...-step=10.ckpt, ...-step=15.ckpt."""
     return fit_lightning(example, gpt_module(example), out, steps=15, every=5, items=8)
+
+
+def lightning_logged_run(example, out: Path) -> Path:
+    """:func:`lightning_run` with a CSVLogger (``lightning_logs/version_0/metrics.csv`` in ``out``): the module
+    logs ``train_loss`` every step, LearningRateMonitor ``lr-AdamW`` (a one-cycle schedule); checkpoints
+    every 4 steps up to 12."""
+    import lightning as L
+
+    Base = gpt_module(example)
+
+    class Logged(Base):
+        def training_step(self, batch, i):
+            loss = super().training_step(batch, i)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.parameters(), lr=3e-3)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=12)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    logger = L.pytorch.loggers.CSVLogger(str(out))
+    monitor = L.pytorch.callbacks.LearningRateMonitor(logging_interval="step")
+    return fit_lightning(example, Logged, out, steps=12, every=4, items=6, callbacks=(monitor,), logger=logger)
 
 
 def lightning_encoder_run(example, out: Path) -> Path:

@@ -49,6 +49,7 @@ FLAGS = {
     "--cache": ("cache_dir", "/tmp/c", "/tmp/c"),
     "--no-overlay": ("overlay", None, False),
     "--no-legend": ("legend", None, False),
+    "--no-curves": ("curves", None, False),
     "--time": ("time", "log-steps", "log-steps"),
     "--settle-threshold": ("settle_threshold", "0.2", 0.2),
     "--film-layout": ("film_layout", "live", "live"),

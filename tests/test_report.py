@@ -33,8 +33,8 @@ def test_stills_cli_writes_each_format(frozen_run, run_cli, tmp_path, ext):
         assert b"<svg" in out.read_bytes()
 
 
-def test_stills_are_the_films_key_frames(frozen_run, run_cli, tmp_path):
-    """Same axes and colour scale as the film: the stills equal the film's (lossless) key frames."""
+def test_stills_keep_the_films_key_frames(frozen_run, run_cli, tmp_path):
+    """``Stills.frames`` are the film's (lossless) key frames; the figure is the one still."""
     code, _, err = run_cli("render", frozen_run, "--out", tmp_path / "frames/", "--fps", "1", "--no-overlay", *SMALL)
     assert code == 0, err
     film = [iio.imread(p) for p in sorted((tmp_path / "frames").glob("*.png"))]
@@ -42,9 +42,38 @@ def test_stills_are_the_films_key_frames(frozen_run, run_cli, tmp_path):
     res = stills(frozen_run, steps=[0, 30], opts=opts, progress=False)
     assert res.frames.shape == (2, 180, 320, 3) and res.steps == [0, 30]
     assert np.array_equal(res.frames[0], film[0]) and np.array_equal(res.frames[1], film[3])
-    assert len(res.figure.axes) == 2
+    assert len(res.figure.axes) == 1 and res.image.shape == (180, 320, 3)
     one = stills(frozen_run, steps=[20], opts=opts, progress=False)
     assert one.frames.shape == (1, 180, 320, 3) and len(one.figure.axes) == 1
+
+
+def test_a_still_is_one_picture(frozen_run, tmp_path):
+    """Before and after of every block in one picture of the frame's size, written pixel for pixel: each
+    block's two panels side by side (the film's axes: the frozen blocks look the same at 20 and 40), one
+    header, a legend without the film's time."""
+    from layerfilm.film import film_legend
+    from layerfilm.study import Study
+
+    opts = FilmOptions(weights=WeightSpec(points=64), style=Style(640, 360))
+    res = stills(frozen_run, tmp_path / "s.png", steps=[FROZEN_STEP, 40], opts=opts, progress=False)
+    assert res.image.shape == (360, 640, 3)
+    np.testing.assert_array_equal(iio.imread(tmp_path / "s.png")[..., :3], res.image)
+    traj = Study.open(frozen_run, opts, progress=False).trajectories()
+    parts = film_legend(traj, opts, bar=False, still=True).parts
+    assert parts and not any("time" in p or "tick" in p for p in parts)
+    assert any("time" in p for p in film_legend(traj, opts, bar=False).parts)
+
+
+def test_still_panels_come_in_groups():
+    """A block's panels at the K steps of a still sit side by side in one row, in step order."""
+    from layerfilm.draw.raster import Renderer
+
+    for L, K in ((4, 2), (8, 2), (5, 3)):
+        labels = [f"L{b} step {j}" for b in range(L) for j in range(K)]
+        r = Renderer(Style(1280, 720), labels, np.tile([-1.0, 1.0, -1.0, 1.0], (L * K, 1)), group=K)
+        for b in range(L):
+            xs, ys = r.panels[b * K : (b + 1) * K].T
+            assert len(set(ys)) == 1 and (np.diff(xs) > 0).all() and (np.diff(xs) < 2 * r.panel_bins[0]).all()
 
 
 def test_stills_errors(frozen_run, run_cli, tmp_path):
@@ -109,10 +138,10 @@ def test_settling_markers_never_overlap(frozen_stability):
 
 
 def test_stills_show_the_step_once(frozen_run):
-    """The film's frames say their step in the caption; the figure adds no second "step N" title."""
+    """The still's panels say their step; the figure adds no second "step N" title."""
     res = stills(frozen_run, steps=[0, 30], opts=FilmOptions(weights=WeightSpec(points=64), style=Style(320, 180)),
                  progress=False)
-    assert [ax.get_title() for ax in res.figure.axes] == ["", ""] and not res.figure.get_suptitle()
+    assert [ax.get_title() for ax in res.figure.axes] == [""] and not res.figure.get_suptitle()
     from layerfilm.reports.figures import stills_figure
     assert [ax.get_title() for ax in stills_figure(res.frames, [0, 30]).axes] == ["step 0", "step 30"]
 
@@ -136,6 +165,8 @@ def test_html_report_is_self_contained(frozen_run, run_cli, tmp_path):
     for _, png in uris[1:]:
         img = iio.imread(io.BytesIO(png))
         assert img.ndim == 3 and img.shape[0] > 100
+    still = iio.imread(io.BytesIO(uris[1][1]))  # first the still: readable at the page's width though --size is 320x180
+    assert still.shape[:2] == (720, 1280) and text.index("First and last key frame") < text.index("Which blocks still move")
     for heading in ("Settling table", "Which blocks still move", "Histograms over time", "Parameter norms",
                     "First and last key frame"):
         assert f"<h2>{heading}</h2>" in text
@@ -154,6 +185,7 @@ def test_markdown_report_writes_pngs_beside_it(frozen_run, run_cli, tmp_path):
     assert images == [f"./report_{n}.png" for n in ("stills", "heatmap", "settling", "hot", "norms")]
     for name in images:
         assert (tmp_path / name).read_bytes().startswith(MAGIC["png"])
+    assert iio.imread(tmp_path / "report_stills.png").shape[:2] == (720, 1280)
     assert "| rank | block | settles at step |" in text and text.count("| never |") == 2
 
 

@@ -19,12 +19,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from layerfilm.draw.legend import SEP, Legend
 from layerfilm.draw.timeline import lerp
 from layerfilm.errors import OptionsError
+
+if TYPE_CHECKING:  # the strip draws with this module's text
+    from layerfilm.draw.curves import Strip
 
 HEADER_FRACTION = 0.06  # of the frame height, for the title and the step counter
 LEGEND_FRACTION = 0.016  # of the frame height: the legend's text (12 px at 720p, 17 px at 1080p)
@@ -182,6 +186,8 @@ class Renderer:
             maps a frame's points into them, and ``extent`` must then be the unit box [-1, 1, -1, 1].
         passed_ticks: draw a key frame's tick on the timeline only from the frame that reaches it (a live
             film: a tick of a key frame to come would change every frame before it; layerfilm.draw.film_layout).
+        group: panels come in groups of this many side by side (a still's before and after of one block).
+        strip: the loss and learning-rate curves drawn under the timeline (layerfilm.draw.curves), or None.
 
     Each panel is a rectangle (``panels``, ``panel_bins``) with a strip at its top for its label, the
     overlay's bar at its bottom and a margin at its sides: points are drawn only in the area between
@@ -191,7 +197,8 @@ class Renderer:
     """
 
     def __init__(self, style: Style, labels: list[str], extent: np.ndarray, vmax: float | None = None,
-                 legend: Legend | None = None, zoom: np.ndarray | None = None, passed_ticks: bool = False) -> None:
+                 legend: Legend | None = None, zoom: np.ndarray | None = None, passed_ticks: bool = False,
+                 group: int = 1, strip: Strip | None = None) -> None:
         self.style = style
         self.passed_ticks = passed_ticks
         self._ticks: list[tuple[float, int]] = []  # (place in the film, x) of each key frame's tick
@@ -205,10 +212,14 @@ class Renderer:
         self.legend_px = max(9, round(H * LEGEND_FRACTION))
         self.rows = self._wrap(legend.parts) if legend is not None else []
         self.row_h = round(self.legend_px * 1.45)
-        self.timeline_h = max(4, self.legend_px // 2) if legend is not None else 0
+        self.timeline_h = max(4, self.legend_px // 2) if legend is not None and legend.ticks else 0
+        self.strip = strip
+        self.strip_h = strip.height(self.legend_px, H) + self.legend_px // 4 if strip is not None else 0
         self.footer = self.timeline_h + len(self.rows) * self.row_h + self.legend_px // 2 if legend is not None else 0
+        self.footer += self.strip_h
         grid_h = H - self.header - self.footer
-        rows, cols = grid_shape(len(labels), W, grid_h)
+        rows, cols = grid_shape(-(-len(labels) // group), W // group, grid_h)
+        cols *= group
         pw, ph = W // cols, grid_h // rows
         self.cell = style.cell or max(1, round(min(pw, ph) / 110))  # about 110 bins across a panel
         c = self.cell
@@ -250,6 +261,11 @@ class Renderer:
         self._block = (np.arange(c)[:, None] * W + np.arange(c)).ravel()  # pixel offsets in a bin
         self.panel_px = (pw, ph)
         self.labels_at, self.labels_alpha = self._label_layer()
+        self._timeline = (self.text_pad * 2, W - self.text_pad * 2, H - self.footer)
+        if strip is not None:
+            tx0, tx1, ty = self._timeline
+            strip.draw(self.base, tx0, tx1, ty + self.timeline_h + self.legend_px // 4, self.strip_h - self.legend_px // 4,
+                       self.legend_px)
         if legend is not None:
             self._draw_footer(legend)
         # for _splat: projection -> bin coordinates in float32, each area's corner as a flat index
@@ -358,13 +374,17 @@ class Renderer:
         px[self.labels_at] = (px[self.labels_at] * (1 - a) + TEXT * a + 0.5).astype(np.uint8)
         cap = text_mask(caption, self.text_px)
         draw_text(img, caption, self.style.width - cap.shape[1] - self.text_pad * 2, self.text_pad, self.text_px)
-        if when is not None and self.legend is not None:
+        if when is not None and (self.legend is not None or self.strip is not None):
             x0, x1, y = self._timeline
             x = x0 + int(round(min(max(when, 0.0), 1.0) * (x1 - x0 - 1)))
             w = max(3, self.timeline_h)
             for _, tx in self.passed(when):
                 img[y : y + self.timeline_h, tx] = TICK
             img[y : y + self.timeline_h, max(x0, x - w // 2) : x - w // 2 + w] = CURSOR
+            if self.strip is not None:  # a thinner cursor across the strip, within the timeline's
+                gap, thin = self.legend_px // 4, max(1, w // 2)
+                top = y + self.timeline_h + gap
+                img[top : top + self.strip_h - gap, max(x0, x - thin // 2) : x - thin // 2 + thin] = CURSOR
 
     def passed(self, when: float) -> list[tuple[float, int]]:
         """The key frames' ticks drawn on a frame at ``when`` (its place in the film) over the static
@@ -399,16 +419,14 @@ class Renderer:
 
     def _draw_footer(self, legend: Legend) -> None:
         """The timeline (a track with a tick per key frame) and the legend's rows, into the static frame."""
-        W, H = self.style.width, self.style.height
-        x0, x1 = self.text_pad * 2, W - self.text_pad * 2
-        y = H - self.footer
-        self._timeline = (x0, x1, y)
+        x0, x1, y = self._timeline
         self.base[y : y + self.timeline_h, x0:x1] = TRACK
         self._ticks = [(t, x0 + int(round(min(max(t, 0.0), 1.0) * (x1 - x0 - 1)))) for t in legend.ticks]
         for _, x in [] if self.passed_ticks else self._ticks:
             self.base[y : y + self.timeline_h, x] = TICK
         for i, row in enumerate(self.rows):
-            draw_text(self.base, row, x0, y + self.timeline_h + self.legend_px // 4 + i * self.row_h, self.legend_px)
+            draw_text(self.base, row, x0, y + self.timeline_h + self.strip_h + self.legend_px // 4 + i * self.row_h,
+                      self.legend_px)
 
     def _draw_colour_bar(self, vmax: float, clipped: int, keyframes: int | None) -> None:
         """The colour bar in the header, between the title and the step: the colours of 0 .. vmax points

@@ -536,7 +536,8 @@ class LiveFilm:
             from layerfilm.reports.document import keyframe_stills
             from layerfilm.reports.figures import save_figure
 
-            save_figure(keyframe_stills(traj, self.opts.style, opts=self.opts).figure, self.live.stills, inputs)
+            logs = self.study.logs() if self.opts.curves else None
+            save_figure(keyframe_stills(traj, self.opts.style, opts=self.opts, logs=logs).figure, self.live.stills, inputs)
         if self.live.json is not None:
             with atomic_output(self.live.json, suffix=".json") as tmp:
                 tmp.write_text(stability_json(traj, self.opts.settle_threshold, self.newest_explained()))

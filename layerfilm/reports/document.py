@@ -1,7 +1,8 @@
 """Stills and reports: the answer to "which blocks have settled?" in pictures and one file.
 
-``stills`` renders chosen key frames with the film's renderer (same fixed axes and colour scale as
-the film, so two steps compare directly) and puts them side by side. ``report`` measures the
+``stills`` draws chosen key frames as one still (layerfilm.film.still_frame): each block's panels at
+those steps side by side, on the film's fixed axes and colour rule, so two steps compare directly,
+with one colour bar and the run's loss and learning rate when it logged them. ``report`` measures the
 checkpoints once (``layerfilm.stability``; with ``FilmOptions.activations`` also the statistics of each
 block's output on the probe batch) and writes either one self-contained HTML file (images and
 film embedded as data: URIs, nothing fetched) or Markdown with PNGs beside it.
@@ -13,7 +14,7 @@ import base64
 import html
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -22,8 +23,9 @@ import numpy as np
 
 from layerfilm.draw.raster import Style
 from layerfilm.errors import OptionsError
-from layerfilm.film import FilmFrames, film_renderer
+from layerfilm.film import FilmFrames, film_renderer, still_frame
 from layerfilm.film_options import FilmOptions
+from layerfilm.io.logs import RunLogs
 from layerfilm.io.outputs import atomic_output, check_output_path
 from layerfilm.io.storage import local_inputs, redact
 from layerfilm.projection import Trajectories
@@ -34,13 +36,13 @@ from layerfilm.reports.figures import (
     figure_format,
     heatmap_figure,
     hot_figure,
+    image_figure,
     norm_figure,
     plain_text,
     save_figure,
     settling_figure,
-    stills_figure,
 )
-from layerfilm.reports.media import Film, FrameSource, Picture, Stills, film_for, pictures, relative_link
+from layerfilm.reports.media import Film, FrameSource, Picture, Stills, film_for, pictures, png_bytes, relative_link
 from layerfilm.reports.viewer import check_view_path, write_viewer
 from layerfilm.stability import Stability
 from layerfilm.study import Study
@@ -84,14 +86,16 @@ def key_indices(have: list[int], steps: list[int] | None) -> tuple[list[int], li
 
 
 def keyframe_stills(traj: Trajectories, style: Style, steps: list[int] | None = None,
-                    opts: FilmOptions | None = None) -> Stills:
-    """The film's frames at ``steps`` (default: the first and last key frame), side by side; with the
-    film's legend unless ``opts.legend`` is False."""
+                    opts: FilmOptions | None = None, logs: RunLogs | None = None) -> Stills:
+    """The still of the key frames at ``steps`` (default: the first and last), with the legend unless
+    ``opts.legend`` is False and the curves of ``logs`` unless ``opts.curves`` is; and the film's own
+    frames at those steps."""
     steps, idx = key_indices([int(s) for s in traj.steps], steps)
-    opts = opts or FilmOptions(style=style)
+    opts = replace(opts, style=style) if opts is not None else FilmOptions(style=style)
     film = FilmFrames.of(traj, opts, film_renderer(traj, style, opts))
     frames = np.stack([film.draw(k, 0.0) for k in idx])
-    return Stills(steps, frames, stills_figure(frames))  # each frame's caption says its step
+    image = still_frame(traj, idx, opts, logs)
+    return Stills(steps, frames, image_figure(image), image)
 
 
 def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] | None = None,
@@ -109,15 +113,16 @@ def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] |
     run = Study.open(folder, opts, progress)
     key_indices(run.series.steps, steps)  # a step that is not a key frame fails before any work
     traj = run.trajectories()
-    result = keyframe_stills(traj, opts.style, steps, opts)
+    result = keyframe_stills(traj, opts.style, steps, opts, run.logs() if opts.curves else None)
     if out is not None:
         save_figure(result.figure, out, inputs)
     return result
 
 
 SECTIONS = {  # name: (heading, what it shows)
-    "stills": ("First and last key frame", "Each block's points (the film's neurons) at the first and the last key frame, "
-               "on the same fixed axes and colour scale as the film."),
+    "stills": ("First and last key frame", "Each block's points (the film's neurons) at the first and the last key frame "
+               "side by side, on the film's fixed axes and colour scale; under them the loss and learning rate the "
+               "run logged, if it did."),
     "heatmap": ("Which blocks still move", "Relative update of each block's weights between key frames, on a log colour "
                 "scale; the white tick is the block's settling step."),
     "settling": ("Settling", "Distance to the final checkpoint relative to the first key frame; a block settles "
@@ -140,10 +145,24 @@ SECTIONS = {  # name: (heading, what it shows)
 FIGURE_NAMES = ("stills", "heatmap", "settling", "hot", "norms", "act_hot", "act_norms", "act_near_zero")
 
 
-def report_figures(stab: Stability, style: Style) -> dict[str, Figure]:
+REPORT_STILL_WIDTH = 1280  # pixels at least: the still is shown about 1070 px wide (the page's width), never enlarged
+
+
+def report_still(stab: Stability, opts: FilmOptions, logs: RunLogs | None = None) -> np.ndarray:
+    """The report's still of the first and last key frame, at least ``REPORT_STILL_WIDTH`` pixels wide
+    (the frame size's aspect), so that its labels and legend read at the page's width."""
     assert stab.trajectories is not None  # a measured Stability keeps the film's projection
+    w, h = opts.style.width, opts.style.height
+    if w < REPORT_STILL_WIDTH:
+        w, h = REPORT_STILL_WIDTH, max(64, round(REPORT_STILL_WIDTH * h / w / 2) * 2)
+    opts = replace(opts, style=replace(opts.style, width=w, height=h))
+    return keyframe_stills(stab.trajectories, opts.style, opts=opts, logs=logs).image
+
+
+def report_figures(stab: Stability, style: Style, still: np.ndarray | None = None) -> dict[str, Figure]:
+    """The report's figures; ``still``: its still (default: :func:`report_still` at ``style``'s size)."""
     figures = {
-        "stills": keyframe_stills(stab.trajectories, style).figure,
+        "stills": image_figure(still if still is not None else report_still(stab, FilmOptions(style=style))),
         "heatmap": heatmap_figure(stab),
         "settling": settling_figure(stab),
         "hot": hot_figure(stab),
@@ -310,15 +329,18 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
         raise OptionsError("lossless_film: it is linked under the film; give film=PATH (the shareable one)")
     size = (opts.style.width, opts.style.height)
     movie = film_for(film, out, film_link, size, lossless_film) if film is not None else None
-    stab = Study.open(folder, opts, progress).stability()
-    figures = report_figures(stab, opts.style)
+    study = Study.open(folder, opts, progress)
+    stab = study.stability()
+    still = report_still(stab, opts, study.logs() if opts.curves else None)
+    figures = report_figures(stab, opts.style, still)
     files: list[Path] = []
     if view is not None:
         assert stab.trajectories is not None  # a measured Stability keeps the film's projection
         files.append(write_viewer(stab.trajectories, view, opts, inputs=inputs).out)
     link = relative_link(view, out) if view is not None else None
-    if kind == "html":
-        text = _html(stab, folder, {n: _png(f) for n, f in figures.items()}, movie, shown, link)
+    if kind == "html":  # the still as drawn, pixel for pixel (not resampled through its figure)
+        text = _html(stab, folder, {n: png_bytes(still) if n == "stills" else _png(f) for n, f in figures.items()},
+                     movie, shown, link)
     else:
         try:
             for name, fig in figures.items():

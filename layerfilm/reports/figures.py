@@ -6,6 +6,7 @@
   hot_figure       histograms over time per block (value bins up, steps across, colour log(1 + count))
   norm_figure      the norm of every tensor of every block over training
   stills_figure    rendered frames side by side
+  image_figure     one rendered picture (a still) at its own size
   activation_hot_figure        activation histograms over time per block (symmetric log value axis)
   activation_norm_figure       mean token norm against depth at every step; growth per block over training
   activation_near_zero_figure  fraction of activations near zero over training, per block
@@ -232,6 +233,18 @@ def stills_figure(frames: Sequence[np.ndarray] | np.ndarray, steps: Sequence[int
         ax.set_axis_off()
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def image_figure(image: np.ndarray) -> Figure:
+    """One picture (H, W, 3) filling the figure, sized so that a PNG at ``DPI`` has its own pixels."""
+    from matplotlib.figure import Figure
+
+    h, w, _ = image.shape
+    fig = Figure(figsize=(w / DPI, h / DPI))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(image, interpolation="nearest")
+    ax.set_axis_off()
     return fig
 
 

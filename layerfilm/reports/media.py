@@ -26,11 +26,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Stills:
-    """Key frames chosen by step (layerfilm.stills): the film's frames and the figure of them side by side."""
+    """Key frames chosen by step (layerfilm.stills): the still that shows them (one picture, each block's
+    panels at those steps side by side) and its figure, and the film's own frames at those steps."""
 
     steps: list[int]  # (K,)
     frames: np.ndarray  # (K, H, W, 3) uint8, the film's frames at those steps
-    figure: Figure  # the frames side by side
+    figure: Figure  # the still, at its own size in pixels (layerfilm.reports.figures.image_figure)
+    image: np.ndarray  # (H, W, 3) uint8, the still (layerfilm.film.still_frame)
 
 
 FILM_TYPES = {".webm": "video/webm", ".mp4": "video/mp4", ".gif": "image/gif"}
@@ -40,7 +42,7 @@ EMBED_MAX_BYTES = 8_000_000  # an HTML report embeds a film up to this size (8 M
 CONTROLS_PX = 72  # room below the picture for the browser's video controls (they overlay the element's bottom)
 
 # A frame for the report: an (H, W, 3) or (H, W) uint8 array, (K, H, W, 3) frames shown side by
-# side, an image file (.png, .jpg, .gif, .webp, .svg), or the Stills of layerfilm.stills.
+# side, an image file (.png, .jpg, .gif, .webp, .svg), or the Stills of layerfilm.stills (its still).
 FrameSource = Union[np.ndarray, str, Path, "Stills"]
 
 
@@ -160,7 +162,7 @@ def pictures(frames: Mapping[str, FrameSource] | None) -> dict[str, Picture]:
         if not isinstance(title, str) or not title.strip():
             raise OptionsError(f"frames: each title must be a non-empty string, not {title!r}")
         if isinstance(source, Stills):
-            source = source.frames
+            source = source.image
         if isinstance(source, (str, Path)):
             path = Path(source)
             mime = IMAGE_TYPES.get(path.suffix.lower())
