@@ -212,6 +212,8 @@ KEYFRAMES = Option("keyframes", None, "key frames to show, by step (default: the
                    flag="--steps", metavar="S1,S2,...", group=OUT)
 FILM = Option("film", None, "a film to show: .html embeds one of at most 8 MB and links a larger one; .md links it",
               kind=PATH, metavar="FILE", group=OUT)
+NAMES = Option("names", None, "the runs' names in order, base first (default: the folders' names)", (list, tuple),
+               parse=lambda text: text.split(","), metavar="A,B,...", group=OUT)
 FILM_LINK = Option("film_link", False, "link the --film (keep it beside the report) instead of embedding it", bool,
                    group=OUT)
 LIVE_OPTIONS = (
@@ -238,7 +240,8 @@ def _of(*names: str | Option) -> tuple[Option, ...]:
 
 
 COMMANDS: dict[str, tuple[Option, ...]] = {
-    "render": _of(*_FILM),
+    "render": _of(NAMES, *_FILM),
+    "compare": _of(JSON_FLAG, NAMES, *_SELECT, *_SOURCE, "param", "points", "seed", "blocks", "layout", *_ACT, *_RUN),
     "watch": _of(*LIVE_OPTIONS, *_FILM),
     "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
     "stability": _of(JSON_FLAG, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
@@ -262,7 +265,8 @@ def values(command: str, given: dict[str, Any]) -> dict[str, Any]:
 
 def options(command: str, given: dict[str, Any]):
     """The library's option objects for ``command`` from option values by name (``given``: the API's
-    or the callbacks' keywords, or the parsed command line): (FilmOptions, LiveOptions or None)."""
+    or the callbacks' keywords, or the parsed command line): (FilmOptions, LiveOptions or None); for
+    compare, the second is a function giving the ActivationSpec (layerfilm.compare's ``probe``)."""
     from layerfilm.draw.raster import Style
     from layerfilm.film_options import FilmOptions
     from layerfilm.points.weights import WeightSpec
@@ -271,23 +275,26 @@ def options(command: str, given: dict[str, Any]):
 
     v = values(command, given)
     g = v.get
-    activations = None
-    if g("features") == "activations":
+    def probe():  # the activations' options (imports torch)
         from layerfilm.points.activations import ActivationSpec
 
+        return ActivationSpec(model=v["model"], probe=v["probe"], points=v["points"], seed=v["seed"],
+                              seq_len=v["seq_len"], batch_size=v["batch_size"], device=v["device"],
+                              devices=v["devices"] or (), dtype=v["dtype"], near_zero=v["near_zero"],
+                              blocks_regex=v["blocks"])
+
+    activations = None
+    if g("features") == "activations":
         if command in ("render", "watch") and (v["param"] is not None or v["layout"] != "auto"):
             name = "param" if v["param"] is not None else "layout"
             raise OptionsError(f"{name}={v[name]}: chooses weights; it does nothing with features=activations")
-        activations = ActivationSpec(model=v["model"], probe=v["probe"], points=v["points"], seed=v["seed"],
-                                     seq_len=v["seq_len"], batch_size=v["batch_size"], device=v["device"],
-                                     devices=v["devices"] or (), dtype=v["dtype"], near_zero=v["near_zero"],
-                                     blocks_regex=v["blocks"])
+        activations = probe()
     width, height = g("size", OPTIONS["size"].default)
     film = FilmOptions(
         weights=WeightSpec(param=v["param"], points=v["points"], seed=v["seed"], blocks_regex=v["blocks"],
                            layout=v["layout"]),
         activations=activations,
-        projection=v["projection"],
+        projection=g("projection", "pca"),
         fit=g("fit", "all"),
         umap=UmapOptions(neighbors=g("umap_neighbors", 15), min_dist=g("umap_min_dist", 0.1),
                          alignment=g("umap_alignment", 0.01), stride=g("umap_stride", 0), jobs=v["jobs"], seed=v["seed"]),
@@ -312,6 +319,8 @@ def options(command: str, given: dict[str, Any]):
         film_layout=g("film_layout", "fit"),
     )
     live = None
+    if command == "compare":  # runs without the base's initialisation are compared by their activations
+        live = probe
     if command == "watch":
         from layerfilm.live.film import LiveOptions
 

@@ -18,7 +18,8 @@ import matplotlib.ft2font  # noqa: F401
 
 from layerfilm.cli.flags import add_options, command_options, value
 from layerfilm.config import to_flags
-from layerfilm.errors import LayerfilmError
+from layerfilm.compare import compare, render_runs
+from layerfilm.errors import LayerfilmError, OptionsError
 from layerfilm.film import render
 from layerfilm.io.scan import Checkpoint, no_usable, scan
 from layerfilm.parallel.engines import session
@@ -101,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("render", help="render a film from a folder of checkpoints", description=RENDER_HELP + "\n" + REMOTE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("folder", help=FOLDER_HELP)
+    r.add_argument("folder", nargs="+", help=FOLDER_HELP + "; several: one film comparing them, the first the base "
+                   "(see `layerfilm compare --help`)")
     r.add_argument("--out", required=True, help="output: film.webm | film.gif | film.mp4 | frames/ (PNG folder)")
     add_options(r, "render")
     s = sub.add_parser("scan", help="list the checkpoints a render would use, and what is wrong with the others",
@@ -116,7 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_render(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     opts, _ = command_options(args)
-    res = render(args.folder, args.out, opts, export=value(args, "export_points"), progress=not value(args, "quiet"))
+    several = len(args.folder) > 1
+    for name in ("names", "export_points"):
+        if value(args, name) is not None and several == (name == "export_points"):
+            raise OptionsError(f"{name}={value(args, name)}: for {'one run' if several else 'several runs'} only")
+    if several:
+        res = render_runs(args.folder, args.out, opts, value(args, "names"), progress=not value(args, "quiet"))
+    else:
+        res = render(args.folder[0], args.out, opts, export=value(args, "export_points"),
+                     progress=not value(args, "quiet"))
     if value(args, "stats"):
         print(stats_table(res.trajectories))
     picked = f"; {to_flags(res.preset)}" if res.preset else ""
@@ -227,7 +237,29 @@ def _study_parser(sub, name: str, help: str, description: str, out: str | None =
     return p
 
 
+COMPARE_HELP = """\
+Compare runs with a base run, block by block: which blocks differ most (e.g. a run at 10x the learning
+rate, another initialisation, another seed). Only the steps every run saved are compared.
+
+Runs whose first checkpoint equals the base's (the tracked rows, bit for bit) share its initialisation
+and are compared neuron by neuron: per block and step, ||W_run - W_base||_F / ||W_base||_F over every
+matrix of the block. Runs that do not (and every run with --features activations) have no neuron
+correspondence; they are compared by representation: 1 - linear CKA between the block outputs of the
+two runs on the same probe tokens (the model is built as for `layerfilm render --features activations`).
+
+The table ranks the blocks by their largest divergence at the last common step. --json prints
+{"base", "runs", "shared_init": {run: bool}, "steps", "blocks": [{"block", "name", "divergence":
+{run: [one value per common step]}, "final": {run: value}}]} with the blocks in rank order (null: a
+checkpoint of that run could not be read; it is skipped in that run only).
+"""
+
+
 def _add_study_commands(sub) -> None:
+    c = sub.add_parser("compare", help="which blocks differ most between a base run and other runs (or --json)",
+                       description=COMPARE_HELP + "\n" + REMOTE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("folder", help="the base run: " + FOLDER_HELP)
+    c.add_argument("others", nargs="+", metavar="other", help="the runs compared with it (folders or URLs)")
+    add_options(c, "compare")
     _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP)
     _study_parser(sub, "stills", "the first and last key frames (or --steps) side by side", STILLS_HELP,
                   out="output figure: X.png | X.svg | X.pdf")
@@ -240,6 +272,14 @@ def cmd_stability(args: argparse.Namespace) -> int:
     stab = Study.open(args.folder, opts, progress=not value(args, "quiet")).stability()
     print(stab.to_json() if value(args, "json") else stab.table())
     _list_skipped(stab.skipped)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    opts, probe = command_options(args)
+    res = compare(args.folder, args.others, opts, value(args, "names"), probe, progress=not value(args, "quiet"))
+    print(res.to_json() if value(args, "json") else res.table())
+    _list_skipped(res.skipped)
     return 0
 
 
@@ -337,7 +377,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"render": cmd_render, "scan": cmd_scan, "stability": cmd_stability, "stills": cmd_stills, "report": cmd_report,
+COMMANDS = {"render": cmd_render, "compare": cmd_compare, "scan": cmd_scan, "stability": cmd_stability, "stills": cmd_stills, "report": cmd_report,
             "watch": cmd_watch}
 
 

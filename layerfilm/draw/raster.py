@@ -182,6 +182,7 @@ class Renderer:
             maps a frame's points into them, and ``extent`` must then be the unit box [-1, 1, -1, 1].
         passed_ticks: draw a key frame's tick on the timeline only from the frame that reaches it (a live
             film: a tick of a key frame to come would change every frame before it; layerfilm.draw.film_layout).
+        group: panels that sit side by side in one cell of the grid, e.g. a block's runs (layerfilm.compare).
 
     Each panel is a rectangle (``panels``, ``panel_bins``) with a strip at its top for its label, the
     overlay's bar at its bottom and a margin at its sides: points are drawn only in the area between
@@ -191,7 +192,8 @@ class Renderer:
     """
 
     def __init__(self, style: Style, labels: list[str], extent: np.ndarray, vmax: float | None = None,
-                 legend: Legend | None = None, zoom: np.ndarray | None = None, passed_ticks: bool = False) -> None:
+                 legend: Legend | None = None, zoom: np.ndarray | None = None, passed_ticks: bool = False,
+                 group: int = 1) -> None:
         self.style = style
         self.passed_ticks = passed_ticks
         self._ticks: list[tuple[float, int]] = []  # (place in the film, x) of each key frame's tick
@@ -208,7 +210,8 @@ class Renderer:
         self.timeline_h = max(4, self.legend_px // 2) if legend is not None else 0
         self.footer = self.timeline_h + len(self.rows) * self.row_h + self.legend_px // 2 if legend is not None else 0
         grid_h = H - self.header - self.footer
-        rows, cols = grid_shape(len(labels), W, grid_h)
+        rows, cols = grid_shape(-(-len(labels) // group), W // group, grid_h)  # cells of ``group`` panels
+        cols *= group
         pw, ph = W // cols, grid_h // rows
         self.cell = style.cell or max(1, round(min(pw, ph) / 110))  # about 110 bins across a panel
         c = self.cell
