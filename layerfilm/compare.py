@@ -281,7 +281,9 @@ def compare(base: str | Path, others: Sequence[str | Path], opts: FilmOptions = 
     by_cka = [r for r, n in enumerate(labels[1:]) if kind[n] == ACTIVATIONS]
     if by_cka:
         spec = opts.activations or (probe() if callable(probe) else probe) or _default_probe(opts)
-        act = [Study(s.series, replace(s.opts, activations=spec), progress) for s in studies]
+        keep = set(steps.tolist())  # the probe runs through the common steps only
+        act = [Study(replace(s.series, checkpoints=tuple(c for c in s.series.checkpoints if c.step in keep)),
+                     replace(s.opts, activations=spec), progress) for s in studies]
         div[by_cka] = _activations(act[0], [act[r + 1] for r in by_cka], steps, blocks)
         studies += act
     prefix = wp.layer_map.prefix
@@ -355,7 +357,7 @@ def render_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
                               traj.method, {}, subject)
         legend = None
         if opts.legend:
-            legend = Legend(tuple(_legend_parts(labels, shared, traj, subject, opts)),
+            legend = Legend(tuple(_legend_parts(labels, shared, [len(f.steps) for f in points], traj, subject, opts)),
                             tuple(film_timeline(traj.steps, opts).position(k, 0.0) for k in range(U)))
         renderer = Renderer(opts.style, [f"L{b} {n}" for b in traj.blocks for n in labels], extent, legend=legend,
                             group=R)
@@ -368,13 +370,17 @@ def render_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
     return FilmResult(Path(out), n, U, panels, tuple(skipped.values()), None, picked)
 
 
-def _legend_parts(labels: Sequence[str], shared: Sequence[bool], traj: Trajectories, subject, opts: FilmOptions) -> list[str]:
+def _legend_parts(labels: Sequence[str], shared: Sequence[bool], keys: Sequence[int], traj: Trajectories, subject,
+                  opts: FilmOptions) -> list[str]:
     """The film's words: which run is the base, which runs are compared neuron by neuron (same
-    initialisation: the same tracked neurons) and which only by the clouds' distribution."""
+    initialisation: the same tracked neurons) and which only by the clouds' distribution, and the runs
+    that saved at fewer of the clock's steps (``keys``: each run's key frames)."""
     parts = [f"base run: {labels[0]}"]
     for n, same in zip(labels[1:], shared[1:]):
         parts.append(f"{n}: same initialisation, the same neurons as {labels[0]}" if same else
                      f"{n}: another initialisation; its neurons do not correspond to {labels[0]}'s (compare the clouds)")
+    U = len(traj.steps)
+    parts += [f"{n}: key frames at {k} of the {U} steps, held between" for n, k in zip(labels, keys) if k < U]
     parts += subject_text(subject, traj.method, traj.stats)
     parts.append("one basis and one set of axes per block, fitted on all runs together")
     parts.append("one clock by step: a run holds its last key frame until its next")
