@@ -17,8 +17,8 @@ from contextlib import contextmanager
 import matplotlib.ft2font  # noqa: F401
 
 from layerfilm.cli.flags import add_options, command_options, value
-from layerfilm.config import to_flags
 from layerfilm.compare import compare, render_runs
+from layerfilm.config import to_flags
 from layerfilm.errors import LayerfilmError, OptionsError
 from layerfilm.film import render
 from layerfilm.io.scan import Checkpoint, no_usable, scan
@@ -377,7 +377,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"render": cmd_render, "compare": cmd_compare, "scan": cmd_scan, "stability": cmd_stability, "stills": cmd_stills, "report": cmd_report,
+COMMANDS = {"render": cmd_render, "compare": cmd_compare, "scan": cmd_scan,
+            "stability": cmd_stability, "stills": cmd_stills, "report": cmd_report,
             "watch": cmd_watch}
 
 
