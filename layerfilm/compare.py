@@ -155,7 +155,7 @@ def open_runs(folders: Sequence[str | Path], opts: FilmOptions, progress: bool =
     return studies
 
 
-def first_rows(study: Study) -> tuple[int, np.ndarray] | None:
+def first_rows(study: Study) -> tuple[int | None, np.ndarray] | None:
     """(step, tracked rows) of the run's first readable checkpoint."""
     for ckpt in study.series.checkpoints:
         rows = study.rows(ckpt)
@@ -242,7 +242,7 @@ def _activations(base: Study, runs: list[Study], steps: np.ndarray, blocks: np.n
 
 def common_steps(studies: Sequence[Study]) -> np.ndarray:
     """(S,) the steps every run saved (scanned), sorted; refused when there are none."""
-    sets = [{c.step for c in s.series.checkpoints} for s in studies]
+    sets = [{int(c.step or 0) for c in s.series.checkpoints} for s in studies]  # a scanned checkpoint has a step
     steps = np.array(sorted(set.intersection(*sets)), np.int64)
     if not len(steps):
         raise ScanError("the runs share no step: " + "; ".join(

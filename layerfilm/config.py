@@ -318,7 +318,7 @@ def options(command: str, given: dict[str, Any]):
         storage_options=v["storage_options"],
         film_layout=g("film_layout", "fit"),
     )
-    live = None
+    live: Any = None
     if command == "compare":  # runs without the base's initialisation are compared by their activations
         live = probe
     if command == "watch":
