@@ -38,7 +38,7 @@ from layerfilm.parallel.engines import session
 from layerfilm.points import ArrayStore, Features
 from layerfilm.points.weights import WeightPlan
 from layerfilm.projection import Trajectories, project
-from layerfilm.stability import linear_cka
+from layerfilm.stability import Stability, linear_cka
 from layerfilm.study import Study, weights_subject
 from layerfilm.text import show, text_table
 from layerfilm.video.encode import check_output
@@ -386,3 +386,42 @@ def _legend_parts(labels: Sequence[str], shared: Sequence[bool], keys: Sequence[
     parts.append("one clock by step: a run holds its last key frame until its next")
     parts.append(time_text(opts.time, opts.seconds_per_keyframe))
     return parts
+
+
+# ------------------------------------------------------------------------------------------ settling side by side
+
+
+def settling(folders: Sequence[str | Path], opts: FilmOptions = FilmOptions(), names: Sequence[str] | str | None = None,
+             progress: bool = True) -> dict[str, Stability]:
+    """Each run's :class:`layerfilm.stability.Stability` (its own Study, cache and skips), by run name:
+    which blocks settle in which run, side by side (``layerfilm stability A B ...``)."""
+    labels = run_names(folders, names)
+    return {n: Study.open(f, opts, progress).stability() for n, f in zip(labels, folders)}
+
+
+def settling_table(runs: dict[str, Stability]) -> str:
+    """A row per block, per run the step it settles at ("never") and its distance to the final
+    checkpoint at the last-but-one key frame (relative to the first): settling per run side by side."""
+    first = next(iter(runs.values()))
+    head = ["block", *(f"{n}: settles at" for n in runs), *(f"{n}: distance near end" for n in runs)]
+    rows = []
+    for l, b in enumerate(first.blocks):
+        settle = [st.settle_steps[l] if l < len(st.blocks) else None for st in runs.values()]
+        near = [_near_end(st, l) for st in runs.values()]
+        rows.append([f"L{b}", *("never" if s is None else f"{s:,}" for s in settle), *(_text(v) for v in near)])
+    th = first.settle_threshold
+    return text_table(head, rows, left=[0]) + (f"\n(settled: distance to the final checkpoint stays below {th:g} of its "
+                                              "value at the first key frame; distance near end: at the last-but-one "
+                                              "key frame, relative to the first; each run against its own final checkpoint)")
+
+
+def _near_end(st: Stability, l: int) -> float:
+    if l >= len(st.blocks):
+        return math.nan
+    d = st.distance_to_final[:, l]
+    return float(d[max(len(d) - 2, 0)] / d[0]) if d[0] > 0 else math.nan
+
+
+def settling_json(runs: dict[str, Stability]) -> str:
+    """{"runs": [NAME, ...], "stability": {NAME: [each block's object, as `stability --json` gives it]}}."""
+    return json.dumps({"runs": list(runs), "stability": {n: st.records() for n, st in runs.items()}}, indent=1)

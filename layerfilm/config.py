@@ -244,7 +244,7 @@ COMMANDS: dict[str, tuple[Option, ...]] = {
     "compare": _of(JSON_FLAG, NAMES, *_SELECT, *_SOURCE, "param", "points", "seed", "blocks", "layout", *_ACT, *_RUN),
     "watch": _of(*LIVE_OPTIONS, *_FILM),
     "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
-    "stability": _of(JSON_FLAG, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
+    "stability": _of(JSON_FLAG, NAMES, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
     "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", *_RUN),
     "report": _of(FILM, FILM_LINK, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, "size", "cmap", *_RUN),
 }

@@ -155,3 +155,16 @@ def test_film_of_two_runs_shares_a_basis_and_holds_key_frames(tiny_run, seed_run
     np.testing.assert_array_equal(traj.xy[1, 1::2], traj.xy[0, 1::2])  # seed1 holds step 0 at step 10
     assert not np.array_equal(traj.xy[1, 0::2], traj.xy[0, 0::2])  # the base moves
     assert len(list((tmp_path / "frames").glob("*.png"))) == 3
+
+
+def test_stability_of_several_runs_is_each_runs_own(run_cli, tiny_run, high_lr_run):
+    code, out, err = run_cli("stability", tiny_run, high_lr_run, "--json", "--names", "base,high", "--points", "16",
+                             "--quiet")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["runs"] == ["base", "high"]
+    code, alone, err = run_cli("stability", high_lr_run, "--json", "--points", "16", "--quiet")
+    assert code == 0, err
+    assert got["stability"]["high"] == json.loads(alone)
+    code, table, _ = run_cli("stability", tiny_run, high_lr_run, "--points", "16", "--quiet")
+    assert table.splitlines()[0].split()[:5] == ["block", "base:", "settles", "at", f"{high_lr_run.name}:"]

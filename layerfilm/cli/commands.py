@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import matplotlib.ft2font  # noqa: F401
 
 from layerfilm.cli.flags import add_options, command_options, value
-from layerfilm.compare import compare, render_runs
+from layerfilm.compare import compare, render_runs, settling, settling_json, settling_table
 from layerfilm.config import to_flags
 from layerfilm.errors import LayerfilmError, OptionsError
 from layerfilm.film import render
@@ -189,6 +189,9 @@ a block that only gets there at the end never settles. The table is ranked by se
 settle_threshold, steps, relative_update, distance_to_final, norm, param_norm {tensor: series},
 cka_to_final, motion (null where undefined, e.g. the first key frame's update).
 
+Several folders (--names a,b,...): each run's settling side by side, a row per block; --json prints
+{"runs": [NAME, ...], "stability": {NAME: [that run's list, as above]}}.
+
 With --features activations (see `layerfilm render --help` for --model and --probe), the probe batch is
 also run through every checkpoint, and the statistics of each block's output on all probe tokens come
 alongside, per step: the mean token norm, mean, std, fraction near zero (|a| < --near-zero), and the
@@ -227,10 +230,12 @@ near zero over training.
 """
 
 
-def _study_parser(sub, name: str, help: str, description: str, out: str | None = None) -> argparse.ArgumentParser:
+def _study_parser(sub, name: str, help: str, description: str, out: str | None = None,
+                  several: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=description + "\n" + REMOTE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", help=FOLDER_HELP)
+    p.add_argument("folder", nargs="+" if several else None,
+                   help=FOLDER_HELP + ("; several: each run's settling side by side" if several else ""))
     if out:
         p.add_argument("--out", required=True, help=out)
     add_options(p, name)
@@ -260,7 +265,7 @@ def _add_study_commands(sub) -> None:
     c.add_argument("folder", help="the base run: " + FOLDER_HELP)
     c.add_argument("others", nargs="+", metavar="other", help="the runs compared with it (folders or URLs)")
     add_options(c, "compare")
-    _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP)
+    _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP, several=True)
     _study_parser(sub, "stills", "the first and last key frames (or --steps) side by side", STILLS_HELP,
                   out="output figure: X.png | X.svg | X.pdf")
     _study_parser(sub, "report", "HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", REPORT_HELP,
@@ -269,7 +274,14 @@ def _add_study_commands(sub) -> None:
 
 def cmd_stability(args: argparse.Namespace) -> int:
     opts, _ = command_options(args)
-    stab = Study.open(args.folder, opts, progress=not value(args, "quiet")).stability()
+    if len(args.folder) > 1:
+        runs = settling(args.folder, opts, value(args, "names"), progress=not value(args, "quiet"))
+        print(settling_json(runs) if value(args, "json") else settling_table(runs))
+        _list_skipped(tuple(c for st in runs.values() for c in st.skipped))
+        return 0
+    if value(args, "names") is not None:
+        raise OptionsError(f"names={value(args, 'names')}: for several runs only")
+    stab = Study.open(args.folder[0], opts, progress=not value(args, "quiet")).stability()
     print(stab.to_json() if value(args, "json") else stab.table())
     _list_skipped(stab.skipped)
     return 0
