@@ -172,7 +172,7 @@ def shared_init(base: Study, other: Study) -> bool:
 
 
 def _matrices(wp: WeightPlan) -> Callable:
-    """A reader of every matrix of every block (float64, checked finite): [block][name] -> array."""
+    """A reader of every matrix of every block (float32, checked finite): [block][name] -> array."""
     lm = wp.layer_map
 
     def read(reader, where) -> list[dict[str, np.ndarray]]:
@@ -182,7 +182,7 @@ def _matrices(wp: WeightPlan) -> Callable:
             block = {}
             for name in lm.names[b].values():
                 if name in keys and len(reader.shape(name)) >= 2:
-                    w = np.asarray(reader.get(name), np.float64)
+                    w = np.asarray(reader.get(name), np.float32)
                     check_finite(w, where, name, b)
                     block[name] = w
             out.append(block)
@@ -198,10 +198,15 @@ def weight_divergence(base: list[dict[str, np.ndarray]], run: list[dict[str, np.
     for l, (a, b) in enumerate(zip(base, run)):
         if set(a) != set(b) or any(a[k].shape != b[k].shape for k in a):
             continue
-        den = math.sqrt(sum(float(np.sum(a[k] ** 2)) for k in a))
-        num = math.sqrt(sum(float(np.sum((b[k] - a[k]) ** 2)) for k in a))
+        den = math.sqrt(sum(_sq(a[k]) for k in a))  # sums of squares in float64
+        num = math.sqrt(sum(_sq(b[k] - a[k]) for k in a))
         out[l] = num / den if den > 0 else np.nan
     return out
+
+
+def _sq(x: np.ndarray) -> float:
+    x = x.astype(np.float64, copy=False).ravel()
+    return float(x @ x)
 
 
 def _weights(base: Study, runs: list[Study], steps: np.ndarray) -> np.ndarray:

@@ -167,4 +167,4 @@ def test_stability_of_several_runs_is_each_runs_own(run_cli, tiny_run, high_lr_r
     assert code == 0, err
     assert got["stability"]["high"] == json.loads(alone)
     code, table, _ = run_cli("stability", tiny_run, high_lr_run, "--points", "16", "--quiet")
-    assert table.splitlines()[0].split()[:5] == ["block", "base:", "settles", "at", f"{high_lr_run.name}:"]
+    assert table.splitlines()[0].split()[:5] == ["block", f"{tiny_run.name}:", "settles", "at", f"{high_lr_run.name}:"]
