@@ -164,11 +164,12 @@ def first_rows(study: Study) -> tuple[int | None, np.ndarray] | None:
     return None
 
 
-def shared_init(base: Study, other: Study) -> bool:
-    """The two runs start from the same weights: equal first readable checkpoints (same step, equal
-    tracked rows, bit for bit)."""
-    a, b = first_rows(base), first_rows(other)
-    return a is not None and b is not None and a[0] == b[0] and np.array_equal(a[1], b[1])
+def shared_inits(studies: Sequence[Study]) -> list[bool]:
+    """For each run after the first (the base): it starts from the base's weights, i.e. their first
+    readable checkpoints are equal (same step, equal tracked rows, bit for bit)."""
+    a = first_rows(studies[0])
+    return [a is not None and b is not None and a[0] == b[0] and np.array_equal(a[1], b[1])
+            for b in map(first_rows, studies[1:])]
 
 
 def _matrices(wp: WeightPlan) -> Callable:
@@ -274,7 +275,7 @@ def compare(base: str | Path, others: Sequence[str | Path], opts: FilmOptions = 
     folders = [base, *others]
     labels = run_names(folders, names)
     studies = open_runs(folders, replace(opts, activations=None), progress)
-    shared = {n: shared_init(studies[0], s) for n, s in zip(labels[1:], studies[1:])}
+    shared = dict(zip(labels[1:], shared_inits(studies)))
     kind = {n: ACTIVATIONS if opts.activations is not None or not shared[n] else WEIGHTS for n in labels[1:]}
     steps = common_steps(studies)
     wp = studies[0].weight_plan()
@@ -348,7 +349,7 @@ def render_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
     check_output(Path(out), opts.encode, inputs)
     with session():
         studies = open_runs(folders, opts, progress)
-        shared = [True] + [shared_init(studies[0], s) for s in studies[1:]]
+        shared = [True, *shared_inits(studies)]
         points = [s.points() for s in studies]
         traj, idx = joint_trajectories(points, opts)
         R, (U, L, RN, _) = len(studies), traj.xy.shape
