@@ -6,6 +6,7 @@ classes and the one error base. Everything else is reached through its module (l
 layerfilm.points.act_stats, ...); the names earlier versions exported here still resolve, on first use.
 """
 
+from layerfilm.compare import compare, render_runs
 from layerfilm.draw.raster import Style
 from layerfilm.errors import LayerfilmError
 from layerfilm.film import render
@@ -19,7 +20,7 @@ from layerfilm.stability import StabilityOptions
 from layerfilm.study import Study, measure
 
 __all__ = ["ActivationSpec", "AlignedProjection", "FilmOptions", "LayerfilmError", "LiveOptions", "StabilityOptions",
-           "Study", "Style", "WeightSpec", "measure", "render", "report", "scan", "stills", "watch"]
+           "Study", "Style", "WeightSpec", "compare", "measure", "render", "render_runs", "report", "scan", "stills", "watch"]
 __version__ = "0.1.0"
 
 # names of earlier versions, and the rest of the library's types and figures: imported on first use

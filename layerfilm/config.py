@@ -222,6 +222,8 @@ LOSSLESS_FILM = Option("lossless_film", None, "the lossless film of a --film ren
                        "linked under it", kind=PATH, metavar="FILE", group=OUT)
 INTERACTIVE = Option("interactive", False, "also write the interactive film (REPORT_view.html, layerfilm view) and "
                      "link it", bool, group=OUT)
+NAMES = Option("names", None, "the runs' names in order, base first (default: the folders' names)", (list, tuple),
+               parse=lambda text: text.split(","), metavar="A,B,...", group=OUT)
 FILM_LINK = Option("film_link", False, "link the --film (keep it beside the report) instead of embedding it", bool,
                    group=OUT)
 LIVE_OPTIONS = (
@@ -248,10 +250,11 @@ def _of(*names: str | Option) -> tuple[Option, ...]:
 
 
 COMMANDS: dict[str, tuple[Option, ...]] = {
-    "render": _of(*_FILM),
+    "render": _of(NAMES, *_FILM),
+    "compare": _of(JSON_FLAG, NAMES, *_SELECT, *_SOURCE, "param", "points", "seed", "blocks", "layout", *_ACT, *_RUN),
     "watch": _of(*LIVE_OPTIONS, *(n for n in _FILM if n != "quality")),  # a live film stays lossless
     "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
-    "stability": _of(JSON_FLAG, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
+    "stability": _of(JSON_FLAG, NAMES, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
     "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", "curves", *_RUN),
     "view": _of(*_LOOK, *_TIME, *_RUN),
     "serve": _of(PORT, *_LOOK, *_TIME, *_RUN),
@@ -275,7 +278,8 @@ def values(command: str, given: dict[str, Any]) -> dict[str, Any]:
 
 def options(command: str, given: dict[str, Any]):
     """The library's option objects for ``command`` from option values by name (``given``: the API's
-    or the callbacks' keywords, or the parsed command line): (FilmOptions, LiveOptions or None)."""
+    or the callbacks' keywords, or the parsed command line): (FilmOptions, LiveOptions or None); for
+    compare, the second is a function giving the ActivationSpec (layerfilm.compare's ``probe``)."""
     from layerfilm.draw.raster import Style
     from layerfilm.film_options import FilmOptions
     from layerfilm.points.weights import WeightSpec
@@ -284,23 +288,26 @@ def options(command: str, given: dict[str, Any]):
 
     v = values(command, given)
     g = v.get
-    activations = None
-    if g("features") == "activations":
+    def probe():  # the activations' options (imports torch)
         from layerfilm.points.activations import ActivationSpec
 
+        return ActivationSpec(model=v["model"], probe=v["probe"], points=v["points"], seed=v["seed"],
+                              seq_len=v["seq_len"], batch_size=v["batch_size"], device=v["device"],
+                              devices=v["devices"] or (), dtype=v["dtype"], near_zero=v["near_zero"],
+                              blocks_regex=v["blocks"])
+
+    activations = None
+    if g("features") == "activations":
         if command in ("render", "watch") and (v["param"] is not None or v["layout"] != "auto"):
             name = "param" if v["param"] is not None else "layout"
             raise OptionsError(f"{name}={v[name]}: chooses weights; it does nothing with features=activations")
-        activations = ActivationSpec(model=v["model"], probe=v["probe"], points=v["points"], seed=v["seed"],
-                                     seq_len=v["seq_len"], batch_size=v["batch_size"], device=v["device"],
-                                     devices=v["devices"] or (), dtype=v["dtype"], near_zero=v["near_zero"],
-                                     blocks_regex=v["blocks"])
+        activations = probe()
     width, height = g("size", OPTIONS["size"].default)
     film = FilmOptions(
         weights=WeightSpec(param=v["param"], points=v["points"], seed=v["seed"], blocks_regex=v["blocks"],
                            layout=v["layout"]),
         activations=activations,
-        projection=v["projection"],
+        projection=g("projection", "pca"),
         fit=g("fit", "all"),
         umap=UmapOptions(neighbors=g("umap_neighbors", 15), min_dist=g("umap_min_dist", 0.1),
                          alignment=g("umap_alignment", 0.01), stride=g("umap_stride", 0), jobs=v["jobs"], seed=v["seed"]),
@@ -326,7 +333,9 @@ def options(command: str, given: dict[str, Any]):
         storage_options=v["storage_options"],
         film_layout=g("film_layout", "fit"),
     )
-    live = None
+    live: Any = None
+    if command == "compare":  # runs without the base's initialisation are compared by their activations
+        live = probe
     if command == "watch":
         from layerfilm.live.film import LiveOptions
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -239,6 +239,44 @@ class Study:
         if self._plan is None:
             self._plan = plan(self.series, self.opts.weights)
         return self._plan
+
+    def use_plan(self, wp: WeightPlan) -> None:
+        """Track the same matrix and neurons as another study's plan ``wp`` (runs compared with each other,
+        layerfilm.compare): refused unless this run's first checkpoint has the same blocks and shapes."""
+        own = plan(self.series, self.opts.weights)
+        if (own.tensor_names, own.shape, own.transpose) != (wp.tensor_names, wp.shape, wp.transpose):
+            raise OptionsError(f"{show(self.series.root)}: its blocks ({len(own.tensor_names)} x {own.component} "
+                               f"{own.shape}) differ from the base run's ({len(wp.tensor_names)} x {wp.component} "
+                               f"{wp.shape}); runs compared must share the architecture")
+        self._plan = wp
+        self._traj = self._measures = self._stability = None
+
+    def read(self, ckpt: Checkpoint, fn: Callable[[CheckpointReader, AnyPath], T]) -> T | None:
+        """``fn(reader, path)`` of the open checkpoint ``ckpt``, or None when it cannot be read (then it
+        is in ``skipped``, by the one rule, layerfilm.points.weights.skip)."""
+        got = read_checkpoint(ckpt, fn)
+        if isinstance(got, CheckpointError):
+            self.skipped.append(skip(ckpt, got, self.opts.strict))
+            return None
+        return got
+
+    def rows(self, ckpt: Checkpoint) -> np.ndarray | None:
+        """(L, N, D) float32: the tracked rows of ``ckpt`` (:func:`read_rows`), or None when unreadable."""
+        return self.read(ckpt, lambda reader, where: read_points(reader, self.weight_plan(), where))
+
+    @contextmanager
+    def outputs(self) -> Iterator[Features]:
+        """The raw block outputs on the probe batch (``opts.activations``) at every readable checkpoint:
+        Features whose store holds (L, N tokens, D) per key frame, on scratch disk for the ``with``."""
+        from layerfilm.points.activations import extract
+
+        if self.opts.activations is None:
+            raise OptionsError("features=weights: outputs() runs the probe batch; set features=activations")
+        with new_scratch("act") as work, one_blas_thread():
+            features = extract(self.series, self.opts.activations, Path(work), self.progress, self.opts.strict,
+                               engine=self.opts.engine, address=self.opts.address)
+            self.skipped.extend(features.skipped)
+            yield features
 
     # ---------------------------------------------------------------- a study that grows (live films)
 

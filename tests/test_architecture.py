@@ -101,7 +101,7 @@ def test_the_library_never_imports_the_command_line():
 
 def test_every_module_is_in_a_package_that_says_what_it_holds():
     top = {p.stem for p in (ROOT / "layerfilm").glob("*.py")}
-    assert top <= {"__init__", "__main__", "callbacks", "config", "errors", "film", "film_options", "options", "registry",
-                   "stability", "study", "text"}, top
+    assert top <= {"__init__", "__main__", "callbacks", "compare", "config", "errors", "film", "film_options", "options",
+                   "registry", "stability", "study", "text"}, top
     for init in (ROOT / "layerfilm").glob("*/__init__.py"):
         assert ast.get_docstring(ast.parse(init.read_text())), init

@@ -32,7 +32,7 @@ def test_keyframes_are_exact_interpolation_endpoints(tiny_run, tmp_path, run_cli
     assert len(list(out.glob("*.png"))) == (3 - 1) * 6 + 1
 
 
-@pytest.mark.parametrize("command", ["render", "scan", "stability", "stills", "report"])
+@pytest.mark.parametrize("command", ["render", "scan", "stability", "stills", "report", "compare"])
 def test_help_explains_options(run_cli, capsys, command):
     """Every option of every command is in its --help with a sentence of its own; the checkpoint
     options that every study command shares are there too."""

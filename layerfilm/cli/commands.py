@@ -17,8 +17,9 @@ from contextlib import contextmanager
 import matplotlib.ft2font  # noqa: F401
 
 from layerfilm.cli.flags import add_options, command_options, value
+from layerfilm.compare import compare, render_runs, settling, settling_json, settling_table
 from layerfilm.config import to_flags
-from layerfilm.errors import LayerfilmError
+from layerfilm.errors import LayerfilmError, OptionsError
 from layerfilm.film import render
 from layerfilm.io.scan import Checkpoint, no_usable, scan
 from layerfilm.parallel.engines import session
@@ -101,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("render", help="render a film from a folder of checkpoints", description=RENDER_HELP + "\n" + REMOTE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("folder", help=FOLDER_HELP)
+    r.add_argument("folder", nargs="+", help=FOLDER_HELP + "; several: one film comparing them, the first the base "
+                   "(see `layerfilm compare --help`)")
     r.add_argument("--out", required=True, help="output: film.webm | film.gif | film.mp4 | frames/ (PNG folder)")
     add_options(r, "render")
     s = sub.add_parser("scan", help="list the checkpoints a render would use, and what is wrong with the others",
@@ -116,7 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_render(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     opts, _ = command_options(args)
-    res = render(args.folder, args.out, opts, export=value(args, "export_points"), progress=not value(args, "quiet"))
+    several = len(args.folder) > 1
+    for name in ("names", "export_points"):
+        if value(args, name) is not None and several == (name == "export_points"):
+            raise OptionsError(f"{name}={value(args, name)}: for {'one run' if several else 'several runs'} only")
+    if several:
+        res = render_runs(args.folder, args.out, opts, value(args, "names"), progress=not value(args, "quiet"))
+    else:
+        res = render(args.folder[0], args.out, opts, export=value(args, "export_points"),
+                     progress=not value(args, "quiet"))
     if value(args, "stats"):
         print(stats_table(res.trajectories))
     picked = f"; {to_flags(res.preset)}" if res.preset else ""
@@ -181,6 +191,9 @@ a block that only gets there at the end never settles. The table is ranked by se
 settle_threshold, steps, relative_update, distance_to_final, norm, param_norm {tensor: series},
 cka_to_final, motion (null where undefined, e.g. the first key frame's update).
 
+Several folders (--names a,b,...): each run's settling side by side, a row per block; --json prints
+{"runs": [NAME, ...], "stability": {NAME: [that run's list, as above]}}.
+
 With --features activations (see `layerfilm render --help` for --model and --probe), the probe batch is
 also run through every checkpoint, and the statistics of each block's output on all probe tokens come
 alongside, per step: the mean token norm, mean, std, fraction near zero (|a| < --near-zero), and the
@@ -235,18 +248,42 @@ Firefox 113, Safari 16.4).
 """
 
 
-def _study_parser(sub, name: str, help: str, description: str, out: str | None = None) -> argparse.ArgumentParser:
+def _study_parser(sub, name: str, help: str, description: str, out: str | None = None,
+                  several: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=description + "\n" + REMOTE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", help=FOLDER_HELP)
+    p.add_argument("folder", nargs="+" if several else None,
+                   help=FOLDER_HELP + ("; several: each run's settling side by side" if several else ""))
     if out:
         p.add_argument("--out", required=True, help=out)
     add_options(p, name)
     return p
 
 
+COMPARE_HELP = """\
+Compare runs with a base run, block by block: which blocks differ most (e.g. a run at 10x the learning
+rate, another initialisation, another seed). Only the steps every run saved are compared.
+
+Runs whose first checkpoint equals the base's (the tracked rows, bit for bit) share its initialisation
+and are compared neuron by neuron: per block and step, ||W_run - W_base||_F / ||W_base||_F over every
+matrix of the block. Runs that do not (and every run with --features activations) have no neuron
+correspondence; they are compared by representation: 1 - linear CKA between the block outputs of the
+two runs on the same probe tokens (the model is built as for `layerfilm render --features activations`).
+
+The table ranks the blocks by their largest divergence at the last common step. --json prints
+{"base", "runs", "shared_init": {run: bool}, "steps", "blocks": [{"block", "name", "divergence":
+{run: [one value per common step]}, "final": {run: value}}]} with the blocks in rank order (null: a
+checkpoint of that run could not be read; it is skipped in that run only).
+"""
+
+
 def _add_study_commands(sub) -> None:
-    _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP)
+    c = sub.add_parser("compare", help="which blocks differ most between a base run and other runs (or --json)",
+                       description=COMPARE_HELP + "\n" + REMOTE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("folder", help="the base run: " + FOLDER_HELP)
+    c.add_argument("others", nargs="+", metavar="other", help="the runs compared with it (folders or URLs)")
+    add_options(c, "compare")
+    _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP, several=True)
     _study_parser(sub, "stills", "the first and last key frames (or --steps) side by side", STILLS_HELP,
                   out="output figure: X.png | X.svg | X.pdf")
     _study_parser(sub, "view", "the interactive film: one HTML file that plays, zooms and names neurons", VIEW_HELP,
@@ -260,9 +297,24 @@ def _add_study_commands(sub) -> None:
 
 def cmd_stability(args: argparse.Namespace) -> int:
     opts, _ = command_options(args)
-    stab = Study.open(args.folder, opts, progress=not value(args, "quiet")).stability()
+    if len(args.folder) > 1:
+        runs = settling(args.folder, opts, value(args, "names"), progress=not value(args, "quiet"))
+        print(settling_json(runs) if value(args, "json") else settling_table(runs))
+        _list_skipped(tuple(c for st in runs.values() for c in st.skipped))
+        return 0
+    if value(args, "names") is not None:
+        raise OptionsError(f"names={value(args, 'names')}: for several runs only")
+    stab = Study.open(args.folder[0], opts, progress=not value(args, "quiet")).stability()
     print(stab.to_json() if value(args, "json") else stab.table())
     _list_skipped(stab.skipped)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    opts, probe = command_options(args)
+    res = compare(args.folder, args.others, opts, value(args, "names"), probe, progress=not value(args, "quiet"))
+    print(res.to_json() if value(args, "json") else res.table())
+    _list_skipped(res.skipped)
     return 0
 
 
@@ -392,8 +444,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"render": cmd_render, "scan": cmd_scan, "stability": cmd_stability, "stills": cmd_stills, "report": cmd_report,
-            "watch": cmd_watch, "view": cmd_view, "serve": cmd_serve}
+COMMANDS = {"render": cmd_render, "compare": cmd_compare, "scan": cmd_scan, "stability": cmd_stability,
+            "stills": cmd_stills, "report": cmd_report, "watch": cmd_watch, "view": cmd_view, "serve": cmd_serve}
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:

@@ -186,7 +186,8 @@ class Renderer:
             maps a frame's points into them, and ``extent`` must then be the unit box [-1, 1, -1, 1].
         passed_ticks: draw a key frame's tick on the timeline only from the frame that reaches it (a live
             film: a tick of a key frame to come would change every frame before it; layerfilm.draw.film_layout).
-        group: panels come in groups of this many side by side (a still's before and after of one block).
+        group: panels that sit side by side in one cell of the grid: a still's before and after of one block, or
+            a block's runs (layerfilm.compare).
         strip: the loss and learning-rate curves drawn under the timeline (layerfilm.draw.curves), or None.
 
     Each panel is a rectangle (``panels``, ``panel_bins``) with a strip at its top for its label, the

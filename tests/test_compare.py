@@ -1,0 +1,170 @@
+"""layerfilm.compare: runs against a base run, on real training runs (tiny_run is the base)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layerfilm import compare, render_runs
+from layerfilm.errors import OptionsError
+from layerfilm.film_options import FilmOptions
+from layerfilm.points.weights import WeightSpec
+
+MODEL = str(Path(__file__).resolve().parents[1] / "examples" / "make_checkpoints.py") + ":make_model"
+OPTS = FilmOptions(weights=WeightSpec(points=32), cache=False, fps=1.0)
+HOT = 2  # the block trained "at 10x" in `hot_block_run`
+
+
+def _train(example, tmp_path_factory, name: str, **kw) -> Path:
+    """Like tiny_run (same model, batches and seed unless ``kw`` says otherwise), 20 steps."""
+    out = tmp_path_factory.mktemp(name)
+    cfg = example.Config(n_layer=4, d_model=32, n_head=2, context=32)
+    example.train(out, **{"steps": 20, "every": 10, "cfg": cfg, "batch": 16, "log": False, **kw})
+    return out
+
+
+@pytest.fixture(scope="session")
+def high_lr_run(example, tmp_path_factory) -> Path:
+    """tiny_run's initialisation, 20 steps at 10x its learning rate: steps 0, 10, 20."""
+    return _train(example, tmp_path_factory, "high_lr", lr=3e-2)
+
+
+@pytest.fixture(scope="session")
+def same_lr_run(example, tmp_path_factory) -> Path:
+    """tiny_run's initialisation and learning rate, a 20-step schedule: steps 0, 10, 20."""
+    return _train(example, tmp_path_factory, "same_lr")
+
+
+@pytest.fixture(scope="session")
+def seed_run(example, tmp_path_factory) -> Path:
+    """Another seed (another initialisation), saved every 20 steps: 0, 20."""
+    return _train(example, tmp_path_factory, "seed1", seed=1, every=20)
+
+
+@pytest.fixture(scope="session")
+def hot_block_run(tiny_run, tmp_path_factory) -> Path:
+    """tiny_run's steps 0..30 with block HOT moved 10x as far from its initialisation (W0 + 10 (W_t - W0)):
+    by construction the block that differs most from tiny_run."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("hot_block")
+    first = load_file(str(tiny_run / "step_000000.safetensors"))
+    for step in range(0, 31, 10):
+        name = f"step_{step:06d}.safetensors"
+        state = load_file(str(tiny_run / name))
+        state.update({k: first[k] + 10 * (v - first[k]) for k, v in state.items() if k.startswith(f"transformer.h.{HOT}.")})
+        save_file(state, str(out / name))
+    return out
+
+
+def test_a_run_against_itself_shares_the_initialisation_and_does_not_diverge(tiny_run):
+    c = compare(tiny_run, [tiny_run], OPTS, names="a,b", progress=False)
+    assert c.shared_init == {"b": True} and c.kind == {"b": "weights"}
+    assert list(c.steps) == list(range(0, 61, 10))
+    assert np.all(c.divergence == 0)
+
+
+def test_the_high_learning_rate_run_diverges_more(tiny_run, high_lr_run, same_lr_run):
+    c = compare(tiny_run, [high_lr_run, same_lr_run], OPTS, names="base,high,same", progress=False)
+    assert c.shared_init == {"high": True, "same": True}
+    assert list(c.steps) == [0, 10, 20]
+    assert np.all(c.divergence[:, 0] == 0)  # the same weights at step 0
+    final = c.final()
+    assert np.all(final[1] > 0)
+    assert np.all(final[0] > 2 * final[1]), final  # every block of the 10x run is further from the base
+
+
+def test_the_block_trained_harder_ranks_first(tiny_run, hot_block_run):
+    c = compare(tiny_run, [hot_block_run], OPTS, progress=False)
+    assert c.blocks[c.order()[0]] == HOT
+    ranked = json.loads(c.to_json())["blocks"]
+    assert ranked[0]["block"] == HOT and ranked[0]["name"] == f"transformer.h.{HOT}"
+    untouched = [b["final"][hot_block_run.name] for b in ranked[1:]]
+    assert untouched == [0.0] * 3  # the other blocks are tiny_run's own
+
+
+def test_another_seed_is_compared_by_cka_not_neuron_by_neuron(tiny_run, high_lr_run, seed_run):
+    opts = FilmOptions(weights=WeightSpec(points=32), cache=False)
+    c = compare(tiny_run, [high_lr_run, seed_run], opts, names="base,high,seed1", progress=False,
+                probe=lambda: __import__("layerfilm.points.activations", fromlist=["x"]).ActivationSpec(
+                    model=MODEL, points=32, seq_len=16, batch_size=2))
+    assert c.shared_init == {"high": True, "seed1": False}
+    assert c.kind == {"high": "weights", "seed1": "activations"}
+    assert list(c.steps) == [0, 20]  # the steps all three saved (seed1: every 20)
+    cka = c.divergence[1]
+    assert np.all((cka > 0) & (cka <= 1)), cka  # 1 - CKA of different networks' outputs
+    table = c.table()
+    assert "seed1: another initialisation (neurons do not correspond): by representation, 1 - linear CKA" in table
+    assert "high: same initialisation: neuron by neuron" in table
+
+
+def test_json_has_the_issue_schema(run_cli, tiny_run, high_lr_run):
+    code, out, err = run_cli("compare", tiny_run, high_lr_run, "--json", "--points", "16", "--quiet", "--no-cache",
+                             "--names", "base,high")
+    assert code == 0, err
+    got = json.loads(out)
+    assert list(got) == ["base", "runs", "shared_init", "steps", "blocks"]
+    assert got["base"] == "base" and got["runs"] == ["high"] and got["shared_init"] == {"high": True}
+    assert got["steps"] == [0, 10, 20]
+    assert sorted(b["block"] for b in got["blocks"]) == [0, 1, 2, 3]
+    for b in got["blocks"]:
+        assert list(b) == ["block", "name", "divergence", "final"]
+        assert len(b["divergence"]["high"]) == 3 and b["final"]["high"] == b["divergence"]["high"][-1]
+    finals = [b["final"]["high"] for b in got["blocks"]]
+    assert finals == sorted(finals, reverse=True)  # ranked: the block that differs most first
+
+
+def test_a_broken_checkpoint_is_skipped_in_its_run_only(run_cli, tiny_run, high_lr_run, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(high_lr_run, broken)
+    path = broken / "step_000010.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:] = b"\xff" * (len(data) - len(data) // 2)  # NaN-like garbage in the tensors
+    path.write_bytes(bytes(data))
+    code, out, err = run_cli("compare", tiny_run, broken, "--json", "--points", "16", "--quiet", "--no-cache")
+    assert code == 0, err
+    got = json.loads(out)
+    assert "step_000010.safetensors" in err and "skipped" in err
+    steps = got["steps"]
+    for b in got["blocks"]:
+        values = b["divergence"]["broken"]
+        if 10 in steps:  # found when read: null in that run
+            assert values[steps.index(10)] is None
+        assert values[steps.index(20)] is not None and b["final"]["broken"] == values[-1]
+
+
+def test_bad_names_are_one_line(run_cli, tiny_run):
+    code, out, err = run_cli("compare", tiny_run, tiny_run, "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "--names" in err
+    with pytest.raises(OptionsError, match=r"names=a: 1 name\(s\) for 2 runs"):
+        compare(tiny_run, [tiny_run], OPTS, names=["a"], progress=False)
+
+
+def test_film_of_two_runs_shares_a_basis_and_holds_key_frames(tiny_run, seed_run, tmp_path):
+    opts = replace(OPTS, steps=(0, 20))
+    res = render_runs([tiny_run, seed_run], tmp_path / "frames", opts, names="base,seed1", progress=False)
+    traj = res.trajectories
+    assert list(traj.steps) == [0, 10, 20] and res.frames == 3
+    assert traj.xy.shape[1] == 8  # 4 blocks x 2 runs, a block's runs side by side
+    assert list(traj.blocks) == [0, 0, 1, 1, 2, 2, 3, 3]
+    np.testing.assert_array_equal(traj.xy[1, 1::2], traj.xy[0, 1::2])  # seed1 holds step 0 at step 10
+    assert not np.array_equal(traj.xy[1, 0::2], traj.xy[0, 0::2])  # the base moves
+    assert len(list((tmp_path / "frames").glob("*.png"))) == 3
+
+
+def test_stability_of_several_runs_is_each_runs_own(run_cli, tiny_run, high_lr_run):
+    code, out, err = run_cli("stability", tiny_run, high_lr_run, "--json", "--names", "base,high", "--points", "16",
+                             "--quiet")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["runs"] == ["base", "high"]
+    code, alone, err = run_cli("stability", high_lr_run, "--json", "--points", "16", "--quiet")
+    assert code == 0, err
+    assert got["stability"]["high"] == json.loads(alone)
+    code, table, _ = run_cli("stability", tiny_run, high_lr_run, "--points", "16", "--quiet")
+    assert table.splitlines()[0].split()[:5] == ["block", f"{tiny_run.name}:", "settles", "at", f"{high_lr_run.name}:"]
