@@ -170,8 +170,8 @@ _O = [
     Option("seconds_per_keyframe", 1.0, "seconds between key frames with --time keys (auto: when evenly spaced)", float,
            metavar="S",
            group=TIME),
-    Option("time", "auto", "where key frames fall: keys (evenly), steps (film time proportional to the step), "
-           "log-steps, or auto: keys if the checkpoints are evenly spaced, else steps",
+    Option("time", "auto", "key frames evenly (keys), by step or log-step; auto: keys if evenly spaced, "
+           "else steps",
            choices=("auto", "keys", "steps", "log-steps"), group=TIME),
     # look and encoding
     Option("size", (1280, 720), "frame size in pixels, even numbers", tuple, parse=_size, metavar="WxH", check=_size_check,
