@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from layerfilm.draw.film_layout import live_extent, live_scale, live_timeline, live_top
 from layerfilm.draw.legend import Legend, scale_top, subject_text, time_text, zoom_text, zooms
-from layerfilm.draw.overlay import Overlay, bar_text, updates
+from layerfilm.draw.overlay import Overlay, bar_text, marks_text, updates
 from layerfilm.draw.raster import Renderer, Style
 from layerfilm.draw.timeline import MAX_FRAMES, Timeline, resolve_time, skips
 from layerfilm.errors import OptionsError, ScanError
@@ -108,8 +108,8 @@ def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarr
     if zoom is not None:  # a live layout's words may not depend on later key frames
         parts.append(zoom_text(zoom) if opts.film_layout == "fit" else "axes zoom to each key frame's spread")
     if bar and "point_update" in traj.stats:
-        parts.append(bar_text(traj.stats["point_update"], bar_top(traj, opts),
-                              opts.settle_threshold if opts.film_layout == "fit" else None))
+        parts.append(bar_text(traj.stats["point_update"], bar_top(traj, opts)))
+        parts += marks_text(opts.settle_threshold) if opts.film_layout == "fit" else []
     tl = film_timeline(traj.steps, opts)
     gaps = skips(traj.steps)
     parts.append(time_text(resolve_time(opts.time, traj.steps), opts.seconds_per_keyframe, opts.time == "auto", len(gaps)))

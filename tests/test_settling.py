@@ -83,7 +83,7 @@ def test_a_run_at_lr_1e_7_barely_moved(still_run, run_cli):
     # the film (its own points) marks every panel grey on every key frame, and the legend gives the floor
     frames = film_frames(_traj(still_run), OPTS)
     assert all(frames.overlay.status(k) == ["barely moved"] * 4 for k in range(len(frames.steps)))
-    assert f"grey: barely moved (changed < {BARELY_MOVED:.0%} over the film)" in " ".join(frames.renderer.legend.parts)
+    assert f"grey: barely moved (changed < {BARELY_MOVED:.0%} over the film)" in frames.renderer.legend.parts
     img = frames.draw(len(frames.steps) - 1, 0.0)
     bars = _bar_colours(img, frames.overlay)
     assert bars <= {tuple(BARELY.astype(np.uint8)), tuple(TRACK)} and tuple(BARELY.astype(np.uint8)) in bars

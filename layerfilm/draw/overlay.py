@@ -6,7 +6,8 @@ empty one a thousand times slower or still. Between key frames the bar follows t
 happening on screen (from key k to k+1). The bar's colour and the mark in the panel's corner say the
 block's status (``layerfilm.stability.Settling``, the definition that stability, the report and watch
 share): blue while it moves; green and "settled" from its settling step on; grey and "barely moved" on
-every frame of a block whose total change over the film is below the floor.
+every frame of a block whose total change over the film is below the floor. Where the word does not
+fit beside the panel's label, the bar's colour alone says it.
 
 A film measures its own points (``stability.point_measures``: the filmed rows or activations, read once
 for the projection anyway); ``Overlay.of`` takes the whole-block measures of ``layerfilm stability``.
@@ -44,15 +45,17 @@ def moving_level(relative_update: np.ndarray, top: float | None = None) -> np.nd
         return np.clip(1 + np.log10(rel / top) / DECADES, 0.0, 1.0)
 
 
-def bar_text(relative_update: np.ndarray, top: float | None = None, threshold: float | None = None) -> str:
-    """The legend's words for the bar: what it measures and its scale, with the film's own numbers, and
-    with the settle ``threshold`` (None: the film draws no marks) what green and grey mean."""
+def bar_text(relative_update: np.ndarray, top: float | None = None) -> str:
+    """The legend's words for the bar: what it measures and its scale, with the film's own numbers."""
     top = float(updates(relative_update).max()) if top is None else top  # a full bar, as moving_level draws it
-    marks = "" if threshold is None else (
-        f"; green: settled (near its end, moving < {threshold:g}x the median block); grey: barely moved "
-        f"(changed < {BARELY_MOVED:.0%} over the film)")
     return (f"bottom bar: relative update of the points per key frame, log: full {top:.2g} (fastest), "
-            f"empty <= {top / 10**DECADES:.2g}" + marks)
+            f"empty <= {top / 10**DECADES:.2g}")
+
+
+def marks_text(threshold: float) -> list[str]:
+    """The legend's words for the marks (layerfilm.stability.Settling), each rule with its numbers."""
+    return [f"green: settled (near its end, moving < {threshold:g}x the median block)",
+            f"grey: barely moved (changed < {BARELY_MOVED:.0%} over the film)"]
 
 
 class Overlay:
@@ -70,6 +73,8 @@ class Overlay:
         bw, bh = renderer.panel_bins
         self.size = (bw * c, bh * c)
         self.bar = renderer.bar_px  # the renderer keeps points off it
+        px = renderer.label_px  # room for a mark right of each panel's label (none drawn where it does not fit)
+        self.room = [self.size[0] - text_mask(label, px).shape[1] - 3 - px for label in renderer.labels]
 
     @classmethod
     def of(cls, renderer: Renderer, stab: Stability) -> Overlay:
@@ -98,5 +103,6 @@ class Overlay:
             colour = {"settled": SETTLED, "barely moved": BARELY}.get(status, MOVING)
             img[y : y + self.bar, x : x + w] = TRACK
             img[y : y + self.bar, x : x + int(round(level[l] * w))] = colour
-            if status != "moving":
-                draw_text(img, status, x + w - text_mask(status, px).shape[1] - 3, oy * c + 2, px, colour)
+            width = text_mask(status, px).shape[1]
+            if status != "moving" and width + 3 <= self.room[l]:  # else the bar's colour alone says it
+                draw_text(img, status, x + w - width - 3, oy * c + 2, px, colour)
