@@ -55,10 +55,10 @@ from layerfilm.stability import (
     HIST_BINS,
     BlockMeasures,
     BlockStats,
+    Settling,
     Stability,
     StabilityOptions,
     check_fits,
-    Settling,
     screen_motion,
 )
 from layerfilm.text import show

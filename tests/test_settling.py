@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from conftest import FROZEN_BLOCKS, FROZEN_STEP
 from layerfilm.draw.overlay import BARELY, MOVING, SETTLED, TRACK
