@@ -154,7 +154,6 @@ class Stability:
             out.append({
                 "block": int(self.blocks[l]),
                 "rank": rank,
-                "status": status[l],
                 "settle_step": self.settle_steps[l],
                 "settle_threshold": self.settle_threshold,
                 "steps": [int(s) for s in self.steps],
@@ -164,6 +163,7 @@ class Stability:
                 "param_norm": {c: json_series(self.param_norm[:, l, i]) for i, c in enumerate(self.components)},
                 "cka_to_final": json_series(self.cka_to_final[:, l]),
                 "motion": json_series(self.motion[:, l]),
+                "status": status[l],
                 **act[l],
             })
         return out

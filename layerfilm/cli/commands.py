@@ -178,10 +178,10 @@ checkpoint stays below --settle-threshold F times its distance at the first key 
 of its updates is below F times the median block's update at the same step (so a learning rate that
 decays for every block does not settle them all); the last key frame does not count, so a block that
 only gets there at the end never settles. The table is ranked by settling step.
---json prints a list of objects in that order: block, rank, status ("settled", "moving" or
-"barely moved"), settle_step (null: never),
+--json prints a list of objects in that order: block, rank, settle_step (null: never),
 settle_threshold, steps, relative_update, distance_to_final, norm, param_norm {tensor: series},
-cka_to_final, motion (null where undefined, e.g. the first key frame's update).
+cka_to_final, motion (null where undefined, e.g. the first key frame's update), status ("settled",
+"moving" or "barely moved").
 
 With --features activations (see `layerfilm render --help` for --model and --probe), the probe batch is
 also run through every checkpoint, and the statistics of each block's output on all probe tokens come
