@@ -167,10 +167,12 @@ _O = [
            "jointly)", int, metavar="K", points=True, group=TIME),
     Option("stats", False, "print a per-block table of point motion and explained variance", bool, group=TIME),
     Option("fps", 15.0, "frames per second", float, group=TIME),
-    Option("seconds_per_keyframe", 1.0, "seconds between key frames with --time keys", float, metavar="S",
+    Option("seconds_per_keyframe", 1.0, "seconds between key frames with --time keys (auto: when evenly spaced)", float,
+           metavar="S",
            group=TIME),
-    Option("time", "keys", "where key frames fall: keys (evenly), steps (film time proportional to the step) or "
-           "log-steps", choices=("keys", "steps", "log-steps"), group=TIME),
+    Option("time", "auto", "key frames evenly (keys), by step or log-step; auto: keys if evenly spaced, "
+           "else steps",
+           choices=("auto", "keys", "steps", "log-steps"), group=TIME),
     # look and encoding
     Option("size", (1280, 720), "frame size in pixels, even numbers", tuple, parse=_size, metavar="WxH", check=_size_check,
            group=LOOK),
@@ -183,7 +185,7 @@ _O = [
     Option("overlay", True, "no per-panel bar of how much the block still moves, and no 'settled' mark", bool,
            group=LOOK),
     Option("settle_threshold", 0.1, "a block has settled once its distance to the final checkpoint stays below F times "
-           "its distance at the first key frame", float, metavar="F", group=LOOK),
+           "its first and its updates below F times the median block's", float, metavar="F", group=LOOK),
     Option("crf", 18, "quality of lossy .mp4 output, 0-51, lower is better (.webm: lossless unless render --quality share)", int,
            group=LOOK),
     Option("quality", "lossless", "share: a small lossy .webm (VP9 yuv420p) or .mp4 that plays everywhere, "
@@ -313,7 +315,7 @@ def options(command: str, given: dict[str, Any]):
                          alignment=g("umap_alignment", 0.01), stride=g("umap_stride", 0), jobs=v["jobs"], seed=v["seed"]),
         fps=g("fps", 15.0),
         seconds_per_keyframe=g("seconds_per_keyframe", 1.0),
-        time=g("time", "keys"),
+        time=g("time", "auto"),
         legend=g("legend", True),
         curves=g("curves", True),
         style=Style(width=width, height=height, cmap=g("cmap", "magma")),

@@ -13,9 +13,9 @@ from tqdm.auto import tqdm
 from layerfilm.draw.curves import Strip
 from layerfilm.draw.film_layout import live_extent, live_scale, live_timeline, live_top
 from layerfilm.draw.legend import Legend, scale_top, subject_text, time_text, zoom_text, zooms
-from layerfilm.draw.overlay import Overlay, bar_text, updates
+from layerfilm.draw.overlay import Overlay, bar_text, marks_text, updates
 from layerfilm.draw.raster import Renderer, Style
-from layerfilm.draw.timeline import MAX_FRAMES, Timeline
+from layerfilm.draw.timeline import MAX_FRAMES, Timeline, resolve_time, skips
 from layerfilm.errors import OptionsError, ScanError
 from layerfilm.film_options import FilmOptions
 from layerfilm.io.logs import RunLogs
@@ -72,7 +72,7 @@ def check_film_size(keyframes: int, opts: FilmOptions) -> None:
                            f"at {w}x{h}); at most {MAX_FRAMES:,}: lower fps or seconds_per_keyframe, or use every=K")
 
 
-def caption(steps: np.ndarray, k: int, a: float, time: str = "keys", of: bool = True) -> str:
+def caption(steps: np.ndarray, k: int, a: float, time: str = "auto", of: bool = True) -> str:
     """The step shown at key k plus a fraction a: between key frames it runs as film time does (linear
     in the step, or in log(1 + step) with ``--time log-steps``); ``of``: "key k/T" (else "key k": a live
     layout's frames do not change with T)."""
@@ -116,11 +116,13 @@ def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarr
     if still:
         return Legend(tuple(parts))
     if bar and "point_update" in traj.stats:
-        parts.append(bar_text(traj.stats["point_update"], bar_top(traj, opts), settled=opts.film_layout == "fit"))
+        parts.append(bar_text(traj.stats["point_update"], bar_top(traj, opts)))
+        parts += marks_text(opts.settle_threshold) if opts.film_layout == "fit" else []
     tl = film_timeline(traj.steps, opts)
-    parts.append(time_text(opts.time, opts.seconds_per_keyframe))
+    gaps = skips(traj.steps)
+    parts.append(time_text(resolve_time(opts.time, traj.steps), opts.seconds_per_keyframe, opts.time == "auto", len(gaps)))
     parts += [note] if note else []
-    return Legend(tuple(parts), tuple(tl.position(k, 0.0) for k in range(len(traj.steps))))
+    return Legend(tuple(parts), tuple(tl.position(k, 0.0) for k in range(len(traj.steps))), skips=gaps)
 
 
 def film_axes(traj: Trajectories, opts: FilmOptions) -> tuple[np.ndarray, np.ndarray | None]:
@@ -164,13 +166,13 @@ def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = N
 
 
 def film_overlay(renderer: Renderer, traj: Trajectories, opts: FilmOptions) -> Overlay | None:
-    """The per-panel bars and settled marks of the film's own points (None: overlay=False). A live layout
-    draws the bars only: a block's settling key frame is decided by the newest key frame (its distance
-    to each earlier one), so a mark could change on any earlier frame when a key frame is added."""
+    """The per-panel bars and status marks of the film's own points (None: overlay=False). A live layout
+    draws the bars only: a block's status is decided by the newest key frame (its distance to each
+    earlier one), so a mark could change on any earlier frame when a key frame is added."""
     if not opts.overlay:
         return None
     if opts.film_layout == "live":
-        return Overlay(renderer, traj.stats["point_update"], np.full(len(traj.blocks), -1), bar_top(traj, opts))
+        return Overlay(renderer, traj.stats["point_update"], None, bar_top(traj, opts))
     return Overlay.of_points(renderer, traj.stats, opts.settle_threshold)
 
 
@@ -187,15 +189,15 @@ class FilmFrames:
     renderer: Renderer
     overlay: Overlay | None = None  # draws over each frame (layerfilm.draw.overlay)
     first_key: int = 0
-    time: str = "keys"  # --time: how the caption's step runs between key frames
+    time: str = "keys"  # --time as used (auto resolved): how the caption's step runs between key frames
     key_of: bool = True  # the caption says "key k/T" (a live layout's says "key k")
 
     @classmethod
     def of(cls, traj: Trajectories, opts: FilmOptions, renderer: Renderer | None = None,
            overlay: Overlay | None = None) -> FilmFrames:
         return cls(film_timeline(traj.steps, opts), traj.xy, traj.steps,
-                   renderer or film_renderer(traj, opts.style, opts, bar=overlay is not None), overlay, time=opts.time,
-                   key_of=opts.film_layout == "fit")
+                   renderer or film_renderer(traj, opts.style, opts, bar=overlay is not None), overlay,
+                   time=resolve_time(opts.time, traj.steps), key_of=opts.film_layout == "fit")
 
     @property
     def n_frames(self) -> int:
@@ -247,7 +249,7 @@ class FilmFrames:
         if self.overlay is not None:
             o = self.overlay
             h.update(np.ascontiguousarray(o.level[k0 : k1 + 1]).tobytes())
-            h.update(np.stack([(0 <= o.settle) & (o.settle <= k) for k in range(k0, k1 + 1)]).tobytes())
+            h.update(repr([o.status(k) for k in range(k0, k1 + 1)]).encode())
         return h.digest()
 
 

@@ -33,7 +33,7 @@ class FilmOptions:
     umap: UmapOptions = field(default_factory=UmapOptions)  # umap only
     fps: float = 15.0
     seconds_per_keyframe: float = 1.0
-    time: str = "keys"  # where key frames fall in the film: keys | steps | log-steps (layerfilm.draw.timeline)
+    time: str = "auto"  # where key frames fall in the film: auto | keys | steps | log-steps (layerfilm.draw.timeline)
     legend: bool = True  # the key under the panels, the colour bar and the timeline (layerfilm.draw.legend)
     curves: bool = True  # the run's logged loss and learning rate under the timeline, when logged (layerfilm.draw.curves)
     style: Style = field(default_factory=Style)

@@ -15,9 +15,24 @@ With ``StabilityOptions.activations``, the probe batch is also run through every
 statistics of each block's output (``layerfilm.points.act_stats.ActivationStats``: mean token norm,
 mean, std, fraction near zero, histograms, growth of the norm with depth) come alongside.
 
-A block *settles* at the first key frame after which its distance to the final checkpoint stays below
-``settle_threshold`` times its distance at the first key frame. The final key frame does not count
-(its distance is 0 by definition): a block that only gets there at the end never settled.
+Each block is, at the end, one of three (:class:`Settling`, the one definition that the film's marks,
+``layerfilm stability``, the report and ``watch`` share):
+
+  barely moved  its total relative change ``distance_to_final`` at the first key frame,
+                ||W_first - W_last|| / ||W_last||, is below ``BARELY_MOVED`` (1%): it learned (almost) nothing
+  settled       from some key frame k on (k before the last), (a) its distance to the final checkpoint stays
+                below ``settle_threshold`` F times its distance at the first key frame, and (b) every later
+                update is below F times the median block's update into the same key frame:
+                relative_update[t, l] < F * median_j relative_update[t, j] for all t > k
+                (the mean block's where over half the blocks did not move at all; where none moved, no
+                block is calm: a learning rate of exactly 0 says nothing about any block)
+  moving        neither
+
+Why (b): a learning-rate schedule that decays to zero makes every block's updates shrink together, so
+(a) alone "settles" every block near the end of a cosine schedule. Measured against the median block
+at the same step, a decay that all blocks share cancels, and only a block that stops while the others
+go on (a frozen one, or one that has found its place) settles. With one block there is no other to
+compare with: it settles only if it stops exactly.
 
 Memory stays flat: checkpoints are read one tensor at a time from three open readers (this step,
 the previous one and the final one); only per-block scalars and the film's points are kept.
@@ -28,6 +43,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +64,7 @@ if TYPE_CHECKING:  # the activations module imports torch; only activation stati
 
 HIST_BINS = 60  # value bins of the HOT chart, as in fastai's colorful dimension
 HIST_PERCENTILE = 99.9  # the HOT chart's value range: this percentile of |w| at the first and last key frame
+BARELY_MOVED = 0.01  # a block whose total relative change is below this barely moved (the module's docstring)
 
 
 def check_settle_threshold(value: float) -> None:
@@ -60,7 +77,8 @@ def check_settle_threshold(value: float) -> None:
 @dataclass(frozen=True)
 class StabilityOptions:
     """settle_threshold: a block has settled once its distance to the final checkpoint stays below this
-    fraction of its distance at the first key frame (0 < f < 1).
+    fraction of its distance at the first key frame and its updates below this fraction of the median
+    block's (0 < f < 1; the module's docstring).
     weights: which points per block feed the CKA and the on-screen motion (the film's points).
     projection: the projection the motion is measured in.
     bins: value bins of the per-block histograms over time.
@@ -103,22 +121,35 @@ class Stability:
 
     @property
     def settle_steps(self) -> list[int | None]:
-        """The training step each block settles at, None if it never does."""
-        return [int(self.steps[k]) if k >= 0 else None for k in self.settle_index]
+        """The training step each block settles at, None if it never does (or it barely moved)."""
+        settled = self.settling.settled(len(self.steps))
+        return [int(self.steps[k]) if s else None for k, s in zip(self.settle_index, settled)]
+
+    @property
+    def settling(self) -> Settling:
+        """Settled, moving or barely moved (the module's docstring), per block."""
+        return Settling(self.settle_index, self.distance_to_final[0])
+
+    @property
+    def status(self) -> list[str]:
+        """Each block's status at the end: "settled", "moving" or "barely moved"."""
+        return self.settling.status()
 
     def ranking(self) -> list[int]:
         """Block positions (into ``blocks``), settled first by settling step, then the others from the
         calmest to the most moving (distance to the final checkpoint at the last-but-one key frame)."""
         never = len(self.steps)
+        settle = np.where(self.settling.settled(never), self.settle_index, -1)
         near_end = self.distance_to_final[max(len(self.steps) - 2, 0)] / np.maximum(self.distance_to_final[0], 1e-300)
         return sorted(range(len(self.blocks)), key=lambda l: (
-            self.settle_index[l] if self.settle_index[l] >= 0 else never, float(near_end[l]), int(self.blocks[l])))
+            settle[l] if settle[l] >= 0 else never, float(near_end[l]), int(self.blocks[l])))
 
     def records(self) -> list[dict]:
         """One JSON-ready dict per block in ranking order (NaN written as null); with activations, each
         also holds the block's ``act_*`` series (``ActivationStats.records``)."""
         act = self.activations.records() if self.activations is not None else [{}] * len(self.blocks)
         out = []
+        status = self.status
         for rank, l in enumerate(self.ranking(), 1):
             out.append({
                 "block": int(self.blocks[l]),
@@ -132,6 +163,7 @@ class Stability:
                 "param_norm": {c: json_series(self.param_norm[:, l, i]) for i, c in enumerate(self.components)},
                 "cka_to_final": json_series(self.cka_to_final[:, l]),
                 "motion": json_series(self.motion[:, l]),
+                "status": status[l],
                 **act[l],
             })
         return out
@@ -142,30 +174,31 @@ class Stability:
 
     def table_rows(self) -> tuple[list[str], list[list[str]]]:
         """Header and rows of the settling table (ranking order), as text."""
-        head = ["rank", "block", "settles at step", "distance to final at first key",
+        head = ["rank", "block", "status", "settles at step", "distance to final at first key",
                 "relative update at last key", "CKA first->final", "on-screen motion at last key"]
         rows = []
+        status = self.status
         for rank, l in enumerate(self.ranking(), 1):
             s = self.settle_steps[l]
-            rows.append([str(rank), f"L{self.blocks[l]}", "never" if s is None else f"{s:,}",
+            rows.append([str(rank), f"L{self.blocks[l]}", status[l], "-" if s is None else f"{s:,}",
                          _num(self.distance_to_final[0, l]), _num(self.relative_update[-1, l]),
                          _num(self.cka_to_final[0, l], ".3f"), _num(self.motion[-1, l])])
         return head, rows
 
     def table(self) -> str:
         """The settling table as aligned plain text."""
-        return text_table(*self.table_rows(), left=[1]) + "\n(settled: distance to the final checkpoint stays below "\
-            f"{self.settle_threshold:g} of its value at the first key frame; the last key frame does not count)" + (
-                "" if self.activations is None else "\n\n" + self.activations.over_time())
+        return text_table(*self.table_rows(), left=[1, 2]) + f"\n({settling_text(self.settle_threshold)}; the last " \
+            "key frame does not count)" + ("" if self.activations is None else "\n\n" + self.activations.over_time())
 
 
 def _num(v: float, fmt: str = ".3g") -> str:
     return "-" if not math.isfinite(v) else format(v, fmt)
 
 
-def settle_index(distance: np.ndarray, threshold: float) -> np.ndarray:
-    """(L,) first key frame k such that ``distance[t] < threshold * distance[0]`` for every t >= k, for
-    ``distance`` (T, L); -1 where only the last key frame qualifies. A block that never moved settles at 0."""
+def near_index(distance: np.ndarray, threshold: float) -> np.ndarray:
+    """(L,) rule (a) of the module's docstring: the first key frame k such that ``distance[t] < threshold *
+    distance[0]`` for every t >= k, for ``distance`` (T, L); -1 where only the last key frame qualifies. A
+    block that never moved qualifies at 0."""
     T, L = distance.shape
     out = np.full(L, -1, np.int64)
     for l in range(L):
@@ -178,6 +211,82 @@ def settle_index(distance: np.ndarray, threshold: float) -> np.ndarray:
         if k <= T - 2:
             out[l] = k
     return out
+
+
+def relative_motion(update: np.ndarray) -> np.ndarray:
+    """(T, L) each block's update relative to the median block's update into the same key frame
+    (``update``: (T, L) relative updates, NaN at the first key frame): a decay that every block shares
+    cancels. Where more than half the blocks did not move at all (median 0), relative to the mean block's
+    update instead; where no block moved, NaN (nothing to compare with: no block counts as calm)."""
+    u = np.asarray(update, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a key frame of NaN only (the first): NaN
+        median = np.nanmedian(u, axis=1, keepdims=True)
+        typical = np.where(median > 0, median, np.nanmean(u, axis=1, keepdims=True))
+        return u / typical
+
+
+def calm_index(update: np.ndarray, threshold: float) -> np.ndarray:
+    """(L,) rule (b) of the module's docstring: the first key frame k such that each block's update into
+    every later key frame is below ``threshold`` times the median block's (:func:`relative_motion`)."""
+    quiet = relative_motion(update)[1:] < threshold  # (T - 1, L): row t - 1 is the update into key frame t
+    out = np.zeros(quiet.shape[1], np.int64)
+    for l in range(quiet.shape[1]):
+        loud = np.flatnonzero(~quiet[:, l])
+        out[l] = int(loud[-1]) + 1 if len(loud) else 0
+    return out
+
+
+def settle_index(near: np.ndarray, update: np.ndarray, threshold: float) -> np.ndarray:
+    """(L,) the key frame each block settles at, -1 never: the first from which both rules of the module's
+    docstring hold, before the last key frame. ``near`` (L,): rule (a)'s :func:`near_index` (a live film
+    gets it from its distance bounds); ``update`` (T, L): the relative updates, for rule (b)."""
+    T = len(update)
+    k = np.maximum(np.asarray(near, np.int64), calm_index(update, threshold))
+    return np.where((np.asarray(near) >= 0) & (k <= T - 2), k, -1)
+
+
+@dataclass(frozen=True)
+class Settling:
+    """Settled, moving or barely moved, per block (the module's docstring): the one definition that the
+    film's marks (layerfilm.draw.overlay), ``layerfilm stability``, the report and ``watch`` use."""
+
+    index: np.ndarray  # (L,) key frame each block settles at (settle_index), -1: never
+    change: np.ndarray  # (L,) total relative change over the key frames, ||W_first - W_last|| / ||W_last||
+    floor: float = BARELY_MOVED
+
+    @classmethod
+    def of(cls, distance: np.ndarray, update: np.ndarray, threshold: float) -> Settling:
+        """From (T, L) distances to the last key frame and relative updates (the whole-block measures or the
+        film's points' ``point_distance`` and ``point_update``)."""
+        return cls(settle_index(near_index(distance, threshold), update, threshold), np.asarray(distance[0], np.float64))
+
+    @property
+    def barely(self) -> np.ndarray:
+        """(L,) bool: the blocks that barely moved (NaN counts as moved: never hidden)."""
+        return np.asarray(self.change) < self.floor
+
+    def settled(self, k: int) -> np.ndarray:
+        """(L,) bool: the blocks settled at key frame ``k`` (and not barely moved)."""
+        return ~self.barely & (self.index >= 0) & (self.index <= k)
+
+    def status(self, k: int | None = None) -> list[str]:
+        """Each block's status at key frame ``k`` (None: the end): "barely moved" (over the whole series),
+        "settled" (from its settling key frame on) or "moving"."""
+        settled = self.settled(np.iinfo(np.int64).max if k is None else k)
+        return ["barely moved" if b else "settled" if s else "moving" for b, s in zip(self.barely, settled)]
+
+    def moving(self, k: int | None = None) -> int:
+        """How many blocks are moving at key frame ``k`` (None: the end)."""
+        return self.status(k).count("moving")
+
+
+def settling_text(threshold: float) -> str:
+    """The definition in one sentence (the table's note, the report)."""
+    return (f"settled: from that step on, its distance to the final checkpoint stays below {threshold:g} of its "
+            f"distance at the first key frame and each update is below {threshold:g} of the median block's update at "
+            f"the same step; barely moved: it changed less than {BARELY_MOVED:.0%} over the run "
+            "(||W_first - W_last|| / ||W_last||)")
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:

@@ -56,11 +56,11 @@ from layerfilm.stability import (
     HIST_BINS,
     BlockMeasures,
     BlockStats,
+    Settling,
     Stability,
     StabilityOptions,
     check_fits,
     screen_motion,
-    settle_index,
 )
 from layerfilm.text import show
 
@@ -389,7 +389,8 @@ class Study:
                 steps=m.steps, blocks=m.blocks, components=m.components, relative_update=m.relative_update,
                 distance_to_final=m.distance_to_final, norm=m.norm, param_norm=m.param_norm,
                 cka_to_final=m.cka_to_final, motion=screen_motion(traj), hist=m.hist, hist_edges=m.hist_edges,
-                settle_threshold=th, settle_index=settle_index(m.distance_to_final, th), points=m.points,
+                settle_threshold=th, settle_index=Settling.of(m.distance_to_final, m.relative_update, th).index,
+                points=m.points,
                 trajectories=traj, activations=act, skipped=tuple(self.skipped))
         return self._stability
 

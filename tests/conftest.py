@@ -36,6 +36,20 @@ def tiny_run(example, tmp_path_factory) -> Path:
     return out
 
 
+STILL_LR = 1e-7  # `still_run`'s learning rate: the weights barely move
+
+
+@pytest.fixture(scope="session")
+def still_run(example, tmp_path_factory) -> Path:
+    """A real training run that learns (almost) nothing: `tiny_run`'s model at lr 1e-7 (warmup and cosine
+    decay as the example has them), 12 steps of batch 4, a checkpoint every 3 (step 0 included): every
+    block changes by about 1e-6 of its norm, far below layerfilm.stability.BARELY_MOVED."""
+    out = tmp_path_factory.mktemp("still_run")
+    example.train(out, steps=12, every=3, cfg=example.Config(n_layer=4, d_model=32, n_head=2, context=32),
+                  batch=4, lr=STILL_LR, log=False)
+    return out
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run the CLI in-process: returns (exit code, stdout, stderr)."""

@@ -1,5 +1,5 @@
 """DistanceBounds (layerfilm.points.measures): a live film's settling blocks from triangle-inequality
-bounds, equal to layerfilm.stability.settle_index of the exact distances, while reading back few rows."""
+bounds, equal to layerfilm.stability.near_index of the exact distances, while reading back few rows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from layerfilm.points.measures import DistanceBounds, measures_of, sum_sq, sum_sq_diff
-from layerfilm.stability import settle_index
+from layerfilm.stability import near_index
 
 
 def series(T: int = 40, L: int = 12, N: int = 16, D: int = 24, seed: int = 0) -> np.ndarray:
@@ -31,17 +31,17 @@ def series(T: int = 40, L: int = 12, N: int = 16, D: int = 24, seed: int = 0) ->
 
 
 def exact_settle(x: np.ndarray, threshold: float) -> np.ndarray:
-    """settle_index of the render's own point_distance for the key frames x (T, L, N, D)."""
+    """near_index of the render's own point_distance for the key frames x (T, L, N, D)."""
     T = len(x)
     buf = np.empty(x.shape[2:], np.float32)
     final_sq = np.stack([sum_sq_diff(x[t], x[-1], buf) for t in range(T)])
     norm_sq = np.stack([sum_sq(x[t]) for t in range(T)])
     prev_sq = np.stack([np.zeros(x.shape[1])] + [sum_sq_diff(x[t], x[t - 1], buf) for t in range(1, T)])
-    return settle_index(measures_of(norm_sq, prev_sq, final_sq, np.arange(T))["point_distance"], threshold)
+    return near_index(measures_of(norm_sq, prev_sq, final_sq, np.arange(T))["point_distance"], threshold)
 
 
 @pytest.mark.parametrize("threshold", [0.1, 0.02, 0.5])
-def test_settle_from_bounds_equals_settle_index_at_every_key_frame(threshold):
+def test_settle_from_bounds_equals_near_index_at_every_key_frame(threshold):
     x = series()
     T, L = x.shape[:2]
     reads: list[tuple[int, int | None]] = []
@@ -55,7 +55,7 @@ def test_settle_from_bounds_equals_settle_index_at_every_key_frame(threshold):
     for t in range(T):
         bounds.add(sum_sq_diff(x[t], x[t - 1], buf) if t else np.zeros(L))
         got = bounds.settle(threshold, sum_sq(x[t]), x[t], read)
-        if t:  # (settle_index of one key frame: every block at 0, the bounds' too)
+        if t:  # (near_index of one key frame: every block at 0, the bounds' too)
             assert np.array_equal(got, exact_settle(x[: t + 1], threshold)), t
     # all rows read back at every update would be sum(T) x L blocks; the bounds need a small part of it
     assert bounds.read_back < 0.25 * L * T * (T - 1) / 2, bounds.read_back

@@ -141,7 +141,7 @@ def test_live_updates_equal_a_render_and_encode_only_new_frames(tiny_run, tmp_pa
             assert up.encoded == n - layouts[-2][1] + 1  # the new key frame's interval, and its own last frame
     assert same >= 2 and changed >= 2  # both kinds of update happened (the horizons double at 3 and 5)
     if overlay:  # bars, but no settled marks: the newest key frame could move them on any earlier frame
-        assert film.segments is not None and (film_frames(film.traj, opts).overlay.settle == -1).all()
+        assert film.segments is not None and film_frames(film.traj, opts).overlay.settling is None
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # the store is removed
 
 

@@ -105,5 +105,6 @@ def test_film_overlay_measures_the_films_own_points(frozen_run, frozen_stability
     k = list(series.steps).index(FROZEN_STEP)
     frozen = [list(res.trajectories.blocks).index(b) for b in FROZEN_BLOCKS]
     assert np.all(stats["point_update"][k + 1:, frozen] == 0)
-    assert list(res.overlay.settle) == list(frozen_stability.settle_index)
-    assert sorted(int(b) for b, s in zip(res.trajectories.blocks, res.overlay.settle) if s >= 0) == list(FROZEN_BLOCKS)
+    assert list(res.overlay.settling.index) == list(frozen_stability.settle_index)
+    assert res.overlay.status(len(series.steps) - 1) == frozen_stability.status
+    assert sorted(int(b) for b, s in zip(res.trajectories.blocks, res.overlay.settling.index) if s >= 0) == list(FROZEN_BLOCKS)

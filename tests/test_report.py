@@ -172,7 +172,8 @@ def test_html_report_is_self_contained(frozen_run, run_cli, tmp_path):
         assert f"<h2>{heading}</h2>" in text
     rows = re.findall(r"<tr><td[^>]*>(\d+)</td><td[^>]*>(L\d+)</td><td[^>]*>([^<]+)</td>", text)
     assert {b for _, b, _ in rows[:2]} == {f"L{b}" for b in FROZEN_BLOCKS}
-    assert [s for _, _, s in rows[2:]] == ["never", "never"]
+    assert [s for _, _, s in rows[2:]] == ["moving", "moving"]
+    assert '<td class="settled">settled</td>' in text and "2 settled, 2 moving, 0 barely moved" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["film.webm", "report.html"]
 
 
@@ -186,7 +187,7 @@ def test_markdown_report_writes_pngs_beside_it(frozen_run, run_cli, tmp_path):
     for name in images:
         assert (tmp_path / name).read_bytes().startswith(MAGIC["png"])
     assert iio.imread(tmp_path / "report_stills.png").shape[:2] == (720, 1280)
-    assert "| rank | block | settles at step |" in text and text.count("| never |") == 2
+    assert "| rank | block | status | settles at step |" in text and text.count("| moving |") == 2
 
 
 def test_report_errors(frozen_run, run_cli, tmp_path):

@@ -32,7 +32,7 @@ GAINS = {0: [1.0, 1.0, 1.5, 2.0], 10: [1.0, 1.0, 2.0, 3.0], 20: [1.0, 1.0, 2.5, 
 SCALED = [2, 3]
 NANO = str(ROOT / "examples" / "make_checkpoints.py") + ":make_model"
 WEIGHT_FIELDS = ["block", "rank", "settle_step", "settle_threshold", "steps", "relative_update", "distance_to_final",
-                 "norm", "param_norm", "cka_to_final", "motion"]
+                 "norm", "param_norm", "cka_to_final", "motion", "status"]
 ACT_SERIES = ["act_norm", "act_mean", "act_std", "act_near_zero", "act_growth"]
 
 
@@ -122,7 +122,7 @@ def test_json_extends_the_weight_measures(scale_run, run_cli):
 def test_text_has_a_table_per_measure_over_time(scale_run, run_cli):
     code, out, err = run_cli("stability", *scale_args(scale_run))
     assert code == 0, err
-    assert out.startswith("rank  block  settles at step")  # the weight table first, as before
+    assert out.startswith("rank  block  status  settles at step")  # the weight table first, as before
     section = out[out.index("activations: mean token norm"):]
     for title in ("growth of the norm", "activations: mean\n", "activations: std", "fraction near zero (|a| < 0.05)"):
         assert title in section

@@ -184,12 +184,16 @@ checkpoint ||W_t - W_T|| / ||W_T||, the norm of each tensor, the linear CKA betw
 (the film's neurons) and the same points at the final checkpoint, and their on-screen motion in the
 film's projection (fraction of the panel width per key frame).
 
-A block settles at the first step after which its distance to the final checkpoint stays below
---settle-threshold times its distance at the first key frame; the last key frame does not count, so
-a block that only gets there at the end never settles. The table is ranked by settling step.
+Each block's status is one of: barely moved (its total change ||W_0 - W_T|| / ||W_T|| is below 1%),
+settled, or moving. A block settles at the first step after which (a) its distance to the final
+checkpoint stays below --settle-threshold F times its distance at the first key frame, and (b) each
+of its updates is below F times the median block's update at the same step (so a learning rate that
+decays for every block does not settle them all); the last key frame does not count, so a block that
+only gets there at the end never settles. The table is ranked by settling step.
 --json prints a list of objects in that order: block, rank, settle_step (null: never),
 settle_threshold, steps, relative_update, distance_to_final, norm, param_norm {tensor: series},
-cka_to_final, motion (null where undefined, e.g. the first key frame's update).
+cka_to_final, motion (null where undefined, e.g. the first key frame's update), status ("settled",
+"moving" or "barely moved").
 
 Several folders (--names a,b,...): each run's settling side by side, a row per block; --json prints
 {"runs": [NAME, ...], "stability": {NAME: [that run's list, as above]}}.

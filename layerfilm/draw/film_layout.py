@@ -35,7 +35,7 @@ import math
 import numpy as np
 
 from layerfilm.draw.legend import scale_top, zooms
-from layerfilm.draw.timeline import Timeline, check_time_mode
+from layerfilm.draw.timeline import Timeline, resolve_time
 from layerfilm.errors import OptionsError
 
 LAYOUTS = ("fit", "live")
@@ -111,12 +111,13 @@ def live_top(updates: np.ndarray) -> float:
     return grid_up(top, SCALE_STEPS) if top > 0 else 0.0
 
 
-def live_timeline(steps: np.ndarray, fps: float, seconds_per_keyframe: float, time: str = "keys") -> Timeline:
+def live_timeline(steps: np.ndarray, fps: float, seconds_per_keyframe: float, time: str = "auto") -> Timeline:
     """Where the key frames at ``steps`` (T,) fall in a live film: ``--time keys`` one every
     ``frames_per_key``; steps and log-steps at a fixed number of frames per step (per log-step) within
     the horizon, each key frame at least one frame after the previous. Appending key frames moves none
-    of the earlier ones until the horizon doubles."""
-    check_time_mode(time)
+    of the earlier ones until the horizon doubles (``auto``: as the key frames so far say, so the first
+    uneven gap moves them once)."""
+    time = resolve_time(time, steps)
     T = len(steps)
     plain = Timeline(T, fps, seconds_per_keyframe)
     span = (horizon(T) - 1) * plain.frames_per_key

@@ -46,11 +46,14 @@ class Legend:
     parts: phrases of the text rows under the panels, in order; the renderer wraps them between phrases.
     ticks: each key frame's place in the film (0 first frame .. 1 last), for the timeline.
     unit: what the colour bar counts.
+    skips: the key frames k whose gap to k + 1 skipped checkpoints (``layerfilm.draw.timeline.skips``):
+        the timeline is dashed between their ticks.
     """
 
     parts: tuple[str, ...]
     ticks: tuple[float, ...] = ()
     unit: str = "points per bin"
+    skips: tuple[int, ...] = ()
 
 
 def subject_text(subject: Subject | None, method: str, stats: dict[str, np.ndarray]) -> list[str]:
@@ -72,10 +75,15 @@ def subject_text(subject: Subject | None, method: str, stats: dict[str, np.ndarr
     return parts
 
 
-def time_text(time: str, seconds_per_keyframe: float) -> str:
-    return {"keys": f"time: a key frame every {seconds_per_keyframe:g} s (ticks above)",
-            "steps": "time: proportional to the step (ticks above: key frames)",
-            "log-steps": "time: proportional to log(1 + step) (ticks above: key frames)"}[time]
+def time_text(time: str, seconds_per_keyframe: float, auto: bool = False, skipped: int = 0) -> str:
+    """The time rule in words: ``time`` as used (never auto); ``auto``: picked by the checkpoints' spacing;
+    ``skipped``: the gaps where checkpoints are missing (dashed on the timeline)."""
+    rule = {"keys": f"time: a key frame every {seconds_per_keyframe:g} s",
+            "steps": "time: proportional to the step",
+            "log-steps": "time: proportional to log(1 + step)"}[time]
+    why = f", as checkpoints are {'evenly' if time == 'keys' else 'unevenly'} spaced" if auto else ""
+    gaps = f"; dashed: {skipped} gap{'s' * (skipped > 1)} of skipped checkpoints" if skipped else ""
+    return f"{rule}{why} (ticks above: key frames{gaps})"
 
 
 def zooms(xy: np.ndarray, lo: float = 0.5, hi: float = 99.5, margin: float = 0.08) -> np.ndarray:

@@ -1,10 +1,13 @@
-"""Per-panel "still moving" bar and "settled" mark, drawn over frames the Renderer made.
+"""Per-panel "still moving" bar and "settled" / "barely moved" mark, drawn over frames the Renderer made.
 
 Along the bottom of each panel a thin bar shows the block's relative update on a log scale over
 ``DECADES`` decades below the film's largest update: a full bar is the fastest any block moved, an
 empty one a thousand times slower or still. Between key frames the bar follows the update
-happening on screen (from key k to k+1). From its settling step on, a block's bar turns green and the
-panel says "settled".
+happening on screen (from key k to k+1). The bar's colour and the mark in the panel's corner say the
+block's status (``layerfilm.stability.Settling``, the definition that stability, the report and watch
+share): blue while it moves; green and "settled" from its settling step on; grey and "barely moved" on
+every frame of a block whose total change over the film is below the floor. Where the word does not
+fit beside the panel's label, the bar's colour alone says it.
 
 A film measures its own points (``stability.point_measures``: the filmed rows or activations, read once
 for the projection anyway); ``Overlay.of`` takes the whole-block measures of ``layerfilm stability``.
@@ -16,11 +19,12 @@ import numpy as np
 
 from layerfilm.draw.raster import TRACK, Renderer, draw_text, text_mask
 from layerfilm.draw.timeline import lerp
-from layerfilm.stability import Stability, settle_index
+from layerfilm.stability import BARELY_MOVED, Settling, Stability
 
 DECADES = 3.0
 MOVING = np.array([110, 190, 255], np.float32)
 SETTLED = np.array([110, 215, 120], np.float32)
+BARELY = np.array([150, 150, 150], np.float32)
 
 
 def updates(relative_update: np.ndarray) -> np.ndarray:
@@ -41,51 +45,64 @@ def moving_level(relative_update: np.ndarray, top: float | None = None) -> np.nd
         return np.clip(1 + np.log10(rel / top) / DECADES, 0.0, 1.0)
 
 
-def bar_text(relative_update: np.ndarray, top: float | None = None, settled: bool = True) -> str:
-    """The legend's words for the bar: what it measures and its scale, with the film's own numbers
-    (``settled``: the film marks settled blocks)."""
+def bar_text(relative_update: np.ndarray, top: float | None = None) -> str:
+    """The legend's words for the bar: what it measures and its scale, with the film's own numbers."""
     top = float(updates(relative_update).max()) if top is None else top  # a full bar, as moving_level draws it
     return (f"bottom bar: relative update of the points per key frame, log: full {top:.2g} (fastest), "
-            f"empty <= {top / 10**DECADES:.2g}" + ("; green: settled" if settled else ""))
+            f"empty <= {top / 10**DECADES:.2g}")
+
+
+def marks_text(threshold: float) -> list[str]:
+    """The legend's words for the marks (layerfilm.stability.Settling), each rule with its numbers."""
+    return [f"green: settled (near its end, moving < {threshold:g}x the median block)",
+            f"grey: barely moved (changed < {BARELY_MOVED:.0%} over the film)"]
 
 
 class Overlay:
     """Call with a frame (H, W, 3) uint8, key frame k and fraction a; draws in place.
 
-    relative_update (T, L): how much each block moved into each key frame; settle (L,): the key frame
-    each block settles at, -1 never."""
+    relative_update (T, L): how much each block moved into each key frame; settling: each block's
+    status (None: no marks, the bars in blue)."""
 
-    def __init__(self, renderer: Renderer, relative_update: np.ndarray, settle: np.ndarray,
+    def __init__(self, renderer: Renderer, relative_update: np.ndarray, settling: Settling | None,
                  top: float | None = None) -> None:
         self.r = renderer
         self.level = moving_level(relative_update, top)
-        self.settle = np.asarray(settle)
+        self.settling = settling
         c = renderer.cell
         bw, bh = renderer.panel_bins
         self.size = (bw * c, bh * c)
         self.bar = renderer.bar_px  # the renderer keeps points off it
+        px = renderer.label_px  # room for a mark right of each panel's label (none drawn where it does not fit)
+        self.room = [self.size[0] - text_mask(label, px).shape[1] - 3 - px for label in renderer.labels]
 
     @classmethod
     def of(cls, renderer: Renderer, stab: Stability) -> Overlay:
         """The overlay of whole-block measures (``layerfilm.stability.measure``)."""
-        return cls(renderer, stab.relative_update, stab.settle_index)
+        return cls(renderer, stab.relative_update, stab.settling)
 
     @classmethod
     def of_points(cls, renderer: Renderer, stats: dict[str, np.ndarray], threshold: float,
                   top: float | None = None) -> Overlay:
         """The overlay of a film's own points: ``stats`` holds ``point_measures``' arrays; ``top``: the
         update of a full bar (None: the film's largest)."""
-        return cls(renderer, stats["point_update"], settle_index(stats["point_distance"], threshold), top)
+        return cls(renderer, stats["point_update"],
+                   Settling.of(stats["point_distance"], stats["point_update"], threshold), top)
+
+    def status(self, k: int) -> list[str]:
+        """Each panel's status at key frame k (all "moving" without marks)."""
+        return ["moving"] * len(self.level[0]) if self.settling is None else self.settling.status(k)
 
     def __call__(self, img: np.ndarray, k: int, a: float) -> None:
         level = lerp(self.level, k, a)
         w, h = self.size
         c = self.r.cell
-        for l, (ox, oy) in enumerate(self.r.panels):
+        px = self.r.label_px
+        for l, ((ox, oy), status) in enumerate(zip(self.r.panels, self.status(k))):
             x, y = ox * c, oy * c + h - self.bar
-            settled = 0 <= self.settle[l] <= k
+            colour = {"settled": SETTLED, "barely moved": BARELY}.get(status, MOVING)
             img[y : y + self.bar, x : x + w] = TRACK
-            img[y : y + self.bar, x : x + int(round(level[l] * w))] = SETTLED if settled else MOVING
-            if settled:
-                px = self.r.label_px
-                draw_text(img, "settled", x + w - text_mask("settled", px).shape[1] - 3, oy * c + 2, px, SETTLED)
+            img[y : y + self.bar, x : x + int(round(level[l] * w))] = colour
+            width = text_mask(status, px).shape[1]
+            if status != "moving" and width + 3 <= self.room[l]:  # else the bar's colour alone says it
+                draw_text(img, status, x + w - width - 3, oy * c + 2, px, colour)

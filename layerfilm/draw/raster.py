@@ -419,10 +419,17 @@ class Renderer:
         return rows[:most]
 
     def _draw_footer(self, legend: Legend) -> None:
-        """The timeline (a track with a tick per key frame) and the legend's rows, into the static frame."""
+        """The timeline (a track with a tick per key frame, dashed across skipped checkpoints) and the
+        legend's rows, into the static frame."""
         x0, x1, y = self._timeline
         self.base[y : y + self.timeline_h, x0:x1] = TRACK
         self._ticks = [(t, x0 + int(round(min(max(t, 0.0), 1.0) * (x1 - x0 - 1)))) for t in legend.ticks]
+        dash = max(3, self.timeline_h)
+        for k in legend.skips:  # skipped checkpoints: the track dashed between the two key frames' ticks
+            if k + 1 < len(self._ticks):
+                a, b = self._ticks[k][1] + 1, self._ticks[k + 1][1]
+                gap = np.arange(a, b)
+                self.base[y : y + self.timeline_h, gap[(gap - a) // dash % 2 == 1]] = BACKGROUND
         for _, x in [] if self.passed_ticks else self._ticks:
             self.base[y : y + self.timeline_h, x] = TICK
         for i, row in enumerate(self.rows):

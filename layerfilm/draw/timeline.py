@@ -4,12 +4,18 @@ A film of T key frames has ``n = (T - 1) * round(fps * seconds_per_keyframe) + 1
 on the first key frame and ending exactly on the last, whatever ``--time`` says; ``--time`` only
 places the key frames between those ends:
 
-- ``keys`` (default): key frame ``k`` on frame ``k * round(fps * seconds_per_keyframe)``, one every
+- ``auto`` (default): ``keys`` when the checkpoints are evenly spaced (every gap between key frames
+  the same number of steps), else ``steps``, so that a skipped checkpoint gets its screen time;
+- ``keys``: key frame ``k`` on frame ``k * round(fps * seconds_per_keyframe)``, one every
   ``--seconds-per-keyframe`` whatever the steps between them;
 - ``steps``: film time proportional to the training step, key frame ``k`` on frame
   ``round((n - 1) * (s_k - s_0) / (s_last - s_0))``;
 - ``log-steps``: the same with ``log(1 + step - s_0)``, so Pythia-style series (0, 1, 2, 4, ..., 512,
   1000, 2000, ...) spread their early doublings evenly.
+
+A *skip* is a gap between two key frames of at least ``SKIP`` times the usual spacing (the most common
+gap, when at least half the gaps have it: a regular series missing a checkpoint; a log-spaced series
+has no usual spacing and no skips); the legend's timeline draws it dashed, whatever ``--time`` says.
 
 Every key frame keeps a frame of its own: where two would fall on one frame, the later moves on by
 one (and the earlier back where the end is near), so all T are shown. Between two key frames each
@@ -29,7 +35,8 @@ from layerfilm.errors import OptionsError
 MAX_FPS = 240.0  # beyond this no player shows the frames; --fps 1e6 would ask for millions
 MAX_SECONDS_PER_KEYFRAME = 3600.0
 MAX_FRAMES = 500_000  # about 9 hours at 15 fps
-TIMES = ("keys", "steps", "log-steps")
+TIMES = ("auto", "keys", "steps", "log-steps")
+SKIP = 1.5  # a gap this many times the usual spacing or more skipped checkpoints
 
 
 def check_time(fps: float, seconds_per_keyframe: float) -> None:
@@ -46,6 +53,32 @@ def check_time(fps: float, seconds_per_keyframe: float) -> None:
 def check_time_mode(time: str) -> None:
     if time not in TIMES:
         raise OptionsError(f"time={time!r}: choose one of {', '.join(TIMES)}")
+
+
+def even(steps: np.ndarray) -> bool:
+    """Whether the key frames at ``steps`` are evenly spaced (every gap the same; fewer than 3: yes)."""
+    gaps = np.diff(np.asarray(steps, np.int64))
+    return bool(len(gaps) == 0 or (gaps == gaps[0]).all())
+
+
+def resolve_time(time: str, steps: np.ndarray) -> str:
+    """The ``--time`` a film of key frames at ``steps`` uses: ``auto`` picks keys (evenly spaced) or steps."""
+    check_time_mode(time)
+    if time != "auto":
+        return time
+    return "keys" if even(steps) else "steps"
+
+
+def skips(steps: np.ndarray) -> tuple[int, ...]:
+    """The key frames k whose gap to key frame k + 1 skipped checkpoints (the module's docstring)."""
+    gaps = np.diff(np.asarray(steps, np.int64))
+    if len(gaps) < 2:
+        return ()
+    values, counts = np.unique(gaps, return_counts=True)
+    usual = values[np.argmax(counts)]  # the smallest of the most common gaps
+    if 2 * counts.max() < len(gaps) or usual <= 0:
+        return ()
+    return tuple(int(k) for k in np.flatnonzero(gaps >= SKIP * usual))
 
 
 @dataclass(frozen=True)
@@ -70,9 +103,9 @@ class Timeline:
                              f"to {last}")
 
     @classmethod
-    def of(cls, steps: np.ndarray, fps: float = 15.0, seconds_per_keyframe: float = 1.0, time: str = "keys") -> Timeline:
+    def of(cls, steps: np.ndarray, fps: float = 15.0, seconds_per_keyframe: float = 1.0, time: str = "auto") -> Timeline:
         """The timeline of key frames at ``steps`` (T,) under ``--time`` (see the module's docstring)."""
-        check_time_mode(time)
+        time = resolve_time(time, steps)
         plain = cls(len(steps), fps, seconds_per_keyframe)
         if time == "keys" or len(steps) < 2:
             return plain

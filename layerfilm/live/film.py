@@ -31,10 +31,12 @@ Other projections (procrustes, umap) re-project every key frame from the kept ro
 What is kept: the 2-D points of every key frame (T x L x N x 2 float32), per key frame and block the
 squared norm and the squared distance to the previous key frame (the overlay's "still moving" bar),
 and, unless nothing needs them, every key frame's tracked rows on scratch disk (T x L x N x D float32,
-bf16 halved, layerfilm.points.FeatureStore). Each key frame's distance to the newest one decides
-which blocks have settled (the printed "blocks still moving"); it is kept as an interval that the
-triangle inequality carries from one newest key frame to the next (DistanceBounds), so an update reads
-back only the few blocks' rows whose interval straddles the threshold. The stability JSON, the exported
+bf16 halved, layerfilm.points.FeatureStore). Each key frame's distance to the newest one decides,
+with the updates against the median block's, which blocks have settled (layerfilm.stability.Settling:
+the printed "blocks still moving"); it is kept as an interval that the triangle inequality carries from
+one newest key frame to the next (DistanceBounds), so an update reads back only the few blocks' rows
+whose interval straddles the threshold, and the first key frame's (the total change: "barely moved").
+The stability JSON, the exported
 ``point_distance`` and a ``fit`` layout's settled marks print every distance: with those, an update
 reads back the rows of every key frame whose distance is not known exactly (T x the new checkpoint's
 tracked bytes at worst, from scratch, never from the checkpoints), as does a refit. ``--refit never
@@ -78,7 +80,7 @@ from layerfilm.points.measures import DistanceBounds, PointMeasures, measures_of
 from layerfilm.points.weights import WeightPlan
 from layerfilm.projection import Trajectories, coherence, project
 from layerfilm.projection.linear import PcaBasis, fit_pca
-from layerfilm.stability import settle_index
+from layerfilm.stability import Settling, settle_index
 from layerfilm.study import Study, weights_subject
 from layerfilm.text import printable, show
 from layerfilm.video.encode import check_output, output_kind
@@ -236,7 +238,8 @@ class Update:
     """What one update added: the new key frames' steps, and per new key frame the blocks still moving."""
 
     steps: list[int] = field(default_factory=list)
-    moving: list[int] = field(default_factory=list)
+    moving: list[int] = field(default_factory=list)  # -1: the first key frame (no film yet)
+    barely: list[int] = field(default_factory=list)  # blocks that barely moved so far, per new key frame
     skipped: list[Checkpoint] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # read (find, read, project), measure, write (outputs)
     encoded: int = 0  # frames encoded (a live layout: only the segments that changed; else the whole film)
@@ -278,7 +281,7 @@ class LiveFilm:
         self._scratch = new_scratch("live", scratch) if keep_rows else None  # stale ones of killed watches go
         self.store = FeatureStore(Path(self._scratch.name) / "rows") if self._scratch is not None else None
         self.bounds: DistanceBounds | None = None  # every key frame's distance to the newest, when rows are kept
-        self.settle: np.ndarray | None = None  # (L,) the newest update's settling key frames (the printed lines)
+        self.settling: Settling | None = None  # the newest update's block statuses (the printed lines)
         incremental = self.opts.film_layout == "live" and output_kind(self.out) != "gif"
         self.segments = SegmentStore(self.out) if incremental else None
 
@@ -452,19 +455,23 @@ class LiveFilm:
     def _distances(self, steps: np.ndarray, exact: bool) -> dict[str, np.ndarray]:
         """The measures of the key frames' distances: ``point_update`` and, with ``exact``, every
         ``point_distance`` (the rows read back where the bounds are not exact: T x the tracked bytes at
-        worst); without it, only the blocks' settling key frames (``self.settle``), from the bounds and
-        the few rows they leave undecided (layerfilm.points.measures.DistanceBounds)."""
+        worst); without it, only the blocks' statuses (``self.settling``), from the bounds and the few rows
+        they leave undecided, and the first key frame's distance (layerfilm.points.measures.DistanceBounds)."""
         m = self.measured
         assert self.bounds is not None and self.store is not None and m.prev is not None
         norm_sq, prev_sq, newest = m.norm_sq, m.prev_sq, m.prev
         read = self.store.rows
+        th = self.opts.settle_threshold
         with one_blas_thread():
             if exact:
                 measures = measures_of(norm_sq, prev_sq, self.bounds.exact(newest, read), steps)
-                self.settle = settle_index(measures["point_distance"], self.opts.settle_threshold)
+                self.settling = Settling.of(measures["point_distance"], measures["point_update"], th)
                 return measures
-            self.settle = self.bounds.settle(self.opts.settle_threshold, norm_sq[-1], newest, read)
-        return {"point_update": relative_update(prev_sq, np.sqrt(norm_sq), steps)}
+            update = relative_update(prev_sq, np.sqrt(norm_sq), steps)
+            near = self.bounds.settle(th, norm_sq[-1], newest, read)
+            change = np.sqrt(self.bounds.first(newest, read)) / np.maximum(np.sqrt(norm_sq[-1]), 1e-300)
+            self.settling = Settling(settle_index(near, update, th), change)
+        return {"point_update": update}
 
     # ---------------------------------------------------------------- one update
 
@@ -497,7 +504,9 @@ class LiveFilm:
         t2 = time.perf_counter()
         up.encoded = self.write(traj)
         up.seconds["measure"], up.seconds["write"] = t2 - t1, time.perf_counter() - t2
-        up.moving = [self.moving(traj, self.steps.index(s)) for s in up.steps]
+        keys = [self.steps.index(s) for s in up.steps]
+        up.moving = [self.moving(traj, k) for k in keys]
+        up.barely = [0 if self.settling is None else int(self.settling.barely.sum()) for _ in keys]
         if len(self.refits) > fits and len(self.steps) - len(added) >= 2 and self.live.every not in (0, 1):
             # it replaced a basis already filmed (refit=always: at every update, as the legend says)
             up.basis = traj.subject.projection if traj.subject is not None else "new basis"
@@ -515,10 +524,9 @@ class LiveFilm:
         self.study.remember(self.traj)
 
     def moving(self, traj: Trajectories, k: int) -> int:
-        """How many blocks have not settled by key frame k (the overlay's rule; every block without the rows)."""
-        if self.settle is None:
-            return len(traj.blocks)
-        return int(((self.settle < 0) | (self.settle > k)).sum())
+        """How many blocks are moving at key frame k (layerfilm.stability.Settling, the overlay's rule;
+        every block without the rows)."""
+        return len(traj.blocks) if self.settling is None else self.settling.moving(k)
 
     def write(self, traj: Trajectories) -> int:
         """The film, then the stills, stability JSON and points asked for, each renamed into place whole;
@@ -547,14 +555,16 @@ class LiveFilm:
 
 
 def stability_json(traj: Trajectories, threshold: float, explained: np.ndarray | None = None) -> str:
-    """The film's per-block stability from its own points, one block a line: block, settle_step (null:
-    not settled), settle_threshold, steps, point_update, point_distance (to the newest key frame), motion
-    (between key frames, relative to the cloud's spread; null at the first), and with ``explained`` (L,)
-    explained_variance: the share of the newest key frame's variance its 2-D points show
-    (``LiveFilm.newest_explained``; null where unknown)."""
-    settle = settle_index(traj.stats["point_distance"], threshold)
+    """The film's per-block stability from its own points, one block a line: block, status (settled,
+    moving or barely moved: layerfilm.stability.Settling), settle_step (null: not settled), settle_threshold,
+    steps, point_update, point_distance (to the newest key frame), motion (between key frames, relative to
+    the cloud's spread; null at the first), and with ``explained`` (L,) explained_variance: the share of the
+    newest key frame's variance its 2-D points show (``LiveFilm.newest_explained``; null where unknown)."""
+    settling = Settling.of(traj.stats["point_distance"], traj.stats["point_update"], threshold)
+    status, settle = settling.status(), settling.index
     motion = np.concatenate([np.full((len(traj.blocks), 1), np.nan), traj.stats["motion"]], axis=1)
-    rows = [{"block": int(b), "settle_step": int(traj.steps[settle[l]]) if settle[l] >= 0 else None,
+    rows = [{"block": int(b), "status": status[l],
+             "settle_step": int(traj.steps[settle[l]]) if status[l] == "settled" else None,
              "settle_threshold": threshold, "steps": [int(s) for s in traj.steps],
              "point_update": json_series(traj.stats["point_update"][:, l]),
              "point_distance": json_series(traj.stats["point_distance"][:, l]),
@@ -566,9 +576,13 @@ def stability_json(traj: Trajectories, threshold: float, explained: np.ndarray |
 
 
 def report_line(up: Update, blocks: int) -> list[str]:
-    """One line per new key frame: its step and how many blocks still move (the last: and a new basis)."""
-    lines = [f"key frame: step {s:,}, " + (f"{m} of {blocks} blocks still moving" if m >= 0 else
-                                          "the first (the film starts at the second)") for s, m in zip(up.steps, up.moving)]
+    """One line per new key frame: its step, how many blocks still move, and how many barely moved so far
+    (the last: and a new basis)."""
+    barely = up.barely or [0] * len(up.steps)
+    lines = [f"key frame: step {s:,}, " + (f"{m} of {blocks} blocks still moving" + (f", {b} barely moved so far"
+                                                                                    if b else "") if m >= 0 else
+                                          "the first (the film starts at the second)")
+             for s, m, b in zip(up.steps, up.moving, barely)]
     if up.basis and lines:
         lines[-1] += f"; {up.basis}"
     return lines

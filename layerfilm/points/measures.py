@@ -112,7 +112,7 @@ class DistanceBounds:
     When key frame T arrives, each earlier key frame's distance to it is bounded by the triangle
     inequality from its distance to T-1 and the exact step delta = ||x_T - x_{T-1}||:
     |d(t, T-1) - delta| <= d(t, T) <= d(t, T-1) + delta. A block whose rows did not change (delta = 0)
-    keeps its exact values. Which blocks have settled (``settle``, ``layerfilm.stability.settle_index``'s
+    keeps its exact values. Which blocks have settled (``settle``, ``layerfilm.stability.near_index``'s
     rule) is mostly decided by the intervals; only a (key frame, block) whose interval straddles the
     threshold is read back (``read(t, l)`` -> that block's rows) and computed exactly, by the same
     arithmetic as a render's measures. So an update of a watched film reads back a few blocks' rows, not
@@ -167,16 +167,24 @@ class DistanceBounds:
             self._resolve(int(t), np.flatnonzero(~self.known[t]), newest, read)
         return self.sq.copy()
 
+    def first(self, newest: np.ndarray, read: Reader) -> np.ndarray:
+        """(L,) the first key frame's squared distance to the newest per block (the total change, which
+        decides "barely moved"), its rows read back where it is not known exactly (one key frame's at most)."""
+        unknown = np.flatnonzero(~self.known[0])
+        if len(unknown):
+            self._resolve(0, unknown, newest, read)
+        return self.sq[0].copy()
+
     def settle(self, threshold: float, norm_sq: np.ndarray, newest: np.ndarray,
                read: Reader) -> np.ndarray:
-        """(L,) ``settle_index`` of the point distances (``norm_sq``: the newest key frame's (L,) squared
-        norms), reading back only what the bounds leave undecided."""
+        """(L,) ``near_index`` (rule (a) of layerfilm.stability) of the point distances (``norm_sq``: the
+        newest key frame's (L,) squared norms), reading back only what the bounds leave undecided."""
         scale = np.maximum(np.sqrt(norm_sq), 1e-300)
         return np.array([self._settle_block(l, threshold, scale[l], newest, read) for l in range(self.sq.shape[1])],
                         np.int64)
 
     def _settle_block(self, l: int, threshold: float, scale: float, newest: np.ndarray, read: Reader) -> int:
-        """Block l's settling key frame (settle_index's rule: 0 if it never moved, -1 if only the newest
+        """Block l's settling key frame (near_index's rule: 0 if it never moved, -1 if only the newest
         key frame qualifies), each undecided comparison settled by reading back one key frame's rows."""
         T, m = len(self), self.MARGIN
         while True:

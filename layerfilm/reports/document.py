@@ -44,7 +44,7 @@ from layerfilm.reports.figures import (
 )
 from layerfilm.reports.media import Film, FrameSource, Picture, Stills, film_for, pictures, png_bytes, relative_link
 from layerfilm.reports.viewer import check_view_path, write_viewer
-from layerfilm.stability import Stability
+from layerfilm.stability import Stability, settling_text
 from layerfilm.study import Study
 
 if TYPE_CHECKING:
@@ -126,7 +126,8 @@ SECTIONS = {  # name: (heading, what it shows)
     "heatmap": ("Which blocks still move", "Relative update of each block's weights between key frames, on a log colour "
                 "scale; the white tick is the block's settling step."),
     "settling": ("Settling", "Distance to the final checkpoint relative to the first key frame; a block settles "
-                 "once it stays below the dashed threshold. Below, each block's settling step in a row of its own."),
+                 "once it stays below the dashed threshold and moves less than the threshold times the median "
+                 "block. Below, each block's settling step, or its status, in a row of its own."),
     "hot": ("Histograms over time", "Value histograms of each block's weight matrices per key frame "
             "(colour: log(1 + count))."),
     "norms": ("Parameter norms", "The norm of every tensor of every block over training: one panel per tensor, one "
@@ -188,17 +189,18 @@ def _data_uri(data: bytes, mime: str) -> str:
 
 def _summary(stab: Stability, folder: str | Path) -> str:
     steps = stab.steps
-    settled = sum(k >= 0 for k in stab.settle_index)
+    status = stab.status
     return (f"{len(steps)} checkpoints in {redact(str(folder))} (steps {steps[0]:,} to {steps[-1]:,}), "
             f"{len(stab.blocks)} blocks; "
-            f"{settled} of {len(stab.blocks)} settled (threshold {stab.settle_threshold:g}). "
+            + ", ".join(f"{status.count(s)} {s}" for s in ("settled", "moving", "barely moved"))
+            + f" (threshold {stab.settle_threshold:g}). "
             f"Points: {stab.points}.")
 
 
 CSS = """body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222}img,video{max-width:100%;height:auto}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3f3f3}
-td:nth-child(2){text-align:left}.never{color:#b00}.settled{color:#070}p.note{color:#555}
+td:nth-child(2){text-align:left}.moving{color:#b00}.settled{color:#070}.barely{color:#777}p.note{color:#555}
 .film{container-type:inline-size}.film video{display:block;width:100%;max-width:none;object-fit:contain;
 object-position:top;background:#111}.frames img{margin:.3em 0}"""
 
@@ -207,10 +209,10 @@ ACT_TABLE = ("Activations at the last key frame", "Statistics of each block's ou
              "norm, its growth over the previous block's (block 0: over its input), mean, std, fraction near zero.")
 
 
-def _html_table(head: list[str], rows: list[list[str]], settled_column: int | None = None) -> str:
-    """An HTML table; cells of ``settled_column`` are classed "never" or "settled"."""
+def _html_table(head: list[str], rows: list[list[str]], status_column: int | None = None) -> str:
+    """An HTML table; cells of ``status_column`` are classed by the block's status (settled, moving, barely)."""
     def cls(i: int, c: str) -> str:
-        return ("never" if c == "never" else "settled") if i == settled_column else ""
+        return c.split()[0] if i == status_column else ""
 
     return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>\n" + "\n".join(
         "<tr>" + "".join(f'<td class="{cls(i, c)}">{html.escape(c)}</td>' for i, c in enumerate(r)) + "</tr>"
@@ -246,9 +248,8 @@ def _html(stab: Stability, folder: str | Path, images: dict[str, bytes], film: F
     for title, pic in frames.items():
         parts += [f"<h2>{html.escape(title)}</h2>",
                   f'<p class="frames"><img alt="{html.escape(title, quote=True)}" src="{_data_uri(pic.data, pic.mime)}"></p>']
-    parts += ["<h2>Settling table</h2>", _html_table(*stab.table_rows(), settled_column=2),
-              f'<p class="note">Ranked by settling step: the first step after which the block\'s distance to the '
-              f"final checkpoint stays below {stab.settle_threshold:g} of its distance at the first key frame.</p>"]
+    parts += ["<h2>Settling table</h2>", _html_table(*stab.table_rows(), status_column=2),
+              f'<p class="note">Ranked by settling step. {html.escape(settling_text(stab.settle_threshold))}.</p>']
     if stab.activations is not None:
         parts += [f"<h2>{ACT_TABLE[0]}</h2>", f"<p>{html.escape(stab.activations.headline())}. {ACT_TABLE[1]}</p>",
                   _html_table(*stab.activations.table_rows())]
@@ -275,7 +276,8 @@ def _markdown(stab: Stability, folder: str | Path, pngs: dict[str, str], film: s
         lines += [f"Interactive film: [{_md(unquote(viewer).rsplit('/', 1)[-1])}]({viewer}): {_md(VIEWER_TEXT)}", ""]
     for title, link in frames.items():
         lines += [f"## {_md(title)}", "", f"![{_md(title)}]({link})", ""]
-    lines += ["## Settling table", "", *_md_table(*stab.table_rows())]
+    lines += ["## Settling table", "", *_md_table(*stab.table_rows()), "",
+              _md(f"Ranked by settling step. {settling_text(stab.settle_threshold)}.")]
     if stab.activations is not None:
         lines += ["", f"## {ACT_TABLE[0]}", "", _md(f"{stab.activations.headline()}. {ACT_TABLE[1]}"), "",
                   *_md_table(*stab.activations.table_rows())]

@@ -109,8 +109,8 @@ def heatmap_figure(stab: Stability, cmap: str = "magma") -> Figure:
     colours = matplotlib.colormaps[cmap].with_extremes(bad="#9a9a9a")
     mesh = ax.pcolormesh(stab.steps, np.arange(L + 1) - 0.5, np.ma.masked_where(~good, rel),
                          norm=LogNorm(lo, max(hi, lo * 1.0001)), cmap=colours)
-    for l, k in enumerate(stab.settle_index):
-        if k >= 0:
+    for l, (k, status) in enumerate(zip(stab.settle_index, stab.status)):
+        if status == "settled":
             ax.vlines(stab.steps[k], l - 0.45, l + 0.45, colors="white", linewidth=2.5)
     ax.set_yticks(range(L), _labels(stab))
     ax.set_ylim(L - 0.5, -0.5)
@@ -137,14 +137,16 @@ def settling_figure(stab: Stability) -> Figure:
     rel = stab.distance_to_final / d0
     colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, L))
     labels = _labels(stab)
+    status = stab.status
     for l, label in enumerate(labels):
         ax.plot(stab.steps, rel[:, l], color=colours[l], label=label, alpha=0.85)
         k = stab.settle_index[l]
-        if k >= 0:
+        if status[l] == "settled":
             strip.plot([stab.steps[k]], [l], "o", color=colours[l], markersize=7, markeredgecolor="black")
         else:
-            strip.text(0.995, l, "never settles", transform=strip.get_yaxis_transform(), ha="right", va="center",
-                       fontsize="small", color="#b00")
+            strip.text(0.995, l, "never settles" if status[l] == "moving" else status[l],
+                       transform=strip.get_yaxis_transform(), ha="right", va="center", fontsize="small",
+                       color="#b00" if status[l] == "moving" else "#777")
     ax.axhline(stab.settle_threshold, color="black", linestyle="--", linewidth=1,
                label=f"settling threshold ({stab.settle_threshold:g})")
     ax.set_ylabel("distance to final /\ndistance at first key frame")
