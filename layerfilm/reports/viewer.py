@@ -154,7 +154,9 @@ def viewer_data(traj: Trajectories, frames: FilmFrames, opts: FilmOptions, token
         "span": tl.span or tl.n_frames - 1,
         "fps": opts.fps,
         "level": None if o is None else np.asarray(o.level, np.float64).round(5).tolist(),
-        "settle": None if o is None else [int(s) for s in o.settle],
+        "settle": None if o is None or o.settling is None else
+        [int(i) if st == "settled" else -1 for i, st in zip(o.settling.index, o.settling.status())],
+        "barely": None if o is None or o.settling is None else [bool(b) for b in o.settling.barely],
         "distance": None if dist is None else np.asarray(dist, np.float64).tolist(),
         "settle_threshold": opts.settle_threshold,
     }
