@@ -39,6 +39,7 @@ from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import AnyPath
 from layerfilm.points.act_stats import ActivationStats, json_series
 from layerfilm.points.measures import relative_update
+from layerfilm.points.optimizer import OptimizerMeasures
 from layerfilm.points.weights import WeightPlan, WeightSpec, tracked
 from layerfilm.projection import PROJECTIONS, Trajectories
 from layerfilm.text import text_table
@@ -100,6 +101,7 @@ class Stability:
     trajectories: Trajectories | None = None  # the projection the motion was measured in
     activations: ActivationStats | None = None  # block outputs on the probe batch, when asked for
     skipped: tuple[Checkpoint, ...] = ()  # checkpoints not measured (the scan's and the unreadable), with their problem
+    optimizer: OptimizerMeasures | None = None  # what the optimizer saw (layerfilm.points.optimizer), when measured
 
     @property
     def settle_steps(self) -> list[int | None]:
@@ -118,6 +120,7 @@ class Stability:
         """One JSON-ready dict per block in ranking order (NaN written as null); with activations, each
         also holds the block's ``act_*`` series (``ActivationStats.records``)."""
         act = self.activations.records() if self.activations is not None else [{}] * len(self.blocks)
+        opt = self.optimizer.records(self.steps) if self.optimizer is not None else [{}] * len(self.blocks)
         out = []
         for rank, l in enumerate(self.ranking(), 1):
             out.append({
@@ -133,6 +136,7 @@ class Stability:
                 "cka_to_final": json_series(self.cka_to_final[:, l]),
                 "motion": json_series(self.motion[:, l]),
                 **act[l],
+                **opt[l],
             })
         return out
 

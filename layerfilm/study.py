@@ -49,6 +49,7 @@ from layerfilm.parallel.threads import one_blas_thread, prefetch
 from layerfilm.points import ArrayStore, Features, Subject
 from layerfilm.points.act_stats import ActivationStats
 from layerfilm.points.measures import PointMeasures, point_measures
+from layerfilm.points.optimizer import OptimizerMeasures, OptimizerSums, matrices, matrix_norm, optimizer_sums
 from layerfilm.points.weights import WeightPlan, plan, read_points, skip
 from layerfilm.projection import Trajectories, describe, project
 from layerfilm.stability import (
@@ -347,8 +348,22 @@ class Study:
                 distance_to_final=m.distance_to_final, norm=m.norm, param_norm=m.param_norm,
                 cka_to_final=m.cka_to_final, motion=screen_motion(traj), hist=m.hist, hist_edges=m.hist_edges,
                 settle_threshold=th, settle_index=settle_index(m.distance_to_final, th), points=m.points,
-                trajectories=traj, activations=act, skipped=tuple(self.skipped))
+                trajectories=traj, activations=act, skipped=tuple(self.skipped), optimizer=self.optimizer_measures())
         return self._stability
+
+    def optimizer_measures(self, bins: int = HIST_BINS) -> OptimizerMeasures:
+        """Update ratio, RMS gradient and first-moment norm per block and key frame, from the optimizer
+        state saved beside each checkpoint (layerfilm.points.optimizer; NaN where there is none). Each
+        moment is read once; the weights' norms come from the whole-block measures."""
+        m = self.block_measures(bins)
+        lm = self.weight_plan().layer_map
+        key = self._key("optimizer", {"weights": self.opts.weights})
+        sums = self._load(key, OptimizerSums.from_arrays)
+        if sums is None:
+            sums = optimizer_sums(self.series, lm.blocks, lm.names)
+            self._store(key, sums.to_arrays())
+        norms = matrix_norm(m.param_norm, m.components, matrices(self.series, lm.blocks, lm.names), lm.names, lm.blocks)
+        return OptimizerMeasures.of(sums, m.steps, norms)
 
     # ---------------------------------------------------------------- computing
 
