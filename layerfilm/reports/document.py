@@ -39,6 +39,7 @@ from layerfilm.reports.figures import (
     save_figure,
     settling_figure,
     stills_figure,
+    update_ratio_figure,
 )
 from layerfilm.reports.media import Film, FrameSource, Picture, Stills, film_for, pictures, relative_link
 from layerfilm.stability import Stability
@@ -119,6 +120,10 @@ SECTIONS = {  # name: (heading, what it shows)
                "on the same fixed axes and colour scale as the film."),
     "heatmap": ("Which blocks still move", "Relative update of each block's weights between key frames, on a log colour "
                 "scale; the white tick is the block's settling step."),
+    "update_ratio": ("What the optimizer saw", "The update ratio lr·‖m̂/(√v̂+ε)‖/‖W‖ of each block's weight "
+                     "matrices, from the Adam state saved beside each checkpoint, on a log colour scale (white lines "
+                     "on the colour bar: 1e-4 and 1e-2; about 1e-3 is healthy). A block labelled low or high has its "
+                     "median outside that range; a red x marks a spike, 10x the block's running median."),
     "settling": ("Settling", "Distance to the final checkpoint relative to the first key frame; a block settles "
                  "once it stays below the dashed threshold. Below, each block's settling step in a row of its own."),
     "hot": ("Histograms over time", "Value histograms of each block's weight matrices per key frame "
@@ -136,7 +141,7 @@ SECTIONS = {  # name: (heading, what it shows)
 }
 
 
-FIGURE_NAMES = ("stills", "heatmap", "settling", "hot", "norms", "act_hot", "act_norms", "act_near_zero")
+FIGURE_NAMES = ("stills", "heatmap", "update_ratio", "settling", "hot", "norms", "act_hot", "act_norms", "act_near_zero")
 
 
 def report_figures(stab: Stability, style: Style) -> dict[str, Figure]:
@@ -144,6 +149,7 @@ def report_figures(stab: Stability, style: Style) -> dict[str, Figure]:
     figures = {
         "stills": keyframe_stills(stab.trajectories, style).figure,
         "heatmap": heatmap_figure(stab),
+        **({"update_ratio": update_ratio_figure(stab)} if stab.optimizer is not None and stab.optimizer.any else {}),
         "settling": settling_figure(stab),
         "hot": hot_figure(stab),
         "norms": norm_figure(stab),
@@ -172,7 +178,19 @@ def _summary(stab: Stability, folder: str | Path) -> str:
     return (f"{len(steps)} checkpoints in {redact(str(folder))} (steps {steps[0]:,} to {steps[-1]:,}), "
             f"{len(stab.blocks)} blocks; "
             f"{settled} of {len(stab.blocks)} settled (threshold {stab.settle_threshold:g}). "
-            f"Points: {stab.points}.")
+            f"Points: {stab.points}." + _optimizer_note(stab))
+
+
+def _optimizer_note(stab: Stability) -> str:
+    """One line on the optimizer state: why there is no section of it, or which blocks are flagged."""
+    opt = stab.optimizer
+    if opt is None:
+        return ""
+    if not opt.any:
+        return " No optimizer section: " + ("; ".join(opt.notes) or "no optimizer state") + "."
+    flagged = [f"L{b} ({f})" for b, f in zip(stab.blocks, opt.flags()) if f]
+    return (f" Update ratio outside 1e-4..1e-2: {', '.join(flagged)}." if flagged else
+            " Every block's median update ratio lies within 1e-4..1e-2.")
 
 
 CSS = """body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;max-width:1100px;margin:2em auto;
