@@ -180,6 +180,8 @@ _O = [
            "come", choices=("fit", "live"), group=LOOK),
     Option("overlay", True, "no per-panel bar of how much the block still moves, and no 'settled' mark", bool,
            group=LOOK),
+    Option("bar", "motion", "the per-panel bottom bar: motion of the points, or update-ratio (Adam's update against\n"
+           "the weights, from the optimizer state beside each checkpoint)", choices=("motion", "update-ratio"), group=LOOK),
     Option("settle_threshold", 0.1, "a block has settled once its distance to the final checkpoint stays below F times "
            "its distance at the first key frame", float, metavar="F", group=LOOK),
     Option("crf", 18, "quality of lossy .mp4 output, 0-51, lower is better (.webm is always lossless)", int,
@@ -238,7 +240,7 @@ def _of(*names: str | Option) -> tuple[Option, ...]:
 
 
 COMMANDS: dict[str, tuple[Option, ...]] = {
-    "render": _of(*_FILM),
+    "render": _of(*_FILM, "bar"),
     "watch": _of(*LIVE_OPTIONS, *_FILM),
     "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
     "stability": _of(JSON_FLAG, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
@@ -310,6 +312,7 @@ def options(command: str, given: dict[str, Any]):
         address=v["address"],
         storage_options=v["storage_options"],
         film_layout=g("film_layout", "fit"),
+        bar=g("bar", "motion"),
     )
     live = None
     if command == "watch":

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from layerfilm.draw.film_layout import live_extent, live_scale, live_timeline, live_top
 from layerfilm.draw.legend import Legend, scale_top, subject_text, time_text, zoom_text, zooms
-from layerfilm.draw.overlay import Overlay, bar_text, updates
+from layerfilm.draw.overlay import Overlay, bar_text, ratio_overlay, ratio_text, updates
 from layerfilm.draw.raster import Renderer, Style
 from layerfilm.draw.timeline import MAX_FRAMES, Timeline
 from layerfilm.errors import OptionsError, ScanError
@@ -20,6 +20,7 @@ from layerfilm.film_options import FilmOptions
 from layerfilm.io.outputs import atomic_output, check_output_path
 from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import local_inputs
+from layerfilm.points.optimizer import HEALTHY
 from layerfilm.parallel.engines import Engine, check_jobs, cores, get_engine, session
 from layerfilm.projection import Trajectories
 from layerfilm.study import Study
@@ -107,7 +108,9 @@ def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarr
     parts += subject_text(traj.subject, traj.method, traj.stats)
     if zoom is not None:  # a live layout's words may not depend on later key frames
         parts.append(zoom_text(zoom) if opts.film_layout == "fit" else "axes zoom to each key frame's spread")
-    if bar and "point_update" in traj.stats:
+    if bar and opts.bar == "update-ratio":
+        parts.append(ratio_text())
+    elif bar and "point_update" in traj.stats:
         parts.append(bar_text(traj.stats["point_update"], bar_top(traj, opts), settled=opts.film_layout == "fit"))
     tl = film_timeline(traj.steps, opts)
     parts.append(time_text(opts.time, opts.seconds_per_keyframe))
@@ -143,6 +146,8 @@ def film_overlay(renderer: Renderer, traj: Trajectories, opts: FilmOptions) -> O
     to each earlier one), so a mark could change on any earlier frame when a key frame is added."""
     if not opts.overlay:
         return None
+    if opts.bar == "update-ratio":
+        return ratio_overlay(renderer, traj.stats["update_ratio"], HEALTHY)
     if opts.film_layout == "live":
         return Overlay(renderer, traj.stats["point_update"], np.full(len(traj.blocks), -1), bar_top(traj, opts))
     return Overlay.of_points(renderer, traj.stats, opts.settle_threshold)
@@ -237,6 +242,19 @@ def pick_preset(out: str | Path, opts: FilmOptions, frames: int) -> tuple[FilmOp
             f"VP9 preset {preset}, picked for {frames} frames on {threads} core{'s' * (threads > 1)} (preset={other})")
 
 
+def with_update_ratio(run: Study) -> Trajectories:
+    """The film's points with each block's update ratio at each key frame in ``stats["update_ratio"]``
+    (T, L; NaN without optimizer state): one pass reads the whole blocks (whose norms the ratio needs)
+    and the film's rows together, then each checkpoint's optimizer moments once."""
+    measures = run.optimizer_measures()
+    steps = run.block_measures().steps
+    traj = run.trajectories()
+    at = {int(s): i for i, s in enumerate(steps)}
+    idx = np.array([at.get(int(s), -1) for s in traj.steps])
+    ratio = np.where((idx >= 0)[:, None], measures.update_ratio[np.maximum(idx, 0)], np.nan)
+    return replace(traj, stats={**traj.stats, "update_ratio": ratio})
+
+
 def film_frames(traj: Trajectories, opts: FilmOptions) -> FilmFrames:
     """The film of ``traj`` as ``opts`` draws it: its renderer (layout, legend) and overlay, if any."""
     renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay)
@@ -312,7 +330,7 @@ def render(
         segments = film_segments(opts, n_frames)
         if segments.engine is not None and opts.engine == "local":  # workers will draw: start them while this
             segments.engine.start(WORKER_MODULES)  # one reads (a cluster's started above)
-        traj = run.trajectories()
+        traj = with_update_ratio(run) if opts.bar == "update-ratio" else run.trajectories()
         frames = film_frames(traj, opts)
         n = write_film(traj, out, opts, progress, frames, segments)
     if export is not None:
