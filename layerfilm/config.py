@@ -180,8 +180,8 @@ _O = [
            "come", choices=("fit", "live"), group=LOOK),
     Option("overlay", True, "no per-panel bar of how much the block still moves, and no 'settled' mark", bool,
            group=LOOK),
-    Option("bar", "motion", "the per-panel bottom bar: motion of the points, or update-ratio (Adam's update against\n"
-           "the weights, from the optimizer state beside each checkpoint)", choices=("motion", "update-ratio"), group=LOOK),
+    Option("bar", "motion", "per-panel bar: motion of the points, or update-ratio (Adam's step against the weights)",
+           choices=("motion", "update-ratio"), group=LOOK),
     Option("settle_threshold", 0.1, "a block has settled once its distance to the final checkpoint stays below F times "
            "its distance at the first key frame", float, metavar="F", group=LOOK),
     Option("crf", 18, "quality of lossy .mp4 output, 0-51, lower is better (.webm is always lossless)", int,

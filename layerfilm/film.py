@@ -20,8 +20,8 @@ from layerfilm.film_options import FilmOptions
 from layerfilm.io.outputs import atomic_output, check_output_path
 from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import local_inputs
-from layerfilm.points.optimizer import HEALTHY
 from layerfilm.parallel.engines import Engine, check_jobs, cores, get_engine, session
+from layerfilm.points.optimizer import HEALTHY
 from layerfilm.projection import Trajectories
 from layerfilm.study import Study
 from layerfilm.text import show

@@ -11,9 +11,9 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from test_scan_bad_input import Payload
 
 from layerfilm.points.optimizer import OptimizerStateError, map_params, pickle_params
+from test_scan_bad_input import Payload
 
 
 def records(run_cli, folder, *extra) -> tuple[dict[int, dict], str]:

@@ -51,6 +51,7 @@ FLAGS = {
     "--time": ("time", "log-steps", "log-steps"),
     "--settle-threshold": ("settle_threshold", "0.2", 0.2),
     "--film-layout": ("film_layout", "live", "live"),
+    "--bar": ("bar", "update-ratio", "update-ratio"),
 }
 ALSO = {"style.height": 180, "umap.seed": 7, "umap.jobs": 2}  # set by the same flags as above (--size, --seed, --jobs)
 WITH = {"--address": ["--engine", "dask"]}  # flags that need another

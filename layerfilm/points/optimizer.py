@@ -193,8 +193,8 @@ def _rules(params: list[Param], groups: list[dict]) -> dict[str, list[list[Param
              "matrices / the rest (nanoGPT)": [[p for p in params if len(p.shape) >= 2],
                                                [p for p in params if len(p.shape) < 2]]}
     by_name = {p.name: p for p in params}
-    names = [g.get("param_names") for g in groups]
-    if all(isinstance(n, list) for n in names):
+    names: list[list[str]] = [g["param_names"] for g in groups if isinstance(g.get("param_names"), list)]
+    if names and len(names) == len(groups):
         clean = {raw: c for c, raw in strip_prefixes([n for ns in names for n in ns]).items()}
         rules = {"names in the state": [[by_name.get(clean[n], Param(n, (), False)) for n in ns] for ns in names]}
     return rules
@@ -296,7 +296,7 @@ def checkpoint_sums(ckpt: Checkpoint, block_matrices: list[list[str]],
     """(4, L): update_sq, v_sum, count, m_sq of each block at ``ckpt``; OptimizerStateError when it has none.
     Each moment is read once."""
     opt, obj = load_state(ckpt)
-    if ckpt.path.is_dir():
+    if isinstance(ckpt.path, Path) and ckpt.path.is_dir():  # (a URL was refused by load_state)
         key = ckpt.path / "config.json"
         if key not in params_cache:
             params_cache[key] = trainer_params(ckpt.path, ckpt)
