@@ -54,6 +54,7 @@ _BUFFERS = re.compile(r"(?:^|\.)(?:running_mean|running_var|num_batches_tracked|
 # the Trainer's no-decay names (transformers.Trainer.get_decay_parameter_names), for state dicts without modules
 _NO_DECAY = [re.compile(p) for p in (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")]
 NO_STATE = "no optimizer state"
+PICKLE_FORMATS = ("torch", "lightning")  # file formats that may hold a training dict
 
 
 class OptimizerStateError(CheckpointError):
@@ -76,6 +77,8 @@ def state_file(ckpt: Checkpoint) -> AnyPath:
     """The file holding ``ckpt``'s optimizer state, or OptimizerStateError saying why there is none."""
     path = ckpt.path
     if not path.is_dir():
+        if ckpt.format not in PICKLE_FORMATS:
+            raise OptimizerStateError(f"{path}: {NO_STATE} (a {ckpt.format} file holds weights only)")
         return path  # a training dict holds it beside the model, if at all
     for name in OPTIMIZER_FILES:
         if (path / name).is_file():
