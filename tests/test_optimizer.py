@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,6 +95,7 @@ def test_update_ratio_is_the_update_adamw_made(example, tmp_path, run_cli):
         assert all(1e-4 < r < 1 for r in blocks[b]["update_ratio"])
 
 
+@pytest.mark.slow
 def test_nanogpt_and_lightning_files(makers, example, lightning_ckpts, tmp_path, run_cli):
     nano = makers.nanogpt_run(example, tmp_path / "nano", wrap="compile")
     blocks, err = records(run_cli, nano)
@@ -180,3 +182,59 @@ def test_rules_that_fit_and_disagree_are_ambiguous(tmp_path):
     opt1.step()
     assert list(map_params(pickle_params(obj, tmp_path), opt1.state_dict() | {"state": {}}, tmp_path)) == ["x.bias", "y.w", "z.w"]
 
+
+
+@pytest.mark.slow
+def test_bar_and_report_show_the_update_ratio(makers, example, tmp_path, run_cli):
+    from layerfilm.draw.overlay import FLAGGED, RATIO_SCALE
+    from layerfilm.draw.raster import TRACK
+    from layerfilm.film import film_frames, with_update_ratio
+    from layerfilm.film_options import FilmOptions
+    from layerfilm.study import Study
+
+    nano = makers.nanogpt_run(example, tmp_path / "nano")
+    opts = FilmOptions(bar="update-ratio", cache=False)
+    traj = with_update_ratio(Study.open(nano, opts, progress=False))
+    ratio = traj.stats["update_ratio"]  # (T, L): step 0 has no state
+    frames = film_frames(traj, opts)
+    o = frames.overlay
+    (w, h), c = o.size, o.r.cell
+    for k in range(len(traj.steps)):
+        img = frames.draw(k, 0.0)
+        for l, (ox, oy) in enumerate(o.r.panels):
+            row = img[oy * c + h - o.bar, ox * c: ox * c + w]
+            lit = int(np.sum(np.any(row != TRACK.astype(np.uint8), axis=1)))
+            if not np.isfinite(ratio[k, l]):
+                assert lit == 0
+                continue
+            level = math.log10(ratio[k, l] / RATIO_SCALE[0]) / math.log10(RATIO_SCALE[1] / RATIO_SCALE[0])
+            assert lit == round(level * w) and ratio[k, l] > 1e-2  # this run's ratios are high: orange
+            assert (row[0] == FLAGGED.astype(np.uint8)).all()
+
+    code, _, err = run_cli("report", nano, "--out", tmp_path / "r.md", "--quiet")
+    text = (tmp_path / "r.md").read_text()
+    assert code == 0 and "## What the optimizer saw" in text and (tmp_path / "r_update_ratio.png").is_file()
+    assert "Update ratio outside 1e-4..1e-2: L0 (high), L1 (high)." in text
+
+    bare = tmp_path / "bare"  # the same run saved without the optimizer
+    bare.mkdir()
+    for f in nano.glob("*.pt"):
+        state = torch.load(f, weights_only=True)
+        del state["optimizer"]
+        torch.save(state, bare / f.name)
+    code, _, err = run_cli("report", bare, "--out", tmp_path / "b.md", "--quiet")
+    text = (tmp_path / "b.md").read_text()
+    assert code == 0 and "optimizer saw" not in text and not (tmp_path / "b_update_ratio.png").exists()
+    assert "No optimizer section: " in text and ": every checkpoint: no optimizer state in it." in text
+    assert err.count("no optimizer state in it") == 1
+
+
+def test_spikes_and_flags_by_their_definition():
+    from layerfilm.points.optimizer import OptimizerMeasures
+
+    r = np.array([[np.nan, 1e-3, 2e-5], [1e-3, 2e-3, 3e-5], [2e-2, 1e-3, 2e-5], [1e-3, 9e-3, 1e-5]])
+    m = OptimizerMeasures(r, r, r)
+    # block 0: 2e-2 >= 10 x median(1e-3); block 1: 9e-3 < 10 x median(1e-3, 2e-3, 1e-3) = 1e-2
+    assert m.spikes().tolist() == [[False] * 3, [False] * 3, [True, False, False], [False] * 3]
+    assert m.flags() == [None, None, "low"]
+    assert [rec["update_spikes"] for rec in m.records(np.array([0, 10, 20, 30]))] == [[20], [], []]
