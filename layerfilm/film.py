@@ -21,7 +21,7 @@ from layerfilm.io.outputs import atomic_output, check_output_path
 from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import local_inputs
 from layerfilm.parallel.engines import Engine, check_jobs, cores, get_engine, session
-from layerfilm.points.optimizer import HEALTHY
+from layerfilm.points.optimizer import HEALTHY, spikes
 from layerfilm.projection import Trajectories
 from layerfilm.study import Study
 from layerfilm.text import show
@@ -108,13 +108,18 @@ def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarr
     parts += subject_text(traj.subject, traj.method, traj.stats)
     if zoom is not None:  # a live layout's words may not depend on later key frames
         parts.append(zoom_text(zoom) if opts.film_layout == "fit" else "axes zoom to each key frame's spread")
-    if bar and opts.bar == "update-ratio":
+    ratio_bar = bar and opts.bar == "update-ratio"
+    spiked = np.flatnonzero(spikes(traj.stats["update_ratio"]).any(axis=1)) if ratio_bar else np.zeros(0, int)
+    if ratio_bar:
         parts.append(ratio_text())
+        if len(spiked):
+            parts.append("red on the timeline: a block's update ratio at 10x its running median")
     elif bar and "point_update" in traj.stats:
         parts.append(bar_text(traj.stats["point_update"], bar_top(traj, opts), settled=opts.film_layout == "fit"))
     tl = film_timeline(traj.steps, opts)
     parts.append(time_text(opts.time, opts.seconds_per_keyframe))
-    return Legend(tuple(parts), tuple(tl.position(k, 0.0) for k in range(len(traj.steps))))
+    return Legend(tuple(parts), tuple(tl.position(k, 0.0) for k in range(len(traj.steps))),
+                  marks=tuple(tl.position(int(k), 0.0) for k in spiked))
 
 
 def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = None, bar: bool = False) -> Renderer:

@@ -238,3 +238,35 @@ def test_spikes_and_flags_by_their_definition():
     assert m.spikes().tolist() == [[False] * 3, [False] * 3, [True, False, False], [False] * 3]
     assert m.flags() == [None, None, "low"]
     assert [rec["update_spikes"] for rec in m.records(np.array([0, 10, 20, 30]))] == [[20], [], []]
+
+
+def test_an_lr_spike_is_marked_on_the_timeline(makers, example, tmp_path, run_cli):
+    """A real run whose step 6 alone takes a 100x learning rate: that step is the spike of every block, in
+    the JSON and as the film timeline's red mark."""
+    from layerfilm.draw.raster import MARK
+    from layerfilm.film import film_frames, film_legend, film_timeline, with_update_ratio
+    from layerfilm.film_options import FilmOptions
+    from layerfilm.study import Study
+
+    torch.manual_seed(0)
+    cfg = makers.nano_config(example, width=16)
+    model = example.GPT(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    for it, (x, y) in enumerate(makers.batches(example, 8, batch=2), 1):
+        for g in opt.param_groups:
+            g["lr"] = 3e-2 if it == 6 else 3e-4
+        F.cross_entropy(model(x).view(-1, cfg.vocab), y.view(-1)).backward()
+        opt.step()
+        opt.zero_grad()
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iter_num": it}, tmp_path / f"ckpt_{it}.pt")
+    blocks, _ = records(run_cli, tmp_path)
+    assert [r["update_spikes"] for r in blocks.values()] == [[6], [6]]
+    opts = FilmOptions(bar="update-ratio", cache=False)
+    traj = with_update_ratio(Study.open(tmp_path, opts, progress=False))
+    legend = film_legend(traj, opts, bar=True)
+    assert legend.marks == (film_timeline(traj.steps, opts).position(5, 0.0),)
+    frames = film_frames(traj, opts)
+    img = frames.draw(7, 0.0)
+    x0, x1, y = frames.renderer._timeline
+    x = x0 + int(round(legend.marks[0] * (x1 - x0 - 1)))
+    assert (img[y, x] == MARK).all() and not (img[y, x0:x1] == MARK).all(axis=1).sum() > 3

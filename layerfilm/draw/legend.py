@@ -45,12 +45,14 @@ class Legend:
 
     parts: phrases of the text rows under the panels, in order; the renderer wraps them between phrases.
     ticks: each key frame's place in the film (0 first frame .. 1 last), for the timeline.
+    marks: places of key frames marked on the timeline in red (update-ratio spikes).
     unit: what the colour bar counts.
     """
 
     parts: tuple[str, ...]
     ticks: tuple[float, ...] = ()
     unit: str = "points per bin"
+    marks: tuple[float, ...] = ()  # places (as ticks) marked in red on the timeline: update-ratio spikes
 
 
 def subject_text(subject: Subject | None, method: str, stats: dict[str, np.ndarray]) -> list[str]:

@@ -390,15 +390,8 @@ class OptimizerMeasures:
         return out
 
     def spikes(self) -> np.ndarray:
-        """(T, L) bool: a ratio at least ``SPIKE`` times the median of the block's earlier ratios."""
-        r = self.update_ratio
-        out = np.zeros(r.shape, bool)
-        for l in range(r.shape[1]):
-            for t in range(1, r.shape[0]):
-                before = r[:t, l][np.isfinite(r[:t, l])]
-                if len(before) and np.isfinite(r[t, l]) and r[t, l] >= SPIKE * np.median(before) > 0:
-                    out[t, l] = True
-        return out
+        """(T, L) bool: :func:`spikes` of the update ratio."""
+        return spikes(self.update_ratio)
 
     def records(self, steps: np.ndarray) -> list[dict]:
         """Per block: ``update_ratio``, ``grad_rms``, ``m_norm`` (one value per key frame, null where no
@@ -410,6 +403,18 @@ class OptimizerMeasures:
         return [{"update_ratio": series(self.update_ratio[:, l]), "grad_rms": series(self.grad_rms[:, l]),
                  "m_norm": series(self.m_norm[:, l]), "update_flag": flags[l],
                  "update_spikes": [int(s) for s in steps[spikes[:, l]]]} for l in range(self.update_ratio.shape[1])]
+
+
+def spikes(ratio: np.ndarray) -> np.ndarray:
+    """(T, L) bool: where a ratio (T, L) is at least ``SPIKE`` times the median of the block's earlier ratios
+    (a run about to diverge takes far larger steps than before)."""
+    out = np.zeros(ratio.shape, bool)
+    for l in range(ratio.shape[1]):
+        for t in range(1, ratio.shape[0]):
+            before = ratio[:t, l][np.isfinite(ratio[:t, l])]
+            if len(before) and np.isfinite(ratio[t, l]) and ratio[t, l] >= SPIKE * np.median(before) > 0:
+                out[t, l] = True
+    return out
 
 
 def matrix_norm(param_norm: np.ndarray, components: Sequence[str], block_matrices: list[list[str]],
