@@ -127,8 +127,9 @@ _O = [
     Option("blocks", None, "override block detection: a regex whose first group is the block index, e.g. "
            "'net\\.stage(\\d+)\\.'", metavar="REGEX", points=True, group=WHICH),
     # what to film
-    Option("features", "weights", "points are weight rows (weights) or block outputs on a probe batch (activations)",
-           choices=("weights", "activations"), points=True, group=WHAT),
+    Option("features", "weights", "points: weight rows (weights), rows of Adam's update (updates) or block outputs "
+           "on a probe batch (activations)", choices=("weights", "updates", "activations"), points=True,
+           group=WHAT),
     Option("param", None, "matrix inside each block, e.g. mlp.c_fc.weight or attn.c_attn; default: the MLP's input "
            "projection", points=True, group=WHAT),
     Option("points", 512, "at most N neurons per block, chosen once with --seed and tracked at every step", int,
@@ -284,10 +285,12 @@ def options(command: str, given: dict[str, Any]):
                                      seq_len=v["seq_len"], batch_size=v["batch_size"], device=v["device"],
                                      devices=v["devices"] or (), dtype=v["dtype"], near_zero=v["near_zero"],
                                      blocks_regex=v["blocks"])
+    if g("features") == "updates" and command != "render":
+        raise OptionsError(f"features=updates: films the optimizer's updates (render); {command} measures the weights")
     width, height = g("size", OPTIONS["size"].default)
     film = FilmOptions(
         weights=WeightSpec(param=v["param"], points=v["points"], seed=v["seed"], blocks_regex=v["blocks"],
-                           layout=v["layout"]),
+                           layout=v["layout"], source="updates" if g("features") == "updates" else "weights"),
         activations=activations,
         projection=v["projection"],
         fit=g("fit", "all"),

@@ -49,7 +49,7 @@ from layerfilm.parallel.threads import one_blas_thread, prefetch
 from layerfilm.points import ArrayStore, Features, Subject
 from layerfilm.points.act_stats import ActivationStats
 from layerfilm.points.measures import PointMeasures, point_measures
-from layerfilm.points.optimizer import OptimizerMeasures, OptimizerSums, matrices, matrix_norm, optimizer_sums
+from layerfilm.points.optimizer import OptimizerMeasures, OptimizerSums, matrices, matrix_norm, optimizer_sums, read_updates
 from layerfilm.points.weights import WeightPlan, plan, read_points, skip
 from layerfilm.projection import Trajectories, describe, project
 from layerfilm.stability import (
@@ -117,7 +117,10 @@ def read_checkpoint(ckpt: Checkpoint, read: Callable[[CheckpointReader, AnyPath]
 
 def read_rows(ckpt: Checkpoint, wp: WeightPlan, blocks: Sequence[int] | None = None) -> np.ndarray | CheckpointError:
     """(Lc, N, D) float32: the tracked rows of ``blocks`` (default all) in ``ckpt``, or why it cannot be
-    read: what a block task reads of each key frame, and :meth:`Study.add` of a live film's new one."""
+    read: what a block task reads of each key frame, and :meth:`Study.add` of a live film's new one. With
+    ``wp.source == "updates"``: the rows of Adam's update direction (layerfilm.points.optimizer)."""
+    if wp.source == "updates":
+        return read_updates(ckpt, wp, blocks)
     return read_checkpoint(ckpt, lambda reader, where: read_points(reader, wp, where, blocks))
 
 
@@ -199,7 +202,8 @@ def _join(results: list[ChunkResult]) -> tuple[np.ndarray, dict[str, np.ndarray]
 
 def weights_subject(wp: WeightPlan, opts, keyframes: int, run: str) -> Subject:
     """What a weights film shows (its legend's words): the matrix, how many of its neurons, the projection."""
-    return Subject(wp.component, "weights", wp.point_ids.shape[1], wp.shape[0], "output neurons",
+    kind = "Adam update direction m/(sqrt(v)+eps)" if wp.source == "updates" else "weights"
+    return Subject(wp.component, kind, wp.point_ids.shape[1], wp.shape[0], "output neurons",
                    describe(opts.projection, keyframes, opts.fit), run)
 
 

@@ -247,8 +247,10 @@ def map_params(params: list[Param], opt: dict, where: AnyPath) -> dict[str, tupl
 # ---------------------------------------------------------------- measures
 
 
-def adam_direction(s: dict, group: dict, where: AnyPath, name: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """(m̂, √v̂ + ε as float64, lr) of one parameter's Adam state, bias-corrected by the state's own step."""
+def adam_direction(s: dict, group: dict, where: AnyPath, name: str,
+                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(m̂, √v̂ + ε as float64, lr) of one parameter's Adam state, bias-corrected by the state's own step;
+    ``rows``: only those rows (only their bytes are read from a memory-mapped state)."""
     if not isinstance(s, dict) or "exp_avg" not in s or "exp_avg_sq" not in s:
         raise OptimizerStateError(f"{where}: no Adam moments (exp_avg, exp_avg_sq) for {name}")
     try:
@@ -259,8 +261,13 @@ def adam_direction(s: dict, group: dict, where: AnyPath, name: str) -> tuple[np.
         raise OptimizerStateError(f"{where}: no step, lr, eps or betas for {name}") from None
     if not step >= 1 or not (math.isfinite(lr) and math.isfinite(eps)):
         raise OptimizerStateError(f"{where}: step {step:g}, lr {lr:g}, eps {eps:g} of {name} cannot be used")
-    v = s.get("max_exp_avg_sq") if group.get("amsgrad") else s["exp_avg_sq"]
-    m64 = to_float32(s["exp_avg"]).astype(np.float64) / (1 - b1 ** step)
+    m, v = s["exp_avg"], s["max_exp_avg_sq"] if group.get("amsgrad") and "max_exp_avg_sq" in s else s["exp_avg_sq"]
+    if rows is not None:
+        import torch
+
+        at = torch.from_numpy(np.asarray(rows, np.int64))
+        m, v = m[at], v[at]
+    m64 = to_float32(m).astype(np.float64) / (1 - b1 ** step)
     denom = np.sqrt(to_float32(v).astype(np.float64)) / math.sqrt(1 - b2 ** step) + eps
     return m64, denom, lr
 
@@ -294,20 +301,27 @@ def matrices(series: Series, blocks: Sequence[int], names: dict[int, dict[str, s
         return [[n for n in names[b].values() if len(reader.shape(n)) == 2] for b in blocks]
 
 
+def mapped_state(ckpt: Checkpoint, params_cache: dict[AnyPath, list[Param]] | None = None
+                 ) -> tuple[dict[str, tuple[Any, dict]], AnyPath]:
+    """``ckpt``'s optimizer state by parameter name (:func:`map_params`) and the file it is in."""
+    opt, obj = load_state(ckpt)
+    cache = {} if params_cache is None else params_cache
+    if isinstance(ckpt.path, Path) and ckpt.path.is_dir():  # (a URL was refused by load_state)
+        key = ckpt.path / "config.json"
+        if key not in cache:
+            cache[key] = trainer_params(ckpt.path, ckpt)
+        params = cache[key]
+    else:
+        params = pickle_params(obj, ckpt.path)
+    where = state_file(ckpt)
+    return map_params(params, opt, where), where
+
+
 def checkpoint_sums(ckpt: Checkpoint, block_matrices: list[list[str]],
                     params_cache: dict[AnyPath, list[Param]]) -> np.ndarray:
     """(4, L): update_sq, v_sum, count, m_sq of each block at ``ckpt``; OptimizerStateError when it has none.
     Each moment is read once."""
-    opt, obj = load_state(ckpt)
-    if isinstance(ckpt.path, Path) and ckpt.path.is_dir():  # (a URL was refused by load_state)
-        key = ckpt.path / "config.json"
-        if key not in params_cache:
-            params_cache[key] = trainer_params(ckpt.path, ckpt)
-        params = params_cache[key]
-    else:
-        params = pickle_params(obj, ckpt.path)
-    where = state_file(ckpt)
-    mapped = map_params(params, opt, where)
+    mapped, where = mapped_state(ckpt, params_cache)
     out = np.zeros((4, len(block_matrices)))
     for l, block in enumerate(block_matrices):
         for name in block:
@@ -427,3 +441,53 @@ def matrix_norm(param_norm: np.ndarray, components: Sequence[str], block_matrice
         for c in comps:
             out[:, l] += param_norm[:, l, components.index(c)] ** 2
     return np.sqrt(out)
+
+
+class UpdateReader:
+    """A checkpoint's Adam update direction u = m̂/(√v̂+ε) per parameter, as a checkpoint reader
+    (layerfilm.io.formats.Reader: keys, shape, dtype, get, rows), so that ``--features updates`` films its
+    rows as a weights film films the weights' (layerfilm.points.weights.read_points)."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self.files: list[AnyPath] = []
+        self.step: int | None = None
+        self._state: dict[str, tuple[Any, dict]] = {}
+        self._where: AnyPath = ckpt.path
+
+    def __enter__(self) -> UpdateReader:
+        self._state, self._where = mapped_state(self.ckpt)
+        self.files = [self._where]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._state = {}
+
+    def keys(self) -> list[str]:
+        return [n for n, (s, _) in self._state.items() if isinstance(s, dict) and "exp_avg" in s]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._state[name][0]["exp_avg"].shape)
+
+    def dtype(self, name: str) -> str:
+        return "F32"
+
+    def get(self, name: str) -> np.ndarray:
+        return self.rows(name, None)
+
+    def rows(self, name: str, ids: np.ndarray | None) -> np.ndarray:
+        s, group = self._state[name]
+        m, denom, _ = adam_direction(s, group, self._where, name, ids)
+        return (m / denom).astype(np.float32)
+
+
+def read_updates(ckpt: Checkpoint, wp: Any, blocks: Sequence[int] | None = None) -> np.ndarray | CheckpointError:
+    """(Lc, N, D) the tracked rows of Adam's update direction of ``blocks`` at ``ckpt`` (a
+    layerfilm.points.weights.WeightPlan's), or why it has none (the checkpoint is then skipped)."""
+    from layerfilm.points.weights import read_points
+
+    try:
+        with UpdateReader(ckpt) as reader:
+            return read_points(reader, wp, state_file(ckpt), blocks)
+    except CheckpointError as e:
+        return e
