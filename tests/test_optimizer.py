@@ -270,3 +270,27 @@ def test_an_lr_spike_is_marked_on_the_timeline(makers, example, tmp_path, run_cl
     x0, x1, y = frames.renderer._timeline
     x = x0 + int(round(legend.marks[0] * (x1 - x0 - 1)))
     assert (img[y, x] == MARK).all() and not (img[y, x0:x1] == MARK).all(axis=1).sum() > 3
+
+
+def test_features_updates_are_the_rows_of_adams_direction(makers, example, tmp_path, run_cli):
+    from layerfilm.film_options import FilmOptions
+    from layerfilm.points.weights import WeightSpec
+    from layerfilm.study import Study
+
+    nano = makers.nanogpt_run(example, tmp_path / "nano", steps=(0, 2, 4))
+    with pytest.warns(UserWarning, match="ckpt_0.pt: the optimizer state is empty"):  # step 0: skipped, one line
+        f = Study.open(nano, FilmOptions(weights=WeightSpec(points=16, source="updates"), cache=False),
+                       progress=False).points()
+    assert f.steps.tolist() == [2, 4]
+    for t, step in enumerate(f.steps):
+        state = torch.load(nano / f"ckpt_{step}.pt", weights_only=True)["optimizer"]
+        group = state["param_groups"][0]
+        (b1, b2), names = group["betas"], [n for n, _ in example.GPT(makers.nano_config(example)).named_parameters()]
+        for l in range(2):
+            s = state["state"][names.index(f"transformer.h.{l}.mlp.c_fc.weight")]
+            m = s["exp_avg"].double() / (1 - b1 ** float(s["step"]))
+            v = s["exp_avg_sq"].double() / (1 - b2 ** float(s["step"]))
+            want = (m / (v.sqrt() + group["eps"]))[torch.from_numpy(f.point_ids[l])].float().numpy()
+            np.testing.assert_allclose(f.store[t][l], want, rtol=1e-5, atol=1e-7)
+    code, _, err = run_cli("stability", nano, "--features", "updates")
+    assert code == 2 and "--features updates: films the optimizer's updates (render); stability measures" in err
