@@ -28,6 +28,7 @@ t the state's own step, lr and ε its group's):
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -301,13 +302,13 @@ def matrices(series: Series, blocks: Sequence[int], names: dict[int, dict[str, s
         return [[n for n in names[b].values() if len(reader.shape(n)) == 2] for b in blocks]
 
 
-def mapped_state(ckpt: Checkpoint, params_cache: dict[AnyPath, list[Param]] | None = None
+def mapped_state(ckpt: Checkpoint, params_cache: dict[str, list[Param]] | None = None
                  ) -> tuple[dict[str, tuple[Any, dict]], AnyPath]:
     """``ckpt``'s optimizer state by parameter name (:func:`map_params`) and the file it is in."""
     opt, obj = load_state(ckpt)
     cache = {} if params_cache is None else params_cache
     if isinstance(ckpt.path, Path) and ckpt.path.is_dir():  # (a URL was refused by load_state)
-        key = ckpt.path / "config.json"
+        key = _config_key(ckpt.path / "config.json")  # one model built per distinct config, not per checkpoint
         if key not in cache:
             cache[key] = trainer_params(ckpt.path, ckpt)
         params = cache[key]
@@ -317,8 +318,17 @@ def mapped_state(ckpt: Checkpoint, params_cache: dict[AnyPath, list[Param]] | No
     return map_params(params, opt, where), where
 
 
+def _config_key(path: Path) -> str:
+    """A Trainer folder's model as its config says it (read bounded, as untrusted), for the cache of built models."""
+    from layerfilm.points.activations.configs import read_config
+
+    if not path.is_file():
+        return str(path)  # trainer_params says why in one line
+    return json.dumps(read_config(path), sort_keys=True)
+
+
 def checkpoint_sums(ckpt: Checkpoint, block_matrices: list[list[str]],
-                    params_cache: dict[AnyPath, list[Param]]) -> np.ndarray:
+                    params_cache: dict[str, list[Param]]) -> np.ndarray:
     """(4, L): update_sq, v_sum, count, m_sq of each block at ``ckpt``; OptimizerStateError when it has none.
     Each moment is read once."""
     mapped, where = mapped_state(ckpt, params_cache)
@@ -345,7 +355,7 @@ def optimizer_sums(series: Series, blocks: Sequence[int], names: dict[int, dict[
     T, L = len(series), len(block_matrices)
     sums = np.full((4, T, L), np.nan)
     why: dict[str, list[Checkpoint]] = {}
-    cache: dict[AnyPath, list[Param]] = {}
+    cache: dict[str, list[Param]] = {}
     for t, ckpt in enumerate(series.checkpoints):
         try:
             sums[:, t] = checkpoint_sums(ckpt, block_matrices, cache)
