@@ -127,8 +127,8 @@ _O = [
     Option("blocks", None, "override block detection: a regex whose first group is the block index, e.g. "
            "'net\\.stage(\\d+)\\.'", metavar="REGEX", points=True, group=WHICH),
     # what to film
-    Option("features", "weights", "points: weight rows (weights), rows of Adam's update (updates) or block outputs "
-           "on a probe batch (activations)", choices=("weights", "updates", "activations"), points=True,
+    Option("features", "weights", "weight rows, Adam's update rows (updates), or block outputs on a probe "
+           "(activations)", choices=("weights", "updates", "activations"), points=True,
            group=WHAT),
     Option("param", None, "matrix inside each block, e.g. mlp.c_fc.weight or attn.c_attn; default: the MLP's input "
            "projection", points=True, group=WHAT),
