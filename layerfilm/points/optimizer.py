@@ -56,6 +56,7 @@ _BUFFERS = re.compile(r"(?:^|\.)(?:running_mean|running_var|num_batches_tracked|
 _NO_DECAY = [re.compile(p) for p in (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")]
 NO_STATE = "no optimizer state"
 PICKLE_FORMATS = ("torch", "lightning")  # file formats that may hold a training dict
+WEIGHTS_ONLY = "holds weights only"  # a format that never holds optimizer state: a note, not a warning
 
 
 class OptimizerStateError(CheckpointError):
@@ -79,7 +80,7 @@ def state_file(ckpt: Checkpoint) -> AnyPath:
     path = ckpt.path
     if not path.is_dir():
         if ckpt.format not in PICKLE_FORMATS:
-            raise OptimizerStateError(f"{path}: {NO_STATE} (a {ckpt.format} file holds weights only)")
+            raise OptimizerStateError(f"{path}: {NO_STATE} (a {ckpt.format} file {WEIGHTS_ONLY})")
         return path  # a training dict holds it beside the model, if at all
     for name in OPTIMIZER_FILES:
         if (path / name).is_file():
@@ -367,9 +368,10 @@ def optimizer_sums(series: Series, blocks: Sequence[int], names: dict[int, dict[
     for reason, ckpts in why.items():
         which = "every checkpoint" if len(ckpts) == T else f"{len(ckpts)} of {T} checkpoints (first: {ckpts[0].path.name})"
         notes.append(f"{series.root}: {which}: {reason}")
-    if warn:
+    if warn:  # a run of weight-only files (safetensors) is not a problem to warn about
         for n in notes:
-            warnings.warn(n, stacklevel=2)
+            if WEIGHTS_ONLY not in n:
+                warnings.warn(n, stacklevel=2)
     count = np.nan_to_num(sums[2]).max(axis=0)
     return OptimizerSums(np.asarray(series.steps, np.int64), sums[0], sums[1], count, sums[3], tuple(notes))
 
