@@ -127,8 +127,9 @@ _O = [
     Option("blocks", None, "override block detection: a regex whose first group is the block index, e.g. "
            "'net\\.stage(\\d+)\\.'", metavar="REGEX", points=True, group=WHICH),
     # what to film
-    Option("features", "weights", "points are weight rows (weights) or block outputs on a probe batch (activations)",
-           choices=("weights", "activations"), points=True, group=WHAT),
+    Option("features", "weights", "weight rows, Adam's update rows (updates), or block outputs on a probe "
+           "(activations)", choices=("weights", "updates", "activations"), points=True,
+           group=WHAT),
     Option("param", None, "matrix inside each block, e.g. mlp.c_fc.weight or attn.c_attn; default: the MLP's input "
            "projection", points=True, group=WHAT),
     Option("points", 512, "at most N neurons per block, chosen once with --seed and tracked at every step", int,
@@ -184,6 +185,8 @@ _O = [
            "come", choices=("fit", "live"), group=LOOK),
     Option("overlay", True, "no per-panel bar of how much the block still moves, and no 'settled' mark", bool,
            group=LOOK),
+    Option("bar", "motion", "per-panel bar: motion of the points, or update-ratio (Adam's step against the weights)",
+           choices=("motion", "update-ratio"), group=LOOK),
     Option("settle_threshold", 0.1, "a block has settled once its distance to the final checkpoint stays below F times "
            "its first and its updates below F times the median block's", float, metavar="F", group=LOOK),
     Option("crf", 18, "quality of lossy .mp4 output, 0-51, lower is better (.webm: lossless unless render --quality share)", int,
@@ -252,7 +255,7 @@ def _of(*names: str | Option) -> tuple[Option, ...]:
 
 
 COMMANDS: dict[str, tuple[Option, ...]] = {
-    "render": _of(NAMES, *_FILM),
+    "render": _of(NAMES, *_FILM, "bar"),
     "compare": _of(JSON_FLAG, NAMES, *_SELECT, *_SOURCE, "param", "points", "seed", "blocks", "layout", *_ACT, *_RUN),
     "watch": _of(*LIVE_OPTIONS, *(n for n in _FILM if n != "quality")),  # a live film stays lossless
     "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
@@ -304,10 +307,12 @@ def options(command: str, given: dict[str, Any]):
             name = "param" if v["param"] is not None else "layout"
             raise OptionsError(f"{name}={v[name]}: chooses weights; it does nothing with features=activations")
         activations = probe()
+    if g("features") == "updates" and command != "render":
+        raise OptionsError(f"features=updates: films the optimizer's updates (render); {command} measures the weights")
     width, height = g("size", OPTIONS["size"].default)
     film = FilmOptions(
         weights=WeightSpec(param=v["param"], points=v["points"], seed=v["seed"], blocks_regex=v["blocks"],
-                           layout=v["layout"]),
+                           layout=v["layout"], source="updates" if g("features") == "updates" else "weights"),
         activations=activations,
         projection=g("projection", "pca"),
         fit=g("fit", "all"),
@@ -334,6 +339,7 @@ def options(command: str, given: dict[str, Any]):
         address=v["address"],
         storage_options=v["storage_options"],
         film_layout=g("film_layout", "fit"),
+        bar=g("bar", "motion"),
     )
     live: Any = None
     if command == "compare":  # runs without the base's initialisation are compared by their activations

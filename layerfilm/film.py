@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from layerfilm.draw.curves import Strip
 from layerfilm.draw.film_layout import live_extent, live_scale, live_timeline, live_top
 from layerfilm.draw.legend import Legend, scale_top, subject_text, time_text, zoom_text, zooms
-from layerfilm.draw.overlay import Overlay, bar_text, marks_text, updates
+from layerfilm.draw.overlay import Overlay, bar_text, marks_text, ratio_overlay, ratio_text, updates
 from layerfilm.draw.raster import Renderer, Style
 from layerfilm.draw.timeline import MAX_FRAMES, Timeline, resolve_time, skips
 from layerfilm.errors import OptionsError, ScanError
@@ -23,6 +23,7 @@ from layerfilm.io.outputs import atomic_output, check_output_path
 from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import local_inputs
 from layerfilm.parallel.engines import Engine, check_jobs, cores, get_engine, session
+from layerfilm.points.optimizer import HEALTHY, spikes
 from layerfilm.projection import Trajectories
 from layerfilm.study import Study
 from layerfilm.text import show
@@ -115,14 +116,21 @@ def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarr
         parts.append(zoom_text(zoom) if opts.film_layout == "fit" and not still else "axes zoom to each key frame's spread")
     if still:
         return Legend(tuple(parts))
-    if bar and "point_update" in traj.stats:
+    ratio_bar = bar and opts.bar == "update-ratio"
+    spiked = np.flatnonzero(spikes(traj.stats["update_ratio"]).any(axis=1)) if ratio_bar else np.zeros(0, int)
+    if ratio_bar:
+        parts.append(ratio_text())
+        if len(spiked):
+            parts.append("red on the timeline: a block's update ratio at 10x its running median")
+    elif bar and "point_update" in traj.stats:
         parts.append(bar_text(traj.stats["point_update"], bar_top(traj, opts)))
         parts += marks_text(opts.settle_threshold) if opts.film_layout == "fit" else []
     tl = film_timeline(traj.steps, opts)
     gaps = skips(traj.steps)
     parts.append(time_text(resolve_time(opts.time, traj.steps), opts.seconds_per_keyframe, opts.time == "auto", len(gaps)))
     parts += [note] if note else []
-    return Legend(tuple(parts), tuple(tl.position(k, 0.0) for k in range(len(traj.steps))), skips=gaps)
+    return Legend(tuple(parts), tuple(tl.position(k, 0.0) for k in range(len(traj.steps))), skips=gaps,
+                  marks=tuple(tl.position(int(k), 0.0) for k in spiked))
 
 
 def film_axes(traj: Trajectories, opts: FilmOptions) -> tuple[np.ndarray, np.ndarray | None]:
@@ -171,6 +179,8 @@ def film_overlay(renderer: Renderer, traj: Trajectories, opts: FilmOptions) -> O
     earlier one), so a mark could change on any earlier frame when a key frame is added."""
     if not opts.overlay:
         return None
+    if opts.bar == "update-ratio":
+        return ratio_overlay(renderer, traj.stats["update_ratio"], HEALTHY)
     if opts.film_layout == "live":
         return Overlay(renderer, traj.stats["point_update"], None, bar_top(traj, opts))
     return Overlay.of_points(renderer, traj.stats, opts.settle_threshold)
@@ -265,6 +275,19 @@ def pick_preset(out: str | Path, opts: FilmOptions, frames: int) -> tuple[FilmOp
             f"VP9 preset {preset}, picked for {frames} frames on {threads} core{'s' * (threads > 1)} (preset={other})")
 
 
+def with_update_ratio(run: Study) -> Trajectories:
+    """The film's points with each block's update ratio at each key frame in ``stats["update_ratio"]``
+    (T, L; NaN without optimizer state): one pass reads the whole blocks (whose norms the ratio needs)
+    and the film's rows together, then each checkpoint's optimizer moments once."""
+    measures = run.optimizer_measures()
+    steps = run.block_measures().steps
+    traj = run.trajectories()
+    at = {int(s): i for i, s in enumerate(steps)}
+    idx = np.array([at.get(int(s), -1) for s in traj.steps])
+    ratio = np.where((idx >= 0)[:, None], measures.update_ratio[np.maximum(idx, 0)], np.nan)
+    return replace(traj, stats={**traj.stats, "update_ratio": ratio})
+
+
 def film_frames(traj: Trajectories, opts: FilmOptions, logs: RunLogs | None = None, note: str = "") -> FilmFrames:
     """The film of ``traj`` as ``opts`` draws it: its renderer (layout, legend with ``note`` last, the strip
     of ``logs``) and overlay, if any."""
@@ -341,7 +364,7 @@ def render(
         segments = film_segments(opts, n_frames)
         if segments.engine is not None and opts.engine == "local":  # workers will draw: start them while this
             segments.engine.start(WORKER_MODULES)  # one reads (a cluster's started above)
-        traj = run.trajectories()
+        traj = with_update_ratio(run) if opts.bar == "update-ratio" else run.trajectories()
         logs = run.logs() if opts.curves else None
         frames = film_frames(traj, opts, logs)
         if opts.encode.quality == "share":  # the legend states how far the film is from lossless

@@ -51,6 +51,7 @@ class FilmOptions:
     address: str | None = None  # dask: the scheduler's address (None: a LocalCluster)
     storage_options: str | None = None  # a URL folder: fsspec options as a JSON object (layerfilm.io.storage)
     film_layout: str = "fit"  # axes, colour scale, legend, timeline: fit (the whole film) | live (layerfilm.draw.film_layout)
+    bar: str = "motion"  # the per-panel bar: motion | update-ratio (layerfilm.draw.overlay, layerfilm.points.optimizer)
 
     def points_options(self) -> dict:
         """The options that change the points (the cache key): all but the look, encoding and cache."""
@@ -71,6 +72,10 @@ class FilmOptions:
         check_time_mode(self.time)
         check_settle_threshold(self.settle_threshold)
         check_film_layout(self.film_layout)
+        if self.bar not in BARS:
+            raise OptionsError(f"bar={self.bar!r}: choose one of {', '.join(BARS)}")
+        if self.bar == "update-ratio" and (self.film_layout != "fit" or self.activations is not None):
+            raise OptionsError("bar=update-ratio: a film of weights made at once (film_layout=fit)")
         if self.fit not in FITS:
             raise OptionsError(f"fit={self.fit!r}: choose one of {', '.join(FITS)}")
         if self.projection == "umap":
@@ -86,4 +91,6 @@ class FilmOptions:
 
 # FilmOptions fields that never change the projected points (which checkpoints: the cache key lists them)
 _NOT_POINTS = {"style", "encode", "fps", "seconds_per_keyframe", "time", "legend", "every", "steps", "cache", "cache_dir",
-               "curves", "overlay", "settle_threshold", "jobs", "engine", "address", "storage_options", "film_layout"}
+               "curves", "overlay", "settle_threshold", "jobs", "engine", "address", "storage_options", "film_layout",
+               "bar"}
+BARS = ("motion", "update-ratio")

@@ -55,6 +55,7 @@ from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import AnyPath
 from layerfilm.points.act_stats import ActivationStats, json_series
 from layerfilm.points.measures import relative_update
+from layerfilm.points.optimizer import OptimizerMeasures
 from layerfilm.points.weights import WeightPlan, WeightSpec, tracked
 from layerfilm.projection import PROJECTIONS, Trajectories
 from layerfilm.text import text_table
@@ -118,6 +119,7 @@ class Stability:
     trajectories: Trajectories | None = None  # the projection the motion was measured in
     activations: ActivationStats | None = None  # block outputs on the probe batch, when asked for
     skipped: tuple[Checkpoint, ...] = ()  # checkpoints not measured (the scan's and the unreadable), with their problem
+    optimizer: OptimizerMeasures | None = None  # what the optimizer saw (layerfilm.points.optimizer), when measured
 
     @property
     def settle_steps(self) -> list[int | None]:
@@ -148,6 +150,7 @@ class Stability:
         """One JSON-ready dict per block in ranking order (NaN written as null); with activations, each
         also holds the block's ``act_*`` series (``ActivationStats.records``)."""
         act = self.activations.records() if self.activations is not None else [{}] * len(self.blocks)
+        opt = self.optimizer.records(self.steps) if self.optimizer is not None else [{}] * len(self.blocks)
         out = []
         status = self.status
         for rank, l in enumerate(self.ranking(), 1):
@@ -165,6 +168,7 @@ class Stability:
                 "motion": json_series(self.motion[:, l]),
                 "status": status[l],
                 **act[l],
+                **opt[l],
             })
         return out
 

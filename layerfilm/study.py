@@ -50,6 +50,7 @@ from layerfilm.parallel.threads import one_blas_thread, prefetch
 from layerfilm.points import ArrayStore, Features, Subject
 from layerfilm.points.act_stats import ActivationStats
 from layerfilm.points.measures import PointMeasures, point_measures
+from layerfilm.points.optimizer import OptimizerMeasures, OptimizerSums, matrices, matrix_norm, optimizer_sums, read_updates
 from layerfilm.points.weights import WeightPlan, plan, read_points, skip
 from layerfilm.projection import Trajectories, describe, project
 from layerfilm.stability import (
@@ -117,7 +118,10 @@ def read_checkpoint(ckpt: Checkpoint, read: Callable[[CheckpointReader, AnyPath]
 
 def read_rows(ckpt: Checkpoint, wp: WeightPlan, blocks: Sequence[int] | None = None) -> np.ndarray | CheckpointError:
     """(Lc, N, D) float32: the tracked rows of ``blocks`` (default all) in ``ckpt``, or why it cannot be
-    read: what a block task reads of each key frame, and :meth:`Study.add` of a live film's new one."""
+    read: what a block task reads of each key frame, and :meth:`Study.add` of a live film's new one. With
+    ``wp.source == "updates"``: the rows of Adam's update direction (layerfilm.points.optimizer)."""
+    if wp.source == "updates":
+        return read_updates(ckpt, wp, blocks)
     return read_checkpoint(ckpt, lambda reader, where: read_points(reader, wp, where, blocks))
 
 
@@ -199,7 +203,8 @@ def _join(results: list[ChunkResult]) -> tuple[np.ndarray, dict[str, np.ndarray]
 
 def weights_subject(wp: WeightPlan, opts, keyframes: int, run: str) -> Subject:
     """What a weights film shows (its legend's words): the matrix, how many of its neurons, the projection."""
-    return Subject(wp.component, "weights", wp.point_ids.shape[1], wp.shape[0], "output neurons",
+    kind = "Adam update direction m/(sqrt(v)+eps)" if wp.source == "updates" else "weights"
+    return Subject(wp.component, kind, wp.point_ids.shape[1], wp.shape[0], "output neurons",
                    describe(opts.projection, keyframes, opts.fit), run)
 
 
@@ -390,9 +395,23 @@ class Study:
                 distance_to_final=m.distance_to_final, norm=m.norm, param_norm=m.param_norm,
                 cka_to_final=m.cka_to_final, motion=screen_motion(traj), hist=m.hist, hist_edges=m.hist_edges,
                 settle_threshold=th, settle_index=Settling.of(m.distance_to_final, m.relative_update, th).index,
-                points=m.points,
-                trajectories=traj, activations=act, skipped=tuple(self.skipped))
+                points=m.points, trajectories=traj, activations=act, skipped=tuple(self.skipped),
+                optimizer=self.optimizer_measures())
         return self._stability
+
+    def optimizer_measures(self, bins: int = HIST_BINS) -> OptimizerMeasures:
+        """Update ratio, RMS gradient and first-moment norm per block and key frame, from the optimizer
+        state saved beside each checkpoint (layerfilm.points.optimizer; NaN where there is none). Each
+        moment is read once; the weights' norms come from the whole-block measures."""
+        m = self.block_measures(bins)
+        lm = self.weight_plan().layer_map
+        key = self._key("optimizer", {"weights": self.opts.weights})
+        sums = self._load(key, OptimizerSums.from_arrays)
+        if sums is None:
+            sums = optimizer_sums(self.series, lm.blocks, lm.names)
+            self._store(key, sums.to_arrays())
+        norms = matrix_norm(m.param_norm, m.components, matrices(self.series, lm.blocks, lm.names), lm.names, lm.blocks)
+        return OptimizerMeasures.of(sums, m.steps, norms)
 
     # ---------------------------------------------------------------- computing
 

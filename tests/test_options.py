@@ -53,6 +53,8 @@ FLAGS = {
     "--time": ("time", "log-steps", "log-steps"),
     "--settle-threshold": ("settle_threshold", "0.2", 0.2),
     "--film-layout": ("film_layout", "live", "live"),
+    "--bar": ("bar", "update-ratio", "update-ratio"),
+    "--features": ("weights.source", "updates", "updates"),  # (activations: its own spec, tested below)
 }
 ALSO = {"style.height": 180, "umap.seed": 7, "umap.jobs": 2}  # set by the same flags as above (--size, --seed, --jobs)
 WITH = {"--address": ["--engine", "dask"]}  # flags that need another

@@ -45,6 +45,7 @@ class Legend:
 
     parts: phrases of the text rows under the panels, in order; the renderer wraps them between phrases.
     ticks: each key frame's place in the film (0 first frame .. 1 last), for the timeline.
+    marks: places of key frames marked on the timeline in red (update-ratio spikes).
     unit: what the colour bar counts.
     skips: the key frames k whose gap to k + 1 skipped checkpoints (``layerfilm.draw.timeline.skips``):
         the timeline is dashed between their ticks.
@@ -54,6 +55,7 @@ class Legend:
     ticks: tuple[float, ...] = ()
     unit: str = "points per bin"
     skips: tuple[int, ...] = ()
+    marks: tuple[float, ...] = ()  # places (as ticks) marked in red on the timeline: update-ratio spikes
 
 
 def subject_text(subject: Subject | None, method: str, stats: dict[str, np.ndarray]) -> list[str]:

@@ -58,6 +58,30 @@ def marks_text(threshold: float) -> list[str]:
             f"grey: barely moved (changed < {BARELY_MOVED:.0%} over the film)"]
 
 
+RATIO_SCALE = (1e-5, 1e-1)  # the update-ratio bar's log scale: empty .. full
+FLAGGED = np.array([255, 150, 60], np.float32)
+
+
+def ratio_text() -> str:
+    """The legend's words for the update-ratio bar."""
+    lo, hi = RATIO_SCALE
+    return (f"bottom bar: Adam update ratio lr*|m/(sqrt(v)+eps)|/|W| of the block's matrices, log: empty {lo:g}, "
+            f"full {hi:g}; orange: outside 1e-4 to 1e-2; none: no optimizer state")
+
+
+def ratio_overlay(renderer: Renderer, ratio: np.ndarray, healthy: tuple[float, float]) -> Overlay:
+    """The per-panel bars of the update ratio (T, L; NaN: no state) on the fixed log scale ``RATIO_SCALE``,
+    orange where a ratio lies outside ``healthy``; no settled marks."""
+    lo, hi = RATIO_SCALE
+    r = np.asarray(ratio, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level = np.nan_to_num(np.clip(np.log10(r / lo) / np.log10(hi / lo), 0.0, 1.0), nan=0.0)
+        outside = np.isfinite(r) & ((r < healthy[0]) | (r > healthy[1]))
+    o = Overlay(renderer, np.zeros_like(r), None, colours=np.where(outside[..., None], FLAGGED, MOVING))
+    o.level = level
+    return o
+
+
 class Overlay:
     """Call with a frame (H, W, 3) uint8, key frame k and fraction a; draws in place.
 
@@ -65,10 +89,11 @@ class Overlay:
     status (None: no marks, the bars in blue)."""
 
     def __init__(self, renderer: Renderer, relative_update: np.ndarray, settling: Settling | None,
-                 top: float | None = None) -> None:
+                 top: float | None = None, colours: np.ndarray | None = None) -> None:
         self.r = renderer
         self.level = moving_level(relative_update, top)
         self.settling = settling
+        self.colours = colours  # (T, L, 3): each bar's colour at each key frame (None: by its status)
         c = renderer.cell
         bw, bh = renderer.panel_bins
         self.size = (bw * c, bh * c)
@@ -102,6 +127,8 @@ class Overlay:
             x, y = ox * c, oy * c + h - self.bar
             colour = {"settled": SETTLED, "barely moved": BARELY}.get(status, MOVING)
             img[y : y + self.bar, x : x + w] = TRACK
+            if self.colours is not None:
+                colour = self.colours[k, l]
             img[y : y + self.bar, x : x + int(round(level[l] * w))] = colour
             width = text_mask(status, px).shape[1]
             if status != "moving" and width + 3 <= self.room[l]:  # else the bar's colour alone says it

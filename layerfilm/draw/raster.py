@@ -37,6 +37,7 @@ TEXT = np.array([235, 235, 235], np.float32)
 TRACK = np.array([45, 45, 52], np.uint8)  # the timeline's track (and the overlay's)
 TICK = np.array([170, 170, 180], np.uint8)  # a key frame on the timeline
 CURSOR = np.array([255, 200, 60], np.uint8)  # now, on the timeline
+MARK = np.array([235, 60, 60], np.uint8)  # a marked key frame on the timeline (an update-ratio spike)
 FLOOR = 0.25  # colour-scale position of the faintest non-empty bin
 
 
@@ -432,6 +433,9 @@ class Renderer:
                 self.base[y : y + self.timeline_h, gap[(gap - a) // dash % 2 == 1]] = BACKGROUND
         for _, x in [] if self.passed_ticks else self._ticks:
             self.base[y : y + self.timeline_h, x] = TICK
+        for t in legend.marks:
+            x = x0 + int(round(min(max(t, 0.0), 1.0) * (x1 - x0 - 1)))
+            self.base[y : y + self.timeline_h, max(x0, x - 1) : x + 2] = MARK
         for i, row in enumerate(self.rows):
             draw_text(self.base, row, x0, y + self.timeline_h + self.strip_h + self.legend_px // 4 + i * self.row_h,
                       self.legend_px)

@@ -16,6 +16,7 @@ from layerfilm.io.storage import AnyPath
 from layerfilm.options import check_seed
 
 LAYOUTS = ("auto", "out-in", "in-out")
+SOURCES = ("weights", "updates")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class WeightSpec:
     seed:   seed of that choice.
     blocks_regex: override block detection (a regex whose first group is the block index).
     layout: "out-in" (nn.Linear), "in-out" (GPT-2 Conv1D) or "auto" (Conv1D when c_attn is [d, 3d]).
+    source: "weights", or "updates": the rows of Adam's update direction m̂/(√v̂+ε) of the same matrix, from
+            the optimizer state beside each checkpoint (layerfilm.points.optimizer).
     """
 
     param: str | None = None
@@ -34,8 +37,11 @@ class WeightSpec:
     seed: int = 0
     blocks_regex: str | None = None
     layout: str = "auto"
+    source: str = "weights"
 
     def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise OptionsError(f"source={self.source!r}: choose one of {', '.join(SOURCES)}")
         if self.points < 2:
             raise OptionsError(f"points={self.points}: need at least 2 points per block")
         check_seed(self.seed)
@@ -54,6 +60,7 @@ class WeightPlan:
     shape: tuple[int, int]  # (out, in) after orientation
     point_ids: np.ndarray  # (L, N)
     block_bytes: int = 0  # the largest block's tensors in float32: what a whole-block measure holds per copy
+    source: str = "weights"  # the rows of the weights, or of Adam's update direction (WeightSpec.source)
 
     @property
     def name(self) -> str:
@@ -78,7 +85,7 @@ def plan(series: Series, spec: WeightSpec) -> WeightPlan:
     rng = np.random.default_rng(spec.seed)
     ids = np.stack([np.sort(rng.choice(out_dim, n, replace=False)) for _ in names])
     block_bytes = max(sum(int(np.prod(shapes[k])) for k in layer_map.names[b].values()) for b in layer_map.blocks) * 4
-    return WeightPlan(layer_map, component, names, transpose, (out_dim, in_dim), ids, block_bytes)
+    return WeightPlan(layer_map, component, names, transpose, (out_dim, in_dim), ids, block_bytes, spec.source)
 
 
 def tracked(w: np.ndarray, wp: WeightPlan, i: int) -> np.ndarray:

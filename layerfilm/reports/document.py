@@ -41,6 +41,7 @@ from layerfilm.reports.figures import (
     plain_text,
     save_figure,
     settling_figure,
+    update_ratio_figure,
 )
 from layerfilm.reports.media import Film, FrameSource, Picture, Stills, film_for, pictures, png_bytes, relative_link
 from layerfilm.reports.viewer import check_view_path, write_viewer
@@ -125,6 +126,10 @@ SECTIONS = {  # name: (heading, what it shows)
                "run logged, if it did."),
     "heatmap": ("Which blocks still move", "Relative update of each block's weights between key frames, on a log colour "
                 "scale; the white tick is the block's settling step."),
+    "update_ratio": ("What the optimizer saw", "The update ratio lr·‖m̂/(√v̂+ε)‖/‖W‖ of each block's weight "
+                     "matrices, from the Adam state saved beside each checkpoint, on a log colour scale (white lines "
+                     "on the colour bar: 1e-4 and 1e-2; about 1e-3 is healthy). A block labelled low or high has its "
+                     "median outside that range; a red x marks a spike, 10x the block's running median."),
     "settling": ("Settling", "Distance to the final checkpoint relative to the first key frame; a block settles "
                  "once it stays below the dashed threshold and moves less than the threshold times the median "
                  "block. Below, each block's settling step, or its status, in a row of its own."),
@@ -143,7 +148,7 @@ SECTIONS = {  # name: (heading, what it shows)
 }
 
 
-FIGURE_NAMES = ("stills", "heatmap", "settling", "hot", "norms", "act_hot", "act_norms", "act_near_zero")
+FIGURE_NAMES = ("stills", "heatmap", "update_ratio", "settling", "hot", "norms", "act_hot", "act_norms", "act_near_zero")
 
 
 REPORT_STILL_WIDTH = 1280  # pixels at least: the still is shown about 1070 px wide (the page's width), never enlarged
@@ -165,6 +170,7 @@ def report_figures(stab: Stability, style: Style, still: np.ndarray | None = Non
     figures = {
         "stills": image_figure(still if still is not None else report_still(stab, FilmOptions(style=style))),
         "heatmap": heatmap_figure(stab),
+        **({"update_ratio": update_ratio_figure(stab)} if stab.optimizer is not None and stab.optimizer.any else {}),
         "settling": settling_figure(stab),
         "hot": hot_figure(stab),
         "norms": norm_figure(stab),
@@ -194,7 +200,19 @@ def _summary(stab: Stability, folder: str | Path) -> str:
             f"{len(stab.blocks)} blocks; "
             + ", ".join(f"{status.count(s)} {s}" for s in ("settled", "moving", "barely moved"))
             + f" (threshold {stab.settle_threshold:g}). "
-            f"Points: {stab.points}.")
+            f"Points: {stab.points}." + _optimizer_note(stab))
+
+
+def _optimizer_note(stab: Stability) -> str:
+    """One line on the optimizer state: why there is no section of it, or which blocks are flagged."""
+    opt = stab.optimizer
+    if opt is None:
+        return ""
+    if not opt.any:
+        return " No optimizer section: " + ("; ".join(opt.notes) or "no optimizer state") + "."
+    flagged = [f"L{b} ({f})" for b, f in zip(stab.blocks, opt.flags()) if f]
+    return (f" Update ratio outside 1e-4..1e-2: {', '.join(flagged)}." if flagged else
+            " Every block's median update ratio lies within 1e-4..1e-2.")
 
 
 CSS = """body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;max-width:1100px;margin:2em auto;
