@@ -43,7 +43,7 @@ def test_share_film_plays_everywhere_and_says_how_far_from_lossless(frozen_run, 
     assert m, err
     # the printed numbers are the written film's against the frames drawn (with the same legend)
     opts = FilmOptions(weights=WeightSpec(points=64), style=Style(320, 180), fps=4.0)
-    frames = film_frames(Study.open(frozen_run, opts, progress=False).trajectories(), opts, said[0])
+    frames = film_frames(Study.open(frozen_run, opts, progress=False).trajectories(), opts, note=said[0])
     wanted = sorted({int(round(x)) for x in np.linspace(0, frames.n_frames - 1, 8)})
     got = decode(out, (320, 180), set(wanted))
     ours = [psnr(got[f], frames.frame(f)) for f in wanted]
