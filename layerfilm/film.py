@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from layerfilm.draw.film_layout import live_extent, live_scale, live_timeline, live_top
+from layerfilm.draw.film_layout import horizon, live_extent, live_scale, live_timeline, live_top
 from layerfilm.draw.legend import Legend, scale_top, subject_text, time_text, zoom_text, zooms
-from layerfilm.draw.overlay import Overlay, bar_text, updates
+from layerfilm.draw.overlay import MARKS, Overlay, bar_text, updates
 from layerfilm.draw.raster import Renderer, Style
 from layerfilm.draw.timeline import MAX_FRAMES, Timeline
 from layerfilm.errors import OptionsError, ScanError
@@ -82,6 +82,16 @@ def caption(steps: np.ndarray, k: int, a: float, time: str = "keys", of: bool = 
     return f"step {int(round(step)):,}   key {k + 1}" + (f"/{len(steps)}" if of else "")
 
 
+def widest_caption(steps: np.ndarray, time: str = "keys", of: bool = True) -> str:
+    """The longest caption a film of key frames at ``steps`` shows (the header keeps room for it; digits are
+    equally wide). A live film's (``of`` False) is of 8s as long as its last step and its horizon of key
+    frames, so that it changes only when those grow a digit (each change redraws every frame)."""
+    if of:
+        return max((caption(steps, k, 0.0, time) for k in range(len(steps))), key=len)
+    eights = np.array([int("8" * len(str(int(max(steps[-1], 0)))))])
+    return caption(eights, 0, 0.0, time, False).replace("key 1", "key " + "8" * len(str(horizon(len(steps)))))
+
+
 def zoomed(traj: Trajectories) -> bool:
     """Activation films zoom each key frame to its own spread: block outputs at random init are orders
     of magnitude smaller than after training, and one extent for the film would show them as a dot.
@@ -127,7 +137,8 @@ def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = N
     else:
         extent = live_extent(traj.xy) if live else traj.extent()
     legend = film_legend(traj, opts, bar, zoom) if opts.legend else None
-    renderer = Renderer(style, [f"L{b}" for b in traj.blocks], extent, legend=legend, zoom=zoom, passed_ticks=live)
+    renderer = Renderer(style, [f"L{b}" for b in traj.blocks], extent, legend=legend, zoom=zoom, passed_ticks=live,
+                        caption=widest_caption(traj.steps, opts.time, not live), marks=MARKS)
     maxima = renderer.key_maxima(renderer.place(traj.xy, k, 0.0) for k in range(len(traj.steps)))
     if live:
         vmax, clipped = live_scale(maxima)

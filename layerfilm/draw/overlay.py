@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from layerfilm.draw.raster import TRACK, Renderer, draw_text, text_mask
+from layerfilm.draw.raster import TRACK, Renderer
 from layerfilm.draw.timeline import lerp
 from layerfilm.stability import Stability, settle_index
 
 DECADES = 3.0
 MOVING = np.array([110, 190, 255], np.float32)
 SETTLED = np.array([110, 215, 120], np.float32)
+MARKS = ("settled",)  # the words written beside a panel's label (the renderer keeps room for them)
 
 
 def updates(relative_update: np.ndarray) -> np.ndarray:
@@ -87,5 +88,4 @@ class Overlay:
             img[y : y + self.bar, x : x + w] = TRACK
             img[y : y + self.bar, x : x + int(round(level[l] * w))] = SETTLED if settled else MOVING
             if settled:
-                px = self.r.label_px
-                draw_text(img, "settled", x + w - text_mask("settled", px).shape[1] - 3, oy * c + 2, px, SETTLED)
+                self.r.mark(img, l, "settled", SETTLED)
