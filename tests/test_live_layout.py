@@ -22,7 +22,7 @@ from layerfilm.live.film import LiveFilm, LiveOptions
 from layerfilm.points.weights import WeightSpec
 from test_live import decode
 
-OPTS = FilmOptions(cache=False, jobs=1, fps=2, style=Style(width=160, height=90), weights=WeightSpec(points=16),
+OPTS = FilmOptions(cache=False, jobs=1, fps=2, style=Style(width=320, height=180), weights=WeightSpec(points=16),
                    film_layout="live")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from layerfilm.draw.legend import Legend
 from layerfilm.draw.raster import BACKGROUND, FLOOR, Renderer, Style, draw_text
 
 
@@ -132,3 +133,46 @@ def test_a_round_cloud_is_drawn_round_whatever_the_panel_shape(size, L):
         cx, cy = (0 - r.offset[l, 0]) * r.scale[l, 0], (0 - r.offset[l, 1]) * r.scale[l, 1]
         assert (cx, cy) == pytest.approx((bw / 2, bh / 2))
         assert 6 * r.scale[l, 0] <= min(bw, bh) + 1e-9
+
+
+def test_the_colour_of_k_points_in_a_bin_is_the_colour_bars_at_k():
+    """Issue 26: the colour bar said "points per bin" while points were splatted bilinearly. Now bin i
+    of a panel holds exactly k_i points (k = 1 .. 15, anywhere inside it), and its colour is the colour
+    bar's at the tick of k: exactly at the ends (1; the top and above, clipped), within the bar's
+    column rounding between them."""
+    L = 4
+    r = Renderer(Style(1280, 720), [f"L{i}" for i in range(L)], np.tile([-1.0, 1.0, -1.0, 1.0], (L, 1)),
+                 legend=Legend(("what is drawn",), (0.0, 1.0)))
+    vmax = 12.0
+    r.set_scale(vmax, clipped=1, keyframes=2)
+    rng = np.random.default_rng(3)
+    j = r.bins[1] // 2
+    pts = []
+    for k in range(1, 16):  # k points in bin (3k, j) of panel 0, at random places inside it
+        inner = rng.uniform(0.05, 0.95, (k, 2)) + [3 * k, j]
+        pts.append(r.offset[0] + inner / r.scale[0])
+    cloud = np.concatenate(pts)
+    xy = np.full((L, len(cloud), 2), 1e6, np.float32)
+    xy[0] = cloud
+    d = r.density(xy)
+    img = r.frame(xy, "step 1")
+    bar = r.layout.colour.bar
+    row = r.base[bar.y + bar.h // 2, bar.x : bar.x + bar.w]  # the bar's colours, left to right
+    ticks = {box.text: tx - bar.x for tx, box in r.layout.colour.ticks(vmax, True)}
+    assert ticks["1"] == 0 and ticks["≥12"] == bar.w - 1 and ticks["2"] > 0
+    assert r.layout.colour.unit.text == f"points per bin ({r.cell}x{r.cell} px), log"
+    c = r.cell
+    for k in range(1, 16):
+        by, bx = r.origin[0, 1] + j, r.origin[0, 0] + 3 * k
+        assert d[by, bx] == k
+        drawn = img[by * c + c // 2, bx * c + c // 2]
+        if k == 1:
+            assert (drawn == row[0]).all()  # a lone point sits at the bar's "1"
+        elif k >= vmax:
+            assert (drawn == row[-1]).all()  # the top colour, for the top count and the clipped ones
+        else:  # the column where the count lies on the bar's log scale, within rounding, has the bin's colour
+            at = np.log(k) / np.log(vmax) * (bar.w - 1)
+            near = row[max(0, int(at) - 1) : int(at) + 3]
+            assert (near == drawn).all(-1).any(), k
+        if str(k) in ticks:  # and the tick labelled k is at that column
+            assert abs(ticks[str(k)] - np.log(k) / np.log(vmax) * (bar.w - 1)) <= 0.5

@@ -318,8 +318,8 @@ def _panels(W: int, H: int, header: int, footer: int, S: float, labels: list[str
     boxes: tuple[Box, ...] = ()
     fit: tuple[str, ...] = ()
     if shown:
-        boxes = tuple(Box(int(x) * c + LABEL_INSET, int(y) * c + 2, *text_mask(t, label_px).shape[::-1], t)
-                      for (x, y), t in zip(panels, labels))
+        sizes = [text_mask(t, label_px).shape for t in labels]
+        boxes = tuple(Box(int(x) * c + LABEL_INSET, int(y) * c + 2, w, h, t) for (x, y), (h, w), t in zip(panels, sizes, labels))
         mark_w = max((text_width(m, label_px) for m in marks), default=0)
         if 3 * LABEL_INSET + widest + max(LABEL_INSET, label_px // 2) + mark_w <= bw * c:
             fit = marks

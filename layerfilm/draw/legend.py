@@ -7,7 +7,8 @@ static part of every frame. Rules that choose numbers shown in the legend live h
 numbers drawn are the numbers used:
 
 - the colour scale's top (:func:`scale_top`): the ``VMAX_PERCENTILE``-th percentile of the key
-  frames' densest bins (points per bin, exact counts), rounded up to a whole count, fixed for the film; denser bins are drawn in the top colour (clipped), and the
+  frames' densest bins (points per bin, exact counts), rounded up to a whole count, fixed for the
+  film; denser bins are drawn in the top colour (clipped), and the
   colour bar says in how many key frames that happens;
 - the per-key-frame zoom of activation films (:func:`zooms`): each key frame's own robust extent,
   because block outputs at random init are orders of magnitude smaller than after training and a

@@ -21,7 +21,7 @@ from functools import cache
 import numpy as np
 
 from layerfilm.draw.fonts import TEXT, Box, clipped, draw_text, text_mask
-from layerfilm.draw.frame_layout import CAPTION_SAMPLE, FrameLayout, check_frame_size, grid_shape, plan_frame
+from layerfilm.draw.frame_layout import CAPTION_SAMPLE, check_frame_size, grid_shape, plan_frame
 from layerfilm.draw.legend import Legend
 from layerfilm.draw.timeline import lerp
 from layerfilm.errors import OptionsError
