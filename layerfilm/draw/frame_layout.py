@@ -75,8 +75,9 @@ def unit_text(unit: str, cell: int, form: int) -> str:
 @dataclass(frozen=True)
 class ColourBar:
     """The colour bar's places: ``bar`` the gradient from 1 point per bin (left end) to the scale's top
-    (right end); ``unit`` its words at the left, the ``note`` form and place at the right; counts under
-    the bar at ``label_y`` after ticks ``tick`` pixels long."""
+    (right end); ``unit`` its words at the left (``unit_form`` of :func:`unit_text`); the note's form
+    (``note_form`` of :func:`note_text`) and place at the right; counts under the bar at ``label_y``
+    after ticks ``tick`` pixels long, in ``px`` pixels high text."""
 
     bar: Box
     unit: Box

@@ -58,7 +58,8 @@ def _marks(n: int) -> np.ndarray:
 class Style:
     """How frames look.
 
-    width, height: frame size in pixels (even numbers: H.264 needs them).
+    width, height: frame size in pixels (even numbers: H.264 needs them), from 320x180 (the smallest frame
+        whose words fit: layerfilm.draw.frame_layout) to 8K.
     cmap: a matplotlib colormap name; perceptually uniform ones (magma, viridis, ...) read best.
     cell: pixels per density bin; 0 picks one from the panel size (points stay visible when panels are large).
     title: text at the top left.
