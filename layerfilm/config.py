@@ -172,8 +172,8 @@ _O = [
     Option("time", "keys", "where key frames fall: keys (evenly), steps (film time proportional to the step) or "
            "log-steps", choices=("keys", "steps", "log-steps"), group=TIME),
     # look and encoding
-    Option("size", (1280, 720), "frame size in pixels, even numbers, from 320x180 to 8K", tuple, parse=_size, metavar="WxH", check=_size_check,
-           group=LOOK),
+    Option("size", (1280, 720), "frame size in pixels, even numbers, from 320x180 to 8K", tuple, parse=_size,
+           metavar="WxH", check=_size_check, group=LOOK),
     Option("cmap", "magma", "matplotlib colormap of the density (log scale, fixed for the film)", group=LOOK),
     Option("legend", True, "no legend (what is filmed, the colour bar, the timeline)", bool, group=LOOK),
     Option("film_layout", "fit", "fit: axes and colours fitted to the whole film; live: changed rarely as key frames "
