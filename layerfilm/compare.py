@@ -29,7 +29,16 @@ import numpy as np
 from layerfilm.draw.legend import Legend, scale_top, subject_text, time_text
 from layerfilm.draw.raster import Renderer
 from layerfilm.errors import OptionsError, ScanError
-from layerfilm.film import FilmFrames, FilmResult, check_film_size, film_segments, film_timeline, pick_preset, write_film
+from layerfilm.film import (
+    FilmFrames,
+    FilmResult,
+    check_film_size,
+    film_segments,
+    film_timeline,
+    pick_preset,
+    widest_caption,
+    write_film,
+)
 from layerfilm.film_options import FilmOptions
 from layerfilm.io.formats import check_finite
 from layerfilm.io.scan import Checkpoint
@@ -366,7 +375,7 @@ def render_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
             legend = Legend(tuple(_legend_parts(labels, shared, [len(f.steps) for f in points], traj, subject, opts)),
                             tuple(film_timeline(traj.steps, opts).position(k, 0.0) for k in range(U)))
         renderer = Renderer(opts.style, [f"L{b} {n}" for b in traj.blocks for n in labels], extent, legend=legend,
-                            group=R)
+                            group=R, caption=widest_caption(traj.steps, opts.time), marks=())
         maxima = renderer.key_maxima(renderer.place(xy, k, 0.0) for k in range(U))
         renderer.set_scale(*scale_top(maxima), U)
         frames = FilmFrames.of(panels, opts, renderer)

@@ -175,8 +175,8 @@ _O = [
            "else steps",
            choices=("auto", "keys", "steps", "log-steps"), group=TIME),
     # look and encoding
-    Option("size", (1280, 720), "frame size in pixels, even numbers", tuple, parse=_size, metavar="WxH", check=_size_check,
-           group=LOOK),
+    Option("size", (1280, 720), "frame size in pixels, even numbers, from 320x180 to 8K", tuple, parse=_size,
+           metavar="WxH", check=_size_check, group=LOOK),
     Option("cmap", "magma", "matplotlib colormap of the density (log scale, fixed for the film)", group=LOOK),
     Option("legend", True, "no legend (what is filmed, the colour bar, the timeline)", bool, group=LOOK),
     Option("curves", True, "no strip of the loss and learning rate the run logged (trainer_state.json, "

@@ -11,9 +11,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from layerfilm.draw.curves import Strip
-from layerfilm.draw.film_layout import live_extent, live_scale, live_timeline, live_top
+from layerfilm.draw.film_layout import horizon, live_extent, live_scale, live_timeline, live_top
 from layerfilm.draw.legend import Legend, scale_top, subject_text, time_text, zoom_text, zooms
-from layerfilm.draw.overlay import Overlay, bar_text, marks_text, ratio_overlay, ratio_text, updates
+from layerfilm.draw.overlay import MARKS, Overlay, bar_text, marks_text, ratio_overlay, ratio_text, updates
 from layerfilm.draw.raster import Renderer, Style
 from layerfilm.draw.timeline import MAX_FRAMES, Timeline, resolve_time, skips
 from layerfilm.errors import OptionsError, ScanError
@@ -85,6 +85,16 @@ def caption(steps: np.ndarray, k: int, a: float, time: str = "auto", of: bool = 
     else:
         step = steps[k] + a * (steps[k + 1] - steps[k])
     return f"step {int(round(step)):,}   key {k + 1}" + (f"/{len(steps)}" if of else "")
+
+
+def widest_caption(steps: np.ndarray, time: str = "keys", of: bool = True) -> str:
+    """The longest caption a film of key frames at ``steps`` shows (the header keeps room for it; digits are
+    equally wide). A live film's (``of`` False) is of 8s as long as its last step and its horizon of key
+    frames, so that it changes only when those grow a digit (each change redraws every frame)."""
+    if of:
+        return max((caption(steps, k, 0.0, time) for k in range(len(steps))), key=len)
+    eights = np.array([int("8" * len(str(int(max(steps[-1], 0)))))])
+    return caption(eights, 0, 0.0, time, False).replace("key 1", "key " + "8" * len(str(horizon(len(steps)))))
 
 
 def zoomed(traj: Trajectories) -> bool:
@@ -163,7 +173,8 @@ def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = N
     extent, zoom = film_axes(traj, opts)
     legend = film_legend(traj, opts, bar, zoom, note) if opts.legend else None
     renderer = Renderer(style, [f"L{b}" for b in traj.blocks], extent, legend=legend, zoom=zoom, passed_ticks=live,
-                        strip=film_strip(traj, opts, logs))
+                        strip=film_strip(traj, opts, logs), caption=widest_caption(traj.steps, opts.time, not live),
+                        marks=MARKS)
     maxima = renderer.key_maxima(renderer.place(traj.xy, k, 0.0) for k in range(len(traj.steps)))
     if live:
         vmax, clipped = live_scale(maxima)
@@ -394,12 +405,14 @@ def still_frame(traj: Trajectories, keys: list[int], opts: FilmOptions, logs: Ru
     s = np.asarray(traj.steps, np.float64)
     marks = tuple(float((s[k] - s[0]) / max(s[-1] - s[0], 1e-300)) for k in keys)
     strip = Strip.of(logs, traj.steps, marks=marks) if opts.curves else None
-    renderer = Renderer(opts.style, labels, np.repeat(extent, K, axis=0), legend=legend, group=K, strip=strip)
+    text = "step " + " → ".join(f"{s:,}" for s in steps) if K > 1 else f"step {steps[0]:,}"
+    renderer = Renderer(opts.style, labels, np.repeat(extent, K, axis=0), legend=legend, group=K, strip=strip,
+                        caption=text, marks=())
     maxima = renderer.key_maxima(np.repeat(xy[k], K, axis=0) for k in range(len(traj.steps)))
     vmax, _ = scale_top(maxima)
     renderer.set_scale(vmax, int((maxima[keys] > vmax * (1 + 1e-9)).sum()), K)
     pts = xy[keys].transpose(1, 0, 2, 3).reshape(L * K, *xy.shape[2:])  # panel l * K + j: block l at keys[j]
-    return renderer.frame(pts, "step " + " → ".join(f"{s:,}" for s in steps) if K > 1 else f"step {steps[0]:,}")
+    return renderer.frame(pts, text)
 
 
 def unit_axes(xy: np.ndarray, zoom: np.ndarray) -> np.ndarray:

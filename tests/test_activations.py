@@ -215,7 +215,7 @@ def test_cuda_asked_for_but_absent(monkeypatch):
 
 def test_cli_renders_an_activation_film(llama_run, run_cli, tmp_path):
     out, pts = tmp_path / "act.webm", tmp_path / "pts.npz"
-    code, _, err = run_cli("render", llama_run, "--features", "activations", "--out", out, "--size", "160x96",
+    code, _, err = run_cli("render", llama_run, "--features", "activations", "--out", out, "--size", "320x192",
                            "--fps", "2", "--points", "64", "--device", "cpu", "--export-points", pts)
     assert code == 0, err
     assert out.stat().st_size > 0
@@ -409,7 +409,7 @@ def test_a_failing_forward_pass_is_one_clear_line(run_cli, tmp_path):
     assert f"{folder / 'step_0.safetensors'}: the forward pass on the probe failed (RuntimeError: " in err
     assert "check --model and --probe/--seq-len, or lower --batch-size 8" in err
     code, _, err = run_cli("render", folder, "--features", "activations", "--model", ref, "--out", tmp_path / "a.webm",
-                           "--quiet", "--device", "cpu", "--seq-len", "8", "--fps", "2", "--size", "160x96")
+                           "--quiet", "--device", "cpu", "--seq-len", "8", "--fps", "2", "--size", "320x192")
     assert code == 0, err
 
 
@@ -438,7 +438,7 @@ def test_activation_films_are_cached_until_the_probe_changes(llama_run, run_cli,
 
     def render(name: str) -> np.lib.npyio.NpzFile:
         code, _, err = run_cli("render", llama_run, "--features", "activations", "--probe", probe, "--device", "cpu",
-                               "--out", tmp_path / f"{name}.webm", "--size", "160x96", "--fps", "1", "--quiet",
+                               "--out", tmp_path / f"{name}.webm", "--size", "320x192", "--fps", "1", "--quiet",
                                "--cache", tmp_path / "cache", "--export-points", tmp_path / f"{name}.npz")
         assert code == 0, err
         return np.load(tmp_path / f"{name}.npz")
@@ -668,7 +668,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_skipped_and_listed(llama_co
     save_file(state, str(file))
     out = tmp_path / "act.webm"
     args = ("render", llama_copy, "--features", "activations", "--device", "cpu", "--points", "16", "--out", out)
-    code, _, err = run_cli(*args, "--size", "160x96", "--fps", "1")
+    code, _, err = run_cli(*args, "--size", "320x192", "--fps", "1")
     assert code == 0, err
     line = f"{llama_copy / 'checkpoint-2'}: model.norm.weight has shape (16,), the model expects (32,)"
     assert f"{line}; skipped" in err  # the warning, when it was read

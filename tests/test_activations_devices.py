@@ -119,7 +119,7 @@ def test_cli_two_workers_export_the_same_points(damaged_run, damaged_series, run
     for name, extra in (("one", ()), ("two", ("--devices", "cpu,cpu"))):
         pts = tmp_path / f"{name}.npz"
         code, _, err = run_cli("render", damaged_run, "--features", "activations", "--model", FACTORY, "--device", "cpu",
-                               "--points", "16", "--batch-size", str(BATCH), "--size", "160x96", "--fps", "1", "--no-cache",
+                               "--points", "16", "--batch-size", str(BATCH), "--size", "320x192", "--fps", "1", "--no-cache",
                                "--quiet", "--jobs", "1",
                                "--out", tmp_path / f"{name}.webm", "--export-points", pts, *extra)
         assert code == 0, err

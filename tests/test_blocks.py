@@ -77,7 +77,7 @@ def test_pytorch_transformer_layers_film_linear1_without_param(lightning_encoder
     wp = plan(series, WeightSpec())
     assert wp.component == "linear1.weight" and wp.shape == (48, 16) and not wp.transpose
     assert wp.layer_map.blocks == (0, 1, 2) and wp.tensor_names[0].endswith("encoder.layers.0.linear1.weight")
-    args = ("--size", "160x96", "--fps", "1", "--points", "20", "--jobs", "1", "--quiet")
+    args = ("--size", "320x192", "--fps", "1", "--points", "20", "--jobs", "1", "--quiet")
     code, _, err = run_cli("render", lightning_encoder, "--out", tmp_path / "a.webm", "--export-points", tmp_path / "a.npz",
                            *args)
     assert code == 0, err

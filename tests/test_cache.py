@@ -12,7 +12,7 @@ from layerfilm.projection import Trajectories
 
 
 def render(run_cli, run, out, *extra):
-    code, _, err = run_cli("render", run, "--out", out, "--size", "128x96", "--fps", "2", "--quiet", *extra)
+    code, _, err = run_cli("render", run, "--out", out, "--size", "320x240", "--fps", "2", "--quiet", *extra)
     assert code == 0, err
     return err
 
@@ -21,7 +21,7 @@ def test_rerender_with_other_colours_reads_no_checkpoint(run_cli, run_copy, tmp_
     c = tmp_path / "c"
     render(run_cli, run_copy, tmp_path / "a.webm", "--cache", c, "--export-points", tmp_path / "a.npz")
     assert len(reads) == 1 and len(list(c.glob("*.npz"))) == 1
-    render(run_cli, run_copy, tmp_path / "b.webm", "--cache", c, "--cmap", "viridis", "--size", "160x120",
+    render(run_cli, run_copy, tmp_path / "b.webm", "--cache", c, "--cmap", "viridis", "--size", "320x240",
            "--export-points", tmp_path / "b.npz")
     assert len(reads) == 1  # served from the cache
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")

@@ -7,13 +7,13 @@ from test_render_encode import decode
 def test_render_writes_film_with_documented_frame_count(tiny_run, tmp_path, run_cli):
     out = tmp_path / "film.webm"
     pts = tmp_path / "pts.npz"
-    code, _, err = run_cli("render", tiny_run, "--out", out, "--size", "256x144", "--fps", "4",
+    code, _, err = run_cli("render", tiny_run, "--out", out, "--size", "320x180", "--fps", "4",
                            "--points", "40", "--export-points", pts, "--quiet")
     assert code == 0, err
     frames = decode(out)
     T = 7
     assert len(frames) == (T - 1) * 4 + 1
-    assert frames[0].shape == (144, 256, 3)
+    assert frames[0].shape == (180, 320, 3)
     assert not np.array_equal(frames[0], frames[-1])  # the blocks moved
     data = np.load(pts)
     assert data["xy"].shape == (T, 4, 40, 2) and data["xy"].dtype == np.float32
@@ -26,7 +26,7 @@ def test_render_writes_film_with_documented_frame_count(tiny_run, tmp_path, run_
 def test_keyframes_are_exact_interpolation_endpoints(tiny_run, tmp_path, run_cli):
     """The PNG-folder output with --every/--steps: key frames land on frame k * fps * spk."""
     out = tmp_path / "frames"
-    code, _, err = run_cli("render", tiny_run, "--out", out, "--size", "128x96", "--fps", "3",
+    code, _, err = run_cli("render", tiny_run, "--out", out, "--size", "320x240", "--fps", "3",
                            "--seconds-per-keyframe", "2", "--steps", "10:50", "--every", "2", "--quiet")
     assert code == 0, err
     assert len(list(out.glob("*.png"))) == (3 - 1) * 6 + 1

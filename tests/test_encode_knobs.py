@@ -92,11 +92,11 @@ def test_cli_picks_the_webm_preset_and_says_so(run_cli, tiny_run, tmp_path, monk
     real = film.write_film
     monkeypatch.setattr(film, "write_film", lambda traj, out, opts, *a, **kw: seen.append(opts.encode.preset)
                         or real(traj, out, opts, *a, **kw))
-    args = ("--size", "128x96", "--fps", "2", "--points", "16", "--jobs", "1", "--quiet", "--cache", tmp_path / "cache")
+    args = ("--size", "320x240", "--fps", "2", "--points", "16", "--jobs", "1", "--quiet", "--cache", tmp_path / "cache")
     code, _, err = run_cli("render", tiny_run, "--out", tmp_path / "f.webm", *(("--preset", given) if given else ()), *args)
     assert code == 0, err
     assert seen == [expected]
     frames = (7 - 1) * 2 + 1
     said = f"; VP9 preset {expected}, picked for {frames} frames on {cores()} core"
     assert (said in err) == (given == ""), err
-    assert len(decode(tmp_path / "f.webm", 128, 96)) == frames
+    assert len(decode(tmp_path / "f.webm", 320, 240)) == frames

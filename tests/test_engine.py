@@ -24,7 +24,7 @@ from layerfilm.study import Study
 from processes import layerfilm_process
 
 POINTS = 16
-SMALL = ("--size", "160x90", "--fps", "2", "--points", str(POINTS), "--no-cache", "--quiet")
+SMALL = ("--size", "320x180", "--fps", "2", "--points", str(POINTS), "--no-cache", "--quiet")
 
 
 @pytest.fixture(scope="module")

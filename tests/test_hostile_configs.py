@@ -135,7 +135,7 @@ def test_an_auto_map_of_an_architecture_transformers_has_builds_its_own(gpt2_run
     plant_evil(ckpts, marker, "config.json")
     edit_json(ckpts, "config.json", {"model_type": "gpt2"})
     code, _, err = run_cli("render", ckpts, "--features", "activations", "--device", "cpu", "--quiet", "--points", "16",
-                           "--size", "160x96", "--fps", "1", "--out", tmp_path / "a.webm")
+                           "--size", "320x192", "--fps", "1", "--out", tmp_path / "a.webm")
     assert code == 0, err
     assert not marker.exists() and (tmp_path / "a.webm").stat().st_size > 0
 

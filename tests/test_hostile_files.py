@@ -90,7 +90,7 @@ def test_a_pt_truncated_while_it_is_read_is_a_skipped_checkpoint(tmp_path):
     for step in (0, 10, 20, 30):
         save_pt(ck / f"ckpt_{step}.pt", width=64)  # 16 KiB per tensor: past the first page
     code, out, err, _ = run_measured("render", "ck", "--out", "f.gif", "--jobs", "1", "--no-cache", "--quiet",
-                                     "--size", "160x90", "--fps", "2", "--points", "8", cwd=tmp_path,
+                                     "--size", "320x180", "--fps", "2", "--points", "8", cwd=tmp_path,
                                      prelude=TRUNCATE_ON_READ)
     problem = f"truncated inside tensor {BLOCK.format(0)}"
     lines = err.splitlines()

@@ -16,7 +16,7 @@ import pytest
 
 import layerfilm.study
 
-SMALL = ("--size", "160x90", "--points", "16", "--quiet")
+SMALL = ("--size", "320x180", "--points", "16", "--quiet")
 
 
 @pytest.fixture
@@ -213,7 +213,7 @@ def test_a_full_disk_for_export_points_is_one_line_and_leaves_no_partial(ckpts, 
     full = mount("full", size="16k")
     (full / "ballast").write_bytes(b"\0" * 12_000)
     code, _, err = run_cli("render", ckpts, "--out", tmp_path / "film.webm", "--export-points", full / "p.npz",
-                           "--points", "512", "--size", "160x90", "--quiet")
+                           "--points", "512", "--size", "320x180", "--quiet")
     assert code == 2
     line = one_error_line(err)
     assert "p.npz" in line and "No space left" in line
@@ -260,7 +260,8 @@ def test_a_full_scratch_folder_is_one_error_naming_tmpdir(mount):
     (("--seconds-per-keyframe", "nan"), "--seconds-per-keyframe"),
     (("--seconds-per-keyframe", "inf"), "--seconds-per-keyframe"),
     (("--seed", "-1"), "--seed"), (("--size", "100000x100000"), "--size"), (("--size", "30000x30000"), "--size"),
-    (("--size", "8192x8192"), "--size"), (("--settle-threshold", "0"), "--settle-threshold"),
+    (("--size", "8192x8192"), "--size"), (("--size", "100x100"), "--size"),
+    (("--size", "640x178"), "--size"), (("--settle-threshold", "0"), "--settle-threshold"),
     (("--settle-threshold", "-1"), "--settle-threshold"), (("--settle-threshold", "1"), "--settle-threshold"),
     (("--settle-threshold", "nan"), "--settle-threshold"), (("--settle-threshold", "inf"), "--settle-threshold"),
     (("--projection", "umap", "--umap-alignment", "nan"), "--umap-alignment"),

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from servers import http_folder  # noqa: E402
 
 USER, SECRET = "alice", "S3CRETPW"
-FAST = ("--size", "256x144", "--fps", "1", "--jobs", "1", "--quiet")
+FAST = ("--size", "320x180", "--fps", "1", "--jobs", "1", "--quiet")
 TIMEOUTS = ("(timeouts: connect 1 s, read 1 s; set LAYERFILM_CONNECT_TIMEOUT or LAYERFILM_READ_TIMEOUT, in seconds, "
             "to wait longer)")
 

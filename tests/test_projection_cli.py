@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-COMMON = ("--points", "32", "--size", "128x96", "--fps", "1", "--quiet")
+COMMON = ("--points", "32", "--size", "320x240", "--fps", "1", "--quiet")
 
 
 @pytest.mark.parametrize("method", ["pca", "procrustes"])

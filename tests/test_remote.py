@@ -20,7 +20,7 @@ from layerfilm.points.weights import WeightSpec, plan  # noqa: E402
 from servers import FAKE_AWS, CountingMoto, http_folder  # noqa: E402
 from test_render_encode import decode  # noqa: E402
 
-FAST = ("--size", "256x144", "--fps", "1", "--jobs", "1", "--quiet")
+FAST = ("--size", "320x180", "--fps", "1", "--jobs", "1", "--quiet")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from layerfilm.stability import BlockStats
 from layerfilm.study import Study
 
 STEPS = ("step_000000", "step_000020", "step_000040", "step_000060")
-SMALL = ("--size", "160x90", "--points", "16", "--quiet")
+SMALL = ("--size", "320x180", "--points", "16", "--quiet")
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_the_films_fps_is_the_one_in_film_options(tiny_run, tmp_path):
     import imageio_ffmpeg
 
     out = tmp_path / "f.webm"
-    opts = FilmOptions(fps=4, style=Style(160, 90), steps=(0, 40), cache=False)
+    opts = FilmOptions(fps=4, style=Style(320, 180), steps=(0, 40), cache=False)
     res = layerfilm.render(tiny_run, out, opts, progress=False)
     assert res.keyframes == 5 and res.frames == (5 - 1) * 4 + 1
     frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(out))

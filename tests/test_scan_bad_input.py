@@ -99,7 +99,7 @@ def test_scan_lists_problems_without_reading_tensors(damaged, run_cli):
 def test_render_skips_bad_checkpoints_and_lists_them(damaged, run_cli, tmp_path):
     folder, marker = damaged
     out, pts = tmp_path / "film.webm", tmp_path / "pts.npz"
-    code, _, err = run_cli("render", folder, "--out", out, "--size", "160x90", "--fps", "2", "--quiet",
+    code, _, err = run_cli("render", folder, "--out", out, "--size", "320x180", "--fps", "2", "--quiet",
                            "--export-points", pts)
     assert code == 0, err
     assert "Traceback" not in err and not marker.exists()

@@ -23,7 +23,7 @@ from layerfilm.video.encode import EncodeOptions
 from layerfilm.video.segments import encode_film, plan, spans
 from test_render_encode import decode
 
-SIZE = (160, 90)
+SIZE = (320, 180)
 SHORT = EncodeOptions(segment_seconds=0.5)  # 5 frames at 10 fps: small films still make several segments
 
 
@@ -172,7 +172,7 @@ def test_a_failing_segment_cancels_the_others_and_leaves_nothing(frames, tmp_pat
     counts: list[int] = []
     parts = plan(600, 3, 10, SHORT)  # 9 segments, 3 at a time
     bad = parts[1][0] + 5  # early in the second segment: the first three run at once
-    with pytest.raises(ValueError, match=r"frame \(2, 2, 3\) uint8, expected \(90, 160, 3\)"):
+    with pytest.raises(ValueError, match=r"frame \(2, 2, 3\) uint8, expected \(180, 320, 3\)"):
         encode_film(Failing(frames, bad=bad), out, SIZE, SHORT, 10, LocalEngine(3), counts.append)
     assert list(tmp_path.iterdir()) == []
     assert len(parts) == 9 and sum(counts) < parts[3][0]  # the running segments stopped early, no later one ran
@@ -184,7 +184,7 @@ def test_render_jobs_2_and_jobs_1_write_the_same_film(tiny_run, tmp_path, run_cl
     films = []
     for jobs in (1, 2):
         out = tmp_path / f"jobs{jobs}.webm"
-        code, _, err = run_cli("render", tiny_run, "--out", out, "--size", "160x90", "--points", "16", "--quiet",
+        code, _, err = run_cli("render", tiny_run, "--out", out, "--size", "320x180", "--points", "16", "--quiet",
                                "--no-cache", "--jobs", jobs)
         assert code == 0, err
         films.append(decode(out))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from layerfilm.draw.frame_layout import strip_height
 from layerfilm.draw.raster import BACKGROUND, TRACK, draw_text, text_mask
 from layerfilm.io.logs import Curve, RunLogs
 
@@ -60,7 +61,7 @@ class Strip:
     def height(px: int, frame_height: int) -> int:
         """Pixels of a strip under a legend of ``px``-pixel text in a frame ``frame_height`` high (an eighth
         of it at most)."""
-        return max(12, min(round(px * 3.5), frame_height // 8))
+        return strip_height(px, frame_height)
 
     def labels(self, short: bool = False) -> list[tuple[str, np.ndarray]]:
         """(text, colour) of each curve: what it is and its scale (``short``: for a narrow frame)."""

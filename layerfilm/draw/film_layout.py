@@ -17,7 +17,7 @@ live  (watch's and the callbacks' default) a function of the data that changes r
                  points leave them, all panels together (a film of 128 panels whose panels changed
                  one by one would change on almost every key frame), and never shrink;
         colour   the top: the largest of the percentile rule's values (``legend.scale_top``) over the
-                 film's prefixes, rounded up to half an octave; the colour bar says whether bins are
+                 film's prefixes, rounded up to half an octave and then to a whole count; the colour bar says whether bins are
                  clipped, not in how many of T key frames;
         bar      the overlay's full bar: the largest update so far, rounded up to half an octave;
         time     the timeline spans a horizon of key frames (the next power of two >= T, and for
@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from layerfilm.draw.legend import scale_top, zooms
+from layerfilm.draw.legend import scale_top, whole_top, zooms
 from layerfilm.draw.timeline import Timeline, resolve_time
 from layerfilm.errors import OptionsError
 
@@ -100,8 +100,8 @@ def live_scale(maxima: np.ndarray) -> tuple[float, bool]:
     largest ``scale_top`` of the film's prefixes (monotone in T) on the half-octave grid; whether a key
     frame's bins are denser (drawn in the top colour)."""
     m = np.asarray(maxima, np.float64)
-    top = max((scale_top(m[: t + 1])[0] for t in range(len(m))), default=1.0)
-    vmax = grid_up(max(top, 1.0), SCALE_STEPS)
+    top = max((scale_top(m[: t + 1])[0] for t in range(len(m))), default=2.0)
+    vmax = whole_top(grid_up(top, SCALE_STEPS))
     return vmax, bool((m > vmax * (1 + 1e-9)).any())
 
 

@@ -7,7 +7,8 @@ static part of every frame. Rules that choose numbers shown in the legend live h
 numbers drawn are the numbers used:
 
 - the colour scale's top (:func:`scale_top`): the ``VMAX_PERCENTILE``-th percentile of the key
-  frames' densest bins, fixed for the film; denser bins are drawn in the top colour (clipped), and the
+  frames' densest bins (points per bin, exact counts), rounded up to a whole count, fixed for the
+  film; denser bins are drawn in the top colour (clipped), and the
   colour bar says in how many key frames that happens;
 - the per-key-frame zoom of activation films (:func:`zooms`): each key frame's own robust extent,
   because block outputs at random init are orders of magnitude smaller than after training and a
@@ -16,6 +17,7 @@ numbers drawn are the numbers used:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,8 +37,14 @@ def scale_top(maxima: np.ndarray) -> tuple[float, int]:
     percentile lets every key frame's densest bins reach at least ``log(1 + m) / log(1 + vmax)`` of the
     scale, and at most a quarter of the key frames clip."""
     m = np.asarray(maxima, np.float64)
-    vmax = max(float(np.percentile(m, VMAX_PERCENTILE)), 1.0) if m.size else 1.0
+    vmax = whole_top(float(np.percentile(m, VMAX_PERCENTILE))) if m.size else 2.0
     return vmax, int((m > vmax * (1 + 1e-9)).sum())
+
+
+def whole_top(top: float) -> float:
+    """A colour scale's top as a whole count of points per bin (bins hold whole counts), at least 2 (the
+    bar runs from 1 point per bin to its top)."""
+    return float(max(math.ceil(top - 1e-9), 2))
 
 
 @dataclass(frozen=True)

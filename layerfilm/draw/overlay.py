@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from layerfilm.draw.raster import TRACK, Renderer, draw_text, text_mask
+from layerfilm.draw.raster import TRACK, Renderer
 from layerfilm.draw.timeline import lerp
 from layerfilm.stability import BARELY_MOVED, Settling, Stability
 
@@ -25,6 +25,7 @@ DECADES = 3.0
 MOVING = np.array([110, 190, 255], np.float32)
 SETTLED = np.array([110, 215, 120], np.float32)
 BARELY = np.array([150, 150, 150], np.float32)
+MARKS = ("settled", "barely moved")  # the words written beside a panel's label (the renderer keeps room for them)
 
 
 def updates(relative_update: np.ndarray) -> np.ndarray:
@@ -98,8 +99,6 @@ class Overlay:
         bw, bh = renderer.panel_bins
         self.size = (bw * c, bh * c)
         self.bar = renderer.bar_px  # the renderer keeps points off it
-        px = renderer.label_px  # room for a mark right of each panel's label (none drawn where it does not fit)
-        self.room = [self.size[0] - text_mask(label, px).shape[1] - 3 - px for label in renderer.labels]
 
     @classmethod
     def of(cls, renderer: Renderer, stab: Stability) -> Overlay:
@@ -122,7 +121,6 @@ class Overlay:
         level = lerp(self.level, k, a)
         w, h = self.size
         c = self.r.cell
-        px = self.r.label_px
         for l, ((ox, oy), status) in enumerate(zip(self.r.panels, self.status(k))):
             x, y = ox * c, oy * c + h - self.bar
             colour = {"settled": SETTLED, "barely moved": BARELY}.get(status, MOVING)
@@ -130,6 +128,5 @@ class Overlay:
             if self.colours is not None:
                 colour = self.colours[k, l]
             img[y : y + self.bar, x : x + int(round(level[l] * w))] = colour
-            width = text_mask(status, px).shape[1]
-            if status != "moving" and width + 3 <= self.room[l]:  # else the bar's colour alone says it
-                draw_text(img, status, x + w - width - 3, oy * c + 2, px, colour)
+            if status != "moving":  # where the word does not fit, the bar's colour alone says it
+                self.r.mark(img, l, status, colour)

@@ -11,34 +11,33 @@ caption and the timeline's cursor. matplotlib is used only for its colormaps and
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import pickle
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache, lru_cache
-from pathlib import Path
+from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from layerfilm.draw.legend import SEP, Legend
+from layerfilm.draw.fonts import TEXT, Box, clipped, draw_text, text_mask
+from layerfilm.draw.frame_layout import CAPTION_SAMPLE, check_frame_size, grid_shape, plan_frame
+from layerfilm.draw.legend import Legend
 from layerfilm.draw.timeline import lerp
 from layerfilm.errors import OptionsError
 
 if TYPE_CHECKING:  # the strip draws with this module's text
     from layerfilm.draw.curves import Strip
 
-HEADER_FRACTION = 0.06  # of the frame height, for the title and the step counter
-LEGEND_FRACTION = 0.016  # of the frame height: the legend's text (12 px at 720p, 17 px at 1080p)
+__all__ = ["Renderer", "Style", "colormap_lut", "count_index", "draw_text", "grid_shape", "parse_size", "text_mask"]
+
 BACKGROUND = np.array([12, 12, 14], np.uint8)
-TEXT = np.array([235, 235, 235], np.float32)
 TRACK = np.array([45, 45, 52], np.uint8)  # the timeline's track (and the overlay's)
 TICK = np.array([170, 170, 180], np.uint8)  # a key frame on the timeline
 CURSOR = np.array([255, 200, 60], np.uint8)  # now, on the timeline
 MARK = np.array([235, 60, 60], np.uint8)  # a marked key frame on the timeline (an update-ratio spike)
-FLOOR = 0.25  # colour-scale position of the faintest non-empty bin
+FLOOR = 0.25  # colour-scale position of a bin holding one point (the colour bar's left end)
 
 
 DEFAULT_CMAP = "magma"
@@ -64,7 +63,8 @@ def _marks(n: int) -> np.ndarray:
 class Style:
     """How frames look.
 
-    width, height: frame size in pixels (even numbers: H.264 needs them).
+    width, height: frame size in pixels (even numbers: H.264 needs them), from 320x180 (the smallest frame
+        whose words fit: layerfilm.draw.frame_layout) to 8K.
     cmap: a matplotlib colormap name; perceptually uniform ones (magma, viridis, ...) read best.
     cell: pixels per density bin; 0 picks one from the panel size (points stay visible when panels are large).
     title: text at the top left.
@@ -77,8 +77,9 @@ class Style:
     title: str = "layerfilm"
 
     def __post_init__(self) -> None:
-        if self.width < 64 or self.height < 64 or self.width % 2 or self.height % 2:
-            raise OptionsError(f"size={self.width}x{self.height}: need even sizes of at least 64x64")
+        if self.width % 2 or self.height % 2:
+            raise OptionsError(f"size={self.width}x{self.height}: need even sizes (H.264 needs them)")
+        check_frame_size(self.width, self.height)
         if max(self.width, self.height) > MAX_SIDE or self.width * self.height > MAX_PIXELS:
             raise OptionsError(f"size={self.width}x{self.height}: at most 8K ({MAX_SIDE} a side, {MAX_PIXELS:,} pixels); "
                                f"drawing and encoding need about {BYTES_PER_PIXEL} bytes of memory a pixel")
@@ -108,68 +109,12 @@ def colormap_lut(name: str, n: int = 256) -> np.ndarray:
     return (cmap(np.linspace(0, 1, n))[:, :3] * 255 + 0.5).astype(np.uint8)
 
 
-@lru_cache(maxsize=4096)
-def text_mask(text: str, px: int) -> np.ndarray:
-    """Anti-aliased coverage (h, w) in [0, 1] of ``text`` at ``px`` pixels high (DejaVu Sans)."""
-    with _FONT_LOCK:  # one font object per size, shared by the drawing threads
-        font = _font(px)
-        font.clear()
-        font.set_text(text)
-        font.draw_glyphs_to_bitmap()
-        return np.asarray(font.get_image(), np.float32) / 255.0
-
-
-_FONT_LOCK = threading.Lock()
-
-
-@cache
-def _font_bytes(path: str) -> bytes:
-    return Path(path).read_bytes()
-
-
-@cache
-def _font(px: int):
-    """The font at ``px`` pixels, loaded once and read from memory: opened from its file, FreeType reads
-    the whole font file again for every new text, and a film draws a new caption on every frame."""
-    from matplotlib import font_manager
-    from matplotlib.ft2font import FT2Font
-
-    font = FT2Font(io.BytesIO(_font_bytes(font_manager.findfont("DejaVu Sans"))))
-    font.set_size(px, 72)
-    return font
-
-
-def _clipped(img: np.ndarray, text: str, x: int, y: int, px: int) -> tuple[np.ndarray, slice, slice] | None:
-    """The coverage of ``text`` at (x, y) cut to ``img``, and the rows and columns it covers."""
-    m = text_mask(text, px)
-    m = m[max(0, -y):, max(0, -x):]  # text starting left of or above the frame loses that part
-    x, y = max(0, x), max(0, y)
-    h = min(m.shape[0], img.shape[0] - y)
-    w = min(m.shape[1], img.shape[1] - x)
-    if h <= 0 or w <= 0:
-        return None
-    return m[:h, :w], slice(y, y + h), slice(x, x + w)
-
-
-def draw_text(img: np.ndarray, text: str, x: int, y: int, px: int, color: np.ndarray = TEXT) -> None:
-    """Blend ``text`` into ``img`` (H, W, 3) uint8 with its top-left corner at (x, y), clipped."""
-    clip = _clipped(img, text, x, y, px)
-    if clip is None:
-        return
-    m, ys, xs = clip
-    a = m[:, :, None]
-    img[ys, xs] = (img[ys, xs].astype(np.float32) * (1 - a) + color * a + 0.5).astype(np.uint8)
-
-
-def grid_shape(n: int, width: int, height: int) -> tuple[int, int]:
-    """(rows, cols) for n panels: among layouts whose panels are near square (aspect 2:3 to 3:2),
-    the one with the fewest empty cells, then the squarest. 128 panels in 16:9 give 8 x 16."""
-    options = []
-    for rows in range(1, n + 1):
-        cols = math.ceil(n / rows)
-        off_square = abs(math.log((width / cols) / (height / rows)))
-        options.append((off_square > math.log(1.5), rows * cols - n, off_square, (rows, cols)))
-    return min(options)[3]
+def count_index(counts: np.ndarray, vmax: float, n: int = 255) -> np.ndarray:
+    """The colour-table index (1 .. ``n``) of bins holding ``counts`` (>= 1) points, on the colour bar's
+    log scale: one point at its left end (``FLOOR`` up the table, so lone points stay visible), ``vmax``
+    points and more at its right end (the top colour)."""
+    level = np.log(np.asarray(counts, np.float64)) / math.log(max(vmax, 2.0))
+    return np.clip((FLOOR + np.clip(level, 0.0, 1.0) * (1 - FLOOR)) * n, 1, n).astype(np.int64)
 
 
 class Renderer:
@@ -180,8 +125,8 @@ class Renderer:
         labels: L panel labels ("L0", "L1", ...).
         extent: (L, 4) fixed axes per panel [x0, x1, y0, y1], all shown: one data unit is the same
             number of pixels on both axes, so a panel wider (taller) than its extent shows more around it.
-        vmax: the density that maps to the top of the colour scale (fixed for the film; see
-            ``set_scale``, which also draws it on the legend's colour bar).
+        vmax: the count of points per bin that maps to the top of the colour scale (fixed for the film;
+            see ``set_scale``, which also draws it on the legend's colour bar).
         legend: the words under the panels and the timeline's key frames (None: no legend, no colour bar).
         zoom: (T, L, 4) per-key-frame axes instead of fixed ones (``layerfilm.draw.legend.zooms``); ``place``
             maps a frame's points into them, and ``extent`` must then be the unit box [-1, 1, -1, 1].
@@ -190,17 +135,26 @@ class Renderer:
         group: panels that sit side by side in one cell of the grid: a still's before and after of one block, or
             a block's runs (layerfilm.compare).
         strip: the loss and learning-rate curves drawn under the timeline (layerfilm.draw.curves), or None.
+        caption: the widest caption the film shows (room is kept for it; a wider one is cut at its left).
+        marks: the words the overlay may write beside a panel's label (layerfilm.draw.overlay).
 
-    Each panel is a rectangle (``panels``, ``panel_bins``) with a strip at its top for its label, the
-    overlay's bar at its bottom and a margin at its sides: points are drawn only in the area between
-    (``origin``, ``bins``), so they never touch an edge or hide a label.
+    Where everything goes is planned first (``layout``: layerfilm.draw.frame_layout), so that all text
+    fits the frame without overlapping; ``text_boxes`` lists it. Each panel is a rectangle (``panels``,
+    ``panel_bins``) with a strip at its top for its label, the overlay's bar at its bottom and a margin at
+    its sides: points are drawn only in the area between (``origin``, ``bins``), so they never touch an
+    edge or hide a label.
+
+    The colour of a bin is the exact number of points in it (each point counts in the bin its position
+    falls in), on the colour bar's log scale (``count_index``): a lone point has the colour of the bar's
+    "1", whatever the frame.
 
     A renderer keeps no per-frame state (its scratch canvas is per thread), so threads may share one.
     """
 
     def __init__(self, style: Style, labels: list[str], extent: np.ndarray, vmax: float | None = None,
                  legend: Legend | None = None, zoom: np.ndarray | None = None, passed_ticks: bool = False,
-                 group: int = 1, strip: Strip | None = None) -> None:
+                 group: int = 1, strip: Strip | None = None, caption: str = CAPTION_SAMPLE,
+                 marks: tuple[str, ...] = ("settled",)) -> None:
         self.style = style
         self.passed_ticks = passed_ticks
         self._ticks: list[tuple[float, int]] = []  # (place in the film, x) of each key frame's tick
@@ -208,41 +162,19 @@ class Renderer:
         self.labels = labels
         self.legend = legend
         W, H = style.width, style.height
-        self.header = max(14, int(H * HEADER_FRACTION))
-        self.text_px = max(8, int(self.header * 0.55))
-        self.text_pad = max(2, (self.header - self.text_px) // 2)
-        self.legend_px = max(9, round(H * LEGEND_FRACTION))
-        self.rows = self._wrap(legend.parts) if legend is not None else []
-        self.row_h = round(self.legend_px * 1.45)
-        self.timeline_h = max(4, self.legend_px // 2) if legend is not None and legend.ticks else 0
-        self.strip = strip
-        self.strip_h = strip.height(self.legend_px, H) + self.legend_px // 4 if strip is not None else 0
-        self.footer = self.timeline_h + len(self.rows) * self.row_h + self.legend_px // 2 if legend is not None else 0
-        self.footer += self.strip_h
-        grid_h = H - self.header - self.footer
-        rows, cols = grid_shape(-(-len(labels) // group), W // group, grid_h)
-        cols *= group
-        pw, ph = W // cols, grid_h // rows
-        self.cell = style.cell or max(1, round(min(pw, ph) / 110))  # about 110 bins across a panel
-        c = self.cell
-        gap = max(1, min(pw, ph) // 40)
-        # panel rectangles in bin units (the small canvas), left/top inclusive, size bw x bh
+        self.keyframes = None if passed_ticks or legend is None else len(legend.ticks)
+        lay = self.layout = plan_frame(W, H, labels, style.title, legend.parts if legend is not None else None,
+                                       legend.unit if legend is not None else "", self.keyframes, caption, marks,
+                                       style.cell, group, strip is not None, legend is not None and bool(legend.ticks))
+        self._scale_boxes: list[Box] = []  # the colour bar's counts and note (set_scale)
+        self.header, self.footer, self.text_px, self.legend_px = lay.header, lay.footer, lay.text_px, lay.legend_px
+        self.text_pad, self.rows, self.row_h, self.timeline_h = lay.pad, lay.rows, lay.row_h, lay.timeline_h
+        self.strip, self.strip_h = strip, lay.strip_h
+        self.cell = c = lay.cell
         self.small = ((H + c - 1) // c, (W + c - 1) // c)
-        bw, bh = (pw - gap) // c, (ph - gap) // c
-        x0 = np.array([(i % cols) * pw // c for i in range(len(labels))])
-        y0 = np.array([(self.header + (i // cols) * ph) // c for i in range(len(labels))])
-        self.panels = np.stack([x0, y0], 1)  # (L, 2)
-        self.panel_bins = (bw, bh)
-        self.label_px = max(8, min(ph // 9, 16))
-        self.bar_px = max(2, bh * c // 45)  # the overlay's bar along the bottom of a panel
-        # the drawing area: below the label strip, above the bar, a margin at the sides (all in bins)
-        label_h = max(text_mask(t, self.label_px).shape[0] for t in [*labels, "settled"]) + 4
-        side = max(1, round(min(bw, bh) * 0.03))
-        top, bottom = -(-label_h // c), -(-self.bar_px // c) + side
-        if bw - 2 * side < 2 or bh - top - bottom < 2:  # panels too small for margins: use all of them
-            side = top = bottom = 0
-        self.origin = self.panels + np.array([side, top])  # (L, 2)
-        self.bins = (bw - 2 * side, bh - top - bottom)
+        self.panels, self.panel_bins, self.panel_px = lay.panels, lay.panel_bins, lay.panel_px  # (L, 2) in bins
+        self.label_px, self.bar_px = lay.label_px, lay.bar_px
+        self.origin, self.bins = lay.origin, lay.bins  # the drawing areas (L, 2) and their size, in bins
         bw, bh = self.bins
         # one data unit is as many bins across as down (a round cloud is drawn round): the extent fits the
         # drawing area along its tighter side and the other side shows more of the plane, about the same centre
@@ -261,48 +193,39 @@ class Renderer:
             base[oy : oy + pbh, ox : ox + pbw] = self.lut[0]
         self.base = np.ascontiguousarray(base.repeat(c, 0).repeat(c, 1)[:H, :W])  # the static frame
         self._block = (np.arange(c)[:, None] * W + np.arange(c)).ravel()  # pixel offsets in a bin
-        self.panel_px = (pw, ph)
         self.labels_at, self.labels_alpha = self._label_layer()
-        self._timeline = (self.text_pad * 2, W - self.text_pad * 2, H - self.footer)
         if strip is not None:
-            tx0, tx1, ty = self._timeline
+            tx0, tx1, ty = self.layout.timeline
             strip.draw(self.base, tx0, tx1, ty + self.timeline_h + self.legend_px // 4, self.strip_h - self.legend_px // 4,
                        self.legend_px)
         if legend is not None:
             self._draw_footer(legend)
-        # for _splat: projection -> bin coordinates in float32, each area's corner as a flat index
+        # for _splat: projection -> bin coordinates in float32 (bin j of a panel holds [j, j + 1)), each
+        # area's corner as a flat index
         self._scale32 = self.scale.astype(np.float32)[:, None, :]
-        self._shift32 = (-self.offset * self.scale - 0.5).astype(np.float32)[:, None, :]
+        self._shift32 = (-self.offset * self.scale).astype(np.float32)[:, None, :]
         self._corner = (self.origin[:, 1] * self.small[1] + self.origin[:, 0])[:, None]
 
     def density(self, pts: np.ndarray) -> np.ndarray:
-        """(small_h, small_w) float splat of all points, bilinear so motion is sub-pixel smooth."""
+        """(small_h, small_w) int64: the number of points in each bin (points outside their panel's area
+        are not counted)."""
         return self._splat(pts)[0].reshape(self.small)
 
     def _splat(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The density, flat (small_h * small_w,), and the sorted flat indices of the bins it touched."""
+        """The counts, flat (small_h * small_w,), and the sorted flat indices of the bins holding points."""
         bw, bh = self.bins
         sh, sw = self.small
-        u = pts * self._scale32 + self._shift32  # (L, N, 2) in bins, float32 (bins < 2^24: exact enough)
-        i0 = np.floor(u)
-        f = u - i0
-        ix, iy = i0[..., 0].astype(np.int64), i0[..., 1].astype(np.int64)
-        fx, fy = f[..., 0], f[..., 1]
-        # bilinear weights of the 4 neighbours; a neighbour outside its panel weighs 0
-        wx0 = np.where((ix >= 0) & (ix < bw), 1 - fx, 0)
-        wx1 = np.where((ix >= -1) & (ix < bw - 1), fx, 0)
-        wy0 = np.where((iy >= 0) & (iy < bh), 1 - fy, 0)
-        wy1 = np.where((iy >= -1) & (iy < bh - 1), fy, 0)
-        w = np.stack([wx0 * wy0, wx1 * wy0, wx0 * wy1, wx1 * wy1]).ravel()  # (4 * L * N,)
-        flat = (iy * sw + ix + self._corner)[None] + np.array([0, 1, sw, sw + 1])[:, None, None]
-        flat = np.where(w > 0, flat.ravel(), 0)  # weightless neighbours go to bin 0, in bounds
-        # the touched bins, found by marking them in a reused boolean canvas: 8x fewer bytes to
-        # scan than the float density, and ``frame`` colours only these
+        u = np.floor(pts * self._scale32 + self._shift32)  # (L, N, 2) bins, float32 (bins < 2^24: exact enough)
+        ix, iy = u[..., 0].astype(np.int64), u[..., 1].astype(np.int64)
+        inside = (ix >= 0) & (ix < bw) & (iy >= 0) & (iy < bh)
+        flat = (iy * sw + ix + self._corner)[inside]
+        # the bins holding points, found by marking them in a reused boolean canvas: 8x fewer bytes to
+        # scan than the counts, and ``frame`` colours only these
         mark = _marks(sh * sw)
         mark[flat] = True
         touched = np.flatnonzero(mark)
         mark[touched] = False
-        return np.bincount(flat, w, minlength=sh * sw), touched
+        return np.bincount(flat, minlength=sh * sw), touched
 
     def place(self, xy: np.ndarray, k: int, a: float, first: int = 0) -> np.ndarray:
         """(L, N, 2) the points of key frames ``xy`` (key frames ``first`` .. ``first + K - 1``, K x L x N x 2)
@@ -323,8 +246,9 @@ class Renderer:
 
     def set_scale(self, vmax: float, clipped: int = 0, keyframes: int | None = 0) -> None:
         """Fix the top of the colour scale, and with a legend draw the colour bar that shows it: log
-        scale, absolute counts, and how many of the ``keyframes`` have bins above it (``clipped``; with
-        ``keyframes`` None, only that some have: a live film's legend holds no count of key frames)."""
+        scale, points per bin from 1 to ``vmax``, and how many of the ``keyframes`` have bins above it
+        (``clipped``; with ``keyframes`` None, only that some have: a live film's legend holds no count of
+        key frames)."""
         self.vmax = vmax
         if self.legend is not None:
             self._draw_colour_bar(vmax, clipped, keyframes)
@@ -333,12 +257,9 @@ class Renderer:
         """(H, W, 3) uint8 frame for point positions ``pts`` (L, N, 2); ``when`` (0..1), the frame's place
         in the film, moves the legend's timeline cursor."""
         d, nz = self._splat(pts)
-        nz = nz[d[nz] > 0]
-        vmax = self.vmax if self.vmax is not None else max(float(d[nz].max(initial=0.0)), 1.0)
-        level = np.log1p(d[nz]) / np.log1p(vmax)
-        # a lone point starts a quarter up the scale so that sparse clouds stay visible
-        n = len(self.lut) - 1
-        idx = np.clip((FLOOR + level * (1 - FLOOR)) * n, 1, n).astype(np.int64)
+        counts = d[nz]
+        vmax = self.vmax if self.vmax is not None else float(counts.max(initial=2))
+        idx = count_index(counts, vmax, len(self.lut) - 1)
         img = self.base.copy()
         c, W = self.cell, self.style.width
         if c == 1:
@@ -358,11 +279,9 @@ class Renderer:
         Blending text of one colour twice over the same pixel equals blending once with coverage
         1 - (1 - a1)(1 - a2), so one layer holds every label."""
         cover = np.zeros((self.style.height, self.style.width), np.float32)
-        c = self.cell
-        texts = [(self.style.title, self.text_pad * 2, self.text_pad, self.text_px)]
-        texts += [(label, ox * c + 3, oy * c + 2, self.label_px) for (ox, oy), label in zip(self.panels, self.labels)]
-        for text, x, y, px in texts:
-            clip = _clipped(cover, text, x, y, px)
+        lay = self.layout
+        for box in [b for b in (lay.title,) if b is not None] + list(lay.labels):
+            clip = clipped(cover, box.text, box.x, box.y, self.text_px if box is lay.title else self.label_px)
             if clip is not None:
                 m, ys, xs = clip
                 cover[ys, xs] = 1 - (1 - cover[ys, xs]) * (1 - m)
@@ -374,19 +293,32 @@ class Renderer:
         px = img.reshape(-1, 3)
         a = self.labels_alpha
         px[self.labels_at] = (px[self.labels_at] * (1 - a) + TEXT * a + 0.5).astype(np.uint8)
-        cap = text_mask(caption, self.text_px)
-        draw_text(img, caption, self.style.width - cap.shape[1] - self.text_pad * 2, self.text_pad, self.text_px)
+        room = self.layout.caption
+        x1 = room.x + room.w
+        draw_text(img, caption, x1 - text_mask(caption, self.text_px).shape[1], room.y, self.text_px, x_range=(room.x, x1))
         if when is not None and (self.legend is not None or self.strip is not None):
-            x0, x1, y = self._timeline
+            x0, x1, y = self.layout.timeline
             x = x0 + int(round(min(max(when, 0.0), 1.0) * (x1 - x0 - 1)))
             w = max(3, self.timeline_h)
             for _, tx in self.passed(when):
                 img[y : y + self.timeline_h, tx] = TICK
-            img[y : y + self.timeline_h, max(x0, x - w // 2) : x - w // 2 + w] = CURSOR
+            img[y : y + self.timeline_h, max(x0, x - w // 2) : min(x1, x - w // 2 + w)] = CURSOR
             if self.strip is not None:  # a thinner cursor across the strip, within the timeline's
                 gap, thin = self.legend_px // 4, max(1, w // 2)
                 top = y + self.timeline_h + gap
-                img[top : top + self.strip_h - gap, max(x0, x - thin // 2) : x - thin // 2 + thin] = CURSOR
+                img[top : top + self.strip_h - gap, max(x0, x - thin // 2) : min(x1, x - thin // 2 + thin)] = CURSOR
+
+    def mark(self, img: np.ndarray, l: int, word: str, color: np.ndarray) -> None:
+        """Write the overlay's ``word`` (one of ``marks``) in panel ``l``'s label strip, right of its label;
+        nothing where marks do not fit the panels (the layout hides them)."""
+        box = self.layout.mark_box(l, word)
+        if box is not None:
+            draw_text(img, word, box.x, box.y, self.label_px, color)
+
+    def text_boxes(self) -> list[Box]:
+        """Every text this renderer's frames may show, as boxes of the frame (``FrameLayout.text_boxes``
+        with the colour bar's counts and note as drawn)."""
+        return self.layout.text_boxes() + self._scale_boxes
 
     def passed(self, when: float) -> list[tuple[float, int]]:
         """The key frames' ticks drawn on a frame at ``when`` (its place in the film) over the static
@@ -404,25 +336,10 @@ class Renderer:
 
     # ---------------------------------------------------------------- the legend (drawn once)
 
-    def _wrap(self, parts: Sequence[str]) -> list[str]:
-        """The legend's phrases in rows that fit the frame's width, broken between phrases. In a frame
-        too small for all of them (a quarter of its height at most), the last phrases are cut: the
-        first (what is filmed, and whether it is a sample) always stays."""
-        room = self.style.width - 4 * self.text_pad
-        rows: list[str] = []
-        for part in parts:
-            joined = rows[-1] + SEP + part if rows else part
-            if rows and text_mask(joined, self.legend_px).shape[1] <= room:
-                rows[-1] = joined
-            else:
-                rows.append(part)
-        most = max(1, self.style.height // 4 // round(self.legend_px * 1.45))
-        return rows[:most]
-
     def _draw_footer(self, legend: Legend) -> None:
-        """The timeline (a track with a tick per key frame, dashed across skipped checkpoints) and the
-        legend's rows, into the static frame."""
-        x0, x1, y = self._timeline
+        """The timeline (a track with a tick per key frame, dashed across skipped checkpoints, red at marked
+        key frames) and the legend's rows, into the static frame."""
+        x0, x1, y = self.layout.timeline
         self.base[y : y + self.timeline_h, x0:x1] = TRACK
         self._ticks = [(t, x0 + int(round(min(max(t, 0.0), 1.0) * (x1 - x0 - 1)))) for t in legend.ticks]
         dash = max(3, self.timeline_h)
@@ -436,44 +353,25 @@ class Renderer:
         for t in legend.marks:
             x = x0 + int(round(min(max(t, 0.0), 1.0) * (x1 - x0 - 1)))
             self.base[y : y + self.timeline_h, max(x0, x - 1) : x + 2] = MARK
-        for i, row in enumerate(self.rows):
-            draw_text(self.base, row, x0, y + self.timeline_h + self.strip_h + self.legend_px // 4 + i * self.row_h,
-                      self.legend_px)
+        for box in self.layout.row_boxes():
+            draw_text(self.base, box.text, box.x, box.y, self.legend_px)
 
     def _draw_colour_bar(self, vmax: float, clipped: int, keyframes: int | None) -> None:
-        """The colour bar in the header, between the title and the step: the colours of 0 .. vmax points
-        per bin on the frames' log scale, with counts under it."""
-        assert self.legend is not None
-        W, c = self.style.width, self.cell
-        px = self.legend_px
-        unit = self.legend.unit + (f" ({c}x{c} px), log" if c > 1 else ", log")
-        x = text_mask(self.style.title, self.text_px).shape[1] + self.text_pad * 6
-        h = max(3, self.header // 3)
-        y = max(1, (self.header - h - px) // 2)
-        ulen = text_mask(unit, px).shape[1]
-        width = min(W // 4, W - x - ulen - self.text_pad * 2 - W // 3)
-        if width < 16:  # a frame too small for a colour bar (thumbnails)
+        """The colour bar in the header: the colours of 1 .. vmax points per bin on the frames' log scale
+        (``count_index``), with counts under it, its unit at its left and the clipped note at its right."""
+        bar = self.layout.colour
+        if bar is None:
             return
-        draw_text(self.base, unit, x, y + (h - text_mask(unit, px).shape[0]) // 2, px)
-        x += ulen + self.text_pad * 2
-        n = len(self.lut) - 1
-        level = np.arange(width) / max(width - 1, 1)
-        self.base[y : y + h, x : x + width] = self.lut[np.clip((FLOOR + level * (1 - FLOOR)) * n, 1, n).astype(np.int64)]
-        top = f"{'≥' if clipped else ''}{vmax:,.3g}"
-        marks = [(1.0, top)]
-        for v in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000):
-            if v < vmax:
-                marks.append((np.log1p(v) / np.log1p(vmax), f"{v:,}"))
-        taken: list[tuple[int, int]] = []
-        for pos, text in marks:  # the top first; then the others where they do not overlap
-            tw = text_mask(text, px).shape[1]
-            tx = x + int(round(pos * (width - 1)))
-            lx = min(max(tx - tw // 2, x - tw // 2), x + width - tw) if pos < 1 else x + width - tw
-            if any(lx < b + px // 2 and lx + tw + px // 2 > a for a, b in taken):
-                continue
-            taken.append((lx, lx + tw))
-            self.base[y + h : y + h + max(2, h // 3), tx] = TEXT.astype(np.uint8)
-            draw_text(self.base, text, lx, y + h + max(2, h // 3), px)
-        if clipped:
-            note = "denser bins clipped" + (f" in {clipped} of {keyframes} key frames" if keyframes is not None else "")
-            draw_text(self.base, note, x + width + self.text_pad * 2, y + (h - text_mask(note, px).shape[0]) // 2, px)
+        b, px = bar.bar, bar.px
+        unit = bar.unit
+        draw_text(self.base, unit.text, unit.x, unit.y, px)
+        counts = max(vmax, 2.0) ** (np.arange(b.w) / max(b.w - 1, 1))  # the count at each column
+        self.base[b.y : b.y + b.h, b.x : b.x + b.w] = self.lut[count_index(counts, vmax, len(self.lut) - 1)]
+        ticks = bar.ticks(vmax, bool(clipped))
+        for tx, box in ticks:
+            self.base[b.y + b.h : box.y, tx] = TEXT.astype(np.uint8)
+            draw_text(self.base, box.text, box.x, box.y, px)
+        note = bar.note(clipped, keyframes)
+        if note is not None:
+            draw_text(self.base, note.text, note.x, note.y, px)
+        self._scale_boxes = [box for _, box in ticks] + ([note] if note is not None else [])
