@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layerfilm.draw.legend import Legend, scale_top, subject_text, time_text
+from layerfilm.draw.legend import Legend, scale_top, subject_text
 from layerfilm.draw.raster import Renderer
 from layerfilm.errors import OptionsError, ScanError
 from layerfilm.film import (
@@ -36,6 +36,7 @@ from layerfilm.film import (
     film_segments,
     film_timeline,
     pick_preset,
+    time_words,
     widest_caption,
     write_film,
 )
@@ -399,7 +400,7 @@ def _legend_parts(labels: Sequence[str], shared: Sequence[bool], keys: Sequence[
     parts += subject_text(subject, traj.method, traj.stats)
     parts.append("one basis and one set of axes per block, fitted on all runs together")
     parts.append("one clock by step: a run holds its last key frame until its next")
-    parts.append(time_text(opts.time, opts.seconds_per_keyframe))
+    parts.append(time_words(traj.steps, opts)[0])
     return parts
 
 

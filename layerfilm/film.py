@@ -115,6 +115,12 @@ def bar_top(traj: Trajectories, opts: FilmOptions) -> float | None:
     return live_top(updates(traj.stats["point_update"])) if opts.film_layout == "live" else None
 
 
+def time_words(steps: np.ndarray, opts: FilmOptions) -> tuple[str, tuple[int, ...]]:
+    """(the legend's words for the film's time, the key frames followed by skipped checkpoints)."""
+    gaps = skips(steps)
+    return time_text(resolve_time(opts.time, steps), opts.seconds_per_keyframe, opts.time == "auto", len(gaps)), gaps
+
+
 def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarray | None = None,
                 note: str = "", still: bool = False) -> Legend:
     """The legend's words: the run's folder, what is filmed and how (``traj.subject``), the per-key-frame
@@ -136,8 +142,8 @@ def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarr
         parts.append(bar_text(traj.stats["point_update"], bar_top(traj, opts)))
         parts += marks_text(opts.settle_threshold) if opts.film_layout == "fit" else []
     tl = film_timeline(traj.steps, opts)
-    gaps = skips(traj.steps)
-    parts.append(time_text(resolve_time(opts.time, traj.steps), opts.seconds_per_keyframe, opts.time == "auto", len(gaps)))
+    words, gaps = time_words(traj.steps, opts)
+    parts.append(words)
     parts += [note] if note else []
     return Legend(tuple(parts), tuple(tl.position(k, 0.0) for k in range(len(traj.steps))), skips=gaps,
                   marks=tuple(tl.position(int(k), 0.0) for k in spiked))

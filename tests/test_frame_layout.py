@@ -5,6 +5,8 @@ text outside them; smaller frames are refused in one line."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -47,7 +49,11 @@ def problems(texts: list[Box], graphics: list[Box], width: int, height: int) -> 
                 & (a[:, None, 1] < b[None, :, 3]) & (b[None, :, 1] < a[:, None, 3]))
 
     tt = np.triu(hits(t, t), 1)
-    out += [f"{texts[i]} overlaps {texts[j]}" for i, j in np.argwhere(tt)]
+
+    def one_panel_marks(a: Box, b: Box) -> bool:  # a panel shows one of its marks at a time (right-aligned)
+        return a.text in MARKS and b.text in MARKS and a.x + a.w == b.x + b.w and a.y == b.y
+
+    out += [f"{texts[i]} overlaps {texts[j]}" for i, j in np.argwhere(tt) if not one_panel_marks(texts[i], texts[j])]
     out += [f"{texts[i]} crosses {graphics[j]}" for i, j in np.argwhere(hits(t, g))]
     return out
 
@@ -76,7 +82,7 @@ def test_no_text_overlaps_or_leaves_the_frame(size, L):
             assert lay.title is not None and lay.title.text == "layerfilm"
     # labels are hidden only where they do not fit a panel (128 panels of 40 x 30 pixels at 640x360)
     if L <= 8 or (size in SIZES and size[0] >= 1280):
-        assert len(lay.labels) == L and lay.marks == MARKS
+        assert len(lay.labels) == L and "settled" in lay.marks
     if not lay.labels:
         assert any(f"panels L0…L{L - 1}" in r for r in lay.rows)  # the legend says how they run
 
@@ -97,6 +103,9 @@ def test_the_renderer_draws_text_only_inside_its_boxes(size):
     """Every pixel a frame changes besides the background and the empty panels is in a text box, the colour
     bar (with its ticks), the timeline or a panel's points and bar: the boxes are where text really is."""
     traj = trajectories(8)
+    update, distance = traj.stats["point_update"].copy(), traj.stats["point_distance"].copy()
+    update[T // 2 :, ::2], distance[T // 2 :, ::2] = 0.0, 0.0  # the even blocks stop half way: they settle there
+    traj = replace(traj, stats={**traj.stats, "point_update": update, "point_distance": distance})
     frames = film_frames(traj, FilmOptions(style=Style(*size)))
     r = frames.renderer
     lay = r.layout
@@ -109,10 +118,10 @@ def test_the_renderer_draws_text_only_inside_its_boxes(size):
     ink = (r.base != BACKGROUND).any(-1) & (r.base != r.lut[0]).any(-1)
     assert ink.sum() > 500 and not (ink & ~inside).any()
     img = frames.draw(T - 1, 0.0)  # every block settled: the overlay writes its marks
-    assert frames.overlay is not None and (frames.overlay.settle <= T - 1).all()
+    assert frames.overlay is not None and frames.overlay.status(T - 1)[:2] == ["settled", "moving"]
     changed = (img != r.base).any(-1)
     assert changed[lay.caption.y : lay.caption.y + lay.caption.h].any() and not (changed & ~inside).any()
-    assert lay.marks == MARKS and {b.text for b in r.text_boxes()} >= {"settled", "L0", "L7"}
+    assert "settled" in lay.marks and {b.text for b in r.text_boxes()} >= {"settled", "L0", "L7"}
 
 
 @pytest.mark.parametrize("size", [(318, 180), (320, 178), (100, 100), (64, 64)])

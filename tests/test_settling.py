@@ -140,7 +140,7 @@ def test_frozen_blocks_settle_where_they_stopped_and_the_others_move(frozen_run,
     # watch: two blocks still moving at the end, from the bounds or from every distance (--json) alike
     for live in ({}, {"json": str(tmp_path / "s.json")}):
         lines, settling = _watch_lines(frozen_run, **live)
-        assert lines[-1].endswith("2 of 4 blocks still moving") and settling.status() == res.overlay.status(k + 2)
+        assert "2 of 4 blocks still moving" in lines[-1] and settling.status() == res.overlay.status(k + 2)
     assert [r["status"] for r in json.loads((tmp_path / "s.json").read_text())] == res.overlay.status(k + 2)
 
 
@@ -155,4 +155,4 @@ def test_a_decaying_run_is_still_moving_at_its_end(tiny_run):
     assert (near_index(st.distance_to_final, 0.1) >= 0).all()
     assert st.status == ["moving"] * 4
     lines, _ = _watch_lines(tiny_run)
-    assert lines[-1].endswith("4 of 4 blocks still moving")
+    assert "4 of 4 blocks still moving" in lines[-1]

@@ -336,9 +336,8 @@ def _panels(W: int, H: int, header: int, footer: int, S: float, labels: list[str
     if shown:
         sizes = [text_mask(t, label_px).shape for t in labels]
         boxes = tuple(Box(int(x) * c + LABEL_INSET, int(y) * c + 2, w, h, t) for (x, y), (h, w), t in zip(panels, sizes, labels))
-        mark_w = max((text_width(m, label_px) for m in marks), default=0)
-        if 3 * LABEL_INSET + widest + max(LABEL_INSET, label_px // 2) + mark_w <= bw * c:
-            fit = marks
+        room = bw * c - 3 * LABEL_INSET - widest - max(LABEL_INSET, label_px // 2)
+        fit = tuple(m for m in marks if text_width(m, label_px) <= room)  # each word where it fits
     return {"cell": c, "panels": panels, "panel_bins": (bw, bh), "origin": panels + np.array([side, top]),
             "bins": (bw - 2 * side, bh - top - bottom), "bar_px": bar_px, "label_px": label_px, "labels": boxes,
             "marks": fit, "grid": (rows, cols), "panel_px": (pw, ph)}

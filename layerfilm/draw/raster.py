@@ -184,7 +184,7 @@ class Renderer:
         self.offset = np.stack([(ext[:, 0] + ext[:, 1]) / 2 - bw / (2 * s), (ext[:, 2] + ext[:, 3]) / 2 - bh / (2 * s)], 1)
         self.lut = colormap_lut(style.cmap)
         self._lut_planes = [np.ascontiguousarray(self.lut[:, ch]) for ch in range(3)]
-        self.vmax = vmax
+        self.vmax, self.clipped = vmax, 0  # the colour scale's top; key frames with denser bins (set_scale)
         # static layer: background, empty panels in the colormap's zero colour, labels, the legend's words
         base = np.empty(self.small + (3,), np.uint8)
         base[:] = BACKGROUND
@@ -249,7 +249,7 @@ class Renderer:
         scale, points per bin from 1 to ``vmax``, and how many of the ``keyframes`` have bins above it
         (``clipped``; with ``keyframes`` None, only that some have: a live film's legend holds no count of
         key frames)."""
-        self.vmax = vmax
+        self.vmax, self.clipped = vmax, clipped
         if self.legend is not None:
             self._draw_colour_bar(vmax, clipped, keyframes)
 
@@ -307,6 +307,11 @@ class Renderer:
                 gap, thin = self.legend_px // 4, max(1, w // 2)
                 top = y + self.timeline_h + gap
                 img[top : top + self.strip_h - gap, max(x0, x - thin // 2) : min(x1, x - thin // 2 + thin)] = CURSOR
+
+    @property
+    def _timeline(self) -> tuple[int, int, int]:
+        """(x0, x1, y) of the timeline's track (``FrameLayout.timeline``)."""
+        return self.layout.timeline
 
     def mark(self, img: np.ndarray, l: int, word: str, color: np.ndarray) -> None:
         """Write the overlay's ``word`` (one of ``marks``) in panel ``l``'s label strip, right of its label;

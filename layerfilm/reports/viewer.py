@@ -144,7 +144,8 @@ def viewer_data(traj: Trajectories, frames: FilmFrames, opts: FilmOptions, token
         "scale": _f32(r._scale32[:, 0, :]),  # (L, 2) float32, exactly the film's
         "shift": _f32(r._shift32[:, 0, :]),
         "zoom": None if r.zoom is None else np.asarray(r.zoom, np.float64).tolist(),
-        "vmax": float(r.vmax if r.vmax is not None else 1.0),
+        "vmax": float(r.vmax if r.vmax is not None else 2.0),
+        "clipped": int(r.clipped),
         "floor": FLOOR,
         "lut": base64.b64encode(r.lut.tobytes()).decode("ascii"),
         "unit": r.legend.unit if r.legend is not None else "points per bin",
