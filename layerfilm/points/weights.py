@@ -99,7 +99,10 @@ def read_points(reader, wp: WeightPlan, where: AnyPath, blocks: Sequence[int] | 
         shape = tuple(reader.shape(name))
         if (shape[::-1] if wp.transpose else shape) != wp.shape:
             raise CheckpointError(f"{where}: {name} has shape {shape}, expected {wp.shape[::-1] if wp.transpose else wp.shape}")
-        out[j] = tracked(reader.get(name), wp, i) if wp.transpose else reader.rows(name, wp.point_ids[i])
+        if wp.transpose:
+            out[j] = tracked(reader.get(name), wp, i)
+        else:
+            reader.rows(name, wp.point_ids[i], out=out[j])
         check_finite(out[j], where, name, wp.layer_map.blocks[i])  # NaN/Inf would poison the projection
     return out
 

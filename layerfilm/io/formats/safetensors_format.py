@@ -278,22 +278,38 @@ class SafetensorsReader:
             raise CheckpointError(f"{self.path}: {cannot_read_dtype(name, dtype)}")
         return widen(self._read(name, [(start, end - start)]), dtype, shape)
 
-    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+    def rows(self, name: str, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``ids`` (sorted, unique) of tensor ``name`` as float32 (len(ids), *shape[1:]), reading only
-        those rows' bytes: one range per run of consecutive rows."""
+        those rows' bytes: one range per run of consecutive rows, runs a few rows apart merged
+        (layerfilm.io.storage.merge_gaps), read straight into one buffer and widened into ``out`` if given."""
         info = self._header[name]
         dtype, shape = info["dtype"], info["shape"]
         if dtype not in NUMPY_DTYPES:
             raise CheckpointError(f"{self.path}: {cannot_read_dtype(name, dtype)}")
+        if self._src is None:
+            raise RuntimeError("use the reader as a context manager")
         ids = np.asarray(ids, np.int64)
         if len(ids) and (ids[0] < 0 or ids[-1] >= shape[0] or (np.diff(ids) <= 0).any()):
             raise ValueError(f"rows of {name}: need sorted unique indices below {shape[0]}")
-        row = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
-        first = info["data_offsets"][0]
-        breaks = np.flatnonzero(np.diff(ids) != 1) + 1
-        runs = np.split(ids, breaks) if len(ids) else []
-        raw = self._read(name, [(first + int(run[0]) * row, len(run) * row) for run in runs])
-        return widen(raw, dtype, [len(ids), *shape[1:]])
+        stored = np.dtype(NUMPY_DTYPES[dtype])
+        row = int(np.prod(shape[1:], dtype=np.int64)) * stored.itemsize
+        first = self._base + info["data_offsets"][0]
+        starts = np.flatnonzero(np.diff(ids, prepend=-2) != 1)  # where each run of consecutive rows begins
+        lengths = np.diff(starts, append=len(ids))
+        ranges = [(first + int(ids[s]) * row, int(k) * row) for s, k in zip(starts, lengths)]
+        raw = np.empty((len(ids), *shape[1:]), stored)
+        try:
+            whole = self._src.read_into(ranges, memoryview(raw).cast("B"))
+        except OSError as e:
+            raise unreadable(self.path, e) from None
+        if not whole:  # the file shrank after it was opened
+            raise CheckpointError(f"{self.path}: truncated inside tensor {name}")
+        out = np.empty(raw.shape, np.float32) if out is None else out
+        if dtype == "BF16":  # the high half of a float32, written in place
+            np.left_shift(raw, 16, out=out.view(np.uint32), dtype=np.uint32)
+        else:
+            out[...] = raw
+        return out
 
 
 @FORMATS.register("safetensors")
