@@ -45,7 +45,7 @@ from layerfilm.io.outputs import new_scratch
 from layerfilm.io.scan import Checkpoint, Series, scan
 from layerfilm.io.storage import AnyPath, is_remote, location
 from layerfilm.parallel.engines import get_engine
-from layerfilm.parallel.threads import one_blas_thread, prefetch
+from layerfilm.parallel.threads import map_ahead, one_blas_thread, prefetch
 from layerfilm.points import ArrayStore, Features, Subject
 from layerfilm.points.act_stats import ActivationStats
 from layerfilm.points.measures import PointMeasures, point_measures
@@ -70,6 +70,7 @@ DEFAULT_CHUNK_MB = 512
 # a local pass that reads less than this runs in this process: starting worker processes (each imports
 # NumPy, torch and layerfilm, about a second) would cost more than the work
 IN_PROCESS_BYTES = 64 * 2**20
+REMOTE_READS = 4  # key frames of a block chunk read at once from a URL (each: up to HTTP_REQUESTS ranged GETs)
 T = TypeVar("T")
 
 
@@ -152,8 +153,10 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
             return i, read_rows(ckpts[i], wp, blocks)
         return i, read_checkpoint(ckpts[i], stats.read)
 
-    # whole blocks are large: one read ahead; rows are small: three
-    with closing(prefetch((read(i) for i in order), depth=1 if whole else 3)) as ahead:
+    # whole blocks are large: one read ahead; rows are small: three, and from a URL several in flight at
+    # once (each waits on the network's round trips, not on a core)
+    readers = REMOTE_READS if is_remote(series.root) and not whole else 1
+    with closing(prefetch(map_ahead(read, order, readers), depth=1 if whole else 3)) as ahead:
         for i, got in ahead:
             if progress is not None:
                 progress()

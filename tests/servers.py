@@ -6,7 +6,11 @@ benchmarks/bench_remote.py), each counting the object bytes it sends:
   http.server``), either honouring ``Range: bytes=A-B`` (206 Partial Content) or ignoring it (200, the
   whole file), as some static servers do; optionally requiring HTTP basic auth, or answering ranged GETs
   as a hostile or broken server does (``HOSTILE``). Files are streamed from disk (a sparse file of
-  gigabytes costs the server nothing), and every slow answer's loop is bounded and ends at shutdown.
+  gigabytes costs the server nothing), and every slow answer's loop is bounded and ends at shutdown;
+- :func:`delayed_folder`: a folder served as object storage far away is: every request waits ``delay``
+  seconds before its answer, and at most ``connections`` requests are served at once (the rest queue),
+  by an aiohttp server in its own process (``python tests/servers.py FOLDER``), so that its work does
+  not share the client's cores or GIL.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from werkzeug.serving import make_server
+try:
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+except ImportError:  # a benchmark host without moto still serves folders (delayed_folder)
+    ThreadedMotoServer = MotoRequestHandler = object  # type: ignore[misc,assignment]
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -210,3 +217,91 @@ def http_folder(folder: Path, ranges: bool = True, auth: tuple[str, str] | None 
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+async def _serve(folder: Path, delay: float, connections: int, ready: Path) -> None:
+    """Serve ``folder`` (index pages, Range requests by aiohttp's FileResponse) until killed; the port is
+    written to ``ready``. ``/__stats__`` answers {"requests": ranged GETs served, "bytes": their bytes}."""
+    import asyncio
+    import html
+    import json
+
+    from aiohttp import web
+
+    slots = asyncio.Semaphore(connections)
+    stats = {"requests": 0, "bytes": 0}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path == "/__stats__":
+            return web.json_response(stats)
+        path = (folder / request.path.lstrip("/")).resolve()
+        if folder.resolve() not in (path, *path.parents) or not path.exists():
+            raise web.HTTPNotFound()
+        async with slots:  # one of `connections` requests in service, for at least `delay` seconds
+            await asyncio.sleep(delay)
+            if path.is_dir():
+                names = [p.name + "/" * p.is_dir() for p in sorted(path.iterdir())]
+                links = "".join(f'<a href="{html.escape(n)}">{html.escape(n)}</a>\n' for n in names)
+                return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
+            size = path.stat().st_size
+            asked = request.http_range  # bytes=A-B as slice(A, B + 1)
+            if request.method != "GET" or asked.start is None:
+                return web.FileResponse(path)  # HEAD: the size and date; a GET without Range: the whole file
+            start, stop = asked.start, min(asked.stop or size, size)
+            with path.open("rb") as f:
+                body = os.pread(f.fileno(), stop - start, start)
+            stats["requests"] += 1
+            stats["bytes"] += len(body)
+            return web.Response(body=body, status=206, content_type="application/octet-stream",
+                                headers={"Content-Range": f"bytes {start}-{stop - 1}/{size}"})
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    ready.write_text(str(port))
+    await asyncio.Event().wait()
+
+
+@contextmanager
+def delayed_folder(folder: Path, delay: float = 0.02, connections: int = 128,
+                   cores: str | None = None) -> Iterator[tuple[str, Callable[[], dict]]]:
+    """Serve ``folder`` from another process on a free port of 127.0.0.1, every request answered after
+    ``delay`` seconds and at most ``connections`` at once (``cores``: pin the server there, e.g. "2-15").
+    Yields (its URL, stats(): {"requests", "bytes"} of the ranged GETs served so far)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    import urllib.request
+
+    with tempfile.TemporaryDirectory(prefix="delayed-folder-") as work:
+        ready = Path(work) / "port"
+        argv = [sys.executable, __file__, str(folder), str(delay), str(connections), str(ready)]
+        server = subprocess.Popen((["taskset", "-c", cores] if cores else []) + argv)
+        try:
+            deadline = time.monotonic() + 30
+            while not (ready.exists() and ready.read_text()):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the delayed server did not start (exit {server.poll()})")
+                time.sleep(0.05)
+            url = f"http://127.0.0.1:{ready.read_text()}"
+
+            def stats() -> dict:
+                with urllib.request.urlopen(f"{url}/__stats__", timeout=10) as r:
+                    return json.loads(r.read())
+
+            yield url, stats
+        finally:
+            server.kill()
+            server.wait()
+
+
+if __name__ == "__main__":  # python tests/servers.py FOLDER DELAY CONNECTIONS PORTFILE (delayed_folder)
+    import asyncio
+    import sys
+
+    asyncio.run(_serve(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])))
