@@ -219,9 +219,10 @@ def http_folder(folder: Path, ranges: bool = True, auth: tuple[str, str] | None 
         thread.join()
 
 
-async def _serve(folder: Path, delay: float, connections: int, ready: Path) -> None:
-    """Serve ``folder`` (index pages, Range requests by aiohttp's FileResponse) until killed; the port is
-    written to ``ready``. ``/__stats__`` answers {"requests": ranged GETs served, "bytes": their bytes}."""
+async def _serve(folder: Path, delay: float, connections: int, port: int, stats_file: Path) -> None:
+    """Serve ``folder`` on ``port`` (shared by the other server processes: SO_REUSEPORT) until killed: index
+    pages, and ranged GETs answered after ``delay`` seconds, at most ``connections`` at once in this
+    process. Every 0.2 s, {"requests", "bytes"} of the ranged GETs served is written to ``stats_file``."""
     import asyncio
     import html
     import json
@@ -232,8 +233,6 @@ async def _serve(folder: Path, delay: float, connections: int, ready: Path) -> N
     stats = {"requests": 0, "bytes": 0}
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        if request.path == "/__stats__":
-            return web.json_response(stats)
         path = (folder / request.path.lstrip("/")).resolve()
         if folder.resolve() not in (path, *path.parents) or not path.exists():
             raise web.HTTPNotFound()
@@ -259,49 +258,54 @@ async def _serve(folder: Path, delay: float, connections: int, ready: Path) -> N
     app.router.add_route("GET", "/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    ready.write_text(str(port))
-    await asyncio.Event().wait()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024, reuse_port=True).start()
+    while True:
+        stats_file.write_text(json.dumps(stats))
+        await asyncio.sleep(0.2)
 
 
 @contextmanager
-def delayed_folder(folder: Path, delay: float = 0.02, connections: int = 128,
-                   cores: str | None = None) -> Iterator[tuple[str, Callable[[], dict]]]:
-    """Serve ``folder`` from another process on a free port of 127.0.0.1, every request answered after
-    ``delay`` seconds and at most ``connections`` at once (``cores``: pin the server there, e.g. "2-15").
-    Yields (its URL, stats(): {"requests", "bytes"} of the ranged GETs served so far)."""
+def delayed_folder(folder: Path, delay: float = 0.02, connections: int = 128, cores: str | None = None,
+                   processes: int = 1) -> Iterator[tuple[str, Callable[[], dict]]]:
+    """Serve ``folder`` from ``processes`` other processes sharing a free port of 127.0.0.1, every request
+    answered after ``delay`` seconds and at most ``connections`` in service at once (split between the
+    processes); ``cores``: pin the server there (e.g. "2-15"). Yields (its URL, stats(): {"requests",
+    "bytes"} of the ranged GETs served so far, as of 0.2 s ago)."""
     import json
+    import socket
     import subprocess
     import sys
     import tempfile
-    import urllib.request
 
-    with tempfile.TemporaryDirectory(prefix="delayed-folder-") as work:
-        ready = Path(work) / "port"
-        argv = [sys.executable, __file__, str(folder), str(delay), str(connections), str(ready)]
-        server = subprocess.Popen((["taskset", "-c", cores] if cores else []) + argv)
+    with tempfile.TemporaryDirectory(prefix="delayed-folder-") as work, socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        files = [Path(work) / f"stats.{i}" for i in range(processes)]
+        servers = [subprocess.Popen((["taskset", "-c", cores] if cores else [])
+                                    + [sys.executable, __file__, str(folder), str(delay),
+                                       str(max(1, connections // processes)), str(port), str(f)]) for f in files]
         try:
             deadline = time.monotonic() + 30
-            while not (ready.exists() and ready.read_text()):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the delayed server did not start (exit {server.poll()})")
+            while not all(f.exists() for f in files):
+                if any(s.poll() is not None for s in servers) or time.monotonic() > deadline:
+                    raise RuntimeError("the delayed server did not start")
                 time.sleep(0.05)
-            url = f"http://127.0.0.1:{ready.read_text()}"
 
             def stats() -> dict:
-                with urllib.request.urlopen(f"{url}/__stats__", timeout=10) as r:
-                    return json.loads(r.read())
+                time.sleep(0.3)
+                got = [json.loads(f.read_text() or "{}") for f in files]
+                return {k: sum(g.get(k, 0) for g in got) for k in ("requests", "bytes")}
 
-            yield url, stats
+            yield f"http://127.0.0.1:{port}", stats
         finally:
-            server.kill()
-            server.wait()
+            for server in servers:
+                server.kill()
+                server.wait()
 
 
-if __name__ == "__main__":  # python tests/servers.py FOLDER DELAY CONNECTIONS PORTFILE (delayed_folder)
+if __name__ == "__main__":  # python tests/servers.py FOLDER DELAY CONNECTIONS PORT STATS (delayed_folder)
     import asyncio
     import sys
 
-    asyncio.run(_serve(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])))
+    asyncio.run(_serve(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])))
