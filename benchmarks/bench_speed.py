@@ -147,7 +147,7 @@ def main() -> None:
             with a.json.open("a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    for spec in a.runs.split(","):
+    for spec in filter(None, a.runs.split(",")):
         kind, count = spec.split(":")
         count = int(count)
         folder = linked(a.series, count)
