@@ -115,10 +115,12 @@ def read_checkpoint(ckpt: Checkpoint, read: Callable[[CheckpointReader, AnyPath]
         return e
 
 
-def read_rows(ckpt: Checkpoint, wp: WeightPlan, blocks: Sequence[int] | None = None) -> np.ndarray | CheckpointError:
-    """(Lc, N, D) float32: the tracked rows of ``blocks`` (default all) in ``ckpt``, or why it cannot be
-    read: what a block task reads of each key frame, and :meth:`Study.add` of a live film's new one."""
-    return read_checkpoint(ckpt, lambda reader, where: read_points(reader, wp, where, blocks))
+def read_rows(ckpt: Checkpoint, wp: WeightPlan, blocks: Sequence[int] | None = None,
+              out: np.ndarray | None = None) -> np.ndarray | CheckpointError:
+    """(Lc, N, D) float32: the tracked rows of ``blocks`` (default all) in ``ckpt`` (into ``out`` if given),
+    or why it cannot be read: what a block task reads of each key frame, and :meth:`Study.add` of a live
+    film's new one."""
+    return read_checkpoint(ckpt, lambda reader, where: read_points(reader, wp, where, blocks, out))
 
 
 def block_chunks(wp: WeightPlan, keyframes: int, whole_bytes: int = 0, budget_mb: float | None = None,
@@ -149,8 +151,8 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
     order = [T - 1, *range(T - 1)] if whole else list(range(T))  # whole: the final first
 
     def read(i: int) -> tuple[int, np.ndarray | list[dict[str, np.ndarray]] | CheckpointError]:
-        if stats is None:
-            return i, read_rows(ckpts[i], wp, blocks)
+        if stats is None:  # straight into the key frame's place
+            return i, read_rows(ckpts[i], wp, blocks, points[i])
         return i, read_checkpoint(ckpts[i], stats.read)
 
     # whole blocks are large: one read ahead; rows are small: three, and from a URL several in flight at
@@ -166,8 +168,7 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
             if bad:
                 continue
             if stats is None:
-                assert isinstance(got, np.ndarray)  # read_points
-                points[i] = got
+                assert isinstance(got, np.ndarray)  # read_points, into points[i]
             else:
                 assert isinstance(got, list)  # BlockStats.read
                 points[i] = stats.add(i, got)
