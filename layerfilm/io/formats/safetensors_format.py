@@ -267,7 +267,7 @@ class SafetensorsReader:
         dtype = self._header[name]["dtype"]
         raw = np.empty(shape, NUMPY_DTYPES[dtype])
         try:
-            whole = self._src.read_into(ranges, memoryview(raw.reshape(-1)).cast("B"))
+            whole = self._src.read_into(ranges, memoryview(raw.reshape(-1).view(np.uint8).data))
         except OSError as e:
             raise unreadable(self.path, e) from None
         if not whole:  # the file shrank after it was opened
