@@ -377,6 +377,7 @@ class BlockStats:
         self.final: list[dict[str, np.ndarray]] | None = None
         self.prev: list[dict[str, np.ndarray]] | None = None
         self.first: list[dict[str, np.ndarray]] | None = None
+        self._buf: np.ndarray | None = None  # (2, size) float64 work space of _measure
 
     def read(self, reader: Reader, where: AnyPath) -> list[dict[str, np.ndarray]]:
         """Every tensor of the chunk's blocks in one open checkpoint, float32, checked finite."""
@@ -414,21 +415,39 @@ class BlockStats:
         top = np.where(top > 0, top, 1.0)
         return np.stack([np.linspace(-t, t, self.bins + 1) for t in top])
 
+    def _scratch(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Two float64 work arrays of ``shape``, views of buffers kept across tensors and key frames: a
+        fresh temporary of a large tensor costs its page faults every time (system time as large as the
+        arithmetic's)."""
+        size = math.prod(shape)
+        if self._buf is None or self._buf.shape[1] < size:
+            self._buf = np.empty((2, size))
+        return self._buf[0, :size].reshape(shape), self._buf[1, :size].reshape(shape)
+
+    def _sq_diff(self, w: np.ndarray, other: np.ndarray, buf: np.ndarray) -> float:
+        """sum((w - other) ** 2) in float64 (``other`` widened), the same sum as the expression's, through ``buf``."""
+        np.copyto(buf, other)
+        np.subtract(w, buf, out=buf)
+        np.square(buf, out=buf)
+        return float(np.sum(buf))
+
     def _measure(self, t: int, tensors: list[dict[str, np.ndarray]]) -> None:
         assert self.final is not None and self.edges is not None  # add() keeps them before any measuring
         for l, (names, blk) in enumerate(zip(self.names, tensors)):
             for c, name in names:
-                w, f = blk[name].astype(np.float64), self.final[l][name].astype(np.float64)
+                w, buf = self._scratch(blk[name].shape)
+                np.copyto(w, blk[name])
                 n2 = float(np.vdot(w, w))
                 self.param_norm[t, l, c] = math.sqrt(n2)
                 self.sq["norm_sq"][t, l] += n2
-                self.sq["final_sq"][t, l] += float(np.sum((w - f) ** 2))
+                self.sq["final_sq"][t, l] += self._sq_diff(w, self.final[l][name], buf)
                 if self.prev is not None:
-                    self.sq["prev_sq"][t, l] += float(np.sum((w - self.prev[l][name].astype(np.float64)) ** 2))
+                    self.sq["prev_sq"][t, l] += self._sq_diff(w, self.prev[l][name], buf)
                 if w.ndim >= 2:
                     e = self.edges[l]
                     # equal-width bins by count and range: numpy's fast path, the same counts as the edges (tested)
-                    self.hist[t, l] += np.histogram(np.clip(w, e[0], e[-1]), bins=len(e) - 1, range=(e[0], e[-1]))[0]
+                    clipped = np.clip(w, e[0], e[-1], out=buf)
+                    self.hist[t, l] += np.histogram(clipped, bins=len(e) - 1, range=(e[0], e[-1]))[0]
         self.prev = tensors
 
     def result(self, points: np.ndarray) -> dict[str, np.ndarray]:

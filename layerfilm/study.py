@@ -46,7 +46,7 @@ from layerfilm.io.outputs import new_scratch
 from layerfilm.io.scan import Checkpoint, Series, scan
 from layerfilm.io.storage import AnyPath, is_remote, location
 from layerfilm.parallel.engines import get_engine
-from layerfilm.parallel.threads import one_blas_thread, prefetch
+from layerfilm.parallel.threads import map_ahead, one_blas_thread, prefetch
 from layerfilm.points import ArrayStore, Features, Subject
 from layerfilm.points.act_stats import ActivationStats
 from layerfilm.points.measures import PointMeasures, point_measures
@@ -72,6 +72,7 @@ DEFAULT_CHUNK_MB = 512
 # a local pass that reads less than this runs in this process: starting worker processes (each imports
 # NumPy, torch and layerfilm, about a second) would cost more than the work
 IN_PROCESS_BYTES = 64 * 2**20
+REMOTE_READS = 4  # key frames of a block chunk read at once from a URL (each: up to HTTP_REQUESTS ranged GETs)
 T = TypeVar("T")
 
 
@@ -116,13 +117,19 @@ def read_checkpoint(ckpt: Checkpoint, read: Callable[[CheckpointReader, AnyPath]
         return e
 
 
-def read_rows(ckpt: Checkpoint, wp: WeightPlan, blocks: Sequence[int] | None = None) -> np.ndarray | CheckpointError:
-    """(Lc, N, D) float32: the tracked rows of ``blocks`` (default all) in ``ckpt``, or why it cannot be
-    read: what a block task reads of each key frame, and :meth:`Study.add` of a live film's new one. With
-    ``wp.source == "updates"``: the rows of Adam's update direction (layerfilm.points.optimizer)."""
+def read_rows(ckpt: Checkpoint, wp: WeightPlan, blocks: Sequence[int] | None = None,
+              out: np.ndarray | None = None) -> np.ndarray | CheckpointError:
+    """(Lc, N, D) float32: the tracked rows of ``blocks`` (default all) in ``ckpt`` (into ``out`` if given),
+    or why it cannot be read: what a block task reads of each key frame, and :meth:`Study.add` of a live
+    film's new one. With ``wp.source == "updates"``: the rows of Adam's update direction
+    (layerfilm.points.optimizer)."""
     if wp.source == "updates":
-        return read_updates(ckpt, wp, blocks)
-    return read_checkpoint(ckpt, lambda reader, where: read_points(reader, wp, where, blocks))
+        rows = read_updates(ckpt, wp, blocks)
+        if out is not None and not isinstance(rows, CheckpointError):
+            out[...] = rows
+            return out
+        return rows
+    return read_checkpoint(ckpt, lambda reader, where: read_points(reader, wp, where, blocks, out))
 
 
 def block_chunks(wp: WeightPlan, keyframes: int, whole_bytes: int = 0, budget_mb: float | None = None,
@@ -153,12 +160,14 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
     order = [T - 1, *range(T - 1)] if whole else list(range(T))  # whole: the final first
 
     def read(i: int) -> tuple[int, np.ndarray | list[dict[str, np.ndarray]] | CheckpointError]:
-        if stats is None:
-            return i, read_rows(ckpts[i], wp, blocks)
+        if stats is None:  # straight into the key frame's place
+            return i, read_rows(ckpts[i], wp, blocks, points[i])
         return i, read_checkpoint(ckpts[i], stats.read)
 
-    # whole blocks are large: one read ahead; rows are small: three
-    with closing(prefetch((read(i) for i in order), depth=1 if whole else 3)) as ahead:
+    # whole blocks are large: one read ahead; rows are small: three, and from a URL several in flight at
+    # once (each waits on the network's round trips, not on a core)
+    readers = REMOTE_READS if is_remote(series.root) and not whole else 1
+    with closing(prefetch(map_ahead(read, order, readers), depth=1 if whole else 3)) as ahead:
         for i, got in ahead:
             if progress is not None:
                 progress()
@@ -168,8 +177,7 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
             if bad:
                 continue
             if stats is None:
-                assert isinstance(got, np.ndarray)  # read_points
-                points[i] = got
+                assert isinstance(got, np.ndarray)  # read_points, into points[i]
             else:
                 assert isinstance(got, list)  # BlockStats.read
                 points[i] = stats.add(i, got)

@@ -6,7 +6,11 @@ benchmarks/bench_remote.py), each counting the object bytes it sends:
   http.server``), either honouring ``Range: bytes=A-B`` (206 Partial Content) or ignoring it (200, the
   whole file), as some static servers do; optionally requiring HTTP basic auth, or answering ranged GETs
   as a hostile or broken server does (``HOSTILE``). Files are streamed from disk (a sparse file of
-  gigabytes costs the server nothing), and every slow answer's loop is bounded and ends at shutdown.
+  gigabytes costs the server nothing), and every slow answer's loop is bounded and ends at shutdown;
+- :func:`delayed_folder`: a folder served as object storage far away is: every request waits ``delay``
+  seconds before its answer, and at most ``connections`` requests are served at once (the rest queue),
+  by an aiohttp server in its own process (``python tests/servers.py FOLDER``), so that its work does
+  not share the client's cores or GIL.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from werkzeug.serving import make_server
+try:
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+except ImportError:  # a benchmark host without moto still serves folders (delayed_folder)
+    ThreadedMotoServer = MotoRequestHandler = object  # type: ignore[misc,assignment]
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -210,3 +217,95 @@ def http_folder(folder: Path, ranges: bool = True, auth: tuple[str, str] | None 
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+async def _serve(folder: Path, delay: float, connections: int, port: int, stats_file: Path) -> None:
+    """Serve ``folder`` on ``port`` (shared by the other server processes: SO_REUSEPORT) until killed: index
+    pages, and ranged GETs answered after ``delay`` seconds, at most ``connections`` at once in this
+    process. Every 0.2 s, {"requests", "bytes"} of the ranged GETs served is written to ``stats_file``."""
+    import asyncio
+    import html
+    import json
+
+    from aiohttp import web
+
+    slots = asyncio.Semaphore(connections)
+    stats = {"requests": 0, "bytes": 0}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        path = (folder / request.path.lstrip("/")).resolve()
+        if folder.resolve() not in (path, *path.parents) or not path.exists():
+            raise web.HTTPNotFound()
+        async with slots:  # one of `connections` requests in service, for at least `delay` seconds
+            await asyncio.sleep(delay)
+            if path.is_dir():
+                names = [p.name + "/" * p.is_dir() for p in sorted(path.iterdir())]
+                links = "".join(f'<a href="{html.escape(n)}">{html.escape(n)}</a>\n' for n in names)
+                return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
+            size = path.stat().st_size
+            asked = request.http_range  # bytes=A-B as slice(A, B + 1)
+            if request.method != "GET" or asked.start is None:
+                return web.FileResponse(path)  # HEAD: the size and date; a GET without Range: the whole file
+            start, stop = asked.start, min(asked.stop or size, size)
+            with path.open("rb") as f:
+                body = os.pread(f.fileno(), stop - start, start)
+            stats["requests"] += 1
+            stats["bytes"] += len(body)
+            return web.Response(body=body, status=206, content_type="application/octet-stream",
+                                headers={"Content-Range": f"bytes {start}-{stop - 1}/{size}"})
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024, reuse_port=True).start()
+    while True:
+        stats_file.write_text(json.dumps(stats))
+        await asyncio.sleep(0.2)
+
+
+@contextmanager
+def delayed_folder(folder: Path, delay: float = 0.02, connections: int = 128, cores: str | None = None,
+                   processes: int = 1) -> Iterator[tuple[str, Callable[[], dict]]]:
+    """Serve ``folder`` from ``processes`` other processes sharing a free port of 127.0.0.1, every request
+    answered after ``delay`` seconds and at most ``connections`` in service at once (split between the
+    processes); ``cores``: pin the server there (e.g. "2-15"). Yields (its URL, stats(): {"requests",
+    "bytes"} of the ranged GETs served so far, as of 0.2 s ago)."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="delayed-folder-") as work, socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        files = [Path(work) / f"stats.{i}" for i in range(processes)]
+        servers = [subprocess.Popen((["taskset", "-c", cores] if cores else [])
+                                    + [sys.executable, __file__, str(folder), str(delay),
+                                       str(max(1, connections // processes)), str(port), str(f)]) for f in files]
+        try:
+            deadline = time.monotonic() + 30
+            while not all(f.exists() for f in files):
+                if any(s.poll() is not None for s in servers) or time.monotonic() > deadline:
+                    raise RuntimeError("the delayed server did not start")
+                time.sleep(0.05)
+
+            def stats() -> dict:
+                time.sleep(0.3)
+                got = [json.loads(f.read_text() or "{}") for f in files]
+                return {k: sum(g.get(k, 0) for g in got) for k in ("requests", "bytes")}
+
+            yield f"http://127.0.0.1:{port}", stats
+        finally:
+            for server in servers:
+                server.kill()
+                server.wait()
+
+
+if __name__ == "__main__":  # python tests/servers.py FOLDER DELAY CONNECTIONS PORT STATS (delayed_folder)
+    import asyncio
+    import sys
+
+    asyncio.run(_serve(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])))

@@ -221,3 +221,19 @@ def test_merged_ranges_give_back_each_range_within_the_budget():
         assert sum(n for _, n in merged) - sum(n for _, n in ranges) <= budget * sum(n for _, n in ranges)
         assert len(merged) <= len(ranges)
     assert len(merge_gaps(ranges, 0.0)[0]) == len(ranges) - sum(np.diff(rows) == 1)  # only touching rows join
+
+
+def test_http_with_latency_and_few_connections_renders_the_local_film(tiny_run, local_film, tmp_path, run_cli):
+    """A server 20 ms away that serves 4 requests at once (tests/servers.py delayed_folder): the rows are
+    read by concurrent, merged ranged GETs, and the film and its points are the local ones."""
+    from servers import delayed_folder
+
+    with delayed_folder(tiny_run.parent, delay=0.02, connections=4) as (base, stats):
+        code, _, err = run_cli("render", f"{base}/{tiny_run.name}", "--out", tmp_path / "film.webm",
+                               "--export-points", tmp_path / "points.npz", "--no-cache", *FAST)
+        served = stats()
+    assert code == 0, err
+    assert (tmp_path / "points.npz").read_bytes() == local_film[1].read_bytes()
+    assert np.array_equal(decode(tmp_path / "film.webm"), decode(local_film[0]))
+    heads, rows = header_and_rows(tiny_run)
+    assert heads + rows <= served["bytes"] <= 1.3 * (heads + rows)

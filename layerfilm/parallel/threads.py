@@ -10,14 +10,38 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Generator, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
 from layerfilm.parallel.signals import deferred_signals
 
 T = TypeVar("T")
+A = TypeVar("A")
 _DONE = object()
+
+
+def map_ahead(fn: Callable[[A], T], items: Iterable[A], workers: int) -> Generator[T, None, None]:
+    """``fn(item)`` of each item, in order, computed by ``workers`` threads at once (at most ``workers``
+    results waiting): several slow reads in flight (a remote checkpoint's ranged GETs wait on the
+    network, not on a core). One worker: plain ``map``."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="layerfilm-read") as pool:
+        window: deque[Future] = deque()
+        try:
+            for item in items:
+                window.append(pool.submit(fn, item))
+                if len(window) >= workers:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for f in window:
+                f.cancel()
 
 
 def prefetch(items: Iterable[T], depth: int = 3) -> Generator[T, None, None]:

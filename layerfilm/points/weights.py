@@ -93,11 +93,14 @@ def tracked(w: np.ndarray, wp: WeightPlan, i: int) -> np.ndarray:
     return (w.T if wp.transpose else w)[wp.point_ids[i]]
 
 
-def read_points(reader, wp: WeightPlan, where: AnyPath, blocks: Sequence[int] | None = None) -> np.ndarray:
+def read_points(reader, wp: WeightPlan, where: AnyPath, blocks: Sequence[int] | None = None,
+                out: np.ndarray | None = None) -> np.ndarray:
     """(Lc, N, D) float32 tracked points of ``blocks`` (indices into the plan; default all) in one open
-    checkpoint, reading only their rows for an [out, in] matrix (a Conv1D [in, out] one whole)."""
+    checkpoint, reading only their rows for an [out, in] matrix (a Conv1D [in, out] one whole); written
+    into ``out`` if given (a block task's array of every key frame: no copy)."""
     blocks = range(len(wp.tensor_names)) if blocks is None else blocks
-    out = np.empty((len(blocks), wp.point_ids.shape[1], wp.shape[1]), np.float32)
+    if out is None:
+        out = np.empty((len(blocks), wp.point_ids.shape[1], wp.shape[1]), np.float32)
     keys = set(reader.keys())
     for j, i in enumerate(blocks):
         name = wp.tensor_names[i]
@@ -106,7 +109,10 @@ def read_points(reader, wp: WeightPlan, where: AnyPath, blocks: Sequence[int] | 
         shape = tuple(reader.shape(name))
         if (shape[::-1] if wp.transpose else shape) != wp.shape:
             raise CheckpointError(f"{where}: {name} has shape {shape}, expected {wp.shape[::-1] if wp.transpose else wp.shape}")
-        out[j] = tracked(reader.get(name), wp, i) if wp.transpose else reader.rows(name, wp.point_ids[i])
+        if wp.transpose:
+            out[j] = tracked(reader.get(name), wp, i)
+        else:
+            reader.rows(name, wp.point_ids[i], out=out[j])
         check_finite(out[j], where, name, wp.layer_map.blocks[i])  # NaN/Inf would poison the projection
     return out
 

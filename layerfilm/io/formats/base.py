@@ -29,7 +29,7 @@ class Reader(Protocol):
     def shape(self, name: str) -> tuple[int, ...]: ...
     def dtype(self, name: str) -> str: ...
     def get(self, name: str) -> np.ndarray: ...
-    # optional: rows(name, ids) -> np.ndarray, only those rows' bytes (see Renamed.rows);
+    # optional: rows(name, ids, out=None) -> np.ndarray, only those rows' bytes (see Renamed.rows);
     # span(name) -> (file, offset, nbytes): where the stored bytes lie (formats with a plain byte layout);
     # tensor(name) -> torch.Tensor in its stored dtype (torch pickles). Both for loading weights into a model.
     def __enter__(self) -> Reader: ...
@@ -95,12 +95,17 @@ class Renamed:
         tensor = getattr(self.reader, "tensor", None)
         return None if tensor is None else tensor(self._raw[name])
 
-    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
-        """Rows ``ids`` (sorted) of tensor ``name``, float32; only their bytes where the format allows."""
+    def rows(self, name: str, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``ids`` (sorted) of tensor ``name``, float32 (into ``out`` if given); only their bytes
+        where the format allows."""
         rows = getattr(self.reader, "rows", None)
-        if rows is None:
-            return self.reader.get(self._raw[name])[ids]
-        return rows(self._raw[name], ids)
+        if rows is not None:
+            return rows(self._raw[name], ids, out=out)
+        got = self.reader.get(self._raw[name])[ids]
+        if out is None:
+            return got
+        out[...] = got
+        return out
 
 
 def open_checkpoint(path: AnyPath, format: str) -> Renamed:

@@ -32,14 +32,6 @@ MAX_HEADER = 100_000_000  # the safetensors library's limit on the JSON header's
 U64 = 2**64
 
 
-def widen(raw: bytes, dtype: str, shape: list[int]) -> np.ndarray:
-    """Stored bytes of one tensor as a float32 array of ``shape`` (BF16: the high half of a float32)."""
-    arr = np.frombuffer(raw, NUMPY_DTYPES[dtype]).reshape(shape)
-    if dtype == "BF16":
-        return (arr.astype(np.uint32) << 16).view(np.float32)
-    return arr.astype(np.float32)
-
-
 def _file_of(path: AnyPath) -> AnyPath:
     return path / "model.safetensors" if path.is_dir() else path
 
@@ -257,18 +249,6 @@ class SafetensorsReader:
         start, end = self._header[name]["data_offsets"]  # validated by read_header
         return self.path, self._base + start, end - start
 
-    def _read(self, name: str, ranges: list[tuple[int, int]]) -> bytes:
-        """The bytes of ``ranges`` (offset in the data, length) of tensor ``name``, joined."""
-        if self._src is None:
-            raise RuntimeError("use the reader as a context manager")
-        try:
-            parts = self._src.read([(self._base + offset, n) for offset, n in ranges])
-        except OSError as e:
-            raise unreadable(self.path, e) from None
-        if any(len(p) != n for p, (_, n) in zip(parts, ranges)):  # the file shrank after it was opened
-            raise CheckpointError(f"{self.path}: truncated inside tensor {name}")
-        return b"".join(parts)
-
     def get(self, name: str) -> np.ndarray:
         """Tensor ``name`` as a float32 array (bf16/fp16 are widened), reading only its bytes."""
         info = self._header[name]
@@ -276,24 +256,48 @@ class SafetensorsReader:
         dtype, shape = info["dtype"], info["shape"]
         if dtype not in NUMPY_DTYPES:
             raise CheckpointError(f"{self.path}: {cannot_read_dtype(name, dtype)}")
-        return widen(self._read(name, [(start, end - start)]), dtype, shape)
+        return self._widened(name, [(self._base + start, end - start)], shape)
 
-    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+    def _widened(self, name: str, ranges: list[tuple[int, int]], shape: list[int],
+                 out: np.ndarray | None = None) -> np.ndarray:
+        """The bytes of ``ranges`` (offsets in the file) of tensor ``name``, read straight into one array of
+        its stored dtype, as float32 of ``shape`` (into ``out`` if given)."""
+        if self._src is None:
+            raise RuntimeError("use the reader as a context manager")
+        dtype = self._header[name]["dtype"]
+        raw = np.empty(shape, NUMPY_DTYPES[dtype])
+        try:
+            whole = self._src.read_into(ranges, memoryview(raw.reshape(-1).view(np.uint8).data))
+        except OSError as e:
+            raise unreadable(self.path, e) from None
+        if not whole:  # the file shrank after it was opened
+            raise CheckpointError(f"{self.path}: truncated inside tensor {name}")
+        out = np.empty(raw.shape, np.float32) if out is None else out
+        if dtype == "BF16":  # the high half of a float32, written in place
+            np.left_shift(raw, 16, out=out.view(np.uint32), dtype=np.uint32)
+        else:
+            out[...] = raw
+        return out
+
+    def rows(self, name: str, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``ids`` (sorted, unique) of tensor ``name`` as float32 (len(ids), *shape[1:]), reading only
-        those rows' bytes: one range per run of consecutive rows."""
+        those rows' bytes: one range per run of consecutive rows, runs a few rows apart merged
+        (layerfilm.io.storage.merge_gaps), read straight into one buffer and widened into ``out`` if given."""
         info = self._header[name]
         dtype, shape = info["dtype"], info["shape"]
         if dtype not in NUMPY_DTYPES:
             raise CheckpointError(f"{self.path}: {cannot_read_dtype(name, dtype)}")
+        if self._src is None:
+            raise RuntimeError("use the reader as a context manager")
         ids = np.asarray(ids, np.int64)
         if len(ids) and (ids[0] < 0 or ids[-1] >= shape[0] or (np.diff(ids) <= 0).any()):
             raise ValueError(f"rows of {name}: need sorted unique indices below {shape[0]}")
         row = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(NUMPY_DTYPES[dtype]).itemsize
-        first = info["data_offsets"][0]
-        breaks = np.flatnonzero(np.diff(ids) != 1) + 1
-        runs = np.split(ids, breaks) if len(ids) else []
-        raw = self._read(name, [(first + int(run[0]) * row, len(run) * row) for run in runs])
-        return widen(raw, dtype, [len(ids), *shape[1:]])
+        first = self._base + info["data_offsets"][0]
+        starts = np.flatnonzero(np.diff(ids, prepend=-2) != 1)  # where each run of consecutive rows begins
+        lengths = np.diff(starts, append=len(ids))
+        ranges = [(first + int(ids[s]) * row, int(k) * row) for s, k in zip(starts, lengths)]
+        return self._widened(name, ranges, [len(ids), *shape[1:]], out)
 
 
 @FORMATS.register("safetensors")

@@ -84,9 +84,15 @@ class ShardedReader:
         tensor = getattr(self._shards[self._where[name]], "tensor", None)
         return None if tensor is None else tensor(name)
 
-    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+    def rows(self, name: str, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         shard = self._shards[self._where[name]]
-        return shard.rows(name, ids) if hasattr(shard, "rows") else shard.get(name)[ids]
+        if hasattr(shard, "rows"):
+            return shard.rows(name, ids, out=out)
+        got = shard.get(name)[ids]
+        if out is None:
+            return got
+        out[...] = got
+        return out
 
 
 def check_shard(index: AnyPath, tensor: str, shard: str) -> None:
