@@ -147,8 +147,9 @@ class Stability:
             settle[l] if settle[l] >= 0 else never, float(near_end[l]), int(self.blocks[l])))
 
     def records(self) -> list[dict]:
-        """One JSON-ready dict per block in ranking order (NaN written as null); with activations, each
-        also holds the block's ``act_*`` series (``ActivationStats.records``)."""
+        """One JSON-ready dict per block in ranking order (NaN written as null): the weights' measures, the
+        optimizer's (``OptimizerMeasures.records``), and with activations the block's ``act_*`` series
+        (``ActivationStats.records``)."""
         act = self.activations.records() if self.activations is not None else [{}] * len(self.blocks)
         opt = self.optimizer.records(self.steps) if self.optimizer is not None else [{}] * len(self.blocks)
         out = []
@@ -167,8 +168,8 @@ class Stability:
                 "cka_to_final": json_series(self.cka_to_final[:, l]),
                 "motion": json_series(self.motion[:, l]),
                 "status": status[l],
-                **act[l],
                 **opt[l],
+                **act[l],
             })
         return out
 

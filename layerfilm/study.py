@@ -244,7 +244,7 @@ class Study:
 
     def logs(self) -> RunLogs | None:
         """The loss and learning rate the run logged beside its checkpoints (layerfilm.io.logs), or None."""
-        return read_logs(self.series.root)
+        return read_logs(self.series.root, [c.path for c in self.skipped])
 
     def weight_plan(self) -> WeightPlan:
         """Which matrix of each block is filmed and which of its rows (read once, from the first

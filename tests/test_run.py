@@ -75,8 +75,8 @@ def bytes_read(monkeypatch):
     reader = safetensors_format.SafetensorsReader
 
     def counted(kind, real):
-        def read(self, name, *args):
-            arr = real(self, name, *args)
+        def read(self, name, *args, **kwargs):
+            arr = real(self, name, *args, **kwargs)
             size = np.dtype(safetensors_format.NUMPY_DTYPES[self.dtype(name)]).itemsize
             total[kind] += arr.size * size
             return arr

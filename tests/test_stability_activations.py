@@ -32,7 +32,8 @@ GAINS = {0: [1.0, 1.0, 1.5, 2.0], 10: [1.0, 1.0, 2.0, 3.0], 20: [1.0, 1.0, 2.5, 
 SCALED = [2, 3]
 NANO = str(ROOT / "examples" / "make_checkpoints.py") + ":make_model"
 WEIGHT_FIELDS = ["block", "rank", "settle_step", "settle_threshold", "steps", "relative_update", "distance_to_final",
-                 "norm", "param_norm", "cka_to_final", "motion", "status"]
+                 "norm", "param_norm", "cka_to_final", "motion", "status", "update_ratio", "grad_rms", "m_norm",
+                 "update_flag", "update_spikes"]
 ACT_SERIES = ["act_norm", "act_mean", "act_std", "act_near_zero", "act_growth"]
 
 

@@ -24,6 +24,7 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,9 +166,10 @@ def _newest(paths) -> list[Path]:
     return sorted(paths, key=lambda p: (_number_in(p.parent), str(p)))[-1:]
 
 
-def _candidates(root: Path) -> list[tuple[str, Path]]:
-    """(kind, path) of every log file or folder to try, best first."""
-    states = _newest(root.glob(f"checkpoint-*/{TRAINER_STATE}"))
+def _candidates(root: Path, skipped: Collection[Path] = ()) -> list[tuple[str, Path]]:
+    """(kind, path) of every log file or folder to try, best first (not in the ``skipped`` checkpoints'
+    folders: their files were refused once already)."""
+    states = [p for p in _newest(root.glob(f"checkpoint-*/{TRAINER_STATE}")) if p.parent not in skipped]
     if (root / TRAINER_STATE).is_file():
         states.append(root / TRAINER_STATE)
     bases = [root, root.parent] if root.name == "checkpoints" else [root]
@@ -183,14 +185,16 @@ def _candidates(root: Path) -> list[tuple[str, Path]]:
 READERS = {"trainer": trainer_state, "csv": metrics_csv, "events": event_files}
 
 
-def read_logs(root: AnyPath) -> RunLogs | None:
+def read_logs(root: AnyPath, skipped: Collection[AnyPath] = ()) -> RunLogs | None:
     """The loss and learning rate a run logged beside its checkpoints in ``root`` (see the module's
     docstring for where they are looked for), or None when there are none (or ``root`` is a URL).
-    A Trainer's states are compared by length: the one with the most entries wins."""
+    A Trainer's states are compared by length: the one with the most entries wins. The folders of the
+    ``skipped`` checkpoints are not read (the scan refused them, with its one line each)."""
     if not isinstance(root, Path):
         return None
     found: list[RunLogs] = []
-    for kind, path in _candidates(root):
+    refused = {q for p in skipped if isinstance(p, Path) for q in (p, p.parent) if q != root}  # folders, or a file's
+    for kind, path in _candidates(root, refused):
         if found and kind != "trainer":
             break
         try:

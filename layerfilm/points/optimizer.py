@@ -487,10 +487,13 @@ class UpdateReader:
     def get(self, name: str) -> np.ndarray:
         return self.rows(name, None)
 
-    def rows(self, name: str, ids: np.ndarray | None) -> np.ndarray:
+    def rows(self, name: str, ids: np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
         s, group = self._state[name]
         m, denom, _ = adam_direction(s, group, self._where, name, ids)
-        return (m / denom).astype(np.float32)
+        if out is None:
+            return (m / denom).astype(np.float32)
+        np.divide(m, denom, out=out, casting="same_kind")
+        return out
 
 
 def read_updates(ckpt: Checkpoint, wp: Any, blocks: Sequence[int] | None = None) -> np.ndarray | CheckpointError:
