@@ -106,8 +106,10 @@ def corpus(max_bytes: int = 2_000_000) -> torch.Tensor:
 
 
 def train(out: str | Path, steps: int = 400, every: int = 25, cfg: Config = Config(), batch: int = 16,  # noqa: B008 (never mutated)
-          lr: float = 3e-3, seed: int = 0, log: bool = True) -> list[Path]:
-    """Train and save ``step_%06d.safetensors`` every ``every`` steps (step 0 included); returns the paths."""
+          lr: float = 3e-3, seed: int = 0, log: bool = True, metrics: bool = False) -> list[Path]:
+    """Train and save ``step_%06d.safetensors`` every ``every`` steps (step 0 included); returns the paths.
+    ``metrics``: also write each step's loss and learning rate to ``metrics.csv`` beside them, as Lightning's
+    CSVLogger does (``step,train_loss,lr-AdamW``): the film draws them under its timeline."""
     torch.manual_seed(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,6 +120,7 @@ def train(out: str | Path, steps: int = 400, every: int = 25, cfg: Config = Conf
     saved: list[Path] = []
     t0 = time.perf_counter()
     loss = torch.tensor(float("nan"))  # no batch before step 0 (step 0 is not logged)
+    rows: list[str] = []
     for step in range(steps + 1):  # ``step`` counts the updates already made: the file step_N holds N updates
         if step % every == 0 or step == steps:
             path = out / f"step_{step:06d}.safetensors"
@@ -137,6 +140,10 @@ def train(out: str | Path, steps: int = 400, every: int = 25, cfg: Config = Conf
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if metrics:  # the loss of the batch of update step + 1, at the lr it used
+            rows.append(f"{step + 1},{loss.item():.6g},{opt.param_groups[0]['lr']:.6g}")
+    if metrics:
+        (out / "metrics.csv").write_text("step,train_loss,lr-AdamW\n" + "\n".join(rows) + "\n")
     return saved
 
 
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     # synchronisation, and on a shared machine spinning threads made training ~3x slower (measured).
     torch.set_num_threads(1)
     paths = train(a.out, a.steps, a.every, Config(n_layer=a.layers, d_model=a.width), a.batch,
-                  seed=a.seed)
+                  seed=a.seed, metrics=True)
     print(f"saved {len(paths)} checkpoints in {a.out}", file=sys.stderr)
 
 
