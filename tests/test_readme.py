@@ -29,9 +29,11 @@ def test_example_script_runs_as_the_readme_calls_it(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "make_checkpoints.py"), str(out),
                            "--steps", "25", "--every", "10", "--layers", "2", "--width", "16"],
                           check=True, capture_output=True, text=True)
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors")
     assert names == ["step_000000.safetensors", "step_000010.safetensors", "step_000020.safetensors",
                      "step_000025.safetensors"]  # the last step is saved even off the --every grid
+    metrics = (out / "metrics.csv").read_text().splitlines()  # the loss and lr of every step, as CSVLogger writes
+    assert metrics[0] == "step,train_loss,lr-AdamW" and [int(r.split(",")[0]) for r in metrics[1:]] == list(range(1, 26))
     logged = [int(m) for m in re.findall(r"^step +(\d+) ", done.stderr, re.M)]
     assert logged and logged[-1] == int(names[-1][5:11])  # the log ends at the last file's step, not one before
 
