@@ -123,10 +123,9 @@ class Overlay:
         c = self.r.cell
         for l, ((ox, oy), status) in enumerate(zip(self.r.panels, self.status(k))):
             x, y = ox * c, oy * c + h - self.bar
-            colour = {"settled": SETTLED, "barely moved": BARELY}.get(status, MOVING)
+            colour = {"settled": SETTLED, "barely moved": BARELY}.get(status, MOVING) if self.colours is None \
+                else self.colours[k, l]
             img[y : y + self.bar, x : x + w] = TRACK
-            if self.colours is not None:
-                colour = self.colours[k, l]
             img[y : y + self.bar, x : x + int(round(level[l] * w))] = colour
             if status != "moving":  # where the word does not fit, the bar's colour alone says it
                 self.r.mark(img, l, status, colour)

@@ -308,6 +308,11 @@ class Renderer:
                 top = y + self.timeline_h + gap
                 img[top : top + self.strip_h - gap, max(x0, x - thin // 2) : min(x1, x - thin // 2 + thin)] = CURSOR
 
+    def bin_mapping(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift), each (L, 2) float32: a point p of panel l falls in bin floor(p * scale[l] + shift[l])
+        of its drawing area, in float32 exactly as the frames are drawn (for a viewer that redraws them)."""
+        return self._scale32[:, 0, :], self._shift32[:, 0, :]
+
     @property
     def _timeline(self) -> tuple[int, int, int]:
         """(x0, x1, y) of the timeline's track (``FrameLayout.timeline``)."""

@@ -2,7 +2,7 @@
 
 The page draws the film's frames itself, in a canvas per panel, from the exported key-frame
 coordinates (``Trajectories.xy``, what ``--export-points`` writes), with the film's own renderer
-numbers: each panel's bins, the projection -> bin mapping (float32, as ``Renderer._splat``), the
+numbers: each panel's bins, the projection -> bin mapping (float32, ``Renderer.bin_mapping``), the
 bilinear splat, the log colour scale with its fixed top and the colormap's table, the per-key-frame
 zoom of activation films, the timeline and the overlay's bars. So at a key frame a panel's bins are the
 film's drawing area at that key (tested in a browser: exact with float32 coordinates; with 16-bit
@@ -141,8 +141,8 @@ def viewer_data(traj: Trajectories, frames: FilmFrames, opts: FilmOptions, token
         "cell": r.cell,
         "grid": [rows, cols],
         "size": [r.style.width, r.style.height],
-        "scale": _f32(r._scale32[:, 0, :]),  # (L, 2) float32, exactly the film's
-        "shift": _f32(r._shift32[:, 0, :]),
+        "scale": _f32(r.bin_mapping()[0]),  # (L, 2) float32, exactly the film's
+        "shift": _f32(r.bin_mapping()[1]),
         "zoom": None if r.zoom is None else np.asarray(r.zoom, np.float64).tolist(),
         "vmax": float(r.vmax if r.vmax is not None else 2.0),
         "clipped": int(r.clipped),
