@@ -162,7 +162,8 @@ def report_still(stab: Stability, opts: FilmOptions, logs: RunLogs | None = None
     if w < REPORT_STILL_WIDTH:
         w, h = REPORT_STILL_WIDTH, max(64, round(REPORT_STILL_WIDTH * h / w / 2) * 2)
     opts = replace(opts, style=replace(opts.style, width=w, height=h))
-    return keyframe_stills(stab.trajectories, opts.style, opts=opts, logs=logs).image
+    _, idx = key_indices([int(s) for s in stab.trajectories.steps], None)
+    return still_frame(stab.trajectories, idx, opts, logs)  # the picture only (not the film's frames too)
 
 
 def report_figures(stab: Stability, style: Style, still: np.ndarray | None = None) -> dict[str, Figure]:
