@@ -342,6 +342,41 @@ def joint_trajectories(points: Sequence[Features], opts: FilmOptions) -> tuple[T
     return traj, idx
 
 
+def check_runs_film(opts: FilmOptions) -> None:
+    """A film of several runs shows weights (refused before any checkpoint is read otherwise)."""
+    if opts.activations is not None:
+        raise OptionsError("features=activations: a film of several runs shows weights for now; "
+                           "`compare` gives the runs' activation CKA")
+
+
+def runs_frames(studies: Sequence[Study], labels: Sequence[str],
+                opts: FilmOptions) -> tuple[Trajectories, FilmFrames]:
+    """(its panels' trajectories, the film) of several opened runs (:func:`open_runs`, the first the base), as
+    :func:`render_runs` draws it: panel ``l * R + r`` is block l of run r (R runs), on block l's one basis
+    (fitted on all runs together) and axes; the clock is the union of the runs' steps (``renderer.group``: R)."""
+    shared = [True, *shared_inits(studies)]
+    points = [s.points() for s in studies]
+    traj, idx = joint_trajectories(points, opts)
+    R, (U, L, RN, _) = len(studies), traj.xy.shape
+    N = RN // R
+    check_film_size(U, opts)
+    xy = traj.xy.reshape(U, L, R, N, 2).reshape(U, L * R, N, 2)  # block-major: a block's runs side by side
+    extent = np.repeat(traj.extent(), R, axis=0)
+    wp = studies[0].weight_plan()
+    subject = weights_subject(wp, opts, U, "")
+    panels = Trajectories(traj.steps, np.repeat(traj.blocks, R), np.tile(points[0].point_ids, (R, 1)), xy,
+                          traj.method, {}, subject)
+    legend = None
+    if opts.legend:
+        legend = Legend(tuple(_legend_parts(labels, shared, [len(f.steps) for f in points], traj, subject, opts)),
+                        tuple(film_timeline(traj.steps, opts).position(k, 0.0) for k in range(U)))
+    renderer = Renderer(opts.style, [f"L{b} {n}" for b in traj.blocks for n in labels], extent, legend=legend,
+                        group=R, caption=widest_caption(traj.steps, opts.time), marks=())
+    maxima = renderer.key_maxima(renderer.place(xy, k, 0.0) for k in range(U))
+    renderer.set_scale(*scale_top(maxima), U)
+    return panels, FilmFrames.of(panels, opts, renderer)
+
+
 def render_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOptions = FilmOptions(),
                 names: Sequence[str] | str | None = None, progress: bool = True) -> FilmResult:
     """One film of several runs (the first is the base): each block's cell holds a panel per run, side
@@ -351,39 +386,17 @@ def render_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
     Example:
         >>> render_runs(["base/", "lr10x/"], "cmp.webm", names="base,lr10x")  # doctest: +SKIP
     """
-    if opts.activations is not None:
-        raise OptionsError("features=activations: a film of several runs shows weights for now; "
-                           "`compare` gives the runs' activation CKA")
+    check_runs_film(opts)
     labels = run_names(folders, names)
     inputs = tuple(p for f in folders for p in local_inputs(f))
     check_output(Path(out), opts.encode, inputs)
     with session():
         studies = open_runs(folders, opts, progress)
-        shared = [True, *shared_inits(studies)]
-        points = [s.points() for s in studies]
-        traj, idx = joint_trajectories(points, opts)
-        R, (U, L, RN, _) = len(studies), traj.xy.shape
-        N = RN // R
-        check_film_size(U, opts)
-        xy = traj.xy.reshape(U, L, R, N, 2).reshape(U, L * R, N, 2)  # block-major: a block's runs side by side
-        extent = np.repeat(traj.extent(), R, axis=0)
-        wp = studies[0].weight_plan()
-        subject = weights_subject(wp, opts, U, "")
-        panels = Trajectories(traj.steps, np.repeat(traj.blocks, R), np.tile(points[0].point_ids, (R, 1)), xy,
-                              traj.method, {}, subject)
-        legend = None
-        if opts.legend:
-            legend = Legend(tuple(_legend_parts(labels, shared, [len(f.steps) for f in points], traj, subject, opts)),
-                            tuple(film_timeline(traj.steps, opts).position(k, 0.0) for k in range(U)))
-        renderer = Renderer(opts.style, [f"L{b} {n}" for b in traj.blocks for n in labels], extent, legend=legend,
-                            group=R, caption=widest_caption(traj.steps, opts.time), marks=())
-        maxima = renderer.key_maxima(renderer.place(xy, k, 0.0) for k in range(U))
-        renderer.set_scale(*scale_top(maxima), U)
-        frames = FilmFrames.of(panels, opts, renderer)
+        panels, frames = runs_frames(studies, labels, opts)
         opts, picked = pick_preset(out, opts, frames.n_frames)
         n = write_film(panels, out, opts, progress, frames, film_segments(opts, frames.n_frames))
     skipped = {c.path: c for s in studies for c in s.skipped}
-    return FilmResult(Path(out), n, U, panels, tuple(skipped.values()), None, picked)
+    return FilmResult(Path(out), n, len(panels.steps), panels, tuple(skipped.values()), None, picked)
 
 
 def _legend_parts(labels: Sequence[str], shared: Sequence[bool], keys: Sequence[int], traj: Trajectories, subject,

@@ -261,8 +261,8 @@ COMMANDS: dict[str, tuple[Option, ...]] = {
     "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
     "stability": _of(JSON_FLAG, NAMES, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
     "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", "curves", *_RUN),
-    "view": _of(*_LOOK, *_TIME, *_RUN),
-    "serve": _of(PORT, *_LOOK, *_TIME, *_RUN),
+    "view": _of(NAMES, *_LOOK, *_TIME, "curves", *_RUN),
+    "serve": _of(PORT, *_LOOK, *_TIME, "curves", *_RUN),
     "report": _of(FILM, FILM_LINK, LOSSLESS_FILM, INTERACTIVE, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT,
                   "size", "cmap", "curves", *_RUN),
 }

@@ -1,10 +1,14 @@
 """Headless Chromium from the system packages (Debian's chromium and chromium-driver), driven by selenium:
 no browser is downloaded (selenium is given the system's chromedriver, so Selenium Manager never runs).
-Used by the viewer's tests and benchmarks/bench_viewer.py."""
+Headless Firefox (Debian's firefox-esr; there is no geckodriver to drive it): its own --screenshot of a
+page. Used by the viewer's tests and benchmarks/bench_viewer.py."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +20,44 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1",
          "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>")  # no network: a fetch would fail
+
+
+FIREFOX = "/usr/bin/firefox-esr"
+# a fresh profile that reaches nothing: every connection goes to a closed port, no update, telemetry or
+# safe-browsing download, no first-run page
+FIREFOX_PREFS = {"network.proxy.type": 1, "network.proxy.http": "127.0.0.1", "network.proxy.http_port": 9,
+                 "network.proxy.ssl": "127.0.0.1", "network.proxy.ssl_port": 9, "network.proxy.share_proxy_settings": True,
+                 "app.update.enabled": False, "app.normandy.enabled": False, "datareporting.policy.dataSubmissionEnabled": False,
+                 "toolkit.telemetry.enabled": False, "browser.safebrowsing.downloads.enabled": False,
+                 "browser.safebrowsing.malware.enabled": False, "browser.safebrowsing.phishing.enabled": False,
+                 "extensions.update.enabled": False, "browser.shell.checkDefaultBrowser": False,
+                 "browser.startup.homepage_override.mstone": "ignore", "layout.css.devPixelsPerPx": "1.0"}
+
+
+def firefox_missing() -> str | None:
+    """Why the Firefox test cannot run here (None: it can). In CI (``CI`` set) Firefox is installed
+    (.ci/run), so the test runs there and fails if it is missing, never skipped."""
+    if Path(FIREFOX).exists() or os.environ.get("CI"):
+        return None
+    return f"{FIREFOX} is missing (apt-get install firefox-esr)"
+
+
+def firefox_screenshot(url: str, out: Path, width: int = 1400, height: int = 900, timeout: float = 120.0):
+    """(H, W, 3) uint8: headless Firefox's screenshot of ``url`` (taken once the page has loaded and
+    painted), in a fresh profile folder (removed after)."""
+    import imageio.v3 as iio
+
+    profile = tempfile.mkdtemp(prefix="layerfilm-firefox-")
+    try:
+        Path(profile, "user.js").write_text("".join(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n"
+                                                    for k, v in FIREFOX_PREFS.items()))
+        done = subprocess.run([FIREFOX, "--headless", "--no-remote", "-profile", profile, f"--window-size={width},{height}",
+                               "--screenshot", str(out), url], capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "MOZ_HEADLESS": "1"})
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert Path(out).exists(), f"firefox wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}"
+    return iio.imread(out)[..., :3]
 
 
 def missing() -> str | None:

@@ -244,7 +244,11 @@ and straight-line motion between key frames. It needs no network and no server: 
 Play/pause (space), a frame slider (arrows: a frame; shift+arrows: a key frame), speed; click a panel
 to enlarge it (click again or Esc: back); hover a point for its neuron's index (a probe token's with
 --features activations); the chart of each block's distance to the final key frame follows the
-film's cursor, and a click on a panel or a curve picks the block.
+film's cursor, and a click on a panel or a curve picks the block. Under the slider: the loss and
+learning rate the run logged (trainer_state.json, metrics.csv, TensorBoard), with the cursor.
+
+Several folders: the film of `layerfilm render BASE OTHER ...` (each block's runs side by side on one
+basis per block, one clock by step); a check box per run shows or hides its panels.
 
 At a key frame each panel equals the film's frame there (see the README for the tolerance of large
 films, whose coordinates are stored in 16 bits). Needs a browser with DecompressionStream (Chrome 80,
@@ -253,11 +257,11 @@ Firefox 113, Safari 16.4).
 
 
 def _study_parser(sub, name: str, help: str, description: str, out: str | None = None,
-                  several: bool = False) -> argparse.ArgumentParser:
+                  several: str = "") -> argparse.ArgumentParser:
+    """A command's parser; ``several``: it takes several folders, and what it does with them."""
     p = sub.add_parser(name, help=help, description=description + "\n" + REMOTE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", nargs="+" if several else None,
-                   help=FOLDER_HELP + ("; several: each run's settling side by side" if several else ""))
+    p.add_argument("folder", nargs="+" if several else None, help=FOLDER_HELP + (f"; several: {several}" if several else ""))
     if out:
         p.add_argument("--out", required=True, help=out)
     add_options(p, name)
@@ -287,11 +291,13 @@ def _add_study_commands(sub) -> None:
     c.add_argument("folder", help="the base run: " + FOLDER_HELP)
     c.add_argument("others", nargs="+", metavar="other", help="the runs compared with it (folders or URLs)")
     add_options(c, "compare")
-    _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP, several=True)
+    _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP,
+                  several="each run's settling side by side")
     _study_parser(sub, "stills", "the first and last key frames (or --steps) side by side", STILLS_HELP,
                   out="output figure: X.png | X.svg | X.pdf")
     _study_parser(sub, "view", "the interactive film: one HTML file that plays, zooms and names neurons", VIEW_HELP,
-                  out="film.html (self-contained; open it from disk)")
+                  out="film.html (self-contained; open it from disk)",
+                  several="one page comparing them, the first the base (as `render BASE OTHER`)")
     _study_parser(sub, "serve", "serve the interactive film from 127.0.0.1, for films too large for one file",
                   "Serve the interactive film (see `layerfilm view --help`) on http://127.0.0.1:PORT/ until Ctrl-C:\n"
                   "the page and its coordinates as two responses, from memory; only this machine can reach it.\n")
@@ -341,13 +347,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from layerfilm.reports.viewer import view
+    from layerfilm.reports.viewer import view, view_runs
 
     t0 = time.perf_counter()
     opts, _ = command_options(args)
-    res = view(args.folder, args.out, opts, progress=not value(args, "quiet"))
+    quiet = value(args, "quiet")
+    if len(args.folder) > 1:
+        res = view_runs(args.folder, args.out, opts, value(args, "names"), progress=not quiet)
+    elif value(args, "names") is not None:
+        raise OptionsError(f"names={value(args, 'names')}: for several runs only")
+    else:
+        res = view(args.folder[0], args.out, opts, progress=not quiet)
     coords = "float32, exact" if res.coords == "f32" else "16-bit"
-    print(f"wrote {show(res.out)} ({res.size / 1e6:.1f} MB: {res.keyframes} key frames x {res.blocks} blocks x "
+    runs = f" x {res.runs} runs" if res.runs > 1 else ""
+    print(f"wrote {show(res.out)} ({res.size / 1e6:.1f} MB: {res.keyframes} key frames x {res.blocks} blocks{runs} x "
           f"{res.points} points, {coords}) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 

@@ -352,12 +352,13 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
     movie = film_for(film, out, film_link, size, lossless_film) if film is not None else None
     study = Study.open(folder, opts, progress)
     stab = study.stability()
-    still = report_still(stab, opts, study.logs() if opts.curves else None)
+    logs = study.logs() if opts.curves else None
+    still = report_still(stab, opts, logs)
     figures = report_figures(stab, opts.style, still)
     files: list[Path] = []
     if view is not None:
         assert stab.trajectories is not None  # a measured Stability keeps the film's projection
-        files.append(write_viewer(stab.trajectories, view, opts, inputs=inputs).out)
+        files.append(write_viewer(stab.trajectories, view, opts, inputs=inputs, logs=logs).out)
     link = relative_link(view, out) if view is not None else None
     if kind == "html":  # the still as drawn, pixel for pixel (not resampled through its figure)
         text = _html(stab, folder, {n: png_bytes(still) if n == "stills" else _png(f) for n, f in figures.items()},

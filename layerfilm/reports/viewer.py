@@ -26,12 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
+from layerfilm.compare import check_runs_film, open_runs, run_names, runs_frames
+from layerfilm.draw.curves import Strip
+from layerfilm.draw.frame_layout import note_text
 from layerfilm.draw.raster import FLOOR, Renderer
 from layerfilm.errors import OptionsError
 from layerfilm.film import FilmFrames, caption, film_frames
 from layerfilm.film_options import FilmOptions
+from layerfilm.io.logs import Curve, RunLogs
 from layerfilm.io.outputs import atomic_output, check_output_path
 from layerfilm.io.storage import local_inputs
+from layerfilm.parallel.engines import session
 from layerfilm.projection import Trajectories
 from layerfilm.study import Study
 
@@ -40,6 +45,24 @@ EXACT_MAX_BYTES = 16 << 20  # "auto" keeps float32 coordinates (exact) up to thi
 U16_MAX = 65535
 MARK = "/*LAYERFILM_DATA*/"  # where the template takes the film's numbers
 BLOB = "LAYERFILM_XY"  # and its coordinates
+CURVE_POINTS = 2000  # a logged curve longer than this travels as each of this many runs' lowest and highest
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What a page shows: the key frames ``traj`` as the film ``frames`` draws them; the loss and learning
+    rate each run logged (``logs``, one per run, None: none found); for a film of several runs their
+    names (``runs``: panel l is run ``l % len(runs)``, as the film's cells hold a block's runs side by side)."""
+
+    traj: Trajectories
+    frames: FilmFrames
+    logs: tuple[RunLogs | None, ...] = ()
+    runs: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, traj: Trajectories, opts: FilmOptions, logs: RunLogs | None = None) -> Shown:
+        """One run's film as ``render`` draws it (with the strip of ``logs``, which takes its room in the layout)."""
+        return cls(traj, film_frames(traj, opts, logs if opts.curves else None), (logs if opts.curves else None,))
 
 
 @dataclass(frozen=True)
@@ -50,6 +73,7 @@ class ViewResult:
     keyframes: int
     blocks: int
     points: int
+    runs: int = 1
 
 
 def check_coords(coords: str) -> None:
@@ -117,8 +141,32 @@ def _labels(traj: Trajectories) -> dict:
     return {"unit": "neuron", "what": what}
 
 
-def viewer_data(traj: Trajectories, frames: FilmFrames, opts: FilmOptions, tokens: list[str] | None = None) -> dict:
+def _thin(c: Curve) -> dict:
+    """A curve as the page draws it: every point, or past CURVE_POINTS the lowest and highest of each of
+    CURVE_POINTS runs of points (a polyline through them covers the same pixels)."""
+    steps, values = c.steps, c.values
+    if len(steps) > CURVE_POINTS:
+        runs = np.array_split(np.arange(len(steps)), CURVE_POINTS)
+        keep = np.unique([i for r in runs for i in (r[values[r].argmin()], r[values[r].argmax()])])
+        steps, values = steps[keep], values[keep]
+    return {"name": c.name, "steps": steps.tolist(), "values": np.asarray(values, np.float64).tolist()}
+
+
+def curves_data(shown: Shown) -> list[dict]:
+    """Each run's loss and learning rate over the film's steps (cut as the film's strip cuts them), with
+    the strip's words for them; runs without logs are left out."""
+    out = []
+    for name, logs in zip(shown.runs or ("",), shown.logs):
+        strip = Strip.of(logs, shown.traj.steps)
+        if strip is not None:
+            out.append({"run": name, "labels": [t for t, _ in strip.labels()],
+                        **{k: None if c is None else _thin(c) for k, c in (("loss", strip.loss), ("lr", strip.lr))}})
+    return out
+
+
+def viewer_data(shown: Shown, opts: FilmOptions, tokens: list[str] | None = None) -> dict:
     """The film's numbers the page draws from (everything but the coordinates)."""
+    traj, frames = shown.traj, shown.frames
     r = frames.renderer
     rows, cols = _grid(r)
     tl = frames.timeline
@@ -146,6 +194,10 @@ def viewer_data(traj: Trajectories, frames: FilmFrames, opts: FilmOptions, token
         "zoom": None if r.zoom is None else np.asarray(r.zoom, np.float64).tolist(),
         "vmax": float(r.vmax if r.vmax is not None else 2.0),
         "clipped": int(r.clipped),
+        "clip_note": note_text(0, r.clipped, r.keyframes) if r.clipped else "",
+        "origin": np.asarray(r.origin).tolist(),
+        "curves": curves_data(shown),
+        "runs": list(shown.runs),
         "floor": FLOOR,
         "lut": base64.b64encode(r.lut.tobytes()).decode("ascii"),
         "unit": r.legend.unit if r.legend is not None else "points per bin",
@@ -164,24 +216,23 @@ def viewer_data(traj: Trajectories, frames: FilmFrames, opts: FilmOptions, token
 
 
 def viewer_html(traj: Trajectories, opts: FilmOptions = FilmOptions(), coords: str = "auto",
-                tokens: list[str] | None = None, served: bool = False) -> tuple[str, str]:
+                tokens: list[str] | None = None, served: bool = False, logs: RunLogs | None = None) -> tuple[str, str]:
     """(the page, the coordinates' encoding): the film of ``traj`` as ``opts`` draws it (``film_frames``);
     ``tokens``: a label per point (N), e.g. the probe tokens' text, shown on hover after the index;
     ``served``: the page fetches its coordinates from ``SERVED_XY`` beside it (:func:`serve`) instead of
-    holding them."""
-    page, coords, _ = _page(traj, opts, coords, tokens, served)
+    holding them; ``logs``: the run's loss and learning rate, drawn under the slider with its cursor."""
+    page, coords, _ = _page(Shown.of(traj, opts, logs), opts, coords, tokens, served)
     return page, coords
 
 
 SERVED_XY = "xy.bin"
 
 
-def _page(traj: Trajectories, opts: FilmOptions, coords: str, tokens: list[str] | None,
+def _page(shown: Shown, opts: FilmOptions, coords: str, tokens: list[str] | None,
           served: bool) -> tuple[str, str, bytes]:
-    coords = pick_coords(traj, coords)
-    frames = film_frames(traj, opts)
-    blob, how = encode_xy(traj.xy, coords)
-    data = viewer_data(traj, frames, opts, tokens) | how | {"src": SERVED_XY if served else None}
+    coords = pick_coords(shown.traj, coords)
+    blob, how = encode_xy(shown.traj.xy, coords)
+    data = viewer_data(shown, opts, tokens) | how | {"src": SERVED_XY if served else None}
     text = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     template = resources.files("layerfilm").joinpath("data/viewer.html").read_text(encoding="utf-8")
     held = "" if served else base64.b64encode(blob).decode("ascii")
@@ -189,14 +240,21 @@ def _page(traj: Trajectories, opts: FilmOptions, coords: str, tokens: list[str] 
 
 
 def write_viewer(traj: Trajectories, out: str | Path, opts: FilmOptions = FilmOptions(), coords: str = "auto",
-                 inputs: tuple[Path, ...] = ()) -> ViewResult:
-    """Write the interactive film of ``traj`` to ``out`` (.html), whole or not at all."""
+                 inputs: tuple[Path, ...] = (), logs: RunLogs | None = None) -> ViewResult:
+    """Write the interactive film of ``traj`` (and the strip of ``logs``) to ``out`` (.html), whole or not at all."""
+    return write_page(Shown.of(traj, opts, logs), out, opts, coords, inputs)
+
+
+def write_page(shown: Shown, out: str | Path, opts: FilmOptions = FilmOptions(), coords: str = "auto",
+               inputs: tuple[Path, ...] = ()) -> ViewResult:
+    """Write the page of ``shown`` to ``out`` (.html), whole or not at all."""
     out = check_view_path(out, inputs)
-    page, coords = viewer_html(traj, opts, coords)
+    page, coords, _ = _page(shown, opts, coords, None, False)
     with atomic_output(out, suffix=".html") as tmp:
         tmp.write_text(page, encoding="utf-8")
-    T, L, N = traj.xy.shape[:3]
-    return ViewResult(out, out.stat().st_size, coords, T, L, N)
+    T, L, N = shown.traj.xy.shape[:3]
+    R = max(len(shown.runs), 1)
+    return ViewResult(out, out.stat().st_size, coords, T, L // R, N, R)
 
 
 def check_view_path(out: str | Path, inputs: tuple[Path, ...] = ()) -> Path:
@@ -208,7 +266,8 @@ def check_view_path(out: str | Path, inputs: tuple[Path, ...] = ()) -> Path:
 
 def view(folder: str | Path, out: str | Path, opts: FilmOptions = FilmOptions(), progress: bool = True,
          coords: str = "auto") -> ViewResult:
-    """The interactive film of the checkpoints in ``folder``, written to ``out`` (one .html file).
+    """The interactive film of the checkpoints in ``folder``, written to ``out`` (one .html file), with
+    the loss and learning rate the run logged beside them (``opts.curves``).
 
     Example:
         >>> view("ckpts/", "film.html").size  # doctest: +SKIP
@@ -216,17 +275,40 @@ def view(folder: str | Path, out: str | Path, opts: FilmOptions = FilmOptions(),
     inputs = local_inputs(folder)
     check_view_path(out, inputs)  # a bad output fails before any checkpoint is read
     check_coords(coords)
-    traj = Study.open(folder, opts, progress).trajectories()
-    return write_viewer(traj, out, opts, coords, inputs)
+    study = Study.open(folder, opts, progress)
+    traj = study.trajectories()
+    return write_viewer(traj, out, opts, coords, inputs, study.logs() if opts.curves else None)
 
 
-def viewer_server(traj: Trajectories, opts: FilmOptions = FilmOptions(), port: int = 8000, coords: str = "auto"):
+def view_runs(folders: list[str | Path], out: str | Path, opts: FilmOptions = FilmOptions(),
+              names: list[str] | str | None = None, progress: bool = True, coords: str = "auto") -> ViewResult:
+    """The interactive film of several runs (the first the base), as ``render BASE OTHER ...`` draws it:
+    each block's runs side by side on the block's one basis, one clock by step; the page toggles runs,
+    and draws each run's logged loss and learning rate.
+
+    Example:
+        >>> view_runs(["base/", "lr10x/"], "cmp.html", names="base,lr10x")  # doctest: +SKIP
+    """
+    check_runs_film(opts)
+    labels = run_names(folders, names)
+    inputs = tuple(p for f in folders for p in local_inputs(f))
+    check_view_path(out, inputs)
+    check_coords(coords)
+    with session():
+        studies = open_runs(folders, opts, progress)
+        panels, frames = runs_frames(studies, labels, opts)
+    logs = tuple(s.logs() if opts.curves else None for s in studies)
+    return write_page(Shown(panels, frames, logs, labels), out, opts, coords, inputs)
+
+
+def viewer_server(traj: Trajectories, opts: FilmOptions = FilmOptions(), port: int = 8000, coords: str = "auto",
+                  logs: RunLogs | None = None):
     """An HTTP server on 127.0.0.1 only (never another interface) that serves the interactive film of
-    ``traj``: the page at ``/`` and its deflated coordinates at ``/xy.bin``, both from memory, nothing
+    ``traj`` (and the strip of ``logs``): the page at ``/`` and its deflated coordinates at ``/xy.bin``, both from memory, nothing
     else. For films too large for one file; ``serve_forever()`` it (port 0: any free port)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    page, _, blob = _page(traj, opts, coords, None, served=True)
+    page, _, blob = _page(Shown.of(traj, opts, logs), opts, coords, None, served=True)
     files = {"/": (page.encode("utf-8"), "text/html; charset=utf-8"), f"/{SERVED_XY}": (blob, "application/octet-stream")}
 
     class Handler(BaseHTTPRequestHandler):
@@ -248,9 +330,10 @@ def serve(folder: str | Path, opts: FilmOptions = FilmOptions(), port: int = 800
           ready=None) -> None:
     """Serve the interactive film of the checkpoints in ``folder`` on http://127.0.0.1:PORT/ until interrupted;
     ``ready(url)`` is called once it listens."""
-    traj = Study.open(folder, opts, progress).trajectories()
+    study = Study.open(folder, opts, progress)
+    traj = study.trajectories()
     try:
-        server = viewer_server(traj, opts, port)
+        server = viewer_server(traj, opts, port, logs=study.logs() if opts.curves else None)
     except OSError as e:
         raise OptionsError(f"port={port}: cannot listen on 127.0.0.1 ({e.strerror or e})") from None
     with server:
