@@ -106,15 +106,20 @@ def console_errors(driver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
 
 
-def panel_bins(driver, l: int):
-    """(BH, BW, 3) uint8: panel ``l``'s canvas as the page drew it (one pixel per bin), by getImageData."""
-    import numpy as np
-
-    data = driver.execute_script(
-        "const c = document.getElementById('p' + arguments[0]);"
-        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);"
-        "return [c.width, c.height, btoa(String.fromCharCode.apply(null, Array.from(d.data)))];", l)
+def canvas_pixels(driver, canvas_id: str):
+    """(H, W, 3) uint8: the canvas ``canvas_id`` as the page drew it (its own pixels), by getImageData."""
     import base64
 
-    w, h, b64 = data
+    import numpy as np
+
+    w, h, b64 = driver.execute_script(
+        "const c = document.getElementById(arguments[0]);"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let s = ''; for (let i = 0; i < d.length; i += 8192) s += String.fromCharCode.apply(null, d.subarray(i, i + 8192));"
+        "return [c.width, c.height, btoa(s)];", canvas_id)
     return np.frombuffer(base64.b64decode(b64), np.uint8).reshape(h, w, 4)[..., :3]
+
+
+def panel_bins(driver, l: int):
+    """(BH, BW, 3) uint8: panel ``l``'s canvas as the page drew it (one pixel per bin)."""
+    return canvas_pixels(driver, f"p{l}")

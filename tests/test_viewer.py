@@ -4,14 +4,20 @@ checked in a real headless Chromium (tests/browser.py) against the film's own lo
 from __future__ import annotations
 
 import re
+import shutil
+from dataclasses import replace
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from browser import chromium, console_errors, missing, open_viewer, panel_bins
+from browser import canvas_pixels, chromium, console_errors, firefox_missing, firefox_screenshot, missing, open_viewer, panel_bins
+from layerfilm.compare import open_runs, runs_frames
+from layerfilm.draw.curves import Strip
+from layerfilm.draw.frame_layout import note_text
 from layerfilm.draw.raster import Style, colormap_lut
 from layerfilm.film import film_frames
+from layerfilm.io.logs import read_logs
 from layerfilm.film_options import FilmOptions
 from layerfilm.points.weights import WeightSpec
 from layerfilm.reports.viewer import U16_MAX, decode_xy, encode_xy, write_viewer
@@ -81,6 +87,33 @@ def film(frozen_run, tmp_path_factory):
     frames = [iio.imread(p) for p in sorted((out / "frames").glob("*.png"))]
     traj = Study.open(frozen_run, OPTS, progress=False).trajectories()
     return out, frames, traj, film_frames(traj, OPTS).renderer
+
+
+def _frames(run_cli, folders, out, *more) -> list[np.ndarray]:
+    """The lossless key frames of ``render FOLDERS`` (PNG, --fps 1: frame k is key frame k)."""
+    code, _, err = run_cli("render", *folders, "--out", f"{out}/", "--fps", "1", *SMALL, *more)
+    assert code == 0, err
+    return [iio.imread(p) for p in sorted(out.glob("*.png"))]
+
+
+def _loss(step: int) -> float:  # logged_run's metrics.csv, by construction
+    return 5.0 / (1.0 + step / 10.0)
+
+
+def _lr(step: int) -> float:
+    return 1e-3 * min(step / 20.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def logged_run(frozen_run, tmp_path_factory):
+    """`frozen_run`'s checkpoints with a metrics.csv beside them as the example writes it (step,train_loss,
+    lr-AdamW for steps 1..40): loss 5 / (1 + step / 10), lr warming up linearly to 1e-3 over 20 steps."""
+    out = tmp_path_factory.mktemp("logged_run")
+    for p in frozen_run.glob("*.safetensors"):
+        shutil.copy(p, out / p.name)
+    rows = [f"{s},{_loss(s)!r},{_lr(s)!r}" for s in range(1, 41)]
+    (out / "metrics.csv").write_text("step,train_loss,lr-AdamW\n" + "\n".join(rows) + "\n")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +211,114 @@ def test_plays_hovers_and_enlarges(film, browser):
     js("layerfilm.go(layerfilm.keyFrames[3])")
     assert js("return layerfilm.cursorX") > before
     assert console_errors(browser) == []
+
+
+@needs_browser
+def test_loss_and_lr_strip_with_the_cursor(logged_run, browser, run_cli, tmp_path):
+    """Under the slider: the run's logged loss and lr with the film's words, their values at the cursor's
+    step; and the panels still equal the film's key frames (the film's strip takes room in its layout)."""
+    from selenium.webdriver.common.by import By
+
+    frames = _frames(run_cli, [logged_run], tmp_path / "frames")
+    page = tmp_path / "view.html"
+    code, _, err = run_cli("view", logged_run, "--out", page, *SMALL)
+    assert code == 0, err
+    open_viewer(browser, page)
+    js = browser.execute_script
+    traj = Study.open(logged_run, OPTS, progress=False).trajectories()
+    r = film_frames(traj, OPTS, read_logs(logged_run)).renderer
+    assert r.strip is not None
+    words = ", ".join(t for t, _ in Strip.of(read_logs(logged_run), traj.steps).labels())
+    assert words == (f"loss {_loss(1):.3g} → {_loss(40):.3g} (min {_loss(40):.3g}), "  # the construction's range
+                     f"learning rate 0 – {_lr(40):.2g}")
+    for k, step in enumerate(traj.steps):
+        js("layerfilm.go(layerfilm.keyFrames[arguments[0]])", k)
+        text = js("return layerfilm.stripText")
+        assert text.startswith(words + "; here loss ")
+        loss, lr = re.fullmatch(r".*; here loss (\S+), lr (\S+)", text).groups()
+        if step == 0:  # logged from step 1 on
+            assert (loss, lr) == ("-", "-")
+        else:
+            assert abs(float(loss) - _loss(step)) <= 5e-3 * _loss(step) and abs(float(lr) - _lr(step)) <= 5e-3 * _lr(step)
+        for l in range(len(traj.blocks)):
+            assert np.array_equal(panel_bins(browser, l), _film_bins(frames[k], r, l)), (k, l)
+    # the strip draws both curves and the cursor (the film's colours)
+    img = canvas_pixels(browser, "strip").astype(int)
+    for colour in ((250, 130, 110), (90, 215, 200), (255, 200, 60)):
+        assert (np.abs(img - colour).max(axis=-1) < 30).sum() > img.shape[0] // 2, colour
+    assert browser.find_element(By.ID, "strip").is_displayed() and console_errors(browser) == []
+
+
+@needs_browser
+def test_clipped_note_as_the_films(film, browser):
+    """A key frame where all of L0's neurons sit in one bin (a collapsed init, by construction) is denser than
+    the colour scale's top: the page says in how many key frames, as the film's colour bar does, and when
+    the frame shown is one of them."""
+    out, _, traj, _ = film
+    xy = traj.xy.copy()
+    xy[0, 0] = xy[0, 0].mean(axis=0)
+    collapsed = replace(traj, xy=xy)
+    r = film_frames(collapsed, OPTS).renderer
+    maxima = r.key_maxima(r.place(xy, k, 0.0) for k in range(len(traj.steps)))
+    assert r.clipped == 1 and maxima[0] > r.vmax >= maxima[1:].max()
+    note = note_text(0, r.clipped, len(traj.steps))
+    assert note == f"denser bins clipped in 1 of {len(traj.steps)} key frames"
+    open_viewer(browser, write_viewer(collapsed, out / "clipped.html", OPTS).out)
+    for k in range(len(traj.steps)):
+        browser.execute_script("layerfilm.go(layerfilm.keyFrames[arguments[0]])", k)
+        assert browser.execute_script("return document.getElementById('clip').textContent") == (
+            note + (" · this frame too" if maxima[k] > r.vmax else ""))
+    open_viewer(browser, write_viewer(traj, out / "unclipped.html", OPTS).out)
+    assert film_frames(traj, OPTS).renderer.clipped == 0
+    assert browser.execute_script("return document.getElementById('clip').textContent") == ""
+
+
+@needs_browser
+def test_several_runs_side_by_side_and_toggled(logged_run, tiny_run, browser, run_cli, tmp_path):
+    """`view BASE OTHER` draws the film of `render BASE OTHER` (each block's runs side by side, one basis per
+    block, one clock), a check box hides a run's panels, and each run's logged curves are drawn."""
+    from selenium.webdriver.common.by import By
+
+    folders, names = [logged_run, tiny_run], ("base", "tiny")
+    frames = _frames(run_cli, folders, tmp_path / "frames", "--names", ",".join(names))
+    page = tmp_path / "cmp.html"
+    code, _, err = run_cli("view", *folders, "--out", page, "--names", ",".join(names), *SMALL)
+    assert code == 0, err
+    assert re.search(r"\(0\.\d MB: 7 key frames x 4 blocks x 2 runs x 64 points, float32, exact\)", err)
+    panels, film_ = runs_frames(open_runs(folders, OPTS, progress=False), names, OPTS)
+    r = film_.renderer
+    open_viewer(browser, page)
+    js = browser.execute_script
+    for k in range(len(panels.steps)):
+        js("layerfilm.go(layerfilm.keyFrames[arguments[0]])", k)
+        for l in range(len(panels.blocks)):
+            assert np.array_equal(panel_bins(browser, l), _film_bins(frames[k], r, l)), (k, l)
+    assert js("return layerfilm.stripText").startswith("base (solid): loss ")  # tiny_run logged nothing
+    shown = lambda: [browser.find_element(By.ID, f"p{l}").is_displayed() for l in range(8)]  # noqa: E731
+    assert all(shown())
+    browser.find_element(By.ID, "run1").click()
+    assert shown() == [True, False] * 4
+    browser.find_element(By.ID, "run0").click()  # the last run shown stays shown
+    assert shown() == [True, False] * 4 and js("return document.getElementById('run0').checked")
+    browser.find_element(By.ID, "run1").click()
+    assert all(shown()) and console_errors(browser) == []
+    code, _, err = run_cli("view", tiny_run, "--out", tmp_path / "one.html", "--names", "a")
+    assert code == 2 and err.startswith("layerfilm: error: --names") and err.endswith(": for several runs only\n")
+
+
+@pytest.mark.skipif(firefox_missing() is not None, reason=str(firefox_missing()))
+def test_firefox_draws_the_films_key_frame(film, tmp_path):
+    """Firefox opens the page from file:// and draws the film: at #key=2 with #bins (the panels alone,
+    one pixel per bin at the film's own places) its screenshot's panels equal the film's key frame 2."""
+    out, frames, traj, r = film
+    page = write_viewer(traj, out / "firefox.html", OPTS, coords="f32").out
+    k = 2
+    shot = firefox_screenshot(f"{page.as_uri()}#key={k}&bins", tmp_path / "firefox.png")
+    (bw, bh) = r.bins
+    for l in range(len(traj.blocks)):
+        x0, y0 = r.origin[l]
+        assert np.array_equal(shot[y0 : y0 + bh, x0 : x0 + bw], _film_bins(frames[k], r, l)), l
+    assert not np.array_equal(_film_bins(frames[k], r, 0), _film_bins(frames[0], r, 0))  # key 2 is not key 0
 
 
 def test_serve_answers_on_loopback_only_with_the_page_and_its_coordinates(frozen_run):
