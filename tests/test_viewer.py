@@ -17,8 +17,8 @@ from layerfilm.draw.curves import Strip
 from layerfilm.draw.frame_layout import note_text
 from layerfilm.draw.raster import Style, colormap_lut
 from layerfilm.film import film_frames
-from layerfilm.io.logs import read_logs
 from layerfilm.film_options import FilmOptions
+from layerfilm.io.logs import read_logs
 from layerfilm.points.weights import WeightSpec
 from layerfilm.reports.viewer import U16_MAX, decode_xy, encode_xy, write_viewer
 from layerfilm.study import Study
