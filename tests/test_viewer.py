@@ -18,9 +18,9 @@ from layerfilm.draw.frame_layout import note_text
 from layerfilm.draw.raster import Style, colormap_lut
 from layerfilm.film import film_frames
 from layerfilm.film_options import FilmOptions
-from layerfilm.io.logs import read_logs
+from layerfilm.io.logs import Curve, read_logs
 from layerfilm.points.weights import WeightSpec
-from layerfilm.reports.viewer import U16_MAX, decode_xy, encode_xy, write_viewer
+from layerfilm.reports.viewer import CURVE_POINTS, U16_MAX, decode_xy, encode_xy, thin, write_viewer
 from layerfilm.study import Study
 
 SMALL = ("--size", "320x180", "--points", "64", "--quiet")
@@ -47,6 +47,22 @@ def test_u16_coordinates_within_half_a_step():
     err = np.abs(back - xy).max(axis=(0, 2))
     assert (err <= span / U16_MAX * 0.51 + 1e-12).all() and (err > 0).any()
     assert len(blob) < xy.size * 2  # deltas of a smooth walk deflate below 16 bits a coordinate
+
+
+def test_long_curves_travel_thinned_to_each_runs_extremes():
+    """A curve of 10,007 logged steps (an exact construction) travels as its first and last points and each of
+    CURVE_POINTS runs' lowest and highest: every run's range is kept, in step order."""
+    steps = np.arange(1, 10_008, dtype=np.int64)
+    values = np.sin(steps / 37.0) + 1e-4 * steps
+    got = thin(Curve("loss", steps, values))
+    assert len(got["steps"]) <= 2 * CURVE_POINTS + 2 and got["steps"] == sorted(got["steps"])
+    assert got["steps"][0] == 1 and got["steps"][-1] == 10_007
+    kept = dict(zip(got["steps"], got["values"]))
+    for run in np.array_split(np.arange(len(steps)), CURVE_POINTS):
+        assert kept[int(steps[run][values[run].argmin()])] == values[run].min()
+        assert kept[int(steps[run][values[run].argmax()])] == values[run].max()
+    short = Curve("lr", steps[:50], values[:50])
+    assert thin(short) == {"name": "lr", "steps": steps[:50].tolist(), "values": values[:50].tolist()}
 
 
 def test_view_cli_writes_one_self_contained_file(frozen_run, run_cli, tmp_path):

@@ -141,13 +141,13 @@ def _labels(traj: Trajectories) -> dict:
     return {"unit": "neuron", "what": what}
 
 
-def _thin(c: Curve) -> dict:
-    """A curve as the page draws it: every point, or past CURVE_POINTS the lowest and highest of each of
-    CURVE_POINTS runs of points (a polyline through them covers the same pixels)."""
+def thin(c: Curve) -> dict:
+    """A curve as the page draws it: every point, or past CURVE_POINTS the first, the last, and the lowest
+    and highest of each of CURVE_POINTS runs of points (a polyline through them covers the same pixels)."""
     steps, values = c.steps, c.values
     if len(steps) > CURVE_POINTS:
         runs = np.array_split(np.arange(len(steps)), CURVE_POINTS)
-        keep = np.unique([i for r in runs for i in (r[values[r].argmin()], r[values[r].argmax()])])
+        keep = np.unique([0, len(steps) - 1, *(i for r in runs for i in (r[values[r].argmin()], r[values[r].argmax()]))])
         steps, values = steps[keep], values[keep]
     return {"name": c.name, "steps": steps.tolist(), "values": np.asarray(values, np.float64).tolist()}
 
@@ -160,7 +160,7 @@ def curves_data(shown: Shown) -> list[dict]:
         strip = Strip.of(logs, shown.traj.steps)
         if strip is not None:
             out.append({"run": name, "labels": [t for t, _ in strip.labels()],
-                        **{k: None if c is None else _thin(c) for k, c in (("loss", strip.loss), ("lr", strip.lr))}})
+                        **{k: None if c is None else thin(c) for k, c in (("loss", strip.loss), ("lr", strip.lr))}})
     return out
 
 
