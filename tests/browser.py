@@ -1,7 +1,7 @@
 """Headless Chromium from the system packages (Debian's chromium and chromium-driver), driven by selenium:
 no browser is downloaded (selenium is given the system's chromedriver, so Selenium Manager never runs).
-Headless Firefox (Debian's firefox-esr; there is no geckodriver to drive it): its own --screenshot of a
-page. Used by the viewer's tests and benchmarks/bench_viewer.py."""
+Headless Firefox (Debian's firefox-esr; there is no geckodriver): driven over WebDriver BiDi, which
+Firefox speaks itself, through selenium's websocket-client. Used by the viewer's tests and benchmarks/bench_viewer.py."""
 
 from __future__ import annotations
 
@@ -42,22 +42,103 @@ def firefox_missing() -> str | None:
     return f"{FIREFOX} is missing (apt-get install firefox-esr)"
 
 
-def firefox_screenshot(url: str, out: Path, width: int = 1400, height: int = 900, timeout: float = 120.0):
-    """(H, W, 3) uint8: headless Firefox's screenshot of ``url`` (taken once the page has loaded and
-    painted), in a fresh profile folder (removed after)."""
-    import imageio.v3 as iio
+class BiDi:
+    """A WebDriver BiDi session with Firefox over its own websocket (Firefox speaks BiDi itself; no geckodriver):
+    ``bidi(method, **params)`` sends one command and returns its result; console entries collect in ``logs``."""
+
+    def __init__(self, ws) -> None:
+        self.ws, self.n, self.logs = ws, 0, []
+
+    def __call__(self, method: str, **params):
+        self.n += 1
+        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("type") == "event" and msg.get("method") == "log.entryAdded":
+                self.logs.append(msg["params"])
+            elif msg.get("id") == self.n:
+                if msg.get("type") == "error":
+                    raise RuntimeError(f"{method}: {msg.get('error')}: {msg.get('message')}")
+                return msg["result"]
+
+    def errors(self) -> list[str]:
+        return [e.get("text", "") for e in self.logs if e.get("level") == "error"]
+
+
+@contextmanager
+def firefox(width: int = 1400, height: int = 900, timeout: float = 60.0) -> Iterator[tuple[BiDi, str]]:
+    """(a BiDi session, its tab's context id) of a fresh headless Firefox (its own profile folder, removed after)."""
+    import threading
+
+    import websocket
 
     profile = tempfile.mkdtemp(prefix="layerfilm-firefox-")
+    Path(profile, "user.js").write_text("".join(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n"
+                                                for k, v in FIREFOX_PREFS.items()))
+    proc = subprocess.Popen([FIREFOX, "--headless", "--no-remote", "-profile", profile, f"--window-size={width},{height}",
+                             "--remote-debugging-port=0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MOZ_HEADLESS": "1"})
+    found: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:  # the listening line, then drain stderr so Firefox never blocks on it
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "WebDriver BiDi listening on " in line and not found:
+                found.append(line.split("listening on ", 1)[1].strip())
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    ws = None
     try:
-        Path(profile, "user.js").write_text("".join(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n"
-                                                    for k, v in FIREFOX_PREFS.items()))
-        done = subprocess.run([FIREFOX, "--headless", "--no-remote", "-profile", profile, f"--window-size={width},{height}",
-                               "--screenshot", str(out), url], capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "MOZ_HEADLESS": "1"})
+        assert ready.wait(timeout) and found, f"firefox did not listen for WebDriver BiDi (exit {proc.poll()})"
+        ws = websocket.create_connection(f"{found[0]}/session", timeout=timeout, suppress_origin=True)
+        bidi = BiDi(ws)
+        bidi("session.new", capabilities={})
+        bidi("session.subscribe", events=["log.entryAdded"])
+        context = bidi("browsingContext.getTree")["contexts"][0]["context"]
+        bidi("browsingContext.setViewport", context=context, viewport={"width": width, "height": height},
+             devicePixelRatio=1)
+        yield bidi, context
     finally:
+        if ws is not None:
+            ws.close()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         shutil.rmtree(profile, ignore_errors=True)
-    assert Path(out).exists(), f"firefox wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}"
-    return iio.imread(out)[..., :3]
+
+
+def firefox_open(bidi: BiDi, context: str, url: str, timeout: float = 60.0) -> None:
+    """Load ``url`` and wait until the viewer has drawn its first frame (or shown why it could not)."""
+    import time
+
+    bidi("browsingContext.navigate", context=context, url=url, wait="complete")
+    end = time.monotonic() + timeout
+    while not firefox_eval(bidi, context, "!!(window.layerfilm && window.layerfilm.ready) || "
+                                          "!!document.getElementById('msg').textContent"):
+        assert time.monotonic() < end, f"{url}: the viewer did not draw in {timeout:.0f} s"
+        time.sleep(0.1)
+
+
+def firefox_eval(bidi: BiDi, context: str, expression: str):
+    """The value of a JS expression (a primitive) in the page."""
+    res = bidi("script.evaluate", expression=expression, target={"context": context}, awaitPromise=True)
+    assert res["type"] == "success", res
+    return res["result"].get("value")
+
+
+def firefox_screenshot(bidi: BiDi, context: str):
+    """(H, W, 3) uint8: the tab's viewport as Firefox painted it."""
+    import base64
+
+    import imageio.v3 as iio
+
+    return iio.imread(base64.b64decode(bidi("browsingContext.captureScreenshot", context=context)["data"]))[..., :3]
 
 
 def missing() -> str | None:

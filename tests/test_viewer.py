@@ -11,7 +11,19 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from browser import canvas_pixels, chromium, console_errors, firefox_missing, firefox_screenshot, missing, open_viewer, panel_bins
+from browser import (
+    canvas_pixels,
+    chromium,
+    console_errors,
+    firefox,
+    firefox_eval,
+    firefox_missing,
+    firefox_open,
+    firefox_screenshot,
+    missing,
+    open_viewer,
+    panel_bins,
+)
 from layerfilm.compare import open_runs, runs_frames
 from layerfilm.draw.curves import Strip
 from layerfilm.draw.frame_layout import note_text
@@ -323,13 +335,19 @@ def test_several_runs_side_by_side_and_toggled(logged_run, tiny_run, browser, ru
 
 
 @pytest.mark.skipif(firefox_missing() is not None, reason=str(firefox_missing()))
-def test_firefox_draws_the_films_key_frame(film, tmp_path):
-    """Firefox opens the page from file:// and draws the film: at #key=2 with #bins (the panels alone,
-    one pixel per bin at the film's own places) its screenshot's panels equal the film's key frame 2."""
+def test_firefox_draws_the_films_key_frame(film):
+    """Firefox opens the page from file:// without a console error and draws the film: at #key=2 with #bins
+    (the panels alone, one pixel per bin at the film's own places) its screenshot's panels equal the film's
+    key frame 2."""
     out, frames, traj, r = film
     page = write_viewer(traj, out / "firefox.html", OPTS, coords="f32").out
     k = 2
-    shot = firefox_screenshot(f"{page.as_uri()}#key={k}&bins", tmp_path / "firefox.png")
+    with firefox() as (bidi, tab):
+        firefox_open(bidi, tab, f"{page.as_uri()}#key={k}&bins")
+        assert firefox_eval(bidi, tab, "document.getElementById('msg').textContent") == ""
+        assert firefox_eval(bidi, tab, "layerfilm.key") == k
+        shot = firefox_screenshot(bidi, tab)
+        assert bidi.errors() == []
     (bw, bh) = r.bins
     for l in range(len(traj.blocks)):
         x0, y0 = r.origin[l]
