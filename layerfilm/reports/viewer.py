@@ -9,6 +9,11 @@ film's drawing area at that key (tested in a browser: exact with float32 coordin
 coordinates within the tolerance stated in the README), and between key frames points move on the
 film's straight lines.
 
+Besides the film's own numbers the page gets each run's logged loss and learning rate (the film's strip,
+layerfilm.draw.curves, drawn under the slider with the cursor) and, for a film of several runs
+(:func:`view_runs`), the runs' names: it is ``render BASE OTHER``'s film (layerfilm.compare.runs_frames),
+and a check box per run shows or hides its panels.
+
 Nothing is fetched: the coordinates travel inside the file as base64 of deflated bytes (the browser's
 ``DecompressionStream`` inflates them), either float32 (exact) or, for large films, 16-bit quantised
 per block and axis over the block's range, delta-coded along time (smooth motion deflates well): 128
