@@ -406,12 +406,18 @@ def _weights_only(opts: FilmOptions) -> None:
 
 @dataclass(frozen=True)
 class RunsStills:
-    """Stills of several runs (:func:`stills_of_runs`) at ``steps`` (K,): the one picture (H, W, 3) and the
-    comparison film's own frames at those steps (K, H, W, 3); ``skipped``: the checkpoints left out."""
+    """Stills of several runs (:func:`stills_of_runs`) at ``steps`` (K,): the one picture (H, W, 3), the
+    comparison film's own frames at those steps (K, H, W, 3), the panels' labels (L x R x K, block by
+    block, run after run), the legend's phrases, the points drawn (the film's panels: (U, L x R, N, 2) on its
+    clock) and ``keys`` (K,), the clock's indices shown; ``skipped``: the checkpoints left out."""
 
     steps: list[int]
     image: np.ndarray
     frames: np.ndarray
+    labels: tuple[str, ...]
+    words: tuple[str, ...]
+    panels: Trajectories
+    keys: list[int]
     skipped: tuple[Checkpoint, ...] = ()
 
 
@@ -449,7 +455,8 @@ def stills_of_runs(folders: Sequence[str | Path], steps: Sequence[int] | None = 
             break
     image = draw_still(panels.xy, np.repeat(traj.extent(), R, axis=0), keys, texts, caption, opts, legend, group=R)
     skipped = {c.path: c for s in studies for c in s.skipped}
-    return RunsStills(shown_steps, image, np.stack([film.draw(k, 0.0) for k in keys]), tuple(skipped.values()))
+    return RunsStills(shown_steps, image, np.stack([film.draw(k, 0.0) for k in keys]), tuple(texts),
+                      tuple(key + parts), panels, keys, tuple(skipped.values()))
 
 
 def _letters(runs: int) -> tuple[str, ...]:
