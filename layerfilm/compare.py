@@ -33,9 +33,12 @@ from layerfilm.film import (
     FilmFrames,
     FilmResult,
     check_film_size,
+    draw_still,
     film_segments,
     film_timeline,
+    key_indices,
     pick_preset,
+    still_caption,
     time_words,
     widest_caption,
     write_film,
@@ -342,11 +345,31 @@ def joint_trajectories(points: Sequence[Features], opts: FilmOptions) -> tuple[T
     return traj, idx
 
 
-def check_runs_film(opts: FilmOptions) -> None:
-    """A film of several runs shows weights (refused before any checkpoint is read otherwise)."""
-    if opts.activations is not None:
-        raise OptionsError("features=activations: a film of several runs shows weights for now; "
-                           "`compare` gives the runs' activation CKA")
+def runs_panels(traj: Trajectories, runs: int, subject) -> Trajectories:
+    """The joint trajectories (:func:`joint_trajectories`) as panels, block by block: block l's runs are
+    panels l*R .. l*R + R - 1, which sit side by side in the block's cell of the grid."""
+    U, L, RN, _ = traj.xy.shape
+    N = RN // runs
+    return Trajectories(traj.steps, np.repeat(traj.blocks, runs), traj.point_ids.reshape(L * runs, N),
+                        traj.xy.reshape(U, L * runs, N, 2), traj.method, {}, subject)
+
+
+def runs_film(traj: Trajectories, labels: Sequence[str], shared: Sequence[bool], keys: Sequence[int], wp: WeightPlan,
+              opts: FilmOptions) -> tuple[Trajectories, FilmFrames]:
+    """The film of the joint trajectories ``traj`` of runs ``labels`` (``shared``: each shares the base's
+    initialisation; ``keys``: each run's count of key frames): its panels and its frames."""
+    R, U = len(labels), len(traj.steps)
+    subject = weights_subject(wp, opts, U, "")
+    panels = runs_panels(traj, R, subject)
+    legend = None
+    if opts.legend:
+        legend = Legend(tuple(_legend_parts(labels, shared, keys, traj, subject, opts)),
+                        tuple(film_timeline(traj.steps, opts).position(k, 0.0) for k in range(U)))
+    renderer = Renderer(opts.style, [f"L{b} {n}" for b in traj.blocks for n in labels], np.repeat(traj.extent(), R, axis=0),
+                        legend=legend, group=R, caption=widest_caption(traj.steps, opts.time), marks=())
+    maxima = renderer.key_maxima(renderer.place(panels.xy, k, 0.0) for k in range(U))
+    renderer.set_scale(*scale_top(maxima), U)
+    return panels, FilmFrames.of(panels, opts, renderer)
 
 
 def runs_frames(studies: Sequence[Study], labels: Sequence[str],
@@ -354,27 +377,11 @@ def runs_frames(studies: Sequence[Study], labels: Sequence[str],
     """(its panels' trajectories, the film) of several opened runs (:func:`open_runs`, the first the base), as
     :func:`render_runs` draws it: panel ``l * R + r`` is block l of run r (R runs), on block l's one basis
     (fitted on all runs together) and axes; the clock is the union of the runs' steps (``renderer.group``: R)."""
-    shared = [True, *shared_inits(studies)]
     points = [s.points() for s in studies]
-    traj, idx = joint_trajectories(points, opts)
-    R, (U, L, RN, _) = len(studies), traj.xy.shape
-    N = RN // R
-    check_film_size(U, opts)
-    xy = traj.xy.reshape(U, L, R, N, 2).reshape(U, L * R, N, 2)  # block-major: a block's runs side by side
-    extent = np.repeat(traj.extent(), R, axis=0)
-    wp = studies[0].weight_plan()
-    subject = weights_subject(wp, opts, U, "")
-    panels = Trajectories(traj.steps, np.repeat(traj.blocks, R), np.tile(points[0].point_ids, (R, 1)), xy,
-                          traj.method, {}, subject)
-    legend = None
-    if opts.legend:
-        legend = Legend(tuple(_legend_parts(labels, shared, [len(f.steps) for f in points], traj, subject, opts)),
-                        tuple(film_timeline(traj.steps, opts).position(k, 0.0) for k in range(U)))
-    renderer = Renderer(opts.style, [f"L{b} {n}" for b in traj.blocks for n in labels], extent, legend=legend,
-                        group=R, caption=widest_caption(traj.steps, opts.time), marks=())
-    maxima = renderer.key_maxima(renderer.place(xy, k, 0.0) for k in range(U))
-    renderer.set_scale(*scale_top(maxima), U)
-    return panels, FilmFrames.of(panels, opts, renderer)
+    traj, _ = joint_trajectories(points, opts)
+    check_film_size(len(traj.steps), opts)
+    return runs_film(traj, labels, [True, *shared_inits(studies)], [len(f.steps) for f in points],
+                     studies[0].weight_plan(), opts)
 
 
 def render_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOptions = FilmOptions(),
@@ -399,21 +406,110 @@ def render_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
     return FilmResult(Path(out), n, len(panels.steps), panels, tuple(skipped.values()), None, picked)
 
 
-def _legend_parts(labels: Sequence[str], shared: Sequence[bool], keys: Sequence[int], traj: Trajectories, subject,
-                  opts: FilmOptions) -> list[str]:
-    """The film's words: which run is the base, which runs are compared neuron by neuron (same
-    initialisation: the same tracked neurons) and which only by the clouds' distribution, and the runs
-    that saved at fewer of the clock's steps (``keys``: each run's key frames)."""
+def check_runs_film(opts: FilmOptions) -> None:
+    """A film or still of several runs shows weights (refused before any checkpoint is read otherwise)."""
+    if opts.activations is not None:
+        raise OptionsError("features=activations: a film or still of several runs shows weights for now; "
+                           "`compare` gives the runs' activation CKA")
+
+
+@dataclass(frozen=True)
+class RunsStills:
+    """Stills of several runs (:func:`stills_of_runs`) at ``steps`` (K,): the one picture (H, W, 3), the
+    comparison film's own frames at those steps (K, H, W, 3), the panels' labels (L x R x K, block by
+    block, run after run), the legend's phrases, the points drawn (the film's panels: (U, L x R, N, 2) on its
+    clock) and ``keys`` (K,), the clock's indices shown; ``skipped``: the checkpoints left out."""
+
+    steps: list[int]
+    image: np.ndarray
+    frames: np.ndarray
+    labels: tuple[str, ...]
+    words: tuple[str, ...]
+    panels: Trajectories
+    keys: list[int]
+    skipped: tuple[Checkpoint, ...] = ()
+
+
+def stills_of_runs(folders: Sequence[str | Path], steps: Sequence[int] | None = None, opts: FilmOptions = FilmOptions(),
+                   names: Sequence[str] | str | None = None, progress: bool = True) -> RunsStills:
+    """Before and after of several runs (the first the base) in one picture: each block's cell holds every
+    run's panels at ``steps`` (default: the first and last step of any run), run after run, on the block's
+    one basis and axes fitted on all runs together (those of the comparison film, :func:`render_runs`).
+    A run that saved no checkpoint at a step shows its last key frame before it (its first, before it
+    starts); each panel's label names the run and the step it shows.
+
+    Example:
+        >>> stills_of_runs(["base/", "lr10x/"], names="base,lr10x").image.shape  # doctest: +SKIP
+        (720, 1280, 3)
+    """
+    check_runs_film(opts)
+    labels = run_names(folders, names)
+    studies = open_runs(folders, opts, progress)
+    key_indices(sorted({s for st in studies for s in st.series.steps}), list(steps) if steps is not None else None)
+    shared = [True, *shared_inits(studies)]
+    points = [s.points() for s in studies]
+    traj, idx = joint_trajectories(points, opts)
+    shown_steps, keys = key_indices([int(s) for s in traj.steps], list(steps) if steps is not None else None)
+    R = len(labels)
+    wp = studies[0].weight_plan()
+    panels, film = runs_film(traj, labels, shared, [len(f.steps) for f in points], wp, opts)
+    shown = [[int(f.steps[idx[r, k]]) for k in keys] for r, f in enumerate(points)]  # (R, K) the step each run shows
+    parts = _still_parts(labels, shared, shown_steps, shown, panels)
+    caption = still_caption(shown_steps)
+    for runs in (labels, _letters(R)):  # the runs' names where they fit in the panels' labels, else letters
+        key = [] if runs is labels else ["runs: " + ", ".join(f"{a} {n}" for a, n in zip(runs, labels))]
+        legend = Legend(tuple(key + parts)) if opts.legend else None
+        texts = [f"L{b} {n} · {s:,}" for b in traj.blocks for n, ss in zip(runs, shown) for s in ss]
+        if legend is None or Renderer.plan(opts.style, texts, legend, group=R * len(keys), caption=caption, marks=()).labels:
+            break
+    image = draw_still(panels.xy, np.repeat(traj.extent(), R, axis=0), keys, texts, caption, opts, legend, group=R)
+    skipped = {c.path: c for s in studies for c in s.skipped}
+    return RunsStills(shown_steps, image, np.stack([film.draw(k, 0.0) for k in keys]), tuple(texts),
+                      tuple(key + parts), panels, keys, tuple(skipped.values()))
+
+
+def _letters(runs: int) -> tuple[str, ...]:
+    """Short names of ``runs`` runs for panels too narrow for theirs: A, B, ... (R1, R2, ... past 26)."""
+    return tuple(chr(65 + r) if runs <= 26 else f"R{r + 1}" for r in range(runs))
+
+
+def _runs_parts(labels: Sequence[str], shared: Sequence[bool]) -> list[str]:
+    """Which run is the base, which runs are compared neuron by neuron (same initialisation: the same
+    tracked neurons) and which only by the clouds' distribution."""
     parts = [f"base run: {labels[0]}"]
     for n, same in zip(labels[1:], shared[1:]):
         parts.append(f"{n}: same initialisation, the same neurons as {labels[0]}" if same else
                      f"{n}: another initialisation; its neurons do not correspond to {labels[0]}'s (compare the clouds)")
+    return parts
+
+
+BASIS = "one basis and one set of axes per block, fitted on all runs together"
+
+
+def _legend_parts(labels: Sequence[str], shared: Sequence[bool], keys: Sequence[int], traj: Trajectories, subject,
+                  opts: FilmOptions) -> list[str]:
+    """The film's words: the runs (:func:`_runs_parts`), the runs that saved at fewer of the clock's steps
+    (``keys``: each run's key frames), what is filmed, the basis and the clock."""
     U = len(traj.steps)
+    parts = _runs_parts(labels, shared)
     parts += [f"{n}: key frames at {k} of the {U} steps, held between" for n, k in zip(labels, keys) if k < U]
     parts += subject_text(subject, traj.method, traj.stats)
-    parts.append("one basis and one set of axes per block, fitted on all runs together")
+    parts.append(BASIS)
     parts.append("one clock by step: a run holds its last key frame until its next")
     parts.append(time_words(traj.steps, opts)[0])
+    return parts
+
+
+def _still_parts(labels: Sequence[str], shared: Sequence[bool], steps: Sequence[int], shown: Sequence[Sequence[int]],
+                 panels: Trajectories) -> list[str]:
+    """The still's words: the runs, the steps a run shows in place of one it did not save, what is shown,
+    the basis and the order of a block's panels."""
+    parts = _runs_parts(labels, shared)
+    parts += [f"{n} saved no step {s:,}: shows step {t:,}" for n, ts in zip(labels, shown)
+              for s, t in zip(steps, ts) if s != t]
+    parts += subject_text(panels.subject, panels.method, panels.stats)
+    parts.append(BASIS)
+    parts.append("a block's cell: each run's steps, run after run")
     return parts
 
 

@@ -260,7 +260,7 @@ COMMANDS: dict[str, tuple[Option, ...]] = {
     "watch": _of(*LIVE_OPTIONS, *(n for n in _FILM if n != "quality")),  # a live film stays lossless
     "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
     "stability": _of(JSON_FLAG, NAMES, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
-    "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", "curves", *_RUN),
+    "stills": _of(KEYFRAMES, NAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", "curves", *_RUN),
     "view": _of(NAMES, *_LOOK, *_TIME, "curves", *_RUN),
     "serve": _of(PORT, *_LOOK, *_TIME, "curves", *_RUN),
     "report": _of(FILM, FILM_LINK, LOSSLESS_FILM, INTERACTIVE, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT,

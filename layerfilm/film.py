@@ -396,6 +396,18 @@ def render(
     return FilmResult(Path(out), n, len(traj.steps), traj, tuple(run.skipped), frames.overlay, picked, fidelity)
 
 
+def key_indices(have: list[int], steps: list[int] | None) -> tuple[list[int], list[int]]:
+    """(steps, their key-frame indices) for the wanted ``steps`` among the key frames' steps ``have``
+    (default: the first and the last)."""
+    steps = steps if steps is not None else sorted({have[0], have[-1]})
+    missing = [s for s in steps if s not in have]
+    if missing:
+        shown = ", ".join(map(str, have)) if len(have) <= 12 else \
+            ", ".join([*map(str, have[:6]), "...", *map(str, have[-3:])])
+        raise OptionsError(f"keyframes: {', '.join(map(str, missing))} not a key frame; key frames are at steps {shown}")
+    return steps, [have.index(s) for s in steps]
+
+
 def still_frame(traj: Trajectories, keys: list[int], opts: FilmOptions, logs: RunLogs | None = None) -> np.ndarray:
     """(H, W, 3) uint8: one picture of key frames ``keys`` (indices into ``traj.steps``), drawn as a still,
     not as film frames side by side: each block's panels at those key frames next to each other (on the
@@ -404,21 +416,36 @@ def still_frame(traj: Trajectories, keys: list[int], opts: FilmOptions, logs: Ru
     (when ``opts.curves``) marking the key frames shown."""
     extent, zoom = film_axes(traj, opts)
     xy = traj.xy if zoom is None else unit_axes(traj.xy, zoom)
-    K, L = len(keys), len(traj.blocks)
+    K = len(keys)
     steps = [int(traj.steps[k]) for k in keys]
     labels = [f"L{b} · step {s:,}" if K > 1 else f"L{b}" for b in traj.blocks for s in steps]
     legend = film_legend(traj, opts, False, zoom, still=True) if opts.legend else None
     s = np.asarray(traj.steps, np.float64)
     marks = tuple(float((s[k] - s[0]) / max(s[-1] - s[0], 1e-300)) for k in keys)
     strip = Strip.of(logs, traj.steps, marks=marks) if opts.curves else None
-    text = "step " + " → ".join(f"{s:,}" for s in steps) if K > 1 else f"step {steps[0]:,}"
-    renderer = Renderer(opts.style, labels, np.repeat(extent, K, axis=0), legend=legend, group=K, strip=strip,
-                        caption=text, marks=())
-    maxima = renderer.key_maxima(np.repeat(xy[k], K, axis=0) for k in range(len(traj.steps)))
+    return draw_still(xy, extent, keys, labels, still_caption(steps), opts, legend, strip)
+
+
+def still_caption(steps: list[int]) -> str:
+    """A still's caption: "step 0 → 2,000" (the steps shown, in order)."""
+    return "step " + " → ".join(f"{s:,}" for s in steps) if len(steps) > 1 else f"step {steps[0]:,}"
+
+
+def draw_still(xy: np.ndarray, extent: np.ndarray, keys: list[int], labels: list[str], caption: str,
+               opts: FilmOptions, legend: Legend | None = None, strip: Strip | None = None, group: int = 1) -> np.ndarray:
+    """(H, W, 3) uint8: the panels of key frames ``xy`` (T, P, N, 2) at key frames ``keys`` as one picture.
+
+    Each panel's K key frames sit side by side (``labels``: P x K, panel by panel), on the panel's axes
+    ``extent`` (P, 4); ``group`` panels share a cell of the grid (a block's runs, layerfilm.compare).
+    One colour bar: its top is the film's rule over all T key frames, so a still and its film agree."""
+    K, P = len(keys), xy.shape[1]
+    renderer = Renderer(opts.style, labels, np.repeat(extent, K, axis=0), legend=legend, group=group * K, strip=strip,
+                        caption=caption, marks=())
+    maxima = renderer.key_maxima(np.repeat(xy[k], K, axis=0) for k in range(len(xy)))
     vmax, _ = scale_top(maxima)
     renderer.set_scale(vmax, int((maxima[keys] > vmax * (1 + 1e-9)).sum()), K)
-    pts = xy[keys].transpose(1, 0, 2, 3).reshape(L * K, *xy.shape[2:])  # panel l * K + j: block l at keys[j]
-    return renderer.frame(pts, text)
+    pts = xy[keys].transpose(1, 0, 2, 3).reshape(P * K, *xy.shape[2:])  # panel p * K + j: panel p at keys[j]
+    return renderer.frame(pts, caption)
 
 
 def unit_axes(xy: np.ndarray, zoom: np.ndarray) -> np.ndarray:

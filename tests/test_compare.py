@@ -7,6 +7,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 
@@ -168,3 +169,73 @@ def test_stability_of_several_runs_is_each_runs_own(run_cli, tiny_run, high_lr_r
     assert got["stability"]["high"] == json.loads(alone)
     code, table, _ = run_cli("stability", tiny_run, high_lr_run, "--points", "16", "--quiet")
     assert table.splitlines()[0].split()[:5] == ["block", f"{tiny_run.name}:", "settles", "at", f"{high_lr_run.name}:"]
+
+
+# ------------------------------------------------------------------------------------------ stills of several runs
+
+
+def _areas(res, opts) -> list[np.ndarray]:
+    """The drawing area of each panel of ``res.image`` (as the still's renderer places them; no legend)."""
+    from layerfilm.draw.raster import Renderer
+    from layerfilm.film import still_caption
+
+    R = len(res.labels) // len(res.keys) // len(set(res.panels.blocks))
+    lay = Renderer.plan(opts.style, list(res.labels), None, group=R * len(res.keys), caption=still_caption(res.steps),
+                        marks=())
+    (bw, bh), c = lay.bins, lay.cell
+    return [res.image[y * c:(y + bh) * c, x * c:(x + bw) * c] for x, y in lay.origin]
+
+
+def test_stills_of_runs_share_each_blocks_basis_and_hold_key_frames(tiny_run, high_lr_run, tmp_path):
+    """tiny_run (0..60) and high_lr_run (0..20, tiny_run's initialisation): at step 0 both runs' panels are the
+    same picture (same neurons, one basis per block); at step 60 high holds its step 20."""
+    from layerfilm.compare import stills_of_runs
+    from layerfilm.draw.raster import Style
+
+    opts = replace(OPTS, style=Style(1280, 720), legend=False)
+    res = stills_of_runs([tiny_run, high_lr_run], None, opts, names="base,high", progress=False)
+    assert res.steps == [0, 60] and res.image.shape == (720, 1280, 3) and res.frames.shape == (2, 720, 1280, 3)
+    assert list(res.labels[:4]) == ["L0 base · 0", "L0 base · 60", "L0 high · 0", "L0 high · 20"]  # held: shows 20
+    clock = list(res.panels.steps)
+    xy = res.panels.xy
+    np.testing.assert_allclose(xy[0, 0::2], xy[0, 1::2], atol=1e-7)  # one basis: equal initial weights, equal points
+    np.testing.assert_array_equal(xy[clock.index(60), 1::2], xy[clock.index(20), 1::2])
+    areas = _areas(res, opts)
+    for l in range(4):
+        base0, base60, high0, high20 = areas[4 * l:4 * l + 4]
+        np.testing.assert_array_equal(base0, high0)
+        assert not np.array_equal(base60, high20) and not np.array_equal(base0, base60)
+        assert base60.any() and high20.any()
+
+
+def test_stills_cli_of_three_runs(run_cli, tiny_run, high_lr_run, seed_run, tmp_path):
+    out = tmp_path / "runs.png"
+    code, _, err = run_cli("stills", tiny_run, high_lr_run, seed_run, "--out", out, "--names", "base,high,seed1",
+                           "--steps", "0,20", "--points", "32", "--no-cache", "--quiet")
+    assert code == 0, err
+    assert err.splitlines() == [f"wrote {out} (steps 0, 20)"]
+    assert iio.imread(out).shape[:2] == (720, 1280)
+    code, _, err = run_cli("stills", tiny_run, "--out", out, "--names", "a")
+    assert code == 2 and err.count("\n") == 1 and "--names a: for several runs only" in err
+    code, _, err = run_cli("stills", tiny_run, high_lr_run, "--out", out, "--steps", "0,35", "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "35 not a key frame" in err  # no run saved step 35
+
+
+def test_stills_of_runs_name_them_by_letter_where_names_do_not_fit(tiny_run, high_lr_run, seed_run):
+    """Three runs of 4 blocks at 640x360: long names do not fit in the panels' labels, letters do, and the
+    legend says which letter is which run; another initialisation is never called the same neurons."""
+    from layerfilm.compare import stills_of_runs
+    from layerfilm.draw.raster import Style
+
+    opts = replace(OPTS, style=Style(640, 360))
+    folders = [tiny_run, high_lr_run, seed_run]
+    long = ["the_base_run_at_3e-3", "the_run_at_10x_the_lr", "another_seed_at_3e-3"]
+    res = stills_of_runs(folders, None, opts, names=long, progress=False)
+    assert list(res.labels[:6]) == ["L0 A · 0", "L0 A · 60", "L0 B · 0", "L0 B · 20", "L0 C · 0", "L0 C · 20"]
+    assert res.words[:4] == (f"runs: A {long[0]}, B {long[1]}, C {long[2]}", f"base run: {long[0]}",
+                             f"{long[1]}: same initialisation, the same neurons as {long[0]}",
+                             f"{long[2]}: another initialisation; its neurons do not correspond to {long[0]}'s "
+                             "(compare the clouds)")
+    assert f"{long[1]} saved no step 60: shows step 20" in res.words
+    short = stills_of_runs(folders, None, opts, names="a,b,c", progress=False)
+    assert short.labels[:3] == ("L0 a · 0", "L0 a · 60", "L0 b · 0") and short.words[0] == "base run: a"

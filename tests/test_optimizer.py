@@ -294,3 +294,55 @@ def test_features_updates_are_the_rows_of_adams_direction(makers, example, tmp_p
             np.testing.assert_allclose(f.store[t][l], want, rtol=1e-5, atol=1e-7)
     code, _, err = run_cli("stability", nano, "--features", "updates")
     assert code == 2 and "--features updates: films the optimizer's updates (render); stability measures" in err
+
+
+def test_stills_write_the_update_ratio_heatmap_beside_them(makers, example, tmp_path, run_cli):
+    """A nanoGPT run (AdamW state in each ckpt_N.pt): `stills` writes the heatmap beside the still, and its
+    cells are the update ratios `stability --json` reports (grey at step 0: no step taken yet)."""
+    import imageio.v3 as iio
+
+    from layerfilm import FilmOptions, Style, WeightSpec, stills
+
+    nano = makers.nanogpt_run(example, tmp_path / "nano")
+    out = tmp_path / "out" / "s.png"
+    out.parent.mkdir()
+    code, _, err = run_cli("stills", nano, "--out", out, "--size", "320x180", "--points", "16", "--quiet")
+    assert code == 0, err
+    heat = out.with_name("s_update_ratio.png")
+    assert f"wrote {heat} (update ratio per block and step, from the optimizer state)" in err.splitlines()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["s.png", "s_update_ratio.png"]
+    assert iio.imread(heat).shape[0] > 300
+    blocks, _ = records(run_cli, nano)
+    want = np.array([[math.nan if v is None else v for v in blocks[b]["update_ratio"]] for b in sorted(blocks)])
+    res = stills(nano, opts=FilmOptions(weights=WeightSpec(points=16), style=Style(320, 180)), progress=False)
+    assert res.files == () and res.notes == ()
+    cells = res.update_ratio.axes[0].collections[0].get_array()
+    np.testing.assert_allclose(np.ma.filled(cells.astype(float), np.nan).reshape(want.shape), want, rtol=1e-9)
+    assert np.isnan(want[:, 0]).all() and (want[:, 1:] > 0).all()
+
+
+def test_stills_without_optimizer_state_say_why_and_measure_nothing(makers, example, frozen_run, tmp_path, run_cli,
+                                                                    monkeypatch):
+    """Safetensors files, and training dicts saved without their optimizer: no heatmap, one line why, and
+    the run is not measured (the look for a state reads no tensor)."""
+    from layerfilm.study import Study
+
+    def measured(*args, **kwargs):
+        raise AssertionError("the run was measured")
+
+    monkeypatch.setattr(Study, "block_measures", measured)
+    weights_only = tmp_path / "weights_only"
+    weights_only.mkdir()
+    for f in makers.nanogpt_run(example, tmp_path / "nano").glob("*.pt"):
+        state = torch.load(f, weights_only=True)
+        del state["optimizer"]
+        torch.save(state, weights_only / f.name)
+    small = ("--size", "320x180", "--points", "16", "--quiet")
+    for run, why in ((frozen_run, "no optimizer state (a safetensors file holds weights only)"),
+                     (weights_only, "no optimizer state in it")):
+        out = tmp_path / f"{run.name}.png"
+        code, _, err = run_cli("stills", run, "--out", out, *small)
+        assert code == 0, err
+        assert err.splitlines() == [f"wrote {out} (steps 0, {40 if run is frozen_run else 10})",
+                                    f"note: no update-ratio heatmap: {run}: every checkpoint: {why}"]
+        assert not out.with_name(f"{out.stem}_update_ratio.png").exists()

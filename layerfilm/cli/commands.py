@@ -214,6 +214,15 @@ Stills of the film's key frames side by side (matplotlib; .png, .svg or .pdf by 
 
 Default: the first and the last key frame; --steps 0,2000 picks any key frames (one step gives one
 frame). Every frame uses the film's fixed axes and colour scale, so the panels compare directly.
+
+A run with optimizer state (optimizer.pt, a Lightning or nanoGPT training dict) also gets the update
+ratio per block and step as a heatmap, written beside the still as X_update_ratio.png (.svg, .pdf);
+this measures every block whole once (cached). A run without it gets one line saying why not.
+
+Several folders (BASE OTHER ..., --names a,b,...): each block's cell holds every run's panels, run
+after run, on one basis per block fitted on all runs together (as `layerfilm render BASE OTHER`). The
+default steps are the first and last of any run; a run that saved no checkpoint at a step shows its
+last key frame before it, and the panel's label names the run and the step it shows.
 """
 
 REPORT_HELP = """\
@@ -258,10 +267,11 @@ Firefox 113, Safari 16.4).
 
 def _study_parser(sub, name: str, help: str, description: str, out: str | None = None,
                   several: str = "") -> argparse.ArgumentParser:
-    """A command's parser; ``several``: it takes several folders, and what it does with them."""
+    """A command on one run's Study; ``several``: what it does with several folders (none: one only)."""
     p = sub.add_parser(name, help=help, description=description + "\n" + REMOTE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", nargs="+" if several else None, help=FOLDER_HELP + (f"; several: {several}" if several else ""))
+    p.add_argument("folder", nargs="+" if several else None,
+                   help=FOLDER_HELP + (f"; several: {several}" if several else ""))
     if out:
         p.add_argument("--out", required=True, help=out)
     add_options(p, name)
@@ -294,7 +304,7 @@ def _add_study_commands(sub) -> None:
     _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP,
                   several="each run's settling side by side")
     _study_parser(sub, "stills", "the first and last key frames (or --steps) side by side", STILLS_HELP,
-                  out="output figure: X.png | X.svg | X.pdf")
+                  out="output figure: X.png | X.svg | X.pdf", several="a block's runs side by side, the first the base")
     _study_parser(sub, "view", "the interactive film: one HTML file that plays, zooms and names neurons", VIEW_HELP,
                   out="film.html (self-contained; open it from disk)",
                   several="one page comparing them, the first the base (as `render BASE OTHER`)")
@@ -330,8 +340,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_stills(args: argparse.Namespace) -> int:
     opts, _ = command_options(args)
-    res = stills(args.folder, args.out, value(args, "keyframes"), opts, progress=not value(args, "quiet"))
+    folder = args.folder if len(args.folder) > 1 else args.folder[0]
+    res = stills(folder, args.out, value(args, "keyframes"), opts, progress=not value(args, "quiet"),
+                 names=value(args, "names"))
     print(f"wrote {show(args.out)} (steps {', '.join(f'{s:,}' for s in res.steps)})", file=sys.stderr)
+    for path in res.files[1:]:
+        print(f"wrote {show(path)} (update ratio per block and step, from the optimizer state)", file=sys.stderr)
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

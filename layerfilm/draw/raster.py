@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from layerfilm.draw.fonts import TEXT, Box, clipped, draw_text, text_mask
-from layerfilm.draw.frame_layout import CAPTION_SAMPLE, check_frame_size, grid_shape, plan_frame
+from layerfilm.draw.frame_layout import CAPTION_SAMPLE, FrameLayout, check_frame_size, grid_shape, plan_frame
 from layerfilm.draw.legend import Legend
 from layerfilm.draw.timeline import lerp
 from layerfilm.errors import OptionsError
@@ -163,9 +163,7 @@ class Renderer:
         self.legend = legend
         W, H = style.width, style.height
         self.keyframes = None if passed_ticks or legend is None else len(legend.ticks)
-        lay = self.layout = plan_frame(W, H, labels, style.title, legend.parts if legend is not None else None,
-                                       legend.unit if legend is not None else "", self.keyframes, caption, marks,
-                                       style.cell, group, strip is not None, legend is not None and bool(legend.ticks))
+        lay = self.layout = self.plan(style, labels, legend, passed_ticks, group, strip is not None, caption, marks)
         self._scale_boxes: list[Box] = []  # the colour bar's counts and note (set_scale)
         self.header, self.footer, self.text_px, self.legend_px = lay.header, lay.footer, lay.text_px, lay.legend_px
         self.text_pad, self.rows, self.row_h, self.timeline_h = lay.pad, lay.rows, lay.row_h, lay.timeline_h
@@ -205,6 +203,16 @@ class Renderer:
         self._scale32 = self.scale.astype(np.float32)[:, None, :]
         self._shift32 = (-self.offset * self.scale).astype(np.float32)[:, None, :]
         self._corner = (self.origin[:, 1] * self.small[1] + self.origin[:, 0])[:, None]
+
+    @staticmethod
+    def plan(style: Style, labels: list[str], legend: Legend | None = None, passed_ticks: bool = False, group: int = 1,
+             strip: bool = False, caption: str = CAPTION_SAMPLE, marks: tuple[str, ...] = ("settled",)) -> FrameLayout:
+        """Where a renderer of these arguments puts everything (layerfilm.draw.frame_layout.plan_frame), without
+        drawing: e.g. whether its panels' labels fit (``labels`` empty: they do not)."""
+        keyframes = None if passed_ticks or legend is None else len(legend.ticks)
+        return plan_frame(style.width, style.height, labels, style.title, legend.parts if legend is not None else None,
+                          legend.unit if legend is not None else "", keyframes, caption, marks, style.cell, group, strip,
+                          legend is not None and bool(legend.ticks))
 
     def density(self, pts: np.ndarray) -> np.ndarray:
         """(small_h, small_w) int64: the number of points in each bin (points outside their panel's area

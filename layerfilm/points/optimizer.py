@@ -361,19 +361,43 @@ def optimizer_sums(series: Series, blocks: Sequence[int], names: dict[int, dict[
         try:
             sums[:, t] = checkpoint_sums(ckpt, block_matrices, cache)
         except CheckpointError as e:
-            text = str(e)
-            reason = text[len(str(ckpt.path)) + 2:] if text.startswith(str(ckpt.path) + ": ") else text
-            why.setdefault(_general(reason, ckpt), []).append(ckpt)
-    notes = []
-    for reason, ckpts in why.items():
-        which = "every checkpoint" if len(ckpts) == T else f"{len(ckpts)} of {T} checkpoints (first: {ckpts[0].path.name})"
-        notes.append(f"{series.root}: {which}: {reason}")
+            why.setdefault(_reason(e, ckpt), []).append(ckpt)
+    notes = _notes(series, why)
     if warn:  # a run of weight-only files (safetensors) is not a problem to warn about
         for n in notes:
             if WEIGHTS_ONLY not in n:
                 warnings.warn(n, stacklevel=2)
     count = np.nan_to_num(sums[2]).max(axis=0)
     return OptimizerSums(np.asarray(series.steps, np.int64), sums[0], sums[1], count, sums[3], tuple(notes))
+
+
+def missing_state(series: Series) -> str | None:
+    """None when a checkpoint of ``series`` holds an optimizer state (loaded as :func:`load_state` loads
+    it: memory-mapped, no moment read), else the one line why none does (e.g. "every checkpoint: no
+    optimizer state (no optimizer.pt: saved with save_only_model?)"). A cheap look before the measures,
+    which read every block whole."""
+    why: dict[str, list[Checkpoint]] = {}
+    for ckpt in series.checkpoints:
+        try:
+            load_state(ckpt)
+            return None
+        except CheckpointError as e:
+            why.setdefault(_reason(e, ckpt), []).append(ckpt)
+    return "; ".join(_notes(series, why)) or f"{series.root}: {NO_STATE} (no checkpoint)"
+
+
+def _reason(e: CheckpointError, ckpt: Checkpoint) -> str:
+    """The error's words without the checkpoint's path (:func:`_general`)."""
+    text = str(e)
+    return _general(text[len(str(ckpt.path)) + 2:] if text.startswith(str(ckpt.path) + ": ") else text, ckpt)
+
+
+def _notes(series: Series, why: dict[str, list[Checkpoint]]) -> list[str]:
+    """One line per distinct reason, saying which checkpoints it covers."""
+    T = len(series)
+    return [f"{series.root}: " + ("every checkpoint" if len(ckpts) == T else
+                                  f"{len(ckpts)} of {T} checkpoints (first: {ckpts[0].path.name})") + f": {reason}"
+            for reason, ckpts in why.items()]
 
 
 def _general(reason: str, ckpt: Checkpoint) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,13 +21,15 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from layerfilm.compare import stills_of_runs
 from layerfilm.draw.raster import Style
 from layerfilm.errors import OptionsError
-from layerfilm.film import FilmFrames, film_renderer, still_frame
+from layerfilm.film import FilmFrames, film_renderer, key_indices, still_frame
 from layerfilm.film_options import FilmOptions
 from layerfilm.io.logs import RunLogs
 from layerfilm.io.outputs import atomic_output, check_output_path
 from layerfilm.io.storage import local_inputs, redact
+from layerfilm.points.optimizer import NO_STATE, missing_state
 from layerfilm.projection import Trajectories
 from layerfilm.reports.figures import (
     activation_hot_figure,
@@ -39,6 +41,7 @@ from layerfilm.reports.figures import (
     image_figure,
     norm_figure,
     plain_text,
+    ratio_heatmap,
     save_figure,
     settling_figure,
     update_ratio_figure,
@@ -74,18 +77,6 @@ def parse_step_list(text: str) -> list[int]:
     return steps
 
 
-def key_indices(have: list[int], steps: list[int] | None) -> tuple[list[int], list[int]]:
-    """(steps, their key-frame indices) for the wanted ``steps`` among the key frames' steps ``have``
-    (default: the first and the last)."""
-    steps = steps if steps is not None else sorted({have[0], have[-1]})
-    missing = [s for s in steps if s not in have]
-    if missing:
-        shown = ", ".join(map(str, have)) if len(have) <= 12 else \
-            ", ".join([*map(str, have[:6]), "...", *map(str, have[-3:])])
-        raise OptionsError(f"keyframes: {', '.join(map(str, missing))} not a key frame; key frames are at steps {shown}")
-    return steps, [have.index(s) for s in steps]
-
-
 def keyframe_stills(traj: Trajectories, style: Style, steps: list[int] | None = None,
                     opts: FilmOptions | None = None, logs: RunLogs | None = None) -> Stills:
     """The still of the key frames at ``steps`` (default: the first and last), with the legend unless
@@ -99,25 +90,69 @@ def keyframe_stills(traj: Trajectories, style: Style, steps: list[int] | None = 
     return Stills(steps, frames, image_figure(image), image)
 
 
-def stills(folder: str | Path, out: str | Path | None = None, steps: list[int] | None = None,
-           opts: FilmOptions = FilmOptions(), progress: bool = True) -> Stills:
+def stills(folder: str | Path | Sequence[str | Path], out: str | Path | None = None, steps: list[int] | None = None,
+           opts: FilmOptions = FilmOptions(), progress: bool = True,
+           names: Sequence[str] | str | None = None) -> Stills:
     """Stills of the checkpoints in ``folder`` at ``steps`` (default first and last), written to ``out``
     (.png, .svg or .pdf) when given.
+
+    A run with optimizer state also gets its update-ratio heatmap (``Stills.update_ratio``; with ``out``,
+    written beside it as ``<stem>_update_ratio<ext>``); a run without gets a note saying why not.
+
+    Several folders (a list, the first the base; ``names``: the runs' names, default the folders'):
+    each block's cell holds every run's panels, on one basis per block fitted on all runs together
+    (layerfilm.compare.stills_of_runs); ``frames`` are the comparison film's frames at those steps.
 
     Example:
         >>> stills("ckpts/", "before_after.png", steps=[0, 2000]).frames.shape  # doctest: +SKIP
         (2, 720, 1280, 3)
+        >>> stills(["base/", "lr10x/"], "runs.png", names="base,lr10x")  # doctest: +SKIP
     """
-    inputs = local_inputs(folder)
+    folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
+    if len(folders) == 1 and names is not None:
+        raise OptionsError(f"names={names if isinstance(names, str) else ','.join(names)}: for several runs only")
+    inputs = tuple(p for f in folders for p in local_inputs(f))
     if out is not None:  # a bad extension or a path that is not ours fails before any work
         check_output_path(out, (f".{figure_format(out)}",), inputs)
-    run = Study.open(folder, opts, progress)
+    if len(folders) > 1:
+        runs = stills_of_runs(folders, steps, opts, names, progress)
+        result = Stills(runs.steps, runs.frames, image_figure(runs.image), runs.image)
+        return _save_stills(result, out, inputs) if out is not None else result
+    run = Study.open(folders[0], opts, progress)
     key_indices(run.series.steps, steps)  # a step that is not a key frame fails before any work
     traj = run.trajectories()
     result = keyframe_stills(traj, opts.style, steps, opts, run.logs() if opts.curves else None)
-    if out is not None:
-        save_figure(result.figure, out, inputs)
-    return result
+    figure, note = ratio_figure(run)
+    result = replace(result, update_ratio=figure, notes=(note,) if note else ())
+    return _save_stills(result, out, inputs) if out is not None else result
+
+
+def ratio_figure(run: Study) -> tuple[Figure | None, str]:
+    """(the update-ratio heatmap of ``run``, "") when it has optimizer state, else (None, the one line why
+    not). The heatmap needs the whole blocks' norms: the run is measured (read whole once, cached), but
+    only after a cheap look (layerfilm.points.optimizer.missing_state) finds a state to measure."""
+    why = missing_state(run.series)
+    if why is None:
+        measures = run.optimizer_measures()
+        if measures.any:
+            bm = run.block_measures()
+            return ratio_heatmap(measures, bm.steps, bm.blocks), ""
+        why = "; ".join(measures.notes) or NO_STATE
+    return None, f"no update-ratio heatmap: {why}"
+
+
+def ratio_path(out: str | Path) -> Path:
+    """Where the stills ``out`` keep their update-ratio heatmap: ``<stem>_update_ratio<ext>`` beside it."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_update_ratio{out.suffix}")
+
+
+def _save_stills(result: Stills, out: str | Path, inputs: tuple[Path, ...]) -> Stills:
+    """Write the still to ``out`` and its update-ratio heatmap, if any, beside it (:func:`ratio_path`)."""
+    files = [save_figure(result.figure, out, inputs)]
+    if result.update_ratio is not None:
+        files.append(save_figure(result.update_ratio, ratio_path(out), inputs))
+    return replace(result, files=tuple(files))
 
 
 SECTIONS = {  # name: (heading, what it shows)

@@ -27,6 +27,7 @@ import numpy as np
 from layerfilm.errors import OptionsError
 from layerfilm.io.outputs import atomic_output, check_output_path
 from layerfilm.points.act_stats import HIST_EDGES, ActivationStats
+from layerfilm.points.optimizer import OptimizerMeasures
 from layerfilm.stability import Stability
 
 if TYPE_CHECKING:
@@ -123,30 +124,36 @@ def heatmap_figure(stab: Stability, cmap: str = "magma") -> Figure:
 
 
 def update_ratio_figure(stab: Stability, cmap: str = "viridis") -> Figure:
-    """Blocks (rows) x key frames: the Adam update ratio lr·‖m̂/(√v̂+ε)‖/‖W‖ over each block's matrices
-    (layerfilm.points.optimizer), log colour; grey: no optimizer state; a red x marks a spike (10x the
-    block's running median); blocks whose median lies outside 1e-4..1e-2 are flagged by their label."""
+    """:func:`ratio_heatmap` of a measured run (``stab.optimizer`` set)."""
+    assert stab.optimizer is not None
+    return ratio_heatmap(stab.optimizer, stab.steps, stab.blocks, cmap)
+
+
+def ratio_heatmap(opt: OptimizerMeasures, steps: np.ndarray, blocks: np.ndarray, cmap: str = "viridis") -> Figure:
+    """Blocks (rows) x key frames at ``steps``: the Adam update ratio lr·‖m̂/(√v̂+ε)‖/‖W‖ over each block's
+    matrices (layerfilm.points.optimizer), log colour; grey: no optimizer state; a red x marks a spike (10x
+    the block's running median); blocks whose median lies outside 1e-4..1e-2 are flagged by their label."""
     import matplotlib
     from matplotlib.colors import LogNorm
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     from layerfilm.points.optimizer import HEALTHY
 
-    assert stab.optimizer is not None
-    r = stab.optimizer.update_ratio.T  # (L, T)
+    steps = np.asarray(steps)
+    r = opt.update_ratio.T  # (L, T)
     L, T = r.shape
     good = np.isfinite(r) & (r > 0)
     lo, hi = (min(r[good].min(), HEALTHY[0]), max(r[good].max(), HEALTHY[1])) if good.any() else HEALTHY
     fig = _new(min(14, 6 + 0.08 * T), min(12, 3 + 0.32 * L))
     ax = fig.add_subplot()
     colours = matplotlib.colormaps[cmap].with_extremes(bad="#9a9a9a", under="black")
-    x = _centre_edges(stab.steps) if T > 1 else np.array([stab.steps[0] - 0.5, stab.steps[0] + 0.5])
+    x = _centre_edges(steps) if T > 1 else np.array([steps[0] - 0.5, steps[0] + 0.5])
     shown = np.where(np.isfinite(r) & (r <= 0), lo / 10, r)  # an update of 0 (lr 0): the 'under' colour
     mesh = ax.pcolormesh(x, np.arange(L + 1) - 0.5, np.ma.masked_invalid(shown), norm=LogNorm(lo, hi), cmap=colours)
-    ls, ts = np.nonzero(stab.optimizer.spikes().T)
-    ax.scatter(stab.steps[ts], ls, marker="x", color="red", s=40, zorder=3)
-    flags = stab.optimizer.flags()
-    ax.set_yticks(range(L), [f"{n} ({f})" if f else n for n, f in zip(_labels(stab), flags)])
+    ls, ts = np.nonzero(opt.spikes().T)
+    ax.scatter(steps[ts], ls, marker="x", color="red", s=40, zorder=3)
+    flags = opt.flags()
+    ax.set_yticks(range(L), [f"L{b} ({f})" if f else f"L{b}" for b, f in zip(blocks, flags)])
     ax.set_ylim(L - 0.5, -0.5)
     ax.set_xlabel("training step")
     ax.set_ylabel("block")

@@ -33,6 +33,9 @@ class Stills:
     frames: np.ndarray  # (K, H, W, 3) uint8, the film's frames at those steps
     figure: Figure  # the still, at its own size in pixels (layerfilm.reports.figures.image_figure)
     image: np.ndarray  # (H, W, 3) uint8, the still (layerfilm.film.still_frame)
+    update_ratio: Figure | None = None  # the update-ratio heatmap, when the run has optimizer state
+    files: tuple[Path, ...] = ()  # what was written: the still, and the heatmap beside it
+    notes: tuple[str, ...] = ()  # what the reader should know, e.g. why there is no heatmap
 
 
 FILM_TYPES = {".webm": "video/webm", ".mp4": "video/mp4", ".gif": "image/gif"}
