@@ -53,8 +53,8 @@ from layerfilm.errors import CheckpointError, OptionsError
 from layerfilm.io.formats import Reader, check_finite
 from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import AnyPath
-from layerfilm.points.act_stats import ActivationStats, json_series
 from layerfilm.points import ArrayStore
+from layerfilm.points.act_stats import ActivationStats, json_series
 from layerfilm.points.measures import relative_update
 from layerfilm.points.optimizer import OptimizerMeasures
 from layerfilm.points.weights import WeightPlan, WeightSpec, tracked

@@ -465,6 +465,7 @@ async def _http_ranges(fs: Any, path: RemotePath, ranges: list[tuple[int, int]])
 
     async def several(idx: range) -> None:
         async with slots:
+            got: list[Any]
             try:
                 got = await _http_multi(session, fs, path, [ranges[i] for i in idx])
             except Exception as e:  # noqa: BLE001 - as above
@@ -508,22 +509,31 @@ async def _http_multi(session: Any, fs: Any, path: RemotePath, ranges: list[tupl
     starts = {o: i for i, (o, _) in enumerate(ranges)}
     ends = {o + n - 1: i for i, (o, n) in enumerate(ranges)}
 
-    def place(value: str | None, data: memoryview) -> int:
-        """Hand out a part's bytes ``data`` (from its start) to the asked ranges its Content-Range covers;
-        returns its length. A part that is not asked ranges (or brings more than small gaps between them)
-        is a StorageError; so is one shorter than its Content-Range."""
+    def covers(value: str | None) -> tuple[int, int, int, int] | None:
+        """(first, last) asked ranges that a Content-Range covers, and its (offset, length); None unless it
+        is asked ranges not yet answered (consecutive ones joined, with small gaps between them at most)."""
         m = _CONTENT_RANGE.match((value or "").strip())
         start, end = (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
         first, last = starts.get(start, -1), ends.get(end, -1)
         if m is None or first < 0 or last < first or any(got[first:last + 1]) or \
                 end + 1 - start > sum(n for _, n in ranges[first:last + 1]) + _PART_SLACK * (last - first):
+            return None
+        return first, last, start, end + 1 - start
+
+    def place(value: str | None, data: memoryview) -> int:
+        """Hand out a part's bytes ``data`` (from its start) to the asked ranges its Content-Range covers;
+        returns its length. A part that is not asked ranges, or is shorter than its Content-Range, is a
+        StorageError."""
+        span = covers(value)
+        if span is None:
             raise StorageError(f"{path}: asked the server for bytes {asked} and it answered a part with Content-Range "
                                f"{_header(value)}; layerfilm reads only the ranges it asks for")
-        if len(data) < end + 1 - start:
-            raise _wrong_length(path, start, end + 1 - start, len(data))
+        first, last, start, n = span
+        if len(data) < n:
+            raise _wrong_length(path, start, n, len(data))
         for i in range(first, last + 1):
             got[i] = bytes(data[ranges[i][0] - start:ranges[i][0] - start + ranges[i][1]])
-        return end + 1 - start
+        return n
 
     async with answer as r:
         if r.status == 404:
@@ -531,12 +541,12 @@ async def _http_multi(session: Any, fs: Any, path: RemotePath, ranges: list[tupl
         r.raise_for_status()
         kind = r.headers.get("Content-Type", "")
         boundary = re.search(r'boundary="?([^";]+)"?', kind) if kind.lower().startswith("multipart/byteranges") else None
-        if r.status != 206 or boundary is None:  # the whole file (not read), or one range
+        single = covers(r.headers.get("Content-Range")) if r.status == 206 and boundary is None else None
+        if r.status != 206 or boundary is None:  # the whole file, or one range: asked one range at a time from now on
             _SINGLE_RANGE_HOSTS.add(urlparse(path.url).netloc)
-        if r.status != 206:
-            return got
-        most = sum(n for _, n in ranges) + len(ranges) * (_PART_HEAD + _PART_SLACK) if boundary else \
-            sum(n for _, n in ranges) + _PART_SLACK * len(ranges)
+            if single is None:  # not read
+                return got
+        most = single[3] if single else sum(n for _, n in ranges) + len(ranges) * (_PART_HEAD + _PART_SLACK)
         body = await _body(r, most + 1, read)
     if body is None:
         raise _timeout(path, f"the answer for bytes {asked} brought less than {PROGRESS // 1024} KiB (or the rest) "

@@ -105,7 +105,7 @@ def _max_abs(x: np.ndarray) -> np.float32:
     if x.dtype != np.uint16:
         return np.float32(max(x.max(initial=0), -x.min(initial=0)))
     top = max((int((f & 0x7FFF).max(initial=0)) for f in x), default=0)
-    return widen(np.array(top, np.uint16))[()]
+    return np.float32(widen(np.array(top, np.uint16))[()])
 
 
 SAFE_EXPONENT = 32  # blocks whose largest |value| lies within 2^-32 .. 2^32 are used as they are

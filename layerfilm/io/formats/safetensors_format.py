@@ -267,9 +267,9 @@ class SafetensorsReader:
             raise RuntimeError("use the reader as a context manager")
         dtype = self._header[name]["dtype"]
         as_stored = out is not None and out.dtype != np.float32
-        if as_stored and COMPACT.get(dtype) != out.dtype:
+        if out is not None and as_stored and COMPACT.get(dtype) != out.dtype:
             raise ValueError(f"{name} is {dtype}: rows go into float32 or its own dtype, not {out.dtype}")
-        raw = out if as_stored else np.empty(shape, NUMPY_DTYPES[dtype])
+        raw = out if out is not None and as_stored else np.empty(shape, NUMPY_DTYPES[dtype])
         try:
             whole = self._src.read_into(ranges, memoryview(raw.reshape(-1).view(np.uint8).data))
         except OSError as e:
