@@ -8,7 +8,9 @@ benchmarks/bench_remote.py), each counting the object bytes it sends:
   as a hostile or broken server does (``HOSTILE``). Files are streamed from disk (a sparse file of
   gigabytes costs the server nothing), and every slow answer's loop is bounded and ends at shutdown;
 - :func:`delayed_folder`: a folder served as object storage far away is: every request waits ``delay``
-  seconds before its answer, and at most ``connections`` requests are served at once (the rest queue),
+  seconds before its answer, and at most ``connections`` requests are served at once (the rest queue);
+  a request for several ranges is answered per RFC 7233 (``multipart/byteranges``) or, to test the
+  fallbacks, with the first range alone or the whole file (``MULTI``),
   by an aiohttp server in its own process (``python tests/servers.py FOLDER``), so that its work does
   not share the client's cores or GIL.
 """
