@@ -227,6 +227,7 @@ MULTI = {
     "parts": "206 multipart/byteranges, one part per range (as nginx and Apache)",
     "first": "206 of the first range alone (as some servers and proxies)",
     "whole": "200 with the whole file (as S3 and servers that ignore Range)",
+    "shifted": "parts of the right lengths from 64 bytes before each range asked, with Content-Ranges saying so",
 }
 _SPEC = re.compile(r"(\d*)-(\d*)$")
 
@@ -291,6 +292,8 @@ async def _serve(folder: Path, delay: float, connections: int, port: int, stats_
             if not spans:
                 raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
             spans = spans[:1] if multi == "first" else spans
+            if multi == "shifted" and len(spans) > 1:
+                spans = [(max(first - 64, 0), max(last - 64, 0)) for first, last in spans]
             with path.open("rb") as f:
                 data = [os.pread(f.fileno(), last + 1 - first, first) for first, last in spans]
             stats["requests"] += 1

@@ -16,8 +16,8 @@ the ranges are read here (:func:`_http_range`): an answer is streamed and droppe
 (a server sending the whole file is refused from its headers, not buffered), and its ``Content-Range``
 must name the range asked. Many sorted ranges go MULTI_RANGES to a request (:func:`_http_multi`, RFC
 7233 multi-range, one ``multipart/byteranges`` answer), falling back to one range a request for a
-server that answers with a single range or the whole file. Torch pickles cannot be read by ranges, so they are refused over a URL (see
-``PICKLE_OVER_URL``).
+server that answers with a single range or the whole file. Torch pickles cannot be read by ranges, so
+they are refused over a URL (see ``PICKLE_OVER_URL``).
 
 Nothing waits forever (:func:`timeouts`): a connection has ``LAYERFILM_CONNECT_TIMEOUT`` seconds, a
 listing ``LAYERFILM_READ_TIMEOUT`` more, and a ranged read must bring ``PROGRESS`` bytes (or the rest of
