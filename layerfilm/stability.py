@@ -457,7 +457,7 @@ class BlockStats:
         for the CKA."""
         final = points[len(points) - 1].astype(np.float64)
         cka = np.array([[linear_cka(x[l].astype(np.float64), final[l]) for l in range(len(x))]
-                        for x in map(points.__getitem__, range(len(points)))])
+                        for x in (points[t] for t in range(len(points)))])
         assert self.edges is not None  # at least two key frames were added
         return {**self.sq, "param_norm": self.param_norm, "cka": cka, "hist": self.hist, "hist_edges": self.edges}
 
