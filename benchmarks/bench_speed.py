@@ -14,7 +14,9 @@ and from the server, can be checked to give the same film.
 ``local:K``: render the first K checkpoints (K > the series' count: a folder of K hard links cycling
 over the series, step_000000 ... so the page cache holds the distinct files); ``remote:K``: the same from
 ``tests/servers.py``'s delayed_folder (``--delay`` s per request, ``--connections`` served at once).
-``--before ROOT``: also run ``local:K`` with the checkout at ROOT (same machine, same call).
+``--before ROOT``: also run each with the checkout at ROOT (same machine, same call; the server is this
+checkout's ``tests/servers.py``). ``--multi``: how the server answers a request for several ranges
+(parts, first, whole: ``tests/servers.py`` MULTI).
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ def main() -> None:
     p.add_argument("--delay", type=float, default=0.02)
     p.add_argument("--connections", type=int, default=128)
     p.add_argument("--server-processes", type=int, default=4)
+    p.add_argument("--multi", default="parts", help="how the server answers several ranges: parts, first or whole")
     p.add_argument("--wide", type=Path, default=None, help="also stability --no-cache on this wide series vs cat")
     p.add_argument("--json", type=Path, default=None, help="append each result as a JSON line here")
     a = p.parse_args()
@@ -152,7 +155,7 @@ def main() -> None:
         count = int(count)
         folder = linked(a.series, count)
         last = (count - 1) * step
-        for who, root in versions if kind == "local" else [("after", ROOT)]:
+        for who, root in versions:
             with tempfile.TemporaryDirectory(prefix="bench-speed-") as work:
                 try:
                     if kind == "local":
@@ -161,7 +164,7 @@ def main() -> None:
                         from servers import delayed_folder
 
                         with delayed_folder(folder.parent, a.delay, a.connections, a.server_cores,
-                                            a.server_processes) as (url, stats):
+                                            a.server_processes, a.multi) as (url, stats):
                             emit({"run": "request rate", **request_rate(url, folder)})
                             got = render(root, f"{url}/{folder.name}", last, a.cores, Path(work))
                             got.update(stats())
@@ -187,12 +190,12 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001
                 got = {"error": str(e)[-800:]}
             emit({"run": "stability wide", "version": who, "cores": a.cores, **got})
-    print("\n| run | version | cores | wall s | user s | sys s | peak RSS MiB | points | frames | requests |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| run | version | cores | wall s | user s | sys s | peak RSS MiB | points | frames | requests | ranges |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['run']} | {r.get('version', '')} | {r.get('cores')} | {r.get('wall', r.get('error', '')[:60])} | "
               f"{r.get('user', '')} | {r.get('sys', '')} | {r.get('rss_mib', '')} | {r.get('points', r.get('json', ''))} | "
-              f"{r.get('frames', '')} | {r.get('requests', '')} |")
+              f"{r.get('frames', '')} | {r.get('requests', '')} | {r.get('ranges', '')} |")
 
 
 if __name__ == "__main__":

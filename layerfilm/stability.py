@@ -53,6 +53,7 @@ from layerfilm.errors import CheckpointError, OptionsError
 from layerfilm.io.formats import Reader, check_finite
 from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import AnyPath
+from layerfilm.points import ArrayStore
 from layerfilm.points.act_stats import ActivationStats, json_series
 from layerfilm.points.measures import relative_update
 from layerfilm.points.optimizer import OptimizerMeasures
@@ -451,11 +452,12 @@ class BlockStats:
                     self.hist[t, l] += np.histogram(clipped, bins=len(e) - 1, range=(e[0], e[-1]))[0]
         self.prev = tensors
 
-    def result(self, points: np.ndarray) -> dict[str, np.ndarray]:
-        """The chunk's sums (see :meth:`BlockMeasures.assemble`); ``points`` (T, Lc, N, D) for the CKA."""
-        final = points[-1].astype(np.float64)
-        cka = np.array([[linear_cka(points[t, l].astype(np.float64), final[l]) for l in range(points.shape[1])]
-                        for t in range(len(points))])
+    def result(self, points: ArrayStore) -> dict[str, np.ndarray]:
+        """The chunk's sums (see :meth:`BlockMeasures.assemble`); ``points`` (T key frames of (Lc, N, D))
+        for the CKA."""
+        final = points[len(points) - 1].astype(np.float64)
+        cka = np.array([[linear_cka(x[l].astype(np.float64), final[l]) for l in range(len(x))]
+                        for x in (points[t] for t in range(len(points)))])
         assert self.edges is not None  # at least two key frames were added
         return {**self.sq, "param_norm": self.param_norm, "cka": cka, "hist": self.hist, "hist_edges": self.edges}
 

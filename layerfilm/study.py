@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from layerfilm.errors import CheckpointError, OptionsError, ScanError
 from layerfilm.film_options import FilmOptions
 from layerfilm.io import cache
-from layerfilm.io.formats import open_checkpoint
+from layerfilm.io.formats import NotExact, narrow, open_checkpoint
 from layerfilm.io.formats.base import Reader as CheckpointReader
 from layerfilm.io.logs import RunLogs, read_logs
 from layerfilm.io.outputs import new_scratch
@@ -126,8 +126,7 @@ def read_rows(ckpt: Checkpoint, wp: WeightPlan, blocks: Sequence[int] | None = N
     if wp.source == "updates":
         rows = read_updates(ckpt, wp, blocks)
         if out is not None and not isinstance(rows, CheckpointError):
-            out[...] = rows
-            return out
+            return narrow(rows, out)
         return rows
     return read_checkpoint(ckpt, lambda reader, where: read_points(reader, wp, where, blocks, out))
 
@@ -135,10 +134,10 @@ def read_rows(ckpt: Checkpoint, wp: WeightPlan, blocks: Sequence[int] | None = N
 def block_chunks(wp: WeightPlan, keyframes: int, whole_bytes: int = 0, budget_mb: float | None = None,
                  most: int | None = None) -> list[tuple[int, ...]]:
     """Consecutive chunks of the plan's blocks whose key frames fit the memory budget: the points
-    (T x N x D float32 per block) and, for the whole-block measures, the copies of a block's tensors
-    held at once (float32, ``BlockStats.COPIES``: the final, the previous and the current checkpoint's,
-    and the one read ahead)."""
-    per_block = keyframes * wp.point_ids.shape[1] * wp.shape[1] * 4 + BlockStats.COPIES * whole_bytes
+    (T x N x D per block, as held: ``WeightPlan.held``) and, for the whole-block measures, the copies of
+    a block's tensors held at once (float32, ``BlockStats.COPIES``: the final, the previous and the
+    current checkpoint's, and the one read ahead)."""
+    per_block = keyframes * wp.point_ids.shape[1] * wp.shape[1] * wp.held.itemsize + BlockStats.COPIES * whole_bytes
     size = max(1, int((budget_mb or chunk_mb()) * 2**20 // max(per_block, 1)))
     if most is not None:
         size = min(size, most)
@@ -148,25 +147,36 @@ def block_chunks(wp: WeightPlan, keyframes: int, whole_bytes: int = 0, budget_mb
 
 def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: tuple[int, ...],
                projection: str, projection_kwargs: dict, whole: bool = False,
-               bins: int = HIST_BINS, progress: Callable[[], None] | None = None) -> ChunkResult:
+               bins: int = HIST_BINS, progress: Callable[[], None] | None = None,
+               held: np.dtype | None = None) -> ChunkResult:
     """Points (and, with ``whole``, whole-block measures) of ``blocks`` at the checkpoints ``active``
     (indices into ``series``), projected to 2-D. Each checkpoint is opened once; with ``whole`` the
-    final one is read first and kept while the others stream by, so every byte is read once."""
+    final one is read first and kept while the others stream by, so every byte is read once.
+
+    The key frames are held as the checkpoints store them where widening is exact (``WeightPlan.held``:
+    bf16, float16; half float32's memory) and widened one at a time by the projection and the point
+    measures (``ArrayStore``): the same film. A checkpoint whose rows that dtype cannot hold exactly
+    (float32 ones in a bf16 series) makes the task start again holding float32 (``held``)."""
     ckpts = [series.checkpoints[t] for t in active]
     T, N, D = len(active), wp.point_ids.shape[1], wp.shape[1]
-    points = np.empty((T, len(blocks), N, D), np.float32)
+    held = wp.held if held is None else held
+    points = np.empty((T, len(blocks), N, D), held)
     bad: dict[int, str] = {}
     stats = BlockStats(wp, blocks, T, bins) if whole else None
     order = [T - 1, *range(T - 1)] if whole else list(range(T))  # whole: the final first
 
-    def read(i: int) -> tuple[int, np.ndarray | list[dict[str, np.ndarray]] | CheckpointError]:
-        if stats is None:  # straight into the key frame's place
-            return i, read_rows(ckpts[i], wp, blocks, points[i])
-        return i, read_checkpoint(ckpts[i], stats.read)
+    def read(i: int) -> tuple[int, np.ndarray | list[dict[str, np.ndarray]] | CheckpointError | None]:
+        try:
+            if stats is None:  # straight into the key frame's place
+                return i, read_rows(ckpts[i], wp, blocks, points[i])
+            return i, read_checkpoint(ckpts[i], stats.read)
+        except NotExact:
+            return i, None
 
     # whole blocks are large: one read ahead; rows are small: three, and from a URL several in flight at
     # once (each waits on the network's round trips, not on a core)
     readers = REMOTE_READS if is_remote(series.root) and not whole else 1
+    wider = False  # a key frame the dtype held cannot hold exactly
     with closing(prefetch(map_ahead(read, order, readers), depth=1 if whole else 3)) as ahead:
         for i, got in ahead:
             if progress is not None:
@@ -177,19 +187,28 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
             if bad:
                 continue
             if stats is None:
-                assert isinstance(got, np.ndarray)  # read_points, into points[i]
-            else:
+                assert got is None or isinstance(got, np.ndarray)  # read_points, into points[i]
+            elif got is not None:
                 assert isinstance(got, list)  # BlockStats.read
-                points[i] = stats.add(i, got)
+                try:
+                    narrow(stats.add(i, got), points[i])
+                except NotExact:
+                    got = None
+            if got is None:
+                wider = True
+                break
     if bad:
         return ChunkResult(blocks, bad)
-    ids = wp.point_ids[list(blocks)]
+    if wider:  # start again holding float32
+        del points, stats, read
+        return block_task(series, wp, blocks, active, projection, projection_kwargs, whole, bins, None, np.dtype(np.float32))
+    ids, store = wp.point_ids[list(blocks)], ArrayStore(points)
     features = Features(np.asarray([c.step for c in ckpts], np.int64), np.asarray(wp.layer_map.blocks)[list(blocks)],
-                        ids, "", ArrayStore(points), positions=np.asarray(blocks))
+                        ids, "", store, positions=np.asarray(blocks))
     with one_blas_thread():
         traj = project(features, projection, progress=False, **projection_kwargs)
         measured = point_measures(features.store, features.steps)
-    measures = stats.result(points) if stats is not None else None
+    measures = stats.result(store) if stats is not None else None
     return ChunkResult(blocks, {}, traj.xy, {**traj.stats, **measured}, measures)
 
 

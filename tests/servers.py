@@ -8,7 +8,9 @@ benchmarks/bench_remote.py), each counting the object bytes it sends:
   as a hostile or broken server does (``HOSTILE``). Files are streamed from disk (a sparse file of
   gigabytes costs the server nothing), and every slow answer's loop is bounded and ends at shutdown;
 - :func:`delayed_folder`: a folder served as object storage far away is: every request waits ``delay``
-  seconds before its answer, and at most ``connections`` requests are served at once (the rest queue),
+  seconds before its answer, and at most ``connections`` requests are served at once (the rest queue);
+  a request for several ranges is answered per RFC 7233 (``multipart/byteranges``) or, to test the
+  fallbacks, with the first range alone or the whole file (``MULTI``),
   by an aiohttp server in its own process (``python tests/servers.py FOLDER``), so that its work does
   not share the client's cores or GIL.
 """
@@ -16,6 +18,7 @@ benchmarks/bench_remote.py), each counting the object bytes it sends:
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import os
 import re
@@ -219,18 +222,51 @@ def http_folder(folder: Path, ranges: bool = True, auth: tuple[str, str] | None 
         thread.join()
 
 
-async def _serve(folder: Path, delay: float, connections: int, port: int, stats_file: Path) -> None:
+# how delayed_folder answers a request for several ranges (RFC 7233 multi-range):
+MULTI = {
+    "parts": "206 multipart/byteranges, one part per range (as nginx and Apache)",
+    "first": "206 of the first range alone (as some servers and proxies)",
+    "whole": "200 with the whole file (as S3 and servers that ignore Range)",
+    "shifted": "parts of the right lengths from 64 bytes before each range asked, with Content-Ranges saying so",
+}
+_SPEC = re.compile(r"(\d*)-(\d*)$")
+
+
+def byte_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
+    """RFC 7233's ``Range: bytes=...`` of a file of ``size`` bytes: the satisfiable ranges as (first, last)
+    in the order asked ([] if none is: 416), or None where the header is absent or malformed (ignored:
+    the whole file). ``A-B`` (B clipped to the end), ``A-`` (to the end), ``-N`` (the last N bytes)."""
+    unit, _, specs = header.partition("=")
+    if unit.strip().lower() != "bytes" or not specs.strip():
+        return None
+    out = []
+    for spec in specs.split(","):
+        m = _SPEC.match(spec.strip())
+        if m is None or m.group(1) == m.group(2) == "" or (m.group(1) and m.group(2) and int(m.group(2)) < int(m.group(1))):
+            return None
+        if m.group(1) == "":  # a suffix
+            if int(m.group(2)) > 0 and size > 0:
+                out.append((max(size - int(m.group(2)), 0), size - 1))
+        elif int(m.group(1)) < size:
+            out.append((int(m.group(1)), min(int(m.group(2)), size - 1) if m.group(2) else size - 1))
+    return out
+
+
+async def _serve(folder: Path, delay: float, connections: int, port: int, stats_file: Path, multi: str = "parts") -> None:
     """Serve ``folder`` on ``port`` (shared by the other server processes: SO_REUSEPORT) until killed: index
-    pages, and ranged GETs answered after ``delay`` seconds, at most ``connections`` at once in this
-    process. Every 0.2 s, {"requests", "bytes"} of the ranged GETs served is written to ``stats_file``."""
+    pages, and ranged GETs (RFC 7233: one range, or several answered as ``multi`` says, a key of MULTI)
+    answered after ``delay`` seconds, at most ``connections`` at once in this process. Every 0.2 s,
+    {"requests", "ranges", "bytes"} of the ranged GETs served (ranges sent, file bytes in them) is written
+    to ``stats_file``."""
     import asyncio
     import html
     import json
+    import secrets
 
     from aiohttp import web
 
     slots = asyncio.Semaphore(connections)
-    stats = {"requests": 0, "bytes": 0}
+    stats = {"requests": 0, "ranges": 0, "bytes": 0}
 
     async def handle(request: web.Request) -> web.StreamResponse:
         path = (folder / request.path.lstrip("/")).resolve()
@@ -243,16 +279,35 @@ async def _serve(folder: Path, delay: float, connections: int, port: int, stats_
                 links = "".join(f'<a href="{html.escape(n)}">{html.escape(n)}</a>\n' for n in names)
                 return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
             size = path.stat().st_size
-            asked = request.http_range  # bytes=A-B as slice(A, B + 1)
-            if request.method != "GET" or asked.start is None:
+            spans = byte_ranges(request.headers.get("Range", ""), size) if request.method == "GET" else None
+            if spans is None:
                 return web.FileResponse(path)  # HEAD: the size and date; a GET without Range: the whole file
-            start, stop = asked.start, min(asked.stop or size, size)
+            if len(spans) > 1 and multi == "whole":  # streamed until the client hangs up
+                whole = web.StreamResponse(headers={"Content-Length": str(size)})
+                await whole.prepare(request)
+                with path.open("rb") as f, contextlib.suppress(ConnectionError):
+                    while chunk := f.read(1 << 20):
+                        await whole.write(chunk)
+                return whole
+            if not spans:
+                raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+            spans = spans[:1] if multi == "first" else spans
+            if multi == "shifted" and len(spans) > 1:
+                spans = [(max(first - 64, 0), max(last - 64, 0)) for first, last in spans]
             with path.open("rb") as f:
-                body = os.pread(f.fileno(), stop - start, start)
+                data = [os.pread(f.fileno(), last + 1 - first, first) for first, last in spans]
             stats["requests"] += 1
-            stats["bytes"] += len(body)
-            return web.Response(body=body, status=206, content_type="application/octet-stream",
-                                headers={"Content-Range": f"bytes {start}-{stop - 1}/{size}"})
+            stats["ranges"] += len(spans)
+            stats["bytes"] += sum(map(len, data))
+            if len(spans) == 1:
+                return web.Response(body=data[0], status=206, content_type="application/octet-stream",
+                                    headers={"Content-Range": f"bytes {spans[0][0]}-{spans[0][1]}/{size}"})
+            boundary = secrets.token_hex(12).encode()  # each part: CRLF --boundary, its headers, CRLF, its bytes
+            body = b"".join(b"\r\n--%s\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes %d-%d/%d\r\n"
+                            b"\r\n%s" % (boundary, first, last, size, d) for (first, last), d in zip(spans, data))
+            body += b"\r\n--%s--\r\n" % boundary
+            return web.Response(body=body, status=206,
+                                headers={"Content-Type": f"multipart/byteranges; boundary={boundary.decode()}"})
 
     app = web.Application()
     app.router.add_route("GET", "/{tail:.*}", handle)
@@ -266,11 +321,13 @@ async def _serve(folder: Path, delay: float, connections: int, port: int, stats_
 
 @contextmanager
 def delayed_folder(folder: Path, delay: float = 0.02, connections: int = 128, cores: str | None = None,
-                   processes: int = 1) -> Iterator[tuple[str, Callable[[], dict]]]:
+                   processes: int = 1, multi: str = "parts") -> Iterator[tuple[str, Callable[[], dict]]]:
     """Serve ``folder`` from ``processes`` other processes sharing a free port of 127.0.0.1, every request
     answered after ``delay`` seconds and at most ``connections`` in service at once (split between the
-    processes); ``cores``: pin the server there (e.g. "2-15"). Yields (its URL, stats(): {"requests",
-    "bytes"} of the ranged GETs served so far, as of 0.2 s ago)."""
+    processes); ``cores``: pin the server there (e.g. "2-15"); ``multi``: how a request for several ranges
+    is answered (a key of MULTI). Yields (its URL, stats(): {"requests", "ranges", "bytes"} of the ranged
+    GETs served so far, as of 0.2 s ago)."""
+    assert multi in MULTI
     import json
     import socket
     import subprocess
@@ -284,7 +341,7 @@ def delayed_folder(folder: Path, delay: float = 0.02, connections: int = 128, co
         files = [Path(work) / f"stats.{i}" for i in range(processes)]
         servers = [subprocess.Popen((["taskset", "-c", cores] if cores else [])
                                     + [sys.executable, __file__, str(folder), str(delay),
-                                       str(max(1, connections // processes)), str(port), str(f)]) for f in files]
+                                       str(max(1, connections // processes)), str(port), str(f), multi]) for f in files]
         try:
             deadline = time.monotonic() + 30
             while not all(f.exists() for f in files):
@@ -295,7 +352,7 @@ def delayed_folder(folder: Path, delay: float = 0.02, connections: int = 128, co
             def stats() -> dict:
                 time.sleep(0.3)
                 got = [json.loads(f.read_text() or "{}") for f in files]
-                return {k: sum(g.get(k, 0) for g in got) for k in ("requests", "bytes")}
+                return {k: sum(g.get(k, 0) for g in got) for k in ("requests", "ranges", "bytes")}
 
             yield f"http://127.0.0.1:{port}", stats
         finally:
@@ -304,8 +361,9 @@ def delayed_folder(folder: Path, delay: float = 0.02, connections: int = 128, co
                 server.wait()
 
 
-if __name__ == "__main__":  # python tests/servers.py FOLDER DELAY CONNECTIONS PORT STATS (delayed_folder)
+if __name__ == "__main__":  # python tests/servers.py FOLDER DELAY CONNECTIONS PORT STATS MULTI (delayed_folder)
     import asyncio
     import sys
 
-    asyncio.run(_serve(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])))
+    asyncio.run(_serve(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]),
+                       sys.argv[6]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -135,6 +136,21 @@ def test_wrong_content_range_is_refused(served, run_cli, tmp_path):
     assert err == (f"layerfilm: error: {base}/run/step_000000.safetensors: asked the server for bytes 8-{n + 7:,} and it "
                    f"answered Content-Range 'bytes 0-{n - 1}/{size}'; layerfilm reads only the range it asks for\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]
+
+
+def test_multi_range_parts_not_asked_for_are_refused(tiny_run, run_cli, tmp_path):
+    """A server answering a request for many ranges with parts from 64 bytes earlier (their Content-Ranges
+    saying so, tests/servers.py MULTI "shifted"): one line naming the file and the part, exit 2."""
+    from servers import delayed_folder
+
+    with delayed_folder(tiny_run.parent, delay=0.0, connections=8, multi="shifted") as (base, _):
+        code, _, err = run_cli("render", f"{base}/{tiny_run.name}", "--out", tmp_path / "film.webm", "--points", "24",
+                               "--no-cache", *FAST)
+    assert code == 2
+    assert re.fullmatch(rf"layerfilm: error: {base}/{tiny_run.name}/step_\d{{6}}\.safetensors: asked the server for "
+                        r"bytes [\d,]+-[\d,]+ \(\d+ ranges\) and it answered a part with Content-Range "
+                        r"'bytes \d+-\d+/\d+'; layerfilm reads only the ranges it asks for\n", err), err
+    assert not (tmp_path / "film.webm").exists()
 
 
 # runs a command and prints its peak RSS (KB): measured from this small process, not from pytest's fork

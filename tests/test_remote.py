@@ -237,3 +237,36 @@ def test_http_with_latency_and_few_connections_renders_the_local_film(tiny_run, 
     assert np.array_equal(decode(tmp_path / "film.webm"), decode(local_film[0]))
     heads, rows = header_and_rows(tiny_run)
     assert heads + rows <= served["bytes"] <= 1.3 * (heads + rows)
+
+
+@pytest.fixture(scope="module")
+def sparse_points_film(tiny_run, tmp_path_factory):
+    """The tiny run rendered from its local folder with 24 of each block's 128 rows: many ranges a key frame."""
+    from layerfilm.cli.commands import main
+
+    out = tmp_path_factory.mktemp("sparse_points_film")
+    assert main(["render", str(tiny_run), "--out", str(out / "film.webm"), "--export-points", str(out / "points.npz"),
+                 "--no-cache", "--points", "24", *FAST]) == 0
+    return out / "film.webm", out / "points.npz"
+
+
+@pytest.mark.parametrize("multi", ["parts", "first", "whole"])
+def test_http_multi_range_requests_and_their_fallbacks_render_the_local_film(multi, tiny_run, sparse_points_film,
+                                                                             tmp_path, run_cli):
+    """A server that answers a request for many ranges with them all (multipart/byteranges), with the
+    first alone, or with the whole file (tests/servers.py MULTI): the film is the local one, and only the
+    first kind of server is asked for many ranges at once (the others, after their first answers, one
+    range a request)."""
+    from servers import delayed_folder
+
+    with delayed_folder(tiny_run.parent, delay=0.02, connections=4, multi=multi) as (base, stats):
+        code, _, err = run_cli("render", f"{base}/{tiny_run.name}", "--out", tmp_path / "film.webm", "--points", "24",
+                               "--export-points", tmp_path / "points.npz", "--no-cache", *FAST)
+        served = stats()
+    assert code == 0, err
+    assert (tmp_path / "points.npz").read_bytes() == sparse_points_film[1].read_bytes()
+    assert np.array_equal(decode(tmp_path / "film.webm"), decode(sparse_points_film[0]))
+    if multi == "parts":
+        assert served["ranges"] >= 8 * served["requests"]  # 476 ranges in 42 requests
+    else:
+        assert served["ranges"] == served["requests"] > 100

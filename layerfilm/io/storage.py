@@ -14,8 +14,10 @@ Every answer is checked for its length: a server that ignores ``Range`` (it send
 sends a wrong length is a :class:`StorageError`, one line, never a silent whole-file read. Over http(s)
 the ranges are read here (:func:`_http_range`): an answer is streamed and dropped at the length asked
 (a server sending the whole file is refused from its headers, not buffered), and its ``Content-Range``
-must name the range asked. Torch pickles cannot be read by ranges, so they are refused over a URL (see
-``PICKLE_OVER_URL``).
+must name the range asked. Many sorted ranges go MULTI_RANGES to a request (:func:`_http_multi`, RFC
+7233 multi-range, one ``multipart/byteranges`` answer), falling back to one range a request for a
+server that answers with a single range or the whole file. Torch pickles cannot be read by ranges, so
+they are refused over a URL (see ``PICKLE_OVER_URL``).
 
 Nothing waits forever (:func:`timeouts`): a connection has ``LAYERFILM_CONNECT_TIMEOUT`` seconds, a
 listing ``LAYERFILM_READ_TIMEOUT`` more, and a ranged read must bring ``PROGRESS`` bytes (or the rest of
@@ -34,7 +36,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -447,19 +449,146 @@ def _wrong_length(path: RemotePath, offset: int, n: int, got: int) -> StorageErr
 
 
 async def _http_ranges(fs: Any, path: RemotePath, ranges: list[tuple[int, int]]) -> list[Any]:
-    """Each of ``ranges`` of ``path`` by its own ranged GET (at most HTTP_REQUESTS at once): its bytes, or
-    the exception that stopped it."""
+    """The bytes of each of ``ranges`` of ``path`` (or the exception that stopped it), at most
+    HTTP_REQUESTS requests at once. Sorted ranges that do not overlap go MULTI_RANGES to a request
+    (RFC 7233 multi-range: nginx and Apache answer them, one round trip for a hundred rows); what a
+    server leaves out of its answer (it sent one range, or refused with the whole file: S3, static
+    servers) is asked for by one ranged GET per range, and that server (its host) is asked so from then on."""
     session = await fs.set_session()
     slots = asyncio.Semaphore(HTTP_REQUESTS)
+    out: list[Any] = [None] * len(ranges)
 
-    async def one(offset: int, n: int) -> Any:
+    async def one(i: int) -> None:
         async with slots:
             try:
-                return await _http_range(session, fs, path, offset, n)
+                out[i] = await _http_range(session, fs, path, *ranges[i])
             except Exception as e:  # noqa: BLE001 - handed back, then raised as one line by read_ranges
-                return e
+                out[i] = e
 
-    return list(await asyncio.gather(*(one(o, n) for o, n in ranges)))
+    async def several(idx: range) -> None:
+        async with slots:
+            got: list[Any]
+            try:
+                got = await _http_multi(session, fs, path, [ranges[i] for i in idx])
+            except Exception as e:  # noqa: BLE001 - as above
+                got = [e] * len(idx)
+        for i, data in zip(idx, got):
+            out[i] = data
+        await asyncio.gather(*(one(i) for i in idx if out[i] is None))
+
+    host = urlparse(path.url).netloc
+    ordered = all(ranges[i][0] + ranges[i][1] <= ranges[i + 1][0] for i in range(len(ranges) - 1))
+    if len(ranges) < 2 or not ordered or host in _SINGLE_RANGE_HOSTS:
+        await asyncio.gather(*(one(i) for i in range(len(ranges))))
+    else:
+        k = -(-len(ranges) // MULTI_RANGES)  # requests, each of about the same number of ranges
+        await asyncio.gather(*(several(range(j * len(ranges) // k, (j + 1) * len(ranges) // k)) for j in range(k)))
+    return out
+
+
+MULTI_RANGES = 100  # ranges per multi-range request (Apache answers at most 200, MaxRanges; nginx: any)
+_SINGLE_RANGE_HOSTS: set[str] = set()  # hosts that answered a multi-range request with one range or the whole file
+_PART_SLACK = 1024  # bytes per joined range that a server may add when it joins ranges into one part (RFC 7233 4.1)
+_PART_HEAD = 512  # bytes of a part's delimiter and headers, at most
+
+
+async def _http_multi(session: Any, fs: Any, path: RemotePath, ranges: list[tuple[int, int]]) -> list[bytes | None]:
+    """The bytes of ``ranges`` (sorted, not overlapping) by one multi-range GET: a 206
+    ``multipart/byteranges`` answer, each part's ``Content-Range`` one asked range, or consecutive asked
+    ranges joined (the gaps between them dropped). None for each range the answer does not bring: the
+    server sent a single range, or the whole file (HTTP 200: not read; its host is then asked one range
+    at a time, ``_SINGLE_RANGE_HOSTS``). The answer is read whole, in large pieces (no round of the event
+    loop per part), and no further than the ranges asked and their parts' headers."""
+    connect, read = timeouts()
+    spec = ",".join(f"{o}-{o + n - 1}" for o, n in ranges)
+    kw = {**fs.kwargs, "headers": {**fs.kwargs.get("headers", {}), "Range": f"bytes={spec}"}}
+    asked = f"{ranges[0][0]:,}-{ranges[-1][0] + ranges[-1][1] - 1:,} ({len(ranges)} ranges)"
+    try:
+        answer = await asyncio.wait_for(session.get(fs.encode_url(path.url), **kw), connect + read)
+    except asyncio.TimeoutError:
+        raise _timeout(path, f"no answer to a request for bytes {asked}") from None
+    got: list[bytes | None] = [None] * len(ranges)
+    starts = {o: i for i, (o, _) in enumerate(ranges)}
+    ends = {o + n - 1: i for i, (o, n) in enumerate(ranges)}
+
+    def covers(value: str | None) -> tuple[int, int, int, int] | None:
+        """(first, last) asked ranges that a Content-Range covers, and its (offset, length); None unless it
+        is asked ranges not yet answered (consecutive ones joined, with small gaps between them at most)."""
+        m = _CONTENT_RANGE.match((value or "").strip())
+        start, end = (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
+        first, last = starts.get(start, -1), ends.get(end, -1)
+        if m is None or first < 0 or last < first or any(got[first:last + 1]) or \
+                end + 1 - start > sum(n for _, n in ranges[first:last + 1]) + _PART_SLACK * (last - first):
+            return None
+        return first, last, start, end + 1 - start
+
+    def place(value: str | None, data: memoryview) -> int:
+        """Hand out a part's bytes ``data`` (from its start) to the asked ranges its Content-Range covers;
+        returns its length. A part that is not asked ranges, or is shorter than its Content-Range, is a
+        StorageError."""
+        span = covers(value)
+        if span is None:
+            raise StorageError(f"{path}: asked the server for bytes {asked} and it answered a part with Content-Range "
+                               f"{_header(value)}; layerfilm reads only the ranges it asks for")
+        first, last, start, n = span
+        if len(data) < n:
+            raise _wrong_length(path, start, n, len(data))
+        for i in range(first, last + 1):
+            got[i] = bytes(data[ranges[i][0] - start:ranges[i][0] - start + ranges[i][1]])
+        return n
+
+    async with answer as r:
+        if r.status == 404:
+            raise FileNotFoundError(path.url)
+        r.raise_for_status()
+        kind = r.headers.get("Content-Type", "")
+        boundary = re.search(r'boundary="?([^";]+)"?', kind) if kind.lower().startswith("multipart/byteranges") else None
+        single = covers(r.headers.get("Content-Range")) if r.status == 206 and boundary is None else None
+        if r.status != 206 or boundary is None:  # the whole file, or one range: asked one range at a time from now on
+            _SINGLE_RANGE_HOSTS.add(urlparse(path.url).netloc)
+            if single is None:  # not read
+                return got
+        most = single[3] if single else sum(n for _, n in ranges) + len(ranges) * (_PART_HEAD + _PART_SLACK)
+        body = await _body(r, most + 1, read)
+    if body is None:
+        raise _timeout(path, f"the answer for bytes {asked} brought less than {PROGRESS // 1024} KiB (or the rest) "
+                             "in one read timeout")
+    if len(body) > most:
+        raise StorageError(f"{path}: asked the server for bytes {asked} and its answer is longer than them")
+    if boundary is None:
+        place(r.headers.get("Content-Range"), memoryview(body))
+    else:
+        _parts(memoryview(body), boundary.group(1).encode(), place, lambda what: StorageError(
+            f"{path}: asked the server for bytes {asked} and its multipart answer is broken ({what})"))
+    return got
+
+
+def _parts(body: memoryview, boundary: bytes, place: Callable[[str | None, memoryview], int],
+           broken: Callable[[str], StorageError]) -> None:
+    """Each part of a ``multipart/byteranges`` body (RFC 2046: ``--boundary``, headers, a blank line, the
+    bytes, CRLF; the last delimiter ``--boundary--``) handed to ``place(its Content-Range, its bytes on)``,
+    which returns its length."""
+    data = bytes(body[:_PART_HEAD])
+    delimiter = b"--" + boundary
+    at = data.find(delimiter)
+    if at < 0:
+        raise broken("no boundary")
+    while True:
+        at += len(delimiter)
+        if body[at:at + 2] == b"--":
+            return
+        head = bytes(body[at:at + _PART_HEAD])
+        stop = head.find(b"\r\n\r\n")
+        if stop < 0:
+            raise broken("a part's headers do not end")
+        fields = dict(line.partition(b":")[::2] for line in head[:stop].split(b"\r\n") if line)
+        value = next((v.strip().decode("latin-1") for k, v in fields.items() if k.strip().lower() == b"content-range"),
+                     None)
+        at += stop + 4
+        at += place(value, body[at:])
+        if body[at:at + 2 + len(delimiter)] != b"\r\n" + delimiter:
+            raise broken("a part longer than its Content-Range")
+        at += 2
 
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)$")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from layerfilm.errors import OutputError
+from layerfilm.io.formats import widen
 
 
 class FeatureStore:
@@ -67,9 +68,7 @@ class FeatureStore:
         """Key frame t's (L, N, D) rows, or only block l's (N, D), read by memory map (its bytes only)."""
         path = self._paths[t]
         arr = np.load(path) if l is None else np.load(path, mmap_mode="r")[l]
-        if arr.dtype == np.uint16:  # bfloat16 bits
-            return (arr.astype(np.uint32) << 16).view(np.float32)
-        return np.asarray(arr)
+        return widen(arr)  # bfloat16 bits (uint16) widened exactly
 
     def __getitem__(self, t: int) -> np.ndarray:
         return self.rows(t)
@@ -80,21 +79,33 @@ class FeatureStore:
 
 
 class ArrayStore:
-    """Key frames held in memory, (T, L, N, D) float32: a block chunk's points while it is projected
-    (layerfilm.study); the same interface as :class:`FeatureStore`."""
+    """Key frames held in memory, (T, L, N, D): a block chunk's points while it is projected
+    (layerfilm.study); the same interface as :class:`FeatureStore`. Float32, or as the checkpoints
+    store them where that is exact (bf16 bits as uint16, float16: ``layerfilm.io.formats.COMPACT``), half
+    the memory (a 70B-shaped block's 512 rows over 179 key frames: 1.5 GB, not 3), each key frame
+    widened to float32 when handed out, so what is computed from it is the same bytes."""
 
     def __init__(self, arr: np.ndarray) -> None:
         self.arr = arr
-        self.max_abs = np.array([max(arr[:, l].max(initial=0), -arr[:, l].min(initial=0)) for l in range(arr.shape[1])])
+        self.max_abs = np.array([_max_abs(arr[:, l]) for l in range(arr.shape[1])], np.float32)
 
     def __len__(self) -> int:
         return len(self.arr)
 
     def __getitem__(self, t: int) -> np.ndarray:
-        return self.arr[t]
+        return widen(self.arr[t])
 
     def block(self, l: int) -> np.ndarray:
-        return self.arr[:, l]
+        return widen(self.arr[:, l])
+
+
+def _max_abs(x: np.ndarray) -> np.float32:
+    """The largest |value| of ``x`` (T, ...): float, or bf16 bits (uint16; |v| orders as bits & 0x7FFF),
+    one key frame at a time (no copy of them all)."""
+    if x.dtype != np.uint16:
+        return np.float32(max(x.max(initial=0), -x.min(initial=0)))
+    top = max((int((f & 0x7FFF).max(initial=0)) for f in x), default=0)
+    return np.float32(widen(np.array(top, np.uint16))[()])
 
 
 SAFE_EXPONENT = 32  # blocks whose largest |value| lies within 2^-32 .. 2^32 are used as they are

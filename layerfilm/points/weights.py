@@ -10,7 +10,7 @@ import numpy as np
 
 from layerfilm.errors import CheckpointError, OptionsError
 from layerfilm.io.blocks import BlockMap, is_conv1d_layout, map_blocks, resolve_param
-from layerfilm.io.formats import check_finite, open_checkpoint
+from layerfilm.io.formats import COMPACT, check_finite, narrow, open_checkpoint
 from layerfilm.io.scan import Checkpoint, Series, problem_of
 from layerfilm.io.storage import AnyPath
 from layerfilm.options import check_seed
@@ -61,6 +61,13 @@ class WeightPlan:
     point_ids: np.ndarray  # (L, N)
     block_bytes: int = 0  # the largest block's tensors in float32: what a whole-block measure holds per copy
     source: str = "weights"  # the rows of the weights, or of Adam's update direction (WeightSpec.source)
+    dtype: str = "F32"  # the filmed tensors' stored dtype in the first checkpoint (safetensors' names)
+
+    @property
+    def held(self) -> np.dtype:
+        """The dtype a block task holds the key frames in: as stored where widening is exact (bf16 bits,
+        float16: half float32's memory), else float32."""
+        return COMPACT.get(self.dtype, np.dtype(np.float32)) if self.source == "weights" else np.dtype(np.float32)
 
     @property
     def name(self) -> str:
@@ -73,9 +80,10 @@ def plan(series: Series, spec: WeightSpec) -> WeightPlan:
     with open_checkpoint(first.path, first.format) as reader:
         keys = reader.keys()
         shapes = {k: reader.shape(k) for k in keys}
-    layer_map = map_blocks(keys, spec.blocks_regex)
-    component = resolve_param(layer_map, spec.param, shapes)
-    names = tuple(layer_map.param_names(component))
+        layer_map = map_blocks(keys, spec.blocks_regex)
+        component = resolve_param(layer_map, spec.param, shapes)
+        names = tuple(layer_map.param_names(component))
+        dtypes = {reader.dtype(n) for n in names}
     transpose = spec.layout == "in-out" or (spec.layout == "auto" and is_conv1d_layout(keys, shapes))
     oriented = {n: shapes[n][::-1] if transpose else shapes[n] for n in names}
     if len(set(oriented.values())) != 1:
@@ -85,7 +93,8 @@ def plan(series: Series, spec: WeightSpec) -> WeightPlan:
     rng = np.random.default_rng(spec.seed)
     ids = np.stack([np.sort(rng.choice(out_dim, n, replace=False)) for _ in names])
     block_bytes = max(sum(int(np.prod(shapes[k])) for k in layer_map.names[b].values()) for b in layer_map.blocks) * 4
-    return WeightPlan(layer_map, component, names, transpose, (out_dim, in_dim), ids, block_bytes, spec.source)
+    return WeightPlan(layer_map, component, names, transpose, (out_dim, in_dim), ids, block_bytes, spec.source,
+                      dtypes.pop() if len(dtypes) == 1 else "F32")
 
 
 def tracked(w: np.ndarray, wp: WeightPlan, i: int) -> np.ndarray:
@@ -97,7 +106,9 @@ def read_points(reader, wp: WeightPlan, where: AnyPath, blocks: Sequence[int] | 
                 out: np.ndarray | None = None) -> np.ndarray:
     """(Lc, N, D) float32 tracked points of ``blocks`` (indices into the plan; default all) in one open
     checkpoint, reading only their rows for an [out, in] matrix (a Conv1D [in, out] one whole); written
-    into ``out`` if given (a block task's array of every key frame: no copy)."""
+    into ``out`` if given (a block task's array of every key frame: no copy). An ``out`` of a compact
+    dtype (``WeightPlan.held``) takes the values as stored (bytes straight in where the tensor has that
+    dtype; otherwise narrowed, or ``NotExact``)."""
     blocks = range(len(wp.tensor_names)) if blocks is None else blocks
     if out is None:
         out = np.empty((len(blocks), wp.point_ids.shape[1], wp.shape[1]), np.float32)
@@ -110,9 +121,11 @@ def read_points(reader, wp: WeightPlan, where: AnyPath, blocks: Sequence[int] | 
         if (shape[::-1] if wp.transpose else shape) != wp.shape:
             raise CheckpointError(f"{where}: {name} has shape {shape}, expected {wp.shape[::-1] if wp.transpose else wp.shape}")
         if wp.transpose:
-            out[j] = tracked(reader.get(name), wp, i)
-        else:
+            narrow(tracked(reader.get(name), wp, i), out[j])
+        elif out.dtype == np.float32 or COMPACT.get(reader.dtype(name)) == out.dtype:
             reader.rows(name, wp.point_ids[i], out=out[j])
+        else:  # stored otherwise than the key frames are held (a float32 checkpoint in a bf16 series)
+            narrow(reader.rows(name, wp.point_ids[i]), out[j])
         check_finite(out[j], where, name, wp.layer_map.blocks[i])  # NaN/Inf would poison the projection
     return out
 

@@ -14,19 +14,24 @@ wrappers add (``module.``, ``_orig_mod.``, a ``model.`` around the whole network
 
 from layerfilm.io.formats import lightning_format, safetensors_format, sharded_format, torch_format  # noqa: F401 (register)
 from layerfilm.io.formats.base import (
+    COMPACT,
     FORMATS,
     HF_WEIGHT_FILE,
     READABLE_DTYPES,
     Format,
+    NotExact,
     Reader,
     Renamed,
     cannot_read_dtype,
     check_finite,
     check_regular,
     detect_format,
+    narrow,
     open_checkpoint,
     unreadable,
+    widen,
 )
 
-__all__ = ["FORMATS", "HF_WEIGHT_FILE", "READABLE_DTYPES", "Format", "Reader", "Renamed", "cannot_read_dtype",
-           "check_finite", "check_regular", "detect_format", "open_checkpoint", "unreadable"]
+__all__ = ["COMPACT", "FORMATS", "HF_WEIGHT_FILE", "READABLE_DTYPES", "Format", "NotExact", "Reader", "Renamed",
+           "cannot_read_dtype", "check_finite", "check_regular", "detect_format", "narrow", "open_checkpoint",
+           "unreadable", "widen"]

@@ -96,16 +96,13 @@ class Renamed:
         return None if tensor is None else tensor(self._raw[name])
 
     def rows(self, name: str, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Rows ``ids`` (sorted) of tensor ``name``, float32 (into ``out`` if given); only their bytes
-        where the format allows."""
+        """Rows ``ids`` (sorted) of tensor ``name``, float32 (into ``out`` if given; an ``out`` of the
+        tensor's ``COMPACT`` dtype takes its values as stored); only their bytes where the format allows."""
         rows = getattr(self.reader, "rows", None)
         if rows is not None:
             return rows(self._raw[name], ids, out=out)
         got = self.reader.get(self._raw[name])[ids]
-        if out is None:
-            return got
-        out[...] = got
-        return out
+        return got if out is None else narrow(got, out)
 
 
 def open_checkpoint(path: AnyPath, format: str) -> Renamed:
@@ -146,10 +143,45 @@ def check_regular(path: AnyPath, error: type[LayerfilmError] = CheckpointError,
     return st
 
 
+# Stored dtypes whose values a block task may hold as they are stored, at half float32's bytes, since
+# widening gives back the float32 values exactly: bfloat16 as its bits (uint16: the high half of a
+# float32; the convention of layerfilm.points' key frames too) and float16 as it is.
+COMPACT = {"BF16": np.dtype(np.uint16), "F16": np.dtype(np.float16)}
+
+
+class NotExact(ValueError):
+    """Values that a compact array (``COMPACT``) cannot hold exactly (a float32 checkpoint in a bf16 series)."""
+
+
+def widen(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32: bf16 bits (uint16) and float16 widened exactly (a new array), float32 as it is."""
+    if x.dtype == np.uint16:
+        return np.left_shift(x, 16, dtype=np.uint32).view(np.float32)
+    return np.asarray(x, np.float32)
+
+
+def narrow(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """float32 ``x`` written into ``out``: float32, or a compact array (bf16 bits, float16) if every value
+    fits it exactly, else :class:`NotExact` (``out`` then holds garbage)."""
+    if out.dtype == np.uint16:
+        bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+        if (bits & 0xFFFF).any():
+            raise NotExact("values that bfloat16 cannot hold")
+        np.right_shift(bits, 16, out=out, casting="unsafe")
+    else:
+        with np.errstate(over="ignore"):  # a value float16 cannot hold becomes inf: found below
+            out[...] = x
+        if out.dtype != np.float32 and not np.array_equal(out, x, equal_nan=True):
+            raise NotExact(f"values that {out.dtype} cannot hold")
+    return out
+
+
 def check_finite(values: np.ndarray, where: AnyPath, name: str, block: int) -> None:
     """Refuse a tensor holding NaN or infinite values (a diverged run or damaged data): the one rule and
-    the one message of ``scan --deep``, render, stills, stability and report."""
-    if not np.isfinite(values).all():
+    the one message of ``scan --deep``, render, stills, stability and report. ``values``: float, or
+    bf16 bits (uint16: finite unless the exponent bits are all ones)."""
+    finite = ((values & 0x7F80) != 0x7F80).all() if values.dtype == np.uint16 else np.isfinite(values).all()
+    if not finite:
         raise CheckpointError(f"{where}: tensor {name} of block {block} holds NaN/Inf")
 
 

@@ -17,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 
 from layerfilm.errors import CheckpointError
-from layerfilm.io.formats.base import FORMATS, cannot_read_dtype, check_regular, unreadable
+from layerfilm.io.formats.base import COMPACT, FORMATS, cannot_read_dtype, check_regular, unreadable
 from layerfilm.io.storage import AnyPath, LocalBytes, RemoteBytes, open_bytes
 
 # safetensors dtype -> NumPy dtype of the stored bytes (little-endian); BF16 is widened by hand.
@@ -261,17 +261,23 @@ class SafetensorsReader:
     def _widened(self, name: str, ranges: list[tuple[int, int]], shape: list[int],
                  out: np.ndarray | None = None) -> np.ndarray:
         """The bytes of ``ranges`` (offsets in the file) of tensor ``name``, read straight into one array of
-        its stored dtype, as float32 of ``shape`` (into ``out`` if given)."""
+        its stored dtype, as float32 of ``shape`` (into ``out`` if given). An ``out`` of the tensor's
+        ``COMPACT`` dtype (bf16 bits, float16) takes the bytes as stored: read straight into it, no widening."""
         if self._src is None:
             raise RuntimeError("use the reader as a context manager")
         dtype = self._header[name]["dtype"]
-        raw = np.empty(shape, NUMPY_DTYPES[dtype])
+        as_stored = out is not None and out.dtype != np.float32
+        if out is not None and as_stored and COMPACT.get(dtype) != out.dtype:
+            raise ValueError(f"{name} is {dtype}: rows go into float32 or its own dtype, not {out.dtype}")
+        raw = out if out is not None and as_stored else np.empty(shape, NUMPY_DTYPES[dtype])
         try:
             whole = self._src.read_into(ranges, memoryview(raw.reshape(-1).view(np.uint8).data))
         except OSError as e:
             raise unreadable(self.path, e) from None
         if not whole:  # the file shrank after it was opened
             raise CheckpointError(f"{self.path}: truncated inside tensor {name}")
+        if as_stored:
+            return raw
         out = np.empty(raw.shape, np.float32) if out is None else out
         if dtype == "BF16":  # the high half of a float32, written in place
             np.left_shift(raw, 16, out=out.view(np.uint32), dtype=np.uint32)

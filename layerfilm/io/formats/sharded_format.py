@@ -14,7 +14,7 @@ from pathlib import PurePath
 import numpy as np
 
 from layerfilm.errors import CheckpointError
-from layerfilm.io.formats.base import FORMATS, Reader, check_regular, unreadable
+from layerfilm.io.formats.base import FORMATS, Reader, check_regular, narrow, unreadable
 from layerfilm.io.storage import AnyPath
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -89,10 +89,7 @@ class ShardedReader:
         if hasattr(shard, "rows"):
             return shard.rows(name, ids, out=out)
         got = shard.get(name)[ids]
-        if out is None:
-            return got
-        out[...] = got
-        return out
+        return got if out is None else narrow(got, out)
 
 
 def check_shard(index: AnyPath, tensor: str, shard: str) -> None:
