@@ -200,3 +200,23 @@ def test_a_real_trainer_reports_the_film_to_tensorboard_and_wandb(example, maker
     history = read_wandb(next((tmp_path / "wandb").glob(f"offline-run-*-{run_id}")) / f"run-{run_id}.wandb")
     assert any("train/loss" in h for h in history)  # the Trainer's own logging, in the same run
     assert [h["train/global_step"] for h in history if "layerfilm/film/path" in h] == [12]
+
+
+@pytest.mark.slow
+def test_a_lightning_tensorboard_logger_gets_the_film(example, makers, tmp_path):
+    pytest.importorskip("lightning")
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from layerfilm.callbacks import LayerfilmLightningCallback
+
+    logger = TensorBoardLogger(str(tmp_path / "logs"))
+    makers.fit_lightning(example, makers.gpt_module(example), tmp_path / "run", steps=15, every=5, items=8, logger=logger,
+                         callbacks=(LayerfilmLightningCallback(out=tmp_path / "film.webm", points=16, size=(320, 180),
+                                                               fps=2, json=tmp_path / "s.json", wait=True),))
+    rows = json.loads((tmp_path / "s.json").read_text())
+    acc = events(Path(logger.log_dir))  # the logger's own run: its scalars and the film's together
+    for r in rows:
+        got = [(e.step, e.value) for e in acc.Scalars(f"layerfilm/point_update/block_{r['block']}")]
+        assert got == series(rows, "point_update")[r["block"]] and len(got) == 2
+    assert [i.step for i in acc.Images("layerfilm/film")] == [15]

@@ -52,7 +52,7 @@ def update_scalars(m: Measured, k: int) -> dict[str, float]:
     return finite({f"layerfilm/point_update/block_{b}": v for b, v in zip(m.blocks, m.point_update[k])})
 
 
-def table_rows(rows: list[dict]) -> tuple[list[str], list[list]]:
+def table_rows(rows: list[dict]) -> tuple[list[Any], list[list]]:
     """The stability rows in long form, one per block and key frame: (columns, data)."""
     columns = ["block", "step", "point_update", "point_distance", "status", "settle_step"]
     return columns, [[r["block"], s, u, d, r["status"], r["settle_step"]]
