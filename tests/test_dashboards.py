@@ -125,6 +125,7 @@ def test_wandb_offline_gets_the_film_the_table_and_each_blocks_update(hf_run, tm
             train_through_hooks(cb, hf_run, ["wandb"])
     finally:
         wandb.finish()
+        wandb.teardown()  # waits for W&B's service process: its run file is complete only then
     rows = json.loads((tmp_path / "s.json").read_text())
     [folder] = (tmp_path / "wandb").glob(f"offline-run-*-{run.id}")
     history = read_wandb(folder / f"run-{run.id}.wandb")
@@ -191,6 +192,7 @@ def test_a_real_trainer_reports_the_film_to_tensorboard_and_wandb(example, maker
         run_id = wandb.run.id
     finally:
         wandb.finish()
+        wandb.teardown()
     rows = json.loads((tmp_path / "s.json").read_text())
     acc = events(tmp_path / "run" / "runs" / "layerfilm")
     for r in rows:

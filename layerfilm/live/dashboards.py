@@ -203,9 +203,12 @@ def lightning_dashboards(loggers: list[Any]) -> Dashboards:
     sinks: list[Any] = []
     for logger in loggers:
         kind = type(logger).__name__
-        if kind == "WandbLogger" and installed("wandb"):
-            logger.experiment  # noqa: B018  (starts the W&B run if the logger has not yet)
-            sinks.append(Wandb("trainer/global_step"))
-        elif kind == "TensorBoardLogger" and installed("tensorboard"):
-            sinks.append(TensorBoard(logger.log_dir))
+        try:
+            if kind == "WandbLogger" and installed("wandb"):
+                logger.experiment  # noqa: B018  (starts the W&B run if the logger has not yet)
+                sinks.append(Wandb("trainer/global_step"))
+            elif kind == "TensorBoardLogger" and installed("tensorboard"):
+                sinks.append(TensorBoard(logger.log_dir))
+        except Exception as e:  # never stops the training
+            warnings.warn(f"layerfilm: the live film is not logged to {kind} ({type(e).__name__}: {e})", stacklevel=2)
     return Dashboards(sinks)
