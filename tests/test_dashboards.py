@@ -29,11 +29,11 @@ def decode(path: Path) -> np.ndarray:
     return np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader])
 
 
-def callback(tmp_path: Path, **extra):
+def callback(tmp_path: Path, wait: bool = True):
     from layerfilm.callbacks import LayerfilmCallback
 
     return LayerfilmCallback(out=tmp_path / "film.webm", points=16, size=(320, 180), fps=2, json=tmp_path / "s.json",
-                             wait=True, **extra)
+                             wait=wait)
 
 
 def train_through_hooks(cb, run: Path, report_to: list[str]) -> None:
@@ -89,6 +89,30 @@ def test_tensorboard_gets_the_film_and_each_blocks_measures(hf_run, tmp_path, mo
     table = text.tensor_proto.string_val[0].decode()
     for r in rows:
         assert f"| {r['block']} | {r['status']} | {r['settle_step'] or ''} |" in table
+
+
+@pytest.mark.slow
+def test_without_wait_the_film_reaches_tensorboard_before_python_exits(hf_run, tmp_path):
+    """train() returns at once; the film's last update, and its logging, end in the exit hook."""
+    pytest.importorskip("tensorboard")
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import test_dashboards as t; "
+            "t.train_through_hooks(t.callback(Path(sys.argv[2]), wait=False), Path(sys.argv[3]), ['tensorboard']); "
+            "print('train() returned', flush=True)")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "TENSORBOARD_LOGGING_DIR": str(tmp_path / "tb")}
+    done = subprocess.run([sys.executable, "-c", code, str(root / "tests"), str(tmp_path), str(hf_run)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout == "train() returned\n", done.stderr
+    assert "the film's last update goes on in the background" in done.stderr
+    acc = events(tmp_path / "tb")
+    assert [i.step for i in acc.Images("layerfilm/film")] == [STEPS[-1]]
+    rows = json.loads((tmp_path / "s.json").read_text())
+    assert {r["block"]: [(e.step, e.value) for e in acc.Scalars(f"layerfilm/point_distance/block_{r['block']}")]
+            for r in rows} == series(rows, "point_distance")
 
 
 def read_wandb(path: Path) -> list[dict]:
