@@ -74,7 +74,8 @@ def test_tensorboard_events(tmp_path):
 
 
 def test_tensorboard_missing_or_logs_damaged_are_skipped_with_one_warning(hf_run, lightning_logged, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed: importing it fails
+    for name in [m for m in sys.modules if m == "tensorboard" or m.startswith("tensorboard.")] + ["tensorboard"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing it (or a loaded submodule) fails
     events = tmp_path / "events"
     events.mkdir()
     (events / "events.out.tfevents.1.host").write_bytes(b"")

@@ -72,6 +72,7 @@ from layerfilm.io.formats import HF_WEIGHT_FILE
 from layerfilm.io.outputs import atomic_output, check_output_path, new_scratch
 from layerfilm.io.scan import TRAINER_STATE, Checkpoint, Series, scan
 from layerfilm.io.storage import AnyPath, local_path
+from layerfilm.live.dashboards import Measured
 from layerfilm.parallel.engines import worker_init
 from layerfilm.parallel.threads import one_blas_thread
 from layerfilm.points import ArrayStore, Features, FeatureStore, safe_scale
@@ -256,7 +257,8 @@ class LiveFilm:
 
     def __init__(self, folder: str | Path, out: str | Path, opts: FilmOptions = FilmOptions(),
                  live: LiveOptions = LiveOptions(), progress: bool = False, polled: bool = True,
-                 scratch: str | Path | None = None) -> None:
+                 scratch: str | Path | None = None, stability: bool = False) -> None:
+        """``stability``: every update's measures are asked for (a training's dashboards): the rows are kept."""
         self.root = Path(folder)
         self.out = Path(out)
         self.opts = check_live(opts, live)
@@ -277,7 +279,8 @@ class LiveFilm:
         self.refits: list[int] = []  # the step of the newest key frame at each fit of the basis
         self.stats: dict[str, np.ndarray] = {}
         self.traj: Trajectories | None = None  # what the outputs show now
-        keep_rows = (live.every != 0 or self.opts.overlay or live.json is not None or live.export is not None)
+        keep_rows = (live.every != 0 or self.opts.overlay or live.json is not None or live.export is not None
+                     or stability)
         self._scratch = new_scratch("live", scratch) if keep_rows else None  # stale ones of killed watches go
         self.store = FeatureStore(Path(self._scratch.name) / "rows") if self._scratch is not None else None
         self.bounds: DistanceBounds | None = None  # every key frame's distance to the newest, when rows are kept
@@ -518,10 +521,15 @@ class LiveFilm:
         are a render's: --refit never (render --fit first) or always (--fit all), with every measure."""
         if self.traj is None or not self.opts.cache or self.live.every not in (0, 1) or self.bounds is None:
             return
-        if "point_distance" not in self.traj.stats:  # every distance, once, for the cache
+        self.study.remember(self.exact())
+
+    def exact(self) -> Trajectories:
+        """The film's key frames with every distance measured (``point_distance``; the rows read back once)."""
+        assert self.traj is not None and self.bounds is not None
+        if "point_distance" not in self.traj.stats:
             stats = {**self.traj.stats, **self._distances(self.traj.steps, exact=True)}
             self.traj = replace(self.traj, stats=stats)
-        self.study.remember(self.traj)
+        return self.traj
 
     def moving(self, traj: Trajectories, k: int) -> int:
         """How many blocks are moving at key frame k (layerfilm.stability.Settling, the overlay's rule;
@@ -555,7 +563,12 @@ class LiveFilm:
 
 
 def stability_json(traj: Trajectories, threshold: float, explained: np.ndarray | None = None) -> str:
-    """The film's per-block stability from its own points, one block a line: block, status (settled,
+    """The film's per-block stability (``stability_rows``), one block a line."""
+    return "[\n" + ",\n".join(json.dumps(r) for r in stability_rows(traj, threshold, explained)) + "\n]\n"
+
+
+def stability_rows(traj: Trajectories, threshold: float, explained: np.ndarray | None = None) -> list[dict]:
+    """The film's per-block stability from its own points, a dict per block: block, status (settled,
     moving or barely moved: layerfilm.stability.Settling), settle_step (null: not settled), settle_threshold,
     steps, point_update, point_distance (to the newest key frame), motion (between key frames, relative to
     the cloud's spread; null at the first), and with ``explained`` (L,) explained_variance: the share of the
@@ -572,7 +585,7 @@ def stability_json(traj: Trajectories, threshold: float, explained: np.ndarray |
     if explained is not None:
         for row, ev in zip(rows, explained):
             row["explained_variance"] = float(ev) if np.isfinite(ev) else None
-    return "[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n"
+    return rows
 
 
 def report_line(up: Update, blocks: int) -> list[str]:
@@ -607,13 +620,25 @@ def watch(folder: str | Path, out: str | Path, opts: FilmOptions = FilmOptions()
         return film
 
 
-def follow(folder: str, out: str, opts: FilmOptions, live: LiveOptions, queue) -> None:
+def measured(film: LiveFilm, up: Update, last: bool) -> Measured | None:
+    """What the training's dashboards get after update ``up`` (``last``: and the film's stability)."""
+    traj = film.traj
+    if traj is None:  # no film yet (one key frame)
+        return None
+    keys = [int(np.searchsorted(traj.steps, s)) for s in up.steps]
+    rows = stability_rows(film.exact(), film.opts.settle_threshold, film.newest_explained()) if last else None
+    return Measured([int(b) for b in traj.blocks], list(up.steps), traj.stats["point_update"][keys].tolist(), rows,
+                    str(film.out) if last and film.out.exists() else None)
+
+
+def follow(folder: str, out: str, opts: FilmOptions, live: LiveOptions, queue, results=None) -> None:
     """The background process of layerfilm.callbacks: ``queue`` brings lists of complete checkpoint paths
-    (then None: the training ended); after each batch of them, the film is updated. Lines go to stderr.
+    (then None: the training ended); after each batch of them, the film is updated. Lines go to stderr;
+    each update's measures go to ``results`` (when given: layerfilm.live.dashboards.Measured).
     It runs at low priority, its numerical libraries on one thread each: training comes first."""
     os.nice(10)
     worker_init()
-    with LiveFilm(folder, out, opts, live, polled=False) as film:
+    with LiveFilm(folder, out, opts, live, polled=False, stability=results is not None) as film:
         while True:
             got = [queue.get()]
             while got[-1] is not None and not queue.empty():  # saves that came during the last update: one update
@@ -624,6 +649,9 @@ def follow(folder: str, out: str, opts: FilmOptions, live: LiveOptions, queue) -
             up = film.update()
             for line in report_line(up, len(film.wp.tensor_names) if film.wp is not None else 0):
                 print(f"layerfilm: {line}", file=sys.stderr, flush=True)
-            if got[-1] is None:
+            last = got[-1] is None
+            if results is not None and (up.steps or last) and (m := measured(film, up, last)) is not None:
+                results.put(m)
+            if last:
                 film.remember()
                 return
