@@ -174,12 +174,15 @@ def first_rows(study: Study) -> tuple[int | None, np.ndarray] | None:
     return None
 
 
-def shared_inits(studies: Sequence[Study]) -> list[bool]:
+def shared_inits(studies: Sequence[Study], points: Sequence[Features] | None = None) -> list[bool]:
     """For each run after the first (the base): it starts from the base's weights, i.e. their first
-    readable checkpoints are equal (same step, equal tracked rows, bit for bit)."""
-    a = first_rows(studies[0])
-    return [a is not None and b is not None and a[0] == b[0] and np.array_equal(a[1], b[1])
-            for b in map(first_rows, studies[1:])]
+    readable checkpoints are equal (same step, equal tracked rows, bit for bit). ``points``: the runs'
+    rows already read (``Study.points``), whose first key frames are those checkpoints: nothing is read
+    again."""
+    firsts = ([(int(f.steps[0]), f.store[0]) for f in points] if points is not None
+              else [first_rows(s) for s in studies])
+    a = firsts[0]
+    return [a is not None and b is not None and a[0] == b[0] and np.array_equal(a[1], b[1]) for b in firsts[1:]]
 
 
 def _matrices(wp: WeightPlan) -> Callable:
@@ -359,8 +362,8 @@ def render_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
     check_output(Path(out), opts.encode, inputs)
     with session():
         studies = open_runs(folders, opts, progress)
-        shared = [True, *shared_inits(studies)]
         points = [s.points() for s in studies]
+        shared = [True, *shared_inits(studies, points)]
         traj, idx = joint_trajectories(points, opts)
         R, (U, L, RN, _) = len(studies), traj.xy.shape
         N = RN // R

@@ -12,6 +12,7 @@ import pytest
 
 from layerfilm import compare, render_runs
 from layerfilm.errors import OptionsError
+from layerfilm.draw.raster import Style
 from layerfilm.film_options import FilmOptions
 from layerfilm.points.weights import WeightSpec
 
@@ -168,3 +169,14 @@ def test_stability_of_several_runs_is_each_runs_own(run_cli, tiny_run, high_lr_r
     assert got["stability"]["high"] == json.loads(alone)
     code, table, _ = run_cli("stability", tiny_run, high_lr_run, "--points", "16", "--quiet")
     assert table.splitlines()[0].split()[:5] == ["block", f"{tiny_run.name}:", "settles", "at", f"{high_lr_run.name}:"]
+
+
+def test_a_film_of_several_runs_reads_their_tracked_rows_once(tiny_run, high_lr_run, tmp_path, bytes_read):
+    """Bytes read stay at most 1.3x the tracked rows of all runs together (issue 27); the shared
+    initialisation is decided from the rows the film reads anyway."""
+    points = 16
+    opts = replace(OPTS, weights=WeightSpec(points=points), style=Style(320, 180))
+    res = render_runs([tiny_run, high_lr_run], tmp_path / "frames", opts, names="base,high", progress=False)
+    tracked = (7 + 3) * 4 * points * 32 * 4  # key frames of both runs x blocks x points x width x float32
+    assert res.keyframes == 7 and bytes_read["get"] == 0
+    assert tracked <= bytes_read["rows"] <= 1.3 * tracked, bytes_read["rows"] / tracked
