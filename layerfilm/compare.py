@@ -53,7 +53,7 @@ from layerfilm.study import Study, weights_subject
 from layerfilm.text import show, text_table
 from layerfilm.video.encode import check_output
 
-WEIGHTS, ACTIVATIONS = "weights", "activations"
+WEIGHTS, ACTIVATIONS, DISTRIBUTION = "weights", "activations", "distribution"
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ class Comparison:
 
     base, runs: the names (folder names, or those given); runs excludes the base.
     shared_init: {run: its first checkpoint equals the base's (tracked rows)}.
-    kind: {run: "weights" (||W_run - W_base|| / ||W_base||) or "activations" (1 - CKA of block outputs)}.
+    kind: {run: "weights" (||W_run - W_base|| / ||W_base||), "activations" (1 - CKA of block outputs) or
+        "distribution" (another initialisation, not measured here: its divergence is NaN)}.
     steps: (S,) the steps every run (and the base) saved.
     blocks: (L,) block indices; names: (L,) their parameter prefixes, e.g. "transformer.h.3".
     divergence: (R, S, L) float64, NaN where a checkpoint of that run (or the base) could not be read.
@@ -109,16 +110,23 @@ class Comparison:
         return json.dumps({"base": self.base, "runs": list(self.runs), "shared_init": self.shared_init,
                            "steps": [int(s) for s in self.steps], "blocks": blocks}, indent=1)
 
+    def rows(self) -> tuple[list[str], list[list[str]]]:
+        """Header and rows of the ranked table: the blocks, the block that differs most first, and each
+        run's divergence at the last common step ("-": not measured or not read)."""
+        final = self.final()
+        head = ["rank", "block", "name", *self.runs]
+        return head, [[str(i + 1), str(self.blocks[l]), self.names[l],
+                       *(_text(final[r, l]) for r in range(len(self.runs)))] for i, l in enumerate(self.order())]
+
+    def notes(self) -> list[str]:
+        """The base, the common steps, and one line per run saying how it is compared."""
+        return ([f"base: {self.base}; {len(self.steps)} common step(s), last {int(self.steps[-1]):,}"]
+                + [f"{n}: {describe_kind(self.kind[n], self.shared_init[n])}" for n in self.runs])
+
     def table(self) -> str:
         """Blocks ranked by how much they differ at the last common step, a column per run, and one line
         per run saying how it is compared."""
-        final = self.final()
-        head = ["rank", "block", "name", *self.runs]
-        rows = [[str(i + 1), str(self.blocks[l]), self.names[l], *(_text(final[r, l]) for r in range(len(self.runs)))]
-                for i, l in enumerate(self.order())]
-        notes = [f"base: {self.base}; {len(self.steps)} common step(s), last {int(self.steps[-1]):,}"]
-        notes += [f"{n}: {describe_kind(self.kind[n], self.shared_init[n])}" for n in self.runs]
-        return "\n".join([*notes, "", text_table(head, rows, left=[2])])
+        return "\n".join([*self.notes(), "", text_table(*self.rows(), left=[2])])
 
 
 def describe_kind(kind: str, shared: bool) -> str:
@@ -126,6 +134,8 @@ def describe_kind(kind: str, shared: bool) -> str:
     if kind == WEIGHTS:
         return "same initialisation: neuron by neuron, ||W - W_base|| / ||W_base|| over the block's matrices"
     init = "same initialisation" if shared else "another initialisation (neurons do not correspond)"
+    if kind == DISTRIBUTION:
+        return f"{init}: by distribution only (settling, norms); no divergence is measured"
     return f"{init}: by representation, 1 - linear CKA of the block outputs on the probe tokens"
 
 
@@ -270,7 +280,8 @@ def common_steps(studies: Sequence[Study]) -> np.ndarray:
 
 
 def compare(base: str | Path, others: Sequence[str | Path], opts: FilmOptions = FilmOptions(),
-            names: Sequence[str] | str | None = None, probe=None, progress: bool = True) -> Comparison:
+            names: Sequence[str] | str | None = None, probe=None, progress: bool = True,
+            by_representation: bool = True) -> Comparison:
     """Each of ``others`` against ``base``, per block, at every step they all saved.
 
     Args:
@@ -280,6 +291,8 @@ def compare(base: str | Path, others: Sequence[str | Path], opts: FilmOptions = 
         probe: the ActivationSpec (or a function returning one) for runs that do not share the base's
             initialisation, when ``opts.activations`` is None (default: the model from config.json and
             the bundled probe text).
+        by_representation: False: runs without the base's initialisation are not measured (kind
+            "distribution", NaN) unless ``opts.activations`` is set; no model is built for them.
     Returns:
         a :class:`Comparison` (``.table()``, ``.to_json()``).
     Example:
@@ -289,7 +302,8 @@ def compare(base: str | Path, others: Sequence[str | Path], opts: FilmOptions = 
     labels = run_names(folders, names)
     studies = open_runs(folders, replace(opts, activations=None), progress)
     shared = dict(zip(labels[1:], shared_inits(studies)))
-    kind = {n: ACTIVATIONS if opts.activations is not None or not shared[n] else WEIGHTS for n in labels[1:]}
+    kind = {n: WEIGHTS if shared[n] and opts.activations is None else
+            ACTIVATIONS if opts.activations is not None or by_representation else DISTRIBUTION for n in labels[1:]}
     steps = common_steps(studies)
     wp = studies[0].weight_plan()
     blocks = np.asarray(wp.layer_map.blocks, np.int64)
@@ -418,20 +432,36 @@ def settling(folders: Sequence[str | Path], opts: FilmOptions = FilmOptions(), n
     return {n: Study.open(f, opts, progress).stability() for n, f in zip(labels, folders)}
 
 
-def settling_table(runs: dict[str, Stability]) -> str:
-    """A row per block, per run the step it settles at ("never") and its distance to the final
-    checkpoint at the last-but-one key frame (relative to the first): settling per run side by side."""
+def settling_rows(runs: dict[str, Stability]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (a row per block) of each run's settling side by side: the step it settles at
+    (else its status: moving, barely moved) and its distance to the final checkpoint at the last-but-one
+    key frame, relative to the first."""
     first = next(iter(runs.values()))
     head = ["block", *(f"{n}: settles at" for n in runs), *(f"{n}: distance near end" for n in runs)]
     rows = []
     for l, b in enumerate(first.blocks):
-        settle = [st.settle_steps[l] if l < len(st.blocks) else None for st in runs.values()]
+        settle = [_settles(st, l) for st in runs.values()]
         near = [_near_end(st, l) for st in runs.values()]
-        rows.append([f"L{b}", *("never" if s is None else f"{s:,}" for s in settle), *(_text(v) for v in near)])
-    th = first.settle_threshold
-    return text_table(head, rows, left=[0]) + (f"\n(settled: distance to the final checkpoint stays below {th:g} of its "
-                                              "value at the first key frame; distance near end: at the last-but-one "
-                                              "key frame, relative to the first; each run against its own final checkpoint)")
+        rows.append([f"L{b}", *settle, *(_text(v) for v in near)])
+    return head, rows
+
+
+def settling_note(threshold: float) -> str:
+    return (f"settled: distance to the final checkpoint stays below {threshold:g} of its value at the first key "
+            "frame; distance near end: at the last-but-one key frame, relative to the first; each run against its "
+            "own final checkpoint")
+
+
+def settling_table(runs: dict[str, Stability]) -> str:
+    """:func:`settling_rows` as aligned text, with what the columns mean."""
+    return text_table(*settling_rows(runs), left=[0]) + f"\n({settling_note(next(iter(runs.values())).settle_threshold)})"
+
+
+def _settles(st: Stability, l: int) -> str:
+    if l >= len(st.blocks):
+        return "-"
+    step = st.settle_steps[l]
+    return f"{step:,}" if step is not None else st.status[l].replace("moving", "never")
 
 
 def _near_end(st: Stability, l: int) -> float:

@@ -263,7 +263,7 @@ COMMANDS: dict[str, tuple[Option, ...]] = {
     "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", "curves", *_RUN),
     "view": _of(*_LOOK, *_TIME, *_RUN),
     "serve": _of(PORT, *_LOOK, *_TIME, *_RUN),
-    "report": _of(FILM, FILM_LINK, LOSSLESS_FILM, INTERACTIVE, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT,
+    "report": _of(NAMES, FILM, FILM_LINK, LOSSLESS_FILM, INTERACTIVE, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT,
                   "size", "cmap", "curves", *_RUN),
 }
 DEFAULTS = {"watch": {"film_layout": "live"}}  # a command whose default differs
@@ -342,7 +342,7 @@ def options(command: str, given: dict[str, Any]):
         bar=g("bar", "motion"),
     )
     live: Any = None
-    if command == "compare":  # runs without the base's initialisation are compared by their activations
+    if command in ("compare", "report"):  # runs without the base's initialisation: compared by their activations
         live = probe
     if command == "watch":
         from layerfilm.live.film import LiveOptions

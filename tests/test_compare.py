@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from layerfilm import compare, render_runs
-from layerfilm.errors import OptionsError
 from layerfilm.draw.raster import Style
+from layerfilm.errors import OptionsError
 from layerfilm.film_options import FilmOptions
 from layerfilm.points.weights import WeightSpec
 
@@ -180,3 +180,34 @@ def test_a_film_of_several_runs_reads_their_tracked_rows_once(tiny_run, high_lr_
     tracked = (7 + 3) * 4 * points * 32 * 4  # key frames of both runs x blocks x points x width x float32
     assert res.keyframes == 7 and bytes_read["get"] == 0
     assert tracked <= bytes_read["rows"] <= 1.3 * tracked, bytes_read["rows"] / tracked
+
+
+def test_report_of_several_runs_ranks_the_hot_block_and_claims_no_correspondence(tiny_run, hot_block_run, seed_run,
+                                                                                tmp_path):
+    from layerfilm.reports.runs import report_runs
+
+    opts = replace(OPTS, weights=WeightSpec(points=16))
+    res = report_runs([tiny_run, hot_block_run, seed_run], tmp_path / "cmp.md", opts, names="base,hot,seed1",
+                      progress=False)
+    assert res.comparison.kind == {"hot": "weights", "seed1": "distribution"}
+    assert res.comparison.blocks[res.comparison.order()[0]] == HOT
+    assert set(res.figures) == {"divergence_1", "settling", "norms"}  # no divergence claimed for another init
+    rows = res.figures["divergence_1"].axes[0].get_yticklabels()
+    assert [t.get_text() for t in rows][0] == f"1. L{HOT}"  # the heatmap's rows ranked
+    assert list(res.stability) == ["base", "hot", "seed1"] and list(res.stability["seed1"].steps) == [0, 20]
+    text = (tmp_path / "cmp.md").read_text()
+    assert "seed1: another initialisation (neurons do not correspond): by distribution only" in text
+    assert "hot: same initialisation: neuron by neuron" in text
+    assert "seed1 against base" not in text and "## hot against base" in text
+    assert all(p.exists() for p in res.files) and len(res.files) == 4  # the report and its three PNGs
+
+
+def test_report_of_several_runs_in_html_by_the_cli(run_cli, tiny_run, high_lr_run, tmp_path):
+    out = tmp_path / "cmp.html"
+    code, _, err = run_cli("report", tiny_run, high_lr_run, "--out", out, "--names", "base,high", "--points", "16",
+                           "--quiet", "--no-cache")
+    assert code == 0, err
+    page = out.read_text()
+    assert page.count("<img") == 3 and "<h2>high against base</h2>" in page and "Settling side by side" in page
+    code, _, err = run_cli("report", tiny_run, high_lr_run, "--out", tmp_path / "b.html", "--interactive", "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "--interactive" in err and not (tmp_path / "b.html").exists()

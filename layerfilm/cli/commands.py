@@ -25,6 +25,7 @@ from layerfilm.io.scan import Checkpoint, no_usable, scan
 from layerfilm.parallel.engines import session
 from layerfilm.projection import stats_table
 from layerfilm.reports.document import report, stills
+from layerfilm.reports.runs import report_runs
 from layerfilm.study import Study
 from layerfilm.text import printable, show, text_table
 
@@ -233,6 +234,12 @@ over time per block (value bins on a symmetric log axis, colour log(1 + count), 
 dimension"), the mean token norm against depth at every key frame with the growth per block over
 training (does the norm grow with depth, and by how much per block), and the fraction of activations
 near zero over training.
+
+Several folders (the first the base; --names a,b,...): the report comparing them: how each run is
+compared (neuron by neuron where it shares the base's initialisation; else by distribution, or with
+--features activations by 1 - CKA of the block outputs), the blocks ranked by how much they differ
+(see `layerfilm compare --help`), a heatmap per run of its divergence from the base (blocks x common
+steps, log colour), each run's settling side by side, and each block's weight norm, a line per run.
 """
 
 
@@ -253,11 +260,11 @@ Firefox 113, Safari 16.4).
 
 
 def _study_parser(sub, name: str, help: str, description: str, out: str | None = None,
-                  several: bool = False) -> argparse.ArgumentParser:
+                  several: str = "") -> argparse.ArgumentParser:
+    """A command of one run (or, with ``several``, its help's words, of several runs)."""
     p = sub.add_parser(name, help=help, description=description + "\n" + REMOTE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", nargs="+" if several else None,
-                   help=FOLDER_HELP + ("; several: each run's settling side by side" if several else ""))
+    p.add_argument("folder", nargs="+" if several else None, help=FOLDER_HELP + (f"; several: {several}" if several else ""))
     if out:
         p.add_argument("--out", required=True, help=out)
     add_options(p, name)
@@ -287,7 +294,8 @@ def _add_study_commands(sub) -> None:
     c.add_argument("folder", help="the base run: " + FOLDER_HELP)
     c.add_argument("others", nargs="+", metavar="other", help="the runs compared with it (folders or URLs)")
     add_options(c, "compare")
-    _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP, several=True)
+    _study_parser(sub, "stability", "table of which blocks have settled (or --json)", STABILITY_HELP,
+                  several="each run's settling side by side")
     _study_parser(sub, "stills", "the first and last key frames (or --steps) side by side", STILLS_HELP,
                   out="output figure: X.png | X.svg | X.pdf")
     _study_parser(sub, "view", "the interactive film: one HTML file that plays, zooms and names neurons", VIEW_HELP,
@@ -296,7 +304,8 @@ def _add_study_commands(sub) -> None:
                   "Serve the interactive film (see `layerfilm view --help`) on http://127.0.0.1:PORT/ until Ctrl-C:\n"
                   "the page and its coordinates as two responses, from memory; only this machine can reach it.\n")
     _study_parser(sub, "report", "HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", REPORT_HELP,
-                  out="report.html (self-contained) | report.md (PNGs written beside it)")
+                  out="report.html (self-contained) | report.md (PNGs written beside it)",
+                  several="the report comparing them, the first the base")
 
 
 def cmd_stability(args: argparse.Namespace) -> int:
@@ -330,8 +339,18 @@ def cmd_stills(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    opts, _ = command_options(args)
-    res = report(args.folder, args.out, value(args, "film"), opts, progress=not value(args, "quiet"),
+    opts, probe = command_options(args)
+    if len(args.folder) > 1:
+        for name in ("film", "film_link", "lossless_film", "interactive"):
+            if value(args, name):
+                raise OptionsError(f"{name}={value(args, name)}: for the report of one run only")
+        runs = report_runs(args.folder, args.out, opts, value(args, "names"), probe, progress=not value(args, "quiet"))
+        print(f"wrote {', '.join(map(show, runs.files))}", file=sys.stderr)
+        _list_skipped(runs.skipped)
+        return 0
+    if value(args, "names") is not None:
+        raise OptionsError(f"names={value(args, 'names')}: for several runs only")
+    res = report(args.folder[0], args.out, value(args, "film"), opts, progress=not value(args, "quiet"),
                  film_link=value(args, "film_link"), interactive=value(args, "interactive"),
                  lossless_film=value(args, "lossless_film"))
     print(f"wrote {', '.join(map(show, res.files))}", file=sys.stderr)
