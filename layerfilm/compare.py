@@ -390,8 +390,11 @@ def render_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
                               traj.method, {}, subject)
         legend = None
         if opts.legend:
+            places = [film_timeline(traj.steps, opts).position(k, 0.0) for k in range(U)]
+            runs = tuple((n, tuple(p for p, s in zip(places, traj.steps) if s in set(f.steps.tolist())))
+                         for n, f in zip(labels, points))
             legend = Legend(tuple(_legend_parts(labels, shared, [len(f.steps) for f in points], traj, subject, opts)),
-                            tuple(film_timeline(traj.steps, opts).position(k, 0.0) for k in range(U)))
+                            tuple(places), runs=runs)
         renderer = Renderer(opts.style, [f"L{b} {n}" for b in traj.blocks for n in labels], extent, legend=legend,
                             group=R, caption=widest_caption(traj.steps, opts.time), marks=())
         maxima = renderer.key_maxima(renderer.place(xy, k, 0.0) for k in range(U))
@@ -416,7 +419,8 @@ def _legend_parts(labels: Sequence[str], shared: Sequence[bool], keys: Sequence[
     parts += [f"{n}: key frames at {k} of the {U} steps, held between" for n, k in zip(labels, keys) if k < U]
     parts += subject_text(subject, traj.method, traj.stats)
     parts.append("one basis and one set of axes per block, fitted on all runs together")
-    parts.append("one clock by step: a run holds its last key frame until its next")
+    parts.append("one clock by step: a run holds its last key frame until its next (timeline: a row of ticks per run, "
+                 "at its key frames)")
     parts.append(time_words(traj.steps, opts)[0])
     return parts
 
