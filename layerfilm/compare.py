@@ -378,32 +378,41 @@ def render_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
         studies = open_runs(folders, opts, progress)
         points = [s.points() for s in studies]
         shared = [True, *shared_inits(studies, points)]
-        traj, idx = joint_trajectories(points, opts)
-        R, (U, L, RN, _) = len(studies), traj.xy.shape
-        N = RN // R
-        check_film_size(U, opts)
-        xy = traj.xy.reshape(U, L, R, N, 2).reshape(U, L * R, N, 2)  # block-major: a block's runs side by side
-        extent = np.repeat(traj.extent(), R, axis=0)
-        wp = studies[0].weight_plan()
-        subject = weights_subject(wp, opts, U, "")
-        panels = Trajectories(traj.steps, np.repeat(traj.blocks, R), np.tile(points[0].point_ids, (R, 1)), xy,
-                              traj.method, {}, subject)
-        legend = None
-        if opts.legend:
-            places = [film_timeline(traj.steps, opts).position(k, 0.0) for k in range(U)]
-            runs = tuple((n, tuple(p for p, s in zip(places, traj.steps) if s in set(f.steps.tolist())))
-                         for n, f in zip(labels, points))
-            legend = Legend(tuple(_legend_parts(labels, shared, [len(f.steps) for f in points], traj, subject, opts)),
-                            tuple(places), runs=runs)
-        renderer = Renderer(opts.style, [f"L{b} {n}" for b in traj.blocks for n in labels], extent, legend=legend,
-                            group=R, caption=widest_caption(traj.steps, opts.time), marks=())
-        maxima = renderer.key_maxima(renderer.place(xy, k, 0.0) for k in range(U))
-        renderer.set_scale(*scale_top(maxima), U)
-        frames = FilmFrames.of(panels, opts, renderer)
-        opts, picked = pick_preset(out, opts, frames.n_frames)
-        n = write_film(panels, out, opts, progress, frames, film_segments(opts, frames.n_frames))
+        panels, n, picked = write_runs_film(points, labels, shared, studies[0].weight_plan(), out, opts, progress)
     skipped = {c.path: c for s in studies for c in s.skipped}
-    return FilmResult(Path(out), n, U, panels, tuple(skipped.values()), None, picked)
+    return FilmResult(Path(out), n, len(panels.steps), panels, tuple(skipped.values()), None, picked)
+
+
+def write_runs_film(points: Sequence[Features], labels: Sequence[str], shared: Sequence[bool], wp: WeightPlan,
+                    out: str | Path, opts: FilmOptions, progress: bool = False) -> tuple[Trajectories, int, str]:
+    """Project the runs' rows (``points``: each run's key frames, the base first) on one basis per block
+    and write their film to ``out``; ``shared``: each run shares the base's initialisation (the base:
+    True). Returns the film's panels (a block's runs side by side), the frames written and the preset
+    picked ("" if none)."""
+    traj, _ = joint_trajectories(points, opts)
+    R, (U, L, RN, _) = len(points), traj.xy.shape
+    N = RN // R
+    check_film_size(U, opts)
+    xy = traj.xy.reshape(U, L, R, N, 2).reshape(U, L * R, N, 2)  # block-major: a block's runs side by side
+    extent = np.repeat(traj.extent(), R, axis=0)
+    subject = weights_subject(wp, opts, U, "")
+    panels = Trajectories(traj.steps, np.repeat(traj.blocks, R), np.tile(points[0].point_ids, (R, 1)), xy,
+                          traj.method, {}, subject)
+    legend = None
+    if opts.legend:
+        places = [film_timeline(traj.steps, opts).position(k, 0.0) for k in range(U)]
+        runs = tuple((n, tuple(p for p, s in zip(places, traj.steps) if s in set(f.steps.tolist())))
+                     for n, f in zip(labels, points))
+        legend = Legend(tuple(_legend_parts(labels, shared, [len(f.steps) for f in points], traj, subject, opts)),
+                        tuple(places), runs=runs)
+    renderer = Renderer(opts.style, [f"L{b} {n}" for b in traj.blocks for n in labels], extent, legend=legend,
+                        group=R, caption=widest_caption(traj.steps, opts.time), marks=())
+    maxima = renderer.key_maxima(renderer.place(xy, k, 0.0) for k in range(U))
+    renderer.set_scale(*scale_top(maxima), U)
+    frames = FilmFrames.of(panels, opts, renderer)
+    opts, picked = pick_preset(out, opts, frames.n_frames)
+    n = write_film(panels, out, opts, progress, frames, film_segments(opts, frames.n_frames))
+    return panels, n, picked
 
 
 def _legend_parts(labels: Sequence[str], shared: Sequence[bool], keys: Sequence[int], traj: Trajectories, subject,

@@ -257,7 +257,7 @@ def _of(*names: str | Option) -> tuple[Option, ...]:
 COMMANDS: dict[str, tuple[Option, ...]] = {
     "render": _of(NAMES, *_FILM, "bar"),
     "compare": _of(JSON_FLAG, NAMES, *_SELECT, *_SOURCE, "param", "points", "seed", "blocks", "layout", *_ACT, *_RUN),
-    "watch": _of(*LIVE_OPTIONS, *(n for n in _FILM if n != "quality")),  # a live film stays lossless
+    "watch": _of(NAMES, *LIVE_OPTIONS, *(n for n in _FILM if n != "quality")),  # a live film stays lossless
     "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
     "stability": _of(JSON_FLAG, NAMES, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
     "stills": _of(KEYFRAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", "curves", *_RUN),

@@ -211,3 +211,42 @@ def test_report_of_several_runs_in_html_by_the_cli(run_cli, tiny_run, high_lr_ru
     assert page.count("<img") == 3 and "<h2>high against base</h2>" in page and "Settling side by side" in page
     code, _, err = run_cli("report", tiny_run, high_lr_run, "--out", tmp_path / "b.html", "--interactive", "--quiet")
     assert code == 2 and err.count("\n") == 1 and "--interactive" in err and not (tmp_path / "b.html").exists()
+
+
+def test_watch_of_two_growing_runs_equals_their_render_and_keeps_each_runs_stability(tiny_run, seed_run, tmp_path):
+    """Two folders filled while watched (the base every 10 steps, seed1 every 20): after each update the
+    film of both and their JSON; at the end the film equals `render BASE OTHER` of the same folders."""
+    import imageio.v3 as iio
+
+    from layerfilm.live.film import LiveOptions
+    from layerfilm.live.runs import RunsWatch
+
+    base, seed = tmp_path / "base", tmp_path / "seed1"
+    base.mkdir()
+    seed.mkdir()
+    opts = replace(OPTS, weights=WeightSpec(points=16), style=Style(320, 180))
+    out, js = tmp_path / "live", tmp_path / "runs.json"
+    with RunsWatch([base, seed], out, opts, LiveOptions(json=str(js))) as w:
+        def add(*files: tuple[Path, Path, int]) -> list[str]:
+            for folder, src, step in files:
+                shutil.copy(src / f"step_{step:06d}.safetensors", folder)
+            for r in w.runs:
+                r.ready.poll()
+            return w.update()
+
+        lines = add((base, tiny_run, 0), (seed, seed_run, 0))
+        assert lines == ["base: key frame: step 0, the first (the film starts at the second)",
+                         "seed1: key frame: step 0, the first (the film starts at the second)"]
+        assert not out.exists() and not js.exists()  # one step so far: no film
+        assert add((base, tiny_run, 10))[0].startswith("base: key frame: step 10, ")
+        got = json.loads(js.read_text())
+        assert got["runs"] == ["base", "seed1"] and got["shared_init"] == {"seed1": False}
+        assert [b["steps"] for b in got["stability"]["base"]] == [[0, 10]] * 4 and got["stability"]["seed1"] == []
+        assert len(list(out.glob("*.png"))) == 2
+        add((base, tiny_run, 20), (seed, seed_run, 20))
+        got = json.loads(js.read_text())
+        assert [b["steps"] for b in got["stability"]["seed1"]] == [[0, 20]] * 4 and w.keyframes == 3
+    once = render_runs([base, seed], tmp_path / "once", opts, progress=False)
+    assert once.keyframes == 3
+    for f in sorted((tmp_path / "once").glob("*.png")):
+        np.testing.assert_array_equal(iio.imread(out / f.name), iio.imread(f))

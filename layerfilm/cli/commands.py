@@ -414,6 +414,11 @@ spans the next power of two of key frames, no settled marks: an update encodes o
 segments of the film (kept beside it until watch ends; .webm encoded with --preset realtime unless
 given). A .gif has one palette: it is re-encoded whole. --film-layout fit re-fits and re-encodes all.
 
+Several folders (the first the base; --names a,b,...): the film of all runs (see `layerfilm render
+--help`), projected again from the kept rows and rewritten whole at every update (--refit always,
+--film-layout fit), and with --json {"runs", "shared_init", "stability": {run: [as above]}}; lines
+start with the run's name.
+
 Ctrl-C or SIGTERM: the update under way is finished, then watch exits 0 with complete outputs (a second
 Ctrl-C stops at once; the outputs of the last finished update stay). Film options are render's (see
 `layerfilm render --help`); --features activations and --final-step are render's only. At exit the key
@@ -425,7 +430,8 @@ with the same options (--fit first for never) then reads no checkpoint.
 def _add_watch(sub) -> None:
     w = sub.add_parser("watch", help="keep a film of a training folder up to date while it trains", description=WATCH_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    w.add_argument("folder", help="the training run's checkpoint folder (may be empty or missing at first)")
+    w.add_argument("folder", nargs="+", help="the training run's checkpoint folder (may be empty or missing at first); "
+                   "several: the film of all of them, the first the base")
     w.add_argument("--out", required=True, help="output: film.webm | film.gif | film.mp4 | frames/ (PNG folder)")
     add_options(w, "watch")
 
@@ -457,12 +463,23 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from layerfilm.live.film import watch
 
     opts, live = command_options(args)
+    if len(args.folder) > 1:
+        from layerfilm.live.runs import watch_runs
+
+        with _stop_requests() as got:
+            runs = watch_runs(args.folder, args.out, opts, live, value(args, "names"), stop=lambda: bool(got),
+                              progress=not value(args, "quiet"), echo=lambda line: print(line, flush=True))
+        print(f"watched {len(args.folder)} runs: {runs.keyframes} key frame(s) in {show(args.out)}", file=sys.stderr)
+        _list_skipped(tuple(runs.skipped))
+        return 0
+    if value(args, "names") is not None:
+        raise OptionsError(f"names={value(args, 'names')}: for several runs only")
     with _stop_requests() as got:
-        film = watch(args.folder, args.out, opts, live, stop=lambda: bool(got), progress=not value(args, "quiet"),
+        film = watch(args.folder[0], args.out, opts, live, stop=lambda: bool(got), progress=not value(args, "quiet"),
                      echo=lambda line: print(line, flush=True))
     if value(args, "stats") and film.traj is not None:
         print(stats_table(film.traj))
-    print(f"watched {show(args.folder)}: {len(film.steps)} key frame(s) in {show(args.out)}", file=sys.stderr)
+    print(f"watched {show(args.folder[0])}: {len(film.steps)} key frame(s) in {show(args.out)}", file=sys.stderr)
     _list_skipped(tuple(film.skipped))
     return 0
 
