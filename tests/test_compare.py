@@ -250,3 +250,11 @@ def test_watch_of_two_growing_runs_equals_their_render_and_keeps_each_runs_stabi
     assert once.keyframes == 3
     for f in sorted((tmp_path / "once").glob("*.png")):
         np.testing.assert_array_equal(iio.imread(out / f.name), iio.imread(f))
+
+
+def test_watch_of_several_runs_refuses_one_runs_outputs_in_one_line(run_cli, tiny_run, high_lr_run, tmp_path):
+    code, _, err = run_cli("watch", tiny_run, high_lr_run, "--out", tmp_path / "f.webm", "--stills", tmp_path / "s.png",
+                           "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "--stills" in err and not list(tmp_path.iterdir())
+    code, _, err = run_cli("watch", tiny_run, "--out", tmp_path / "f.webm", "--names", "a", "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "--names" in err and "several runs only" in err
