@@ -28,6 +28,7 @@ from layerfilm.live.film import LiveFilm, LiveOptions, check_outputs, report_lin
 from layerfilm.points import Features
 from layerfilm.projection import Trajectories
 from layerfilm.text import printable, show
+from layerfilm.video.encode import output_kind
 
 
 class _Follower(LiveFilm):
@@ -64,6 +65,8 @@ class RunsWatch:
         self.out = Path(out)
         self.live = live
         self.opts = replace(opts, film_layout="fit", fit="all")  # the film is rewritten whole at each update
+        if output_kind(self.out) == "webm" and not opts.encode.preset:  # an update's wait matters more (as watch)
+            self.opts = replace(self.opts, encode=replace(opts.encode, preset="realtime"))
         for f in folders:
             check_outputs(f, self.out, self.opts, live)
         follow = replace(live, refit="always", json=None)
