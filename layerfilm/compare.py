@@ -90,11 +90,13 @@ class Comparison:
                     out[r, l] = self.divergence[r, ok[-1], l]
         return out
 
-    def order(self) -> np.ndarray:
+    def order(self, run: str | None = None) -> np.ndarray:
         """(L,) block positions, the block that differs most first: by its largest final divergence over
         the runs, each run's measured against its own largest block (weight divergence and 1 - CKA
-        have different scales), blocks without a value last, then by index."""
+        have different scales), blocks without a value last, then by index; ``run``: by that run's alone."""
         final = self.final()
+        if run is not None:
+            final = final[[self.runs.index(run)]]
         final = np.where(np.isfinite(final), final, -np.inf)
         peak = final.max(axis=1, keepdims=True)
         scaled = np.where(peak > 0, final / np.where(peak > 0, peak, 1), final)

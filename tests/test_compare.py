@@ -258,3 +258,20 @@ def test_watch_of_several_runs_refuses_one_runs_outputs_in_one_line(run_cli, tin
     assert code == 2 and err.count("\n") == 1 and "--stills" in err and not list(tmp_path.iterdir())
     code, _, err = run_cli("watch", tiny_run, "--out", tmp_path / "f.webm", "--names", "a", "--quiet")
     assert code == 2 and err.count("\n") == 1 and "--names" in err and "several runs only" in err
+
+
+def test_each_runs_heatmap_ranks_the_blocks_by_that_run():
+    """Exact construction: run a differs most in block 0, run b only in block 2. The table's ranking
+    ties them (each run scaled to its own largest block); run b's heatmap puts block 2 on top."""
+    from layerfilm.compare import Comparison
+    from layerfilm.reports.figures import divergence_figure
+
+    div = np.zeros((2, 3, 4))
+    div[0, 1:] = [0.9, 0.5, 0.3, 0.2]
+    div[1, 1:, 2] = 3.0
+    div[1, 1, 3] = np.nan  # not read at step 10
+    c = Comparison("base", ("a", "b"), {"a": True, "b": True}, {"a": "weights", "b": "weights"}, np.array([0, 10, 20]),
+                   np.arange(4), tuple(f"h.{i}" for i in range(4)), div)
+    assert list(c.order()) == [0, 2, 1, 3] and list(c.order("b")) == [2, 0, 1, 3] and list(c.order("a")) == [0, 1, 2, 3]
+    labels = [t.get_text() for t in divergence_figure(c, "b").axes[0].get_yticklabels()]
+    assert labels == ["1. L2", "2. L0", "3. L1", "4. L3"]

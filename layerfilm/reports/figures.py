@@ -412,14 +412,14 @@ IDENTICAL, NOT_READ = "#9a9a9a", "#e4e4e4"  # a divergence of exactly 0; a check
 
 
 def divergence_figure(cmp: Comparison, run: str, cmap: str = "magma") -> Figure:
-    """Blocks (rows, ranked: the block that differs most on top) x the common steps: ``run``'s divergence
-    from the base (layerfilm.compare), on a log colour scale in the report heatmap's style; dark grey:
-    identical to the base (0), light grey: not read."""
+    """Blocks (rows, ranked by this run: the block that differs most on top) x the common steps:
+    ``run``'s divergence from the base (layerfilm.compare), on a log colour scale in the report
+    heatmap's style; dark grey: identical to the base (0), light grey: not read."""
     import matplotlib
     from matplotlib.colors import LogNorm
 
     r = cmp.runs.index(run)
-    order = cmp.order()
+    order = cmp.order(run)  # this run's ranking
     d = cmp.divergence[r][:, order].T  # (L, S) in rank order
     L, S = d.shape
     good = np.isfinite(d) & (d > 0)
