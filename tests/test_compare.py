@@ -275,3 +275,22 @@ def test_each_runs_heatmap_ranks_the_blocks_by_that_run():
     assert list(c.order()) == [0, 2, 1, 3] and list(c.order("b")) == [2, 0, 1, 3] and list(c.order("a")) == [0, 1, 2, 3]
     labels = [t.get_text() for t in divergence_figure(c, "b").axes[0].get_yticklabels()]
     assert labels == ["1. L2", "2. L0", "3. L1", "4. L3"]
+
+
+def test_a_narrow_colour_scale_labels_its_ticks_apart():
+    """1 - CKA of unrelated runs spans about 1% (0.2991 to 0.3030): the colour bar's labels must differ."""
+    import io
+
+    from layerfilm.compare import Comparison
+    from layerfilm.reports.figures import divergence_figure, plain_text
+
+    div = np.array([[[0.3010, 0.3015, 0.3030, 0.3000], [0.3025, 0.3020, 0.2991, 0.2997]]])
+    c = Comparison("base", ("seed1",), {"seed1": False}, {"seed1": "activations"}, np.array([0, 20]), np.arange(4),
+                   tuple(f"h.{i}" for i in range(4)), div)
+    fig = divergence_figure(c, "seed1")
+    with plain_text(fig):
+        fig.savefig(io.BytesIO(), format="png")
+    bar = fig.axes[1]
+    shown = [t.get_text() for t in bar.get_yticklabels() + bar.get_yticklabels(minor=True) if t.get_text()]
+    assert len(shown) >= 2 and len(set(shown)) == len(shown), shown
+    assert all("$" not in t for t in shown)  # plain text, never math

@@ -96,9 +96,11 @@ def log_labels(bar, lo: float, hi: float) -> None:
     the decades, and within a range of less than two decades the ticks between them too."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
-    few = hi / max(lo, 1e-300) < 100
-    bar.ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}") if few else NullFormatter())
+    span = max(hi / max(lo, 1e-300) - 1, 1e-12)
+    digits = max(2, math.ceil(-math.log10(span)) + 2) if span < 1 else 2  # a narrow range: enough to tell ticks apart
+    label = FuncFormatter(lambda v, _: f"{v:.{digits}g}")
+    bar.ax.yaxis.set_major_formatter(label)
+    bar.ax.yaxis.set_minor_formatter(label if span < 99 else NullFormatter())
 
 
 def _centre_edges(x: np.ndarray) -> np.ndarray:
