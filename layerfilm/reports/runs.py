@@ -114,7 +114,7 @@ def report_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
 
 def _summary(cmp: Comparison, runs: dict[str, Stability], folders: Sequence[str | Path]) -> list[str]:
     """The report's opening: the runs and their folders, the common steps, how each run is compared."""
-    lines = [f"{len(runs)} runs; base {cmp.base}. " + "; ".join(
+    lines = [f"{len(runs)} runs, the base run {cmp.base}. " + "; ".join(
         f"{n}: {redact(str(f))}, {len(st.steps)} key frames (steps {int(st.steps[0]):,} to {int(st.steps[-1]):,})"
         for (n, st), f in zip(runs.items(), folders)) + "."]
     lines.append(f"Compared at the {len(cmp.steps)} step(s) every run saved ({', '.join(f'{int(s):,}' for s in cmp.steps)}).")
