@@ -56,7 +56,7 @@ from layerfilm.study import Study, weights_subject
 from layerfilm.text import show, text_table
 from layerfilm.video.encode import check_output
 
-WEIGHTS, ACTIVATIONS = "weights", "activations"
+WEIGHTS, ACTIVATIONS, DISTRIBUTION = "weights", "activations", "distribution"
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ class Comparison:
 
     base, runs: the names (folder names, or those given); runs excludes the base.
     shared_init: {run: its first checkpoint equals the base's (tracked rows)}.
-    kind: {run: "weights" (||W_run - W_base|| / ||W_base||) or "activations" (1 - CKA of block outputs)}.
+    kind: {run: "weights" (||W_run - W_base|| / ||W_base||), "activations" (1 - CKA of block outputs) or
+        "distribution" (another initialisation, not measured here: its divergence is NaN)}.
     steps: (S,) the steps every run (and the base) saved.
     blocks: (L,) block indices; names: (L,) their parameter prefixes, e.g. "transformer.h.3".
     divergence: (R, S, L) float64, NaN where a checkpoint of that run (or the base) could not be read.
@@ -92,11 +93,13 @@ class Comparison:
                     out[r, l] = self.divergence[r, ok[-1], l]
         return out
 
-    def order(self) -> np.ndarray:
+    def order(self, run: str | None = None) -> np.ndarray:
         """(L,) block positions, the block that differs most first: by its largest final divergence over
         the runs, each run's measured against its own largest block (weight divergence and 1 - CKA
-        have different scales), blocks without a value last, then by index."""
+        have different scales), blocks without a value last, then by index; ``run``: by that run's alone."""
         final = self.final()
+        if run is not None:
+            final = final[[self.runs.index(run)]]
         final = np.where(np.isfinite(final), final, -np.inf)
         peak = final.max(axis=1, keepdims=True)
         scaled = np.where(peak > 0, final / np.where(peak > 0, peak, 1), final)
@@ -112,16 +115,23 @@ class Comparison:
         return json.dumps({"base": self.base, "runs": list(self.runs), "shared_init": self.shared_init,
                            "steps": [int(s) for s in self.steps], "blocks": blocks}, indent=1)
 
+    def rows(self) -> tuple[list[str], list[list[str]]]:
+        """Header and rows of the ranked table: the blocks, the block that differs most first, and each
+        run's divergence at the last common step ("-": not measured or not read)."""
+        final = self.final()
+        head = ["rank", "block", "name", *self.runs]
+        return head, [[str(i + 1), str(self.blocks[l]), self.names[l],
+                       *(_text(final[r, l]) for r in range(len(self.runs)))] for i, l in enumerate(self.order())]
+
+    def notes(self) -> list[str]:
+        """The base, the common steps, and one line per run saying how it is compared."""
+        return ([f"base: {self.base}; {len(self.steps)} common step(s), last {int(self.steps[-1]):,}"]
+                + [f"{n}: {describe_kind(self.kind[n], self.shared_init[n])}" for n in self.runs])
+
     def table(self) -> str:
         """Blocks ranked by how much they differ at the last common step, a column per run, and one line
         per run saying how it is compared."""
-        final = self.final()
-        head = ["rank", "block", "name", *self.runs]
-        rows = [[str(i + 1), str(self.blocks[l]), self.names[l], *(_text(final[r, l]) for r in range(len(self.runs)))]
-                for i, l in enumerate(self.order())]
-        notes = [f"base: {self.base}; {len(self.steps)} common step(s), last {int(self.steps[-1]):,}"]
-        notes += [f"{n}: {describe_kind(self.kind[n], self.shared_init[n])}" for n in self.runs]
-        return "\n".join([*notes, "", text_table(head, rows, left=[2])])
+        return "\n".join([*self.notes(), "", text_table(*self.rows(), left=[2])])
 
 
 def describe_kind(kind: str, shared: bool) -> str:
@@ -129,6 +139,8 @@ def describe_kind(kind: str, shared: bool) -> str:
     if kind == WEIGHTS:
         return "same initialisation: neuron by neuron, ||W - W_base|| / ||W_base|| over the block's matrices"
     init = "same initialisation" if shared else "another initialisation (neurons do not correspond)"
+    if kind == DISTRIBUTION:
+        return f"{init}: by distribution only (settling, norms); no divergence is measured"
     return f"{init}: by representation, 1 - linear CKA of the block outputs on the probe tokens"
 
 
@@ -177,12 +189,15 @@ def first_rows(study: Study) -> tuple[int | None, np.ndarray] | None:
     return None
 
 
-def shared_inits(studies: Sequence[Study]) -> list[bool]:
+def shared_inits(studies: Sequence[Study], points: Sequence[Features] | None = None) -> list[bool]:
     """For each run after the first (the base): it starts from the base's weights, i.e. their first
-    readable checkpoints are equal (same step, equal tracked rows, bit for bit)."""
-    a = first_rows(studies[0])
-    return [a is not None and b is not None and a[0] == b[0] and np.array_equal(a[1], b[1])
-            for b in map(first_rows, studies[1:])]
+    readable checkpoints are equal (same step, equal tracked rows, bit for bit). ``points``: the runs'
+    rows already read (``Study.points``), whose first key frames are those checkpoints: nothing is read
+    again."""
+    firsts = ([(int(f.steps[0]), f.store[0]) for f in points] if points is not None
+              else [first_rows(s) for s in studies])
+    a = firsts[0]
+    return [a is not None and b is not None and a[0] == b[0] and np.array_equal(a[1], b[1]) for b in firsts[1:]]
 
 
 def _matrices(wp: WeightPlan) -> Callable:
@@ -270,7 +285,8 @@ def common_steps(studies: Sequence[Study]) -> np.ndarray:
 
 
 def compare(base: str | Path, others: Sequence[str | Path], opts: FilmOptions = FilmOptions(),
-            names: Sequence[str] | str | None = None, probe=None, progress: bool = True) -> Comparison:
+            names: Sequence[str] | str | None = None, probe=None, progress: bool = True,
+            by_representation: bool = True) -> Comparison:
     """Each of ``others`` against ``base``, per block, at every step they all saved.
 
     Args:
@@ -280,6 +296,8 @@ def compare(base: str | Path, others: Sequence[str | Path], opts: FilmOptions = 
         probe: the ActivationSpec (or a function returning one) for runs that do not share the base's
             initialisation, when ``opts.activations`` is None (default: the model from config.json and
             the bundled probe text).
+        by_representation: False: runs without the base's initialisation are not measured (kind
+            "distribution", NaN) unless ``opts.activations`` is set; no model is built for them.
     Returns:
         a :class:`Comparison` (``.table()``, ``.to_json()``).
     Example:
@@ -289,7 +307,8 @@ def compare(base: str | Path, others: Sequence[str | Path], opts: FilmOptions = 
     labels = run_names(folders, names)
     studies = open_runs(folders, replace(opts, activations=None), progress)
     shared = dict(zip(labels[1:], shared_inits(studies)))
-    kind = {n: ACTIVATIONS if opts.activations is not None or not shared[n] else WEIGHTS for n in labels[1:]}
+    kind = {n: WEIGHTS if shared[n] and opts.activations is None else
+            ACTIVATIONS if opts.activations is not None or by_representation else DISTRIBUTION for n in labels[1:]}
     steps = common_steps(studies)
     wp = studies[0].weight_plan()
     blocks = np.asarray(wp.layer_map.blocks, np.int64)
@@ -354,17 +373,21 @@ def runs_panels(traj: Trajectories, runs: int, subject) -> Trajectories:
                         traj.xy.reshape(U, L * runs, N, 2), traj.method, {}, subject)
 
 
-def runs_film(traj: Trajectories, labels: Sequence[str], shared: Sequence[bool], keys: Sequence[int], wp: WeightPlan,
-              opts: FilmOptions) -> tuple[Trajectories, FilmFrames]:
+def runs_film(traj: Trajectories, labels: Sequence[str], shared: Sequence[bool], run_steps: Sequence[np.ndarray],
+              wp: WeightPlan, opts: FilmOptions) -> tuple[Trajectories, FilmFrames]:
     """The film of the joint trajectories ``traj`` of runs ``labels`` (``shared``: each shares the base's
-    initialisation; ``keys``: each run's count of key frames): its panels and its frames."""
+    initialisation; ``run_steps``: each run's key frames' steps, ticked on its own timeline row): its
+    panels and its frames."""
     R, U = len(labels), len(traj.steps)
     subject = weights_subject(wp, opts, U, "")
     panels = runs_panels(traj, R, subject)
     legend = None
     if opts.legend:
-        legend = Legend(tuple(_legend_parts(labels, shared, keys, traj, subject, opts)),
-                        tuple(film_timeline(traj.steps, opts).position(k, 0.0) for k in range(U)))
+        places = [film_timeline(traj.steps, opts).position(k, 0.0) for k in range(U)]
+        runs = tuple((n, tuple(p for p, s in zip(places, traj.steps) if s in set(np.asarray(steps).tolist())))
+                     for n, steps in zip(labels, run_steps))
+        legend = Legend(tuple(_legend_parts(labels, shared, [len(st) for st in run_steps], traj, subject, opts)),
+                        tuple(places), runs=runs)
     renderer = Renderer(opts.style, [f"L{b} {n}" for b in traj.blocks for n in labels], np.repeat(traj.extent(), R, axis=0),
                         legend=legend, group=R, caption=widest_caption(traj.steps, opts.time), marks=())
     maxima = renderer.key_maxima(renderer.place(panels.xy, k, 0.0) for k in range(U))
@@ -378,10 +401,16 @@ def runs_frames(studies: Sequence[Study], labels: Sequence[str],
     :func:`render_runs` draws it: panel ``l * R + r`` is block l of run r (R runs), on block l's one basis
     (fitted on all runs together) and axes; the clock is the union of the runs' steps (``renderer.group``: R)."""
     points = [s.points() for s in studies]
+    return points_film(points, labels, [True, *shared_inits(studies, points)], studies[0].weight_plan(), opts)
+
+
+def points_film(points: Sequence[Features], labels: Sequence[str], shared: Sequence[bool], wp: WeightPlan,
+                opts: FilmOptions) -> tuple[Trajectories, FilmFrames]:
+    """(its panels' trajectories, the film) of the runs' rows (``points``: each run's key frames, the base
+    first), projected on one basis per block (:func:`joint_trajectories`, :func:`runs_film`)."""
     traj, _ = joint_trajectories(points, opts)
     check_film_size(len(traj.steps), opts)
-    return runs_film(traj, labels, [True, *shared_inits(studies)], [len(f.steps) for f in points],
-                     studies[0].weight_plan(), opts)
+    return runs_film(traj, labels, shared, [f.steps for f in points], wp, opts)
 
 
 def render_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOptions = FilmOptions(),
@@ -399,11 +428,23 @@ def render_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
     check_output(Path(out), opts.encode, inputs)
     with session():
         studies = open_runs(folders, opts, progress)
-        panels, frames = runs_frames(studies, labels, opts)
-        opts, picked = pick_preset(out, opts, frames.n_frames)
-        n = write_film(panels, out, opts, progress, frames, film_segments(opts, frames.n_frames))
+        points = [s.points() for s in studies]
+        shared = [True, *shared_inits(studies, points)]
+        panels, n, picked = write_runs_film(points, labels, shared, studies[0].weight_plan(), out, opts, progress)
     skipped = {c.path: c for s in studies for c in s.skipped}
     return FilmResult(Path(out), n, len(panels.steps), panels, tuple(skipped.values()), None, picked)
+
+
+def write_runs_film(points: Sequence[Features], labels: Sequence[str], shared: Sequence[bool], wp: WeightPlan,
+                    out: str | Path, opts: FilmOptions, progress: bool = False) -> tuple[Trajectories, int, str]:
+    """Project the runs' rows (``points``: each run's key frames, the base first) on one basis per block
+    and write their film to ``out``; ``shared``: each run shares the base's initialisation (the base:
+    True). Returns the film's panels (a block's runs side by side), the frames written and the preset
+    picked ("" if none)."""
+    panels, frames = points_film(points, labels, shared, wp, opts)
+    opts, picked = pick_preset(out, opts, frames.n_frames)
+    n = write_film(panels, out, opts, progress, frames, film_segments(opts, frames.n_frames))
+    return panels, n, picked
 
 
 def check_runs_film(opts: FilmOptions) -> None:
@@ -446,13 +487,13 @@ def stills_of_runs(folders: Sequence[str | Path], steps: Sequence[int] | None = 
     labels = run_names(folders, names)
     studies = open_runs(folders, opts, progress)
     key_indices(sorted({s for st in studies for s in st.series.steps}), list(steps) if steps is not None else None)
-    shared = [True, *shared_inits(studies)]
     points = [s.points() for s in studies]
+    shared = [True, *shared_inits(studies, points)]
     traj, idx = joint_trajectories(points, opts)
     shown_steps, keys = key_indices([int(s) for s in traj.steps], list(steps) if steps is not None else None)
     R = len(labels)
     wp = studies[0].weight_plan()
-    panels, film = runs_film(traj, labels, shared, [len(f.steps) for f in points], wp, opts)
+    panels, film = runs_film(traj, labels, shared, [f.steps for f in points], wp, opts)
     shown = [[int(f.steps[idx[r, k]]) for k in keys] for r, f in enumerate(points)]  # (R, K) the step each run shows
     parts = _still_parts(labels, shared, shown_steps, shown, panels)
     caption = still_caption(shown_steps)
@@ -495,7 +536,8 @@ def _legend_parts(labels: Sequence[str], shared: Sequence[bool], keys: Sequence[
     parts += [f"{n}: key frames at {k} of the {U} steps, held between" for n, k in zip(labels, keys) if k < U]
     parts += subject_text(subject, traj.method, traj.stats)
     parts.append(BASIS)
-    parts.append("one clock by step: a run holds its last key frame until its next")
+    parts.append("one clock by step: a run holds its last key frame until its next (timeline: a row of ticks per run, "
+                 "at its key frames)")
     parts.append(time_words(traj.steps, opts)[0])
     return parts
 
@@ -524,20 +566,36 @@ def settling(folders: Sequence[str | Path], opts: FilmOptions = FilmOptions(), n
     return {n: Study.open(f, opts, progress).stability() for n, f in zip(labels, folders)}
 
 
-def settling_table(runs: dict[str, Stability]) -> str:
-    """A row per block, per run the step it settles at ("never") and its distance to the final
-    checkpoint at the last-but-one key frame (relative to the first): settling per run side by side."""
+def settling_rows(runs: dict[str, Stability]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (a row per block) of each run's settling side by side: the step it settles at
+    (else its status: moving, barely moved) and its distance to the final checkpoint at the last-but-one
+    key frame, relative to the first."""
     first = next(iter(runs.values()))
     head = ["block", *(f"{n}: settles at" for n in runs), *(f"{n}: distance near end" for n in runs)]
     rows = []
     for l, b in enumerate(first.blocks):
-        settle = [st.settle_steps[l] if l < len(st.blocks) else None for st in runs.values()]
+        settle = [_settles(st, l) for st in runs.values()]
         near = [_near_end(st, l) for st in runs.values()]
-        rows.append([f"L{b}", *("never" if s is None else f"{s:,}" for s in settle), *(_text(v) for v in near)])
-    th = first.settle_threshold
-    return text_table(head, rows, left=[0]) + (f"\n(settled: distance to the final checkpoint stays below {th:g} of its "
-                                              "value at the first key frame; distance near end: at the last-but-one "
-                                              "key frame, relative to the first; each run against its own final checkpoint)")
+        rows.append([f"L{b}", *settle, *(_text(v) for v in near)])
+    return head, rows
+
+
+def settling_note(threshold: float) -> str:
+    return (f"settled: distance to the final checkpoint stays below {threshold:g} of its value at the first key "
+            "frame; distance near end: at the last-but-one key frame, relative to the first; each run against its "
+            "own final checkpoint")
+
+
+def settling_table(runs: dict[str, Stability]) -> str:
+    """:func:`settling_rows` as aligned text, with what the columns mean."""
+    return text_table(*settling_rows(runs), left=[0]) + f"\n({settling_note(next(iter(runs.values())).settle_threshold)})"
+
+
+def _settles(st: Stability, l: int) -> str:
+    if l >= len(st.blocks):
+        return "-"
+    step = st.settle_steps[l]
+    return f"{step:,}" if step is not None else st.status[l].replace("moving", "never")
 
 
 def _near_end(st: Stability, l: int) -> float:

@@ -257,13 +257,13 @@ def _of(*names: str | Option) -> tuple[Option, ...]:
 COMMANDS: dict[str, tuple[Option, ...]] = {
     "render": _of(NAMES, *_FILM, "bar"),
     "compare": _of(JSON_FLAG, NAMES, *_SELECT, *_SOURCE, "param", "points", "seed", "blocks", "layout", *_ACT, *_RUN),
-    "watch": _of(*LIVE_OPTIONS, *(n for n in _FILM if n != "quality")),  # a live film stays lossless
+    "watch": _of(NAMES, *LIVE_OPTIONS, *(n for n in _FILM if n != "quality")),  # a live film stays lossless
     "scan": _of(JSON_FLAG, DEEP, *_SOURCE, "blocks"),
     "stability": _of(JSON_FLAG, NAMES, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT, *_RUN),
     "stills": _of(KEYFRAMES, NAMES, *_SOURCE, *_POINTS, "size", "cmap", "legend", "curves", *_RUN),
     "view": _of(NAMES, *_LOOK, *_TIME, "curves", *_RUN),
     "serve": _of(PORT, *_LOOK, *_TIME, "curves", *_RUN),
-    "report": _of(FILM, FILM_LINK, LOSSLESS_FILM, INTERACTIVE, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT,
+    "report": _of(NAMES, FILM, FILM_LINK, LOSSLESS_FILM, INTERACTIVE, "settle_threshold", *_SELECT, *_SOURCE, *_POINTS, *_ACT,
                   "size", "cmap", "curves", *_RUN),
 }
 DEFAULTS = {"watch": {"film_layout": "live"}}  # a command whose default differs
@@ -342,7 +342,7 @@ def options(command: str, given: dict[str, Any]):
         bar=g("bar", "motion"),
     )
     live: Any = None
-    if command == "compare":  # runs without the base's initialisation are compared by their activations
+    if command in ("compare", "report"):  # runs without the base's initialisation: compared by their activations
         live = probe
     if command == "watch":
         from layerfilm.live.film import LiveOptions

@@ -150,3 +150,27 @@ def reads(monkeypatch):
     real = Study._weights_pass
     monkeypatch.setattr(Study, "_weights_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
+
+
+@pytest.fixture
+def bytes_read(monkeypatch):
+    """Bytes of tensor data the safetensors reader returns (stored bytes: whole tensors and rows), counted
+    while the test runs."""
+    total = {"get": 0, "rows": 0}
+    import numpy as np
+
+    from layerfilm.io.formats import safetensors_format
+
+    reader = safetensors_format.SafetensorsReader
+
+    def counted(kind, real):
+        def read(self, name, *args, **kwargs):
+            arr = real(self, name, *args, **kwargs)
+            size = np.dtype(safetensors_format.NUMPY_DTYPES[self.dtype(name)]).itemsize
+            total[kind] += arr.size * size
+            return arr
+        return read
+
+    monkeypatch.setattr(reader, "get", counted("get", reader.get))
+    monkeypatch.setattr(reader, "rows", counted("rows", reader.rows))
+    return total

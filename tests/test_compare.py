@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from layerfilm import compare, render_runs
+from layerfilm.draw.raster import Style
 from layerfilm.errors import OptionsError
 from layerfilm.film_options import FilmOptions
 from layerfilm.points.weights import WeightSpec
@@ -239,3 +240,126 @@ def test_stills_of_runs_name_them_by_letter_where_names_do_not_fit(tiny_run, hig
     assert f"{long[1]} saved no step 60: shows step 20" in res.words
     short = stills_of_runs(folders, None, opts, names="a,b,c", progress=False)
     assert short.labels[:3] == ("L0 a · 0", "L0 a · 60", "L0 b · 0") and short.words[0] == "base run: a"
+def test_a_film_of_several_runs_reads_their_tracked_rows_once(tiny_run, high_lr_run, tmp_path, bytes_read):
+    """Bytes read stay at most 1.3x the tracked rows of all runs together (issue 27); the shared
+    initialisation is decided from the rows the film reads anyway."""
+    points = 16
+    opts = replace(OPTS, weights=WeightSpec(points=points), style=Style(320, 180))
+    res = render_runs([tiny_run, high_lr_run], tmp_path / "frames", opts, names="base,high", progress=False)
+    tracked = (7 + 3) * 4 * points * 32 * 4  # key frames of both runs x blocks x points x width x float32
+    assert res.keyframes == 7 and bytes_read["get"] == 0
+    assert tracked <= bytes_read["rows"] <= 1.3 * tracked, bytes_read["rows"] / tracked
+
+
+def test_report_of_several_runs_ranks_the_hot_block_and_claims_no_correspondence(tiny_run, hot_block_run, seed_run,
+                                                                                tmp_path):
+    from layerfilm.reports.runs import report_runs
+
+    opts = replace(OPTS, weights=WeightSpec(points=16))
+    res = report_runs([tiny_run, hot_block_run, seed_run], tmp_path / "cmp.md", opts, names="base,hot,seed1",
+                      progress=False)
+    assert res.comparison.kind == {"hot": "weights", "seed1": "distribution"}
+    assert res.comparison.blocks[res.comparison.order()[0]] == HOT
+    assert set(res.figures) == {"divergence_1", "settling", "norms"}  # no divergence claimed for another init
+    rows = res.figures["divergence_1"].axes[0].get_yticklabels()
+    assert [t.get_text() for t in rows][0] == f"1. L{HOT}"  # the heatmap's rows ranked
+    assert list(res.stability) == ["base", "hot", "seed1"] and list(res.stability["seed1"].steps) == [0, 20]
+    text = (tmp_path / "cmp.md").read_text()
+    assert "seed1: another initialisation (neurons do not correspond): by distribution only" in text
+    assert "hot: same initialisation: neuron by neuron" in text
+    assert "seed1 against base" not in text and "## hot against base" in text
+    assert all(p.exists() for p in res.files) and len(res.files) == 4  # the report and its three PNGs
+
+
+def test_report_of_several_runs_in_html_by_the_cli(run_cli, tiny_run, high_lr_run, tmp_path):
+    out = tmp_path / "cmp.html"
+    code, _, err = run_cli("report", tiny_run, high_lr_run, "--out", out, "--names", "base,high", "--points", "16",
+                           "--quiet", "--no-cache")
+    assert code == 0, err
+    page = out.read_text()
+    assert page.count("<img") == 3 and "<h2>high against base</h2>" in page and "Settling side by side" in page
+    code, _, err = run_cli("report", tiny_run, high_lr_run, "--out", tmp_path / "b.html", "--interactive", "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "--interactive" in err and not (tmp_path / "b.html").exists()
+
+
+def test_watch_of_two_growing_runs_equals_their_render_and_keeps_each_runs_stability(tiny_run, seed_run, tmp_path):
+    """Two folders filled while watched (the base every 10 steps, seed1 every 20): after each update the
+    film of both and their JSON; at the end the film equals `render BASE OTHER` of the same folders."""
+    import imageio.v3 as iio
+
+    from layerfilm.live.film import LiveOptions
+    from layerfilm.live.runs import RunsWatch
+
+    base, seed = tmp_path / "base", tmp_path / "seed1"
+    base.mkdir()
+    seed.mkdir()
+    opts = replace(OPTS, weights=WeightSpec(points=16), style=Style(320, 180))
+    out, js = tmp_path / "live", tmp_path / "runs.json"
+    with RunsWatch([base, seed], out, opts, LiveOptions(json=str(js))) as w:
+        def add(*files: tuple[Path, Path, int]) -> list[str]:
+            for folder, src, step in files:
+                shutil.copy(src / f"step_{step:06d}.safetensors", folder)
+            for r in w.runs:
+                r.ready.poll()
+            return w.update()
+
+        lines = add((base, tiny_run, 0), (seed, seed_run, 0))
+        assert lines == ["base: key frame: step 0, the first (the film starts at the second)",
+                         "seed1: key frame: step 0, the first (the film starts at the second)"]
+        assert not out.exists() and not js.exists()  # one step so far: no film
+        assert add((base, tiny_run, 10))[0].startswith("base: key frame: step 10, ")
+        got = json.loads(js.read_text())
+        assert got["runs"] == ["base", "seed1"] and got["shared_init"] == {"seed1": False}
+        assert [b["steps"] for b in got["stability"]["base"]] == [[0, 10]] * 4 and got["stability"]["seed1"] == []
+        assert len(list(out.glob("*.png"))) == 2
+        add((base, tiny_run, 20), (seed, seed_run, 20))
+        got = json.loads(js.read_text())
+        assert [b["steps"] for b in got["stability"]["seed1"]] == [[0, 20]] * 4 and w.keyframes == 3
+    once = render_runs([base, seed], tmp_path / "once", opts, progress=False)
+    assert once.keyframes == 3
+    for f in sorted((tmp_path / "once").glob("*.png")):
+        np.testing.assert_array_equal(iio.imread(out / f.name), iio.imread(f))
+
+
+def test_watch_of_several_runs_refuses_one_runs_outputs_in_one_line(run_cli, tiny_run, high_lr_run, tmp_path):
+    code, _, err = run_cli("watch", tiny_run, high_lr_run, "--out", tmp_path / "f.webm", "--stills", tmp_path / "s.png",
+                           "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "--stills" in err and not list(tmp_path.iterdir())
+    code, _, err = run_cli("watch", tiny_run, "--out", tmp_path / "f.webm", "--names", "a", "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "--names" in err and "several runs only" in err
+
+
+def test_each_runs_heatmap_ranks_the_blocks_by_that_run():
+    """Exact construction: run a differs most in block 0, run b only in block 2. The table's ranking
+    ties them (each run scaled to its own largest block); run b's heatmap puts block 2 on top."""
+    from layerfilm.compare import Comparison
+    from layerfilm.reports.figures import divergence_figure
+
+    div = np.zeros((2, 3, 4))
+    div[0, 1:] = [0.9, 0.5, 0.3, 0.2]
+    div[1, 1:, 2] = 3.0
+    div[1, 1, 3] = np.nan  # not read at step 10
+    c = Comparison("base", ("a", "b"), {"a": True, "b": True}, {"a": "weights", "b": "weights"}, np.array([0, 10, 20]),
+                   np.arange(4), tuple(f"h.{i}" for i in range(4)), div)
+    assert list(c.order()) == [0, 2, 1, 3] and list(c.order("b")) == [2, 0, 1, 3] and list(c.order("a")) == [0, 1, 2, 3]
+    labels = [t.get_text() for t in divergence_figure(c, "b").axes[0].get_yticklabels()]
+    assert labels == ["1. L2", "2. L0", "3. L1", "4. L3"]
+
+
+def test_a_narrow_colour_scale_labels_its_ticks_apart():
+    """1 - CKA of unrelated runs spans about 1% (0.2991 to 0.3030): the colour bar's labels must differ."""
+    import io
+
+    from layerfilm.compare import Comparison
+    from layerfilm.reports.figures import divergence_figure, plain_text
+
+    div = np.array([[[0.3010, 0.3015, 0.3030, 0.3000], [0.3025, 0.3020, 0.2991, 0.2997]]])
+    c = Comparison("base", ("seed1",), {"seed1": False}, {"seed1": "activations"}, np.array([0, 20]), np.arange(4),
+                   tuple(f"h.{i}" for i in range(4)), div)
+    fig = divergence_figure(c, "seed1")
+    with plain_text(fig):
+        fig.savefig(io.BytesIO(), format="png")
+    bar = fig.axes[1]
+    shown = [t.get_text() for t in bar.get_yticklabels() + bar.get_yticklabels(minor=True) if t.get_text()]
+    assert len(shown) >= 2 and len(set(shown)) == len(shown), shown
+    assert all("$" not in t for t in shown)  # plain text, never math

@@ -129,3 +129,34 @@ def test_frames_too_small_for_their_words_are_refused(size):
     with pytest.raises(OptionsError, match=rf"^size={size[0]}x{size[1]}: at least {MIN_WIDTH}x{MIN_HEIGHT}, "):
         Style(*size)
     Style(MIN_WIDTH, MIN_HEIGHT)
+
+
+@pytest.mark.parametrize("runs", [("base", "lr10x"), ("base", "a-run-with-a-rather-long-name-indeed", "seed1")])
+@pytest.mark.parametrize("L", [8, 32])
+@pytest.mark.parametrize("size", SIZES + ODD, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_a_film_of_several_runs_has_a_timeline_row_per_run_and_no_overlaps(size, L, runs):
+    traj = trajectories(L)
+    legend = film_legend(traj, FilmOptions(style=Style(*size)), bar=True)
+    labels = [f"L{b} {n}" for b in traj.blocks for n in runs]
+    lay = plan_frame(*size, labels, "layerfilm", legend.parts, legend.unit, T, widest_caption(traj.steps, "keys"),
+                     MARKS, group=len(runs), runs=runs)
+    texts = lay.text_boxes(12.0, 4, T)
+    assert not problems(texts, lay.graphics(), *size), problems(texts, lay.graphics(), *size)[:3]
+    assert [b.text for b in lay.runs][0] == "base" and len(lay.runs) == len(runs)
+    assert lay.timeline_h == len(runs) * lay.run_h
+    x0, _, y = lay.timeline
+    assert all(b.x + b.w < x0 and y <= b.y and b.y + b.h <= y + lay.timeline_h for b in lay.runs)  # left of its row
+
+
+def test_each_runs_ticks_are_drawn_in_its_row_and_colour():
+    from layerfilm.draw.legend import Legend, run_colour
+    from layerfilm.draw.raster import Renderer
+
+    places = {"base": (0.0, 0.25, 0.5, 0.75, 1.0), "other": (0.0, 0.5, 1.0)}  # another save schedule
+    legend = Legend(("two runs",), places["base"], runs=tuple(places.items()))
+    r = Renderer(Style(640, 360), ["L0 base", "L0 other"], np.array([[-1, 1, -1, 1]] * 2), legend=legend, group=2)
+    x0, x1, y = r.layout.timeline
+    for k, (name, at) in enumerate(places.items()):
+        row = r.base[y + k * r.layout.run_h]  # the row's top line
+        drawn = np.flatnonzero((row[x0:x1] == run_colour(k)).all(-1)) + x0
+        assert list(drawn) == [x0 + round(t * (x1 - x0 - 1)) for t in at], name

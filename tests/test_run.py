@@ -14,7 +14,6 @@ import pytest
 import layerfilm
 from layerfilm.draw.raster import Style
 from layerfilm.film_options import FilmOptions
-from layerfilm.io.formats import safetensors_format
 from layerfilm.stability import BlockStats
 from layerfilm.study import Study
 
@@ -66,25 +65,6 @@ def test_the_films_fps_is_the_one_in_film_options(tiny_run, tmp_path):
     assert res.keyframes == 5 and res.frames == (5 - 1) * 4 + 1
     frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(out))
     assert frames == 17 and seconds == pytest.approx(17 / 4, abs=0.01)
-
-
-@pytest.fixture
-def bytes_read(monkeypatch):
-    """Bytes of tensor data the safetensors reader returns (stored bytes: whole tensors and rows)."""
-    total = {"get": 0, "rows": 0}
-    reader = safetensors_format.SafetensorsReader
-
-    def counted(kind, real):
-        def read(self, name, *args, **kwargs):
-            arr = real(self, name, *args, **kwargs)
-            size = np.dtype(safetensors_format.NUMPY_DTYPES[self.dtype(name)]).itemsize
-            total[kind] += arr.size * size
-            return arr
-        return read
-
-    monkeypatch.setattr(reader, "get", counted("get", reader.get))
-    monkeypatch.setattr(reader, "rows", counted("rows", reader.rows))
-    return total
 
 
 def block_tensor_bytes(folder: Path) -> int:

@@ -25,6 +25,7 @@ from layerfilm.io.scan import Checkpoint, no_usable, scan
 from layerfilm.parallel.engines import session
 from layerfilm.projection import stats_table
 from layerfilm.reports.document import report, stills
+from layerfilm.reports.runs import report_runs
 from layerfilm.study import Study
 from layerfilm.text import printable, show, text_table
 
@@ -242,6 +243,12 @@ over time per block (value bins on a symmetric log axis, colour log(1 + count), 
 dimension"), the mean token norm against depth at every key frame with the growth per block over
 training (does the norm grow with depth, and by how much per block), and the fraction of activations
 near zero over training.
+
+Several folders (the first the base; --names a,b,...): the report comparing them: how each run is
+compared (neuron by neuron where it shares the base's initialisation; else by distribution, or with
+--features activations by 1 - CKA of the block outputs), the blocks ranked by how much they differ
+(see `layerfilm compare --help`), a heatmap per run of its divergence from the base (blocks x common
+steps, log colour), each run's settling side by side, and each block's weight norm, a line per run.
 """
 
 
@@ -312,7 +319,8 @@ def _add_study_commands(sub) -> None:
                   "Serve the interactive film (see `layerfilm view --help`) on http://127.0.0.1:PORT/ until Ctrl-C:\n"
                   "the page and its coordinates as two responses, from memory; only this machine can reach it.\n")
     _study_parser(sub, "report", "HTML or Markdown report: stills, heatmap, HOT charts, norms, settling table", REPORT_HELP,
-                  out="report.html (self-contained) | report.md (PNGs written beside it)")
+                  out="report.html (self-contained) | report.md (PNGs written beside it)",
+                  several="the report comparing them, the first the base")
 
 
 def cmd_stability(args: argparse.Namespace) -> int:
@@ -352,8 +360,18 @@ def cmd_stills(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    opts, _ = command_options(args)
-    res = report(args.folder, args.out, value(args, "film"), opts, progress=not value(args, "quiet"),
+    opts, probe = command_options(args)
+    if len(args.folder) > 1:
+        for name in ("film", "film_link", "lossless_film", "interactive"):
+            if value(args, name):
+                raise OptionsError(f"{name}={value(args, name)}: for the report of one run only")
+        runs = report_runs(args.folder, args.out, opts, value(args, "names"), probe, progress=not value(args, "quiet"))
+        print(f"wrote {', '.join(map(show, runs.files))}", file=sys.stderr)
+        _list_skipped(runs.skipped)
+        return 0
+    if value(args, "names") is not None:
+        raise OptionsError(f"names={value(args, 'names')}: for several runs only")
+    res = report(args.folder[0], args.out, value(args, "film"), opts, progress=not value(args, "quiet"),
                  film_link=value(args, "film_link"), interactive=value(args, "interactive"),
                  lossless_film=value(args, "lossless_film"))
     print(f"wrote {', '.join(map(show, res.files))}", file=sys.stderr)
@@ -424,6 +442,11 @@ spans the next power of two of key frames, no settled marks: an update encodes o
 segments of the film (kept beside it until watch ends; .webm encoded with --preset realtime unless
 given). A .gif has one palette: it is re-encoded whole. --film-layout fit re-fits and re-encodes all.
 
+Several folders (the first the base; --names a,b,...): the film of all runs (see `layerfilm render
+--help`), projected again from the kept rows and rewritten whole at every update (--refit always,
+--film-layout fit), and with --json {"runs", "shared_init", "stability": {run: [as above]}}; lines
+start with the run's name.
+
 Ctrl-C or SIGTERM: the update under way is finished, then watch exits 0 with complete outputs (a second
 Ctrl-C stops at once; the outputs of the last finished update stay). Film options are render's (see
 `layerfilm render --help`); --features activations and --final-step are render's only. At exit the key
@@ -435,7 +458,8 @@ with the same options (--fit first for never) then reads no checkpoint.
 def _add_watch(sub) -> None:
     w = sub.add_parser("watch", help="keep a film of a training folder up to date while it trains", description=WATCH_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    w.add_argument("folder", help="the training run's checkpoint folder (may be empty or missing at first)")
+    w.add_argument("folder", nargs="+", help="the training run's checkpoint folder (may be empty or missing at first); "
+                   "several: the film of all of them, the first the base")
     w.add_argument("--out", required=True, help="output: film.webm | film.gif | film.mp4 | frames/ (PNG folder)")
     add_options(w, "watch")
 
@@ -467,12 +491,23 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from layerfilm.live.film import watch
 
     opts, live = command_options(args)
+    if len(args.folder) > 1:
+        from layerfilm.live.runs import watch_runs
+
+        with _stop_requests() as got:
+            runs = watch_runs(args.folder, args.out, opts, live, value(args, "names"), stop=lambda: bool(got),
+                              progress=not value(args, "quiet"), echo=lambda line: print(line, flush=True))
+        print(f"watched {len(args.folder)} runs: {runs.keyframes} key frame(s) in {show(args.out)}", file=sys.stderr)
+        _list_skipped(tuple(runs.skipped))
+        return 0
+    if value(args, "names") is not None:
+        raise OptionsError(f"names={value(args, 'names')}: for several runs only")
     with _stop_requests() as got:
-        film = watch(args.folder, args.out, opts, live, stop=lambda: bool(got), progress=not value(args, "quiet"),
+        film = watch(args.folder[0], args.out, opts, live, stop=lambda: bool(got), progress=not value(args, "quiet"),
                      echo=lambda line: print(line, flush=True))
     if value(args, "stats") and film.traj is not None:
         print(stats_table(film.traj))
-    print(f"watched {show(args.folder)}: {len(film.steps)} key frame(s) in {show(args.out)}", file=sys.stderr)
+    print(f"watched {show(args.folder[0])}: {len(film.steps)} key frame(s) in {show(args.out)}", file=sys.stderr)
     _list_skipped(tuple(film.skipped))
     return 0
 

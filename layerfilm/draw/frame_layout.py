@@ -11,6 +11,8 @@ pixel is drawn (layerfilm.draw.raster draws at these places; a test reads the bo
              that do not fit beside a label are hidden (the bar's colour still says it).
     footer   the timeline, then the legend's phrases wrapped into rows (between phrases, and between
              words where a phrase is wider than the frame), at most a quarter of the frame's height.
+             A film of several runs has a row of the timeline per run (its key frames' ticks), each
+             run's name left of its row (elided to a fifth of the frame's width at most).
 
 Text scales with the frame's 16:9 height ``min(height, width * 9 / 16)`` and is never smaller than
 ``MIN_PX``. Every accepted size (``MIN_WIDTH`` x ``MIN_HEIGHT`` up to 8K) fits: no two texts overlap,
@@ -150,14 +152,17 @@ class FrameLayout:
     panel_px: tuple[int, int] = (0, 0)
     legend_parts: tuple[str, ...] = field(default=())
     strip_h: int = 0  # the loss/lr strip under the timeline (layerfilm.draw.curves), with its gap above; 0: none
+    runs: tuple[Box, ...] = ()  # several runs: each run's name, left of its row of the timeline
+    run_h: int = 0  # the height of a run's row of the timeline (timeline_h = runs x run_h)
 
     @property
     def timeline(self) -> tuple[int, int, int]:
-        return self.pad * 2, self.width - self.pad * 2, self.height - self.footer
+        left = max((b.x + b.w for b in self.runs), default=0)
+        return max(self.pad * 2, left + self.pad), self.width - self.pad * 2, self.height - self.footer
 
     def row_boxes(self) -> list[Box]:
         """The legend's rows as drawn."""
-        x0, _, y = self.timeline
+        x0, y = self.pad * 2, self.height - self.footer
         out = []
         for i, row in enumerate(self.rows):
             m = text_mask(row, self.legend_px)
@@ -197,7 +202,7 @@ class FrameLayout:
                 out += [b for _, b in self.colour.ticks(vmax, bool(clipped))]
                 note = self.colour.note(clipped, keyframes)
                 out += [note] if note is not None else []
-        out += self.labels
+        out += self.labels + self.runs
         for l in range(len(self.panels)):
             out += [b for b in (self.mark_box(l, w) for w in self.marks) if b is not None]
         return out + self.row_boxes()
@@ -206,7 +211,7 @@ class FrameLayout:
 def plan_frame(width: int, height: int, labels: list[str], title: str = "layerfilm", legend: tuple[str, ...] | None = None,
                unit: str = "points per bin", keyframes: int | None = None, caption: str = CAPTION_SAMPLE,
                marks: tuple[str, ...] = ("settled",), cell: int = 0, group: int = 1, strip: bool = False,
-               timeline: bool = True) -> FrameLayout:
+               timeline: bool = True, runs: tuple[str, ...] = ()) -> FrameLayout:
     """The places of a frame of ``width`` x ``height`` with panels ``labels``.
 
     Args:
@@ -221,6 +226,7 @@ def plan_frame(width: int, height: int, labels: list[str], title: str = "layerfi
             a block's runs).
         strip: keep room for the loss/lr strip under the timeline; ``timeline``: draw the timeline (a
             still has none).
+        runs: the names of the runs of a film of several runs: the timeline gets a row per run.
     Raises OptionsError where the frame is too small for its words."""
     check_frame_size(width, height)
     S = min(height, width * 9 / 16)
@@ -231,8 +237,10 @@ def plan_frame(width: int, height: int, labels: list[str], title: str = "layerfi
                                                      unit if legend is not None else None, keyframes)
     parts = tuple(legend or ())
     hide = False
+    on = timeline and legend is not None
+    run_h = line_height(legend_px) if on and runs else 0
     while True:
-        row_h, timeline_h = round(legend_px * 1.45), max(4, legend_px // 2) if timeline and legend is not None else 0
+        row_h, timeline_h = round(legend_px * 1.45), (max(4, legend_px // 2) if not runs else len(runs) * run_h) if on else 0
         rows = wrap(parts, SEP, legend_px, width - 4 * pad, max(1, height // 4 // row_h)) if legend is not None else []
         strip_h = strip_height(legend_px, height) + legend_px // 4 if strip else 0
         footer = (timeline_h + len(rows) * row_h + legend_px // 2 if legend is not None else 0) + strip_h
@@ -248,8 +256,21 @@ def plan_frame(width: int, height: int, labels: list[str], title: str = "layerfi
         m = text_mask(text, legend_px)
         y = colour.bar.y + (colour.bar.h - m.shape[0]) // 2  # centred on the bar
         colour = ColourBar(**{**colour.__dict__, "unit": Box(u.x, y, m.shape[1], m.shape[0], text)})
+    names = _run_names(runs, legend_px, 2 * pad, height - footer, run_h, width // 5) if run_h else ()
     return FrameLayout(width, height, pad, header, footer, text_px, legend_px, title_box, caption_box, colour, rows, row_h,
-                       timeline_h, legend_parts=parts, strip_h=strip_h, **panels)
+                       timeline_h, legend_parts=parts, strip_h=strip_h, runs=names, run_h=run_h, **panels)
+
+
+def _run_names(runs: tuple[str, ...], px: int, x: int, y: int, row: int, room: int) -> tuple[Box, ...]:
+    """Each run's name left of its row of the timeline (rows ``row`` pixels high from ``y``), elided to
+    ``room`` pixels; a name that cannot be shown at all is left out."""
+    out = []
+    for r, name in enumerate(runs):
+        text = elide(name, px, room)
+        if text:
+            m = text_mask(text, px)
+            out.append(Box(x, y + r * row + (row - m.shape[0]) // 2, m.shape[1], m.shape[0], text))
+    return tuple(out)
 
 
 def _header(W: int, H: int, S: float, pad: int, text_px: int, legend_px: int, title: str, caption: str, unit: str | None,

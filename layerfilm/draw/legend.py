@@ -57,6 +57,8 @@ class Legend:
     unit: what the colour bar counts.
     skips: the key frames k whose gap to k + 1 skipped checkpoints (``layerfilm.draw.timeline.skips``):
         the timeline is dashed between their ticks.
+    runs: a film of several runs (layerfilm.compare): (name, places of that run's own key frames) per
+        run; the timeline gets a row per run, its ticks and name in the run's colour (``run_colour``).
     """
 
     parts: tuple[str, ...]
@@ -64,6 +66,16 @@ class Legend:
     unit: str = "points per bin"
     skips: tuple[int, ...] = ()
     marks: tuple[float, ...] = ()  # places (as ticks) marked in red on the timeline: update-ratio spikes
+    runs: tuple[tuple[str, tuple[float, ...]], ...] = ()
+
+
+RUN_COLOURS = ((110, 190, 255), (255, 150, 70), (130, 225, 120), (240, 120, 230), (245, 225, 90), (120, 235, 235))
+
+
+def run_colour(r: int) -> np.ndarray:
+    """Run r's colour on the timeline of a film of several runs (bright on the dark background; repeats
+    after six runs, whose rows and names still tell them apart)."""
+    return np.array(RUN_COLOURS[r % len(RUN_COLOURS)], np.uint8)
 
 
 def subject_text(subject: Subject | None, method: str, stats: dict[str, np.ndarray]) -> list[str]:

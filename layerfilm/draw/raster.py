@@ -23,7 +23,7 @@ import numpy as np
 
 from layerfilm.draw.fonts import TEXT, Box, clipped, draw_text, text_mask
 from layerfilm.draw.frame_layout import CAPTION_SAMPLE, FrameLayout, check_frame_size, grid_shape, plan_frame
-from layerfilm.draw.legend import Legend
+from layerfilm.draw.legend import Legend, run_colour
 from layerfilm.draw.timeline import lerp
 from layerfilm.errors import OptionsError
 
@@ -212,7 +212,8 @@ class Renderer:
         keyframes = None if passed_ticks or legend is None else len(legend.ticks)
         return plan_frame(style.width, style.height, labels, style.title, legend.parts if legend is not None else None,
                           legend.unit if legend is not None else "", keyframes, caption, marks, style.cell, group, strip,
-                          legend is not None and bool(legend.ticks))
+                          legend is not None and bool(legend.ticks),
+                          tuple(n for n, _ in legend.runs) if legend is not None else ())
 
     def density(self, pts: np.ndarray) -> np.ndarray:
         """(small_h, small_w) int64: the number of points in each bin (points outside their panel's area
@@ -307,7 +308,7 @@ class Renderer:
         if when is not None and (self.legend is not None or self.strip is not None):
             x0, x1, y = self.layout.timeline
             x = x0 + int(round(min(max(when, 0.0), 1.0) * (x1 - x0 - 1)))
-            w = max(3, self.timeline_h)
+            w = max(3, min(self.timeline_h, max(4, self.legend_px // 2)))  # as wide as one row's track is high
             for _, tx in self.passed(when):
                 img[y : y + self.timeline_h, tx] = TICK
             img[y : y + self.timeline_h, max(x0, x - w // 2) : min(x1, x - w // 2 + w)] = CURSOR
@@ -366,13 +367,31 @@ class Renderer:
                 a, b = self._ticks[k][1] + 1, self._ticks[k + 1][1]
                 gap = np.arange(a, b)
                 self.base[y : y + self.timeline_h, gap[(gap - a) // dash % 2 == 1]] = BACKGROUND
-        for _, x in [] if self.passed_ticks else self._ticks:
+        for _, x in [] if self.passed_ticks or legend.runs else self._ticks:
             self.base[y : y + self.timeline_h, x] = TICK
+        if legend.runs:
+            self._draw_run_rows(legend)
         for t in legend.marks:
             x = x0 + int(round(min(max(t, 0.0), 1.0) * (x1 - x0 - 1)))
             self.base[y : y + self.timeline_h, max(x0, x - 1) : x + 2] = MARK
         for box in self.layout.row_boxes():
             draw_text(self.base, box.text, box.x, box.y, self.legend_px)
+
+    def _draw_run_rows(self, legend: Legend) -> None:
+        """A film of several runs: a row of the timeline per run (the track between, background), its key
+        frames' ticks and its name in the run's colour."""
+        x0, x1, y = self.layout.timeline
+        h = self.layout.run_h
+        gap = max(1, h // 5)  # background between the rows' tracks
+        for r, (_, places) in enumerate(legend.runs):
+            top = y + r * h
+            self.base[top + h - gap : top + h, x0:x1] = BACKGROUND
+            colour = run_colour(r)
+            for t in places:
+                x = x0 + int(round(min(max(t, 0.0), 1.0) * (x1 - x0 - 1)))
+                self.base[top : top + h - gap, x : x + max(1, self.legend_px // 8)] = colour
+        for box in self.layout.runs:  # a name's row: the one its box sits in
+            draw_text(self.base, box.text, box.x, box.y, self.legend_px, run_colour((box.y + box.h // 2 - y) // h))
 
     def _draw_colour_bar(self, vmax: float, clipped: int, keyframes: int | None) -> None:
         """The colour bar in the header: the colours of 1 .. vmax points per bin on the frames' log scale

@@ -10,6 +10,9 @@
   activation_hot_figure        activation histograms over time per block (symmetric log value axis)
   activation_norm_figure       mean token norm against depth at every step; growth per block over training
   activation_near_zero_figure  fraction of activations near zero over training, per block
+  divergence_figure     several runs: blocks (ranked) x common steps of a run's divergence from the base
+  runs_settling_figure  several runs: each run's settling curves, side by side
+  runs_norm_figure      several runs: each block's weight norm over training, a line per run
 
 ``save_figure`` writes PNG, SVG or PDF by the file's extension, atomically.
 """
@@ -17,7 +20,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +35,8 @@ from layerfilm.stability import Stability
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from layerfilm.compare import Comparison
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
 DPI = 200
@@ -87,6 +92,18 @@ def _grid(fig: Figure, n: int, cols: int = 4) -> list:
     return list(axes[:n])
 
 
+def log_labels(bar, lo: float, hi: float) -> None:
+    """A log colour bar's numbers as plain text (0.2, 1e-05), never as math (the report draws no math):
+    the decades, and within a range of less than two decades the ticks between them too."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    span = max(hi / max(lo, 1e-300) - 1, 1e-12)
+    digits = max(2, math.ceil(-math.log10(span)) + 2) if span < 1 else 2  # a narrow range: enough to tell ticks apart
+    label = FuncFormatter(lambda v, _: f"{v:.{digits}g}")
+    bar.ax.yaxis.set_major_formatter(label)
+    bar.ax.yaxis.set_minor_formatter(label if span < 99 else NullFormatter())
+
+
 def _centre_edges(x: np.ndarray) -> np.ndarray:
     """(T + 1,) cell edges around the (T,) centres ``x``: halfway between neighbours."""
     x = np.asarray(x, np.float64)
@@ -119,7 +136,7 @@ def heatmap_figure(stab: Stability, cmap: str = "magma") -> Figure:
     ax.set_ylabel("block")
     gap = np.median(np.diff(stab.steps))
     ax.set_title("Which blocks still move\n(white tick: settling step; grey: unchanged)", fontsize="medium")
-    fig.colorbar(mesh, ax=ax, label=f"‖ΔW‖/‖W‖ per {gap:g} steps (log scale)")
+    log_labels(fig.colorbar(mesh, ax=ax, label=f"‖ΔW‖/‖W‖ per {gap:g} steps (log scale)"), lo, hi)
     return fig
 
 
@@ -395,4 +412,95 @@ def activation_near_zero_figure(act: ActivationStats) -> Figure:
     ax.set_ylabel(f"% of activations with |a| < {act.threshold:g}")
     ax.set_title("Activations near zero, per block")
     ax.legend(fontsize="small", ncols=max(1, len(act.blocks) // 12), loc="upper right")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ several runs
+
+IDENTICAL, NOT_READ = "#9a9a9a", "#e4e4e4"  # a divergence of exactly 0; a checkpoint that could not be read
+
+
+def divergence_figure(cmp: Comparison, run: str, cmap: str = "magma") -> Figure:
+    """Blocks (rows, ranked by this run: the block that differs most on top) x the common steps:
+    ``run``'s divergence from the base (layerfilm.compare), on a log colour scale in the report
+    heatmap's style; dark grey: identical to the base (0), light grey: not read."""
+    import matplotlib
+    from matplotlib.colors import LogNorm
+
+    r = cmp.runs.index(run)
+    order = cmp.order(run)  # this run's ranking
+    d = cmp.divergence[r][:, order].T  # (L, S) in rank order
+    L, S = d.shape
+    good = np.isfinite(d) & (d > 0)
+    lo, hi = (d[good].min(), d[good].max()) if good.any() else (1e-12, 1.0)
+    lo = min(lo, hi / 1.0001)
+    fig = _new(min(14, 7.5 + 0.08 * S), min(12, 2.2 + 0.32 * L))
+    ax = fig.add_subplot()
+    colours = matplotlib.colormaps[cmap].with_extremes(bad=NOT_READ, under=IDENTICAL)
+    shown = np.where(np.isfinite(d) & (d <= 0), lo / 10, d)  # exactly the base's: the 'under' colour
+    x = _centre_edges(cmp.steps) if S > 1 else np.array([cmp.steps[0] - 0.5, cmp.steps[0] + 0.5])
+    mesh = ax.pcolormesh(x, np.arange(L + 1) - 0.5, np.ma.masked_invalid(shown), norm=LogNorm(lo, hi), cmap=colours)
+    ax.set_yticks(range(L), [f"{i + 1}. L{cmp.blocks[l]}" for i, l in enumerate(order)])
+    ax.set_ylim(L - 0.5, -0.5)
+    if S <= 12:
+        ax.set_xticks(cmp.steps, [f"{int(v):,}" for v in cmp.steps])
+    ax.set_xlabel("training step (the steps every run saved)")
+    ax.set_ylabel("block, ranked")
+    ax.set_title(f"{run} against {cmp.base}: the block that differs most on top\n(dark grey: identical to the base; "
+                 "light grey: not read)", fontsize="medium")
+    what = "‖W − W_base‖ / ‖W_base‖" if cmp.kind[run] == "weights" else "1 − CKA of the block outputs"
+    log_labels(fig.colorbar(mesh, ax=ax, extend="min", label=f"{what} (log scale)"), lo, hi)
+    return fig
+
+
+def runs_settling_figure(runs: Mapping[str, Stability]) -> Figure:
+    """Each run's blocks' distance to its own final checkpoint (relative to the first key frame), one
+    panel per run side by side on one y axis, with the settling threshold; a dot at each settling step."""
+    import matplotlib
+
+    first = next(iter(runs.values()))
+    L = len(first.blocks)
+    fig = _new(min(16, 1.5 + 4.2 * len(runs)), 4.2)
+    axes = fig.subplots(1, len(runs), sharey=True, squeeze=False)[0]
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, L))
+    for ax, (name, st) in zip(axes, runs.items()):
+        d0 = np.where(st.distance_to_final[0] > 0, st.distance_to_final[0], 1.0)
+        rel = st.distance_to_final / d0
+        steps = st.settle_steps
+        for l in range(len(st.blocks)):
+            ax.plot(st.steps, rel[:, l], color=colours[l % L], label=f"L{st.blocks[l]}", alpha=0.85)
+            if steps[l] is not None:
+                ax.plot([steps[l]], [rel[st.settle_index[l], l]], "o", color=colours[l % L], markeredgecolor="black")
+        ax.axhline(st.settle_threshold, color="black", linestyle="--", linewidth=1)
+        settled = sum(s is not None for s in steps)
+        ax.set_title(f"{name}: {settled} of {len(st.blocks)} blocks settle", fontsize="medium")
+        ax.set_xlabel("training step")
+    axes[0].set_ylabel("distance to own final /\ndistance at first key frame")
+    axes[-1].legend(fontsize="small", ncols=max(1, L // 12), loc="upper right")
+    fig.suptitle(f"Settling per run (dashed: threshold {first.settle_threshold:g}; dot: settling step)")
+    return fig
+
+
+def runs_norm_figure(runs: Mapping[str, Stability]) -> Figure:
+    """The norm of each block's weights (every tensor of the block as one vector) over training, one
+    panel per block, one line per run: the runs compared by distribution, which needs no neuron to
+    correspond (another initialisation too)."""
+    import matplotlib
+
+    first = next(iter(runs.values()))
+    L = len(first.blocks)
+    cols = min(4, L)
+    fig = _new(3.2 * cols + 1.5, 2.4 * math.ceil(L / cols) + 0.8)
+    colours = matplotlib.colormaps["tab10"](np.arange(len(runs)) % 10)
+    axes = _grid(fig, L, cols)
+    for l, ax in enumerate(axes):
+        for c, (name, st) in zip(colours, runs.items()):
+            if l < len(st.blocks):
+                ax.plot(st.steps, st.norm[:, l], "o-", color=c, label=name, linewidth=1.3, markersize=3)
+        ax.set_title(f"L{first.blocks[l]}", fontsize="medium")
+        ax.tick_params(labelsize="small")
+    axes[0].legend(fontsize="small")
+    fig.supxlabel("training step")
+    fig.supylabel("‖W‖ of the block")
+    fig.suptitle("Weight norm per block, one line per run")
     return fig
