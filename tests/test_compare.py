@@ -363,3 +363,59 @@ def test_a_narrow_colour_scale_labels_its_ticks_apart():
     shown = [t.get_text() for t in bar.get_yticklabels() + bar.get_yticklabels(minor=True) if t.get_text()]
     assert len(shown) >= 2 and len(set(shown)) == len(shown), shown
     assert all("$" not in t for t in shown)  # plain text, never math
+
+
+# ------------------------------------------------------------------------------- real Trainer runs (issue 27)
+
+
+def _trainer_run(example, out: Path, hot: int | None) -> Path:
+    """transformers.Trainer on a tiny 4-block GPT-2 from seed 0 (the same initialisation either way), the
+    initial model saved as checkpoint-0/ (the Trainer itself saves none at step 0), then checkpoint-4/ -8/
+    -12/; ``hot``: that block's parameters train at 10x the learning rate (their own AdamW group)."""
+    import torch
+    import transformers as T
+
+    from makers import CONTEXT, batches
+
+    torch.manual_seed(0)
+    model = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=256, n_positions=CONTEXT, n_embd=32, n_layer=4, n_head=2))
+    lr = 3e-3
+    named = list(model.named_parameters())
+    in_hot = [p for n, p in named if hot is not None and n.startswith(f"transformer.h.{hot}.")]
+    rest = [p for n, p in named if not (hot is not None and n.startswith(f"transformer.h.{hot}."))]
+    groups = [{"params": rest, "lr": lr}] + ([{"params": in_hot, "lr": 10 * lr}] if in_hot else [])
+    opt = torch.optim.AdamW(groups, lr=lr)
+    data = [{"input_ids": x[0], "labels": x[0]} for x in batches(example, 96, batch=1)]
+    args = T.TrainingArguments(output_dir=str(out), max_steps=12, save_steps=4, per_device_train_batch_size=8,
+                               report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="steps", seed=0,
+                               lr_scheduler_type="constant", save_only_model=True)
+    trainer = T.Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, None))
+    trainer.save_model(str(out / "checkpoint-0"))
+    trainer.train()
+    return out
+
+
+@pytest.fixture(scope="session")
+def trainer_runs(example, tmp_path_factory) -> tuple[Path, Path]:
+    """(base, hot): two real Trainer runs from one initialisation; in ``hot``, block HOT trains at 10x."""
+    return (_trainer_run(example, tmp_path_factory.mktemp("trainer_base"), None),
+            _trainer_run(example, tmp_path_factory.mktemp("trainer_hot"), HOT))
+
+
+def test_a_block_trained_at_10x_by_a_real_trainer_ranks_first_and_separates_in_the_film(trainer_runs, tmp_path):
+    base, hot = trainer_runs
+    c = compare(base, [hot], OPTS, names="base,hot", progress=False)
+    assert c.shared_init == {"hot": True} and list(c.steps) == [0, 4, 8, 12]
+    assert c.blocks[c.order()[0]] == HOT  # ranked first at the last common step
+    final = c.final()[0]
+    assert final[list(c.blocks).index(HOT)] > 2 * np.delete(final, list(c.blocks).index(HOT)).max(), final
+
+    res = render_runs([base, hot], tmp_path / "frames", OPTS, names="base,hot", progress=False)
+    xy = res.trajectories.xy  # (U, 4 blocks x 2 runs, N, 2): panel 2b is block b of base, 2b + 1 of hot
+    U, P, N, _ = xy.shape
+    np.testing.assert_allclose(xy[0, 1::2], xy[0, 0::2], rtol=0, atol=1e-6)  # one basis per block: step 0 alike
+    # how far the hot run's neurons sit from the same neurons of the base at the last key frame, in
+    # units of the block's panel (its extent): the block trained at 10x is the one that visibly separates
+    ext = np.ptp(xy[:, 0::2].reshape(U, P // 2, N, 2), axis=(0, 2)).max(axis=-1)  # (blocks,)
+    apart = np.linalg.norm(xy[-1, 1::2] - xy[-1, 0::2], axis=-1).mean(axis=-1) / ext
+    assert int(np.argmax(apart)) == HOT and apart[HOT] > 2 * np.delete(apart, HOT).max(), apart
