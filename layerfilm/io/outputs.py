@@ -249,6 +249,18 @@ def _recheck(out: Path, folder: bool) -> None:
 
 
 @contextmanager
+def removed_on_error(files: list[Path]) -> Iterator[list[Path]]:
+    """The files a block writes (it appends each as written): all removed if the block raises, so that
+    a failed command leaves nothing half-written beside its output."""
+    try:
+        yield files
+    except BaseException:
+        for f in files:
+            f.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
 def atomic_output(out: str | Path, folder: bool = False, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``out`` (a new empty folder if ``folder``); when the block
     completes, rename it onto ``out`` (which :func:`check_output_path` has vetted). On any failure

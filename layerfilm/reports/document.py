@@ -27,7 +27,7 @@ from layerfilm.errors import OptionsError
 from layerfilm.film import FilmFrames, film_renderer, key_indices, still_frame
 from layerfilm.film_options import FilmOptions
 from layerfilm.io.logs import RunLogs
-from layerfilm.io.outputs import atomic_output, check_output_path
+from layerfilm.io.outputs import atomic_output, check_output_path, removed_on_error
 from layerfilm.io.storage import local_inputs, redact
 from layerfilm.points.optimizer import NO_STATE, missing_state
 from layerfilm.projection import Trajectories
@@ -399,27 +399,18 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
         text = _html(stab, folder, {n: png_bytes(still) if n == "stills" else _png(f) for n, f in figures.items()},
                      movie, shown, link)
     else:
-        try:
+        with removed_on_error(files):
             for name, fig in figures.items():
                 files.append(save_figure(fig, pngs[name], inputs))
             for title, png in frame_pngs.items():
                 with atomic_output(png, suffix=".png") as tmp:
                     tmp.write_bytes(shown[title].data)
                 files.append(png)
-        except BaseException:
-            for f in files:
-                f.unlink(missing_ok=True)
-            raise
         links = {t: relative_link(frame_pngs.get(t) or _file(shown[t].file), out) for t in shown}
         text = _markdown(stab, folder, {n: relative_link(pngs[n], out) for n in figures}, movie.link if movie else None,
                          links, link, movie.lossless or None if movie else None)
-    try:
-        with atomic_output(out) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    except BaseException:
-        for f in files:
-            f.unlink(missing_ok=True)
-        raise
+    with removed_on_error(files), atomic_output(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return Report(out, stab, figures, [out, *files], (movie.note,) if movie and movie.note and kind == "html" else ())
 
 

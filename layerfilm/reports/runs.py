@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from layerfilm.compare import DISTRIBUTION, Comparison, compare, describe_kind, run_names, settling, settling_note, settling_rows
 from layerfilm.errors import OptionsError
 from layerfilm.film_options import FilmOptions
-from layerfilm.io.outputs import atomic_output, check_output_path
+from layerfilm.io.outputs import atomic_output, check_output_path, removed_on_error
 from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import local_inputs, redact
 from layerfilm.reports.document import CSS, REPORT_KINDS, _data_uri, _html_table, _md, _md_table, _png
@@ -96,7 +96,7 @@ def report_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
     figures |= {"settling": runs_settling_figure(runs), "norms": runs_norm_figure(runs)}
     skipped = tuple({c.path: c for c in (*cmp.skipped, *(c for st in runs.values() for c in st.skipped))}.values())
     files: list[Path] = []
-    try:
+    with removed_on_error(files):
         if kind == "html":
             text = _html(cmp, runs, folders, {n: _png(f) for n, f in figures.items()}, skipped)
         else:
@@ -105,10 +105,6 @@ def report_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
             text = _markdown(cmp, runs, folders, {n: relative_link(pngs[n], out) for n in figures}, skipped)
         with atomic_output(out) as tmp:
             tmp.write_text(text, encoding="utf-8")
-    except BaseException:
-        for f in files:
-            f.unlink(missing_ok=True)
-        raise
     return RunsReport(out, cmp, runs, figures, [out, *files], skipped)
 
 
