@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,10 +22,35 @@ def load_example(name: str):
     return module
 
 
+@contextmanager
+def one_torch_thread():
+    """torch's CPU (intra-op) threads at 1 within the block, as examples/make_checkpoints.py trains from its
+    command line. The fixtures' models are tiny and gain nothing from threads, and with one pytest-xdist
+    worker per core two threads each wait on each other: tiny_run trained in 83 s with 2 threads on a busy
+    2-core machine, in 1.4 s with 1."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def example():
-    """examples/make_checkpoints.py as a module: GPT, Config, train(), corpus()."""
-    return load_example("make_checkpoints")
+    """examples/make_checkpoints.py as a module: GPT, Config, train() (on one torch thread), corpus()."""
+    module = load_example("make_checkpoints")
+    train = module.train
+
+    @functools.wraps(train)
+    def train_on_one_thread(*args, **kwargs):
+        with one_torch_thread():
+            return train(*args, **kwargs)
+
+    module.train = train_on_one_thread
+    return module
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +105,8 @@ def _series(builder: str):
 
     @pytest.fixture(scope="session")
     def fixture(makers, example, tmp_path_factory) -> Path:
-        return getattr(makers, builder)(example, tmp_path_factory.mktemp(builder))
+        with one_torch_thread():
+            return getattr(makers, builder)(example, tmp_path_factory.mktemp(builder))
 
     return fixture
 

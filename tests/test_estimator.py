@@ -9,6 +9,7 @@ import pytest
 import layerfilm
 from layerfilm.errors import LayerfilmError
 from layerfilm.points.weights import WeightSpec
+from layerfilm.projection.umap import UmapOptions
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,10 @@ def raw_points(tiny_run, tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["pca", "procrustes", pytest.param("umap", marks=pytest.mark.slow)])
 def test_fit_transform_equals_the_films_exported_points(tiny_run, tmp_path, raw_points, method):
-    opts = layerfilm.FilmOptions(projection=method, weights=WeightSpec(points=32), fps=2, cache=False,
-                                 style=layerfilm.Style(width=320, height=180))
+    # the film in this process (jobs 1: no workers to start and import umap); the estimator at its defaults.
+    # Points do not depend on jobs: tests/test_projection_cli.py, test_projection_aligned.py
+    opts = layerfilm.FilmOptions(projection=method, weights=WeightSpec(points=32), fps=2, cache=False, jobs=1,
+                                 umap=UmapOptions(jobs=1), style=layerfilm.Style(width=320, height=180))
     layerfilm.render(tiny_run, tmp_path / "f.gif", opts, export=tmp_path / "p.npz", progress=False)
     est = layerfilm.AlignedProjection(method)
     xy = est.fit_transform(raw_points)

@@ -66,12 +66,12 @@ def limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
 
-def layerfilm(tmp_path: Path, *argv: object, stdin: str = "") -> tuple[int, str, str, float]:
-    """Run ``python -m layerfilm argv`` (this checkout's package) as a real process under an address-space
-    limit, with ``stdin``: text piped in, or "yes" for the output of yes(1). Returns (exit code,
-    stdout, stderr, seconds). Hugging Face's cache is a folder of ``tmp_path`` ("hf")."""
+def layerfilm(tmp_path: Path, *argv: object, stdin: str = "", python: bool = False) -> tuple[int, str, str, float]:
+    """Run ``python -m layerfilm argv`` (this checkout's package; ``python argv`` if ``python``) as a real
+    process under an address-space limit, with ``stdin``: text piped in, or "yes" for the output of
+    yes(1). Returns (exit code, stdout, stderr, seconds). Hugging Face's cache is a folder of ``tmp_path`` ("hf")."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "layerfilm", *map(str, argv)]
+    cmd = [sys.executable, *([] if python else ["-m", "layerfilm"]), *map(str, argv)]
     (tmp_path / "hf").mkdir(exist_ok=True)
     start = time.monotonic()
     if stdin == "yes":
@@ -203,7 +203,7 @@ def larger(ckpts: Path, what: str) -> str:
     return f"{config}: describes a model of {shape.parameters:,} parameters and {ckpt} holds {held:,}; {AGAIN}"
 
 
-@pytest.mark.parametrize("run, change, what", [
+LARGER = [
     ("gpt2_run", {"n_layer": 200, "n_embd": 2048}, "layers n_layer 200"),  # the issue's: 9.8 GB, then a traceback
     ("gpt2_run", {"n_embd": 2048, "n_head": 2}, "build"),
     ("gpt2_run", {"n_positions": 10**9}, "build"),  # "can't allocate 128000000000 bytes"
@@ -213,19 +213,55 @@ def larger(ckpts: Path, what: str) -> str:
     ("llama_run", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}, "intermediate_size": 10**7}, "build"),
     ("llama_run", {"model_type": "qwen2", "num_hidden_layers": 10**8}, "layers num_hidden_layers 100000000"),
     ("llama_run", {"vocab_size": 10**9}, "parameters"),  # the native Llama
-])
+]
+
+# Runs ``layerfilm.cli.commands.main`` on each argv of the JSON list argv[1], in this one process, each
+# with its own stdout and stderr (file descriptors 1 and 2, so whatever writes there is caught); prints
+# [[exit code, stdout, stderr, seconds], ...] as JSON to the stdout it started with.
+MAIN_EACH = """
+import json, os, sys, tempfile, time
+from layerfilm.cli.commands import main
+results, real_out = [], os.dup(1)
+for argv in json.loads(sys.argv[1]):
+    with tempfile.TemporaryFile() as o, tempfile.TemporaryFile() as e:
+        os.dup2(o.fileno(), 1), os.dup2(e.fileno(), 2)
+        start = time.monotonic()
+        code = main(argv)
+        sys.stdout.flush(), sys.stderr.flush()
+        seconds = time.monotonic() - start
+        o.seek(0), e.seek(0)
+        results.append([code, o.read().decode(), e.read().decode(), seconds])
+os.write(real_out, json.dumps(results).encode())
+"""
+
+
+@pytest.fixture(scope="module")
+def larger_refusals(request, tmp_path_factory) -> list[tuple[Path, dict, tuple[int, str, str, float], dict]]:
+    """Every LARGER config, each on its own copy of its run, refused by ``render`` in one real process
+    limited to 3 GiB of address space (one import of torch and transformers for all; the limit holds for
+    each, and for all together). Per config: (ckpts, files before, (code, stdout, stderr, seconds), files after)."""
+    copies = []
+    for i, (run, change, _) in enumerate(LARGER):
+        ckpts = copy_run(request.getfixturevalue(run), tmp_path_factory.mktemp(f"larger{i}"))
+        edit_json(ckpts, "config.json", change)
+        copies.append((ckpts, files(ckpts)))
+    tmp = tmp_path_factory.mktemp("hf_home")
+    argvs = [["render", str(c), "--features", "activations", "--device", "cpu", "--quiet", "--out", str(c.parent / "a.webm")]
+             for c, _ in copies]
+    code, out, err, _ = layerfilm(tmp, "-c", MAIN_EACH, json.dumps(argvs), python=True)
+    assert code == 0, err
+    return [(c, before, tuple(r), files(c)) for (c, before), r in zip(copies, json.loads(out))]
+
+
+@pytest.mark.parametrize("i", range(len(LARGER)), ids=[f"{r}-{w}" for r, _, w in LARGER])
 @pytest.mark.slow
-def test_a_config_larger_than_its_checkpoint_is_refused_in_bounded_memory(request, tmp_path, run, change, what):
+def test_a_config_larger_than_its_checkpoint_is_refused_in_bounded_memory(larger_refusals, i):
     """Each is refused from the checkpoint's header and a build on the meta device, in a process limited
     to 3 GiB of address space (the old code allocated 9.8 GB and more, or made Qwen2's per-layer list)."""
-    ckpts = copy_run(request.getfixturevalue(run), tmp_path)
-    edit_json(ckpts, "config.json", change)
-    before = files(ckpts)
-    code, out, err, seconds = layerfilm(tmp_path, "render", ckpts, "--features", "activations", "--device", "cpu",
-                                        "--quiet", "--out", tmp_path / "a.webm")
-    assert (code, out, err) == (2, "", f"layerfilm: error: {larger(ckpts, what)}\n")
+    ckpts, before, (code, out, err, seconds), after = larger_refusals[i]
+    assert (code, out, err) == (2, "", f"layerfilm: error: {larger(ckpts, LARGER[i][2])}\n")
     assert seconds < TIMEOUT
-    assert files(ckpts) == before and sorted(p.name for p in tmp_path.iterdir()) == ["ckpts", "hf"]
+    assert after == before and sorted(p.name for p in ckpts.parent.iterdir()) == ["ckpts"]
 
 
 def test_a_config_of_other_shapes_is_refused_naming_the_tensor(gpt2_run, tmp_path, run_cli):

@@ -149,6 +149,19 @@ def test_same_seed_same_bytes(tmp_path, method, kwargs):
     assert a.xy.tobytes() == b.xy.tobytes()
 
 
+def test_umap_learns_compiled_functions_are_cached_on_disk():
+    """umap-learn compiles the graph and Procrustes functions a layout calls without numba's cache: after
+    the projection's import of umap they are cached, so a worker loads them instead of compiling them."""
+    from numba.core.caching import NullCache
+    from umap import aligned_umap, umap_
+
+    import layerfilm.projection.umap as U
+
+    U._umap()
+    for fn in (umap_.smooth_knn_dist, umap_.compute_membership_strengths, aligned_umap.procrustes_align):
+        assert not isinstance(fn._cache, NullCache), fn.py_func.__name__
+
+
 @pytest.mark.slow
 def test_similarities_match_umap(tmp_path):
     """Our vectorised neighbourhood similarities equal umap-learn's own on real fuzzy graphs."""

@@ -95,11 +95,29 @@ class UmapOptions:
             raise OptionsError(f"umap_stride={self.stride} / jobs={self.jobs}: must be 0 (auto) or positive")
 
 
+@lru_cache(maxsize=1)
 def _umap():
+    """numba, after umap-learn's import and with the umap-learn functions we call cached on disk (see
+    ``_cache_umaps_jit``)."""
     need("umap", "umap", "projection=umap")
     import numba
 
+    _cache_umaps_jit()
     return numba
+
+
+def _cache_umaps_jit() -> None:
+    """Turn on numba's on-disk cache for the umap-learn functions a layout calls that umap-learn compiles
+    without it: else every process (each worker of every render) compiles them again, 20-60 s on a
+    busy 2-core machine for a layout that then takes about a second. The same compiled code, loaded
+    instead of rebuilt: results do not change. Where no cache folder is writable, they compile as before."""
+    from umap import aligned_umap, umap_
+
+    for fn in (umap_.smooth_knn_dist, umap_.compute_membership_strengths, aligned_umap.procrustes_align):
+        try:
+            fn.enable_caching()
+        except RuntimeError:  # numba found no writable cache folder
+            return
 
 
 def _epoch_fn():
@@ -190,6 +208,7 @@ def _optimize(embs: list[np.ndarray], graphs: list, frozen: set[int], epochs: in
 
 def layout_block(frames: np.ndarray, opts: UmapOptions) -> np.ndarray:
     """(T, N, 2) aligned UMAP layouts of one block's key frames (T, N, D)."""
+    _umap()
     from umap.aligned_umap import procrustes_align
     from umap.spectral import spectral_layout
 
