@@ -149,6 +149,26 @@ def test_stills_report_and_export_follow_the_same_rule(ckpts, tmp_path, run_cli,
         assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("command, beside", [("report", "r_heatmap.png"), ("stills", "s_update_ratio.png")])
+def test_a_users_file_where_layerfilm_writes_beside_the_output_is_never_replaced(ckpts, tmp_path, run_cli, command,
+                                                                                beside):
+    """A report's figures and the stills' heatmap are named by layerfilm, not by the user: a file of the
+    user's there is refused in one line before any work and left as it was; layerfilm's own is replaced."""
+    out = tmp_path / ("r.md" if command == "report" else "s.png")
+    user = tmp_path / beside
+    user.write_bytes(b"\x89PNG the user's own picture")
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(command, ckpts, "--out", out, "--points", "16", "--quiet")
+    assert code == 2 and beside in one_error_line(err) and "not written by layerfilm" in err
+    assert snapshot(tmp_path) == before
+    if command == "report":  # a report's own figure from an earlier run is replaced
+        user.unlink()
+        for _ in range(2):
+            code, _, err = run_cli(command, ckpts, "--out", out, "--points", "16", "--quiet")
+            assert code == 0, err
+        assert user.exists()
+
+
 def make_dir(tmp_path: Path, name: str) -> Path:
     d = tmp_path / name
     d.mkdir(exist_ok=True)

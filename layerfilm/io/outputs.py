@@ -97,6 +97,29 @@ def check_output_path(out: str | Path, suffixes: Iterable[str], inputs: Iterable
     return out
 
 
+MARK = "layerfilm"  # the Creator a figure of layerfilm's carries (layerfilm.reports.figures.save_figure)
+
+
+def check_beside_path(out: str | Path, suffixes: Iterable[str], inputs: Iterable[str | Path] = ()) -> Path:
+    """:func:`check_output_path` for a file layerfilm names itself beside the output the user named (a
+    report's figures, the stills' heatmap): an existing file there is replaced only if layerfilm wrote it
+    (it carries MARK), never a file of the user's that happens to have that name."""
+    out = check_output_path(out, suffixes, inputs, option="beside --out")
+    if out.exists() and not _marked(out):
+        raise OptionsError(f"{show(out)}: exists and was not written by layerfilm (the output beside --out); "
+                           "layerfilm never replaces it: move it or choose another --out")
+    return out
+
+
+def _marked(path: Path, span: int = 2**20) -> bool:
+    """Whether the file carries MARK in its first or last ``span`` bytes (PNG text chunks and SVG metadata
+    come first, a PDF's Info dictionary last)."""
+    with path.open("rb") as f:
+        head = f.read(span)
+        f.seek(max(0, path.stat().st_size - span))
+        return MARK.encode() in head or MARK.encode() in f.read(span)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -27,7 +27,7 @@ from layerfilm.errors import OptionsError
 from layerfilm.film import FilmFrames, film_renderer, key_indices, still_frame
 from layerfilm.film_options import FilmOptions
 from layerfilm.io.logs import RunLogs
-from layerfilm.io.outputs import atomic_output, check_output_path, removed_on_error
+from layerfilm.io.outputs import atomic_output, check_beside_path, check_output_path, removed_on_error
 from layerfilm.io.storage import local_inputs, redact
 from layerfilm.points.optimizer import NO_STATE, missing_state
 from layerfilm.projection import Trajectories
@@ -114,6 +114,7 @@ def stills(folder: str | Path | Sequence[str | Path], out: str | Path | None = N
     inputs = tuple(p for f in folders for p in local_inputs(f))
     if out is not None:  # a bad extension or a path that is not ours fails before any work
         check_output_path(out, (f".{figure_format(out)}",), inputs)
+        check_beside_path(ratio_path(out), (f".{figure_format(out)}",), inputs)
     if len(folders) > 1:
         runs = stills_of_runs(folders, steps, opts, names, progress)
         result = Stills(runs.steps, runs.frames, image_figure(runs.image), runs.image)
@@ -376,7 +377,9 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
     shown = pictures(frames)  # every frame checked (and its file read) before any checkpoint is
     frame_pngs = {t: out.with_name(f"{out.stem}_frame_{i}.png") for i, t in enumerate(shown) if shown[t].file is None}
     if kind == "md":
-        for png in [*pngs.values(), *frame_pngs.values()]:
+        for png in pngs.values():
+            check_beside_path(png, (".png",), inputs)
+        for png in frame_pngs.values():
             check_output_path(png, (".png",), inputs)
     view = check_view_path(out.with_name(f"{out.stem}_view.html"), inputs) if interactive else None
     if film_link and film is None:

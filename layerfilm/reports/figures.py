@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from layerfilm.errors import OptionsError
-from layerfilm.io.outputs import atomic_output, check_output_path
+from layerfilm.io.outputs import MARK, atomic_output, check_output_path
 from layerfilm.points.act_stats import HIST_EDGES, ActivationStats
 from layerfilm.points.optimizer import OptimizerMeasures
 from layerfilm.stability import Stability
@@ -55,7 +55,7 @@ def save_figure(fig: Figure, path: str | Path, inputs: tuple[Path, ...] = ()) ->
     fmt = figure_format(path)
     check_output_path(path, (f".{fmt}",), inputs)
     with atomic_output(path, suffix=f".{fmt}") as tmp, plain_text(fig):
-        fig.savefig(tmp, format=fmt, dpi=DPI, facecolor="white")
+        fig.savefig(tmp, format=fmt, dpi=DPI, facecolor="white", metadata={"Creator": MARK})
     return Path(path)
 
 

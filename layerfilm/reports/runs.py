@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from layerfilm.compare import DISTRIBUTION, Comparison, compare, describe_kind, run_names, settling, settling_note, settling_rows
 from layerfilm.errors import OptionsError
 from layerfilm.film_options import FilmOptions
-from layerfilm.io.outputs import atomic_output, check_output_path, removed_on_error
+from layerfilm.io.outputs import atomic_output, check_beside_path, check_output_path, removed_on_error
 from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import local_inputs, redact
 from layerfilm.reports.document import CSS, REPORT_KINDS, _data_uri, _html_table, _md, _md_table, _png
@@ -88,7 +88,7 @@ def report_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOption
             for n in [*(f"divergence_{i}" for i in range(1, len(labels))), "settling", "norms"]}
     if kind == "md":
         for png in pngs.values():
-            check_output_path(png, (".png",), inputs)
+            check_beside_path(png, (".png",), inputs)
     cmp = compare(folders[0], folders[1:], opts, labels, probe, progress, by_representation=False)
     runs = settling(folders, replace(opts, activations=None), labels, progress)  # the weights' settling
     figures = {f"divergence_{i}": divergence_figure(cmp, n) for i, n in enumerate(cmp.runs, 1)
