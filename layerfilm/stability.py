@@ -298,11 +298,29 @@ def settling_text(threshold: float) -> str:
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     """Linear CKA (Kornblith et al. 2019) between point sets x (N, D) and y (N, D'): 1 for the same
     cloud up to rotation and scale, near 0 for unrelated ones."""
-    x = x - x.mean(axis=0)
-    y = y - y.mean(axis=0)
-    cross = np.linalg.norm(x.T @ y) ** 2
-    den = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
-    return float(cross / den) if den > 0 else float("nan")
+    return _Cka(y).to(x)
+
+
+class _Cka:
+    """Linear CKA to one point set ``y`` (N, D), its own terms computed once: the final key frame's,
+    against every key frame. ||x'y||² = <xx', yy'> and ||x'x|| = ||xx'||: the N x N Gram matrices where
+    N < D (the film's points: 512 rows of width 1,024 and more), else the D x D ones."""
+
+    def __init__(self, y: np.ndarray) -> None:
+        self.gram = y.shape[0] < y.shape[1]
+        self.y = y - y.mean(axis=0)
+        self.ky = self.y @ self.y.T if self.gram else None
+        self.norm_y = np.linalg.norm(self.ky if self.ky is not None else self.y.T @ self.y)
+
+    def to(self, x: np.ndarray) -> float:
+        x = x - x.mean(axis=0)
+        if self.ky is not None and x.shape[0] < x.shape[1]:
+            kx = x @ x.T
+            cross, norm_x = float(np.vdot(kx, self.ky)), np.linalg.norm(kx)
+        else:
+            cross, norm_x = np.linalg.norm(x.T @ self.y) ** 2, np.linalg.norm(x.T @ x)
+        den = norm_x * self.norm_y
+        return float(cross / den) if den > 0 else float("nan")
 
 
 def _get(reader: Reader, name: str, where: AnyPath) -> np.ndarray:
@@ -355,6 +373,75 @@ def component_names(wp: WeightPlan) -> tuple[str, ...]:
     return tuple(sorted({c for b in lm.blocks for c in lm.names[b]}))
 
 
+CHUNK = 1 << 16  # elements of a tensor measured at once: the work arrays stay in the CPU's cache
+COUNT_CHUNK = 1 << 20  # elements counted at once (np.bincount's 65,536 totals are added once per chunk)
+BF16_VALUES = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)  # every bf16 value, by its bits
+
+
+class Work:
+    """Work arrays reused across tensors and key frames (a fresh temporary of a large tensor costs its
+    page faults every time: system time as large as the arithmetic's)."""
+
+    def __init__(self) -> None:
+        self.x, self.y = np.empty(CHUNK), np.empty(CHUNK)  # float64
+        self.low = np.empty(COUNT_CHUNK, np.uint32)
+        self.bits = np.empty(COUNT_CHUNK, np.intp)
+
+
+def sums_of_squares(w: np.ndarray, others: list[np.ndarray], work: Work) -> tuple[float, list[float]]:
+    """sum(w²) and sum((w - o)²) for each ``o`` of ``others`` (float32 arrays of w's shape), in float64:
+    the differences exact, one cache-sized chunk at a time."""
+    flat, rest = w.reshape(-1), [o.reshape(-1) for o in others]
+    n2, sq = 0.0, [0.0] * len(others)
+    for s in range(0, flat.size, CHUNK):
+        x = work.x[:min(CHUNK, flat.size - s)]
+        np.copyto(x, flat[s:s + CHUNK])
+        n2 += float(np.dot(x, x))
+        for i, o in enumerate(rest):
+            y = work.y[:len(x)]
+            np.copyto(y, o[s:s + CHUNK])
+            np.subtract(x, y, out=y)
+            sq[i] += float(np.dot(y, y))
+    return n2, sq
+
+
+def bf16_counts(w: np.ndarray, work: Work) -> np.ndarray | None:
+    """(65,536,) how many entries of the float32 array ``w`` hold each bf16 value (indexed by its bits),
+    or None if some entry is not a bf16 value (a float32 or float16 checkpoint's)."""
+    bits = w.reshape(-1).view(np.uint32)
+    counts = np.zeros(1 << 16, np.int64)
+    for s in range(0, bits.size, COUNT_CHUNK):
+        k = min(COUNT_CHUNK, bits.size - s)
+        if np.bitwise_and(bits[s:s + k], 0xFFFF, out=work.low[:k]).any():
+            return None
+        np.right_shift(bits[s:s + k], 16, out=work.bits[:k], casting="unsafe")
+        counts += np.bincount(work.bits[:k], minlength=1 << 16)
+    return counts
+
+
+def histogram(w: np.ndarray, edges: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
+    """(bins,) counts of ``w``'s entries in the equal-width bins ``edges``, values outside clipped into
+    the end bins: the counts of ``np.histogram`` of the clipped values. A bf16 tensor's (``counts``: its
+    :func:`bf16_counts`) are binned by value, 65,536 at most, by ``np.histogram`` itself."""
+    values, weights = (w.reshape(-1), None) if counts is None else (BF16_VALUES[counts > 0], counts[counts > 0])
+    clipped = np.clip(values.astype(np.float64), edges[0], edges[-1])
+    hist = np.histogram(clipped, bins=len(edges) - 1, range=(edges[0], edges[-1]), weights=weights)[0]
+    return hist.astype(np.int64)
+
+
+def abs_percentile(counts: np.ndarray, q: float) -> float:
+    """``np.percentile(np.abs(w), q)`` (its "linear" method) from ``w``'s bf16 value counts
+    (:func:`bf16_counts`): the two order statistics around the virtual index, interpolated as numpy does."""
+    mags = counts[:1 << 15] + counts[1 << 15:]  # |w| by its bits: +x and -x differ by the sign bit alone
+    order = np.cumsum(mags)
+    n = int(order[-1])
+    index = (n - 1) * (q / 100)
+    below = min(int(math.floor(index)), n - 1)
+    a, b = (float(BF16_VALUES[np.searchsorted(order, k, side="right")]) for k in (below, min(below + 1, n - 1)))
+    t = index - below
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
+
+
 class BlockStats:
     """Whole-block measures of a chunk of blocks, fed one checkpoint at a time: the final checkpoint's
     tensors first (kept), then the others in order (the previous one kept), so that each tensor of the
@@ -379,7 +466,8 @@ class BlockStats:
         self.final: list[dict[str, np.ndarray]] | None = None
         self.prev: list[dict[str, np.ndarray]] | None = None
         self.first: list[dict[str, np.ndarray]] | None = None
-        self._buf: np.ndarray | None = None  # (2, size) float64 work space of _measure
+        self._work = Work()
+        self._counted: dict[int, np.ndarray | None] = {}  # bf16_counts of the first and final tensors, by id
 
     def read(self, reader: Reader, where: AnyPath) -> list[dict[str, np.ndarray]]:
         """Every tensor of the chunk's blocks in one open checkpoint, float32, checked finite."""
@@ -413,50 +501,34 @@ class BlockStats:
             for name in a:
                 if a[name].ndim >= 2:
                     for w in (a[name], b[name]):
-                        top[l] = max(top[l], float(np.percentile(np.abs(w.astype(np.float64)), HIST_PERCENTILE)))
+                        counts = self._counted[id(w)] = bf16_counts(w, self._work)  # their histograms use them
+                        top[l] = max(top[l], float(np.percentile(np.abs(w.astype(np.float64)), HIST_PERCENTILE))
+                                     if counts is None else abs_percentile(counts, HIST_PERCENTILE))
         top = np.where(top > 0, top, 1.0)
         return np.stack([np.linspace(-t, t, self.bins + 1) for t in top])
-
-    def _scratch(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """Two float64 work arrays of ``shape``, views of buffers kept across tensors and key frames: a
-        fresh temporary of a large tensor costs its page faults every time (system time as large as the
-        arithmetic's)."""
-        size = math.prod(shape)
-        if self._buf is None or self._buf.shape[1] < size:
-            self._buf = np.empty((2, size))
-        return self._buf[0, :size].reshape(shape), self._buf[1, :size].reshape(shape)
-
-    def _sq_diff(self, w: np.ndarray, other: np.ndarray, buf: np.ndarray) -> float:
-        """sum((w - other) ** 2) in float64 (``other`` widened), the same sum as the expression's, through ``buf``."""
-        np.copyto(buf, other)
-        np.subtract(w, buf, out=buf)
-        np.square(buf, out=buf)
-        return float(np.sum(buf))
 
     def _measure(self, t: int, tensors: list[dict[str, np.ndarray]]) -> None:
         assert self.final is not None and self.edges is not None  # add() keeps them before any measuring
         for l, (names, blk) in enumerate(zip(self.names, tensors)):
             for c, name in names:
-                w, buf = self._scratch(blk[name].shape)
-                np.copyto(w, blk[name])
-                n2 = float(np.vdot(w, w))
+                w = blk[name]
+                others = [self.final[l][name]] + ([self.prev[l][name]] if self.prev is not None else [])
+                n2, (final_sq, *prev_sq) = sums_of_squares(w, others, self._work)
                 self.param_norm[t, l, c] = math.sqrt(n2)
                 self.sq["norm_sq"][t, l] += n2
-                self.sq["final_sq"][t, l] += self._sq_diff(w, self.final[l][name], buf)
-                if self.prev is not None:
-                    self.sq["prev_sq"][t, l] += self._sq_diff(w, self.prev[l][name], buf)
+                self.sq["final_sq"][t, l] += final_sq
+                if prev_sq:
+                    self.sq["prev_sq"][t, l] += prev_sq[0]
                 if w.ndim >= 2:
-                    e = self.edges[l]
-                    # equal-width bins by count and range: numpy's fast path, the same counts as the edges (tested)
-                    clipped = np.clip(w, e[0], e[-1], out=buf)
-                    self.hist[t, l] += np.histogram(clipped, bins=len(e) - 1, range=(e[0], e[-1]))[0]
+                    counts = self._counted.pop(id(w)) if id(w) in self._counted else bf16_counts(w, self._work)
+                    self.hist[t, l] += histogram(w, self.edges[l], counts)
         self.prev = tensors
 
     def result(self, points: ArrayStore) -> dict[str, np.ndarray]:
         """The chunk's sums (see :meth:`BlockMeasures.assemble`); ``points`` (T key frames of (Lc, N, D))
         for the CKA."""
-        final = points[len(points) - 1].astype(np.float64)
-        cka = np.array([[linear_cka(x[l].astype(np.float64), final[l]) for l in range(len(x))]
+        final = [_Cka(x) for x in points[len(points) - 1].astype(np.float64)]
+        cka = np.array([[final[l].to(x[l].astype(np.float64)) for l in range(len(x))]
                         for x in (points[t] for t in range(len(points)))])
         assert self.edges is not None  # at least two key frames were added
         return {**self.sq, "param_norm": self.param_norm, "cka": cka, "hist": self.hist, "hist_edges": self.edges}

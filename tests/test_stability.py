@@ -13,7 +13,16 @@ from safetensors.torch import save_file
 from conftest import FROZEN_BLOCKS, FROZEN_STEP
 from layerfilm.errors import OptionsError
 from layerfilm.io.scan import scan
-from layerfilm.stability import StabilityOptions, linear_cka, near_index
+from layerfilm.stability import (
+    StabilityOptions,
+    Work,
+    abs_percentile,
+    bf16_counts,
+    histogram,
+    linear_cka,
+    near_index,
+    sums_of_squares,
+)
 from layerfilm.study import measure
 
 
@@ -188,3 +197,40 @@ def test_errors(tmp_path, frozen_run, run_cli):
     with pytest.warns(UserWarning, match=r"step_000010.safetensors: tensor transformer.h.1.ln_1.weight is missing; skipped"):
         st = measure(series, progress=False)
     assert st.steps.tolist() == [0, 20] and [c.path.name for c in st.skipped] == ["step_000010.safetensors"]
+
+
+def _bf16(x: np.ndarray) -> np.ndarray:
+    """float32 ``x`` rounded down to bf16 values (the low 16 bits cleared)."""
+    return ((np.ascontiguousarray(x, np.float32).view(np.uint32) >> 16) << 16).view(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["bf16", "float32"])
+def test_whole_block_sums_and_histograms_equal_numpys(kind):
+    """The chunked, value-counted kernels give numpy's histogram and percentile exactly and float64 sums."""
+    rng = np.random.default_rng(3)
+    edges = np.linspace(-0.9375, 0.9375, 61)  # multiples of 1/32: bf16 values sit exactly on edges
+    w = rng.standard_normal((700, 300)).astype(np.float32) * 0.4
+    w.flat[:61] = edges  # on every edge, and beyond both ends
+    w.flat[61:64] = (-0.0, 5.0, -7.0)
+    w = _bf16(w) if kind == "bf16" else w
+    others = [w + rng.standard_normal(w.shape).astype(np.float32) * s for s in (0.01, 1e-4)]
+    counts = bf16_counts(w, Work())
+    assert (counts is None) == (kind == "float32")
+    want = np.histogram(np.clip(w.astype(np.float64), edges[0], edges[-1]), bins=60, range=(edges[0], edges[-1]))[0]
+    assert np.array_equal(histogram(w, edges, counts), want)
+    n2, sq = sums_of_squares(w, others, Work())
+    w64 = w.astype(np.float64)
+    assert n2 == pytest.approx(np.vdot(w64, w64), rel=1e-13)
+    for o, got in zip(others, sq):
+        d = w64 - o.astype(np.float64)
+        assert got == pytest.approx(np.vdot(d, d), rel=1e-13)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 999, 20_000])
+def test_the_percentile_from_bf16_counts_is_numpys(n):
+    rng = np.random.default_rng(n)
+    w = _bf16(rng.standard_normal(n).astype(np.float32) * rng.uniform(0.01, 3))
+    counts = bf16_counts(w, Work())
+    assert counts is not None
+    for q in (0.0, 50.0, 99.9, 100.0):
+        assert abs_percentile(counts, q) == np.percentile(np.abs(w.astype(np.float64)), q)
