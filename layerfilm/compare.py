@@ -50,8 +50,9 @@ from layerfilm.io.storage import local_inputs
 from layerfilm.parallel.engines import session
 from layerfilm.points import ArrayStore, Features
 from layerfilm.points.weights import WeightPlan
+from layerfilm.points.whole import linear_cka
 from layerfilm.projection import Trajectories, project
-from layerfilm.stability import Stability, linear_cka
+from layerfilm.stability import Stability
 from layerfilm.study import Study, weights_subject
 from layerfilm.text import show, text_table
 from layerfilm.video.encode import check_output

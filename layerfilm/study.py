@@ -52,17 +52,9 @@ from layerfilm.points.act_stats import ActivationStats
 from layerfilm.points.measures import PointMeasures, point_measures
 from layerfilm.points.optimizer import OptimizerMeasures, OptimizerSums, matrices, matrix_norm, optimizer_sums, read_updates
 from layerfilm.points.weights import WeightPlan, plan, read_points, skip
+from layerfilm.points.whole import HIST_BINS, BlockMeasures, BlockStats
 from layerfilm.projection import Trajectories, describe, project
-from layerfilm.stability import (
-    HIST_BINS,
-    BlockMeasures,
-    BlockStats,
-    Settling,
-    Stability,
-    StabilityOptions,
-    check_fits,
-    screen_motion,
-)
+from layerfilm.stability import Settling, Stability, StabilityOptions, check_fits, screen_motion
 from layerfilm.text import show
 
 if TYPE_CHECKING:  # the activations module imports torch
@@ -96,7 +88,7 @@ class ChunkResult:
     bad: dict[int, str] = field(default_factory=dict)  # checkpoint index -> problem (then nothing else)
     xy: np.ndarray | None = None  # (T, Lc, N, 2)
     stats: dict[str, np.ndarray] = field(default_factory=dict)  # per-block stats of the points and projection
-    measures: dict[str, np.ndarray] | None = None  # whole-block measures (layerfilm.stability.BlockStats)
+    measures: dict[str, np.ndarray] | None = None  # whole-block measures (layerfilm.points.whole.BlockStats)
 
 
 def chunk_mb() -> float:

@@ -14,7 +14,7 @@ import pytest
 import layerfilm
 from layerfilm.draw.raster import Style
 from layerfilm.film_options import FilmOptions
-from layerfilm.stability import BlockStats
+from layerfilm.points.whole import BlockStats
 from layerfilm.study import Study
 
 STEPS = ("step_000000", "step_000020", "step_000040", "step_000060")

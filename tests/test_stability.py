@@ -13,16 +13,8 @@ from safetensors.torch import save_file
 from conftest import FROZEN_BLOCKS, FROZEN_STEP
 from layerfilm.errors import OptionsError
 from layerfilm.io.scan import scan
-from layerfilm.stability import (
-    StabilityOptions,
-    Work,
-    abs_percentile,
-    bf16_counts,
-    histogram,
-    linear_cka,
-    near_index,
-    sums_of_squares,
-)
+from layerfilm.points.whole import Work, abs_percentile, bf16_counts, histogram, linear_cka, sums_of_squares
+from layerfilm.stability import StabilityOptions, near_index
 from layerfilm.study import measure
 
 
