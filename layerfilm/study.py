@@ -52,7 +52,7 @@ from layerfilm.points.act_stats import ActivationStats
 from layerfilm.points.measures import PointMeasures, point_measures
 from layerfilm.points.optimizer import OptimizerMeasures, OptimizerSums, matrices, matrix_norm, optimizer_sums, read_updates
 from layerfilm.points.weights import WeightPlan, plan, read_points, skip
-from layerfilm.points.whole import HIST_BINS, BlockMeasures, BlockStats
+from layerfilm.points.whole import HIST_BINS, BlockMeasures, BlockStats, DeviceBlockStats
 from layerfilm.projection import Trajectories, describe, project
 from layerfilm.stability import Settling, Stability, StabilityOptions, check_fits, screen_motion
 from layerfilm.text import show
@@ -140,7 +140,7 @@ def block_chunks(wp: WeightPlan, keyframes: int, whole_bytes: int = 0, budget_mb
 def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: tuple[int, ...],
                projection: str, projection_kwargs: dict, whole: bool = False,
                bins: int = HIST_BINS, progress: Callable[[], None] | None = None,
-               held: np.dtype | None = None) -> ChunkResult:
+               held: np.dtype | None = None, device: str | None = None) -> ChunkResult:
     """Points (and, with ``whole``, whole-block measures) of ``blocks`` at the checkpoints ``active``
     (indices into ``series``), projected to 2-D. Each checkpoint is opened once; with ``whole`` the
     final one is read first and kept while the others stream by, so every byte is read once.
@@ -148,13 +148,15 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
     The key frames are held as the checkpoints store them where widening is exact (``WeightPlan.held``:
     bf16, float16; half float32's memory) and widened one at a time by the projection and the point
     measures (``ArrayStore``): the same film. A checkpoint whose rows that dtype cannot hold exactly
-    (float32 ones in a bf16 series) makes the task start again holding float32 (``held``)."""
+    (float32 ones in a bf16 series) makes the task start again holding float32 (``held``). ``device``: a
+    torch device where the whole-block measures run (layerfilm.points.whole.DeviceBlockStats)."""
     ckpts = [series.checkpoints[t] for t in active]
     T, N, D = len(active), wp.point_ids.shape[1], wp.shape[1]
     held = wp.held if held is None else held
     points = np.empty((T, len(blocks), N, D), held)
     bad: dict[int, str] = {}
-    stats = BlockStats(wp, blocks, T, bins) if whole else None
+    stats = None if not whole else BlockStats(wp, blocks, T, bins) if device is None else \
+        DeviceBlockStats(wp, blocks, T, bins, device)
     order = [T - 1, *range(T - 1)] if whole else list(range(T))  # whole: the final first
 
     def read(i: int) -> tuple[int, np.ndarray | list[dict[str, np.ndarray]] | CheckpointError | None]:
@@ -194,7 +196,8 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
         return ChunkResult(blocks, bad)
     if wider:  # start again holding float32
         del points, stats, read
-        return block_task(series, wp, blocks, active, projection, projection_kwargs, whole, bins, None, np.dtype(np.float32))
+        return block_task(series, wp, blocks, active, projection, projection_kwargs, whole, bins, None, np.dtype(np.float32),
+                          device)
     ids, store = wp.point_ids[list(blocks)], ArrayStore(points)
     features = Features(np.asarray([c.step for c in ckpts], np.int64), np.asarray(wp.layer_map.blocks)[list(blocks)],
                         ids, "", store, positions=np.asarray(blocks))

@@ -12,10 +12,11 @@ from safetensors.torch import save_file
 
 from conftest import FROZEN_BLOCKS, FROZEN_STEP
 from layerfilm.errors import OptionsError
+from layerfilm.film_options import FilmOptions
 from layerfilm.io.scan import scan
 from layerfilm.points.whole import Work, abs_percentile, bf16_counts, histogram, linear_cka, sums_of_squares
 from layerfilm.stability import StabilityOptions, near_index
-from layerfilm.study import measure
+from layerfilm.study import Study, block_task, measure
 
 
 def test_frozen_blocks_settle_first_and_the_others_never(frozen_stability):
@@ -226,3 +227,20 @@ def test_the_percentile_from_bf16_counts_is_numpys(n):
     assert counts is not None
     for q in (0.0, 50.0, 99.9, 100.0):
         assert abs_percentile(counts, q) == np.percentile(np.abs(w.astype(np.float64)), q)
+
+
+@pytest.mark.parametrize("run", ["pythia_run", "bin_run", "tiny_run"])  # bf16 safetensors, fp16 pickles, float32
+def test_whole_block_measures_on_a_torch_device_equal_numpys(run, request):
+    """DeviceBlockStats (``stability --device cuda``), run here on torch's CPU: the same points, histograms
+    and value ranges exactly, and the same sums to float64's rounding."""
+    folder = request.getfixturevalue(run)
+    study = Study.open(folder, FilmOptions(cache=False), progress=False)
+    wp = study.weight_plan()
+    args = (study.series, wp, tuple(range(len(wp.tensor_names))), tuple(range(len(study.series))), "pca", {}, True)
+    here, there = block_task(*args), block_task(*args, device="cpu")
+    assert here.xy.tobytes() == there.xy.tobytes()
+    assert here.measures is not None and there.measures is not None
+    for k in ("hist", "hist_edges"):
+        assert np.array_equal(here.measures[k], there.measures[k]), k
+    for k in ("norm_sq", "prev_sq", "final_sq", "param_norm", "cka"):
+        np.testing.assert_allclose(there.measures[k], here.measures[k], rtol=1e-12, atol=0, err_msg=k)

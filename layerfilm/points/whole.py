@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from layerfilm.errors import CheckpointError
-from layerfilm.io.formats import Reader, check_finite
+from layerfilm.io.formats import COMPACT, Reader, check_finite, not_finite
 from layerfilm.io.storage import AnyPath
 from layerfilm.points import ArrayStore
 from layerfilm.points.measures import relative_update
@@ -150,11 +150,15 @@ def bf16_counts(w: np.ndarray, work: Work) -> np.ndarray | None:
     return counts
 
 
-def histogram(w: np.ndarray, edges: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
+def histogram(w: np.ndarray | None, edges: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
     """(bins,) counts of ``w``'s entries in the equal-width bins ``edges``, values outside clipped into
     the end bins: the counts of ``np.histogram`` of the clipped values. A bf16 tensor's (``counts``: its
     :func:`bf16_counts`) are binned by value, 65,536 at most, by ``np.histogram`` itself."""
-    values, weights = (w.reshape(-1), None) if counts is None else (BF16_VALUES[counts > 0], counts[counts > 0])
+    if counts is None:
+        assert w is not None  # a tensor that is not bf16 is binned entry by entry
+        values, weights = w.reshape(-1), None
+    else:
+        values, weights = BF16_VALUES[counts > 0], counts[counts > 0]
     clipped = np.clip(values.astype(np.float64), edges[0], edges[-1])
     hist = np.histogram(clipped, bins=len(edges) - 1, range=(edges[0], edges[-1]), weights=weights)[0]
     return hist.astype(np.int64)
@@ -222,8 +226,32 @@ class BlockStats:
             self._measure(t, tensors)
         if t == self.T - 2:
             self._measure(self.T - 1, self.final)  # the final one last, its previous now known
+        return self._points(tensors)
+
+    # the numbers of one tensor (a device's BlockStats computes them there: DeviceBlockStats)
+
+    def _points(self, tensors: list[dict[str, Any]]) -> np.ndarray:
+        """(Lc, N, D) float32: the tracked points of the chunk's blocks."""
         pts = np.stack([tracked(blk[self.wp.tensor_names[i]], self.wp, i) for i, blk in zip(self.blocks, tensors)])
         return pts.astype(np.float32)
+
+    def _sums(self, w: Any, others: list[Any]) -> tuple[float, list[float]]:
+        """sum(w²) and sum((w - o)²) for each of ``others``, in float64."""
+        return sums_of_squares(w, others, self._work)
+
+    def _counts(self, w: Any) -> np.ndarray | None:
+        """(65,536,) count of each bf16 value in ``w``, or None where ``w`` is not bf16."""
+        return bf16_counts(w, self._work)
+
+    def _top(self, w: Any, counts: np.ndarray | None) -> float:
+        """The HIST_PERCENTILE-th percentile of |w| (``counts``: its bf16 value counts, or None)."""
+        if counts is not None:
+            return abs_percentile(counts, HIST_PERCENTILE)
+        return float(np.percentile(np.abs(w.astype(np.float64)), HIST_PERCENTILE))
+
+    def _hist(self, w: Any, edges: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
+        """(bins,) counts of ``w``'s entries in ``edges``, clipped into the end bins."""
+        return histogram(w, edges, counts)
 
     def _edges(self, first: list[dict], final: list[dict]) -> np.ndarray:
         """(Lc, bins + 1) symmetric value range per block from its matrices at the first and last key frame."""
@@ -232,9 +260,8 @@ class BlockStats:
             for name in a:
                 if a[name].ndim >= 2:
                     for w in (a[name], b[name]):
-                        counts = self._counted[id(w)] = bf16_counts(w, self._work)  # their histograms use them
-                        top[l] = max(top[l], float(np.percentile(np.abs(w.astype(np.float64)), HIST_PERCENTILE))
-                                     if counts is None else abs_percentile(counts, HIST_PERCENTILE))
+                        counts = self._counted[id(w)] = self._counts(w)  # their histograms use them
+                        top[l] = max(top[l], self._top(w, counts))
         top = np.where(top > 0, top, 1.0)
         return np.stack([np.linspace(-t, t, self.bins + 1) for t in top])
 
@@ -244,15 +271,15 @@ class BlockStats:
             for c, name in names:
                 w = blk[name]
                 others = [self.final[l][name]] + ([self.prev[l][name]] if self.prev is not None else [])
-                n2, (final_sq, *prev_sq) = sums_of_squares(w, others, self._work)
+                n2, (final_sq, *prev_sq) = self._sums(w, others)
                 self.param_norm[t, l, c] = math.sqrt(n2)
                 self.sq["norm_sq"][t, l] += n2
                 self.sq["final_sq"][t, l] += final_sq
                 if prev_sq:
                     self.sq["prev_sq"][t, l] += prev_sq[0]
                 if w.ndim >= 2:
-                    counts = self._counted.pop(id(w)) if id(w) in self._counted else bf16_counts(w, self._work)
-                    self.hist[t, l] += histogram(w, self.edges[l], counts)
+                    counts = self._counted.pop(id(w)) if id(w) in self._counted else self._counts(w)
+                    self.hist[t, l] += self._hist(w, self.edges[l], counts)
         self.prev = tensors
 
     def result(self, points: ArrayStore) -> dict[str, np.ndarray]:
@@ -263,3 +290,87 @@ class BlockStats:
                         for x in (points[t] for t in range(len(points)))])
         assert self.edges is not None  # at least two key frames were added
         return {**self.sq, "param_norm": self.param_norm, "cka": cka, "hist": self.hist, "hist_edges": self.edges}
+
+
+DEVICE_CHUNK = 1 << 24  # entries summed at once on a device (float64 work: 128 MiB)
+
+
+class DeviceBlockStats(BlockStats):
+    """:class:`BlockStats` on a torch device (``stability --device cuda``): each tensor goes there as the
+    file stores it (bf16 as its two bytes, read straight from the file) and its sums, value counts and
+    histogram are computed there, to the same numbers (float64 sums; counts binned as numpy bins them)."""
+
+    def __init__(self, wp: WeightPlan, blocks: tuple[int, ...], keyframes: int, bins: int = HIST_BINS,
+                 device: str = "cuda") -> None:
+        import torch
+
+        super().__init__(wp, blocks, keyframes, bins)
+        self.torch, self.device = torch, torch.device(device)
+
+    def read(self, reader: Reader, where: AnyPath) -> list[dict[str, Any]]:
+        """Every tensor of the chunk's blocks in one open checkpoint, on the device as stored, checked finite."""
+        torch, out = self.torch, []
+        for i, names in zip(self.blocks, self.names):
+            block = {}
+            for _, name in names:
+                w = self._stored(reader, name, where).to(self.device)
+                if not bool(torch.isfinite(w).all()):
+                    raise not_finite(where, name, self.wp.layer_map.blocks[i])
+                block[name] = w
+            out.append(block)
+        return out
+
+    def _stored(self, reader: Reader, name: str, where: AnyPath) -> Any:
+        """Tensor ``name`` as a CPU torch tensor in its stored dtype where that is bf16 or float16 (the
+        bytes read straight in), else float32."""
+        torch = self.torch
+        if name not in reader.keys():
+            raise CheckpointError(f"{where}: tensor {name} is missing")
+        kept = getattr(reader, "tensor", lambda _: None)(name)  # a torch pickle's own tensor
+        if kept is not None and kept.dtype in (torch.bfloat16, torch.float16):
+            return kept
+        dtype, rows = reader.dtype(name), getattr(reader, "rows", None)
+        if dtype in COMPACT and rows is not None and kept is None:
+            shape = reader.shape(name)
+            raw = rows(name, np.arange(shape[0]), out=np.empty(shape, COMPACT[dtype]))
+            return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16) if dtype == "BF16" else torch.from_numpy(raw)
+        return torch.from_numpy(np.ascontiguousarray(reader.get(name), np.float32))
+
+    def _points(self, tensors: list[dict[str, Any]]) -> np.ndarray:
+        torch = self.torch
+        rows = [blk[self.wp.tensor_names[i]] for i, blk in zip(self.blocks, tensors)]
+        pts = [(w.T if self.wp.transpose else w)[torch.as_tensor(self.wp.point_ids[i], device=self.device)]
+               for i, w in zip(self.blocks, rows)]
+        return torch.stack(pts).float().cpu().numpy()
+
+    def _sums(self, w: Any, others: list[Any]) -> tuple[float, list[float]]:
+        torch = self.torch
+        flat, rest = w.reshape(-1), [o.reshape(-1) for o in others]
+        n2 = torch.zeros((), dtype=torch.float64, device=self.device)
+        sq = [torch.zeros_like(n2) for _ in others]
+        for s in range(0, flat.numel(), DEVICE_CHUNK):
+            x = flat[s:s + DEVICE_CHUNK].double()
+            n2 += torch.dot(x, x)
+            for i, o in enumerate(rest):
+                d = x - o[s:s + DEVICE_CHUNK].double()
+                sq[i] += torch.dot(d, d)
+        return float(n2), [float(v) for v in sq]
+
+    def _counts(self, w: Any) -> np.ndarray | None:
+        torch = self.torch
+        if w.dtype != torch.bfloat16:
+            return None
+        bits = w.reshape(-1).view(torch.int16).to(torch.int32) & 0xFFFF
+        return torch.bincount(bits, minlength=1 << 16).cpu().numpy().astype(np.int64)
+
+    def _top(self, w: Any, counts: np.ndarray | None) -> float:
+        return super()._top(w.double().cpu().numpy() if counts is None else None, counts)
+
+    def _hist(self, w: Any, edges: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
+        """As numpy bins: edges[i] <= x < edges[i + 1], the last bin closed, values outside clipped in."""
+        if counts is not None:
+            return histogram(None, edges, counts)
+        torch = self.torch
+        e = torch.as_tensor(edges, dtype=torch.float64, device=self.device)
+        bins = torch.bucketize(w.reshape(-1).double().clamp(e[0], e[-1]), e, right=True) - 1
+        return torch.bincount(bins.clamp(0, len(edges) - 2), minlength=len(edges) - 1).cpu().numpy().astype(np.int64)

@@ -27,11 +27,12 @@ from layerfilm.io.formats.base import (
     check_regular,
     detect_format,
     narrow,
+    not_finite,
     open_checkpoint,
     unreadable,
     widen,
 )
 
 __all__ = ["COMPACT", "FORMATS", "HF_WEIGHT_FILE", "READABLE_DTYPES", "Format", "NotExact", "Reader", "Renamed",
-           "cannot_read_dtype", "check_finite", "check_regular", "detect_format", "narrow", "open_checkpoint",
+           "cannot_read_dtype", "check_finite", "check_regular", "detect_format", "narrow", "not_finite", "open_checkpoint",
            "unreadable", "widen"]

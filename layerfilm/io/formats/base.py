@@ -182,7 +182,12 @@ def check_finite(values: np.ndarray, where: AnyPath, name: str, block: int) -> N
     bf16 bits (uint16: finite unless the exponent bits are all ones)."""
     finite = ((values & 0x7F80) != 0x7F80).all() if values.dtype == np.uint16 else np.isfinite(values).all()
     if not finite:
-        raise CheckpointError(f"{where}: tensor {name} of block {block} holds NaN/Inf")
+        raise not_finite(where, name, block)
+
+
+def not_finite(where: AnyPath, name: str, block: int) -> CheckpointError:
+    """The one message of a tensor holding NaN/Inf (:func:`check_finite`; a device's check too)."""
+    return CheckpointError(f"{where}: tensor {name} of block {block} holds NaN/Inf")
 
 
 # Registration order is detection order: folder formats look inside, file formats at the suffix.
