@@ -5,7 +5,8 @@ default, the Python type(s) it takes, its check, its help (at most 3 lines of ``
 the README), its command-line flag, and whether it changes the points (part of the cache key). The
 command line's parser is generated from it (layerfilm.cli.commands), the callbacks take the same names and
 types (layerfilm.callbacks), and :func:`options` turns a command's values into the option objects of
-the library (FilmOptions, LiveOptions). A bad value is an :class:`OptionsError` naming the field
+the library: the class of layerfilm.film_options that holds just what the command uses (``CLASSES``), and
+LiveOptions. A bad value is an :class:`OptionsError` naming the field
 (``settle_threshold=2: must be in (0, 1)``); the command line says the flag instead (:func:`to_flags`).
 
 Adding an option: one :class:`Option` here, its name in the commands that take it (``COMMANDS``), and

@@ -571,9 +571,9 @@ def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir
     if len(series) < 2:
         raise OptionsError(f"{series.root}: found {len(series)} checkpoint; measuring movement needs at least two")
 
-    study = StudyOptions(weights=opts.weights, projection=opts.projection, settle_threshold=opts.settle_threshold,
-                         activations=opts.activations, cache=False)
-    return Study(series, study, progress).stability(opts.bins)
+    read = StudyOptions(weights=opts.weights, projection=opts.projection, settle_threshold=opts.settle_threshold,
+                        activations=opts.activations, cache=False)
+    return Study(series, read, progress).stability(opts.bins)
 
 
 def measure_activations(series: Series, spec: ActivationSpec, workdir: Path, progress: bool = True) -> ActivationStats:
