@@ -31,6 +31,7 @@ _ELSEWHERE = {
     "CheckpointError": "layerfilm.errors", "EncodeError": "layerfilm.errors", "LayerError": "layerfilm.errors",
     "OptionsError": "layerfilm.errors", "OutputError": "layerfilm.errors", "ScanError": "layerfilm.errors",
     "EncodeOptions": "layerfilm.video.encode",
+    **{name: "layerfilm.film_options" for name in ("StudyOptions", "StillsOptions", "ViewOptions")},  # FilmOptions' bases
     "FilmResult": "layerfilm.film", "export_points": "layerfilm.film", "write_film": "layerfilm.film",
     "LiveFilm": "layerfilm.live.film",
     "Renderer": "layerfilm.draw.raster",

@@ -43,7 +43,7 @@ from layerfilm.film import (
     widest_caption,
     write_film,
 )
-from layerfilm.film_options import FilmOptions
+from layerfilm.film_options import FilmOptions, StillsOptions, StudyOptions, ViewOptions
 from layerfilm.io.formats import check_finite
 from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import local_inputs
@@ -166,7 +166,7 @@ def run_names(folders: Sequence[str | Path], names: Sequence[str] | str | None) 
     return got
 
 
-def open_runs(folders: Sequence[str | Path], opts: FilmOptions, progress: bool = True) -> list[Study]:
+def open_runs(folders: Sequence[str | Path], opts: StudyOptions, progress: bool = True) -> list[Study]:
     """One Study per folder, the first the base: every run tracks the base's matrix and neurons
     (the same indices), and is refused unless its blocks have the same shapes."""
     if len(folders) < 2:
@@ -285,7 +285,7 @@ def common_steps(studies: Sequence[Study]) -> np.ndarray:
     return steps
 
 
-def compare(base: str | Path, others: Sequence[str | Path], opts: FilmOptions = FilmOptions(),
+def compare(base: str | Path, others: Sequence[str | Path], opts: StudyOptions = StudyOptions(),
             names: Sequence[str] | str | None = None, probe=None, progress: bool = True,
             by_representation: bool = True) -> Comparison:
     """Each of ``others`` against ``base``, per block, at every step they all saved.
@@ -331,7 +331,7 @@ def compare(base: str | Path, others: Sequence[str | Path], opts: FilmOptions = 
                       div, tuple(skipped.values()))
 
 
-def _default_probe(opts: FilmOptions):
+def _default_probe(opts: StudyOptions):
     from layerfilm.points.activations import ActivationSpec
 
     w = opts.weights
@@ -347,7 +347,7 @@ def held(steps: np.ndarray, clock: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(steps, clock, side="right") - 1, 0, len(steps) - 1)
 
 
-def joint_trajectories(points: Sequence[Features], opts: FilmOptions) -> tuple[Trajectories, np.ndarray]:
+def joint_trajectories(points: Sequence[Features], opts: StudyOptions) -> tuple[Trajectories, np.ndarray]:
     """Every run's points projected with one basis per block fitted on all runs together, on one clock
     (the union of the runs' steps). Returns the trajectories with (U, L, R x N, 2) points (run r's
     neurons at r*N .. r*N + N - 1) and (R, U) which key frame of each run each clock step shows."""
@@ -375,7 +375,7 @@ def runs_panels(traj: Trajectories, runs: int, subject) -> Trajectories:
 
 
 def runs_film(traj: Trajectories, labels: Sequence[str], shared: Sequence[bool], run_steps: Sequence[np.ndarray],
-              wp: WeightPlan, opts: FilmOptions) -> tuple[Trajectories, FilmFrames]:
+              wp: WeightPlan, opts: ViewOptions) -> tuple[Trajectories, FilmFrames]:
     """The film of the joint trajectories ``traj`` of runs ``labels`` (``shared``: each shares the base's
     initialisation; ``run_steps``: each run's key frames' steps, ticked on its own timeline row): its
     panels and its frames."""
@@ -397,7 +397,7 @@ def runs_film(traj: Trajectories, labels: Sequence[str], shared: Sequence[bool],
 
 
 def runs_frames(studies: Sequence[Study], labels: Sequence[str],
-                opts: FilmOptions) -> tuple[Trajectories, FilmFrames]:
+                opts: ViewOptions) -> tuple[Trajectories, FilmFrames]:
     """(its panels' trajectories, the film) of several opened runs (:func:`open_runs`, the first the base), as
     :func:`render_runs` draws it: panel ``l * R + r`` is block l of run r (R runs), on block l's one basis
     (fitted on all runs together) and axes; the clock is the union of the runs' steps (``renderer.group``: R)."""
@@ -406,7 +406,7 @@ def runs_frames(studies: Sequence[Study], labels: Sequence[str],
 
 
 def points_film(points: Sequence[Features], labels: Sequence[str], shared: Sequence[bool], wp: WeightPlan,
-                opts: FilmOptions) -> tuple[Trajectories, FilmFrames]:
+                opts: ViewOptions) -> tuple[Trajectories, FilmFrames]:
     """(its panels' trajectories, the film) of the runs' rows (``points``: each run's key frames, the base
     first), projected on one basis per block (:func:`joint_trajectories`, :func:`runs_film`)."""
     traj, _ = joint_trajectories(points, opts)
@@ -448,7 +448,7 @@ def write_runs_film(points: Sequence[Features], labels: Sequence[str], shared: S
     return panels, n, picked
 
 
-def check_runs_film(opts: FilmOptions) -> None:
+def check_runs_film(opts: StudyOptions) -> None:
     """A film or still of several runs shows weights (refused before any checkpoint is read otherwise)."""
     if opts.activations is not None:
         raise OptionsError("features=activations: a film or still of several runs shows weights for now; "
@@ -472,8 +472,9 @@ class RunsStills:
     skipped: tuple[Checkpoint, ...] = ()
 
 
-def stills_of_runs(folders: Sequence[str | Path], steps: Sequence[int] | None = None, opts: FilmOptions = FilmOptions(),
-                   names: Sequence[str] | str | None = None, progress: bool = True) -> RunsStills:
+def stills_of_runs(folders: Sequence[str | Path], steps: Sequence[int] | None = None,
+                   opts: StillsOptions = StillsOptions(), names: Sequence[str] | str | None = None,
+                   progress: bool = True) -> RunsStills:
     """Before and after of several runs (the first the base) in one picture: each block's cell holds every
     run's panels at ``steps`` (default: the first and last step of any run), run after run, on the block's
     one basis and axes fitted on all runs together (those of the comparison film, :func:`render_runs`).
@@ -494,7 +495,7 @@ def stills_of_runs(folders: Sequence[str | Path], steps: Sequence[int] | None = 
     shown_steps, keys = key_indices([int(s) for s in traj.steps], list(steps) if steps is not None else None)
     R = len(labels)
     wp = studies[0].weight_plan()
-    panels, film = runs_film(traj, labels, shared, [f.steps for f in points], wp, opts)
+    panels, film = runs_film(traj, labels, shared, [f.steps for f in points], wp, ViewOptions.of(opts))
     shown = [[int(f.steps[idx[r, k]]) for k in keys] for r, f in enumerate(points)]  # (R, K) the step each run shows
     parts = _still_parts(labels, shared, shown_steps, shown, panels)
     caption = still_caption(shown_steps)
@@ -529,7 +530,7 @@ BASIS = "one basis and one set of axes per block, fitted on all runs together"
 
 
 def _legend_parts(labels: Sequence[str], shared: Sequence[bool], keys: Sequence[int], traj: Trajectories, subject,
-                  opts: FilmOptions) -> list[str]:
+                  opts: ViewOptions) -> list[str]:
     """The film's words: the runs (:func:`_runs_parts`), the runs that saved at fewer of the clock's steps
     (``keys``: each run's key frames), what is filmed, the basis and the clock."""
     U = len(traj.steps)
@@ -559,7 +560,7 @@ def _still_parts(labels: Sequence[str], shared: Sequence[bool], steps: Sequence[
 # ------------------------------------------------------------------------------------------ settling side by side
 
 
-def settling(folders: Sequence[str | Path], opts: FilmOptions = FilmOptions(), names: Sequence[str] | str | None = None,
+def settling(folders: Sequence[str | Path], opts: StudyOptions = StudyOptions(), names: Sequence[str] | str | None = None,
              progress: bool = True) -> dict[str, Stability]:
     """Each run's :class:`layerfilm.stability.Stability` (its own Study, cache and skips), by run name:
     which blocks settle in which run, side by side (``layerfilm stability A B ...``)."""

@@ -5,7 +5,8 @@ default, the Python type(s) it takes, its check, its help (at most 3 lines of ``
 the README), its command-line flag, and whether it changes the points (part of the cache key). The
 command line's parser is generated from it (layerfilm.cli.commands), the callbacks take the same names and
 types (layerfilm.callbacks), and :func:`options` turns a command's values into the option objects of
-the library (FilmOptions, LiveOptions). A bad value is an :class:`OptionsError` naming the field
+the library: the class of layerfilm.film_options that holds just what the command uses (``CLASSES``), and
+LiveOptions. A bad value is an :class:`OptionsError` naming the field
 (``settle_threshold=2: must be in (0, 1)``); the command line says the flag instead (:func:`to_flags`).
 
 Adding an option: one :class:`Option` here, its name in the commands that take it (``COMMANDS``), and
@@ -14,6 +15,7 @@ its use where :func:`options` builds the library's objects.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -281,18 +283,26 @@ def values(command: str, given: dict[str, Any]) -> dict[str, Any]:
     return {name: o.value(given[name]) if name in given else defaults.get(name, o.default) for name, o in opts.items()}
 
 
+# the options object each command's product takes (layerfilm.film_options): the narrowest class that
+# holds the command's options; scan takes none (it reads headers with a few options of its own)
+CLASSES = {"render": "FilmOptions", "watch": "FilmOptions", "view": "ViewOptions", "serve": "ViewOptions",
+           "stills": "StillsOptions", "report": "StillsOptions", "stability": "StudyOptions", "compare": "StudyOptions"}
+
+
 def options(command: str, given: dict[str, Any]):
     """The library's option objects for ``command`` from option values by name (``given``: the API's
-    or the callbacks' keywords, or the parsed command line): (FilmOptions, LiveOptions or None); for
-    compare, the second is a function giving the ActivationSpec (layerfilm.compare's ``probe``)."""
+    or the callbacks' keywords, or the parsed command line): (the command's options object, of the class
+    ``CLASSES`` names, with only its fields; LiveOptions or None); for compare and report, the second is a
+    function giving the ActivationSpec (layerfilm.compare's ``probe``); for scan, the first is None."""
+    from layerfilm import film_options
     from layerfilm.draw.raster import Style
-    from layerfilm.film_options import FilmOptions
     from layerfilm.points.weights import WeightSpec
     from layerfilm.projection import UmapOptions
     from layerfilm.video.encode import EncodeOptions
 
     v = values(command, given)
     g = v.get
+
     def probe():  # the activations' options (imports torch)
         from layerfilm.points.activations import ActivationSpec
 
@@ -301,46 +311,28 @@ def options(command: str, given: dict[str, Any]):
                               devices=v["devices"] or (), dtype=v["dtype"], near_zero=v["near_zero"],
                               blocks_regex=v["blocks"])
 
-    activations = None
-    if g("features") == "activations":
-        if command in ("render", "watch") and (v["param"] is not None or v["layout"] != "auto"):
-            name = "param" if v["param"] is not None else "layout"
-            raise OptionsError(f"{name}={v[name]}: chooses weights; it does nothing with features=activations")
-        activations = probe()
+    if g("features") == "activations" and command in ("render", "watch") and (
+            v["param"] is not None or v["layout"] != "auto"):
+        name = "param" if v["param"] is not None else "layout"
+        raise OptionsError(f"{name}={v[name]}: chooses weights; it does nothing with features=activations")
     if g("features") == "updates" and command != "render":
         raise OptionsError(f"features=updates: films the optimizer's updates (render); {command} measures the weights")
-    width, height = g("size", OPTIONS["size"].default)
-    film = FilmOptions(
-        weights=WeightSpec(param=v["param"], points=v["points"], seed=v["seed"], blocks_regex=v["blocks"],
-                           layout=v["layout"], source="updates" if g("features") == "updates" else "weights"),
-        activations=activations,
-        projection=g("projection", "pca"),
-        fit=g("fit", "all"),
-        umap=UmapOptions(neighbors=g("umap_neighbors", 15), min_dist=g("umap_min_dist", 0.1),
-                         alignment=g("umap_alignment", 0.01), stride=g("umap_stride", 0), jobs=v["jobs"], seed=v["seed"]),
-        fps=g("fps", 15.0),
-        seconds_per_keyframe=g("seconds_per_keyframe", 1.0),
-        time=g("time", "auto"),
-        legend=g("legend", True),
-        curves=g("curves", True),
-        style=Style(width=width, height=height, cmap=g("cmap", "magma")),
-        encode=EncodeOptions(crf=g("crf", 18), threads=g("encoder_threads", 0), preset=g("preset", ""),
-                             quality=g("quality", "lossless")),
-        every=g("every", 1),
-        steps=g("steps", (None, None)),
-        final_step=v["final_step"],
-        strict=v["strict"],
-        cache=v["cache"],
-        cache_dir=v["cache_dir"],
-        overlay=g("overlay", True),
-        settle_threshold=g("settle_threshold", 0.1),
-        jobs=v["jobs"],
-        engine=v["engine"],
-        address=v["address"],
-        storage_options=v["storage_options"],
-        film_layout=g("film_layout", "fit"),
-        bar=g("bar", "motion"),
-    )
+    parts = {  # the fields that several options build; a field named as no option of the command keeps its default
+        "weights": lambda: WeightSpec(param=v["param"], points=v["points"], seed=v["seed"], blocks_regex=v["blocks"],
+                                      layout=v["layout"], source="updates" if g("features") == "updates" else "weights"),
+        "activations": lambda: probe() if g("features") == "activations" else None,
+        "umap": lambda: UmapOptions(neighbors=g("umap_neighbors", 15), min_dist=g("umap_min_dist", 0.1),
+                                    alignment=g("umap_alignment", 0.01), stride=g("umap_stride", 0), jobs=v["jobs"],
+                                    seed=v["seed"]),
+        "style": lambda: Style(width=v["size"][0], height=v["size"][1], cmap=v["cmap"]),
+        "encode": lambda: EncodeOptions(crf=v["crf"], threads=v["encoder_threads"], preset=v["preset"],
+                                        quality=g("quality", "lossless")),
+    }
+    opts = None
+    if command in CLASSES:
+        cls = getattr(film_options, CLASSES[command])
+        names = [f.name for f in dataclasses.fields(cls)]
+        opts = cls(**{n: parts[n]() if n in parts else v[n] for n in names if n in parts or n in v})
     live: Any = None
     if command in ("compare", "report"):  # runs without the base's initialisation: compared by their activations
         live = probe
@@ -349,9 +341,7 @@ def options(command: str, given: dict[str, Any]):
 
         live = LiveOptions(refit=v["refit"], interval=v["interval"], stills=v["stills"], json=v["json"],
                            export=v["export_points"])
-    return film, live
-
-
+    return opts, live
 
 
 _FIELD = re.compile(r"(?<![\w./\\:-])([a-z][a-z0-9_]*)(=|:(?= ))")  # name=... or name: ... (not in paths)

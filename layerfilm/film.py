@@ -17,7 +17,7 @@ from layerfilm.draw.overlay import MARKS, Overlay, bar_text, marks_text, ratio_o
 from layerfilm.draw.raster import Renderer, Style
 from layerfilm.draw.timeline import MAX_FRAMES, Timeline, resolve_time, skips
 from layerfilm.errors import OptionsError, ScanError
-from layerfilm.film_options import FilmOptions
+from layerfilm.film_options import FilmOptions, StillsOptions, ViewOptions
 from layerfilm.io.logs import RunLogs
 from layerfilm.io.outputs import atomic_output, check_output_path
 from layerfilm.io.scan import Checkpoint
@@ -63,7 +63,7 @@ def export_points(traj: Trajectories, path: str | Path, inputs: tuple[Path, ...]
     return path
 
 
-def check_film_size(keyframes: int, opts: FilmOptions) -> None:
+def check_film_size(keyframes: int, opts: ViewOptions) -> None:
     """Refuse, before any tensor is read, a film too long to be of use (e.g. fps=1e6)."""
     n = Timeline(keyframes, opts.fps, opts.seconds_per_keyframe).n_frames
     if n > MAX_FRAMES:
@@ -104,24 +104,24 @@ def zoomed(traj: Trajectories) -> bool:
     return (traj.subject is not None and traj.subject.kind == "activations") or "act_norm" in traj.stats
 
 
-def film_timeline(steps: np.ndarray, opts: FilmOptions) -> Timeline:
+def film_timeline(steps: np.ndarray, opts: ViewOptions) -> Timeline:
     """Where the key frames at ``steps`` fall in the film, under ``opts.film_layout`` (layerfilm.draw.film_layout)."""
     make = live_timeline if opts.film_layout == "live" else Timeline.of
     return make(steps, opts.fps, opts.seconds_per_keyframe, opts.time)
 
 
-def bar_top(traj: Trajectories, opts: FilmOptions) -> float | None:
+def bar_top(traj: Trajectories, opts: ViewOptions) -> float | None:
     """The overlay's full bar: the film's largest update (None), or the live layout's rounded one."""
     return live_top(updates(traj.stats["point_update"])) if opts.film_layout == "live" else None
 
 
-def time_words(steps: np.ndarray, opts: FilmOptions) -> tuple[str, tuple[int, ...]]:
+def time_words(steps: np.ndarray, opts: ViewOptions) -> tuple[str, tuple[int, ...]]:
     """(the legend's words for the film's time, the key frames followed by skipped checkpoints)."""
     gaps = skips(steps)
     return time_text(resolve_time(opts.time, steps), opts.seconds_per_keyframe, opts.time == "auto", len(gaps)), gaps
 
 
-def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarray | None = None,
+def film_legend(traj: Trajectories, opts: ViewOptions, bar: bool, zoom: np.ndarray | None = None,
                 note: str = "", still: bool = False) -> Legend:
     """The legend's words: the run's folder, what is filmed and how (``traj.subject``), the per-key-frame
     axes ``zoom`` of activation films, the bottom bar (``bar``: the overlay is drawn), the time (not in a
@@ -149,7 +149,7 @@ def film_legend(traj: Trajectories, opts: FilmOptions, bar: bool, zoom: np.ndarr
                   marks=tuple(tl.position(int(k), 0.0) for k in spiked))
 
 
-def film_axes(traj: Trajectories, opts: FilmOptions) -> tuple[np.ndarray, np.ndarray | None]:
+def film_axes(traj: Trajectories, opts: ViewOptions) -> tuple[np.ndarray, np.ndarray | None]:
     """(extent (L, 4), zoom (T, L, 4) or None): each panel's fixed axes, or for activation films the unit
     box and each key frame's own axes (``zoomed``)."""
     zoom = zooms(traj.xy) if zoomed(traj) else None
@@ -158,7 +158,7 @@ def film_axes(traj: Trajectories, opts: FilmOptions) -> tuple[np.ndarray, np.nda
     return (live_extent(traj.xy) if opts.film_layout == "live" else traj.extent()), None
 
 
-def film_strip(traj: Trajectories, opts: FilmOptions, logs: RunLogs | None) -> Strip | None:
+def film_strip(traj: Trajectories, opts: ViewOptions, logs: RunLogs | None) -> Strip | None:
     """The strip of the run's loss and learning rate under the timeline, placed as the timeline places
     the key frames; None without logs, with ``opts.curves`` off, or in a live layout (its static frame
     would change with every new key frame's logs, and the live film re-encodes only what changed)."""
@@ -168,13 +168,13 @@ def film_strip(traj: Trajectories, opts: FilmOptions, logs: RunLogs | None) -> S
     return Strip.of(logs, traj.steps, np.array([tl.position(k, 0.0) for k in range(len(traj.steps))]))
 
 
-def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = None, bar: bool = False,
+def film_renderer(traj: Trajectories, style: Style, opts: ViewOptions | None = None, bar: bool = False,
                   logs: RunLogs | None = None, note: str = "") -> Renderer:
     """The film's renderer: one panel per block, its axes (fixed, or zoomed per key frame for
     activations) and the colour scale fixed over all key frames by the rule of
     ``layerfilm.draw.legend.scale_top``; with ``opts.legend`` (default) the legend, which mentions the
     bottom bar when ``bar`` (the overlay is drawn); with ``logs`` and ``opts.curves`` the strip of curves."""
-    opts = opts or FilmOptions(style=style)
+    opts = opts or ViewOptions(style=style)
     live = opts.film_layout == "live"
     extent, zoom = film_axes(traj, opts)
     legend = film_legend(traj, opts, bar, zoom, note) if opts.legend else None
@@ -190,7 +190,7 @@ def film_renderer(traj: Trajectories, style: Style, opts: FilmOptions | None = N
     return renderer
 
 
-def film_overlay(renderer: Renderer, traj: Trajectories, opts: FilmOptions) -> Overlay | None:
+def film_overlay(renderer: Renderer, traj: Trajectories, opts: ViewOptions) -> Overlay | None:
     """The per-panel bars and status marks of the film's own points (None: overlay=False). A live layout
     draws the bars only: a block's status is decided by the newest key frame (its distance to each
     earlier one), so a mark could change on any earlier frame when a key frame is added."""
@@ -220,7 +220,7 @@ class FilmFrames:
     key_of: bool = True  # the caption says "key k/T" (a live layout's says "key k")
 
     @classmethod
-    def of(cls, traj: Trajectories, opts: FilmOptions, renderer: Renderer | None = None,
+    def of(cls, traj: Trajectories, opts: ViewOptions, renderer: Renderer | None = None,
            overlay: Overlay | None = None) -> FilmFrames:
         return cls(film_timeline(traj.steps, opts), traj.xy, traj.steps,
                    renderer or film_renderer(traj, opts.style, opts, bar=overlay is not None), overlay,
@@ -305,7 +305,7 @@ def with_update_ratio(run: Study) -> Trajectories:
     return replace(traj, stats={**traj.stats, "update_ratio": ratio})
 
 
-def film_frames(traj: Trajectories, opts: FilmOptions, logs: RunLogs | None = None, note: str = "") -> FilmFrames:
+def film_frames(traj: Trajectories, opts: ViewOptions, logs: RunLogs | None = None, note: str = "") -> FilmFrames:
     """The film of ``traj`` as ``opts`` draws it: its renderer (layout, legend with ``note`` last, the strip
     of ``logs``) and overlay, if any."""
     renderer = film_renderer(traj, opts.style, opts, bar=opts.overlay, logs=logs, note=note)
@@ -408,18 +408,19 @@ def key_indices(have: list[int], steps: list[int] | None) -> tuple[list[int], li
     return steps, [have.index(s) for s in steps]
 
 
-def still_frame(traj: Trajectories, keys: list[int], opts: FilmOptions, logs: RunLogs | None = None) -> np.ndarray:
+def still_frame(traj: Trajectories, keys: list[int], opts: StillsOptions, logs: RunLogs | None = None) -> np.ndarray:
     """(H, W, 3) uint8: one picture of key frames ``keys`` (indices into ``traj.steps``), drawn as a still,
     not as film frames side by side: each block's panels at those key frames next to each other (on the
     film's axes, labelled with the block and the step), one header and one colour bar (the film's rule
     for its top, over all key frames), the legend without the film's time, and the strip of ``logs``
-    (when ``opts.curves``) marking the key frames shown."""
-    extent, zoom = film_axes(traj, opts)
+    (when ``opts.curves``) marking the key frames shown. Axes and words are the film's (``ViewOptions.of``)."""
+    look = ViewOptions.of(opts)
+    extent, zoom = film_axes(traj, look)
     xy = traj.xy if zoom is None else unit_axes(traj.xy, zoom)
     K = len(keys)
     steps = [int(traj.steps[k]) for k in keys]
     labels = [f"L{b} · step {s:,}" if K > 1 else f"L{b}" for b in traj.blocks for s in steps]
-    legend = film_legend(traj, opts, False, zoom, still=True) if opts.legend else None
+    legend = film_legend(traj, look, False, zoom, still=True) if opts.legend else None
     s = np.asarray(traj.steps, np.float64)
     marks = tuple(float((s[k] - s[0]) / max(s[-1] - s[0], 1e-300)) for k in keys)
     strip = Strip.of(logs, traj.steps, marks=marks) if opts.curves else None
@@ -432,7 +433,7 @@ def still_caption(steps: list[int]) -> str:
 
 
 def draw_still(xy: np.ndarray, extent: np.ndarray, keys: list[int], labels: list[str], caption: str,
-               opts: FilmOptions, legend: Legend | None = None, strip: Strip | None = None, group: int = 1) -> np.ndarray:
+               opts: StillsOptions, legend: Legend | None = None, strip: Strip | None = None, group: int = 1) -> np.ndarray:
     """(H, W, 3) uint8: the panels of key frames ``xy`` (T, P, N, 2) at key frames ``keys`` as one picture.
 
     Each panel's K key frames sit side by side (``labels``: P x K, panel by panel), on the panel's axes

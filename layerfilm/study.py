@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from layerfilm.errors import CheckpointError, OptionsError, ScanError
-from layerfilm.film_options import FilmOptions
+from layerfilm.film_options import StudyOptions
 from layerfilm.io import cache
 from layerfilm.io.formats import NotExact, narrow, open_checkpoint
 from layerfilm.io.formats.base import Reader as CheckpointReader
@@ -68,7 +68,7 @@ REMOTE_READS = 4  # key frames of a block chunk read at once from a URL (each: u
 T = TypeVar("T")
 
 
-def scan_for(folder: str | Path, opts, progress: bool = False) -> Series:
+def scan_for(folder: str | Path, opts: StudyOptions, progress: bool = False) -> Series:
     """The checkpoints of ``folder`` selected by ``opts`` (every, steps, final step, strict, blocks): the
     one scan every command (render, stills, stability, report) makes. ``folder`` may be a URL (with
     ``opts.storage_options``); activation films need a local one (the model is built from its files)."""
@@ -224,7 +224,7 @@ def _join(results: list[ChunkResult]) -> tuple[np.ndarray, dict[str, np.ndarray]
     return xy, stats, measures
 
 
-def weights_subject(wp: WeightPlan, opts, keyframes: int, run: str) -> Subject:
+def weights_subject(wp: WeightPlan, opts: StudyOptions, keyframes: int, run: str) -> Subject:
     """What a weights film shows (its legend's words): the matrix, how many of its neurons, the projection."""
     kind = "Adam update direction m/(sqrt(v)+eps)" if wp.source == "updates" else "weights"
     return Subject(wp.component, kind, wp.point_ids.shape[1], wp.shape[0], "output neurons",
@@ -232,14 +232,15 @@ def weights_subject(wp: WeightPlan, opts, keyframes: int, run: str) -> Subject:
 
 
 class Study:
-    """One study of one series with one set of options (``layerfilm.film_options.FilmOptions``).
+    """One study of one series with one set of options (``layerfilm.film_options.StudyOptions``, or any
+    wider class: a film's options go as they are).
 
     Example:
-        >>> run = Study.open("ckpts/", FilmOptions())  # doctest: +SKIP
+        >>> run = Study.open("ckpts/", StudyOptions())  # doctest: +SKIP
         >>> run.trajectories().xy.shape, run.stability().settle_steps  # doctest: +SKIP
     """
 
-    def __init__(self, series: Series, opts, progress: bool = True) -> None:
+    def __init__(self, series: Series, opts: StudyOptions, progress: bool = True) -> None:
         self.series = series
         self.opts = opts
         self.progress = progress
@@ -253,7 +254,7 @@ class Study:
         self._cache = cache.cache_dir(opts.cache_dir, (series.root,)) if opts.cache else None
 
     @classmethod
-    def open(cls, folder: str | Path, opts, progress: bool = True, scan_progress: bool = False) -> Study:
+    def open(cls, folder: str | Path, opts: StudyOptions, progress: bool = True, scan_progress: bool = False) -> Study:
         """Scan ``folder`` as ``opts`` select (reads headers only) and start a Run on it."""
         return cls(scan_for(folder, opts, scan_progress), opts, progress)
 
@@ -484,8 +485,10 @@ class Study:
         """Block outputs on the probe batch, checkpoint-major (a forward pass needs the whole model)."""
         from layerfilm.points.activations import extract
 
+        spec = self.opts.activations
+        assert spec is not None  # trajectories() comes here for a study of activations only
         with new_scratch("act") as work, one_blas_thread():  # stale ones of killed runs go
-            features = extract(self.series, self.opts.activations, Path(work), self.progress, self.opts.strict,
+            features = extract(self.series, spec, Path(work), self.progress, self.opts.strict,
                                engine=self.opts.engine, address=self.opts.address)
             self.skipped.extend(features.skipped)
             traj = project(features, self.opts.projection, progress=self.progress, **self.opts.projection_kwargs())
@@ -564,9 +567,9 @@ def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir
     if len(series) < 2:
         raise OptionsError(f"{series.root}: found {len(series)} checkpoint; measuring movement needs at least two")
 
-    fo = FilmOptions(weights=opts.weights, projection=opts.projection, settle_threshold=opts.settle_threshold,
-                     activations=opts.activations, cache=False)
-    return Study(series, fo, progress).stability(opts.bins)
+    read = StudyOptions(weights=opts.weights, projection=opts.projection, settle_threshold=opts.settle_threshold,
+                        activations=opts.activations, cache=False)
+    return Study(series, read, progress).stability(opts.bins)
 
 
 def measure_activations(series: Series, spec: ActivationSpec, workdir: Path, progress: bool = True) -> ActivationStats:

@@ -12,9 +12,10 @@ import pytest
 
 from layerfilm.cli.commands import build_parser
 from layerfilm.cli.flags import command_options
-from layerfilm.config import COMMANDS, options
+from layerfilm.config import CLASSES, COMMANDS, OPTIONS, options
 from layerfilm.errors import OptionsError
-from layerfilm.film_options import FilmOptions
+from layerfilm.film_options import FilmOptions, StudyOptions
+from layerfilm.points.weights import WeightSpec
 
 # flag (render) -> (field path in FilmOptions, value given, value expected)
 FLAGS = {
@@ -141,6 +142,83 @@ def test_each_command_has_only_the_options_it_uses():
     for command in ("stills", "stability", "scan"):
         assert not {"crf", "encoder_threads", "preset", "fps", "time", "film_layout"} & names[command], command
     assert not {"jobs", "engine", "address", "cache"} & names["scan"]
+
+
+# option -> the top-level fields of the options objects it sets: FLAGS' field, those ALSO lists (set by the
+# same flags) and the activation spec (its own flags: test_activation_flags_set_the_activation_spec)
+SETS = {o.name: {FLAGS[o.cli_flag][0].split(".")[0]} for o in OPTIONS.values() if o.cli_flag in FLAGS}
+SETS["jobs"].add("umap")
+for _name in ("seed", "points", "blocks", "features"):
+    SETS[_name] |= {"umap", "activations"} if _name == "seed" else {"activations"}
+SETS |= {n: {"activations"} for n in ("model", "probe", "seq_len", "batch_size", "device", "devices", "dtype", "near_zero")}
+
+
+def own_fields(cls) -> set[str]:
+    """The fields ``cls`` adds to the class it narrows (all of them for the narrowest, StudyOptions)."""
+    base = cls.__mro__[1]
+    return {f.name for f in dataclasses.fields(cls)} - ({f.name for f in dataclasses.fields(base)}
+                                                          if dataclasses.is_dataclass(base) else set())
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_each_commands_options_object_holds_only_what_the_command_uses(command):
+    """The object holds every option the command takes, and its class is the narrowest that does: each
+    class it narrows from adds a field the command sets (else that class would do). Fields of a class
+    the command does not set keep their defaults: they are read by the code every command of the class
+    runs (a Study reads the selection and the projection, a still is drawn with the film's time)."""
+    opts, _ = options(command, {})
+    if command not in CLASSES:  # scan reads headers with its own few options
+        assert opts is None
+        return
+    have = {f.name for f in dataclasses.fields(opts)}
+    taken = set().union(*(SETS.get(o.name, set()) for o in COMMANDS[command]))
+    assert taken <= have, taken - have
+    for cls in type(opts).__mro__:
+        if dataclasses.is_dataclass(cls):
+            assert own_fields(cls) & taken, (command, cls.__name__)
+    pictures = {"style", "legend", "curves"}
+    film = {"fps", "seconds_per_keyframe", "time", "overlay", "film_layout", "bar"}
+    if command in ("stability", "compare"):
+        assert not (pictures | film | {"encode"}) & have
+    if command in ("stills", "report"):
+        assert pictures <= have and not (film | {"encode"}) & have
+    if command in ("view", "serve"):
+        assert film <= have and "encode" not in have
+
+
+SHARED = [{}, {"points": 16, "seed": 3, "jobs": 2, "strict": True, "final_step": 7, "every": 2, "steps": (10, 50)},
+          {"projection": "procrustes", "param": "attn.c_attn", "layout": "in-out", "blocks": r"h\.(\d+)\.",
+           "engine": "dask", "cache": False, "settle_threshold": 0.3},
+          {"projection": "umap", "seed": 5, "storage_options": "{}"},
+          {"features": "activations", "points": 8, "device": "cpu", "devices": "cpu,cpu", "near_zero": 0.1}]
+
+
+@pytest.mark.parametrize("given", SHARED)
+def test_every_command_keys_the_same_points_alike(given):
+    """The cache key is the same for every class built from the same values: a render's cached key frames
+    serve stability, stills, view and the rest."""
+    film = options("render", given)[0]
+    for command in sorted(CLASSES):
+        ok = {k: v for k, v in given.items() if k in {o.name for o in COMMANDS[command]}}
+        if ok != given:
+            continue  # a value this command does not take (stills takes no features)
+        assert options(command, given)[0].points_options() == film.points_options(), command
+    assert FilmOptions(weights=WeightSpec(points=16)).points_options() == \
+        StudyOptions(weights=WeightSpec(points=16)).points_options() != StudyOptions().points_options()
+
+
+def test_a_renders_cache_serves_the_other_commands(run_cli, run_copy, tmp_path, reads):
+    c = tmp_path / "c"
+    code, _, err = run_cli("render", run_copy, "--out", tmp_path / "f.webm", "--size", "320x180", "--fps", "1",
+                           "--points", "16", "--cache", c, "--quiet")
+    assert code == 0 and len(reads) == 1, err
+    for command, out in (("stills", "s.png"), ("view", "v.html")):
+        code, _, err = run_cli(command, run_copy, "--out", tmp_path / out, "--points", "16", "--cache", c, "--quiet")
+        assert code == 0 and len(reads) == 1, (command, err)  # its key frames from the render's entry
+    (entry,) = c.glob("*.npz")
+    code, _, err = run_cli("stability", run_copy, "--points", "16", "--cache", tmp_path / "c2", "--quiet")
+    assert code == 0, err
+    assert entry.name in {p.name for p in (tmp_path / "c2").glob("*.npz")}  # its key frames under the render's key
 
 
 def test_each_option_help_fits_three_lines(monkeypatch):

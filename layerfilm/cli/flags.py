@@ -46,7 +46,7 @@ def add_options(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def command_options(args: argparse.Namespace):
-    """(FilmOptions, LiveOptions or None) of a parsed command line."""
+    """(the command's options object (layerfilm.config.CLASSES), LiveOptions or None) of a parsed command line."""
     return options(args.command, given(vars(args), args.command))
 
 

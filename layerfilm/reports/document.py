@@ -3,7 +3,7 @@
 ``stills`` draws chosen key frames as one still (layerfilm.film.still_frame): each block's panels at
 those steps side by side, on the film's fixed axes and colour rule, so two steps compare directly,
 with one colour bar and the run's loss and learning rate when it logged them. ``report`` measures the
-checkpoints once (``layerfilm.stability``; with ``FilmOptions.activations`` also the statistics of each
+checkpoints once (``layerfilm.stability``; with ``StudyOptions.activations`` also the statistics of each
 block's output on the probe batch) and writes either one self-contained HTML file (images and
 film embedded as data: URIs, nothing fetched) or Markdown with PNGs beside it.
 """
@@ -25,7 +25,7 @@ from layerfilm.compare import stills_of_runs
 from layerfilm.draw.raster import Style
 from layerfilm.errors import OptionsError
 from layerfilm.film import FilmFrames, film_renderer, key_indices, still_frame
-from layerfilm.film_options import FilmOptions
+from layerfilm.film_options import StillsOptions, ViewOptions
 from layerfilm.io.logs import RunLogs
 from layerfilm.io.outputs import atomic_output, check_beside_path, check_output_path, removed_on_error
 from layerfilm.io.storage import local_inputs, redact
@@ -78,20 +78,21 @@ def parse_step_list(text: str) -> list[int]:
 
 
 def keyframe_stills(traj: Trajectories, style: Style, steps: list[int] | None = None,
-                    opts: FilmOptions | None = None, logs: RunLogs | None = None) -> Stills:
+                    opts: StillsOptions | None = None, logs: RunLogs | None = None) -> Stills:
     """The still of the key frames at ``steps`` (default: the first and last), with the legend unless
     ``opts.legend`` is False and the curves of ``logs`` unless ``opts.curves`` is; and the film's own
-    frames at those steps."""
+    frames at those steps (with the film's time and overlay: ``ViewOptions.of``)."""
     steps, idx = key_indices([int(s) for s in traj.steps], steps)
-    opts = replace(opts, style=style) if opts is not None else FilmOptions(style=style)
-    film = FilmFrames.of(traj, opts, film_renderer(traj, style, opts))
+    opts = replace(opts, style=style) if opts is not None else StillsOptions(style=style)
+    look = ViewOptions.of(opts)
+    film = FilmFrames.of(traj, look, film_renderer(traj, style, look))
     frames = np.stack([film.draw(k, 0.0) for k in idx])
     image = still_frame(traj, idx, opts, logs)
     return Stills(steps, frames, image_figure(image), image)
 
 
 def stills(folder: str | Path | Sequence[str | Path], out: str | Path | None = None, steps: list[int] | None = None,
-           opts: FilmOptions = FilmOptions(), progress: bool = True,
+           opts: StillsOptions = StillsOptions(), progress: bool = True,
            names: Sequence[str] | str | None = None) -> Stills:
     """Stills of the checkpoints in ``folder`` at ``steps`` (default first and last), written to ``out``
     (.png, .svg or .pdf) when given.
@@ -190,7 +191,7 @@ FIGURE_NAMES = ("stills", "heatmap", "update_ratio", "settling", "hot", "norms",
 REPORT_STILL_WIDTH = 1280  # pixels at least: the still is shown about 1070 px wide (the page's width), never enlarged
 
 
-def report_still(stab: Stability, opts: FilmOptions, logs: RunLogs | None = None) -> np.ndarray:
+def report_still(stab: Stability, opts: StillsOptions, logs: RunLogs | None = None) -> np.ndarray:
     """The report's still of the first and last key frame, at least ``REPORT_STILL_WIDTH`` pixels wide
     (the frame size's aspect), so that its labels and legend read at the page's width."""
     assert stab.trajectories is not None  # a measured Stability keeps the film's projection
@@ -205,7 +206,7 @@ def report_still(stab: Stability, opts: FilmOptions, logs: RunLogs | None = None
 def report_figures(stab: Stability, style: Style, still: np.ndarray | None = None) -> dict[str, Figure]:
     """The report's figures; ``still``: its still (default: :func:`report_still` at ``style``'s size)."""
     figures = {
-        "stills": image_figure(still if still is not None else report_still(stab, FilmOptions(style=style))),
+        "stills": image_figure(still if still is not None else report_still(stab, StillsOptions(style=style))),
         "heatmap": heatmap_figure(stab),
         **({"update_ratio": update_ratio_figure(stab)} if stab.optimizer is not None and stab.optimizer.any else {}),
         "settling": settling_figure(stab),
@@ -343,7 +344,7 @@ def _markdown(stab: Stability, folder: str | Path, pngs: dict[str, str], film: s
 
 
 def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
-           opts: FilmOptions = FilmOptions(), progress: bool = True, *, film_link: bool = False,
+           opts: StillsOptions = StillsOptions(), progress: bool = True, *, film_link: bool = False,
            frames: Mapping[str, FrameSource] | None = None, interactive: bool = False,
            lossless_film: str | Path | None = None) -> Report:
     """Measure the checkpoints in ``folder`` and write a report: ``.html`` (one file, images embedded)
@@ -396,7 +397,7 @@ def report(folder: str | Path, out: str | Path, film: str | Path | None = None,
     files: list[Path] = []
     if view is not None:
         assert stab.trajectories is not None  # a measured Stability keeps the film's projection
-        files.append(write_viewer(stab.trajectories, view, opts, inputs=inputs, logs=logs).out)
+        files.append(write_viewer(stab.trajectories, view, ViewOptions.of(opts), inputs=inputs, logs=logs).out)
     link = relative_link(view, out) if view is not None else None
     if kind == "html":  # the still as drawn, pixel for pixel (not resampled through its figure)
         text = _html(stab, folder, {n: png_bytes(still) if n == "stills" else _png(f) for n, f in figures.items()},

@@ -5,7 +5,7 @@ One file, as the report of one run: ``.html`` (figures embedded, nothing fetched
 beside it). It holds, in order:
 
   - how each run is compared: neuron by neuron where it shares the base's initialisation, else by
-    representation (1 - CKA of the block outputs, with ``FilmOptions.activations``) or by distribution
+    representation (1 - CKA of the block outputs, with ``StudyOptions.activations``) or by distribution
     only (settling, norms): a run of another initialisation is never said to have the base's neurons;
   - the blocks ranked by how much they differ at the last common step (layerfilm.compare);
   - per run measured against the base, a heatmap of blocks (ranked) x common steps, log colour;
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from layerfilm.compare import DISTRIBUTION, Comparison, compare, describe_kind, run_names, settling, settling_note, settling_rows
 from layerfilm.errors import OptionsError
-from layerfilm.film_options import FilmOptions
+from layerfilm.film_options import StudyOptions
 from layerfilm.io.outputs import atomic_output, check_beside_path, check_output_path, removed_on_error
 from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import local_inputs, redact
@@ -64,7 +64,7 @@ def _heatmap_text(cmp: Comparison, run: str) -> str:
     return f"Divergence of {run} from {cmp.base} at every common step: {what}. Log colour scale; blocks ranked."
 
 
-def report_runs(folders: Sequence[str | Path], out: str | Path, opts: FilmOptions = FilmOptions(),
+def report_runs(folders: Sequence[str | Path], out: str | Path, opts: StudyOptions = StudyOptions(),
                 names: Sequence[str] | str | None = None, probe=None, progress: bool = True) -> RunsReport:
     """Compare ``folders`` (the first the base) and write the report of several runs: ``.html`` (one
     file, figures embedded) or ``.md`` (``<name>_<figure>.png`` beside it).

@@ -37,7 +37,7 @@ from layerfilm.draw.frame_layout import note_text
 from layerfilm.draw.raster import FLOOR, Renderer
 from layerfilm.errors import OptionsError
 from layerfilm.film import FilmFrames, caption, film_frames
-from layerfilm.film_options import FilmOptions
+from layerfilm.film_options import ViewOptions
 from layerfilm.io.logs import Curve, RunLogs
 from layerfilm.io.outputs import atomic_output, check_output_path
 from layerfilm.io.storage import local_inputs
@@ -65,7 +65,7 @@ class Shown:
     runs: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, traj: Trajectories, opts: FilmOptions, logs: RunLogs | None = None) -> Shown:
+    def of(cls, traj: Trajectories, opts: ViewOptions, logs: RunLogs | None = None) -> Shown:
         """One run's film as ``render`` draws it (with the strip of ``logs``, which takes its room in the layout)."""
         return cls(traj, film_frames(traj, opts, logs if opts.curves else None), (logs if opts.curves else None,))
 
@@ -169,7 +169,7 @@ def curves_data(shown: Shown) -> list[dict]:
     return out
 
 
-def viewer_data(shown: Shown, opts: FilmOptions, tokens: list[str] | None = None) -> dict:
+def viewer_data(shown: Shown, opts: ViewOptions, tokens: list[str] | None = None) -> dict:
     """The film's numbers the page draws from (everything but the coordinates)."""
     traj, frames = shown.traj, shown.frames
     r = frames.renderer
@@ -220,7 +220,7 @@ def viewer_data(shown: Shown, opts: FilmOptions, tokens: list[str] | None = None
     }
 
 
-def viewer_html(traj: Trajectories, opts: FilmOptions = FilmOptions(), coords: str = "auto",
+def viewer_html(traj: Trajectories, opts: ViewOptions = ViewOptions(), coords: str = "auto",
                 tokens: list[str] | None = None, served: bool = False, logs: RunLogs | None = None) -> tuple[str, str]:
     """(the page, the coordinates' encoding): the film of ``traj`` as ``opts`` draws it (``film_frames``);
     ``tokens``: a label per point (N), e.g. the probe tokens' text, shown on hover after the index;
@@ -233,7 +233,7 @@ def viewer_html(traj: Trajectories, opts: FilmOptions = FilmOptions(), coords: s
 SERVED_XY = "xy.bin"
 
 
-def _page(shown: Shown, opts: FilmOptions, coords: str, tokens: list[str] | None,
+def _page(shown: Shown, opts: ViewOptions, coords: str, tokens: list[str] | None,
           served: bool) -> tuple[str, str, bytes]:
     coords = pick_coords(shown.traj, coords)
     blob, how = encode_xy(shown.traj.xy, coords)
@@ -244,13 +244,13 @@ def _page(shown: Shown, opts: FilmOptions, coords: str, tokens: list[str] | None
     return template.replace(MARK, text, 1).replace(BLOB, held, 1), coords, blob
 
 
-def write_viewer(traj: Trajectories, out: str | Path, opts: FilmOptions = FilmOptions(), coords: str = "auto",
+def write_viewer(traj: Trajectories, out: str | Path, opts: ViewOptions = ViewOptions(), coords: str = "auto",
                  inputs: tuple[Path, ...] = (), logs: RunLogs | None = None) -> ViewResult:
     """Write the interactive film of ``traj`` (and the strip of ``logs``) to ``out`` (.html), whole or not at all."""
     return write_page(Shown.of(traj, opts, logs), out, opts, coords, inputs)
 
 
-def write_page(shown: Shown, out: str | Path, opts: FilmOptions = FilmOptions(), coords: str = "auto",
+def write_page(shown: Shown, out: str | Path, opts: ViewOptions = ViewOptions(), coords: str = "auto",
                inputs: tuple[Path, ...] = ()) -> ViewResult:
     """Write the page of ``shown`` to ``out`` (.html), whole or not at all."""
     out = check_view_path(out, inputs)
@@ -269,7 +269,7 @@ def check_view_path(out: str | Path, inputs: tuple[Path, ...] = ()) -> Path:
     return check_output_path(out, (out.suffix.lower(),), inputs)
 
 
-def view(folder: str | Path, out: str | Path, opts: FilmOptions = FilmOptions(), progress: bool = True,
+def view(folder: str | Path, out: str | Path, opts: ViewOptions = ViewOptions(), progress: bool = True,
          coords: str = "auto") -> ViewResult:
     """The interactive film of the checkpoints in ``folder``, written to ``out`` (one .html file), with
     the loss and learning rate the run logged beside them (``opts.curves``).
@@ -285,7 +285,7 @@ def view(folder: str | Path, out: str | Path, opts: FilmOptions = FilmOptions(),
     return write_viewer(traj, out, opts, coords, inputs, study.logs() if opts.curves else None)
 
 
-def view_runs(folders: list[str | Path], out: str | Path, opts: FilmOptions = FilmOptions(),
+def view_runs(folders: list[str | Path], out: str | Path, opts: ViewOptions = ViewOptions(),
               names: list[str] | str | None = None, progress: bool = True, coords: str = "auto") -> ViewResult:
     """The interactive film of several runs (the first the base), as ``render BASE OTHER ...`` draws it:
     each block's runs side by side on the block's one basis, one clock by step; the page toggles runs,
@@ -306,7 +306,7 @@ def view_runs(folders: list[str | Path], out: str | Path, opts: FilmOptions = Fi
     return write_page(Shown(panels, frames, logs, labels), out, opts, coords, inputs)
 
 
-def viewer_server(traj: Trajectories, opts: FilmOptions = FilmOptions(), port: int = 8000, coords: str = "auto",
+def viewer_server(traj: Trajectories, opts: ViewOptions = ViewOptions(), port: int = 8000, coords: str = "auto",
                   logs: RunLogs | None = None):
     """An HTTP server on 127.0.0.1 only (never another interface) that serves the interactive film of
     ``traj`` (and the strip of ``logs``): the page at ``/`` and its deflated coordinates at ``/xy.bin``, both from memory, nothing
@@ -331,7 +331,7 @@ def viewer_server(traj: Trajectories, opts: FilmOptions = FilmOptions(), port: i
     return ThreadingHTTPServer(("127.0.0.1", port), Handler)
 
 
-def serve(folder: str | Path, opts: FilmOptions = FilmOptions(), port: int = 8000, progress: bool = True,
+def serve(folder: str | Path, opts: ViewOptions = ViewOptions(), port: int = 8000, progress: bool = True,
           ready=None) -> None:
     """Serve the interactive film of the checkpoints in ``folder`` on http://127.0.0.1:PORT/ until interrupted;
     ``ready(url)`` is called once it listens."""
