@@ -151,7 +151,8 @@ _O = [
            metavar="T", points=True, group=ACT),
     Option("batch_size", 8, "probe sequences per forward pass; memory is one model + one batch", int, metavar="B",
            points=True, group=ACT),
-    Option("device", "auto", "auto (cuda when available), cpu or cuda", points=True, group=ACT),
+    Option("device", "auto", "where activations run: auto (cuda when available), cpu or cuda; cuda[:N] also measures\n"
+           "the weights' whole blocks on that GPU (stability, report)", points=True, group=ACT),
     Option("devices", None, "one long-lived worker per device, e.g. 0,1,2,3 or cpu,cpu (default: every visible GPU)",
            metavar="LIST", group=ACT),
     Option("dtype", "float32", "float32, bfloat16 or float16", points=True,

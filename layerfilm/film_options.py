@@ -58,6 +58,9 @@ class StudyOptions:
     engine: str = "local"  # where tasks run (layerfilm.parallel.engines): local processes, or dask
     address: str | None = None  # dask: the scheduler's address (None: a LocalCluster)
     storage_options: str | None = None  # a URL folder: fsspec options as a JSON object (layerfilm.io.storage)
+    # cuda[:N]: the weights' whole-block measures run on that GPU (layerfilm.points.whole.DeviceBlockStats);
+    # anything else: on the CPU. (Activations: where the probe runs, ActivationSpec.device.)
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         check_jobs(self.jobs)

@@ -52,7 +52,7 @@ from layerfilm.points.act_stats import ActivationStats
 from layerfilm.points.measures import PointMeasures, point_measures
 from layerfilm.points.optimizer import OptimizerMeasures, OptimizerSums, matrices, matrix_norm, optimizer_sums, read_updates
 from layerfilm.points.weights import WeightPlan, plan, read_points, skip
-from layerfilm.points.whole import HIST_BINS, BlockMeasures, BlockStats, DeviceBlockStats
+from layerfilm.points.whole import HIST_BINS, BlockMeasures, BlockStats, DeviceBlockStats, check_device
 from layerfilm.projection import Trajectories, describe, project
 from layerfilm.stability import Settling, Stability, StabilityOptions, check_fits, screen_motion
 from layerfilm.text import show
@@ -139,8 +139,8 @@ def block_chunks(wp: WeightPlan, keyframes: int, whole_bytes: int = 0, budget_mb
 
 def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: tuple[int, ...],
                projection: str, projection_kwargs: dict, whole: bool = False,
-               bins: int = HIST_BINS, progress: Callable[[], None] | None = None,
-               held: np.dtype | None = None, device: str | None = None) -> ChunkResult:
+               bins: int = HIST_BINS, device: str | None = None, progress: Callable[[], None] | None = None,
+               held: np.dtype | None = None) -> ChunkResult:
     """Points (and, with ``whole``, whole-block measures) of ``blocks`` at the checkpoints ``active``
     (indices into ``series``), projected to 2-D. Each checkpoint is opened once; with ``whole`` the
     final one is read first and kept while the others stream by, so every byte is read once.
@@ -196,8 +196,8 @@ def block_task(series: Series, wp: WeightPlan, blocks: tuple[int, ...], active: 
         return ChunkResult(blocks, bad)
     if wider:  # start again holding float32
         del points, stats, read
-        return block_task(series, wp, blocks, active, projection, projection_kwargs, whole, bins, None, np.dtype(np.float32),
-                          device)
+        return block_task(series, wp, blocks, active, projection, projection_kwargs, whole, bins, device,
+                          held=np.dtype(np.float32))
     ids, store = wp.point_ids[list(blocks)], ArrayStore(points)
     features = Features(np.asarray([c.step for c in ckpts], np.int64), np.asarray(wp.layer_map.blocks)[list(blocks)],
                         ids, "", store, positions=np.asarray(blocks))
@@ -446,7 +446,11 @@ class Study:
         wp = self.weight_plan()
         active = tuple(range(len(series)))
         umap = opts.projection == "umap"
-        engine = get_engine(opts.engine, opts.jobs, **opts.engine_options())
+        device = opts.device if whole and opts.device.startswith("cuda") else None  # whole-block measures on a GPU
+        if device:
+            check_device(device)
+        # a GPU's measures run in this process (one CUDA context), its tensors read one checkpoint ahead
+        engine = get_engine("local", 1) if device else get_engine(opts.engine, opts.jobs, **opts.engine_options())
         check_fits(wp, len(active), whole, series.root, min(engine.sharing, len(wp.tensor_names)))
         while True:
             whole_bytes = wp.block_bytes if whole else 0
@@ -459,7 +463,7 @@ class Study:
             kwargs = opts.projection_kwargs()
             if umap:  # parallel over blocks here, one process per task: none inside
                 kwargs = {**kwargs, "options": replace(kwargs["options"], jobs=1)}
-            args = [(series, wp, c, active, opts.projection, kwargs, whole, bins) for c in chunks]
+            args = [(series, wp, c, active, opts.projection, kwargs, whole, bins, device) for c in chunks]
             what = "measuring" if whole else "reading"
             with tqdm(total=len(chunks) * len(active), desc=f"{what} {len(chunks)} block chunk(s)", unit="ckpt",
                       disable=not self.progress) as bar:

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from conftest import FROZEN_BLOCKS, FROZEN_STEP
 from layerfilm.errors import OptionsError
-from layerfilm.film_options import FilmOptions
+from layerfilm.film_options import FilmOptions, StudyOptions
 from layerfilm.io.scan import scan
 from layerfilm.points.whole import Work, abs_percentile, bf16_counts, histogram, linear_cka, sums_of_squares
 from layerfilm.stability import StabilityOptions, near_index
@@ -244,3 +244,28 @@ def test_whole_block_measures_on_a_torch_device_equal_numpys(run, request):
         assert np.array_equal(here.measures[k], there.measures[k]), k
     for k in ("norm_sq", "prev_sq", "final_sq", "param_norm", "cka"):
         np.testing.assert_allclose(there.measures[k], here.measures[k], rtol=1e-12, atol=0, err_msg=k)
+
+
+def test_stability_device_cuda_measures_on_the_device_or_says_there_is_none(pythia_run, monkeypatch, run_cli):
+    """``--device cuda`` sends the whole-block measures to DeviceBlockStats (here on torch's CPU, standing in
+    for the GPU): the same stability; on a machine without that GPU, one line."""
+    import layerfilm.study as study_module
+
+    if not torch.cuda.is_available():
+        code, _, err = run_cli("stability", pythia_run, "--device", "cuda:0", "--no-cache", "--quiet")
+        assert code == 2 and err.strip().splitlines()[-1].endswith("--device cuda:0: no such CUDA device here (torch sees 0)")
+    used = []
+
+    class OnThisCpu(study_module.DeviceBlockStats):
+        def __init__(self, *args, device):
+            used.append(device)
+            super().__init__(*args, device="cpu")
+
+    monkeypatch.setattr(study_module, "DeviceBlockStats", lambda *a: OnThisCpu(*a[:-1], device=a[-1]))
+    monkeypatch.setattr(study_module, "check_device", lambda device: None)
+    here = Study.open(pythia_run, StudyOptions(cache=False, jobs=1), progress=False).stability()
+    there = Study.open(pythia_run, StudyOptions(cache=False, jobs=1, device="cuda:1"), progress=False).stability()
+    assert used and set(used) == {"cuda:1"}
+    assert np.array_equal(here.hist, there.hist) and np.array_equal(here.settle_index, there.settle_index)
+    for k in ("relative_update", "distance_to_final", "norm", "param_norm", "cka_to_final"):
+        np.testing.assert_allclose(getattr(there, k), getattr(here, k), rtol=1e-12, err_msg=k)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from layerfilm.errors import CheckpointError
+from layerfilm.errors import CheckpointError, OptionsError, need
 from layerfilm.io.formats import COMPACT, Reader, check_finite, not_finite
 from layerfilm.io.storage import AnyPath
 from layerfilm.points import ArrayStore
@@ -290,6 +290,20 @@ class BlockStats:
                         for x in (points[t] for t in range(len(points)))])
         assert self.edges is not None  # at least two key frames were added
         return {**self.sq, "param_norm": self.param_norm, "cka": cka, "hist": self.hist, "hist_edges": self.edges}
+
+
+def check_device(device: str) -> None:
+    """A torch device that can take the whole-block measures, or one line why not."""
+    need("torch", "torch", f"device={device}")
+    import torch
+
+    try:
+        dev = torch.device(device)
+        usable = dev.type != "cuda" or (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count())
+    except (RuntimeError, AssertionError) as e:
+        raise OptionsError(f"device={device}: {e}") from None
+    if not usable:
+        raise OptionsError(f"device={device}: no such CUDA device here (torch sees {torch.cuda.device_count()})")
 
 
 DEVICE_CHUNK = 1 << 24  # entries summed at once on a device (float64 work: 128 MiB)
