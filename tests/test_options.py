@@ -31,6 +31,7 @@ FLAGS = {
     "--umap-alignment": ("umap.alignment", "0.2", 0.2),
     "--umap-stride": ("umap.stride", "3", 3),
     "--jobs": ("jobs", "2", 2),
+    "--device": ("device", "cuda:0", "cuda:0"),
     "--engine": ("engine", "dask", "dask"),
     "--address": ("address", "tcp://127.0.0.1:8786", "tcp://127.0.0.1:8786"),
     "--storage-options": ("storage_options", "{\"anon\": true}", "{\"anon\": true}"),
