@@ -10,13 +10,12 @@ from layerfilm.compare import compare, render_runs
 from layerfilm.draw.raster import Style
 from layerfilm.errors import LayerfilmError
 from layerfilm.film import render
-from layerfilm.film_options import FilmOptions
+from layerfilm.film_options import FilmOptions, StabilityOptions
 from layerfilm.io.scan import scan
 from layerfilm.live.film import LiveOptions, watch
 from layerfilm.points.weights import WeightSpec
 from layerfilm.projection.estimator import AlignedProjection
 from layerfilm.reports.document import report, stills
-from layerfilm.stability import StabilityOptions
 from layerfilm.study import Study, measure
 
 __all__ = ["ActivationSpec", "AlignedProjection", "FilmOptions", "LayerfilmError", "LiveOptions", "StabilityOptions",

@@ -30,6 +30,7 @@ from layerfilm.errors import OptionsError, need
 from layerfilm.io.storage import parse_storage_options
 from layerfilm.parallel.engines import check_engine, check_jobs
 from layerfilm.points.weights import WeightSpec
+from layerfilm.points.whole import HIST_BINS
 from layerfilm.projection import FITS, UmapOptions
 from layerfilm.stability import check_settle_threshold
 from layerfilm.video.encode import EncodeOptions
@@ -90,6 +91,22 @@ class StudyOptions:
         """Options of the chosen projection method, as ``project`` takes them."""
         by_method: dict[str, dict] = {"pca": {"fit": self.fit}, "umap": {"options": self.umap}}
         return by_method.get(self.projection, {})
+
+
+@dataclass(frozen=True)
+class StabilityOptions(StudyOptions):
+    """What :func:`layerfilm.measure` takes: a study's options (``settle_threshold``: when a block has settled,
+    layerfilm.stability; ``weights``: the points that feed the CKA and the on-screen motion; ``projection``:
+    the one the motion is measured in; ``activations``: also each block's output statistics on that probe
+    batch) + ``bins``, the value bins of the per-block histograms over time. Nothing is cached by default."""
+
+    cache: bool = False
+    bins: int = HIST_BINS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bins < 2:
+            raise OptionsError(f"bins={self.bins}: need at least 2 histogram bins")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,13 +54,13 @@ from layerfilm.io.scan import Checkpoint
 from layerfilm.io.storage import AnyPath
 from layerfilm.points.act_stats import ActivationStats, json_series
 from layerfilm.points.optimizer import OptimizerMeasures
-from layerfilm.points.weights import WeightPlan, WeightSpec
-from layerfilm.points.whole import HIST_BINS, BlockStats
-from layerfilm.projection import PROJECTIONS, Trajectories
+from layerfilm.points.weights import WeightPlan
+from layerfilm.points.whole import BlockStats
+from layerfilm.projection import Trajectories
 from layerfilm.text import text_table
 
 if TYPE_CHECKING:  # the activations module imports torch; only activation statistics need it
-    from layerfilm.points.activations import ActivationSpec
+    pass
 
 BARELY_MOVED = 0.01  # a block whose total relative change is below this barely moved (the module's docstring)
 
@@ -70,29 +70,6 @@ def check_settle_threshold(value: float) -> None:
     if not 0 < value < 1:
         raise OptionsError(f"settle_threshold={value}: must be between 0 and 1 "
                            "(a fraction of the distance to the final checkpoint at the first key frame)")
-
-
-@dataclass(frozen=True)
-class StabilityOptions:
-    """settle_threshold: a block has settled once its distance to the final checkpoint stays below this
-    fraction of its distance at the first key frame and its updates below this fraction of the median
-    block's (0 < f < 1; the module's docstring).
-    weights: which points per block feed the CKA and the on-screen motion (the film's points).
-    projection: the projection the motion is measured in.
-    bins: value bins of the per-block histograms over time.
-    activations: set: also the statistics of each block's output on this probe batch."""
-
-    settle_threshold: float = 0.1
-    weights: WeightSpec = field(default_factory=WeightSpec)
-    projection: str = "pca"
-    bins: int = HIST_BINS
-    activations: ActivationSpec | None = None
-
-    def __post_init__(self) -> None:
-        check_settle_threshold(self.settle_threshold)
-        if self.bins < 2:
-            raise OptionsError(f"bins {self.bins}: need at least 2 histogram bins")
-        PROJECTIONS.get(self.projection)
 
 
 @dataclass(frozen=True)

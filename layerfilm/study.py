@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from layerfilm.errors import CheckpointError, OptionsError, ScanError
-from layerfilm.film_options import StudyOptions
+from layerfilm.film_options import StabilityOptions, StudyOptions
 from layerfilm.io import cache
 from layerfilm.io.formats import NotExact, narrow, open_checkpoint
 from layerfilm.io.formats.base import Reader as CheckpointReader
@@ -54,7 +54,7 @@ from layerfilm.points.optimizer import OptimizerMeasures, OptimizerSums, matrice
 from layerfilm.points.weights import WeightPlan, plan, read_points, skip
 from layerfilm.points.whole import HIST_BINS, BlockMeasures, BlockStats, DeviceBlockStats, check_device
 from layerfilm.projection import Trajectories, describe, project
-from layerfilm.stability import Settling, Stability, StabilityOptions, check_fits, screen_motion
+from layerfilm.stability import Settling, Stability, check_fits, screen_motion
 from layerfilm.text import show
 
 if TYPE_CHECKING:  # the activations module imports torch
@@ -560,7 +560,7 @@ def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir
 
     Args:
         series: the checkpoints (from :func:`layerfilm.io.scan`), at least two.
-        opts: settling threshold, the points for CKA and motion, the projection.
+        opts: settling threshold, the points for CKA and motion, the projection, the histograms' bins.
         workdir: unused (kept for callers of earlier versions: nothing is written to disk).
     Returns:
         a :class:`Stability`, whose ``trajectories`` are the film's projection (reusable for a film).
@@ -571,9 +571,7 @@ def measure(series: Series, opts: StabilityOptions = StabilityOptions(), workdir
     if len(series) < 2:
         raise OptionsError(f"{series.root}: found {len(series)} checkpoint; measuring movement needs at least two")
 
-    read = StudyOptions(weights=opts.weights, projection=opts.projection, settle_threshold=opts.settle_threshold,
-                        activations=opts.activations, cache=False)
-    return Study(series, read, progress).stability(opts.bins)
+    return Study(series, opts, progress).stability(opts.bins)
 
 
 def measure_activations(series: Series, spec: ActivationSpec, workdir: Path, progress: bool = True) -> ActivationStats:

@@ -151,9 +151,9 @@ def frozen_run(tiny_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def frozen_stability(frozen_run):
     """`layerfilm.stability.measure` of `frozen_run` (64 points per block)."""
+    from layerfilm.film_options import StabilityOptions
     from layerfilm.io.scan import scan
     from layerfilm.points.weights import WeightSpec
-    from layerfilm.stability import StabilityOptions
     from layerfilm.study import measure
 
     return measure(scan(frozen_run), StabilityOptions(weights=WeightSpec(points=64)), progress=False)

@@ -147,8 +147,8 @@ def test_frozen_blocks_settle_where_they_stopped_and_the_others_move(frozen_run,
 def test_a_decaying_run_is_still_moving_at_its_end(tiny_run):
     """tiny_run's learning rate decays to 0 (cosine) for every block: near its end the blocks' distance to the
     final checkpoint is small (the old rule "settled" them all), but none stopped while the others went on."""
+    from layerfilm.film_options import StabilityOptions
     from layerfilm.io.scan import scan
-    from layerfilm.stability import StabilityOptions
     from layerfilm.study import measure
 
     st = measure(scan(tiny_run), StabilityOptions(weights=WeightSpec(points=64)), progress=False)

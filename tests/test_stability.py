@@ -12,10 +12,10 @@ from safetensors.torch import save_file
 
 from conftest import FROZEN_BLOCKS, FROZEN_STEP
 from layerfilm.errors import OptionsError
-from layerfilm.film_options import FilmOptions, StudyOptions
+from layerfilm.film_options import FilmOptions, StabilityOptions, StudyOptions
 from layerfilm.io.scan import scan
 from layerfilm.points.whole import Work, abs_percentile, bf16_counts, histogram, linear_cka, sums_of_squares
-from layerfilm.stability import StabilityOptions, near_index
+from layerfilm.stability import near_index
 from layerfilm.study import Study, block_task, measure
 
 
