@@ -314,8 +314,10 @@ async def _serve(folder: Path, delay: float, connections: int, port: int, stats_
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=1024, reuse_port=True).start()
-    while True:
-        stats_file.write_text(json.dumps(stats))
+    while True:  # whole, or not at all: a reader never finds it half written
+        part = stats_file.with_suffix(".part")
+        part.write_text(json.dumps(stats))
+        part.replace(stats_file)
         await asyncio.sleep(0.2)
 
 
@@ -326,7 +328,7 @@ def delayed_folder(folder: Path, delay: float = 0.02, connections: int = 128, co
     answered after ``delay`` seconds and at most ``connections`` in service at once (split between the
     processes); ``cores``: pin the server there (e.g. "2-15"); ``multi``: how a request for several ranges
     is answered (a key of MULTI). Yields (its URL, stats(): {"requests", "ranges", "bytes"} of the ranged
-    GETs served so far, as of 0.2 s ago)."""
+    GETs served before the call)."""
     assert multi in MULTI
     import json
     import socket
@@ -349,9 +351,11 @@ def delayed_folder(folder: Path, delay: float = 0.02, connections: int = 128, co
                     raise RuntimeError("the delayed server did not start")
                 time.sleep(0.05)
 
-            def stats() -> dict:
-                time.sleep(0.3)
-                got = [json.loads(f.read_text() or "{}") for f in files]
+            def stats() -> dict:  # as written after this call: every request served before it counted
+                asked, wait_until = time.time(), time.monotonic() + 30
+                while any(f.stat().st_mtime <= asked for f in files) and time.monotonic() < wait_until:
+                    time.sleep(0.05)
+                got = [json.loads(f.read_text()) for f in files]
                 return {k: sum(g.get(k, 0) for g in got) for k in ("requests", "ranges", "bytes")}
 
             yield f"http://127.0.0.1:{port}", stats
