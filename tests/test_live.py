@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import one_torch_thread
 from layerfilm.errors import OptionsError
 from layerfilm.live.film import LiveFilm, LiveOptions, Readiness, parse_refit
 
@@ -227,8 +226,7 @@ def test_trainer_callback_films_its_checkpoints(example, makers, tmp_path):
     args = T.TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=12, save_steps=4, per_device_train_batch_size=8,
                                report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="steps", seed=0)
     callback = LayerfilmCallback(**_options(tmp_path))
-    with one_torch_thread():
-        T.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+    T.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
     points = np.load(tmp_path / "points.npz")
     assert list(points["steps"]) == [4, 8, 12] == sorted(int(p.name[11:]) for p in (tmp_path / "run").glob("checkpoint-*"))
     assert len(decode(tmp_path / "film.webm")) == 2 * 2 + 1
@@ -250,9 +248,8 @@ def test_trainer_callback_runs_on_rank_0_only(tmp_path):
 def test_lightning_callback_films_its_checkpoints(example, makers, tmp_path):
     from layerfilm.callbacks import LayerfilmLightningCallback
 
-    with one_torch_thread():
-        makers.fit_lightning(example, makers.gpt_module(example), tmp_path / "run", steps=15, every=5, items=8,
-                             callbacks=(LayerfilmLightningCallback(**_options(tmp_path)),))
+    makers.fit_lightning(example, makers.gpt_module(example), tmp_path / "run", steps=15, every=5, items=8,
+                         callbacks=(LayerfilmLightningCallback(**_options(tmp_path)),))
     assert list(np.load(tmp_path / "points.npz")["steps"]) == [5, 10, 15]
     assert len(list((tmp_path / "run").glob("*.ckpt"))) == 3
     assert len(decode(tmp_path / "film.webm")) == 2 * 2 + 1
