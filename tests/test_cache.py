@@ -12,7 +12,8 @@ from layerfilm.projection import Trajectories
 
 
 def render(run_cli, run, out, *extra):
-    code, _, err = run_cli("render", run, "--out", out, "--size", "320x240", "--fps", "2", "--quiet", *extra)
+    """A small film in this process (--jobs 1: the cache is the point, not the film's workers)."""
+    code, _, err = run_cli("render", run, "--out", out, "--size", "320x240", "--fps", "2", "--jobs", "1", "--quiet", *extra)
     assert code == 0, err
     return err
 
