@@ -103,7 +103,7 @@ def test_lightning_ckpt(lightning_ckpts):
 def test_render_each_format(request, run_cli, tmp_path, series):
     folder = request.getfixturevalue(series)
     out = tmp_path / "film.webm"
-    code, _, err = run_cli("render", folder, "--out", out, "--size", "320x180", "--fps", "2", "--quiet",
+    code, _, err = run_cli("render", folder, "--out", out, "--size", "320x180", "--fps", "2", "--jobs", "1", "--quiet",
                            "--export-points", tmp_path / "pts.npz")
     assert code == 0, err
     assert out.stat().st_size > 0 and "Traceback" not in err
