@@ -20,6 +20,13 @@ def load_example(name: str):
     return module
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules holding tests marked slow first (each kept whole, in its order): their long tests start
+    early instead of keeping one pytest-xdist worker busy while the other has nothing left to run."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: every other order is kept
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread_each():
     """One CPU thread for torch in each test process, and OMP_NUM_THREADS=1 for every process a test starts
