@@ -207,8 +207,10 @@ def test_callbacks_import_no_framework_unless_used():
 
 
 def _options(tmp_path: Path) -> dict:
+    """A callback's small film, made in its background process alone (jobs=1: no film workers; the training
+    script's own workers are tests/test_processes.py's)."""
     return {"out": tmp_path / "film.webm", "points": 16, "size": (320, 180), "fps": 2,
-            "export_points": tmp_path / "points.npz", "wait": True}
+            "export_points": tmp_path / "points.npz", "wait": True, "jobs": 1}
 
 
 @pytest.mark.slow
