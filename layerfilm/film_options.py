@@ -56,6 +56,7 @@ class FilmOptions:
     def points_options(self) -> dict:
         """The options that change the points (the cache key): all but the look, encoding and cache."""
         options = {k: v for k, v in asdict(self).items() if k not in _NOT_POINTS}
+        options["umap"].pop("jobs")  # umap's workers (the command's --jobs) never change a point either
         if options["activations"] is not None:  # where the probe runs never changes a point (as --jobs)
             options["activations"].pop("devices")
         return options

@@ -129,7 +129,7 @@ def test_watch_filled_one_checkpoint_at_a_time_equals_a_render(tiny_run, tmp_pat
     assert code == 0, err
     assert "skipped" not in err and "warning" not in err
     code, _, err = run_cli("render", folder, "--out", out / "once.webm", "--fit", "first", "--no-cache", "--quiet",
-                           "--film-layout", "live", *FILM, "--export-points", out / "once.npz")
+                           "--film-layout", "live", *FILM, "--jobs", "1", "--export-points", out / "once.npz")
     assert code == 0, err
     same_arrays(out / "live.npz", out / "once.npz")
     assert list(np.load(out / "live.npz")["steps"]) == steps
