@@ -213,7 +213,6 @@ def _options(tmp_path: Path) -> dict:
             "export_points": tmp_path / "points.npz", "wait": True, "jobs": 1}
 
 
-@pytest.mark.slow
 def test_trainer_callback_films_its_checkpoints(example, makers, tmp_path):
     import torch
     import transformers as T
