@@ -79,6 +79,7 @@ class StudyOptions:
         """The options that change the points (the cache key), the same for every class of the same values."""
         every = asdict(self)
         options = {k: every[k] for k in POINTS}
+        options["umap"].pop("jobs")  # umap's workers (the command's --jobs) never change a point either
         if options["activations"] is not None:  # where the probe runs never changes a point (as --jobs)
             options["activations"].pop("devices")
         return options

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,35 +20,34 @@ def load_example(name: str):
     return module
 
 
-@contextmanager
-def one_torch_thread():
-    """torch's CPU (intra-op) threads at 1 within the block, as examples/make_checkpoints.py trains from its
-    command line. The fixtures' models are tiny and gain nothing from threads, and with one pytest-xdist
-    worker per core two threads each wait on each other: tiny_run trained in 83 s with 2 threads on a busy
-    2-core machine, in 1.4 s with 1."""
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules holding tests marked slow first (each kept whole, in its order): their long tests start
+    early instead of keeping one pytest-xdist worker busy while the other has nothing left to run."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: every other order is kept
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread_each():
+    """One CPU thread for torch in each test process, and OMP_NUM_THREADS=1 for every process a test starts
+    (the CLI, training scripts, layerfilm's own workers), as examples/make_checkpoints.py trains from its
+    command line. pytest-xdist runs one worker per core, the models are tiny and gain nothing from
+    threads, and two threads each wait on each other: tiny_run trained in 83 s with 2 threads on a busy
+    2-core machine, in 1.4 s with 1. NumPy's BLAS in this process keeps its threads (loaded before)."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
         yield
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
 def example():
-    """examples/make_checkpoints.py as a module: GPT, Config, train() (on one torch thread), corpus()."""
-    module = load_example("make_checkpoints")
-    train = module.train
-
-    @functools.wraps(train)
-    def train_on_one_thread(*args, **kwargs):
-        with one_torch_thread():
-            return train(*args, **kwargs)
-
-    module.train = train_on_one_thread
-    return module
+    """examples/make_checkpoints.py as a module: GPT, Config, train(), corpus()."""
+    return load_example("make_checkpoints")
 
 
 @pytest.fixture(scope="session")
@@ -105,8 +102,7 @@ def _series(builder: str):
 
     @pytest.fixture(scope="session")
     def fixture(makers, example, tmp_path_factory) -> Path:
-        with one_torch_thread():
-            return getattr(makers, builder)(example, tmp_path_factory.mktemp(builder))
+        return getattr(makers, builder)(example, tmp_path_factory.mktemp(builder))
 
     return fixture
 

@@ -13,9 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CODE = "import sys; from layerfilm_main import main; sys.exit(main(sys.argv[1:]))"
 
 
-def layerfilm_process(*argv: object, cwd: Path) -> subprocess.Popen:
-    """Start ``layerfilm ARGV`` in ``cwd`` (this checkout's package), its stdout and stderr piped as text."""
-    return subprocess.Popen([sys.executable, "-c", CODE, *map(str, argv)], cwd=cwd, stdout=subprocess.PIPE,
+def layerfilm_process(*argv: object, cwd: Path, prelude: str = "") -> subprocess.Popen:
+    """Start ``layerfilm ARGV`` in ``cwd`` (this checkout's package), its stdout and stderr piped as text.
+    ``prelude``: Python run first in that process (a setting)."""
+    return subprocess.Popen([sys.executable, "-c", prelude + "\n" + CODE, *map(str, argv)], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
 
 

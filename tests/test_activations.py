@@ -42,6 +42,9 @@ from layerfilm.points.activations.ring import ChunkRing
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (0, 2, 4)
+# an activation film rendered in this process (no film workers: started ahead, they would wait idle for a
+# refusal or a cache check; test_cli_renders_an_activation_film keeps the default --jobs)
+ACTIVATIONS = ("--features", "activations", "--jobs", "1")
 
 
 def train_hf(model, out: Path, batches: list[torch.Tensor], tokenizer=None) -> Path:
@@ -236,7 +239,7 @@ def test_cli_renders_an_activation_film(llama_run, run_cli, tmp_path):
 ])
 def test_cli_bad_options_fail_in_one_line(llama_run, run_cli, tmp_path, args, message):
     out = tmp_path / "act.webm"
-    code, _, err = run_cli("render", llama_run, "--features", "activations", "--out", out, "--quiet", *args)
+    code, _, err = run_cli("render", llama_run, *ACTIVATIONS, "--out", out, "--quiet", *args)
     assert code == 2 and err.strip().count("\n") == 0, err
     assert err.startswith("layerfilm: error: ") and message in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -250,13 +253,13 @@ def test_weights_of_another_model_are_refused_with_the_keys(llama_run, tiny_run,
     for step in (0, 10):  # nanoGPT-config files holding a Llama's weights
         save_file({k: v.contiguous() for k, v in state.items()}, str(bad / f"step_{step}.safetensors"),
                   metadata={"config": json.dumps({"n_layer": 2, "d_model": 32, "n_head": 2, "context": 32, "vocab": 256})})
-    code, _, err = run_cli("render", bad, "--features", "activations", "--model", ref, "--out", tmp_path / "x.webm", "--quiet")
+    code, _, err = run_cli("render", bad, *ACTIVATIONS, "--model", ref, "--out", tmp_path / "x.webm", "--quiet")
     assert code == 2 and "weights do not match the model (" in err and "missing: transformer.wte.weight" in err
     assert "unexpected: model.embed_tokens.weight" in err and not (tmp_path / "x.webm").exists()
 
 
 def test_no_config_and_no_factory(tiny_run, run_cli, tmp_path):
-    code, _, err = run_cli("render", tiny_run, "--features", "activations", "--out", tmp_path / "x.webm", "--quiet")
+    code, _, err = run_cli("render", tiny_run, *ACTIVATIONS, "--out", tmp_path / "x.webm", "--quiet")
     assert code == 2 and f"{tiny_run}: no config.json to build the model from; pass --model package.module:make_model" in err
 
 
@@ -355,7 +358,7 @@ def test_a_config_larger_than_its_checkpoint_is_refused_before_building(llama_co
     for c in llama_copy.glob("checkpoint-*"):
         config = json.loads((c / "config.json").read_text())
         (c / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10**9}))
-    code, _, err = run_cli("render", llama_copy, "--features", "activations", "--device", "cpu",
+    code, _, err = run_cli("render", llama_copy, *ACTIVATIONS, "--device", "cpu",
                            "--out", tmp_path / "x.webm", "--quiet")
     assert code != 0 and len(err.strip().splitlines()) == 1 and not (tmp_path / "x.webm").exists()
     assert "config.json: num_hidden_layers is 1,000,000,000 and" in err and "is it this checkpoint's config?" in err
@@ -403,12 +406,12 @@ def test_a_failing_forward_pass_is_one_clear_line(run_cli, tmp_path):
         save_file({k: v.detach().clone() for k, v in NeedsShortSequences().state_dict().items()},
                   str(folder / f"step_{step}.safetensors"))
     ref = f"{__file__}:make_short_model"
-    code, _, err = run_cli("render", folder, "--features", "activations", "--model", ref, "--out", tmp_path / "a.webm",
+    code, _, err = run_cli("render", folder, *ACTIVATIONS, "--model", ref, "--out", tmp_path / "a.webm",
                            "--quiet", "--device", "cpu")
     assert code == 2 and err.count("\n") == 1
     assert f"{folder / 'step_0.safetensors'}: the forward pass on the probe failed (RuntimeError: " in err
     assert "check --model and --probe/--seq-len, or lower --batch-size 8" in err
-    code, _, err = run_cli("render", folder, "--features", "activations", "--model", ref, "--out", tmp_path / "a.webm",
+    code, _, err = run_cli("render", folder, *ACTIVATIONS, "--model", ref, "--out", tmp_path / "a.webm",
                            "--quiet", "--device", "cpu", "--seq-len", "8", "--fps", "2", "--size", "320x192")
     assert code == 0, err
 
@@ -419,7 +422,7 @@ def make_model_from_metadata(path):
 
 def test_a_failing_model_factory_is_one_clear_line(tiny_run, run_cli, tmp_path):
     ref = f"{__file__}:make_model_from_metadata"
-    code, _, err = run_cli("render", tiny_run, "--features", "activations", "--model", ref, "--out", tmp_path / "a.webm",
+    code, _, err = run_cli("render", tiny_run, *ACTIVATIONS, "--model", ref, "--out", tmp_path / "a.webm",
                            "--quiet", "--device", "cpu")
     first = sorted(tiny_run.glob("*.safetensors"))[0]
     assert (code, err) == (2, f"layerfilm: error: --model {ref}: make_model_from_metadata({first}) failed: "
@@ -437,7 +440,7 @@ def test_activation_films_are_cached_until_the_probe_changes(llama_run, run_cli,
     probe.write_text("the same tokens at every step " * 8)
 
     def render(name: str) -> np.lib.npyio.NpzFile:
-        code, _, err = run_cli("render", llama_run, "--features", "activations", "--probe", probe, "--device", "cpu",
+        code, _, err = run_cli("render", llama_run, *ACTIVATIONS, "--probe", probe, "--device", "cpu",
                                "--out", tmp_path / f"{name}.webm", "--size", "320x192", "--fps", "1", "--quiet",
                                "--cache", tmp_path / "cache", "--export-points", tmp_path / f"{name}.npz")
         assert code == 0, err
@@ -667,7 +670,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_skipped_and_listed(llama_co
     state["model.norm.weight"] = torch.ones(16)  # not a block tensor: the scan finds nothing wrong
     save_file(state, str(file))
     out = tmp_path / "act.webm"
-    args = ("render", llama_copy, "--features", "activations", "--device", "cpu", "--points", "16", "--out", out)
+    args = ("render", llama_copy, *ACTIVATIONS, "--device", "cpu", "--points", "16", "--out", out)
     code, _, err = run_cli(*args, "--size", "320x192", "--fps", "1")
     assert code == 0, err
     line = f"{llama_copy / 'checkpoint-2'}: model.norm.weight has shape (16,), the model expects (32,)"

@@ -3,6 +3,7 @@ changes the points (a rewritten checkpoint, another --points) misses; damage is 
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -12,7 +13,8 @@ from layerfilm.projection import Trajectories
 
 
 def render(run_cli, run, out, *extra):
-    code, _, err = run_cli("render", run, "--out", out, "--size", "320x240", "--fps", "2", "--quiet", *extra)
+    """A small film in this process (--jobs 1: the cache is the point, not the film's workers)."""
+    code, _, err = run_cli("render", run, "--out", out, "--size", "320x240", "--fps", "2", "--jobs", "1", "--quiet", *extra)
     assert code == 0, err
     return err
 
@@ -42,6 +44,19 @@ def test_a_rewritten_checkpoint_or_other_points_miss(run_cli, run_copy, tmp_path
     render(run_cli, run_copy, tmp_path / "a.webm", "--cache", c, "--points", "17")
     assert len(reads) == 3
     assert len(list(c.glob("*.npz"))) == 3
+
+
+def test_jobs_never_change_the_key(run_cli, run_copy, tmp_path, reads):
+    """--jobs went into umap's options, and so into every film's key: a render with --jobs 1 missed the
+    entry of one with the default (as the films' workers and umap's, it changes no point)."""
+    from layerfilm.config import options
+
+    keys = {json.dumps(options("render", {"jobs": jobs})[0].points_options(), sort_keys=True) for jobs in (0, 1, 2)}
+    assert len(keys) == 1
+    c = tmp_path / "c"
+    render(run_cli, run_copy, tmp_path / "a.webm", "--cache", c, "--jobs", "2")
+    render(run_cli, run_copy, tmp_path / "a.webm", "--cache", c)
+    assert len(reads) == 1 and len(list(c.glob("*.npz"))) == 1
 
 
 def test_no_cache_neither_reads_nor_writes(run_cli, run_copy, tmp_path, reads, monkeypatch):

@@ -30,10 +30,12 @@ def decode(path: Path) -> np.ndarray:
 
 
 def callback(tmp_path: Path, wait: bool = True):
+    """The Trainer callback of a small film, made in its background process alone (jobs=1: no film workers;
+    the dashboards are the point)."""
     from layerfilm.callbacks import LayerfilmCallback
 
     return LayerfilmCallback(out=tmp_path / "film.webm", points=16, size=(320, 180), fps=2, json=tmp_path / "s.json",
-                             wait=wait)
+                             wait=wait, jobs=1)
 
 
 def train_through_hooks(cb, run: Path, report_to: list[str]) -> None:
@@ -239,7 +241,7 @@ def test_a_lightning_tensorboard_logger_gets_the_film(example, makers, tmp_path)
     logger = TensorBoardLogger(str(tmp_path / "logs"))
     makers.fit_lightning(example, makers.gpt_module(example), tmp_path / "run", steps=15, every=5, items=8, logger=logger,
                          callbacks=(LayerfilmLightningCallback(out=tmp_path / "film.webm", points=16, size=(320, 180),
-                                                               fps=2, json=tmp_path / "s.json", wait=True),))
+                                                               fps=2, json=tmp_path / "s.json", wait=True, jobs=1),))
     rows = json.loads((tmp_path / "s.json").read_text())
     acc = events(Path(logger.log_dir))  # the logger's own run: its scalars and the film's together
     for r in rows:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import one_torch_thread
 from layerfilm.io.formats import open_checkpoint
 from layerfilm.io.scan import NO_FINAL_STEP, scan
 
@@ -74,9 +73,8 @@ def test_pytorch_model_bin_fp16(bin_run):
 def test_nanogpt_training_dicts_with_wrapper_prefixes(makers, example, tmp_path, wrap):
     """Steps from the names (ckpt_5.pt) or, when names hold none (run_a.pt), from iter_num inside;
     ``_orig_mod.`` (torch.compile) and ``module.`` (DataParallel) are stripped."""
-    with one_torch_thread():
-        named = makers.nanogpt_run(example, tmp_path / "named", wrap=wrap)
-        unnamed = makers.nanogpt_run(example, tmp_path / "unnamed", wrap=wrap, names="run_", steps=(0, 3, 7))
+    named = makers.nanogpt_run(example, tmp_path / "named", wrap=wrap)
+    unnamed = makers.nanogpt_run(example, tmp_path / "unnamed", wrap=wrap, names="run_", steps=(0, 3, 7))
     assert scan(named, warn=False).steps == [0, 5, 10]
     series = scan(unnamed, warn=False)
     assert series.steps == [0, 3, 7] and [c.path.name for c in series.checkpoints] == ["run_a.pt", "run_b.pt", "run_c.pt"]
@@ -105,7 +103,7 @@ def test_lightning_ckpt(lightning_ckpts):
 def test_render_each_format(request, run_cli, tmp_path, series):
     folder = request.getfixturevalue(series)
     out = tmp_path / "film.webm"
-    code, _, err = run_cli("render", folder, "--out", out, "--size", "320x180", "--fps", "2", "--quiet",
+    code, _, err = run_cli("render", folder, "--out", out, "--size", "320x180", "--fps", "2", "--jobs", "1", "--quiet",
                            "--export-points", tmp_path / "pts.npz")
     assert code == 0, err
     assert out.stat().st_size > 0 and "Traceback" not in err

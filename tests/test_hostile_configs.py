@@ -32,6 +32,9 @@ TIMEOUT = 240  # seconds; a run takes 5-20 s here (imports), the old code ran mi
 AUTO_MAP_MODEL = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
 REFUSED = "its auto_map names code in the checkpoint folder, and layerfilm does not run code from checkpoint folders"
 AGAIN = "is it this checkpoint's config?"
+# the refused activation film's options: --jobs 1, so that no film workers start (a render starts them
+# while it reads, and a refusal then waits for their imports: 2 processes for nothing)
+ACTIVATIONS = ("--features", "activations", "--device", "cpu", "--quiet", "--jobs", "1")
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:
@@ -118,8 +121,7 @@ def test_an_auto_map_never_runs_code_and_never_asks(gpt2_run, tmp_path, command,
     hint = plant_evil(ckpts, marker, name)
     before = files(ckpts)
     out = ("--out", tmp_path / "a.webm") if command == "render" else ()
-    code, stdout, stderr, _ = layerfilm(tmp_path, command, ckpts, "--features", "activations", "--device", "cpu",
-                                        "--quiet", *out, stdin=stdin)
+    code, stdout, stderr, _ = layerfilm(tmp_path, command, ckpts, *ACTIVATIONS, *out, stdin=stdin)
     assert not marker.exists()
     assert "[y/N]" not in stdout + stderr and "custom code" not in stdout + stderr
     assert code == 2 and stdout == ""
@@ -180,8 +182,7 @@ def test_runaway_or_mistyped_json_is_one_line(request, tmp_path, run_cli, run, n
 def assert_one_line(run_cli, ckpts: Path, tmp_path: Path, line: str) -> None:
     """render exits 2 with ``line`` alone, writes nothing and changes no file of ``ckpts``."""
     before = files(ckpts)
-    code, out, err = run_cli("render", ckpts, "--features", "activations", "--device", "cpu", "--quiet",
-                             "--out", tmp_path / "a.webm")
+    code, out, err = run_cli("render", ckpts, *ACTIVATIONS, "--out", tmp_path / "a.webm")
     assert (code, out, err) == (2, "", f"layerfilm: error: {line}\n")
     assert files(ckpts) == before and [p.name for p in tmp_path.iterdir()] == ["ckpts"]
 
@@ -246,8 +247,7 @@ def larger_refusals(request, tmp_path_factory) -> list[tuple[Path, dict, tuple[i
         edit_json(ckpts, "config.json", change)
         copies.append((ckpts, files(ckpts)))
     tmp = tmp_path_factory.mktemp("hf_home")
-    argvs = [["render", str(c), "--features", "activations", "--device", "cpu", "--quiet", "--out", str(c.parent / "a.webm")]
-             for c, _ in copies]
+    argvs = [["render", str(c), *ACTIVATIONS, "--out", str(c.parent / "a.webm")] for c, _ in copies]
     code, out, err, _ = layerfilm(tmp, "-c", MAIN_EACH, json.dumps(argvs), python=True)
     assert code == 0, err
     return [(c, before, tuple(r), files(c)) for (c, before), r in zip(copies, json.loads(out))]

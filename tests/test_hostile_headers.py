@@ -189,7 +189,7 @@ def test_scan_keeps_good_and_deep_trainer_state(scanned):
 
 def test_render_skips_each_hostile_file_with_one_line(hostile, run_cli, tmp_path):
     out = tmp_path / "film.webm"
-    code, _, err = run_cli("render", hostile, "--out", out, "--size", "320x180", "--fps", "2", "--quiet")
+    code, _, err = run_cli("render", hostile, "--out", out, "--size", "320x180", "--fps", "2", "--jobs", "1", "--quiet")
     assert code == 0, err
     assert "Traceback" not in err and "Detected pickle protocol" not in err and out.stat().st_size > 0
     warned = [line for line in err.splitlines() if line.startswith("warning: ")]

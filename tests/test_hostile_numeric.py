@@ -40,8 +40,8 @@ def huge_run(tiny_run, tmp_path_factory):
 @pytest.mark.parametrize("projection", ["pca", "procrustes"])
 def test_render_of_huge_weights_is_a_film(run_cli, huge_run, tmp_path, projection):
     out = tmp_path / "x.webm"
-    code, _, err = run_cli("render", huge_run, "--out", out, "--size", "320x180", "--quiet", "--no-cache",
-                           "--projection", projection, "--export-points", tmp_path / "p.npz")
+    code, _, err = run_cli("render", huge_run, "--out", out, "--size", "320x180", "--fps", "2", "--jobs", "1", "--quiet",
+                           "--no-cache", "--projection", projection, "--export-points", tmp_path / "p.npz")
     assert code == 0, err
     assert "Traceback" not in err and "warning" not in err
     assert out.stat().st_size > 0

@@ -17,6 +17,7 @@ import pytest
 import layerfilm.study
 
 SMALL = ("--size", "320x180", "--points", "16", "--quiet")
+IN_PROCESS = (*SMALL, "--jobs", "1")  # no film workers: where the output folder is the point, not the workers
 
 
 @pytest.fixture
@@ -233,7 +234,7 @@ def test_a_full_disk_for_export_points_is_one_line_and_leaves_no_partial(ckpts, 
     full = mount("full", size="16k")
     (full / "ballast").write_bytes(b"\0" * 12_000)
     code, _, err = run_cli("render", ckpts, "--out", tmp_path / "film.webm", "--export-points", full / "p.npz",
-                           "--points", "512", "--size", "320x180", "--quiet")
+                           "--points", "512", "--size", "320x180", "--quiet", "--jobs", "1")
     assert code == 2
     line = one_error_line(err)
     assert "p.npz" in line and "No space left" in line
@@ -394,7 +395,7 @@ def test_partials_of_dead_processes_are_removed_others_kept(ckpts, tmp_path, run
     live.write_bytes(b"another render at work")
     other = tmp_path / f".notes.partial-{dead}"
     other.write_bytes(b"not ours to judge")
-    code, _, err = run_cli("render", ckpts, "--out", out, "--fps", "2", *SMALL)
+    code, _, err = run_cli("render", ckpts, "--out", out, "--fps", "2", *IN_PROCESS)
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpts", "film.webm", live.name, other.name])
 
@@ -430,7 +431,7 @@ def test_a_file_that_appears_in_a_frames_folder_during_the_render_stays(ckpts, t
     import layerfilm.io.outputs as outputs
 
     fr = tmp_path / "fr"
-    code, _, err = run_cli("render", ckpts, "--out", fr, "--fps", "2", *SMALL)
+    code, _, err = run_cli("render", ckpts, "--out", fr, "--fps", "2", *IN_PROCESS)
     assert code == 0, err
 
     def add_notes():
@@ -443,7 +444,7 @@ def test_a_file_that_appears_in_a_frames_folder_during_the_render_stays(ckpts, t
         real_check = outputs._recheck
         monkeypatch.setattr(outputs, "_recheck", lambda out, folder: real_check(out, folder) or add_notes())
     before = snapshot(tmp_path)
-    code, _, err = run_cli("render", ckpts, "--out", fr, "--fps", "3", *SMALL)
+    code, _, err = run_cli("render", ckpts, "--out", fr, "--fps", "3", *IN_PROCESS)
     assert code == 2
     assert err.splitlines() == [frames_line(fr, ("NOTES.txt",))]
     after = snapshot(tmp_path)

@@ -139,7 +139,7 @@ def test_render_skips_a_fifo_with_one_warning(ckpts, run_cli, tmp_path, where):
     before = snapshot(ckpts)
     out = tmp_path / "film.gif"
     code, _, err = in_time(run_cli, "render", ckpts, "--out", out, "--size", "320x180", "--fps", "2", "--quiet",
-                           "--no-cache", fifos=[bad])
+                           "--no-cache", "--jobs", "1", fifos=[bad])
     assert code == 0, err
     assert warnings_of(err) == [f"warning: {named}: {KINDS[where]}; skipped"]
     assert "Traceback" not in err and out.stat().st_size > 0
@@ -190,7 +190,7 @@ def test_unreadable_checkpoint_folder_is_skipped(ckpts, run_cli, tmp_path, monke
         problems = [(r["path"], r["problem"]) for r in json.loads(out) if "problem" in r]
         assert problems == [(str(locked), "cannot read (Permission denied)")]
         code, _, err = run_cli("render", ckpts, "--out", tmp_path / "film.gif", "--size", "320x180", "--fps", "2",
-                               "--quiet", "--no-cache")
+                               "--quiet", "--no-cache", "--jobs", "1")
         assert code == 0, err
         assert warnings_of(err) == [f"warning: {locked}: cannot read (Permission denied); skipped"]
         assert "Traceback" not in err
@@ -213,7 +213,7 @@ def test_steps_beyond_int64_are_refused_at_scan(ckpts, run_cli, tmp_path):
     assert problems == [("nanogpt.pt", f"step {10**30} is out of range"),
                         ("step_99999999999999999999.safetensors", "step 99999999999999999999 is out of range")]
     code, _, err = run_cli("render", ckpts, "--out", tmp_path / "film.gif", "--size", "320x180", "--fps", "2",
-                           "--quiet", "--no-cache")
+                           "--quiet", "--no-cache", "--jobs", "1")
     assert code == 0 and "Traceback" not in err, err
     assert sorted(warnings_of(err)) == [f"warning: {ckpts / 'nanogpt.pt'}: step {10**30} is out of range; skipped",
                                         f"warning: {huge}: step 99999999999999999999 is out of range; skipped"]
@@ -254,7 +254,7 @@ def test_nan_in_the_filmed_matrix_same_words_everywhere(ckpts, run_cli, tmp_path
     assert code == 0 and [(r["path"], r["problem"]) for r in json.loads(out) if "problem" in r] == [(str(bad), NAN)]
     line = f"warning: {bad}: {NAN}; skipped"
     code, _, err = run_cli("render", ckpts, "--out", tmp_path / "film.gif", "--size", "320x180", "--fps", "2",
-                           "--quiet", "--no-cache")
+                           "--quiet", "--no-cache", "--jobs", "1")
     assert code == 0 and warnings_of(err) == [line], err
     code, out, err = run_cli("stability", ckpts, "--quiet", "--points", "16", "--json")
     assert code == 0 and warnings_of(err) == [line], err

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import one_torch_thread
 from layerfilm.errors import OptionsError
 from layerfilm.live.film import LiveFilm, LiveOptions, Readiness, parse_refit
 
@@ -130,7 +129,7 @@ def test_watch_filled_one_checkpoint_at_a_time_equals_a_render(tiny_run, tmp_pat
     assert code == 0, err
     assert "skipped" not in err and "warning" not in err
     code, _, err = run_cli("render", folder, "--out", out / "once.webm", "--fit", "first", "--no-cache", "--quiet",
-                           "--film-layout", "live", *FILM, "--export-points", out / "once.npz")
+                           "--film-layout", "live", *FILM, "--jobs", "1", "--export-points", out / "once.npz")
     assert code == 0, err
     same_arrays(out / "live.npz", out / "once.npz")
     assert list(np.load(out / "live.npz")["steps"]) == steps
@@ -208,11 +207,12 @@ def test_callbacks_import_no_framework_unless_used():
 
 
 def _options(tmp_path: Path) -> dict:
+    """A callback's small film, made in its background process alone (jobs=1: no film workers; the training
+    script's own workers are tests/test_processes.py's)."""
     return {"out": tmp_path / "film.webm", "points": 16, "size": (320, 180), "fps": 2,
-            "export_points": tmp_path / "points.npz", "wait": True}
+            "export_points": tmp_path / "points.npz", "wait": True, "jobs": 1}
 
 
-@pytest.mark.slow
 def test_trainer_callback_films_its_checkpoints(example, makers, tmp_path):
     import torch
     import transformers as T
@@ -227,8 +227,7 @@ def test_trainer_callback_films_its_checkpoints(example, makers, tmp_path):
     args = T.TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=12, save_steps=4, per_device_train_batch_size=8,
                                report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="steps", seed=0)
     callback = LayerfilmCallback(**_options(tmp_path))
-    with one_torch_thread():
-        T.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+    T.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
     points = np.load(tmp_path / "points.npz")
     assert list(points["steps"]) == [4, 8, 12] == sorted(int(p.name[11:]) for p in (tmp_path / "run").glob("checkpoint-*"))
     assert len(decode(tmp_path / "film.webm")) == 2 * 2 + 1
@@ -250,9 +249,8 @@ def test_trainer_callback_runs_on_rank_0_only(tmp_path):
 def test_lightning_callback_films_its_checkpoints(example, makers, tmp_path):
     from layerfilm.callbacks import LayerfilmLightningCallback
 
-    with one_torch_thread():
-        makers.fit_lightning(example, makers.gpt_module(example), tmp_path / "run", steps=15, every=5, items=8,
-                             callbacks=(LayerfilmLightningCallback(**_options(tmp_path)),))
+    makers.fit_lightning(example, makers.gpt_module(example), tmp_path / "run", steps=15, every=5, items=8,
+                         callbacks=(LayerfilmLightningCallback(**_options(tmp_path)),))
     assert list(np.load(tmp_path / "points.npz")["steps"]) == [5, 10, 15]
     assert len(list((tmp_path / "run").glob("*.ckpt"))) == 3
     assert len(decode(tmp_path / "film.webm")) == 2 * 2 + 1

@@ -95,7 +95,6 @@ def test_update_ratio_is_the_update_adamw_made(example, tmp_path, run_cli):
         assert all(1e-4 < r < 1 for r in blocks[b]["update_ratio"])
 
 
-@pytest.mark.slow
 def test_nanogpt_and_lightning_files(makers, example, lightning_ckpts, tmp_path, run_cli):
     nano = makers.nanogpt_run(example, tmp_path / "nano", wrap="compile")
     blocks, err = records(run_cli, nano)
@@ -129,7 +128,6 @@ def hf_copy(hf_run, tmp_path):
     return dest
 
 
-@pytest.mark.slow
 def test_save_only_model_hostile_and_mismatched_states(hf_copy, run_cli, tmp_path):
     ckpts = sorted(hf_copy.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))  # 4, 8, 12
     marker = tmp_path / "payload-ran"

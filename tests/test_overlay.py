@@ -62,7 +62,7 @@ def test_bar_and_settled_mark_are_drawn_where_expected(frozen_stability):
 
 
 def test_render_no_overlay_gives_the_plain_frames(frozen_run, run_cli, tmp_path):
-    args = (frozen_run, "--size", "320x180", "--fps", "2", "--points", "64", "--quiet")
+    args = (frozen_run, "--size", "320x180", "--fps", "2", "--points", "64", "--jobs", "1", "--quiet")
     assert run_cli("render", *args, "--out", tmp_path / "on/")[0] == 0
     code, _, err = run_cli("render", *args, "--out", tmp_path / "off/", "--no-overlay")
     assert code == 0, err
@@ -83,7 +83,7 @@ def test_film_overlay_measures_the_films_own_points(frozen_run, frozen_stability
     from layerfilm.points.weights import WeightSpec, plan, read_points
 
     spec = WeightSpec(points=64)
-    res = layerfilm.render(frozen_run, tmp_path / "f/", FilmOptions(weights=spec, style=Style(320, 180), fps=1),
+    res = layerfilm.render(frozen_run, tmp_path / "f/", FilmOptions(weights=spec, style=Style(320, 180), fps=1, jobs=1),
                            progress=False)
     stats = res.trajectories.stats
     # the same points read straight from the checkpoints, measured in float64 without the feature store

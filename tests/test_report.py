@@ -35,7 +35,8 @@ def test_stills_cli_writes_each_format(frozen_run, run_cli, tmp_path, ext):
 
 def test_stills_keep_the_films_key_frames(frozen_run, run_cli, tmp_path):
     """``Stills.frames`` are the film's (lossless) key frames; the figure is the one still."""
-    code, _, err = run_cli("render", frozen_run, "--out", tmp_path / "frames/", "--fps", "1", "--no-overlay", *SMALL)
+    code, _, err = run_cli("render", frozen_run, "--out", tmp_path / "frames/", "--fps", "1", "--no-overlay", "--jobs", "1",
+                           *SMALL)
     assert code == 0, err
     film = [iio.imread(p) for p in sorted((tmp_path / "frames").glob("*.png"))]
     opts = FilmOptions(weights=WeightSpec(points=64), style=Style(320, 180))
@@ -152,7 +153,7 @@ def _data_uris(text: str) -> list[tuple[str, bytes]]:
 
 def test_html_report_is_self_contained(frozen_run, run_cli, tmp_path):
     film = tmp_path / "film.webm"
-    assert run_cli("render", frozen_run, "--out", film, "--fps", "2", *SMALL)[0] == 0
+    assert run_cli("render", frozen_run, "--out", film, "--fps", "2", "--jobs", "1", *SMALL)[0] == 0
     out = tmp_path / "report.html"
     code, _, err = run_cli("report", frozen_run, "--out", out, "--film", film, *SMALL)
     assert code == 0, err

@@ -29,7 +29,7 @@ def _data_uris(text: str) -> list[tuple[str, bytes]]:
 @pytest.fixture(scope="module")
 def film(frozen_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("film") / "film.webm"
-    layerfilm.render(frozen_run, out, FilmOptions(weights=WeightSpec(points=64), style=Style(320, 180), fps=2),
+    layerfilm.render(frozen_run, out, FilmOptions(weights=WeightSpec(points=64), style=Style(320, 180), fps=2, jobs=1),
                      progress=False)
     return out
 

@@ -99,7 +99,7 @@ def test_scan_lists_problems_without_reading_tensors(damaged, run_cli):
 def test_render_skips_bad_checkpoints_and_lists_them(damaged, run_cli, tmp_path):
     folder, marker = damaged
     out, pts = tmp_path / "film.webm", tmp_path / "pts.npz"
-    code, _, err = run_cli("render", folder, "--out", out, "--size", "320x180", "--fps", "2", "--quiet",
+    code, _, err = run_cli("render", folder, "--out", out, "--size", "320x180", "--fps", "2", "--jobs", "1", "--quiet",
                            "--export-points", pts)
     assert code == 0, err
     assert "Traceback" not in err and not marker.exists()
@@ -131,7 +131,7 @@ def test_strict_on_read_time_problem(tiny_run, run_cli, tmp_path):
     state["transformer.h.1.mlp.c_fc.weight"][3, 4] = float("nan")
     save_file(state, str(folder / "step_000020.safetensors"))
     out = tmp_path / "film.gif"
-    code, _, err = run_cli("render", folder, "--out", out, "--strict", "--quiet")
+    code, _, err = run_cli("render", folder, "--out", out, "--strict", "--jobs", "1", "--quiet")
     assert code == 2 and "step_000020.safetensors: tensor transformer.h.1.mlp.c_fc.weight of block 1 holds NaN/Inf" in err
     assert "(--strict: nothing is skipped)" in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ckpts"]

@@ -119,7 +119,7 @@ def film(frozen_run, tmp_path_factory):
 
 def _frames(run_cli, folders, out, *more) -> list[np.ndarray]:
     """The lossless key frames of ``render FOLDERS`` (PNG, --fps 1: frame k is key frame k)."""
-    code, _, err = run_cli("render", *folders, "--out", f"{out}/", "--fps", "1", *SMALL, *more)
+    code, _, err = run_cli("render", *folders, "--out", f"{out}/", "--fps", "1", "--jobs", "1", *SMALL, *more)
     assert code == 0, err
     return [iio.imread(p) for p in sorted(out.glob("*.png"))]
 
