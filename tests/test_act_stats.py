@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 
 from layerfilm.io.scan import scan
 from layerfilm.points.act_stats import HIST_EDGES, N_BINS, ActivationStats, Moments
-from layerfilm.points.activations import ActivationSpec, capture, extract
+from layerfilm.points.activations import ActivationSpec, extract
+from layerfilm.points.activations.hooks import capture
 
 VOCAB, DIM = 16, 4
 EMBED = np.stack([(v - 7.5) / 100 * np.array([1.0, 3.0, -7.0, 40.0]) for v in range(VOCAB)]).astype(np.float32)

@@ -1,3 +1,6 @@
+"""Blocks (layerfilm.io.blocks): parameters grouped into decoder blocks across naming conventions, the
+regex override, the filmed matrix and its points (output neurons, whatever the storage layout)."""
+
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file

@@ -1,3 +1,6 @@
+"""`layerfilm render` end to end: the documented frame count and exported points, key frames at the
+interpolation endpoints, every option in --help, bad input as one line with nothing written, --version."""
+
 import numpy as np
 import pytest
 

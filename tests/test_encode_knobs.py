@@ -11,7 +11,7 @@ from layerfilm.errors import OptionsError
 from layerfilm.video.encode import EncodeOptions, ffmpeg_exe, open_film
 
 
-def decode(path, w, h) -> np.ndarray:
+def decode_raw(path, w, h) -> np.ndarray:
     raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                          capture_output=True, check=True).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
@@ -26,7 +26,7 @@ def test_webm_presets_decode_to_the_exact_frames(tmp_path, preset):
     with open_film(out, (64, 48), EncodeOptions(preset=preset, threads=1), fps=5) as writer:
         for f in frames:
             writer.write(f)
-    assert np.array_equal(decode(out, 64, 48), frames)
+    assert np.array_equal(decode_raw(out, 64, 48), frames)
 
 
 @pytest.mark.parametrize("kind, preset, message", [
@@ -47,7 +47,7 @@ def test_mp4_preset_is_used(tmp_path):
     with open_film(out, (64, 48), EncodeOptions(preset="ultrafast"), fps=5) as writer:
         for f in frames:
             writer.write(f)
-    assert len(decode(out, 64, 48)) == 3
+    assert len(decode_raw(out, 64, 48)) == 3
 
 
 def test_negative_encoder_threads(run_cli, tiny_run, tmp_path):
@@ -99,4 +99,4 @@ def test_cli_picks_the_webm_preset_and_says_so(run_cli, tiny_run, tmp_path, monk
     frames = (7 - 1) * 2 + 1
     said = f"; VP9 preset {expected}, picked for {frames} frames on {cores()} core"
     assert (said in err) == (given == ""), err
-    assert len(decode(tmp_path / "f.webm", 320, 240)) == frames
+    assert len(decode_raw(tmp_path / "f.webm", 320, 240)) == frames

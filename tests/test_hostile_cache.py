@@ -15,7 +15,7 @@ from layerfilm.io import cache
 from layerfilm.projection import Trajectories
 
 
-def render(run_cli, run: Path, out: Path, cache_dir: Path | None) -> list[str]:
+def render_warnings(run_cli, run: Path, out: Path, cache_dir: Path | None) -> list[str]:
     """Render ``run`` through ``cache_dir`` (None: the default one): must succeed, film written, no traceback;
     returns the warning lines. A small film in this process (the cache is the point, not the film's workers)."""
     where = ("--cache", cache_dir) if cache_dir is not None else ()
@@ -52,22 +52,22 @@ def damage_shapes(entry: Path) -> None:
 @pytest.mark.parametrize("damage", [damage_empty, damage_truncated, damage_shapes], ids=lambda f: f.__name__)
 def test_a_damaged_entry_is_recomputed_with_one_warning_and_replaced(run_cli, run_copy, tmp_path, reads, damage):
     c = tmp_path / "c"
-    assert render(run_cli, run_copy, tmp_path / "a.webm", c) == []
+    assert render_warnings(run_cli, run_copy, tmp_path / "a.webm", c) == []
     (entry,) = c.glob("*.npz")
     damage(entry)
-    lines = render(run_cli, run_copy, tmp_path / "b.webm", c)
+    lines = render_warnings(run_cli, run_copy, tmp_path / "b.webm", c)
     assert len(lines) == 1 and lines[0].startswith(f"warning: cache entry {entry}: damaged (")
     assert lines[0].endswith("computing the key frames again")
     assert len(reads) == 2
     assert cache.load(c, entry.stem, Trajectories.from_arrays) is not None  # replaced by a good entry
-    assert render(run_cli, run_copy, tmp_path / "c.webm", c) == [] and len(reads) == 2  # a hit again
+    assert render_warnings(run_cli, run_copy, tmp_path / "c.webm", c) == [] and len(reads) == 2  # a hit again
     no_partials(c)
 
 
 def test_an_uncreatable_cache_folder_is_one_warning(run_cli, run_copy, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    lines = render(run_cli, run_copy, tmp_path / "a.webm", blocker / "sub")
+    lines = render_warnings(run_cli, run_copy, tmp_path / "a.webm", blocker / "sub")
     assert len(lines) == 1
     assert lines[0].startswith(f"warning: cache folder {blocker / 'sub'}: cannot create it (")
     assert blocker.read_text() == ""
@@ -107,7 +107,7 @@ def test_an_unwritable_cache_is_one_warning_and_leaves_no_temporary_file(run_cli
     c = tmp_path / "c"
     c.mkdir()
     fail_in(monkeypatch, cache.os if target == "replace" else cache.np, target, c, fake)
-    lines = render(run_cli, run_copy, tmp_path / "a.webm", c)
+    lines = render_warnings(run_cli, run_copy, tmp_path / "a.webm", c)
     assert len(lines) == 1 and lines[0].startswith(f"warning: cache folder {c}: key frames not cached (")
     assert [p.name for p in c.iterdir()] == [cache.MARK]  # marked as layerfilm's (it was empty); nothing else
 
@@ -120,15 +120,15 @@ def test_a_read_only_cache_folder_is_one_warning(run_cli, run_copy, tmp_path, mo
     fail_in(monkeypatch, cache.np, "savez", c, _erofs)
     fail_in(monkeypatch, cache.os, "replace", c, _erofs)
     fail_in(monkeypatch, Path, "unlink", c, _erofs)
-    lines = render(run_cli, run_copy, tmp_path / "a.webm", c)
+    lines = render_warnings(run_cli, run_copy, tmp_path / "a.webm", c)
     assert len(lines) == 1 and "key frames not cached (Read-only file system)" in lines[0]
 
 
 def test_a_read_only_cache_still_serves_its_entries(run_cli, run_copy, tmp_path, reads, monkeypatch):
     c = tmp_path / "c"
-    render(run_cli, run_copy, tmp_path / "a.webm", c)
+    render_warnings(run_cli, run_copy, tmp_path / "a.webm", c)
     fail_in(monkeypatch, cache.os, "utime", c, _erofs)  # marking an entry as recently used fails
-    assert render(run_cli, run_copy, tmp_path / "b.webm", c) == []
+    assert render_warnings(run_cli, run_copy, tmp_path / "b.webm", c) == []
     assert len(reads) == 1
 
 
@@ -136,7 +136,7 @@ def test_a_read_only_cache_still_serves_its_entries(run_cli, run_copy, tmp_path,
 def test_a_bad_cache_size_is_one_warning_and_the_default(run_cli, run_copy, tmp_path, monkeypatch, value):
     monkeypatch.setenv("LAYERFILM_CACHE_MAX_MB", value)
     c = tmp_path / "c"
-    lines = render(run_cli, run_copy, tmp_path / "a.webm", c)
+    lines = render_warnings(run_cli, run_copy, tmp_path / "a.webm", c)
     assert lines == [f"warning: LAYERFILM_CACHE_MAX_MB={value!r}: not a size in MB (a number, 0 or more); "
                      f"using {cache.DEFAULT_MAX_MB}"]
     assert len(list(c.glob("*.npz"))) == 1  # stored, and not trimmed away
@@ -187,7 +187,7 @@ def test_a_cache_folder_of_the_users_loses_nothing(run_cli, run_copy, tmp_path, 
     d = users_folder(tmp_path, case)
     before = stamps(d)
     for out in ("a.webm", "b.webm"):
-        assert render(run_cli, run_copy, tmp_path / out, d) == []
+        assert render_warnings(run_cli, run_copy, tmp_path / out, d) == []
     assert {k: v for k, v in stamps(d).items() if k in before} == before
     own = d / cache.OWN_FOLDER
     assert set(stamps(d)) - set(before) <= {cache.OWN_FOLDER, *(f"{cache.OWN_FOLDER}/{n}" for n in os.listdir(own))}
@@ -204,7 +204,7 @@ def test_in_layerfilms_own_cache_only_its_entries_are_trimmed(run_cli, run_copy,
     """Files a user puts into a marked cache folder (another .npz, a folder, a link named like an entry)
     are never removed, whatever the limit."""
     c = tmp_path / "c"
-    render(run_cli, run_copy, tmp_path / "a.webm", c)
+    render_warnings(run_cli, run_copy, tmp_path / "a.webm", c)
     ours = [p.name for p in c.iterdir() if cache.KEY_ENTRY.fullmatch(p.name)]
     assert ours
     mine = tmp_path / "mine.npz"
@@ -248,10 +248,10 @@ def test_the_default_cache_of_an_earlier_version_is_adopted(run_cli, run_copy, t
     old = tmp_path / "xdg" / "layerfilm"
     old.mkdir(parents=True)
     np.savez(old / f"{'01' * 16}.npz", a=1)
-    render(run_cli, run_copy, tmp_path / "a.webm", None)
+    render_warnings(run_cli, run_copy, tmp_path / "a.webm", None)
     assert sorted(p.name for p in old.iterdir()) == [cache.MARK]
     (old / cache.MARK).unlink()
     np.savez(old / f"{'01' * 16}.npz", a=1)
     np.savez(old / "other.npz", a=1)
-    render(run_cli, run_copy, tmp_path / "b.webm", None)
+    render_warnings(run_cli, run_copy, tmp_path / "b.webm", None)
     assert sorted(p.name for p in old.iterdir()) == [f"{'01' * 16}.npz", cache.OWN_FOLDER, "other.npz"]

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from servers import http_folder  # noqa: E402
+from servers import http_folder
 
 USER, SECRET = "alice", "S3CRETPW"
 FAST = ("--size", "320x180", "--fps", "1", "--jobs", "1", "--quiet")

@@ -18,8 +18,8 @@ from layerfilm.points.weights import WeightSpec
 from layerfilm.projection.linear import PcaBasis
 from layerfilm.study import Study
 
-OPTS = FilmOptions(cache=False, jobs=1, fps=2, style=Style(width=320, height=180), weights=WeightSpec(points=32),
-                   film_layout="live")
+BASIS_OPTS = FilmOptions(cache=False, jobs=1, fps=2, style=Style(width=320, height=180), weights=WeightSpec(points=32),
+                         film_layout="live")
 
 
 def fits(every: int, K: int) -> list[int]:
@@ -63,7 +63,7 @@ def grown(tiny_run, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(PcaBasis, "aligned", spy)
     try:
-        with LiveFilm(tiny_run, out / "live.webm", OPTS, LiveOptions(json=str(out / "live.json"))) as film:
+        with LiveFilm(tiny_run, out / "live.webm", BASIS_OPTS, LiveOptions(json=str(out / "live.json"))) as film:
             found = film.new_checkpoints() or film.new_checkpoints()
             lines = [report_line(film.update([c]), 4) for c in found]
             words = film.traj.subject.projection
@@ -99,13 +99,13 @@ def test_json_gives_the_newest_key_frames_explained_variance(grown, tiny_run):
     rows and the film's points, and at least 0.8x render --stats (fit all) on every block; a basis fitted
     on the random initialisation (refit=never) shows far less."""
     film, blocks = grown["film"], grown["json"]
-    rows = Study(scan(tiny_run), OPTS, progress=False).points().store[len(film.steps) - 1]  # (L, N, D)
+    rows = Study(scan(tiny_run), BASIS_OPTS, progress=False).points().store[len(film.steps) - 1]  # (L, N, D)
     xy = film.traj.xy[-1].astype(np.float64)
     want = ((xy - xy.mean(1, keepdims=True)) ** 2).sum((1, 2)) / ((rows - rows.mean(1, keepdims=True)) ** 2).sum((1, 2))
     got = np.array([b["explained_variance"] for b in blocks])
     assert np.allclose(got, want, rtol=1e-4) and {"settle_step", "point_distance", "motion"} <= set(blocks[0])
-    rendered = Study(scan(tiny_run), OPTS, progress=False).trajectories().stats["explained_variance"].sum(1)
+    rendered = Study(scan(tiny_run), BASIS_OPTS, progress=False).trajectories().stats["explained_variance"].sum(1)
     assert (got >= 0.8 * rendered).all(), got / rendered
-    with LiveFilm(tiny_run, film.out.parent / "never.webm", OPTS, LiveOptions(refit="never")) as never:
+    with LiveFilm(tiny_run, film.out.parent / "never.webm", BASIS_OPTS, LiveOptions(refit="never")) as never:
         never.update(never.new_checkpoints() or never.new_checkpoints())
         assert (never.newest_explained() < 0.7 * rendered).all()

@@ -1,3 +1,6 @@
+"""Projecting points to the plane (layerfilm.projection): weights that never change never move, pca is
+deterministic with shared axes, and the timeline interpolates between key frames."""
+
 import shutil
 
 import numpy as np

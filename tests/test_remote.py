@@ -6,19 +6,17 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from layerfilm.errors import OptionsError  # noqa: E402
-from layerfilm.io.scan import scan  # noqa: E402
-from layerfilm.io.storage import RemotePath, location  # noqa: E402
-from layerfilm.points.weights import WeightSpec, plan  # noqa: E402
-from servers import FAKE_AWS, CountingMoto, http_folder  # noqa: E402
-from test_render_encode import decode  # noqa: E402
+from layerfilm.errors import OptionsError
+from layerfilm.io.scan import scan
+from layerfilm.io.storage import RemotePath, location
+from layerfilm.points.weights import WeightSpec, plan
+from servers import FAKE_AWS, CountingMoto, http_folder
+from test_render_encode import decode
 
 FAST = ("--size", "320x180", "--fps", "1", "--jobs", "1", "--quiet")
 

@@ -1,3 +1,6 @@
+"""Drawing and encoding frames (layerfilm.draw.raster, layerfilm.video.encode): the panel grid, bit-exact
+webm, PNG folders and GIFs, a failed encode leaves nothing, the output kinds, points placed in their panels."""
+
 import numpy as np
 import pytest
 

@@ -148,7 +148,7 @@ def test_stills_show_the_step_once(frozen_run):
 
 
 def _data_uris(text: str) -> list[tuple[str, bytes]]:
-    return [(m, base64.b64decode(d)) for m, d in re.findall(r'src="data:([\w/]+);base64,([A-Za-z0-9+/=]+)"', text)]
+    return [(m, base64.b64decode(d)) for m, d in re.findall(r'src="data:([\w/+]+);base64,([A-Za-z0-9+/=]+)"', text)]
 
 
 def test_html_report_is_self_contained(frozen_run, run_cli, tmp_path):

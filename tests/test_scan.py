@@ -1,3 +1,6 @@
+"""Scanning a checkpoint folder (layerfilm.io.scan): steps read from file and folder names, sorted numerically;
+--every and --steps; files without a step are not key frames; empty and missing folders."""
+
 import shutil
 
 import pytest

@@ -17,7 +17,7 @@ from layerfilm.study import Study
 from layerfilm.video.encode import ffmpeg_exe
 from layerfilm.video.fidelity import decode, psnr
 
-SMALL = ("--size", "320x180", "--points", "64", "--quiet", "--fps", "4")
+SHARE_SMALL = ("--size", "320x180", "--points", "64", "--quiet", "--fps", "4")
 
 
 def _stream(path) -> str:
@@ -34,7 +34,7 @@ def test_share_film_plays_everywhere_and_says_how_far_from_lossless(frozen_run, 
     real = film.share_legend
     monkeypatch.setattr(film, "share_legend", lambda est, kind: said.append(real(est, kind)) or said[-1])
     out = tmp_path / f"film.{ext}"
-    code, _, err = run_cli("render", frozen_run, "--out", out, "--quality", "share", *SMALL)
+    code, _, err = run_cli("render", frozen_run, "--out", out, "--quality", "share", *SHARE_SMALL)
     assert code == 0, err
     stream = _stream(out)
     assert codec in stream and "yuv420p" in stream
@@ -66,10 +66,10 @@ def test_share_refuses_gif_and_png(frozen_run, run_cli, tmp_path):
 def test_report_embeds_the_shared_film_and_links_the_lossless_one(frozen_run, run_cli, tmp_path):
     share, exact = tmp_path / "share.webm", tmp_path / "film.webm"
     for path, quality in ((share, "share"), (exact, "lossless")):  # in this process: the report is the point
-        code, _, err = run_cli("render", frozen_run, "--out", path, "--quality", quality, "--jobs", "1", *SMALL)
+        code, _, err = run_cli("render", frozen_run, "--out", path, "--quality", quality, "--jobs", "1", *SHARE_SMALL)
         assert code == 0, err
     out = tmp_path / "report.html"
-    code, _, err = run_cli("report", frozen_run, "--out", out, "--film", share, "--lossless-film", exact, *SMALL[:4])
+    code, _, err = run_cli("report", frozen_run, "--out", out, "--film", share, "--lossless-film", exact, *SHARE_SMALL[:4])
     assert code == 0, err
     text = out.read_text()
     assert '<video controls loop muted playsinline preload="auto" src="data:video/webm;base64,' in text
