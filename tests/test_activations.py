@@ -1,5 +1,17 @@
-"""Activation films: models built offline from config.json or a factory, strict weight loading,
-probe batches, hooks, and the CLI. Fixtures are tiny real training runs saved as real tools save them."""
+"""Activation films (layerfilm.points.activations, layerfilm.points.act_stats).
+
+Activation films: models built offline from config.json or a factory, strict weight loading,
+probe batches, hooks, and the CLI. Fixtures are tiny real training runs saved as real tools save them.
+
+Activation films over several devices (layerfilm.points.activations.devices; issue 17): CPU workers
+standing in for GPUs give exactly the one-worker result (points and statistics, through the API, the
+CLI and a Dask cluster), a bad checkpoint is skipped (or, with --strict, refused) as on one device,
+and --devices is checked in one line before anything is read.
+
+Activation statistics on an exact construction: blocks that multiply the residual stream by a gain.
+
+Block l's output is E[ids] * g_0 * ... * g_l, so every statistic (norm, mean, std, fraction near zero,
+histogram, growth with depth) is known by construction and computed here independently with NumPy."""
 
 from __future__ import annotations
 
@@ -10,15 +22,20 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import distributed
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from layerfilm.errors import CheckpointError, LayerfilmError, OptionsError
+from layerfilm.errors import CheckpointError, EngineError, LayerfilmError, OptionsError
 from layerfilm.io.formats import open_checkpoint
 from layerfilm.io.scan import scan
-from layerfilm.points.act_stats import HIST_EDGES, N_BINS, ActivationStats
+from layerfilm.parallel import dask as engine_dask
+from layerfilm.parallel.engines import get_engine
+from layerfilm.points.act_stats import HIST_EDGES, N_BINS, ActivationStats, Moments
 from layerfilm.points.activations import (
     DEFAULT_PROBE,
     ActivationSpec,
@@ -31,14 +48,17 @@ from layerfilm.points.activations import (
     probe_ids,
     resolve_device,
     run_probe,
+    worker_devices,
 )
 from layerfilm.points.activations import loader as loader_module
 from layerfilm.points.activations import model as model_module
+from layerfilm.points.activations.devices import shares
 from layerfilm.points.activations.hooks import Stop, capture
 from layerfilm.points.activations.llama import LlamaTrunk, llama_shape
 from layerfilm.points.activations.loader import Item, plan_pieces
 from layerfilm.points.activations.ring import ChunkRing
 
+# ==== Activation films
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (0, 2, 4)
@@ -354,7 +374,7 @@ def test_the_parameter_count_is_the_built_models(llama_run, change):
 
 def test_a_config_larger_than_its_checkpoint_is_refused_before_building(llama_copy, run_cli, tmp_path):
     """A billion blocks would take hours to build (and never load): refused from the header, in one line
-    (tests/test_hostile_configs.py: more such configs, each architecture)."""
+    (tests/test_blocks.py: more such configs, each architecture)."""
     for c in llama_copy.glob("checkpoint-*"):
         config = json.loads((c / "config.json").read_text())
         (c / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10**9}))
@@ -687,3 +707,287 @@ def test_a_model_larger_than_the_free_memory_is_one_line(llama_run):
     with pytest.raises(OptionsError, match=r"^.*checkpoint-0: the model's weights need 0\.0 GiB in bfloat16 and cpu has "
                                            r"0\.0 GiB free; a model larger than one device's memory is not supported$"):
         check_fits(series.checkpoints, ActivationSpec(dtype="bfloat16"), torch.device("cpu"), free=2 * n - 1)
+
+
+# ==== Activation films over several devices (layerfilm.points.activations.devices; issue 17)
+FACTORY = str(ROOT / "examples" / "make_checkpoints.py") + ":make_model"
+BAD = "step_000030.safetensors"
+# one batch of the whole probe (44 x 32 tokens x width 32): large enough that torch splits its reductions by
+# thread count, so a worker using other threads than the one-device run would change the statistics' bits
+BATCH = 64
+PROBLEM = rf"{BAD}: transformer.ln_f.weight has shape \(16,\), the model expects \(32,\)"
+
+
+@pytest.fixture(scope="module")
+def damaged_run(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run (7 checkpoints) with one whose final norm has another shape: a tensor outside the blocks,
+    so the scan passes it and the worker that loads it skips it."""
+    copy = tmp_path_factory.mktemp("devices") / "run"
+    shutil.copytree(tiny_run, copy)
+    with safe_open(copy / BAD, "pt") as r:
+        state, meta = {k: r.get_tensor(k) for k in r.keys()}, r.metadata()
+    state["transformer.ln_f.weight"] = torch.ones(16)
+    save_file(state, str(copy / BAD), metadata=meta)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def damaged_series(damaged_run):
+    return scan(damaged_run)
+
+
+def spec(**kw) -> ActivationSpec:
+    return ActivationSpec(**{"model": FACTORY, "points": 16, "device": "cpu", "batch_size": BATCH, **kw})
+
+
+def run(series, tmp_path: Path, name: str, **kw):
+    with pytest.warns(UserWarning, match=rf"{PROBLEM}; skipped$") as caught:
+        f = extract(series, spec(**kw.pop("spec", {})), tmp_path / name, progress=False, **kw)
+    assert len([w for w in caught if "skipped" in str(w.message)]) == 1
+    return f
+
+
+def assert_same(a, b) -> None:
+    """Bit for bit: steps, blocks, tracked tokens, every key frame's points and every statistic."""
+    assert np.array_equal(a.steps, b.steps) and np.array_equal(a.blocks, b.blocks)
+    assert np.array_equal(a.point_ids, b.point_ids) and a.name == b.name and a.subject == b.subject
+    assert len(a.store) == len(b.store)
+    for t in range(len(a.store)):
+        assert np.array_equal(a.store[t], b.store[t]), t
+    assert np.array_equal(a.store.max_abs, b.store.max_abs)
+    assert a.stats.keys() == b.stats.keys()
+    for k in a.stats:
+        assert np.array_equal(a.stats[k], b.stats[k], equal_nan=True), k
+    assert [(c.path, c.problem) for c in a.skipped] == [(c.path, c.problem) for c in b.skipped]
+
+
+@pytest.fixture(scope="module")
+def one_worker(damaged_series, tmp_path_factory):
+    return run(damaged_series, tmp_path_factory.mktemp("one"), "store")
+
+
+def test_two_cpu_workers_give_the_one_worker_result(damaged_series, one_worker, tmp_path):
+    two = run(damaged_series, tmp_path, "two", spec={"devices": "cpu,cpu"})
+    assert_same(one_worker, two)
+    assert list(two.steps) == [0, 10, 20, 40, 50, 60] and [c.path.name for c in two.skipped] == [BAD]
+    # the frames came back from two workers' folders, by name
+    assert {p.parent.name for p in (two.store.frame(t)[0] for t in range(len(two.store)))} == {"device-0", "device-1"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Dask LocalCluster of 2 workers inside this process (no worker processes to start: seconds)."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c:
+        yield c.scheduler_address
+        engine_dask.close()  # layerfilm's client of it, before the cluster stops
+
+
+def test_strict_refuses_the_first_bad_checkpoint_as_on_one_device(damaged_series, cluster, tmp_path):
+    messages = []
+    for name, kw in (("one", {}), ("two", {"engine": "dask", "address": cluster})):
+        with pytest.raises(CheckpointError, match=rf"{PROBLEM} \(strict: nothing is skipped\)$") as e:
+            extract(damaged_series, spec(devices=() if name == "one" else "cpu,cpu"), tmp_path / name, progress=False,
+                    strict=True, **kw)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1]
+
+
+def test_a_dask_cluster_of_cpu_workers_gives_the_one_worker_result(damaged_series, one_worker, cluster, tmp_path):
+    """Workers at an address send their frames back (they share no folder with the caller)."""
+    two = run(damaged_series, tmp_path, "dask", spec={"devices": ("cpu", "cpu")}, engine="dask", address=cluster)
+    assert_same(one_worker, two)
+    assert all(two.store.frame(t)[0].parent == tmp_path / "dask" / "frames" for t in range(len(two.store)))
+    with pytest.raises(EngineError, match=r"^no worker of the Dask cluster at .* offers GPU=1 \(start one per GPU"):
+        get_engine("dask", 2, address=cluster).map(len, [("a",), ("b",)], resources={"GPU": 1})
+
+
+def test_cli_two_workers_export_the_same_points(damaged_run, damaged_series, run_cli, tmp_path):
+    exported = []
+    for name, extra in (("one", ()), ("two", ("--devices", "cpu,cpu"))):
+        pts = tmp_path / f"{name}.npz"
+        code, _, err = run_cli("render", damaged_run, "--features", "activations", "--model", FACTORY, "--device", "cpu",
+                               "--points", "16", "--batch-size", str(BATCH), "--size", "320x192", "--fps", "1", "--no-cache",
+                               "--quiet", "--jobs", "1",
+                               "--out", tmp_path / f"{name}.webm", "--export-points", pts, *extra)
+        assert code == 0, err
+        assert err.split("skipped 1 checkpoint(s):\n")[1].startswith(f"  {damaged_run / BAD}: ")
+        exported.append(dict(np.load(pts)))
+    one, two = exported
+    assert one.keys() == two.keys() and "act_norm" in one
+    for k in one:
+        assert np.array_equal(one[k], two[k], equal_nan=one[k].dtype.kind == "f"), k
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--devices", "0,cpu"), "--devices '0,cpu': all GPUs or all cpu, not both"),
+    (("--device", "cpu", "--devices", "0,1"), "--devices '0,1': not cpu devices (--device cpu)"),
+    (("--device", "cuda", "--devices", "cpu,cpu"), "--devices 'cpu,cpu': not cuda devices (--device cuda)"),
+    (("--devices", "1,cuda:1"), "--devices '1,cuda:1': each GPU at most once"),
+    (("--devices", "gpu0"), "--devices 'gpu0': expected GPU indices such as 0,1 (or cuda:0,cuda:1), or cpu,cpu"),
+    (("--devices", "0,"), "--devices '0,': expected GPU indices"),
+    (("--devices", "\u00b2"), "--devices '\u00b2': expected GPU indices"),
+    (("--devices", "0,1"), "--devices cuda:0,cuda:1: no CUDA device is available to torch (CPU workers: --device cpu "
+                           "--devices cpu,cpu)"),
+])
+def test_cli_bad_devices_fail_in_one_line(tiny_run, run_cli, tmp_path, monkeypatch, args, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "act.webm"
+    code, _, err = run_cli("render", tiny_run, "--features", "activations", "--model", FACTORY, "--out", out,
+                           "--quiet", "--no-cache", *args)
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert err.startswith("layerfilm: error: ") and message in err
+    assert not out.exists()
+
+
+def test_which_devices_run(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    cuda = [torch.device("cuda", i) for i in range(3)]
+    assert worker_devices(ActivationSpec(device="cuda")) == cuda  # every visible GPU by default
+    assert worker_devices(ActivationSpec()) == cuda  # auto: cuda when available
+    assert worker_devices(ActivationSpec(devices="2,0")) == [cuda[2], cuda[0]]
+    assert worker_devices(ActivationSpec(devices="1,2"), remote=True) == [torch.device("cuda")] * 2  # the workers' own
+    assert worker_devices(ActivationSpec(device="cpu")) == [torch.device("cpu")]
+    assert worker_devices(ActivationSpec(device="cpu", devices=("cpu",) * 4)) == [torch.device("cpu")] * 4
+    with pytest.raises(OptionsError, match=r"^devices=cuda:1,cuda:3: cuda:3 is not visible \(3 CUDA device\(s\)\)$"):
+        worker_devices(ActivationSpec(devices="1,3"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert worker_devices(ActivationSpec(device="cuda")) == [torch.device("cuda")]
+
+
+def test_checkpoints_are_shared_round_robin():
+    assert shares(7, 2) == [(0, 2, 4, 6), (1, 3, 5)]
+    assert shares(2, 4) == [(0,), (1,)]  # no worker without a checkpoint
+    assert sorted(t for s in shares(179, 8) for t in s) == list(range(179))
+
+
+def test_devices_do_not_change_the_cache_key():
+    from layerfilm.film_options import FilmOptions
+
+    one, two = (FilmOptions(activations=spec(devices=d)) for d in ((), "cpu,cpu"))
+    assert one.points_options() == two.points_options()
+    assert one.points_options() != FilmOptions(activations=spec(points=17)).points_options()
+
+
+# ==== Activation statistics on an exact construction
+VOCAB, DIM = 16, 4
+EMBED = np.stack([(v - 7.5) / 100 * np.array([1.0, 3.0, -7.0, 40.0]) for v in range(VOCAB)]).astype(np.float32)
+GAINS = {0: [1.3, 1.7, 0.6], 100: [0.9, 2.3, 1.1], 250: [1.9, 0.7, 3.1]}  # step -> gain of blocks 0, 1, 2
+IDS = (np.arange(5 * 6).reshape(5, 6) * 7) % VOCAB  # probe: 5 sequences of 6 tokens
+
+
+class Gain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain
+
+
+class GainNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, DIM)
+        self.blocks = nn.ModuleList(Gain() for _ in range(3))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def make_gain_net() -> GainNet:  # the --model factory (no arguments)
+    return GainNet()
+
+
+@pytest.fixture(scope="module")
+def gain_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gain_run")
+    for step, gains in GAINS.items():
+        state = {"embed.weight": torch.from_numpy(EMBED)}
+        state.update({f"blocks.{l}.gain": torch.tensor([g], dtype=torch.float32) for l, g in enumerate(gains)})
+        save_file(state, str(out / f"step_{step}.safetensors"))
+    np.save(out.parent / "gain_ids.npy", IDS)
+    return out
+
+
+def expected(step: int) -> np.ndarray:
+    """(L, S*T, D) block outputs by construction."""
+    x = EMBED[IDS.ravel()].astype(np.float64)
+    return np.stack([x * g for g in np.cumprod(GAINS[step])])
+
+
+def test_statistics_known_by_construction(gain_run):
+    spec = ActivationSpec(model=f"{__file__}:make_gain_net", probe=gain_run.parent / "gain_ids.npy", points=12,
+                          batch_size=2, device="cpu", near_zero=0.05)
+    f = extract(scan(gain_run), spec, gain_run.parent / "store", progress=False)
+    st = ActivationStats.from_arrays(f.steps, f.blocks, f.stats)
+    assert list(st.steps) == [0, 100, 250] and list(st.blocks) == [0, 1, 2] and st.threshold == 0.05
+    edges = np.concatenate([HIST_EDGES, [0.05, -0.05]])
+    for t, step in enumerate(GAINS):
+        x = expected(step)  # (L, tokens, D)
+        # no value sits on a bin edge or the threshold, so float32 rounding cannot move a count
+        assert np.abs(np.abs(x.ravel()[:, None]) / np.abs(edges) - 1).min() > 1e-5
+        np.testing.assert_allclose(st.norm[t], np.linalg.norm(x, axis=2).mean(axis=1), rtol=1e-5)
+        np.testing.assert_allclose(st.mean[t], x.mean(axis=(1, 2)), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(st.std[t], x.std(axis=(1, 2)), rtol=1e-4)
+        np.testing.assert_array_equal(st.near_zero[t], (np.abs(x) < 0.05).mean(axis=(1, 2)))
+        hist = [np.bincount(np.searchsorted(HIST_EDGES, xl.ravel(), side="right"), minlength=N_BINS) for xl in x]
+        np.testing.assert_array_equal(st.hist[t], np.stack(hist))
+        # growth with depth is the gain of each block (block 0 against the embedding it receives)
+        np.testing.assert_allclose(st.input_norm[t], np.linalg.norm(EMBED[IDS.ravel()], axis=1).mean(), rtol=1e-5)
+        np.testing.assert_allclose(st.growth[t], GAINS[step], rtol=1e-5)
+        np.testing.assert_allclose(st.growth_per_block[t], np.sqrt(GAINS[step][1] * GAINS[step][2]), rtol=1e-5)
+        # the filmed points are the block outputs at the chosen tokens
+        np.testing.assert_allclose(f.store[t], x[:, f.point_ids[0]], rtol=1e-5, atol=1e-8)
+    assert 0 < st.near_zero.min() < st.near_zero.max() < 1  # the construction exercises the threshold
+
+
+def test_round_trip_table_and_hot_chart(gain_run):
+    spec = ActivationSpec(model=f"{__file__}:make_gain_net", probe=gain_run.parent / "gain_ids.npy", device="cpu")
+    f = extract(scan(gain_run), spec, gain_run.parent / "store2", progress=False)
+    st = ActivationStats.from_arrays(f.steps, f.blocks, f.stats)
+    again = ActivationStats.from_arrays(st.steps, st.blocks, st.arrays())
+    for name in ("norm", "mean", "std", "near_zero", "input_norm", "hist"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(st, name))
+    lines = st.table().splitlines()
+    assert lines[0] == f"activations at step 250: norm growth {np.sqrt(0.7 * 3.1):.3f}x per block"
+    assert len(lines) == 2 + 3 and lines[2].split()[0] == "0" and lines[4].split()[2] == "3.100"
+    hot = st.hot(1)
+    assert hot.shape == (N_BINS, 3) and np.allclose(np.expm1(hot).sum(axis=0), IDS.size * DIM)
+
+
+def test_moments_do_not_depend_on_batching():
+    x = torch.randn(6, 5, 8, generator=torch.Generator().manual_seed(0)) * 3
+    whole, parts = Moments(1, 0.1, "cpu"), Moments(1, 0.1, "cpu")
+    whole.add(0, x)
+    for chunk in x.split(2):
+        parts.add(0, chunk)
+    a, b = whole.result(), parts.result()
+    for k in ("norm", "mean", "std", "near_zero"):
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6)
+    np.testing.assert_array_equal(a["hist"], b["hist"])
+    assert a["hist"].sum() == x.numel()
+
+
+def test_shapes_are_checked():
+    z = np.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"ActivationStats.std has shape \(2, 2\), expected \(2, 3\)"):
+        ActivationStats(np.arange(2), np.arange(3), z, z, np.zeros((2, 2)), z, np.zeros(2), np.zeros((2, 3, N_BINS)), 0.05)
+
+
+def test_hooks_are_removed_even_when_the_forward_fails():
+    net = GainNet()
+    seen = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture(list(net.blocks), lambda l, h: seen.append(l), lambda h: seen.append("in")):
+            raise RuntimeError("boom")
+    assert all(not b._forward_hooks and not b._forward_pre_hooks for b in net.blocks)
+    with capture(list(net.blocks), lambda l, h: seen.append(l), lambda h: seen.append("in")):
+        try:
+            net(torch.zeros(1, 2, dtype=torch.long))
+        except Exception as e:  # the last block's hook ends the pass
+            assert type(e).__name__ == "Stop"  # layerfilm.points.activations.hooks.Stop
+    assert seen == ["in", 0, 1, 2]

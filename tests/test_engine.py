@@ -1,14 +1,31 @@
-"""Where tasks run (layerfilm.parallel.engines, layerfilm.parallel.dask; issue 13): this process, a local pool, or a real
+"""Engines, worker processes and threads (layerfilm.parallel).
+
+Where tasks run (layerfilm.parallel.engines, layerfilm.parallel.dask; issue 13): this process, a local pool, or a real
 Dask cluster give the same bytes; progress counts from every worker reach the bar's total; engine options
-are checked before any checkpoint is read, and a scheduler that does not answer is one line, not a hang."""
+are checked before any checkpoint is read, and a scheduler that does not answer is one line, not a hang.
+
+The local engine's worker pool (layerfilm.parallel.engines, issue 13): inside ``session()`` one pool serves every
+map (the same worker processes, started ahead by ``start``), each map's bar gets exactly its own tasks'
+counts, a failed map's pool is closed and the next map gets a fresh one, and no worker outlives the
+session. Also: a Dask-style MALLOC_TRIM_THRESHOLD_ no longer makes freed arrays page-fault anew.
+
+Worker processes never run the user's script again (layerfilm.parallel.processes): an unguarded script, a
+notebook-like session fed on stdin, and a training script with the Trainer callback, each a real
+Python process whose top level prints a line that must appear exactly once.
+
+layerfilm.parallel.threads: frames computed ahead in a thread; BLAS held to one thread."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
 import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import distributed
 import numpy as np
@@ -18,11 +35,14 @@ from layerfilm import study as run_module
 from layerfilm.film_options import FilmOptions
 from layerfilm.io.scan import scan
 from layerfilm.parallel import dask as engine_dask
-from layerfilm.parallel.engines import get_engine
+from layerfilm.parallel import local as engine_module
+from layerfilm.parallel.engines import LocalEngine, get_engine, session
+from layerfilm.parallel.threads import one_blas_thread, prefetch
 from layerfilm.points.weights import WeightSpec, plan
 from layerfilm.study import Study
 from processes import layerfilm_process
 
+# ==== Where tasks run (layerfilm.parallel.engines, layerfilm.parallel.dask; issue 13)
 POINTS = 16
 SMALL = ("--size", "320x180", "--fps", "2", "--points", str(POINTS), "--no-cache", "--quiet")
 
@@ -264,3 +284,228 @@ def test_dask_missing_is_one_line(tmp_path, run_cli, monkeypatch):
     assert (code, err) == (2, "layerfilm: error: --engine dask needs dask.distributed: pip install 'layerfilm[dask]'\n")
     with pytest.raises(Exception, match=r"pip install 'layerfilm\[dask\]'"):
         get_engine("dask")
+
+
+# ==== The local engine's worker pool (layerfilm.parallel.engines, issue 13)
+def whoami(k: int, progress) -> tuple[int, int]:
+    """(k, this worker's pid), after reporting k steps of 1."""
+    for _ in range(k):
+        progress()
+    return k, os.getpid()
+
+
+def fails(k: int, progress) -> int:
+    if k == 1:
+        raise ValueError("task 1 failed")
+    return k
+
+
+def workers() -> set[int]:
+    """The pids of this process's live worker children."""
+    import multiprocessing
+
+    return {p.pid for p in multiprocessing.active_children() if p.pid is not None}
+
+
+def test_one_pool_serves_every_map_of_a_session_and_each_bar_gets_its_own_counts():
+    engine = LocalEngine(2)
+    with session():
+        engine.start(("layerfilm.study",))
+        started = workers()
+        assert len(started) == 2  # started ahead, before any map
+        first: list[int] = []
+        a = engine.map(whoami, [(3,), (4,), (5,)], first.append)
+        second: list[int] = []
+        b = engine.map(whoami, [(1,), (2,)], second.append)
+        assert [k for k, _ in a] == [3, 4, 5] and [k for k, _ in b] == [1, 2]  # in the order of the arguments
+        assert {pid for _, pid in a + b} <= started  # no new worker: the pool started ahead ran both maps
+        assert (sum(first), sum(second)) == (12, 3)  # every count of a map reached its bar, none of it the next's
+        with pytest.raises(ValueError, match="task 1 failed"):
+            engine.map(fails, [(0,), (1,), (2,)])
+        assert not workers() & started  # the failed map's pool was closed...
+        c = engine.map(whoami, [(2,), (2,)])
+        assert [k for k, _ in c] == [2, 2] and not {pid for _, pid in c} & started  # ...and a new one made
+    assert workers() == set()  # the session closed its pool
+
+
+def test_outside_a_session_each_map_has_its_own_pool_and_start_does_nothing():
+    engine = LocalEngine(2)
+    engine.start(("layerfilm.study",))
+    assert workers() == set()
+    counts: list[int] = []
+    assert [k for k, _ in engine.map(whoami, [(2,), (3,)], counts.append)] == [2, 3]
+    assert sum(counts) == 5
+    assert workers() == set() and engine_module._pools == {}
+
+
+MAPPED = textwrap.dedent("""
+    import ctypes
+    import numpy as np
+    from layerfilm.parallel.engines import worker_init
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = Mallinfo2
+
+    def mapped():
+        \"\"\"How many of 3 arrays of 16 MB, each made and freed as block tasks do with every tensor, were mmapped.\"\"\"
+        n = 0
+        for _ in range(3):
+            before = mallinfo2().hblks
+            a = np.ones(4 * 2**20, np.float32)
+            n += mallinfo2().hblks - before
+            del a
+        return n
+
+    pinned = mapped()
+    worker_init()
+    print(pinned, mapped())
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_a_dask_workers_malloc_setting_no_longer_maps_every_array_anew():
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which pins glibc's mmap threshold at 128 KiB: every 16 MB
+    array is then a fresh mmap, faulted in and zeroed by the kernel. After worker_init freed memory is reused."""
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", MAPPED], env=env, capture_output=True, text=True, check=True).stdout
+    pinned, reused = (int(v) for v in out.split())
+    assert pinned == 3  # the setting's cost, seen: each array mapped anew
+    assert reused <= 1  # after worker_init: at most the first, then its memory is reused
+
+
+# ==== Worker processes never run the user's script again (layerfilm.parallel.processes)
+ROOT = Path(__file__).resolve().parents[1]
+TOP = "THE SCRIPT'S TOP LEVEL RAN"
+
+
+def python(script: str, cwd: Path, stdin: bool = False) -> subprocess.CompletedProcess:
+    """``script`` run as users run it: a file ``python script.py``, or fed to ``python -`` on stdin."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LAYERFILM_CACHE": str(cwd / "cache")}
+    if stdin:
+        return subprocess.run([sys.executable, "-"], input=script, cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=600)
+    (cwd / "script.py").write_text(script)
+    return subprocess.run([sys.executable, "script.py"], cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+
+
+RENDER = f"""
+import layerfilm
+print({TOP!r}, flush=True)
+result = layerfilm.render({{run!r}}, "film.webm", layerfilm.FilmOptions(
+    jobs=2, fps=4, weights=layerfilm.WeightSpec(points=16), style=layerfilm.Style(width=320, height=180)))
+print("frames", result.frames)
+"""
+
+
+def test_an_unguarded_script_renders_with_worker_processes(tiny_run, tmp_path):
+    done = python(RENDER.format(run=str(tiny_run)), tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count(TOP) == 1
+    assert "frames 25" in done.stdout and (tmp_path / "film.webm").stat().st_size > 0
+
+
+def test_a_session_fed_on_stdin_renders_with_worker_processes(tiny_run, tmp_path):
+    done = python(RENDER.format(run=str(tiny_run)), tmp_path, stdin=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count(TOP) == 1 and "frames 25" in done.stdout
+
+
+TRAIN = f"""
+import torch
+import transformers as T
+from layerfilm.callbacks import LayerfilmCallback
+
+print({TOP!r}, flush=True)
+torch.manual_seed(0)
+model = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=256, n_positions=16, n_embd=16, n_layer=2, n_head=2))
+data = [{{"input_ids": torch.randint(0, 256, (16,)), "labels": torch.randint(0, 256, (16,))}} for _ in range(96)]
+args = T.TrainingArguments(output_dir="run", max_steps=8, save_steps=4, per_device_train_batch_size=8, report_to=[],
+                           use_cpu=True, disable_tqdm=True, save_strategy="steps", seed=0)
+callback = LayerfilmCallback(out="film.webm", points=16, size=(320, 180), fps=2, export_points="points.npz", wait=True)
+T.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+"""
+
+
+@pytest.mark.slow
+def test_a_training_script_without_a_main_guard_gets_its_film(tmp_path):
+    done = python(TRAIN, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count(TOP) == 1
+    assert list(np.load(tmp_path / "points.npz")["steps"]) == [4, 8]
+    assert "exit code" not in done.stderr
+
+
+# ==== layerfilm.parallel.threads
+def _prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "layerfilm-prefetch"]
+
+
+def test_prefetch_yields_every_item_in_order():
+    assert list(prefetch(range(100), depth=3)) == list(range(100))
+    assert list(prefetch([], depth=3)) == []
+    assert not _prefetch_threads()
+
+
+def test_prefetch_works_ahead_but_no_more_than_depth():
+    made = []
+
+    def items():
+        for i in range(20):
+            made.append(i)
+            yield i
+
+    gen = prefetch(items(), depth=2)
+    assert next(gen) == 0
+    deadline = time.monotonic() + 5
+    while len(made) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    # one handed out, two waiting in the queue, one made and blocked on the full queue
+    assert len(made) == 4
+    gen.close()
+
+
+def test_prefetch_raises_the_producers_error_at_its_place():
+    def items():
+        yield 1
+        yield 2
+        raise ValueError("frame 3 failed")
+
+    got = []
+    with pytest.raises(ValueError, match="frame 3 failed"):
+        for x in prefetch(items()):
+            got.append(x)
+    assert got == [1, 2]
+    assert not _prefetch_threads()
+
+
+def test_closing_early_stops_the_thread():
+    def endless():
+        i = 0
+        while True:
+            yield np.full(1000, i)
+            i += 1
+
+    gen = prefetch(endless(), depth=2)
+    assert next(gen)[0] == 0 and next(gen)[0] == 1
+    gen.close()
+    assert not _prefetch_threads()
+
+
+def test_one_blas_thread_limits_blas_inside_the_block_only():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    np.ones((4, 4)) @ np.ones((4, 4))  # BLAS loaded
+    before = blas_threads()
+    assert before, "NumPy's BLAS was not found by threadpoolctl"
+    with one_blas_thread():
+        assert blas_threads() == [1] * len(before)
+    assert blas_threads() == before

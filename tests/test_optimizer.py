@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from layerfilm.points.optimizer import OptimizerStateError, map_params, pickle_params
-from test_scan_bad_input import Payload
+from test_scan import Payload
 
 
 def records(run_cli, folder, *extra) -> tuple[dict[int, dict], str]:

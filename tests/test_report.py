@@ -1,23 +1,39 @@
-"""layerfilm.reports (document, figures): `layerfilm stills`, `layerfilm report`, the figures' data."""
+"""Reports and sharing them (layerfilm.reports).
+
+layerfilm.reports (document, figures): `layerfilm stills`, `layerfilm report`, the figures' data.
+
+layerfilm.reports.document.media: the film in a report (embedded up to a size, else linked; room for the video
+controls) and frames chosen in Python (arrays, files, Stills) put into HTML and Markdown reports.
+
+`render --quality share`: a small lossy film every player plays (VP9 profile 0 / H.264, yuv420p), whose
+legend and output line state its distance from the lossless frames, measured by decoding it."""
 
 from __future__ import annotations
 
 import base64
 import io
 import re
+import subprocess
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 
+import layerfilm
 from conftest import FROZEN_BLOCKS, FROZEN_STEP
 from layerfilm.draw.raster import Style
 from layerfilm.errors import OptionsError
+from layerfilm.film import film_frames
 from layerfilm.film_options import FilmOptions
 from layerfilm.points.weights import WeightSpec
+from layerfilm.reports import media as report_media
 from layerfilm.reports.document import stills
 from layerfilm.reports.figures import heatmap_figure, hot_figure, norm_figure, save_figure, settling_figure
+from layerfilm.study import Study
+from layerfilm.video.encode import ffmpeg_exe
+from layerfilm.video.fidelity import decode, psnr
 
+# ==== layerfilm.reports (document, figures)
 SMALL = ("--size", "320x180", "--points", "64", "--quiet")
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "svg": b"<?xml", "pdf": b"%PDF"}
 
@@ -255,3 +271,169 @@ def test_markdown_names_are_text_and_links_are_relative_paths(frozen_run, run_cl
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [HOSTILE_FOLDER, "javascript:alert(4)", "my report (v2).md", "r.html"]
         + [f"my report (v2)_{n}.png" for n in ("stills", "heatmap", "settling", "hot", "norms")])
+
+
+# ==== layerfilm.reports.document.media
+OPTS = FilmOptions(weights=WeightSpec(points=64), style=Style(320, 180), jobs=1)
+
+
+@pytest.fixture(scope="module")
+def film(frozen_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("film") / "film.webm"
+    layerfilm.render(frozen_run, out, FilmOptions(weights=WeightSpec(points=64), style=Style(320, 180), fps=2, jobs=1),
+                     progress=False)
+    return out
+
+
+def _video(text: str) -> tuple[str, str]:
+    """(src, style) of the report's one <video>."""
+    (src, style), = re.findall(r'<video [^>]*src="([^"]+)" style="([^"]+)"></video>', text)
+    return src, style
+
+
+def test_film_embedded_up_to_the_limit_and_linked_above_it(frozen_run, film, run_cli, tmp_path, monkeypatch):
+    dest = tmp_path / "film.webm"
+    dest.write_bytes(film.read_bytes())
+    size = dest.stat().st_size
+    assert size <= report_media.EMBED_MAX_BYTES  # the default: a small film is embedded
+    code, _, err = run_cli("report", frozen_run, "--out", tmp_path / "a.html", "--film", dest, *SMALL)
+    assert code == 0 and "note:" not in err, err
+    src, _ = _video((tmp_path / "a.html").read_text())
+    assert src.startswith("data:video/webm;base64,") and base64.b64decode(src.split(",", 1)[1]) == dest.read_bytes()
+    monkeypatch.setattr(report_media, "EMBED_MAX_BYTES", size - 1)  # one byte over the limit: linked, with a note
+    code, _, err = run_cli("report", frozen_run, "--out", tmp_path / "b.html", "--film", dest, *SMALL)
+    assert code == 0, err
+    text = (tmp_path / "b.html").read_text()
+    assert _video(text)[0] == "./film.webm" and "data:video" not in text and '<a href="./film.webm">' in text
+    note = f"The film ({size / 1e6:.1f} MB) is linked, not embedded (a report embeds a film of at most {(size - 1) / 1e6:g} MB)"
+    assert note in text and f"note: {note}" in err and err.count("\n") == 2  # the files written, then the note
+
+
+def test_film_link_links_any_film_relative_to_the_report(frozen_run, film, run_cli, tmp_path):
+    (tmp_path / "films").mkdir()
+    (tmp_path / "reports").mkdir()
+    dest = tmp_path / "films" / "film.webm"
+    dest.write_bytes(film.read_bytes())
+    out = tmp_path / "reports" / "r.html"
+    code, _, err = run_cli("report", frozen_run, "--out", out, "--film", dest, "--film-link", *SMALL)
+    assert code == 0 and "note:" not in err, err
+    text = out.read_text()
+    assert _video(text)[0] == "../films/film.webm" and "data:video" not in text
+    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', text)  # still nothing fetched from a host
+    code, _, err = run_cli("report", frozen_run, "--out", tmp_path / "x.html", "--film-link", *SMALL)
+    assert (code, err) == (2, "layerfilm: error: --film-link: there is no film to link; give --film PATH\n")
+
+
+def test_video_controls_get_room_below_the_picture(frozen_run, film, tmp_path):
+    """The browser draws its controls over the bottom of the <video> box; the box is the picture's
+    height (from the film's own size) plus CONTROLS_PX, the picture at its top, so no bar is covered."""
+    from test_encode import decode
+
+    h, w, _ = decode(film)[0].shape
+    layerfilm.report(frozen_run, tmp_path / "r.html", film=film, opts=OPTS, progress=False)
+    text = (tmp_path / "r.html").read_text()
+    assert _video(text)[1] == f"height:calc(100cqw * {h} / {w} + {report_media.CONTROLS_PX}px)"
+    assert report_media.CONTROLS_PX >= 64 and "object-position:top" in text and "container-type:inline-size" in text
+
+
+def test_frames_from_python_in_html_and_markdown(frozen_run, tmp_path):
+    """Arrays (one frame, K frames side by side), Stills and image files become sections of the report:
+    embedded in HTML (pixels unchanged), PNGs beside Markdown (arrays) or linked (files)."""
+    st = layerfilm.stills(frozen_run, tmp_path / "before_after.png", opts=OPTS, progress=False)
+    chosen = {"Last key frame": st.frames[-1], "Both": st.frames, "As stills": st,
+              "Before and after": tmp_path / "before_after.png"}
+    res = layerfilm.report(frozen_run, tmp_path / "r.html", opts=OPTS, progress=False, frames=chosen)
+    text = res.out.read_text()
+    for title in chosen:
+        assert f"<h2>{title}</h2>" in text
+    images = [iio.imread(io.BytesIO(d)) for m, d in _data_uris(text)[:4]]
+    np.testing.assert_array_equal(images[0], st.frames[-1])
+    np.testing.assert_array_equal(images[1][:, :320], st.frames[0])
+    np.testing.assert_array_equal(images[1][:, -320:], st.frames[1])
+    np.testing.assert_array_equal(images[2], st.image)  # Stills: the still
+    assert _data_uris(text)[3][1] == (tmp_path / "before_after.png").read_bytes()
+    md = layerfilm.report(frozen_run, tmp_path / "r.md", opts=OPTS, progress=False, frames=chosen)
+    links = re.findall(r"!\[([^\]]*)\]\(([^)]+)\)", md.out.read_text())[:4]
+    assert links == [("Last key frame", "./r_frame_0.png"), ("Both", "./r_frame_1.png"), ("As stills", "./r_frame_2.png"),
+                     ("Before and after", "./before_after.png")]
+    np.testing.assert_array_equal(iio.imread(tmp_path / "r_frame_0.png"), st.frames[-1])
+    assert {tmp_path / f"r_frame_{i}.png" for i in range(3)} <= set(md.files)
+
+
+@pytest.mark.parametrize("frames, message", [
+    ({"x": np.zeros((4, 4, 3), np.float32)},
+     "frames['x']: expected uint8 (H, W, 3), (H, W) or (K, H, W, 3) frames, got float32 (4, 4, 3)"),
+    ({"x": "notes.txt"}, "frames['x']: notes.txt is not a .png, .jpg, .gif, .webp or .svg image"),
+    ({"x": "missing.png"}, "frames['x']: missing.png: no such file"),
+    ({"": np.zeros((4, 4, 3), np.uint8)}, "frames: each title must be a non-empty string, not ''"),
+])
+def test_bad_frames_fail_before_any_work(frozen_run, tmp_path, monkeypatch, frames, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(layerfilm.Study, "open", lambda *a, **k: pytest.fail("read checkpoints"))
+    with pytest.raises(OptionsError) as e:
+        layerfilm.report(frozen_run, tmp_path / "r.html", opts=OPTS, progress=False, frames=frames)
+    assert str(e.value) == message
+    assert list(tmp_path.iterdir()) == []
+
+
+# ==== `render --quality share`
+SHARE_SMALL = ("--size", "320x180", "--points", "64", "--quiet", "--fps", "4")
+
+
+def _stream(path) -> str:
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+    return next(line for line in out.splitlines() if "Video:" in line)
+
+
+@pytest.mark.parametrize("ext, codec", [("webm", "vp9 (Profile 0)"), ("mp4", "h264")])
+def test_share_film_plays_everywhere_and_says_how_far_from_lossless(frozen_run, run_cli, tmp_path, monkeypatch, ext,
+                                                                    codec):
+    import layerfilm.film as film
+
+    said: list[str] = []  # the legend's line, measured before the film is encoded (key frames encoded alone)
+    real = film.share_legend
+    monkeypatch.setattr(film, "share_legend", lambda est, kind: said.append(real(est, kind)) or said[-1])
+    out = tmp_path / f"film.{ext}"
+    code, _, err = run_cli("render", frozen_run, "--out", out, "--quality", "share", *SHARE_SMALL)
+    assert code == 0, err
+    stream = _stream(out)
+    assert codec in stream and "yuv420p" in stream
+    m = re.search(r"shareable film: PSNR (\d+\.\d) dB against the lossless frames \(lowest (\d+\.\d)\), mean "
+                  r"\|difference\| (\d+\.\d\d) of 255, over 8 decoded frames", err)
+    assert m, err
+    # the printed numbers are the written film's against the frames drawn (with the same legend)
+    opts = FilmOptions(weights=WeightSpec(points=64), style=Style(320, 180), fps=4.0)
+    frames = film_frames(Study.open(frozen_run, opts, progress=False).trajectories(), opts, note=said[0])
+    wanted = sorted({int(round(x)) for x in np.linspace(0, frames.n_frames - 1, 8)})
+    got = decode(out, (320, 180), set(wanted))
+    ours = [psnr(got[f], frames.frame(f)) for f in wanted]
+    assert float(np.mean(ours)) == pytest.approx(float(m.group(1)), abs=0.051)
+    assert min(ours) == pytest.approx(float(m.group(2)), abs=0.051)
+    assert 25 < min(ours) < 60  # lossy, but close
+    legend = float(re.search(r"PSNR about (\d+) dB against the lossless frames", said[0]).group(1))
+    assert abs(legend - min(ours)) < 3
+    assert out.stat().st_size * 20 < frames.n_frames * 320 * 180 * 3  # far smaller than the raw frames
+
+
+def test_share_refuses_gif_and_png(frozen_run, run_cli, tmp_path):
+    code, _, err = run_cli("render", frozen_run, "--out", tmp_path / "f.gif", "--quality", "share")
+    assert (code, err) == (2, "layerfilm: error: --quality share: writes .webm or .mp4, not .gif\n")
+    code, _, err = run_cli("render", frozen_run, "--out", f"{tmp_path / 'frames'}/", "--quality", "share")
+    assert (code, err) == (2, "layerfilm: error: --quality share: writes .webm or .mp4, not PNG frames\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_embeds_the_shared_film_and_links_the_lossless_one(frozen_run, run_cli, tmp_path):
+    share, exact = tmp_path / "share.webm", tmp_path / "film.webm"
+    for path, quality in ((share, "share"), (exact, "lossless")):  # in this process: the report is the point
+        code, _, err = run_cli("render", frozen_run, "--out", path, "--quality", quality, "--jobs", "1", *SHARE_SMALL)
+        assert code == 0, err
+    out = tmp_path / "report.html"
+    code, _, err = run_cli("report", frozen_run, "--out", out, "--film", share, "--lossless-film", exact, *SHARE_SMALL[:4])
+    assert code == 0, err
+    text = out.read_text()
+    assert '<video controls loop muted playsinline preload="auto" src="data:video/webm;base64,' in text
+    assert 'The lossless film (the exact frames): <a href="./film.webm">./film.webm</a>' in text
+    code, _, err = run_cli("report", frozen_run, "--out", tmp_path / "r2.html", "--lossless-film", exact)
+    assert (code, err) == (2, "layerfilm: error: --lossless-film: it is linked under the film; give --film PATH (the "
+                              "shareable one)\n")
