@@ -201,3 +201,18 @@ def lightning_encoder_run(example, out: Path) -> Path:
             return torch.optim.AdamW(self.parameters(), lr=1e-2)
 
     return fit_lightning(example, Encoder, out, steps=9, every=3, items=9)
+
+
+class Chain(torch.nn.Module):
+    """A token embedding, then ``blocks`` in turn with no residual: a model each of whose blocks is known."""
+
+    def __init__(self, vocab: int, dim: int, blocks) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.blocks = torch.nn.ModuleList(blocks)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        return x

@@ -57,6 +57,7 @@ from layerfilm.points.activations.hooks import Stop, capture
 from layerfilm.points.activations.llama import LlamaTrunk, llama_shape
 from layerfilm.points.activations.loader import Item, plan_pieces
 from layerfilm.points.activations.ring import ChunkRing
+from makers import Chain
 
 # ==== Activation films
 transformers = pytest.importorskip("transformers")
@@ -885,17 +886,9 @@ class Gain(nn.Module):
         return x * self.gain
 
 
-class GainNet(nn.Module):
+class GainNet(Chain):
     def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, DIM)
-        self.blocks = nn.ModuleList(Gain() for _ in range(3))
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.embed(ids)
-        for block in self.blocks:
-            x = block(x)
-        return x
+        super().__init__(VOCAB, DIM, (Gain() for _ in range(3)))
 
 
 def make_gain_net() -> GainNet:  # the --model factory (no arguments)

@@ -50,6 +50,7 @@ from layerfilm.projection import project
 from layerfilm.reports.figures import activation_hot_figure, activation_near_zero_figure, activation_norm_figure, save_figure
 from layerfilm.stability import BARELY_MOVED, Settling, calm_index, near_index, relative_motion, settle_index
 from layerfilm.study import Study, block_task, measure, measure_activations
+from makers import Chain
 
 
 # ==== layerfilm.stability and `layerfilm stability`
@@ -326,19 +327,11 @@ class Scale(nn.Module):
         return self.proj(x)
 
 
-class ScaleNet(nn.Module):
+class ScaleNet(Chain):
     """Embedding, then 4 blocks with no residual: x -> x @ (g Q)^T, Q orthogonal, so ||out|| = g ||in||."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, DIM)
-        self.blocks = nn.ModuleList(Scale() for _ in range(4))
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.embed(ids)
-        for block in self.blocks:
-            x = block(x)
-        return x
+        super().__init__(VOCAB, DIM, (Scale() for _ in range(4)))
 
 
 def make_scale_net() -> ScaleNet:
