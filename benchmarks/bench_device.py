@@ -43,19 +43,23 @@ def make_series(folder: Path, checkpoints: int, blocks: int) -> list[Path]:
     files = [folder / f"step_{i * 1000:06d}.safetensors" for i in range(checkpoints)]
     if stamp.exists() and json.loads(stamp.read_text()) == config and all(f.exists() for f in files):
         return files
+    if folder.exists() and any(folder.iterdir()) and not stamp.exists():
+        sys.exit(f"{folder}: not empty and not a series this script wrote: choose another folder")
     folder.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
     specs = llama_specs(blocks)
     head, _ = header_bytes(specs)
     rng = np.random.default_rng(0)
     pool = (rng.standard_normal(1 << 25, np.float32) * 0.02).view(np.uint32) >> 16  # 32 Mi bf16 values
     pool = pool.astype(np.uint16)
     for f in files:
-        with open(f, "wb") as fh:
+        with open(f.with_suffix(".partial"), "wb") as fh:
             fh.write(head)
             for _, (r, c) in specs:
                 n, at = r * c, int(rng.integers(0, 1 << 20))
                 reps = -(-(n + at) // pool.size)
                 fh.write(np.tile(pool, reps)[at:at + n].tobytes())
+        f.with_suffix(".partial").replace(f)
         print(f"wrote {f} ({f.stat().st_size / 1e9:.1f} GB)", flush=True)
     stamp.write_text(json.dumps(config))
     return files

@@ -38,9 +38,8 @@ class _Cka:
     N < D (the film's points: 512 rows of width 1,024 and more), else the D x D ones."""
 
     def __init__(self, y: np.ndarray) -> None:
-        self.gram = y.shape[0] < y.shape[1]
         self.y = y - y.mean(axis=0)
-        self.ky = self.y @ self.y.T if self.gram else None
+        self.ky = self.y @ self.y.T if y.shape[0] < y.shape[1] else None
         self.norm_y = np.linalg.norm(self.ky if self.ky is not None else self.y.T @ self.y)
 
     def to(self, x: np.ndarray) -> float:
@@ -54,11 +53,11 @@ class _Cka:
         return float(cross / den) if den > 0 else float("nan")
 
 
-def _get(reader: Reader, name: str, where: AnyPath) -> np.ndarray:
-    """Tensor ``name`` as stored, widened to float32 (the measures widen each to float64 when used)."""
+def _present(reader: Reader, name: str, where: AnyPath) -> str:
+    """``name``, or the error of a checkpoint that lacks it."""
     if name not in reader.keys():
         raise CheckpointError(f"{where}: tensor {name} is missing")
-    return reader.get(name)
+    return name
 
 
 @dataclass(frozen=True)
@@ -200,7 +199,6 @@ class BlockStats:
         self.edges: np.ndarray | None = None
         self.final: list[dict[str, np.ndarray]] | None = None
         self.prev: list[dict[str, np.ndarray]] | None = None
-        self.first: list[dict[str, np.ndarray]] | None = None
         self._work = Work()
         self._counted: dict[int, np.ndarray | None] = {}  # bf16_counts of the first and final tensors, by id
 
@@ -210,7 +208,7 @@ class BlockStats:
         for i, names in zip(self.blocks, self.names):
             block = {}
             for _, name in names:
-                w = _get(reader, name, where)
+                w = reader.get(_present(reader, name, where))  # float32 (bf16/fp16 widened)
                 check_finite(w, where, name, self.wp.layer_map.blocks[i])
                 block[name] = w
             out.append(block)
@@ -338,8 +336,7 @@ class DeviceBlockStats(BlockStats):
         """Tensor ``name`` as a CPU torch tensor in its stored dtype where that is bf16 or float16 (the
         bytes read straight in), else float32."""
         torch = self.torch
-        if name not in reader.keys():
-            raise CheckpointError(f"{where}: tensor {name} is missing")
+        _present(reader, name, where)
         kept = getattr(reader, "tensor", lambda _: None)(name)  # a torch pickle's own tensor
         if kept is not None and kept.dtype in (torch.bfloat16, torch.float16):
             return kept
